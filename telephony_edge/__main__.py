@@ -1,0 +1,3 @@
+from telephony_edge.cli import main
+
+raise SystemExit(main())

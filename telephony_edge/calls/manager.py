@@ -1,0 +1,56 @@
+"""The calls live on this worker: admission, counting and drain."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+
+class LiveCall(Protocol):
+    call_id: str
+
+    async def end(self, reason: str) -> None: ...
+
+
+class CallManager:
+    """Tracks live calls so readiness, drain and metrics agree on one number."""
+
+    def __init__(self) -> None:
+        self._calls: dict[str, LiveCall] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.accepting = True
+
+    @property
+    def active(self) -> int:
+        return len(self._calls)
+
+    def get(self, call_id: str) -> LiveCall | None:
+        return self._calls.get(call_id)
+
+    def add(self, call: LiveCall) -> None:
+        self._calls[call.call_id] = call
+        self._idle.clear()
+
+    def discard(self, call_id: str) -> None:
+        self._calls.pop(call_id, None)
+        if not self._calls:
+            self._idle.set()
+
+    async def drain(
+        self, grace_s: float, end_remaining: Callable[[LiveCall], Awaitable[None]] | None = None
+    ) -> int:
+        """Stop admitting calls, wait up to ``grace_s`` for live ones to finish.
+
+        Calls still live after the grace period are ended (``api-ended``).
+        Returns how many had to be ended that way.
+        """
+        self.accepting = False
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace_s)
+            return 0
+        except TimeoutError:
+            remaining = list(self._calls.values())
+            await asyncio.gather(*(c.end("worker drain grace period over") for c in remaining))
+            return len(remaining)

@@ -1,0 +1,42 @@
+"""Prometheus metrics, all named ``telephony_edge_*``.
+
+Defined once per process in the default registry; ``/metrics`` serves them.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CALLS_ACTIVE = Gauge("telephony_edge_calls_active", "Calls bridged right now", ["provider"])
+CALLS_TOTAL = Counter(
+    "telephony_edge_calls_total", "Calls ended, by provider and call_status", ["provider", "status"]
+)
+CALL_SETUP_SECONDS = Histogram(
+    "telephony_edge_call_setup_seconds",
+    "First caller frame to agent onready",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+RELAY_LATENCY_SECONDS = Histogram(
+    "telephony_edge_relay_latency_seconds",
+    "Per-frame edge processing time from one side to the other, excluding real-time pacing",
+    ["direction"],
+    buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05),
+)
+FRAMES_DROPPED = Counter(
+    "telephony_edge_frames_dropped_total", "Audio frames dropped, by reason", ["reason"]
+)
+BAD_INPUT = Counter(
+    "telephony_edge_bad_input_total",
+    "Malformed or rejected input from a network or peer, by source",
+    ["source"],
+)
+AGENT_LINK_FAILURES = Counter(
+    "telephony_edge_agent_link_failures_total", "Agent-core link failures, by stage", ["stage"]
+)
+WEBHOOK_RESULTS = Counter(
+    "telephony_edge_webhook_results_total", "Webhook calls by kind and outcome", ["kind", "outcome"]
+)
+WEBHOOK_SECONDS = Histogram(
+    "telephony_edge_webhook_seconds", "Webhook round-trip time", ["kind"]
+)
+DRAINING = Gauge("telephony_edge_draining", "1 while the worker drains before exit")

@@ -1,0 +1,61 @@
+"""Phone number → agent, region and provider; region → public URL, SIP host, agent cores."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from telephony_edge.config import Region, Settings, normalize_e164
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a dialled number goes."""
+
+    number: str
+    provider: str
+    agent_id: str
+    region_name: str
+    region: Region
+    agent_config: dict[str, Any] = field(default_factory=dict)
+    local: bool = True  # homed in this worker's region
+
+
+class NumberRouter:
+    """Looks up dialled numbers in the regional number configuration."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._local_region = settings.server.region
+        self._core_cycles = {
+            name: itertools.cycle(region.agent_core_urls)
+            for name, region in settings.regions.items()
+            if region.agent_core_urls
+        }
+
+    def lookup(self, dialled: str) -> Route | None:
+        """The route for ``dialled`` in any written form, or None if it is not ours."""
+        try:
+            number = normalize_e164(dialled)
+        except ValueError:
+            return None
+        entry = self._settings.numbers.get(number)
+        if entry is None:
+            return None
+        local = self._local_region is None or entry.region == self._local_region
+        return Route(
+            number=number,
+            provider=entry.provider,
+            agent_id=entry.agent_id,
+            region_name=entry.region,
+            region=self._settings.regions[entry.region],
+            agent_config=dict(entry.agent_config),
+            local=local,
+        )
+
+    def agent_core_url(self, region_name: str | None) -> str | None:
+        """Next agent-core URL for a region (round robin), the global one, or None (built-in)."""
+        if region_name is not None and region_name in self._core_cycles:
+            return next(self._core_cycles[region_name])
+        return self._settings.agent_core.url
