@@ -1,0 +1,165 @@
+"""The edge's WebSocket client of the agent core (see AGENT_PROTOCOL.md).
+
+One link per call. :meth:`AgentLink.open` connects, sends ``initiate`` and
+waits for ``onready``, each step bounded; anything the core sends before
+``onready`` is kept and handed out by :meth:`AgentLink.recv` afterwards, so
+nothing is lost. A keep-alive ``ping`` goes out on a timer. Failures surface
+as :class:`AgentLinkError` with the stage that failed, so the call can end
+with ``call_status`` ``error`` and a message that says what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from telephony_edge.agent import messages
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+class AgentLinkError(Exception):
+    """The agent core could not be reached, refused the call, or dropped it."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(f"agent core {stage}: {message}")
+        self.stage = stage
+
+
+@dataclass(frozen=True, slots=True)
+class AgentMessage:
+    """A text message from the core (everything but audio)."""
+
+    method: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkClosed:
+    """The core closed the link; ``clean`` if it said goodbye (code 1000)."""
+
+    code: int | None
+    clean: bool
+
+
+AgentEvent = bytes | AgentMessage | LinkClosed
+
+
+@dataclass(frozen=True, slots=True)
+class LinkTimeouts:
+    connect_s: float = 5.0
+    ready_s: float = 10.0
+    ping_interval_s: float = 10.0
+
+
+class AgentLink:
+    """Client side of one agent-core session."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        timeouts: LinkTimeouts = LinkTimeouts(),
+        *,
+        call_id: str = "",
+    ) -> None:
+        self._session = session
+        self.url = url
+        self._timeouts = timeouts
+        self._call_id = call_id
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._early: deque[AgentEvent] = deque()
+        self._ping_task: asyncio.Task[None] | None = None
+
+    async def open(self, initiate: dict[str, Any]) -> None:
+        """Connect, send ``initiate``, wait for ``onready``; raise AgentLinkError otherwise."""
+        try:
+            self._ws = await asyncio.wait_for(
+                self._session.ws_connect(
+                    self.url, max_msg_size=MAX_MESSAGE_BYTES, autoping=True, heartbeat=None
+                ),
+                self._timeouts.connect_s,
+            )
+        except TimeoutError:
+            raise AgentLinkError(
+                "connect", f"no connection within {self._timeouts.connect_s}s"
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise AgentLinkError("connect", f"{type(exc).__name__}: {exc}") from None
+        await self._ws.send_str(messages.encode(messages.INITIATE, initiate))
+        try:
+            await asyncio.wait_for(self._await_ready(), self._timeouts.ready_s)
+        except TimeoutError:
+            raise AgentLinkError(
+                "initiate", f"no onready within {self._timeouts.ready_s}s"
+            ) from None
+        self._ping_task = asyncio.create_task(self._keepalive(), name=f"agent-ping-{self._call_id}")
+
+    async def _await_ready(self) -> None:
+        while True:
+            event = await self._read()
+            if isinstance(event, AgentMessage) and event.method == messages.ONREADY:
+                return
+            if isinstance(event, LinkClosed):
+                raise AgentLinkError("initiate", f"closed before onready (code {event.code})")
+            self._early.append(event)
+
+    async def recv(self) -> AgentEvent:
+        """Next event from the core: agent audio, a message, or LinkClosed (then always)."""
+        if self._early:
+            return self._early.popleft()
+        return await self._read()
+
+    async def _read(self) -> AgentEvent:
+        ws = self._ws
+        assert ws is not None
+        while True:
+            msg = await ws.receive()
+            if msg.type is aiohttp.WSMsgType.BINARY:
+                data: bytes = msg.data
+                return data
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                try:
+                    method, payload = messages.decode(msg.data)
+                except messages.ProtocolError as exc:
+                    log.warning("agent core sent a malformed message: %s", exc)
+                    continue
+                return AgentMessage(method, payload)
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING):
+                return LinkClosed(ws.close_code, ws.close_code == 1000)
+            if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                return LinkClosed(ws.close_code, False)
+
+    async def send_audio(self, pcm: bytes) -> None:
+        assert self._ws is not None
+        await self._ws.send_bytes(pcm)
+
+    async def send_message(self, method: str, data: dict[str, Any] | None = None) -> None:
+        assert self._ws is not None
+        await self._ws.send_str(messages.encode(method, data))
+
+    async def _keepalive(self) -> None:
+        ping = messages.encode(messages.PING)
+        while self._ws is not None and not self._ws.closed:
+            await asyncio.sleep(self._timeouts.ping_interval_s)
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self._ws.send_str(ping)
+
+    async def close(self) -> None:
+        """Close the link (idempotent) and stop the keep-alive."""
+        if self._ping_task is not None:
+            self._ping_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ping_task
+            self._ping_task = None
+        if self._ws is not None and not self._ws.closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._ws.close(), 2.0)

@@ -1,0 +1,70 @@
+"""One real-time clock per worker that plays every call's agent audio.
+
+Agent cores send audio faster than real time; callers must hear it at real
+time. Rather than a sleeping task per call (300 calls = 15,000 wake-ups a
+second), one task ticks every 20 ms on an absolute schedule and asks each
+registered playout for its next frame. A late tick (the loop was busy) is
+caught up by ticking again at once, up to ``MAX_CATCH_UP`` frames, so the
+played duration stays equal to wall time; beyond that the schedule restarts
+from now rather than bursting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from telephony_edge.audio.frames import FRAME_MS
+
+log = logging.getLogger(__name__)
+
+FRAME_S = FRAME_MS / 1000
+MAX_CATCH_UP = 5
+
+Tick = Callable[[], Awaitable[None]]
+
+
+class Pacer:
+    """Calls every subscriber's ``tick`` once per 20 ms of wall time."""
+
+    def __init__(self, frame_s: float = FRAME_S) -> None:
+        self._frame_s = frame_s
+        self._subscribers: dict[object, Tick] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def subscribe(self, key: object, tick: Tick) -> None:
+        self._subscribers[key] = tick
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="pacer")
+
+    def unsubscribe(self, key: object) -> None:
+        self._subscribers.pop(key, None)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        ticks = 0
+        while self._subscribers:
+            ticks += 1
+            delay = start + ticks * self._frame_s - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif -delay > MAX_CATCH_UP * self._frame_s:
+                start, ticks = loop.time(), 0
+            for key, tick in list(self._subscribers.items()):
+                try:
+                    await tick()
+                except Exception:
+                    log.exception("playout tick failed; dropping it from the clock")
+                    self._subscribers.pop(key, None)
+        self._task = None
+
+    async def close(self) -> None:
+        self._subscribers.clear()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

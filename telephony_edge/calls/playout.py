@@ -1,0 +1,63 @@
+"""The edge's buffer of agent audio waiting to be played to the caller.
+
+It holds whole canonical frames. ``pause`` keeps filling it without playing,
+``clear`` empties it (barge-in). It is bounded: an agent core that sends far
+more than a caller could hear loses the newest audio, counted, rather than
+growing the worker's memory without end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from telephony_edge.audio.frames import FRAME_MS, FrameSplitter
+from telephony_edge.metrics import FRAMES_DROPPED
+
+_OVERFLOW = FRAMES_DROPPED.labels(reason="playout_overflow")
+
+
+class Playout:
+    """Agent frames (with the edge's processing cost of each) in play order."""
+
+    __slots__ = ("_frames", "_max_frames", "_splitter", "paused")
+
+    def __init__(self, max_seconds: float = 120.0) -> None:
+        self._frames: deque[tuple[bytes, float]] = deque()
+        self._max_frames = int(max_seconds * 1000 / FRAME_MS)
+        self._splitter = FrameSplitter()
+        self.paused = False
+
+    def push(self, chunk: bytes, received_at: float | None = None) -> int:
+        """Queue agent audio of any chunk size; return how many whole frames it added.
+
+        ``received_at`` (``time.perf_counter()`` when the chunk arrived) lets
+        each frame carry the edge's own processing cost, for the relay-latency
+        metric that leaves out the wait for its real-time slot.
+        """
+        frames = self._splitter.push(chunk)
+        room = self._max_frames - len(self._frames)
+        if len(frames) > room:
+            _OVERFLOW.inc(len(frames) - max(room, 0))
+            frames = frames[: max(room, 0)]
+        if frames:
+            cost = 0.0 if received_at is None else time.perf_counter() - received_at
+            per_frame = cost / len(frames)
+            self._frames.extend((f, per_frame) for f in frames)
+        return len(frames)
+
+    def pop(self) -> tuple[bytes, float] | None:
+        """The next frame to play, or None while paused or empty."""
+        if self.paused or not self._frames:
+            return None
+        return self._frames.popleft()
+
+    def clear(self) -> int:
+        """Drop everything buffered; return how many frames were dropped."""
+        dropped = len(self._frames)
+        self._frames.clear()
+        self._splitter.clear()
+        return dropped
+
+    def __len__(self) -> int:
+        return len(self._frames)
