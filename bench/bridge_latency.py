@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -69,8 +67,8 @@ async def one_call(service: Any, speech: bytes, seconds: float) -> str:
 
 async def main(calls: int, seconds: float) -> None:
     port = free_port()
-    core = subprocess.Popen(
-        [sys.executable, "-m", "telephony_edge", "agent-core", "--port", str(port)],
+    core = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "telephony_edge", "agent-core", "--port", str(port)),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -96,22 +94,28 @@ async def main(calls: int, seconds: float) -> None:
         await server.close()
     finally:
         core.terminate()
-        core.wait()
-    print(f"{calls} concurrent calls, {seconds:.0f} s each, loop={type(asyncio.get_running_loop()).__module__}")
+        await core.wait()
+    loop_kind = type(asyncio.get_running_loop()).__module__
+    print(f"{calls} concurrent calls, {seconds:.0f} s each, event loop from {loop_kind}")
     print(f"call outcomes: {dict((s, statuses.count(s)) for s in set(statuses))}")
     print(f"{'direction':<18}{'frames':>10}{'p50 µs':>10}{'p99 µs':>10}{'max µs':>10}")
     for name, samples in (("caller→agent", c2a), ("agent→caller", a2c)):
         p50, p99, top = quantiles(samples.values)
-        print(f"{name:<18}{len(samples.values):>10}{p50 * 1e6:>10.1f}{p99 * 1e6:>10.1f}{top * 1e6:>10.1f}")
+        row = f"{p50 * 1e6:>10.1f}{p99 * 1e6:>10.1f}{top * 1e6:>10.1f}"
+        print(f"{name:<18}{len(samples.values):>10}{row}")
     frames = len(c2a.values) + len(a2c.values)
-    print(f"edge process CPU: {cpu:.2f} s over {wall:.1f} s wall "
-          f"({100 * cpu / wall:.0f}% of one core; {cpu / frames * 1e6:.1f} µs per relayed frame, "
-          f"includes this bench's test legs)")
+    print(
+        f"edge process CPU: {cpu:.2f} s over {wall:.1f} s wall "
+        f"({100 * cpu / wall:.0f}% of one core; {cpu / frames * 1e6:.1f} µs per relayed frame, "
+        f"includes this bench's test legs)"
+    )
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()

@@ -14,8 +14,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from telephony_edge import metrics
+from telephony_edge.agent.demo import add_agent_core_routes
 from telephony_edge.calls.manager import CallManager
+from telephony_edge.calls.service import CallService
 from telephony_edge.config import Settings
+from telephony_edge.coord.base import Coordinator
+from telephony_edge.coord.memory import MemoryCoordinator
 from telephony_edge.routing import NumberRouter
 
 log = logging.getLogger(__name__)
@@ -30,6 +34,8 @@ class Services:
     settings: Settings
     router: NumberRouter
     calls: CallManager
+    coordinator: Coordinator
+    call_service: CallService
     worker_id: str
     http: aiohttp.ClientSession | None = None
 
@@ -57,29 +63,55 @@ async def metrics_handler(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def _http_client(app: web.Application) -> AsyncIterator[None]:
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """Start the worker's shared clients and background tasks; stop them on exit."""
     services = app[SERVICES]
     services.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+    await services.call_service.start()
     yield
+    await services.call_service.stop()
+    await services.coordinator.close()
     await services.http.close()
+
+
+def create_coordinator(settings: Settings) -> Coordinator:
+    if settings.coordination.backend == "memory":
+        return MemoryCoordinator()
+    raise NotImplementedError("the Redis coordinator backend is not built yet")
 
 
 def create_app(settings: Settings) -> web.Application:
     """Build the worker's application from validated settings."""
     app = web.Application(client_max_size=1024 * 1024)
     worker_id = settings.server.worker_id or f"{socket.gethostname()}-{id(app):x}"
+    router = NumberRouter(settings)
+    manager = CallManager()
+    coordinator = create_coordinator(settings)
     services = Services(
         settings=settings,
-        router=NumberRouter(settings),
-        calls=CallManager(),
+        router=router,
+        calls=manager,
+        coordinator=coordinator,
+        call_service=CallService(
+            settings, router, coordinator, manager, worker_id, lambda: services.client
+        ),
         worker_id=worker_id,
     )
     app[SERVICES] = services
-    app.cleanup_ctx.append(_http_client)
+    app.cleanup_ctx.append(_lifecycle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
+    if settings.agent_core.url is None:
+        add_agent_core_routes(app, DEMO_AGENT_PATH)
     return app
+
+
+def set_local_address(app: web.Application, host: str, port: int) -> None:
+    """Tell the app where it listens, once bound: the built-in agent core's URL."""
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    app[SERVICES].call_service.demo_agent_url = f"ws://{host}:{port}{DEMO_AGENT_PATH}"
 
 
 async def serve(settings: Settings) -> int:
@@ -90,6 +122,7 @@ async def serve(settings: Settings) -> int:
     site = web.TCPSite(runner, settings.server.host, settings.server.port)
     await site.start()
     bound = _bound_port(runner) or settings.server.port
+    set_local_address(app, settings.server.host, bound)
     base = f"http://{settings.server.host}:{bound}"
     print(f"telephony-edge serving on {base}", flush=True)
     for path in ("/healthz", "/readyz", "/metrics"):

@@ -66,6 +66,18 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_agent_core(args: argparse.Namespace) -> int:
+    from telephony_edge.agent.demo import run_agent_core
+    from telephony_edge.logs import setup_logging
+
+    setup_logging(args.log_level)
+    print(f"demo agent core on ws://{args.host}:{args.port}{args.path}", flush=True)
+    try:
+        return _run(run_agent_core(args.host, args.port, path=args.path), use_uvloop=True)
+    except KeyboardInterrupt:
+        return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="telephony-edge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     check_p = sub.add_parser("check-config", help="validate a configuration file and exit")
     check_p.add_argument("file")
     check_p.set_defaults(func=cmd_check_config)
+
+    core_p = sub.add_parser("agent-core", help="run the built-in demo agent core on its own")
+    core_p.add_argument("--host", default="127.0.0.1")
+    core_p.add_argument("--port", type=int, default=8765)
+    core_p.add_argument("--path", default="/agent")
+    core_p.add_argument("--log-level", default="INFO")
+    core_p.set_defaults(func=cmd_agent_core)
     return parser
 
 

@@ -45,6 +45,10 @@ PROVIDER_FINAL_STATUS: dict[str, tuple[CallStatus, str | None]] = {
 }
 
 
+def _count_webhook(kind: str, outcome: str) -> None:
+    metrics.WEBHOOK_RESULTS.labels(kind=kind, outcome=outcome).inc()
+
+
 class CallRejected(Exception):
     """The edge will not take this call; ``http_status`` says how an API answers."""
 
@@ -96,28 +100,35 @@ class CallService:
             ready_s=core.ready_timeout_s,
             ping_interval_s=core.ping_interval_s,
         )
-        self.webhooks = webhooks.WebhookDispatcher(
-            coordinator,
-            http,
-            secret=settings.webhooks.signing_secret or "",
-            policy=webhooks.RetryPolicy(
-                max_attempts=settings.webhooks.max_attempts,
-                base_delay=settings.webhooks.backoff_base_s,
-                max_delay=settings.webhooks.backoff_max_s,
-            ),
-            on_result=lambda kind, outcome: metrics.WEBHOOK_RESULTS.labels(kind, outcome).inc(),
-        )
+        self._rates = webhooks.CostRates(**settings.costs.model_dump())
+        self._dispatcher: webhooks.WebhookDispatcher | None = None
 
     # -- background work ---------------------------------------------------
 
     async def start(self) -> None:
+        """Start the control loop, the webhook dispatcher and the heartbeat (app start-up)."""
+        hooks = self.settings.webhooks
+        self._dispatcher = webhooks.WebhookDispatcher(
+            self.coordinator,
+            self._http(),
+            secret=hooks.signing_secret,
+            retry=webhooks.RetryPolicy(
+                max_attempts=hooks.max_attempts,
+                base_delay=hooks.backoff_base_s,
+                max_delay=hooks.backoff_max_s,
+            ),
+            on_result=_count_webhook,
+        )
         self._tasks = [
             asyncio.create_task(self._control_loop(), name="control-loop"),
-            asyncio.create_task(self.webhooks.run(), name="webhook-dispatcher"),
+            asyncio.create_task(self._dispatcher.run(), name="webhook-dispatcher"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
         ]
 
     async def stop(self) -> None:
+        """Stop background work; webhooks in flight get a moment to finish (app shutdown)."""
+        if self._dispatcher is not None:
+            await self._dispatcher.drain()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -182,7 +193,9 @@ class CallService:
         record.from_ = record.from_ or leg.info.from_
         record.to = record.to or leg.info.to
         record.provider_call_id = record.provider_call_id or leg.info.provider_call_id
-        link = AgentLink(self._http(), self._agent_url(record), self._timeouts, call_id=record.call_id)
+        link = AgentLink(
+            self._http(), self._agent_url(record), self._timeouts, call_id=record.call_id
+        )
         bridge = CallBridge(
             record, leg, link, self.pacer, lambda: self._prepare(record), self._limits
         )
@@ -241,9 +254,10 @@ class CallService:
                 from_=record.from_,
                 to=record.to,
                 metadata=record.metadata,
+                call_id=record.call_id,
+                on_result=_count_webhook,
             )
-            metrics.WEBHOOK_RESULTS.labels("prefetch", "ok" if result.ok else "failed").inc()
-            record.metadata.update(result.metadata)
+            record.metadata = result.merged_metadata(record.metadata)
             extra_prompt = result.extra_prompt
         variables = {"FromPhone": record.from_, "ToPhone": record.to}
         variables.update({k: str(v) for k, v in record.metadata.items()})
@@ -280,14 +294,17 @@ class CallService:
         spec = agent_config.get("session_data_webhook")
         if not spec:
             return
-        payload = webhooks.end_of_call_payload(
+        payload = webhooks.build_session_payload(
             record,
-            rates=webhooks.CostRates(**self.settings.costs.model_dump()),
-            chat=conversation.chat,
+            transcript=conversation.chat,
             function_calls=conversation.function_calls,
             chars_used=conversation.chars_used,
+            rates=self._rates,
         )
-        await self.webhooks.enqueue(spec, record.call_id, payload)
+        try:
+            await webhooks.enqueue_session_webhook(self.coordinator, spec, payload)
+        except ValueError as exc:
+            log.error("session webhook not queued: %s", exc, extra={"call_id": record.call_id})
 
     # -- control from any worker ------------------------------------------
 
@@ -333,7 +350,9 @@ class CallService:
         """A provider's status callback: note it; end calls that never reached media."""
         record = await self.coordinator.update_call(call_id, {"provider_status": provider_status})
         if record is None:
-            log.warning("status %r for an unknown call", provider_status, extra={"call_id": call_id})
+            log.warning(
+                "status %r for an unknown call", provider_status, extra={"call_id": call_id}
+            )
             return
         final = PROVIDER_FINAL_STATUS.get(provider_status)
         if final is None or record.state is not CallState.CREATED:

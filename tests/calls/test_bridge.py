@@ -1,0 +1,160 @@
+"""Whole calls through real sockets: test leg → bridge → built-in agent core → back."""
+
+from __future__ import annotations
+
+import asyncio
+import audioop
+import itertools
+from typing import Any
+
+from telephony_edge.calls.leg import Dtmf, LegEnded
+from telephony_edge.calls.record import CallRecord, CallState, CallStatus
+from tests.conftest import Edge, TestLeg, edge_settings
+
+
+async def start_call(
+    edge: Edge, leg: TestLeg, **kwargs: Any
+) -> tuple[CallRecord, asyncio.Task[CallRecord]]:
+    service = edge.services.call_service
+    record = await service.create(
+        agent_id=kwargs.pop("agent_id", "echo"), provider="test", direction="inbound", **kwargs
+    )
+    return record, asyncio.create_task(service.run(record, leg))
+
+
+async def wait_for(predicate: Any, within: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not predicate():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def voiced(frame: bytes) -> bool:
+    return audioop.rms(frame, 2) > 300
+
+
+async def test_echo_round_trip_and_user_hangup(make_edge: Any, speech: bytes) -> None:
+    edge: Edge = await make_edge()
+    leg = TestLeg()
+    record, task = await start_call(edge, leg)
+    # the caller speaks from the first frame, while the agent link is still connecting
+    await leg.speak(speech, silence_after_s=1.0)
+    await wait_for(lambda: record.state is CallState.ACTIVE)
+    # greeting (chime) plays first, then the echo of what was said
+    await wait_for(lambda: sum(voiced(f) for _, f in leg.heard) * 0.02 > len(speech) / 32000 * 0.6)
+    leg.events.put_nowait(LegEnded("completed"))
+    final = await asyncio.wait_for(task, 5)
+    assert final.call_status is CallStatus.USER_ENDED
+    assert final.state is CallState.ENDED
+    assert leg.closed and not leg.hung_up  # the caller hung up; nothing to hang up
+    stored = await edge.services.coordinator.get_call(record.call_id)
+    assert stored is not None and stored.call_status is CallStatus.USER_ENDED
+    # agent audio is played at real time (not as fast as the core sends it):
+    # within each run of playback, frames are 20 ms apart on average
+    times = [t for t, _ in leg.heard]
+    steps = [b - a for a, b in itertools.pairwise(times) if b - a < 0.1]
+    assert len(steps) > 50
+    assert 0.018 < sum(steps) / len(steps) < 0.022
+
+
+async def test_barge_in_clears_playback(make_edge: Any, speech: bytes) -> None:
+    edge: Edge = await make_edge()
+    leg = TestLeg()
+    _record, task = await start_call(edge, leg)
+    await leg.speak(speech, silence_after_s=1.0)
+    # wait until the echo reply is playing, then talk over it
+    start = asyncio.get_running_loop().time()
+    await wait_for(lambda: len(leg.heard) > 0 and leg.heard[-1][0] > start + 0.3)
+    await wait_for(lambda: voiced(leg.heard[-1][1]))
+    barge_in = asyncio.get_running_loop().time()
+    await leg.speak(speech[:32000], silence_after_s=0.0)
+    await wait_for(lambda: any(t > barge_in for t in leg.clears), within=5)
+    cleared_at = next(t for t in leg.clears if t > barge_in)
+    after = [f for t, f in leg.heard if t > cleared_at + 0.1]
+    assert not any(voiced(f) for f in after[:20]), "playback continued >100 ms after clear"
+    leg.events.put_nowait(LegEnded("completed"))
+    assert (await asyncio.wait_for(task, 5)).call_status is CallStatus.USER_ENDED
+
+
+async def test_dtmf_end_call_is_agent_ended_and_hangs_up(make_edge: Any) -> None:
+    edge: Edge = await make_edge()
+    leg = TestLeg()
+    record, task = await start_call(edge, leg)
+    await wait_for(lambda: record.state is CallState.ACTIVE)
+    leg.events.put_nowait(Dtmf("9"))
+    final = await asyncio.wait_for(task, 20)
+    assert final.call_status is CallStatus.AGENT_ENDED
+    assert leg.hung_up
+
+
+async def test_transfer_call_goes_to_the_leg(make_edge: Any) -> None:
+    edge: Edge = await make_edge()
+    leg = TestLeg()
+    record, task = await start_call(edge, leg, metadata={"transfer_to": "+15555550177"})
+    await wait_for(lambda: record.state is CallState.ACTIVE)
+    leg.events.put_nowait(Dtmf("0"))
+    final = await asyncio.wait_for(task, 10)
+    assert leg.transfers == ["+15555550177"]
+    assert final.call_status is CallStatus.AGENT_ENDED
+    assert final.transferred_to == "+15555550177"
+    assert not leg.hung_up
+
+
+async def test_agent_core_unreachable_ends_with_error(make_edge: Any) -> None:
+    from tests.conftest import free_port
+
+    settings = edge_settings(agent_core={"url": f"ws://127.0.0.1:{free_port()}/agent"})
+    edge: Edge = await make_edge(settings)
+    leg = TestLeg()
+    _, task = await start_call(edge, leg)
+    final = await asyncio.wait_for(task, 10)
+    assert final.call_status is CallStatus.ERROR
+    assert final.error_message and "connect" in final.error_message
+    assert leg.hung_up
+
+
+async def test_agent_core_killed_mid_call_ends_with_error(make_edge: Any) -> None:
+    from aiohttp.test_utils import TestServer
+
+    from telephony_edge.agent.demo import create_agent_core_app
+
+    core = TestServer(create_agent_core_app(), host="127.0.0.1", port=0)
+    await core.start_server()
+    edge: Edge = await make_edge(
+        edge_settings(agent_core={"url": str(core.make_url("/agent")).replace("http", "ws")})
+    )
+    leg = TestLeg()
+    record, task = await start_call(edge, leg)
+    await wait_for(lambda: record.state is CallState.ACTIVE)
+    await core.close()
+    final = await asyncio.wait_for(task, 10)
+    assert final.call_status is CallStatus.ERROR
+    assert final.error_message and "agent core" in final.error_message
+    assert leg.hung_up
+
+
+async def test_max_duration_times_out(make_edge: Any) -> None:
+    edge: Edge = await make_edge(edge_settings(calls={"max_duration_s": 1.0}))
+    leg = TestLeg()
+    _, task = await start_call(edge, leg)
+    final = await asyncio.wait_for(task, 10)
+    assert final.call_status is CallStatus.TIMEOUT
+    assert final.error_message and "maximum call duration" in final.error_message
+    assert leg.hung_up
+
+
+async def test_no_task_is_left_behind(make_edge: Any, speech: bytes) -> None:
+    edge: Edge = await make_edge()
+    before = {t for t in asyncio.all_tasks() if not t.done()}
+    leg = TestLeg()
+    record, task = await start_call(edge, leg)
+    await leg.speak(speech[:16000])
+    await wait_for(lambda: record.state is CallState.ACTIVE)
+    leg.events.put_nowait(LegEnded("completed"))
+    await asyncio.wait_for(task, 5)
+    await asyncio.sleep(0.1)
+    left = {t for t in asyncio.all_tasks() if not t.done()} - before - {asyncio.current_task()}
+    names = sorted(t.get_name() for t in left)
+    assert not [n for n in names if record.call_id in n], names
+    assert edge.services.calls.active == 0
