@@ -158,3 +158,17 @@ async def test_no_task_is_left_behind(make_edge: Any, speech: bytes) -> None:
     names = sorted(t.get_name() for t in left)
     assert not [n for n in names if record.call_id in n], names
     assert edge.services.calls.active == 0
+
+
+async def test_pause_holds_agent_audio_until_unpause(make_edge: Any) -> None:
+    edge: Edge = await make_edge()
+    leg = TestLeg()
+    record, task = await start_call(edge, leg, metadata={"demo_pause_ms": 800})
+    await wait_for(lambda: record.state is CallState.ACTIVE)
+    active_at = asyncio.get_running_loop().time()
+    await wait_for(lambda: any(voiced(f) for _, f in leg.heard), within=5)
+    first_voiced = next(t for t, f in leg.heard if voiced(f))
+    # the core sent its greeting at once but paused us: nothing plays for ~800 ms
+    assert first_voiced - active_at > 0.6
+    leg.events.put_nowait(LegEnded("completed"))
+    await asyncio.wait_for(task, 5)
