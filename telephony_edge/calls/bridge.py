@@ -137,10 +137,11 @@ class CallBridge:
             return
         self.record.set_status(status, error)
         self._hangup_network = hangup
+        extra = {"call_id": self.call_id, "call_status": str(status)}
         if error:
-            log.warning("call ending: %s", error, extra={"call_status": str(status)})
+            log.warning("call ending: %s", error, extra=extra)
         else:
-            log.info("call ending", extra={"call_status": str(status)})
+            log.info("call ending", extra=extra)
         self._ended.set()
 
     async def end(self, reason: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -37,7 +38,10 @@ class Pacer:
     def subscribe(self, key: object, tick: Tick) -> None:
         self._subscribers[key] = tick
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="pacer")
+            # a fresh context: the clock belongs to no call (no call id in its logs)
+            self._task = asyncio.create_task(
+                self._run(), name="pacer", context=contextvars.Context()
+            )
 
     def unsubscribe(self, key: object) -> None:
         self._subscribers.pop(key, None)

@@ -26,7 +26,7 @@ from telephony_edge.calls.leg import Leg
 from telephony_edge.calls.manager import CallManager
 from telephony_edge.calls.pacing import Pacer
 from telephony_edge.calls.record import CallRecord, CallState, CallStatus
-from telephony_edge.calls.variables import fill_placeholders, merge_agent_config
+from telephony_edge.calls.variables import call_variables, fill_placeholders, merge_agent_config
 from telephony_edge.config import Settings
 from telephony_edge.coord.base import Coordinator
 from telephony_edge.routing import NumberRouter
@@ -259,8 +259,7 @@ class CallService:
             )
             record.metadata = result.merged_metadata(record.metadata)
             extra_prompt = result.extra_prompt
-        variables = {"FromPhone": record.from_, "ToPhone": record.to}
-        variables.update({k: str(v) for k, v in record.metadata.items()})
+        variables = call_variables(from_=record.from_, to=record.to, metadata=record.metadata)
         config = fill_placeholders(config, variables)
         if extra_prompt:
             config["prompt"] = f"{config.get('prompt', '')}\n\n{extra_prompt}".strip()

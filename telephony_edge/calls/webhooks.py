@@ -1,0 +1,663 @@
+"""The agent's two webhooks: prefetch before the call, session data after it.
+
+Prefetch (agent config ``extra_prompt_webhook``)
+    Called before ``initiate``; may add or change session metadata and add an
+    ``extra_prompt``. It sits on the call's set-up path, so it is bounded in
+    time (default 3 s, at most 10 s) and size (64 KiB), and it never raises:
+    any failure gives an empty :class:`PrefetchResult` carrying the reason,
+    and the call goes on without it.
+
+End of call (agent config ``session_data_webhook``)
+    The payload documented by the platform, built by
+    :func:`build_session_payload`, is put on the Coordinator's durable queue
+    by :func:`enqueue_session_webhook`; a :class:`WebhookDispatcher` on any
+    worker POSTs it. Delivery is at-least-once: a job is acked only after a
+    2xx, retried with exponential backoff on 5xx, 408, 429 and network
+    errors, and redelivered by another worker if the one sending it dies.
+
+Both specs are either a URL string or an object
+``{"url", "method", "headers", "timeout"}`` (``method`` only for prefetch).
+
+Request headers of the end-of-call POST
+---------------------------------------
+``Content-Type: application/json``
+
+``Idempotency-Key: <call_id>``
+    The same on every retry and redelivery: receivers de-duplicate on it.
+
+``X-Telephony-Edge-Signature: t=<unix seconds>,v1=<hex>`` (when a secret is configured)
+    ``<hex>`` is ``HMAC-SHA256(secret, f"{t}.{body}")`` over the exact body
+    bytes, as Stripe does. ``t`` is the time of this attempt, so a receiver
+    can refuse replays older than a tolerance. To verify, recompute the HMAC
+    and compare in constant time (:func:`verify_signature` does it, 300 s
+    tolerance). Several ``v1=`` entries may appear during a secret rotation;
+    any one matching is enough.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from telephony_edge.calls.record import CallRecord
+from telephony_edge.coord.base import Coordinator, Job
+
+logger = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Telephony-Edge-Signature"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+SESSION_WEBHOOK_QUEUE = "session_webhooks"
+
+PREFETCH_TIMEOUT = 3.0
+PREFETCH_MAX_TIMEOUT = 10.0
+PREFETCH_MAX_BYTES = 64 * 1024
+SESSION_TIMEOUT = 10.0
+SESSION_MAX_TIMEOUT = 30.0
+MIN_TIMEOUT = 0.05
+MAX_CHAT_CHARS = 1_000_000
+MAX_HEADERS = 32
+
+#: ``on_result(kind, outcome)``: kind is "prefetch" or "session_webhook"; outcomes
+#: prefetch: ok, timeout, error, bad_response; session_webhook: delivered,
+#: retry, rejected, gave_up, malformed.
+ResultHook = Callable[[str, str], None]
+
+
+def _report(hook: ResultHook | None, kind: str, outcome: str) -> None:
+    if hook is None:
+        return
+    try:
+        hook(kind, outcome)
+    except Exception:  # a metrics bug must not break delivery
+        logger.exception("webhook result hook failed")
+
+
+# -- specs -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSpec:
+    url: str
+    method: str = "GET"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    timeout: float = PREFETCH_TIMEOUT
+
+
+def parse_webhook_spec(
+    value: WebhookSpec | str | Mapping[str, Any],
+    *,
+    default_method: str = "GET",
+    default_timeout: float = PREFETCH_TIMEOUT,
+    max_timeout: float = PREFETCH_MAX_TIMEOUT,
+) -> WebhookSpec:
+    """Read an agent-config webhook value (URL string or object); raise ValueError if invalid.
+
+    The timeout is clamped into ``[MIN_TIMEOUT, max_timeout]`` so that no
+    config can stall a call or a dispatcher.
+    """
+    url: object
+    method: object
+    headers: object
+    timeout: object
+    if isinstance(value, WebhookSpec):
+        url, method, headers, timeout = value.url, value.method, value.headers, value.timeout
+    elif isinstance(value, str):
+        url, method, headers, timeout = value, default_method, {}, default_timeout
+    elif isinstance(value, Mapping):
+        url = value.get("url")
+        method = value.get("method") or default_method
+        headers = value.get("headers") or {}
+        timeout = value.get("timeout", default_timeout)
+    else:
+        raise ValueError(f"webhook must be a URL or an object, not {type(value).__name__}")
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError("webhook url missing")
+    url = url.strip()
+    try:
+        parsed = URL(url)
+    except ValueError as e:
+        raise ValueError(f"webhook url invalid: {e}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"webhook url must be http(s)://host/..., got {url!r}")
+    if not isinstance(method, str) or method.upper() not in ("GET", "POST"):
+        raise ValueError(f"webhook method must be GET or POST, got {method!r}")
+    if not isinstance(headers, Mapping) or len(headers) > MAX_HEADERS:
+        raise ValueError(f"webhook headers must be an object of at most {MAX_HEADERS} strings")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+        raise ValueError("webhook header names and values must be strings")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise ValueError(f"webhook timeout must be a number of seconds, got {timeout!r}")
+    timeout = min(max(float(timeout), MIN_TIMEOUT), max_timeout)
+    return WebhookSpec(url, method.upper(), dict(headers), timeout)
+
+
+# -- prefetch ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PrefetchResult:
+    """What the prefetch webhook gave; empty with ``error`` set when it failed."""
+
+    metadata: dict[str, Any] = field(default_factory=dict)
+    extra_prompt: str = ""
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def merged_metadata(self, current: Mapping[str, Any]) -> dict[str, Any]:
+        """``current`` with this result's keys updated and added (the documented rule)."""
+        return {**current, **self.metadata}
+
+
+def _query_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def prefetch_params(
+    *, session_id: str, agent_id: str, from_: str, to: str, metadata: Mapping[str, Any]
+) -> dict[str, str]:
+    """The query of the prefetch request. The documented fields win over same-named metadata."""
+    params = {str(k): _query_value(v) for k, v in metadata.items()}
+    params.update(session_id=session_id, agent_id=agent_id, to=to)
+    params["from"] = from_
+    return params
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The body, or None if it is longer than ``limit`` bytes (reading stops there)."""
+    if resp.content_length is not None and resp.content_length > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(16 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def prefetch(
+    session: aiohttp.ClientSession,
+    spec: WebhookSpec | str | Mapping[str, Any],
+    *,
+    session_id: str,
+    agent_id: str,
+    from_: str,
+    to: str,
+    metadata: Mapping[str, Any],
+    call_id: str = "",
+    on_result: ResultHook | None = None,
+) -> PrefetchResult:
+    """Call the prefetch webhook; never raises and never takes longer than its timeout.
+
+    GET sends the fields as the query string; POST sends them as a JSON
+    object body instead.
+    """
+    log_extra = {"call_id": call_id}
+
+    def fail(outcome: str, reason: str) -> PrefetchResult:
+        logger.warning("prefetch webhook failed: %s", reason, extra=log_extra)
+        _report(on_result, "prefetch", outcome)
+        return PrefetchResult(error=reason)
+
+    try:
+        hook = parse_webhook_spec(spec)
+    except ValueError as e:
+        return fail("error", f"bad webhook config: {e}")
+    fields = prefetch_params(
+        session_id=session_id, agent_id=agent_id, from_=from_, to=to, metadata=metadata
+    )
+    request: dict[str, Any] = {"params": fields} if hook.method == "GET" else {"json": fields}
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(hook.timeout):
+            async with session.request(
+                hook.method,
+                hook.url,
+                headers={"Accept": "application/json", **hook.headers},
+                timeout=aiohttp.ClientTimeout(total=hook.timeout),
+                max_redirects=3,
+                **request,
+            ) as resp:
+                status = resp.status
+                body = await _read_bounded(resp, PREFETCH_MAX_BYTES)
+    except TimeoutError:
+        return fail("timeout", f"timed out after {hook.timeout:g} s")
+    except (aiohttp.ClientError, OSError) as e:
+        return fail("error", f"request failed: {type(e).__name__}: {e}")
+    except Exception as e:  # never raise into the call
+        logger.exception("prefetch webhook crashed", extra=log_extra)
+        return fail("error", f"unexpected error: {type(e).__name__}")
+
+    if not 200 <= status < 300:
+        return fail("error", f"http status {status}")
+    if body is None:
+        return fail("bad_response", f"response larger than {PREFETCH_MAX_BYTES} bytes")
+    if not body.strip():
+        _report(on_result, "prefetch", "ok")
+        return PrefetchResult()
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return fail("bad_response", "response is not JSON")
+    if not isinstance(data, dict):
+        return fail("bad_response", "response JSON is not an object")
+    new_metadata = data.get("metadata") or {}
+    extra_prompt = data.get("extra_prompt") or ""
+    if not isinstance(new_metadata, dict) or not isinstance(extra_prompt, str):
+        return fail("bad_response", "metadata must be an object and extra_prompt a string")
+    logger.info(
+        "prefetch webhook ok in %.0f ms (%d metadata keys, %d prompt chars)",
+        (time.monotonic() - started) * 1000,
+        len(new_metadata),
+        len(extra_prompt),
+        extra=log_extra,
+    )
+    _report(on_result, "prefetch", "ok")
+    return PrefetchResult(metadata=new_metadata, extra_prompt=extra_prompt)
+
+
+# -- end-of-call payload -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CostRates:
+    """Prices for ``cost_breakdown``, in the operator's currency. Zero unless configured."""
+
+    platform_per_min: float = 0.0
+    telephony_per_min: float = 0.0
+    stt_per_min: float = 0.0
+    tts_per_1k_chars: float = 0.0
+
+
+def cost_breakdown(duration: int, chars_used: int, rates: CostRates) -> list[dict[str, Any]]:
+    """One item per billed service; minutes are ``duration / 60`` (not rounded up)."""
+    minutes = duration / 60
+    kchars = chars_used / 1000
+    items = [
+        ("platform", "minute", minutes, rates.platform_per_min),
+        ("telephony", "minute", minutes, rates.telephony_per_min),
+        ("stt", "minute", minutes, rates.stt_per_min),
+        ("tts", "1k_chars", kchars, rates.tts_per_1k_chars),
+    ]
+    return [
+        {
+            "type": kind,
+            "unit": unit,
+            "quantity": round(quantity, 6),
+            "rate": rate,
+            "cost": round(quantity * rate, 6),
+        }
+        for kind, unit, quantity, rate in items
+    ]
+
+
+def _chat_json(transcript: Sequence[Mapping[str, Any]], limit: int) -> str:
+    """The transcript as a JSON string of at most about ``limit`` chars (latest entries dropped)."""
+    entries: list[Mapping[str, Any]] = []
+    size = 2
+    for entry in transcript:
+        size += len(json.dumps(entry, default=str)) + 1
+        if size > limit:
+            dropped = len(transcript) - len(entries)
+            entries.append({"role": "system", "text": f"[{dropped} entries truncated]"})
+            break
+        entries.append(entry)
+    return json.dumps(entries, default=str)
+
+
+def build_session_payload(
+    record: CallRecord,
+    *,
+    transcript: Sequence[Mapping[str, Any]] = (),
+    function_calls: Sequence[Mapping[str, Any]] = (),
+    chars_used: int = 0,
+    rates: CostRates = CostRates(),
+    recording: Mapping[str, Any] | None = None,
+    max_chat_chars: int = MAX_CHAT_CHARS,
+) -> dict[str, Any]:
+    """The documented end-of-call payload for ``record``.
+
+    ``transcript`` entries (e.g. ``{"role": "user"|"agent", "text": …}``) go
+    into ``chat`` as a JSON *string*, as documented. ``ts`` is the call's start
+    (answer, else creation) in unix seconds, the same start ``duration`` counts from.
+    """
+    duration = record.duration
+    start = record.answered_at or record.created_at
+    return {
+        "call_id": record.call_id,
+        "session_id": record.session_id,
+        "agent_id": record.agent_id,
+        "agent_config": record.agent_config,
+        "ts": int(start),
+        "duration": duration,
+        "call_status": None if record.call_status is None else str(record.call_status),
+        "error_message": record.error_message,
+        "metadata": record.metadata,
+        "voip": {
+            "provider": record.provider,
+            "from": record.from_,
+            "to": record.to,
+            "provider_call_id": record.provider_call_id,
+            "direction": record.direction,
+        },
+        "recording": None if recording is None else dict(recording),
+        "function_calls": [dict(fc) for fc in function_calls],
+        "chat": _chat_json(transcript, max_chat_chars),
+        "chars_used": int(chars_used),
+        "cost_breakdown": cost_breakdown(duration, chars_used, rates),
+    }
+
+
+async def enqueue_session_webhook(
+    coordinator: Coordinator,
+    spec: WebhookSpec | str | Mapping[str, Any],
+    payload: Mapping[str, Any],
+    *,
+    queue: str = SESSION_WEBHOOK_QUEUE,
+) -> bool:
+    """Queue the end-of-call POST; job id is the call id, so it is queued once per call.
+
+    Raises ValueError for an invalid spec (a config error the caller logs).
+    The body is serialised here, once, so every retry sends the same bytes.
+    """
+    hook = parse_webhook_spec(
+        spec,
+        default_method="POST",
+        default_timeout=SESSION_TIMEOUT,
+        max_timeout=SESSION_MAX_TIMEOUT,
+    )
+    call_id = str(payload["call_id"])
+    job = {
+        "call_id": call_id,
+        "url": hook.url,
+        "headers": dict(hook.headers),
+        "timeout": hook.timeout,
+        "body": json.dumps(payload, separators=(",", ":"), default=str),
+    }
+    queued = await coordinator.enqueue(queue, call_id, job)
+    logger.info(
+        "session webhook %s", "queued" if queued else "already queued", extra={"call_id": call_id}
+    )
+    return queued
+
+
+# -- signatures ----------------------------------------------------------------
+
+
+def _as_bytes(body: bytes | str) -> bytes:
+    return body.encode() if isinstance(body, str) else body
+
+
+def _hmac_hex(secret: str, timestamp: int, body: bytes) -> str:
+    signed = str(timestamp).encode() + b"." + body
+    return hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+
+
+def sign(secret: str, body: bytes | str, *, timestamp: int | None = None) -> str:
+    """The ``X-Telephony-Edge-Signature`` header value for ``body``."""
+    t = int(time.time()) if timestamp is None else timestamp
+    return f"t={t},v1={_hmac_hex(secret, t, _as_bytes(body))}"
+
+
+def verify_signature(
+    secret: str,
+    header: str,
+    body: bytes | str,
+    tolerance_s: float = 300,
+    *,
+    now: float | None = None,
+) -> bool:
+    """Whether ``header`` signs ``body`` with ``secret`` within ``tolerance_s`` of ``now``."""
+    timestamp: int | None = None
+    candidates: list[str] = []
+    for part in header.split(","):
+        key, sep, value = part.strip().partition("=")
+        if not sep:
+            continue
+        if key == "t":
+            try:
+                timestamp = int(value)
+            except ValueError:
+                return False
+        elif key == "v1":
+            candidates.append(value)
+    if timestamp is None or not candidates:
+        return False
+    current = time.time() if now is None else now
+    if abs(current - timestamp) > tolerance_s:
+        return False
+    expected = _hmac_hex(secret, timestamp, _as_bytes(body))
+    # Compare against every candidate so the time taken does not tell which matched.
+    matches = [hmac.compare_digest(expected.encode(), c.encode()) for c in candidates]
+    return any(matches)
+
+
+# -- delivery --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff: ``base * factor**(attempt-1)``, capped, ± ``jitter`` fraction."""
+
+    base_delay: float = 2.0
+    factor: float = 2.0
+    max_delay: float = 600.0
+    jitter: float = 0.2
+    max_attempts: int = 10
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        raw = min(self.max_delay, self.base_delay * self.factor ** max(0, attempt - 1))
+        return max(0.0, raw * (1 + random.uniform(-self.jitter, self.jitter)))
+
+
+def _retry_after(value: str | None, cap: float) -> float | None:
+    if value is None:
+        return None
+    try:
+        return min(max(0.0, float(value)), cap)
+    except ValueError:
+        return None  # an HTTP date: rare, ignore it and back off normally
+
+
+class WebhookDispatcher:
+    """Delivers queued end-of-call webhooks; run one per worker.
+
+    ``run()`` reserves due jobs and POSTs up to ``concurrency`` at a time
+    until cancelled or :meth:`drain` is called. A job in flight when its
+    worker dies reappears after ``visibility_timeout`` for another worker.
+    """
+
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        session: aiohttp.ClientSession,
+        *,
+        secret: str | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+        queue: str = SESSION_WEBHOOK_QUEUE,
+        concurrency: int = 8,
+        visibility_timeout: float = SESSION_MAX_TIMEOUT + 30.0,
+        poll_interval: float = 0.5,
+        on_result: ResultHook | None = None,
+    ) -> None:
+        if visibility_timeout <= SESSION_MAX_TIMEOUT:
+            raise ValueError("visibility_timeout must exceed the longest request timeout")
+        self._coord = coordinator
+        self._session = session
+        self._secret = secret
+        self._retry = retry
+        self._queue = queue
+        self._slots = asyncio.Semaphore(concurrency)
+        self._visibility = visibility_timeout
+        self._poll = poll_interval
+        self._on_result = on_result
+        self._stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        """Deliver until :meth:`drain` or cancellation. Jobs cut off are redelivered later."""
+        try:
+            while not self._stopping.is_set():
+                await self._slots.acquire()
+                if self._stopping.is_set():
+                    self._slots.release()
+                    break
+                try:
+                    job = await self._coord.reserve(self._queue, self._visibility)
+                except Exception:
+                    self._slots.release()
+                    logger.exception("webhook queue unavailable")
+                    await self._sleep(self._poll)
+                    continue
+                if job is None:
+                    self._slots.release()
+                    await self._sleep(self._poll)
+                    continue
+                task = asyncio.create_task(self._deliver_then_release(job))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        except asyncio.CancelledError:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            raise
+
+    async def drain(self, grace: float = 10.0) -> None:
+        """Stop taking jobs; give those in flight ``grace`` seconds, then cancel them."""
+        self._stopping.set()
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _deliver_then_release(self, job: Job) -> None:
+        try:
+            await self.deliver(job)
+        except Exception:
+            # Left reserved: it comes back after the visibility timeout.
+            logger.exception("webhook delivery crashed", extra={"call_id": job.job_id})
+        finally:
+            self._slots.release()
+
+    async def deliver(self, job: Job) -> str:
+        """POST one reserved job, then ack or nack it. Returns the outcome."""
+        data = job.data
+        call_id = str(data.get("call_id", job.job_id))
+        log_extra = {"call_id": call_id}
+        url, body = data.get("url"), data.get("body")
+        extra_headers, timeout = data.get("headers", {}), data.get("timeout", SESSION_TIMEOUT)
+        if (
+            not isinstance(url, str)
+            or not isinstance(body, str)
+            or not isinstance(extra_headers, dict)
+            or isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+        ):
+            logger.error("dropping malformed webhook job %s", job.job_id, extra=log_extra)
+            await self._coord.ack(self._queue, job.job_id)
+            return self._done("malformed")
+
+        raw = body.encode()
+        headers = {str(k): str(v) for k, v in extra_headers.items()}
+        headers["Content-Type"] = "application/json"
+        headers[IDEMPOTENCY_HEADER] = call_id
+        if self._secret:
+            headers[SIGNATURE_HEADER] = sign(self._secret, raw)
+        timeout = min(max(float(timeout), MIN_TIMEOUT), SESSION_MAX_TIMEOUT)
+
+        status: int | None = None
+        retry_after: float | None = None
+        reason: str
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._session.post(
+                    url,
+                    data=raw,
+                    headers=headers,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=timeout),
+                ) as resp:
+                    status = resp.status
+                    retry_after = _retry_after(
+                        resp.headers.get("Retry-After"), self._retry.max_delay
+                    )
+            reason = f"http status {status}"
+        except TimeoutError:
+            reason = f"timed out after {timeout:g} s"
+        except (aiohttp.ClientError, OSError) as e:
+            reason = f"request failed: {type(e).__name__}: {e}"
+
+        if status is not None and 200 <= status < 300:
+            await self._coord.ack(self._queue, job.job_id)
+            logger.info(
+                "session webhook delivered (attempt %d, status %d)",
+                job.attempts,
+                status,
+                extra=log_extra,
+            )
+            return self._done("delivered")
+        if status is not None and 300 <= status < 500 and status not in (408, 429):
+            await self._coord.ack(self._queue, job.job_id)
+            logger.error(
+                "session webhook rejected with %s, not retried (attempt %d)",
+                reason,
+                job.attempts,
+                extra=log_extra,
+            )
+            return self._done("rejected")
+        if job.attempts >= self._retry.max_attempts:
+            await self._coord.ack(self._queue, job.job_id)
+            logger.error(
+                "session webhook given up after %d attempts: %s",
+                job.attempts,
+                reason,
+                extra=log_extra,
+            )
+            return self._done("gave_up")
+        delay = self._retry.delay(job.attempts)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        await self._coord.nack(self._queue, job, delay)
+        logger.warning(
+            "session webhook attempt %d failed (%s); retry in %.1f s",
+            job.attempts,
+            reason,
+            delay,
+            extra=log_extra,
+        )
+        return self._done("retry")
+
+    def _done(self, outcome: str) -> str:
+        _report(self._on_result, "session_webhook", outcome)
+        return outcome

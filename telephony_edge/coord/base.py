@@ -1,0 +1,228 @@
+"""The Coordinator: what every worker must agree on, behind one interface.
+
+Why it exists
+-------------
+Calls land on whichever worker the load balancer picks, and a call's
+signalling and media may land on different workers. Everything a *second*
+worker needs to know about a call goes through a :class:`Coordinator`:
+call records, pending registrations, which worker owns a call's media,
+control messages to that owner, per-agent concurrency slots, worker
+heartbeats and the durable queue of end-of-call webhooks. Audio never does.
+
+Rules for backends
+------------------
+* Every method is ONE atomic step. A Redis backend must be able to do each
+  with one command, a ``MULTI`` block or one Lua script; no contract below
+  needs the caller to read, modify and write back across two calls.
+* Values cross the interface as JSON-able data and are stored as JSON, also
+  in memory, so that no two holders share a mutable object and a value that
+  would not survive Redis fails in the embedded backend too.
+* Durations (``ttl``, ``delay``, ``visibility_timeout``) are seconds counted
+  on the backend's own clock (Redis: server ``TIME``), never wall-clock
+  timestamps from a worker, so clock skew between workers does not matter.
+* Everything expires or is bounded: ended call records, pending
+  registrations, heartbeats, agent slots and control inboxes.
+
+A backend passes ``tests/coord/test_contract.py``; that suite is the
+specification in executable form.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from telephony_edge.calls.record import CallRecord
+
+#: How long an ended call's record stays readable unless ``put_call`` says otherwise.
+DEFAULT_ENDED_CALL_TTL = 3600.0
+#: Safety net for a slot whose call never released it (its worker died): longest call.
+DEFAULT_SLOT_TTL = 4 * 3600.0
+#: Control messages waiting for a worker that is not listening; the oldest are dropped.
+DEFAULT_CONTROL_INBOX_SIZE = 256
+
+ControlMessage = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A reserved queue job.
+
+    ``attempts`` counts reservations including this one; it doubles as the
+    fencing token for :meth:`Coordinator.nack`, so a worker whose reservation
+    has already expired (and was taken over) cannot reschedule the job.
+    """
+
+    job_id: str
+    data: dict[str, Any]
+    attempts: int
+
+
+class Coordinator(abc.ABC):
+    """Shared state for all workers. See the module docstring for the rules."""
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @abc.abstractmethod
+    async def ping(self) -> bool:
+        """Whether the backend answers (readiness)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections. Idempotent."""
+
+    # -- call records ------------------------------------------------------
+
+    @abc.abstractmethod
+    async def put_call(self, record: CallRecord, *, ttl: float | None = None) -> None:
+        """Store the whole record, replacing any earlier one.
+
+        A record in state ``ended`` leaves the active index and expires after
+        ``ttl`` (default: the backend's ended-call TTL); any other record is
+        kept without expiry unless ``ttl`` is given.
+        """
+
+    @abc.abstractmethod
+    async def update_call(
+        self, call_id: str, changes: Mapping[str, Any], *, ttl: float | None = None
+    ) -> CallRecord | None:
+        """Set some fields of a stored record in one step; return the result.
+
+        For workers that are not the call's owner and own a field of their
+        own (e.g. the provider status callback sets ``provider_status``):
+        fields not named are left as they are, so nobody's update is lost.
+        ``changes`` maps :class:`CallRecord` field names to JSON values
+        (unknown names raise ``ValueError``). Returns None, and stores
+        nothing, when the call is not stored. Expiry as for :meth:`put_call`.
+        """
+
+    @abc.abstractmethod
+    async def get_call(self, call_id: str) -> CallRecord | None:
+        """The stored record, or None if unknown or expired."""
+
+    @abc.abstractmethod
+    async def list_active_calls(self) -> list[CallRecord]:
+        """Every stored record whose state is not ``ended``."""
+
+    # -- pending registrations (SIP register_sip_call, Twilio stream tokens) --
+
+    @abc.abstractmethod
+    async def register_pending(self, key: str, payload: Mapping[str, Any], ttl: float) -> bool:
+        """Store ``payload`` under ``key`` for ``ttl`` seconds.
+
+        Returns False (and changes nothing) if ``key`` is already pending.
+        """
+
+    @abc.abstractmethod
+    async def claim_pending(self, key: str) -> dict[str, Any] | None:
+        """Take the payload and delete it: among concurrent claims exactly one wins."""
+
+    # -- ownership of a call's media ----------------------------------------
+
+    @abc.abstractmethod
+    async def claim_owner(self, call_id: str, worker_id: str) -> bool:
+        """Become the call's owner unless another worker already is.
+
+        True if ``worker_id`` now owns the call (also when it already did).
+        """
+
+    @abc.abstractmethod
+    async def owner_of(self, call_id: str) -> str | None:
+        """The owning worker's id, or None."""
+
+    @abc.abstractmethod
+    async def release_owner(self, call_id: str, worker_id: str) -> bool:
+        """Drop ownership if ``worker_id`` holds it; True if it did."""
+
+    # -- control messages to the owner ---------------------------------------
+
+    @abc.abstractmethod
+    async def publish_control(self, call_id: str, message: Mapping[str, Any]) -> bool:
+        """Send ``message`` (e.g. ``{"action": "hangup"}``) to the call's owner.
+
+        Returns False when the call has no owner (nothing is sent). The
+        message waits in the owner's inbox if it is not listening right now
+        (bounded; the oldest are dropped first) and is delivered once.
+        """
+
+    @abc.abstractmethod
+    def control_messages(self, worker_id: str) -> AsyncGenerator[tuple[str, ControlMessage], None]:
+        """``(call_id, message)`` pairs for calls ``worker_id`` owns, in order, forever.
+
+        One consumer per worker id. Never ends by itself: the consumer stops
+        it with ``aclose()`` or by being cancelled.
+        """
+
+    # -- per-agent concurrency -------------------------------------------------
+
+    @abc.abstractmethod
+    async def acquire_agent_slot(
+        self, agent_id: str, call_id: str, limit: int, *, ttl: float = DEFAULT_SLOT_TTL
+    ) -> bool:
+        """Take one of ``limit`` slots of ``agent_id`` for ``call_id``.
+
+        Idempotent per call: acquiring again succeeds and renews the slot's
+        ``ttl`` (the safety net that frees slots of a worker that died).
+        """
+
+    @abc.abstractmethod
+    async def release_agent_slot(self, agent_id: str, call_id: str) -> None:
+        """Give the call's slot back. Releasing a slot not held does nothing."""
+
+    @abc.abstractmethod
+    async def agent_slots_in_use(self, agent_id: str) -> int:
+        """How many unexpired slots of ``agent_id`` are held."""
+
+    # -- worker heartbeats ------------------------------------------------------
+
+    @abc.abstractmethod
+    async def heartbeat(self, worker_id: str, info: Mapping[str, Any], ttl: float) -> None:
+        """Announce ``worker_id`` alive for ``ttl`` seconds with ``info`` (load, region, url)."""
+
+    @abc.abstractmethod
+    async def forget_worker(self, worker_id: str) -> None:
+        """Remove a worker at once (clean shutdown) instead of waiting for its ttl."""
+
+    @abc.abstractmethod
+    async def live_workers(self) -> dict[str, dict[str, Any]]:
+        """worker id → the ``info`` of its latest unexpired heartbeat."""
+
+    # -- durable job queue (end-of-call webhooks) ------------------------------------
+
+    @abc.abstractmethod
+    async def enqueue(
+        self, queue: str, job_id: str, data: Mapping[str, Any], *, delay: float = 0.0
+    ) -> bool:
+        """Add a job, due after ``delay`` seconds.
+
+        Idempotent: returns False (and changes nothing) if ``job_id`` is
+        already in ``queue``, so two workers ending the same call queue one
+        webhook.
+        """
+
+    @abc.abstractmethod
+    async def reserve(self, queue: str, visibility_timeout: float) -> Job | None:
+        """Take the earliest due job, hidden for ``visibility_timeout`` seconds.
+
+        A job neither acked nor nacked within that time (its worker died or
+        hung) becomes due again: delivery is at-least-once. None if no job is
+        due now.
+        """
+
+    @abc.abstractmethod
+    async def ack(self, queue: str, job_id: str) -> None:
+        """Remove the job for good (delivered, or given up on)."""
+
+    @abc.abstractmethod
+    async def nack(self, queue: str, job: Job, delay: float) -> bool:
+        """Make a reserved job due again after ``delay`` seconds (a retry).
+
+        Ignored, returning False, if the job is gone or was reserved again
+        since ``job`` was handed out (``job.attempts`` is stale).
+        """
+
+    @abc.abstractmethod
+    async def queue_length(self, queue: str) -> int:
+        """Jobs in ``queue``, due, delayed or reserved."""

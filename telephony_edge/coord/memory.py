@@ -1,0 +1,315 @@
+"""In-memory Coordinator: the embedded default for a single process.
+
+Every method runs without awaiting in between its reads and writes, so on
+one event loop each is atomic, as the Redis scripts are. Values are kept as
+JSON text, not objects, to behave like Redis (no aliasing, JSON-only data).
+Expired entries are dropped lazily on access and swept from a deadline heap
+on every write, so memory stays bounded by what is live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import json
+import time
+from collections.abc import AsyncGenerator, Callable, Mapping
+from dataclasses import fields
+from typing import Any
+
+from telephony_edge.calls.record import CallRecord, CallState
+from telephony_edge.coord.base import (
+    DEFAULT_CONTROL_INBOX_SIZE,
+    DEFAULT_ENDED_CALL_TTL,
+    DEFAULT_SLOT_TTL,
+    ControlMessage,
+    Coordinator,
+    Job,
+)
+
+_RECORD_FIELDS = frozenset(f.name for f in fields(CallRecord))
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+class _ExpiringDict:
+    """str → JSON text, each entry with an optional deadline on ``clock``."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._items: dict[str, tuple[str, float | None]] = {}
+        self._deadlines: list[tuple[float, str]] = []
+
+    def set(self, key: str, value: str, ttl: float | None) -> None:
+        self.sweep()
+        deadline = None if ttl is None else self._clock() + ttl
+        self._items[key] = (value, deadline)
+        if deadline is not None:
+            heapq.heappush(self._deadlines, (deadline, key))
+
+    def get(self, key: str) -> str | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        value, deadline = item
+        if deadline is not None and deadline <= self._clock():
+            del self._items[key]
+            return None
+        return value
+
+    def pop(self, key: str) -> str | None:
+        value = self.get(key)
+        self._items.pop(key, None)
+        return value
+
+    def live_keys(self) -> list[str]:
+        self.sweep()
+        return list(self._items)
+
+    def sweep(self) -> None:
+        now = self._clock()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            deadline, key = heapq.heappop(self._deadlines)
+            item = self._items.get(key)
+            # The key may have been rewritten with a later deadline or none.
+            if item is not None and item[1] == deadline:
+                del self._items[key]
+
+
+class _Queue:
+    """One durable queue: jobs by id, and a heap of (due, seq, id) with lazy invalidation."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, tuple[str, int]] = {}  # id -> (data JSON, attempts)
+        self.due: dict[str, float] = {}
+        self.heap: list[tuple[float, int, str]] = []
+        self._seq = itertools.count()
+
+    def schedule(self, job_id: str, at: float) -> None:
+        self.due[job_id] = at
+        heapq.heappush(self.heap, (at, next(self._seq), job_id))
+
+    def pop_due(self, now: float) -> str | None:
+        while self.heap and self.heap[0][0] <= now:
+            at, _, job_id = heapq.heappop(self.heap)
+            if self.due.get(job_id) == at:
+                return job_id
+        return None
+
+
+class MemoryCoordinator(Coordinator):
+    """All shared state in this process. Only correct for one worker."""
+
+    def __init__(
+        self,
+        *,
+        ended_call_ttl: float = DEFAULT_ENDED_CALL_TTL,
+        control_inbox_size: int = DEFAULT_CONTROL_INBOX_SIZE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ended_call_ttl = ended_call_ttl
+        self._inbox_size = control_inbox_size
+        self._clock = clock
+        self._calls = _ExpiringDict(clock)
+        self._active: set[str] = set()
+        self._pending = _ExpiringDict(clock)
+        self._workers = _ExpiringDict(clock)
+        self._owners: dict[str, str] = {}
+        self._inboxes: dict[str, asyncio.Queue[tuple[str, str]]] = {}
+        self._slots: dict[str, dict[str, float]] = {}
+        self._queues: dict[str, _Queue] = {}
+        self._closed = False
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def ping(self) -> bool:
+        return not self._closed
+
+    async def close(self) -> None:
+        self._closed = True
+
+    # -- call records ------------------------------------------------------------
+
+    def _store_call(self, data: dict[str, Any], ttl: float | None) -> None:
+        call_id = data["call_id"]
+        if data["state"] == CallState.ENDED:
+            self._active.discard(call_id)
+            ttl = self._ended_call_ttl if ttl is None else ttl
+        else:
+            self._active.add(call_id)
+        self._calls.set(call_id, _dumps(data), ttl)
+
+    async def put_call(self, record: CallRecord, *, ttl: float | None = None) -> None:
+        self._store_call(record.to_dict(), ttl)
+
+    async def update_call(
+        self, call_id: str, changes: Mapping[str, Any], *, ttl: float | None = None
+    ) -> CallRecord | None:
+        unknown = set(changes) - _RECORD_FIELDS
+        if unknown or "call_id" in changes:
+            raise ValueError(f"cannot update call record fields: {sorted(unknown or {'call_id'})}")
+        stored = self._calls.get(call_id)
+        if stored is None:
+            return None
+        data = json.loads(stored)
+        data.update(json.loads(_dumps(dict(changes))))
+        record = CallRecord.from_dict(data)  # validates before anything is stored
+        self._store_call(data, ttl)
+        return record
+
+    async def get_call(self, call_id: str) -> CallRecord | None:
+        stored = self._calls.get(call_id)
+        return None if stored is None else CallRecord.from_dict(json.loads(stored))
+
+    async def list_active_calls(self) -> list[CallRecord]:
+        records = []
+        for call_id in list(self._active):
+            stored = self._calls.get(call_id)
+            if stored is None:  # expired while active (an explicit ttl)
+                self._active.discard(call_id)
+                continue
+            records.append(CallRecord.from_dict(json.loads(stored)))
+        return records
+
+    # -- pending registrations ------------------------------------------------------
+
+    async def register_pending(self, key: str, payload: Mapping[str, Any], ttl: float) -> bool:
+        if self._pending.get(key) is not None:
+            return False
+        self._pending.set(key, _dumps(dict(payload)), ttl)
+        return True
+
+    async def claim_pending(self, key: str) -> dict[str, Any] | None:
+        stored = self._pending.pop(key)
+        return None if stored is None else dict(json.loads(stored))
+
+    # -- ownership ------------------------------------------------------------------
+
+    async def claim_owner(self, call_id: str, worker_id: str) -> bool:
+        return self._owners.setdefault(call_id, worker_id) == worker_id
+
+    async def owner_of(self, call_id: str) -> str | None:
+        return self._owners.get(call_id)
+
+    async def release_owner(self, call_id: str, worker_id: str) -> bool:
+        if self._owners.get(call_id) != worker_id:
+            return False
+        del self._owners[call_id]
+        return True
+
+    # -- control messages -------------------------------------------------------------
+
+    def _inbox(self, worker_id: str) -> asyncio.Queue[tuple[str, str]]:
+        inbox = self._inboxes.get(worker_id)
+        if inbox is None:
+            inbox = self._inboxes[worker_id] = asyncio.Queue(self._inbox_size)
+        return inbox
+
+    async def publish_control(self, call_id: str, message: Mapping[str, Any]) -> bool:
+        owner = self._owners.get(call_id)
+        if owner is None:
+            return False
+        inbox = self._inbox(owner)
+        if inbox.full():
+            inbox.get_nowait()
+        inbox.put_nowait((call_id, _dumps(dict(message))))
+        return True
+
+    async def control_messages(
+        self, worker_id: str
+    ) -> AsyncGenerator[tuple[str, ControlMessage], None]:
+        inbox = self._inbox(worker_id)
+        while True:
+            call_id, message = await inbox.get()
+            yield call_id, json.loads(message)
+
+    # -- per-agent concurrency --------------------------------------------------------------
+
+    def _live_slots(self, agent_id: str) -> dict[str, float]:
+        now = self._clock()
+        slots = self._slots.get(agent_id, {})
+        for call_id in [c for c, deadline in slots.items() if deadline <= now]:
+            del slots[call_id]
+        return slots
+
+    async def acquire_agent_slot(
+        self, agent_id: str, call_id: str, limit: int, *, ttl: float = DEFAULT_SLOT_TTL
+    ) -> bool:
+        slots = self._live_slots(agent_id)
+        if call_id not in slots and len(slots) >= limit:
+            return False
+        slots[call_id] = self._clock() + ttl
+        self._slots[agent_id] = slots
+        return True
+
+    async def release_agent_slot(self, agent_id: str, call_id: str) -> None:
+        slots = self._live_slots(agent_id)
+        slots.pop(call_id, None)
+        if not slots:
+            self._slots.pop(agent_id, None)
+
+    async def agent_slots_in_use(self, agent_id: str) -> int:
+        return len(self._live_slots(agent_id))
+
+    # -- heartbeats -------------------------------------------------------------------------
+
+    async def heartbeat(self, worker_id: str, info: Mapping[str, Any], ttl: float) -> None:
+        self._workers.set(worker_id, _dumps(dict(info)), ttl)
+
+    async def forget_worker(self, worker_id: str) -> None:
+        self._workers.pop(worker_id)
+
+    async def live_workers(self) -> dict[str, dict[str, Any]]:
+        live = {}
+        for worker_id in self._workers.live_keys():
+            stored = self._workers.get(worker_id)
+            if stored is not None:
+                live[worker_id] = json.loads(stored)
+        return live
+
+    # -- durable job queue ---------------------------------------------------------------------
+
+    async def enqueue(
+        self, queue: str, job_id: str, data: Mapping[str, Any], *, delay: float = 0.0
+    ) -> bool:
+        q = self._queues.setdefault(queue, _Queue())
+        if job_id in q.jobs:
+            return False
+        q.jobs[job_id] = (_dumps(dict(data)), 0)
+        q.schedule(job_id, self._clock() + delay)
+        return True
+
+    async def reserve(self, queue: str, visibility_timeout: float) -> Job | None:
+        q = self._queues.get(queue)
+        if q is None:
+            return None
+        now = self._clock()
+        job_id = q.pop_due(now)
+        if job_id is None:
+            return None
+        data, attempts = q.jobs[job_id]
+        attempts += 1
+        q.jobs[job_id] = (data, attempts)
+        q.schedule(job_id, now + visibility_timeout)
+        return Job(job_id=job_id, data=json.loads(data), attempts=attempts)
+
+    async def ack(self, queue: str, job_id: str) -> None:
+        q = self._queues.get(queue)
+        if q is not None:
+            q.jobs.pop(job_id, None)
+            q.due.pop(job_id, None)
+
+    async def nack(self, queue: str, job: Job, delay: float) -> bool:
+        q = self._queues.get(queue)
+        stored = None if q is None else q.jobs.get(job.job_id)
+        if q is None or stored is None or stored[1] != job.attempts:
+            return False
+        q.schedule(job.job_id, self._clock() + delay)
+        return True
+
+    async def queue_length(self, queue: str) -> int:
+        q = self._queues.get(queue)
+        return 0 if q is None else len(q.jobs)

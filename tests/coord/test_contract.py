@@ -1,0 +1,354 @@
+"""The Coordinator contract: every backend must pass every test here.
+
+To add a backend, add a factory to ``BACKENDS`` (an async context manager
+yielding a fresh, empty coordinator). Times are real and short, because a
+Redis backend counts them on the server's clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from telephony_edge.calls.record import CallRecord, CallState, CallStatus
+from telephony_edge.coord import Coordinator, MemoryCoordinator
+
+TTL = 0.1  # short expiry used throughout
+PAST_TTL = 0.2  # sleep this long to be sure TTL has passed
+
+
+@contextlib.asynccontextmanager
+async def memory_backend() -> AsyncIterator[Coordinator]:
+    coord = MemoryCoordinator(ended_call_ttl=TTL)
+    try:
+        yield coord
+    finally:
+        await coord.close()
+
+
+BACKENDS: dict[str, Callable[[], contextlib.AbstractAsyncContextManager[Coordinator]]] = {
+    "memory": memory_backend,
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def coord(request: pytest.FixtureRequest) -> AsyncIterator[Coordinator]:
+    async with BACKENDS[request.param]() as c:
+        yield c
+
+
+def make_record(**kw: Any) -> CallRecord:
+    return CallRecord(agent_id="agent-1", provider="twilio", direction="inbound", **kw)
+
+
+# -- lifecycle ---------------------------------------------------------------
+
+
+async def test_ping(coord: Coordinator) -> None:
+    assert await coord.ping() is True
+
+
+# -- call records ------------------------------------------------------------
+
+
+async def test_put_get_roundtrip(coord: Coordinator) -> None:
+    rec = make_record(from_="+15550100", metadata={"userName": "Ada", "n": [1, 2]})
+    rec.advance(CallState.CONNECTING)
+    await coord.put_call(rec)
+    got = await coord.get_call(rec.call_id)
+    assert got == rec
+    assert got is not rec
+    assert got is not None and got.state is CallState.CONNECTING
+
+
+async def test_get_unknown_is_none(coord: Coordinator) -> None:
+    assert await coord.get_call("call_nope") is None
+
+
+async def test_stored_record_is_not_aliased(coord: Coordinator) -> None:
+    rec = make_record(metadata={"a": 1})
+    await coord.put_call(rec)
+    rec.metadata["a"] = 2
+    got = await coord.get_call(rec.call_id)
+    assert got is not None and got.metadata == {"a": 1}
+
+
+async def test_active_list_excludes_ended_and_ended_expires(coord: Coordinator) -> None:
+    live, done = make_record(), make_record()
+    await coord.put_call(live)
+    await coord.put_call(done)
+    assert {r.call_id for r in await coord.list_active_calls()} == {live.call_id, done.call_id}
+
+    done.advance(CallState.ENDING)
+    done.set_status(CallStatus.USER_ENDED)
+    done.advance(CallState.ENDED)
+    await coord.put_call(done)  # default ended ttl (TTL) applies
+    assert [r.call_id for r in await coord.list_active_calls()] == [live.call_id]
+    assert await coord.get_call(done.call_id) is not None
+
+    await asyncio.sleep(PAST_TTL)
+    assert await coord.get_call(done.call_id) is None
+    assert await coord.get_call(live.call_id) is not None  # live calls never expire
+
+
+async def test_explicit_ttl_on_ended_record(coord: Coordinator) -> None:
+    rec = make_record()
+    rec.advance(CallState.ENDING)
+    rec.advance(CallState.ENDED)
+    await coord.put_call(rec, ttl=30)
+    await asyncio.sleep(PAST_TTL)
+    assert await coord.get_call(rec.call_id) is not None
+
+
+async def test_update_call_changes_only_named_fields(coord: Coordinator) -> None:
+    rec = make_record(metadata={"k": "v"})
+    await coord.put_call(rec)
+    updated = await coord.update_call(rec.call_id, {"provider_status": "completed"})
+    assert updated is not None and updated.provider_status == "completed"
+    assert updated.metadata == {"k": "v"}
+    # a second writer's field survives the first writer's update
+    await coord.update_call(rec.call_id, {"owner": "w1"})
+    got = await coord.get_call(rec.call_id)
+    assert got is not None
+    assert (got.provider_status, got.owner) == ("completed", "w1")
+
+
+async def test_update_call_to_ended_leaves_active_and_expires(coord: Coordinator) -> None:
+    rec = make_record()
+    await coord.put_call(rec)
+    updated = await coord.update_call(rec.call_id, {"state": "ended", "call_status": "timeout"})
+    assert updated is not None and updated.call_status is CallStatus.TIMEOUT
+    assert await coord.list_active_calls() == []
+    await asyncio.sleep(PAST_TTL)
+    assert await coord.get_call(rec.call_id) is None
+
+
+async def test_update_unknown_call_or_field(coord: Coordinator) -> None:
+    assert await coord.update_call("call_nope", {"provider_status": "x"}) is None
+    assert await coord.get_call("call_nope") is None
+    rec = make_record()
+    await coord.put_call(rec)
+    with pytest.raises(ValueError):
+        await coord.update_call(rec.call_id, {"no_such_field": 1})
+    with pytest.raises(ValueError):
+        await coord.update_call(rec.call_id, {"call_id": "other"})
+
+
+# -- pending registrations ---------------------------------------------------
+
+
+async def test_claim_pending_exactly_once_under_concurrency(coord: Coordinator) -> None:
+    assert await coord.register_pending("sip:abc", {"call_id": "c1", "n": 1}, ttl=30)
+    results = await asyncio.gather(*(coord.claim_pending("sip:abc") for _ in range(50)))
+    winners = [r for r in results if r is not None]
+    assert winners == [{"call_id": "c1", "n": 1}]
+    assert await coord.claim_pending("sip:abc") is None
+
+
+async def test_register_pending_refuses_duplicate_key(coord: Coordinator) -> None:
+    assert await coord.register_pending("k", {"v": 1}, ttl=30)
+    assert not await coord.register_pending("k", {"v": 2}, ttl=30)
+    assert await coord.claim_pending("k") == {"v": 1}
+    assert await coord.register_pending("k", {"v": 3}, ttl=30)  # free again once claimed
+
+
+async def test_pending_expires(coord: Coordinator) -> None:
+    await coord.register_pending("tok", {"x": 1}, ttl=TTL)
+    await asyncio.sleep(PAST_TTL)
+    assert await coord.claim_pending("tok") is None
+    assert await coord.register_pending("tok", {"x": 2}, ttl=30)
+
+
+# -- ownership ---------------------------------------------------------------
+
+
+async def test_ownership_single_owner(coord: Coordinator) -> None:
+    results = await asyncio.gather(*(coord.claim_owner("c1", f"w{i}") for i in range(10)))
+    assert results.count(True) == 1
+    owner = await coord.owner_of("c1")
+    assert owner == f"w{results.index(True)}"
+    assert await coord.claim_owner("c1", owner)  # idempotent for the owner
+    other = "w0" if owner != "w0" else "w1"
+    assert not await coord.release_owner("c1", other)
+    assert await coord.owner_of("c1") == owner
+    assert await coord.release_owner("c1", owner)
+    assert await coord.owner_of("c1") is None
+    assert await coord.claim_owner("c1", other)
+
+
+# -- control messages --------------------------------------------------------
+
+
+async def _next(it: AsyncIterator[Any], wait: float = 1.0) -> Any:
+    return await asyncio.wait_for(anext(it), wait)
+
+
+async def test_control_goes_to_owner_only(coord: Coordinator) -> None:
+    await coord.claim_owner("c1", "w1")
+    await coord.claim_owner("c2", "w2")
+    w1 = coord.control_messages("w1")
+    w2 = coord.control_messages("w2")
+    try:
+        assert await coord.publish_control("c1", {"action": "hangup"})
+        assert await coord.publish_control("c2", {"action": "transfer", "destination": "+1555"})
+        assert await _next(w1) == ("c1", {"action": "hangup"})
+        assert await _next(w2) == ("c2", {"action": "transfer", "destination": "+1555"})
+        with pytest.raises(TimeoutError):
+            await _next(w1, wait=0.1)
+    finally:
+        await w1.aclose()
+        await w2.aclose()
+
+
+async def test_control_without_owner_is_refused(coord: Coordinator) -> None:
+    assert not await coord.publish_control("c-unowned", {"action": "hangup"})
+
+
+async def test_control_waits_for_late_subscriber_in_order(coord: Coordinator) -> None:
+    await coord.claim_owner("c1", "w1")
+    for i in range(3):
+        assert await coord.publish_control("c1", {"seq": i})
+    it = coord.control_messages("w1")
+    try:
+        got = [await _next(it) for _ in range(3)]
+        assert got == [("c1", {"seq": 0}), ("c1", {"seq": 1}), ("c1", {"seq": 2})]
+    finally:
+        await it.aclose()
+
+
+async def test_control_wakes_a_waiting_subscriber(coord: Coordinator) -> None:
+    await coord.claim_owner("c1", "w1")
+    it = coord.control_messages("w1")
+    try:
+        waiter = asyncio.ensure_future(_next(it))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        await coord.publish_control("c1", {"action": "hangup"})
+        assert await waiter == ("c1", {"action": "hangup"})
+    finally:
+        await it.aclose()
+
+
+# -- agent slots -------------------------------------------------------------
+
+
+async def test_agent_slots_limit(coord: Coordinator) -> None:
+    results = await asyncio.gather(
+        *(coord.acquire_agent_slot("a1", f"c{i}", limit=3) for i in range(8))
+    )
+    assert results.count(True) == 3
+    assert await coord.agent_slots_in_use("a1") == 3
+    holder = f"c{results.index(True)}"
+    assert await coord.acquire_agent_slot("a1", holder, limit=3)  # idempotent
+    assert not await coord.acquire_agent_slot("a1", "c-new", limit=3)
+    assert await coord.acquire_agent_slot("a2", "c-new", limit=3)  # per agent
+    await coord.release_agent_slot("a1", holder)
+    await coord.release_agent_slot("a1", "never-held")
+    assert await coord.agent_slots_in_use("a1") == 2
+    assert await coord.acquire_agent_slot("a1", "c-new", limit=3)
+
+
+async def test_agent_slot_expires(coord: Coordinator) -> None:
+    assert await coord.acquire_agent_slot("a1", "c1", limit=1, ttl=TTL)
+    assert not await coord.acquire_agent_slot("a1", "c2", limit=1)
+    await asyncio.sleep(PAST_TTL)
+    assert await coord.agent_slots_in_use("a1") == 0
+    assert await coord.acquire_agent_slot("a1", "c2", limit=1)
+
+
+# -- heartbeats --------------------------------------------------------------
+
+
+async def test_heartbeats_expire_and_forget(coord: Coordinator) -> None:
+    await coord.heartbeat("w1", {"calls": 2, "region": "eu"}, ttl=TTL)
+    await coord.heartbeat("w2", {"calls": 0}, ttl=30)
+    await coord.heartbeat("w3", {"calls": 0}, ttl=30)
+    assert await coord.live_workers() == {
+        "w1": {"calls": 2, "region": "eu"},
+        "w2": {"calls": 0},
+        "w3": {"calls": 0},
+    }
+    await coord.heartbeat("w2", {"calls": 5}, ttl=30)
+    await coord.forget_worker("w3")
+    await asyncio.sleep(PAST_TTL)
+    assert await coord.live_workers() == {"w2": {"calls": 5}}
+
+
+# -- durable queue -----------------------------------------------------------
+
+Q = "test-webhooks"
+
+
+async def test_queue_enqueue_reserve_ack(coord: Coordinator) -> None:
+    assert await coord.enqueue(Q, "j1", {"url": "http://x", "n": 1})
+    assert not await coord.enqueue(Q, "j1", {"url": "other"})  # idempotent by id
+    assert await coord.queue_length(Q) == 1
+    job = await coord.reserve(Q, visibility_timeout=30)
+    assert job is not None
+    assert (job.job_id, job.data, job.attempts) == ("j1", {"url": "http://x", "n": 1}, 1)
+    assert await coord.reserve(Q, visibility_timeout=30) is None  # hidden while reserved
+    await coord.ack(Q, job.job_id)
+    assert await coord.queue_length(Q) == 0
+    assert await coord.reserve(Q, visibility_timeout=0) is None
+
+
+async def test_queue_redelivers_after_visibility_timeout(coord: Coordinator) -> None:
+    await coord.enqueue(Q, "j1", {"n": 1})
+    first = await coord.reserve(Q, visibility_timeout=TTL)
+    assert first is not None and first.attempts == 1
+    assert await coord.reserve(Q, visibility_timeout=TTL) is None
+    await asyncio.sleep(PAST_TTL)  # the reserving worker "died"
+    second = await coord.reserve(Q, visibility_timeout=30)
+    assert second is not None
+    assert (second.job_id, second.data, second.attempts) == ("j1", {"n": 1}, 2)
+    # the dead worker's stale nack must not reschedule the new reservation
+    assert not await coord.nack(Q, first, delay=0)
+    assert await coord.reserve(Q, visibility_timeout=30) is None
+
+
+async def test_queue_nack_delays_retry(coord: Coordinator) -> None:
+    await coord.enqueue(Q, "j1", {})
+    job = await coord.reserve(Q, visibility_timeout=30)
+    assert job is not None
+    assert await coord.nack(Q, job, delay=TTL)
+    assert await coord.reserve(Q, visibility_timeout=30) is None  # not yet due
+    await asyncio.sleep(PAST_TTL)
+    again = await coord.reserve(Q, visibility_timeout=30)
+    assert again is not None and again.attempts == 2
+
+
+async def test_queue_delay_and_order(coord: Coordinator) -> None:
+    await coord.enqueue(Q, "later", {}, delay=TTL)
+    await coord.enqueue(Q, "a", {})
+    await asyncio.sleep(0.01)
+    await coord.enqueue(Q, "b", {})
+    ids = []
+    while (job := await coord.reserve(Q, visibility_timeout=30)) is not None:
+        ids.append(job.job_id)
+    assert ids == ["a", "b"]
+    await asyncio.sleep(PAST_TTL)
+    job = await coord.reserve(Q, visibility_timeout=30)
+    assert job is not None and job.job_id == "later"
+
+
+async def test_queue_concurrent_reserve_hands_each_job_once(coord: Coordinator) -> None:
+    for i in range(5):
+        await coord.enqueue(Q, f"j{i}", {"i": i})
+    jobs = await asyncio.gather(*(coord.reserve(Q, visibility_timeout=30) for _ in range(20)))
+    got = sorted(j.job_id for j in jobs if j is not None)
+    assert got == [f"j{i}" for i in range(5)]
+
+
+async def test_ack_after_takeover_and_queues_are_separate(coord: Coordinator) -> None:
+    await coord.enqueue(Q, "j1", {})
+    await coord.enqueue("other-queue", "j1", {"other": True})
+    job = await coord.reserve(Q, visibility_timeout=30)
+    assert job is not None
+    await coord.ack(Q, "j1")
+    assert await coord.queue_length(Q) == 0
+    assert await coord.queue_length("other-queue") == 1
+    assert not await coord.nack(Q, job, delay=0)  # gone
