@@ -6,15 +6,15 @@ In:  Twilio media JSON text (base64 μ-law 8 kHz) → canonical PCM16 16 kHz fra
 Out: canonical PCM16 16 kHz frame → μ-law 8 kHz → base64 → media JSON text.
 
 Every row parses with orjson (as the Twilio leg does) and builds the outgoing
-text with a template (valid JSON: base64 and the stream SID need no
-escaping), so the rows differ only in the audio work, except the stdlib
-``json`` row, which shows what the parser alone costs. Times are the median
-over many single frames of a speech-like signal (syllabic bursts peaking at -3 dBFS, so the resamplers'
-loud-frame clipping path is exercised as in real calls). Quality: the 3.4 kHz
-image after 8 → 16 kHz, the worst alias of a 4.0-7.8 kHz tone after
-16 → 8 kHz, and the delay each direction adds, measured by cross-correlating
-streamed output with the ideal output (nothing is taken from the code's own
-claims).
+text with a template (valid JSON: base64 and the stream SID need no escaping),
+so the rows differ only in the audio work, except the stdlib ``json`` row,
+which shows what the parser alone costs. Times are the median over many single
+frames of a speech-like signal (syllabic bursts peaking at -3 dBFS, so the
+resamplers' loud-frame clipping path is exercised as in real calls). Quality:
+the 3.4 kHz image after 8 → 16 kHz, the worst alias of a 4.0-7.8 kHz tone
+after 16 → 8 kHz, and the delay each direction adds, measured by cross-
+correlating streamed output with the ideal output (nothing is taken from the
+code's own claims).
 """
 
 from __future__ import annotations
