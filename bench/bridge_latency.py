@@ -28,8 +28,9 @@ sys.path.insert(0, str(ROOT))
 from aiohttp.test_utils import TestServer  # noqa: E402
 
 from telephony_edge import metrics  # noqa: E402
-from telephony_edge.app import SERVICES, create_app, set_local_address  # noqa: E402
+from telephony_edge.app import create_app, set_local_address  # noqa: E402
 from telephony_edge.calls.leg import LegEnded  # noqa: E402
+from telephony_edge.services import SERVICES  # noqa: E402
 from tests.conftest import TestLeg, edge_settings, free_port, read_wav  # noqa: E402
 
 

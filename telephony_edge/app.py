@@ -7,7 +7,6 @@ import logging
 import signal
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
@@ -15,37 +14,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from telephony_edge import metrics
 from telephony_edge.agent.demo import add_agent_core_routes
+from telephony_edge.api import add_api_routes
 from telephony_edge.calls.manager import CallManager
 from telephony_edge.calls.service import CallService
 from telephony_edge.config import Settings
 from telephony_edge.coord.base import Coordinator
 from telephony_edge.coord.memory import MemoryCoordinator
 from telephony_edge.routing import NumberRouter
+from telephony_edge.services import SERVICES, Services
+from telephony_edge.twilio.routes import add_twilio_routes
 
 log = logging.getLogger(__name__)
 
 DEMO_AGENT_PATH = "/_demo_agent"
-
-
-@dataclass(slots=True)
-class Services:
-    """What every handler of this worker shares."""
-
-    settings: Settings
-    router: NumberRouter
-    calls: CallManager
-    coordinator: Coordinator
-    call_service: CallService
-    worker_id: str
-    http: aiohttp.ClientSession | None = None
-
-    @property
-    def client(self) -> aiohttp.ClientSession:
-        assert self.http is not None, "the HTTP client exists while the app runs"
-        return self.http
-
-
-SERVICES = web.AppKey("services", Services)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -66,7 +47,10 @@ async def metrics_handler(request: web.Request) -> web.Response:
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     """Start the worker's shared clients and background tasks; stop them on exit."""
     services = app[SERVICES]
-    services.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+    # one agent-core link per call: the connection pool must not cap calls (aiohttp: 100)
+    services.http = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=30)
+    )
     await services.call_service.start()
     yield
     await services.call_service.stop()
@@ -102,6 +86,9 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
+    add_api_routes(app)
+    if settings.twilio.enabled:
+        add_twilio_routes(app)
     if settings.agent_core.url is None:
         add_agent_core_routes(app, DEMO_AGENT_PATH)
     return app

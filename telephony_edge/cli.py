@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     core_p.add_argument("--path", default="/agent")
     core_p.add_argument("--log-level", default="INFO")
     core_p.set_defaults(func=cmd_agent_core)
+
+    from telephony_edge.twilio.simulator import add_simulate_cli
+
+    add_simulate_cli(sub)
     return parser
 
 

@@ -36,7 +36,30 @@ AGENT_LINK_FAILURES = Counter(
 WEBHOOK_RESULTS = Counter(
     "telephony_edge_webhook_results_total", "Webhook calls by kind and outcome", ["kind", "outcome"]
 )
-WEBHOOK_SECONDS = Histogram(
-    "telephony_edge_webhook_seconds", "Webhook round-trip time", ["kind"]
-)
+WEBHOOK_SECONDS = Histogram("telephony_edge_webhook_seconds", "Webhook round-trip time", ["kind"])
 DRAINING = Gauge("telephony_edge_draining", "1 while the worker drains before exit")
+
+# Twilio (telephony_edge.twilio).
+TWILIO_WEBHOOKS = Counter(
+    "telephony_edge_twilio_webhooks_total",
+    "Twilio voice/status webhooks by kind and outcome",
+    ["kind", "outcome"],
+)
+TWILIO_STREAMS = Counter(
+    "telephony_edge_twilio_streams_total",
+    "Media Streams WebSockets by outcome (accepted or why they were refused)",
+    ["outcome"],
+)
+TWILIO_SEQUENCE_GAPS = Counter(
+    "telephony_edge_twilio_sequence_gaps_total",
+    "Media Streams messages missing, from gaps in Twilio's sequence numbers",
+)
+TWILIO_REST_REQUESTS = Counter(
+    "telephony_edge_twilio_rest_requests_total",
+    "Twilio REST API requests by operation and outcome",
+    ["op", "outcome"],
+)
+TWILIO_LATE_SENDS = Counter(
+    "telephony_edge_twilio_late_sends_total",
+    "Agent frames sent to Twilio 10-180 ms behind their real-time slot (a gap the caller hears)",
+)

@@ -14,10 +14,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from telephony_edge.app import SERVICES, Services, create_app, set_local_address
+from telephony_edge.app import create_app, set_local_address
 from telephony_edge.audio.frames import FRAME_BYTES, SILENCE_FRAME
 from telephony_edge.calls.leg import Leg, LegEnded, LegEvent, LegInfo
 from telephony_edge.config import Settings, load_settings
+from telephony_edge.services import SERVICES, Services
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

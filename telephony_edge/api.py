@@ -1,0 +1,251 @@
+"""The public HTTP API: outbound calls and call control, behind the private API key.
+
+``POST /start_outbound_call`` places a call from one of the edge's numbers
+through that number's provider (a provider makes itself available with
+:func:`register_dialer`; Twilio does on start-up). The hang-up, transfer and
+read endpoints work from any worker: the call service finds the call's owner
+through the coordinator.
+
+Every endpoint needs ``Authorization: Bearer <api.private_key>``, compared
+in constant time. Errors are JSON ``{"error": "..."}`` with a fitting status.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from telephony_edge.calls.record import CallRecord
+from telephony_edge.calls.service import CallRejected
+from telephony_edge.config import normalize_e164
+from telephony_edge.services import SERVICES
+from telephony_edge.twilio.rest import TwilioApiError
+from telephony_edge.twilio.twiml import normalize_destination
+
+log = logging.getLogger(__name__)
+
+
+class OutboundDialer(Protocol):
+    """Places an outbound call for a created record; returns the provider's call id."""
+
+    async def dial(self, record: CallRecord) -> str: ...
+
+
+@dataclass(slots=True)
+class Dialers:
+    by_provider: dict[str, OutboundDialer] = field(default_factory=dict)
+
+
+DIALERS = web.AppKey("outbound_dialers", Dialers)
+
+
+def register_dialer(app: web.Application, provider: str, dialer: OutboundDialer) -> None:
+    """Let ``POST /start_outbound_call`` place calls from ``provider``'s numbers.
+
+    May be called from a start-up hook (the registry itself exists from the
+    moment routes are added).
+    """
+    _dialers(app).by_provider[provider] = dialer
+
+
+def _dialers(app: web.Application) -> Dialers:
+    if DIALERS not in app:
+        app[DIALERS] = Dialers()
+    return app[DIALERS]
+
+
+class ApiError(Exception):
+    """An API request that fails with ``status`` and a JSON body."""
+
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": message, **extra}
+
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def _json_errors(handler: Handler) -> Handler:
+    """Turn :class:`ApiError` into its JSON response."""
+
+    @functools.wraps(handler)
+    async def wrapper(request: web.Request) -> web.Response:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+            return web.json_response(exc.body, status=exc.status, headers=headers)
+
+    return wrapper
+
+
+def _authorize(request: web.Request) -> None:
+    key = request.app[SERVICES].settings.api.private_key
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if (
+        not key
+        or scheme.lower() != "bearer"
+        or not hmac.compare_digest(given.strip().encode(), key.encode())
+    ):
+        raise ApiError(401, "missing or invalid API key (Authorization: Bearer <private key>)")
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ApiError(400, "the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return body
+
+
+def _string(body: dict[str, Any], name: str, *, required: bool = True) -> str | None:
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ApiError(400, f"{name} is required and must be a non-empty string")
+    return value.strip()
+
+
+def _object(body: dict[str, Any], name: str) -> dict[str, Any] | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, dict):
+        raise ApiError(400, f"{name} must be a JSON object")
+    return value
+
+
+def _phone(body: dict[str, Any], name: str) -> str:
+    raw = _string(body, name)
+    assert raw is not None
+    try:
+        return normalize_e164(raw)
+    except ValueError as exc:
+        raise ApiError(400, f"{name}: {exc}") from None
+
+
+def call_view(record: CallRecord) -> dict[str, Any]:
+    """A call record as the API shows it (``from`` rather than ``from_``)."""
+    view = record.to_dict()
+    view["from"] = view.pop("from_")
+    view["duration"] = record.duration
+    return view
+
+
+async def start_outbound_call(request: web.Request) -> web.Response:
+    """``POST /start_outbound_call`` → ``{"call_id", "provider_call_id"}``."""
+    _authorize(request)
+    body = await _json_object(request)
+    services = request.app[SERVICES]
+    from_phone = _phone(body, "from_phone")
+    to_phone = _phone(body, "to_phone")
+    agent_id = _string(body, "agent_id")
+    assert agent_id is not None
+    agent_config = _object(body, "agent_config")
+    metadata = _object(body, "metadata")
+    include = body.get("include_metadata_in_prompt", False)
+    if not isinstance(include, bool):
+        raise ApiError(400, "include_metadata_in_prompt must be true or false")
+    session_id = _string(body, "session_id", required=False)
+
+    route = services.router.lookup(from_phone)
+    if route is None:
+        raise ApiError(400, f"from_phone {from_phone} is not one of this edge's numbers")
+    dialer = _dialers(request.app).by_provider.get(route.provider)
+    if dialer is None:
+        raise ApiError(
+            400,
+            f"from_phone {from_phone} is a {route.provider} number; outbound calls from "
+            f"{route.provider} numbers are not available on this edge",
+        )
+    call_service = services.call_service
+    try:
+        record = await call_service.create(
+            agent_id=agent_id,
+            provider=route.provider,
+            direction="outbound",
+            from_=from_phone,
+            to=to_phone,
+            agent_config=agent_config,
+            metadata=metadata,
+            include_metadata_in_prompt=include,
+            session_id=session_id,
+            region=route.region_name,
+        )
+    except CallRejected as exc:
+        raise ApiError(exc.http_status, exc.reason) from None
+    try:
+        provider_call_id = await dialer.dial(record)
+    except TwilioApiError as exc:
+        log.warning("outbound call not placed: %s", exc, extra={"call_id": record.call_id})
+        await call_service.update_provider_status(record.call_id, "failed")
+        status = 400 if exc.status == 400 else 502
+        raise ApiError(status, str(exc), call_id=record.call_id, provider_code=exc.code) from None
+    record.provider_call_id = provider_call_id
+    await services.coordinator.update_call(record.call_id, {"provider_call_id": provider_call_id})
+    log.info(
+        "outbound call placed",
+        extra={"call_id": record.call_id, "provider_call_id": provider_call_id},
+    )
+    return web.json_response({"call_id": record.call_id, "provider_call_id": provider_call_id})
+
+
+async def hangup_call(request: web.Request) -> web.Response:
+    """``POST /calls/{call_id}/hangup``: end the call (``api-ended``)."""
+    _authorize(request)
+    call_id = request.match_info["call_id"]
+    try:
+        found = await request.app[SERVICES].call_service.hangup(call_id)
+    except TwilioApiError as exc:
+        raise ApiError(502, str(exc), provider_code=exc.code) from None
+    if not found:
+        raise ApiError(404, f"no live call {call_id}")
+    return web.json_response({"call_id": call_id, "result": "hanging up"})
+
+
+async def transfer_call(request: web.Request) -> web.Response:
+    """``POST /calls/{call_id}/transfer`` ``{"destination": "+1…" | "sip:…"}``."""
+    _authorize(request)
+    call_id = request.match_info["call_id"]
+    body = await _json_object(request)
+    raw = _string(body, "destination")
+    assert raw is not None
+    try:
+        destination = normalize_destination(raw)
+    except ValueError as exc:
+        raise ApiError(400, f"destination: {exc}") from None
+    try:
+        found = await request.app[SERVICES].call_service.transfer(call_id, destination)
+    except TwilioApiError as exc:
+        raise ApiError(502, str(exc), provider_code=exc.code) from None
+    if not found:
+        raise ApiError(404, f"no live call {call_id}")
+    return web.json_response({"call_id": call_id, "result": "transferring", "to": destination})
+
+
+async def get_call(request: web.Request) -> web.Response:
+    """``GET /calls/{call_id}``: the call record."""
+    _authorize(request)
+    call_id = request.match_info["call_id"]
+    record = await request.app[SERVICES].call_service.get(call_id)
+    if record is None:
+        raise ApiError(404, f"no call {call_id}")
+    return web.json_response(call_view(record))
+
+
+def add_api_routes(app: web.Application) -> None:
+    """Mount the public API on ``app``."""
+    _dialers(app)
+    app.router.add_post("/start_outbound_call", _json_errors(start_outbound_call))
+    app.router.add_post("/calls/{call_id}/hangup", _json_errors(hangup_call))
+    app.router.add_post("/calls/{call_id}/transfer", _json_errors(transfer_call))
+    app.router.add_get("/calls/{call_id}", _json_errors(get_call))

@@ -1,0 +1,58 @@
+"""What the Twilio handlers of one worker share: signature checker, tokens, REST client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from telephony_edge.config import Settings
+from telephony_edge.twilio.media import IDLE_TIMEOUT_S, START_TIMEOUT_S
+from telephony_edge.twilio.rest import TwilioRest
+from telephony_edge.twilio.signature import SignatureChecker
+from telephony_edge.twilio.token import StreamTokens
+
+STREAM_TOKEN_PARAM = "token"
+CALL_ID_PARAM = "call_id"
+# A call handed over from another region's edge: no record here yet.
+HANDOFF_PARAMS = ("from", "to")
+
+
+@dataclass(slots=True)
+class TwilioContext:
+    settings: Settings
+    signatures: SignatureChecker
+    tokens: StreamTokens
+    rest: TwilioRest | None = None  # created on start-up, inside the running loop
+    start_timeout_s: float = START_TIMEOUT_S  # for the stream's 'start' message
+    idle_timeout_s: float = IDLE_TIMEOUT_S  # a stream silent this long is gone
+
+    @property
+    def public_url(self) -> str:
+        return self.settings.public_url
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TwilioContext:
+        tw = settings.twilio
+        if not tw.enabled or not tw.auth_token or not tw.account_sid:
+            raise ValueError("Twilio routes need twilio.enabled with account_sid and auth_token")
+        return cls(
+            settings=settings,
+            signatures=SignatureChecker(
+                tw.auth_token, settings.public_url, enabled=tw.validate_signatures
+            ),
+            tokens=StreamTokens.from_auth_token(tw.auth_token, tw.stream_token_ttl_s),
+        )
+
+
+TWILIO = web.AppKey("twilio", TwilioContext)
+
+
+def pending_key(call_id: str) -> str:
+    """The coordinator key that makes a call's stream token single-use."""
+    return f"twilio-stream:{call_id}"
+
+
+def handoff_subject(call_sid: str, from_: str, to: str) -> str:
+    """What a hand-off token is bound to: the Twilio call and its numbers."""
+    return f"handoff|{call_sid}|{from_}|{to}"

@@ -1,0 +1,442 @@
+"""The Twilio Media Streams leg: one bidirectional ``<Connect><Stream>`` WebSocket.
+
+Theory of operation
+-------------------
+Twilio opens the WebSocket, sends ``connected`` then ``start`` (stream and
+call ids, our ``<Parameter>``s, the media format), then one ``media``
+message per 20 ms of caller audio (160 bytes of 8 kHz μ-law, base64), plus
+``dtmf`` when a key is pressed, ``mark`` when audio we sent before a mark has
+been played, and ``stop`` when the call or stream ends. :func:`read_start`
+handles the opening; :class:`TwilioMediaLeg` everything after it.
+
+Caller audio is decoded where it is read, in :meth:`TwilioMediaLeg.recv`, so
+there is no reader task and no queue per call. Agent audio leaves in
+:meth:`TwilioMediaLeg.send_frame` as ``media`` messages of 20 ms μ-law whose
+JSON is two precomputed byte strings around the base64 payload. When the
+socket is backed up, frames are dropped and counted rather than awaited: the
+worker's pacer must never wait on one slow network.
+
+Marks: Twilio echoes a ``mark`` once the audio sent before it has played,
+and echoes every pending one at once on ``clear``. The leg marks the agent
+audio every ``MARK_INTERVAL_S`` while it flows, so the bridge hears
+(:class:`Played`) what the caller has actually heard.
+
+Rules: a malformed or unexpected message is counted, logged (rate-limited,
+with the call id) and skipped; it never raises out of the leg. Sequence
+numbers are checked; gaps are counted. Nothing here logs per frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import logging
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from telephony_edge import metrics
+from telephony_edge.audio.frames import FRAME_BYTES, FrameSplitter
+from telephony_edge.audio.g711 import Law
+from telephony_edge.audio.transcode import G711Decoder, G711Encoder
+from telephony_edge.calls.leg import Dtmf, Leg, LegEnded, LegEvent, LegInfo, Played
+from telephony_edge.twilio.rest import TwilioRest
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 64 * 1024
+START_TIMEOUT_S = 10.0
+IDLE_TIMEOUT_S = 10.0  # Twilio sends media every 20 ms; this much silence means it is gone
+MARK_INTERVAL_S = 0.2
+SEND_BUFFER_LIMIT = 32 * 1024  # bytes queued in the socket before frames are dropped
+# (below the transport's 64 KiB high-water mark, so a send never waits for a drain)
+LATE_GAP_S = 0.03  # agent frames this far apart (10 ms behind their slot) are late
+TALKSPURT_GAP_S = 0.2  # farther apart: a pause in the agent's speech, not lateness
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
+EXPECTED_FORMAT = ("audio/x-mulaw", 8000, 1)
+
+_MALFORMED = metrics.BAD_INPUT.labels(source="twilio-media")
+_DROPPED = metrics.FRAMES_DROPPED.labels(reason="twilio_backpressure")
+_LATE_SENDS = metrics.TWILIO_LATE_SENDS
+_LOG_FIRST = 5
+_LOG_EVERY = 500
+
+
+class StreamRejected(Exception):
+    """The stream's opening was not acceptable; close with ``code``."""
+
+    def __init__(self, reason: str, code: int = WSCloseCode.POLICY_VIOLATION) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStart:
+    """What Twilio's ``start`` message says about the stream."""
+
+    stream_sid: str
+    call_sid: str
+    account_sid: str
+    parameters: dict[str, str]
+    tracks: tuple[str, ...] = ("inbound",)
+    next_sequence: int = 0
+
+
+@dataclass(slots=True)
+class StreamStats:
+    """Per-stream counters, for the leg's end-of-call log line and tests."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+    frames_dropped: int = 0
+    malformed: int = 0
+    sequence_gaps: int = 0
+    late_sends: int = 0
+    marks_sent: int = 0
+    marks_played: int = 0
+    clears: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+async def read_start(ws: web.WebSocketResponse, timeout_s: float = START_TIMEOUT_S) -> StreamStart:
+    """Read ``connected`` and ``start``; raise :class:`StreamRejected` for anything else."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                msg = await ws.receive()
+                if msg.type is not WSMsgType.TEXT:
+                    raise StreamRejected(f"stream closed or sent {msg.type.name} before start")
+                data = _loads(msg.data)
+                event = data.get("event") if data is not None else None
+                if event == "connected":
+                    continue
+                if event != "start" or data is None:
+                    raise StreamRejected(f"expected 'start', got {str(event)[:40]!r}")
+                return _parse_start(data)
+    except TimeoutError:
+        raise StreamRejected(f"no 'start' within {timeout_s:g}s") from None
+
+
+def _parse_start(data: dict[str, Any]) -> StreamStart:
+    start = data.get("start")
+    if not isinstance(start, dict):
+        raise StreamRejected("'start' message without a start object")
+    stream_sid = start.get("streamSid") or data.get("streamSid")
+    call_sid = start.get("callSid")
+    if not isinstance(stream_sid, str) or not stream_sid or not isinstance(call_sid, str):
+        raise StreamRejected("'start' message without streamSid/callSid")
+    media_format = start.get("mediaFormat") or {}
+    fmt = (
+        media_format.get("encoding"),
+        _int(media_format.get("sampleRate")),
+        _int(media_format.get("channels")),
+    )
+    if fmt != EXPECTED_FORMAT:
+        raise StreamRejected(
+            f"unsupported media format {fmt!r}; expected {EXPECTED_FORMAT!r}",
+            code=WSCloseCode.UNSUPPORTED_DATA,
+        )
+    raw_params = start.get("customParameters") or {}
+    if not isinstance(raw_params, dict):
+        raise StreamRejected("customParameters is not an object")
+    params = {str(k): str(v) for k, v in raw_params.items()}
+    tracks = start.get("tracks") or ["inbound"]
+    seq = _int(data.get("sequenceNumber"))
+    return StreamStart(
+        stream_sid=stream_sid,
+        call_sid=call_sid,
+        account_sid=str(start.get("accountSid", "")),
+        parameters=params,
+        tracks=tuple(str(t) for t in tracks) if isinstance(tracks, list) else ("inbound",),
+        next_sequence=seq + 1 if seq is not None else 0,
+    )
+
+
+class TwilioMediaLeg(Leg):
+    """A call's audio over Twilio Media Streams, as a :class:`Leg`."""
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        request: web.BaseRequest,
+        start: StreamStart,
+        info: LegInfo,
+        *,
+        call_id: str,
+        rest: TwilioRest | None = None,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+    ) -> None:
+        self.info = info
+        self.call_id = call_id
+        self.start = start
+        self.stats = StreamStats()
+        self._ws = ws
+        self._transport = request.transport
+        self._rest = rest
+        self._idle_timeout_s = idle_timeout_s
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_error: str | None = None
+        self._received = 0
+        self._received_at_check = -1
+        self._ended: LegEnded | None = None
+        self._pending: deque[bytes] = deque()
+        self._splitter = FrameSplitter(FRAME_BYTES)
+        self._next_seq = start.next_sequence
+        self._decoder = G711Decoder(Law.ULAW)
+        self._encoder = G711Encoder(Law.ULAW)
+        sid = orjson.dumps(start.stream_sid)
+        self._media_prefix = b'{"event":"media","streamSid":' + sid + b',"media":{"payload":"'
+        self._media_suffix = b'"}}'
+        self._clear_msg = b'{"event":"clear","streamSid":' + sid + b"}"
+        self._mark_prefix = b'{"event":"mark","streamSid":' + sid + b',"mark":{"name":'
+        self._unmarked = 0
+        self._last_sent = 0.0
+        self._mark_timer: asyncio.TimerHandle | None = None
+        self._control_tasks: set[asyncio.Future[object]] = set()
+
+    # -- caller → edge -----------------------------------------------------
+
+    async def recv(self) -> LegEvent:
+        if self._pending:
+            return self._pending.popleft()
+        if self._ended is not None:
+            return self._ended
+        ws = self._ws
+        if self._idle_timer is None:
+            self._arm_idle_check()
+        while True:
+            msg = await ws.receive()
+            self._received += 1
+            if msg.type is WSMsgType.TEXT:
+                event = self._on_text(msg.data)
+                if event is not None:
+                    return event
+            elif msg.type is WSMsgType.BINARY:
+                self._malformed("binary message")
+            elif msg.type is WSMsgType.ERROR:
+                return self._end("completed", f"stream error: {ws.exception()!r}")
+            elif self._idle_error is not None:  # closed by _idle_check
+                return self._end("timeout", self._idle_error)
+            else:  # CLOSE, CLOSING, CLOSED: Twilio closes after 'stop', or the call is gone
+                return self._end("completed")
+
+    def _arm_idle_check(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._idle_timer = loop.call_later(self._idle_timeout_s, self._idle_check)
+
+    def _idle_check(self) -> None:
+        """Close a stream that has gone silent (Twilio sends media every 20 ms).
+
+        One timer per call every ``idle_timeout_s`` rather than a timeout
+        around every receive: that would cost a timer per frame.
+        """
+        if self._received == self._received_at_check and not self._ws.closed:
+            self._idle_error = f"no message from Twilio for {self._idle_timeout_s:g}s"
+            log.warning("Twilio stream idle; closing it", extra={"call_id": self.call_id})
+            self._spawn_control(self._ws.close(code=WSCloseCode.GOING_AWAY))
+            return
+        self._received_at_check = self._received
+        self._arm_idle_check()
+
+    def _on_text(self, text: str) -> LegEvent | None:
+        """One message → an event for the bridge, or None (handled here or skipped).
+
+        Only reading the message is guarded: what Twilio (or an impostor)
+        sends may be anything, but a failure of the edge's own code past
+        that point is a bug and propagates.
+        """
+        try:
+            data = orjson.loads(text)
+            event = data["event"]
+            seq = data.get("sequenceNumber")
+            if seq is not None:
+                self._check_sequence(int(seq))
+            if event == "media":
+                media = data["media"]
+                if media.get("track", "inbound") not in ("inbound", "inbound_track"):
+                    return None  # a <Connect> stream carries the caller only; be lenient
+                ulaw = binascii.a2b_base64(media["payload"], strict_mode=True)
+            elif event == "dtmf":
+                digit = data["dtmf"]["digit"]
+                if digit not in DTMF_DIGITS:
+                    self._malformed("dtmf digit out of range")
+                    return None
+                return Dtmf(digit)
+            elif event == "mark":
+                name = str(data["mark"]["name"])
+                self.stats.marks_played += 1
+                return Played(name)
+            elif event == "stop":
+                return self._end("completed")
+            else:
+                reason = (
+                    f"repeated {event!r}" if event in ("connected", "start") else "unknown event"
+                )
+                self._malformed(reason)
+                return None
+        except (orjson.JSONDecodeError, LookupError, TypeError, ValueError, AttributeError) as exc:
+            self._malformed(type(exc).__name__)  # binascii.Error is a ValueError
+            return None
+        if not ulaw:
+            self._malformed("empty payload")
+            return None
+        return self._on_media(ulaw)
+
+    def _on_media(self, ulaw: bytes) -> bytes | None:
+        pcm16 = self._decoder.decode(ulaw)
+        self.stats.frames_in += 1
+        if len(pcm16) == FRAME_BYTES and not self._splitter.pending:
+            return pcm16
+        frames = self._splitter.push(pcm16)
+        if not frames:
+            return None
+        self._pending.extend(frames[1:])
+        return frames[0]
+
+    def _check_sequence(self, n: int) -> None:
+        expected = self._next_seq
+        self._next_seq = n + 1
+        if n == expected or expected == 0:
+            return
+        missing = n - expected
+        if missing > 0:
+            metrics.TWILIO_SEQUENCE_GAPS.inc(missing)
+        self.stats.sequence_gaps += 1
+        if self.stats.sequence_gaps <= _LOG_FIRST or self.stats.sequence_gaps % _LOG_EVERY == 0:
+            log.warning(
+                "Twilio stream sequence gap: expected %d, got %d",
+                expected,
+                n,
+                extra={"call_id": self.call_id, "gaps": self.stats.sequence_gaps},
+            )
+
+    def _malformed(self, reason: str) -> None:
+        _MALFORMED.inc()
+        stats = self.stats
+        stats.malformed += 1
+        stats.reasons[reason] = stats.reasons.get(reason, 0) + 1
+        if stats.malformed <= _LOG_FIRST or stats.malformed % _LOG_EVERY == 0:
+            log.warning(
+                "malformed Twilio stream message skipped: %s",
+                reason,
+                extra={"call_id": self.call_id, "malformed": stats.malformed},
+            )
+
+    def _end(self, status: str, error: str | None = None) -> LegEnded:
+        if self._ended is None:
+            self._ended = LegEnded(status=status, error=error)
+        return self._ended
+
+    # -- edge → caller -----------------------------------------------------
+
+    async def send_frame(self, frame: bytes) -> None:
+        ws = self._ws
+        transport = self._transport
+        if ws.closed or transport is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size() > SEND_BUFFER_LIMIT:
+            _DROPPED.inc()
+            self.stats.frames_dropped += 1
+            return
+        payload = binascii.b2a_base64(self._encoder.encode(frame), newline=False)
+        await ws.send_frame(self._media_prefix + payload + self._media_suffix, WSMsgType.TEXT)
+        self.stats.frames_out += 1
+        self._unmarked += 1
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if LATE_GAP_S < now - self._last_sent < TALKSPURT_GAP_S:
+            _LATE_SENDS.inc()  # Twilio's buffer (one frame deep at real time) ran dry
+            self.stats.late_sends += 1
+        self._last_sent = now
+        if self._mark_timer is None:
+            self._mark_timer = loop.call_later(MARK_INTERVAL_S, self._mark_due)
+
+    def _mark_due(self) -> None:
+        self._mark_timer = None
+        if self._unmarked:
+            self.mark(f"edge-{self.stats.frames_out}")
+
+    def mark(self, name: str) -> None:
+        """Ask Twilio to echo ``name`` once what was sent so far has played."""
+        self._unmarked = 0
+        self.stats.marks_sent += 1
+        message = self._mark_prefix + orjson.dumps(name) + b"}}"
+        self._send_control(message)
+
+    async def clear(self) -> None:
+        """Barge-in: Twilio drops the audio it still holds (and echoes pending marks)."""
+        self.stats.clears += 1
+        self._unmarked = 0
+        if self._mark_timer is not None:
+            self._mark_timer.cancel()
+            self._mark_timer = None
+        if not self._ws.closed:
+            await self._ws.send_frame(self._clear_msg, WSMsgType.TEXT)
+
+    def _send_control(self, message: bytes) -> None:
+        if not self._ws.closed:
+            self._spawn_control(self._ws.send_frame(message, WSMsgType.TEXT))
+
+    def _spawn_control(self, coro: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._control_tasks.add(task)
+        task.add_done_callback(self._control_done)
+
+    def _control_done(self, task: asyncio.Future[object]) -> None:
+        self._control_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("control message not sent: %r", task.exception())
+
+    # -- call control ------------------------------------------------------
+
+    async def hangup(self) -> None:
+        """End the call through Twilio's REST API, then close the stream.
+
+        Closing the stream alone also ends a ``<Connect><Stream>`` call when no
+        TwiML follows it, so the caller is released even if the API fails.
+        """
+        try:
+            if self._rest is not None and self.start.call_sid:
+                await self._rest.hangup(self.start.call_sid)
+        finally:
+            await self.close()
+
+    async def transfer(self, destination: str) -> None:
+        """Replace the call's TwiML with ``<Dial>``; Twilio then ends this stream."""
+        if self._rest is None:
+            raise RuntimeError("Twilio REST API not configured; cannot transfer")
+        await self._rest.transfer(self.start.call_sid, destination)
+
+    async def close(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        if self._mark_timer is not None:
+            self._mark_timer.cancel()
+            self._mark_timer = None
+        for task in list(self._control_tasks):
+            task.cancel()
+        self._control_tasks.clear()
+        if not self._ws.closed:
+            await self._ws.close()
+        self._end("completed")
+
+
+def _loads(text: str) -> dict[str, Any] | None:
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _int(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None

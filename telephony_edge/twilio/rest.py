@@ -1,0 +1,195 @@
+"""Twilio's REST API, through the twilio library's asyncio client.
+
+Three operations matter to the edge: create an outbound call (its TwiML URL
+points back at the edge's voice webhook), hang a live call up (update its
+status to ``completed``) and transfer it (replace its TwiML with ``<Dial>``).
+The library's :class:`AsyncTwilioHttpClient` runs on aiohttp, so none of them
+blocks the event loop. ``api_base_url`` replaces ``https://api.twilio.com``,
+which is how tests point the edge at a local stand-in of the API.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import ClientSession, ClientTimeout
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.rest import Client
+
+from telephony_edge import metrics
+from telephony_edge.calls.record import CallRecord
+from telephony_edge.twilio import twiml
+
+log = logging.getLogger(__name__)
+
+STATUS_EVENTS = ("initiated", "ringing", "answered", "completed")
+# Twilio's answers when a call is already over: not found, or "not in-progress".
+_ALREADY_ENDED_CODES = frozenset({20404, 21220})
+
+
+class TwilioApiError(Exception):
+    """Twilio refused a request (or could not be reached); carries Twilio's code."""
+
+    def __init__(self, message: str, *, status: int = 0, code: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedCall:
+    sid: str
+    status: str
+
+
+class _TimedHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
+    """The library's aiohttp client, with its ``timeout`` actually applied.
+
+    The generated resources pass ``timeout=None`` per request, which aiohttp
+    takes as "no timeout"; a hung Twilio must not hang a call's teardown.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(pool_connections=False, timeout=timeout_s)
+        self.session = ClientSession(timeout=ClientTimeout(total=timeout_s))
+
+    async def request(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeout
+        auth = kwargs.pop("auth", None)
+        if auth is not None:  # as a header: aiohttp deprecates its BasicAuth helper
+            credentials = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+            kwargs["headers"] = {
+                **(kwargs.get("headers") or {}),
+                "Authorization": f"Basic {credentials}",
+            }
+        return await super().request(*args, **kwargs)
+
+
+class TwilioRest:
+    """The account's REST client. Create it inside the running loop; ``close()`` it."""
+
+    def __init__(
+        self,
+        account_sid: str,
+        auth_token: str,
+        api_base_url: str | None = None,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self.account_sid = account_sid
+        self._http = _TimedHttpClient(timeout_s)
+        self._client = Client(account_sid, auth_token, http_client=self._http)
+        if api_base_url:
+            self._client.api.base_url = api_base_url.rstrip("/")
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    async def create_call(
+        self, *, to: str, from_: str, url: str, status_callback: str, time_limit: int | None = None
+    ) -> CreatedCall:
+        """Place an outbound call whose TwiML comes from ``url`` (the edge's voice webhook)."""
+        kwargs: dict[str, Any] = {}
+        if time_limit is not None:
+            kwargs["time_limit"] = time_limit
+        call = await self._request(
+            "create",
+            self._client.api.v2010.accounts(self.account_sid).calls.create_async(
+                to=to,
+                from_=from_,
+                url=url,
+                method="POST",
+                status_callback=status_callback,
+                status_callback_method="POST",
+                status_callback_event=list(STATUS_EVENTS),
+                **kwargs,
+            ),
+        )
+        return CreatedCall(sid=str(call.sid), status=str(call.status))
+
+    async def hangup(self, call_sid: str) -> bool:
+        """End a live call. Returns False if Twilio says it had already ended."""
+        try:
+            await self._update("hangup", call_sid, status="completed")
+        except TwilioApiError as exc:
+            if exc.code in _ALREADY_ENDED_CODES:
+                return False
+            raise
+        return True
+
+    async def transfer(self, call_sid: str, destination: str) -> None:
+        """Replace the live call's TwiML with ``<Dial>`` to a number or SIP URI."""
+        await self._update("transfer", call_sid, twiml=twiml.dial(destination))
+
+    async def _update(self, op: str, call_sid: str, **fields: str) -> None:
+        context = self._client.api.v2010.accounts(self.account_sid).calls(call_sid)
+        await self._request(op, context.update_async(**fields))
+
+    async def _request(self, op: str, awaitable: Any) -> Any:
+        try:
+            result = await awaitable
+        except TwilioRestException as exc:
+            metrics.TWILIO_REST_REQUESTS.labels(op=op, outcome=f"http_{exc.status}").inc()
+            raise TwilioApiError(
+                f"Twilio refused {op}: {exc.msg} (code {exc.code})",
+                status=int(exc.status),
+                code=exc.code,
+            ) from None
+        except (OSError, TimeoutError, aiohttp.ClientError) as exc:
+            metrics.TWILIO_REST_REQUESTS.labels(op=op, outcome="unreachable").inc()
+            raise TwilioApiError(f"Twilio unreachable for {op}: {exc!r}") from exc
+        metrics.TWILIO_REST_REQUESTS.labels(op=op, outcome="ok").inc()
+        return result
+
+
+class TwilioCallController:
+    """Ends or transfers Twilio calls that have no live leg on this worker.
+
+    Registered with the call service, which uses it for calls whose media
+    is elsewhere (or not yet connected, like a ringing outbound call).
+    """
+
+    def __init__(self, rest: TwilioRest) -> None:
+        self._rest = rest
+
+    async def hangup(self, record: CallRecord) -> None:
+        if not record.provider_call_id:
+            log.info(
+                "no Twilio call sid yet; nothing to hang up", extra={"call_id": record.call_id}
+            )
+            return
+        await self._rest.hangup(record.provider_call_id)
+
+    async def transfer(self, record: CallRecord, destination: str) -> None:
+        if not record.provider_call_id:
+            raise TwilioApiError("the call has no Twilio call sid yet; cannot transfer")
+        await self._rest.transfer(record.provider_call_id, destination)
+
+
+class TwilioDialer:
+    """Places the outbound calls of ``POST /start_outbound_call`` through Twilio.
+
+    The call's TwiML URL is the edge's own voice webhook with the call id in
+    the query (Twilio signs the query too), and its status callback reports
+    busy / no-answer / failed back to the edge.
+    """
+
+    def __init__(self, rest: TwilioRest, public_url: str) -> None:
+        self._rest = rest
+        self._base = public_url.rstrip("/")
+
+    async def dial(self, record: CallRecord) -> str:
+        """Create the call; return Twilio's call sid. Raises TwilioApiError."""
+        query = f"?call_id={record.call_id}"
+        created = await self._rest.create_call(
+            to=record.to,
+            from_=record.from_,
+            url=f"{self._base}/twilio/voice{query}",
+            status_callback=f"{self._base}/twilio/status{query}",
+        )
+        return created.sid

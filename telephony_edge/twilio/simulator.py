@@ -1,0 +1,748 @@
+"""A stand-in for Twilio toward a running edge: try the edge without a Twilio account.
+
+:class:`SimulatedCall` does what Twilio does for one inbound call: it signs
+and POSTs the voice webhook (``X-Twilio-Signature`` with the auth token, as
+:class:`RequestValidator` computes it), follows the ``<Connect><Stream>`` of
+the TwiML answer, sends ``connected`` and ``start`` (with the
+``<Parameter>``s as ``customParameters``), streams the caller's audio as
+20 ms μ-law ``media`` messages at real time (with sequence numbers, chunk
+numbers and timestamps), and plays what the edge sends back at real time
+on a model of Twilio's playout buffer: ``mark``s are echoed once the audio
+sent before them has played, ``clear`` drops the unplayed audio and echoes
+the pending marks at once. What the caller heard is kept on a timeline, so
+the WAV written at the end has the gaps and cuts a caller would hear.
+
+:func:`simulate_call` runs one whole call; tests and ``bench/twilio_load.py``
+run hundreds of them in one process (one shared HTTP session, two tasks per
+call, the μ-law payloads encoded once).
+
+CLI: ``telephony-edge simulate twilio --url BASE --to NUMBER --wav IN.wav --out REPLY.wav``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import audioop
+import binascii
+import contextlib
+import os
+import secrets
+import time
+import wave
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+
+import aiohttp
+import orjson
+
+from telephony_edge.twilio.signature import SIGNATURE_HEADER, compute_signature
+
+RATE = 8000
+CHUNK_BYTES = 160  # 20 ms of 8 kHz μ-law
+CHUNK_S = 0.02
+ULAW_SILENCE = b"\xff" * CHUNK_BYTES
+PLAYOUT_DELAY_S = 0.04  # Twilio's jitter buffer, modelled: a talkspurt starts this late
+TALKSPURT_GAP_S = 0.25
+JITTER_BUCKETS = 100  # a pause longer than this is silence between turns, not a glitch
+DEFAULT_FROM = "+15555550100"
+DEFAULT_ACCOUNT_SID = "AC" + "0" * 32
+
+
+def _sid(prefix: str) -> str:
+    return prefix + secrets.token_hex(16)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInstruction:
+    """The ``<Connect><Stream>`` of a TwiML answer."""
+
+    url: str
+    parameters: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class TwimlAnswer:
+    """What the simulator understood of the TwiML (the parts the edge uses)."""
+
+    stream: StreamInstruction | None
+    say: tuple[str, ...]
+    hangup: bool
+
+
+def parse_twiml(document: str) -> TwimlAnswer:
+    """Read the verbs the edge answers with; raise ValueError for non-TwiML."""
+    root = ElementTree.fromstring(document)
+    if root.tag != "Response":
+        raise ValueError(f"TwiML root is <{root.tag}>, not <Response>")
+    stream = None
+    for element in root.iter("Stream"):
+        params = {p.get("name", ""): p.get("value", "") for p in element.iter("Parameter")}
+        stream = StreamInstruction(url=element.get("url", ""), parameters=params)
+        break
+    say = tuple((e.text or "").strip() for e in root.iter("Say"))
+    return TwimlAnswer(stream=stream, say=say, hangup=root.find("Hangup") is not None)
+
+
+def load_wav_ulaw(path: str | Path) -> bytes:
+    """A WAV file of any rate, width and channel count as 8 kHz mono μ-law."""
+    with wave.open(str(path)) as wav:
+        rate, channels, width = wav.getframerate(), wav.getnchannels(), wav.getsampwidth()
+        data = wav.readframes(wav.getnframes())
+    if width != 2:
+        data = audioop.lin2lin(data, width, 2)
+    if channels == 2:
+        data = audioop.tomono(data, 2, 0.5, 0.5)
+    elif channels != 1:
+        raise ValueError(f"{path}: {channels} channels; mono or stereo only")
+    if rate != RATE:
+        data, _ = audioop.ratecv(data, 2, 1, rate, RATE, None)
+    return audioop.lin2ulaw(data, 2)
+
+
+def pcm16_to_ulaw8k(pcm: bytes, rate: int = 16000) -> bytes:
+    """Canonical PCM16 (16 kHz by default) as 8 kHz μ-law."""
+    if rate != RATE:
+        pcm, _ = audioop.ratecv(pcm, 2, 1, rate, RATE, None)
+    return audioop.lin2ulaw(pcm, 2)
+
+
+def write_wav_ulaw(path: str | Path, ulaw: bytes) -> None:
+    """8 kHz μ-law as an 8 kHz PCM16 mono WAV."""
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(RATE)
+        wav.writeframes(audioop.ulaw2lin(ulaw, 2))
+
+
+def encode_payloads(ulaw: bytes) -> list[bytes]:
+    """Base64 of each 20 ms chunk (the last one padded with silence), encoded once."""
+    chunks = []
+    for i in range(0, len(ulaw), CHUNK_BYTES):
+        chunk = ulaw[i : i + CHUNK_BYTES]
+        chunk += ULAW_SILENCE[: CHUNK_BYTES - len(chunk)]
+        chunks.append(binascii.b2a_base64(chunk, newline=False))
+    return chunks
+
+
+_SILENCE_PAYLOAD = binascii.b2a_base64(ULAW_SILENCE, newline=False)
+
+
+@dataclass(slots=True)
+class SimulationResult:
+    """What happened on one simulated call."""
+
+    call_sid: str
+    outcome: str = "pending"  # streamed | answered-without-stream | refused | failed
+    twiml: str = ""
+    answer: TwimlAnswer | None = None
+    http_status: int = 0
+    close_code: int | None = None
+    close_reason: str = ""
+    webhook_s: float | None = None  # webhook POST → TwiML received
+    setup_s: float | None = None  # webhook POST → stream started (start sent)
+    first_audio_s: float | None = None  # start sent → first agent audio received
+    reply_latency_s: float | None = None  # caller audio ended → next agent audio
+    frames_sent: int = 0
+    frames_received: int = 0
+    reply_frames: int = 0  # received after the caller's audio ended
+    frames_played: int = 0  # received and not cleared before their turn came
+    late_frames: int = 0  # agent audio that came after the playout buffer ran dry mid-turn
+    jitter_ms: list[int] = field(default_factory=list)  # arrival lateness histogram, 1 ms
+    send_late: int = 0  # caller frames the simulator sent over 20 ms behind schedule
+    marks_received: int = 0
+    marks_echoed: int = 0
+    clears: int = 0
+    clear_times: list[float] = field(default_factory=list)  # seconds since start
+    edge_closed: bool = False
+    duration_s: float = 0.0
+    heard_ulaw: bytes = b""
+    error: str = ""
+
+    def summary(self) -> str:
+        def ms(value: float | None) -> str:
+            return "-" if value is None else f"{value * 1000:.0f} ms"
+
+        lines = [
+            f"call {self.call_sid}: {self.outcome}"
+            + (f" ({self.error})" if self.error else "")
+            + (f" close {self.close_code} {self.close_reason}" if self.close_code else ""),
+            f"  webhook answered in {ms(self.webhook_s)}, stream set up in {ms(self.setup_s)}",
+            f"  first agent audio {ms(self.first_audio_s)} after start; "
+            f"reply {ms(self.reply_latency_s)} after the caller's audio ended",
+            f"  frames sent {self.frames_sent}, received {self.frames_received} "
+            f"(played {self.frames_played}, late {self.late_frames}), "
+            f"marks {self.marks_received} (echoed {self.marks_echoed}), clears {self.clears}",
+            f"  duration {self.duration_s:.1f} s"
+            + (", the edge ended the call" if self.edge_closed else ""),
+        ]
+        if self.answer is not None and self.answer.say:
+            lines.append(f"  said: {' / '.join(self.answer.say)}")
+        return "\n".join(lines)
+
+
+@dataclass(eq=False, slots=True)
+class _PendingMark:
+    name: str
+    handle: asyncio.TimerHandle | None = None
+
+
+class _Playout:
+    """Twilio's playout buffer for one call: real time, marks, clear."""
+
+    __slots__ = ("chunks", "end", "jitter", "late", "marks", "spurt_n", "spurt_t0", "t0")
+
+    def __init__(self, t0: float) -> None:
+        self.t0 = t0
+        self.end = t0  # when the queued audio finishes playing
+        self.chunks: list[tuple[float, bytes]] = []  # (start time, μ-law)
+        self.marks: list[_PendingMark] = []
+        self.late = 0
+        # arrival lateness against the talkspurt's 20 ms grid, in 1 ms buckets
+        self.jitter = [0] * JITTER_BUCKETS
+        self.spurt_t0 = t0
+        self.spurt_n = 0
+
+    def push(self, now: float, ulaw: bytes) -> None:
+        if self.end < now:  # the buffer ran dry: a new talkspurt, or a gap the caller hears
+            if self.chunks and now - self.end < TALKSPURT_GAP_S:
+                self.late += 1
+            else:
+                self.spurt_t0, self.spurt_n = now, 0
+            self.end = now + PLAYOUT_DELAY_S
+        lateness_ms = int((now - self.spurt_t0 - self.spurt_n * CHUNK_S) * 1000)
+        self.jitter[min(max(lateness_ms, 0), JITTER_BUCKETS - 1)] += 1
+        self.spurt_n += len(ulaw) // CHUNK_BYTES
+        self.chunks.append((self.end, ulaw))
+        self.end += len(ulaw) / RATE
+
+    def clear(self, now: float) -> int:
+        kept = [c for c in self.chunks if c[0] < now]
+        dropped = len(self.chunks) - len(kept)
+        self.chunks = kept
+        self.end = now
+        return dropped
+
+    def render(self) -> bytes:
+        out = bytearray()
+        for start, ulaw in self.chunks:
+            pos = round((start - self.t0) * RATE)
+            if pos > len(out):
+                out += b"\xff" * (pos - len(out))
+            out[pos : pos + len(ulaw)] = ulaw
+        return bytes(out)
+
+
+class SimulatedCall:
+    """One inbound call as Twilio places it toward the edge at ``base_url``."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        *,
+        to: str,
+        from_: str = DEFAULT_FROM,
+        auth_token: str = "",
+        account_sid: str = DEFAULT_ACCOUNT_SID,
+        public_url: str | None = None,
+        voice_path: str = "/twilio/voice",
+        call_sid: str | None = None,
+        direction: str = "inbound",
+    ) -> None:
+        self.session = session
+        self.base_url = base_url.rstrip("/")
+        self.public_url = (public_url or base_url).rstrip("/")
+        self.voice_path = voice_path  # may carry a query (outbound calls: ?call_id=...)
+        self.direction = direction
+        self.to = to
+        self.from_ = from_
+        self.auth_token = auth_token
+        self.account_sid = account_sid
+        self.call_sid = call_sid or _sid("CA")
+        self.stream_sid = _sid("MZ")
+        self.result = SimulationResult(call_sid=self.call_sid)
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self._seq = 0
+        self._chunk = 0
+        self._loop = asyncio.get_event_loop()
+        self._t_post = 0.0
+        self._t_start = 0.0
+        self._audio_end: float | None = None
+        self._last_rx = 0.0
+        self._playout: _Playout | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
+        sid = orjson.dumps(self.stream_sid)
+        self._media_head = b'{"event":"media","streamSid":' + sid + b',"sequenceNumber":"'
+
+    # -- signalling --------------------------------------------------------
+
+    def webhook_fields(self) -> dict[str, str]:
+        return {
+            "AccountSid": self.account_sid,
+            "ApiVersion": "2010-04-01",
+            "CallSid": self.call_sid,
+            "CallStatus": "ringing",
+            "Called": self.to,
+            "Caller": self.from_,
+            "Direction": self.direction,
+            "From": self.from_,
+            "To": self.to,
+        }
+
+    async def post_webhook(self, *, sign: bool = True, signature: str | None = None) -> str:
+        """POST the signed voice webhook; return the TwiML (raises on non-200)."""
+        fields = self.webhook_fields()
+        headers = {}
+        if signature is not None:
+            headers[SIGNATURE_HEADER] = signature
+        elif sign:
+            url = self.public_url + self.voice_path
+            headers[SIGNATURE_HEADER] = compute_signature(self.auth_token, url, fields)
+        self._t_post = self._loop.time()
+        async with self.session.post(
+            self.base_url + self.voice_path, data=fields, headers=headers
+        ) as resp:
+            self.result.http_status = resp.status
+            text = await resp.text()
+            if resp.status != 200:
+                raise RuntimeError(f"voice webhook answered {resp.status}: {text[:200].strip()}")
+        self.result.webhook_s = self._loop.time() - self._t_post
+        self.result.twiml = text
+        self.result.answer = parse_twiml(text)
+        return text
+
+    async def open_stream(
+        self, stream: StreamInstruction, *, parameters: dict[str, str] | None = None
+    ) -> None:
+        """Connect to the stream URL and send ``connected`` and ``start``."""
+        self.ws = await self.session.ws_connect(stream.url, autoping=True, max_msg_size=1 << 20)
+        await self._send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+        self._seq = 1
+        start = {
+            "event": "start",
+            "sequenceNumber": "1",
+            "start": {
+                "accountSid": self.account_sid,
+                "streamSid": self.stream_sid,
+                "callSid": self.call_sid,
+                "tracks": ["inbound"],
+                "customParameters": stream.parameters if parameters is None else parameters,
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            },
+            "streamSid": self.stream_sid,
+        }
+        await self._send(start)
+        self._t_start = self._loop.time()
+        if self._t_post:
+            self.result.setup_s = self._t_start - self._t_post
+        self._playout = _Playout(self._t_start)
+        self._last_rx = self._t_start
+        self._reader = asyncio.create_task(self._read(), name=f"sim-read-{self.call_sid}")
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        assert self.ws is not None
+        await self.ws.send_frame(orjson.dumps(message), aiohttp.WSMsgType.TEXT)
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    # -- media out ---------------------------------------------------------
+
+    async def send_media(self, payload_b64: bytes) -> bool:
+        """One 20 ms ``media`` message (already base64); False once the stream is gone."""
+        ws = self.ws
+        if ws is None or ws.closed:
+            return False
+        seq = self._next_seq()
+        self._chunk += 1
+        ts = int((self._loop.time() - self._t_start) * 1000)
+        message = b"".join(
+            (
+                self._media_head,
+                str(seq).encode(),
+                b'","media":{"track":"inbound","chunk":"',
+                str(self._chunk).encode(),
+                b'","timestamp":"',
+                str(ts).encode(),
+                b'","payload":"',
+                payload_b64,
+                b'"}}',
+            )
+        )
+        try:
+            await ws.send_frame(message, aiohttp.WSMsgType.TEXT)
+        except (ConnectionError, RuntimeError):
+            return False
+        self.result.frames_sent += 1
+        return True
+
+    async def send_raw(self, text: str | bytes) -> None:
+        """Anything at all on the stream (tests: malformed messages)."""
+        assert self.ws is not None
+        if isinstance(text, bytes):
+            await self.ws.send_bytes(text)
+        else:
+            await self.ws.send_str(text)
+
+    async def send_dtmf(self, digit: str) -> None:
+        await self._send(
+            {
+                "event": "dtmf",
+                "streamSid": self.stream_sid,
+                "sequenceNumber": str(self._next_seq()),
+                "dtmf": {"track": "inbound_track", "digit": digit},
+            }
+        )
+
+    async def stream_audio(
+        self,
+        payloads: Sequence[bytes],
+        *,
+        silence_after_s: float = 0.0,
+        dtmf: Sequence[tuple[float, str]] = (),
+    ) -> None:
+        """Send ``payloads`` then silence at real time, on an absolute 20 ms schedule.
+
+        ``dtmf`` is a list of (seconds from now, digit).
+        """
+        loop = self._loop
+        start = loop.time()
+        pending = sorted(dtmf)
+        total = len(payloads) + round(silence_after_s / CHUNK_S)
+        for i in range(total):
+            while pending and loop.time() - start >= pending[0][0]:
+                await self.send_dtmf(pending.pop(0)[1])
+            payload = payloads[i] if i < len(payloads) else _SILENCE_PAYLOAD
+            if not await self.send_media(payload):
+                return
+            if i == len(payloads) - 1:
+                self._audio_end = loop.time()
+            delay = start + (i + 1) * CHUNK_S - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -CHUNK_S:
+                self.result.send_late += 1
+        for _, digit in pending:
+            await self.send_dtmf(digit)
+
+    async def stream_until_quiet(
+        self,
+        *,
+        quiet_s: float = 1.5,
+        min_s: float = 1.0,
+        max_s: float = 20.0,
+        until: Callable[[SimulationResult], bool] | None = None,
+    ) -> None:
+        """Keep sending silence until the agent has been quiet for ``quiet_s``.
+
+        Or, with ``until``, until it returns True for the result so far.
+        """
+        loop = self._loop
+        start = loop.time()
+        i = 0
+        while not self._closed.is_set():
+            now = loop.time()
+            if now - start >= max_s:
+                return
+            if until is not None:
+                if until(self.result):
+                    return
+            elif now - start >= min_s and now - max(self._last_rx, self._playout_end()) >= quiet_s:
+                return
+            if not await self.send_media(_SILENCE_PAYLOAD):
+                return
+            i += 1
+            delay = start + i * CHUNK_S - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+    def _playout_end(self) -> float:
+        return self._playout.end if self._playout is not None else 0.0
+
+    async def stop(self, *, close: bool = True) -> None:
+        """Send ``stop`` (the caller hung up) and close the socket."""
+        ws = self.ws
+        if ws is not None and not ws.closed:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self._send(
+                    {
+                        "event": "stop",
+                        "sequenceNumber": str(self._next_seq()),
+                        "streamSid": self.stream_sid,
+                        "stop": {"accountSid": self.account_sid, "callSid": self.call_sid},
+                    }
+                )
+                if close:
+                    await ws.close()
+        await self.finish()
+
+    async def finish(self) -> SimulationResult:
+        """Wait for the reader, settle the figures; idempotent."""
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                if self.ws is not None and self.ws.closed:
+                    await self._reader
+                else:
+                    self._reader.cancel()
+                    await self._reader
+            self._reader = None
+        result = self.result
+        playout = self._playout
+        if playout is not None:
+            for mark in playout.marks:
+                if mark.handle is not None:
+                    mark.handle.cancel()
+            playout.marks.clear()
+            result.heard_ulaw = playout.render()
+            result.frames_played = len(playout.chunks)
+            result.late_frames = playout.late
+            result.jitter_ms = playout.jitter
+            result.duration_s = self._loop.time() - self._t_start
+        if self.ws is not None:
+            result.close_code = self.ws.close_code
+        return result
+
+    async def wait_closed(self, within_s: float) -> bool:
+        """Wait up to ``within_s`` for the edge to close the stream; whether it did."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closed.wait(), within_s)
+        return self._closed.is_set()
+
+    # -- media in ----------------------------------------------------------
+
+    async def _read(self) -> None:
+        ws = self.ws
+        assert ws is not None and self._playout is not None
+        playout = self._playout
+        loop = self._loop
+        result = self.result
+        try:
+            async for msg in ws:
+                if msg.type is not aiohttp.WSMsgType.TEXT:
+                    continue
+                now = loop.time()
+                data = orjson.loads(msg.data)
+                event = data.get("event")
+                if event == "media":
+                    ulaw = binascii.a2b_base64(data["media"]["payload"])
+                    if result.first_audio_s is None:
+                        result.first_audio_s = now - self._t_start
+                    if (
+                        self._audio_end is not None
+                        and result.reply_latency_s is None
+                        and now > self._audio_end
+                    ):
+                        result.reply_latency_s = now - self._audio_end
+                    result.frames_received += 1
+                    if self._audio_end is not None:
+                        result.reply_frames += 1
+                    self._last_rx = now
+                    playout.push(now, ulaw)
+                elif event == "mark":
+                    result.marks_received += 1
+                    self._queue_mark(str(data["mark"]["name"]), now)
+                elif event == "clear":
+                    result.clears += 1
+                    result.clear_times.append(now - self._t_start)
+                    playout.clear(now)
+                    marks, playout.marks = playout.marks, []
+                    for mark in marks:  # Twilio echoes every pending mark on clear
+                        if mark.handle is not None:
+                            mark.handle.cancel()
+                        self._echo_mark(mark.name)
+        finally:
+            if ws.closed and not self.result.edge_closed and ws.close_code is not None:
+                self.result.edge_closed = True
+            self.result.close_code = ws.close_code
+            self._closed.set()
+
+    def _queue_mark(self, name: str, now: float) -> None:
+        playout = self._playout
+        assert playout is not None
+        if playout.end <= now:
+            self._echo_mark(name)
+            return
+        mark = _PendingMark(name)
+
+        def due() -> None:
+            with contextlib.suppress(ValueError):
+                playout.marks.remove(mark)
+            self._echo_mark(name)
+
+        mark.handle = self._loop.call_at(playout.end, due)
+        playout.marks.append(mark)
+
+    def _echo_mark(self, name: str) -> None:
+        if self.ws is None or self.ws.closed:
+            return
+        self.result.marks_echoed += 1
+        task = asyncio.ensure_future(self._send_mark(name))
+        task.add_done_callback(_ignore_result)
+
+    async def _send_mark(self, name: str) -> None:
+        # numbered when sent, so sequence numbers stay in order with the media
+        ws = self.ws
+        assert ws is not None
+        message = orjson.dumps(
+            {
+                "event": "mark",
+                "sequenceNumber": str(self._next_seq()),
+                "streamSid": self.stream_sid,
+                "mark": {"name": name},
+            }
+        )
+        await ws.send_frame(message, aiohttp.WSMsgType.TEXT)
+
+
+def _ignore_result(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+async def simulate_call(
+    base_url: str,
+    *,
+    to: str,
+    audio_ulaw: bytes | None = None,
+    payloads: Sequence[bytes] | None = None,
+    from_: str = DEFAULT_FROM,
+    auth_token: str = "",
+    account_sid: str = DEFAULT_ACCOUNT_SID,
+    public_url: str | None = None,
+    session: aiohttp.ClientSession | None = None,
+    silence_after_s: float = 0.0,
+    dtmf: Sequence[tuple[float, str]] = (),
+    until_quiet: bool = True,
+    quiet_s: float = 1.5,
+    max_tail_s: float = 20.0,
+    hang_up: bool = True,
+) -> SimulationResult:
+    """Place one whole simulated call and return what happened.
+
+    Caller audio is ``audio_ulaw`` (8 kHz μ-law) or pre-encoded ``payloads``
+    (:func:`encode_payloads`, shared between calls). After it, silence for
+    ``silence_after_s``, then (``until_quiet``) until the agent has been quiet
+    for ``quiet_s``; then ``stop``, unless the edge ended the call first.
+    """
+    own = session is None
+    if session is None:
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    call = SimulatedCall(
+        session,
+        base_url,
+        to=to,
+        from_=from_,
+        auth_token=auth_token,
+        account_sid=account_sid,
+        public_url=public_url,
+    )
+    try:
+        try:
+            await call.post_webhook()
+        except (RuntimeError, aiohttp.ClientError, ElementTree.ParseError) as exc:
+            call.result.outcome = "failed"
+            call.result.error = str(exc)
+            return call.result
+        answer = call.result.answer
+        if answer is None or answer.stream is None:
+            call.result.outcome = "answered-without-stream"
+            return call.result
+        try:
+            await call.open_stream(answer.stream)
+        except (aiohttp.ClientError, OSError) as exc:
+            call.result.outcome = "failed"
+            call.result.error = f"stream connect failed: {exc!r}"
+            return call.result
+        call.result.outcome = "streamed"
+        if payloads is None:
+            payloads = encode_payloads(audio_ulaw or b"")
+        await call.stream_audio(payloads, silence_after_s=silence_after_s, dtmf=dtmf)
+        if until_quiet and not call.ws.closed:  # type: ignore[union-attr]
+            await call.stream_until_quiet(quiet_s=quiet_s, max_s=max_tail_s)
+        if call.result.edge_closed or (call.ws is not None and call.ws.closed):
+            await call.finish()
+        elif hang_up:
+            await call.stop()
+        else:
+            await call.finish()
+        if call.result.close_code not in (None, 1000) and call.result.frames_received == 0:
+            call.result.outcome = "refused"
+        return call.result
+    finally:
+        if own:
+            await session.close()
+
+
+# -- command line ------------------------------------------------------------
+
+
+def add_simulate_cli(subparsers: Any) -> None:
+    """Add ``simulate twilio`` to the ``telephony-edge`` command."""
+    simulate = subparsers.add_parser("simulate", help="act as a network toward a running edge")
+    networks = simulate.add_subparsers(dest="network", required=True)
+    p = networks.add_parser("twilio", help="place a call as Twilio would (webhook + media stream)")
+    p.add_argument("--url", required=True, help="the edge's base URL, e.g. http://127.0.0.1:8080")
+    p.add_argument("--to", required=True, help="the dialled number (one of the edge's numbers)")
+    p.add_argument("--from", dest="from_", default=DEFAULT_FROM, help="the caller's number")
+    p.add_argument("--wav", required=True, help="what the caller says (any WAV; sent at 8 kHz)")
+    p.add_argument("--out", required=True, help="where to write what the caller heard (WAV)")
+    p.add_argument(
+        "--auth-token",
+        default=os.environ.get("TELEPHONY_EDGE_TWILIO__AUTH_TOKEN", ""),
+        help="the edge's twilio.auth_token (default: $TELEPHONY_EDGE_TWILIO__AUTH_TOKEN)",
+    )
+    p.add_argument(
+        "--account-sid",
+        default=os.environ.get("TELEPHONY_EDGE_TWILIO__ACCOUNT_SID", DEFAULT_ACCOUNT_SID),
+    )
+    p.add_argument(
+        "--public-url",
+        help="the URL the edge believes it is reached at (signature), if not --url",
+    )
+    p.add_argument(
+        "--dtmf",
+        action="append",
+        default=[],
+        metavar="DIGIT@SECONDS",
+        help="press a key that many seconds into the call, e.g. 5@3.5 (repeatable)",
+    )
+    p.add_argument("--tail", type=float, default=20.0, help="max seconds to wait for the reply")
+    p.set_defaults(func=_cmd_simulate_twilio)
+
+
+def _parse_dtmf(items: list[str]) -> list[tuple[float, str]]:
+    out = []
+    for item in items:
+        digit, _, at = item.partition("@")
+        out.append((float(at or 0), digit))
+    return out
+
+
+def _cmd_simulate_twilio(args: argparse.Namespace) -> int:
+    audio = load_wav_ulaw(args.wav)
+    t0 = time.monotonic()
+    result = asyncio.run(
+        simulate_call(
+            args.url,
+            to=args.to,
+            from_=args.from_,
+            audio_ulaw=audio,
+            auth_token=args.auth_token,
+            account_sid=args.account_sid,
+            public_url=args.public_url,
+            dtmf=_parse_dtmf(args.dtmf),
+            max_tail_s=args.tail,
+        )
+    )
+    write_wav_ulaw(args.out, result.heard_ulaw)
+    print(result.summary())
+    heard_s = len(result.heard_ulaw) / RATE
+    print(f"  wrote {args.out} ({heard_s:.1f} s heard) in {time.monotonic() - t0:.1f} s")
+    return 0 if result.outcome in ("streamed", "answered-without-stream") else 1

@@ -1,0 +1,150 @@
+"""``GET /twilio/stream``: admit a Media Streams WebSocket, then run its call.
+
+The stream must prove it was issued by an edge: its ``start`` message
+carries the token from our TwiML ``<Parameter>``s. A token bound to a call
+id is also single-use (claimed in the coordinator), so a replayed ``start``
+cannot attach a second stream to a call. A hand-off token from another
+region's edge is bound to the Twilio call and its numbers instead, and the
+call is created here. Whatever is wrong, the socket closes with 1008 before a
+single frame of audio is read.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import cast
+
+from aiohttp import WSCloseCode, web
+
+from telephony_edge import metrics
+from telephony_edge.calls.leg import Direction, LegInfo
+from telephony_edge.calls.record import CallRecord, CallState
+from telephony_edge.calls.service import CallRejected
+from telephony_edge.services import SERVICES, Services
+from telephony_edge.twilio.context import (
+    CALL_ID_PARAM,
+    STREAM_TOKEN_PARAM,
+    TWILIO,
+    TwilioContext,
+    handoff_subject,
+    pending_key,
+)
+from telephony_edge.twilio.media import (
+    MAX_MESSAGE_BYTES,
+    StreamRejected,
+    StreamStart,
+    TwilioMediaLeg,
+    read_start,
+)
+from telephony_edge.twilio.token import TokenError
+
+log = logging.getLogger(__name__)
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[TWILIO]
+    services = request.app[SERVICES]
+    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, autoping=True, compress=False)
+    if not ws.can_prepare(request).ok:
+        raise web.HTTPBadRequest(text="this is a WebSocket endpoint (Twilio Media Streams)\n")
+    await ws.prepare(request)
+    start: StreamStart | None = None
+    try:
+        start = await read_start(ws, ctx.start_timeout_s)
+        record = await _admit(ctx, services, start)
+    except StreamRejected as exc:
+        metrics.TWILIO_STREAMS.labels(outcome="refused").inc()
+        log.warning(
+            "Twilio stream refused: %s",
+            exc.reason,
+            extra={"call_sid": start.call_sid if start else "", "close_code": int(exc.code)},
+        )
+        await ws.close(code=exc.code, message=exc.reason[:120].encode())
+        return ws
+    metrics.TWILIO_STREAMS.labels(outcome="accepted").inc()
+    info = LegInfo(
+        provider="twilio",
+        direction=cast(Direction, record.direction),
+        from_=record.from_,
+        to=record.to,
+        provider_call_id=start.call_sid,
+    )
+    leg = TwilioMediaLeg(
+        ws,
+        request,
+        start,
+        info,
+        call_id=record.call_id,
+        rest=ctx.rest,
+        idle_timeout_s=ctx.idle_timeout_s,
+    )
+    try:
+        await services.call_service.run(record, leg)
+    finally:
+        await leg.close()
+        stats = leg.stats
+        log.info(
+            "Twilio stream closed",
+            extra={
+                "call_id": record.call_id,
+                "frames_in": stats.frames_in,
+                "frames_out": stats.frames_out,
+                "frames_dropped": stats.frames_dropped,
+                "malformed": stats.malformed,
+                "sequence_gaps": stats.sequence_gaps,
+            },
+        )
+    return ws
+
+
+async def _admit(ctx: TwilioContext, services: Services, start: StreamStart) -> CallRecord:
+    params = start.parameters
+    token = params.get(STREAM_TOKEN_PARAM)
+    if not token:
+        raise StreamRejected("no stream token")
+    call_id = params.get(CALL_ID_PARAM)
+    if call_id:
+        _verify(ctx, token, call_id)
+        if await services.coordinator.claim_pending(pending_key(call_id)) is None:
+            raise StreamRejected("stream token already used")
+        record = await services.call_service.get(call_id)
+        if record is None or record.state is not CallState.CREATED:
+            raise StreamRejected("the call is not waiting for a stream")
+        if record.provider_call_id and record.provider_call_id != start.call_sid:
+            raise StreamRejected("the stream belongs to another Twilio call")
+        return record
+    return await _admit_handoff(ctx, services, start, token)
+
+
+async def _admit_handoff(
+    ctx: TwilioContext, services: Services, start: StreamStart, token: str
+) -> CallRecord:
+    """A call another region's edge sent here: create it on this edge."""
+    from_, to = start.parameters.get("from", ""), start.parameters.get("to", "")
+    _verify(ctx, token, handoff_subject(start.call_sid, from_, to))
+    route = services.router.lookup(to)
+    if route is None or route.provider != "twilio" or not route.local:
+        raise StreamRejected(f"number {to!r} is not served by this region")
+    once = f"twilio-handoff:{start.call_sid}"
+    if not await services.coordinator.register_pending(once, {}, ctx.tokens.ttl_s * 2):
+        raise StreamRejected("stream token already used")
+    try:
+        return await services.call_service.create(
+            agent_id=route.agent_id,
+            provider="twilio",
+            direction="inbound",
+            from_=from_,
+            to=route.number,
+            agent_config=route.agent_config,
+            region=route.region_name,
+            provider_call_id=start.call_sid,
+        )
+    except CallRejected as exc:
+        raise StreamRejected(exc.reason, code=WSCloseCode.TRY_AGAIN_LATER) from None
+
+
+def _verify(ctx: TwilioContext, token: str, subject: str) -> None:
+    try:
+        ctx.tokens.verify(token, subject)
+    except TokenError as exc:
+        raise StreamRejected(str(exc)) from None

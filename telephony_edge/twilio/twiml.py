@@ -1,0 +1,79 @@
+"""The TwiML documents the edge answers with, built by the twilio library.
+
+Kept apart from the handlers so the exact documents are easy to read, test,
+and keep consistent with the templates in ``twiml/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from twilio.twiml.voice_response import Connect, Dial, VoiceResponse
+
+from telephony_edge.config import normalize_e164
+
+STREAM_PATH = "/twilio/stream"
+UNKNOWN_NUMBER_MESSAGE = (
+    "Sorry, this number is not connected to an assistant right now. "
+    "Please try again later. Goodbye."
+)
+UNAVAILABLE_MESSAGE = "Sorry, all our assistants are busy right now. Please call again later."
+
+
+def stream_url(public_url: str) -> str:
+    """The Media Streams WebSocket URL of an edge reachable at ``public_url``.
+
+    Twilio only connects to ``wss://``; an ``http://`` base (local runs, the
+    simulator) maps to ``ws://``.
+    """
+    base = public_url.rstrip("/")
+    if base.startswith("https://"):
+        base = "wss://" + base.removeprefix("https://")
+    elif base.startswith("http://"):
+        base = "ws://" + base.removeprefix("http://")
+    return base + STREAM_PATH
+
+
+def connect_stream(url: str, parameters: Mapping[str, str]) -> str:
+    """``<Connect><Stream url>`` with one ``<Parameter>`` per item (bidirectional stream)."""
+    response = VoiceResponse()
+    connect = Connect()
+    stream = connect.stream(url=url)
+    for name, value in parameters.items():
+        stream.parameter(name=name, value=value)
+    response.append(connect)
+    return str(response.to_xml())
+
+
+def say_and_hangup(message: str) -> str:
+    """A polite sentence, then the end of the call."""
+    response = VoiceResponse()
+    response.say(message)
+    response.hangup()
+    return str(response.to_xml())
+
+
+def normalize_destination(destination: str) -> str:
+    """A transfer target as ``<Dial>`` takes it: E.164 number or ``sip:``/``sips:`` URI.
+
+    Raises ValueError for anything else, so an agent's typo never reaches Twilio.
+    """
+    target = destination.strip()
+    if target.lower().startswith(("sip:", "sips:")):
+        if "@" not in target or any(c in target for c in " <>\"'"):
+            raise ValueError(f"{destination!r} is not a SIP URI (sip:user@host)")
+        return target
+    return normalize_e164(target)
+
+
+def dial(destination: str) -> str:
+    """TwiML that hands the live call to a phone number or a SIP URI."""
+    target = normalize_destination(destination)
+    response = VoiceResponse()
+    dial_verb = Dial()
+    if target.startswith("+"):
+        dial_verb.number(target)
+    else:
+        dial_verb.sip(target)
+    response.append(dial_verb)
+    return str(response.to_xml())

@@ -1,0 +1,256 @@
+"""The public API against a local stand-in of Twilio's REST API: outbound calls, control."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+
+from telephony_edge.calls.record import CallState, CallStatus
+from telephony_edge.twilio.simulator import SimulatedCall, parse_twiml
+from tests.twilio.harness import (  # noqa: F401 - the Twilio fixtures
+    API_KEY,
+    AUTH_TOKEN,
+    CALLER,
+    OUTBOUND_NUMBER,
+    TwilioEdge,
+    fixture_crm,
+    fixture_fake_twilio,
+    fixture_make_twilio_edge,
+    fixture_session,
+    fixture_twilio_edge,
+)
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+CALLEE = "+15555550142"
+
+
+async def post(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: Any = None,
+    headers: dict[str, str] | None = AUTH,
+) -> tuple[int, dict[str, Any]]:
+    async with session.post(url, json=body, headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+async def start_outbound(
+    edge: TwilioEdge, session: aiohttp.ClientSession, **overrides: Any
+) -> tuple[int, dict[str, Any]]:
+    body = {
+        "from_phone": OUTBOUND_NUMBER,
+        "to_phone": CALLEE,
+        "agent_id": "echo",
+        "metadata": {"userName": "Ada"},
+        "include_metadata_in_prompt": True,
+        **overrides,
+    }
+    return await post(session, edge.base + "/start_outbound_call", body)
+
+
+async def wait_for(predicate: Any, within: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not predicate():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def answer(edge: TwilioEdge, session: aiohttp.ClientSession, call_id: str) -> SimulatedCall:
+    """Twilio: the callee picked up; fetch the TwiML from the call's Url, open its stream."""
+    twilio_call = next(iter(edge.fake.calls.values()))
+    call = SimulatedCall(
+        session,
+        edge.base,
+        to=twilio_call.to,
+        from_=twilio_call.from_,
+        auth_token=AUTH_TOKEN,
+        account_sid=twilio_call.account_sid,
+        call_sid=twilio_call.sid,
+        voice_path=f"/twilio/voice?call_id={call_id}",
+        direction="outbound-api",
+    )
+    stream = parse_twiml(await call.post_webhook()).stream
+    assert stream is not None and stream.parameters["call_id"] == call_id
+    await call.open_stream(stream)
+    return call
+
+
+async def test_outbound_call_is_placed_through_twilio_and_hung_up_by_the_api(
+    twilio_edge: TwilioEdge, session: aiohttp.ClientSession
+) -> None:
+    status, body = await start_outbound(twilio_edge, session)
+    assert status == 200, body
+    call_id = body["call_id"]
+    [request] = twilio_edge.fake.requests
+    assert request.status == 201
+    assert request.path.endswith(f"/Accounts/{twilio_edge.fake.account_sid}/Calls.json")
+    form = request.form
+    assert form["To"] == [CALLEE] and form["From"] == [OUTBOUND_NUMBER]
+    assert form["Url"] == [f"{twilio_edge.base}/twilio/voice?call_id={call_id}"]
+    assert form["Method"] == ["POST"]
+    assert form["StatusCallback"] == [f"{twilio_edge.base}/twilio/status?call_id={call_id}"]
+    assert form["StatusCallbackEvent"] == ["initiated", "ringing", "answered", "completed"]
+    [twilio_call] = twilio_edge.fake.calls.values()
+    assert body["provider_call_id"] == twilio_call.sid
+
+    service = twilio_edge.services.call_service
+    record = await service.get(call_id)
+    assert record is not None
+    assert (record.direction, record.from_, record.to) == ("outbound", OUTBOUND_NUMBER, CALLEE)
+    assert record.provider_call_id == twilio_call.sid
+    assert record.metadata == {"userName": "Ada"} and record.include_metadata_in_prompt
+
+    call = await answer(twilio_edge, session, call_id)
+    await call.stream_audio([], silence_after_s=0.3)
+    assert call.result.frames_received > 0  # the agent speaks to the callee
+    status, body = await post(session, f"{twilio_edge.base}/calls/{call_id}/hangup")
+    assert status == 200, body
+    assert await call.wait_closed(5)
+    await call.finish()
+    assert twilio_call.status == "completed"  # hung up through the REST API
+    await wait_for(lambda: service.manager.get(call_id) is None, 5)
+    record = await service.get(call_id)
+    assert record is not None and record.call_status is CallStatus.API_ENDED
+    [ended] = await twilio_edge.crm.wait(1)
+    assert ended["call_status"] == "api-ended"
+    assert ended["voip"]["direction"] == "outbound"
+
+
+async def test_the_api_key_is_required_everywhere(
+    twilio_edge: TwilioEdge, session: aiohttp.ClientSession
+) -> None:
+    url = twilio_edge.base
+    wrong = [
+        None,
+        {"Authorization": "Bearer nope"},
+        {"Authorization": f"Bearer {API_KEY[:-1]}X"},
+        {"Authorization": f"Basic {API_KEY}"},
+        {"Authorization": API_KEY},
+    ]
+    for headers in wrong:
+        status, body = await post(session, url + "/start_outbound_call", {}, headers)
+        assert status == 401 and "error" in body
+        status, _ = await post(session, url + "/calls/call_x/hangup", {}, headers)
+        assert status == 401
+        status, _ = await post(session, url + "/calls/call_x/transfer", {}, headers)
+        assert status == 401
+        async with session.get(url + "/calls/call_x", headers=headers) as resp:
+            assert resp.status == 401
+            assert resp.headers["WWW-Authenticate"] == "Bearer"
+    assert twilio_edge.fake.requests == []
+
+
+async def test_outbound_requests_are_validated_before_twilio_is_asked(
+    twilio_edge: TwilioEdge, session: aiohttp.ClientSession
+) -> None:
+    cases: list[tuple[dict[str, Any], int, str]] = [
+        ({"from_phone": "+15555550111"}, 400, "from_phone"),  # not one of ours
+        ({"from_phone": "12"}, 400, "from_phone"),
+        ({"to_phone": "not a number"}, 400, "to_phone"),
+        ({"to_phone": "+0123"}, 400, "to_phone"),
+        ({"to_phone": None}, 400, "to_phone"),
+        ({"agent_id": ""}, 400, "agent_id"),
+        ({"agent_id": "nobody"}, 404, "agent"),
+        ({"metadata": "x"}, 400, "metadata"),
+        ({"agent_config": [1]}, 400, "agent_config"),
+        ({"include_metadata_in_prompt": "yes"}, 400, "include_metadata_in_prompt"),
+    ]
+    for overrides, expected, word in cases:
+        status, body = await start_outbound(twilio_edge, session, **overrides)
+        assert status == expected, (overrides, body)
+        assert word in body["error"], body
+    status, body = await post(session, twilio_edge.base + "/start_outbound_call", [1, 2])
+    assert status == 400
+    async with session.post(
+        twilio_edge.base + "/start_outbound_call", data=b"{nope", headers=AUTH
+    ) as resp:
+        assert resp.status == 400
+    assert twilio_edge.fake.requests == []
+    # written-out numbers are normalised
+    status, body = await start_outbound(
+        twilio_edge, session, from_phone="+1 (555) 555-0177", to_phone="001 555 555 0142"
+    )
+    assert status == 200, body
+    assert twilio_edge.fake.requests[-1].form["To"] == [CALLEE]
+
+
+async def test_twilio_refusals_are_reported_and_end_the_call(
+    twilio_edge: TwilioEdge, session: aiohttp.ClientSession
+) -> None:
+    twilio_edge.fake.numbers.discard(OUTBOUND_NUMBER)  # not verified on the account
+    status, body = await start_outbound(twilio_edge, session)
+    assert status == 400 and body["provider_code"] == 21210, body
+    record = await twilio_edge.services.call_service.get(body["call_id"])
+    assert record is not None and record.state is CallState.ENDED
+    assert record.call_status is CallStatus.ERROR
+
+    twilio_edge.fake.auth_token = "rotated"  # the edge's credentials no longer work
+    status, body = await start_outbound(twilio_edge, session)
+    assert status == 502 and body["provider_code"] == 20003, body
+    assert [r.status for r in twilio_edge.fake.requests] == [400, 401]
+
+
+async def test_transfer_and_read_a_live_call_through_the_api(
+    twilio_edge: TwilioEdge, session: aiohttp.ClientSession
+) -> None:
+    status, body = await start_outbound(twilio_edge, session)
+    call_id = body["call_id"]
+    call = await answer(twilio_edge, session, call_id)
+    await call.stream_audio([], silence_after_s=0.2)
+
+    async with session.get(f"{twilio_edge.base}/calls/{call_id}", headers=AUTH) as resp:
+        assert resp.status == 200
+        view = await resp.json()
+    assert view["call_id"] == call_id and view["from"] == OUTBOUND_NUMBER
+    assert view["state"] == "active" and view["provider"] == "twilio"
+
+    url = f"{twilio_edge.base}/calls/{call_id}/transfer"
+    for bad in ({}, {"destination": "reception"}, {"destination": "sip:nohost"}):
+        status, body = await post(session, url, bad)
+        assert status == 400, body
+    status, body = await post(session, url, {"destination": "sip:desk@pbx.example.com"})
+    assert status == 200, body
+    [twilio_call] = twilio_edge.fake.calls.values()
+    assert twilio_call.updates[-1]["Twiml"] == [
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        "<Response><Dial><Sip>sip:desk@pbx.example.com</Sip></Dial></Response>"
+    ]
+    assert await call.wait_closed(5)
+    await call.finish()
+    record = await twilio_edge.services.call_service.get(call_id)
+    assert record is not None and record.transferred_to == "sip:desk@pbx.example.com"
+
+    for path in ("/calls/call_unknown/hangup", "/calls/call_unknown/transfer"):
+        status, body = await post(session, twilio_edge.base + path, {"destination": CALLER})
+        assert status == 404, body
+    async with session.get(f"{twilio_edge.base}/calls/call_unknown", headers=AUTH) as resp:
+        assert resp.status == 404
+
+
+async def test_hanging_up_a_ringing_call_cancels_it_through_twilio(
+    twilio_edge: TwilioEdge, session: aiohttp.ClientSession
+) -> None:
+    status, body = await start_outbound(twilio_edge, session)
+    call_id = body["call_id"]
+    status, body = await post(session, f"{twilio_edge.base}/calls/{call_id}/hangup")
+    assert status == 200, body
+    [twilio_call] = twilio_edge.fake.calls.values()
+    assert twilio_call.updates == [{"Status": ["completed"]}]
+    record = await twilio_edge.services.call_service.get(call_id)
+    assert record is not None and record.state is CallState.ENDED
+    assert record.call_status is CallStatus.API_ENDED
+    # Twilio then asks for the TwiML of a call that is over: a goodbye, no stream
+    call = SimulatedCall(
+        session,
+        twilio_edge.base,
+        to=CALLEE,
+        from_=OUTBOUND_NUMBER,
+        auth_token=AUTH_TOKEN,
+        call_sid=twilio_call.sid,
+        voice_path=f"/twilio/voice?call_id={call_id}",
+    )
+    answer_ = parse_twiml(await call.post_webhook())
+    assert answer_.stream is None and answer_.hangup

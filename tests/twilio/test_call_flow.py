@@ -1,0 +1,146 @@
+"""Whole calls: simulator (as Twilio) → edge → built-in agent core, over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import audioop
+from typing import Any
+
+import aiohttp
+
+from telephony_edge.calls.record import CallState, CallStatus
+from telephony_edge.twilio.simulator import encode_payloads, parse_twiml, pcm16_to_ulaw8k
+from tests.conftest import read_wav
+from tests.twilio.harness import CALLER, EU_NUMBER, LOCAL_NUMBER, TwilioEdge
+
+
+async def wait_for(predicate: Any, within: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not predicate():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def voiced_seconds(ulaw: bytes) -> float:
+    pcm = audioop.ulaw2lin(ulaw, 2)
+    frames = [pcm[i : i + 320] for i in range(0, len(pcm), 320)]
+    return sum(audioop.rms(f, 2) > 300 for f in frames) * 0.02
+
+
+async def test_call_echo_barge_in_marks_and_caller_hangup(
+    twilio_edge: TwilioEdge, session: aiohttp.ClientSession
+) -> None:
+    speech = read_wav("speech_order.wav")
+    speech_s = voiced_seconds(pcm16_to_ulaw8k(speech))
+    call = twilio_edge.call(session)
+    stream = parse_twiml(await call.post_webhook()).stream
+    assert stream is not None
+    call_id = stream.parameters["call_id"]
+    await call.open_stream(stream)
+    # 0.5 s of silence (the greeting starts), then the caller talks over it
+    silence = encode_payloads(b"\xff" * 4000)
+    speech_payloads = encode_payloads(pcm16_to_ulaw8k(speech))
+    await call.stream_audio(silence + speech_payloads, silence_after_s=0.2)
+    await call.stream_until_quiet(until=lambda r: r.reply_frames * 0.02 > speech_s, max_s=10)
+    await call.stop()
+    result = call.result
+    summary = result.summary()
+
+    # agent audio reached the caller before they spoke: the greeting, at real time
+    assert result.first_audio_s is not None and result.first_audio_s < 1.0, summary
+    # barge-in: the agent core cleared and the edge sent Twilio a clear, soon after the
+    # caller's first word (0.5 s of silence + 0.25 s of lead-in in the fixture)
+    assert result.clears >= 1, summary
+    assert 0.75 < result.clear_times[0] < 1.6, summary
+    # caller audio reached the agent: the echo came back, about as long as the speech
+    assert result.reply_frames * 0.02 > speech_s * 0.7, summary
+    assert voiced_seconds(result.heard_ulaw) > speech_s * 0.7, summary
+    # marks: the edge marks its audio, the simulator echoes them as Twilio does
+    assert 0 < result.marks_echoed <= result.marks_received  # the last may still be playing
+    assert result.late_frames == 0, summary
+
+    # stop: the call ends as user-ended and the end-of-call webhook goes out
+    service = twilio_edge.services.call_service
+    await wait_for(lambda: service.manager.get(call_id) is None, 5)
+    record = await service.get(call_id)
+    assert record is not None
+    assert record.state is CallState.ENDED and record.call_status is CallStatus.USER_ENDED
+    [payload] = await twilio_edge.crm.wait(1)
+    assert payload["call_id"] == call_id
+    assert payload["call_status"] == "user-ended"
+    assert payload["voip"]["provider"] == "twilio"
+    assert payload["voip"]["provider_call_id"] == call.call_sid
+    assert payload["voip"]["from"] == CALLER and payload["voip"]["to"] == LOCAL_NUMBER
+
+
+async def test_dtmf_reaches_the_agent_whose_end_call_hangs_up_through_rest(
+    twilio_edge: TwilioEdge, session: aiohttp.ClientSession
+) -> None:
+    call = twilio_edge.call(session)
+    twilio_edge.fake.add_call(call.call_sid, to=LOCAL_NUMBER, from_=CALLER)
+    stream = parse_twiml(await call.post_webhook()).stream
+    assert stream is not None
+    await call.open_stream(stream)
+    # the demo core answers DTMF 9 with end_call (after its greeting has played)
+    await call.stream_audio([], silence_after_s=0.3, dtmf=[(0.1, "9")])
+    await call.stream_until_quiet(until=lambda r: False, max_s=5)
+    assert await call.wait_closed(5), "the edge hangs up"
+    await call.finish()
+    fake_call = twilio_edge.fake.calls[call.call_sid]
+    assert fake_call.status == "completed"
+    assert [u["Status"] for u in fake_call.updates] == [["completed"]]
+    record = await twilio_edge.services.call_service.get(stream.parameters["call_id"])
+    assert record is not None and record.call_status is CallStatus.AGENT_ENDED
+    [payload] = await twilio_edge.crm.wait(1)
+    assert payload["call_status"] == "agent-ended"
+
+
+async def test_agent_transfer_replaces_the_twiml_with_dial(
+    twilio_edge: TwilioEdge, session: aiohttp.ClientSession
+) -> None:
+    call = twilio_edge.call(session)
+    twilio_edge.fake.add_call(call.call_sid, to=LOCAL_NUMBER, from_=CALLER)
+    stream = parse_twiml(await call.post_webhook()).stream
+    assert stream is not None
+    await call.open_stream(stream)
+    # DTMF 0: the demo core asks for a transfer to its default destination
+    await call.stream_audio([], silence_after_s=0.3, dtmf=[(0.1, "0")])
+    await call.stream_until_quiet(until=lambda r: False, max_s=5)
+    assert await call.wait_closed(5)
+    await call.finish()
+    [update] = twilio_edge.fake.calls[call.call_sid].updates
+    assert update["Twiml"] == [
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        "<Response><Dial><Number>+15555550123</Number></Dial></Response>"
+    ]
+    record = await twilio_edge.services.call_service.get(stream.parameters["call_id"])
+    assert record is not None
+    assert record.call_status is CallStatus.AGENT_ENDED
+    assert record.transferred_to == "+15555550123"
+
+
+async def test_a_call_handed_over_by_another_region_runs_there(
+    twilio_edge: TwilioEdge, make_twilio_edge: Any, session: aiohttp.ClientSession
+) -> None:
+    eu: TwilioEdge = await make_twilio_edge(
+        server={"host": "127.0.0.1", "region": "eu", "public_url": "http://127.0.0.1:1"}
+    )
+    call = twilio_edge.call(session, to=EU_NUMBER)
+    stream = parse_twiml(await call.post_webhook()).stream
+    assert stream is not None and "call_id" not in stream.parameters
+    # Twilio would connect to wss://eu.edge.example.com; here the EU edge is local
+    local = type(stream)(
+        url=f"ws://127.0.0.1:{eu.port}/twilio/stream", parameters=stream.parameters
+    )
+    await call.open_stream(local)
+    await call.stream_audio([], silence_after_s=0.5)
+    assert call.result.frames_received > 0  # the EU edge's agent greets
+    [record] = await eu.services.coordinator.list_active_calls()
+    assert (record.to, record.from_, record.provider_call_id) == (EU_NUMBER, CALLER, call.call_sid)
+    await call.stop()
+    # the hand-off token is single-use as well
+    replay = twilio_edge.call(session, to=EU_NUMBER, call_sid=call.call_sid)
+    await replay.open_stream(local)
+    assert await replay.wait_closed(5)
+    assert (await replay.finish()).close_code == 1008
