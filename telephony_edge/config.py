@@ -142,6 +142,8 @@ class CallSettings(_Model):
     max_duration_s: float = Field(default=3600.0, gt=0, le=24 * 3600)
     inactivity_timeout_s: float = Field(default=120.0, gt=0, le=3600)
     preconnect_buffer_s: float = Field(default=10.0, gt=0, le=60)
+    setup_ttl_s: float = Field(default=300.0, gt=0, le=3600)
+    """How long a call announced by a webhook waits for its media before it is forgotten."""
 
 
 class CoordinationSettings(_Model):

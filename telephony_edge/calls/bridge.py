@@ -9,7 +9,9 @@ network never waits on the agent core. In parallel it prepares the session
 is flushed in order and caller audio then flows straight through.
 
 Agent audio goes into the :class:`Playout` and is played one 20 ms frame per
-tick of the worker's :class:`Pacer`. ``pause``/``unpause`` gate the playout;
+tick of the worker's :class:`Pacer`, after a lead of a few frames at the
+start of each talkspurt (``BridgeLimits.playout_lead_frames``) that primes
+the network's jitter buffer. ``pause``/``unpause`` gate the playout;
 ``clear`` empties it and tells the leg to clear the network's buffer.
 
 Whoever ends the call first sets ``call_status`` (the first cause wins):
@@ -58,6 +60,10 @@ class BridgeLimits:
     inactivity_timeout_s: float = 120.0
     preconnect_buffer_s: float = 10.0
     playout_max_s: float = 120.0
+    playout_lead_frames: int = 3
+    """Frames sent ahead at the start of each talkspurt, to prime the network's
+    jitter buffer so a late tick of a busy worker is not a gap the caller hears.
+    Barge-in still stops at once: ``clear`` drops them in the network too."""
 
 
 @dataclass(slots=True)
@@ -99,6 +105,7 @@ class CallBridge:
         self._ended = asyncio.Event()
         self._hangup_network = True
         self._end_after_playout: float | None = None
+        self._talkspurt = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_activity = 0.0
         self._first_frame_at: float | None = None
@@ -284,17 +291,21 @@ class CallBridge:
                 return
 
     async def _tick(self) -> None:
-        item = self._playout.pop()
-        if item is None:
-            if self._end_after_playout is not None and (
-                not len(self._playout) or time.monotonic() > self._end_after_playout
-            ):
-                self.finish(CallStatus.AGENT_ENDED)
-            return
-        frame, cost = item
-        t0 = time.perf_counter()
-        await self.leg.send_frame(frame)
-        _A2C.observe(cost + time.perf_counter() - t0)
+        burst = 1 if self._talkspurt else 1 + self._limits.playout_lead_frames
+        for _ in range(burst):
+            item = self._playout.pop()
+            if item is None:
+                self._talkspurt = False
+                if self._end_after_playout is not None and (
+                    not len(self._playout) or time.monotonic() > self._end_after_playout
+                ):
+                    self.finish(CallStatus.AGENT_ENDED)
+                return
+            self._talkspurt = True
+            frame, cost = item
+            t0 = time.perf_counter()
+            await self.leg.send_frame(frame)
+            _A2C.observe(cost + time.perf_counter() - t0)
         self._last_activity = asyncio.get_running_loop().time()
 
     # -- agent messages ----------------------------------------------------

@@ -4,9 +4,9 @@ Agent cores send audio faster than real time; callers must hear it at real
 time. Rather than a sleeping task per call (300 calls = 15,000 wake-ups a
 second), one task ticks every 20 ms on an absolute schedule and asks each
 registered playout for its next frame. A late tick (the loop was busy) is
-caught up by ticking again at once, up to ``MAX_CATCH_UP`` frames, so the
-played duration stays equal to wall time; beyond that the schedule restarts
-from now rather than bursting.
+caught up by ticking again as soon as pending I/O has run, up to
+``MAX_CATCH_UP`` frames, so the played duration stays equal to wall time;
+beyond that the schedule restarts from now rather than bursting.
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ class Pacer:
                 await asyncio.sleep(delay)
             elif -delay > MAX_CATCH_UP * self._frame_s:
                 start, ticks = loop.time(), 0
+            else:  # catching up: let pending I/O in between the extra ticks
+                await asyncio.sleep(0)
             for key, tick in list(self._subscribers.items()):
                 try:
                     await tick()

@@ -175,7 +175,8 @@ class CallService:
             region=region,
             provider_call_id=provider_call_id,
         )
-        await self.coordinator.put_call(record)
+        # a call whose media never arrives (caller hung up while ringing) is forgotten
+        await self.coordinator.put_call(record, ttl=self.settings.calls.setup_ttl_s)
         log.info(
             "call created",
             extra={"call_id": record.call_id, "provider": provider, "direction": direction},

@@ -195,3 +195,13 @@ async def test_draining_worker_refuses_new_calls_and_ends_live_ones(make_edge: A
         assert exc.http_status == 503
     else:
         raise AssertionError("a draining worker took a new call")
+
+
+async def test_a_call_whose_media_never_arrives_is_forgotten(make_edge: Any) -> None:
+    edge: Edge = await make_edge(edge_settings(calls={"setup_ttl_s": 0.2}))
+    service = edge.services.call_service
+    record = await service.create(agent_id="echo", provider="test", direction="inbound")
+    assert await service.get(record.call_id) is not None
+    await asyncio.sleep(0.3)
+    assert await service.get(record.call_id) is None
+    assert await edge.services.coordinator.list_active_calls() == []
