@@ -36,6 +36,15 @@ def read_wav(name: str) -> bytes:
         return wav.readframes(wav.getnframes())
 
 
+async def wait_for(predicate: Callable[[], object], within: float = 10.0) -> None:
+    """Poll ``predicate`` until true; fail the test after ``within`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not predicate():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
 @pytest.fixture(scope="session")
 def speech() -> bytes:
     return read_wav("speech_table.wav")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import aiohttp
 
 from telephony_edge.calls.record import CallState, CallStatus
 from telephony_edge.twilio.simulator import SimulatedCall, parse_twiml
+from tests.conftest import wait_for
 from tests.twilio.harness import (  # noqa: F401 - the Twilio fixtures
     API_KEY,
     AUTH_TOKEN,
@@ -48,14 +48,6 @@ async def start_outbound(
         **overrides,
     }
     return await post(session, edge.base + "/start_outbound_call", body)
-
-
-async def wait_for(predicate: Any, within: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def answer(edge: TwilioEdge, session: aiohttp.ClientSession, call_id: str) -> SimulatedCall:

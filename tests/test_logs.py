@@ -10,8 +10,8 @@ from typing import Any
 from telephony_edge.calls.leg import Dtmf
 from telephony_edge.calls.record import CallState
 from telephony_edge.logs import JsonFormatter
-from tests.calls.test_bridge import start_call, wait_for
-from tests.conftest import Edge, TestLeg
+from tests.calls.test_bridge import start_call
+from tests.conftest import Edge, TestLeg, wait_for
 
 
 class ListHandler(logging.Handler):

@@ -316,12 +316,10 @@ class CallService:
             return True
         if await self.coordinator.publish_control(call_id, {"action": "hangup"}):
             return True
-        record = await self.coordinator.get_call(call_id)
-        if record is None or record.state is CallState.ENDED:
+        found = await self._unbridged(call_id)
+        if found is None:
             return False
-        controller = self._controllers.get(record.provider)
-        if controller is None:
-            return False
+        record, controller = found
         await controller.hangup(record)
         await self._end_unbridged(record, status, None)
         return True
@@ -335,16 +333,22 @@ class CallService:
         message = {"action": "transfer", "destination": destination}
         if await self.coordinator.publish_control(call_id, message):
             return True
-        record = await self.coordinator.get_call(call_id)
-        if record is None or record.state is CallState.ENDED:
+        found = await self._unbridged(call_id)
+        if found is None:
             return False
-        controller = self._controllers.get(record.provider)
-        if controller is None:
-            return False
+        record, controller = found
         await controller.transfer(record, destination)
         record.transferred_to = destination
         await self._end_unbridged(record, CallStatus.API_ENDED, None)
         return True
+
+    async def _unbridged(self, call_id: str) -> tuple[CallRecord, Controller] | None:
+        """A live call with no media on any worker (ringing), and its provider's controller."""
+        record = await self.coordinator.get_call(call_id)
+        if record is None or record.state is CallState.ENDED:
+            return None
+        controller = self._controllers.get(record.provider)
+        return None if controller is None else (record, controller)
 
     async def update_provider_status(self, call_id: str, provider_status: str) -> None:
         """A provider's status callback: note it; end calls that never reached media."""

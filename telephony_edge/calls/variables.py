@@ -77,7 +77,7 @@ def variable_value(value: Any) -> str:
         return ""
     if isinstance(value, int | float):
         return str(value)
-    return json.dumps(value, ensure_ascii=False, default=str)
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
 def call_variables(*, from_: str, to: str, metadata: Mapping[str, Any]) -> dict[str, str]:

@@ -52,6 +52,7 @@ import aiohttp
 from yarl import URL
 
 from telephony_edge.calls.record import CallRecord
+from telephony_edge.calls.variables import variable_value
 from telephony_edge.coord.base import Coordinator, Job
 
 logger = logging.getLogger(__name__)
@@ -163,23 +164,11 @@ class PrefetchResult:
         return {**current, **self.metadata}
 
 
-def _query_value(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return ""
-    if isinstance(value, int | float):
-        return str(value)
-    return json.dumps(value, separators=(",", ":"), default=str)
-
-
 def prefetch_params(
     *, session_id: str, agent_id: str, from_: str, to: str, metadata: Mapping[str, Any]
 ) -> dict[str, str]:
     """The query of the prefetch request. The documented fields win over same-named metadata."""
-    params = {str(k): _query_value(v) for k, v in metadata.items()}
+    params = {str(k): variable_value(v) for k, v in metadata.items()}
     params.update(session_id=session_id, agent_id=agent_id, to=to)
     params["from"] = from_
     return params

@@ -9,7 +9,7 @@ from typing import Any
 
 from telephony_edge.calls.leg import Dtmf, LegEnded
 from telephony_edge.calls.record import CallRecord, CallState, CallStatus
-from tests.conftest import Edge, TestLeg, edge_settings
+from tests.conftest import Edge, TestLeg, edge_settings, wait_for
 
 
 async def start_call(
@@ -20,14 +20,6 @@ async def start_call(
         agent_id=kwargs.pop("agent_id", "echo"), provider="test", direction="inbound", **kwargs
     )
     return record, asyncio.create_task(service.run(record, leg))
-
-
-async def wait_for(predicate: Any, within: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def voiced(frame: bytes) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import audioop
 from typing import Any
 
@@ -10,16 +9,8 @@ import aiohttp
 
 from telephony_edge.calls.record import CallState, CallStatus
 from telephony_edge.twilio.simulator import encode_payloads, parse_twiml, pcm16_to_ulaw8k
-from tests.conftest import read_wav
+from tests.conftest import read_wav, wait_for
 from tests.twilio.harness import CALLER, EU_NUMBER, LOCAL_NUMBER, TwilioEdge
-
-
-async def wait_for(predicate: Any, within: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def voiced_seconds(ulaw: bytes) -> float:
