@@ -29,7 +29,7 @@ from telephony_edge.calls.record import CallRecord, CallState, CallStatus
 from telephony_edge.calls.variables import call_variables, fill_placeholders, merge_agent_config
 from telephony_edge.config import Settings
 from telephony_edge.coord.base import Coordinator
-from telephony_edge.routing import NumberRouter
+from telephony_edge.routing import NumberRouter, Route
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,21 @@ class CallService:
             extra={"call_id": record.call_id, "provider": provider, "direction": direction},
         )
         return record
+
+    async def create_inbound(
+        self, route: Route, *, from_: str, provider_call_id: str
+    ) -> CallRecord:
+        """Record an inbound call to one of the edge's numbers, as its route says."""
+        return await self.create(
+            agent_id=route.agent_id,
+            provider=route.provider,
+            direction="inbound",
+            from_=from_,
+            to=route.number,
+            agent_config=route.agent_config,
+            region=route.region_name,
+            provider_call_id=provider_call_id,
+        )
 
     async def get(self, call_id: str) -> CallRecord | None:
         live = self.manager.get(call_id)

@@ -129,15 +129,8 @@ async def _admit_handoff(
     if not await services.coordinator.register_pending(once, {}, ctx.tokens.ttl_s * 2):
         raise StreamRejected("stream token already used")
     try:
-        return await services.call_service.create(
-            agent_id=route.agent_id,
-            provider="twilio",
-            direction="inbound",
-            from_=from_,
-            to=route.number,
-            agent_config=route.agent_config,
-            region=route.region_name,
-            provider_call_id=start.call_sid,
+        return await services.call_service.create_inbound(
+            route, from_=from_, provider_call_id=start.call_sid
         )
     except CallRejected as exc:
         raise StreamRejected(exc.reason, code=WSCloseCode.TRY_AGAIN_LATER) from None

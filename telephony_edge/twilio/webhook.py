@@ -85,15 +85,8 @@ async def voice(request: web.Request) -> web.Response:
         )
         return _twiml(twiml.connect_stream(twiml.stream_url(route.region.public_url), params))
     try:
-        record = await services.call_service.create(
-            agent_id=route.agent_id,
-            provider="twilio",
-            direction="inbound",
-            from_=from_,
-            to=route.number,
-            agent_config=route.agent_config,
-            region=route.region_name,
-            provider_call_id=call_sid,
+        record = await services.call_service.create_inbound(
+            route, from_=from_, provider_call_id=call_sid
         )
     except CallRejected as exc:
         _outcome("voice", "rejected")

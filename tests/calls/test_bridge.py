@@ -164,3 +164,18 @@ async def test_pause_holds_agent_audio_until_unpause(make_edge: Any) -> None:
     assert first_voiced - active_at > 0.6
     leg.events.put_nowait(LegEnded("completed"))
     await asyncio.wait_for(task, 5)
+
+
+async def test_inactivity_times_out(make_edge: Any) -> None:
+    edge: Edge = await make_edge(edge_settings(calls={"inactivity_timeout_s": 0.5}))
+    leg = TestLeg()
+    record, task = await start_call(edge, leg)
+    # the greeting counts as activity; silence after it does not
+    for _ in range(150):
+        leg.events.put_nowait(bytes(640))
+    final = await asyncio.wait_for(task, 10)
+    assert final.call_status is CallStatus.TIMEOUT
+    assert final.error_message == "no activity for 0.5s"
+    # it did not fire during the 1.5 s greeting
+    assert sum(voiced(f) for _, f in leg.heard) * 0.02 > 1.2
+    assert leg.hung_up
