@@ -169,7 +169,7 @@ async def test_pause_holds_agent_audio_until_unpause(make_edge: Any) -> None:
 async def test_inactivity_times_out(make_edge: Any) -> None:
     edge: Edge = await make_edge(edge_settings(calls={"inactivity_timeout_s": 0.5}))
     leg = TestLeg()
-    record, task = await start_call(edge, leg)
+    _record, task = await start_call(edge, leg)
     # the greeting counts as activity; silence after it does not
     for _ in range(150):
         leg.events.put_nowait(bytes(640))
