@@ -22,10 +22,9 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from telephony_edge.calls.record import CallRecord
-from telephony_edge.calls.service import CallRejected
+from telephony_edge.calls.service import CallRejected, ProviderError
 from telephony_edge.config import normalize_e164
 from telephony_edge.services import SERVICES
-from telephony_edge.twilio.rest import TwilioApiError
 from telephony_edge.twilio.twiml import normalize_destination
 
 log = logging.getLogger(__name__)
@@ -185,7 +184,7 @@ async def start_outbound_call(request: web.Request) -> web.Response:
         raise ApiError(exc.http_status, exc.reason) from None
     try:
         provider_call_id = await dialer.dial(record)
-    except TwilioApiError as exc:
+    except ProviderError as exc:
         log.warning("outbound call not placed: %s", exc, extra={"call_id": record.call_id})
         await call_service.update_provider_status(record.call_id, "failed")
         status = 400 if exc.status == 400 else 502
@@ -205,7 +204,7 @@ async def hangup_call(request: web.Request) -> web.Response:
     call_id = request.match_info["call_id"]
     try:
         found = await request.app[SERVICES].call_service.hangup(call_id)
-    except TwilioApiError as exc:
+    except ProviderError as exc:
         raise ApiError(502, str(exc), provider_code=exc.code) from None
     if not found:
         raise ApiError(404, f"no live call {call_id}")
@@ -225,7 +224,7 @@ async def transfer_call(request: web.Request) -> web.Response:
         raise ApiError(400, f"destination: {exc}") from None
     try:
         found = await request.app[SERVICES].call_service.transfer(call_id, destination)
-    except TwilioApiError as exc:
+    except ProviderError as exc:
         raise ApiError(502, str(exc), provider_code=exc.code) from None
     if not found:
         raise ApiError(404, f"no live call {call_id}")

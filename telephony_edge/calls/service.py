@@ -58,6 +58,20 @@ class CallRejected(Exception):
         self.reason = reason
 
 
+class ProviderError(Exception):
+    """A provider's API refused a request or could not be reached.
+
+    ``status`` is the provider's HTTP status (0: unreachable), ``code`` its
+    own error code if it gave one. Controllers and dialers raise it so that
+    the public API answers the same way whichever network a call is on.
+    """
+
+    def __init__(self, message: str, *, status: int = 0, code: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
 class Controller(Protocol):
     """Ends or transfers a call through a provider's API when no leg of it is here."""
 

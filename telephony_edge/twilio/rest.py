@@ -23,6 +23,7 @@ from twilio.rest import Client
 
 from telephony_edge import metrics
 from telephony_edge.calls.record import CallRecord
+from telephony_edge.calls.service import ProviderError
 from telephony_edge.twilio import twiml
 
 log = logging.getLogger(__name__)
@@ -32,13 +33,8 @@ STATUS_EVENTS = ("initiated", "ringing", "answered", "completed")
 _ALREADY_ENDED_CODES = frozenset({20404, 21220})
 
 
-class TwilioApiError(Exception):
+class TwilioApiError(ProviderError):
     """Twilio refused a request (or could not be reached); carries Twilio's code."""
-
-    def __init__(self, message: str, *, status: int = 0, code: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
