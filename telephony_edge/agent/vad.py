@@ -8,9 +8,10 @@ do not split a sentence.
 
 The threshold is ``threshold_dbfs`` when not adaptive. When adaptive, it is
 ``max(threshold_dbfs, noise_floor + margin_db)``, the noise floor being a low
-percentile of the levels of the last ``noise_window_ms``: speech has pauses,
-so the quietest tenth of a few seconds is the line's own noise, and a steady
-hiss or hum stops counting as speech once the window has seen it. Until half a
+percentile of the levels of the last ``noise_window_ms`` (nearest rank,
+updated every ``_FLOOR_EVERY`` frames): speech has pauses, so the quietest
+tenth of a few seconds is the line's own noise, and a steady hiss or hum stops
+counting as speech once the window has seen it. Until half a
 second has been heard the fixed threshold applies alone, so a caller who
 talks from the first frame is not taken for noise.
 
@@ -23,14 +24,18 @@ from __future__ import annotations
 
 import collections
 import math
+import warnings
 from dataclasses import dataclass
-
-import numpy as np
 
 from telephony_edge.audio.frames import FRAME_BYTES, FRAME_MS
 
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import audioop
+
 _MIN_DBFS = -100.0  # the level of digital silence, instead of -inf
 _MIN_HISTORY = 25  # frames (0.5 s) of levels before the noise floor is trusted
+_FLOOR_EVERY = 10  # frames between noise-floor updates: it moves slowly, sorting is not free
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,11 +108,10 @@ VadEvent = SpeechStarted | SpeechEnded
 
 def frame_dbfs(frame: bytes) -> float:
     """RMS level of PCM16 little-endian audio in dB relative to full scale."""
-    samples = np.frombuffer(frame, dtype="<i2").astype(np.float64)
-    if samples.size == 0:
+    if not frame:
         return _MIN_DBFS
-    rms = math.sqrt(float(np.mean(samples * samples)))
-    if rms <= 0.0:
+    rms = audioop.rms(frame, 2)
+    if rms <= 0:
         return _MIN_DBFS
     return max(_MIN_DBFS, 20.0 * math.log10(rms / 32768.0))
 
@@ -179,6 +183,8 @@ class EnergyVad:
         if len(self._levels) < _MIN_HISTORY:
             self.threshold_dbfs = cfg.threshold_dbfs
             return self.threshold_dbfs
-        floor = float(np.percentile(np.fromiter(self._levels, float), cfg.noise_percentile))
-        self.threshold_dbfs = max(cfg.threshold_dbfs, floor + cfg.margin_db)
+        if self._frame % _FLOOR_EVERY == 0 or len(self._levels) == _MIN_HISTORY:
+            levels = sorted(self._levels)
+            floor = levels[round(cfg.noise_percentile / 100 * (len(levels) - 1))]
+            self.threshold_dbfs = max(cfg.threshold_dbfs, floor + cfg.margin_db)
         return self.threshold_dbfs
