@@ -8,7 +8,13 @@ from typing import Any
 import aiohttp
 
 from telephony_edge.calls.record import CallState, CallStatus
-from telephony_edge.twilio.simulator import encode_payloads, parse_twiml, pcm16_to_ulaw8k
+from telephony_edge.twilio.simulator import (
+    SimulatedCall,
+    StreamInstruction,
+    encode_payloads,
+    parse_twiml,
+    pcm16_to_ulaw8k,
+)
 from tests.conftest import read_wav, wait_for
 from tests.twilio.harness import CALLER, EU_NUMBER, LOCAL_NUMBER, TwilioEdge
 
@@ -65,14 +71,22 @@ async def test_call_echo_barge_in_marks_and_caller_hangup(
     assert payload["voip"]["from"] == CALLER and payload["voip"]["to"] == LOCAL_NUMBER
 
 
-async def test_dtmf_reaches_the_agent_whose_end_call_hangs_up_through_rest(
+async def connect_known_call(
     twilio_edge: TwilioEdge, session: aiohttp.ClientSession
-) -> None:
+) -> tuple[SimulatedCall, StreamInstruction]:
+    """A call Twilio's REST stand-in knows (so it can be hung up or updated), streaming."""
     call = twilio_edge.call(session)
     twilio_edge.fake.add_call(call.call_sid, to=LOCAL_NUMBER, from_=CALLER)
     stream = parse_twiml(await call.post_webhook()).stream
     assert stream is not None
     await call.open_stream(stream)
+    return call, stream
+
+
+async def test_dtmf_reaches_the_agent_whose_end_call_hangs_up_through_rest(
+    twilio_edge: TwilioEdge, session: aiohttp.ClientSession
+) -> None:
+    call, stream = await connect_known_call(twilio_edge, session)
     # the demo core answers DTMF 9 with end_call (after its greeting has played)
     await call.stream_audio([], silence_after_s=0.3, dtmf=[(0.1, "9")])
     await call.stream_until_quiet(until=lambda r: False, max_s=5)
@@ -90,11 +104,7 @@ async def test_dtmf_reaches_the_agent_whose_end_call_hangs_up_through_rest(
 async def test_agent_transfer_replaces_the_twiml_with_dial(
     twilio_edge: TwilioEdge, session: aiohttp.ClientSession
 ) -> None:
-    call = twilio_edge.call(session)
-    twilio_edge.fake.add_call(call.call_sid, to=LOCAL_NUMBER, from_=CALLER)
-    stream = parse_twiml(await call.post_webhook()).stream
-    assert stream is not None
-    await call.open_stream(stream)
+    call, stream = await connect_known_call(twilio_edge, session)
     # DTMF 0: the demo core asks for a transfer to its default destination
     await call.stream_audio([], silence_after_s=0.3, dtmf=[(0.1, "0")])
     await call.stream_until_quiet(until=lambda r: False, max_s=5)
