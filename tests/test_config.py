@@ -25,8 +25,9 @@ def base() -> dict[str, object]:
     return yaml.safe_load(EXAMPLE.read_text())
 
 
-def test_example_config_is_accepted(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["check-config", str(EXAMPLE)]) == 0
+@pytest.mark.parametrize("shipped", [EXAMPLE, EXAMPLE.with_name("demo.yaml")])
+def test_shipped_configs_are_accepted(shipped: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(shipped)]) == 0
     assert "ok" in capsys.readouterr().out
 
 
