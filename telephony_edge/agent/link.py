@@ -19,11 +19,13 @@ from typing import Any
 
 import aiohttp
 
+from telephony_edge import metrics
 from telephony_edge.agent import messages
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+_MALFORMED = metrics.BAD_INPUT.labels(source="agent-core")
 
 
 class AgentLinkError(Exception):
@@ -130,7 +132,12 @@ class AgentLink:
                 try:
                     method, payload = messages.decode(msg.data)
                 except messages.ProtocolError as exc:
-                    log.warning("agent core sent a malformed message: %s", exc)
+                    _MALFORMED.inc()
+                    log.warning(
+                        "agent core sent a malformed message: %s",
+                        exc,
+                        extra={"call_id": self._call_id},
+                    )
                     continue
                 return AgentMessage(method, payload)
             if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING):
