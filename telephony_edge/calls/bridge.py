@@ -205,32 +205,35 @@ class CallBridge:
     async def _pump_caller(self) -> None:
         leg, link, loop = self.leg, self.link, asyncio.get_running_loop()
         perf = time.perf_counter
-        while True:
-            event = await leg.recv()
-            if type(event) is bytes:
-                if self._first_frame_at is None:
-                    self._first_frame_at = loop.time()
-                if audioop.rms(event, 2) > ACTIVITY_RMS:
-                    self._last_activity = loop.time()
-                if self._ready:
-                    t0 = perf()
-                    await link.send_audio(event)
-                    _C2A.observe(perf() - t0)
+        try:
+            while True:
+                event = await leg.recv()
+                if type(event) is bytes:
+                    if self._first_frame_at is None:
+                        self._first_frame_at = loop.time()
+                    if audioop.rms(event, 2) > ACTIVITY_RMS:
+                        self._last_activity = loop.time()
+                    if self._ready:
+                        t0 = perf()
+                        await link.send_audio(event)
+                        _C2A.observe(perf() - t0)
+                    else:
+                        self._buffer_early(event)
+                elif isinstance(event, LegEnded):
+                    self.record.provider_status = event.status
+                    if event.error:
+                        self.finish(
+                            CallStatus.ERROR, f"network leg failed: {event.error}", hangup=False
+                        )
+                    else:
+                        self.finish(CallStatus.USER_ENDED, hangup=False)
+                    return
+                elif self._ready:
+                    await self._send_leg_event(event)
                 else:
                     self._buffer_early(event)
-            elif isinstance(event, LegEnded):
-                self.record.provider_status = event.status
-                if event.error:
-                    self.finish(
-                        CallStatus.ERROR, f"network leg failed: {event.error}", hangup=False
-                    )
-                else:
-                    self.finish(CallStatus.USER_ENDED, hangup=False)
-                return
-            elif self._ready:
-                await self._send_leg_event(event)
-            else:
-                self._buffer_early(event)
+        except ConnectionError as exc:  # writing to a link the core has dropped
+            self.finish(CallStatus.ERROR, f"agent core link lost: {exc}")
 
     def _buffer_early(self, event: LegEvent) -> None:
         if len(self._prebuffer) >= self._prebuffer_max:
@@ -304,7 +307,12 @@ class CallBridge:
             self._talkspurt = True
             frame, cost = item
             t0 = time.perf_counter()
-            await self.leg.send_frame(frame)
+            try:
+                await self.leg.send_frame(frame)
+            except Exception as exc:  # the clock serves every call: never let one break it
+                log.exception("sending to the network failed", extra={"call_id": self.call_id})
+                self.finish(CallStatus.ERROR, f"network leg failed: {exc!r}")
+                return
             _A2C.observe(cost + time.perf_counter() - t0)
         self._last_activity = asyncio.get_running_loop().time()
 

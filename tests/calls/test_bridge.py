@@ -179,3 +179,26 @@ async def test_inactivity_times_out(make_edge: Any) -> None:
     # it did not fire during the 1.5 s greeting
     assert sum(voiced(f) for _, f in leg.heard) * 0.02 > 1.2
     assert leg.hung_up
+
+
+class BrokenLeg(TestLeg):
+    """A network whose socket fails when the agent's audio is written."""
+
+    async def send_frame(self, frame: bytes) -> None:
+        raise ConnectionResetError("peer went away")
+
+
+async def test_a_failing_leg_ends_its_call_and_spares_the_others(make_edge: Any) -> None:
+    edge: Edge = await make_edge()
+    good, broken = TestLeg(), BrokenLeg()
+    good_record, good_task = await start_call(edge, good)
+    _, broken_task = await start_call(edge, broken)
+    final = await asyncio.wait_for(broken_task, 10)
+    assert final.call_status is CallStatus.ERROR
+    assert "peer went away" in (final.error_message or "")
+    # the shared clock keeps playing the other call
+    heard = len(good.heard)
+    await wait_for(lambda: len(good.heard) > heard + 10, within=3)
+    assert good_record.state is CallState.ACTIVE
+    good.events.put_nowait(LegEnded("completed"))
+    assert (await asyncio.wait_for(good_task, 5)).call_status is CallStatus.USER_ENDED
