@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
+from multidict import MultiDictProxy
 
 from telephony_edge import metrics
 from telephony_edge.calls.record import CallRecord, CallState
@@ -54,15 +55,20 @@ def caller_number(raw: str) -> str:
         return raw
 
 
+async def _signed_form(ctx: TwilioContext, request: web.Request, kind: str) -> MultiDictProxy[str]:
+    """The webhook's form fields, once Twilio's signature checks out (else 403, counted)."""
+    try:
+        return await ctx.signatures.form(request)
+    except web.HTTPForbidden:
+        _outcome(kind, "forbidden")
+        raise
+
+
 async def voice(request: web.Request) -> web.Response:
     """``POST /twilio/voice``: answer a call with TwiML."""
     ctx = request.app[TWILIO]
     services = request.app[SERVICES]
-    try:
-        form = await ctx.signatures.form(request)
-    except web.HTTPForbidden:
-        _outcome("voice", "forbidden")
-        raise
+    form = await _signed_form(ctx, request, "voice")
     call_sid = form.get("CallSid", "")
     call_id = request.query.get(CALL_ID_PARAM)
     if call_id:
@@ -130,11 +136,7 @@ async def _stream_answer(
 async def status(request: web.Request) -> web.Response:
     """``POST /twilio/status``: Twilio reports a call's progress (busy, no-answer, ...)."""
     ctx = request.app[TWILIO]
-    try:
-        form = await ctx.signatures.form(request)
-    except web.HTTPForbidden:
-        _outcome("status", "forbidden")
-        raise
+    form = await _signed_form(ctx, request, "status")
     call_id = request.query.get(CALL_ID_PARAM)
     call_status = form.get("CallStatus", "")
     if not call_id or not call_status:
