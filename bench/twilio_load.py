@@ -694,6 +694,7 @@ def main() -> int:
         for k, v in delta(after, before, "telephony_edge_calls_total").items()
         if v
     }
+    prebuffered = int(sum(delta(after, before, "telephony_edge_frames_prebuffered_total").values()))
     sent = sum(r["frames_sent"] for r in ok)
     received = sum(r["frames_received"] for r in ok)
     call_minutes = sum(args.seconds for _ in ok) / 60
@@ -729,7 +730,7 @@ def main() -> int:
             "p999": hist_pct(jitter, 0.999),
         },
         "caller_frames_sent": sent,
-        "caller_frames_relayed_to_agent": c2a_n,
+        "caller_frames_relayed_to_agent": c2a_n + prebuffered,
         "agent_frames_received": received,
         "playout_underruns": sum(r["late_frames"] for r in ok),
         "edge_late_sends": late_sends,

@@ -22,6 +22,10 @@ RELAY_LATENCY_SECONDS = Histogram(
     ["direction"],
     buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05),
 )
+FRAMES_PREBUFFERED = Counter(
+    "telephony_edge_frames_prebuffered_total",
+    "Caller frames held while the agent link was connecting, delivered on onready",
+)
 FRAMES_DROPPED = Counter(
     "telephony_edge_frames_dropped_total", "Audio frames dropped, by reason", ["reason"]
 )

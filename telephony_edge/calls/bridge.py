@@ -261,8 +261,12 @@ class CallBridge:
             metrics.AGENT_LINK_FAILURES.labels(stage=exc.stage).inc()
             self.finish(CallStatus.ERROR, str(exc))
             return
+        held = 0
         while self._prebuffer:  # in order; the caller pump appends meanwhile
-            await self._send_leg_event(self._prebuffer.popleft())
+            event = self._prebuffer.popleft()
+            held += type(event) is bytes
+            await self._send_leg_event(event)
+        metrics.FRAMES_PREBUFFERED.inc(held)
         self._ready = True
         self.record.advance(CallState.ACTIVE)
         if self._first_frame_at is not None:
