@@ -40,7 +40,6 @@ AGENT_LINK_FAILURES = Counter(
 WEBHOOK_RESULTS = Counter(
     "telephony_edge_webhook_results_total", "Webhook calls by kind and outcome", ["kind", "outcome"]
 )
-WEBHOOK_SECONDS = Histogram("telephony_edge_webhook_seconds", "Webhook round-trip time", ["kind"])
 DRAINING = Gauge("telephony_edge_draining", "1 while the worker drains before exit")
 
 # Twilio (telephony_edge.twilio).

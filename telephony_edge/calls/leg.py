@@ -80,9 +80,6 @@ class Leg(abc.ABC):
         a leg whose network is backed up drops the frame and counts it.
         """
 
-    def mark(self, name: str) -> None:  # noqa: B027 - optional for networks without marks
-        """Ask the network to report (as :class:`Played`) when audio sent so far is heard."""
-
     @abc.abstractmethod
     async def clear(self) -> None:
         """Drop whatever agent audio the network itself still has buffered (barge-in)."""
