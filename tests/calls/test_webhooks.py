@@ -512,3 +512,20 @@ def test_retry_policy_delays() -> None:
     assert [policy.delay(n) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 5.0]
     jittered = RetryPolicy(base_delay=1.0, jitter=0.5)
     assert all(0.5 <= jittered.delay(1) <= 1.5 for _ in range(50))
+
+
+def test_session_payload_leaves_out_webhook_credentials() -> None:
+    rec = ended_record()
+    rec.agent_config = {
+        "prompt": "Be nice",
+        "extra_prompt_webhook": {"url": "https://crm.example.com/p", "headers": {"X-Key": "s3"}},
+        "session_data_webhook": "https://crm.example.com/ended",
+    }
+    payload = build_session_payload(rec)
+    assert payload["agent_config"] == {
+        "prompt": "Be nice",
+        "extra_prompt_webhook": {"url": "https://crm.example.com/p"},
+        "session_data_webhook": "https://crm.example.com/ended",
+    }
+    assert "s3" not in json.dumps(payload)
+    assert rec.agent_config["extra_prompt_webhook"]["headers"] == {"X-Key": "s3"}  # not mutated
