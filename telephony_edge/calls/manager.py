@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Protocol
+
+TEARDOWN_WAIT_S = 10.0
 
 
 class LiveCall(Protocol):
@@ -53,4 +56,7 @@ class CallManager:
         except TimeoutError:
             remaining = list(self._calls.values())
             await asyncio.gather(*(c.end("worker drain grace period over") for c in remaining))
+            # let their teardown finish (network hang-up, end-of-call webhook queued)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), TEARDOWN_WAIT_S)
             return len(remaining)

@@ -239,9 +239,11 @@ class CallService:
             await bridge.run()
         finally:
             active.dec()
-            self.manager.discard(record.call_id)
-            await self._release(record)
-            await self._record_end(record, bridge.conversation)
+            try:
+                await self._release(record)
+                await self._record_end(record, bridge.conversation)
+            finally:
+                self.manager.discard(record.call_id)  # last: drain waits for all of the above
         return record
 
     async def _admit(self, record: CallRecord) -> str | None:
