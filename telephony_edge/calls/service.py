@@ -143,6 +143,8 @@ class CallService:
         """Stop background work; webhooks in flight get a moment to finish (app shutdown)."""
         if self._dispatcher is not None:
             await self._dispatcher.drain()
+            if not self.coordinator.shared:  # no other worker will send what is queued
+                await self._dispatcher.flush()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -549,6 +549,21 @@ class WebhookDispatcher:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             raise
 
+    async def flush(self, grace: float = 10.0) -> int:
+        """Deliver every job due now, one by one, for at most ``grace`` seconds.
+
+        For a worker whose queue does not outlive it (the in-memory backend):
+        at shutdown, what is due is sent now or never. Retries that are
+        scheduled for later are not waited for. Returns how many were tried.
+        """
+        tried = 0
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                while (job := await self._coord.reserve(self._queue, self._visibility)) is not None:
+                    await self.deliver(job)
+                    tried += 1
+        return tried
+
     async def drain(self, grace: float = 10.0) -> None:
         """Stop taking jobs; give those in flight ``grace`` seconds, then cancel them."""
         self._stopping.set()

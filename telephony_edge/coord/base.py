@@ -63,6 +63,10 @@ class Job:
 class Coordinator(abc.ABC):
     """Shared state for all workers. See the module docstring for the rules."""
 
+    #: Whether the state outlives this process (other workers see it and carry
+    #: on). False for the in-memory backend: what is queued dies with us.
+    shared: bool = False
+
     # -- lifecycle ---------------------------------------------------------
 
     @abc.abstractmethod

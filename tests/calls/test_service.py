@@ -207,3 +207,19 @@ async def test_a_call_whose_media_never_arrives_is_forgotten(make_edge: Any) -> 
     await asyncio.sleep(0.3)
     assert await service.get(record.call_id) is None
     assert await edge.services.coordinator.list_active_calls() == []
+
+
+async def test_shutdown_sends_the_webhooks_an_in_memory_queue_still_holds(make_edge: Any) -> None:
+    crm = CrmServer()
+    await crm.server.start_server()
+    try:
+        edge: Edge = await make_edge(crm_settings(crm))
+        leg = TestLeg()
+        record, task = await start_call(edge, leg)
+        await wait_for(lambda: record.state is CallState.ACTIVE)
+        leg.events.put_nowait(LegEnded("completed"))
+        await asyncio.wait_for(task, 5)
+        await edge.server.close()  # at once: the dispatcher has not polled yet
+        assert [headers["Idempotency-Key"] for headers, _ in crm.posts] == [record.call_id]
+    finally:
+        await crm.server.close()
