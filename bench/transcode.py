@@ -57,7 +57,9 @@ import orjson
 FRAMES = 1000
 ROUNDS = 9
 STREAM_SID = "MZ18ad3ab5a668481ce02b83e7395059f0"
-OUT_TEMPLATE = '{"event":"media","streamSid":"%s","media":{"payload":"%s"}}'
+# The outgoing message as the Twilio leg builds it: fixed bytes around the payload.
+OUT_PREFIX = b'{"event":"media","streamSid":"' + STREAM_SID.encode() + b'","media":{"payload":"'
+OUT_SUFFIX = b'"}}'
 
 Pcm = Callable[[bytes], bytes]
 
@@ -71,7 +73,7 @@ class Impl:
     make_up: Callable[[], Pcm]  # PCM16 8k → PCM16 16k, streaming
     make_down: Callable[[], Pcm]  # PCM16 16k → PCM16 8k, streaming
     make_in: Callable[[], Callable[[str], bytes]]  # Twilio JSON text → canonical frame
-    make_out: Callable[[], Callable[[bytes], str]]  # canonical frame → Twilio JSON text
+    make_out: Callable[[], Callable[[bytes], bytes]]  # canonical frame → Twilio JSON text
 
 
 def edge_impl(loads: Callable[[str], object], name: str) -> Impl:
@@ -83,11 +85,11 @@ def edge_impl(loads: Callable[[str], object], name: str) -> Impl:
 
         return f
 
-    def make_out() -> Callable[[bytes], str]:
+    def make_out() -> Callable[[bytes], bytes]:
         encode_b64 = G711Encoder(Law.ULAW).encode_b64
 
-        def f(frame: bytes) -> str:
-            return OUT_TEMPLATE % (STREAM_SID, encode_b64(frame))
+        def f(frame: bytes) -> bytes:
+            return OUT_PREFIX + encode_b64(frame) + OUT_SUFFIX
 
         return f
 
@@ -130,13 +132,13 @@ def ratecv_impl() -> Impl:
 
         return g
 
-    def make_out() -> Callable[[bytes], str]:
+    def make_out() -> Callable[[bytes], bytes]:
         r = down()
         lin2ulaw = audioop.lin2ulaw
 
         def g(frame: bytes) -> str:
             ulaw = lin2ulaw(r(frame), 2)
-            return OUT_TEMPLATE % (STREAM_SID, b2a_base64(ulaw, newline=False).decode())
+            return OUT_PREFIX + b2a_base64(ulaw, newline=False) + OUT_SUFFIX
 
         return g
 
@@ -173,13 +175,13 @@ def soxr_impl(quality: str) -> Impl:
 
         return g
 
-    def make_out() -> Callable[[bytes], str]:
+    def make_out() -> Callable[[bytes], bytes]:
         r = stream(16000, 8000)
 
         def g(frame: bytes) -> str:
             pcm8 = r(np.frombuffer(frame, np.int16))
             ulaw = ulaw_enc[(pcm8 >> 2) + 8192].tobytes()
-            return OUT_TEMPLATE % (STREAM_SID, b2a_base64(ulaw, newline=False).decode())
+            return OUT_PREFIX + b2a_base64(ulaw, newline=False) + OUT_SUFFIX
 
         return g
 

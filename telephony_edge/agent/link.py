@@ -26,6 +26,14 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 _MALFORMED = metrics.BAD_INPUT.labels(source="agent-core")
+_GONE = frozenset(
+    {
+        aiohttp.WSMsgType.CLOSE,
+        aiohttp.WSMsgType.CLOSING,
+        aiohttp.WSMsgType.CLOSED,
+        aiohttp.WSMsgType.ERROR,
+    }
+)
 
 
 class AgentLinkError(Exception):
@@ -46,10 +54,9 @@ class AgentMessage:
 
 @dataclass(frozen=True, slots=True)
 class LinkClosed:
-    """The core closed the link; ``clean`` if it said goodbye (code 1000)."""
+    """The core closed the link (``code``: its WebSocket close code, if any)."""
 
     code: int | None
-    clean: bool
 
 
 AgentEvent = bytes | AgentMessage | LinkClosed
@@ -140,10 +147,8 @@ class AgentLink:
                     )
                     continue
                 return AgentMessage(method, payload)
-            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING):
-                return LinkClosed(ws.close_code, ws.close_code == 1000)
-            if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                return LinkClosed(ws.close_code, False)
+            if msg.type in _GONE:
+                return LinkClosed(ws.close_code)
 
     async def send_audio(self, pcm: bytes) -> None:
         assert self._ws is not None

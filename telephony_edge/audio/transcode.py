@@ -72,8 +72,12 @@ class G711Decoder:
         return self._up.process(self._expand(payload, 2))
 
     def decode_b64(self, payload: str | bytes) -> bytes:
-        """Base64 G.711 (a Twilio ``media.payload``) → PCM16 16 kHz."""
-        return self._up.process(self._expand(a2b_base64(payload), 2))
+        """Base64 G.711 (a Twilio ``media.payload``) → PCM16 16 kHz.
+
+        Strict: anything but clean base64 raises ``binascii.Error`` (a
+        ValueError), so a garbled payload is refused rather than half-decoded.
+        """
+        return self._up.process(self._expand(a2b_base64(payload, strict_mode=True), 2))
 
     def reset(self) -> None:
         """Drop the carried state, as for a new stream."""
@@ -103,9 +107,9 @@ class G711Encoder:
         """PCM16 16 kHz → G.711 bytes, one per 8 kHz sample (640 bytes → 160)."""
         return self._compress(self._down.process(frame), 2)
 
-    def encode_b64(self, frame: bytes) -> str:
-        """PCM16 16 kHz → base64 G.711 text, ready for a Twilio ``media`` message."""
-        return b2a_base64(self._compress(self._down.process(frame), 2), newline=False).decode()
+    def encode_b64(self, frame: bytes) -> bytes:
+        """PCM16 16 kHz → base64 G.711 (ASCII bytes), to splice into a Twilio ``media`` message."""
+        return b2a_base64(self._compress(self._down.process(frame), 2), newline=False)
 
     def reset(self) -> None:
         """Drop the carried state, as for a new stream."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 TEARDOWN_WAIT_S = 10.0
@@ -41,9 +40,7 @@ class CallManager:
         if not self._calls:
             self._idle.set()
 
-    async def drain(
-        self, grace_s: float, end_remaining: Callable[[LiveCall], Awaitable[None]] | None = None
-    ) -> int:
+    async def drain(self, grace_s: float) -> int:
         """Stop admitting calls, wait up to ``grace_s`` for live ones to finish.
 
         Calls still live after the grace period are ended (``api-ended``).

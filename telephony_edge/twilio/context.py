@@ -14,8 +14,6 @@ from telephony_edge.twilio.token import StreamTokens
 
 STREAM_TOKEN_PARAM = "token"
 CALL_ID_PARAM = "call_id"
-# A call handed over from another region's edge: no record here yet.
-HANDOFF_PARAMS = ("from", "to")
 
 
 @dataclass(slots=True)

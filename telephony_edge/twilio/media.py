@@ -29,7 +29,6 @@ numbers are checked; gaps are counted. Nothing here logs per frame.
 from __future__ import annotations
 
 import asyncio
-import binascii
 import logging
 from collections import deque
 from collections.abc import Coroutine
@@ -260,7 +259,7 @@ class TwilioMediaLeg(Leg):
                 media = data["media"]
                 if media.get("track", "inbound") not in ("inbound", "inbound_track"):
                     return None  # a <Connect> stream carries the caller only; be lenient
-                ulaw = binascii.a2b_base64(media["payload"], strict_mode=True)
+                pcm16 = self._decoder.decode_b64(media["payload"])
             elif event == "dtmf":
                 digit = data["dtmf"]["digit"]
                 if digit not in DTMF_DIGITS:
@@ -280,15 +279,14 @@ class TwilioMediaLeg(Leg):
                 self._malformed(reason)
                 return None
         except (orjson.JSONDecodeError, LookupError, TypeError, ValueError, AttributeError) as exc:
-            self._malformed(type(exc).__name__)  # binascii.Error is a ValueError
+            self._malformed(type(exc).__name__)  # a bad base64 payload: binascii.Error
             return None
-        if not ulaw:
+        if not pcm16:
             self._malformed("empty payload")
             return None
-        return self._on_media(ulaw)
+        return self._on_media(pcm16)
 
-    def _on_media(self, ulaw: bytes) -> bytes | None:
-        pcm16 = self._decoder.decode(ulaw)
+    def _on_media(self, pcm16: bytes) -> bytes | None:
         self.stats.frames_in += 1
         if len(pcm16) == FRAME_BYTES and not self._splitter.pending:
             return pcm16
@@ -343,7 +341,7 @@ class TwilioMediaLeg(Leg):
             _DROPPED.inc()
             self.stats.frames_dropped += 1
             return
-        payload = binascii.b2a_base64(self._encoder.encode(frame), newline=False)
+        payload = self._encoder.encode_b64(frame)
         await ws.send_frame(self._media_prefix + payload + self._media_suffix, WSMsgType.TEXT)
         self.stats.frames_out += 1
         self._unmarked += 1

@@ -11,6 +11,7 @@ single frame of audio is read.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import cast
 
@@ -82,17 +83,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
         await services.call_service.run(record, leg)
     finally:
         await leg.close()
-        stats = leg.stats
         log.info(
             "Twilio stream closed",
-            extra={
-                "call_id": record.call_id,
-                "frames_in": stats.frames_in,
-                "frames_out": stats.frames_out,
-                "frames_dropped": stats.frames_dropped,
-                "malformed": stats.malformed,
-                "sequence_gaps": stats.sequence_gaps,
-            },
+            extra={"call_id": record.call_id, **dataclasses.asdict(leg.stats)},
         )
     return ws
 
