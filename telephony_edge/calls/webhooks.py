@@ -617,18 +617,15 @@ class WebhookDispatcher:
         retry_after: float | None = None
         reason: str
         try:
-            async with asyncio.timeout(timeout):
-                async with self._session.post(
-                    url,
-                    data=raw,
-                    headers=headers,
-                    allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=timeout),
-                ) as resp:
-                    status = resp.status
-                    retry_after = _retry_after(
-                        resp.headers.get("Retry-After"), self._retry.max_delay
-                    )
+            async with self._session.post(
+                url,
+                data=raw,
+                headers=headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as resp:
+                status = resp.status
+                retry_after = _retry_after(resp.headers.get("Retry-After"), self._retry.max_delay)
             reason = f"http status {status}"
         except TimeoutError:
             reason = f"timed out after {timeout:g} s"

@@ -529,3 +529,22 @@ def test_session_payload_leaves_out_webhook_credentials() -> None:
     }
     assert "s3" not in json.dumps(payload)
     assert rec.agent_config["extra_prompt_webhook"]["headers"] == {"X-Key": "s3"}  # not mutated
+
+
+async def test_slow_endpoint_times_out_and_is_retried(server: Server, harness: Harness) -> None:
+    calls = 0
+
+    async def slow_once(request: web.Request) -> web.StreamResponse:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await server.hang(5)  # longer than the job's timeout
+        return web.Response(status=200)
+
+    server.routes["/end"] = slow_once
+    spec = {"url": server.url("/end"), "timeout": 0.5}
+    await enqueue_session_webhook(harness.coord, spec, build_session_payload(ended_record()))
+    started = time.monotonic()
+    await wait_until(lambda: harness.outcomes == ["retry", "delivered"], within=4.0)
+    assert time.monotonic() - started < 0.5 + 2.0  # bounded by the timeout, not the server
+    assert len(server.seen) == 2
