@@ -103,13 +103,6 @@ def load_wav_ulaw(path: str | Path) -> bytes:
     return audioop.lin2ulaw(data, 2)
 
 
-def pcm16_to_ulaw8k(pcm: bytes, rate: int = 16000) -> bytes:
-    """Canonical PCM16 (16 kHz by default) as 8 kHz μ-law."""
-    if rate != RATE:
-        pcm, _ = audioop.ratecv(pcm, 2, 1, rate, RATE, None)
-    return audioop.lin2ulaw(pcm, 2)
-
-
 def write_wav_ulaw(path: str | Path, ulaw: bytes) -> None:
     """8 kHz μ-law as an 8 kHz PCM16 mono WAV."""
     with wave.open(str(path), "wb") as wav:

@@ -18,6 +18,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from telephony_edge.app import create_app, set_local_address
+from telephony_edge.audio.g711 import Law
+from telephony_edge.audio.transcode import G711Encoder
 from telephony_edge.config import Settings, load_settings
 from telephony_edge.services import SERVICES, Services
 from telephony_edge.twilio.context import TWILIO, TwilioContext
@@ -82,6 +84,11 @@ class TwilioEdge:
         return SimulatedCall(
             session, self.base, auth_token=AUTH_TOKEN, account_sid=ACCOUNT_SID, **kwargs
         )
+
+
+def pcm16_to_ulaw8k(pcm: bytes) -> bytes:
+    """Canonical PCM16 16 kHz as the 8 kHz μ-law a caller's phone sends."""
+    return G711Encoder(Law.ULAW).encode(pcm)
 
 
 def twilio_settings(port: int, api_base_url: str, crm_url: str, **overrides: Any) -> Settings:

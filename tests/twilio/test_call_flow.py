@@ -13,10 +13,9 @@ from telephony_edge.twilio.simulator import (
     StreamInstruction,
     encode_payloads,
     parse_twiml,
-    pcm16_to_ulaw8k,
 )
 from tests.conftest import read_wav, wait_for
-from tests.twilio.harness import CALLER, EU_NUMBER, LOCAL_NUMBER, TwilioEdge
+from tests.twilio.harness import CALLER, EU_NUMBER, LOCAL_NUMBER, TwilioEdge, pcm16_to_ulaw8k
 
 
 def voiced_seconds(ulaw: bytes) -> float:

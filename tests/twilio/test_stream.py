@@ -12,10 +12,9 @@ from telephony_edge.twilio.simulator import (
     SimulatedCall,
     StreamInstruction,
     encode_payloads,
-    pcm16_to_ulaw8k,
 )
 from tests.conftest import read_wav
-from tests.twilio.harness import TwilioEdge
+from tests.twilio.harness import TwilioEdge, pcm16_to_ulaw8k
 
 
 async def _answer(call: SimulatedCall) -> StreamInstruction:
