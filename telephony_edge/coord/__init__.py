@@ -1,6 +1,6 @@
 """Shared state between workers: the Coordinator interface and its backends."""
 
-from telephony_edge.coord.base import ControlMessage, Coordinator, Job
+from telephony_edge.coord.base import Conflict, ControlMessage, Coordinator, Document, Job
 from telephony_edge.coord.memory import MemoryCoordinator
 
-__all__ = ["ControlMessage", "Coordinator", "Job", "MemoryCoordinator"]
+__all__ = ["Conflict", "ControlMessage", "Coordinator", "Document", "Job", "MemoryCoordinator"]

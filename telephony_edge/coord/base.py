@@ -22,6 +22,12 @@ Rules for backends
   timestamps from a worker, so clock skew between workers does not matter.
 * Everything expires or is bounded: ended call records, pending
   registrations, heartbeats, agent slots and control inboxes.
+* Call records are versioned JSON documents, not objects: the coordinator
+  knows one convention of their shape (a string ``state``, ``"ended"`` when
+  the call is over) and nothing else, so it imports nothing of ``calls``.
+  Every change is a field merge in one step, optionally guarded by a
+  compare-and-set on the state or the version; nobody writes a whole record
+  back over fields another worker set meanwhile.
 
 A backend passes ``tests/coord/test_contract.py``; that suite is the
 specification in executable form.
@@ -30,11 +36,9 @@ specification in executable form.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-from telephony_edge.calls.record import CallRecord
 
 #: How long an ended call's record stays readable unless ``put_call`` says otherwise.
 DEFAULT_ENDED_CALL_TTL = 3600.0
@@ -44,6 +48,27 @@ DEFAULT_SLOT_TTL = 4 * 3600.0
 DEFAULT_CONTROL_INBOX_SIZE = 256
 
 ControlMessage = dict[str, Any]
+#: The document key every call record has; ``ENDED_STATE`` leaves the active index.
+STATE_KEY = "state"
+ENDED_STATE = "ended"
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A stored call record: its JSON fields and its version (1 on creation, +1 per change)."""
+
+    data: dict[str, Any]
+    version: int
+
+
+class Conflict(Exception):
+    """A guarded update found the document in another state or version than expected."""
+
+    def __init__(self, current: Document) -> None:
+        super().__init__(
+            f"call record is {current.data.get(STATE_KEY)!r} at version {current.version}"
+        )
+        self.current = current
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,34 +105,43 @@ class Coordinator(abc.ABC):
     # -- call records ------------------------------------------------------
 
     @abc.abstractmethod
-    async def put_call(self, record: CallRecord, *, ttl: float | None = None) -> None:
-        """Store the whole record, replacing any earlier one.
+    async def create_call(
+        self, call_id: str, data: Mapping[str, Any], *, ttl: float | None = None
+    ) -> Document | None:
+        """Store a new call record at version 1; None (and nothing stored) if it exists.
 
-        A record in state ``ended`` leaves the active index and expires after
-        ``ttl`` (default: the backend's ended-call TTL); any other record is
-        kept without expiry unless ``ttl`` is given.
+        ``data`` must carry a string ``state``. A record whose state is not
+        ``ended`` is kept without expiry unless ``ttl`` is given.
         """
 
     @abc.abstractmethod
     async def update_call(
-        self, call_id: str, changes: Mapping[str, Any], *, ttl: float | None = None
-    ) -> CallRecord | None:
-        """Set some fields of a stored record in one step; return the result.
+        self,
+        call_id: str,
+        changes: Mapping[str, Any],
+        *,
+        if_state: Collection[str] | None = None,
+        if_version: int | None = None,
+        ttl: float | None = None,
+    ) -> Document | None:
+        """Merge ``changes`` into the record's fields in one step; return the new document.
 
-        For workers that are not the call's owner and own a field of their
-        own (e.g. the provider status callback sets ``provider_status``):
-        fields not named are left as they are, so nobody's update is lost.
-        ``changes`` maps :class:`CallRecord` field names to JSON values
-        (unknown names raise ``ValueError``). Returns None, and stores
-        nothing, when the call is not stored. Expiry as for :meth:`put_call`.
+        Fields not named are left as they are, so writers of different fields
+        never lose each other's updates. With ``if_state`` / ``if_version``
+        the change is a compare-and-set: it is applied only while the stored
+        state is one of ``if_state`` and the version equals ``if_version``;
+        otherwise nothing changes and :class:`Conflict` carries the current
+        document. Returns None, storing nothing, when the call is not stored.
+        A record moving to ``ended`` leaves the active index and expires after
+        ``ttl`` (default: the backend's ended-call TTL).
         """
 
     @abc.abstractmethod
-    async def get_call(self, call_id: str) -> CallRecord | None:
+    async def get_call(self, call_id: str) -> Document | None:
         """The stored record, or None if unknown or expired."""
 
     @abc.abstractmethod
-    async def list_active_calls(self) -> list[CallRecord]:
+    async def list_active_calls(self) -> list[Document]:
         """Every stored record whose state is not ``ended``."""
 
     # -- pending registrations (SIP register_sip_call, Twilio stream tokens) --
@@ -122,6 +156,10 @@ class Coordinator(abc.ABC):
     @abc.abstractmethod
     async def claim_pending(self, key: str) -> dict[str, Any] | None:
         """Take the payload and delete it: among concurrent claims exactly one wins."""
+
+    @abc.abstractmethod
+    async def peek_pending(self, key: str) -> dict[str, Any] | None:
+        """The payload pending under ``key``, left in place; None if none."""
 
     # -- ownership of a call's media ----------------------------------------
 

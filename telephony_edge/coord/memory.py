@@ -14,21 +14,21 @@ import heapq
 import itertools
 import json
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
-from dataclasses import fields
+from collections.abc import AsyncGenerator, Callable, Collection, Mapping
 from typing import Any
 
-from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.coord.base import (
     DEFAULT_CONTROL_INBOX_SIZE,
     DEFAULT_ENDED_CALL_TTL,
     DEFAULT_SLOT_TTL,
+    ENDED_STATE,
+    STATE_KEY,
+    Conflict,
     ControlMessage,
     Coordinator,
+    Document,
     Job,
 )
-
-_RECORD_FIELDS = frozenset(f.name for f in fields(CallRecord))
 
 
 def _dumps(value: Any) -> str:
@@ -133,46 +133,66 @@ class MemoryCoordinator(Coordinator):
 
     # -- call records ------------------------------------------------------------
 
-    def _store_call(self, data: dict[str, Any], ttl: float | None) -> None:
-        call_id = data["call_id"]
-        if data["state"] == CallState.ENDED:
+    def _store_call(self, call_id: str, doc: Document, ttl: float | None) -> None:
+        if doc.data.get(STATE_KEY) == ENDED_STATE:
             self._active.discard(call_id)
             ttl = self._ended_call_ttl if ttl is None else ttl
         else:
             self._active.add(call_id)
-        self._calls.set(call_id, _dumps(data), ttl)
+        self._calls.set(call_id, _dumps([doc.version, doc.data]), ttl)
 
-    async def put_call(self, record: CallRecord, *, ttl: float | None = None) -> None:
-        self._store_call(record.to_dict(), ttl)
-
-    async def update_call(
-        self, call_id: str, changes: Mapping[str, Any], *, ttl: float | None = None
-    ) -> CallRecord | None:
-        unknown = set(changes) - _RECORD_FIELDS
-        if unknown or "call_id" in changes:
-            raise ValueError(f"cannot update call record fields: {sorted(unknown or {'call_id'})}")
+    def _load_call(self, call_id: str) -> Document | None:
         stored = self._calls.get(call_id)
         if stored is None:
             return None
-        data = json.loads(stored)
-        data.update(json.loads(_dumps(dict(changes))))
-        record = CallRecord.from_dict(data)  # validates before anything is stored
-        self._store_call(data, ttl)
-        return record
+        version, data = json.loads(stored)
+        return Document(data=data, version=version)
 
-    async def get_call(self, call_id: str) -> CallRecord | None:
-        stored = self._calls.get(call_id)
-        return None if stored is None else CallRecord.from_dict(json.loads(stored))
+    async def create_call(
+        self, call_id: str, data: Mapping[str, Any], *, ttl: float | None = None
+    ) -> Document | None:
+        if not isinstance(data.get(STATE_KEY), str):
+            raise ValueError(f"a call record needs a string {STATE_KEY!r}")
+        if self._calls.get(call_id) is not None:
+            return None
+        doc = Document(data=json.loads(_dumps(dict(data))), version=1)
+        self._store_call(call_id, doc, ttl)
+        return self._load_call(call_id)
 
-    async def list_active_calls(self) -> list[CallRecord]:
-        records = []
+    async def update_call(
+        self,
+        call_id: str,
+        changes: Mapping[str, Any],
+        *,
+        if_state: Collection[str] | None = None,
+        if_version: int | None = None,
+        ttl: float | None = None,
+    ) -> Document | None:
+        current = self._load_call(call_id)
+        if current is None:
+            return None
+        if (if_state is not None and current.data.get(STATE_KEY) not in if_state) or (
+            if_version is not None and current.version != if_version
+        ):
+            raise Conflict(current)
+        data = {**current.data, **json.loads(_dumps(dict(changes)))}
+        if not isinstance(data.get(STATE_KEY), str):
+            raise ValueError(f"a call record needs a string {STATE_KEY!r}")
+        self._store_call(call_id, Document(data=data, version=current.version + 1), ttl)
+        return self._load_call(call_id)
+
+    async def get_call(self, call_id: str) -> Document | None:
+        return self._load_call(call_id)
+
+    async def list_active_calls(self) -> list[Document]:
+        docs = []
         for call_id in list(self._active):
-            stored = self._calls.get(call_id)
-            if stored is None:  # expired while active (an explicit ttl)
+            doc = self._load_call(call_id)
+            if doc is None:  # expired while active (an explicit ttl)
                 self._active.discard(call_id)
                 continue
-            records.append(CallRecord.from_dict(json.loads(stored)))
-        return records
+            docs.append(doc)
+        return docs
 
     # -- pending registrations ------------------------------------------------------
 
@@ -184,6 +204,10 @@ class MemoryCoordinator(Coordinator):
 
     async def claim_pending(self, key: str) -> dict[str, Any] | None:
         stored = self._pending.pop(key)
+        return None if stored is None else dict(json.loads(stored))
+
+    async def peek_pending(self, key: str) -> dict[str, Any] | None:
+        stored = self._pending.get(key)
         return None if stored is None else dict(json.loads(stored))
 
     # -- ownership ------------------------------------------------------------------

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
-from telephony_edge.calls.record import CallRecord, CallState, CallStatus
-from telephony_edge.coord import Coordinator, MemoryCoordinator
+from telephony_edge.coord import Conflict, Coordinator, Document, MemoryCoordinator
 
 TTL = 0.1  # short expiry used throughout
 PAST_TTL = 0.2  # sleep this long to be sure TTL has passed
@@ -41,8 +41,12 @@ async def coord(request: pytest.FixtureRequest) -> AsyncIterator[Coordinator]:
         yield c
 
 
-def make_record(**kw: Any) -> CallRecord:
-    return CallRecord(agent_id="agent-1", provider="twilio", direction="inbound", **kw)
+def make_record(**kw: Any) -> dict[str, Any]:
+    return {"state": "created", "agent_id": "agent-1", "provider": "twilio", **kw}
+
+
+def new_id() -> str:
+    return f"call_{uuid.uuid4().hex}"
 
 
 # -- lifecycle ---------------------------------------------------------------
@@ -55,14 +59,31 @@ async def test_ping(coord: Coordinator) -> None:
 # -- call records ------------------------------------------------------------
 
 
-async def test_put_get_roundtrip(coord: Coordinator) -> None:
-    rec = make_record(from_="+15550100", metadata={"userName": "Ada", "n": [1, 2]})
-    rec.advance(CallState.CONNECTING)
-    await coord.put_call(rec)
-    got = await coord.get_call(rec.call_id)
-    assert got == rec
-    assert got is not rec
-    assert got is not None and got.state is CallState.CONNECTING
+async def test_create_get_roundtrip(coord: Coordinator) -> None:
+    call_id = new_id()
+    data = make_record(metadata={"userName": "Ada", "n": [1, 2]})
+    created = await coord.create_call(call_id, data)
+    assert created == Document(data=data, version=1)
+    got = await coord.get_call(call_id)
+    assert got == created
+    assert got is not None and got.data is not data
+
+
+async def test_create_is_once(coord: Coordinator) -> None:
+    call_id = new_id()
+    assert await coord.create_call(call_id, make_record(n=1)) is not None
+    assert await coord.create_call(call_id, make_record(n=2)) is None
+    got = await coord.get_call(call_id)
+    assert got is not None and got.data["n"] == 1
+
+
+async def test_record_needs_a_state(coord: Coordinator) -> None:
+    with pytest.raises(ValueError):
+        await coord.create_call(new_id(), {"agent_id": "a"})
+    call_id = new_id()
+    await coord.create_call(call_id, make_record())
+    with pytest.raises(ValueError):
+        await coord.update_call(call_id, {"state": None})
 
 
 async def test_get_unknown_is_none(coord: Coordinator) -> None:
@@ -70,72 +91,103 @@ async def test_get_unknown_is_none(coord: Coordinator) -> None:
 
 
 async def test_stored_record_is_not_aliased(coord: Coordinator) -> None:
-    rec = make_record(metadata={"a": 1})
-    await coord.put_call(rec)
-    rec.metadata["a"] = 2
-    got = await coord.get_call(rec.call_id)
-    assert got is not None and got.metadata == {"a": 1}
+    call_id, data = new_id(), make_record(metadata={"a": 1})
+    await coord.create_call(call_id, data)
+    data["metadata"]["a"] = 2
+    got = await coord.get_call(call_id)
+    assert got is not None and got.data["metadata"] == {"a": 1}
 
 
 async def test_active_list_excludes_ended_and_ended_expires(coord: Coordinator) -> None:
-    live, done = make_record(), make_record()
-    await coord.put_call(live)
-    await coord.put_call(done)
-    assert {r.call_id for r in await coord.list_active_calls()} == {live.call_id, done.call_id}
+    live, done = new_id(), new_id()
+    await coord.create_call(live, make_record())
+    await coord.create_call(done, make_record())
+    assert len(await coord.list_active_calls()) == 2
 
-    done.advance(CallState.ENDING)
-    done.set_status(CallStatus.USER_ENDED)
-    done.advance(CallState.ENDED)
-    await coord.put_call(done)  # default ended ttl (TTL) applies
-    assert [r.call_id for r in await coord.list_active_calls()] == [live.call_id]
-    assert await coord.get_call(done.call_id) is not None
+    await coord.update_call(done, {"state": "ended", "call_status": "user-ended"})
+    active = await coord.list_active_calls()
+    assert [d.data["state"] for d in active] == ["created"]
+    assert await coord.get_call(done) is not None
 
     await asyncio.sleep(PAST_TTL)
-    assert await coord.get_call(done.call_id) is None
-    assert await coord.get_call(live.call_id) is not None  # live calls never expire
+    assert await coord.get_call(done) is None
+    assert await coord.get_call(live) is not None  # live calls never expire
 
 
 async def test_explicit_ttl_on_ended_record(coord: Coordinator) -> None:
-    rec = make_record()
-    rec.advance(CallState.ENDING)
-    rec.advance(CallState.ENDED)
-    await coord.put_call(rec, ttl=30)
+    call_id = new_id()
+    await coord.create_call(call_id, make_record())
+    await coord.update_call(call_id, {"state": "ended"}, ttl=30)
     await asyncio.sleep(PAST_TTL)
-    assert await coord.get_call(rec.call_id) is not None
+    assert await coord.get_call(call_id) is not None
 
 
-async def test_update_call_changes_only_named_fields(coord: Coordinator) -> None:
-    rec = make_record(metadata={"k": "v"})
-    await coord.put_call(rec)
-    updated = await coord.update_call(rec.call_id, {"provider_status": "completed"})
-    assert updated is not None and updated.provider_status == "completed"
-    assert updated.metadata == {"k": "v"}
-    # a second writer's field survives the first writer's update
-    await coord.update_call(rec.call_id, {"owner": "w1"})
-    got = await coord.get_call(rec.call_id)
-    assert got is not None
-    assert (got.provider_status, got.owner) == ("completed", "w1")
-
-
-async def test_update_call_to_ended_leaves_active_and_expires(coord: Coordinator) -> None:
-    rec = make_record()
-    await coord.put_call(rec)
-    updated = await coord.update_call(rec.call_id, {"state": "ended", "call_status": "timeout"})
-    assert updated is not None and updated.call_status is CallStatus.TIMEOUT
+async def test_ttl_on_a_live_record(coord: Coordinator) -> None:
+    call_id = new_id()
+    await coord.create_call(call_id, make_record(), ttl=TTL)
+    await asyncio.sleep(PAST_TTL)
+    assert await coord.get_call(call_id) is None
     assert await coord.list_active_calls() == []
-    await asyncio.sleep(PAST_TTL)
-    assert await coord.get_call(rec.call_id) is None
 
 
-async def test_update_unknown_call_or_field(coord: Coordinator) -> None:
+async def test_update_merges_named_fields_and_counts_versions(coord: Coordinator) -> None:
+    call_id = new_id()
+    await coord.create_call(call_id, make_record(metadata={"k": "v"}))
+    updated = await coord.update_call(call_id, {"provider_status": "completed"})
+    assert updated is not None and updated.version == 2
+    assert updated.data["provider_status"] == "completed"
+    assert updated.data["metadata"] == {"k": "v"}
+    # a second writer's field survives the first writer's update
+    await coord.update_call(call_id, {"owner": "w1"})
+    got = await coord.get_call(call_id)
+    assert got is not None and got.version == 3
+    assert (got.data["provider_status"], got.data["owner"]) == ("completed", "w1")
+
+
+async def test_compare_and_set_on_state(coord: Coordinator) -> None:
+    call_id = new_id()
+    await coord.create_call(call_id, make_record())
+    moved = await coord.update_call(call_id, {"state": "connecting"}, if_state={"created"})
+    assert moved is not None and moved.data["state"] == "connecting"
+    with pytest.raises(Conflict) as info:
+        await coord.update_call(call_id, {"state": "ended"}, if_state={"created"})
+    assert info.value.current == moved
+    got = await coord.get_call(call_id)
+    assert got == moved
+
+
+async def test_compare_and_set_on_version(coord: Coordinator) -> None:
+    call_id = new_id()
+    first = await coord.create_call(call_id, make_record())
+    assert first is not None
+    await coord.update_call(call_id, {"a": 1}, if_version=first.version)
+    with pytest.raises(Conflict):
+        await coord.update_call(call_id, {"a": 2}, if_version=first.version)
+    got = await coord.get_call(call_id)
+    assert got is not None and got.data["a"] == 1 and got.version == 2
+
+
+async def test_concurrent_compare_and_set_has_one_winner(coord: Coordinator) -> None:
+    call_id = new_id()
+    await coord.create_call(call_id, make_record())
+
+    async def end(status: str) -> bool:
+        try:
+            await coord.update_call(
+                call_id, {"state": "ended", "call_status": status}, if_state={"created"}
+            )
+        except Conflict:
+            return False
+        return True
+
+    wins = await asyncio.gather(*(end(f"s{i}") for i in range(10)))
+    assert sum(wins) == 1
+
+
+async def test_update_unknown_call(coord: Coordinator) -> None:
     assert await coord.update_call("call_nope", {"provider_status": "x"}) is None
+    assert await coord.update_call("call_nope", {"x": 1}, if_state={"created"}) is None
     assert await coord.get_call("call_nope") is None
-    rec = make_record()
-    await coord.put_call(rec)
-    with pytest.raises(ValueError):
-        await coord.update_call(rec.call_id, {"no_such_field": 1})
-    with pytest.raises(ValueError):
-        await coord.update_call(rec.call_id, {"call_id": "other"})
 
 
 # -- pending registrations ---------------------------------------------------
@@ -147,6 +199,14 @@ async def test_claim_pending_exactly_once_under_concurrency(coord: Coordinator) 
     winners = [r for r in results if r is not None]
     assert winners == [{"call_id": "c1", "n": 1}]
     assert await coord.claim_pending("sip:abc") is None
+
+
+async def test_peek_pending_leaves_it_in_place(coord: Coordinator) -> None:
+    assert await coord.peek_pending("p") is None
+    await coord.register_pending("p", {"call_id": "c1"}, ttl=30)
+    assert await coord.peek_pending("p") == {"call_id": "c1"}
+    assert await coord.claim_pending("p") == {"call_id": "c1"}
+    assert await coord.peek_pending("p") is None
 
 
 async def test_register_pending_refuses_duplicate_key(coord: Coordinator) -> None:
