@@ -180,24 +180,20 @@ async def _lift_connection_limit(app: Any) -> None:
 
 
 def serve_edge(config: str) -> int:
-    """``telephony-edge serve`` with the Twilio and API routes added (until the app wires them)."""
+    """``telephony-edge serve``, plus the bench's own knobs (connector limit, loop-lag probe)."""
     import signal
 
     from aiohttp import web
 
-    from telephony_edge.api import add_api_routes
     from telephony_edge.app import create_app, set_local_address
     from telephony_edge.config import load_settings
     from telephony_edge.logs import setup_logging
-    from telephony_edge.twilio.routes import add_twilio_routes
 
     settings = load_settings(config)
     setup_logging("WARNING")
 
     async def main() -> None:
         app = create_app(settings)
-        add_twilio_routes(app)
-        add_api_routes(app)
         if os.environ.get("TWILIO_LOAD_CONNECTOR_LIMIT", "0") != "100":
             app.on_startup.append(_lift_connection_limit)
         runner = web.AppRunner(app, handle_signals=False, access_log=None)

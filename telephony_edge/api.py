@@ -1,10 +1,9 @@
 """The public HTTP API: outbound calls and call control, behind the private API key.
 
 ``POST /start_outbound_call`` places a call from one of the edge's numbers
-through that number's provider (a provider makes itself available with
-:func:`register_dialer`; Twilio does on start-up). The hang-up, transfer and
+through that number's provider (``Provider.dial``). The hang-up, transfer and
 read endpoints work from any worker: the call service finds the call's owner
-through the coordinator.
+through the coordinator. No network is named here.
 
 Every endpoint needs ``Authorization: Bearer <api.private_key>``, compared
 in constant time. Errors are JSON ``{"error": "..."}`` with a fitting status.
@@ -16,47 +15,18 @@ import functools
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 
+from telephony_edge.calls.leg import NotSupported
 from telephony_edge.calls.record import CallRecord
 from telephony_edge.calls.service import CallRejected, ProviderError
 from telephony_edge.config import normalize_e164
+from telephony_edge.routing import normalize_destination
 from telephony_edge.services import SERVICES
-from telephony_edge.twilio.twiml import normalize_destination
 
 log = logging.getLogger(__name__)
-
-
-class OutboundDialer(Protocol):
-    """Places an outbound call for a created record; returns the provider's call id."""
-
-    async def dial(self, record: CallRecord) -> str: ...
-
-
-@dataclass(slots=True)
-class Dialers:
-    by_provider: dict[str, OutboundDialer] = field(default_factory=dict)
-
-
-DIALERS = web.AppKey("outbound_dialers", Dialers)
-
-
-def register_dialer(app: web.Application, provider: str, dialer: OutboundDialer) -> None:
-    """Let ``POST /start_outbound_call`` place calls from ``provider``'s numbers.
-
-    May be called from a start-up hook (the registry itself exists from the
-    moment routes are added).
-    """
-    _dialers(app).by_provider[provider] = dialer
-
-
-def _dialers(app: web.Application) -> Dialers:
-    if DIALERS not in app:
-        app[DIALERS] = Dialers()
-    return app[DIALERS]
 
 
 class ApiError(Exception):
@@ -159,8 +129,8 @@ async def start_outbound_call(request: web.Request) -> web.Response:
     route = services.router.lookup(from_phone)
     if route is None:
         raise ApiError(400, f"from_phone {from_phone} is not one of this edge's numbers")
-    dialer = _dialers(request.app).by_provider.get(route.provider)
-    if dialer is None:
+    provider = services.providers.get(route.provider)
+    if provider is None:
         raise ApiError(
             400,
             f"from_phone {from_phone} is a {route.provider} number; outbound calls from "
@@ -183,7 +153,10 @@ async def start_outbound_call(request: web.Request) -> web.Response:
     except CallRejected as exc:
         raise ApiError(exc.http_status, exc.reason) from None
     try:
-        provider_call_id = await dialer.dial(record)
+        provider_call_id = await provider.dial(record)
+    except NotSupported as exc:
+        await call_service.update_provider_status(record.call_id, "failed")
+        raise ApiError(400, str(exc), call_id=record.call_id) from None
     except ProviderError as exc:
         log.warning("outbound call not placed: %s", exc, extra={"call_id": record.call_id})
         await call_service.update_provider_status(record.call_id, "failed")
@@ -204,6 +177,8 @@ async def hangup_call(request: web.Request) -> web.Response:
     call_id = request.match_info["call_id"]
     try:
         found = await request.app[SERVICES].call_service.hangup(call_id)
+    except NotSupported as exc:
+        raise ApiError(409, str(exc)) from None
     except ProviderError as exc:
         raise ApiError(502, str(exc), provider_code=exc.code) from None
     if not found:
@@ -224,6 +199,8 @@ async def transfer_call(request: web.Request) -> web.Response:
         raise ApiError(400, f"destination: {exc}") from None
     try:
         found = await request.app[SERVICES].call_service.transfer(call_id, destination)
+    except NotSupported as exc:
+        raise ApiError(409, str(exc)) from None
     except ProviderError as exc:
         raise ApiError(502, str(exc), provider_code=exc.code) from None
     if not found:
@@ -243,7 +220,6 @@ async def get_call(request: web.Request) -> web.Response:
 
 def add_api_routes(app: web.Application) -> None:
     """Mount the public API on ``app``."""
-    _dialers(app)
     app.router.add_post("/start_outbound_call", _json_errors(start_outbound_call))
     app.router.add_post("/calls/{call_id}/hangup", _json_errors(hangup_call))
     app.router.add_post("/calls/{call_id}/transfer", _json_errors(transfer_call))

@@ -20,9 +20,9 @@ from telephony_edge.calls.service import CallService
 from telephony_edge.config import Settings
 from telephony_edge.coord.base import Coordinator
 from telephony_edge.coord.memory import MemoryCoordinator
+from telephony_edge.registry import provider_classes
 from telephony_edge.routing import NumberRouter
 from telephony_edge.services import SERVICES, Services
-from telephony_edge.twilio.routes import add_twilio_routes
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +87,23 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
     add_api_routes(app)
-    if settings.twilio.enabled:
-        add_twilio_routes(app)
+    mount_providers(app)
     if settings.agent_core.url is None:
         add_agent_core_routes(app, DEMO_AGENT_PATH)
     return app
+
+
+def mount_providers(app: web.Application) -> None:
+    """Mount every enabled provider of the registry and hand it to the call service."""
+    services = app[SERVICES]
+    for name, cls in provider_classes().items():
+        section = services.settings.provider_settings(name)
+        if section is None or not section.enabled:
+            continue
+        provider = cls(services)
+        provider.mount(app)
+        services.providers[name] = provider
+        services.call_service.networks[name] = provider
 
 
 def set_local_address(app: web.Application, host: str, port: int) -> None:
@@ -116,6 +128,9 @@ async def serve(settings: Settings) -> int:
         print(f"  {base}{path}", flush=True)
     if settings.agent_core.url is None:
         print(f"  built-in demo agent core: ws://{settings.server.host}:{bound}{DEMO_AGENT_PATH}")
+    for provider in app[SERVICES].providers.values():
+        for line in provider.banner(settings.public_url):
+            print(f"  {line}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

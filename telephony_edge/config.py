@@ -8,6 +8,7 @@ Environment variables override the file; nested fields use ``__``, e.g.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    create_model,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -71,7 +73,6 @@ def _check_url(value: str, schemes: tuple[str, ...]) -> str:
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 WsUrl = Annotated[str, AfterValidator(_ws_url)]
 PhoneNumber = Annotated[str, AfterValidator(normalize_e164)]
-ProviderName = Literal["twilio", "vonage", "sip"]
 
 
 class _Model(BaseModel):
@@ -110,7 +111,8 @@ class Region(_Model):
 
 
 class NumberRoute(_Model):
-    provider: ProviderName
+    provider: str
+    """A registered provider's name (``telephony_edge.registry``)."""
     agent_id: str
     region: str
     agent_config: dict[str, Any] = Field(default_factory=dict)
@@ -136,6 +138,10 @@ class AgentCoreSettings(_Model):
     connect_timeout_s: float = Field(default=5.0, gt=0, le=60)
     ready_timeout_s: float = Field(default=10.0, gt=0, le=120)
     ping_interval_s: float = Field(default=10.0, gt=0, le=300)
+    heartbeat_s: float = Field(default=5.0, gt=0, le=300)
+    """WebSocket ping interval; a core that misses the pong is gone (half-open link)."""
+    max_early_messages: int = Field(default=500, ge=1, le=100_000)
+    """Messages the core may send before ``onready``; past that the link is refused."""
 
 
 class CallSettings(_Model):
@@ -143,7 +149,9 @@ class CallSettings(_Model):
     inactivity_timeout_s: float = Field(default=120.0, gt=0, le=3600)
     preconnect_buffer_s: float = Field(default=10.0, gt=0, le=60)
     setup_ttl_s: float = Field(default=300.0, gt=0, le=3600)
-    """How long a call announced by a webhook waits for its media before it is forgotten."""
+    """How long a call announced by a webhook waits for its media before it ends ``error``."""
+    max_chat_messages: int = Field(default=1000, ge=1, le=100_000)
+    max_function_calls: int = Field(default=200, ge=1, le=100_000)
 
 
 class CoordinationSettings(_Model):
@@ -157,37 +165,19 @@ class CoordinationSettings(_Model):
         return self
 
 
-class TwilioSettings(_Model):
+class ProviderSettings(_Model):
+    """The base of every provider's own section (``twilio:``, …) of the configuration.
+
+    Each provider package subclasses it with its fields; the section's name
+    is the provider's name. ``check`` reports what the section needs from
+    the rest of the configuration.
+    """
+
     enabled: bool = False
-    account_sid: str | None = Field(default=None, pattern=r"^AC[0-9a-fA-F]{32}$")
-    auth_token: str | None = None
-    api_base_url: HttpUrl | None = None  # a local stand-in of Twilio's REST API in tests
-    stream_token_ttl_s: float = Field(default=60.0, gt=0, le=3600)
-    validate_signatures: bool = True
 
-    @model_validator(mode="after")
-    def _enabled_needs_credentials(self) -> TwilioSettings:
-        if self.enabled:
-            missing = [n for n in ("account_sid", "auth_token") if not getattr(self, n)]
-            if missing:
-                raise ValueError(f"enabled Twilio needs {', '.join(missing)}")
-        return self
-
-
-class VonageSettings(_Model):
-    enabled: bool = False
-    application_id: str | None = None
-    private_key_path: str | None = None
-    signature_secret: str | None = None
-
-    @model_validator(mode="after")
-    def _enabled_needs_credentials(self) -> VonageSettings:
-        if self.enabled:
-            needed = ("application_id", "private_key_path", "signature_secret")
-            missing = [n for n in needed if not getattr(self, n)]
-            if missing:
-                raise ValueError(f"enabled Vonage needs {', '.join(missing)}")
-        return self
+    def check(self, settings: Settings) -> list[str]:
+        """Problems with the rest of ``settings`` while this provider is enabled."""
+        return []
 
 
 class WebhookSettings(_Model):
@@ -219,8 +209,6 @@ class Settings(BaseSettings):
     agent_core: AgentCoreSettings = AgentCoreSettings()
     calls: CallSettings = CallSettings()
     coordination: CoordinationSettings = CoordinationSettings()
-    twilio: TwilioSettings = TwilioSettings()
-    vonage: VonageSettings = VonageSettings()
     webhooks: WebhookSettings = WebhookSettings()
     costs: CostRates = CostRates()
     agents: dict[str, AgentConfig] = Field(default_factory=dict)
@@ -248,10 +236,18 @@ class Settings(BaseSettings):
                 errors.append(f"numbers.{number}.region: region {route.region!r} is not defined")
             if route.agent_id not in self.agents:
                 errors.append(f"numbers.{number}.agent_id: agent {route.agent_id!r} is not defined")
-            if route.provider == "twilio" and not self.twilio.enabled:
-                errors.append(f"numbers.{number}.provider: twilio numbers need twilio.enabled")
-            if route.provider == "vonage" and not self.vonage.enabled:
-                errors.append(f"numbers.{number}.provider: vonage numbers need vonage.enabled")
+            section = self.provider_settings(route.provider)
+            if section is None:
+                known = ", ".join(self.provider_names()) or "none"
+                errors.append(
+                    f"numbers.{number}.provider: unknown provider {route.provider!r} "
+                    f"(registered: {known})"
+                )
+            elif not section.enabled:
+                errors.append(
+                    f"numbers.{number}.provider: {route.provider} numbers need "
+                    f"{route.provider}.enabled"
+                )
         for agent_id, agent in self.agents.items():
             if agent.session_data_webhook is not None and not self.webhooks.signing_secret:
                 errors.append(
@@ -262,11 +258,27 @@ class Settings(BaseSettings):
                 errors.append(
                     f"api.public_key: required because agents.{agent_id}.allow_public_key is true"
                 )
-        if self.twilio.enabled and not self.api.private_key:
-            errors.append("api.private_key: required for Twilio outbound calls and call control")
+        for name in self.provider_names():
+            section = self.provider_settings(name)
+            if section is not None and section.enabled:
+                errors.extend(section.check(self))
         if errors:
             raise ValueError("\n".join(errors))
         return self
+
+    @classmethod
+    def provider_names(cls) -> list[str]:
+        """The providers this settings class has a section for (the registry's)."""
+        return [
+            name
+            for name, info in cls.model_fields.items()
+            if isinstance(info.annotation, type) and issubclass(info.annotation, ProviderSettings)
+        ]
+
+    def provider_settings(self, name: str) -> ProviderSettings | None:
+        """The section of provider ``name``, or None if no such provider is registered."""
+        section = getattr(self, name, None) if name in self.provider_names() else None
+        return section if isinstance(section, ProviderSettings) else None
 
     @property
     def public_url(self) -> str:
@@ -310,6 +322,21 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         data = loaded
     data.update(overrides)
     try:
-        return Settings(**data)
+        return settings_class()(**data)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc)) from None
+
+
+@functools.cache
+def settings_class() -> type[Settings]:
+    """:class:`Settings` with one section per registered provider, named after it.
+
+    Built once, on first use, from the registry: the provider set is open,
+    so no list of networks is written here.
+    """
+    from telephony_edge.registry import provider_classes
+
+    sections: dict[str, Any] = {
+        name: (cls.settings_model, cls.settings_model()) for name, cls in provider_classes().items()
+    }
+    return create_model("Settings", __base__=Settings, **sections)

@@ -40,6 +40,11 @@ AGENT_LINK_FAILURES = Counter(
 WEBHOOK_RESULTS = Counter(
     "telephony_edge_webhook_results_total", "Webhook calls by kind and outcome", ["kind", "outcome"]
 )
+LOOP_RESTARTS = Counter(
+    "telephony_edge_loop_restarts_total",
+    "Background loops (control inbox, heartbeat, webhook dispatch, reaper) restarted after failing",
+    ["loop"],
+)
 DRAINING = Gauge("telephony_edge_draining", "1 while the worker drains before exit")
 
 # Twilio (telephony_edge.twilio).

@@ -59,3 +59,16 @@ class NumberRouter:
         if region_name is not None and region_name in self._core_cycles:
             return next(self._core_cycles[region_name])
         return self._settings.agent_core.url
+
+
+def normalize_destination(destination: str) -> str:
+    """A transfer target as ``<Dial>`` takes it: E.164 number or ``sip:``/``sips:`` URI.
+
+    Raises ValueError for anything else, so an agent's typo never reaches Twilio.
+    """
+    target = destination.strip()
+    if target.lower().startswith(("sip:", "sips:")):
+        if "@" not in target or any(c in target for c in " <>\"'"):
+            raise ValueError(f"{destination!r} is not a SIP URI (sip:user@host)")
+        return target
+    return normalize_e164(target)

@@ -6,7 +6,8 @@ factory can both import it without importing each other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -16,6 +17,9 @@ from telephony_edge.calls.service import CallService
 from telephony_edge.config import Settings
 from telephony_edge.coord.base import Coordinator
 from telephony_edge.routing import NumberRouter
+
+if TYPE_CHECKING:
+    from telephony_edge.provider import Provider
 
 
 @dataclass(slots=True)
@@ -29,6 +33,8 @@ class Services:
     call_service: CallService
     worker_id: str
     http: aiohttp.ClientSession | None = None
+    #: the enabled providers, by name (mounted from the registry)
+    providers: dict[str, Provider] = field(default_factory=dict)
 
     @property
     def client(self) -> aiohttp.ClientSession:

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 
 from telephony_edge.app import create_app, set_local_address
 from telephony_edge.audio.frames import FRAME_BYTES, SILENCE_FRAME
-from telephony_edge.calls.leg import Leg, LegEnded, LegEvent, LegInfo
+from telephony_edge.calls.leg import Capabilities, Leg, LegEnded, LegEvent, LegInfo
 from telephony_edge.config import Settings, load_settings
 from telephony_edge.services import SERVICES, Services
 
@@ -55,6 +55,8 @@ class TestLeg(Leg):
     """A network leg driven by the test: it speaks frames at real time and records what it hears."""
 
     __test__ = False
+    playout_lead_frames = 3
+    capabilities = Capabilities(clear=True, transfer_to_number=True, transfer_to_sip=True)
 
     info: LegInfo = field(
         default_factory=lambda: LegInfo("test", "inbound", "+15555550100", "+15555550199", "T1")
@@ -63,6 +65,7 @@ class TestLeg(Leg):
     heard: list[tuple[float, bytes]] = field(default_factory=list)
     clears: list[float] = field(default_factory=list)
     transfers: list[str] = field(default_factory=list)
+    talkspurts: int = 0
     hung_up: bool = False
     closed: bool = False
     _ended: LegEnded | None = None
@@ -75,11 +78,13 @@ class TestLeg(Leg):
             self._ended = event
         return event
 
-    async def send_frame(self, frame: bytes) -> None:
+    def send_frame(self, frame: bytes, talkspurt_start: bool) -> None:
         assert len(frame) == FRAME_BYTES
         self.heard.append((asyncio.get_running_loop().time(), frame))
+        if talkspurt_start:
+            self.talkspurts += 1
 
-    async def clear(self) -> None:
+    def clear(self) -> None:
         self.clears.append(asyncio.get_running_loop().time())
 
     async def hangup(self) -> None:

@@ -11,6 +11,7 @@ import yaml
 
 from telephony_edge.cli import main
 from telephony_edge.config import ConfigError, load_settings, normalize_e164
+from telephony_edge.twilio.settings import twilio_settings
 
 EXAMPLE = Path(__file__).parent.parent / "deploy" / "config.example.yaml"
 
@@ -110,7 +111,7 @@ def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("TELEPHONY_EDGE_TWILIO__AUTH_TOKEN", "from-env")
     settings = load_settings(write(tmp_path, base()))
     assert settings.server.port == 9123
-    assert settings.twilio.auth_token == "from-env"
+    assert twilio_settings(settings).auth_token == "from-env"
     assert settings.server.region == "us-east"  # the file's other values stay
 
 

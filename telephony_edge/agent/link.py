@@ -1,9 +1,12 @@
 """The edge's WebSocket client of the agent core (see AGENT_PROTOCOL.md).
 
 One link per call. :meth:`AgentLink.open` connects, sends ``initiate`` and
-waits for ``onready``, each step bounded; anything the core sends before
-``onready`` is kept and handed out by :meth:`AgentLink.recv` afterwards, so
-nothing is lost. A keep-alive ``ping`` goes out on a timer. Failures surface
+waits for ``onready``, each step bounded; what the core sends before
+``onready`` (bounded in count) is kept and handed out by
+:meth:`AgentLink.recv` afterwards, so nothing is lost. A keep-alive
+``ping`` message goes out on a timer, and WebSocket pings (aiohttp's
+heartbeat) notice a half-open core within seconds: the link then reads as
+closed. Failures surface
 as :class:`AgentLinkError` with the stage that failed, so the call can end
 with ``call_status`` ``error`` and a message that says what happened.
 """
@@ -67,6 +70,8 @@ class LinkTimeouts:
     connect_s: float = 5.0
     ready_s: float = 10.0
     ping_interval_s: float = 10.0
+    heartbeat_s: float = 5.0  # WebSocket ping; no pong within half of it: the core is gone
+    max_early_messages: int = 500  # what the core may send before onready
 
 
 class AgentLink:
@@ -93,7 +98,10 @@ class AgentLink:
         try:
             self._ws = await asyncio.wait_for(
                 self._session.ws_connect(
-                    self.url, max_msg_size=MAX_MESSAGE_BYTES, autoping=True, heartbeat=None
+                    self.url,
+                    max_msg_size=MAX_MESSAGE_BYTES,
+                    autoping=True,
+                    heartbeat=self._timeouts.heartbeat_s,
                 ),
                 self._timeouts.connect_s,
             )
@@ -119,6 +127,12 @@ class AgentLink:
                 return
             if isinstance(event, LinkClosed):
                 raise AgentLinkError("initiate", f"closed before onready (code {event.code})")
+            if len(self._early) >= self._timeouts.max_early_messages:
+                _MALFORMED.inc()
+                raise AgentLinkError(
+                    "initiate",
+                    f"more than {self._timeouts.max_early_messages} messages before onready",
+                )
             self._early.append(event)
 
     async def recv(self) -> AgentEvent:

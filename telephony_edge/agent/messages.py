@@ -17,6 +17,7 @@ INITIATE: Final = "initiate"
 PING: Final = "ping"
 DTMF: Final = "dtmf"
 PLAYBACK: Final = "playback"
+ERROR: Final = "error"  # a request of the core's was refused; the call goes on
 
 # Core -> edge.
 ONREADY: Final = "onready"
@@ -32,7 +33,7 @@ END_CALL: Final = "end_call"
 TRANSFER_CALL: Final = "transfer_call"
 ONSESSIONENDED: Final = "onsessionended"
 
-EDGE_TO_CORE: Final = frozenset({INITIATE, PING, DTMF, PLAYBACK})
+EDGE_TO_CORE: Final = frozenset({INITIATE, PING, DTMF, PLAYBACK, ERROR})
 CORE_TO_EDGE: Final = frozenset(
     {
         ONREADY,

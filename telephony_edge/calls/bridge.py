@@ -1,43 +1,51 @@
-"""The bridge: one call = one network leg + one agent link + the pumps between them.
+"""The bridge: the I/O shell around one call's :class:`CallMachine`.
 
 Theory of operation
 -------------------
+One call = one network leg + one agent link + the pumps between them. The
+:class:`~telephony_edge.calls.machine.CallMachine` decides; the bridge feeds
+it events (what the leg, the agent core, the clock and the API say) and
+carries out the actions it returns. Nothing here decides how a call ends.
+
 ``run()`` starts reading the leg at once, before the agent link exists, so
 the caller's first words are buffered (bounded) rather than lost and the
 network never waits on the agent core. In parallel it prepares the session
 (prefetch webhook, variables) and opens the link; on ``onready`` the buffer
 is flushed in order and caller audio then flows straight through.
 
-Agent audio goes into the :class:`Playout` and is played one 20 ms frame per
-tick of the worker's :class:`Pacer`, after a lead of a few frames at the
-start of each talkspurt (``BridgeLimits.playout_lead_frames``) that primes
-the network's jitter buffer. ``pause``/``unpause`` gate the playout;
-``clear`` empties it and tells the leg to clear the network's buffer.
+Agent audio goes into the :class:`Playout` and leaves one 20 ms frame at a
+time: pushed by the worker's :class:`Pacer` into a PUSHED leg (after a lead
+of ``leg.playout_lead_frames`` at the start of each talkspurt), or pulled by
+a PULLED leg's own sender through :meth:`CallBridge.next_frame`. Both take
+frames from the same place, so the agent side has one code path.
 
-Whoever ends the call first sets ``call_status`` (the first cause wins):
-the caller (leg ended → ``user-ended``), the agent (``end_call``,
-``transfer_call``, ``onsessionended`` → ``agent-ended``), the API or drain
-(``api-ended``), the limits (``timeout``) or a failure (``error``). Then one
-teardown path cancels every task of the call, hangs up the network if the
-caller is still there, and closes the link and the leg.
+Ending: the first event that ends the call makes the machine return its
+teardown actions. ``run()`` carries them out in a task of their own that it
+shields, so that whatever happens to the caller of ``run()`` (its task is
+cancelled, once or many times) every action runs, each even if the one
+before it failed: the tasks of the call stop, the network is hung up if the
+caller is still there, the link and the leg close, the agent slot is
+released, the record is written ``ended`` and the end-of-call webhook queued.
 """
 
 from __future__ import annotations
 
 import asyncio
 import audioop
+import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from telephony_edge import metrics
 from telephony_edge.agent import messages
 from telephony_edge.agent.link import AgentLink, AgentLinkError, AgentMessage, LinkClosed
 from telephony_edge.audio.frames import FRAME_MS
-from telephony_edge.calls.leg import Dtmf, Leg, LegEnded, LegEvent, Played
+from telephony_edge.calls import machine as m
+from telephony_edge.calls.leg import Clock, Dtmf, Leg, LegEnded, LegEvent, NotSupported, Played
 from telephony_edge.calls.pacing import Pacer
 from telephony_edge.calls.playout import Playout
 from telephony_edge.calls.record import CallRecord, CallState, CallStatus
@@ -50,8 +58,18 @@ _A2C = metrics.RELAY_LATENCY_SECONDS.labels(direction="agent_to_caller")
 _PREBUFFER_OVERFLOW = metrics.FRAMES_DROPPED.labels(reason="prebuffer_overflow")
 
 ACTIVITY_RMS = 300  # about -40 dBFS: caller frames below it do not count as activity
-END_CALL_PLAYOUT_S = 15.0  # how long an agent's goodbye may play after end_call
 HANGUP_TIMEOUT_S = 5.0
+#: the agent core's requests the machine decides on; the rest the bridge records
+COMMANDS = frozenset(
+    {
+        messages.PAUSE,
+        messages.UNPAUSE,
+        messages.CLEAR,
+        messages.END_CALL,
+        messages.TRANSFER_CALL,
+        messages.ONSESSIONENDED,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,22 +78,45 @@ class BridgeLimits:
     inactivity_timeout_s: float = 120.0
     preconnect_buffer_s: float = 10.0
     playout_max_s: float = 120.0
-    playout_lead_frames: int = 3
-    """Frames sent ahead at the start of each talkspurt, to prime the network's
-    jitter buffer so a late tick of a busy worker is not a gap the caller hears.
-    Barge-in still stops at once: ``clear`` drops them in the network too."""
+    max_chat_messages: int = 1000
+    max_function_calls: int = 200
+    max_text_chars: int = 4000
 
 
 @dataclass(slots=True)
 class Conversation:
-    """What the agent core reported during the call, for the end-of-call webhook."""
+    """What the agent core reported during the call, for the end-of-call webhook.
+
+    Bounded: past the limits entries are counted in ``truncated`` (and the
+    payload says so) rather than kept.
+    """
 
     chat: list[dict[str, Any]] = field(default_factory=list)
     function_calls: list[dict[str, Any]] = field(default_factory=list)
     chars_used: int = 0
+    truncated: dict[str, int] = field(default_factory=dict)
+
+    def add(self, kind: list[dict[str, Any]], name: str, limit: int, entry: dict[str, Any]) -> None:
+        if len(kind) < limit:
+            kind.append(entry)
+        else:
+            self.truncated[name] = self.truncated.get(name, 0) + 1
 
 
-Prepare = Callable[[], Awaitable[dict[str, Any]]]
+class CallHooks(Protocol):
+    """What the bridge needs from the call service; each is one step of the call's life."""
+
+    async def prepare(self, record: CallRecord) -> dict[str, Any]:
+        """The ``initiate`` data (agent config merged, prefetch run, variables filled)."""
+
+    async def write_state(self, record: CallRecord, previous: tuple[CallState, ...]) -> None:
+        """Write ``record``'s new state to the coordinator, compare-and-set from ``previous``."""
+
+    async def release(self, record: CallRecord) -> None:
+        """Give back the agent slot and the ownership of the call."""
+
+    async def finished(self, record: CallRecord, conversation: Conversation) -> None:
+        """Count the outcome and queue the end-of-call webhook."""
 
 
 class CallBridge:
@@ -87,7 +128,7 @@ class CallBridge:
         leg: Leg,
         link: AgentLink,
         pacer: Pacer,
-        prepare: Prepare,
+        hooks: CallHooks,
         limits: BridgeLimits = BridgeLimits(),
     ) -> None:
         self.record = record
@@ -96,77 +137,124 @@ class CallBridge:
         self.link = link
         self.conversation = Conversation()
         self._pacer = pacer
-        self._prepare = prepare
+        self._hooks = hooks
         self._limits = limits
+        self._machine = m.CallMachine(
+            m.Limits(limits.max_duration_s, limits.inactivity_timeout_s), time.monotonic()
+        )
         self._playout = Playout(limits.playout_max_s)
         self._prebuffer: deque[LegEvent] = deque()
         self._prebuffer_max = int(limits.preconnect_buffer_s * 1000 / FRAME_MS)
-        self._ready = False
-        self._ended = asyncio.Event()
-        self._hangup_network = True
-        self._end_after_playout: float | None = None
+        self._ready = False  # caller audio goes straight to the agent
         self._talkspurt = False
+        self._ending = asyncio.Event()
+        self._teardown_actions: list[m.Action] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._last_activity = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._api_transfer: asyncio.Future[None] | None = None
         self._first_frame_at: float | None = None
-        self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
-            messages.PAUSE: self._on_pause,
-            messages.UNPAUSE: self._on_unpause,
-            messages.CLEAR: self._on_clear,
-            messages.ONTRANSCRIPT: self._on_transcript,
-            messages.ONRESPONSETEXT: self._on_response_text,
-            messages.FUNCTION_CALL: self._on_function_call,
-            messages.END_CALL: self._on_end_call,
-            messages.TRANSFER_CALL: self._on_transfer_call,
-            messages.ONSESSIONENDED: self._on_session_ended,
-        }
+
+    @property
+    def state(self) -> CallState:
+        return self._machine.state
 
     # -- lifecycle ---------------------------------------------------------
 
     async def run(self) -> CallRecord:
-        """Bridge until the call ends; return the final record (state ``ended``)."""
-        token = current_call_id.set(self.call_id)
-        try:
-            self.record.advance(CallState.CONNECTING)
-            self._last_activity = asyncio.get_running_loop().time()
-            self._spawn(self._pump_caller(), "caller")
-            self._spawn(self._connect(), "connect")
-            self._spawn(self._watchdog(), "watchdog")
-            await self._ended.wait()
-            await self._teardown()
-            return self.record
-        finally:
-            current_call_id.reset(token)
+        """Bridge until the call ends; return the final record (state ``ended``).
 
-    def finish(self, status: CallStatus, error: str | None = None, *, hangup: bool = True) -> None:
-        """End the call for ``status`` (the first cause wins); teardown follows in run()."""
-        if self._ended.is_set():
-            return
-        self.record.set_status(status, error)
-        self._hangup_network = hangup
-        extra = {"call_id": self.call_id, "call_status": str(status)}
-        if error:
-            log.warning("call ending: %s", error, extra=extra)
-        else:
-            log.info("call ending", extra=extra)
-        self._ended.set()
+        Cancelling the caller's task ends the call (``error``) and still runs
+        the whole teardown before CancelledError propagates.
+        """
+        token = current_call_id.set(self.call_id)
+        cancelled = False
+        try:
+            self._feed(m.Start())
+            self._spawn(self._pump_caller(), "caller")
+            await self._ending.wait()
+        except asyncio.CancelledError:
+            cancelled = True
+            self._feed(m.Cancelled())
+        except Exception as exc:  # a bug in the shell: the call still ends properly
+            log.exception("call bridge failed")
+            self._feed(m.Failed("bridge", repr(exc)))
+        finally:
+            cancelled = await self._teardown_shielded() or cancelled
+            current_call_id.reset(token)
+        if cancelled:
+            raise asyncio.CancelledError
+        return self.record
+
+    def refuse(self, reason: str) -> None:
+        """The call may not run here (before :meth:`run`): it ends ``error`` at once."""
+        self._feed(m.Refused(reason))
 
     async def end(self, reason: str) -> None:
-        """End the call from outside the media path (hang-up API, drain)."""
+        """End the call from outside the media path (hang-up API, drain): ``api-ended``."""
         log.info("ended by the edge: %s", reason, extra={"call_id": self.call_id})
-        self.finish(CallStatus.API_ENDED)
+        self._feed(m.Control("hangup", reason=reason))
 
     async def transfer(self, destination: str) -> None:
-        """Transfer from outside the media path (API): the network does it, then the call ends."""
-        await self.leg.transfer(destination)
-        self.record.transferred_to = destination
-        self.finish(CallStatus.API_ENDED, hangup=False)
+        """Transfer from outside the media path (API); raises what the network raised."""
+        self._feed(m.Control("transfer", destination))
+        pending = self._api_transfer
+        if pending is None:
+            raise NotSupported("the call cannot be transferred now")
+        self._api_transfer = None
+        await pending
 
-    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+    def _feed(self, event: m.Event) -> None:
+        """Give the machine one event and carry out what it says."""
+        was_ending = self._machine.state in (CallState.ENDING, CallState.ENDED)
+        actions = self._machine.handle(event, time.monotonic())
+        if not was_ending and self._machine.state is CallState.ENDING:
+            self._on_ending()
+            self._teardown_actions = actions
+            self._ending.set()
+            return
+        for action in actions:
+            self._do(action)
+        self._arm_timer()
+
+    def _on_ending(self) -> None:
+        machine, record = self._machine, self.record
+        record.set_status(machine.call_status or CallStatus.ERROR, machine.error_message)
+        record.transferred_to = machine.transferred_to or record.transferred_to
+        record.provider_status = machine.provider_status or record.provider_status
+        if record.state is not CallState.ENDING:
+            record.advance(CallState.ENDING)
+        extra = {"call_id": self.call_id, "call_status": str(record.call_status)}
+        if record.error_message:
+            log.warning("call ending: %s", record.error_message, extra=extra)
+        else:
+            log.info("call ending", extra=extra)
+
+    def _do(self, action: m.Action) -> None:
+        if isinstance(action, m.OpenAgent):
+            self._spawn(self._connect(), "connect")
+        elif isinstance(action, m.GoLive):
+            self._start_playout()
+        elif isinstance(action, m.SetPaused):
+            self._playout.paused = action.paused
+        elif isinstance(action, m.ClearAudio):
+            self._clear()
+        elif isinstance(action, m.Transfer):
+            self._start_transfer(action)
+        elif isinstance(action, m.ReportToAgent):
+            self._spawn(self._report(action), "report")
+        elif isinstance(action, m.WriteState):
+            self.record.advance(action.state)
+            self._spawn(self._hooks.write_state(self.record, action.previous), "write-state")
+        else:  # teardown actions only come with the move to ending
+            raise AssertionError(f"unexpected action {action!r}")
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
         task.set_name(f"{name}-{self.call_id}")
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -174,36 +262,82 @@ class CallBridge:
             return
         exc = task.exception()
         if exc is not None:
-            log.error(
-                "call task %s failed",
-                task.get_name(),
-                exc_info=exc,
-                extra={"call_id": self.call_id},
-            )
-            self.finish(CallStatus.ERROR, f"internal error in {task.get_name()}: {exc}")
+            log.error("call task %s failed", task.get_name(), exc_info=exc)
+            self._feed(m.Failed(task.get_name().rsplit("-", 1)[0], repr(exc)))
+
+    # -- timers --------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        deadline = self._machine.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = None
+        if deadline is not None:
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        self._feed(m.Tick())
+
+    # -- teardown -------------------------------------------------------------
+
+    async def _teardown_shielded(self) -> bool:
+        """Run the teardown to its end whatever happens to us; True if we were cancelled."""
+        task = asyncio.ensure_future(self._teardown())
+        cancelled = False
+        while not task.done():
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                cancelled = True
+        if not task.cancelled() and task.exception() is not None:
+            log.error("call teardown failed", exc_info=task.exception())
+        return cancelled
 
     async def _teardown(self) -> None:
-        self.record.advance(CallState.ENDING)
+        for action in self._teardown_actions:
+            try:
+                await self._undo(action)
+            except Exception:  # the next resource is released all the same
+                log.exception("teardown step %s failed", type(action).__name__)
+        self._feed(m.TeardownDone())
+
+    async def _undo(self, action: m.Action) -> None:
+        if isinstance(action, m.StopTasks):
+            await self._stop_tasks()
+        elif isinstance(action, m.HangupNetwork):
+            await asyncio.wait_for(self.leg.hangup(), HANGUP_TIMEOUT_S)
+        elif isinstance(action, m.CloseAgent):
+            await self.link.close()
+        elif isinstance(action, m.CloseLeg):
+            await self.leg.close()
+        elif isinstance(action, m.ReleaseSlot):
+            await self._hooks.release(self.record)
+        elif isinstance(action, m.WriteState):
+            self.record.advance(action.state)
+            await self._hooks.write_state(self.record, action.previous)
+        elif isinstance(action, m.QueueWebhook):
+            await self._hooks.finished(self.record, self.conversation)
+
+    async def _stop_tasks(self) -> None:
         self._pacer.unsubscribe(self)
-        tasks = list(self._tasks)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = self._timer_at = None
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._hangup_network:
-            try:
-                await asyncio.wait_for(self.leg.hangup(), HANGUP_TIMEOUT_S)
-            except (
-                Exception
-            ) as exc:  # the call is over either way; say why the network may not know
-                log.warning("hang-up on the network failed: %r", exc)
-        await self.link.close()
-        await self.leg.close()
-        self.record.advance(CallState.ENDED)
 
     # -- caller → agent ----------------------------------------------------
 
     async def _pump_caller(self) -> None:
-        leg, link, loop = self.leg, self.link, asyncio.get_running_loop()
+        leg, link, machine = self.leg, self.link, self._machine
+        loop = asyncio.get_running_loop()
         perf = time.perf_counter
         try:
             while True:
@@ -212,7 +346,7 @@ class CallBridge:
                     if self._first_frame_at is None:
                         self._first_frame_at = loop.time()
                     if audioop.rms(event, 2) > ACTIVITY_RMS:
-                        self._last_activity = loop.time()
+                        machine.note_activity(loop.time())
                     if self._ready:
                         t0 = perf()
                         await link.send_audio(event)
@@ -220,20 +354,14 @@ class CallBridge:
                     else:
                         self._buffer_early(event)
                 elif isinstance(event, LegEnded):
-                    self.record.provider_status = event.status
-                    if event.error:
-                        self.finish(
-                            CallStatus.ERROR, f"network leg failed: {event.error}", hangup=False
-                        )
-                    else:
-                        self.finish(CallStatus.USER_ENDED, hangup=False)
+                    self._feed(m.LegGone(event.status, event.error))
                     return
                 elif self._ready:
                     await self._send_leg_event(event)
                 else:
                     self._buffer_early(event)
         except ConnectionError as exc:  # writing to a link the core has dropped
-            self.finish(CallStatus.ERROR, f"agent core link lost: {exc}")
+            self._feed(m.AgentClosed(f"agent core link lost: {exc}"))
 
     def _buffer_early(self, event: LegEvent) -> None:
         if len(self._prebuffer) >= self._prebuffer_max:
@@ -255,140 +383,163 @@ class CallBridge:
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            initiate = await self._prepare()
+            initiate = await self._hooks.prepare(self.record)
             await self.link.open(initiate)
         except AgentLinkError as exc:
             metrics.AGENT_LINK_FAILURES.labels(stage=exc.stage).inc()
-            self.finish(CallStatus.ERROR, str(exc))
+            self._feed(m.AgentFailed(exc.stage, str(exc).removeprefix(f"agent core {exc.stage}: ")))
+            return
+        self._feed(m.AgentReady())
+        if self._machine.state is not CallState.ACTIVE:
             return
         held = 0
-        while self._prebuffer:  # in order; the caller pump appends meanwhile
-            event = self._prebuffer.popleft()
-            held += type(event) is bytes
-            await self._send_leg_event(event)
+        try:
+            while self._prebuffer:  # in order; the caller pump appends meanwhile
+                event = self._prebuffer.popleft()
+                held += type(event) is bytes
+                await self._send_leg_event(event)
+        except ConnectionError as exc:
+            self._feed(m.AgentClosed(f"agent core link lost: {exc}"))
+            return
         metrics.FRAMES_PREBUFFERED.inc(held)
         self._ready = True
-        self.record.advance(CallState.ACTIVE)
         if self._first_frame_at is not None:
             metrics.CALL_SETUP_SECONDS.observe(loop.time() - self._first_frame_at)
-        self._pacer.subscribe(self, self._tick)
         await self._pump_agent()
 
     # -- agent → caller ----------------------------------------------------
 
     async def _pump_agent(self) -> None:
-        link, playout = self.link, self._playout
+        link, playout, limits = self.link, self._playout, self._limits
+        conversation = self.conversation
         perf = time.perf_counter
         while True:
             event = await link.recv()
             if type(event) is bytes:
                 playout.push(event, perf())
             elif isinstance(event, AgentMessage):
-                handler = self._handlers.get(event.method)
-                if handler is not None:
-                    await handler(event.data)
-                elif event.method not in messages.CORE_TO_EDGE:
-                    log.info("agent core sent unknown method %r; ignored", event.method)
-            elif isinstance(event, LinkClosed):
-                if not self._ended.is_set():
-                    self.finish(
-                        CallStatus.ERROR,
-                        f"agent core closed the link mid-call (code {event.code})",
+                method, data = event.method, event.data
+                if method in COMMANDS:
+                    self._feed(m.AgentCommand(method, data, playout_empty=not len(playout)))
+                elif method == messages.ONTRANSCRIPT:
+                    self._chat("user", data)
+                elif method == messages.ONRESPONSETEXT:
+                    if self._chat("assistant", data):
+                        conversation.chars_used += len(str(data.get("text", "")))
+                elif method == messages.FUNCTION_CALL:
+                    entry = {**data, "ts": time.time()}
+                    conversation.add(
+                        conversation.function_calls,
+                        "function_calls",
+                        limits.max_function_calls,
+                        entry,
                     )
+                elif method not in messages.CORE_TO_EDGE:
+                    log.info("agent core sent unknown method %r; ignored", method)
+            elif isinstance(event, LinkClosed):
+                self._feed(
+                    m.AgentClosed(f"agent core closed the link mid-call (code {event.code})")
+                )
                 return
-
-    async def _tick(self) -> None:
-        burst = 1 if self._talkspurt else 1 + self._limits.playout_lead_frames
-        for _ in range(burst):
-            item = self._playout.pop()
-            if item is None:
-                self._talkspurt = False
-                if self._end_after_playout is not None and (
-                    not len(self._playout) or time.monotonic() > self._end_after_playout
-                ):
-                    self.finish(CallStatus.AGENT_ENDED)
-                return
-            self._talkspurt = True
-            frame, cost = item
-            t0 = time.perf_counter()
-            try:
-                await self.leg.send_frame(frame)
-            except Exception as exc:  # the clock serves every call: never let one break it
-                log.exception("sending to the network failed", extra={"call_id": self.call_id})
-                self.finish(CallStatus.ERROR, f"network leg failed: {exc!r}")
-                return
-            _A2C.observe(cost + time.perf_counter() - t0)
-        self._last_activity = asyncio.get_running_loop().time()
-
-    # -- agent messages ----------------------------------------------------
-
-    async def _on_pause(self, data: dict[str, Any]) -> None:
-        self._playout.paused = True
-
-    async def _on_unpause(self, data: dict[str, Any]) -> None:
-        self._playout.paused = False
-
-    async def _on_clear(self, data: dict[str, Any]) -> None:
-        dropped = self._playout.clear()
-        log.info("barge-in: cleared %d buffered frames", dropped)
-        await self.leg.clear()
-
-    async def _on_transcript(self, data: dict[str, Any]) -> None:
-        self._chat("user", data)
-
-    async def _on_response_text(self, data: dict[str, Any]) -> None:
-        if self._chat("assistant", data):
-            self.conversation.chars_used += len(str(data.get("text", "")))
 
     def _chat(self, role: str, data: dict[str, Any]) -> bool:
         if not data.get("is_final", True) or not data.get("text"):
             return False
-        self.conversation.chat.append(
-            {"role": role, "content": str(data["text"]), "ts": time.time()}
-        )
+        text = str(data["text"])[: self._limits.max_text_chars]
+        entry = {"role": role, "content": text, "ts": time.time()}
+        self.conversation.add(self.conversation.chat, "chat", self._limits.max_chat_messages, entry)
         return True
 
-    async def _on_function_call(self, data: dict[str, Any]) -> None:
-        self.conversation.function_calls.append({**data, "ts": time.time()})
+    def _start_playout(self) -> None:
+        if self.leg.clock is Clock.PULLED:
+            self.leg.attach(self)
+        else:
+            self._pacer.subscribe(self, self._tick)
 
-    async def _on_end_call(self, data: dict[str, Any]) -> None:
-        log.info("agent asked to end the call: %s", data.get("reason", ""))
-        if len(self._playout) == 0:
-            self.finish(CallStatus.AGENT_ENDED)
-        else:  # let the goodbye play out, bounded
-            self._end_after_playout = time.monotonic() + END_CALL_PLAYOUT_S
+    def next_frame(self) -> bytes | None:
+        """The next agent frame to play (None: silence). PULLED legs call this."""
+        item = self._playout.pop()
+        if item is None:
+            self._talkspurt = False
+            if self._machine.ending_after_playout:
+                self._feed(m.PlayoutDrained())
+            return None
+        self._talkspurt = True
+        self._machine.note_activity(time.monotonic())
+        frame, cost = item
+        _A2C.observe(cost)
+        return frame
 
-    async def _on_transfer_call(self, data: dict[str, Any]) -> None:
-        destination = str(data.get("destination", "")).strip()
-        if not destination:
-            log.warning("agent asked for a transfer without a destination; ignored")
+    def _tick(self) -> None:
+        """The pacer's 20 ms: push this tick's frames (a lead at a talkspurt's start)."""
+        starting = not self._talkspurt
+        burst = 1 + self.leg.playout_lead_frames if starting else 1
+        leg, playout = self.leg, self._playout
+        for i in range(burst):
+            item = playout.pop()
+            if item is None:
+                self._talkspurt = False
+                if self._machine.ending_after_playout:
+                    self._feed(m.PlayoutDrained())
+                return
+            frame, cost = item
+            t0 = time.perf_counter()
+            try:
+                leg.send_frame(frame, starting and i == 0)
+            except Exception as exc:  # the clock serves every call: never let one break it
+                log.exception("sending to the network failed")
+                self._feed(m.Failed("network send", repr(exc)))
+                return
+            _A2C.observe(cost + time.perf_counter() - t0)
+            self._talkspurt = True
+        self._machine.note_activity(time.monotonic())
+
+    def _clear(self) -> None:
+        dropped = self._playout.clear()
+        log.info("barge-in: cleared %d buffered frames", dropped)
+        self._talkspurt = False
+        if self.leg.capabilities.clear:
+            try:
+                self.leg.clear()
+            except Exception:
+                log.exception("clearing the network's buffer failed")
+
+    # -- transfer and reports -------------------------------------------------
+
+    def _start_transfer(self, action: m.Transfer) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if action.by == "api":
+            self._api_transfer = done
+        else:
+            done.add_done_callback(_consume)
+        self._spawn(self._run_transfer(action, done), "transfer")
+
+    async def _run_transfer(self, action: m.Transfer, done: asyncio.Future[None]) -> None:
+        destination = action.destination
+        log.info("transferring the call to %s (asked by the %s)", destination, action.by)
+        try:
+            if not self.leg.capabilities.can_transfer_to(destination):
+                raise NotSupported(f"this network cannot transfer to {destination}")
+            await self.leg.transfer(destination)
+        except asyncio.CancelledError:  # the call ended meanwhile
+            done.set_exception(NotSupported("the call ended during the transfer"))
+            raise
+        except Exception as exc:
+            log.warning("transfer to %s failed: %s", destination, exc)
+            done.set_exception(exc)
+            self._feed(m.TransferDone(destination, action.by, error=str(exc) or repr(exc)))
             return
-        log.info("agent transfers the call to %s", destination)
-        await self.leg.transfer(destination)
-        self.record.transferred_to = destination
-        self.finish(CallStatus.AGENT_ENDED, hangup=False)
+        done.set_result(None)
+        self._feed(m.TransferDone(destination, action.by))
 
-    async def _on_session_ended(self, data: dict[str, Any]) -> None:
-        self.finish(CallStatus.AGENT_ENDED)
+    async def _report(self, action: m.ReportToAgent) -> None:
+        log.warning("agent request %s refused: %s", action.method, action.message)
+        report = {"request": action.method, "message": action.message}
+        with contextlib.suppress(ConnectionError, AssertionError):  # link gone: nobody to tell
+            await self.link.send_message(messages.ERROR, report)
 
-    # -- limits ------------------------------------------------------------
 
-    async def _watchdog(self) -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        limits = self._limits
-        while True:
-            now = loop.time()
-            if now - started >= limits.max_duration_s:
-                self.finish(
-                    CallStatus.TIMEOUT, f"maximum call duration {limits.max_duration_s:g}s reached"
-                )
-                return
-            idle = now - self._last_activity
-            if idle >= limits.inactivity_timeout_s:
-                self.finish(CallStatus.TIMEOUT, f"no activity for {limits.inactivity_timeout_s:g}s")
-                return
-            next_check = min(
-                limits.max_duration_s - (now - started), limits.inactivity_timeout_s - idle
-            )
-            await asyncio.sleep(max(0.05, min(next_check, 1.0)))
+def _consume(future: asyncio.Future[None]) -> None:
+    """Mark an agent transfer's outcome as seen (the machine already got it)."""
+    if not future.cancelled():
+        future.exception()

@@ -3,26 +3,66 @@
 A leg turns its network's wire format into canonical frames (PCM16 LE mono
 16 kHz, 20 ms, see ``telephony_edge.audio.frames``) and back, and carries out
 call control on its network. It knows nothing of the agent: the bridge reads
-caller events with :meth:`Leg.recv` and hands agent audio to
-:meth:`Leg.send_frame` one frame at a time, at real time (the worker's pacer
-owns the clock, so a leg never sleeps per frame).
+caller events with :meth:`Leg.recv` and gives it agent audio one frame at a
+time, at real time, in one of two ways that the leg declares as its ``clock``:
+
+* ``PUSHED``: the worker's pacer owns the clock and calls
+  :meth:`Leg.send_frame` every 20 ms while agent audio plays (Twilio,
+  Vonage, RTP). The call is synchronous: sending never waits on the
+  network, so one slow peer cannot hold up the clock of every other call.
+* ``PULLED``: the network's own sender asks for frames (aiortc calls an
+  outbound track's ``recv()``); the bridge :meth:`Leg.attach`\\ es a
+  :class:`FrameSource` and the leg calls :meth:`FrameSource.next_frame` at
+  its own pace, sending silence when it returns None.
+
+A leg declares how many frames to send ahead at the start of each talkspurt
+(``playout_lead_frames``: a WebSocket network with a jitter buffer wants a
+few, RTP none), and what it can do (``capabilities``); anything else raises
+:class:`NotSupported`.
 """
 
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Literal
+from enum import StrEnum
+from typing import ClassVar, Literal, Protocol
 
-Provider = Literal["twilio", "vonage", "sip", "webrtc", "test"]
 Direction = Literal["inbound", "outbound"]
+
+
+class NotSupported(Exception):
+    """The network cannot do what was asked (DTMF out, a kind of transfer, dialling …)."""
+
+
+class Clock(StrEnum):
+    """Who paces the agent audio toward the network."""
+
+    PUSHED = "pushed"
+    PULLED = "pulled"
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a leg can do on its network beyond carrying audio."""
+
+    clear: bool = True
+    dtmf_out: bool = False
+    transfer_to_number: bool = False
+    transfer_to_sip: bool = False
+
+    def can_transfer_to(self, destination: str) -> bool:
+        """Whether a normalised destination (E.164 or ``sip:``) is one this leg can reach."""
+        if destination.startswith("+"):
+            return self.transfer_to_number
+        return self.transfer_to_sip
 
 
 @dataclass(frozen=True, slots=True)
 class LegInfo:
-    """Who is on the network side of a call."""
+    """Who is on the network side of a call; ``provider`` is a registered provider's name."""
 
-    provider: Provider
+    provider: str
     direction: Direction
     from_: str
     to: str
@@ -59,10 +99,20 @@ class LegEnded:
 LegEvent = bytes | Dtmf | Played | LegEnded
 
 
+class FrameSource(Protocol):
+    """Where a PULLED leg takes agent audio from (the bridge)."""
+
+    def next_frame(self) -> bytes | None:
+        """The next 20 ms canonical frame to play, or None for silence."""
+
+
 class Leg(abc.ABC):
     """One network side of a call."""
 
     info: LegInfo
+    clock: ClassVar[Clock] = Clock.PUSHED
+    playout_lead_frames: ClassVar[int] = 0
+    capabilities: ClassVar[Capabilities] = Capabilities()
 
     @abc.abstractmethod
     async def recv(self) -> LegEvent:
@@ -71,26 +121,34 @@ class Leg(abc.ABC):
         After LegEnded is returned, every later call returns LegEnded again.
         """
 
-    @abc.abstractmethod
-    async def send_frame(self, frame: bytes) -> None:
-        """Send one canonical 20 ms agent frame to the caller now.
+    def send_frame(self, frame: bytes, talkspurt_start: bool) -> None:
+        """PUSHED legs: send one canonical 20 ms agent frame to the caller now.
 
-        Called by the pacer once per 20 ms while agent audio is playing, for
-        every call of the worker in turn, so it must not wait on the network:
-        a leg whose network is backed up drops the frame and counts it.
+        Synchronous: a leg whose network is backed up drops the frame and
+        counts it. ``talkspurt_start`` marks the first frame after silence
+        (RTP sets the marker bit and jumps the timestamp).
         """
+        raise NotSupported(f"{type(self).__name__} is not pushed by the pacer")
+
+    def attach(self, source: FrameSource) -> None:
+        """PULLED legs: from now on take agent frames from ``source``."""
+        raise NotSupported(f"{type(self).__name__} does not pull its audio")
 
     @abc.abstractmethod
-    async def clear(self) -> None:
+    def clear(self) -> None:
         """Drop whatever agent audio the network itself still has buffered (barge-in)."""
+
+    def send_dtmf(self, digits: str) -> None:
+        """Send DTMF toward the caller (RFC 4733 on RTP legs)."""
+        raise NotSupported(f"{type(self).__name__} cannot send DTMF")
 
     @abc.abstractmethod
     async def hangup(self) -> None:
         """End the call on the network (the edge or the agent decided)."""
 
-    @abc.abstractmethod
     async def transfer(self, destination: str) -> None:
         """Hand the caller to ``destination`` (E.164 number or SIP URI) on the network."""
+        raise NotSupported(f"{type(self).__name__} cannot transfer calls")
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -7,6 +7,10 @@ registered playout for its next frame. A late tick (the loop was busy) is
 caught up by ticking again as soon as pending I/O has run, up to
 ``MAX_CATCH_UP`` frames, so the played duration stays equal to wall time;
 beyond that the schedule restarts from now rather than bursting.
+
+Ticks are synchronous (a leg's send never waits on its network), and each
+runs on its own: one that raises is logged and dropped from the clock, and
+the calls after it in the same tick are served as usual.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from telephony_edge.audio.frames import FRAME_MS
 
@@ -24,7 +28,7 @@ log = logging.getLogger(__name__)
 FRAME_S = FRAME_MS / 1000
 MAX_CATCH_UP = 5
 
-Tick = Callable[[], Awaitable[None]]
+Tick = Callable[[], None]
 
 
 class Pacer:
@@ -61,7 +65,7 @@ class Pacer:
                 await asyncio.sleep(0)
             for key, tick in list(self._subscribers.items()):
                 try:
-                    await tick()
+                    tick()
                 except Exception:
                     log.exception("playout tick failed; dropping it from the clock")
                     self._subscribers.pop(key, None)

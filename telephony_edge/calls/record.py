@@ -126,8 +126,12 @@ class CallRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CallRecord:
-        data = dict(data)
+        """The record of a stored document; fields it does not know are left out."""
+        data = {k: v for k, v in data.items() if k in _FIELDS}
         data["state"] = CallState(data["state"])
         if data.get("call_status") is not None:
             data["call_status"] = CallStatus(data["call_status"])
         return cls(**data)
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(CallRecord))

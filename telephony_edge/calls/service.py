@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import aiohttp
@@ -25,24 +26,32 @@ from telephony_edge.calls.bridge import BridgeLimits, CallBridge, Conversation
 from telephony_edge.calls.leg import Leg
 from telephony_edge.calls.manager import CallManager
 from telephony_edge.calls.pacing import Pacer
-from telephony_edge.calls.record import CallRecord, CallState, CallStatus
+from telephony_edge.calls.record import CallRecord, CallState, CallStatus, new_id
 from telephony_edge.calls.variables import call_variables, fill_placeholders, merge_agent_config
 from telephony_edge.config import Settings
-from telephony_edge.coord.base import Coordinator
+from telephony_edge.coord.base import Conflict, Coordinator
 from telephony_edge.routing import NumberRouter, Route
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 5.0
-
-#: Twilio's final call statuses for calls that never reached the edge's media.
-PROVIDER_FINAL_STATUS: dict[str, tuple[CallStatus, str | None]] = {
-    "completed": (CallStatus.USER_ENDED, None),
-    "busy": (CallStatus.ERROR, "the called party was busy"),
-    "no-answer": (CallStatus.ERROR, "the called party did not answer"),
-    "failed": (CallStatus.ERROR, "the network could not place the call"),
-    "canceled": (CallStatus.API_ENDED, None),
-}
+SUPERVISOR_MAX_BACKOFF_S = 30.0
+#: fields the media owner writes; others (``provider_status``) belong to other writers
+OWNER_FIELDS = (
+    "state",
+    "call_status",
+    "error_message",
+    "answered_at",
+    "ended_at",
+    "transferred_to",
+    "agent_config",
+    "metadata",
+    "owner",
+    "from_",
+    "to",
+    "provider_call_id",
+)
+_LIVE_STATES = (CallState.CONNECTING, CallState.ACTIVE)
 
 
 def _count_webhook(kind: str, outcome: str) -> None:
@@ -72,8 +81,10 @@ class ProviderError(Exception):
         self.code = code
 
 
-class Controller(Protocol):
-    """Ends or transfers a call through a provider's API when no leg of it is here."""
+class Network(Protocol):
+    """What the call service needs of a provider (``telephony_edge.provider.Provider``)."""
+
+    def final_status(self, provider_status: str) -> tuple[CallStatus, str | None] | None: ...
 
     async def hangup(self, record: CallRecord) -> None: ...
 
@@ -100,19 +111,24 @@ class CallService:
         self._http = http
         self.pacer = Pacer()
         self.demo_agent_url: str | None = None
-        self._controllers: dict[str, Controller] = {}
+        #: provider name → its network; filled by the application from the registry
+        self.networks: dict[str, Network] = {}
         self._tasks: list[asyncio.Task[None]] = []
         calls = settings.calls
         self._limits = BridgeLimits(
             max_duration_s=calls.max_duration_s,
             inactivity_timeout_s=calls.inactivity_timeout_s,
             preconnect_buffer_s=calls.preconnect_buffer_s,
+            max_chat_messages=calls.max_chat_messages,
+            max_function_calls=calls.max_function_calls,
         )
         core = settings.agent_core
         self._timeouts = LinkTimeouts(
             connect_s=core.connect_timeout_s,
             ready_s=core.ready_timeout_s,
             ping_interval_s=core.ping_interval_s,
+            heartbeat_s=core.heartbeat_s,
+            max_early_messages=core.max_early_messages,
         )
         self._rates = webhooks.CostRates(**settings.costs.model_dump())
         self._dispatcher: webhooks.WebhookDispatcher | None = None
@@ -133,10 +149,15 @@ class CallService:
             ),
             on_result=_count_webhook,
         )
+        dispatcher = self._dispatcher
+        loops = {
+            "control-loop": self._control_loop,
+            "webhook-dispatcher": dispatcher.run,
+            "heartbeat": self._heartbeat_loop,
+            "setup-reaper": self._reap_loop,
+        }
         self._tasks = [
-            asyncio.create_task(self._control_loop(), name="control-loop"),
-            asyncio.create_task(self._dispatcher.run(), name="webhook-dispatcher"),
-            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(supervise(name, loop), name=name) for name, loop in loops.items()
         ]
 
     async def stop(self) -> None:
@@ -152,9 +173,6 @@ class CallService:
         await self.pacer.close()
         with contextlib.suppress(Exception):
             await self.coordinator.forget_worker(self.worker_id)
-
-    def register_controller(self, provider: str, controller: Controller) -> None:
-        self._controllers[provider] = controller
 
     # -- calls -------------------------------------------------------------
 
@@ -172,6 +190,7 @@ class CallService:
         session_id: str | None = None,
         region: str = "",
         provider_call_id: str = "",
+        call_id: str | None = None,
     ) -> CallRecord:
         """Record a call the network announced; raise CallRejected if the edge won't take it."""
         if not self.manager.accepting:
@@ -191,8 +210,12 @@ class CallService:
             region=region,
             provider_call_id=provider_call_id,
         )
-        # a call whose media never arrives (caller hung up while ringing) is forgotten
-        await self.coordinator.put_call(record, ttl=self.settings.calls.setup_ttl_s)
+        if call_id is not None:
+            record.call_id = call_id
+        # a call whose media never arrives is ended by the setup reaper; the ttl is a safety net
+        await self.coordinator.create_call(
+            record.call_id, record.to_dict(), ttl=self.settings.calls.setup_ttl_s * 4
+        )
         log.info(
             "call created",
             extra={"call_id": record.call_id, "provider": provider, "direction": direction},
@@ -202,8 +225,23 @@ class CallService:
     async def create_inbound(
         self, route: Route, *, from_: str, provider_call_id: str
     ) -> CallRecord:
-        """Record an inbound call to one of the edge's numbers, as its route says."""
+        """Record an inbound call to one of the edge's numbers, as its route says.
+
+        The network's call id maps to one call: a webhook the network retries
+        (same ``provider_call_id``) finds the call the first one created.
+        """
+        call_id = new_id("call")
+        if provider_call_id:
+            key = f"provider-call:{route.provider}:{provider_call_id}"
+            ttl = self.settings.calls.setup_ttl_s * 4
+            if not await self.coordinator.register_pending(key, {"call_id": call_id}, ttl):
+                known = await self.coordinator.peek_pending(key)
+                record = await self.get(str(known["call_id"])) if known else None
+                if record is None:
+                    raise CallRejected(409, "this call is being set up by another request")
+                return record
         return await self.create(
+            call_id=call_id,
             agent_id=route.agent_id,
             provider=route.provider,
             direction="inbound",
@@ -218,54 +256,102 @@ class CallService:
         live = self.manager.get(call_id)
         if isinstance(live, CallBridge):
             return live.record
-        return await self.coordinator.get_call(call_id)
+        doc = await self.coordinator.get_call(call_id)
+        return None if doc is None else CallRecord.from_dict(doc.data)
 
     async def run(self, record: CallRecord, leg: Leg) -> CallRecord:
-        """Bridge ``leg`` to an agent core until the call ends; return the final record."""
+        """Bridge ``leg`` to an agent core until the call ends; return the final record.
+
+        The record moves out of ``created`` with a compare-and-set first: a
+        call that ended meanwhile (the caller hung up, its setup time ran
+        out) is not revived; its leg is hung up and closed.
+        """
         record.from_ = record.from_ or leg.info.from_
         record.to = record.to or leg.info.to
         record.provider_call_id = record.provider_call_id or leg.info.provider_call_id
+        record.owner = self.worker_id
+        record.advance(CallState.CONNECTING)
+        try:
+            await self.write_state(record, (CallState.CREATED,))
+        except (Conflict, LookupError) as exc:
+            log.warning("media for a call that is over: %s", exc, extra={"call_id": record.call_id})
+            await _close_leg(leg)
+            record.state = CallState.ENDED
+            return record
         link = AgentLink(
             self._http(), self._agent_url(record), self._timeouts, call_id=record.call_id
         )
-        bridge = CallBridge(
-            record, leg, link, self.pacer, lambda: self._prepare(record), self._limits
-        )
-        refusal = await self._admit(record)
-        if refusal is not None:
-            bridge.finish(CallStatus.ERROR, refusal)
+        bridge = CallBridge(record, leg, link, self.pacer, self, self._limits)
         self.manager.add(bridge)
         active = metrics.CALLS_ACTIVE.labels(provider=record.provider)
         active.inc()
         try:
+            refusal = await self._admit(record)
+            if refusal is not None:
+                bridge.refuse(refusal)
             await bridge.run()
         finally:
             active.dec()
-            try:
-                await self._release(record)
-                await self._record_end(record, bridge.conversation)
-            finally:
-                self.manager.discard(record.call_id)  # last: drain waits for all of the above
+            self.manager.discard(record.call_id)
         return record
 
     async def _admit(self, record: CallRecord) -> str | None:
         if not self.manager.accepting:
             return "this worker is draining and takes no new calls"
         await self.coordinator.claim_owner(record.call_id, self.worker_id)
-        record.owner = self.worker_id
         agent = self.settings.agents.get(record.agent_id)
         limit = agent.max_concurrent_calls if agent else None
         if limit and not await self.coordinator.acquire_agent_slot(
             record.agent_id, record.call_id, limit
         ):
             return f"agent {record.agent_id!r} is at its limit of {limit} concurrent calls"
-        await self.coordinator.put_call(record)
         return None
 
-    async def _release(self, record: CallRecord) -> None:
-        with contextlib.suppress(Exception):
+    # -- the bridge's hooks (CallHooks) -------------------------------------
+
+    async def write_state(self, record: CallRecord, previous: tuple[CallState, ...]) -> None:
+        """Write the owner's fields of ``record`` with a compare-and-set on its state.
+
+        Raises :class:`Conflict` if the stored state is not one of ``previous``
+        and LookupError if the record is gone. Fields other writers own (the
+        provider status) are merged back into ``record``, never overwritten.
+        """
+        data = record.to_dict()
+        changes = {name: data[name] for name in OWNER_FIELDS}
+        doc = await self.coordinator.update_call(
+            record.call_id, changes, if_state=[str(s) for s in previous]
+        )
+        if doc is None:
+            raise LookupError(f"call {record.call_id} is not stored (expired?)")
+        record.provider_status = doc.data.get("provider_status") or record.provider_status
+
+    async def release(self, record: CallRecord) -> None:
+        try:
             await self.coordinator.release_agent_slot(record.agent_id, record.call_id)
+        finally:
             await self.coordinator.release_owner(record.call_id, self.worker_id)
+
+    async def finished(self, record: CallRecord, conversation: Conversation) -> None:
+        status = record.call_status or CallStatus.ERROR
+        metrics.CALLS_TOTAL.labels(provider=record.provider, status=str(status)).inc()
+        agent_config = record.agent_config or self.settings.agents[record.agent_id].model_dump(
+            mode="json", exclude_none=True
+        )
+        spec = agent_config.get("session_data_webhook")
+        if not spec:
+            return
+        payload = webhooks.build_session_payload(
+            record,
+            transcript=conversation.chat,
+            function_calls=conversation.function_calls,
+            chars_used=conversation.chars_used,
+            rates=self._rates,
+            truncated=conversation.truncated,
+        )
+        try:
+            await webhooks.enqueue_session_webhook(self.coordinator, spec, payload)
+        except ValueError as exc:
+            log.error("session webhook not queued: %s", exc, extra={"call_id": record.call_id})
 
     def _agent_url(self, record: CallRecord) -> str:
         url = self.router.agent_core_url(record.region or None) or self.demo_agent_url
@@ -273,7 +359,7 @@ class CallService:
             raise RuntimeError("no agent core configured and the built-in one is not running")
         return url
 
-    async def _prepare(self, record: CallRecord) -> dict[str, Any]:
+    async def prepare(self, record: CallRecord) -> dict[str, Any]:
         """Merge the agent config, run the prefetch webhook, fill variables: the initiate data."""
         stored = self.settings.agents[record.agent_id].model_dump(mode="json", exclude_none=True)
         config = merge_agent_config(stored, record.agent_config)
@@ -317,43 +403,21 @@ class CallService:
             initiate["extra_prompt"] = extra_prompt
         return initiate
 
-    async def _record_end(self, record: CallRecord, conversation: Conversation) -> None:
-        status = record.call_status or CallStatus.ERROR
-        metrics.CALLS_TOTAL.labels(provider=record.provider, status=str(status)).inc()
-        await self.coordinator.put_call(record)
-        agent_config = record.agent_config or self.settings.agents[record.agent_id].model_dump(
-            mode="json", exclude_none=True
-        )
-        spec = agent_config.get("session_data_webhook")
-        if not spec:
-            return
-        payload = webhooks.build_session_payload(
-            record,
-            transcript=conversation.chat,
-            function_calls=conversation.function_calls,
-            chars_used=conversation.chars_used,
-            rates=self._rates,
-        )
-        try:
-            await webhooks.enqueue_session_webhook(self.coordinator, spec, payload)
-        except ValueError as exc:
-            log.error("session webhook not queued: %s", exc, extra={"call_id": record.call_id})
-
     # -- control from any worker ------------------------------------------
 
     async def hangup(self, call_id: str, status: CallStatus = CallStatus.API_ENDED) -> bool:
         """End a call wherever it runs; False if the edge does not know it or it is over."""
         live = self.manager.get(call_id)
         if isinstance(live, CallBridge):
-            live.finish(status)
+            await live.end("hang-up requested through the API")
             return True
         if await self.coordinator.publish_control(call_id, {"action": "hangup"}):
             return True
         found = await self._unbridged(call_id)
         if found is None:
             return False
-        record, controller = found
-        await controller.hangup(record)
+        record, network = found
+        await network.hangup(record)
         await self._end_unbridged(record, status, None)
         return True
 
@@ -369,43 +433,81 @@ class CallService:
         found = await self._unbridged(call_id)
         if found is None:
             return False
-        record, controller = found
-        await controller.transfer(record, destination)
+        record, network = found
+        await network.transfer(record, destination)
         record.transferred_to = destination
         await self._end_unbridged(record, CallStatus.API_ENDED, None)
         return True
 
-    async def _unbridged(self, call_id: str) -> tuple[CallRecord, Controller] | None:
-        """A live call with no media on any worker (ringing), and its provider's controller."""
-        record = await self.coordinator.get_call(call_id)
-        if record is None or record.state is CallState.ENDED:
+    async def _unbridged(self, call_id: str) -> tuple[CallRecord, Network] | None:
+        """A call with no media on any worker yet (ringing), and its provider's network."""
+        doc = await self.coordinator.get_call(call_id)
+        if doc is None or doc.data.get("state") != CallState.CREATED:
             return None
-        controller = self._controllers.get(record.provider)
-        return None if controller is None else (record, controller)
+        record = CallRecord.from_dict(doc.data)
+        network = self.networks.get(record.provider)
+        return None if network is None else (record, network)
 
     async def update_provider_status(self, call_id: str, provider_status: str) -> None:
-        """A provider's status callback: note it; end calls that never reached media."""
-        record = await self.coordinator.update_call(call_id, {"provider_status": provider_status})
-        if record is None:
+        """A provider's status callback: merge it; end a call that never reached media.
+
+        The merge touches ``provider_status`` alone, so a callback during the
+        owner's teardown changes nothing else; and only a call still in
+        ``created`` is ended here (compare-and-set), so the owner of a bridged
+        call keeps the say over how it ended and its one webhook.
+        """
+        doc = await self.coordinator.update_call(call_id, {"provider_status": provider_status})
+        if doc is None:
             log.warning(
                 "status %r for an unknown call", provider_status, extra={"call_id": call_id}
             )
             return
-        final = PROVIDER_FINAL_STATUS.get(provider_status)
-        if final is None or record.state is not CallState.CREATED:
-            return  # still ringing, or the bridge owns the ending
-        await self._end_unbridged(record, *final)
+        record = CallRecord.from_dict(doc.data)
+        network = self.networks.get(record.provider)
+        final = None if network is None else network.final_status(provider_status)
+        if final is not None and record.state is CallState.CREATED:
+            await self._end_unbridged(record, *final)
 
     async def _end_unbridged(
         self, record: CallRecord, status: CallStatus, error: str | None
-    ) -> None:
-        if record.state is CallState.ENDED:
-            return
+    ) -> bool:
+        """End a call that never reached media, once (compare-and-set from ``created``)."""
+        if record.state is not CallState.CREATED:
+            return False
         record.set_status(status, error)
-        if record.state is not CallState.ENDING:
-            record.advance(CallState.ENDING)
+        record.advance(CallState.ENDING)
         record.advance(CallState.ENDED)
-        await self._record_end(record, Conversation())
+        try:
+            await self.write_state(record, (CallState.CREATED,))
+        except (Conflict, LookupError):
+            return False  # media arrived, or another worker ended it first
+        log.info(
+            "call ended before its media arrived",
+            extra={"call_id": record.call_id, "call_status": str(status)},
+        )
+        await self.finished(record, Conversation())
+        return True
+
+    async def reap_unconnected(self) -> int:
+        """End calls whose media has not arrived within ``calls.setup_ttl_s``; return how many."""
+        ttl = self.settings.calls.setup_ttl_s
+        cutoff = time.time() - ttl
+        ended = 0
+        for doc in await self.coordinator.list_active_calls():
+            if doc.data.get("state") != CallState.CREATED:
+                continue
+            record = CallRecord.from_dict(doc.data)
+            if record.created_at <= cutoff and await self._end_unbridged(
+                record, CallStatus.ERROR, f"the call's media never arrived within {ttl:g}s"
+            ):
+                ended += 1
+        return ended
+
+    async def _reap_loop(self) -> None:
+        interval = min(30.0, max(0.05, self.settings.calls.setup_ttl_s / 4))
+        while True:
+            await asyncio.sleep(interval)
+            await self.reap_unconnected()
 
     async def _control_loop(self) -> None:
         async for call_id, message in self.coordinator.control_messages(self.worker_id):
@@ -414,7 +516,7 @@ class CallService:
                 continue
             try:
                 if message.get("action") == "hangup":
-                    live.finish(CallStatus.API_ENDED)
+                    await live.end("hang-up requested through another worker")
                 elif message.get("action") == "transfer":
                     await live.transfer(str(message.get("destination", "")))
             except Exception:
@@ -426,3 +528,36 @@ class CallService:
             with contextlib.suppress(Exception):
                 await self.coordinator.heartbeat(self.worker_id, info, ttl=HEARTBEAT_S * 3)
             await asyncio.sleep(HEARTBEAT_S)
+
+
+async def _close_leg(leg: Leg) -> None:
+    """Hang up and close a leg whose call will not run; bounded, never raises."""
+    try:
+        await asyncio.wait_for(leg.hangup(), 5.0)
+    except Exception as exc:
+        log.warning("hang-up of a refused leg failed: %r", exc)
+    with contextlib.suppress(Exception):
+        await leg.close()
+
+
+async def supervise(name: str, loop: Callable[[], Awaitable[None]]) -> None:
+    """Run a worker's background loop: if it fails, log, count and restart it with backoff.
+
+    A loop that returns has finished its work (the webhook dispatcher after a
+    drain); cancellation stops it (application shutdown).
+    """
+    delay = 0.5
+    while True:
+        started = time.monotonic()
+        try:
+            await loop()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background loop %s failed; restarting", name)
+        metrics.LOOP_RESTARTS.labels(loop=name).inc()
+        if time.monotonic() - started > SUPERVISOR_MAX_BACKOFF_S:
+            delay = 0.5  # it ran for a while: a fresh failure, not a crash loop
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, SUPERVISOR_MAX_BACKOFF_S)

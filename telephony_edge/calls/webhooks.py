@@ -327,12 +327,15 @@ def build_session_payload(
     rates: CostRates = CostRates(),
     recording: Mapping[str, Any] | None = None,
     max_chat_chars: int = MAX_CHAT_CHARS,
+    truncated: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """The documented end-of-call payload for ``record``.
 
     ``transcript`` entries (e.g. ``{"role": "user"|"agent", "text": …}``) go
     into ``chat`` as a JSON *string*, as documented. ``ts`` is the call's start
     (answer, else creation) in unix seconds, the same start ``duration`` counts from.
+    ``truncated`` counts entries left out past the edge's bounds (``chat``,
+    ``function_calls``); the payload carries it only when something was.
     """
     duration = record.duration
     start = record.answered_at or record.created_at
@@ -358,6 +361,7 @@ def build_session_payload(
         "chat": _chat_json(transcript, max_chat_chars),
         "chars_used": int(chars_used),
         "cost_breakdown": cost_breakdown(duration, chars_used, rates),
+        **({"truncated": dict(truncated)} if truncated else {}),
     }
 
 

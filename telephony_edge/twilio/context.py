@@ -9,6 +9,7 @@ from aiohttp import web
 from telephony_edge.config import Settings
 from telephony_edge.twilio.media import IDLE_TIMEOUT_S, START_TIMEOUT_S
 from telephony_edge.twilio.rest import TwilioRest
+from telephony_edge.twilio.settings import TwilioSettings, twilio_settings
 from telephony_edge.twilio.signature import SignatureChecker
 from telephony_edge.twilio.token import StreamTokens
 
@@ -19,6 +20,7 @@ CALL_ID_PARAM = "call_id"
 @dataclass(slots=True)
 class TwilioContext:
     settings: Settings
+    twilio: TwilioSettings
     signatures: SignatureChecker
     tokens: StreamTokens
     rest: TwilioRest | None = None  # created on start-up, inside the running loop
@@ -31,11 +33,12 @@ class TwilioContext:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TwilioContext:
-        tw = settings.twilio
+        tw = twilio_settings(settings)
         if not tw.enabled or not tw.auth_token or not tw.account_sid:
             raise ValueError("Twilio routes need twilio.enabled with account_sid and auth_token")
         return cls(
             settings=settings,
+            twilio=tw,
             signatures=SignatureChecker(
                 tw.auth_token, settings.public_url, enabled=tw.validate_signatures
             ),

@@ -12,9 +12,12 @@ handles the opening; :class:`TwilioMediaLeg` everything after it.
 Caller audio is decoded where it is read, in :meth:`TwilioMediaLeg.recv`, so
 there is no reader task and no queue per call. Agent audio leaves in
 :meth:`TwilioMediaLeg.send_frame` as ``media`` messages of 20 ms μ-law whose
-JSON is two precomputed byte strings around the base64 payload. When the
-socket is backed up, frames are dropped and counted rather than awaited: the
-worker's pacer must never wait on one slow network.
+JSON is two precomputed byte strings around the base64 payload, written to
+the transport with a precomputed WebSocket frame header (``wsframe``): the
+send is synchronous. When the socket is backed up, frames are dropped and
+counted rather than awaited: the worker's pacer must never wait on one slow
+network. The leg asks for ``PLAYOUT_LEAD_FRAMES`` at the start of each
+talkspurt, to prime Twilio's own buffer.
 
 Marks: Twilio echoes a ``mark`` once the audio sent before it has played,
 and echoes every pending one at once on ``clear``. The leg marks the agent
@@ -42,8 +45,17 @@ from telephony_edge import metrics
 from telephony_edge.audio.frames import FRAME_BYTES, FrameSplitter
 from telephony_edge.audio.g711 import Law
 from telephony_edge.audio.transcode import G711Decoder, G711Encoder
-from telephony_edge.calls.leg import Dtmf, Leg, LegEnded, LegEvent, LegInfo, Played
+from telephony_edge.calls.leg import (
+    Capabilities,
+    Dtmf,
+    Leg,
+    LegEnded,
+    LegEvent,
+    LegInfo,
+    Played,
+)
 from telephony_edge.twilio.rest import TwilioRest
+from telephony_edge.wsframe import frame_header
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +171,9 @@ def _parse_start(data: dict[str, Any]) -> StreamStart:
 class TwilioMediaLeg(Leg):
     """A call's audio over Twilio Media Streams, as a :class:`Leg`."""
 
+    playout_lead_frames = 3  # Twilio plays at real time from its own small buffer
+    capabilities = Capabilities(clear=True, transfer_to_number=True, transfer_to_sip=True)
+
     def __init__(
         self,
         ws: web.WebSocketResponse,
@@ -191,6 +206,9 @@ class TwilioMediaLeg(Leg):
         sid = orjson.dumps(start.stream_sid)
         self._media_prefix = b'{"event":"media","streamSid":' + sid + b',"media":{"payload":"'
         self._media_suffix = b'"}}'
+        # every 20 ms frame is 160 bytes of μ-law, 216 of base64: one header fits them all
+        self._media_len = len(self._media_prefix) + 216 + len(self._media_suffix)
+        self._media_header = frame_header(self._media_len) + self._media_prefix
         self._clear_msg = b'{"event":"clear","streamSid":' + sid + b"}"
         self._mark_prefix = b'{"event":"mark","streamSid":' + sid + b',"mark":{"name":'
         self._unmarked = 0
@@ -332,7 +350,7 @@ class TwilioMediaLeg(Leg):
 
     # -- edge → caller -----------------------------------------------------
 
-    async def send_frame(self, frame: bytes) -> None:
+    def send_frame(self, frame: bytes, talkspurt_start: bool) -> None:
         ws = self._ws
         transport = self._transport
         if ws.closed or transport is None or transport.is_closing():
@@ -342,7 +360,10 @@ class TwilioMediaLeg(Leg):
             self.stats.frames_dropped += 1
             return
         payload = self._encoder.encode_b64(frame)
-        await ws.send_frame(self._media_prefix + payload + self._media_suffix, WSMsgType.TEXT)
+        if len(payload) == 216:
+            transport.write(self._media_header + payload + self._media_suffix)
+        else:
+            self._write(self._media_prefix + payload + self._media_suffix)
         self.stats.frames_out += 1
         self._unmarked += 1
         loop = asyncio.get_running_loop()
@@ -354,6 +375,13 @@ class TwilioMediaLeg(Leg):
         if self._mark_timer is None:
             self._mark_timer = loop.call_later(MARK_INTERVAL_S, self._mark_due)
 
+    def _write(self, message: bytes) -> None:
+        """One text message, now; dropped if the socket is gone."""
+        transport = self._transport
+        if self._ws.closed or transport is None or transport.is_closing():
+            return
+        transport.write(frame_header(len(message)) + message)
+
     def _mark_due(self) -> None:
         self._mark_timer = None
         if self._unmarked:
@@ -363,22 +391,16 @@ class TwilioMediaLeg(Leg):
         """Ask Twilio to echo ``name`` once what was sent so far has played."""
         self._unmarked = 0
         self.stats.marks_sent += 1
-        message = self._mark_prefix + orjson.dumps(name) + b"}}"
-        self._send_control(message)
+        self._write(self._mark_prefix + orjson.dumps(name) + b"}}")
 
-    async def clear(self) -> None:
+    def clear(self) -> None:
         """Barge-in: Twilio drops the audio it still holds (and echoes pending marks)."""
         self.stats.clears += 1
         self._unmarked = 0
         if self._mark_timer is not None:
             self._mark_timer.cancel()
             self._mark_timer = None
-        if not self._ws.closed:
-            await self._ws.send_frame(self._clear_msg, WSMsgType.TEXT)
-
-    def _send_control(self, message: bytes) -> None:
-        if not self._ws.closed:
-            self._spawn_control(self._ws.send_frame(message, WSMsgType.TEXT))
+        self._write(self._clear_msg)
 
     def _spawn_control(self, coro: Coroutine[Any, Any, object]) -> None:
         task = asyncio.ensure_future(coro)

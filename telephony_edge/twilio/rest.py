@@ -22,7 +22,6 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
 from telephony_edge import metrics
-from telephony_edge.calls.record import CallRecord
 from telephony_edge.calls.service import ProviderError
 from telephony_edge.twilio import twiml
 
@@ -141,51 +140,3 @@ class TwilioRest:
             raise TwilioApiError(f"Twilio unreachable for {op}: {exc!r}") from exc
         metrics.TWILIO_REST_REQUESTS.labels(op=op, outcome="ok").inc()
         return result
-
-
-class TwilioCallController:
-    """Ends or transfers Twilio calls that have no live leg on this worker.
-
-    Registered with the call service, which uses it for calls whose media
-    is elsewhere (or not yet connected, like a ringing outbound call).
-    """
-
-    def __init__(self, rest: TwilioRest) -> None:
-        self._rest = rest
-
-    async def hangup(self, record: CallRecord) -> None:
-        if not record.provider_call_id:
-            log.info(
-                "no Twilio call sid yet; nothing to hang up", extra={"call_id": record.call_id}
-            )
-            return
-        await self._rest.hangup(record.provider_call_id)
-
-    async def transfer(self, record: CallRecord, destination: str) -> None:
-        if not record.provider_call_id:
-            raise TwilioApiError("the call has no Twilio call sid yet; cannot transfer")
-        await self._rest.transfer(record.provider_call_id, destination)
-
-
-class TwilioDialer:
-    """Places the outbound calls of ``POST /start_outbound_call`` through Twilio.
-
-    The call's TwiML URL is the edge's own voice webhook with the call id in
-    the query (Twilio signs the query too), and its status callback reports
-    busy / no-answer / failed back to the edge.
-    """
-
-    def __init__(self, rest: TwilioRest, public_url: str) -> None:
-        self._rest = rest
-        self._base = public_url.rstrip("/")
-
-    async def dial(self, record: CallRecord) -> str:
-        """Create the call; return Twilio's call sid. Raises TwilioApiError."""
-        query = f"?call_id={record.call_id}"
-        created = await self._rest.create_call(
-            to=record.to,
-            from_=record.from_,
-            url=f"{self._base}/twilio/voice{query}",
-            status_callback=f"{self._base}/twilio/status{query}",
-        )
-        return created.sid

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from twilio.twiml.voice_response import Connect, Dial, VoiceResponse
 
-from telephony_edge.config import normalize_e164
+from telephony_edge.routing import normalize_destination
 
 STREAM_PATH = "/twilio/stream"
 UNKNOWN_NUMBER_MESSAGE = (
@@ -51,19 +51,6 @@ def say_and_hangup(message: str) -> str:
     response.say(message)
     response.hangup()
     return str(response.to_xml())
-
-
-def normalize_destination(destination: str) -> str:
-    """A transfer target as ``<Dial>`` takes it: E.164 number or ``sip:``/``sips:`` URI.
-
-    Raises ValueError for anything else, so an agent's typo never reaches Twilio.
-    """
-    target = destination.strip()
-    if target.lower().startswith(("sip:", "sips:")):
-        if "@" not in target or any(c in target for c in " <>\"'"):
-            raise ValueError(f"{destination!r} is not a SIP URI (sip:user@host)")
-        return target
-    return normalize_e164(target)
 
 
 def dial(destination: str) -> str:

@@ -122,7 +122,7 @@ async def _answer_outbound(
 async def _stream_answer(
     ctx: TwilioContext, services: Services, record: CallRecord
 ) -> web.Response:
-    ttl = ctx.settings.twilio.stream_token_ttl_s
+    ttl = ctx.twilio.stream_token_ttl_s
     await services.coordinator.register_pending(
         pending_key(record.call_id), {"call_sid": record.provider_call_id}, ttl
     )

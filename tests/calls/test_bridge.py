@@ -41,7 +41,8 @@ async def test_echo_round_trip_and_user_hangup(make_edge: Any, speech: bytes) ->
     assert final.state is CallState.ENDED
     assert leg.closed and not leg.hung_up  # the caller hung up; nothing to hang up
     stored = await edge.services.coordinator.get_call(record.call_id)
-    assert stored is not None and stored.call_status is CallStatus.USER_ENDED
+    assert stored is not None and stored.data["call_status"] == CallStatus.USER_ENDED
+    assert stored.data["state"] == CallState.ENDED
     # agent audio is played at real time (not as fast as the core sends it):
     # within each run of playback, frames are 20 ms apart on average
     times = [t for t, _ in leg.heard]
@@ -184,7 +185,7 @@ async def test_inactivity_times_out(make_edge: Any) -> None:
 class BrokenLeg(TestLeg):
     """A network whose socket fails when the agent's audio is written."""
 
-    async def send_frame(self, frame: bytes) -> None:
+    def send_frame(self, frame: bytes, talkspurt_start: bool) -> None:
         raise ConnectionResetError("peer went away")
 
 

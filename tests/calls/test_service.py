@@ -199,14 +199,28 @@ async def test_draining_worker_refuses_new_calls_and_ends_live_ones(make_edge: A
         raise AssertionError("a draining worker took a new call")
 
 
-async def test_a_call_whose_media_never_arrives_is_forgotten(make_edge: Any) -> None:
-    edge: Edge = await make_edge(edge_settings(calls={"setup_ttl_s": 0.2}))
-    service = edge.services.call_service
-    record = await service.create(agent_id="echo", provider="test", direction="inbound")
-    assert await service.get(record.call_id) is not None
-    await asyncio.sleep(0.3)
-    assert await service.get(record.call_id) is None
-    assert await edge.services.coordinator.list_active_calls() == []
+async def test_a_call_whose_media_never_arrives_ends_with_its_webhook(make_edge: Any) -> None:
+    crm = CrmServer()
+    await crm.server.start_server()
+    try:
+        edge: Edge = await make_edge(crm_settings(crm, calls={"setup_ttl_s": 0.3}))
+        service = edge.services.call_service
+        record = await service.create(agent_id="echo", provider="test", direction="inbound")
+        await asyncio.sleep(0.1)
+        stored = await service.get(record.call_id)
+        assert stored is not None and stored.state is CallState.CREATED
+        await wait_for(lambda: len(crm.posts) == 1, within=5)
+        ended = await service.get(record.call_id)
+        assert ended is not None and ended.state is CallState.ENDED
+        assert ended.call_status is CallStatus.ERROR
+        assert "never arrived" in (ended.error_message or "")
+        assert await edge.services.coordinator.list_active_calls() == []
+        payload = json.loads(crm.posts[0][1])
+        assert (payload["call_id"], payload["call_status"]) == (record.call_id, "error")
+        await asyncio.sleep(0.5)  # the reaper runs again: still one webhook
+        assert len(crm.posts) == 1
+    finally:
+        await crm.server.close()
 
 
 async def test_shutdown_sends_the_webhooks_an_in_memory_queue_still_holds(make_edge: Any) -> None:

@@ -136,8 +136,13 @@ async def test_a_call_handed_over_by_another_region_runs_there(
     await call.open_stream(local)
     await call.stream_audio([], silence_after_s=0.5)
     assert call.result.frames_received > 0  # the EU edge's agent greets
-    [record] = await eu.services.coordinator.list_active_calls()
-    assert (record.to, record.from_, record.provider_call_id) == (EU_NUMBER, CALLER, call.call_sid)
+    [doc] = await eu.services.coordinator.list_active_calls()
+    record = doc.data
+    assert (record["to"], record["from_"], record["provider_call_id"]) == (
+        EU_NUMBER,
+        CALLER,
+        call.call_sid,
+    )
     await call.stop()
     # the hand-off token is single-use as well
     replay = twilio_edge.call(session, to=EU_NUMBER, call_sid=call.call_sid)

@@ -1,0 +1,73 @@
+"""The seam every network plugs into: one :class:`Provider` per network package.
+
+A provider declares everything about its network that the rest of the edge
+needs, and nothing outside its package names the network:
+
+* ``name`` and ``settings_model``: its section of the configuration
+  (``twilio:`` → :class:`~telephony_edge.twilio.settings.TwilioSettings`);
+* :meth:`Provider.mount`: its aiohttp routes (webhooks, media WebSockets)
+  and start-up/clean-up hooks. The routes admit the network's media and
+  build its :class:`~telephony_edge.calls.leg.Leg`, then hand both to
+  :meth:`~telephony_edge.calls.service.CallService.run`;
+* :meth:`Provider.dial`: outbound calls (``POST /start_outbound_call``);
+* :meth:`Provider.hangup` / :meth:`Provider.transfer`: call control through
+  the network's API for calls with no leg on this worker (ringing, or media
+  on another worker);
+* ``final_statuses``: which of its own call statuses end a call that never
+  reached the edge's media, and with which platform ``call_status``;
+* :meth:`Provider.banner`: lines for the ``serve`` banner (URLs to paste).
+
+What a provider cannot do raises :class:`~telephony_edge.calls.leg.NotSupported`.
+The application mounts every enabled provider from the registry
+(``telephony_edge.registry``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, ClassVar
+
+from aiohttp import web
+
+from telephony_edge.calls.leg import NotSupported
+from telephony_edge.calls.record import CallRecord, CallStatus
+from telephony_edge.config import ProviderSettings
+
+if TYPE_CHECKING:
+    from telephony_edge.services import Services
+
+
+class Provider:
+    """One network (Twilio, Vonage, SIP, WebRTC, …) as the edge sees it."""
+
+    name: ClassVar[str]
+    settings_model: ClassVar[type[ProviderSettings]] = ProviderSettings
+    #: provider status → (call_status, error_message) for calls that end before media
+    final_statuses: ClassVar[Mapping[str, tuple[CallStatus, str | None]]] = {}
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def mount(self, app: web.Application) -> None:
+        """Add the network's routes and hooks to the worker's application."""
+        raise NotImplementedError
+
+    def final_status(self, provider_status: str) -> tuple[CallStatus, str | None] | None:
+        """How a call the network reports as ``provider_status`` ends, if that is final."""
+        return self.final_statuses.get(provider_status)
+
+    async def dial(self, record: CallRecord) -> str:
+        """Place the outbound call ``record`` describes; return the network's call id."""
+        raise NotSupported(f"{self.name} cannot place outbound calls")
+
+    async def hangup(self, record: CallRecord) -> None:
+        """End a call that has no leg on this worker, through the network's API."""
+        raise NotSupported(f"{self.name} cannot hang up calls without their media")
+
+    async def transfer(self, record: CallRecord, destination: str) -> None:
+        """Transfer a call that has no leg on this worker, through the network's API."""
+        raise NotSupported(f"{self.name} cannot transfer calls without their media")
+
+    def banner(self, public_url: str) -> list[str]:
+        """Lines the ``serve`` banner prints for this network (e.g. webhook URLs)."""
+        return []
