@@ -1,8 +1,9 @@
 """The Coordinator contract: every backend must pass every test here.
 
-To add a backend, add a factory to ``BACKENDS`` (an async context manager
-yielding a fresh, empty coordinator). Times are real and short, because a
-Redis backend counts them on the server's clock.
+To add a backend, add a factory to ``BACKENDS``: given the fixture request
+(to get fixtures such as a server lazily), an async context manager yielding
+a fresh, empty coordinator. Times are real and short, because the Redis
+backend counts them on the server's clock.
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ from typing import Any
 
 import pytest
 
+from redis.asyncio import Redis
+
 from telephony_edge.coord import Conflict, Coordinator, Document, MemoryCoordinator
+from telephony_edge.coord.redis import RedisCoordinator
 
 TTL = 0.1  # short expiry used throughout
 PAST_TTL = 0.2  # sleep this long to be sure TTL has passed
 
 
 @contextlib.asynccontextmanager
-async def memory_backend() -> AsyncIterator[Coordinator]:
+async def memory_backend(request: pytest.FixtureRequest) -> AsyncIterator[Coordinator]:
     coord = MemoryCoordinator(ended_call_ttl=TTL)
     try:
         yield coord
@@ -30,14 +34,34 @@ async def memory_backend() -> AsyncIterator[Coordinator]:
         await coord.close()
 
 
-BACKENDS: dict[str, Callable[[], contextlib.AbstractAsyncContextManager[Coordinator]]] = {
+@contextlib.asynccontextmanager
+async def redis_backend(request: pytest.FixtureRequest) -> AsyncIterator[Coordinator]:
+    """The session's private redis-server; a fresh key prefix keeps each test's keys apart."""
+    url = request.getfixturevalue("redis_server").url
+    prefix = f"te-test-{uuid.uuid4().hex[:12]}:"
+    coord = RedisCoordinator.from_url(url, key_prefix=prefix, ended_call_ttl=TTL)
+    try:
+        yield coord
+    finally:
+        await coord.close()
+        cleaner = Redis.from_url(url)
+        try:
+            async for key in cleaner.scan_iter(match=f"{prefix}*"):
+                await cleaner.unlink(key)
+        finally:
+            await cleaner.aclose()
+
+
+Backend = Callable[[pytest.FixtureRequest], contextlib.AbstractAsyncContextManager[Coordinator]]
+BACKENDS: dict[str, Backend] = {
     "memory": memory_backend,
+    "redis": redis_backend,
 }
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 async def coord(request: pytest.FixtureRequest) -> AsyncIterator[Coordinator]:
-    async with BACKENDS[request.param]() as c:
+    async with BACKENDS[request.param](request) as c:
         yield c
 
 
