@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-
 from redis.asyncio import Redis
 
 from telephony_edge.coord import Conflict, Coordinator, Document, MemoryCoordinator
