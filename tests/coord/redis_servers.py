@@ -158,11 +158,7 @@ def sentinel_topology(
 
 
 def _info(port: int, section: str) -> str:
-    with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-        sock.sendall(f"INFO {section}\r\n".encode())
-        reply = sock.makefile("rb")
-        length = int(reply.readline()[1:])  # a bulk string: $<length>
-        return reply.read(length).decode(errors="replace")
+    return _bulk(port, "INFO", section)
 
 
 def _sentinel_ready(port: int, service: str) -> bool:
@@ -178,3 +174,31 @@ def _wait(predicate: Callable[[], bool], within: float = 20.0) -> None:
                 return
         time.sleep(0.05)
     raise RuntimeError("redis topology did not settle in time")
+
+
+@contextlib.contextmanager
+def cluster_node() -> Iterator[RedisProcess]:
+    """A one-node Redis Cluster owning every slot.
+
+    Such a node refuses (``CROSSSLOT``) any command, ``MULTI`` or script whose
+    keys span two hash slots, exactly as a real cluster does, so the contract
+    suite run against it proves every step is single-slot.
+    """
+    server = RedisProcess(
+        require_binary("redis-server"),
+        ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"],
+    ).start()
+    try:
+        assert command(server.port, "CLUSTER", "ADDSLOTSRANGE", "0", "16383") == "+OK"
+        _wait(lambda: "cluster_state:ok" in _bulk(server.port, "CLUSTER", "INFO"))
+        yield server
+    finally:
+        server.close()
+
+
+def _bulk(port: int, *args: str) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+        sock.sendall((" ".join(args) + "\r\n").encode())
+        reply = sock.makefile("rb")
+        length = int(reply.readline()[1:])  # a bulk string: $<length>
+        return reply.read(length).decode(errors="replace")
