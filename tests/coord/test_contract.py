@@ -127,6 +127,33 @@ async def test_stored_record_is_not_aliased(coord: Coordinator) -> None:
     assert got is not None and got.data["metadata"] == {"a": 1}
 
 
+ODD_VALUES: dict[str, Any] = {
+    "empty_list": [],
+    "empty_map": {},
+    "nested": {"a": [[], {}, [1, {"b": None}]]},
+    "big": 2**63 + 1,
+    "third": 1 / 3,
+    "text": "Zoë 👋 \"quoted\" \\ / \u2028",
+    "flags": [True, False, None],
+}
+
+
+async def test_values_survive_exactly_as_json(coord: Coordinator) -> None:
+    call_id = new_id()
+    created = await coord.create_call(call_id, make_record(**ODD_VALUES))
+    assert created is not None and created.data == make_record(**ODD_VALUES)
+    updated = await coord.update_call(call_id, {"more": ODD_VALUES, "empty_list": [0]})
+    assert updated is not None
+    assert updated.data["more"] == ODD_VALUES and updated.data["empty_map"] == {}
+    assert await coord.get_call(call_id) == updated
+    assert await coord.list_active_calls() == [updated]
+    await coord.enqueue(Q, "odd", ODD_VALUES)
+    job = await coord.reserve(Q, visibility_timeout=30)
+    assert job is not None and job.data == ODD_VALUES
+    await coord.heartbeat("w1", ODD_VALUES, ttl=30)
+    assert await coord.live_workers() == {"w1": ODD_VALUES}
+
+
 async def test_active_list_excludes_ended_and_ended_expires(coord: Coordinator) -> None:
     live, done = new_id(), new_id()
     await coord.create_call(live, make_record())
@@ -320,6 +347,24 @@ async def test_control_wakes_a_waiting_subscriber(coord: Coordinator) -> None:
         assert await waiter == ("c1", {"action": "hangup"})
     finally:
         await it.aclose()
+
+
+async def test_control_message_is_delivered_once_across_consumers(coord: Coordinator) -> None:
+    await coord.claim_owner("c1", "w1")
+    await coord.publish_control("c1", {"seq": 0})
+    await coord.publish_control("c1", {"seq": 1})
+    first = coord.control_messages("w1")
+    try:
+        assert await _next(first) == ("c1", {"seq": 0})
+    finally:
+        await first.aclose()
+    second = coord.control_messages("w1")  # e.g. the worker restarted its listener
+    try:
+        assert await _next(second) == ("c1", {"seq": 1})
+        with pytest.raises(TimeoutError):
+            await _next(second, wait=0.1)
+    finally:
+        await second.aclose()
 
 
 # -- agent slots -------------------------------------------------------------
