@@ -325,7 +325,8 @@ return 1
 _SLOTS_IN_USE = (
     _PRELUDE
     + """
-return redis.call('ZCOUNT', KEYS[1], '(' .. now_ms(), '+inf')
+-- %.17g: Lua's own number-to-string keeps only 14 digits
+return redis.call('ZCOUNT', KEYS[1], string.format('(%.17g', now_ms()), '+inf')
 """
 )
 
@@ -517,6 +518,7 @@ class RedisCoordinator(Coordinator):
                 "socket_timeout": _CONNECT_TIMEOUT,
                 "socket_connect_timeout": _CONNECT_TIMEOUT,
                 "decode_responses": True,
+                "retry": Retry(NoBackoff(), 0),  # discovery moves on to the next sentinel
                 **sentinel_auth,
             },
         )

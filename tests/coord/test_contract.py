@@ -133,7 +133,7 @@ ODD_VALUES: dict[str, Any] = {
     "nested": {"a": [[], {}, [1, {"b": None}]]},
     "big": 2**63 + 1,
     "third": 1 / 3,
-    "text": "Zoë 👋 \"quoted\" \\ / \u2028",
+    "text": 'Zoë 👋 "quoted" \\ / \u2028',
     "flags": [True, False, None],
 }
 
