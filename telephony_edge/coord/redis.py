@@ -145,6 +145,7 @@ from telephony_edge.coord.base import (
     Coordinator,
     Document,
     Job,
+    json_text,
 )
 from telephony_edge.coord.redis_url import (
     SENTINEL_SCHEME,
@@ -169,10 +170,6 @@ _PING_TIMEOUT = 2.0
 
 _STATE_FIELD = "f:" + STATE_KEY
 _CONNECTION_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
 
 
 def _ms(seconds: float) -> int:
@@ -438,8 +435,8 @@ def _document(fields: Mapping[str, str] | Sequence[str]) -> Document:
 def _field_args(data: Mapping[str, Any]) -> list[str]:
     """Top-level fields as ``name, JSON`` pairs, normalised as JSON would (keys become str)."""
     args: list[str] = []
-    for name, value in json.loads(_dumps(dict(data))).items():
-        args += (name, _dumps(value))
+    for name, value in json.loads(json_text(dict(data))).items():
+        args += (name, json_text(value))
     return args
 
 
@@ -475,7 +472,7 @@ class RedisCoordinator(Coordinator):
         self._inbox_ttl = _ms(inbox_ttl)
         self._queue_ttl = str(_ms(queue_ttl))
         self._buckets = index_buckets
-        self._ended = _dumps(ENDED_STATE)
+        self._ended = json_text(ENDED_STATE)
         self._closed = False
         script = client.register_script
         self._create_call = script(_CREATE_CALL)
@@ -607,7 +604,7 @@ class RedisCoordinator(Coordinator):
         ttl: float | None = None,
     ) -> Document | None:
         invalid = STATE_KEY in changes and not isinstance(changes[STATE_KEY], str)
-        states = [] if if_state is None else [_dumps(s) for s in if_state]
+        states = [] if if_state is None else [json_text(s) for s in if_state]
         reply = await self._update_call(
             keys=self._doc_keys(call_id),
             args=[
@@ -669,7 +666,7 @@ class RedisCoordinator(Coordinator):
 
     async def register_pending(self, key: str, payload: Mapping[str, Any], ttl: float) -> bool:
         stored = await self._redis.set(
-            self._pending_key(key), _dumps(dict(payload)), px=_ms(ttl), nx=True
+            self._pending_key(key), json_text(dict(payload)), px=_ms(ttl), nx=True
         )
         return bool(stored)
 
@@ -704,7 +701,7 @@ class RedisCoordinator(Coordinator):
             return False
         inbox = self._inbox_key(owner)
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(inbox, {"c": call_id, "m": _dumps(dict(message))}, maxlen=self._inbox_size)
+            pipe.xadd(inbox, {"c": call_id, "m": json_text(dict(message))}, maxlen=self._inbox_size)
             pipe.pexpire(inbox, self._inbox_ttl)
             await pipe.execute()
         return True
@@ -773,7 +770,7 @@ class RedisCoordinator(Coordinator):
 
     async def heartbeat(self, worker_id: str, info: Mapping[str, Any], ttl: float) -> None:
         await self._heartbeat(
-            keys=self._worker_keys(), args=[worker_id, _dumps(dict(info)), repr(ttl * 1000)]
+            keys=self._worker_keys(), args=[worker_id, json_text(dict(info)), repr(ttl * 1000)]
         )
 
     async def forget_worker(self, worker_id: str) -> None:
@@ -796,7 +793,7 @@ class RedisCoordinator(Coordinator):
     ) -> bool:
         added = await self._enqueue(
             keys=self._queue_keys(queue),
-            args=[job_id, _dumps(dict(data)), repr(delay * 1000), self._queue_ttl],
+            args=[job_id, json_text(dict(data)), repr(delay * 1000), self._queue_ttl],
         )
         return bool(added)
 

@@ -206,6 +206,34 @@ async def test_conflict_carries_current_document(coord: RedisCoordinator) -> Non
     assert (info.value.current.version, info.value.current.data["n"]) == (1, 1)
 
 
+async def test_two_workers_share_state(redis_server: Server, raw: Redis) -> None:
+    """Two coordinators (two worker processes' view): A's writes are B's reads, control crosses."""
+    prefix = f"te-redis-{uuid.uuid4().hex[:12]}:"
+    a = RedisCoordinator.from_url(redis_server.url, key_prefix=prefix)
+    b = RedisCoordinator.from_url(redis_server.url, key_prefix=prefix)
+    inbox = b.control_messages("worker-b")
+    try:
+        await a.create_call("c1", {"state": "created"})
+        assert await b.claim_owner("c1", "worker-b")
+        assert not await a.claim_owner("c1", "worker-a")
+        assert await a.publish_control("c1", {"action": "transfer", "to": "+15555550100"})
+        assert await asyncio.wait_for(anext(inbox), 1) == (
+            "c1",
+            {"action": "transfer", "to": "+15555550100"},
+        )
+        assert await a.acquire_agent_slot("agent", "c1", limit=1)
+        assert not await b.acquire_agent_slot("agent", "c2", limit=1)
+        await b.update_call("c1", {"state": "ended"})
+        assert await a.list_active_calls() == []
+        assert await a.enqueue("webhooks", "c1", {}) and not await b.enqueue("webhooks", "c1", {})
+    finally:
+        await inbox.aclose()
+        await a.close()
+        await b.close()
+        async for key in raw.scan_iter(match=f"{prefix}*"):
+            await raw.unlink(key)
+
+
 # -- outages -------------------------------------------------------------------------------------
 
 
