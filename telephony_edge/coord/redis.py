@@ -28,8 +28,9 @@ key                                    type      holds / expiry
 ``P{calls:B}:active``                  zset      call ids of bucket B not ended, score =
                                                  creation time; lives as long as its
                                                  members (see below)
-``P{worker:<id>}:inbox``               stream    control messages for that worker, ``MAXLEN``
-                                                 ``control_inbox_size``; ``inbox_ttl``
+``P{worker:<id>}:inbox``               stream    control messages for that worker, ``MAXLEN
+                                                 ~ control_inbox_size`` (trimmed in whole
+                                                 stream nodes, so about that); ``inbox_ttl``
 ``P{agent:<agent_id>}:slots``          zset      call ids holding a slot, score = expiry;
                                                  key TTL = the latest slot's expiry
 ``P{workers}:info``                    hash      worker id → heartbeat info JSON
@@ -498,6 +499,7 @@ class RedisCoordinator(Coordinator):
             "socket_connect_timeout": _CONNECT_TIMEOUT,
             "retry": Retry(NoBackoff(), 0),
         }
+        log.info("coordination: Redis at %s", redact_redis_url(url))
         if not url.lower().startswith(SENTINEL_SCHEME + "://"):
             return cls(Redis.from_url(url, **connection), **options)
         target = parse_sentinel_url(url)
@@ -527,7 +529,6 @@ class RedisCoordinator(Coordinator):
             ssl=target.ssl,
             **connection,
         )
-        log.info("coordination: Redis Sentinel %s", redact_redis_url(url))
         return cls(client, sentinel=sentinel, **options)
 
     # -- keys ------------------------------------------------------------------------------
