@@ -18,8 +18,7 @@ from telephony_edge.api import add_api_routes
 from telephony_edge.calls.manager import CallManager
 from telephony_edge.calls.service import CallService
 from telephony_edge.config import Settings
-from telephony_edge.coord.base import Coordinator
-from telephony_edge.coord.memory import MemoryCoordinator
+from telephony_edge.coord.factory import create_coordinator
 from telephony_edge.registry import provider_classes
 from telephony_edge.routing import NumberRouter
 from telephony_edge.services import SERVICES, Services
@@ -35,8 +34,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    ready = services.calls.accepting
-    body = {"ready": ready, "active_calls": services.calls.active}
+    coordinator_ok = await services.coordinator.ping()
+    ready = services.calls.accepting and coordinator_ok
+    body = {
+        "ready": ready,
+        "active_calls": services.calls.active,
+        "coordinator": "ok" if coordinator_ok else "unreachable",
+    }
     return web.json_response(body, status=200 if ready else 503)
 
 
@@ -58,19 +62,13 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await services.http.close()
 
 
-def create_coordinator(settings: Settings) -> Coordinator:
-    if settings.coordination.backend == "memory":
-        return MemoryCoordinator()
-    raise NotImplementedError("the Redis coordinator backend is not built yet")
-
-
 def create_app(settings: Settings) -> web.Application:
     """Build the worker's application from validated settings."""
     app = web.Application(client_max_size=1024 * 1024)
     worker_id = settings.server.worker_id or f"{socket.gethostname()}-{id(app):x}"
     router = NumberRouter(settings)
     manager = CallManager()
-    coordinator = create_coordinator(settings)
+    coordinator = create_coordinator(settings.coordination)
     services = Services(
         settings=settings,
         router=router,

@@ -25,6 +25,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from telephony_edge.coord.redis_url import check_redis_url
+
 _E164 = re.compile(r"^\+[1-9]\d{1,14}$")
 _FORMATTING = re.compile(r"[\s().\-/]")
 
@@ -73,6 +75,7 @@ def _check_url(value: str, schemes: tuple[str, ...]) -> str:
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 WsUrl = Annotated[str, AfterValidator(_ws_url)]
 PhoneNumber = Annotated[str, AfterValidator(normalize_e164)]
+RedisUrl = Annotated[str, AfterValidator(check_redis_url)]
 
 
 class _Model(BaseModel):
@@ -155,8 +158,26 @@ class CallSettings(_Model):
 
 
 class CoordinationSettings(_Model):
+    """Where workers share state: Redis when ``redis_url`` is set, else this process's memory.
+
+    ``redis_url`` alone decides (env ``TELEPHONY_EDGE_COORDINATION__REDIS_URL``);
+    its forms, Sentinel included, are listed in ``telephony_edge.coord.redis_url``.
+    ``backend`` is kept so existing files still load: it follows ``redis_url``
+    (a file saying ``memory`` plus a URL from the environment means Redis),
+    and ``backend: redis`` without a URL is an error.
+    """
+
     backend: Literal["memory", "redis"] = "memory"
-    redis_url: str | None = None
+    redis_url: RedisUrl | None = None
+    #: Prepended to every key, so deployments (or tests) can share one Redis.
+    key_prefix: str = Field(default="te:", min_length=1, max_length=64, pattern=r"^[^{}\s]+$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_selects_redis(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("redis_url"):
+            return {**data, "backend": "redis"}
+        return data
 
     @model_validator(mode="after")
     def _redis_needs_url(self) -> CoordinationSettings:

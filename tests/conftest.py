@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import wave
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,3 +153,15 @@ async def make_edge() -> AsyncIterator[Callable[..., Any]]:
     yield start
     for server in servers:
         await server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Any]:
+    """A private ``redis-server`` on a free port for the whole session (never the machine's).
+
+    Tests share it and keep apart by key prefix. Missing binary: skip, or fail under CI=true.
+    """
+    from tests.coord.redis_servers import redis_server as start_redis
+
+    with start_redis() as server:
+        yield server

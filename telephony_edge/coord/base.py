@@ -36,6 +36,7 @@ specification in executable form.
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import AsyncGenerator, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,11 @@ ControlMessage = dict[str, Any]
 #: The document key every call record has; ``ENDED_STATE`` leaves the active index.
 STATE_KEY = "state"
 ENDED_STATE = "ended"
+
+
+def json_text(value: Any) -> str:
+    """The compact JSON text every backend stores: one encoding, so equal values compare equal."""
+    return json.dumps(value, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,11 +28,8 @@ from telephony_edge.coord.base import (
     Coordinator,
     Document,
     Job,
+    json_text,
 )
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
 
 
 class _ExpiringDict:
@@ -139,7 +136,7 @@ class MemoryCoordinator(Coordinator):
             ttl = self._ended_call_ttl if ttl is None else ttl
         else:
             self._active.add(call_id)
-        self._calls.set(call_id, _dumps([doc.version, doc.data]), ttl)
+        self._calls.set(call_id, json_text([doc.version, doc.data]), ttl)
 
     def _load_call(self, call_id: str) -> Document | None:
         stored = self._calls.get(call_id)
@@ -155,7 +152,7 @@ class MemoryCoordinator(Coordinator):
             raise ValueError(f"a call record needs a string {STATE_KEY!r}")
         if self._calls.get(call_id) is not None:
             return None
-        doc = Document(data=json.loads(_dumps(dict(data))), version=1)
+        doc = Document(data=json.loads(json_text(dict(data))), version=1)
         self._store_call(call_id, doc, ttl)
         return self._load_call(call_id)
 
@@ -175,7 +172,7 @@ class MemoryCoordinator(Coordinator):
             if_version is not None and current.version != if_version
         ):
             raise Conflict(current)
-        data = {**current.data, **json.loads(_dumps(dict(changes)))}
+        data = {**current.data, **json.loads(json_text(dict(changes)))}
         if not isinstance(data.get(STATE_KEY), str):
             raise ValueError(f"a call record needs a string {STATE_KEY!r}")
         self._store_call(call_id, Document(data=data, version=current.version + 1), ttl)
@@ -199,7 +196,7 @@ class MemoryCoordinator(Coordinator):
     async def register_pending(self, key: str, payload: Mapping[str, Any], ttl: float) -> bool:
         if self._pending.get(key) is not None:
             return False
-        self._pending.set(key, _dumps(dict(payload)), ttl)
+        self._pending.set(key, json_text(dict(payload)), ttl)
         return True
 
     async def claim_pending(self, key: str) -> dict[str, Any] | None:
@@ -239,7 +236,7 @@ class MemoryCoordinator(Coordinator):
         inbox = self._inbox(owner)
         if inbox.full():
             inbox.get_nowait()
-        inbox.put_nowait((call_id, _dumps(dict(message))))
+        inbox.put_nowait((call_id, json_text(dict(message))))
         return True
 
     async def control_messages(
@@ -281,7 +278,7 @@ class MemoryCoordinator(Coordinator):
     # -- heartbeats -------------------------------------------------------------------------
 
     async def heartbeat(self, worker_id: str, info: Mapping[str, Any], ttl: float) -> None:
-        self._workers.set(worker_id, _dumps(dict(info)), ttl)
+        self._workers.set(worker_id, json_text(dict(info)), ttl)
 
     async def forget_worker(self, worker_id: str) -> None:
         self._workers.pop(worker_id)
@@ -302,7 +299,7 @@ class MemoryCoordinator(Coordinator):
         q = self._queues.setdefault(queue, _Queue())
         if job_id in q.jobs:
             return False
-        q.jobs[job_id] = (_dumps(dict(data)), 0)
+        q.jobs[job_id] = (json_text(dict(data)), 0)
         q.schedule(job_id, self._clock() + delay)
         return True
 

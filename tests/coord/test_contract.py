@@ -1,28 +1,32 @@
 """The Coordinator contract: every backend must pass every test here.
 
-To add a backend, add a factory to ``BACKENDS`` (an async context manager
-yielding a fresh, empty coordinator). Times are real and short, because a
-Redis backend counts them on the server's clock.
+To add a backend, add a factory to ``BACKENDS``: given the fixture request
+(to get fixtures such as a server lazily), an async context manager yielding
+a fresh, empty coordinator. Times are real and short, because the Redis
+backend counts them on the server's clock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from telephony_edge.coord import Conflict, Coordinator, Document, MemoryCoordinator
+from telephony_edge.coord.redis import RedisCoordinator
 
 TTL = 0.1  # short expiry used throughout
 PAST_TTL = 0.2  # sleep this long to be sure TTL has passed
 
 
 @contextlib.asynccontextmanager
-async def memory_backend() -> AsyncIterator[Coordinator]:
+async def memory_backend(request: pytest.FixtureRequest) -> AsyncIterator[Coordinator]:
     coord = MemoryCoordinator(ended_call_ttl=TTL)
     try:
         yield coord
@@ -30,14 +34,39 @@ async def memory_backend() -> AsyncIterator[Coordinator]:
         await coord.close()
 
 
-BACKENDS: dict[str, Callable[[], contextlib.AbstractAsyncContextManager[Coordinator]]] = {
+@contextlib.asynccontextmanager
+async def redis_backend(
+    request: pytest.FixtureRequest, server_fixture: str = "redis_server"
+) -> AsyncIterator[Coordinator]:
+    """The session's private redis-server; a fresh key prefix keeps each test's keys apart."""
+    url = request.getfixturevalue(server_fixture).url
+    prefix = f"te-test-{uuid.uuid4().hex[:12]}:"
+    coord = RedisCoordinator.from_url(url, key_prefix=prefix, ended_call_ttl=TTL)
+    try:
+        yield coord
+    finally:
+        await coord.close()
+        cleaner = Redis.from_url(url)
+        try:
+            async for key in cleaner.scan_iter(match=f"{prefix}*"):
+                await cleaner.unlink(key)
+        finally:
+            await cleaner.aclose()
+
+
+Backend = Callable[[pytest.FixtureRequest], contextlib.AbstractAsyncContextManager[Coordinator]]
+BACKENDS: dict[str, Backend] = {
     "memory": memory_backend,
+    "redis": redis_backend,
+    # The same backend on a one-node Redis Cluster, which refuses any step whose
+    # keys span two hash slots: proof that the scripts are ready for Cluster.
+    "redis-cluster": functools.partial(redis_backend, server_fixture="redis_cluster_node"),
 }
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 async def coord(request: pytest.FixtureRequest) -> AsyncIterator[Coordinator]:
-    async with BACKENDS[request.param]() as c:
+    async with BACKENDS[request.param](request) as c:
         yield c
 
 
@@ -96,6 +125,33 @@ async def test_stored_record_is_not_aliased(coord: Coordinator) -> None:
     data["metadata"]["a"] = 2
     got = await coord.get_call(call_id)
     assert got is not None and got.data["metadata"] == {"a": 1}
+
+
+ODD_VALUES: dict[str, Any] = {
+    "empty_list": [],
+    "empty_map": {},
+    "nested": {"a": [[], {}, [1, {"b": None}]]},
+    "big": 2**63 + 1,
+    "third": 1 / 3,
+    "text": 'Zoë 👋 "quoted" \\ / \u2028',
+    "flags": [True, False, None],
+}
+
+
+async def test_values_survive_exactly_as_json(coord: Coordinator) -> None:
+    call_id = new_id()
+    created = await coord.create_call(call_id, make_record(**ODD_VALUES))
+    assert created is not None and created.data == make_record(**ODD_VALUES)
+    updated = await coord.update_call(call_id, {"more": ODD_VALUES, "empty_list": [0]})
+    assert updated is not None
+    assert updated.data["more"] == ODD_VALUES and updated.data["empty_map"] == {}
+    assert await coord.get_call(call_id) == updated
+    assert await coord.list_active_calls() == [updated]
+    await coord.enqueue(Q, "odd", ODD_VALUES)
+    job = await coord.reserve(Q, visibility_timeout=30)
+    assert job is not None and job.data == ODD_VALUES
+    await coord.heartbeat("w1", ODD_VALUES, ttl=30)
+    assert await coord.live_workers() == {"w1": ODD_VALUES}
 
 
 async def test_active_list_excludes_ended_and_ended_expires(coord: Coordinator) -> None:
@@ -291,6 +347,24 @@ async def test_control_wakes_a_waiting_subscriber(coord: Coordinator) -> None:
         assert await waiter == ("c1", {"action": "hangup"})
     finally:
         await it.aclose()
+
+
+async def test_control_message_is_delivered_once_across_consumers(coord: Coordinator) -> None:
+    await coord.claim_owner("c1", "w1")
+    await coord.publish_control("c1", {"seq": 0})
+    await coord.publish_control("c1", {"seq": 1})
+    first = coord.control_messages("w1")
+    try:
+        assert await _next(first) == ("c1", {"seq": 0})
+    finally:
+        await first.aclose()
+    second = coord.control_messages("w1")  # e.g. the worker restarted its listener
+    try:
+        assert await _next(second) == ("c1", {"seq": 1})
+        with pytest.raises(TimeoutError):
+            await _next(second, wait=0.1)
+    finally:
+        await second.aclose()
 
 
 # -- agent slots -------------------------------------------------------------
