@@ -8,6 +8,7 @@ traceback and no ERROR line in its log.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +16,7 @@ import aiohttp
 import pytest
 
 from telephony_edge.twilio.signature import SIGNATURE_HEADER, compute_signature
+from telephony_edge.twilio.simulator import SimulatedCall, StreamInstruction, parse_twiml
 from tests.conftest import ServeProcess, free_port
 from tests.twilio.harness import (
     ACCOUNT_SID,
@@ -105,4 +107,112 @@ async def test_voice_webhook_bad_bodies_get_403_or_400(
     async with session.post(edge.base_url + "/twilio/voice", data=body, headers=headers) as resp:
         assert resp.status == status
     assert bad_input(edge, source) == before + 1
+    edge.assert_healthy()
+
+
+# -- 2, 3. the Media Streams opening -------------------------------------------------
+
+
+def twilio_call(edge: ServeProcess, session: aiohttp.ClientSession, **kw: Any) -> SimulatedCall:
+    return SimulatedCall(
+        session,
+        edge.base_url,
+        to=LOCAL_NUMBER,
+        auth_token=AUTH_TOKEN,
+        account_sid=ACCOUNT_SID,
+        **kw,
+    )
+
+
+async def answered(call: SimulatedCall) -> StreamInstruction:
+    """Post the signed voice webhook; the stream the TwiML asks for."""
+    stream = parse_twiml(await call.post_webhook()).stream
+    assert stream is not None
+    return stream
+
+
+def start_message(call: SimulatedCall, parameters: dict[str, str], **fields: Any) -> dict[str, Any]:
+    """Twilio's ``start`` for ``call``, with ``fields`` of ``start`` replaced."""
+    start = {
+        "accountSid": ACCOUNT_SID,
+        "streamSid": call.stream_sid,
+        "callSid": call.call_sid,
+        "tracks": ["inbound"],
+        "customParameters": parameters,
+        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+        **fields,
+    }
+    return {"event": "start", "sequenceNumber": "1", "streamSid": call.stream_sid, "start": start}
+
+
+async def close_code(session: aiohttp.ClientSession, url: str, message: Any) -> int | None:
+    """Open a stream, send ``message``; the close code the edge answers with (None: not closed)."""
+    async with session.ws_connect(url) as ws:
+        await ws.send_str(message if isinstance(message, str) else json.dumps(message))
+        msg = await ws.receive(timeout=5)
+        assert msg.type is aiohttp.WSMsgType.CLOSE, msg
+        return int(msg.data)
+
+
+async def admitted(call: SimulatedCall, stream: StreamInstruction) -> None:
+    """The genuine stream attaches: the demo agent's greeting comes back."""
+    await call.open_stream(stream)
+    await call.stream_until_quiet(until=lambda r: r.frames_received > 0, max_s=5)
+    assert call.result.frames_received > 0, call.result.summary()
+    await call.stop()
+
+
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        ({"mediaFormat": "audio/x-mulaw"}, 1003),
+        ({"mediaFormat": ["audio/x-mulaw", 8000, 1]}, 1003),
+        ({"mediaFormat": 8000}, 1003),
+        ({"mediaFormat": {"encoding": ["x"], "sampleRate": "8000", "channels": 1}}, 1003),
+        ({"mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": "9" * 5000}}, 1003),
+        ({"customParameters": {"token": {"nested": 1}}}, 1008),
+        ({"customParameters": ["token"]}, 1008),
+        ({"tracks": "inbound"}, 1008),
+        ({"tracks": [{"a": 1}]}, 1008),
+        ({"accountSid": 42}, 1008),
+        ({"callSid": ["CA"]}, 1008),
+    ],
+)
+async def test_an_ill_typed_start_is_closed_and_changes_nothing(
+    edge: ServeProcess, session: aiohttp.ClientSession, fields: dict[str, Any], code: int
+) -> None:
+    call = twilio_call(edge, session)
+    stream = await answered(call)
+    assert (
+        await close_code(session, stream.url, start_message(call, stream.parameters, **fields))
+        == code
+    )
+    await admitted(call, stream)  # the token was not consumed, the call not touched
+    edge.assert_healthy()
+
+
+@pytest.mark.parametrize("seq", ["9" * 5000, "-1", "²", 10**30, [1], {"n": 1}, True])
+async def test_an_ill_typed_start_sequence_number_is_1008(
+    edge: ServeProcess, session: aiohttp.ClientSession, seq: Any
+) -> None:
+    call = twilio_call(edge, session)
+    stream = await answered(call)
+    message = start_message(call, stream.parameters) | {"sequenceNumber": seq}
+    assert await close_code(session, stream.url, message) == 1008
+    await admitted(call, stream)
+    edge.assert_healthy()
+
+
+async def test_a_token_with_another_calls_sid_does_not_consume_it(
+    edge: ServeProcess, session: aiohttp.ClientSession
+) -> None:
+    call = twilio_call(edge, session)
+    stream = await answered(call)
+    impostor = twilio_call(edge, session)  # another CallSid
+    message = start_message(impostor, stream.parameters)
+    assert await close_code(session, stream.url, message) == 1008
+    for token in ("²³.AAAA", "1" * 13 + ".AAAA", "ÿÿ.ÿ"):
+        bad = start_message(call, {**stream.parameters, "token": token})
+        assert await close_code(session, stream.url, bad) == 1008
+    await admitted(call, stream)
     edge.assert_healthy()
