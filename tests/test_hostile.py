@@ -15,8 +15,14 @@ from typing import Any
 import aiohttp
 import pytest
 
+from telephony_edge.twilio.media import MAX_COUNTED_GAP
 from telephony_edge.twilio.signature import SIGNATURE_HEADER, compute_signature
-from telephony_edge.twilio.simulator import SimulatedCall, StreamInstruction, parse_twiml
+from telephony_edge.twilio.simulator import (
+    SimulatedCall,
+    StreamInstruction,
+    encode_payloads,
+    parse_twiml,
+)
 from tests.conftest import ServeProcess, free_port
 from tests.twilio.harness import (
     ACCOUNT_SID,
@@ -215,4 +221,30 @@ async def test_a_token_with_another_calls_sid_does_not_consume_it(
         bad = start_message(call, {**stream.parameters, "token": token})
         assert await close_code(session, stream.url, bad) == 1008
     await admitted(call, stream)
+    edge.assert_healthy()
+
+
+# -- 5. one message cannot push a counter to 2e30 ------------------------------------
+
+
+async def test_absurd_sequence_numbers_are_malformed_and_gaps_are_bounded(
+    edge: ServeProcess, session: aiohttp.ClientSession
+) -> None:
+    call = twilio_call(edge, session)
+    await call.open_stream(await answered(call))
+    gaps, malformed = (
+        edge.metric("telephony_edge_twilio_sequence_gaps_total"),
+        bad_input(edge, "twilio-media"),
+    )
+    payload = encode_payloads(b"\xff" * 160)[0].decode()
+    for seq in (10**30, "1" + "0" * 30, "9" * 5000, -5, "²"):
+        media = {"event": "media", "sequenceNumber": seq, "media": {"payload": payload}}
+        await call.send_raw(json.dumps(media))
+    jump = {"event": "media", "sequenceNumber": str(10**9), "media": {"payload": payload}}
+    await call.send_raw(json.dumps(jump))
+    await call.stream_until_quiet(until=lambda r: r.frames_received > 0, max_s=5)
+    assert not call.ws.closed  # type: ignore[union-attr]
+    await call.stop()
+    assert bad_input(edge, "twilio-media") - malformed == 5
+    assert edge.metric("telephony_edge_twilio_sequence_gaps_total") - gaps == MAX_COUNTED_GAP
     edge.assert_healthy()
