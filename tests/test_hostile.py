@@ -8,13 +8,16 @@ traceback and no ERROR line in its log.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
+from yarl import URL
 
+from telephony_edge.api import MAX_BODY_BYTES
 from telephony_edge.twilio.media import MAX_COUNTED_GAP
 from telephony_edge.twilio.signature import SIGNATURE_HEADER, compute_signature
 from telephony_edge.twilio.simulator import (
@@ -24,6 +27,7 @@ from telephony_edge.twilio.simulator import (
     parse_twiml,
 )
 from tests.conftest import ServeProcess, free_port
+from tests.twilio.fake_twilio import FakeTwilio
 from tests.twilio.harness import (
     ACCOUNT_SID,
     API_KEY,
@@ -247,4 +251,133 @@ async def test_absurd_sequence_numbers_are_malformed_and_gaps_are_bounded(
     await call.stop()
     assert bad_input(edge, "twilio-media") - malformed == 5
     assert edge.metric("telephony_edge_twilio_sequence_gaps_total") - gaps == MAX_COUNTED_GAP
+    edge.assert_healthy()
+
+
+# -- 4, 8. the public API ---------------------------------------------------------------
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+API_ROUTES = [
+    ("POST", "/start_outbound_call"),
+    ("POST", "/calls/call_x/hangup"),
+    ("POST", "/calls/call_x/transfer"),
+    ("GET", "/calls/call_x"),
+]
+
+
+async def raw_status(edge: ServeProcess, request: bytes) -> int:
+    """Send ``request`` as is on a new connection; the status of the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", URL(edge.base_url).port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+    finally:
+        writer.close()
+    return int(status_line.split()[1])
+
+
+@pytest.mark.parametrize(("method", "path"), API_ROUTES)
+async def test_non_ascii_bearer_tokens_are_401(edge: ServeProcess, method: str, path: str) -> None:
+    before = bad_input(edge, "api")
+    for token in (b"\xff", b"\xff\xfe" + API_KEY.encode(), "é".encode() * 20, b"\xed\xa0\x80"):
+        request = (
+            (
+                f"{method} {path} HTTP/1.1\r\nHost: edge\r\nContent-Length: 2\r\n"
+                "Connection: close\r\nAuthorization: Bearer "
+            ).encode()
+            + token
+            + b"\r\n\r\n{}"
+        )
+        assert await raw_status(edge, request) == 401
+    assert bad_input(edge, "api") == before + 4
+    edge.assert_healthy()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "status"),
+    [
+        ("application/json; charset=bogus", b"{}", 400),
+        ("application/json; charset=rot13", b"{}", 400),
+        ("application/json", b'{"to_phone": "\xff"}', 400),
+        ("application/json", b"[" * 30000 + b"]" * 30000, 400),  # RecursionError in the parser
+        ("application/json", b'{"a":' * 5000 + b"1" + b"}" * 5000, 400),
+        ("application/json", b'{"metadata": ' + b"[" * 40 + b"]" * 40 + b"}", 400),
+        ("application/json", b'{"a": "' + b"x" * (MAX_BODY_BYTES + 1) + b'"}', 413),
+    ],
+)
+async def test_unreadable_api_bodies_are_400_or_413(
+    edge: ServeProcess,
+    session: aiohttp.ClientSession,
+    content_type: str,
+    body: bytes,
+    status: int,
+) -> None:
+    before = bad_input(edge, "api")
+    for path in ("/start_outbound_call", "/calls/call_x/transfer"):
+        headers = {**AUTH, "Content-Type": content_type}
+        async with session.post(edge.base_url + path, data=body, headers=headers) as resp:
+            assert resp.status == status
+            assert "error" in await resp.json()
+    assert bad_input(edge, "api") == before + 2
+    edge.assert_healthy()
+
+
+async def test_a_chunked_api_body_is_bounded_too(
+    edge: ServeProcess, session: aiohttp.ClientSession
+) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(100):
+            yield b" " * 4096
+
+    path = edge.base_url + "/start_outbound_call"
+    async with session.post(path, data=chunks(), headers=AUTH) as resp:
+        assert resp.status == 413
+    edge.assert_healthy()
+
+
+@pytest.fixture(name="fake_twilio")
+async def fixture_fake_twilio() -> AsyncIterator[FakeTwilio]:
+    """Twilio's REST API on the port the module's edge was configured with."""
+    numbers = {LOCAL_NUMBER, OUTBOUND_NUMBER}
+    fake = await FakeTwilio(ACCOUNT_SID, AUTH_TOKEN, numbers).start(FAKE_TWILIO_PORT)
+    yield fake
+    await fake.close()
+
+
+CRM_HEADERS = {"Authorization": "Bearer crm-credential-never-shown"}
+
+
+async def start_outbound(
+    edge: ServeProcess, session: aiohttp.ClientSession, agent_config: dict[str, Any]
+) -> str:
+    body = {
+        "from_phone": OUTBOUND_NUMBER,
+        "to_phone": "+15555550142",
+        "agent_id": "demo",
+        "agent_config": agent_config,
+    }
+    async with session.post(edge.base_url + "/start_outbound_call", json=body, headers=AUTH) as r:
+        assert r.status == 200, await r.text()
+        call_id: str = (await r.json())["call_id"]
+    return call_id
+
+
+async def test_get_call_never_returns_webhook_credentials(
+    edge: ServeProcess, session: aiohttp.ClientSession, fake_twilio: FakeTwilio
+) -> None:
+    hooks = {
+        "extra_prompt_webhook": {"url": "https://crm.example.com/pre", "headers": CRM_HEADERS},
+        "session_data_webhook": {"url": "https://crm.example.com/end", "headers": CRM_HEADERS},
+    }
+    call_id = await start_outbound(edge, session, hooks)
+    async with session.get(edge.base_url + f"/calls/{call_id}", headers=AUTH) as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    assert "crm-credential-never-shown" not in text
+    view = json.loads(text)["agent_config"]
+    assert view["session_data_webhook"] == {"url": "https://crm.example.com/end"}
+    assert view["extra_prompt_webhook"] == {"url": "https://crm.example.com/pre"}
+    async with session.post(edge.base_url + f"/calls/{call_id}/hangup", headers=AUTH) as resp:
+        assert resp.status == 200
     edge.assert_healthy()

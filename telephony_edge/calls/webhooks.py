@@ -340,7 +340,7 @@ def build_session_payload(
         "call_id": record.call_id,
         "session_id": record.session_id,
         "agent_id": record.agent_id,
-        "agent_config": _without_webhook_headers(record.agent_config),
+        "agent_config": without_webhook_headers(record.agent_config),
         "ts": int(start),
         "duration": duration,
         "call_status": None if record.call_status is None else str(record.call_status),
@@ -364,7 +364,7 @@ def build_session_payload(
 _WEBHOOK_KEYS = ("extra_prompt_webhook", "session_data_webhook")
 
 
-def _without_webhook_headers(agent_config: Mapping[str, Any]) -> dict[str, Any]:
+def without_webhook_headers(agent_config: Mapping[str, Any]) -> dict[str, Any]:
     """The agent config minus the webhooks' headers: those carry the operator's credentials."""
     config = dict(agent_config)
     for key in _WEBHOOK_KEYS:
