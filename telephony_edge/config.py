@@ -124,6 +124,12 @@ class ServerSettings(_Model):
     worker_id: str | None = None
     drain_grace_s: float = Field(default=30.0, ge=0, le=3600)
     use_uvloop: bool = True
+    idle_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    """A connection without a complete request head for this long is closed: from connect
+    (silent or slowloris clients) and between keep-alive requests. Behind a proxy that
+    reuses connections, keep it above the proxy's idle timeout."""
+    max_pending_websockets: int = Field(default=200, ge=1, le=100_000)
+    """Twilio streams per worker not yet admitted (no valid ``start`` yet); beyond, 503."""
 
 
 class ApiSettings(_Model):

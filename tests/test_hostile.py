@@ -381,3 +381,71 @@ async def test_get_call_never_returns_webhook_credentials(
     async with session.post(edge.base_url + f"/calls/{call_id}/hangup", headers=AUTH) as resp:
         assert resp.status == 200
     edge.assert_healthy()
+
+
+# -- 6. slow, silent and pending connections ------------------------------------------
+
+IDLE_TIMEOUT_S = 1.0
+MAX_PENDING = 3
+
+
+@pytest.fixture(scope="module")
+def limited_edge(serve_process: Any) -> ServeProcess:
+    """A second edge with tight connection limits (the shared one keeps the defaults)."""
+    config = hostile_config()
+    config["server"].update(idle_timeout_s=IDLE_TIMEOUT_S, max_pending_websockets=MAX_PENDING)
+    started: ServeProcess = serve_process(config)
+    return started
+
+
+async def closed_within(edge: ServeProcess, send: bytes, within: float) -> float:
+    """Connect, send ``send``, and return how long until the server closed the connection."""
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection("127.0.0.1", URL(edge.base_url).port)
+    started = loop.time()
+    try:
+        writer.write(send)
+        while await asyncio.wait_for(reader.read(65536), within):
+            pass  # a response (keep-alive case); then the idle close
+    finally:
+        writer.close()
+    return loop.time() - started
+
+
+async def test_silent_partial_and_idle_connections_are_closed(limited_edge: ServeProcess) -> None:
+    sends = [
+        b"",
+        b"GET /heal",
+        b"GET /healthz HTTP/1.1\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: edge\r\nX-Slow: ",
+        b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n",  # answered, then idle keep-alive
+    ] * 20
+    bound = IDLE_TIMEOUT_S + 1.5
+    times = await asyncio.gather(*(closed_within(limited_edge, s, bound) for s in sends))
+    assert max(times) < bound
+    assert min(times) > IDLE_TIMEOUT_S * 0.8  # closed by the idle bound, not at once
+    limited_edge.assert_healthy()
+
+
+async def test_pending_websockets_are_capped_before_upgrading(
+    limited_edge: ServeProcess, session: aiohttp.ClientSession
+) -> None:
+    url = limited_edge.ws_url + "/twilio/stream"
+    before = bad_input(limited_edge, "pending-websockets")
+    pending = [await session.ws_connect(url) for _ in range(MAX_PENDING)]  # then silent
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await session.ws_connect(url)
+    assert refused.value.status == 503
+    assert bad_input(limited_edge, "pending-websockets") == before + 1
+    # an admitted stream frees its slot: a genuine call still gets in once one leaves
+    await pending.pop().close()
+    call = twilio_call(limited_edge, session)
+    stream = await answered(call)
+    await call.open_stream(stream)
+    await call.stream_until_quiet(until=lambda r: r.frames_received > 0, max_s=5)
+    assert call.result.frames_received > 0
+    pending.append(await session.ws_connect(url))  # the admitted one is not pending
+    for ws in pending:
+        await ws.close()
+    await call.stop()
+    limited_edge.assert_healthy()

@@ -17,7 +17,7 @@ from typing import cast
 
 from aiohttp import WSCloseCode, web
 
-from telephony_edge import metrics
+from telephony_edge import http_limits, metrics
 from telephony_edge.calls.leg import Direction, LegInfo
 from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.calls.service import CallRejected
@@ -91,6 +91,15 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 
 async def _admit(ctx: TwilioContext, services: Services, start: StreamStart) -> CallRecord:
+    """The call this stream attaches to; once found, the stream no longer counts as pending."""
+    record = await _admitted_record(ctx, services, start)
+    http_limits.admitted()
+    return record
+
+
+async def _admitted_record(
+    ctx: TwilioContext, services: Services, start: StreamStart
+) -> CallRecord:
     params = start.parameters
     token = params.get(STREAM_TOKEN_PARAM)
     if not token:
