@@ -201,6 +201,8 @@ class WebhookSettings(_Model):
     max_attempts: int = Field(default=8, ge=1, le=50)
     backoff_base_s: float = Field(default=1.0, gt=0, le=60)
     backoff_max_s: float = Field(default=300.0, gt=0, le=3600)
+    allow_private_targets: bool = False
+    """Let webhooks reach loopback, private, link-local and reserved addresses (local setups)."""
 
 
 class CostRates(_Model):
