@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
 from yarl import URL
 
 from telephony_edge.api import MAX_BODY_BYTES
+from telephony_edge.calls.webhooks import SIGNATURE_HEADER as SIGNATURE
+from telephony_edge.calls.webhooks import verify_signature
 from telephony_edge.twilio.media import MAX_COUNTED_GAP
 from telephony_edge.twilio.signature import SIGNATURE_HEADER, compute_signature
 from telephony_edge.twilio.simulator import (
@@ -449,3 +455,110 @@ async def test_pending_websockets_are_capped_before_upgrading(
         await ws.close()
     await call.stop()
     limited_edge.assert_healthy()
+
+
+# -- 9. outgoing webhooks: signed, and never to private addresses unless allowed ------------
+
+
+@dataclass
+class Receiver:
+    """A customer's webhook endpoint on 127.0.0.1 (a private address)."""
+
+    url: str
+    requests: list[tuple[str, CIMultiDict[str], str, bytes]] = field(default_factory=list)
+
+    def of(self, method: str) -> list[tuple[str, CIMultiDict[str], str, bytes]]:
+        return [r for r in self.requests if r[0] == method]
+
+
+@pytest.fixture(name="receiver")
+async def fixture_receiver() -> AsyncIterator[Receiver]:
+    box: list[Receiver] = []
+
+    async def record(request: web.Request) -> web.Response:
+        raw_query = request.rel_url.raw_query_string  # what the prefetch signature covers
+        entry = (request.method, request.headers.copy(), raw_query, await request.read())
+        box[0].requests.append(entry)
+        return web.json_response({"extra_prompt": "From the CRM."})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    box.append(Receiver(str(server.make_url("/hook"))))
+    yield box[0]
+    await server.close()
+
+
+async def outbound_call(
+    edge: ServeProcess,
+    session: aiohttp.ClientSession,
+    fake_twilio: FakeTwilio,
+    agent_config: dict[str, Any],
+) -> None:
+    """A whole outbound call with ``agent_config`` as its per-call override, Twilio played by us."""
+    call_id = await start_outbound(edge, session, agent_config)
+    placed = list(fake_twilio.calls.values())[-1]
+    call = twilio_call(
+        edge,
+        session,
+        call_sid=placed.sid,
+        voice_path=f"/twilio/voice?call_id={call_id}",
+        direction="outbound-api",
+    )
+    await admitted(call, await answered(call))
+
+
+def per_call_hooks(receiver: Receiver) -> dict[str, Any]:
+    forged = {"X-Telephony-Edge-Signature": "t=1,v1=forged", **CRM_HEADERS}
+    return {
+        "extra_prompt_webhook": {"url": receiver.url + "/pre", "headers": forged},
+        "session_data_webhook": {"url": receiver.url + "/end", "headers": forged},
+    }
+
+
+async def eventually(predicate: Callable[[], bool], within: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not predicate():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_webhooks_to_private_addresses_are_refused_and_the_call_goes_on(
+    edge: ServeProcess,
+    session: aiohttp.ClientSession,
+    fake_twilio: FakeTwilio,
+    receiver: Receiver,
+) -> None:
+    refused = bad_input(edge, "webhook-target")
+    await outbound_call(edge, session, fake_twilio, per_call_hooks(receiver))
+    await eventually(lambda: bad_input(edge, "webhook-target") == refused + 2)
+    for kind in ("prefetch", "session_webhook"):
+        assert edge.metric("telephony_edge_webhook_results_total", kind=kind, outcome="refused")
+    assert receiver.requests == []
+    edge.assert_healthy()
+
+
+@pytest.fixture(scope="module")
+def private_targets_edge(serve_process: Any) -> ServeProcess:
+    started: ServeProcess = serve_process(hostile_config(allow_private_targets=True))
+    return started
+
+
+async def test_allowed_private_webhooks_are_delivered_signed(
+    private_targets_edge: ServeProcess,
+    session: aiohttp.ClientSession,
+    fake_twilio: FakeTwilio,
+    receiver: Receiver,
+) -> None:
+    edge = private_targets_edge
+    await outbound_call(edge, session, fake_twilio, per_call_hooks(receiver))
+    await eventually(lambda: len(receiver.requests) == 2)
+    [(_, pre_headers, query, _)] = receiver.of("GET")
+    [(_, end_headers, _, body)] = receiver.of("POST")
+    for headers, signed in ((pre_headers, query.encode()), (end_headers, body)):
+        [signature] = headers.getall(SIGNATURE)  # the per-call headers' forgery is gone
+        assert verify_signature(WEBHOOK_SECRET, signature, signed)
+    assert pre_headers["Authorization"] == end_headers["Authorization"]  # theirs still sent
+    edge.assert_healthy()
