@@ -199,10 +199,10 @@ async def test_an_ill_typed_start_is_closed_and_changes_nothing(
 ) -> None:
     call = twilio_call(edge, session)
     stream = await answered(call)
-    assert (
-        await close_code(session, stream.url, start_message(call, stream.parameters, **fields))
-        == code
-    )
+    before = bad_input(edge, "twilio-stream")
+    message = start_message(call, stream.parameters, **fields)
+    assert await close_code(session, stream.url, message) == code
+    assert bad_input(edge, "twilio-stream") == before + 1
     await admitted(call, stream)  # the token was not consumed, the call not touched
     edge.assert_healthy()
 
@@ -214,7 +214,9 @@ async def test_an_ill_typed_start_sequence_number_is_1008(
     call = twilio_call(edge, session)
     stream = await answered(call)
     message = start_message(call, stream.parameters) | {"sequenceNumber": seq}
+    before = bad_input(edge, "twilio-stream")
     assert await close_code(session, stream.url, message) == 1008
+    assert bad_input(edge, "twilio-stream") == before + 1
     await admitted(call, stream)
     edge.assert_healthy()
 
@@ -224,12 +226,14 @@ async def test_a_token_with_another_calls_sid_does_not_consume_it(
 ) -> None:
     call = twilio_call(edge, session)
     stream = await answered(call)
+    before = bad_input(edge, "twilio-stream")
     impostor = twilio_call(edge, session)  # another CallSid
     message = start_message(impostor, stream.parameters)
     assert await close_code(session, stream.url, message) == 1008
     for token in ("²³.AAAA", "1" * 13 + ".AAAA", "ÿÿ.ÿ"):
         bad = start_message(call, {**stream.parameters, "token": token})
         assert await close_code(session, stream.url, bad) == 1008
+    assert bad_input(edge, "twilio-stream") == before + 4
     await admitted(call, stream)
     edge.assert_healthy()
 

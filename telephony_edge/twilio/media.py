@@ -65,6 +65,7 @@ MAX_SEQUENCE_NUMBER = 2**31 - 1
 MAX_COUNTED_GAP = 3000
 
 _MALFORMED = metrics.BAD_INPUT.labels(source="twilio-media")
+BAD_START = metrics.BAD_INPUT.labels(source="twilio-stream")  # a stream refused before audio
 _DROPPED = metrics.FRAMES_DROPPED.labels(reason="twilio_backpressure")
 _LATE_SENDS = metrics.TWILIO_LATE_SENDS
 _LOG_FIRST = 5
@@ -124,7 +125,11 @@ async def read_start(ws: web.WebSocketResponse, timeout_s: float = START_TIMEOUT
                     raise StreamRejected(f"expected 'start', got {str(event)[:40]!r}")
                 return _parse_start(data)
     except TimeoutError:
+        BAD_START.inc()
         raise StreamRejected(f"no 'start' within {timeout_s:g}s") from None
+    except StreamRejected:
+        BAD_START.inc()
+        raise
 
 
 def _parse_start(data: dict[str, Any]) -> StreamStart:

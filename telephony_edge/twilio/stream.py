@@ -31,6 +31,7 @@ from telephony_edge.twilio.context import (
     pending_key,
 )
 from telephony_edge.twilio.media import (
+    BAD_START,
     MAX_MESSAGE_BYTES,
     StreamRejected,
     StreamStart,
@@ -91,8 +92,17 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 
 async def _admit(ctx: TwilioContext, services: Services, start: StreamStart) -> CallRecord:
-    """The call this stream attaches to; once found, the stream no longer counts as pending."""
-    record = await _admitted_record(ctx, services, start)
+    """The call this stream attaches to; once found, the stream no longer counts as pending.
+
+    A refusal for policy (token, call, callSid) is bad input and counted; one
+    for capacity (``CallRejected``: try again later) is not.
+    """
+    try:
+        record = await _admitted_record(ctx, services, start)
+    except StreamRejected as exc:
+        if exc.code == WSCloseCode.POLICY_VIOLATION:
+            BAD_START.inc()
+        raise
     http_limits.admitted()
     return record
 
