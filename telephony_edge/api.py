@@ -13,20 +13,28 @@ from __future__ import annotations
 
 import functools
 import hmac
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
+from telephony_edge import metrics
 from telephony_edge.calls.leg import NotSupported
 from telephony_edge.calls.record import CallRecord
 from telephony_edge.calls.service import CallRejected, ProviderError
+from telephony_edge.calls.webhooks import without_webhook_headers
 from telephony_edge.config import normalize_e164
 from telephony_edge.routing import normalize_destination
 from telephony_edge.services import SERVICES
 
 log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024  # an outbound call's agent_config and metadata fit many times over
+MAX_JSON_DEPTH = 32
+_BAD_INPUT = metrics.BAD_INPUT.labels(source="api")
+_BAD_INPUT_STATUSES = frozenset({400, 401, 413})
 
 
 class ApiError(Exception):
@@ -49,6 +57,8 @@ def _json_errors(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except ApiError as exc:
+            if exc.status in _BAD_INPUT_STATUSES:
+                _BAD_INPUT.inc()
             headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
             return web.json_response(exc.body, status=exc.status, headers=headers)
 
@@ -56,25 +66,75 @@ def _json_errors(handler: Handler) -> Handler:
 
 
 def _authorize(request: web.Request) -> None:
+    """401 unless the request carries the private key; any header bytes at all give 401, not 500.
+
+    aiohttp decodes header bytes that are not UTF-8 as lone surrogates
+    (``surrogateescape``), which a plain ``.encode()`` refuses; encoding them
+    back the same way compares the bytes the client actually sent.
+    """
     key = request.app[SERVICES].settings.api.private_key
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
+    try:
+        given_bytes = given.strip().encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate surrogateescape did not make
+        given_bytes = b""
     if (
         not key
         or scheme.lower() != "bearer"
-        or not hmac.compare_digest(given.strip().encode(), key.encode())
+        or not given_bytes
+        or not hmac.compare_digest(given_bytes, key.encode())
     ):
         raise ApiError(401, "missing or invalid API key (Authorization: Bearer <private key>)")
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object, bounded in size and nesting; 413/400 for anything else.
+
+    What aiohttp's ``request.json()`` lets through as a 500: a bogus
+    ``charset`` (LookupError), bytes that are not in it (UnicodeDecodeError),
+    nesting deep enough for a RecursionError (in the parser, or later in
+    whatever walks the value).
+    """
+    raw = await _bounded_body(request)
     try:
-        body = await request.json()
-    except ValueError:
+        body = json.loads(raw.decode(request.charset or "utf-8"))
+    except (ValueError, LookupError, RecursionError):
         raise ApiError(400, "the body must be a JSON object") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object")
+    if _too_deep(body, MAX_JSON_DEPTH):
+        raise ApiError(400, f"the body nests deeper than {MAX_JSON_DEPTH} levels")
     return body
+
+
+async def _bounded_body(request: web.Request) -> bytes:
+    """The body, refused with 413 past ``MAX_BODY_BYTES`` (stops reading there)."""
+    too_large = ApiError(413, f"the body must be at most {MAX_BODY_BYTES} bytes")
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(16 * 1024):
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise too_large
+    return bytes(body)
+
+
+def _too_deep(value: object, limit: int) -> bool:
+    """Whether ``value`` nests lists/objects more than ``limit`` deep (iterative: no recursion)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        )
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 def _string(body: dict[str, Any], name: str, *, required: bool = True) -> str | None:
@@ -103,8 +163,13 @@ def _phone(body: dict[str, Any], name: str) -> str:
 
 
 def call_view(record: CallRecord) -> dict[str, Any]:
-    """A call record as the API shows it (``from`` rather than ``from_``)."""
+    """A call record as the API shows it (``from`` rather than ``from_``).
+
+    Without the webhooks' ``headers``, as in the end-of-call payload: they
+    are the operator's credentials, never returned by the API.
+    """
     view = record.to_dict()
+    view["agent_config"] = without_webhook_headers(view.get("agent_config") or {})
     view["from"] = view.pop("from_")
     view["duration"] = record.duration
     return view

@@ -7,12 +7,13 @@ import logging
 import signal
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from telephony_edge import metrics
+from telephony_edge import http_limits, metrics
 from telephony_edge.agent.demo import add_agent_core_routes
 from telephony_edge.api import add_api_routes
 from telephony_edge.calls.manager import CallManager
@@ -114,7 +115,7 @@ def set_local_address(app: web.Application, host: str, port: int) -> None:
 async def serve(settings: Settings) -> int:
     """Run the worker until SIGTERM/SIGINT, then drain and exit 0."""
     app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, **_limits(app, settings))
     await runner.setup()
     site = web.TCPSite(runner, settings.server.host, settings.server.port)
     await site.start()
@@ -144,6 +145,13 @@ async def serve(settings: Settings) -> int:
     log.info("drained", extra={"calls_ended_by_drain": forced})
     await runner.cleanup()
     return 0
+
+
+def _limits(app: web.Application, settings: Settings) -> dict[str, Any]:
+    """Bound idle and slow connections and the providers' pending media WebSockets."""
+    providers = app[SERVICES].providers.values()
+    paths = [path for provider in providers for path in provider.pending_websocket_paths]
+    return http_limits.install(app, settings.server, paths)
 
 
 def _bound_port(runner: web.AppRunner) -> int | None:

@@ -129,6 +129,12 @@ class ServerSettings(_Model):
     worker_id: str | None = None
     drain_grace_s: float = Field(default=30.0, ge=0, le=3600)
     use_uvloop: bool = True
+    idle_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    """A connection without a complete request head for this long is closed: from connect
+    (silent or slowloris clients) and between keep-alive requests. Behind a proxy that
+    reuses connections, keep it above the proxy's idle timeout."""
+    max_pending_websockets: int = Field(default=200, ge=1, le=100_000)
+    """Twilio streams per worker not yet admitted (no valid ``start`` yet); beyond, 503."""
 
 
 class ApiSettings(_Model):
@@ -206,6 +212,8 @@ class WebhookSettings(_Model):
     max_attempts: int = Field(default=8, ge=1, le=50)
     backoff_base_s: float = Field(default=1.0, gt=0, le=60)
     backoff_max_s: float = Field(default=300.0, gt=0, le=3600)
+    allow_private_targets: bool = False
+    """Let webhooks reach loopback, private, link-local and reserved addresses (local setups)."""
 
 
 class CostRates(_Model):

@@ -15,7 +15,10 @@ needs, and nothing outside its package names the network:
   on another worker);
 * ``final_statuses``: which of its own call statuses end a call that never
   reached the edge's media, and with which platform ``call_status``;
-* :meth:`Provider.banner`: lines for the ``serve`` banner (URLs to paste).
+* :meth:`Provider.banner`: lines for the ``serve`` banner (URLs to paste);
+* ``pending_websocket_paths``: its media WebSockets, which count against the
+  worker's cap on not-yet-authenticated WebSockets until admitted
+  (``telephony_edge.http_limits``).
 
 What a provider cannot do raises :class:`~telephony_edge.calls.leg.NotSupported`.
 The application mounts every enabled provider from the registry
@@ -44,6 +47,7 @@ class Provider:
     settings_model: ClassVar[type[ProviderSettings]] = ProviderSettings
     #: provider status → (call_status, error_message) for calls that end before media
     final_statuses: ClassVar[Mapping[str, tuple[CallStatus, str | None]]] = {}
+    pending_websocket_paths: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, services: Services) -> None:
         self.services = services

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
 import wave
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -11,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from prometheus_client.parser import text_string_to_metric_families
 
 from telephony_edge.app import create_app, set_local_address
 from telephony_edge.audio.frames import FRAME_BYTES, SILENCE_FRAME
@@ -165,3 +172,113 @@ def redis_server() -> Iterator[Any]:
 
     with start_redis() as server:
         yield server
+
+
+# -- a real ``telephony-edge serve`` process -------------------------------------
+
+
+@dataclass
+class ServeProcess:
+    """A ``telephony-edge serve`` subprocess on 127.0.0.1; stdout and stderr go to ``log_path``."""
+
+    process: subprocess.Popen[bytes]
+    base_url: str
+    log_path: Path
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    @property
+    def ws_url(self) -> str:
+        return "ws" + self.base_url.removeprefix("http")
+
+    def assert_healthy(self) -> None:
+        """Still running, ``/healthz`` answers, and nothing went wrong in its log.
+
+        Hostile input must get the protocol's answer: no traceback, no
+        ERROR-level line (those are for the edge's own faults).
+        """
+        assert self.process.poll() is None, f"the edge exited:\n{self.log[-3000:]}"
+        with urllib.request.urlopen(self.base_url + "/healthz", timeout=5) as resp:
+            assert resp.status == 200
+        log = self.log
+        assert "Traceback" not in log, log[-3000:]
+        errors = [line for line in log.splitlines() if '"level": "error"' in line]
+        assert not errors, "\n".join(errors[:5])
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of the process's ``/metrics`` (0 when absent)."""
+        with urllib.request.urlopen(self.base_url + "/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
+                    return float(sample.value)
+        return 0.0
+
+
+def start_serve_process(config: dict[str, Any], directory: Path) -> ServeProcess:
+    """Write ``config`` as YAML (host and port filled in) and run the edge on it.
+
+    ``server.public_url`` defaults to the address it listens on, so Twilio
+    signatures computed against ``base_url`` check out.
+    """
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    config = {**config, "server": {"public_url": base_url, **config.get("server", {})}}
+    config["server"].update(host="127.0.0.1", port=port)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"edge-{port}.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    log_path = directory / f"edge-{port}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "telephony_edge", "serve", "--config", str(path)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    edge = ServeProcess(process, base_url, log_path)
+    deadline = time.monotonic() + 20
+    while True:
+        assert process.poll() is None, f"the edge did not start:\n{edge.log}"
+        try:
+            with urllib.request.urlopen(base_url + "/healthz", timeout=1):
+                return edge
+        except OSError:
+            assert time.monotonic() < deadline, f"the edge did not start:\n{edge.log}"
+            time.sleep(0.05)
+
+
+def stop_serve_process(edge: ServeProcess) -> None:
+    """SIGTERM (the edge drains and exits 0); killed if it does not within 10 s."""
+    if edge.process.poll() is None:
+        edge.process.send_signal(signal.SIGTERM)
+        try:
+            edge.process.wait(10)
+        except subprocess.TimeoutExpired:
+            edge.process.kill()
+            edge.process.wait()
+
+
+@pytest.fixture(scope="session")
+def serve_process(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[[dict[str, Any]], ServeProcess]]:
+    """``serve_process(config_dict)`` → a running :class:`ServeProcess`; all stopped at the end.
+
+    Session-scoped so a test module can share one process (through its own
+    module-scoped fixture) instead of paying a start per test.
+    """
+    started: list[ServeProcess] = []
+
+    def start(config: dict[str, Any]) -> ServeProcess:
+        edge = start_serve_process(config, tmp_path_factory.mktemp("serve"))
+        started.append(edge)
+        return edge
+
+    yield start
+    for edge in started:
+        stop_serve_process(edge)

@@ -148,6 +148,7 @@ class CallService:
                 max_delay=hooks.backoff_max_s,
             ),
             on_result=_count_webhook,
+            allow_private_targets=hooks.allow_private_targets,
         )
         dispatcher = self._dispatcher
         loops = {
@@ -376,6 +377,8 @@ class CallService:
                 metadata=record.metadata,
                 call_id=record.call_id,
                 on_result=_count_webhook,
+                secret=self.settings.webhooks.signing_secret,
+                allow_private_targets=self.settings.webhooks.allow_private_targets,
             )
             record.metadata = result.merged_metadata(record.metadata)
             extra_prompt = result.extra_prompt

@@ -32,6 +32,21 @@ Request headers of the end-of-call POST
     and compare in constant time (:func:`verify_signature` does it, 300 s
     tolerance). Several ``v1=`` entries may appear during a secret rotation;
     any one matching is enough.
+
+Every outgoing webhook, whoever configured it
+---------------------------------------------
+The prefetch request is signed the same way whenever a secret is set: the
+signed body is its JSON body (POST) or its raw query string, everything after
+``?`` (GET). A webhook's own ``headers`` cannot replace the signature (names
+compare case-insensitively). A per-call ``agent_config`` may name any URL, so
+unless ``webhooks.allow_private_targets`` is set, a target whose host
+resolves (the loop's ``getaddrinfo``) to any loopback, private, link-local,
+reserved or otherwise non-global address is refused: logged, counted
+(``telephony_edge_bad_input_total{source="webhook-target"}`` and the
+webhook's ``refused`` outcome), never retried; the call goes on. The request
+then connects to the address that was checked (TLS still verifies the host
+name), so a second DNS answer cannot point it elsewhere (DNS rebinding), and
+redirects are not followed.
 """
 
 from __future__ import annotations
@@ -40,17 +55,21 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import random
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from multidict import CIMultiDict
 from yarl import URL
 
+from telephony_edge import metrics
 from telephony_edge.calls.record import CallRecord
 from telephony_edge.calls.variables import variable_value
 from telephony_edge.coord.base import Coordinator, Job
@@ -71,8 +90,8 @@ MAX_CHAT_CHARS = 1_000_000
 MAX_HEADERS = 32
 
 #: ``on_result(kind, outcome)``: kind is "prefetch" or "session_webhook"; outcomes
-#: prefetch: ok, timeout, error, bad_response; session_webhook: delivered,
-#: retry, rejected, gave_up, malformed.
+#: prefetch: ok, timeout, error, bad_response, refused; session_webhook: delivered,
+#: retry, rejected, gave_up, malformed, refused.
 ResultHook = Callable[[str, str], None]
 
 
@@ -144,6 +163,79 @@ def parse_webhook_spec(
     return WebhookSpec(url, method.upper(), dict(headers), timeout)
 
 
+# -- targets -------------------------------------------------------------------
+
+_REFUSED_TARGETS = metrics.BAD_INPUT.labels(source="webhook-target")
+
+
+class TargetRefused(Exception):
+    """The webhook's host resolves to an address the edge must not call."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a webhook request goes: ``url`` with its host replaced by the checked address."""
+
+    url: URL
+    headers: Mapping[str, str] = field(default_factory=dict)  # Host, when pinned
+    server_hostname: str | None = None  # TLS: the name to verify, when pinned
+
+
+def _global_address(text: str) -> bool:
+    address = ipaddress.ip_address(text.partition("%")[0])  # drop an IPv6 scope id
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast
+
+
+async def resolve_target(url: URL, *, allow_private: bool) -> Target:
+    """Check where ``url`` leads; raise :class:`TargetRefused` for a non-global address.
+
+    Allowed private targets are left to aiohttp as they are. Otherwise every
+    address the name resolves to must be global, and the request is pinned
+    to the first one. DNS failures raise OSError (a network error).
+    """
+    if allow_private or url.host is None:
+        return Target(url)
+    host = url.host
+    infos = await asyncio.get_running_loop().getaddrinfo(host, url.port, type=socket.SOCK_STREAM)
+    addresses = [str(info[4][0]) for info in infos]
+    for address in addresses:
+        if not _global_address(address):
+            raise TargetRefused(f"{host} resolves to {address}, not a public address")
+    if not addresses:
+        raise OSError(f"{host} resolves to no address")
+    pinned = url.with_host(addresses[0].partition("%")[0])
+    host_header = host if url.is_default_port() else f"{host}:{url.port}"
+    tls_name = host if url.scheme == "https" else None
+    return Target(pinned, {"Host": host_header}, tls_name)
+
+
+def _refused(kind: str, url: str, reason: str, call_id: str, hook: ResultHook | None) -> None:
+    _REFUSED_TARGETS.inc()
+    logger.warning(
+        "%s webhook to %s refused: %s (webhooks.allow_private_targets is off)",
+        kind,
+        URL(url).with_query(None).with_user(None),
+        reason,
+        extra={"call_id": call_id},
+    )
+    _report(hook, kind, "refused")
+
+
+def _signed_headers(
+    secret: str | None, body: bytes, *headers: Mapping[str, str]
+) -> CIMultiDict[str]:
+    """``headers`` merged in order (later wins, case-insensitively), signed last."""
+    merged: CIMultiDict[str] = CIMultiDict()
+    for part in headers:
+        for name, value in part.items():
+            merged[name] = value
+    if secret:
+        merged[SIGNATURE_HEADER] = sign(secret, body)
+    return merged
+
+
 # -- prefetch ----------------------------------------------------------------
 
 
@@ -199,11 +291,14 @@ async def prefetch(
     metadata: Mapping[str, Any],
     call_id: str = "",
     on_result: ResultHook | None = None,
+    secret: str | None = None,
+    allow_private_targets: bool = False,
 ) -> PrefetchResult:
     """Call the prefetch webhook; never raises and never takes longer than its timeout.
 
     GET sends the fields as the query string; POST sends them as a JSON
-    object body instead.
+    object body instead. Signed when ``secret`` is set; private targets
+    refused unless allowed (see the module's docstring).
     """
     log_extra = {"call_id": call_id}
 
@@ -219,20 +314,33 @@ async def prefetch(
     fields = prefetch_params(
         session_id=session_id, agent_id=agent_id, from_=from_, to=to, metadata=metadata
     )
-    request: dict[str, Any] = {"params": fields} if hook.method == "GET" else {"json": fields}
+    url = URL(hook.url)
+    if hook.method == "GET":
+        url = url.extend_query(fields)
+        data, signed = None, url.raw_query_string.encode()
+    else:
+        data = signed = json.dumps(fields).encode()
+    accept = {"Accept": "application/json"}
+    if data is not None:
+        accept["Content-Type"] = "application/json"
     started = time.monotonic()
     try:
         async with asyncio.timeout(hook.timeout):
+            target = await resolve_target(url, allow_private=allow_private_targets)
             async with session.request(
                 hook.method,
-                hook.url,
-                headers={"Accept": "application/json", **hook.headers},
+                target.url,
+                data=data,
+                headers=_signed_headers(secret, signed, accept, hook.headers, target.headers),
+                server_hostname=target.server_hostname,
                 timeout=aiohttp.ClientTimeout(total=hook.timeout),
-                max_redirects=3,
-                **request,
+                allow_redirects=False,
             ) as resp:
                 status = resp.status
                 body = await _read_bounded(resp, PREFETCH_MAX_BYTES)
+    except TargetRefused as e:
+        _refused("prefetch", hook.url, str(e), call_id, on_result)
+        return PrefetchResult(error=str(e))
     except TimeoutError:
         return fail("timeout", f"timed out after {hook.timeout:g} s")
     except (aiohttp.ClientError, OSError) as e:
@@ -343,7 +451,7 @@ def build_session_payload(
         "call_id": record.call_id,
         "session_id": record.session_id,
         "agent_id": record.agent_id,
-        "agent_config": _without_webhook_headers(record.agent_config),
+        "agent_config": without_webhook_headers(record.agent_config),
         "ts": int(start),
         "duration": duration,
         "call_status": None if record.call_status is None else str(record.call_status),
@@ -368,7 +476,7 @@ def build_session_payload(
 _WEBHOOK_KEYS = ("extra_prompt_webhook", "session_data_webhook")
 
 
-def _without_webhook_headers(agent_config: Mapping[str, Any]) -> dict[str, Any]:
+def without_webhook_headers(agent_config: Mapping[str, Any]) -> dict[str, Any]:
     """The agent config minus the webhooks' headers: those carry the operator's credentials."""
     config = dict(agent_config)
     for key in _WEBHOOK_KEYS:
@@ -510,6 +618,7 @@ class WebhookDispatcher:
         visibility_timeout: float = SESSION_MAX_TIMEOUT + 30.0,
         poll_interval: float = 0.5,
         on_result: ResultHook | None = None,
+        allow_private_targets: bool = False,
     ) -> None:
         if visibility_timeout <= SESSION_MAX_TIMEOUT:
             raise ValueError("visibility_timeout must exceed the longest request timeout")
@@ -522,6 +631,7 @@ class WebhookDispatcher:
         self._visibility = visibility_timeout
         self._poll = poll_interval
         self._on_result = on_result
+        self._allow_private = allow_private_targets
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -610,27 +720,33 @@ class WebhookDispatcher:
             return self._done("malformed")
 
         raw = body.encode()
-        headers = {str(k): str(v) for k, v in extra_headers.items()}
-        headers["Content-Type"] = "application/json"
-        headers[IDEMPOTENCY_HEADER] = call_id
-        if self._secret:
-            headers[SIGNATURE_HEADER] = sign(self._secret, raw)
+        own = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: call_id}
         timeout = min(max(float(timeout), MIN_TIMEOUT), SESSION_MAX_TIMEOUT)
 
         status: int | None = None
         retry_after: float | None = None
         reason: str
+        extra = {str(k): str(v) for k, v in extra_headers.items()}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
+            async with asyncio.timeout(timeout):  # the name's resolution only
+                target = await resolve_target(URL(url), allow_private=self._allow_private)
             async with self._session.post(
-                url,
+                target.url,
                 data=raw,
-                headers=headers,
+                headers=_signed_headers(self._secret, raw, extra, own, target.headers),
+                server_hostname=target.server_hostname,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=timeout),
+                timeout=aiohttp.ClientTimeout(total=max(MIN_TIMEOUT, deadline - loop.time())),
             ) as resp:
                 status = resp.status
                 retry_after = _retry_after(resp.headers.get("Retry-After"), self._retry.max_delay)
             reason = f"http status {status}"
+        except TargetRefused as e:
+            await self._coord.ack(self._queue, job.job_id)
+            _refused("session_webhook", url, str(e), call_id, None)
+            return self._done("refused")
         except TimeoutError:
             reason = f"timed out after {timeout:g} s"
         except (aiohttp.ClientError, OSError) as e:

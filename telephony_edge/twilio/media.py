@@ -69,8 +69,15 @@ LATE_GAP_S = 0.03  # agent frames this far apart (10 ms behind their slot) are l
 TALKSPURT_GAP_S = 0.2  # farther apart: a pause in the agent's speech, not lateness
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
 EXPECTED_FORMAT = ("audio/x-mulaw", 8000, 1)
+# Twilio numbers a stream's messages from 1, 50 a second: 2**31 is over a year of
+# audio, so anything beyond is not a sequence number but malformed input.
+MAX_SEQUENCE_NUMBER = 2**31 - 1
+# What one message can add to the gap counter: 60 s of media. A larger jump is
+# counted as this, so one message cannot push the metric to absurd values.
+MAX_COUNTED_GAP = 3000
 
 _MALFORMED = metrics.BAD_INPUT.labels(source="twilio-media")
+BAD_START = metrics.BAD_INPUT.labels(source="twilio-stream")  # a stream refused before audio
 _DROPPED = metrics.FRAMES_DROPPED.labels(reason="twilio_backpressure")
 _LATE_SENDS = metrics.TWILIO_LATE_SENDS
 _LOG_FIRST = 5
@@ -130,10 +137,20 @@ async def read_start(ws: web.WebSocketResponse, timeout_s: float = START_TIMEOUT
                     raise StreamRejected(f"expected 'start', got {str(event)[:40]!r}")
                 return _parse_start(data)
     except TimeoutError:
+        BAD_START.inc()
         raise StreamRejected(f"no 'start' within {timeout_s:g}s") from None
+    except StreamRejected:
+        BAD_START.inc()
+        raise
 
 
 def _parse_start(data: dict[str, Any]) -> StreamStart:
+    """The ``start`` message, every field type-checked: it comes from whoever connected.
+
+    A wrong media format (or one that is not even an object) is 1003
+    (unsupported data); any other ill-typed field is 1008. Nothing is
+    admitted, claimed or created before this returns.
+    """
     start = data.get("start")
     if not isinstance(start, dict):
         raise StreamRejected("'start' message without a start object")
@@ -141,7 +158,12 @@ def _parse_start(data: dict[str, Any]) -> StreamStart:
     call_sid = start.get("callSid")
     if not isinstance(stream_sid, str) or not stream_sid or not isinstance(call_sid, str):
         raise StreamRejected("'start' message without streamSid/callSid")
-    media_format = start.get("mediaFormat") or {}
+    media_format = start.get("mediaFormat")
+    if not isinstance(media_format, dict):
+        raise StreamRejected(
+            f"mediaFormat is {type(media_format).__name__}, not an object",
+            code=WSCloseCode.UNSUPPORTED_DATA,
+        )
     fmt = (
         media_format.get("encoding"),
         _int(media_format.get("sampleRate")),
@@ -149,21 +171,28 @@ def _parse_start(data: dict[str, Any]) -> StreamStart:
     )
     if fmt != EXPECTED_FORMAT:
         raise StreamRejected(
-            f"unsupported media format {fmt!r}; expected {EXPECTED_FORMAT!r}",
+            f"unsupported media format {str(fmt)[:80]}; expected {EXPECTED_FORMAT!r}",
             code=WSCloseCode.UNSUPPORTED_DATA,
         )
     raw_params = start.get("customParameters") or {}
-    if not isinstance(raw_params, dict):
-        raise StreamRejected("customParameters is not an object")
-    params = {str(k): str(v) for k, v in raw_params.items()}
-    tracks = start.get("tracks") or ["inbound"]
-    seq = _int(data.get("sequenceNumber"))
+    if not isinstance(raw_params, dict) or not all(isinstance(v, str) for v in raw_params.values()):
+        raise StreamRejected("customParameters is not an object of strings")
+    tracks = start.get("tracks", ["inbound"])
+    if not isinstance(tracks, list) or not all(isinstance(t, str) for t in tracks):
+        raise StreamRejected("tracks is not a list of strings")
+    account_sid = start.get("accountSid", "")
+    if not isinstance(account_sid, str):
+        raise StreamRejected("accountSid is not a string")
+    raw_seq = data.get("sequenceNumber")
+    seq = _int(raw_seq)
+    if raw_seq is not None and (seq is None or seq > MAX_SEQUENCE_NUMBER):
+        raise StreamRejected("sequenceNumber is not a sequence number")
     return StreamStart(
         stream_sid=stream_sid,
         call_sid=call_sid,
-        account_sid=str(start.get("accountSid", "")),
-        parameters=params,
-        tracks=tuple(str(t) for t in tracks) if isinstance(tracks, list) else ("inbound",),
+        account_sid=account_sid,
+        parameters=dict(raw_params),
+        tracks=tuple(tracks) or ("inbound",),
         next_sequence=seq + 1 if seq is not None else 0,
     )
 
@@ -271,8 +300,8 @@ class TwilioMediaLeg(Leg):
             data = orjson.loads(text)
             event = data["event"]
             seq = data.get("sequenceNumber")
-            if seq is not None:
-                self._check_sequence(int(seq))
+            if seq is not None and not self._check_sequence(seq):
+                return None
             if event == "media":
                 media = data["media"]
                 if media.get("track", "inbound") not in ("inbound", "inbound_track"):
@@ -314,14 +343,24 @@ class TwilioMediaLeg(Leg):
         self._pending.extend(frames[1:])
         return frames[0]
 
-    def _check_sequence(self, n: int) -> None:
+    def _check_sequence(self, raw: object) -> bool:
+        """Count gaps in Twilio's numbering; False (message skipped) if ``raw`` is not a number.
+
+        One message adds at most ``MAX_COUNTED_GAP`` to the gap metric, and a
+        number outside ``0..MAX_SEQUENCE_NUMBER`` is malformed, so a hostile
+        ``sequenceNumber`` cannot inflate a counter or poison the next check.
+        """
+        n = _int(raw)
+        if n is None or n > MAX_SEQUENCE_NUMBER:
+            self._malformed("sequence number out of range")
+            return False
         expected = self._next_seq
         self._next_seq = n + 1
         if n == expected or expected == 0:
-            return
+            return True
         missing = n - expected
         if missing > 0:
-            metrics.TWILIO_SEQUENCE_GAPS.inc(missing)
+            metrics.TWILIO_SEQUENCE_GAPS.inc(min(missing, MAX_COUNTED_GAP))
         self.stats.sequence_gaps += 1
         if self.stats.sequence_gaps <= _LOG_FIRST or self.stats.sequence_gaps % _LOG_EVERY == 0:
             log.warning(
@@ -330,6 +369,7 @@ class TwilioMediaLeg(Leg):
                 n,
                 extra={"call_id": self.call_id, "gaps": self.stats.sequence_gaps},
             )
+        return True
 
     def _malformed(self, reason: str) -> None:
         _MALFORMED.inc()
@@ -455,8 +495,13 @@ def _loads(text: str) -> dict[str, Any] | None:
 
 
 def _int(value: object) -> int | None:
+    """A non-negative integer sent as a JSON number or a string of ASCII digits; else None.
+
+    Bounded in length: ``int()`` of a huge digit string is slow (and refused
+    past 4300 digits), and no field of Twilio's needs more than 18 digits.
+    """
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.isdigit():
+        return value if 0 <= value < 10**18 else None
+    if isinstance(value, str) and 0 < len(value) <= 18 and value.isascii() and value.isdigit():
         return int(value)
     return None

@@ -43,6 +43,7 @@ class TwilioProvider(Provider):
         "canceled": (CallStatus.API_ENDED, None),
     }
 
+    pending_websocket_paths = (STREAM_PATH,)
     _ctx: TwilioContext | None = None
 
     def mount(self, app: web.Application) -> None:

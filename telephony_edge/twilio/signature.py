@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
 _REJECTED = metrics.BAD_INPUT.labels(source="twilio-signature")
+_UNPARSEABLE = metrics.BAD_INPUT.labels(source="twilio-webhook")
 
 
 def public_request_url(public_url: str, request: web.BaseRequest) -> str:
@@ -45,21 +46,55 @@ class SignatureChecker:
         self.enabled = enabled
 
     async def form(self, request: web.Request) -> MultiDictProxy[str]:
-        """The request's form fields if its signature is valid; 403 otherwise."""
-        fields = _strings(await request.post())
+        """The request's form fields if its signature is valid.
+
+        The order matters because the body is the attacker's: a request
+        without the signature header is refused (403) before its body is read;
+        a body that cannot be parsed (bad UTF-8, a bogus ``charset``, multipart
+        without a boundary, ...) is a 400, never a 500; then the signature is
+        checked (403).
+        """
+        signature = request.headers.get(SIGNATURE_HEADER, "")
+        if self.enabled and not signature:
+            self._reject(request, "missing signature")
+        fields = await parsed_form(request)
         if not self.enabled:
             return fields
-        signature = request.headers.get(SIGNATURE_HEADER, "")
         url = public_request_url(self._public_url, request)
-        if not signature or not self._validator.validate(url, fields, signature):
-            _REJECTED.inc()
-            log.warning(
-                "Twilio webhook rejected: %s signature",
-                "missing" if not signature else "invalid",
-                extra={"path": request.path, "call_sid": fields.get("CallSid", "")},
-            )
-            raise web.HTTPForbidden(text="invalid Twilio signature\n")
+        if not self._validator.validate(url, fields, signature):
+            self._reject(request, "invalid signature", fields.get("CallSid", ""))
         return fields
+
+    @staticmethod
+    def _reject(request: web.Request, reason: str, call_sid: str = "") -> NoReturn:
+        _REJECTED.inc()
+        log.warning(
+            "Twilio webhook rejected: %s",
+            reason,
+            extra={"path": request.path, "call_sid": call_sid},
+        )
+        raise web.HTTPForbidden(text="invalid Twilio signature\n")
+
+
+async def parsed_form(request: web.Request) -> MultiDictProxy[str]:
+    """The body's text fields; 400 (counted) when aiohttp cannot parse it.
+
+    aiohttp raises UnicodeDecodeError (a ValueError), LookupError (unknown
+    charset), ValueError (multipart without a boundary) or RuntimeError
+    (unknown transfer encoding) from ``request.post()``; any of them means
+    the sender's body is broken, not the edge. Size limits stay aiohttp's
+    (413, an HTTPException that passes through).
+    """
+    try:
+        return _strings(await request.post())
+    except (ValueError, LookupError, RuntimeError) as exc:
+        _UNPARSEABLE.inc()
+        log.warning(
+            "Twilio webhook body not parseable: %s",
+            type(exc).__name__,
+            extra={"path": request.path},
+        )
+        raise web.HTTPBadRequest(text="unparseable form body\n") from None
 
 
 def _strings(form: MultiDictProxy[Any]) -> MultiDictProxy[str]:

@@ -17,7 +17,7 @@ from typing import cast
 
 from aiohttp import WSCloseCode, web
 
-from telephony_edge import metrics
+from telephony_edge import http_limits, metrics
 from telephony_edge.calls.leg import Direction, LegInfo
 from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.calls.service import CallRejected
@@ -31,6 +31,7 @@ from telephony_edge.twilio.context import (
     pending_key,
 )
 from telephony_edge.twilio.media import (
+    BAD_START,
     MAX_MESSAGE_BYTES,
     StreamRejected,
     StreamStart,
@@ -91,22 +92,50 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 
 async def _admit(ctx: TwilioContext, services: Services, start: StreamStart) -> CallRecord:
+    """The call this stream attaches to; once found, the stream no longer counts as pending.
+
+    A refusal for policy (token, call, callSid) is bad input and counted; one
+    for capacity (``CallRejected``: try again later) is not.
+    """
+    try:
+        record = await _admitted_record(ctx, services, start)
+    except StreamRejected as exc:
+        if exc.code == WSCloseCode.POLICY_VIOLATION:
+            BAD_START.inc()
+        raise
+    http_limits.admitted()
+    return record
+
+
+async def _admitted_record(
+    ctx: TwilioContext, services: Services, start: StreamStart
+) -> CallRecord:
     params = start.parameters
     token = params.get(STREAM_TOKEN_PARAM)
     if not token:
         raise StreamRejected("no stream token")
     call_id = params.get(CALL_ID_PARAM)
     if call_id:
+        # Everything is checked before the one-use claim is consumed: a genuine
+        # token replayed with another call's callSid must not lock out the
+        # genuine stream. The record is read again after the claim, in case
+        # the call ended in between.
         _verify(ctx, token, call_id)
+        await _waiting_record(services, call_id, start)
         if await services.coordinator.claim_pending(pending_key(call_id)) is None:
             raise StreamRejected("stream token already used")
-        record = await services.call_service.get(call_id)
-        if record is None or record.state is not CallState.CREATED:
-            raise StreamRejected("the call is not waiting for a stream")
-        if record.provider_call_id and record.provider_call_id != start.call_sid:
-            raise StreamRejected("the stream belongs to another Twilio call")
-        return record
+        return await _waiting_record(services, call_id, start)
     return await _admit_handoff(ctx, services, start, token)
+
+
+async def _waiting_record(services: Services, call_id: str, start: StreamStart) -> CallRecord:
+    """The call ``start`` may attach to: still waiting for its stream, and the same Twilio call."""
+    record = await services.call_service.get(call_id)
+    if record is None or record.state is not CallState.CREATED:
+        raise StreamRejected("the call is not waiting for a stream")
+    if record.provider_call_id and record.provider_call_id != start.call_sid:
+        raise StreamRejected("the stream belongs to another Twilio call")
+    return record
 
 
 async def _admit_handoff(
@@ -134,3 +163,5 @@ def _verify(ctx: TwilioContext, token: str, subject: str) -> None:
         ctx.tokens.verify(token, subject)
     except TokenError as exc:
         raise StreamRejected(str(exc)) from None
+    except ValueError:  # e.g. non-ASCII digits in the expiry: still just a bad token
+        raise StreamRejected("malformed stream token") from None

@@ -56,11 +56,17 @@ def caller_number(raw: str) -> str:
 
 
 async def _signed_form(ctx: TwilioContext, request: web.Request, kind: str) -> MultiDictProxy[str]:
-    """The webhook's form fields, once Twilio's signature checks out (else 403, counted)."""
+    """The webhook's form fields, once Twilio's signature checks out.
+
+    Else 403 (no or bad signature) or 400 (a body that cannot be parsed), counted.
+    """
     try:
         return await ctx.signatures.form(request)
     except web.HTTPForbidden:
         _outcome(kind, "forbidden")
+        raise
+    except web.HTTPBadRequest:
+        _outcome(kind, "bad_request")
         raise
 
 

@@ -58,7 +58,12 @@ def crm_settings(crm: CrmServer, **overrides: Any) -> Any:
     }
     return edge_settings(
         agents={"echo": agent},
-        webhooks={"signing_secret": SECRET, "backoff_base_s": 0.05, "max_attempts": 4},
+        webhooks={
+            "signing_secret": SECRET,
+            "backoff_base_s": 0.05,
+            "max_attempts": 4,
+            "allow_private_targets": True,  # the CRM is local
+        },
         costs={"platform_per_min": 0.02, "tts_per_1k_chars": 0.15},
         **overrides,
     )

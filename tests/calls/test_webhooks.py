@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from telephony_edge.calls.record import CallRecord, CallState, CallStatus
 from telephony_edge.calls.webhooks import (
@@ -21,12 +22,14 @@ from telephony_edge.calls.webhooks import (
     SIGNATURE_HEADER,
     CostRates,
     RetryPolicy,
+    TargetRefused,
     WebhookDispatcher,
     build_session_payload,
     cost_breakdown,
     enqueue_session_webhook,
     parse_webhook_spec,
     prefetch,
+    resolve_target,
     sign,
     verify_signature,
 )
@@ -121,6 +124,7 @@ async def call_prefetch(session: aiohttp.ClientSession, spec: Any, **kw: Any) ->
         "from_": "+15555550100",
         "to": "+15555550199",
         "metadata": {},
+        "allow_private_targets": True,  # the receiver is local
     }
     args.update(kw)
     return await prefetch(session, spec, **args)
@@ -393,7 +397,7 @@ class Harness:
             retry=retry,
             poll_interval=0.01,
             on_result=lambda kind, outcome: self.outcomes.append(outcome),
-            **kw,
+            **{"allow_private_targets": True, **kw},  # the receivers are local
         )
         self.task = asyncio.create_task(self.dispatcher.run())
 
@@ -548,3 +552,34 @@ async def test_slow_endpoint_times_out_and_is_retried(server: Server, harness: H
     await wait_until(lambda: harness.outcomes == ["retry", "delivered"], within=4.0)
     assert time.monotonic() - started < 0.5 + 2.0  # bounded by the timeout, not the server
     assert len(server.seen) == 2
+
+
+# -- targets -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://localhost/x",
+        "http://127.0.0.1:9/x",
+        "http://[::1]/x",
+        "http://[::ffff:127.0.0.1]/x",
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.1.2.3/x",
+        "http://100.64.0.1/x",
+        "https://0.0.0.0/x",
+        "http://224.0.0.1/x",
+    ],
+)
+async def test_non_global_targets_are_refused_unless_allowed(url: str) -> None:
+    with pytest.raises(TargetRefused):
+        await resolve_target(URL(url), allow_private=False)
+    allowed = await resolve_target(URL(url), allow_private=True)
+    assert allowed.url == URL(url) and not allowed.headers and allowed.server_hostname is None
+
+
+async def test_a_public_target_is_pinned_to_the_address_that_was_checked() -> None:
+    target = await resolve_target(URL("https://8.8.8.8:8443/hook?a=1"), allow_private=False)
+    assert str(target.url) == "https://8.8.8.8:8443/hook?a=1"
+    assert target.headers == {"Host": "8.8.8.8:8443"}
+    assert target.server_hostname == "8.8.8.8"

@@ -68,12 +68,13 @@ class FakeTwilio:
         self._next_sids = list(call_sids or [])
         self._server: TestServer | None = None
 
-    async def start(self) -> FakeTwilio:
+    async def start(self, port: int = 0) -> FakeTwilio:
+        """Listen on 127.0.0.1:``port`` (a fixed one for an edge started before it)."""
         app = web.Application()
         app.router.add_post(API + "/Calls.json", self._create)
         app.router.add_post(API + "/Calls/{call_sid}.json", self._update)
         app.router.add_get(API + "/Calls/{call_sid}.json", self._fetch)
-        self._server = TestServer(app, host="127.0.0.1", port=0)
+        self._server = TestServer(app, host="127.0.0.1", port=port)
         await self._server.start_server()
         return self
 

@@ -107,7 +107,12 @@ def twilio_settings(port: int, api_base_url: str, crm_url: str, **overrides: Any
             "api_base_url": api_base_url,
             "stream_token_ttl_s": 30,
         },
-        "webhooks": {"signing_secret": WEBHOOK_SECRET, "backoff_base_s": 0.05, "max_attempts": 3},
+        "webhooks": {
+            "signing_secret": WEBHOOK_SECRET,
+            "backoff_base_s": 0.05,
+            "max_attempts": 3,
+            "allow_private_targets": True,  # the CRM is local
+        },
         "agents": {
             "echo": {
                 "prompt": "You echo. Caller {FromPhone}.",

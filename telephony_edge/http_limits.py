@@ -1,0 +1,117 @@
+"""What a client can hold of a worker's HTTP server before it has proved anything.
+
+Slow and silent connections
+    aiohttp's ``RequestHandler`` arms its keep-alive timer when a connection
+    is made (not only after a response) and closes the connection when it
+    fires while no complete request head has arrived. So its
+    ``keepalive_timeout`` bounds both the time a client may take to send a
+    request head (nothing at all, or a slowloris trickling headers) and the
+    idle time between keep-alive requests: no watchdog of our own is needed,
+    only a sane value (an ``AppRunner`` without one keeps aiohttp's
+    ``RequestHandler`` default, 3630 s). ``server.idle_timeout_s`` sets it.
+    Once a request head is in, bounding its handler is the handler's job.
+
+Pending WebSockets
+    A Media Streams WebSocket is anonymous until its ``start`` carries a
+    valid token: anyone can open many and send nothing for
+    ``START_TIMEOUT_S``. :class:`PendingWebSockets` counts upgrades on the
+    paths given to it from the request until the handler calls
+    :func:`admitted` (or ends), and answers 503 *before upgrading* when
+    ``server.max_pending_websockets`` are already pending. The slot travels
+    to the handler in a context variable, so no handler signature changes.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from aiohttp import web
+
+from telephony_edge import metrics
+from telephony_edge.config import ServerSettings
+
+log = logging.getLogger(__name__)
+
+_REFUSED = metrics.BAD_INPUT.labels(source="pending-websockets")
+_LOG_FIRST = 5
+_LOG_EVERY = 500
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _Slot:
+    """One pending WebSocket's place in the count; released once."""
+
+    __slots__ = ("_held", "_owner")
+
+    def __init__(self, owner: PendingWebSockets) -> None:
+        self._owner = owner
+        self._held = True
+        owner.pending += 1
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._owner.pending -= 1
+
+
+_SLOT: contextvars.ContextVar[_Slot | None] = contextvars.ContextVar(
+    "pending_websocket_slot", default=None
+)
+
+
+def admitted() -> None:
+    """The current request's WebSocket proved itself: it no longer counts as pending.
+
+    A no-op outside a counted request (e.g. in-process tests without the cap).
+    """
+    slot = _SLOT.get()
+    if slot is not None:
+        slot.release()
+
+
+class PendingWebSockets:
+    """Caps WebSocket upgrades on ``paths`` that have not yet been :func:`admitted`."""
+
+    def __init__(self, limit: int, paths: Iterable[str]) -> None:
+        self.limit = limit
+        self.paths = frozenset(paths)
+        self.pending = 0
+        self.refused = 0
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+        if not upgrade or request.path not in self.paths:
+            return await handler(request)
+        if self.pending >= self.limit:
+            self._refuse(request)
+        slot = _Slot(self)
+        token = _SLOT.set(slot)
+        try:
+            return await handler(request)
+        finally:
+            slot.release()
+            _SLOT.reset(token)
+
+    def _refuse(self, request: web.Request) -> None:
+        _REFUSED.inc()
+        self.refused += 1
+        if self.refused <= _LOG_FIRST or self.refused % _LOG_EVERY == 0:
+            log.warning(
+                "WebSocket refused: %d already pending (server.max_pending_websockets)",
+                self.pending,
+                extra={"path": request.path, "refused": self.refused},
+            )
+        raise web.HTTPServiceUnavailable(
+            text="too many pending WebSockets; try again\n", headers={"Retry-After": "1"}
+        )
+
+
+def install(app: web.Application, server: ServerSettings, paths: Iterable[str]) -> dict[str, Any]:
+    """Add the pending-WebSocket cap to ``app``; the ``AppRunner`` keyword arguments to use."""
+    app.middlewares.append(PendingWebSockets(server.max_pending_websockets, paths).middleware)
+    return {"keepalive_timeout": server.idle_timeout_s}
