@@ -48,7 +48,7 @@ from telephony_edge.calls import machine as m
 from telephony_edge.calls.leg import Clock, Dtmf, Leg, LegEnded, LegEvent, NotSupported, Played
 from telephony_edge.calls.pacing import Pacer
 from telephony_edge.calls.playout import Playout
-from telephony_edge.calls.record import CallRecord, CallState, CallStatus
+from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.logs import current_call_id
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,18 @@ class Conversation:
             self.truncated[name] = self.truncated.get(name, 0) + 1
 
 
+class CallOver(Exception):
+    """The call ended elsewhere before its media got here."""
+
+
 class CallHooks(Protocol):
     """What the bridge needs from the call service; each is one step of the call's life."""
+
+    async def begin(self, record: CallRecord) -> str | None:
+        """Take the call on (``created`` → ``connecting``): None, or why it may not run here.
+
+        Raises :class:`CallOver` if the call already ended.
+        """
 
     async def prepare(self, record: CallRecord) -> dict[str, Any]:
         """The ``initiate`` data (agent config merged, prefetch run, variables filled)."""
@@ -153,6 +163,7 @@ class CallBridge:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._api_transfer: asyncio.Future[None] | None = None
+        self._owns_end = False  # the final record write succeeded: ours to report
         self._first_frame_at: float | None = None
 
     @property
@@ -170,8 +181,13 @@ class CallBridge:
         token = current_call_id.set(self.call_id)
         cancelled = False
         try:
-            self._feed(m.Start())
             self._spawn(self._pump_caller(), "caller")
+            try:
+                refusal = await self._hooks.begin(self.record)
+            except CallOver as exc:
+                self._feed(m.Superseded(str(exc)))
+            else:
+                self._feed(m.Start() if refusal is None else m.Refused(refusal))
             await self._ending.wait()
         except asyncio.CancelledError:
             cancelled = True
@@ -185,10 +201,6 @@ class CallBridge:
         if cancelled:
             raise asyncio.CancelledError
         return self.record
-
-    def refuse(self, reason: str) -> None:
-        """The call may not run here (before :meth:`run`): it ends ``error`` at once."""
-        self._feed(m.Refused(reason))
 
     async def end(self, reason: str) -> None:
         """End the call from outside the media path (hang-up API, drain): ``api-ended``."""
@@ -219,7 +231,10 @@ class CallBridge:
 
     def _on_ending(self) -> None:
         machine, record = self._machine, self.record
-        record.set_status(machine.call_status or CallStatus.ERROR, machine.error_message)
+        if machine.call_status is None:  # superseded: the record is someone else's
+            log.info("call ended elsewhere: %s", machine.error_message)
+            return
+        record.set_status(machine.call_status, machine.error_message)
         record.transferred_to = machine.transferred_to or record.transferred_to
         record.provider_status = machine.provider_status or record.provider_status
         if record.state is not CallState.ENDING:
@@ -319,7 +334,9 @@ class CallBridge:
         elif isinstance(action, m.WriteState):
             self.record.advance(action.state)
             await self._hooks.write_state(self.record, action.previous)
-        elif isinstance(action, m.QueueWebhook):
+            self._owns_end = True
+        elif isinstance(action, m.QueueWebhook) and self._owns_end:
+            # (otherwise another worker ended the call first and reports it)
             await self._hooks.finished(self.record, self.conversation)
 
     async def _stop_tasks(self) -> None:

@@ -14,16 +14,19 @@ forward::
         │                       ▲
         └───────────────────────┘
 
-The machine starts in ``connecting`` (the media is here; the record was
-moved out of ``created`` by the call service with a compare-and-set before
-the machine existed). :class:`AgentReady` makes it ``active``. The FIRST
+The machine starts in ``connecting``: the media is here, and the shell is
+moving the record out of ``created`` with a compare-and-set (:class:`Start`
+once that succeeded). :class:`AgentReady` makes it ``active``. The FIRST
 event that ends the call (the caller hanging up, the agent, the API, a
 limit, a failure, the shell's task being cancelled) fixes ``call_status``
 and moves to ``ending``, emitting the teardown actions in one list:
 :data:`TEARDOWN`, each exactly once, because no other transition leads
-into ``ending``. :class:`TeardownDone` then moves to ``ended``. Every later
-event is ignored, so "ended exactly once" is a property of the table below,
-tested by feeding every event in every state.
+into ``ending``, except :class:`Superseded`: a call that another worker (or
+a status callback) ended before its media got here is not this worker's to
+end, so only its local resources are let go (:data:`RELEASE_ONLY`).
+:class:`TeardownDone` then moves to ``ended``. Every later event is
+ignored, so "ended exactly once" is a property of the table below, tested
+by feeding every event in every state.
 
 Rules: the table is the whole truth about which event does what in which
 state; code is only for what a table cannot say (which ``call_status`` a
@@ -51,6 +54,13 @@ END_CALL_PLAYOUT_S = 15.0  # how long an agent's goodbye may play after end_call
 @dataclass(frozen=True, slots=True)
 class Start:
     """The shell runs: open the agent link, arm the limits."""
+
+
+@dataclass(frozen=True, slots=True)
+class Superseded:
+    """The call ended elsewhere before its media got here (it is not this worker's to end)."""
+
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +155,7 @@ class TeardownDone:
 
 Event = (
     Start
+    | Superseded
     | Refused
     | AgentReady
     | AgentFailed
@@ -261,9 +272,12 @@ TEARDOWN: tuple[Action, ...] = (
     CloseAgent(),
     CloseLeg(),
     ReleaseSlot(),
-    WriteState(CallState.ENDED, (CallState.CONNECTING, CallState.ACTIVE)),
+    # created too: the owner's end wins over a record whose move to connecting was cut short
+    WriteState(CallState.ENDED, (CallState.CREATED, CallState.CONNECTING, CallState.ACTIVE)),
     QueueWebhook(),
 )
+#: A call that ended elsewhere first: only this worker's resources are let go.
+RELEASE_ONLY: tuple[Action, ...] = (StopTasks(), HangupNetwork(), CloseAgent(), CloseLeg())
 
 # -- the machine ----------------------------------------------------------------
 
@@ -334,6 +348,11 @@ class CallMachine:
 
     def _start(self, event: Start, now: float) -> list[Action]:
         return [OpenAgent()]
+
+    def _superseded(self, event: Superseded, now: float) -> list[Action]:
+        self.state = CallState.ENDING
+        self.error_message = event.reason
+        return list(RELEASE_ONLY)
 
     def _refused(self, event: Refused, now: float) -> list[Action]:
         return self._end(CallStatus.ERROR, event.reason)
@@ -434,6 +453,7 @@ _LIVE = (CallState.CONNECTING, CallState.ACTIVE)
 #: (state, event type) → handler. Absent pairs are ignored.
 TABLE: dict[tuple[CallState, type[Any]], Handler] = {
     (CallState.CONNECTING, Start): CallMachine._start,
+    (CallState.CONNECTING, Superseded): CallMachine._superseded,
     (CallState.CONNECTING, Refused): CallMachine._refused,
     (CallState.CONNECTING, AgentReady): CallMachine._agent_ready,
     (CallState.CONNECTING, AgentFailed): CallMachine._agent_failed,

@@ -22,7 +22,7 @@ import aiohttp
 from telephony_edge import metrics
 from telephony_edge.agent.link import AgentLink, LinkTimeouts
 from telephony_edge.calls import webhooks
-from telephony_edge.calls.bridge import BridgeLimits, CallBridge, Conversation
+from telephony_edge.calls.bridge import BridgeLimits, CallBridge, CallOver, Conversation
 from telephony_edge.calls.leg import Leg
 from telephony_edge.calls.manager import CallManager
 from telephony_edge.calls.pacing import Pacer
@@ -263,22 +263,13 @@ class CallService:
     async def run(self, record: CallRecord, leg: Leg) -> CallRecord:
         """Bridge ``leg`` to an agent core until the call ends; return the final record.
 
-        The record moves out of ``created`` with a compare-and-set first: a
-        call that ended meanwhile (the caller hung up, its setup time ran
-        out) is not revived; its leg is hung up and closed.
+        However ``run`` ends, including its task being cancelled, the call
+        ends exactly once (see :class:`CallBridge`).
         """
         record.from_ = record.from_ or leg.info.from_
         record.to = record.to or leg.info.to
         record.provider_call_id = record.provider_call_id or leg.info.provider_call_id
         record.owner = self.worker_id
-        record.advance(CallState.CONNECTING)
-        try:
-            await self.write_state(record, (CallState.CREATED,))
-        except (Conflict, LookupError) as exc:
-            log.warning("media for a call that is over: %s", exc, extra={"call_id": record.call_id})
-            await _close_leg(leg)
-            record.state = CallState.ENDED
-            return record
         link = AgentLink(
             self._http(), self._agent_url(record), self._timeouts, call_id=record.call_id
         )
@@ -287,14 +278,24 @@ class CallService:
         active = metrics.CALLS_ACTIVE.labels(provider=record.provider)
         active.inc()
         try:
-            refusal = await self._admit(record)
-            if refusal is not None:
-                bridge.refuse(refusal)
             await bridge.run()
         finally:
             active.dec()
             self.manager.discard(record.call_id)
         return record
+
+    async def begin(self, record: CallRecord) -> str | None:
+        """Move the call out of ``created`` (compare-and-set), then admit it here.
+
+        A call that ended meanwhile (the caller hung up, its setup time ran
+        out) is not revived: :class:`CallOver`.
+        """
+        record.advance(CallState.CONNECTING)
+        try:
+            await self.write_state(record, (CallState.CREATED,))
+        except (Conflict, LookupError) as exc:
+            raise CallOver(f"media for a call that is over: {exc}") from None
+        return await self._admit(record)
 
     async def _admit(self, record: CallRecord) -> str | None:
         if not self.manager.accepting:
@@ -531,16 +532,6 @@ class CallService:
             with contextlib.suppress(Exception):
                 await self.coordinator.heartbeat(self.worker_id, info, ttl=HEARTBEAT_S * 3)
             await asyncio.sleep(HEARTBEAT_S)
-
-
-async def _close_leg(leg: Leg) -> None:
-    """Hang up and close a leg whose call will not run; bounded, never raises."""
-    try:
-        await asyncio.wait_for(leg.hangup(), 5.0)
-    except Exception as exc:
-        log.warning("hang-up of a refused leg failed: %r", exc)
-    with contextlib.suppress(Exception):
-        await leg.close()
 
 
 async def supervise(name: str, loop: Callable[[], Awaitable[None]]) -> None:
