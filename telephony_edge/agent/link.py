@@ -93,6 +93,11 @@ class AgentLink:
         self._early: deque[AgentEvent] = deque()
         self._ping_task: asyncio.Task[None] | None = None
 
+    @property
+    def closed(self) -> bool:
+        """No connection is open (never opened, closed, or dropped by the core)."""
+        return self._ws is None or self._ws.closed
+
     async def open(self, initiate: dict[str, Any]) -> None:
         """Connect, send ``initiate``, wait for ``onready``; raise AgentLinkError otherwise."""
         try:

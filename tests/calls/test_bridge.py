@@ -7,7 +7,8 @@ import audioop
 import itertools
 from typing import Any
 
-from telephony_edge.calls.leg import Dtmf, LegEnded
+from telephony_edge.audio.frames import SILENCE_FRAME
+from telephony_edge.calls.leg import Clock, Dtmf, FrameSource, LegEnded
 from telephony_edge.calls.record import CallRecord, CallState, CallStatus
 from tests.conftest import Edge, TestLeg, edge_settings, wait_for
 
@@ -203,3 +204,53 @@ async def test_a_failing_leg_ends_its_call_and_spares_the_others(make_edge: Any)
     assert good_record.state is CallState.ACTIVE
     good.events.put_nowait(LegEnded("completed"))
     assert (await asyncio.wait_for(good_task, 5)).call_status is CallStatus.USER_ENDED
+
+
+class PulledLeg(TestLeg):
+    """A network whose own sender pulls agent frames at its pace (as aiortc's does)."""
+
+    clock = Clock.PULLED
+
+    def attach(self, source: FrameSource) -> None:
+        self.source = source
+        self.puller = asyncio.ensure_future(self._pull())
+
+    def send_frame(self, frame: bytes, talkspurt_start: bool) -> None:
+        raise AssertionError("a pulled leg is never pushed")
+
+    async def _pull(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.closed:
+            frame = self.source.next_frame()
+            self.heard.append((loop.time(), frame or SILENCE_FRAME))
+            await asyncio.sleep(0.02)
+
+    async def close(self) -> None:
+        self.closed = True
+        self.puller.cancel()
+
+
+async def test_a_pulled_leg_takes_agent_audio_at_its_own_pace(
+    make_edge: Any, speech: bytes
+) -> None:
+    edge: Edge = await make_edge()
+    leg = PulledLeg()
+    record, task = await start_call(edge, leg)
+    await leg.speak(speech, silence_after_s=1.0)
+    # the greeting and the echo both reach the caller through next_frame()
+    await wait_for(lambda: sum(voiced(f) for _, f in leg.heard) * 0.02 > 1.2)
+    assert record.state is CallState.ACTIVE
+    leg.events.put_nowait(LegEnded("completed"))
+    final = await asyncio.wait_for(task, 5)
+    assert final.call_status is CallStatus.USER_ENDED and leg.closed
+
+
+async def test_talkspurt_starts_reach_the_leg(make_edge: Any, speech: bytes) -> None:
+    edge: Edge = await make_edge()
+    leg = TestLeg()
+    _, task = await start_call(edge, leg)
+    await leg.speak(speech, silence_after_s=1.0)
+    await wait_for(lambda: sum(voiced(f) for _, f in leg.heard) * 0.02 > 1.2)
+    assert leg.talkspurts >= 2  # the greeting, then the echo after a pause
+    leg.events.put_nowait(LegEnded("completed"))
+    await asyncio.wait_for(task, 5)

@@ -49,12 +49,15 @@ class CrmServer:
         return str(self.server.make_url(path))
 
 
-def crm_settings(crm: CrmServer, **overrides: Any) -> Any:
+def crm_settings(
+    crm: CrmServer, *, agent_extra: dict[str, Any] | None = None, **overrides: Any
+) -> Any:
     agent = {
         "prompt": "Help {userName} ({tier}) calling from {FromPhone}. Keep {unknown} as is.",
         "first_message": "Hi {userName}!",
         "extra_prompt_webhook": {"url": crm.url("/prefetch"), "timeout": 1.0},
         "session_data_webhook": crm.url("/ended"),
+        **(agent_extra or {}),
     }
     return edge_settings(
         agents={"echo": agent},
