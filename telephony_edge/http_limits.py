@@ -32,12 +32,11 @@ from aiohttp import web
 
 from telephony_edge import metrics
 from telephony_edge.config import ServerSettings
+from telephony_edge.logs import sampled
 
 log = logging.getLogger(__name__)
 
 _REFUSED = metrics.BAD_INPUT.labels(source="pending-websockets")
-_LOG_FIRST = 5
-_LOG_EVERY = 500
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -100,7 +99,7 @@ class PendingWebSockets:
     def _refuse(self, request: web.Request) -> None:
         _REFUSED.inc()
         self.refused += 1
-        if self.refused <= _LOG_FIRST or self.refused % _LOG_EVERY == 0:
+        if sampled(self.refused):
             log.warning(
                 "WebSocket refused: %d already pending (server.max_pending_websockets)",
                 self.pending,

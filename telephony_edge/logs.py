@@ -18,6 +18,16 @@ current_call_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "current_call_id", default=None
 )
 
+
+def sampled(count: int) -> bool:
+    """Whether the ``count``-th occurrence of a repeated warning is logged.
+
+    The first few are, then one in 500: an attacker or a broken peer that
+    repeats one mistake cannot flood the log, and the operator still sees it.
+    """
+    return count <= 5 or count % 500 == 0
+
+
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
 

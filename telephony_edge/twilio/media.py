@@ -54,6 +54,7 @@ from telephony_edge.calls.leg import (
     LegInfo,
     Played,
 )
+from telephony_edge.logs import sampled
 from telephony_edge.twilio.rest import TwilioRest
 from telephony_edge.wsframe import frame_header
 
@@ -80,8 +81,6 @@ _MALFORMED = metrics.BAD_INPUT.labels(source="twilio-media")
 BAD_START = metrics.BAD_INPUT.labels(source="twilio-stream")  # a stream refused before audio
 _DROPPED = metrics.FRAMES_DROPPED.labels(reason="twilio_backpressure")
 _LATE_SENDS = metrics.TWILIO_LATE_SENDS
-_LOG_FIRST = 5
-_LOG_EVERY = 500
 
 
 class StreamRejected(Exception):
@@ -362,7 +361,7 @@ class TwilioMediaLeg(Leg):
         if missing > 0:
             metrics.TWILIO_SEQUENCE_GAPS.inc(min(missing, MAX_COUNTED_GAP))
         self.stats.sequence_gaps += 1
-        if self.stats.sequence_gaps <= _LOG_FIRST or self.stats.sequence_gaps % _LOG_EVERY == 0:
+        if sampled(self.stats.sequence_gaps):
             log.warning(
                 "Twilio stream sequence gap: expected %d, got %d",
                 expected,
@@ -376,7 +375,7 @@ class TwilioMediaLeg(Leg):
         stats = self.stats
         stats.malformed += 1
         stats.reasons[reason] = stats.reasons.get(reason, 0) + 1
-        if stats.malformed <= _LOG_FIRST or stats.malformed % _LOG_EVERY == 0:
+        if sampled(stats.malformed):
             log.warning(
                 "malformed Twilio stream message skipped: %s",
                 reason,

@@ -21,6 +21,7 @@ from telephony_edge import http_limits, metrics
 from telephony_edge.calls.leg import Direction, LegInfo
 from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.calls.service import CallRejected
+from telephony_edge.logs import sampled
 from telephony_edge.services import SERVICES, Services
 from telephony_edge.twilio.context import (
     CALL_ID_PARAM,
@@ -41,6 +42,7 @@ from telephony_edge.twilio.media import (
 from telephony_edge.twilio.token import TokenError
 
 log = logging.getLogger(__name__)
+_refused = 0  # streams refused by this worker, for the sampled log
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
@@ -56,11 +58,18 @@ async def stream(request: web.Request) -> web.StreamResponse:
         record = await _admit(ctx, services, start)
     except StreamRejected as exc:
         metrics.TWILIO_STREAMS.labels(outcome="refused").inc()
-        log.warning(
-            "Twilio stream refused: %s",
-            exc.reason,
-            extra={"call_sid": start.call_sid if start else "", "close_code": int(exc.code)},
-        )
+        global _refused
+        _refused += 1
+        if sampled(_refused):
+            log.warning(
+                "Twilio stream refused: %s",
+                exc.reason,
+                extra={
+                    "call_sid": start.call_sid if start else "",
+                    "close_code": int(exc.code),
+                    "refused": _refused,
+                },
+            )
         await ws.close(code=exc.code, message=exc.reason[:120].encode())
         return ws
     metrics.TWILIO_STREAMS.labels(outcome="accepted").inc()
