@@ -471,6 +471,17 @@ class CallService:
         if final is not None and record.state is CallState.CREATED:
             await self._end_unbridged(record, *final)
 
+    async def fail_setup(self, call_id: str, error: str) -> bool:
+        """The network could not bring the call's media here: end it ``error``, once.
+
+        Only a call still waiting for its media (``created``) is ended; a call
+        whose media arrived ends through its leg. Returns whether it was ended.
+        """
+        doc = await self.coordinator.get_call(call_id)
+        if doc is None:
+            return False
+        return await self._end_unbridged(CallRecord.from_dict(doc.data), CallStatus.ERROR, error)
+
     async def _end_unbridged(
         self, record: CallRecord, status: CallStatus, error: str | None
     ) -> bool:
