@@ -255,9 +255,14 @@ class CallService:
 
     async def get(self, call_id: str) -> CallRecord | None:
         live = self.manager.get(call_id)
-        if isinstance(live, CallBridge):
-            return live.record
         doc = await self.coordinator.get_call(call_id)
+        if isinstance(live, CallBridge):
+            # Fix: the owner's live record lacked what other writers merged meanwhile (a
+            # provider's status callback), so GET /calls/{id} answered differently on the
+            # owner than on any other worker; merge it as write_state does.
+            if doc is not None and doc.data.get("provider_status"):
+                live.record.provider_status = doc.data["provider_status"]
+            return live.record
         return None if doc is None else CallRecord.from_dict(doc.data)
 
     async def run(self, record: CallRecord, leg: Leg) -> CallRecord:
