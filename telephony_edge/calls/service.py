@@ -255,9 +255,14 @@ class CallService:
 
     async def get(self, call_id: str) -> CallRecord | None:
         live = self.manager.get(call_id)
-        if isinstance(live, CallBridge):
-            return live.record
         doc = await self.coordinator.get_call(call_id)
+        if isinstance(live, CallBridge):
+            # Fix: the owner's live record lacked what other writers merged meanwhile (a
+            # provider's status callback), so GET /calls/{id} answered differently on the
+            # owner than on any other worker; merge it as write_state does.
+            if doc is not None and doc.data.get("provider_status"):
+                live.record.provider_status = doc.data["provider_status"]
+            return live.record
         return None if doc is None else CallRecord.from_dict(doc.data)
 
     async def run(self, record: CallRecord, leg: Leg) -> CallRecord:
@@ -471,6 +476,17 @@ class CallService:
         final = None if network is None else network.final_status(provider_status)
         if final is not None and record.state is CallState.CREATED:
             await self._end_unbridged(record, *final)
+
+    async def fail_setup(self, call_id: str, error: str) -> bool:
+        """The network could not bring the call's media here: end it ``error``, once.
+
+        Only a call still waiting for its media (``created``) is ended; a call
+        whose media arrived ends through its leg. Returns whether it was ended.
+        """
+        doc = await self.coordinator.get_call(call_id)
+        if doc is None:
+            return False
+        return await self._end_unbridged(CallRecord.from_dict(doc.data), CallStatus.ERROR, error)
 
     async def _end_unbridged(
         self, record: CallRecord, status: CallStatus, error: str | None

@@ -1,6 +1,6 @@
 """Twilio as a provider: TwiML voice webhook, status callbacks, Media Streams, REST control.
 
-:meth:`TwilioProvider.mount` adds the voice and status webhooks and the
+:meth:`TwilioProvider.mount` adds the voice, call status and stream status webhooks and the
 Media Streams WebSocket (whose handler builds the
 :class:`~telephony_edge.twilio.media.TwilioMediaLeg`), and a start-up hook
 that creates the REST client inside the running loop. Outbound calls,
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 VOICE_PATH = "/twilio/voice"
 STATUS_PATH = "/twilio/status"
 STREAM_PATH = "/twilio/stream"
+STREAM_STATUS_PATH = webhook.STREAM_STATUS_PATH
 
 
 class TwilioProvider(Provider):
@@ -51,6 +52,7 @@ class TwilioProvider(Provider):
         app.cleanup_ctx.append(self._rest_client)
         app.router.add_post(VOICE_PATH, webhook.voice)
         app.router.add_post(STATUS_PATH, webhook.status)
+        app.router.add_post(STREAM_STATUS_PATH, webhook.stream_status)
         app.router.add_get(STREAM_PATH, stream.stream)
 
     async def _rest_client(self, app: web.Application) -> AsyncIterator[None]:

@@ -34,11 +34,22 @@ def stream_url(public_url: str) -> str:
     return base + STREAM_PATH
 
 
-def connect_stream(url: str, parameters: Mapping[str, str]) -> str:
-    """``<Connect><Stream url>`` with one ``<Parameter>`` per item (bidirectional stream)."""
+def connect_stream(
+    url: str, parameters: Mapping[str, str], *, status_callback: str | None = None
+) -> str:
+    """``<Connect><Stream url>`` with one ``<Parameter>`` per item (bidirectional stream).
+
+    ``status_callback``: where Twilio POSTs the stream's events (``StreamEvent``
+    stream-started / stream-stopped / stream-error, with ``StreamError``).
+    """
     response = VoiceResponse()
     connect = Connect()
-    stream = connect.stream(url=url)
+    if status_callback is None:
+        stream = connect.stream(url=url)
+    else:
+        stream = connect.stream(
+            url=url, status_callback=status_callback, status_callback_method="POST"
+        )
     for name, value in parameters.items():
         stream.parameter(name=name, value=value)
     response.append(connect)

@@ -1,6 +1,6 @@
-"""Twilio's HTTP webhooks: the voice webhook (TwiML answer) and the status callback.
+"""Twilio's HTTP webhooks: the voice webhook (TwiML answer), the call and stream status callbacks.
 
-Both are signed by Twilio; both answer 403 to anything else. The voice
+All are signed by Twilio; all answer 403 to anything else. The voice
 webhook decides where a call goes: an outbound call placed by the API names
 its ``call_id`` in the URL; an inbound one is routed by the dialled number
 (``To``) to an agent on this edge, to the edge of the region the number is
@@ -36,7 +36,19 @@ _KNOWN_STATUSES = frozenset(
     {"queued", "initiated", "ringing", "in-progress", "answered", "completed"}
     | {"busy", "no-answer", "failed", "canceled"}
 )
+_STREAM_EVENTS = frozenset({"stream-started", "stream-stopped", "stream-error"})
 GONE_MESSAGE = "Sorry, this call can no longer be connected. Goodbye."
+STREAM_STATUS_PATH = "/twilio/stream-status"
+MAX_STREAM_ERROR_CHARS = 500
+
+
+def provider_call_key(call_sid: str) -> str:
+    """The coordinator key ``CallService.create_inbound`` maps an inbound CallSid to its call by.
+
+    Kept in step with ``create_inbound`` (``provider-call:<provider>:<id>``);
+    tests/test_lifecycle_serve.py checks an inbound status callback finds its call.
+    """
+    return f"provider-call:twilio:{call_sid}"
 
 
 def _twiml(document: str) -> web.Response:
@@ -136,19 +148,60 @@ async def _stream_answer(
         STREAM_TOKEN_PARAM: ctx.tokens.issue(record.call_id),
         CALL_ID_PARAM: record.call_id,
     }
-    return _twiml(twiml.connect_stream(twiml.stream_url(ctx.public_url), params))
+    status_callback = (
+        f"{ctx.public_url.rstrip('/')}{STREAM_STATUS_PATH}?{CALL_ID_PARAM}={record.call_id}"
+    )
+    document = twiml.connect_stream(
+        twiml.stream_url(ctx.public_url), params, status_callback=status_callback
+    )
+    return _twiml(document)
 
 
 async def status(request: web.Request) -> web.Response:
-    """``POST /twilio/status``: Twilio reports a call's progress (busy, no-answer, ...)."""
+    """``POST /twilio/status``: Twilio reports a call's progress (busy, no-answer, ...).
+
+    Outbound calls name their ``call_id`` in the callback URL. An inbound
+    number's status callback (set in the console) carries only the CallSid:
+    it is mapped to the call the voice webhook created for it, so a caller
+    who hangs up before the stream connects ends the call at once.
+    """
     ctx = request.app[TWILIO]
+    services = request.app[SERVICES]
     form = await _signed_form(ctx, request, "status")
     call_id = request.query.get(CALL_ID_PARAM)
     call_status = form.get("CallStatus", "")
+    call_sid = form.get("CallSid", "")
+    if not call_id and call_sid and call_status:
+        known = await services.coordinator.peek_pending(provider_call_key(call_sid))
+        call_id = str(known["call_id"]) if known and known.get("call_id") else None
     if not call_id or not call_status:
-        # Inbound numbers' status callbacks carry no call id; the stream's stop ends those.
+        # a call this edge does not know (another region's, or set up too long ago)
         _outcome("status", "ignored")
         return web.Response(status=204)
     _outcome("status", call_status if call_status in _KNOWN_STATUSES else "other")
-    await request.app[SERVICES].call_service.update_provider_status(call_id, call_status)
+    await services.call_service.update_provider_status(call_id, call_status)
+    return web.Response(status=204)
+
+
+async def stream_status(request: web.Request) -> web.Response:
+    """``POST /twilio/stream-status?call_id=…``: the ``<Stream statusCallback>`` events.
+
+    ``stream-error`` for a call still waiting for its stream (Twilio could not
+    connect to the edge's WebSocket) ends the call ``error`` with Twilio's
+    ``StreamError``; a call whose stream is here ends through the stream.
+    Every event is counted; the others change nothing.
+    """
+    ctx = request.app[TWILIO]
+    form = await _signed_form(ctx, request, "stream_status")
+    call_id = request.query.get(CALL_ID_PARAM)
+    event = form.get("StreamEvent", "")
+    _outcome("stream_status", event if event in _STREAM_EVENTS else "other")
+    if event == "stream-error" and call_id:
+        error = form.get("StreamError", "") or "unknown error"
+        message = f"Twilio stream error: {error[:MAX_STREAM_ERROR_CHARS]}"
+        log.warning(
+            "Twilio reports a stream error",
+            extra={"call_id": call_id, "call_sid": form.get("CallSid", ""), "error": message},
+        )
+        await request.app[SERVICES].call_service.fail_setup(call_id, message)
     return web.Response(status=204)

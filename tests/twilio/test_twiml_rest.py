@@ -26,6 +26,18 @@ def test_stream_twiml_carries_the_parameters() -> None:
     assert twiml.stream_url("http://127.0.0.1:8080") == "ws://127.0.0.1:8080/twilio/stream"
 
 
+def test_stream_twiml_can_ask_for_stream_events() -> None:
+    callback = "https://edge/twilio/stream-status?call_id=x&y=1"
+    doc = twiml.connect_stream(
+        "wss://edge/twilio/stream", {"call_id": "x"}, status_callback=callback
+    )
+    [stream] = ElementTree.fromstring(doc).iter("Stream")
+    assert stream.get("statusCallback") == callback
+    assert stream.get("statusCallbackMethod") == "POST"
+    [plain] = ElementTree.fromstring(twiml.connect_stream("wss://e/s", {})).iter("Stream")
+    assert plain.get("statusCallback") is None
+
+
 def test_dial_accepts_numbers_and_sip_uris_only() -> None:
     assert "<Dial><Number>+15555550123</Number></Dial>" in twiml.dial("+1 555 555 0123")
     assert "<Dial><Sip>sip:desk@pbx.example.com</Sip></Dial>" in twiml.dial(
