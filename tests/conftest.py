@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 import wave
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -27,6 +29,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """``telephony-edge ARGS`` as a user runs it: a real process, its exit status and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "telephony_edge", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def read_wav(name: str) -> bytes:

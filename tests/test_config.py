@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +9,7 @@ import yaml
 
 from telephony_edge.cli import main
 from telephony_edge.config import ConfigError, load_settings, normalize_e164
+from tests.conftest import run_cli
 
 EXAMPLE = Path(__file__).parent.parent / "deploy" / "config.example.yaml"
 
@@ -123,12 +122,7 @@ def test_bad_environment_value_is_named(tmp_path: Path, monkeypatch: pytest.Monk
 def test_serve_with_bad_config_exits_2(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("server: [1, 2]\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "telephony_edge", "serve", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    proc = run_cli("serve", "--config", str(path))
     assert proc.returncode == 2
     assert "server" in proc.stderr
 
