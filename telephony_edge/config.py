@@ -32,20 +32,42 @@ class ConfigError(Exception):
 
 
 def normalize_e164(number: str) -> str:
-    """Return ``number`` as E.164 (``+`` and digits), or raise ValueError.
+    """Return a number people wrote (configuration, API) as E.164, or raise ValueError.
 
-    Accepts what people and carriers write: spaces, dashes, dots, brackets,
-    a ``00`` international prefix, or digits without the ``+`` (as some
-    trunks send in the Request-URI user part).
+    It must carry its country code: ``+`` (or the ``00`` international
+    prefix) and the digits; spaces, dashes, dots, slashes and brackets are
+    fine. Without a country code it is an error, not a guess: ``(415)
+    555-0100`` is not ``+4155550100``, and a mistake here routes calls to
+    the wrong country.
     """
+    if "(0)" in number.replace(" ", ""):
+        raise ValueError(f"{number!r}: leave out the (0), dialled only within the country")
     digits = _FORMATTING.sub("", number.strip())
     if digits.startswith("00"):
         digits = "+" + digits[2:]
-    elif not digits.startswith("+") and digits.isdigit():
-        digits = "+" + digits
+    elif digits.isdigit():
+        raise ValueError(
+            f"{number!r} has no country code: write it with + and the country code, "
+            "e.g. +1 415 555 0100"
+        )
     if not _E164.match(digits):
         raise ValueError(f"{number!r} is not an E.164 phone number (+ and 2-15 digits)")
     return digits
+
+
+def normalize_network_number(number: str) -> str:
+    """Return a number a *network* sent as E.164, or raise ValueError.
+
+    Lenient where :func:`normalize_e164` is strict: some trunks send the
+    international digits without the ``+`` (e.g. ``14155550100`` in a SIP
+    Request-URI), so bare digits count as if ``+`` were there. Only for
+    numbers networks send, to route a call (``NumberRouter.lookup``); never
+    for what people write.
+    """
+    digits = _FORMATTING.sub("", number.strip())
+    if digits.isdigit() and not digits.startswith("0"):
+        return normalize_e164("+" + digits)
+    return normalize_e164(number)
 
 
 def _http_url(value: str) -> str:

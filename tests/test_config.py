@@ -8,7 +8,12 @@ import pytest
 import yaml
 
 from telephony_edge.cli import main
-from telephony_edge.config import ConfigError, load_settings, normalize_e164
+from telephony_edge.config import (
+    ConfigError,
+    load_settings,
+    normalize_e164,
+    normalize_network_number,
+)
 from tests.conftest import run_cli
 
 EXAMPLE = Path(__file__).parent.parent / "deploy" / "config.example.yaml"
@@ -45,6 +50,11 @@ def test_embedded_defaults_need_no_file() -> None:
             lambda c: c["numbers"].update({"+1 415 CALL NOW": c["numbers"]["+1 415 555 0100"]}),
             "numbers.+1 415 CALL NOW",
             "not an E.164 phone number",
+        ),
+        (
+            lambda c: c["numbers"].update({"(415) 555-0100": c["numbers"]["+1 415 555 0100"]}),
+            "numbers.(415) 555-0100",
+            "has no country code",
         ),
         (
             lambda c: c["numbers"]["+1 415 555 0100"].update(region="mars"),
@@ -132,15 +142,34 @@ def test_serve_with_bad_config_exits_2(tmp_path: Path) -> None:
     [
         ("+1 (415) 555-0100", "+14155550100"),
         ("0044 20 7946 0958", "+442079460958"),
-        ("14155550100", "+14155550100"),
         ("+49.30.123456", "+4930123456"),
+        ("+44 (0)20 7946 0958", None),
     ],
 )
-def test_normalize_e164(written: str, e164: str) -> None:
-    assert normalize_e164(written) == e164
+def test_normalize_e164(written: str, e164: str | None) -> None:
+    if e164 is None:
+        with pytest.raises(ValueError):
+            normalize_e164(written)
+    else:
+        assert normalize_e164(written) == e164
+        assert normalize_network_number(written) == e164
 
 
 @pytest.mark.parametrize("bad", ["", "+0123", "call me", "+1234567890123456", "++1415"])
 def test_normalize_e164_rejects(bad: str) -> None:
     with pytest.raises(ValueError):
         normalize_e164(bad)
+    with pytest.raises(ValueError):
+        normalize_network_number(bad)
+
+
+@pytest.mark.parametrize("local", ["(415) 555-0100", "555-0100", "14155550100", "020 7946 0958"])
+def test_a_number_without_country_code_is_an_error_not_a_guess(local: str) -> None:
+    with pytest.raises(ValueError, match="has no country code: write it with \\+"):
+        normalize_e164(local)
+
+
+def test_networks_may_send_the_digits_without_plus() -> None:
+    assert normalize_network_number("14155550100") == "+14155550100"
+    with pytest.raises(ValueError):
+        normalize_network_number("020 7946 0958")  # national format: no country code
