@@ -17,13 +17,17 @@ EXIT_INTERRUPTED = 130
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-def _load(path: str | None, **overrides: Any) -> Settings | None:
+def _load(path: str | None) -> Settings | None:
+    """The settings, or None after printing every problem (source: field: reason) on stderr."""
     try:
-        return load_settings(path, **overrides)
+        return load_settings(path)
     except ConfigError as exc:
-        print(f"invalid configuration{f' in {path}' if path else ''}:", file=sys.stderr)
-        for line in str(exc).splitlines():
-            print(f"  {line}", file=sys.stderr)
+        count = len(exc.problems)
+        print(
+            f"invalid configuration, {count} problem{'s' if count != 1 else ''}:", file=sys.stderr
+        )
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
         return None
 
 

@@ -50,7 +50,7 @@ class NumberRouter:
             agent_id=entry.agent_id,
             region_name=entry.region,
             region=self._settings.regions[entry.region],
-            agent_config=dict(entry.agent_config),
+            agent_config=entry.agent_config.model_dump(mode="json", exclude_unset=True),
             local=local,
         )
 
