@@ -16,10 +16,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from telephony_edge import http_limits, metrics
 from telephony_edge.agent.demo import add_agent_core_routes
 from telephony_edge.api import add_api_routes
+from telephony_edge.banner import banner_lines
 from telephony_edge.calls.manager import CallManager
 from telephony_edge.calls.service import CallService
 from telephony_edge.config import Settings
 from telephony_edge.coord.factory import create_coordinator
+from telephony_edge.errors import ListenError
 from telephony_edge.registry import provider_classes
 from telephony_edge.routing import NumberRouter
 from telephony_edge.services import SERVICES, Services
@@ -118,18 +120,15 @@ async def serve(settings: Settings) -> int:
     runner = web.AppRunner(app, handle_signals=False, access_log=None, **_limits(app, settings))
     await runner.setup()
     site = web.TCPSite(runner, settings.server.host, settings.server.port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ListenError(settings.server.host, settings.server.port, exc) from None
     bound = _bound_port(runner) or settings.server.port
     set_local_address(app, settings.server.host, bound)
-    base = f"http://{settings.server.host}:{bound}"
-    print(f"telephony-edge serving on {base}", flush=True)
-    for path in ("/healthz", "/readyz", "/metrics"):
-        print(f"  {base}{path}", flush=True)
-    if settings.agent_core.url is None:
-        print(f"  built-in demo agent core: ws://{settings.server.host}:{bound}{DEMO_AGENT_PATH}")
-    for provider in app[SERVICES].providers.values():
-        for line in provider.banner(settings.public_url):
-            print(f"  {line}", flush=True)
+    for line in banner_lines(settings, f"http://{settings.server.host}:{bound}"):
+        print(line, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -8,18 +8,26 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from telephony_edge import __version__
 from telephony_edge.config import ConfigError, Settings, load_settings
+from telephony_edge.errors import ListenError, UserError
 
 EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-def _load(path: str | None, **overrides: Any) -> Settings | None:
+def _load(path: str | None) -> Settings | None:
+    """The settings, or None after printing every problem (source: field: reason) on stderr."""
     try:
-        return load_settings(path, **overrides)
+        return load_settings(path)
     except ConfigError as exc:
-        print(f"invalid configuration{f' in {path}' if path else ''}:", file=sys.stderr)
-        for line in str(exc).splitlines():
-            print(f"  {line}", file=sys.stderr)
+        count = len(exc.problems)
+        print(
+            f"invalid configuration, {count} problem{'s' if count != 1 else ''}:", file=sys.stderr
+        )
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
         return None
 
 
@@ -38,19 +46,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from telephony_edge.app import serve
     from telephony_edge.logs import setup_logging
 
-    server: dict[str, Any] = {}
-    if args.host is not None:
-        server["host"] = args.host
-    if args.port is not None:
-        server["port"] = args.port
     settings = _load(args.config)
     if settings is None:
         return EXIT_CONFIG
+    # the command line wins over the file and the environment (checked by argparse)
+    given = {name: getattr(args, name) for name in ("host", "port")}
+    server = {name: value for name, value in given.items() if value is not None}
     if server:
-        merged = settings.server.model_copy(update=server)
-        settings = _load(args.config, server=merged.model_dump())
-        if settings is None:
-            return EXIT_CONFIG
+        settings = settings.model_copy(update={"server": settings.server.model_copy(update=server)})
     setup_logging(args.log_level)
     return _run(serve(settings), settings.server.use_uvloop)
 
@@ -76,28 +79,60 @@ def cmd_agent_core(args: argparse.Namespace) -> int:
         return _run(run_agent_core(args.host, args.port, path=args.path), use_uvloop=True)
     except KeyboardInterrupt:
         return 0
+    except OSError as exc:  # the only one that gets here: the bind
+        raise ListenError(args.host, args.port, exc) from None
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, so a typo is a usage error rather than a bind failure."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return port
+
+
+def _add_log_level(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="JSON logs on stderr from this level up (default: INFO)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="telephony-edge", description=__doc__)
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}", help="print the version"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve_p = sub.add_parser("serve", help="run the edge service")
-    serve_p.add_argument("--host", help="address to listen on (default from config: 127.0.0.1)")
-    serve_p.add_argument("--port", type=int, help="port to listen on (default from config: 8080)")
+    serve_p.add_argument(
+        "--host", help="address to listen on; overrides the config (default: 127.0.0.1)"
+    )
+    serve_p.add_argument(
+        "--port", type=port_number, help="port to listen on; overrides the config (default: 8080)"
+    )
     serve_p.add_argument("--config", help="YAML configuration file (default: embedded defaults)")
-    serve_p.add_argument("--log-level", default="INFO")
+    _add_log_level(serve_p)
     serve_p.set_defaults(func=cmd_serve)
 
-    check_p = sub.add_parser("check-config", help="validate a configuration file and exit")
-    check_p.add_argument("file")
+    check_p = sub.add_parser(
+        "check-config", help="validate a configuration file (and the environment) and exit"
+    )
+    check_p.add_argument("file", help="the YAML configuration file to check")
     check_p.set_defaults(func=cmd_check_config)
 
     core_p = sub.add_parser("agent-core", help="run the built-in demo agent core on its own")
-    core_p.add_argument("--host", default="127.0.0.1")
-    core_p.add_argument("--port", type=int, default=8765)
-    core_p.add_argument("--path", default="/agent")
-    core_p.add_argument("--log-level", default="INFO")
+    core_p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    core_p.add_argument("--port", type=port_number, default=8765, help="port (default: 8765)")
+    core_p.add_argument("--path", default="/agent", help="WebSocket path (default: /agent)")
+    _add_log_level(core_p)
     core_p.set_defaults(func=cmd_agent_core)
 
     from telephony_edge.twilio.simulator import add_simulate_cli
@@ -107,8 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a :class:`UserError` is one line on stderr, never a traceback."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    command = " ".join(filter(None, (args.command, getattr(args, "network", None))))
+    try:
+        return int(args.func(args))
+    except UserError as exc:
+        print(f"telephony-edge {command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

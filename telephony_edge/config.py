@@ -1,17 +1,24 @@
 """Typed settings: a YAML file plus ``TELEPHONY_EDGE_`` environment overrides.
 
-Everything is validated at start-up, so a wrong file stops the service with a
-message that names the field and the reason, never half-way through a call.
+Everything is validated at start-up, so a wrong file stops the service with
+one line per problem (all of them at once), naming where the value came from
+(the file or the environment variable), the field and the reason, never
+half-way through a call.
 Environment variables override the file; nested fields use ``__``, e.g.
 ``TELEPHONY_EDGE_SERVER__PORT=9000`` or ``TELEPHONY_EDGE_TWILIO__AUTH_TOKEN=…``.
 """
 
 from __future__ import annotations
 
+import copy
+import difflib
 import functools
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -23,7 +30,13 @@ from pydantic import (
     create_model,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.exceptions import SettingsError
 
 from telephony_edge.coord.redis_url import check_redis_url
 
@@ -31,25 +44,43 @@ _E164 = re.compile(r"^\+[1-9]\d{1,14}$")
 _FORMATTING = re.compile(r"[\s().\-/]")
 
 
-class ConfigError(Exception):
-    """The configuration is invalid; ``str()`` names each field and reason."""
-
-
 def normalize_e164(number: str) -> str:
-    """Return ``number`` as E.164 (``+`` and digits), or raise ValueError.
+    """Return a number people wrote (configuration, API) as E.164, or raise ValueError.
 
-    Accepts what people and carriers write: spaces, dashes, dots, brackets,
-    a ``00`` international prefix, or digits without the ``+`` (as some
-    trunks send in the Request-URI user part).
+    It must carry its country code: ``+`` (or the ``00`` international
+    prefix) and the digits; spaces, dashes, dots, slashes and brackets are
+    fine. Without a country code it is an error, not a guess: ``(415)
+    555-0100`` is not ``+4155550100``, and a mistake here routes calls to
+    the wrong country.
     """
+    if "(0)" in number.replace(" ", ""):
+        raise ValueError(f"{number!r}: leave out the (0), dialled only within the country")
     digits = _FORMATTING.sub("", number.strip())
     if digits.startswith("00"):
         digits = "+" + digits[2:]
-    elif not digits.startswith("+") and digits.isdigit():
-        digits = "+" + digits
+    elif digits.isdigit():
+        raise ValueError(
+            f"{number!r} has no country code: write it with + and the country code, "
+            "e.g. +1 415 555 0100"
+        )
     if not _E164.match(digits):
         raise ValueError(f"{number!r} is not an E.164 phone number (+ and 2-15 digits)")
     return digits
+
+
+def normalize_network_number(number: str) -> str:
+    """Return a number a *network* sent as E.164, or raise ValueError.
+
+    Lenient where :func:`normalize_e164` is strict: some trunks send the
+    international digits without the ``+`` (e.g. ``14155550100`` in a SIP
+    Request-URI), so bare digits count as if ``+`` were there. Only for
+    numbers networks send, to route a call (``NumberRouter.lookup``); never
+    for what people write.
+    """
+    digits = _FORMATTING.sub("", number.strip())
+    if digits.isdigit() and not digits.startswith("0"):
+        return normalize_e164("+" + digits)
+    return normalize_e164(number)
 
 
 def _http_url(value: str) -> str:
@@ -92,9 +123,13 @@ class WebhookSpec(_Model):
 
 
 class AgentConfig(_Model):
-    """A stored agent (agent_id → config), as the platform documents it."""
+    """A stored agent (agent_id → config), as the platform documents it.
 
-    model_config = ConfigDict(extra="allow", frozen=True)  # the platform adds fields freely
+    Unknown keys are refused, so a typo (``first_mesage``) is an error rather
+    than a setting that silently does nothing. Anything else an agent core
+    needs goes under ``extra``, which the edge passes on unchanged (and
+    unchecked) in ``initiate.data.agent.agent_config.extra``.
+    """
 
     prompt: str = ""
     first_message: str = ""
@@ -105,6 +140,8 @@ class AgentConfig(_Model):
     session_data_webhook: HttpUrl | WebhookSpec | None = None
     max_concurrent_calls: int | None = Field(default=None, ge=1)
     allow_public_key: bool = False
+    extra: dict[str, Any] | None = None
+    """Free-form settings for a custom agent core, passed through unchanged."""
 
 
 class Region(_Model):
@@ -118,7 +155,8 @@ class NumberRoute(_Model):
     """A registered provider's name (``telephony_edge.registry``)."""
     agent_id: str
     region: str
-    agent_config: dict[str, Any] = Field(default_factory=dict)
+    agent_config: AgentConfig = Field(default_factory=AgentConfig)
+    """Overrides of the agent's settings for calls to this number: only the keys written."""
 
 
 class ServerSettings(_Model):
@@ -320,40 +358,55 @@ class Settings(BaseSettings):
         return f"http://{host}:{self.server.port}"
 
 
-def _format_validation_error(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if str(p) != "[key]")
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"{loc}: {msg}" if loc else msg)
-    return "\n".join(lines)
+ENV_PREFIX = "TELEPHONY_EDGE_"
+_MAX_ROUNDS = 5
+_UNION_TAG = re.compile(r"^[\w-]+\[.*\]$")  # pydantic's name for one branch of a union
 
 
-def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
-    """Read ``path`` (YAML) if given, apply the environment, validate.
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    """One bad field: where its value came from, which field, what is wrong."""
 
-    Raises ConfigError with one line per problem, each naming the field.
-    """
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        data = loaded
-    data.update(overrides)
-    try:
-        return settings_class()(**data)
-    except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc)) from None
+    source: str  # the file, the environment variable, or "" (values given in code)
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return ": ".join(part for part in (self.source, self.field, self.reason) if part)
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``str()`` is one line per problem."""
+
+    def __init__(self, problems: str | list[ConfigProblem]) -> None:
+        if isinstance(problems, str):
+            problems = [ConfigProblem("", "", problems)]
+        self.problems = problems
+        super().__init__("\n".join(map(str, problems)))
+
+
+class _FromData(Settings):
+    """Settings validated from data alone: ``load_settings`` has merged the environment
+    in already (knowing which variable gave which value) and may leave bad values out."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def _provider_sections() -> dict[str, Any]:
+    from telephony_edge.registry import provider_classes
+
+    return {
+        name: (cls.settings_model, cls.settings_model()) for name, cls in provider_classes().items()
+    }
 
 
 @functools.cache
@@ -363,9 +416,224 @@ def settings_class() -> type[Settings]:
     Built once, on first use, from the registry: the provider set is open,
     so no list of networks is written here.
     """
-    from telephony_edge.registry import provider_classes
+    return create_model("Settings", __base__=Settings, **_provider_sections())
 
-    sections: dict[str, Any] = {
-        name: (cls.settings_model, cls.settings_model()) for name, cls in provider_classes().items()
-    }
-    return create_model("Settings", __base__=Settings, **sections)
+
+@functools.cache
+def _data_class() -> type[Settings]:
+    """:func:`settings_class`, validated from data alone (see :class:`_FromData`)."""
+    return create_model("Settings", __base__=_FromData, **_provider_sections())
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read ``path`` (YAML) if given, apply the environment, validate.
+
+    Raises ConfigError listing every problem found, each with its source
+    (the file or the environment variable) and field. Top-level
+    ``overrides`` replace the file's sections (tests, embedding).
+    """
+    data = _read_yaml(path) if path is not None else {}
+    data.update(copy.deepcopy(overrides))
+    env_names = _environment_names()
+    problems = [
+        ConfigProblem(name, ".".join(parts), _unknown_key(settings_class(), parts[0]))
+        for parts, name in env_names.items()
+        if parts[0] not in settings_class().model_fields
+    ]
+    try:
+        env_values = EnvSettingsSource(settings_class())()
+    except SettingsError as exc:  # a JSON value that does not parse; names the field
+        field = re.search(r'field "([^"]+)"', str(exc))
+        name = field.group(1) if field else ""
+        source = env_names.get((name,), f"{ENV_PREFIX}{name.upper()}")
+        raise ConfigError([*problems, ConfigProblem(source, name, "not valid JSON")]) from None
+    sources = _Sources(str(path or ""), env_names)
+    settings, found = _validate(_deep_merge(data, env_values), sources)
+    problems += found
+    if problems or settings is None:
+        raise ConfigError(problems)
+    return settings
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(str(path), "", f"cannot read: {exc.strerror}")]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([ConfigProblem(str(path), "", f"not valid YAML: {exc}")]) from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            [ConfigProblem(str(path), "", "the top level must be a mapping of sections")]
+        )
+    return loaded
+
+
+def _environment_names() -> dict[tuple[str, ...], str]:
+    """Each ``TELEPHONY_EDGE_*`` variable by the field path it sets (lower case, as read)."""
+    names = {}
+    for name in os.environ:
+        if name.upper().startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
+            names[tuple(name[len(ENV_PREFIX) :].lower().split("__"))] = name
+    return names
+
+
+@dataclass(frozen=True, slots=True)
+class _Sources:
+    """Where a field's value came from: an environment variable, else the file."""
+
+    file: str
+    env: dict[tuple[str, ...], str]
+
+    def of(self, field: str) -> str:
+        dotted = field.lower()
+        for parts, name in self.env.items():
+            path = ".".join(parts)
+            if dotted == path or dotted.startswith(path + "."):
+                return name
+        inside = [n for p, n in self.env.items() if ".".join(p).startswith(dotted + ".")]
+        return " + ".join(filter(None, (self.file, *inside)))
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``, nested mappings key by key (as pydantic-settings merges)."""
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _validate(
+    data: dict[str, Any], sources: _Sources
+) -> tuple[Settings | None, list[ConfigProblem]]:
+    """Validate, and on failure again without the bad values, to list every problem at once.
+
+    pydantic reports every bad field of one pass, but the cross-references
+    (numbers → regions, agents; secrets) only run once all fields are valid.
+    So each bad value is left out (a key, or a whole entry/section when
+    leaving the key out cannot help) and the rest validated again; problems
+    that only follow from what was left out are not reported.
+    """
+    problems: list[ConfigProblem] = []
+    removed: list[str] = []
+    for _ in range(_MAX_ROUNDS):
+        try:
+            return _data_class()(**data), problems
+        except ValidationError as exc:
+            progress = False
+            for loc, field, reason in _problems(exc):
+                if any(_follows_from(gone, field, reason) for gone in removed):
+                    continue
+                if not any(p.field == field for p in problems):
+                    problems.append(ConfigProblem(sources.of(field), field, reason))
+                if loc is not None:
+                    progress |= _leave_out(data, loc, removed)
+            if not progress:
+                break
+    return None, problems
+
+
+def _problems(exc: ValidationError) -> list[tuple[tuple[str, ...] | None, str, str]]:
+    """(path, dotted field, reason) per bad field; a union's branches are one field."""
+    by_loc: dict[tuple[str, ...], list[tuple[str, str]]] = {}
+    out: list[tuple[tuple[str, ...] | None, str, str]] = []
+    for err in exc.errors():
+        loc = tuple(str(p) for p in err["loc"] if not _is_union_tag(str(p)) and p != "[key]")
+        msg = err["msg"].removeprefix("Value error, ")
+        if (not loc and "\n" in msg) or (not loc and ": " in msg):  # the cross-references
+            for line in msg.splitlines():
+                field, _, reason = line.partition(": ")
+                out.append((None, field, reason))
+            continue
+        if err["type"] == "extra_forbidden":
+            msg = _unknown_key(_model_at(loc[:-1]), loc[-1])
+        by_loc.setdefault(loc, []).append((err["type"], msg))
+    for loc, errs in by_loc.items():
+        if any(other[: len(loc)] == loc and other != loc for other in by_loc):
+            continue  # another branch of a union got further: its error says more
+        useful = [msg for kind, msg in errs if not kind.endswith("_type")] or [errs[0][1]]
+        out.append((loc, ".".join(loc), "; ".join(dict.fromkeys(useful))))
+    return out
+
+
+def _is_union_tag(part: str) -> bool:
+    return bool(_UNION_TAG.match(part)) or part in _MODEL_NAMES
+
+
+def _model_at(loc: tuple[str, ...]) -> type[BaseModel] | None:
+    """The model whose fields live at ``loc`` (for "did you mean"), if any."""
+    current: Any = settings_class()
+    for part in loc:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(part)
+            current = field.annotation if field is not None else None
+        elif get_origin(current) is dict:
+            current = get_args(current)[1]
+        else:
+            return None
+        current = _model_or_dict(current)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _model_or_dict(annotation: Any) -> Any:
+    """The model (or dict) inside ``X | None`` or ``Annotated[...]``."""
+    if get_origin(annotation) is Annotated:
+        return get_args(annotation)[0]
+    for arg in get_args(annotation) if get_origin(annotation) in (Union, UnionType) else ():
+        if get_origin(arg) is dict or (isinstance(arg, type) and issubclass(arg, BaseModel)):
+            return arg
+    return annotation
+
+
+def _unknown_key(model: type[BaseModel] | None, key: str) -> str:
+    reason = "unknown key"
+    if model is not None:
+        close = difflib.get_close_matches(key, list(model.model_fields), n=1, cutoff=0.7)
+        if close:
+            reason += f"; did you mean {close[0]}?"
+        if model is AgentConfig:
+            reason += " (free-form settings for the agent core go under extra:)"
+    return reason
+
+
+def _follows_from(gone: str, field: str, reason: str) -> bool:
+    """Whether a problem is only a consequence of leaving ``gone`` out."""
+    name = gone.rsplit(".", 1)[-1]
+    return field == gone or field.startswith(gone + ".") or gone in reason or f"'{name}'" in reason
+
+
+def _leave_out(data: dict[str, Any], loc: tuple[str, ...], removed: list[str]) -> bool:
+    """Take the value at ``loc`` out of ``data``; whether anything changed.
+
+    A key whose field has a default just goes; when it is already gone (a
+    required field) or names a whole section or entry (its own check failed),
+    the enclosing entry or section goes, and is remembered in ``removed``.
+    """
+    parent: Any = data
+    for part in loc[:-1]:
+        if not isinstance(parent, dict) or part not in parent:
+            return False
+        if not isinstance(parent[part], dict):  # a list: leave the whole list out
+            del parent[part]
+            return True
+        parent = parent[part]
+    if isinstance(parent, dict) and loc[-1] in parent and not isinstance(parent[loc[-1]], dict):
+        del parent[loc[-1]]
+        return True
+    whole = loc[:2] if loc[0] in ("agents", "regions", "numbers") else loc[:1]
+    container: Any = data
+    for part in whole[:-1]:
+        container = container.get(part, {}) if isinstance(container, dict) else {}
+    if isinstance(container, dict) and whole[-1] in container:
+        del container[whole[-1]]
+        removed.append(".".join(whole))
+        return True
+    return False
+
+
+_MODEL_NAMES = frozenset(cls.__name__ for cls in _Model.__subclasses__())

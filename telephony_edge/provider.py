@@ -72,6 +72,7 @@ class Provider:
         """Transfer a call that has no leg on this worker, through the network's API."""
         raise NotSupported(f"{self.name} cannot transfer calls without their media")
 
-    def banner(self, public_url: str) -> list[str]:
-        """Lines the ``serve`` banner prints for this network (e.g. webhook URLs)."""
+    @classmethod
+    def banner(cls, public_url: str) -> list[str]:
+        """Lines the ``serve`` banner prints for this network (e.g. webhook URLs to paste)."""
         return []

@@ -6,7 +6,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from telephony_edge.config import Region, Settings, normalize_e164
+from telephony_edge.config import Region, Settings, normalize_e164, normalize_network_number
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,9 +35,9 @@ class NumberRouter:
         }
 
     def lookup(self, dialled: str) -> Route | None:
-        """The route for ``dialled`` in any written form, or None if it is not ours."""
+        """The route for ``dialled`` as a network sends it (``+`` optional), or None."""
         try:
-            number = normalize_e164(dialled)
+            number = normalize_network_number(dialled)
         except ValueError:
             return None
         entry = self._settings.numbers.get(number)
@@ -50,7 +50,7 @@ class NumberRouter:
             agent_id=entry.agent_id,
             region_name=entry.region,
             region=self._settings.regions[entry.region],
-            agent_config=dict(entry.agent_config),
+            agent_config=entry.agent_config.model_dump(mode="json", exclude_unset=True),
             local=local,
         )
 

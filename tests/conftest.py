@@ -36,6 +36,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """``telephony-edge ARGS`` as a user runs it: a real process, its exit status and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "telephony_edge", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def read_wav(name: str) -> bytes:
     """A committed speech fixture as canonical PCM16 16 kHz mono."""
     with wave.open(str(FIXTURES / name)) as wav:

@@ -143,6 +143,7 @@ async def test_outbound_requests_are_validated_before_twilio_is_asked(
         ({"from_phone": "12"}, 400, "from_phone"),
         ({"to_phone": "not a number"}, 400, "to_phone"),
         ({"to_phone": "+0123"}, 400, "to_phone"),
+        ({"to_phone": "(415) 555-0142"}, 400, "to_phone: '(415) 555-0142' has no country code"),
         ({"to_phone": None}, 400, "to_phone"),
         ({"agent_id": ""}, 400, "agent_id"),
         ({"agent_id": "nobody"}, 404, "agent"),

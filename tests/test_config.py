@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from telephony_edge.calls.variables import merge_agent_config
 from telephony_edge.cli import main
-from telephony_edge.config import ConfigError, load_settings, normalize_e164
+from telephony_edge.config import (
+    ConfigError,
+    load_settings,
+    normalize_e164,
+    normalize_network_number,
+)
+from telephony_edge.routing import NumberRouter
 from telephony_edge.twilio.settings import twilio_settings
+from tests.conftest import run_cli
 
 EXAMPLE = Path(__file__).parent.parent / "deploy" / "config.example.yaml"
 
@@ -49,6 +56,11 @@ def test_embedded_defaults_need_no_file() -> None:
             "not an E.164 phone number",
         ),
         (
+            lambda c: c["numbers"].update({"(415) 555-0100": c["numbers"]["+1 415 555 0100"]}),
+            "numbers.(415) 555-0100",
+            "has no country code",
+        ),
+        (
             lambda c: c["numbers"]["+1 415 555 0100"].update(region="mars"),
             "numbers.+14155550100.region",
             "region 'mars' is not defined",
@@ -84,6 +96,16 @@ def test_embedded_defaults_need_no_file() -> None:
             "required for Twilio",
         ),
         (
+            lambda c: c["regions"]["us-east"].pop("public_url"),
+            "regions.us-east.public_url",
+            "Field required",
+        ),
+        (
+            lambda c: c["agents"]["support"].update(first_mesage="Hi"),
+            "agents.support.first_mesage",
+            "unknown key; did you mean first_message?",
+        ),
+        (
             lambda c: c["coordination"].update(backend="redis"),
             "coordination",
             "needs redis_url",
@@ -99,11 +121,12 @@ def test_bad_config_names_field_and_reason(
     with pytest.raises(ConfigError) as info:
         load_settings(path)
     assert any(
-        line.startswith(f"{field}:") and reason in line for line in str(info.value).splitlines()
+        (p.source, p.field) == (str(path), field) and reason in p.reason
+        for p in info.value.problems
     ), str(info.value)
     assert main(["check-config", str(path)]) == 2
     err = capsys.readouterr().err
-    assert field in err and reason in err
+    assert f"  {path}: {field}: " in err and reason in err
 
 
 def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,21 +138,84 @@ def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert settings.server.region == "us-east"  # the file's other values stay
 
 
-def test_bad_environment_value_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TELEPHONY_EDGE_SERVER__PORT", "eighty")
-    with pytest.raises(ConfigError, match=r"server\.port"):
+@pytest.mark.parametrize(
+    ("variable", "value", "field", "reason"),
+    [
+        ("TELEPHONY_EDGE_SERVER__PORT", "eighty", "server.port", "valid integer"),
+        ("TELEPHONY_EDGE_SERVER__PROT", "9000", "server.prot", "unknown key; did you mean port?"),
+        ("TELEPHONY_EDGE_SERVR__PORT", "9000", "servr.port", "unknown key; did you mean server?"),
+        ("TELEPHONY_EDGE_TWILIO", "{not json", "twilio", "not valid JSON"),
+    ],
+)
+def test_a_bad_environment_variable_is_blamed_on_itself(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+    field: str,
+    reason: str,
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as info:
         load_settings(write(tmp_path, base()))
+    [problem] = info.value.problems
+    assert (problem.source, problem.field) == (variable, field)
+    assert reason in problem.reason
+
+
+def test_every_problem_is_listed_in_one_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config: Any = base()
+    config["server"]["prot"] = 1
+    config["agents"]["support"]["first_mesage"] = "Hi"
+    numbers = config["numbers"]
+    numbers["+1 415 555 0100"]["region"] = "mars"
+    numbers["+44 20 7946 0958"]["agent_config"]["langauge"] = "en-GB"
+    numbers["020 7946 0958"] = {"provider": "sip", "agent_id": "support", "region": "us-east"}
+    path = write(tmp_path, config)
+    monkeypatch.setenv("TELEPHONY_EDGE_CALLS__MAX_DURATION_S", "forever")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    problems = info.value.problems
+    assert [(p.source, p.field) for p in problems] == [
+        (str(path), "server.prot"),
+        ("TELEPHONY_EDGE_CALLS__MAX_DURATION_S", "calls.max_duration_s"),
+        (str(path), "agents.support.first_mesage"),
+        (str(path), "numbers.+44 20 7946 0958.agent_config.langauge"),
+        (str(path), "numbers.020 7946 0958"),
+        (str(path), "numbers.+14155550100.region"),  # a cross-reference, found all the same
+    ], str(info.value)
+    assert problems[2].reason == (
+        "unknown key; did you mean first_message? "
+        "(free-form settings for the agent core go under extra:)"
+    )
+    proc = run_cli("check-config", str(path))  # inherits the environment
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "invalid configuration, 6 problems:",
+        *(f"  {p}" for p in problems),
+    ]
+
+
+def test_agent_extras_pass_through_and_merge_with_a_numbers_overrides(tmp_path: Path) -> None:
+    config: Any = base()
+    config["agents"]["support"]["extra"] = {"stt": {"model": "x"}, "temperature": 0.2}
+    config["numbers"]["+44 20 7946 0958"]["agent_config"]["extra"] = {"stt": {"lang": "en-GB"}}
+    settings = load_settings(write(tmp_path, config))
+    route = NumberRouter(settings).lookup("+442079460958")
+    assert route is not None
+    assert route.agent_config == {"language": "en-GB", "extra": {"stt": {"lang": "en-GB"}}}
+    stored = settings.agents["support"].model_dump(mode="json", exclude_none=True)
+    merged = merge_agent_config(stored, route.agent_config)
+    assert merged["extra"] == {"stt": {"model": "x", "lang": "en-GB"}, "temperature": 0.2}
+    assert merged["language"] == "en-GB" and merged["first_message"] == stored["first_message"]
 
 
 def test_serve_with_bad_config_exits_2(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("server: [1, 2]\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "telephony_edge", "serve", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    proc = run_cli("serve", "--config", str(path))
     assert proc.returncode == 2
     assert "server" in proc.stderr
 
@@ -139,15 +225,34 @@ def test_serve_with_bad_config_exits_2(tmp_path: Path) -> None:
     [
         ("+1 (415) 555-0100", "+14155550100"),
         ("0044 20 7946 0958", "+442079460958"),
-        ("14155550100", "+14155550100"),
         ("+49.30.123456", "+4930123456"),
+        ("+44 (0)20 7946 0958", None),
     ],
 )
-def test_normalize_e164(written: str, e164: str) -> None:
-    assert normalize_e164(written) == e164
+def test_normalize_e164(written: str, e164: str | None) -> None:
+    if e164 is None:
+        with pytest.raises(ValueError):
+            normalize_e164(written)
+    else:
+        assert normalize_e164(written) == e164
+        assert normalize_network_number(written) == e164
 
 
 @pytest.mark.parametrize("bad", ["", "+0123", "call me", "+1234567890123456", "++1415"])
 def test_normalize_e164_rejects(bad: str) -> None:
     with pytest.raises(ValueError):
         normalize_e164(bad)
+    with pytest.raises(ValueError):
+        normalize_network_number(bad)
+
+
+@pytest.mark.parametrize("local", ["(415) 555-0100", "555-0100", "14155550100", "020 7946 0958"])
+def test_a_number_without_country_code_is_an_error_not_a_guess(local: str) -> None:
+    with pytest.raises(ValueError, match="has no country code: write it with \\+"):
+        normalize_e164(local)
+
+
+def test_networks_may_send_the_digits_without_plus() -> None:
+    assert normalize_network_number("14155550100") == "+14155550100"
+    with pytest.raises(ValueError):
+        normalize_network_number("020 7946 0958")  # national format: no country code

@@ -105,5 +105,9 @@ class TwilioProvider(Provider):
             raise TwilioApiError("the call has no Twilio call sid yet; cannot transfer")
         await self.rest.transfer(record.provider_call_id, destination)
 
-    def banner(self, public_url: str) -> list[str]:
-        return [f"Twilio voice webhook (paste into the number's console): {public_url}{VOICE_PATH}"]
+    @classmethod
+    def banner(cls, public_url: str) -> list[str]:
+        return [
+            "Twilio voice webhook (console: number > A call comes in > Webhook, HTTP POST): "
+            f"{public_url}{VOICE_PATH}"
+        ]

@@ -33,12 +33,14 @@ import wave
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from xml.etree import ElementTree
 
 import aiohttp
 import orjson
+from yarl import URL
 
+from telephony_edge.errors import UserError, os_reason
 from telephony_edge.twilio.signature import SIGNATURE_HEADER, compute_signature
 
 RATE = 8000
@@ -50,6 +52,7 @@ TALKSPURT_GAP_S = 0.25
 JITTER_BUCKETS = 100  # a pause longer than this is silence between turns, not a glitch
 DEFAULT_FROM = "+15555550100"
 DEFAULT_ACCOUNT_SID = "AC" + "0" * 32
+EXIT_USAGE = 2
 
 
 def _sid(prefix: str) -> str:
@@ -151,6 +154,7 @@ class SimulationResult:
     marks_echoed: int = 0
     clears: int = 0
     clear_times: list[float] = field(default_factory=list)  # seconds since start
+    spoke_at_s: float | None = None  # start sent → the caller's first audio (after the greeting)
     edge_closed: bool = False
     duration_s: float = 0.0
     heard_ulaw: bytes = b""
@@ -163,7 +167,7 @@ class SimulationResult:
         lines = [
             f"call {self.call_sid}: {self.outcome}"
             + (f" ({self.error})" if self.error else "")
-            + (f" close {self.close_code} {self.close_reason}" if self.close_code else ""),
+            + (f" close {self.close_code} {self.close_reason}".rstrip() if self.close_code else ""),
             f"  webhook answered in {ms(self.webhook_s)}, stream set up in {ms(self.setup_s)}",
             f"  first agent audio {ms(self.first_audio_s)} after start; "
             f"reply {ms(self.reply_latency_s)} after the caller's audio ended",
@@ -171,8 +175,14 @@ class SimulationResult:
             f"(played {self.frames_played}, late {self.late_frames}), "
             f"marks {self.marks_received} (echoed {self.marks_echoed}), clears {self.clears}",
             f"  duration {self.duration_s:.1f} s"
+            + (f", the caller spoke at {self.spoke_at_s:.1f} s" if self.spoke_at_s else "")
             + (", the edge ended the call" if self.edge_closed else ""),
         ]
+        if self.clears:
+            lines.append(
+                f"  barge-in: the edge cleared the agent's audio {self.clears} time(s) "
+                f"(Twilio clear, first at {self.clear_times[0]:.1f} s)"
+            )
         if self.answer is not None and self.answer.say:
             lines.append(f"  said: {' / '.join(self.answer.say)}")
         return "\n".join(lines)
@@ -407,6 +417,8 @@ class SimulatedCall:
         """
         loop = self._loop
         start = loop.time()
+        if payloads and self.result.spoke_at_s is None:
+            self.result.spoke_at_s = start - self._t_start
         pending = sorted(dtmf)
         total = len(payloads) + round(silence_after_s / CHUNK_S)
         for i in range(total):
@@ -437,17 +449,39 @@ class SimulatedCall:
 
         Or, with ``until``, until it returns True for the result so far.
         """
+        if until is not None:
+            predicate = until
+            await self._silence_until(lambda elapsed: predicate(self.result), max_s)
+        else:
+            await self._silence_until(
+                lambda elapsed: elapsed >= min_s and self._quiet_s() >= quiet_s, max_s
+            )
+
+    async def wait_for_greeting(
+        self, *, quiet_s: float = 0.6, first_audio_s: float = 5.0, max_s: float = 30.0
+    ) -> None:
+        """Listen (sending silence) until the agent's greeting has played, as a caller would.
+
+        Done once agent audio has come and then ``quiet_s`` passed after it
+        finished playing; or when none came within ``first_audio_s``.
+        Speaking earlier would be a barge-in that cuts the greeting.
+        """
+
+        def greeted(elapsed: float) -> bool:
+            if self.result.frames_received == 0:
+                return elapsed >= first_audio_s
+            return self._quiet_s() >= quiet_s
+
+        await self._silence_until(greeted, max_s)
+
+    async def _silence_until(self, done: Callable[[float], bool], max_s: float) -> None:
+        """Send silence at real time until ``done(seconds elapsed)``, ``max_s`` or the end."""
         loop = self._loop
         start = loop.time()
         i = 0
         while not self._closed.is_set():
-            now = loop.time()
-            if now - start >= max_s:
-                return
-            if until is not None:
-                if until(self.result):
-                    return
-            elif now - start >= min_s and now - max(self._last_rx, self._playout_end()) >= quiet_s:
+            elapsed = loop.time() - start
+            if elapsed >= max_s or done(elapsed):
                 return
             if not await self.send_media(_SILENCE_PAYLOAD):
                 return
@@ -455,6 +489,10 @@ class SimulatedCall:
             delay = start + i * CHUNK_S - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+
+    def _quiet_s(self) -> float:
+        """How long the agent has been silent for the caller (nothing received or playing)."""
+        return self._loop.time() - max(self._last_rx, self._playout_end())
 
     def _playout_end(self) -> float:
         return self._playout.end if self._playout is not None else 0.0
@@ -610,6 +648,7 @@ async def simulate_call(
     account_sid: str = DEFAULT_ACCOUNT_SID,
     public_url: str | None = None,
     session: aiohttp.ClientSession | None = None,
+    speak_after: float | Literal["greeting"] = 0.0,
     silence_after_s: float = 0.0,
     dtmf: Sequence[tuple[float, str]] = (),
     until_quiet: bool = True,
@@ -620,7 +659,9 @@ async def simulate_call(
     """Place one whole simulated call and return what happened.
 
     Caller audio is ``audio_ulaw`` (8 kHz μ-law) or pre-encoded ``payloads``
-    (:func:`encode_payloads`, shared between calls). After it, silence for
+    (:func:`encode_payloads`, shared between calls), sent ``speak_after``
+    seconds into the stream, or once the agent's greeting has played
+    (``"greeting"``, what a caller does). After it, silence for
     ``silence_after_s``, then (``until_quiet``) until the agent has been quiet
     for ``quiet_s``; then ``stop``, unless the edge ended the call first.
     """
@@ -656,6 +697,10 @@ async def simulate_call(
         call.result.outcome = "streamed"
         if payloads is None:
             payloads = encode_payloads(audio_ulaw or b"")
+        if speak_after == "greeting":
+            await call.wait_for_greeting()
+        elif speak_after > 0:
+            await call.stream_audio((), silence_after_s=speak_after)
         await call.stream_audio(payloads, silence_after_s=silence_after_s, dtmf=dtmf)
         if until_quiet and not call.ws.closed:  # type: ignore[union-attr]
             await call.stream_until_quiet(quiet_s=quiet_s, max_s=max_tail_s)
@@ -671,6 +716,43 @@ async def simulate_call(
     finally:
         if own:
             await session.close()
+
+
+async def wait_until_ready(
+    session: aiohttp.ClientSession, base_url: str, *, within_s: float = 15.0
+) -> None:
+    """Poll the edge's ``/readyz`` until it answers 200, so a call is not placed too early.
+
+    Raises :class:`EdgeNotReady` (one line saying what was last seen) after
+    ``within_s``, or at once when the URL answers but is no edge (404).
+    """
+    loop = asyncio.get_running_loop()
+    url = base_url.rstrip("/") + "/readyz"
+    deadline = loop.time() + within_s
+    while True:
+        try:
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                if resp.status == 200:
+                    return
+                last = f"/readyz answered {resp.status}"
+                if resp.status == 404:
+                    raise EdgeNotReady(f"{url} answered 404: is {base_url} a telephony-edge?")
+                if resp.status == 503:
+                    last += " (draining)"
+        except aiohttp.ClientConnectorError as exc:
+            last = os_reason(exc.os_error)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            last = str(exc) or type(exc).__name__
+        if loop.time() >= deadline:
+            raise EdgeNotReady(
+                f"the edge at {base_url} is not ready after {within_s:g} s ({last}); "
+                "is `telephony-edge serve` running there?"
+            )
+        await asyncio.sleep(0.2)
+
+
+class EdgeNotReady(UserError):
+    """The edge never answered ``/readyz`` with 200 in time."""
 
 
 # -- command line ------------------------------------------------------------
@@ -694,35 +776,109 @@ def add_simulate_cli(subparsers: Any) -> None:
     p.add_argument(
         "--account-sid",
         default=os.environ.get("TELEPHONY_EDGE_TWILIO__ACCOUNT_SID", DEFAULT_ACCOUNT_SID),
+        help="the AccountSid sent in the webhook (default: $TELEPHONY_EDGE_TWILIO__ACCOUNT_SID "
+        "or AC000...)",
     )
     p.add_argument(
         "--public-url",
         help="the URL the edge believes it is reached at (signature), if not --url",
     )
     p.add_argument(
+        "--speak-after",
+        type=_speak_after,
+        default="greeting",
+        metavar="greeting|SECONDS",
+        help="when the caller starts talking: once the agent's greeting has played (default), "
+        "or that many seconds into the call (0: at once, over the greeting: a barge-in)",
+    )
+    p.add_argument(
         "--dtmf",
         action="append",
+        type=_dtmf,
         default=[],
         metavar="DIGIT@SECONDS",
-        help="press a key that many seconds into the call, e.g. 5@3.5 (repeatable)",
+        help="press a key that many seconds after the caller starts talking, e.g. 5@3.5 "
+        "(repeatable)",
     )
     p.add_argument("--tail", type=float, default=20.0, help="max seconds to wait for the reply")
+    p.add_argument(
+        "--wait-ready",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="wait up to this long for the edge's /readyz before calling (default: 15)",
+    )
     p.set_defaults(func=_cmd_simulate_twilio)
 
 
-def _parse_dtmf(items: list[str]) -> list[tuple[float, str]]:
-    out = []
-    for item in items:
-        digit, _, at = item.partition("@")
-        out.append((float(at or 0), digit))
-    return out
+def _speak_after(text: str) -> float | Literal["greeting"]:
+    if text == "greeting":
+        return "greeting"
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 600:
+        raise argparse.ArgumentTypeError(f"{text!r}: 'greeting' or seconds (0-600)")
+    return seconds
+
+
+def _dtmf(item: str) -> tuple[float, str]:
+    digit, _, at = item.partition("@")
+    try:
+        seconds = float(at or 0)
+    except ValueError:
+        seconds = -1.0
+    if len(digit) != 1 or digit not in "0123456789*#ABCD" or seconds < 0:
+        raise argparse.ArgumentTypeError(f"{item!r}: DIGIT@SECONDS, e.g. 5@3.5")
+    return seconds, digit
+
+
+def check_inputs(url: str, wav: str, out: str) -> bytes:
+    """Check the command's inputs before the call; return the caller audio (μ-law).
+
+    Raises :class:`UserError` naming the option and what is wrong, so a typo
+    costs no call (and ``--out`` is not found unwritable after it).
+    """
+    if URL(url).scheme not in ("http", "https") or not URL(url).host:
+        raise UserError(f"--url {url}: not an http:// or https:// URL", EXIT_USAGE)
+    try:
+        audio = load_wav_ulaw(wav)
+    except FileNotFoundError:
+        raise UserError(f"--wav {wav}: no such file", EXIT_USAGE) from None
+    except OSError as exc:
+        raise UserError(f"--wav {wav}: cannot read: {exc.strerror}", EXIT_USAGE) from None
+    except (wave.Error, EOFError) as exc:
+        raise UserError(f"--wav {wav}: not a WAV file this can read ({exc})", EXIT_USAGE) from None
+    except ValueError as exc:
+        raise UserError(f"--wav {exc}", EXIT_USAGE) from None
+    target = Path(out)
+    folder = target.parent
+    if target.is_dir():
+        raise UserError(f"--out {out}: is a folder; give a file name", EXIT_USAGE)
+    if not folder.is_dir():
+        raise UserError(f"--out {out}: folder {folder} does not exist", EXIT_USAGE)
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"--out {out}: folder {folder} is not writable", EXIT_USAGE)
+    return audio
 
 
 def _cmd_simulate_twilio(args: argparse.Namespace) -> int:
-    audio = load_wav_ulaw(args.wav)
+    audio = check_inputs(args.url, args.wav, args.out)
     t0 = time.monotonic()
-    result = asyncio.run(
-        simulate_call(
+    result = asyncio.run(_simulate_when_ready(args, audio))
+    write_wav_ulaw(args.out, result.heard_ulaw)
+    print(result.summary())
+    heard_s = len(result.heard_ulaw) / RATE
+    print(f"  wrote {args.out} ({heard_s:.1f} s heard) in {time.monotonic() - t0:.1f} s")
+    return 0 if result.outcome in ("streamed", "answered-without-stream") else 1
+
+
+async def _simulate_when_ready(args: argparse.Namespace, audio: bytes) -> SimulationResult:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        if args.wait_ready > 0:
+            await wait_until_ready(session, args.url, within_s=args.wait_ready)
+        return await simulate_call(
             args.url,
             to=args.to,
             from_=args.from_,
@@ -730,12 +886,8 @@ def _cmd_simulate_twilio(args: argparse.Namespace) -> int:
             auth_token=args.auth_token,
             account_sid=args.account_sid,
             public_url=args.public_url,
-            dtmf=_parse_dtmf(args.dtmf),
+            session=session,
+            speak_after=args.speak_after,
+            dtmf=args.dtmf,
             max_tail_s=args.tail,
         )
-    )
-    write_wav_ulaw(args.out, result.heard_ulaw)
-    print(result.summary())
-    heard_s = len(result.heard_ulaw) / RATE
-    print(f"  wrote {args.out} ({heard_s:.1f} s heard) in {time.monotonic() - t0:.1f} s")
-    return 0 if result.outcome in ("streamed", "answered-without-stream") else 1

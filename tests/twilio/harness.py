@@ -6,6 +6,7 @@ Imported by ``tests/twilio/conftest.py`` and ``tests/test_api.py``.
 from __future__ import annotations
 
 import asyncio
+import audioop
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
@@ -89,6 +90,25 @@ class TwilioEdge:
 def pcm16_to_ulaw8k(pcm: bytes) -> bytes:
     """Canonical PCM16 16 kHz as the 8 kHz μ-law a caller's phone sends."""
     return G711Encoder(Law.ULAW).encode(pcm)
+
+
+def voiced_runs(ulaw: bytes) -> list[tuple[float, float]]:
+    """(start, end) seconds of each stretch of 8 kHz μ-law above about -40 dBFS."""
+    pcm = audioop.ulaw2lin(ulaw, 2)
+    runs: list[tuple[float, float]] = []
+    start = None
+    for i in range(0, len(pcm) + 320, 320):
+        loud = audioop.rms(pcm[i : i + 320], 2) > 300 if i < len(pcm) else False
+        if loud and start is None:
+            start = i / 16000
+        elif not loud and start is not None:
+            runs.append((start, i / 16000))
+            start = None
+    return runs
+
+
+def voiced_seconds(ulaw: bytes) -> float:
+    return sum(end - start for start, end in voiced_runs(ulaw))
 
 
 def twilio_settings(port: int, api_base_url: str, crm_url: str, **overrides: Any) -> Settings:

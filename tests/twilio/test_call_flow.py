@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import audioop
 from typing import Any
 
 import aiohttp
@@ -13,15 +12,20 @@ from telephony_edge.twilio.simulator import (
     StreamInstruction,
     encode_payloads,
     parse_twiml,
+    simulate_call,
 )
 from tests.conftest import read_wav, wait_for
-from tests.twilio.harness import CALLER, EU_NUMBER, LOCAL_NUMBER, TwilioEdge, pcm16_to_ulaw8k
-
-
-def voiced_seconds(ulaw: bytes) -> float:
-    pcm = audioop.ulaw2lin(ulaw, 2)
-    frames = [pcm[i : i + 320] for i in range(0, len(pcm), 320)]
-    return sum(audioop.rms(f, 2) > 300 for f in frames) * 0.02
+from tests.twilio.harness import (
+    ACCOUNT_SID,
+    AUTH_TOKEN,
+    CALLER,
+    EU_NUMBER,
+    LOCAL_NUMBER,
+    TwilioEdge,
+    pcm16_to_ulaw8k,
+    voiced_runs,
+    voiced_seconds,
+)
 
 
 async def test_call_echo_barge_in_marks_and_caller_hangup(
@@ -49,6 +53,7 @@ async def test_call_echo_barge_in_marks_and_caller_hangup(
     # caller's first word (0.5 s of silence + 0.25 s of lead-in in the fixture)
     assert result.clears >= 1, summary
     assert 0.75 < result.clear_times[0] < 1.6, summary
+    assert "barge-in: the edge cleared the agent's audio" in summary
     # caller audio reached the agent: the echo came back, about as long as the speech
     assert result.reply_frames * 0.02 > speech_s * 0.7, summary
     assert voiced_seconds(result.heard_ulaw) > speech_s * 0.7, summary
@@ -68,6 +73,32 @@ async def test_call_echo_barge_in_marks_and_caller_hangup(
     assert payload["voip"]["provider"] == "twilio"
     assert payload["voip"]["provider_call_id"] == call.call_sid
     assert payload["voip"]["from"] == CALLER and payload["voip"]["to"] == LOCAL_NUMBER
+
+
+async def test_the_simulated_caller_lets_the_greeting_finish_then_hears_the_echo(
+    twilio_edge: TwilioEdge, session: aiohttp.ClientSession
+) -> None:
+    """What ``simulate twilio`` does by default: the README's chime, then the echo."""
+    speech = pcm16_to_ulaw8k(read_wav("speech_order.wav"))
+    result = await simulate_call(
+        twilio_edge.base,
+        to=LOCAL_NUMBER,
+        from_=CALLER,
+        audio_ulaw=speech,
+        auth_token=AUTH_TOKEN,
+        account_sid=ACCOUNT_SID,
+        session=session,
+        speak_after="greeting",
+        quiet_s=0.5,
+    )
+    summary = result.summary()
+    assert result.outcome == "streamed" and result.clears == 0, summary
+    assert "barge-in" not in summary
+    chime, *echo = voiced_runs(result.heard_ulaw)
+    assert chime[1] - chime[0] > 1.4, summary  # the whole 1.5 s greeting
+    assert result.spoke_at_s is not None and result.spoke_at_s > chime[1], summary
+    assert echo and echo[0][0] > result.spoke_at_s, summary
+    assert sum(end - start for start, end in echo) > voiced_seconds(speech) * 0.7, summary
 
 
 async def connect_known_call(

@@ -1,0 +1,55 @@
+"""What ``serve`` prints once it listens: its URLs, and what to paste into each network."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from yarl import URL
+
+from telephony_edge import __version__
+from telephony_edge.config import Settings
+from telephony_edge.registry import provider_classes
+
+
+def banner_lines(settings: Settings, base_url: str) -> list[str]:
+    """The start-up banner: one place, so each provider can add its own lines later.
+
+    ``base_url`` is where the worker is bound (``http://host:port``);
+    ``settings.public_url`` is where networks reach it (what Twilio signs).
+    """
+    from telephony_edge.app import DEMO_AGENT_PATH  # app imports this module
+
+    lines = [f"telephony-edge {__version__} serving on {base_url}"]
+    lines += [f"  {base_url}{path}" for path in ("/healthz", "/readyz", "/metrics")]
+    if settings.agent_core.url is None:
+        ws_base = "ws" + base_url.removeprefix("http")
+        lines.append(f"  built-in demo agent core: {ws_base}{DEMO_AGENT_PATH}")
+    else:
+        lines.append(f"  agent core: {settings.agent_core.url}")
+    public = settings.public_url
+    enabled = [
+        cls
+        for name, cls in provider_classes().items()
+        if (section := settings.provider_settings(name)) is not None and section.enabled
+    ]
+    for provider in enabled:
+        lines += [f"  {line}" for line in provider.banner(public)]
+    if enabled and is_loopback_url(public):
+        names = ", ".join(cls.name for cls in enabled)
+        lines.append(
+            f"  warning: public URL {public} is a loopback address, which {names} cannot reach; "
+            "set server.public_url to a public or tunnel URL "
+            "(the simulators work without one)"
+        )
+    return lines
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url``'s host is this machine only (127.0.0.0/8, ::1, localhost)."""
+    host = (URL(url).host or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
