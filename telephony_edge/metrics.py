@@ -40,6 +40,11 @@ AGENT_LINK_FAILURES = Counter(
 WEBHOOK_RESULTS = Counter(
     "telephony_edge_webhook_results_total", "Webhook calls by kind and outcome", ["kind", "outcome"]
 )
+CONVERSATION_TRUNCATED = Counter(
+    "telephony_edge_conversation_truncated_total",
+    "Chat messages and function calls left out of end-of-call payloads past their bounds",
+    ["kind"],
+)
 LOOP_RESTARTS = Counter(
     "telephony_edge_loop_restarts_total",
     "Background loops (control inbox, heartbeat, webhook dispatch, reaper) restarted after failing",

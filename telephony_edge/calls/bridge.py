@@ -101,6 +101,7 @@ class Conversation:
             kind.append(entry)
         else:
             self.truncated[name] = self.truncated.get(name, 0) + 1
+            metrics.CONVERSATION_TRUNCATED.labels(kind=name).inc()
 
 
 class CallOver(Exception):

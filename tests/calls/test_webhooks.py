@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
+from telephony_edge.calls.bridge import Conversation
 from telephony_edge.calls.record import CallRecord, CallState, CallStatus
 from telephony_edge.calls.webhooks import (
     IDEMPOTENCY_HEADER,
@@ -583,3 +584,17 @@ async def test_a_public_target_is_pinned_to_the_address_that_was_checked() -> No
     assert str(target.url) == "https://8.8.8.8:8443/hook?a=1"
     assert target.headers == {"Host": "8.8.8.8:8443"}
     assert target.server_hostname == "8.8.8.8"
+
+
+def test_conversation_is_bounded_and_the_payload_says_what_was_left_out() -> None:
+    conversation = Conversation()
+    for i in range(5):
+        conversation.add(conversation.chat, "chat", 3, {"role": "user", "content": str(i)})
+    assert [e["content"] for e in conversation.chat] == ["0", "1", "2"]
+    assert conversation.truncated == {"chat": 2}
+    record = CallRecord(agent_id="a", provider="test", direction="inbound")
+    payload = build_session_payload(
+        record, transcript=conversation.chat, truncated=conversation.truncated
+    )
+    assert payload["truncated"] == {"chat": 2}
+    assert "truncated" not in build_session_payload(record, transcript=conversation.chat)
