@@ -40,6 +40,15 @@ AGENT_LINK_FAILURES = Counter(
 WEBHOOK_RESULTS = Counter(
     "telephony_edge_webhook_results_total", "Webhook calls by kind and outcome", ["kind", "outcome"]
 )
+WEBHOOK_DEAD_LETTERS_TOTAL = Counter(
+    "telephony_edge_webhook_dead_letters_total",
+    "End-of-call webhooks this worker moved to the dead letters (failed max_attempts times, "
+    "refused by the receiver or a refused target)",
+)
+WEBHOOK_DEAD_LETTERS = Gauge(
+    "telephony_edge_webhook_dead_letter_size",
+    "End-of-call webhooks in the dead letters (shared by all workers), as last read",
+)
 LOOP_RESTARTS = Counter(
     "telephony_edge_loop_restarts_total",
     "Background loops (control inbox, heartbeat, webhook dispatch, reaper) restarted after failing",
