@@ -36,12 +36,22 @@ key                                    type      holds / expiry
 ``P{workers}:info``                    hash      worker id → heartbeat info JSON
 ``P{workers}:expiry``                  zset      worker id → heartbeat expiry; both keys
                                                  expire with the latest heartbeat
-``P{queue:<name>}:jobs``               hash      job id → job data JSON
-``P{queue:<name>}:attempts``           hash      job id → reservations so far
-``P{queue:<name>}:due``                zset      job id → when due (or reservation end);
-                                                 the three expire ``queue_ttl`` after the
+``P{queue:<name>}:stream``             stream    one entry ``id=<job id>`` per job ready to
+                                                 go; consumer group ``workers``
+``P{queue:<name>}:jobs``               hash      job id → job data JSON (queued jobs)
+``P{queue:<name>}:attempts``           hash      job id → reservations so far (fencing)
+``P{queue:<name>}:entry``              hash      job id → its current stream entry id
+``P{queue:<name>}:delayed``            zset      job id → when due (delayed, retries)
+``P{queue:<name>}:dead``               hash      job id → data JSON of a dead letter
+``P{queue:<name>}:deadinfo``           hash      job id → ``{"attempts","reason"}`` JSON
+``P{queue:<name>}:deadorder``          zset      job id → when it died (ms); listing order
+``P{queue:<name>}:cursor``             string    ``XAUTOCLAIM`` scan cursor; the queue's
+                                                 keys all expire ``queue_ttl`` after the
                                                  queue was last written
+``P{queue:<name>}:once:<job id>``      string    "enqueued once" marker, ``job_once_ttl``
 ``Ppending:<key>``                     string    pending payload JSON, ``PX`` ttl
+``Psession:<session_id>``              string    session continuation JSON, ``PX`` the
+                                                 caller's ttl (``calls.session_ttl_s``)
 =====================================  ========  ==========================================
 
 Everything that can be abandoned expires: ended records, owners, inboxes,
@@ -89,13 +99,49 @@ Scripts
 ``ACQUIRE_SLOT``  drop expired slots, admit if held or below the limit, key
                   TTL to the latest slot. ``SLOTS_IN_USE`` counts unexpired.
 ``HEARTBEAT`` / ``LIVE_WORKERS``  prune expired workers, then write / read.
-``ENQUEUE``       ``HSETNX`` the data (idempotent by job id), due at now+delay.
-``RESERVE``       pop the earliest due id, ``attempts+1``, due again at
-                  now+visibility timeout (so an unacked job comes back).
-``NACK``          re-schedule only if ``attempts`` still equals the job's
-                  (the fencing token).
-``ack``, ``forget_worker`` and ``publish_control``'s append are ``MULTI``
-blocks; ``claim_pending`` is ``GETDEL``, ``register_pending`` ``SET NX PX``.
+``ENQUEUE`` … ``RETRY_DEAD``  the job queue, below.
+``forget_worker`` and ``publish_control``'s append are ``MULTI`` blocks;
+``claim_pending`` is ``GETDEL``, ``register_pending`` ``SET NX PX``.
+
+The job queue (end-of-call webhooks)
+------------------------------------
+A Redis Stream with one consumer group, ``workers``; each coordinator is
+one consumer (``consumer``: host-pid-random). All queue keys share the tag
+``{queue:<name>}``, so every step below is one Lua script on one slot.
+
+``ENQUEUE``   once per job id: ``SET once:<id> NX PX job_once_ttl`` (a week),
+              so a call ended twice (a reaper racing the owner, a retried
+              teardown) queues one webhook even after the first was
+              delivered; data into ``jobs``, ``attempts`` 0, then ``XADD``
+              (the group is created with the stream) or, with a delay,
+              into ``delayed``.
+``RESERVE``   1. due ids of ``delayed`` (score ≤ now) are ``XADD``-ed: the
+              due-time sorted set feeds the stream, because a stream has no
+              "not before". 2. ``XAUTOCLAIM`` (min idle = the visibility
+              timeout, ``COUNT 1``, the cursor kept in ``cursor`` so a long
+              pending list is walked across calls): an entry delivered that
+              long ago and never acked belonged to a worker that died or
+              hung, and is taken over. 3. Else ``XREADGROUP … >``: the next
+              new entry. The entry is valid only if ``entry[id]`` still
+              names it (else it is a leftover of an ack/retry: ``XACK`` +
+              ``XDEL``, next); ``attempts+1`` is the fencing token handed out.
+``ACK``       ``XACK`` + ``XDEL`` the entry, drop the job's fields (the
+              once-marker stays).
+``NACK``      (retry with backoff) if ``attempts`` is still the caller's:
+              ``XACK`` + ``XDEL`` the entry, ``ZADD delayed now+delay``; the
+              next ``RESERVE`` after that time puts it back on the stream.
+``DEAD_LETTER``  fenced the same way: entry acked and deleted, data moved to
+              ``dead`` / ``deadinfo`` / ``deadorder``; past ``dead_letter_max``
+              the oldest dead letters are dropped.
+``DEAD_LETTERS`` newest first; ``RETRY_DEAD`` moves one back (attempts 0,
+              ``XADD``). ``FORGET_CONSUMER`` (on ``close``) deletes this
+              consumer from the group when it holds no pending entry.
+
+Delivery is at-least-once: a worker killed between ``XREADGROUP`` and
+``XACK`` leaves the entry pending; after the visibility timeout any other
+worker's ``XAUTOCLAIM`` takes it. The timeout is the claimer's (all workers
+use the dispatcher's), not the one given when the entry was read. Stream
+entries are deleted once acked, so the stream holds only work in progress.
 
 Control messages
 ----------------
