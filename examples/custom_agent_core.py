@@ -95,5 +95,5 @@ if __name__ == "__main__":
     args = parser.parse_args()
     app = web.Application()
     app.router.add_get("/agent", call)
-    print(f"custom agent core on ws://{args.host}:{args.port}/agent", flush=True)
-    web.run_app(app, host=args.host, port=args.port, print=None)
+    banner = f"custom agent core on ws://{args.host}:{args.port}/agent"  # once it listens:
+    web.run_app(app, host=args.host, port=args.port, print=lambda _: print(banner, flush=True))

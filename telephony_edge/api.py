@@ -24,7 +24,7 @@ from telephony_edge import metrics
 from telephony_edge.calls.leg import NotSupported
 from telephony_edge.calls.record import CallRecord
 from telephony_edge.calls.service import CallRejected, ProviderError
-from telephony_edge.calls.webhooks import without_webhook_headers
+from telephony_edge.calls.webhooks import SESSION_WEBHOOK_QUEUE, without_webhook_headers
 from telephony_edge.config import normalize_e164
 from telephony_edge.routing import normalize_destination
 from telephony_edge.services import SERVICES
@@ -283,9 +283,59 @@ async def get_call(request: web.Request) -> web.Response:
     return web.json_response(call_view(record))
 
 
+MAX_DEAD_LETTERS_LISTED = 1000
+
+
+async def list_dead_letters(request: web.Request) -> web.Response:
+    """``GET /webhooks/dead-letters?limit=N``: end-of-call webhooks given up on, newest first.
+
+    Neither the body nor the webhook's headers are shown (the operator's
+    credentials; the call is at ``GET /calls/{id}`` while its record lasts).
+    """
+    _authorize(request)
+    raw = request.query.get("limit", "100")
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise ApiError(400, f"limit must be a whole number, got {raw!r}") from None
+    if not 1 <= limit <= MAX_DEAD_LETTERS_LISTED:
+        raise ApiError(400, f"limit must be between 1 and {MAX_DEAD_LETTERS_LISTED}")
+    coordinator = request.app[SERVICES].coordinator
+    letters = await coordinator.dead_letters(SESSION_WEBHOOK_QUEUE, limit)
+    count = await coordinator.dead_letter_count(SESSION_WEBHOOK_QUEUE)
+    return web.json_response(
+        {
+            "count": count,
+            "dead_letters": [
+                {
+                    "call_id": letter.job_id,
+                    "url": letter.data.get("url"),
+                    "attempts": letter.attempts,
+                    "reason": letter.reason,
+                    "dead_at": letter.dead_at,
+                }
+                for letter in letters
+            ],
+        }
+    )
+
+
+async def retry_dead_letter(request: web.Request) -> web.Response:
+    """``POST /webhooks/dead-letters/{call_id}/retry``: queue it again, attempts from zero."""
+    _authorize(request)
+    call_id = request.match_info["call_id"]
+    coordinator = request.app[SERVICES].coordinator
+    if not await coordinator.retry_dead_letter(SESSION_WEBHOOK_QUEUE, call_id):
+        raise ApiError(404, f"no dead-lettered webhook for call {call_id}")
+    log.info("dead-lettered session webhook queued again", extra={"call_id": call_id})
+    return web.json_response({"call_id": call_id, "result": "queued"})
+
+
 def add_api_routes(app: web.Application) -> None:
     """Mount the public API on ``app``."""
     app.router.add_post("/start_outbound_call", _json_errors(start_outbound_call))
     app.router.add_post("/calls/{call_id}/hangup", _json_errors(hangup_call))
     app.router.add_post("/calls/{call_id}/transfer", _json_errors(transfer_call))
     app.router.add_get("/calls/{call_id}", _json_errors(get_call))
+    app.router.add_get("/webhooks/dead-letters", _json_errors(list_dead_letters))
+    app.router.add_post("/webhooks/dead-letters/{call_id}/retry", _json_errors(retry_dead_letter))

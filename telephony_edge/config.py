@@ -199,6 +199,8 @@ class CallSettings(_Model):
     """How long a call announced by a webhook waits for its media before it ends ``error``."""
     max_chat_messages: int = Field(default=1000, ge=1, le=100_000)
     max_function_calls: int = Field(default=200, ge=1, le=100_000)
+    session_ttl_s: float = Field(default=24 * 3600.0, gt=0, le=30 * 24 * 3600)
+    """How long a session's continuation (metadata, chat, agent_config) is kept after a call."""
 
 
 class CoordinationSettings(_Model):

@@ -45,6 +45,15 @@ CONVERSATION_TRUNCATED = Counter(
     "Chat messages and function calls left out of end-of-call payloads past their bounds",
     ["kind"],
 )
+WEBHOOK_DEAD_LETTERS_TOTAL = Counter(
+    "telephony_edge_webhook_dead_letters_total",
+    "End-of-call webhooks this worker moved to the dead letters (failed max_attempts times, "
+    "refused by the receiver or a refused target)",
+)
+WEBHOOK_DEAD_LETTERS = Gauge(
+    "telephony_edge_webhook_dead_letter_size",
+    "End-of-call webhooks in the dead letters (shared by all workers), as last read",
+)
 LOOP_RESTARTS = Counter(
     "telephony_edge_loop_restarts_total",
     "Background loops (control inbox, heartbeat, webhook dispatch, reaper) restarted after failing",

@@ -211,6 +211,8 @@ class CallService:
             region=region,
             provider_call_id=provider_call_id,
         )
+        if session_id:  # a continued session keeps its id, so its next end updates the store
+            record.session_id = session_id
         if call_id is not None:
             record.call_id = call_id
         # a call whose media never arrives is ended by the setup reaper; the ttl is a safety net
@@ -344,6 +346,7 @@ class CallService:
         agent_config = record.agent_config or self.settings.agents[record.agent_id].model_dump(
             mode="json", exclude_none=True
         )
+        await self._keep_session(record, conversation, agent_config)
         spec = agent_config.get("session_data_webhook")
         if not spec:
             return
@@ -359,6 +362,56 @@ class CallService:
             await webhooks.enqueue_session_webhook(self.coordinator, spec, payload)
         except ValueError as exc:
             log.error("session webhook not queued: %s", exc, extra={"call_id": record.call_id})
+
+    async def _keep_session(
+        self, record: CallRecord, conversation: Conversation, agent_config: dict[str, Any]
+    ) -> None:
+        """Store what a later call of this session needs (item: session continuation).
+
+        The chat is the session's whole conversation: what was stored for it
+        before (the calls it continued) followed by this call's, the latest
+        ``calls.max_chat_messages`` kept. A call that said nothing (never
+        reached media) leaves an existing session as it is. Concurrent calls
+        of one session: the last to end wins. Never fails the call's end.
+        """
+        try:
+            stored = await self.coordinator.get_session(record.session_id)
+            if stored is not None and not conversation.chat:
+                return
+            earlier = stored.get("chat") if stored is not None else None
+            chat = [*(earlier if isinstance(earlier, list) else []), *conversation.chat]
+            session = {
+                "session_id": record.session_id,
+                "call_id": record.call_id,
+                "metadata": record.metadata,
+                "chat": chat[-self.settings.calls.max_chat_messages :],
+                "agent_config": webhooks.without_webhook_headers(agent_config),
+            }
+            await self.coordinator.put_session(
+                record.session_id, session, self.settings.calls.session_ttl_s
+            )
+        except Exception:
+            log.exception("session continuation not stored", extra={"call_id": record.call_id})
+
+    async def _continuation(self, session_id: str, call_id: str) -> dict[str, Any]:
+        """The ``session_continuation`` of ``initiate``: empty fields if nothing is kept."""
+        stored: dict[str, Any] | None = None
+        try:
+            stored = await self.coordinator.get_session(session_id)
+        except Exception:  # the call goes on without its history
+            log.exception("session continuation not loaded", extra={"call_id": call_id})
+        if stored is None:
+            log.info(
+                "session %s: nothing stored to continue", session_id, extra={"call_id": call_id}
+            )
+        found = stored or {}
+        return {
+            "session_id": session_id,
+            "found": stored is not None,
+            "metadata": found.get("metadata") or {},
+            "chat": found.get("chat") or [],
+            "agent_config": found.get("agent_config") or {},
+        }
 
     def _agent_url(self, record: CallRecord) -> str:
         url = self.router.agent_core_url(record.region or None) or self.demo_agent_url
@@ -407,7 +460,9 @@ class CallService:
             },
         }
         if record.session_continuation:
-            initiate["session_continuation"] = {"session_id": record.session_continuation}
+            initiate["session_continuation"] = await self._continuation(
+                record.session_continuation, record.call_id
+            )
         if extra_prompt:
             initiate["extra_prompt"] = extra_prompt
         return initiate

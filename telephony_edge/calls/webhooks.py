@@ -14,6 +14,13 @@ End of call (agent config ``session_data_webhook``)
     worker POSTs it. Delivery is at-least-once: a job is acked only after a
     2xx, retried with exponential backoff on 5xx, 408, 429 and network
     errors, and redelivered by another worker if the one sending it dies.
+    A job that fails ``max_attempts`` times, or that the receiver refuses
+    outright (another 4xx) or the edge may not send (a refused target), is
+    moved to the queue's dead letters rather than dropped: counted
+    (``telephony_edge_webhook_dead_letters_total``, size in
+    ``telephony_edge_webhook_dead_letter_size``), listed by ``GET
+    /webhooks/dead-letters`` and re-queued by ``POST
+    /webhooks/dead-letters/{call_id}/retry`` once the receiver is fixed.
 
 Both specs are either a URL string or an object
 ``{"url", "method", "headers", "timeout"}`` (``method`` only for prefetch).
@@ -79,6 +86,8 @@ logger = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Telephony-Edge-Signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 SESSION_WEBHOOK_QUEUE = "session_webhooks"
+#: How often each dispatcher re-reads the dead-letter count for its gauge.
+DEAD_LETTER_GAUGE_INTERVAL = 15.0
 
 PREFETCH_TIMEOUT = 3.0
 PREFETCH_MAX_TIMEOUT = 10.0
@@ -637,8 +646,13 @@ class WebhookDispatcher:
 
     async def run(self) -> None:
         """Deliver until :meth:`drain` or cancellation. Jobs cut off are redelivered later."""
+        loop = asyncio.get_running_loop()
+        gauge_due = loop.time()
         try:
             while not self._stopping.is_set():
+                if loop.time() >= gauge_due:
+                    gauge_due = loop.time() + DEAD_LETTER_GAUGE_INTERVAL
+                    await self.refresh_dead_letter_gauge()
                 await self._slots.acquire()
                 if self._stopping.is_set():
                     self._slots.release()
@@ -744,7 +758,7 @@ class WebhookDispatcher:
                 retry_after = _retry_after(resp.headers.get("Retry-After"), self._retry.max_delay)
             reason = f"http status {status}"
         except TargetRefused as e:
-            await self._coord.ack(self._queue, job.job_id)
+            await self._dead_letter(job, f"target refused: {e}")
             _refused("session_webhook", url, str(e), call_id, None)
             return self._done("refused")
         except TimeoutError:
@@ -762,18 +776,18 @@ class WebhookDispatcher:
             )
             return self._done("delivered")
         if status is not None and 300 <= status < 500 and status not in (408, 429):
-            await self._coord.ack(self._queue, job.job_id)
+            await self._dead_letter(job, f"rejected: {reason}")
             logger.error(
-                "session webhook rejected with %s, not retried (attempt %d)",
+                "session webhook rejected with %s, not retried (attempt %d); dead-lettered",
                 reason,
                 job.attempts,
                 extra=log_extra,
             )
             return self._done("rejected")
         if job.attempts >= self._retry.max_attempts:
-            await self._coord.ack(self._queue, job.job_id)
+            await self._dead_letter(job, f"{job.attempts} attempts, the last: {reason}")
             logger.error(
-                "session webhook given up after %d attempts: %s",
+                "session webhook given up after %d attempts: %s; dead-lettered",
                 job.attempts,
                 reason,
                 extra=log_extra,
@@ -795,3 +809,16 @@ class WebhookDispatcher:
     def _done(self, outcome: str) -> str:
         _report(self._on_result, "session_webhook", outcome)
         return outcome
+
+    async def _dead_letter(self, job: Job, reason: str) -> None:
+        """Keep a job given up on for an operator; a stale reservation changes nothing."""
+        if await self._coord.dead_letter(self._queue, job, reason):
+            metrics.WEBHOOK_DEAD_LETTERS_TOTAL.inc()
+        await self.refresh_dead_letter_gauge()
+
+    async def refresh_dead_letter_gauge(self) -> None:
+        """Set the dead-letter size gauge from the shared queue (every worker shows the total)."""
+        try:
+            metrics.WEBHOOK_DEAD_LETTERS.set(await self._coord.dead_letter_count(self._queue))
+        except Exception:  # a metric must not break delivery
+            logger.debug("dead-letter count unavailable", exc_info=True)

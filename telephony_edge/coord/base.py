@@ -21,7 +21,8 @@ Rules for backends
   on the backend's own clock (Redis: server ``TIME``), never wall-clock
   timestamps from a worker, so clock skew between workers does not matter.
 * Everything expires or is bounded: ended call records, pending
-  registrations, heartbeats, agent slots and control inboxes.
+  registrations, heartbeats, agent slots, control inboxes, session
+  continuations, the once-per-job markers and dead letters.
 * Call records are versioned JSON documents, not objects: the coordinator
   knows one convention of their shape (a string ``state``, ``"ended"`` when
   the call is over) and nothing else, so it imports nothing of ``calls``.
@@ -47,6 +48,11 @@ DEFAULT_ENDED_CALL_TTL = 3600.0
 DEFAULT_SLOT_TTL = 4 * 3600.0
 #: Control messages waiting for a worker that is not listening; the oldest are dropped.
 DEFAULT_CONTROL_INBOX_SIZE = 256
+#: How long a job id stays "seen" after its enqueue, so a call's webhook is queued once
+#: even when a second worker ends the same call after the first one was delivered.
+DEFAULT_JOB_ONCE_TTL = 7 * 24 * 3600.0
+#: Dead letters kept per queue; past that the oldest are dropped (an operator's backlog).
+DEFAULT_DEAD_LETTER_MAX = 10_000
 
 ControlMessage = dict[str, Any]
 #: The document key every call record has; ``ENDED_STATE`` leaves the active index.
@@ -89,6 +95,20 @@ class Job:
     job_id: str
     data: dict[str, Any]
     attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A job given up on: kept, with why, until an operator retries it (or it ages out).
+
+    ``dead_at`` is unix seconds on the backend's clock.
+    """
+
+    job_id: str
+    data: dict[str, Any]
+    attempts: int
+    reason: str
+    dead_at: float
 
 
 class Coordinator(abc.ABC):
@@ -245,18 +265,21 @@ class Coordinator(abc.ABC):
     ) -> bool:
         """Add a job, due after ``delay`` seconds.
 
-        Idempotent: returns False (and changes nothing) if ``job_id`` is
-        already in ``queue``, so two workers ending the same call queue one
-        webhook.
+        Once per job id: returns False (and changes nothing) if ``job_id`` was
+        enqueued in ``queue`` before, whether it is still queued, delivered,
+        or dead-lettered (the marker lasts the backend's once-TTL, a week by
+        default), so two workers ending the same call queue one webhook.
         """
 
     @abc.abstractmethod
     async def reserve(self, queue: str, visibility_timeout: float) -> Job | None:
-        """Take the earliest due job, hidden for ``visibility_timeout`` seconds.
+        """Take over a reservation ``visibility_timeout`` old, else take the earliest due job.
 
-        A job neither acked nor nacked within that time (its worker died or
-        hung) becomes due again: delivery is at-least-once. None if no job is
-        due now.
+        A job neither acked, nacked nor dead-lettered within that time (its
+        worker died or hung) is taken over by the next reserve of any worker
+        (Redis: ``XAUTOCLAIM``): delivery is at-least-once. The timeout is the
+        claimer's, so every consumer of a queue passes the same one. None if
+        no job is due now.
         """
 
     @abc.abstractmethod
@@ -273,4 +296,40 @@ class Coordinator(abc.ABC):
 
     @abc.abstractmethod
     async def queue_length(self, queue: str) -> int:
-        """Jobs in ``queue``, due, delayed or reserved."""
+        """Jobs in ``queue``, due, delayed or reserved (not dead letters)."""
+
+    # -- dead letters -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def dead_letter(self, queue: str, job: Job, reason: str) -> bool:
+        """Move a reserved job out of the queue into the queue's dead letters.
+
+        Fenced like :meth:`nack`: ignored, returning False, if the job is gone
+        or was reserved again since ``job`` was handed out. The oldest dead
+        letters are dropped past the backend's bound.
+        """
+
+    @abc.abstractmethod
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        """Up to ``limit`` dead letters of ``queue``, the most recent first."""
+
+    @abc.abstractmethod
+    async def dead_letter_count(self, queue: str) -> int:
+        """How many dead letters ``queue`` holds."""
+
+    @abc.abstractmethod
+    async def retry_dead_letter(self, queue: str, job_id: str) -> bool:
+        """Put a dead letter back in the queue, due now, its attempts counted from 0.
+
+        False if ``job_id`` is not a dead letter of ``queue``.
+        """
+
+    # -- session continuation ----------------------------------------------------------
+
+    @abc.abstractmethod
+    async def put_session(self, session_id: str, data: Mapping[str, Any], ttl: float) -> None:
+        """Keep what a later call of ``session_id`` needs for ``ttl`` seconds (replacing it)."""
+
+    @abc.abstractmethod
+    async def get_session(self, session_id: str) -> dict[str, Any] | None:
+        """What :meth:`put_session` kept, or None if nothing or expired."""

@@ -19,13 +19,16 @@ from typing import Any
 
 from telephony_edge.coord.base import (
     DEFAULT_CONTROL_INBOX_SIZE,
+    DEFAULT_DEAD_LETTER_MAX,
     DEFAULT_ENDED_CALL_TTL,
+    DEFAULT_JOB_ONCE_TTL,
     DEFAULT_SLOT_TTL,
     ENDED_STATE,
     STATE_KEY,
     Conflict,
     ControlMessage,
     Coordinator,
+    DeadLetter,
     Document,
     Job,
     json_text,
@@ -77,12 +80,19 @@ class _ExpiringDict:
 
 
 class _Queue:
-    """One durable queue: jobs by id, and a heap of (due, seq, id) with lazy invalidation."""
+    """One durable queue: jobs by id, and a heap of (due, seq, id) with lazy invalidation.
 
-    def __init__(self) -> None:
+    ``seen`` marks every id ever enqueued (for the once-TTL); ``dead`` holds
+    dead letters in the order they died: id -> (data JSON, attempts, reason, unix time).
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
         self.jobs: dict[str, tuple[str, int]] = {}  # id -> (data JSON, attempts)
         self.due: dict[str, float] = {}
         self.heap: list[tuple[float, int, str]] = []
+        self.reserved: dict[str, float] = {}  # id -> when reserved, oldest first
+        self.seen = _ExpiringDict(clock)
+        self.dead: dict[str, tuple[str, int, str, float]] = {}
         self._seq = itertools.count()
 
     def schedule(self, job_id: str, at: float) -> None:
@@ -106,8 +116,13 @@ class MemoryCoordinator(Coordinator):
         ended_call_ttl: float = DEFAULT_ENDED_CALL_TTL,
         control_inbox_size: int = DEFAULT_CONTROL_INBOX_SIZE,
         clock: Callable[[], float] = time.monotonic,
+        job_once_ttl: float = DEFAULT_JOB_ONCE_TTL,
+        dead_letter_max: int = DEFAULT_DEAD_LETTER_MAX,
     ) -> None:
         self._ended_call_ttl = ended_call_ttl
+        self._job_once_ttl = job_once_ttl
+        self._dead_max = dead_letter_max
+        self._sessions = _ExpiringDict(clock)
         self._inbox_size = control_inbox_size
         self._clock = clock
         self._calls = _ExpiringDict(clock)
@@ -296,9 +311,10 @@ class MemoryCoordinator(Coordinator):
     async def enqueue(
         self, queue: str, job_id: str, data: Mapping[str, Any], *, delay: float = 0.0
     ) -> bool:
-        q = self._queues.setdefault(queue, _Queue())
-        if job_id in q.jobs:
+        q = self._queue(queue)
+        if job_id in q.jobs or job_id in q.dead or q.seen.get(job_id) is not None:
             return False
+        q.seen.set(job_id, "1", self._job_once_ttl)
         q.jobs[job_id] = (json_text(dict(data)), 0)
         q.schedule(job_id, self._clock() + delay)
         return True
@@ -308,13 +324,20 @@ class MemoryCoordinator(Coordinator):
         if q is None:
             return None
         now = self._clock()
-        job_id = q.pop_due(now)
+        # As XAUTOCLAIM: a reservation older than the caller's visibility timeout is taken over.
+        oldest = next(iter(q.reserved.items()), None)
+        if oldest is not None and now - oldest[1] >= visibility_timeout:
+            job_id: str | None = oldest[0]
+        else:
+            job_id = q.pop_due(now)
         if job_id is None:
             return None
+        q.due.pop(job_id, None)
+        q.reserved.pop(job_id, None)
+        q.reserved[job_id] = now
         data, attempts = q.jobs[job_id]
         attempts += 1
         q.jobs[job_id] = (data, attempts)
-        q.schedule(job_id, now + visibility_timeout)
         return Job(job_id=job_id, data=json.loads(data), attempts=attempts)
 
     async def ack(self, queue: str, job_id: str) -> None:
@@ -322,15 +345,71 @@ class MemoryCoordinator(Coordinator):
         if q is not None:
             q.jobs.pop(job_id, None)
             q.due.pop(job_id, None)
+            q.reserved.pop(job_id, None)
 
     async def nack(self, queue: str, job: Job, delay: float) -> bool:
         q = self._queues.get(queue)
         stored = None if q is None else q.jobs.get(job.job_id)
         if q is None or stored is None or stored[1] != job.attempts:
             return False
+        q.reserved.pop(job.job_id, None)
         q.schedule(job.job_id, self._clock() + delay)
         return True
 
     async def queue_length(self, queue: str) -> int:
         q = self._queues.get(queue)
         return 0 if q is None else len(q.jobs)
+
+    def _queue(self, queue: str) -> _Queue:
+        q = self._queues.get(queue)
+        if q is None:
+            q = self._queues[queue] = _Queue(self._clock)
+        return q
+
+    # -- dead letters ----------------------------------------------------------------------
+
+    async def dead_letter(self, queue: str, job: Job, reason: str) -> bool:
+        q = self._queues.get(queue)
+        stored = None if q is None else q.jobs.get(job.job_id)
+        if q is None or stored is None or stored[1] != job.attempts:
+            return False
+        del q.jobs[job.job_id]
+        q.due.pop(job.job_id, None)
+        q.reserved.pop(job.job_id, None)
+        q.dead.pop(job.job_id, None)
+        q.dead[job.job_id] = (stored[0], stored[1], reason, time.time())
+        while len(q.dead) > self._dead_max:
+            del q.dead[next(iter(q.dead))]
+        return True
+
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        q = self._queues.get(queue)
+        if q is None or limit <= 0:
+            return []
+        newest = list(reversed(q.dead.items()))[:limit]
+        return [
+            DeadLetter(job_id, json.loads(data), attempts, reason, at)
+            for job_id, (data, attempts, reason, at) in newest
+        ]
+
+    async def dead_letter_count(self, queue: str) -> int:
+        q = self._queues.get(queue)
+        return 0 if q is None else len(q.dead)
+
+    async def retry_dead_letter(self, queue: str, job_id: str) -> bool:
+        q = self._queues.get(queue)
+        dead = None if q is None else q.dead.pop(job_id, None)
+        if q is None or dead is None:
+            return False
+        q.jobs[job_id] = (dead[0], 0)
+        q.schedule(job_id, self._clock())
+        return True
+
+    # -- session continuation --------------------------------------------------------------
+
+    async def put_session(self, session_id: str, data: Mapping[str, Any], ttl: float) -> None:
+        self._sessions.set(session_id, json_text(dict(data)), ttl)
+
+    async def get_session(self, session_id: str) -> dict[str, Any] | None:
+        stored = self._sessions.get(session_id)
+        return None if stored is None else dict(json.loads(stored))

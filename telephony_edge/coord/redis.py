@@ -36,12 +36,22 @@ key                                    type      holds / expiry
 ``P{workers}:info``                    hash      worker id → heartbeat info JSON
 ``P{workers}:expiry``                  zset      worker id → heartbeat expiry; both keys
                                                  expire with the latest heartbeat
-``P{queue:<name>}:jobs``               hash      job id → job data JSON
-``P{queue:<name>}:attempts``           hash      job id → reservations so far
-``P{queue:<name>}:due``                zset      job id → when due (or reservation end);
-                                                 the three expire ``queue_ttl`` after the
+``P{queue:<name>}:stream``             stream    one entry ``id=<job id>`` per job ready to
+                                                 go; consumer group ``workers``
+``P{queue:<name>}:jobs``               hash      job id → job data JSON (queued jobs)
+``P{queue:<name>}:attempts``           hash      job id → reservations so far (fencing)
+``P{queue:<name>}:entry``              hash      job id → its current stream entry id
+``P{queue:<name>}:delayed``            zset      job id → when due (delayed, retries)
+``P{queue:<name>}:dead``               hash      job id → data JSON of a dead letter
+``P{queue:<name>}:deadinfo``           hash      job id → ``{"attempts","reason"}`` JSON
+``P{queue:<name>}:deadorder``          zset      job id → when it died (ms); listing order
+``P{queue:<name>}:cursor``             string    ``XAUTOCLAIM`` scan cursor; the queue's
+                                                 keys all expire ``queue_ttl`` after the
                                                  queue was last written
+``P{queue:<name>}:once:<job id>``      string    "enqueued once" marker, ``job_once_ttl``
 ``Ppending:<key>``                     string    pending payload JSON, ``PX`` ttl
+``Psession:<session_id>``              string    session continuation JSON, ``PX`` the
+                                                 caller's ttl (``calls.session_ttl_s``)
 =====================================  ========  ==========================================
 
 Everything that can be abandoned expires: ended records, owners, inboxes,
@@ -89,13 +99,49 @@ Scripts
 ``ACQUIRE_SLOT``  drop expired slots, admit if held or below the limit, key
                   TTL to the latest slot. ``SLOTS_IN_USE`` counts unexpired.
 ``HEARTBEAT`` / ``LIVE_WORKERS``  prune expired workers, then write / read.
-``ENQUEUE``       ``HSETNX`` the data (idempotent by job id), due at now+delay.
-``RESERVE``       pop the earliest due id, ``attempts+1``, due again at
-                  now+visibility timeout (so an unacked job comes back).
-``NACK``          re-schedule only if ``attempts`` still equals the job's
-                  (the fencing token).
-``ack``, ``forget_worker`` and ``publish_control``'s append are ``MULTI``
-blocks; ``claim_pending`` is ``GETDEL``, ``register_pending`` ``SET NX PX``.
+``ENQUEUE`` … ``RETRY_DEAD``  the job queue, below.
+``forget_worker`` and ``publish_control``'s append are ``MULTI`` blocks;
+``claim_pending`` is ``GETDEL``, ``register_pending`` ``SET NX PX``.
+
+The job queue (end-of-call webhooks)
+------------------------------------
+A Redis Stream with one consumer group, ``workers``; each coordinator is
+one consumer (``consumer``: host-pid-random). All queue keys share the tag
+``{queue:<name>}``, so every step below is one Lua script on one slot.
+
+``ENQUEUE``   once per job id: ``SET once:<id> NX PX job_once_ttl`` (a week),
+              so a call ended twice (a reaper racing the owner, a retried
+              teardown) queues one webhook even after the first was
+              delivered; data into ``jobs``, ``attempts`` 0, then ``XADD``
+              (the group is created with the stream) or, with a delay,
+              into ``delayed``.
+``RESERVE``   1. due ids of ``delayed`` (score ≤ now) are ``XADD``-ed: the
+              due-time sorted set feeds the stream, because a stream has no
+              "not before". 2. ``XAUTOCLAIM`` (min idle = the visibility
+              timeout, ``COUNT 1``, the cursor kept in ``cursor`` so a long
+              pending list is walked across calls): an entry delivered that
+              long ago and never acked belonged to a worker that died or
+              hung, and is taken over. 3. Else ``XREADGROUP … >``: the next
+              new entry. The entry is valid only if ``entry[id]`` still
+              names it (else it is a leftover of an ack/retry: ``XACK`` +
+              ``XDEL``, next); ``attempts+1`` is the fencing token handed out.
+``ACK``       ``XACK`` + ``XDEL`` the entry, drop the job's fields (the
+              once-marker stays).
+``NACK``      (retry with backoff) if ``attempts`` is still the caller's:
+              ``XACK`` + ``XDEL`` the entry, ``ZADD delayed now+delay``; the
+              next ``RESERVE`` after that time puts it back on the stream.
+``DEAD_LETTER``  fenced the same way: entry acked and deleted, data moved to
+              ``dead`` / ``deadinfo`` / ``deadorder``; past ``dead_letter_max``
+              the oldest dead letters are dropped.
+``DEAD_LETTERS`` newest first; ``RETRY_DEAD`` moves one back (attempts 0,
+              ``XADD``). ``FORGET_CONSUMER`` (on ``close``) deletes this
+              consumer from the group when it holds no pending entry.
+
+Delivery is at-least-once: a worker killed between ``XREADGROUP`` and
+``XACK`` leaves the entry pending; after the visibility timeout any other
+worker's ``XAUTOCLAIM`` takes it. The timeout is the claimer's (all workers
+use the dispatcher's), not the one given when the entry was read. Stream
+entries are deleted once acked, so the stream holds only work in progress.
 
 Control messages
 ----------------
@@ -124,6 +170,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import socket
+import uuid
 import zlib
 from collections import deque
 from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
@@ -137,13 +186,16 @@ from redis.exceptions import RedisError
 
 from telephony_edge.coord.base import (
     DEFAULT_CONTROL_INBOX_SIZE,
+    DEFAULT_DEAD_LETTER_MAX,
     DEFAULT_ENDED_CALL_TTL,
+    DEFAULT_JOB_ONCE_TTL,
     DEFAULT_SLOT_TTL,
     ENDED_STATE,
     STATE_KEY,
     Conflict,
     ControlMessage,
     Coordinator,
+    DeadLetter,
     Document,
     Job,
     json_text,
@@ -360,60 +412,192 @@ return redis.call('HGETALL', KEYS[1])
 """
 )
 
-_TOUCH_QUEUE = """
+# -- the job queue (see "The job queue" above) ---------------------------------------------
+# KEYS of every queue script: stream, jobs, attempts, entry, delayed, dead, deadinfo,
+# deadorder, cursor (one hash tag), then the script's own.
+_QUEUE_LIB = """
+local GROUP = 'workers'
 local function touch(ttl)
-  for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
+  for i = 1, 9 do redis.call('PEXPIRE', KEYS[i], ttl) end
+end
+local function push(id)
+  if redis.call('EXISTS', KEYS[1]) == 0 then
+    redis.call('XGROUP', 'CREATE', KEYS[1], GROUP, '0', 'MKSTREAM')
+  end
+  redis.call('HSET', KEYS[4], id, redis.call('XADD', KEYS[1], '*', 'id', id))
+end
+-- take the job's entry out of the stream (and the group's pending list), and its schedule
+local function unlist(id)
+  local entry = redis.call('HGET', KEYS[4], id)
+  if entry then
+    redis.call('XACK', KEYS[1], GROUP, entry)
+    redis.call('XDEL', KEYS[1], entry)
+    redis.call('HDEL', KEYS[4], id)
+  end
+  redis.call('ZREM', KEYS[5], id)
 end
 """
 
-# KEYS: jobs, attempts, due. ARGV: job_id, data, delay_ms, queue_ttl.
+# KEYS: queue keys, once. ARGV: job_id, data, delay_ms, queue_ttl, once_ttl.
 _ENQUEUE = (
     _PRELUDE
-    + _TOUCH_QUEUE
+    + _QUEUE_LIB
     + """
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('HSET', KEYS[2], ARGV[1], 0)
-redis.call('ZADD', KEYS[3], now_ms() + tonumber(ARGV[3]), ARGV[1])
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 or redis.call('HEXISTS', KEYS[6], ARGV[1]) == 1 then
+  return 0
+end
+if not redis.call('SET', KEYS[10], '1', 'NX', 'PX', ARGV[5]) then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[1], 0)
+local delay = tonumber(ARGV[3])
+if delay > 0 then
+  redis.call('ZADD', KEYS[5], now_ms() + delay, ARGV[1])
+else
+  push(ARGV[1])
+end
 touch(ARGV[4])
 return 1
 """
 )
 
-# KEYS: jobs, attempts, due. ARGV: visibility_ms, queue_ttl. Returns {id, data, attempts}.
+# KEYS: queue keys. ARGV: visibility_ms (integer), queue_ttl, consumer.
+# Returns {id, data, attempts} or false.
 _RESERVE = (
     _PRELUDE
-    + _TOUCH_QUEUE
+    + _QUEUE_LIB
     + """
 local now = now_ms()
-while true do
-  local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1)
-  if #due == 0 then return false end
-  local id = due[1]
-  local data = redis.call('HGET', KEYS[1], id)
-  if data then
-    local attempts = redis.call('HINCRBY', KEYS[2], id, 1)
-    redis.call('ZADD', KEYS[3], now + tonumber(ARGV[1]), id)
+local due = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 100)
+for i = 1, #due do
+  redis.call('ZREM', KEYS[5], due[i])
+  if redis.call('HEXISTS', KEYS[2], due[i]) == 1 then push(due[i]) end
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+for round = 1, 64 do
+  local entry = nil
+  -- a reservation older than the visibility timeout: its worker died or hung
+  local cursor = redis.call('GET', KEYS[9]) or '0-0'
+  local claimed = redis.call('XAUTOCLAIM', KEYS[1], GROUP, ARGV[3], ARGV[1], cursor, 'COUNT', 1)
+  redis.call('SET', KEYS[9], claimed[1], 'PX', ARGV[2])
+  if #claimed[2] > 0 then
+    entry = claimed[2][1]
+  else
+    local read = redis.call('XREADGROUP', 'GROUP', GROUP, ARGV[3], 'COUNT', 1,
+      'STREAMS', KEYS[1], '>')
+    if not read then return false end
+    entry = read[1][2][1]
+  end
+  local id = type(entry[2]) == 'table' and entry[2][2] or nil
+  local data = id and redis.call('HGET', KEYS[2], id)
+  if data and redis.call('HGET', KEYS[4], id) == entry[1] then
+    local attempts = redis.call('HINCRBY', KEYS[3], id, 1)
     touch(ARGV[2])
     return {id, data, attempts}
   end
-  -- the keys expire one by one: a schedule entry without its job is garbage
-  redis.call('ZREM', KEYS[3], id)
-  redis.call('HDEL', KEYS[2], id)
+  -- an entry whose job was acked, retried or dead-lettered meanwhile: garbage
+  redis.call('XACK', KEYS[1], GROUP, entry[1])
+  redis.call('XDEL', KEYS[1], entry[1])
 end
+return false
 """
 )
 
-# KEYS: jobs, attempts, due. ARGV: job_id, attempts, delay_ms, queue_ttl.
+# KEYS: queue keys. ARGV: job_id.
+_ACK = (
+    _QUEUE_LIB
+    + """
+unlist(ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+"""
+)
+
+# KEYS: queue keys. ARGV: job_id, attempts, delay_ms, queue_ttl.
 _NACK = (
     _PRELUDE
-    + _TOUCH_QUEUE
+    + _QUEUE_LIB
     + """
-if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('ZADD', KEYS[3], now_ms() + tonumber(ARGV[3]), ARGV[1])
+if redis.call('HGET', KEYS[3], ARGV[1]) ~= ARGV[2] then return 0 end
+unlist(ARGV[1])
+redis.call('ZADD', KEYS[5], now_ms() + tonumber(ARGV[3]), ARGV[1])
 touch(ARGV[4])
 return 1
 """
 )
+
+# KEYS: queue keys. ARGV: job_id, attempts, info JSON, queue_ttl, max dead letters.
+_DEAD_LETTER = (
+    _PRELUDE
+    + _QUEUE_LIB
+    + """
+if redis.call('HGET', KEYS[3], ARGV[1]) ~= ARGV[2] then return 0 end
+local data = redis.call('HGET', KEYS[2], ARGV[1])
+if not data then return 0 end
+unlist(ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HSET', KEYS[6], ARGV[1], data)
+redis.call('HSET', KEYS[7], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[8], now_ms(), ARGV[1])
+local excess = redis.call('ZCARD', KEYS[8]) - tonumber(ARGV[5])
+if excess > 0 then
+  local oldest = redis.call('ZRANGE', KEYS[8], 0, excess - 1)
+  for i = 1, #oldest do
+    redis.call('HDEL', KEYS[6], oldest[i])
+    redis.call('HDEL', KEYS[7], oldest[i])
+  end
+  redis.call('ZREMRANGEBYRANK', KEYS[8], 0, excess - 1)
+end
+touch(ARGV[4])
+return 1
+"""
+)
+
+# KEYS: queue keys. ARGV: limit. Returns {id, dead_at_ms, data, info} per dead letter.
+_DEAD_LETTERS = """
+local ids = redis.call('ZREVRANGE', KEYS[8], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
+local out = {}
+for i = 1, #ids, 2 do
+  local data = redis.call('HGET', KEYS[6], ids[i])
+  local info = redis.call('HGET', KEYS[7], ids[i])
+  if data and info then out[#out + 1] = {ids[i], ids[i + 1], data, info} end
+end
+return out
+"""
+
+# KEYS: queue keys. ARGV: job_id, queue_ttl.
+_RETRY_DEAD = (
+    _QUEUE_LIB
+    + """
+local data = redis.call('HGET', KEYS[6], ARGV[1])
+if not data then return 0 end
+redis.call('HDEL', KEYS[6], ARGV[1])
+redis.call('HDEL', KEYS[7], ARGV[1])
+redis.call('ZREM', KEYS[8], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], data)
+redis.call('HSET', KEYS[3], ARGV[1], 0)
+push(ARGV[1])
+touch(ARGV[2])
+return 1
+"""
+)
+
+# KEYS: stream. ARGV: consumer. Forget this consumer if it holds nothing (clean close).
+_FORGET_CONSUMER = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], 'workers')
+if not ok then return 0 end
+for _, c in ipairs(consumers) do
+  local name, pending
+  for i = 1, #c, 2 do
+    if c[i] == 'name' then name = c[i + 1] elseif c[i] == 'pending' then pending = c[i + 1] end
+  end
+  if name == ARGV[1] and pending == 0 then
+    return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], 'workers', ARGV[1])
+  end
+end
+return 0
+"""
 
 
 def _document(fields: Mapping[str, str] | Sequence[str]) -> Document:
@@ -457,6 +641,9 @@ class RedisCoordinator(Coordinator):
         inbox_ttl: float = DEFAULT_INBOX_TTL,
         queue_ttl: float = DEFAULT_QUEUE_TTL,
         index_buckets: int = DEFAULT_INDEX_BUCKETS,
+        job_once_ttl: float = DEFAULT_JOB_ONCE_TTL,
+        dead_letter_max: int = DEFAULT_DEAD_LETTER_MAX,
+        consumer: str | None = None,
         sentinel: Sentinel | None = None,
     ) -> None:
         """Use ``client`` (created with ``decode_responses=True``); this object closes it."""
@@ -472,6 +659,11 @@ class RedisCoordinator(Coordinator):
         self._owner_ttl = str(_ms(owner_ttl))
         self._inbox_ttl = _ms(inbox_ttl)
         self._queue_ttl = str(_ms(queue_ttl))
+        self._once_ttl = str(_ms(job_once_ttl))
+        self._dead_max = dead_letter_max
+        #: this coordinator's name in the queues' consumer group (one per process)
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._queues_used: set[str] = set()
         self._buckets = index_buckets
         self._ended = json_text(ENDED_STATE)
         self._closed = False
@@ -487,7 +679,12 @@ class RedisCoordinator(Coordinator):
         self._live_workers = script(_LIVE_WORKERS)
         self._enqueue = script(_ENQUEUE)
         self._reserve = script(_RESERVE)
+        self._ack = script(_ACK)
         self._nack = script(_NACK)
+        self._dead_letter = script(_DEAD_LETTER)
+        self._dead_letters = script(_DEAD_LETTERS)
+        self._retry_dead = script(_RETRY_DEAD)
+        self._forget_consumer = script(_FORGET_CONSUMER)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisCoordinator:
@@ -557,8 +754,19 @@ class RedisCoordinator(Coordinator):
         return [f"{self._prefix}{{workers}}:info", f"{self._prefix}{{workers}}:expiry"]
 
     def _queue_keys(self, queue: str) -> list[str]:
+        """What every queue script touches, in its KEYS order: one hash slot."""
         tag = f"{self._prefix}{{queue:{queue}}}"
-        return [f"{tag}:jobs", f"{tag}:attempts", f"{tag}:due"]
+        names = (
+            *("stream", "jobs", "attempts", "entry", "delayed"),
+            *("dead", "deadinfo", "deadorder", "cursor"),
+        )
+        return [f"{tag}:{name}" for name in names]
+
+    def _once_key(self, queue: str, job_id: str) -> str:
+        return f"{self._prefix}{{queue:{queue}}}:once:{job_id}"
+
+    def _session_key(self, session_id: str) -> str:
+        return f"{self._prefix}session:{session_id}"
 
     def _pending_key(self, key: str) -> str:
         return f"{self._prefix}pending:{key}"
@@ -577,6 +785,12 @@ class RedisCoordinator(Coordinator):
         if self._closed:
             return
         self._closed = True
+        for queue in self._queues_used:  # a consumer holding nothing need not stay listed
+            with contextlib.suppress(*_CONNECTION_ERRORS):
+                await asyncio.wait_for(
+                    self._forget_consumer(keys=self._queue_keys(queue)[:1], args=[self.consumer]),
+                    _PING_TIMEOUT,
+                )
         await self._redis.aclose()
         if self._sentinel is not None:
             for client in self._sentinel.sentinels:
@@ -793,14 +1007,22 @@ class RedisCoordinator(Coordinator):
         self, queue: str, job_id: str, data: Mapping[str, Any], *, delay: float = 0.0
     ) -> bool:
         added = await self._enqueue(
-            keys=self._queue_keys(queue),
-            args=[job_id, json_text(dict(data)), repr(delay * 1000), self._queue_ttl],
+            keys=[*self._queue_keys(queue), self._once_key(queue, job_id)],
+            args=[
+                job_id,
+                json_text(dict(data)),
+                _ms(delay) if delay > 0 else 0,
+                self._queue_ttl,
+                self._once_ttl,
+            ],
         )
         return bool(added)
 
     async def reserve(self, queue: str, visibility_timeout: float) -> Job | None:
+        self._queues_used.add(queue)
         reply = await self._reserve(
-            keys=self._queue_keys(queue), args=[repr(visibility_timeout * 1000), self._queue_ttl]
+            keys=self._queue_keys(queue),
+            args=[_ms(visibility_timeout), self._queue_ttl, self.consumer],
         )
         if reply is None:
             return None
@@ -808,12 +1030,7 @@ class RedisCoordinator(Coordinator):
         return Job(job_id=job_id, data=json.loads(data), attempts=int(attempts))
 
     async def ack(self, queue: str, job_id: str) -> None:
-        jobs, attempts, due = self._queue_keys(queue)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(jobs, job_id)
-            pipe.hdel(attempts, job_id)
-            pipe.zrem(due, job_id)
-            await pipe.execute()
+        await self._ack(keys=self._queue_keys(queue), args=[job_id])
 
     async def nack(self, queue: str, job: Job, delay: float) -> bool:
         rescheduled = await self._nack(
@@ -823,7 +1040,53 @@ class RedisCoordinator(Coordinator):
         return bool(rescheduled)
 
     async def queue_length(self, queue: str) -> int:
-        return int(await self._redis.hlen(self._queue_keys(queue)[0]))
+        return int(await self._redis.hlen(self._queue_keys(queue)[1]))
+
+    # -- dead letters ------------------------------------------------------------------------------
+
+    async def dead_letter(self, queue: str, job: Job, reason: str) -> bool:
+        info = json_text({"attempts": job.attempts, "reason": reason})
+        moved = await self._dead_letter(
+            keys=self._queue_keys(queue),
+            args=[job.job_id, job.attempts, info, self._queue_ttl, self._dead_max],
+        )
+        return bool(moved)
+
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        if limit <= 0:
+            return []
+        reply = await self._dead_letters(keys=self._queue_keys(queue), args=[limit])
+        letters = []
+        for job_id, dead_at_ms, data, info_text in reply:
+            info = json.loads(info_text)
+            letters.append(
+                DeadLetter(
+                    job_id=job_id,
+                    data=json.loads(data),
+                    attempts=int(info["attempts"]),
+                    reason=str(info["reason"]),
+                    dead_at=float(dead_at_ms) / 1000,
+                )
+            )
+        return letters
+
+    async def dead_letter_count(self, queue: str) -> int:
+        return int(await self._redis.hlen(self._queue_keys(queue)[5]))
+
+    async def retry_dead_letter(self, queue: str, job_id: str) -> bool:
+        requeued = await self._retry_dead(
+            keys=self._queue_keys(queue), args=[job_id, self._queue_ttl]
+        )
+        return bool(requeued)
+
+    # -- session continuation ------------------------------------------------------------
+
+    async def put_session(self, session_id: str, data: Mapping[str, Any], ttl: float) -> None:
+        await self._redis.set(self._session_key(session_id), json_text(dict(data)), px=_ms(ttl))
+
+    async def get_session(self, session_id: str) -> dict[str, Any] | None:
+        stored = await self._redis.get(self._session_key(session_id))
+        return None if stored is None else dict(json.loads(stored))
 
 
 __all__ = ["DEFAULT_KEY_PREFIX", "RedisCoordinator"]

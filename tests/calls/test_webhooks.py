@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
+from telephony_edge import metrics
 from telephony_edge.calls.bridge import Conversation
 from telephony_edge.calls.record import CallRecord, CallState, CallStatus
 from telephony_edge.calls.webhooks import (
@@ -453,6 +454,8 @@ async def test_client_error_is_not_retried(server: Server, harness: Harness) -> 
     await asyncio.sleep(0.2)  # several backoff periods: nothing more may arrive
     assert len(server.seen) == 1
     assert await harness.coord.queue_length(SESSION_WEBHOOK_QUEUE) == 0
+    [dead] = await harness.coord.dead_letters(SESSION_WEBHOOK_QUEUE)
+    assert dead.job_id == payload["call_id"] and dead.reason == "rejected: http status 400"
 
 
 async def test_429_and_408_are_retried(server: Server, harness: Harness) -> None:
@@ -471,10 +474,21 @@ async def test_gives_up_after_max_attempts(server: Server, session: aiohttp.Clie
         await enqueue_session_webhook(
             h.coord, server.url("/end"), build_session_payload(ended_record())
         )
+        dead_before = metrics.WEBHOOK_DEAD_LETTERS_TOTAL._value.get()
         await wait_until(lambda: h.outcomes == ["retry", "retry", "gave_up"])
         await asyncio.sleep(0.1)
         assert len(server.seen) == 3
         assert await h.coord.queue_length(SESSION_WEBHOOK_QUEUE) == 0
+        [dead] = await h.coord.dead_letters(SESSION_WEBHOOK_QUEUE)
+        assert (dead.attempts, dead.reason) == (3, "3 attempts, the last: http status 503")
+        assert metrics.WEBHOOK_DEAD_LETTERS_TOTAL._value.get() == dead_before + 1
+        assert metrics.WEBHOOK_DEAD_LETTERS._value.get() == 1
+        # the receiver works again; an operator retries the dead letter: delivered, same key
+        server.routes["/end"] = scripted([])
+        assert await h.coord.retry_dead_letter(SESSION_WEBHOOK_QUEUE, dead.job_id)
+        await wait_until(lambda: h.outcomes[-1:] == ["delivered"])
+        assert server.seen[-1].headers[IDEMPOTENCY_HEADER] == dead.job_id
+        assert await h.coord.dead_letter_count(SESSION_WEBHOOK_QUEUE) == 0
     finally:
         await h.stop()
 

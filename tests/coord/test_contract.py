@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from telephony_edge.coord import Conflict, Coordinator, Document, MemoryCoordinator
+from telephony_edge.coord import Conflict, Coordinator, Document, Job, MemoryCoordinator
 from telephony_edge.coord.redis import RedisCoordinator
 
 TTL = 0.1  # short expiry used throughout
@@ -436,12 +437,12 @@ async def test_queue_redelivers_after_visibility_timeout(coord: Coordinator) -> 
     assert first is not None and first.attempts == 1
     assert await coord.reserve(Q, visibility_timeout=TTL) is None
     await asyncio.sleep(PAST_TTL)  # the reserving worker "died"
-    second = await coord.reserve(Q, visibility_timeout=30)
+    second = await coord.reserve(Q, visibility_timeout=TTL)
     assert second is not None
     assert (second.job_id, second.data, second.attempts) == ("j1", {"n": 1}, 2)
     # the dead worker's stale nack must not reschedule the new reservation
     assert not await coord.nack(Q, first, delay=0)
-    assert await coord.reserve(Q, visibility_timeout=30) is None
+    assert await coord.reserve(Q, visibility_timeout=TTL) is None
 
 
 async def test_queue_nack_delays_retry(coord: Coordinator) -> None:
@@ -486,3 +487,117 @@ async def test_ack_after_takeover_and_queues_are_separate(coord: Coordinator) ->
     assert await coord.queue_length(Q) == 0
     assert await coord.queue_length("other-queue") == 1
     assert not await coord.nack(Q, job, delay=0)  # gone
+
+
+async def test_queue_at_least_once_when_a_consumer_dies(coord: Coordinator) -> None:
+    """Two workers on one store: B takes over what A reserved and never acked."""
+    a, b = coord, _sibling(coord)
+    try:
+        assert await a.enqueue(Q, "call_1", {"n": 1})
+        taken = await a.reserve(Q, visibility_timeout=TTL)
+        assert taken is not None and taken.attempts == 1
+        assert await b.reserve(Q, visibility_timeout=TTL) is None  # still A's
+        await asyncio.sleep(PAST_TTL)  # A died holding it
+        again = await b.reserve(Q, visibility_timeout=TTL)
+        assert again is not None
+        assert (again.job_id, again.data, again.attempts) == ("call_1", {"n": 1}, 2)
+        assert not await a.nack(Q, taken, delay=0)  # A's late answer is fenced off
+        assert not await a.dead_letter(Q, taken, "late")
+        await b.ack(Q, again.job_id)
+        assert await a.queue_length(Q) == 0
+        await asyncio.sleep(PAST_TTL)
+        assert await a.reserve(Q, visibility_timeout=TTL) is None  # acked: gone for good
+    finally:
+        if b is not a:
+            await b.close()
+
+
+def _sibling(coord: Coordinator) -> Coordinator:
+    """Another worker's coordinator on the same store (memory: the one store is this object)."""
+    if not isinstance(coord, RedisCoordinator):
+        return coord
+    url = coord._redis.connection_pool.connection_kwargs
+    client = Redis(host=url["host"], port=url["port"], decode_responses=True)
+    return RedisCoordinator(client, key_prefix=coord._prefix, ended_call_ttl=TTL)
+
+
+async def test_queue_enqueue_is_once_per_job_id(coord: Coordinator) -> None:
+    assert await coord.enqueue(Q, "call_1", {"n": 1})
+    job = await coord.reserve(Q, visibility_timeout=30)
+    assert job is not None
+    await coord.ack(Q, job.job_id)
+    # delivered; a second worker ending the same call must not queue it again
+    assert not await coord.enqueue(Q, "call_1", {"n": 2})
+    assert await coord.queue_length(Q) == 0
+    assert await coord.reserve(Q, visibility_timeout=0) is None
+    assert await coord.enqueue("other-queue", "call_1", {})  # per queue
+
+
+async def fail_until_dead(coord: Coordinator, job_id: str, max_attempts: int) -> Job:
+    """Reserve and fail ``job_id`` as a dispatcher would, dead-lettering the last attempt."""
+    while True:
+        job = await coord.reserve(Q, visibility_timeout=30)
+        assert job is not None and job.job_id == job_id
+        if job.attempts >= max_attempts:
+            assert await coord.dead_letter(Q, job, f"http status 503 (attempt {job.attempts})")
+            return job
+        assert await coord.nack(Q, job, delay=0)
+
+
+async def test_dead_letter_after_n_attempts(coord: Coordinator) -> None:
+    await coord.enqueue(Q, "call_1", {"url": "http://x", "n": 1})
+    job = await fail_until_dead(coord, "call_1", max_attempts=3)
+    assert job.attempts == 3
+    assert await coord.queue_length(Q) == 0
+    assert await coord.reserve(Q, visibility_timeout=0) is None
+    assert await coord.dead_letter_count(Q) == 1
+    [dead] = await coord.dead_letters(Q)
+    assert (dead.job_id, dead.data, dead.attempts) == ("call_1", {"url": "http://x", "n": 1}, 3)
+    assert dead.reason == "http status 503 (attempt 3)"
+    assert abs(dead.dead_at - time.time()) < 5
+    assert not await coord.enqueue(Q, "call_1", {})  # still once per id
+    assert not await coord.dead_letter(Q, job, "again")  # gone from the queue
+    assert await coord.dead_letter_count("other-queue") == 0
+
+
+async def test_dead_letters_listed_newest_first_and_retried(coord: Coordinator) -> None:
+    for i in range(3):
+        await coord.enqueue(Q, f"call_{i}", {"i": i})
+        await fail_until_dead(coord, f"call_{i}", max_attempts=1)
+        await asyncio.sleep(0.005)
+    assert [d.job_id for d in await coord.dead_letters(Q)] == ["call_2", "call_1", "call_0"]
+    assert [d.job_id for d in await coord.dead_letters(Q, limit=2)] == ["call_2", "call_1"]
+    assert await coord.dead_letters(Q, limit=0) == []
+    assert await coord.retry_dead_letter(Q, "call_1")
+    assert not await coord.retry_dead_letter(Q, "call_1")  # no longer dead
+    assert not await coord.retry_dead_letter(Q, "call_unknown")
+    assert await coord.dead_letter_count(Q) == 2 and await coord.queue_length(Q) == 1
+    job = await coord.reserve(Q, visibility_timeout=30)
+    assert job is not None and (job.job_id, job.data, job.attempts) == ("call_1", {"i": 1}, 1)
+    await coord.ack(Q, job.job_id)
+    assert [d.job_id for d in await coord.dead_letters(Q)] == ["call_2", "call_0"]
+
+
+async def test_dead_letters_are_bounded(coord: Coordinator) -> None:
+    assert isinstance(coord, MemoryCoordinator | RedisCoordinator)
+    coord._dead_max = 2  # the bound is a constructor option of both backends
+    for i in range(3):
+        await coord.enqueue(Q, f"call_{i}", {})
+        await fail_until_dead(coord, f"call_{i}", max_attempts=1)
+        await asyncio.sleep(0.005)
+    assert [d.job_id for d in await coord.dead_letters(Q)] == ["call_2", "call_1"]
+    assert await coord.dead_letter_count(Q) == 2
+
+
+# -- session continuation ------------------------------------------------------------
+
+
+async def test_session_put_get_replace_and_expire(coord: Coordinator) -> None:
+    assert await coord.get_session("sess_1") is None
+    data = {"metadata": {"n": [1, {}]}, "chat": [{"role": "user", "text": "Zoë"}]}
+    await coord.put_session("sess_1", data, ttl=30)
+    assert await coord.get_session("sess_1") == data
+    await coord.put_session("sess_1", {"chat": []}, ttl=TTL)
+    assert await coord.get_session("sess_1") == {"chat": []}
+    await asyncio.sleep(PAST_TTL)
+    assert await coord.get_session("sess_1") is None

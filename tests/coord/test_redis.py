@@ -58,8 +58,11 @@ async def exercise(coord: RedisCoordinator, call_id: str, worker: str = "w1") ->
     await coord.heartbeat(worker, {"calls": 1}, ttl=30)
     await coord.enqueue("webhooks", call_id, {"url": "http://x"}, delay=60)
     await coord.enqueue("webhooks", call_id + "-now", {"url": "http://x"})
-    assert await coord.reserve("webhooks", visibility_timeout=30) is not None
+    job = await coord.reserve("webhooks", visibility_timeout=30)
+    assert job is not None
+    assert await coord.dead_letter("webhooks", job, "http status 503")
     await coord.register_pending(f"sip:{call_id}", {"call_id": call_id}, ttl=30)
+    await coord.put_session(f"sess-{call_id}", {"chat": []}, ttl=30)
 
 
 # -- key layout and hash slots -------------------------------------------------------------
@@ -72,7 +75,9 @@ async def test_keys_carry_the_prefix_and_one_call_is_one_slot(
     await exercise(coord, call_id)
     keys = await keys_of(raw, coord)
     assert keys and all(k.startswith(coord._prefix) for k in keys)
-    call_keys = [k for k in keys if call_id in k and "pending" not in k and "queue" not in k]
+    call_keys = [
+        k for k in keys if call_id in k and not any(w in k for w in ("pending", "queue", "session"))
+    ]
     doc, index = coord._doc_keys(call_id)
     assert {doc, coord._owner_key(call_id)} <= set(call_keys)
     # the record, its owner and its bucket's active index: one slot (what one script touches)
@@ -116,8 +121,10 @@ async def test_every_abandonable_key_has_a_ttl(coord: RedisCoordinator, raw: Red
         else:
             assert ttl > 0, f"{key} has no TTL"
             checked += 1
-    # ended record, owner, inbox, slots, 2 worker keys, 3 queue keys, pending
-    assert checked == 10
+    # ended record, owner, inbox, slots, 2 worker keys, pending, session; queue: stream,
+    # jobs, attempts, delayed, claim cursor, 3 dead-letter keys, 2 once-markers
+    # (the entry map is empty: the one job in the stream was dead-lettered)
+    assert checked == 18
 
 
 async def test_index_expires_with_its_records(coord: RedisCoordinator, raw: Redis) -> None:

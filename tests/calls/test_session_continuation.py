@@ -1,0 +1,136 @@
+"""Session continuation: a call with ``session_id`` gets the earlier call's session in ``initiate``.
+
+A tiny recording agent core stands in for a real one, so the test sees
+exactly what a core receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from aiohttp.test_utils import TestServer
+
+from telephony_edge.calls.leg import LegEnded
+from telephony_edge.calls.record import CallState, CallStatus
+from tests.calls.test_bridge import start_call
+from tests.conftest import Edge, TestLeg, edge_settings, wait_for
+
+
+class RecordingCore:
+    """Answers ``onready``, says one line and hears one, and keeps every ``initiate``."""
+
+    def __init__(self) -> None:
+        self.initiates: list[dict[str, Any]] = []
+        app = web.Application()
+        app.router.add_get("/ws", self.handle)
+        self.server = TestServer(app, host="127.0.0.1", port=0)
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("/ws")).replace("http", "ws", 1)
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        first = await ws.receive_json(timeout=5)
+        assert first["method"] == "initiate"
+        self.initiates.append(first["data"])
+        n = len(self.initiates)
+        await ws.send_json({"method": "onready"})
+        await ws.send_json({"method": "onresponsetext", "data": {"text": f"agent line {n}"}})
+        await ws.send_json({"method": "ontranscript", "data": {"text": f"caller line {n}"}})
+        async for msg in ws:  # until the edge closes the link
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
+                break
+        return ws
+
+
+async def one_call(edge: Edge, **kwargs: Any) -> Any:
+    leg = TestLeg()
+    record, task = await start_call(edge, leg, **kwargs)
+    await wait_for(lambda: record.state is CallState.ACTIVE)
+    await asyncio.sleep(0.2)  # the core's two lines arrive
+    leg.events.put_nowait(LegEnded("completed"))
+    final = await asyncio.wait_for(task, 5)
+    assert final.call_status is CallStatus.USER_ENDED
+    return final
+
+
+def lines(chat: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(entry["role"], entry["content"]) for entry in chat]
+
+
+async def test_a_second_call_of_the_session_gets_the_first_ones_chat_metadata_and_config(
+    make_edge: Any,
+) -> None:
+    core = RecordingCore()
+    await core.server.start_server()
+    try:
+        edge: Edge = await make_edge(
+            edge_settings(agent_core={"url": core.url}, calls={"session_ttl_s": 60})
+        )
+        first = await one_call(edge, metadata={"userName": "Ada"}, agent_config={"language": "fr"})
+        assert "session_continuation" not in core.initiates[0]  # a new session
+
+        second = await one_call(edge, session_id=first.session_id, metadata={"attempt": 2})
+        assert second.session_id == first.session_id  # the session goes on under its id
+        continuation = core.initiates[1]["session_continuation"]
+        assert continuation["session_id"] == first.session_id and continuation["found"]
+        assert continuation["metadata"] == {"userName": "Ada"}
+        assert continuation["agent_config"]["language"] == "fr"
+        assert lines(continuation["chat"]) == [
+            ("assistant", "agent line 1"),
+            ("user", "caller line 1"),
+        ]
+
+        # a third call sees the whole session: both earlier calls, in order
+        await one_call(edge, session_id=first.session_id)
+        assert lines(core.initiates[2]["session_continuation"]["chat"]) == [
+            ("assistant", "agent line 1"),
+            ("user", "caller line 1"),
+            ("assistant", "agent line 2"),
+            ("user", "caller line 2"),
+        ]
+
+        # an unknown (or expired) session: the call goes on, told that nothing was found
+        await one_call(edge, session_id="sess_unknown")
+        assert core.initiates[3]["session_continuation"] == {
+            "session_id": "sess_unknown",
+            "found": False,
+            "metadata": {},
+            "chat": [],
+            "agent_config": {},
+        }
+        stored = await edge.services.coordinator.get_session(first.session_id)
+        assert stored is not None and json.dumps(stored)  # plain JSON
+    finally:
+        await core.server.close()
+
+
+async def test_a_call_that_never_connected_keeps_the_sessions_history(make_edge: Any) -> None:
+    core = RecordingCore()
+    await core.server.start_server()
+    try:
+        edge: Edge = await make_edge(
+            edge_settings(agent_core={"url": core.url}, calls={"setup_ttl_s": 0.2})
+        )
+        first = await one_call(edge)
+        service = edge.services.call_service
+        # the session's next call never gets media (no answer): ended by the setup reaper
+        missed = await service.create(
+            agent_id="echo", provider="test", direction="outbound", session_id=first.session_id
+        )
+        await wait_for(lambda: service.manager.get(missed.call_id) is None, within=2)
+        await asyncio.sleep(0.6)
+        ended = await service.get(missed.call_id)
+        assert ended is not None and ended.state is CallState.ENDED
+        await one_call(edge, session_id=first.session_id)
+        assert lines(core.initiates[1]["session_continuation"]["chat"]) == [
+            ("assistant", "agent line 1"),
+            ("user", "caller line 1"),
+        ]
+    finally:
+        await core.server.close()
