@@ -3,7 +3,9 @@
 ``POST /start_outbound_call`` places a call from one of the edge's numbers
 through that number's provider (``Provider.dial``). The hang-up, transfer and
 read endpoints work from any worker: the call service finds the call's owner
-through the coordinator. No network is named here.
+through the coordinator and waits for its answer (a lapsed owner: 409, the
+call reaped). ``GET /calls`` lists live calls from the coordinator's index.
+No network is named here.
 
 Every endpoint needs ``Authorization: Bearer <api.private_key>``, compared
 in constant time. Errors are JSON ``{"error": "..."}`` with a fitting status.
@@ -22,8 +24,8 @@ from aiohttp import web
 
 from telephony_edge import metrics
 from telephony_edge.calls.leg import NotSupported
-from telephony_edge.calls.record import CallRecord
-from telephony_edge.calls.service import CallRejected, ProviderError
+from telephony_edge.calls.record import CallRecord, CallState
+from telephony_edge.calls.service import CallRejected, ControlFailed, ProviderError
 from telephony_edge.calls.webhooks import SESSION_WEBHOOK_QUEUE, without_webhook_headers
 from telephony_edge.config import normalize_e164
 from telephony_edge.routing import normalize_destination
@@ -244,6 +246,8 @@ async def hangup_call(request: web.Request) -> web.Response:
         found = await request.app[SERVICES].call_service.hangup(call_id)
     except NotSupported as exc:
         raise ApiError(409, str(exc)) from None
+    except ControlFailed as exc:
+        raise ApiError(exc.http_status, exc.reason, call_id=call_id) from None
     except ProviderError as exc:
         raise ApiError(502, str(exc), provider_code=exc.code) from None
     if not found:
@@ -266,6 +270,8 @@ async def transfer_call(request: web.Request) -> web.Response:
         found = await request.app[SERVICES].call_service.transfer(call_id, destination)
     except NotSupported as exc:
         raise ApiError(409, str(exc)) from None
+    except ControlFailed as exc:
+        raise ApiError(exc.http_status, exc.reason, call_id=call_id) from None
     except ProviderError as exc:
         raise ApiError(502, str(exc), provider_code=exc.code) from None
     if not found:
@@ -331,11 +337,67 @@ async def retry_dead_letter(request: web.Request) -> web.Response:
     return web.json_response({"call_id": call_id, "result": "queued"})
 
 
+#: states a live call can be listed in (ended calls are not indexed)
+_LISTABLE_STATES = frozenset(str(s) for s in CallState if s is not CallState.ENDED)
+MAX_PAGE = 500
+DEFAULT_PAGE = 100
+_MAX_QUERY_VALUE = 200
+
+
+def _query_value(request: web.Request, name: str) -> str | None:
+    values = request.query.getall(name, [])
+    if not values:
+        return None
+    if len(values) > 1 or not values[0] or len(values[0]) > _MAX_QUERY_VALUE:
+        raise ApiError(400, f"{name} must be given once, 1-{_MAX_QUERY_VALUE} characters")
+    return values[0]
+
+
+async def list_calls(request: web.Request) -> web.Response:
+    """``GET /calls?state=active[&worker=…][&region=…][&limit=N][&cursor=C]``: live calls.
+
+    From the coordinator's index of live calls, so every worker answers the
+    same. Ordered by call id; ``next_cursor`` (null on the last page) is
+    stable while calls come and go.
+    """
+    _authorize(request)
+    unknown = set(request.query) - {"state", "worker", "region", "limit", "cursor"}
+    if unknown:
+        raise ApiError(400, f"unknown query parameter(s): {', '.join(sorted(unknown))}")
+    state = _query_value(request, "state") or str(CallState.ACTIVE)
+    if state not in _LISTABLE_STATES:
+        raise ApiError(400, f"state must be one of {', '.join(sorted(_LISTABLE_STATES))}")
+    where: dict[str, Any] = {"state": state}
+    worker = _query_value(request, "worker")
+    if worker is not None:
+        where["owner"] = worker
+    region = _query_value(request, "region")
+    if region is not None:
+        where["region"] = region
+    raw_limit = _query_value(request, "limit")
+    limit = DEFAULT_PAGE
+    if raw_limit is not None:
+        if (
+            not raw_limit.isascii()
+            or not raw_limit.isdigit()
+            or not 1 <= int(raw_limit) <= MAX_PAGE
+        ):
+            raise ApiError(400, f"limit must be an integer from 1 to {MAX_PAGE}")
+        limit = int(raw_limit)
+    cursor = _query_value(request, "cursor")
+    page, next_cursor = await request.app[SERVICES].coordinator.page_active_calls(
+        where=where, after=cursor, limit=limit
+    )
+    calls = [call_view(CallRecord.from_dict(doc.data)) for _, doc in page]
+    return web.json_response({"calls": calls, "next_cursor": next_cursor})
+
+
 def add_api_routes(app: web.Application) -> None:
     """Mount the public API on ``app``."""
     app.router.add_post("/start_outbound_call", _json_errors(start_outbound_call))
     app.router.add_post("/calls/{call_id}/hangup", _json_errors(hangup_call))
     app.router.add_post("/calls/{call_id}/transfer", _json_errors(transfer_call))
+    app.router.add_get("/calls", _json_errors(list_calls))
     app.router.add_get("/calls/{call_id}", _json_errors(get_call))
     app.router.add_get("/webhooks/dead-letters", _json_errors(list_dead_letters))
     app.router.add_post("/webhooks/dead-letters/{call_id}/retry", _json_errors(retry_dead_letter))

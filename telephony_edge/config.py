@@ -201,6 +201,18 @@ class CallSettings(_Model):
     max_function_calls: int = Field(default=200, ge=1, le=100_000)
     session_ttl_s: float = Field(default=24 * 3600.0, gt=0, le=30 * 24 * 3600)
     """How long a session's continuation (metadata, chat, agent_config) is kept after a call."""
+    lease_s: float = Field(default=15.0, gt=0, le=300)
+    """The media owner's lease on each of its calls (and the agent slot with it): a worker
+    that stops renewing it (killed) has its calls reaped by the others after this long."""
+    lease_renew_s: float = Field(default=5.0, gt=0, le=100)
+    """How often a worker renews its leases (one coordinator step for all its calls) and
+    looks for calls whose owner's lease lapsed. Well below ``lease_s``."""
+
+    @model_validator(mode="after")
+    def _renew_within_lease(self) -> CallSettings:
+        if self.lease_renew_s * 2 > self.lease_s:
+            raise ValueError("calls.lease_renew_s must be at most half of calls.lease_s")
+        return self
 
 
 class CoordinationSettings(_Model):

@@ -247,3 +247,37 @@ async def test_hanging_up_a_ringing_call_cancels_it_through_twilio(
     )
     answer_ = parse_twiml(await call.post_webhook())
     assert answer_.stream is None and answer_.hangup
+
+
+async def test_control_of_a_call_whose_owner_lease_lapsed_is_409_and_reaps_it(
+    twilio_edge: TwilioEdge, session: aiohttp.ClientSession
+) -> None:
+    # a bridged call of a worker that died: live record, no lease, no bridge here
+    coordinator = twilio_edge.services.coordinator
+    for action, body in (("hangup", None), ("transfer", {"destination": "+15555550123"})):
+        call_id = f"call_lost_{action}"
+        record = {"call_id": call_id, "state": "active", "agent_id": "echo", "provider": "twilio"}
+        record["direction"] = "inbound"
+        await coordinator.create_call(call_id, record)
+        async with session.post(
+            f"{twilio_edge.base}/calls/{call_id}/{action}", json=body, headers=AUTH
+        ) as resp:
+            assert resp.status == 409, await resp.text()
+            assert "lost" in (await resp.json())["error"]
+        doc = await coordinator.get_call(call_id)
+        assert doc is not None
+        assert (doc.data["state"], doc.data["call_status"]) == ("ended", "error")
+        assert doc.data["error_message"] == "the worker handling the call was lost"
+
+
+async def test_list_calls_refuses_bad_queries(
+    twilio_edge: TwilioEdge, session: aiohttp.ClientSession
+) -> None:
+    for query in ("state=ended", "state=bogus", "limit=0", "limit=501", "limit=x", "nope=1"):
+        async with session.get(f"{twilio_edge.base}/calls?{query}", headers=AUTH) as resp:
+            assert resp.status == 400, query
+    async with session.get(f"{twilio_edge.base}/calls") as resp:
+        assert resp.status == 401
+    async with session.get(f"{twilio_edge.base}/calls?limit=5", headers=AUTH) as resp:
+        assert resp.status == 200
+        assert await resp.json() == {"calls": [], "next_cursor": None}

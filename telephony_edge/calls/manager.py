@@ -28,6 +28,10 @@ class CallManager:
     def active(self) -> int:
         return len(self._calls)
 
+    def live_calls(self) -> list[LiveCall]:
+        """This worker's calls now (a copy: safe to iterate while calls come and go)."""
+        return list(self._calls.values())
+
     def get(self, call_id: str) -> LiveCall | None:
         return self._calls.get(call_id)
 

@@ -23,13 +23,13 @@ from telephony_edge import metrics
 from telephony_edge.agent.link import AgentLink, LinkTimeouts
 from telephony_edge.calls import webhooks
 from telephony_edge.calls.bridge import BridgeLimits, CallBridge, CallOver, Conversation
-from telephony_edge.calls.leg import Leg
+from telephony_edge.calls.leg import Leg, NotSupported
 from telephony_edge.calls.manager import CallManager
 from telephony_edge.calls.pacing import Pacer
 from telephony_edge.calls.record import CallRecord, CallState, CallStatus, new_id
 from telephony_edge.calls.variables import call_variables, fill_placeholders, merge_agent_config
 from telephony_edge.config import Settings
-from telephony_edge.coord.base import Conflict, Coordinator
+from telephony_edge.coord.base import DEFAULT_REPLY_TTL, Conflict, Coordinator
 from telephony_edge.routing import NumberRouter, Route
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,10 @@ OWNER_FIELDS = (
     "provider_call_id",
 )
 _LIVE_STATES = (CallState.CONNECTING, CallState.ACTIVE)
+#: How long a hang-up / transfer request on one worker waits for the owner's answer.
+CONTROL_REPLY_S = 3.0
+#: ``error_message`` of a call whose worker stopped renewing its lease (killed, cut off).
+WORKER_LOST = "the worker handling the call was lost"
 
 
 def _count_webhook(kind: str, outcome: str) -> None:
@@ -60,6 +64,20 @@ def _count_webhook(kind: str, outcome: str) -> None:
 
 class CallRejected(Exception):
     """The edge will not take this call; ``http_status`` says how an API answers."""
+
+    def __init__(self, http_status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.http_status = http_status
+        self.reason = reason
+
+
+class ControlFailed(Exception):
+    """A hang-up or transfer for a call on another worker did not happen.
+
+    ``http_status`` says how an API answers: 409 when the owner's lease had
+    lapsed (the call is reaped on the spot), 504 when the owner did not
+    answer in time.
+    """
 
     def __init__(self, http_status: int, reason: str) -> None:
         super().__init__(reason)
@@ -114,7 +132,10 @@ class CallService:
         #: provider name → its network; filled by the application from the registry
         self.networks: dict[str, Network] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._control_tasks: set[asyncio.Task[None]] = set()
         calls = settings.calls
+        self._lease_s = calls.lease_s
+        self._lease_renew_s = calls.lease_renew_s
         self._limits = BridgeLimits(
             max_duration_s=calls.max_duration_s,
             inactivity_timeout_s=calls.inactivity_timeout_s,
@@ -156,6 +177,7 @@ class CallService:
             "webhook-dispatcher": dispatcher.run,
             "heartbeat": self._heartbeat_loop,
             "setup-reaper": self._reap_loop,
+            "lease-reaper": self._lease_reap_loop,
         }
         self._tasks = [
             asyncio.create_task(supervise(name, loop), name=name) for name, loop in loops.items()
@@ -295,50 +317,66 @@ class CallService:
         """Move the call out of ``created`` (compare-and-set), then admit it here.
 
         A call that ended meanwhile (the caller hung up, its setup time ran
-        out) is not revived: :class:`CallOver`.
+        out) is not revived: :class:`CallOver`. The lease is taken first, so a record
+        any worker sees ``connecting`` or ``active`` has an owner until that
+        owner stops renewing it (and is then reaped: :meth:`reap_lost`).
         """
+        call_id = record.call_id
+        if not await self.coordinator.claim_owner(call_id, self.worker_id, ttl=self._lease_s):
+            raise CallOver("another worker already holds this call's media")
         record.advance(CallState.CONNECTING)
         try:
             await self.write_state(record, (CallState.CREATED,))
         except (Conflict, LookupError) as exc:
+            await self.coordinator.release_owner(call_id, self.worker_id)
             raise CallOver(f"media for a call that is over: {exc}") from None
         return await self._admit(record)
 
     async def _admit(self, record: CallRecord) -> str | None:
         if not self.manager.accepting:
             return "this worker is draining and takes no new calls"
-        await self.coordinator.claim_owner(record.call_id, self.worker_id)
         agent = self.settings.agents.get(record.agent_id)
         limit = agent.max_concurrent_calls if agent else None
+        # the slot expires with the lease: both are renewed together (renew_leases)
         if limit and not await self.coordinator.acquire_agent_slot(
-            record.agent_id, record.call_id, limit
+            record.agent_id, record.call_id, limit, ttl=self._lease_s
         ):
             return f"agent {record.agent_id!r} is at its limit of {limit} concurrent calls"
         return None
 
     # -- the bridge's hooks (CallHooks) -------------------------------------
 
-    async def write_state(self, record: CallRecord, previous: tuple[CallState, ...]) -> None:
+    async def write_state(
+        self, record: CallRecord, previous: tuple[CallState, ...], *, if_unowned: bool = False
+    ) -> None:
         """Write the owner's fields of ``record`` with a compare-and-set on its state.
 
         Raises :class:`Conflict` if the stored state is not one of ``previous``
-        and LookupError if the record is gone. Fields other writers own (the
+        (or, with ``if_unowned``, some worker holds the call's lease) and
+        LookupError if the record is gone. Fields other writers own (the
         provider status) are merged back into ``record``, never overwritten.
+        Writing ``ended`` drops this worker's lease, after the write: a live
+        record without an owner would look like a dead worker's to a reaper.
         """
         data = record.to_dict()
         changes = {name: data[name] for name in OWNER_FIELDS}
-        doc = await self.coordinator.update_call(
-            record.call_id, changes, if_state=[str(s) for s in previous]
-        )
+        try:
+            doc = await self.coordinator.update_call(
+                record.call_id,
+                changes,
+                if_state=[str(s) for s in previous],
+                if_unowned=if_unowned,
+            )
+        finally:
+            if record.state is CallState.ENDED and not if_unowned:
+                await self.coordinator.release_owner(record.call_id, self.worker_id)
         if doc is None:
             raise LookupError(f"call {record.call_id} is not stored (expired?)")
         record.provider_status = doc.data.get("provider_status") or record.provider_status
 
     async def release(self, record: CallRecord) -> None:
-        try:
-            await self.coordinator.release_agent_slot(record.agent_id, record.call_id)
-        finally:
-            await self.coordinator.release_owner(record.call_id, self.worker_id)
+        """Give the agent slot back; the lease goes with the final write (``write_state``)."""
+        await self.coordinator.release_agent_slot(record.agent_id, record.call_id)
 
     async def finished(self, record: CallRecord, conversation: Conversation) -> None:
         status = record.call_status or CallStatus.ERROR
@@ -470,19 +508,23 @@ class CallService:
     # -- control from any worker ------------------------------------------
 
     async def hangup(self, call_id: str, status: CallStatus = CallStatus.API_ENDED) -> bool:
-        """End a call wherever it runs; False if the edge does not know it or it is over."""
+        """End a call wherever it runs; False if the edge does not know it or it is over.
+
+        On another worker the owner does it and answers (:meth:`_ask_owner`).
+        """
         live = self.manager.get(call_id)
         if isinstance(live, CallBridge):
             await live.end("hang-up requested through the API")
             return True
-        if await self.coordinator.publish_control(call_id, {"action": "hangup"}):
-            return True
+        doc = await self.coordinator.get_call(call_id)
+        if doc is not None and doc.data.get("state") in _LIVE_STATES:
+            return await self._ask_owner(CallRecord.from_dict(doc.data), {"action": "hangup"})
         found = await self._unbridged(call_id)
         if found is None:
             return False
         record, network = found
         await network.hangup(record)
-        await self._end_unbridged(record, status, None)
+        await self._end_stored(record, status, None)
         return True
 
     async def transfer(self, call_id: str, destination: str) -> bool:
@@ -491,17 +533,97 @@ class CallService:
         if isinstance(live, CallBridge):
             await live.transfer(destination)
             return True
-        message = {"action": "transfer", "destination": destination}
-        if await self.coordinator.publish_control(call_id, message):
-            return True
+        doc = await self.coordinator.get_call(call_id)
+        if doc is not None and doc.data.get("state") in _LIVE_STATES:
+            message = {"action": "transfer", "destination": destination}
+            return await self._ask_owner(CallRecord.from_dict(doc.data), message)
         found = await self._unbridged(call_id)
         if found is None:
             return False
         record, network = found
         await network.transfer(record, destination)
         record.transferred_to = destination
-        await self._end_unbridged(record, CallStatus.API_ENDED, None)
+        await self._end_stored(record, CallStatus.API_ENDED, None)
         return True
+
+    async def _ask_owner(self, record: CallRecord, message: dict[str, Any]) -> bool:
+        """Have the owner of a bridged call carry out ``message`` and wait for its answer.
+
+        True once the owner did it; False if the call ended meanwhile. Raises
+        what the owner's attempt raised (:class:`ProviderError`,
+        :class:`NotSupported`) or :class:`ControlFailed`: 409 when the owner's
+        lease has lapsed (the call is reaped here and now, never a silent
+        success), 504 when the owner did not answer within ``CONTROL_REPLY_S``.
+        """
+        call_id = record.call_id
+        lost = ControlFailed(
+            409,
+            f"call {call_id} was lost: the worker handling it stopped renewing its lease "
+            f"(it died or was cut off); the call has been ended with an error",
+        )
+        token = new_id("ctl")
+        if not await self.coordinator.publish_control(call_id, {**message, "reply_to": token}):
+            if await self._end_stored(record, CallStatus.ERROR, WORKER_LOST, lost=True):
+                raise lost
+            doc = await self.coordinator.get_call(call_id)
+            if doc is not None and doc.data.get("error_message") == WORKER_LOST:
+                raise lost  # another worker reaped it a moment before us
+            return False  # it ended on its own meanwhile
+        reply = await self.coordinator.wait_reply(token, within=CONTROL_REPLY_S)
+        if reply is None:
+            raise ControlFailed(
+                504,
+                f"the worker handling call {call_id} did not answer within {CONTROL_REPLY_S:g} s",
+            )
+        if reply.get("ok"):
+            return True
+        error = str(reply.get("error") or "the request failed")
+        kind = reply.get("kind")
+        if kind == "provider":
+            status, code = reply.get("status"), reply.get("code")
+            raise ProviderError(
+                error,
+                status=status if isinstance(status, int) else 0,
+                code=code if isinstance(code, int) else None,
+            )
+        if kind == "not-supported":
+            raise NotSupported(error)
+        if kind == "gone":
+            return False
+        raise ControlFailed(502, error)
+
+    async def _obey(self, call_id: str, message: dict[str, Any]) -> None:
+        """Carry out a control message for one of our calls; answer if the sender waits."""
+        live = self.manager.get(call_id)
+        reply: dict[str, Any] = {"ok": True}
+        try:
+            if not isinstance(live, CallBridge):
+                reply = {"ok": False, "kind": "gone", "error": "the call is over"}
+            elif message.get("action") == "hangup":
+                await live.end("hang-up requested through another worker")
+            elif message.get("action") == "transfer":
+                await live.transfer(str(message.get("destination", "")))
+            else:
+                reply = {"ok": False, "kind": "error", "error": "unknown control action"}
+        except NotSupported as exc:
+            reply = {"ok": False, "kind": "not-supported", "error": str(exc)}
+        except ProviderError as exc:
+            reply = {
+                "ok": False,
+                "kind": "provider",
+                "error": str(exc),
+                "status": exc.status,
+                "code": exc.code,
+            }
+        except Exception as exc:
+            log.exception("control message %r failed", message, extra={"call_id": call_id})
+            reply = {"ok": False, "kind": "error", "error": str(exc) or repr(exc)}
+        token = message.get("reply_to")
+        if isinstance(token, str):
+            try:
+                await self.coordinator.send_reply(token, reply, ttl=DEFAULT_REPLY_TTL)
+            except Exception as exc:
+                log.warning("control reply not sent: %s", exc, extra={"call_id": call_id})
 
     async def _unbridged(self, call_id: str) -> tuple[CallRecord, Network] | None:
         """A call with no media on any worker yet (ringing), and its provider's network."""
@@ -530,7 +652,7 @@ class CallService:
         network = self.networks.get(record.provider)
         final = None if network is None else network.final_status(provider_status)
         if final is not None and record.state is CallState.CREATED:
-            await self._end_unbridged(record, *final)
+            await self._end_stored(record, *final)
 
     async def fail_setup(self, call_id: str, error: str) -> bool:
         """The network could not bring the call's media here: end it ``error``, once.
@@ -541,26 +663,39 @@ class CallService:
         doc = await self.coordinator.get_call(call_id)
         if doc is None:
             return False
-        return await self._end_unbridged(CallRecord.from_dict(doc.data), CallStatus.ERROR, error)
+        return await self._end_stored(CallRecord.from_dict(doc.data), CallStatus.ERROR, error)
 
-    async def _end_unbridged(
-        self, record: CallRecord, status: CallStatus, error: str | None
+    async def _end_stored(
+        self, record: CallRecord, status: CallStatus, error: str | None, *, lost: bool = False
     ) -> bool:
-        """End a call that never reached media, once (compare-and-set from ``created``)."""
-        if record.state is not CallState.CREATED:
+        """End a call no bridge of ours runs, once, from the record as stored.
+
+        A call that never reached media ends by compare-and-set from
+        ``created``; with ``lost``, a bridged call whose owner's lease lapsed
+        ends from ``connecting``/``active``, and only while nobody holds the
+        lease (one atomic step, so exactly one worker wins and an owner that
+        renews in time keeps its call). The winner frees the agent slot and
+        queues the end-of-call webhook through :meth:`finished`, as a bridge does.
+        """
+        previous = _LIVE_STATES if lost else (CallState.CREATED,)
+        if record.state not in previous:
             return False
         record.set_status(status, error)
         record.advance(CallState.ENDING)
         record.advance(CallState.ENDED)
         try:
-            await self.write_state(record, (CallState.CREATED,))
+            await self.write_state(record, previous, if_unowned=lost)
         except (Conflict, LookupError):
-            return False  # media arrived, or another worker ended it first
-        log.info(
-            "call ended before its media arrived",
+            return False  # media arrived, the owner is alive, or another worker ended it first
+        (log.warning if lost else log.info)(
+            "call ended by this worker: %s",
+            error or "before its media arrived",
             extra={"call_id": record.call_id, "call_status": str(status)},
         )
-        await self.finished(record, Conversation())
+        try:
+            await self.coordinator.release_agent_slot(record.agent_id, record.call_id)
+        finally:
+            await self.finished(record, Conversation())
         return True
 
     async def reap_unconnected(self) -> int:
@@ -572,7 +707,7 @@ class CallService:
             if doc.data.get("state") != CallState.CREATED:
                 continue
             record = CallRecord.from_dict(doc.data)
-            if record.created_at <= cutoff and await self._end_unbridged(
+            if record.created_at <= cutoff and await self._end_stored(
                 record, CallStatus.ERROR, f"the call's media never arrived within {ttl:g}s"
             ):
                 ended += 1
@@ -584,25 +719,73 @@ class CallService:
             await asyncio.sleep(interval)
             await self.reap_unconnected()
 
+    async def reap_lost(self) -> int:
+        """End bridged calls whose owner's lease lapsed (its worker died); return how many.
+
+        Runs on every worker; the compare-and-set guarded by the lease's
+        absence (``_end_stored(lost=True)``) makes exactly one of them end each.
+        """
+        live = [
+            doc
+            for doc in await self.coordinator.list_active_calls()
+            if doc.data.get("state") in _LIVE_STATES
+        ]
+        owners = await self.coordinator.owners_of([str(d.data.get("call_id")) for d in live])
+        ended = 0
+        for doc in live:
+            record = CallRecord.from_dict(doc.data)
+            if owners.get(record.call_id) is None and await self._end_stored(
+                record, CallStatus.ERROR, WORKER_LOST, lost=True
+            ):
+                ended += 1
+        return ended
+
+    async def _lease_reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease_renew_s)
+            await self.reap_lost()
+
+    async def renew_leases(self) -> None:
+        """Renew the leases (and slots) of all our calls in one coordinator step.
+
+        A call whose lease was lost (this worker was cut off longer than the
+        lease) is taken back if nobody reaped it meanwhile; one that was
+        reaped is ended here too (its record is over: the write conflicts, so
+        no second webhook) rather than going on as a call nobody knows.
+        """
+        bridges = [b for b in self.manager.live_calls() if isinstance(b, CallBridge)]
+        held = {b.call_id: b.record.agent_id for b in bridges if b.state in _LIVE_STATES}
+        if not held:
+            return
+        renewed = await self.coordinator.renew_leases(self.worker_id, held, self._lease_s)
+        for bridge in bridges:
+            call_id = bridge.call_id
+            if call_id not in held or call_id in renewed:
+                continue
+            log.warning("the lease on this call lapsed", extra={"call_id": call_id})
+            taken = await self.coordinator.claim_owner(call_id, self.worker_id, ttl=self._lease_s)
+            doc = await self.coordinator.get_call(call_id)
+            if not taken or doc is None or doc.data.get("state") not in _LIVE_STATES:
+                await bridge.end("the call was ended elsewhere after this worker lost its lease")
+
     async def _control_loop(self) -> None:
         async for call_id, message in self.coordinator.control_messages(self.worker_id):
-            live = self.manager.get(call_id)
-            if not isinstance(live, CallBridge):
-                continue
-            try:
-                if message.get("action") == "hangup":
-                    await live.end("hang-up requested through another worker")
-                elif message.get("action") == "transfer":
-                    await live.transfer(str(message.get("destination", "")))
-            except Exception:
-                log.exception("control message %r failed", message, extra={"call_id": call_id})
+            # each in a task: a slow transfer never holds up a hang-up behind it
+            task = asyncio.create_task(self._obey(call_id, message), name=f"control-{call_id}")
+            self._control_tasks.add(task)
+            task.add_done_callback(self._control_tasks.discard)
 
     async def _heartbeat_loop(self) -> None:
+        interval = min(HEARTBEAT_S, self._lease_renew_s)
         while True:
             info = {"active_calls": self.manager.active, "accepting": self.manager.accepting}
             with contextlib.suppress(Exception):
                 await self.coordinator.heartbeat(self.worker_id, info, ttl=HEARTBEAT_S * 3)
-            await asyncio.sleep(HEARTBEAT_S)
+            try:
+                await self.renew_leases()
+            except Exception as exc:  # the coordinator is away: the next beat tries again
+                log.warning("leases not renewed: %s", exc)
+            await asyncio.sleep(interval)
 
 
 async def supervise(name: str, loop: Callable[[], Awaitable[None]]) -> None:

@@ -53,11 +53,17 @@ DEFAULT_CONTROL_INBOX_SIZE = 256
 DEFAULT_JOB_ONCE_TTL = 7 * 24 * 3600.0
 #: Dead letters kept per queue; past that the oldest are dropped (an operator's backlog).
 DEFAULT_DEAD_LETTER_MAX = 10_000
+#: A media owner's lease unless the caller says otherwise; renewed by the owner's heartbeat.
+DEFAULT_LEASE_TTL = 15.0
+#: How long an unread control reply is kept (its waiter gave up or died).
+DEFAULT_REPLY_TTL = 30.0
 
 ControlMessage = dict[str, Any]
 #: The document key every call record has; ``ENDED_STATE`` leaves the active index.
 STATE_KEY = "state"
 ENDED_STATE = "ended"
+#: The field holding the record's own id (what :meth:`Coordinator.page_active_calls` orders by).
+CALL_ID_KEY = "call_id"
 
 
 def json_text(value: Any) -> str:
@@ -149,6 +155,7 @@ class Coordinator(abc.ABC):
         if_state: Collection[str] | None = None,
         if_version: int | None = None,
         ttl: float | None = None,
+        if_unowned: bool = False,
     ) -> Document | None:
         """Merge ``changes`` into the record's fields in one step; return the new document.
 
@@ -160,6 +167,11 @@ class Coordinator(abc.ABC):
         document. Returns None, storing nothing, when the call is not stored.
         A record moving to ``ended`` leaves the active index and expires after
         ``ttl`` (default: the backend's ended-call TTL).
+
+        ``if_unowned`` adds one more guard, checked in the same step: no
+        worker holds the call's lease (:meth:`claim_owner`). It lets any
+        worker end the call of a dead one without racing an owner that
+        renews or re-claims its lease at that moment.
         """
 
     @abc.abstractmethod
@@ -169,6 +181,30 @@ class Coordinator(abc.ABC):
     @abc.abstractmethod
     async def list_active_calls(self) -> list[Document]:
         """Every stored record whose state is not ``ended``."""
+
+    async def page_active_calls(
+        self, *, where: Mapping[str, Any] | None = None, after: str | None = None, limit: int = 100
+    ) -> tuple[list[tuple[str, Document]], str | None]:
+        """One page of the active calls whose fields equal ``where``, ordered by call id.
+
+        Returns ``(call id, document)`` pairs and the cursor of the next page
+        (the last id of this one; None when this page is the last). Ordering
+        by id makes the cursor stable: a call created or ended meanwhile
+        never shifts the others between pages. The default reads the whole
+        index (see :meth:`list_active_calls`); backends may do better.
+        """
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        wanted = dict(where or {})
+        matching = sorted(
+            (doc.data[CALL_ID_KEY], doc)
+            for doc in await self.list_active_calls()
+            if isinstance(doc.data.get(CALL_ID_KEY), str)
+            and (after is None or doc.data[CALL_ID_KEY] > after)
+            and all(doc.data.get(k) == v for k, v in wanted.items())
+        )
+        page = matching[:limit]
+        return page, (page[-1][0] if len(matching) > limit else None)
 
     # -- pending registrations (SIP register_sip_call, Twilio stream tokens) --
 
@@ -187,22 +223,45 @@ class Coordinator(abc.ABC):
     async def peek_pending(self, key: str) -> dict[str, Any] | None:
         """The payload pending under ``key``, left in place; None if none."""
 
-    # -- ownership of a call's media ----------------------------------------
+    # -- ownership of a call's media: a lease ---------------------------------
 
     @abc.abstractmethod
-    async def claim_owner(self, call_id: str, worker_id: str) -> bool:
-        """Become the call's owner unless another worker already is.
+    async def claim_owner(
+        self, call_id: str, worker_id: str, *, ttl: float = DEFAULT_LEASE_TTL
+    ) -> bool:
+        """Take (or renew) the lease on the call's media unless another worker holds it.
 
-        True if ``worker_id`` now owns the call (also when it already did).
+        True if ``worker_id`` now holds it for ``ttl`` seconds (also when it
+        already did). A lease not renewed in time lapses: the call then has
+        no owner, and whoever finds it so reaps it (``update_call(...,
+        if_unowned=True)``).
+        """
+
+    @abc.abstractmethod
+    async def renew_leases(
+        self, worker_id: str, calls: Mapping[str, str | None], ttl: float
+    ) -> set[str]:
+        """Renew ``worker_id``'s leases on ``calls`` (call id → agent id or None), for ``ttl``.
+
+        One call per heartbeat for all of a worker's calls. Only leases the
+        worker still holds are renewed, each with its call's agent slot (if
+        the call holds one), so a slot lives exactly as long as its lease.
+        Returns the ids renewed; the others were lost (lapsed or taken).
+        Each call's lease and each agent's slots are renewed atomically;
+        the method as a whole need not be (each renewal is idempotent).
         """
 
     @abc.abstractmethod
     async def owner_of(self, call_id: str) -> str | None:
-        """The owning worker's id, or None."""
+        """The worker holding an unexpired lease on the call, or None."""
+
+    async def owners_of(self, call_ids: Collection[str]) -> dict[str, str | None]:
+        """:meth:`owner_of` for many calls (backends batch it: one round trip)."""
+        return {call_id: await self.owner_of(call_id) for call_id in call_ids}
 
     @abc.abstractmethod
     async def release_owner(self, call_id: str, worker_id: str) -> bool:
-        """Drop ownership if ``worker_id`` holds it; True if it did."""
+        """Drop the lease if ``worker_id`` holds it; True if it did."""
 
     # -- control messages to the owner ---------------------------------------
 
@@ -214,6 +273,18 @@ class Coordinator(abc.ABC):
         message waits in the owner's inbox if it is not listening right now
         (bounded; the oldest are dropped first) and is delivered once.
         """
+
+    @abc.abstractmethod
+    async def send_reply(self, token: str, reply: Mapping[str, Any], *, ttl: float) -> None:
+        """Answer the control message that asked for a reply under ``token``.
+
+        Kept ``ttl`` seconds for :meth:`wait_reply`, which may start before or
+        after this; tokens are unique per message (the sender makes them).
+        """
+
+    @abc.abstractmethod
+    async def wait_reply(self, token: str, within: float) -> dict[str, Any] | None:
+        """The reply sent under ``token``, taken once; None if none came ``within`` seconds."""
 
     @abc.abstractmethod
     def control_messages(self, worker_id: str) -> AsyncGenerator[tuple[str, ControlMessage], None]:

@@ -22,6 +22,7 @@ from telephony_edge.coord.base import (
     DEFAULT_DEAD_LETTER_MAX,
     DEFAULT_ENDED_CALL_TTL,
     DEFAULT_JOB_ONCE_TTL,
+    DEFAULT_LEASE_TTL,
     DEFAULT_SLOT_TTL,
     ENDED_STATE,
     STATE_KEY,
@@ -129,7 +130,9 @@ class MemoryCoordinator(Coordinator):
         self._active: set[str] = set()
         self._pending = _ExpiringDict(clock)
         self._workers = _ExpiringDict(clock)
-        self._owners: dict[str, str] = {}
+        self._owners = _ExpiringDict(clock)  # call id → JSON of the worker id
+        self._replies = _ExpiringDict(clock)
+        self._reply_waiters: dict[str, asyncio.Event] = {}
         self._inboxes: dict[str, asyncio.Queue[tuple[str, str]]] = {}
         self._slots: dict[str, dict[str, float]] = {}
         self._queues: dict[str, _Queue] = {}
@@ -179,12 +182,15 @@ class MemoryCoordinator(Coordinator):
         if_state: Collection[str] | None = None,
         if_version: int | None = None,
         ttl: float | None = None,
+        if_unowned: bool = False,
     ) -> Document | None:
         current = self._load_call(call_id)
         if current is None:
             return None
-        if (if_state is not None and current.data.get(STATE_KEY) not in if_state) or (
-            if_version is not None and current.version != if_version
+        if (
+            (if_state is not None and current.data.get(STATE_KEY) not in if_state)
+            or (if_version is not None and current.version != if_version)
+            or (if_unowned and self._owners.get(call_id) is not None)
         ):
             raise Conflict(current)
         data = {**current.data, **json.loads(json_text(dict(changes)))}
@@ -224,16 +230,37 @@ class MemoryCoordinator(Coordinator):
 
     # -- ownership ------------------------------------------------------------------
 
-    async def claim_owner(self, call_id: str, worker_id: str) -> bool:
-        return self._owners.setdefault(call_id, worker_id) == worker_id
+    async def claim_owner(
+        self, call_id: str, worker_id: str, *, ttl: float = DEFAULT_LEASE_TTL
+    ) -> bool:
+        current = await self.owner_of(call_id)
+        if current is not None and current != worker_id:
+            return False
+        self._owners.set(call_id, json_text(worker_id), ttl)
+        return True
+
+    async def renew_leases(
+        self, worker_id: str, calls: Mapping[str, str | None], ttl: float
+    ) -> set[str]:
+        renewed = set()
+        for call_id, agent_id in calls.items():
+            if await self.owner_of(call_id) != worker_id:
+                continue
+            self._owners.set(call_id, json_text(worker_id), ttl)
+            renewed.add(call_id)
+            slots = self._live_slots(agent_id) if agent_id is not None else {}
+            if call_id in slots:
+                slots[call_id] = self._clock() + ttl
+        return renewed
 
     async def owner_of(self, call_id: str) -> str | None:
-        return self._owners.get(call_id)
+        stored = self._owners.get(call_id)
+        return None if stored is None else str(json.loads(stored))
 
     async def release_owner(self, call_id: str, worker_id: str) -> bool:
-        if self._owners.get(call_id) != worker_id:
+        if await self.owner_of(call_id) != worker_id:
             return False
-        del self._owners[call_id]
+        self._owners.pop(call_id)
         return True
 
     # -- control messages -------------------------------------------------------------
@@ -245,7 +272,7 @@ class MemoryCoordinator(Coordinator):
         return inbox
 
     async def publish_control(self, call_id: str, message: Mapping[str, Any]) -> bool:
-        owner = self._owners.get(call_id)
+        owner = await self.owner_of(call_id)
         if owner is None:
             return False
         inbox = self._inbox(owner)
@@ -253,6 +280,25 @@ class MemoryCoordinator(Coordinator):
             inbox.get_nowait()
         inbox.put_nowait((call_id, json_text(dict(message))))
         return True
+
+    async def send_reply(self, token: str, reply: Mapping[str, Any], *, ttl: float) -> None:
+        self._replies.set(token, json_text(dict(reply)), ttl)
+        waiter = self._reply_waiters.get(token)
+        if waiter is not None:
+            waiter.set()
+
+    async def wait_reply(self, token: str, within: float) -> dict[str, Any] | None:
+        stored = self._replies.pop(token)
+        if stored is None:
+            waiter = self._reply_waiters.setdefault(token, asyncio.Event())
+            try:
+                await asyncio.wait_for(waiter.wait(), within)
+            except TimeoutError:
+                return None
+            finally:
+                self._reply_waiters.pop(token, None)
+            stored = self._replies.pop(token)
+        return None if stored is None else dict(json.loads(stored))
 
     async def control_messages(
         self, worker_id: str

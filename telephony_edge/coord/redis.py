@@ -7,8 +7,9 @@ one ``MULTI`` block, or one Lua script (registered once with
 ``register_script``; redis-py runs it with ``EVALSHA`` and reloads it after
 a failover or restart). Redis runs a script or a ``MULTI`` without
 interleaving other clients' commands, which is what makes each
-read-modify-write below atomic. Two methods take two steps, each atomic on
-its own, and say why below (``list_active_calls``, ``publish_control``).
+read-modify-write below atomic. Three methods take two steps, each atomic on
+its own, and say why below (``list_active_calls``, ``publish_control``,
+``renew_leases``).
 
 All times are read inside scripts with ``redis.call('TIME')`` or are relative
 expiries (``PX``/``PEXPIRE``), so they are counted on the server's clock and
@@ -23,8 +24,9 @@ key                                    type      holds / expiry
 ``P{calls:B}:call:<call_id>``          hash      ``v`` version, ``f:<field>`` JSON of each
                                                  top-level field; ended: ended-call TTL,
                                                  live: the caller's ``ttl`` or none
-``P{calls:B}:owner:<call_id>``         string    owning worker id; ``owner_ttl`` (renewed
-                                                 by every ``claim_owner`` of the owner)
+``P{calls:B}:owner:<call_id>``         string    the media owner's lease: its worker id,
+                                                 expiring after the lease ttl (renewed by
+                                                 ``claim_owner`` / ``renew_leases``)
 ``P{calls:B}:active``                  zset      call ids of bucket B not ended, score =
                                                  creation time; lives as long as its
                                                  members (see below)
@@ -52,6 +54,8 @@ key                                    type      holds / expiry
 ``Ppending:<key>``                     string    pending payload JSON, ``PX`` ttl
 ``Psession:<session_id>``              string    session continuation JSON, ``PX`` the
                                                  caller's ttl (``calls.session_ttl_s``)
+``P{reply:<token>}:r``                 list      a control message's reply, read once by
+                                                 ``BLPOP``; the reply ttl
 =====================================  ========  ==========================================
 
 Everything that can be abandoned expires: ended records, owners, inboxes,
@@ -87,7 +91,9 @@ Scripts
 -------
 ``CREATE_CALL``   exists? else write fields + version 1, place (below).
 ``UPDATE_CALL``   compare-and-set on state (JSON text compared byte-for-byte,
-                  both sides encoded by this module) and version, then merge
+                  both sides encoded by this module), version and, with
+                  ``if_unowned``, the owner key's absence (same bucket tag,
+                  so one slot), then merge
                   the named fields (``HSET``), ``HINCRBY v``, place. *place*
                   = ended: leave the index, expire after the ended TTL; live:
                   join the index, expire after ``ttl`` or persist. Fields
@@ -96,6 +102,10 @@ Scripts
 ``LIST_BUCKET``   read the given records of one bucket, dropping ids whose
                   record expired.
 ``CLAIM_OWNER`` / ``RELEASE_OWNER``  set-if-absent-or-mine / delete-if-mine.
+``RENEW_OWNERS``  per bucket: extend the leases the worker still holds;
+                  ``RENEW_SLOTS`` per agent then extends those calls' slots
+                  (``ZADD XX``: a released slot is not revived). Two
+                  pipelined round trips per heartbeat, whatever the calls.
 ``ACQUIRE_SLOT``  drop expired slots, admit if held or below the limit, key
                   TTL to the latest slot. ``SLOTS_IN_USE`` counts unexpired.
 ``HEARTBEAT`` / ``LIVE_WORKERS``  prune expired workers, then write / read.
@@ -189,6 +199,7 @@ from telephony_edge.coord.base import (
     DEFAULT_DEAD_LETTER_MAX,
     DEFAULT_ENDED_CALL_TTL,
     DEFAULT_JOB_ONCE_TTL,
+    DEFAULT_LEASE_TTL,
     DEFAULT_SLOT_TTL,
     ENDED_STATE,
     STATE_KEY,
@@ -217,6 +228,7 @@ DEFAULT_INBOX_TTL = 24 * 3600.0
 DEFAULT_QUEUE_TTL = 7 * 24 * 3600.0
 #: ``XREAD BLOCK``: short, so closing or losing the connection is noticed soon.
 _BLOCK_MS = 1000
+_BLOCK_S = _BLOCK_MS / 1000
 _SOCKET_TIMEOUT = 5.0  # > _BLOCK_MS, so a blocking read never times out the socket
 _CONNECT_TIMEOUT = 2.0
 _PING_TIMEOUT = 2.0
@@ -280,9 +292,9 @@ return redis.call('HGETALL', KEYS[1])
 """
 )
 
-# KEYS: doc, index. ARGV: call_id, ended, ttl|'', ended_ttl, if_version|'',
-# invalid ('1': the change would leave no string state), n_states (-1: no
-# if_state), states..., field, json, ...
+# KEYS: doc, index[, owner: the change needs it absent]. ARGV: call_id, ended,
+# ttl|'', ended_ttl, if_version|'', invalid ('1': the change would leave no
+# string state), n_states (-1: no if_state), states..., field, json, ...
 _UPDATE_CALL = (
     _PRELUDE
     + _PLACE
@@ -297,6 +309,7 @@ if not ok then
   end
 end
 if ok and ARGV[5] ~= '' then ok = redis.call('HGET', KEYS[1], 'v') == ARGV[5] end
+if ok and #KEYS >= 3 then ok = redis.call('EXISTS', KEYS[3]) == 0 end
 if not ok then return {'conflict', redis.call('HGETALL', KEYS[1])} end
 if ARGV[6] == '1' then return {'invalid'} end
 local first = 8 + math.max(n, 0)
@@ -336,6 +349,19 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
+# KEYS: owner keys of one bucket. ARGV: worker, ttl_ms. Returns the 1-based
+# positions of the keys whose lease the worker held (and now renewed).
+_RENEW_OWNERS = """
+local renewed = {}
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+    renewed[#renewed + 1] = i
+  end
+end
+return renewed
+"""
+
 # KEYS: owner. ARGV: worker.
 _RELEASE_OWNER = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -368,6 +394,20 @@ end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 expire_with_latest(KEYS[1], nil, now)
 return 1
+"""
+)
+
+# KEYS: slots. ARGV: ttl_ms, call ids... Renews the unexpired slots among them.
+_RENEW_SLOTS = (
+    _PRELUDE
+    + _EXPIRE_WITH_LATEST
+    + """
+local now = now_ms()
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[i])
+end
+expire_with_latest(KEYS[1], nil, now)
 """
 )
 
@@ -637,7 +677,6 @@ class RedisCoordinator(Coordinator):
         key_prefix: str = DEFAULT_KEY_PREFIX,
         ended_call_ttl: float = DEFAULT_ENDED_CALL_TTL,
         control_inbox_size: int = DEFAULT_CONTROL_INBOX_SIZE,
-        owner_ttl: float = DEFAULT_SLOT_TTL,
         inbox_ttl: float = DEFAULT_INBOX_TTL,
         queue_ttl: float = DEFAULT_QUEUE_TTL,
         index_buckets: int = DEFAULT_INDEX_BUCKETS,
@@ -656,7 +695,6 @@ class RedisCoordinator(Coordinator):
         self._prefix = key_prefix
         self._ended_ttl = str(_ms(ended_call_ttl))
         self._inbox_size = control_inbox_size
-        self._owner_ttl = str(_ms(owner_ttl))
         self._inbox_ttl = _ms(inbox_ttl)
         self._queue_ttl = str(_ms(queue_ttl))
         self._once_ttl = str(_ms(job_once_ttl))
@@ -673,6 +711,8 @@ class RedisCoordinator(Coordinator):
         self._list_bucket = script(_LIST_BUCKET)
         self._claim_owner = script(_CLAIM_OWNER)
         self._release_owner = script(_RELEASE_OWNER)
+        self._renew_owners = script(_RENEW_OWNERS)
+        self._renew_slots = script(_RENEW_SLOTS)
         self._acquire_slot = script(_ACQUIRE_SLOT)
         self._slots_in_use = script(_SLOTS_IN_USE)
         self._heartbeat = script(_HEARTBEAT)
@@ -743,6 +783,9 @@ class RedisCoordinator(Coordinator):
 
     def _owner_key(self, call_id: str) -> str:
         return f"{self._call_tag(call_id)}:owner:{call_id}"
+
+    def _reply_key(self, token: str) -> str:
+        return f"{self._prefix}{{reply:{token}}}:r"
 
     def _inbox_key(self, worker_id: str) -> str:
         return f"{self._prefix}{{worker:{worker_id}}}:inbox"
@@ -817,11 +860,15 @@ class RedisCoordinator(Coordinator):
         if_state: Collection[str] | None = None,
         if_version: int | None = None,
         ttl: float | None = None,
+        if_unowned: bool = False,
     ) -> Document | None:
         invalid = STATE_KEY in changes and not isinstance(changes[STATE_KEY], str)
         states = [] if if_state is None else [json_text(s) for s in if_state]
+        keys = self._doc_keys(call_id)
+        if if_unowned:
+            keys.append(self._owner_key(call_id))  # same bucket tag: same slot
         reply = await self._update_call(
-            keys=self._doc_keys(call_id),
+            keys=keys,
             args=[
                 call_id,
                 self._ended,
@@ -895,14 +942,62 @@ class RedisCoordinator(Coordinator):
 
     # -- ownership -------------------------------------------------------------------------
 
-    async def claim_owner(self, call_id: str, worker_id: str) -> bool:
+    async def claim_owner(
+        self, call_id: str, worker_id: str, *, ttl: float = DEFAULT_LEASE_TTL
+    ) -> bool:
         claimed = await self._claim_owner(
-            keys=[self._owner_key(call_id)], args=[worker_id, self._owner_ttl]
+            keys=[self._owner_key(call_id)], args=[worker_id, _ms(ttl)]
         )
         return bool(claimed)
 
+    async def renew_leases(
+        self, worker_id: str, calls: Mapping[str, str | None], ttl: float
+    ) -> set[str]:
+        if not calls:
+            return set()
+        ttl_ms = _ms(ttl)
+        # Step 1: the leases, one script per bucket (one slot each), in one round trip.
+        by_bucket: dict[str, list[str]] = {}
+        for call_id in calls:
+            by_bucket.setdefault(self._call_tag(call_id), []).append(call_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for ids in by_bucket.values():
+                await self._renew_owners(
+                    keys=[self._owner_key(c) for c in ids], args=[worker_id, ttl_ms], client=pipe
+                )
+            replies: list[list[int]] = await pipe.execute()
+        renewed = {
+            ids[i - 1]
+            for ids, reply in zip(by_bucket.values(), replies, strict=True)
+            for i in reply
+        }
+        # Step 2: the slots of the calls still ours, one script per agent, one round trip.
+        by_agent: dict[str, list[str]] = {}
+        for call_id in renewed:
+            agent_id = calls[call_id]
+            if agent_id is not None:
+                by_agent.setdefault(agent_id, []).append(call_id)
+        if by_agent:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for agent_id, ids in by_agent.items():
+                    await self._renew_slots(
+                        keys=[self._slots_key(agent_id)], args=[ttl_ms, *ids], client=pipe
+                    )
+                await pipe.execute()
+        return renewed
+
     async def owner_of(self, call_id: str) -> str | None:
         return cast("str | None", await self._redis.get(self._owner_key(call_id)))
+
+    async def owners_of(self, call_ids: Collection[str]) -> dict[str, str | None]:
+        ids = list(call_ids)
+        if not ids:
+            return {}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for call_id in ids:
+                pipe.get(self._owner_key(call_id))
+            owners: list[str | None] = await pipe.execute()
+        return dict(zip(ids, owners, strict=True))
 
     async def release_owner(self, call_id: str, worker_id: str) -> bool:
         released = await self._release_owner(keys=[self._owner_key(call_id)], args=[worker_id])
@@ -920,6 +1015,26 @@ class RedisCoordinator(Coordinator):
             pipe.pexpire(inbox, self._inbox_ttl)
             await pipe.execute()
         return True
+
+    async def send_reply(self, token: str, reply: Mapping[str, Any], *, ttl: float) -> None:
+        key = self._reply_key(token)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, json_text(dict(reply)))
+            pipe.pexpire(key, _ms(ttl))
+            await pipe.execute()
+
+    async def wait_reply(self, token: str, within: float) -> dict[str, Any] | None:
+        key = self._reply_key(token)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            # BLPOP in slices shorter than the socket timeout (0 would block for ever)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            popped = await self._redis.blpop([key], timeout=max(0.01, min(remaining, _BLOCK_S)))
+            if popped is not None:
+                return dict(json.loads(popped[1]))
 
     async def control_messages(
         self, worker_id: str

@@ -368,6 +368,110 @@ async def test_control_message_is_delivered_once_across_consumers(coord: Coordin
         await second.aclose()
 
 
+async def test_owner_lease_lapses_unless_renewed(coord: Coordinator) -> None:
+    assert await coord.claim_owner("c1", "w1", ttl=TTL)
+    assert not await coord.claim_owner("c1", "w2", ttl=TTL)
+    await asyncio.sleep(PAST_TTL)
+    assert await coord.owner_of("c1") is None
+    assert not await coord.publish_control("c1", {"action": "hangup"})
+    assert await coord.claim_owner("c1", "w2", ttl=TTL)  # a lapsed lease is free to take
+    assert await coord.owner_of("c1") == "w2"
+
+
+async def test_renew_leases_renews_held_leases_and_their_slots(coord: Coordinator) -> None:
+    short = 3 * TTL
+    assert await coord.claim_owner("c1", "w1", ttl=short)
+    assert await coord.acquire_agent_slot("a1", "c1", limit=2, ttl=short)
+    assert await coord.claim_owner("c2", "w2", ttl=short)  # someone else's
+    assert await coord.acquire_agent_slot("a1", "c2", limit=2, ttl=short)
+    assert await coord.claim_owner("c4", "w1", ttl=short)  # ours, its slot released
+    assert await coord.acquire_agent_slot("a2", "c4", limit=1, ttl=short)
+    await coord.release_agent_slot("a2", "c4")
+    renewed = await coord.renew_leases(
+        "w1", {"c1": "a1", "c2": "a1", "c3": None, "c4": "a2"}, ttl=10.0
+    )
+    assert renewed == {"c1", "c4"}  # c2 is w2's, c3 has no owner
+    assert await coord.renew_leases("w1", {}, ttl=10.0) == set()
+    await asyncio.sleep(short + TTL)
+    assert await coord.owners_of(["c1", "c2", "c3", "c4"]) == {
+        "c1": "w1",
+        "c2": None,
+        "c3": None,
+        "c4": "w1",
+    }
+    assert await coord.agent_slots_in_use("a1") == 1  # c1's renewed, c2's lapsed with its lease
+    assert await coord.agent_slots_in_use("a2") == 0  # a released slot is not revived
+    assert await coord.owners_of([]) == {}
+
+
+async def test_update_if_unowned_races_the_lease(coord: Coordinator) -> None:
+    call_id = new_id()
+    await coord.create_call(call_id, make_record(state="active"))
+    assert await coord.claim_owner(call_id, "w1", ttl=TTL)
+    with pytest.raises(Conflict) as info:
+        await coord.update_call(call_id, {"state": "ended"}, if_state=["active"], if_unowned=True)
+    assert info.value.current.data["state"] == "active"
+    await asyncio.sleep(PAST_TTL)  # the owner died: its lease lapses
+    results = await asyncio.gather(
+        *(
+            coord.update_call(call_id, {"state": "ended"}, if_state=["active"], if_unowned=True)
+            for _ in range(5)
+        ),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, Document) for r in results) == 1  # reaped exactly once
+    assert sum(isinstance(r, Conflict) for r in results) == 4
+    assert await coord.update_call("call_nope", {"x": 1}, if_unowned=True) is None
+
+
+async def test_control_reply_sent_before_or_after_the_wait(coord: Coordinator) -> None:
+    await coord.send_reply("t1", {"ok": True}, ttl=5)
+    assert await coord.wait_reply("t1", within=1) == {"ok": True}
+    assert await coord.wait_reply("t1", within=TTL) is None  # taken once
+
+    waiting = asyncio.create_task(coord.wait_reply("t2", within=3))
+    await asyncio.sleep(TTL)
+    assert not waiting.done()
+    await coord.send_reply("t2", {"ok": False, "error": "boom"}, ttl=5)
+    assert await asyncio.wait_for(waiting, 2) == {"ok": False, "error": "boom"}
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await coord.wait_reply("t3", within=2 * TTL) is None
+    assert 2 * TTL * 0.9 <= loop.time() - started < 1.0
+
+
+async def test_control_reply_expires(coord: Coordinator) -> None:
+    await coord.send_reply("t1", {"ok": True}, ttl=TTL)
+    await asyncio.sleep(PAST_TTL)
+    assert await coord.wait_reply("t1", within=TTL) is None
+
+
+async def test_page_active_calls_filters_and_pages_by_id(coord: Coordinator) -> None:
+    ids = sorted(new_id() for _ in range(7))
+    for i, call_id in enumerate(ids):
+        state = "ended" if i == 6 else "active" if i % 2 == 0 else "created"
+        region = "eu" if i < 4 else "us"
+        await coord.create_call(
+            call_id, make_record(call_id=call_id, state=state, owner="w1", region=region)
+        )
+    await coord.create_call(new_id(), make_record(state="active"))  # no call_id field: skipped
+    where = {"state": "active", "owner": "w1"}
+    page, cursor = await coord.page_active_calls(where=where, limit=2)
+    assert [c for c, _ in page] == [ids[0], ids[2]] and cursor == ids[2]
+    assert all(doc.data["call_id"] == c for c, doc in page)
+    # a call created meanwhile before the cursor does not shift the next page
+    await coord.create_call(ids[0] + "0", make_record(call_id=ids[0] + "0", state="active"))
+    page, cursor = await coord.page_active_calls(where=where, after=cursor, limit=2)
+    assert [c for c, _ in page] == [ids[4]] and cursor is None
+    page, _ = await coord.page_active_calls(where={**where, "region": "us"}, limit=10)
+    assert [c for c, _ in page] == [ids[4]]
+    page, _ = await coord.page_active_calls(where={"owner": "w1"}, limit=10)
+    assert [c for c, _ in page] == ids[:6]  # every live state, not the ended one
+    with pytest.raises(ValueError):
+        await coord.page_active_calls(limit=0)
+
+
 # -- agent slots -------------------------------------------------------------
 
 

@@ -139,13 +139,15 @@ async def test_index_expires_with_its_records(coord: RedisCoordinator, raw: Redi
     assert 0 < await raw.pttl(doc) <= 5000
 
 
-async def test_owner_claim_renews_its_safety_ttl(redis_server: Server, raw: Redis) -> None:
+async def test_owner_claim_renews_its_lease(redis_server: Server, raw: Redis) -> None:
     prefix = f"te-redis-{uuid.uuid4().hex[:12]}:"
-    coord = RedisCoordinator.from_url(redis_server.url, key_prefix=prefix, owner_ttl=0.3)
+    coord = RedisCoordinator.from_url(redis_server.url, key_prefix=prefix)
     try:
-        assert await coord.claim_owner("c1", "w1")
+        assert await coord.claim_owner("c1", "w1", ttl=0.3)
+        keys = [key async for key in raw.scan_iter(match=f"{prefix}*owner*")]
+        assert len(keys) == 1 and 0 < await raw.pttl(keys[0]) <= 300  # the lease is the key's TTL
         await asyncio.sleep(0.2)
-        assert await coord.claim_owner("c1", "w1")
+        assert await coord.claim_owner("c1", "w1", ttl=0.3)
         await asyncio.sleep(0.2)
         assert await coord.owner_of("c1") == "w1"
         await asyncio.sleep(0.3)
