@@ -26,6 +26,7 @@ from telephony_edge.calls.record import CallRecord
 from telephony_edge.calls.service import CallRejected, ProviderError
 from telephony_edge.calls.webhooks import without_webhook_headers
 from telephony_edge.config import normalize_e164
+from telephony_edge.coord.health import CoordinatorUnavailable
 from telephony_edge.routing import normalize_destination
 from telephony_edge.services import SERVICES
 
@@ -56,6 +57,8 @@ def _json_errors(handler: Handler) -> Handler:
     async def wrapper(request: web.Request) -> web.Response:
         try:
             return await handler(request)
+        except CoordinatorUnavailable as exc:
+            return web.json_response({"error": str(exc)}, status=503)
         except ApiError as exc:
             if exc.status in _BAD_INPUT_STATUSES:
                 _BAD_INPUT.inc()
