@@ -655,6 +655,7 @@ class CallService:
                 self.pool.update_registered(await self.coordinator.live_workers())
             except Exception as exc:
                 self.health.failed("heartbeat", exc)
+                await self.coordinator.ping()  # (Redis: also drops stale pooled connections)
                 await asyncio.sleep(HEARTBEAT_RETRY_S)
                 continue
             self.health.ok()
