@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from telephony_edge import metrics
+from telephony_edge.agent.pool import AGENT_CORE_PREFIX
 from telephony_edge.calls.leg import NotSupported
 from telephony_edge.calls.record import CallRecord
 from telephony_edge.calls.service import CallRejected, ProviderError
@@ -31,6 +32,9 @@ from telephony_edge.routing import normalize_destination
 from telephony_edge.services import SERVICES
 
 log = logging.getLogger(__name__)
+
+#: how long a self-registered agent core stays in its pool without another heartbeat
+AGENT_CORE_HEARTBEAT_TTL_S = 15.0
 
 MAX_BODY_BYTES = 64 * 1024  # an outbound call's agent_config and metadata fit many times over
 MAX_JSON_DEPTH = 32
@@ -286,9 +290,39 @@ async def get_call(request: web.Request) -> web.Response:
     return web.json_response(call_view(record))
 
 
+async def agent_core_heartbeat(request: web.Request) -> web.Response:
+    """``POST /agent-cores/heartbeat`` ``{"url", "region", "load"?, "capacity"?}``.
+
+    An agent core announces itself to its region's pool for
+    ``AGENT_CORE_HEARTBEAT_TTL_S`` seconds (send one every few seconds); every
+    worker learns it from the coordinator with its own heartbeat. Why through
+    the coordinator: the request lands on one worker, the pool is every worker's.
+    """
+    _authorize(request)
+    body = await _json_object(request)
+    url, region = _string(body, "url"), _string(body, "region")
+    if not url or not url.startswith(("ws://", "wss://")):
+        raise ApiError(400, "url: a ws:// or wss:// URL of the agent core")
+    services = request.app[SERVICES]
+    if not region or region not in services.settings.regions:
+        raise ApiError(400, f"region: one of {sorted(services.settings.regions)}")
+    info: dict[str, Any] = {"url": url, "region": region}
+    for name in ("load", "capacity"):
+        value = body.get(name)
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ApiError(400, f"{name}: a number >= 0")
+            info[name] = value
+    await services.coordinator.heartbeat(
+        AGENT_CORE_PREFIX + url, info, ttl=AGENT_CORE_HEARTBEAT_TTL_S
+    )
+    return web.json_response({"registered": url, "ttl_s": AGENT_CORE_HEARTBEAT_TTL_S})
+
+
 def add_api_routes(app: web.Application) -> None:
     """Mount the public API on ``app``."""
     app.router.add_post("/start_outbound_call", _json_errors(start_outbound_call))
     app.router.add_post("/calls/{call_id}/hangup", _json_errors(hangup_call))
     app.router.add_post("/calls/{call_id}/transfer", _json_errors(transfer_call))
     app.router.add_get("/calls/{call_id}", _json_errors(get_call))
+    app.router.add_post("/agent-cores/heartbeat", _json_errors(agent_core_heartbeat))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY
@@ -128,5 +129,42 @@ async def test_a_refusing_core_is_skipped_every_call_connects_and_it_is_benched(
             final = await asyncio.wait_for(task, 5)
             assert final.call_status is CallStatus.USER_ENDED
         assert pool.candidates("r1") == [good, bad]
+    finally:
+        await server.close()
+
+
+async def test_a_self_registered_core_serves_its_region(make_edge: Any) -> None:
+    core = web.Application()
+    add_agent_core_routes(core, path="/core")
+    server = TestServer(core, host="127.0.0.1", port=0)
+    await server.start_server()
+    url = str(server.make_url("/core")).replace("http://", "ws://")
+    key = "private-api-key-for-pool-tests"
+    try:
+        settings = edge_settings(
+            api={"private_key": key},
+            regions={"r2": {"public_url": "http://127.0.0.1"}},
+            agent_core={"url": f"ws://127.0.0.1:{free_port()}/nothing"},  # never used for r2
+        )
+        edge: Edge = await make_edge(settings)
+        auth = {"Authorization": f"Bearer {key}"}
+        body = {"url": url, "region": "r2", "load": 1, "capacity": 10}
+        async with aiohttp.ClientSession() as session:
+            endpoint = edge.url("/agent-cores/heartbeat")
+            async with session.post(endpoint, json=body) as resp:
+                assert resp.status == 401
+            async with session.post(endpoint, json={**body, "region": "mars"}, headers=auth) as r:
+                assert r.status == 400
+            async with session.post(endpoint, json=body, headers=auth) as resp:
+                assert resp.status == 200
+        service = edge.services.call_service
+        # what each worker's heartbeat loop does every few seconds
+        service.pool.update_registered(await service.coordinator.live_workers())
+        assert service.pool.candidates("r2") == [url]
+        leg = TestLeg()
+        record, task = await start_call(edge, leg, region="r2")
+        await wait_for(lambda: record.state is CallState.ACTIVE, 5)
+        leg.events.put_nowait(LegEnded("completed"))
+        assert (await asyncio.wait_for(task, 5)).call_status is CallStatus.USER_ENDED
     finally:
         await server.close()
