@@ -221,13 +221,7 @@ class CallService:
         call_id: str | None = None,
     ) -> CallRecord:
         """Record a call the network announced; raise CallRejected if the edge won't take it."""
-        full = admission.full_reason(
-            self.manager.active, self.settings.server.max_calls, self.manager.accepting
-        )
-        if full is not None:
-            reason = "full" if self.manager.accepting else "draining"
-            metrics.CALLS_REFUSED.labels(reason=reason).inc()
-            raise WorkerFull(full)
+        self._check_admission()
         if agent_id not in self.settings.agents:
             raise CallRejected(404, f"unknown agent_id {agent_id!r}")
         record = CallRecord(
@@ -267,6 +261,8 @@ class CallService:
         The network's call id maps to one call: a webhook the network retries
         (same ``provider_call_id``) finds the call the first one created.
         """
+        # before anything is stored: a call redirected to another worker must find nothing here
+        self._check_admission()
         call_id = new_id("call")
         if provider_call_id:
             key = f"provider-call:{route.provider}:{provider_call_id}"
@@ -295,6 +291,16 @@ class CallService:
             region=route.region_name,
             provider_call_id=provider_call_id,
         )
+
+    def _check_admission(self) -> None:
+        """Raise WorkerFull (counted) if this worker is at its maximum or draining."""
+        full = admission.full_reason(
+            self.manager.active, self.settings.server.max_calls, self.manager.accepting
+        )
+        if full is not None:
+            reason = "full" if self.manager.accepting else "draining"
+            metrics.CALLS_REFUSED.labels(reason=reason).inc()
+            raise WorkerFull(full)
 
     async def get(self, call_id: str) -> CallRecord | None:
         live = self.manager.get(call_id)

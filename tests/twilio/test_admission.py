@@ -92,8 +92,14 @@ async def _full_worker(edge: TwilioEdge, session: aiohttp.ClientSession) -> None
     # another worker heartbeats with room: Twilio is sent there
     other = _info("https://b.edge.example.com", 3)
     await edge.services.coordinator.heartbeat("worker-b", other, ttl=30)
-    document = await edge.call(session).post_webhook()
+    redirected = edge.call(session)
+    document = await redirected.post_webhook()
     assert _redirect_url(document) == "https://b.edge.example.com/twilio/voice?edge_hop=1"
+    # nothing of the refused call is stored, so the worker it goes to can take its CallSid
+    assert (
+        await edge.services.coordinator.peek_pending(f"provider-call:twilio:{redirected.call_sid}")
+        is None
+    )
     # a call redirected twice already is not sent on again
     call = edge.call(session)
     call.voice_path = "/twilio/voice?edge_hop=2"
