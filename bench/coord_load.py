@@ -153,6 +153,12 @@ async def worker_main(url: str, prefix: str, concurrency: int, seconds: float) -
     return {"calls": calls, "elapsed": elapsed, "lat": dict(lat)}
 
 
+async def _one_probe(url: str, lat: dict[str, list[float]]) -> None:
+    coord = RedisCoordinator.from_url(url, key_prefix=f"bench-probe-{uuid.uuid4().hex[:6]}:")
+    await one_call(coord, "w", lat)
+    await coord.close()
+
+
 def _run_worker(args: tuple[str, str, int, float]) -> dict[str, Any]:
     return asyncio.run(worker_main(*args))
 
@@ -255,9 +261,11 @@ def main() -> None:
         print(f"Redis commands per call (setup + teardown + webhook delivery): {per_call:.1f}")
         for name, count in sorted(breakdown.items(), key=lambda kv: -kv[1]):
             print(f"  {name:<14} {count:5.1f}")
-        round_trips = breakdown.get("evalsha", 0) + sum(
-            v for k, v in breakdown.items() if k in ("set", "getdel", "get", "zrem", "exec")
-        )
+        # client round trips: one per coordinator step (a MULTI block is one pipeline)
+        probe: dict[str, list[float]] = defaultdict(list)
+        asyncio.run(_one_probe(url, probe))
+        round_trips = sum(len(v) for v in probe.values())
+        print(f"Client round trips per call: {round_trips}")
         prefix = f"bench-{uuid.uuid4().hex[:6]}:"
         jobs = [(url, prefix, args.concurrency, args.seconds)] * args.workers
         cpu_before = redis_cpu_s(url)
