@@ -23,15 +23,20 @@ from typing import Any
 from aiohttp import web
 
 from telephony_edge import metrics
+from telephony_edge.agent.pool import AGENT_CORE_PREFIX
 from telephony_edge.calls.leg import NotSupported
 from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.calls.service import CallRejected, ControlFailed, ProviderError
 from telephony_edge.calls.webhooks import SESSION_WEBHOOK_QUEUE, without_webhook_headers
 from telephony_edge.config import normalize_e164
+from telephony_edge.coord.health import CoordinatorUnavailable
 from telephony_edge.routing import normalize_destination
 from telephony_edge.services import SERVICES
 
 log = logging.getLogger(__name__)
+
+#: how long a self-registered agent core stays in its pool without another heartbeat
+AGENT_CORE_HEARTBEAT_TTL_S = 15.0
 
 MAX_BODY_BYTES = 64 * 1024  # an outbound call's agent_config and metadata fit many times over
 MAX_JSON_DEPTH = 32
@@ -58,6 +63,8 @@ def _json_errors(handler: Handler) -> Handler:
     async def wrapper(request: web.Request) -> web.Response:
         try:
             return await handler(request)
+        except CoordinatorUnavailable as exc:
+            return web.json_response({"error": str(exc)}, status=503)
         except ApiError as exc:
             if exc.status in _BAD_INPUT_STATUSES:
                 _BAD_INPUT.inc()
@@ -392,6 +399,35 @@ async def list_calls(request: web.Request) -> web.Response:
     return web.json_response({"calls": calls, "next_cursor": next_cursor})
 
 
+async def agent_core_heartbeat(request: web.Request) -> web.Response:
+    """``POST /agent-cores/heartbeat`` ``{"url", "region", "load"?, "capacity"?}``.
+
+    An agent core announces itself to its region's pool for
+    ``AGENT_CORE_HEARTBEAT_TTL_S`` seconds (send one every few seconds); every
+    worker learns it from the coordinator with its own heartbeat. Why through
+    the coordinator: the request lands on one worker, the pool is every worker's.
+    """
+    _authorize(request)
+    body = await _json_object(request)
+    url, region = _string(body, "url"), _string(body, "region")
+    if not url or not url.startswith(("ws://", "wss://")):
+        raise ApiError(400, "url: a ws:// or wss:// URL of the agent core")
+    services = request.app[SERVICES]
+    if not region or region not in services.settings.regions:
+        raise ApiError(400, f"region: one of {sorted(services.settings.regions)}")
+    info: dict[str, Any] = {"url": url, "region": region}
+    for name in ("load", "capacity"):
+        value = body.get(name)
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ApiError(400, f"{name}: a number >= 0")
+            info[name] = value
+    await services.coordinator.heartbeat(
+        AGENT_CORE_PREFIX + url, info, ttl=AGENT_CORE_HEARTBEAT_TTL_S
+    )
+    return web.json_response({"registered": url, "ttl_s": AGENT_CORE_HEARTBEAT_TTL_S})
+
+
 def add_api_routes(app: web.Application) -> None:
     """Mount the public API on ``app``."""
     app.router.add_post("/start_outbound_call", _json_errors(start_outbound_call))
@@ -401,3 +437,4 @@ def add_api_routes(app: web.Application) -> None:
     app.router.add_get("/calls/{call_id}", _json_errors(get_call))
     app.router.add_get("/webhooks/dead-letters", _json_errors(list_dead_letters))
     app.router.add_post("/webhooks/dead-letters/{call_id}/retry", _json_errors(retry_dead_letter))
+    app.router.add_post("/agent-cores/heartbeat", _json_errors(agent_core_heartbeat))

@@ -37,11 +37,18 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
+    call_service = services.call_service
     coordinator_ok = await services.coordinator.ping()
-    ready = services.calls.accepting and coordinator_ok
+    if coordinator_ok:
+        call_service.health.ok()
+    elif call_service.health.up:
+        call_service.health.failed("ping", ConnectionError("ping failed"))
+    full = services.calls.active >= services.settings.server.max_calls
+    ready = services.calls.accepting and coordinator_ok and not full
     body = {
         "ready": ready,
         "active_calls": services.calls.active,
+        "max_calls": services.settings.server.max_calls,
         "coordinator": "ok" if coordinator_ok else "unreachable",
     }
     return web.json_response(body, status=200 if ready else 503)

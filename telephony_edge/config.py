@@ -166,6 +166,8 @@ class ServerSettings(_Model):
     region: str | None = None
     worker_id: str | None = None
     drain_grace_s: float = Field(default=30.0, ge=0, le=3600)
+    max_calls: int = Field(default=500, ge=1, le=100_000)
+    """Calls this worker takes at most; beyond, new calls are refused (503) or redirected."""
     use_uvloop: bool = True
     idle_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     """A connection without a complete request head for this long is closed: from connect
@@ -189,6 +191,10 @@ class AgentCoreSettings(_Model):
     """WebSocket ping interval; a core that misses the pong is gone (half-open link)."""
     max_early_messages: int = Field(default=500, ge=1, le=100_000)
     """Messages the core may send before ``onready``; past that the link is refused."""
+    max_failures: int = Field(default=3, ge=1, le=1000)
+    """Consecutive connect failures that bench a region's agent-core endpoint."""
+    bench_s: float = Field(default=30.0, gt=0, le=3600)
+    """How long a benched endpoint is skipped before one call tries it again."""
 
 
 class CallSettings(_Model):

@@ -59,6 +59,29 @@ LOOP_RESTARTS = Counter(
     "Background loops (control inbox, heartbeat, webhook dispatch, reaper) restarted after failing",
     ["loop"],
 )
+COORDINATOR_ERRORS = Counter(
+    "telephony_edge_coordinator_errors_total",
+    "Coordinator (Redis) operations that failed (unreachable, timed out), by operation",
+    ["op"],
+)
+COORDINATOR_UP = Gauge(
+    "telephony_edge_coordinator_up", "1 while the coordinator answers, 0 while it does not"
+)
+CALLS_REFUSED = Counter(
+    "telephony_edge_calls_refused_total",
+    "New calls this worker refused or redirected, by reason",
+    ["reason"],
+)
+AGENT_CORE_ENDPOINT_UP = Gauge(
+    "telephony_edge_agent_core_endpoint_up",
+    "1 while an agent-core endpoint is in service, 0 while benched by its circuit breaker",
+    ["url"],
+)
+AGENT_CORE_ENDPOINT_FAILURES = Counter(
+    "telephony_edge_agent_core_endpoint_failures_total",
+    "Failed connects to an agent-core endpoint",
+    ["url"],
+)
 DRAINING = Gauge("telephony_edge_draining", "1 while the worker drains before exit")
 
 # Twilio (telephony_edge.twilio).

@@ -24,6 +24,7 @@ import aiohttp
 
 from telephony_edge import metrics
 from telephony_edge.agent import messages
+from telephony_edge.agent.pool import PoolChoice
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +85,13 @@ class AgentLink:
         timeouts: LinkTimeouts = LinkTimeouts(),
         *,
         call_id: str = "",
+        endpoints: PoolChoice | None = None,
     ) -> None:
+        """``endpoints``: a region's pool to walk instead of the one ``url``."""
         self._session = session
         self.url = url
+        self._endpoints = endpoints
+        self._holds = False  # counted in the pool's load of ``url``
         self._timeouts = timeouts
         self._call_id = call_id
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -100,22 +105,7 @@ class AgentLink:
 
     async def open(self, initiate: dict[str, Any]) -> None:
         """Connect, send ``initiate``, wait for ``onready``; raise AgentLinkError otherwise."""
-        try:
-            self._ws = await asyncio.wait_for(
-                self._session.ws_connect(
-                    self.url,
-                    max_msg_size=MAX_MESSAGE_BYTES,
-                    autoping=True,
-                    heartbeat=self._timeouts.heartbeat_s,
-                ),
-                self._timeouts.connect_s,
-            )
-        except TimeoutError:
-            raise AgentLinkError(
-                "connect", f"no connection within {self._timeouts.connect_s}s"
-            ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise AgentLinkError("connect", f"{type(exc).__name__}: {exc}") from None
+        self._ws = await self._connect()
         await self._ws.send_str(messages.encode(messages.INITIATE, initiate))
         try:
             await asyncio.wait_for(self._await_ready(), self._timeouts.ready_s)
@@ -124,6 +114,57 @@ class AgentLink:
                 "initiate", f"no onready within {self._timeouts.ready_s}s"
             ) from None
         self._ping_task = asyncio.create_task(self._keepalive(), name=f"agent-ping-{self._call_id}")
+
+    async def _connect(self) -> aiohttp.ClientWebSocketResponse:
+        """Connect to the first endpoint that answers, within the call-setup budget.
+
+        Without a pool: ``url`` alone, ``connect_s``. With one: each endpoint in
+        the pool's order gets ``connect_s`` and all together at most ``ready_s``,
+        so a dead core costs one attempt and never the call.
+        """
+        pool = self._endpoints
+        urls = pool.urls if pool is not None and pool.urls else [self.url]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(self._timeouts.ready_s, self._timeouts.connect_s)
+        errors: list[str] = []
+        for url in urls:
+            timeout = min(self._timeouts.connect_s, deadline - loop.time())
+            if timeout <= 0:
+                errors.append("call-setup budget spent")
+                break
+            if pool is not None:
+                pool.attempt(url)
+            try:
+                ws = await asyncio.wait_for(
+                    self._session.ws_connect(
+                        url,
+                        max_msg_size=MAX_MESSAGE_BYTES,
+                        autoping=True,
+                        heartbeat=self._timeouts.heartbeat_s,
+                    ),
+                    timeout,
+                )
+            except TimeoutError:
+                errors.append(f"no connection within {timeout:g}s")
+            except (aiohttp.ClientError, OSError) as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+            else:
+                self.url = url
+                if pool is not None:
+                    pool.succeeded(url)
+                    self._holds = True
+                return ws
+            if pool is not None:
+                pool.failed(url)
+                log.warning(
+                    "agent core %s failed to connect (%s); trying the next",
+                    url,
+                    errors[-1],
+                    extra={"call_id": self._call_id},
+                )
+        if len(urls) > 1:
+            raise AgentLinkError("connect", f"no agent core of {len(urls)} answered: {errors[-1]}")
+        raise AgentLinkError("connect", errors[-1])
 
     async def _await_ready(self) -> None:
         while True:
@@ -186,6 +227,9 @@ class AgentLink:
 
     async def close(self) -> None:
         """Close the link (idempotent) and stop the keep-alive."""
+        if self._holds and self._endpoints is not None:
+            self._holds = False
+            self._endpoints.released(self.url)
         if self._ping_task is not None:
             self._ping_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -49,6 +49,7 @@ from telephony_edge.calls.leg import Clock, Dtmf, Leg, LegEnded, LegEvent, NotSu
 from telephony_edge.calls.pacing import Pacer
 from telephony_edge.calls.playout import Playout
 from telephony_edge.calls.record import CallRecord, CallState
+from telephony_edge.coord.health import CoordinatorUnavailable
 from telephony_edge.logs import current_call_id
 
 log = logging.getLogger(__name__)
@@ -261,9 +262,21 @@ class CallBridge:
             self._spawn(self._report(action), "report")
         elif isinstance(action, m.WriteState):
             self.record.advance(action.state)
-            self._spawn(self._hooks.write_state(self.record, action.previous), "write-state")
+            self._spawn(self._write_live_state(action.previous), "write-state")
         else:  # teardown actions only come with the move to ending
             raise AssertionError(f"unexpected action {action!r}")
+
+    async def _write_live_state(self, previous: tuple[CallState, ...]) -> None:
+        """Write a state change of a live call; an unreachable coordinator does not end it.
+
+        The audio never waits on the coordinator, and a Redis outage must not
+        cost a live call: the record catches up with the final write at teardown.
+        A conflict (another worker ended the call) still ends it here.
+        """
+        try:
+            await self._hooks.write_state(self.record, previous)
+        except CoordinatorUnavailable as exc:
+            log.warning("call state not written, the call goes on: %s", exc)
 
     def _spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)

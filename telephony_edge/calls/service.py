@@ -14,14 +14,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 import aiohttp
 
 from telephony_edge import metrics
 from telephony_edge.agent.link import AgentLink, LinkTimeouts
-from telephony_edge.calls import webhooks
+from telephony_edge.agent.pool import AgentCorePool, PoolChoice
+from telephony_edge.calls import admission, webhooks
 from telephony_edge.calls.bridge import BridgeLimits, CallBridge, CallOver, Conversation
 from telephony_edge.calls.leg import Leg, NotSupported
 from telephony_edge.calls.manager import CallManager
@@ -30,11 +31,16 @@ from telephony_edge.calls.record import CallRecord, CallState, CallStatus, new_i
 from telephony_edge.calls.variables import call_variables, fill_placeholders, merge_agent_config
 from telephony_edge.config import Settings
 from telephony_edge.coord.base import DEFAULT_REPLY_TTL, Conflict, Coordinator
+from telephony_edge.coord.health import CoordinatorHealth, CoordinatorUnavailable
 from telephony_edge.routing import NumberRouter, Route
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 5.0
+#: heartbeat retry while the coordinator is down, so recovery is noticed within a second
+HEARTBEAT_RETRY_S = 1.0
+#: what a coordinator raises that is an answer, not an outage
+_ANSWERS = (Conflict, LookupError, ValueError, CoordinatorUnavailable)
 SUPERVISOR_MAX_BACKOFF_S = 30.0
 #: fields the media owner writes; others (``provider_status``) belong to other writers
 OWNER_FIELDS = (
@@ -83,6 +89,21 @@ class ControlFailed(Exception):
         super().__init__(reason)
         self.http_status = http_status
         self.reason = reason
+
+
+class WorkerFull(CallRejected):
+    """This worker is at its maximum or draining; another worker may take the call."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(503, reason)
+
+
+def _unavailable() -> CallRejected:
+    """The refusal of a new call while the coordinator does not answer (counted)."""
+    metrics.CALLS_REFUSED.labels(reason="coordinator").inc()
+    return CallRejected(
+        503, "call state storage (coordinator) is unreachable; no new calls until it is back"
+    )
 
 
 class ProviderError(Exception):
@@ -152,6 +173,12 @@ class CallService:
             max_early_messages=core.max_early_messages,
         )
         self._rates = webhooks.CostRates(**settings.costs.model_dump())
+        self.health = CoordinatorHealth()
+        self.pool = AgentCorePool.from_regions(
+            {name: region.agent_core_urls for name, region in settings.regions.items()},
+            max_failures=core.max_failures,
+            bench_s=core.bench_s,
+        )
         self._dispatcher: webhooks.WebhookDispatcher | None = None
 
     # -- background work ---------------------------------------------------
@@ -216,8 +243,7 @@ class CallService:
         call_id: str | None = None,
     ) -> CallRecord:
         """Record a call the network announced; raise CallRejected if the edge won't take it."""
-        if not self.manager.accepting:
-            raise CallRejected(503, "this worker is draining and takes no new calls")
+        self._check_admission()
         if agent_id not in self.settings.agents:
             raise CallRejected(404, f"unknown agent_id {agent_id!r}")
         record = CallRecord(
@@ -238,9 +264,13 @@ class CallService:
         if call_id is not None:
             record.call_id = call_id
         # a call whose media never arrives is ended by the setup reaper; the ttl is a safety net
-        await self.coordinator.create_call(
-            record.call_id, record.to_dict(), ttl=self.settings.calls.setup_ttl_s * 4
-        )
+        try:
+            async with self._coordinated("create_call"):
+                await self.coordinator.create_call(
+                    record.call_id, record.to_dict(), ttl=self.settings.calls.setup_ttl_s * 4
+                )
+        except CoordinatorUnavailable:
+            raise _unavailable() from None
         log.info(
             "call created",
             extra={"call_id": record.call_id, "provider": provider, "direction": direction},
@@ -255,12 +285,21 @@ class CallService:
         The network's call id maps to one call: a webhook the network retries
         (same ``provider_call_id``) finds the call the first one created.
         """
+        # before anything is stored: a call redirected to another worker must find nothing here
+        self._check_admission()
         call_id = new_id("call")
         if provider_call_id:
             key = f"provider-call:{route.provider}:{provider_call_id}"
             ttl = self.settings.calls.setup_ttl_s * 4
-            if not await self.coordinator.register_pending(key, {"call_id": call_id}, ttl):
-                known = await self.coordinator.peek_pending(key)
+            try:
+                async with self._coordinated("register_pending"):
+                    registered = await self.coordinator.register_pending(
+                        key, {"call_id": call_id}, ttl
+                    )
+                    known = None if registered else await self.coordinator.peek_pending(key)
+            except CoordinatorUnavailable:
+                raise _unavailable() from None
+            if not registered:
                 record = await self.get(str(known["call_id"])) if known else None
                 if record is None:
                     raise CallRejected(409, "this call is being set up by another request")
@@ -276,6 +315,16 @@ class CallService:
             region=route.region_name,
             provider_call_id=provider_call_id,
         )
+
+    def _check_admission(self) -> None:
+        """Raise WorkerFull (counted) if this worker is at its maximum or draining."""
+        full = admission.full_reason(
+            self.manager.active, self.settings.server.max_calls, self.manager.accepting
+        )
+        if full is not None:
+            reason = "full" if self.manager.accepting else "draining"
+            metrics.CALLS_REFUSED.labels(reason=reason).inc()
+            raise WorkerFull(full)
 
     async def get(self, call_id: str) -> CallRecord | None:
         live = self.manager.get(call_id)
@@ -299,8 +348,13 @@ class CallService:
         record.to = record.to or leg.info.to
         record.provider_call_id = record.provider_call_id or leg.info.provider_call_id
         record.owner = self.worker_id
+        region = record.region or None
+        endpoints = None
+        if region is not None and self.pool.has(region):
+            endpoints = PoolChoice(self.pool, self.pool.candidates(region))
+        url = endpoints.urls[0] if endpoints else self._agent_url(record)
         link = AgentLink(
-            self._http(), self._agent_url(record), self._timeouts, call_id=record.call_id
+            self._http(), url, self._timeouts, call_id=record.call_id, endpoints=endpoints
         )
         bridge = CallBridge(record, leg, link, self.pacer, self, self._limits)
         self.manager.add(bridge)
@@ -330,7 +384,16 @@ class CallService:
         except (Conflict, LookupError) as exc:
             await self.coordinator.release_owner(call_id, self.worker_id)
             raise CallOver(f"media for a call that is over: {exc}") from None
-        return await self._admit(record)
+        except CoordinatorUnavailable as exc:
+            metrics.CALLS_REFUSED.labels(reason="coordinator").inc()
+            return str(exc)
+        try:
+            return await self._admit(record)
+        except _ANSWERS:
+            raise
+        except Exception as exc:
+            metrics.CALLS_REFUSED.labels(reason="coordinator").inc()
+            return str(self.health.failed("admit", exc))
 
     async def _admit(self, record: CallRecord) -> str | None:
         if not self.manager.accepting:
@@ -361,15 +424,19 @@ class CallService:
         data = record.to_dict()
         changes = {name: data[name] for name in OWNER_FIELDS}
         try:
-            doc = await self.coordinator.update_call(
-                record.call_id,
-                changes,
-                if_state=[str(s) for s in previous],
-                if_unowned=if_unowned,
-            )
+            async with self._coordinated("write_state"):
+                doc = await self.coordinator.update_call(
+                    record.call_id,
+                    changes,
+                    if_state=[str(s) for s in previous],
+                    if_unowned=if_unowned,
+                )
         finally:
             if record.state is CallState.ENDED and not if_unowned:
-                await self.coordinator.release_owner(record.call_id, self.worker_id)
+                try:
+                    await self.coordinator.release_owner(record.call_id, self.worker_id)
+                except Exception as exc:  # the lease lapses by itself
+                    log.warning("lease not released: %r", exc, extra={"call_id": record.call_id})
         if doc is None:
             raise LookupError(f"call {record.call_id} is not stored (expired?)")
         record.provider_status = doc.data.get("provider_status") or record.provider_status
@@ -450,6 +517,47 @@ class CallService:
             "chat": found.get("chat") or [],
             "agent_config": found.get("agent_config") or {},
         }
+
+    @contextlib.asynccontextmanager
+    async def _coordinated(self, op: str) -> AsyncIterator[None]:
+        """Run coordinator steps: an outage is counted and raised as CoordinatorUnavailable.
+
+        New calls turn it into a refusal (503 / TwiML), live calls into a log
+        line; answers (a conflict, a missing record) pass through unchanged.
+        """
+        try:
+            yield
+        except CoordinatorUnavailable:
+            raise
+        except (Conflict, LookupError, ValueError):
+            self.health.ok()
+            raise
+        except Exception as exc:
+            raise self.health.failed(op, exc) from exc
+        self.health.ok()
+
+    async def other_ready_worker(self) -> str | None:
+        """The public URL of another worker taking calls now, or None (also when unknown)."""
+        try:
+            workers = await self.coordinator.live_workers()
+        except Exception as exc:
+            self.health.failed("live_workers", exc)
+            return None
+        return admission.other_ready_worker(
+            workers,
+            self_id=self.worker_id,
+            own_url=self.settings.public_url,
+            region=self.settings.server.region,
+        )
+
+    def _heartbeat_info(self) -> dict[str, Any]:
+        return admission.worker_info(
+            public_url=self.settings.public_url,
+            region=self.settings.server.region,
+            active_calls=self.manager.active,
+            max_calls=self.settings.server.max_calls,
+            accepting=self.manager.accepting,
+        )
 
     def _agent_url(self, record: CallRecord) -> str:
         url = self.router.agent_core_url(record.region or None) or self.demo_agent_url
@@ -776,11 +884,25 @@ class CallService:
             task.add_done_callback(self._control_tasks.discard)
 
     async def _heartbeat_loop(self) -> None:
+        """Announce this worker (load, URL, accepting), learn self-registered agent cores,
+        renew this worker's leases.
+
+        Never fails on an outage: it counts it and retries every second, so the
+        worker notices by itself when the coordinator answers again.
+        """
         interval = min(HEARTBEAT_S, self._lease_renew_s)
         while True:
-            info = {"active_calls": self.manager.active, "accepting": self.manager.accepting}
-            with contextlib.suppress(Exception):
-                await self.coordinator.heartbeat(self.worker_id, info, ttl=HEARTBEAT_S * 3)
+            try:
+                await self.coordinator.heartbeat(
+                    self.worker_id, self._heartbeat_info(), ttl=HEARTBEAT_S * 3
+                )
+                self.pool.update_registered(await self.coordinator.live_workers())
+            except Exception as exc:
+                self.health.failed("heartbeat", exc)
+                await self.coordinator.ping()  # (Redis: also drops stale pooled connections)
+                await asyncio.sleep(HEARTBEAT_RETRY_S)
+                continue
+            self.health.ok()
             try:
                 await self.renew_leases()
             except Exception as exc:  # the coordinator is away: the next beat tries again

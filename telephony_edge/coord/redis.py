@@ -822,6 +822,10 @@ class RedisCoordinator(Coordinator):
         try:
             return bool(await asyncio.wait_for(self._redis.ping(), _PING_TIMEOUT))
         except _CONNECTION_ERRORS:
+            # drop idle pooled connections: after a restart or failover each stale one would
+            # otherwise fail one command (no retries) before it reconnects
+            with contextlib.suppress(*_CONNECTION_ERRORS):
+                await self._redis.connection_pool.disconnect(inuse_connections=False)
             return False
 
     async def close(self) -> None:

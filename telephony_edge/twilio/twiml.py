@@ -17,6 +17,10 @@ UNKNOWN_NUMBER_MESSAGE = (
     "Sorry, this number is not connected to an assistant right now. "
     "Please try again later. Goodbye."
 )
+OUTAGE_MESSAGE = (
+    "Sorry, we cannot take your call right now because of a technical problem. "
+    "Please call again in a few minutes. Goodbye."
+)
 UNAVAILABLE_MESSAGE = "Sorry, all our assistants are busy right now. Please call again later."
 
 
@@ -61,6 +65,13 @@ def say_and_hangup(message: str) -> str:
     response = VoiceResponse()
     response.say(message)
     response.hangup()
+    return str(response.to_xml())
+
+
+def redirect(url: str) -> str:
+    """Send the call's webhook to ``url`` (another edge worker that takes calls now)."""
+    response = VoiceResponse()
+    response.redirect(url, method="POST")
     return str(response.to_xml())
 
 

@@ -17,8 +17,9 @@ from multidict import MultiDictProxy
 
 from telephony_edge import metrics
 from telephony_edge.calls.record import CallRecord, CallState
-from telephony_edge.calls.service import CallRejected
+from telephony_edge.calls.service import CallRejected, WorkerFull
 from telephony_edge.config import normalize_e164
+from telephony_edge.coord.health import CoordinatorUnavailable
 from telephony_edge.services import SERVICES, Services
 from telephony_edge.twilio import twiml
 from telephony_edge.twilio.context import (
@@ -39,6 +40,10 @@ _KNOWN_STATUSES = frozenset(
 _STREAM_EVENTS = frozenset({"stream-started", "stream-stopped", "stream-error"})
 GONE_MESSAGE = "Sorry, this call can no longer be connected. Goodbye."
 STREAM_STATUS_PATH = "/twilio/stream-status"
+VOICE_PATH = "/twilio/voice"
+#: query parameter counting ``<Redirect>`` hops between full workers, so none loops forever
+HOP_PARAM = "edge_hop"
+MAX_HOPS = 2
 MAX_STREAM_ERROR_CHARS = 500
 
 
@@ -112,12 +117,36 @@ async def voice(request: web.Request) -> web.Response:
         record = await services.call_service.create_inbound(
             route, from_=from_, provider_call_id=call_sid
         )
+        _outcome("voice", "inbound")
+        return await _stream_answer(ctx, services, record)
+    except WorkerFull as exc:
+        return await _elsewhere(services, request, call_sid, exc.reason)
     except CallRejected as exc:
-        _outcome("voice", "rejected")
+        outcome = "coordinator_down" if exc.http_status == 503 else "rejected"
+        _outcome("voice", outcome)
         log.warning("inbound call refused: %s", exc.reason, extra={"call_sid": call_sid})
+        message = twiml.OUTAGE_MESSAGE if exc.http_status == 503 else twiml.UNAVAILABLE_MESSAGE
+        return _twiml(twiml.say_and_hangup(message))
+    except CoordinatorUnavailable as exc:
+        _outcome("voice", "coordinator_down")
+        log.warning("inbound call refused: %s", exc, extra={"call_sid": call_sid})
+        return _twiml(twiml.say_and_hangup(twiml.OUTAGE_MESSAGE))
+
+
+async def _elsewhere(
+    services: Services, request: web.Request, call_sid: str, reason: str
+) -> web.Response:
+    """This worker is full or draining: ``<Redirect>`` to a worker that takes calls, if any."""
+    raw = request.query.get(HOP_PARAM, "0")
+    hops = int(raw) if raw.isdigit() and len(raw) < 4 else MAX_HOPS
+    other = None if hops >= MAX_HOPS else await services.call_service.other_ready_worker()
+    if other is None:
+        _outcome("voice", "full")
+        log.warning("inbound call refused: %s", reason, extra={"call_sid": call_sid})
         return _twiml(twiml.say_and_hangup(twiml.UNAVAILABLE_MESSAGE))
-    _outcome("voice", "inbound")
-    return await _stream_answer(ctx, services, record)
+    _outcome("voice", "redirected")
+    log.info("%s; redirecting to %s", reason, other, extra={"call_sid": call_sid})
+    return _twiml(twiml.redirect(f"{other.rstrip('/')}{VOICE_PATH}?{HOP_PARAM}={hops + 1}"))
 
 
 async def _answer_outbound(
@@ -141,9 +170,12 @@ async def _stream_answer(
     ctx: TwilioContext, services: Services, record: CallRecord
 ) -> web.Response:
     ttl = ctx.twilio.stream_token_ttl_s
-    await services.coordinator.register_pending(
-        pending_key(record.call_id), {"call_sid": record.provider_call_id}, ttl
-    )
+    try:
+        await services.coordinator.register_pending(
+            pending_key(record.call_id), {"call_sid": record.provider_call_id}, ttl
+        )
+    except Exception as exc:
+        raise services.call_service.health.failed("register_pending", exc) from exc
     params = {
         STREAM_TOKEN_PARAM: ctx.tokens.issue(record.call_id),
         CALL_ID_PARAM: record.call_id,
