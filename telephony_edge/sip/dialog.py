@@ -83,6 +83,16 @@ class Dialog:
             secure=invite.uri.lower().startswith("sips:"),
         )
 
+    def validate(self) -> None:
+        """Raise ValueError unless in-dialog requests can be built and sent
+        (every route and the remote target are SIP URIs)."""
+        for route in self.route_set:
+            NameAddr.parse(route).sip_uri()
+        SipUri.parse(self.remote_target)
+        if SipUri.parse(self.remote_target).scheme not in ("sip", "sips"):
+            raise ValueError("the remote target is not a SIP URI")
+        self.destination()
+
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.call_id, self.local_tag, self.remote_tag)
@@ -98,7 +108,9 @@ class Dialog:
         """A target refresh request (re-INVITE, UPDATE) may move the peer (§12.2.2)."""
         contacts = request.headers.get_all("Contact")
         if contacts:
-            self.remote_target = NameAddr.parse(contacts[0]).uri
+            target = NameAddr.parse(contacts[0]).uri
+            if SipUri.parse(target).scheme in ("sip", "sips"):
+                self.remote_target = target
 
     def build_request(
         self,

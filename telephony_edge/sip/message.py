@@ -108,6 +108,12 @@ LIST_HEADERS = frozenset(
     }
 )  # fmt: skip
 
+#: NUL, other controls but HT, and bytes that were not UTF-8 (surrogate-escaped)
+_BAD_TEXT = re.compile("[\x00-\x08\x0a-\x1f\x7f\udc80-\udcff]")
+#: what a response copies from the request (§8.2.6): must be clean to be echoed
+_ECHOED = ("Via", "From", "To", "Call-ID", "CSeq", "Timestamp")
+_URI = re.compile(r'^[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>"]+$')
+_DISPLAY = re.compile(r'^(?:"(?:[^"\\]|\\.)*"|[^"<>]+)$')
 _TOKEN = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
 _VERSION = re.compile(r"^SIP/(\d+)\.(\d+)$", re.IGNORECASE)
 
@@ -311,6 +317,8 @@ class SipUri:
 
     @classmethod
     def parse(cls, text: str) -> SipUri:
+        if not _URI.match(text.strip()):
+            raise ValueError(f"bad URI {text!r}")
         scheme, colon, rest = text.strip().partition(":")
         scheme = scheme.lower()
         if not colon or not scheme or not _TOKEN.match(scheme):
@@ -362,8 +370,10 @@ class NameAddr:
             # addr-spec without brackets: parameters after ';' belong to the header
             uri, _, rest = text.partition(";")
             display, params = "", parse_params(rest)
-        if not uri or ":" not in uri:
+        if not _URI.match(uri):
             raise ValueError(f"bad URI in {text!r}")
+        if display and not _DISPLAY.match(display):
+            raise ValueError(f"bad display name in {text!r}")
         return cls(uri, display, params)
 
     @property
@@ -505,8 +515,8 @@ def _lines(head: str, limits: Limits) -> list[str]:
 def _check_essentials(req: Request) -> None:
     """Raise ValueError unless a response can be built for ``req``."""
     vias = req.vias()
-    if not vias:
-        raise ValueError("no Via")
+    if not vias or any(not split_list(v) for _, v in req.headers.raw("Via")):
+        raise ValueError("no Via, or an empty one")
     req.from_()
     req.to()
     if not req.call_id():
@@ -523,8 +533,8 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
         raise ParseError("empty (keep-alive)")
     head_b, body, had_blank = _split_head(data)
     head = head_b.decode(ENCODING, ERRORS)
-    bad_text = "\x00" in head or any("\udc80" <= c <= "\udcff" for c in head)
     lines = _lines(head, limits)
+    bad_text = any(_BAD_TEXT.search(line) for line in lines)
     start = lines[0]
 
     # header lines (problems noted, parsing goes on so that a 400 is possible)
@@ -569,6 +579,9 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
     req = Request(headers, b"", method, uri, version)
     try:
         _check_essentials(req)
+        for name in _ECHOED:
+            if any(_BAD_TEXT.search(v) for _, v in headers.raw(name)):
+                raise ValueError(f"invalid characters in {name}")  # cannot be echoed
         answerable: Request | None = req if method != "ACK" else None
     except ValueError as exc:
         problems.insert(0, str(exc))
@@ -582,7 +595,7 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
     if problems:
         raise ParseError(problems[0], 400, answerable)
     if bad_text:
-        raise ParseError("invalid UTF-8 or NUL in the header", 400, answerable)
+        raise ParseError("invalid UTF-8 or control character in the header", 400, answerable)
     if not had_blank:
         raise ParseError("no blank line after the header", 400, answerable)
     try:

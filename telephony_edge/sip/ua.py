@@ -48,6 +48,7 @@ from __future__ import annotations
 import enum
 import itertools
 import secrets
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -266,6 +267,7 @@ class UserAgent:
         self._new_id = new_id or (lambda: secrets.token_hex(8))
         self.stats = Stats()
         self.draining = False
+        self.last_error: str | None = None
         self._machines: dict[Key, _Entry] = {}
         self._calls: dict[str, Call] = {}
         self._dialogs: dict[tuple[str, str, str], str] = {}
@@ -296,7 +298,7 @@ class UserAgent:
         try:
             return self._receive(data, source, now, transport.upper())
         except Exception:  # a bug must not take the worker's SIP side down
-            self.stats.internal_errors += 1
+            self._note_error()
             self.stats.dropped += 1
             return []
 
@@ -313,8 +315,13 @@ class UserAgent:
                     call.invite_deadline = None
                     actions += self._final(call, 480, now, "timeout")
         except Exception:
-            self.stats.internal_errors += 1
+            self._note_error()
         return actions
+
+    def _note_error(self) -> None:
+        """Count an internal error and keep its traceback for the shell to log."""
+        self.stats.internal_errors += 1
+        self.last_error = traceback.format_exc()
 
     # -- call control (from the shell) ---------------------------------------------
 
@@ -494,13 +501,18 @@ class UserAgent:
                     code = 400
         ref = self._new_id()
         contact = f"<sip:{self.config.sent_by};transport={transport.lower()}>"
-        dialog = Dialog.from_invite(req, ref, contact, next(self._seq))
+        try:
+            dialog = Dialog.from_invite(req, ref, contact, next(self._seq))
+            dialog.validate()
+        except ValueError:  # a bad Contact or Record-Route: no dialog can be kept
+            response = build_response(req, 400, None, [], to_tag=ref)
+            return actions + self._tx_respond(key, response, now)
         call = Call(ref, req, key, source, transport, dialog, offer, media=media)
-        entry.call = ref
         if code:
             headers = [("Accept", "application/sdp")] if code == 415 else []
             response = self._response(req, code, call, headers)
             return actions + self._tx_respond(key, response, now)
+        entry.call = ref
         self._calls[ref] = call
         self._dialogs[dialog.key] = ref
         self._pending += 1
@@ -512,10 +524,11 @@ class UserAgent:
         self, req: Request, key: Key, dest: Address, transport: str, now: float
     ) -> list[Action]:
         target = self._machines.get(cancel_target(req))
-        if target is None or target.call is None:
+        if target is None or not isinstance(target.machine, InviteServerTransaction):
             return self._stateless_tx(req, key, dest, transport, 481, now)
+        # §9.2: 200 to the CANCEL whatever the INVITE's state; 487 only while pending
         actions = self._stateless_tx(req, key, dest, transport, 200, now)
-        call = self._calls.get(target.call)
+        call = self._calls.get(target.call) if target.call is not None else None
         if call is not None and call.phase is Phase.PENDING:
             actions += self._final(call, 487, now, "cancelled")
         return actions
