@@ -76,6 +76,15 @@ def main() -> int:
         if deadline is not None and deadline <= now:
             check(ua.tick(now))
     elapsed = time.perf_counter() - started
+    for ref in list(ua.calls()):
+        check(ua.hangup(ref, now))
+    for _ in range(100):  # let every timer run out: nothing may be left behind
+        deadline = ua.next_deadline()
+        if deadline is None:
+            break
+        now = deadline
+        check(ua.tick(now))
+    left = len(ua.calls()) + len(ua._machines)
 
     s = ua.stats
     print(f"packets: {args.packets} (seed {args.seed}) in {elapsed:.1f} s")
@@ -84,9 +93,9 @@ def main() -> int:
     print(
         f"  of which answered 400: {s.answered_400}, 505: {s.answered_505}, 416: {s.answered_416}"
     )
-    print(f"  calls started: {s.calls_started}, live at the end: {len(ua.calls())}")
+    print(f"  calls started: {s.calls_started}; calls and transactions left: {left}")
     print(f"  internal errors: {s.internal_errors}; malformed output: {bad_output}")
-    return 1 if s.internal_errors or bad_output else 0
+    return 1 if s.internal_errors or bad_output or left else 0
 
 
 if __name__ == "__main__":

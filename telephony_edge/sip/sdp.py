@@ -326,9 +326,9 @@ def negotiate(offer: SessionDescription, config: MediaConfig) -> Negotiated:
 
 def accept_answer(answer: SessionDescription, config: MediaConfig) -> Negotiated:
     """Read the answer to OUR offer (delayed offer: the ACK's body)."""
-    result = negotiate(answer, MediaConfig(config.address, config.preferences, "offer"))
-    # the answer states the peer's direction; ours is its mirror
-    return result
+    # the same reading as an offer: the first codec of ours it lists, and the
+    # mirror of the direction it states is ours
+    return negotiate(answer, MediaConfig(config.address, config.preferences, "offer"))
 
 
 class LocalSession:

@@ -235,6 +235,7 @@ class Call:
     awaiting_answer_in_ack: bool = False
     retransmitter: Key | None = None
     invite_deadline: float | None = None
+    hangup_reported: bool = False  # CallEnded given; the BYE waits for the ACK
 
 
 @dataclass(slots=True)
@@ -354,10 +355,14 @@ class UserAgent:
     def hangup(self, ref: str, now: float) -> list[Action]:
         """End the call from the edge: BYE when answered, 480 while pending."""
         call = self._calls.get(ref)
-        if call is None or call.phase is Phase.ENDED:
+        if call is None or call.phase is Phase.ENDED or call.hangup_reported:
             return []
         if call.phase is Phase.PENDING:
             return self._final(call, 480, now, "local_bye")
+        if call.phase is Phase.ANSWERED:
+            # §15: no BYE before the ACK (or the 2xx's give-up); the shell is done now
+            call.hangup_reported = True
+            return [CallEnded(call.ref, "local_bye")]
         return self._bye(call, now, "local_bye")
 
     def send_request(
@@ -370,7 +375,7 @@ class UserAgent:
     ) -> list[Action]:
         """INFO, NOTIFY, UPDATE … inside the call's dialog."""
         call = self._calls.get(ref)
-        if call is None or call.phase is Phase.ENDED:
+        if call is None or call.phase is not Phase.CONFIRMED or call.hangup_reported:
             return []
         return self._client(call, method, now, headers, body)
 
@@ -445,26 +450,26 @@ class UserAgent:
         if method == "CANCEL":
             return self._cancel(req, key, dest, transport, now)
         if method not in KNOWN_METHODS:
-            return self._stateless_tx(req, key, dest, transport, 501, now)
+            return self._answer_tx(req, key, dest, transport, 501, now)
         if method not in self.config.allow:
             allow = [("Allow", ", ".join(self.config.allow))]
-            return self._stateless_tx(req, key, dest, transport, 405, now, allow)
+            return self._answer_tx(req, key, dest, transport, 405, now, allow)
         unsupported = [
             r for r in req.headers.get_all("Require") if r.lower() not in self.config.supported
         ]
         if unsupported:
             extra = [("Unsupported", ", ".join(unsupported))]
-            return self._stateless_tx(req, key, dest, transport, 420, now, extra)
+            return self._answer_tx(req, key, dest, transport, 420, now, extra)
 
         to_tag = req.to().tag
         if to_tag is not None:
             return self._in_dialog(req, key, dest, transport, source, now)
         if method == "OPTIONS":
             code = 503 if self.draining else 200
-            return self._stateless_tx(req, key, dest, transport, code, now, self._capabilities())
+            return self._answer_tx(req, key, dest, transport, code, now, self._capabilities())
         if method == "INVITE":
             return self._new_call(req, key, dest, transport, source, now)
-        return self._stateless_tx(req, key, dest, transport, 481, now)
+        return self._answer_tx(req, key, dest, transport, 481, now)
 
     def _new_call(
         self, req: Request, key: Key, dest: Address, transport: str, source: Address, now: float
@@ -525,9 +530,9 @@ class UserAgent:
     ) -> list[Action]:
         target = self._machines.get(cancel_target(req))
         if target is None or not isinstance(target.machine, InviteServerTransaction):
-            return self._stateless_tx(req, key, dest, transport, 481, now)
+            return self._answer_tx(req, key, dest, transport, 481, now)
         # §9.2: 200 to the CANCEL whatever the INVITE's state; 487 only while pending
-        actions = self._stateless_tx(req, key, dest, transport, 200, now)
+        actions = self._answer_tx(req, key, dest, transport, 200, now)
         call = self._calls.get(target.call) if target.call is not None else None
         if call is not None and call.phase is Phase.PENDING:
             actions += self._final(call, 487, now, "cancelled")
@@ -539,30 +544,30 @@ class UserAgent:
         ref = self._dialogs.get((req.call_id(), req.to().tag or "", req.from_().tag or ""))
         call = self._calls.get(ref) if ref is not None else None
         if call is None or call.phase is Phase.ENDED:
-            return self._stateless_tx(req, key, dest, transport, 481, now)
+            return self._answer_tx(req, key, dest, transport, 481, now)
         dialog = call.dialog
         if not dialog.accept_cseq(req.cseq().seq):
-            return self._stateless_tx(req, key, dest, transport, 500, now)
+            return self._answer_tx(req, key, dest, transport, 500, now)
         method = req.method
         if method == "BYE":
-            actions = self._stateless_tx(req, key, dest, transport, 200, now)
+            actions = self._answer_tx(req, key, dest, transport, 200, now)
             if call.phase is Phase.PENDING:  # §15.1.2: the INVITE gets 487
                 actions += self._tx_respond(
                     call.tx_key, self._response(call.invite, 487, call), now
                 )
             return actions + self._end(call, "remote_bye")
         if method in ("INFO", "NOTIFY"):
-            actions = self._stateless_tx(req, key, dest, transport, 200, now)
+            actions = self._answer_tx(req, key, dest, transport, 200, now)
             ctype = req.headers.get("Content-Type") or ""
             if method == "INFO":
                 return [*actions, InfoReceived(ref or "", ctype, req.body)]
             event = req.headers.get("Event") or ""
             return [*actions, NotifyReceived(ref or "", event, ctype, req.body)]
         if method == "OPTIONS":
-            return self._stateless_tx(req, key, dest, transport, 200, now, self._capabilities())
+            return self._answer_tx(req, key, dest, transport, 200, now, self._capabilities())
         if method in ("INVITE", "UPDATE"):
             return self._reoffer(call, req, key, dest, transport, now)
-        return self._stateless_tx(req, key, dest, transport, 405, now)
+        return self._answer_tx(req, key, dest, transport, 405, now)
 
     def _reoffer(
         self, call: Call, req: Request, key: Key, dest: Address, transport: str, now: float
@@ -596,6 +601,8 @@ class UserAgent:
             if media != call.media:
                 call.media = media
                 updates.append(MediaUpdated(call.ref, media))
+        elif req.method == "UPDATE":
+            return self._tx_respond(key, self._response(req, 200, call), now)
         else:
             direction = call.media.direction if call.media is not None else "sendrecv"
             body = call.local.offer("sendrecv" if direction == "recvonly" else direction)
@@ -622,6 +629,8 @@ class UserAgent:
         self._machines.pop(call.retransmitter, None)
         call.retransmitter = None
         retx.receive_ack(now)
+        if call.hangup_reported:  # the edge hung up while the 2xx awaited this ACK
+            return self._bye(call, now, "local_bye")
         actions: list[Action] = []
         if call.awaiting_answer_in_ack:
             call.awaiting_answer_in_ack = False
@@ -683,7 +692,7 @@ class UserAgent:
         assert isinstance(machine, (InviteServerTransaction, NonInviteServerTransaction))
         return self._outputs(key, entry, machine.respond(response, now), now)
 
-    def _stateless_tx(
+    def _answer_tx(
         self,
         req: Request,
         key: Key,
@@ -693,8 +702,8 @@ class UserAgent:
         now: float,
         extra: list[tuple[str, str]] | None = None,
     ) -> list[Action]:
-        """Answer a non-INVITE at once through its own transaction (so that a resent
-        request gets the same answer until Timer J)."""
+        """Answer a request at once through a new non-INVITE server transaction (so
+        that a resent request gets the same answer until Timer J)."""
         machine = NonInviteServerTransaction(req, transport != "UDP", self.config.timers)
         entry = _Entry(machine, dest, transport, None, "server")
         self._machines[key] = entry
@@ -768,7 +777,7 @@ class UserAgent:
             call.retransmitter = None
         self._calls.pop(call.ref, None)
         self._dialogs.pop(call.dialog.key, None)
-        return [CallEnded(call.ref, reason, status)]
+        return [] if call.hangup_reported else [CallEnded(call.ref, reason, status)]
 
     def _outputs(self, key: Key, entry: _Entry, outputs: list[Output], now: float) -> list[Action]:
         actions: list[Action] = []

@@ -257,13 +257,22 @@ def test_reinvite_hold_and_resume() -> None:
     )
     ok = response(sent(actions)[-1].data)
     assert b"a=sendrecv" in ok.body and b" 2 IN IP4" in ok.body
-    # a session refresh without SDP: our offer again, same version (nothing changed)
+    # session refreshes (RFC 4028): UPDATE without SDP → 200 without SDP (RFC 3311);
+    # re-INVITE without SDP → our offer in the 200, the answer in the ACK
     ua.receive(ack(ref, cseq=3), PEER, 9.1)
     actions = ua.receive(
         wire.request("UPDATE", to_tag=ref, branch="z9hG4bKup", cseq=4), PEER, 900.0
     )
     ok = response(sent(actions)[-1].data)
-    assert ok.status == 200 and b"m=audio 40000" in ok.body
+    assert ok.status == 200 and ok.body == b"" and not of(actions, MediaUpdated)
+    actions = ua.receive(
+        wire.request("INVITE", to_tag=ref, branch="z9hG4bKre3", cseq=5), PEER, 1800.0
+    )
+    ok = response(sent(actions)[-1].data)
+    assert ok.status == 200 and b"m=audio 40000 RTP/AVP 9 0 8 101" in ok.body
+    actions = ua.receive(ack(ref, cseq=5, body=wire.TWILIO_SDP), PEER, 1800.1)
+    assert [type(a) for a in actions] == [MediaUpdated]
+    assert ua.calls()[ref].phase.value == "confirmed"
 
 
 def test_info_dtmf_relay() -> None:
@@ -369,3 +378,39 @@ def test_tcp_responses_on_the_connection_and_no_timer_g() -> None:
     assert sent(actions)[0].dest == conn and sent(actions)[0].transport == "TCP"
     ua.reject(call.call, 486, 0.1)  # type: ignore[attr-defined]
     assert not [a for _, a in run(ua, 31.0) if isinstance(a, Send)]  # no 486 retransmits
+
+
+def test_hangup_before_ack_waits_for_the_ack_to_send_bye() -> None:
+    ua = make_ua()
+    ref, _ = start(ua)
+    ua.answer(ref, 40000, 0.0)
+    assert ua.hangup(ref, 0.1) == [CallEnded(ref, "local_bye")]
+    assert ua.hangup(ref, 0.2) == []  # once
+    actions = ua.receive(ack(ref), PEER, 0.3)
+    assert [first_word(s.data) for s in sent(actions)] == ["BYE"]
+    assert not of(actions, CallEnded) and ref not in ua.calls()
+
+
+def test_hangup_before_ack_then_no_ack_sends_bye_at_give_up() -> None:
+    ua = make_ua()
+    ref, _ = start(ua)
+    ua.answer(ref, 40000, 0.0)
+    ua.hangup(ref, 0.1)
+    seen = run(ua, 32.0)
+    byes = [at for at, a in seen if isinstance(a, Send) and first_word(a.data) == "BYE"]
+    assert byes == [32.0] and not [a for _, a in seen if isinstance(a, CallEnded)]
+
+
+def test_state_is_released() -> None:
+    ua = make_ua()
+    ref, _ = start(ua)
+    ua.answer(ref, 40000, 0.0)
+    ua.receive(ack(ref), PEER, 0.1)
+    ua.receive(wire.request("OPTIONS", branch="z9hG4bKo9"), PEER, 0.2)
+    ua.receive(wire.request("BYE", to_tag=ref, branch="z9hG4bKbye", cseq=2), PEER, 1.0)
+    run(ua, 100.0)
+    assert ua.next_deadline() is None and not ua.calls() and not ua._machines
+
+
+def first_word(data: bytes) -> str:
+    return data.split(b" ", 1)[0].decode()
