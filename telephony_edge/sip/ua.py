@@ -272,6 +272,7 @@ class UserAgent:
         self._machines: dict[Key, _Entry] = {}
         self._calls: dict[str, Call] = {}
         self._dialogs: dict[tuple[str, str, str], str] = {}
+        self._origins: dict[tuple[str, str, int], str] = {}  # (Call-ID, From tag, CSeq)
         self._pending = 0
         self._seq = itertools.count(1)
 
@@ -474,6 +475,12 @@ class UserAgent:
     def _new_call(
         self, req: Request, key: Key, dest: Address, transport: str, source: Address, now: float
     ) -> list[Action]:
+        origin = (req.call_id(), req.from_().tag or "", req.cseq().seq)
+        if origin in self._origins:
+            # the same INVITE under another branch, or after its transaction ended
+            # (a very late retransmission): never a second call
+            self.stats.retransmissions_absorbed += 1
+            return []
         if self.draining or self._pending >= self.config.max_pending_invites:
             self.stats.overload_503 += 1
             response = build_response(req, 503, None, [("Retry-After", "5")], to_tag=self._new_id())
@@ -520,6 +527,7 @@ class UserAgent:
         entry.call = ref
         self._calls[ref] = call
         self._dialogs[dialog.key] = ref
+        self._origins[origin] = ref
         self._pending += 1
         call.invite_deadline = now + self.config.invite_timeout
         self.stats.calls_started += 1
@@ -777,6 +785,8 @@ class UserAgent:
             call.retransmitter = None
         self._calls.pop(call.ref, None)
         self._dialogs.pop(call.dialog.key, None)
+        origin = (call.dialog.call_id, call.dialog.remote_tag, call.invite.cseq().seq)
+        self._origins.pop(origin, None)
         return [] if call.hangup_reported else [CallEnded(call.ref, reason, status)]
 
     def _outputs(self, key: Key, entry: _Entry, outputs: list[Output], now: float) -> list[Action]:

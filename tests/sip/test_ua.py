@@ -414,3 +414,15 @@ def test_state_is_released() -> None:
 
 def first_word(data: bytes) -> str:
     return data.split(b" ", 1)[0].decode()
+
+
+def test_same_invite_under_a_new_branch_or_very_late_is_no_second_call() -> None:
+    ua = make_ua()
+    ref, _ = start(ua)
+    ua.answer(ref, 40000, 0.0)
+    ua.receive(ack(ref), PEER, 0.1)
+    run(ua, 40.0)  # the INVITE transaction is gone (Timer L)
+    late = ua.receive(wire.request("INVITE", body=wire.TWILIO_SDP), PEER, 41.0)
+    other_branch = wire.request("INVITE", branch="z9hG4bKother", body=wire.TWILIO_SDP)
+    assert late == [] and ua.receive(other_branch, PEER, 41.0) == []
+    assert ua.stats.calls_started == 1
