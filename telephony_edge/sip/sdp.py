@@ -1,0 +1,386 @@
+"""SDP (RFC 4566) for telephony, and RFC 3264 offer/answer for one audio stream.
+
+Rules
+-----
+* :func:`parse_sdp` reads a session description strictly enough to be safe
+  (bounded, each line ``x=value``, numbers checked) and keeps lines it does
+  not interpret so that nothing is lost on the way through.
+* :func:`negotiate` answers an offer: the first audio stream with a port and
+  a codec we take is used, every other ``m=`` line is answered with port 0
+  (RFC 3264 §6: the answer has as many media lines as the offer). The codec
+  is the first of the offer's formats that the preference list allows
+  (``order="offer"``, the default, as RFC 3264 §6.1 suggests), or the first
+  of the preference list that the offer has (``order="local"``). Nothing in
+  common → :class:`NoCommonCodec` (the UA answers 488).
+* telephone-event: the offer's payload type is mirrored (96, 101, 110 …),
+  picking the one whose clock rate is the chosen codec's SDP clock (8000 for
+  G.722, PCMU and PCMA; G.722's 8000 is RFC 3551's historical error, its
+  audio is 16 kHz). An event type at another clock only is not taken.
+* Direction (session- or media-level; media wins): the answer mirrors
+  sendonly → recvonly, recvonly → sendonly, inactive → inactive,
+  sendrecv → sendrecv. ``c=0.0.0.0`` (RFC 2543 hold) counts as sendonly.
+* :class:`LocalSession` owns our ``o=`` line: the same session id for the
+  call, the version incremented each time the description we send changes
+  (RFC 3264 §8), unchanged when we resend the same one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+MAX_SDP_BYTES = 16_384
+MAX_SDP_LINES = 256
+DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+MIRROR = {
+    "sendrecv": "sendrecv",
+    "sendonly": "recvonly",
+    "recvonly": "sendonly",
+    "inactive": "inactive",
+}
+
+
+class SdpError(ValueError):
+    """A description we cannot read (the UA answers 400, or 488 in an ACK's case BYE)."""
+
+
+class NoCommonCodec(SdpError):
+    """Nothing in the offer that we take: answer 488."""
+
+
+@dataclass(frozen=True, slots=True)
+class Codec:
+    name: str
+    payload_type: int  # static RTP payload type (RFC 3551)
+    clock_rate: int  # as written in SDP and in RTP timestamps
+    sample_rate: int  # of the audio itself
+
+
+CODECS: dict[str, Codec] = {
+    "G722": Codec("G722", 9, 8000, 16000),
+    "PCMU": Codec("PCMU", 0, 8000, 8000),
+    "PCMA": Codec("PCMA", 8, 8000, 8000),
+}
+STATIC_PT = {c.payload_type: c for c in CODECS.values()}
+
+
+@dataclass(frozen=True, slots=True)
+class MediaConfig:
+    """What we advertise: the address in c=/o=, codecs in order, ptime, rtcp."""
+
+    address: str = "127.0.0.1"
+    preferences: tuple[str, ...] = ("G722", "PCMU", "PCMA")
+    order: Literal["offer", "local"] = "offer"
+    ptime: int = 20
+    telephone_event_pt: int = 101  # used in our own offers only
+    rtcp_attribute: bool = True
+
+
+# -- the description --------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Origin:
+    username: str
+    session_id: str
+    version: int
+    nettype: str
+    addrtype: str
+    address: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.username} {self.session_id} {self.version} "
+            f"{self.nettype} {self.addrtype} {self.address}"
+        )
+
+
+@dataclass(slots=True)
+class Media:
+    kind: str
+    port: int
+    proto: str
+    formats: list[str]
+    connection: str | None = None  # the address of c=, if media-level
+    attributes: list[tuple[str, str | None]] = field(default_factory=list)
+    other: list[str] = field(default_factory=list)  # i=, b=, k= lines as read
+
+    def attribute(self, name: str) -> str | None:
+        for n, v in self.attributes:
+            if n == name:
+                return v if v is not None else ""
+        return None
+
+    def rtpmap(self) -> dict[int, tuple[str, int]]:
+        """Payload type → (encoding name upper-cased, clock rate); static types filled in."""
+        out: dict[int, tuple[str, int]] = {}
+        for fmt in self.formats:
+            if fmt.isdigit() and int(fmt) in STATIC_PT:
+                c = STATIC_PT[int(fmt)]
+                out[int(fmt)] = (c.name, c.clock_rate)
+        for n, v in self.attributes:
+            if n != "rtpmap" or v is None:
+                continue
+            pt_s, _, enc = v.partition(" ")
+            name, _, rest = enc.strip().partition("/")
+            clock_s = rest.partition("/")[0]
+            if pt_s.isdigit() and clock_s.isdigit() and pt_s in self.formats:
+                out[int(pt_s)] = (name.upper(), int(clock_s))
+        return out
+
+    def direction(self) -> str | None:
+        for n, _ in self.attributes:
+            if n in DIRECTIONS:
+                return n
+        return None
+
+
+@dataclass(slots=True)
+class SessionDescription:
+    origin: Origin
+    name: str = "-"
+    connection: str | None = None
+    attributes: list[tuple[str, str | None]] = field(default_factory=list)
+    media: list[Media] = field(default_factory=list)
+    timing: str = "0 0"
+
+    def direction(self) -> str | None:
+        for n, _ in self.attributes:
+            if n in DIRECTIONS:
+                return n
+        return None
+
+    def to_bytes(self) -> bytes:
+        o = self.origin
+        lines = ["v=0", f"o={o}", f"s={self.name}"]
+        if self.connection is not None:
+            lines.append(f"c=IN {_addrtype(self.connection)} {self.connection}")
+        lines.append(f"t={self.timing}")
+        lines.extend(_attr_lines(self.attributes))
+        for m in self.media:
+            lines.append(f"m={m.kind} {m.port} {m.proto} {' '.join(m.formats)}")
+            lines.extend(m.other)
+            if m.connection is not None:
+                lines.append(f"c=IN {_addrtype(m.connection)} {m.connection}")
+            lines.extend(_attr_lines(m.attributes))
+        return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def _addrtype(address: str) -> str:
+    return "IP6" if ":" in address else "IP4"
+
+
+def _attr_lines(attrs: list[tuple[str, str | None]]) -> list[str]:
+    return [f"a={n}" if v is None else f"a={n}:{v}" for n, v in attrs]
+
+
+def _connection(value: str) -> str:
+    parts = value.split()
+    if len(parts) != 3 or parts[0] != "IN" or parts[1] not in ("IP4", "IP6"):
+        raise SdpError(f"bad c= line {value!r}")
+    return parts[2].split("/")[0]  # multicast TTL/count not used
+
+
+def parse_sdp(data: bytes) -> SessionDescription:
+    """Parse an SDP body (RFC 4566 §5), strictly and bounded."""
+    if len(data) > MAX_SDP_BYTES:
+        raise SdpError("SDP too large")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SdpError("SDP is not UTF-8") from None
+    lines = [ln.rstrip("\r") for ln in text.split("\n") if ln.strip()]
+    if len(lines) > MAX_SDP_LINES:
+        raise SdpError("too many SDP lines")
+    if not lines or lines[0] != "v=0":
+        raise SdpError("SDP must start with v=0")
+    origin: Origin | None = None
+    sdp: SessionDescription | None = None
+    name = "-"
+    session_c: str | None = None
+    timing = "0 0"
+    session_attrs: list[tuple[str, str | None]] = []
+    media: list[Media] = []
+    for line in lines[1:]:
+        if len(line) < 2 or line[1] != "=":
+            raise SdpError(f"bad SDP line {line[:40]!r}")
+        kind, value = line[0], line[2:]
+        if kind == "o":
+            parts = value.split()
+            if len(parts) != 6 or not parts[2].isdigit():
+                raise SdpError(f"bad o= line {value!r}")
+            origin = Origin(parts[0], parts[1], int(parts[2]), parts[3], parts[4], parts[5])
+        elif kind == "m":
+            parts = value.split()
+            if len(parts) < 4:
+                raise SdpError(f"bad m= line {value!r}")
+            port_s = parts[1].split("/")[0]
+            if not port_s.isdigit() or int(port_s) > 65535:
+                raise SdpError(f"bad port in m= line {value!r}")
+            media.append(Media(parts[0], int(port_s), parts[2], parts[3:]))
+        elif kind == "c":
+            if media:
+                media[-1].connection = _connection(value)
+            else:
+                session_c = _connection(value)
+        elif kind == "a":
+            n, colon, v = value.partition(":")
+            attr = (n, v if colon else None)
+            (media[-1].attributes if media else session_attrs).append(attr)
+        elif kind == "s" and not media:
+            name = value or "-"
+        elif kind == "t" and not media:
+            timing = value
+        elif media:
+            media[-1].other.append(line)
+    if origin is None:
+        raise SdpError("SDP without o= line")
+    sdp = SessionDescription(origin, name, session_c, session_attrs, media, timing)
+    for m in media:
+        if m.kind == "audio" and m.port and m.connection is None and session_c is None:
+            raise SdpError("audio stream without a connection address")
+    return sdp
+
+
+# -- offer/answer ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Negotiated:
+    """The outcome for the media shell: where to send, what, which way."""
+
+    codec: Codec
+    payload_type: int
+    event_payload_type: int | None
+    remote_address: str
+    remote_port: int
+    direction: str  # ours, as in the answer
+    ptime: int | None
+    media_index: int
+
+    @property
+    def on_hold(self) -> bool:
+        """The peer will not listen to us (we must not send)."""
+        return self.direction in ("recvonly", "inactive")
+
+
+def _stream_direction(sdp: SessionDescription, m: Media) -> str:
+    direction = m.direction() or sdp.direction() or "sendrecv"
+    address = m.connection or sdp.connection or ""
+    if address in ("0.0.0.0", "::") and direction == "sendrecv":
+        direction = "sendonly"  # RFC 2543 hold: don't send to me
+    return direction
+
+
+def _pick(m: Media, config: MediaConfig) -> tuple[int, Codec, int | None]:
+    rtpmap = m.rtpmap()
+    allowed = [n.upper() for n in config.preferences if n.upper() in CODECS]
+    offered: list[tuple[int, Codec]] = []
+    for fmt in m.formats:
+        if not fmt.isdigit() or int(fmt) not in rtpmap:
+            continue
+        name, clock = rtpmap[int(fmt)]
+        codec = CODECS.get(name)
+        if codec is not None and name in allowed and clock == codec.clock_rate:
+            offered.append((int(fmt), codec))
+    if not offered:
+        raise NoCommonCodec("no common codec")
+    if config.order == "local":
+        offered.sort(key=lambda pc: allowed.index(pc[1].name))
+    pt, codec = offered[0]
+    event_pt = next(
+        (
+            p
+            for p in (int(f) for f in m.formats if f.isdigit())
+            if rtpmap.get(p) == ("TELEPHONE-EVENT", codec.clock_rate)
+        ),
+        None,
+    )
+    return pt, codec, event_pt
+
+
+def negotiate(offer: SessionDescription, config: MediaConfig) -> Negotiated:
+    """Choose what to answer to ``offer`` (raises :class:`NoCommonCodec`)."""
+    last_error: SdpError = NoCommonCodec("no audio stream")
+    for index, m in enumerate(offer.media):
+        if m.kind != "audio" or m.port == 0 or not m.proto.upper().startswith("RTP/AVP"):
+            continue
+        try:
+            pt, codec, event_pt = _pick(m, config)
+        except NoCommonCodec as exc:
+            last_error = exc
+            continue
+        ptime_s = m.attribute("ptime")
+        return Negotiated(
+            codec=codec,
+            payload_type=pt,
+            event_payload_type=event_pt,
+            remote_address=m.connection or offer.connection or "",
+            remote_port=m.port,
+            direction=MIRROR[_stream_direction(offer, m)],
+            ptime=int(ptime_s) if ptime_s and ptime_s.isdigit() else None,
+            media_index=index,
+        )
+    raise last_error
+
+
+def accept_answer(answer: SessionDescription, config: MediaConfig) -> Negotiated:
+    """Read the answer to OUR offer (delayed offer: the ACK's body)."""
+    # the same reading as an offer: the first codec of ours it lists, and the
+    # mirror of the direction it states is ours
+    return negotiate(answer, MediaConfig(config.address, config.preferences, "offer"))
+
+
+class LocalSession:
+    """Our side of one call's SDP: the o= line's id and version, and the port."""
+
+    def __init__(self, config: MediaConfig, port: int, session_id: str) -> None:
+        self.config = config
+        self.port = port
+        self.session_id = session_id
+        self.version = 0
+        self._last_media: list[Media] | None = None
+
+    def _describe(self, media: list[Media]) -> bytes:
+        if self._last_media is not None and media != self._last_media:
+            self.version += 1
+        self._last_media = media
+        address = self.config.address
+        origin = Origin("-", self.session_id, self.version, "IN", _addrtype(address), address)
+        sdp = SessionDescription(origin, "telephony-edge", address, [], media)
+        return sdp.to_bytes()
+
+    def _audio(self, formats: list[tuple[int, str, int]], direction: str) -> Media:
+        attrs: list[tuple[str, str | None]] = []
+        for pt, name, clock in formats:
+            attrs.append(("rtpmap", f"{pt} {name}/{clock}"))
+            if name == "telephone-event":
+                attrs.append(("fmtp", f"{pt} 0-16"))
+        attrs.append(("ptime", str(self.config.ptime)))
+        if self.config.rtcp_attribute:
+            attrs.append(("rtcp", str(self.port + 1)))
+        attrs.append((direction, None))
+        return Media("audio", self.port, "RTP/AVP", [str(f[0]) for f in formats], None, attrs)
+
+    def answer(self, offer: SessionDescription, chosen: Negotiated) -> bytes:
+        """Our answer: the chosen stream, every other offered stream refused (port 0)."""
+        media: list[Media] = []
+        for index, m in enumerate(offer.media):
+            if index != chosen.media_index:
+                media.append(Media(m.kind, 0, m.proto, m.formats[:1]))
+                continue
+            formats = [(chosen.payload_type, chosen.codec.name, chosen.codec.clock_rate)]
+            if chosen.event_payload_type is not None:
+                formats.append((chosen.event_payload_type, "telephone-event", 8000))
+            media.append(self._audio(formats, chosen.direction))
+        return self._describe(media)
+
+    def offer(self, direction: str = "sendrecv") -> bytes:
+        """Our own offer (delayed offer, re-INVITE without SDP): every preferred codec."""
+        formats = [
+            (CODECS[n].payload_type, n, CODECS[n].clock_rate)
+            for n in self.config.preferences
+            if n in CODECS
+        ]
+        formats.append((self.config.telephone_event_pt, "telephone-event", 8000))
+        return self._describe([self._audio(formats, direction)])

@@ -1,0 +1,829 @@
+"""The edge's SIP user agent (UAS), sans-I/O in the manner of h11.
+
+Theory of operation
+-------------------
+:class:`UserAgent` holds every transaction, dialog and call of one worker's
+SIP side. Its I/O shell (the asyncio transport of a later step) feeds it:
+
+* :meth:`UserAgent.receive` — one datagram (or one framed TCP message), the
+  address it came from, the transport and the current time;
+* :meth:`UserAgent.tick` — the current time, at or after
+  :meth:`UserAgent.next_deadline`;
+* the call-control verbs :meth:`ringing`, :meth:`answer`, :meth:`reject`,
+  :meth:`hangup`, :meth:`send_request` and :meth:`set_draining`.
+
+Each returns a list of :data:`Action`\\ s: :class:`Send` (bytes to an address
+on a transport) and the call events for the shell (:class:`StartCall`,
+:class:`CallConfirmed`, :class:`MediaUpdated`, :class:`InfoReceived`,
+:class:`NotifyReceived`, :class:`CallEnded`). There is no socket, no task
+and no clock inside; every timer is a deadline the shell learns from
+:meth:`next_deadline`.
+
+Rules
+-----
+* Nothing raises out of :meth:`receive` or :meth:`tick`. A malformed request
+  is answered 400 (505 for another SIP version, 416 for a strange URI
+  scheme) when :func:`~telephony_edge.sip.message.parse_message` says a
+  response can be built, and dropped otherwise; both are counted in
+  :class:`Stats`. An internal error is counted and the packet dropped: one
+  bad packet never disturbs another call.
+* Routing order for a request (§8.2, §17.2.3): the transaction it belongs to
+  (a retransmission goes to its transaction and nowhere else, so a duplicate
+  INVITE never makes a second call and a resent BYE gets the same 200);
+  CANCEL to the INVITE it names; ACK to its INVITE transaction (non-2xx) or to
+  the dialog (2xx); then method checks (501 unknown, 405 not allowed,
+  420 unknown ``Require``); then the dialog (To tag) or a new call.
+* A call is announced once (:class:`StartCall`) and ended once
+  (:class:`CallEnded`), whatever happens; after its end the verbs do nothing
+  (a late answer after CANCEL sends nothing).
+* Pending INVITEs are bounded: past ``max_pending_invites`` a new INVITE gets
+  503 (stateless, counted), and an INVITE the shell leaves unanswered for
+  ``invite_timeout`` gets 480 (Timer C's idea on the UAS side).
+* Responses go where §18.2.2 and RFC 3581 say: over TCP on the connection
+  (the source), over UDP to ``received``/``rport`` of the top Via.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import secrets
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from telephony_edge.sip.dialog import Address, Dialog, DialogState
+from telephony_edge.sip.message import (
+    DEFAULT_LIMITS,
+    Headers,
+    Limits,
+    ParseError,
+    Request,
+    Response,
+    Via,
+    build_response,
+    parse_message,
+    split_list,
+)
+from telephony_edge.sip.sdp import (
+    LocalSession,
+    MediaConfig,
+    Negotiated,
+    NoCommonCodec,
+    SdpError,
+    SessionDescription,
+    accept_answer,
+    negotiate,
+    parse_sdp,
+)
+from telephony_edge.sip.transaction import (
+    DEFAULT_TIMERS,
+    InviteServerTransaction,
+    Key,
+    NonInviteClientTransaction,
+    NonInviteServerTransaction,
+    Output,
+    PassUp,
+    State,
+    Terminated,
+    TimedOut,
+    Timers,
+    Transmit,
+    Uas2xxRetransmitter,
+    _Machine,
+    cancel_target,
+    client_key,
+    server_key,
+)
+
+KNOWN_METHODS = frozenset(
+    {
+        "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE", "NOTIFY",
+        "PRACK", "REFER", "REGISTER", "SUBSCRIBE", "MESSAGE", "PUBLISH",
+    }
+)  # fmt: skip
+IN_DIALOG_ONLY = frozenset({"BYE", "INFO", "UPDATE", "NOTIFY", "PRACK"})
+
+
+@dataclass(frozen=True, slots=True)
+class UaConfig:
+    host: str = "127.0.0.1"  # advertised in Via and Contact
+    port: int = 5060
+    user_agent: str = "telephony-edge"
+    media: MediaConfig = field(default_factory=MediaConfig)
+    timers: Timers = DEFAULT_TIMERS
+    limits: Limits = DEFAULT_LIMITS
+    max_pending_invites: int = 1000
+    invite_timeout: float = 180.0
+    allow: tuple[str, ...] = (
+        "INVITE",
+        "ACK",
+        "BYE",
+        "CANCEL",
+        "OPTIONS",
+        "INFO",
+        "UPDATE",
+        "NOTIFY",
+    )
+    supported: tuple[str, ...] = ("timer",)
+
+    @property
+    def sent_by(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+# -- actions -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    data: bytes
+    dest: Address
+    transport: str = "UDP"
+
+
+@dataclass(frozen=True, slots=True)
+class StartCall:
+    """A new call: the shell decides (who may call, which agent) and answers."""
+
+    call: str
+    request: Request
+    offer: SessionDescription | None
+    source: Address
+
+
+@dataclass(frozen=True, slots=True)
+class CallConfirmed:
+    """The ACK arrived: media may flow (``media`` is set once known)."""
+
+    call: str
+    media: Negotiated | None
+
+
+@dataclass(frozen=True, slots=True)
+class MediaUpdated:
+    """A new offer/answer (re-INVITE, UPDATE, delayed offer's ACK)."""
+
+    call: str
+    media: Negotiated
+
+
+@dataclass(frozen=True, slots=True)
+class InfoReceived:
+    call: str
+    content_type: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyReceived:
+    call: str
+    event: str
+    content_type: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnded:
+    """The call is over. ``reason``: remote_bye, local_bye, cancelled, rejected,
+    no_ack, timeout, bad_answer."""
+
+    call: str
+    reason: str
+    status: int | None = None
+
+
+Action = Send | StartCall | CallConfirmed | MediaUpdated | InfoReceived | NotifyReceived | CallEnded
+
+
+@dataclass(slots=True)
+class Stats:
+    received: int = 0
+    requests: int = 0
+    responses: int = 0
+    keepalives: int = 0
+    answered_400: int = 0
+    answered_505: int = 0
+    answered_416: int = 0
+    dropped: int = 0
+    overload_503: int = 0
+    retransmissions_absorbed: int = 0
+    internal_errors: int = 0
+    calls_started: int = 0
+
+
+class Phase(enum.Enum):
+    PENDING = "pending"  # INVITE received, no final answer yet
+    ANSWERED = "answered"  # 2xx sent, waiting for the ACK
+    CONFIRMED = "confirmed"
+    ENDED = "ended"
+
+
+@dataclass(slots=True)
+class Call:
+    ref: str
+    invite: Request
+    tx_key: Key
+    source: Address
+    transport: str
+    dialog: Dialog
+    offer: SessionDescription | None
+    phase: Phase = Phase.PENDING
+    media: Negotiated | None = None
+    local: LocalSession | None = None
+    awaiting_answer_in_ack: bool = False
+    retransmitter: Key | None = None
+    invite_deadline: float | None = None
+    hangup_reported: bool = False  # CallEnded given; the BYE waits for the ACK
+
+
+@dataclass(slots=True)
+class _Entry:
+    machine: _Machine
+    dest: Address
+    transport: str
+    call: str | None
+    kind: str  # "invite" | "server" | "client" | "2xx"
+
+
+def response_dest(via: Via, source: Address, transport: str) -> Address:
+    """§18.2.2 with RFC 3581: where a response to a request goes."""
+    if transport != "UDP":
+        return source  # the connection the request came on
+    host = via.params.get("received") or via.host.strip("[]")
+    rport = via.params.get("rport")
+    if rport is not None:
+        return (host, int(rport) if rport.isdigit() else source[1])
+    return (host, via.port or 5060)
+
+
+class UserAgent:
+    """See the module docstring."""
+
+    def __init__(
+        self, config: UaConfig | None = None, new_id: Callable[[], str] | None = None
+    ) -> None:
+        self.config = config or UaConfig()
+        self._new_id = new_id or (lambda: secrets.token_hex(8))
+        self.stats = Stats()
+        self.draining = False
+        self.last_error: str | None = None
+        self._machines: dict[Key, _Entry] = {}
+        self._calls: dict[str, Call] = {}
+        self._dialogs: dict[tuple[str, str, str], str] = {}
+        self._origins: dict[tuple[str, str, int], str] = {}  # (Call-ID, From tag, CSeq)
+        self._pending = 0
+        self._seq = itertools.count(1)
+
+    # -- inspection ---------------------------------------------------------------
+
+    @property
+    def pending_invites(self) -> int:
+        return self._pending
+
+    def calls(self) -> dict[str, Call]:
+        return dict(self._calls)
+
+    def next_deadline(self) -> float | None:
+        deadlines = [d for e in self._machines.values() if (d := e.machine.next_deadline())]
+        deadlines += [c.invite_deadline for c in self._calls.values() if c.invite_deadline]
+        return min(deadlines, default=None)
+
+    # -- input ------------------------------------------------------------------------
+
+    def receive(
+        self, data: bytes, source: Address, now: float, transport: str = "UDP"
+    ) -> list[Action]:
+        """One message from ``source``; never raises."""
+        self.stats.received += 1
+        try:
+            return self._receive(data, source, now, transport.upper())
+        except Exception:  # a bug must not take the worker's SIP side down
+            self._note_error()
+            self.stats.dropped += 1
+            return []
+
+    def tick(self, now: float) -> list[Action]:
+        """Fire every timer due at ``now``; never raises."""
+        actions: list[Action] = []
+        try:
+            for key, entry in list(self._machines.items()):
+                at = entry.machine.next_deadline()
+                if at is not None and at <= now:
+                    actions += self._outputs(key, entry, entry.machine.tick(now), now)
+            for call in list(self._calls.values()):
+                if call.invite_deadline is not None and call.invite_deadline <= now:
+                    call.invite_deadline = None
+                    actions += self._final(call, 480, now, "timeout")
+        except Exception:
+            self._note_error()
+        return actions
+
+    def _note_error(self) -> None:
+        """Count an internal error and keep its traceback for the shell to log."""
+        self.stats.internal_errors += 1
+        self.last_error = traceback.format_exc()
+
+    # -- call control (from the shell) ---------------------------------------------
+
+    def ringing(self, ref: str, now: float) -> list[Action]:
+        call = self._calls.get(ref)
+        if call is None or call.phase is not Phase.PENDING:
+            return []
+        return self._tx_respond(call.tx_key, self._response(call.invite, 180, call), now)
+
+    def answer(self, ref: str, rtp_port: int, now: float) -> list[Action]:
+        """200 with our SDP (the answer, or our offer for a delayed offer).
+        Does nothing once the call is over (a late answer after CANCEL)."""
+        call = self._calls.get(ref)
+        if call is None or call.phase is not Phase.PENDING:
+            return []
+        call.local = LocalSession(self.config.media, rtp_port, str(next(self._seq) + 1_000_000))
+        if call.offer is not None and call.media is not None:
+            body = call.local.answer(call.offer, call.media)
+        else:
+            body = call.local.offer()
+            call.awaiting_answer_in_ack = True
+        return self._send_2xx(call, call.invite, call.tx_key, body, now)
+
+    def reject(self, ref: str, code: int, now: float) -> list[Action]:
+        call = self._calls.get(ref)
+        if call is None or call.phase is not Phase.PENDING or not 300 <= code <= 699:
+            return []
+        return self._final(call, code, now, "rejected")
+
+    def hangup(self, ref: str, now: float) -> list[Action]:
+        """End the call from the edge: BYE when answered, 480 while pending."""
+        call = self._calls.get(ref)
+        if call is None or call.phase is Phase.ENDED or call.hangup_reported:
+            return []
+        if call.phase is Phase.PENDING:
+            return self._final(call, 480, now, "local_bye")
+        if call.phase is Phase.ANSWERED:
+            # §15: no BYE before the ACK (or the 2xx's give-up); the shell is done now
+            call.hangup_reported = True
+            return [CallEnded(call.ref, "local_bye")]
+        return self._bye(call, now, "local_bye")
+
+    def send_request(
+        self,
+        ref: str,
+        method: str,
+        now: float,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+    ) -> list[Action]:
+        """INFO, NOTIFY, UPDATE … inside the call's dialog."""
+        call = self._calls.get(ref)
+        if call is None or call.phase is not Phase.CONFIRMED or call.hangup_reported:
+            return []
+        return self._client(call, method, now, headers, body)
+
+    def set_draining(self, draining: bool) -> None:
+        self.draining = draining
+
+    # -- receiving --------------------------------------------------------------------
+
+    def _receive(self, data: bytes, source: Address, now: float, transport: str) -> list[Action]:
+        if not data.strip(b"\r\n"):
+            self.stats.keepalives += 1
+            return (
+                [Send(b"\r\n", source, transport)]
+                if data == b"\r\n\r\n" and transport != "UDP"
+                else []
+            )
+        try:
+            message = parse_message(data, self.config.limits)
+        except ParseError as err:
+            return self._malformed(err, source, transport)
+        if isinstance(message, Response):
+            self.stats.responses += 1
+            return self._on_response(message, now)
+        self.stats.requests += 1
+        return self._on_request(message, source, now, transport)
+
+    def _malformed(self, err: ParseError, source: Address, transport: str) -> list[Action]:
+        if err.request is None or err.status is None:
+            self.stats.dropped += 1
+            return []
+        req = err.request
+        status = err.status
+        counter = {400: "answered_400", 505: "answered_505", 416: "answered_416"}[status]
+        setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+        reason = "Bad Request" if status == 400 else None
+        extra = (
+            [("Warning", f'399 {self.config.host} "{_quote(err.reason)}"')] if status == 400 else []
+        )
+        response = build_response(req, status, reason, extra, to_tag=self._new_id())
+        try:
+            dest = response_dest(req.top_via(), source, transport)
+        except ValueError:
+            dest = source
+        return [Send(response.to_bytes(), dest, transport)]
+
+    def _on_request(
+        self, req: Request, source: Address, now: float, transport: str
+    ) -> list[Action]:
+        _stamp_via(req, source)
+        key = server_key(req)
+        entry = self._machines.get(key)
+        method = req.method
+
+        if method == "ACK":
+            machine = entry.machine if entry is not None else None
+            if (
+                entry is not None
+                and isinstance(machine, InviteServerTransaction)
+                and machine.state in (State.COMPLETED, State.CONFIRMED)
+            ):
+                return self._outputs(key, entry, machine.receive_ack(now), now)
+            return self._ack_2xx(req, now)
+
+        if entry is not None:  # a retransmission: its transaction answers, nothing else
+            self.stats.retransmissions_absorbed += 1
+            machine = entry.machine
+            if isinstance(machine, (InviteServerTransaction, NonInviteServerTransaction)):
+                return self._outputs(key, entry, machine.receive_request(now), now)
+            return []
+
+        dest = response_dest(req.top_via(), source, transport)
+        if method == "CANCEL":
+            return self._cancel(req, key, dest, transport, now)
+        if method not in KNOWN_METHODS:
+            return self._answer_tx(req, key, dest, transport, 501, now)
+        if method not in self.config.allow:
+            allow = [("Allow", ", ".join(self.config.allow))]
+            return self._answer_tx(req, key, dest, transport, 405, now, allow)
+        unsupported = [
+            r for r in req.headers.get_all("Require") if r.lower() not in self.config.supported
+        ]
+        if unsupported:
+            extra = [("Unsupported", ", ".join(unsupported))]
+            return self._answer_tx(req, key, dest, transport, 420, now, extra)
+
+        to_tag = req.to().tag
+        if to_tag is not None:
+            return self._in_dialog(req, key, dest, transport, source, now)
+        if method == "OPTIONS":
+            code = 503 if self.draining else 200
+            return self._answer_tx(req, key, dest, transport, code, now, self._capabilities())
+        if method == "INVITE":
+            return self._new_call(req, key, dest, transport, source, now)
+        return self._answer_tx(req, key, dest, transport, 481, now)
+
+    def _new_call(
+        self, req: Request, key: Key, dest: Address, transport: str, source: Address, now: float
+    ) -> list[Action]:
+        origin = (req.call_id(), req.from_().tag or "", req.cseq().seq)
+        if origin in self._origins:
+            # the same INVITE under another branch, or after its transaction ended
+            # (a very late retransmission): never a second call
+            self.stats.retransmissions_absorbed += 1
+            return []
+        if self.draining or self._pending >= self.config.max_pending_invites:
+            self.stats.overload_503 += 1
+            response = build_response(req, 503, None, [("Retry-After", "5")], to_tag=self._new_id())
+            return [Send(response.to_bytes(), dest, transport)]  # stateless: keeps no state
+        invite_tx = InviteServerTransaction(req, transport != "UDP", self.config.timers)
+        entry = _Entry(
+            invite_tx,
+            dest,
+            transport,
+            None,
+            "invite",
+        )
+        self._machines[key] = entry
+        actions = self._outputs(key, entry, invite_tx.respond(build_response(req, 100), now), now)
+
+        offer: SessionDescription | None = None
+        media: Negotiated | None = None
+        code = 0
+        if req.body:
+            ctype = (req.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            if ctype != "application/sdp":
+                code = 415
+            else:
+                try:
+                    offer = parse_sdp(req.body)
+                    media = negotiate(offer, self.config.media)
+                except NoCommonCodec:
+                    code = 488
+                except SdpError:
+                    code = 400
+        ref = self._new_id()
+        contact = f"<sip:{self.config.sent_by};transport={transport.lower()}>"
+        try:
+            dialog = Dialog.from_invite(req, ref, contact, next(self._seq))
+            dialog.validate()
+        except ValueError:  # a bad Contact or Record-Route: no dialog can be kept
+            response = build_response(req, 400, None, [], to_tag=ref)
+            return actions + self._tx_respond(key, response, now)
+        call = Call(ref, req, key, source, transport, dialog, offer, media=media)
+        if code:
+            headers = [("Accept", "application/sdp")] if code == 415 else []
+            response = self._response(req, code, call, headers)
+            return actions + self._tx_respond(key, response, now)
+        entry.call = ref
+        self._calls[ref] = call
+        self._dialogs[dialog.key] = ref
+        self._origins[origin] = ref
+        self._pending += 1
+        call.invite_deadline = now + self.config.invite_timeout
+        self.stats.calls_started += 1
+        return [*actions, StartCall(ref, req, offer, source)]
+
+    def _cancel(
+        self, req: Request, key: Key, dest: Address, transport: str, now: float
+    ) -> list[Action]:
+        target = self._machines.get(cancel_target(req))
+        if target is None or not isinstance(target.machine, InviteServerTransaction):
+            return self._answer_tx(req, key, dest, transport, 481, now)
+        # §9.2: 200 to the CANCEL whatever the INVITE's state; 487 only while pending
+        actions = self._answer_tx(req, key, dest, transport, 200, now)
+        call = self._calls.get(target.call) if target.call is not None else None
+        if call is not None and call.phase is Phase.PENDING:
+            actions += self._final(call, 487, now, "cancelled")
+        return actions
+
+    def _in_dialog(
+        self, req: Request, key: Key, dest: Address, transport: str, source: Address, now: float
+    ) -> list[Action]:
+        ref = self._dialogs.get((req.call_id(), req.to().tag or "", req.from_().tag or ""))
+        call = self._calls.get(ref) if ref is not None else None
+        if call is None or call.phase is Phase.ENDED:
+            return self._answer_tx(req, key, dest, transport, 481, now)
+        dialog = call.dialog
+        if not dialog.accept_cseq(req.cseq().seq):
+            return self._answer_tx(req, key, dest, transport, 500, now)
+        method = req.method
+        if method == "BYE":
+            actions = self._answer_tx(req, key, dest, transport, 200, now)
+            if call.phase is Phase.PENDING:  # §15.1.2: the INVITE gets 487
+                actions += self._tx_respond(
+                    call.tx_key, self._response(call.invite, 487, call), now
+                )
+            return actions + self._end(call, "remote_bye")
+        if method in ("INFO", "NOTIFY"):
+            actions = self._answer_tx(req, key, dest, transport, 200, now)
+            ctype = req.headers.get("Content-Type") or ""
+            if method == "INFO":
+                return [*actions, InfoReceived(ref or "", ctype, req.body)]
+            event = req.headers.get("Event") or ""
+            return [*actions, NotifyReceived(ref or "", event, ctype, req.body)]
+        if method == "OPTIONS":
+            return self._answer_tx(req, key, dest, transport, 200, now, self._capabilities())
+        if method in ("INVITE", "UPDATE"):
+            return self._reoffer(call, req, key, dest, transport, now)
+        return self._answer_tx(req, key, dest, transport, 405, now)
+
+    def _reoffer(
+        self, call: Call, req: Request, key: Key, dest: Address, transport: str, now: float
+    ) -> list[Action]:
+        """re-INVITE / UPDATE: answer the NEW offer, or make ours when there is none."""
+        reliable = transport != "UDP"
+        if req.method == "INVITE":
+            machine: _Machine = InviteServerTransaction(req, reliable, self.config.timers)
+        else:
+            machine = NonInviteServerTransaction(req, reliable, self.config.timers)
+        self._machines[key] = _Entry(
+            machine, dest, transport, call.ref, "invite" if req.method == "INVITE" else "server"
+        )
+        if (
+            call.phase is not Phase.CONFIRMED
+            or call.local is None
+            or (req.method == "INVITE" and call.retransmitter is not None)
+        ):
+            return self._tx_respond(key, self._response(req, 491, call), now)
+        call.dialog.refresh_target(req)
+        updates: list[Action] = []
+        if req.body:
+            try:
+                offer = parse_sdp(req.body)
+                media = negotiate(offer, self.config.media)
+            except NoCommonCodec:
+                return self._tx_respond(key, self._response(req, 488, call), now)
+            except SdpError:
+                return self._tx_respond(key, self._response(req, 400, call), now)
+            body = call.local.answer(offer, media)
+            if media != call.media:
+                call.media = media
+                updates.append(MediaUpdated(call.ref, media))
+        elif req.method == "UPDATE":
+            return self._tx_respond(key, self._response(req, 200, call), now)
+        else:
+            direction = call.media.direction if call.media is not None else "sendrecv"
+            body = call.local.offer("sendrecv" if direction == "recvonly" else direction)
+            if req.method == "INVITE":
+                call.awaiting_answer_in_ack = True
+        if req.method == "UPDATE":
+            return (
+                self._tx_respond(
+                    key, self._response(req, 200, call, self._sdp_headers(), body), now
+                )
+                + updates
+            )
+        return self._send_2xx(call, req, key, body, now) + updates
+
+    def _ack_2xx(self, req: Request, now: float) -> list[Action]:
+        ref = self._dialogs.get((req.call_id(), req.to().tag or "", req.from_().tag or ""))
+        call = self._calls.get(ref) if ref is not None else None
+        if call is None or call.retransmitter is None:
+            return []  # a stray or late ACK: absorbed
+        entry = self._machines.get(call.retransmitter)
+        retx = entry.machine if entry is not None else None
+        if not isinstance(retx, Uas2xxRetransmitter) or req.cseq().seq != retx.cseq:
+            return []
+        self._machines.pop(call.retransmitter, None)
+        call.retransmitter = None
+        retx.receive_ack(now)
+        if call.hangup_reported:  # the edge hung up while the 2xx awaited this ACK
+            return self._bye(call, now, "local_bye")
+        actions: list[Action] = []
+        if call.awaiting_answer_in_ack:
+            call.awaiting_answer_in_ack = False
+            try:
+                call.media = accept_answer(parse_sdp(req.body), self.config.media)
+            except SdpError:
+                return self._bye(call, now, "bad_answer")
+            if call.phase is Phase.CONFIRMED:
+                actions.append(MediaUpdated(call.ref, call.media))
+        if call.phase is Phase.ANSWERED:
+            call.phase = Phase.CONFIRMED
+            call.dialog.state = DialogState.CONFIRMED
+            actions.append(CallConfirmed(call.ref, call.media))
+        return actions
+
+    def _on_response(self, response: Response, now: float) -> list[Action]:
+        via = response.top_via()
+        key = client_key(via.branch or "", response.cseq().method)
+        entry = self._machines.get(key)
+        if entry is None or not isinstance(entry.machine, NonInviteClientTransaction):
+            self.stats.dropped += 1
+            return []  # a response to nothing of ours (or a stray 2xx retransmission)
+        return self._outputs(key, entry, entry.machine.receive_response(response, now), now)
+
+    # -- sending -------------------------------------------------------------------------
+
+    def _capabilities(self) -> list[tuple[str, str]]:
+        return [
+            ("Allow", ", ".join(self.config.allow)),
+            ("Accept", "application/sdp, application/dtmf-relay, application/dtmf"),
+            ("Supported", ", ".join(self.config.supported)),
+        ]
+
+    def _sdp_headers(self) -> list[tuple[str, str]]:
+        return [("Content-Type", "application/sdp")]
+
+    def _response(
+        self,
+        req: Request,
+        code: int,
+        call: Call | None,
+        extra: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+    ) -> Response:
+        headers = list(extra or [])
+        if call is not None and 100 < code < 300 and req.method in ("INVITE", "UPDATE"):
+            headers.insert(0, ("Contact", call.dialog.local_contact))
+            if code < 300 and code >= 200:
+                headers += self._capabilities()
+        headers.append(("Server", self.config.user_agent))
+        tag = call.ref if call is not None else self._new_id()
+        return build_response(req, code, None, headers, body, to_tag=tag)
+
+    def _tx_respond(self, key: Key, response: Response, now: float) -> list[Action]:
+        entry = self._machines.get(key)
+        if entry is None:
+            return []
+        machine = entry.machine
+        assert isinstance(machine, (InviteServerTransaction, NonInviteServerTransaction))
+        return self._outputs(key, entry, machine.respond(response, now), now)
+
+    def _answer_tx(
+        self,
+        req: Request,
+        key: Key,
+        dest: Address,
+        transport: str,
+        code: int,
+        now: float,
+        extra: list[tuple[str, str]] | None = None,
+    ) -> list[Action]:
+        """Answer a request at once through a new non-INVITE server transaction (so
+        that a resent request gets the same answer until Timer J)."""
+        machine = NonInviteServerTransaction(req, transport != "UDP", self.config.timers)
+        entry = _Entry(machine, dest, transport, None, "server")
+        self._machines[key] = entry
+        headers = list(extra or [])
+        headers.append(("Server", self.config.user_agent))
+        response = build_response(req, code, None, headers, to_tag=self._new_id())
+        return self._outputs(key, entry, machine.respond(response, now), now)
+
+    def _send_2xx(
+        self, call: Call, req: Request, key: Key, body: bytes, now: float
+    ) -> list[Action]:
+        response = self._response(req, 200, call, self._sdp_headers(), body)
+        actions = self._tx_respond(key, response, now)
+        retx = Uas2xxRetransmitter(response, self.config.timers)
+        retx_key: Key = ("2xx", call.ref, str(retx.cseq))
+        entry = _Entry(retx, self._machines[key].dest, call.transport, call.ref, "2xx")
+        retx.start(now)  # its first send is the transaction's
+        self._machines[retx_key] = entry
+        call.retransmitter = retx_key
+        if call.phase is Phase.PENDING:
+            self._pending -= 1
+            call.invite_deadline = None
+            call.phase = Phase.ANSWERED
+        return actions
+
+    def _final(self, call: Call, code: int, now: float, reason: str) -> list[Action]:
+        """A non-2xx final answer to the call's INVITE, and the call's end."""
+        actions = self._tx_respond(call.tx_key, self._response(call.invite, code, call), now)
+        return actions + self._end(call, reason, code)
+
+    def _bye(self, call: Call, now: float, reason: str) -> list[Action]:
+        actions = self._client(call, "BYE", now)
+        return actions + self._end(call, reason)
+
+    def _client(
+        self,
+        call: Call,
+        method: str,
+        now: float,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+    ) -> list[Action]:
+        branch = self._new_id()
+        req = call.dialog.build_request(
+            method,
+            branch,
+            self.config.sent_by,
+            [*(headers or []), ("User-Agent", self.config.user_agent)],
+            body,
+        )
+        machine = NonInviteClientTransaction(req, call.transport != "UDP", self.config.timers)
+        key = client_key(req.top_via().branch or "", method)
+        try:
+            dest = call.dialog.destination()
+        except ValueError:
+            dest = call.source
+        entry = _Entry(machine, dest, call.transport, call.ref, "client")
+        self._machines[key] = entry
+        return self._outputs(key, entry, machine.start(now), now)
+
+    def _end(self, call: Call, reason: str, status: int | None = None) -> list[Action]:
+        if call.phase is Phase.ENDED:
+            return []
+        if call.phase is Phase.PENDING:
+            self._pending -= 1
+        call.phase = Phase.ENDED
+        call.invite_deadline = None
+        call.dialog.state = DialogState.TERMINATED
+        if call.retransmitter is not None:
+            self._machines.pop(call.retransmitter, None)
+            call.retransmitter = None
+        self._calls.pop(call.ref, None)
+        self._dialogs.pop(call.dialog.key, None)
+        origin = (call.dialog.call_id, call.dialog.remote_tag, call.invite.cseq().seq)
+        self._origins.pop(origin, None)
+        return [] if call.hangup_reported else [CallEnded(call.ref, reason, status)]
+
+    def _outputs(self, key: Key, entry: _Entry, outputs: list[Output], now: float) -> list[Action]:
+        actions: list[Action] = []
+        for out in outputs:
+            if isinstance(out, Transmit):
+                actions.append(Send(out.data, entry.dest, entry.transport))
+            elif isinstance(out, TimedOut):
+                if entry.kind == "2xx" and entry.call is not None:
+                    call = self._calls.get(entry.call)
+                    if call is not None:
+                        call.retransmitter = None
+                        actions += self._bye(call, now, "no_ack")
+            elif isinstance(out, PassUp):
+                pass  # responses to our BYE/INFO/NOTIFY: nothing more to do yet
+            elif isinstance(out, Terminated):
+                self._machines.pop(key, None)
+        return actions
+
+
+def _quote(text: str) -> str:
+    return text.replace("\\", "").replace('"', "'")[:100]
+
+
+def _stamp_via(req: Request, source: Address) -> None:
+    """§18.2.1 and RFC 3581: ``received`` (and ``rport``) on the top Via."""
+    items = req.headers.items()
+    for i, (name, value) in enumerate(items):
+        if name != "Via":
+            continue
+        values = split_list(value)
+        via = Via.parse(values[0])
+        if via.host.strip("[]") != source[0] or "rport" in via.params:
+            via.params["received"] = source[0]
+        if "rport" in via.params:
+            via.params["rport"] = str(source[1])
+        values[0] = str(via)
+        items[i] = (name, ", ".join(values))
+        req.headers = Headers(items)
+        return
