@@ -127,8 +127,15 @@ class CallHooks(Protocol):
     async def release(self, record: CallRecord) -> None:
         """Give back the agent slot and the ownership of the call."""
 
-    async def finished(self, record: CallRecord, conversation: Conversation) -> None:
-        """Count the outcome and queue the end-of-call webhook."""
+    async def finished(
+        self, record: CallRecord, conversation: Conversation, *, written: bool = True
+    ) -> None:
+        """Count the outcome and queue the end-of-call webhook.
+
+        ``written``: the final record write succeeded. When it did not, the
+        call was ended elsewhere first (nothing to report here), or the
+        coordinator was away (the service reports it once it is back).
+        """
 
 
 class CallBridge:
@@ -330,8 +337,9 @@ class CallBridge:
         for action in self._teardown_actions:
             try:
                 await self._undo(action)
-            except Exception:  # the next resource is released all the same
-                log.exception("teardown step %s failed", type(action).__name__)
+            except Exception as exc:  # the next resource is released all the same
+                # (a network or the coordinator away, mostly: said without a traceback)
+                log.warning("teardown step %s failed: %r", type(action).__name__, exc)
         self._feed(m.TeardownDone())
 
     async def _undo(self, action: m.Action) -> None:
@@ -349,9 +357,8 @@ class CallBridge:
             self.record.advance(action.state)
             await self._hooks.write_state(self.record, action.previous)
             self._owns_end = True
-        elif isinstance(action, m.QueueWebhook) and self._owns_end:
-            # (otherwise another worker ended the call first and reports it)
-            await self._hooks.finished(self.record, self.conversation)
+        elif isinstance(action, m.QueueWebhook):
+            await self._hooks.finished(self.record, self.conversation, written=self._owns_end)
 
     async def _stop_tasks(self) -> None:
         self._pacer.unsubscribe(self)

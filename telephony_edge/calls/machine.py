@@ -263,6 +263,10 @@ Action = (
     | QueueWebhook
 )
 
+#: The states the owner's final write may find the record in: created too, because the
+#: owner's end wins over a record whose move to connecting was cut short.
+ENDED_FROM = (CallState.CREATED, CallState.CONNECTING, CallState.ACTIVE)
+
 #: What every path into ``ending`` emits, in this order (hang-up only while the
 #: caller is still on the network). The shell carries out each one even when
 #: an earlier one fails.
@@ -272,8 +276,7 @@ TEARDOWN: tuple[Action, ...] = (
     CloseAgent(),
     CloseLeg(),
     ReleaseSlot(),
-    # created too: the owner's end wins over a record whose move to connecting was cut short
-    WriteState(CallState.ENDED, (CallState.CREATED, CallState.CONNECTING, CallState.ACTIVE)),
+    WriteState(CallState.ENDED, ENDED_FROM),
     QueueWebhook(),
 )
 #: A call that ended elsewhere first: only this worker's resources are let go.

@@ -25,6 +25,7 @@ from telephony_edge.agent.pool import AgentCorePool, PoolChoice
 from telephony_edge.calls import admission, webhooks
 from telephony_edge.calls.bridge import BridgeLimits, CallBridge, CallOver, Conversation
 from telephony_edge.calls.leg import Leg, NotSupported
+from telephony_edge.calls.machine import ENDED_FROM
 from telephony_edge.calls.manager import CallManager
 from telephony_edge.calls.pacing import Pacer
 from telephony_edge.calls.record import CallRecord, CallState, CallStatus, new_id
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 5.0
 #: heartbeat retry while the coordinator is down, so recovery is noticed within a second
 HEARTBEAT_RETRY_S = 1.0
+MAX_DEFERRED_ENDS = 10_000  # calls ended during an outage, kept until it is over
 #: what a coordinator raises that is an answer, not an outage
 _ANSWERS = (Conflict, LookupError, ValueError, CoordinatorUnavailable)
 SUPERVISOR_MAX_BACKOFF_S = 30.0
@@ -174,6 +176,8 @@ class CallService:
         )
         self._rates = webhooks.CostRates(**settings.costs.model_dump())
         self.health = CoordinatorHealth()
+        #: calls whose end met a coordinator outage: (record, conversation) until written
+        self._deferred_ends: dict[str, tuple[CallRecord, Conversation]] = {}
         self.pool = AgentCorePool.from_regions(
             {name: region.agent_core_urls for name, region in settings.regions.items()},
             max_failures=core.max_failures,
@@ -424,7 +428,7 @@ class CallService:
         data = record.to_dict()
         changes = {name: data[name] for name in OWNER_FIELDS}
         try:
-            async with self._coordinated("write_state"):
+            async with self._defer_if_away(record), self._coordinated("write_state"):
                 doc = await self.coordinator.update_call(
                     record.call_id,
                     changes,
@@ -445,7 +449,14 @@ class CallService:
         """Give the agent slot back; the lease goes with the final write (``write_state``)."""
         await self.coordinator.release_agent_slot(record.agent_id, record.call_id)
 
-    async def finished(self, record: CallRecord, conversation: Conversation) -> None:
+    async def finished(
+        self, record: CallRecord, conversation: Conversation, *, written: bool = True
+    ) -> None:
+        if not written:
+            deferred = self._deferred_ends.get(record.call_id)
+            if deferred is not None:  # the coordinator was away: reported once it is back
+                self._deferred_ends[record.call_id] = (deferred[0], conversation)
+            return  # else another worker (or a status callback) ended the call first
         status = record.call_status or CallStatus.ERROR
         metrics.CALLS_TOTAL.labels(provider=record.provider, status=str(status)).inc()
         agent_config = record.agent_config or self.settings.agents[record.agent_id].model_dump(
@@ -467,6 +478,52 @@ class CallService:
             await webhooks.enqueue_session_webhook(self.coordinator, spec, payload)
         except ValueError as exc:
             log.error("session webhook not queued: %s", exc, extra={"call_id": record.call_id})
+
+    @contextlib.asynccontextmanager
+    async def _defer_if_away(self, record: CallRecord) -> AsyncIterator[None]:
+        """A final write that meets an outage: keep the end here, to write and report later."""
+        try:
+            yield
+        except CoordinatorUnavailable:
+            if record.state is CallState.ENDED:
+                self._defer_end(record)
+            raise
+
+    def _defer_end(self, record: CallRecord) -> None:
+        if record.call_id in self._deferred_ends:
+            return
+        if len(self._deferred_ends) >= MAX_DEFERRED_ENDS:
+            oldest = next(iter(self._deferred_ends))
+            del self._deferred_ends[oldest]
+            log.error(
+                "too many ends waiting for the coordinator; dropped", extra={"call_id": oldest}
+            )
+        self._deferred_ends[record.call_id] = (record, Conversation())
+        log.warning(
+            "call ended while the coordinator is away; it is recorded once it is back",
+            extra={"call_id": record.call_id},
+        )
+
+    async def flush_deferred_ends(self) -> int:
+        """Write and report the ends that met an outage; return how many were done.
+
+        A record that another worker ended meanwhile (its reaper) or that the
+        store lost is dropped: that end was reported, or cannot be.
+        """
+        done = 0
+        for call_id, (record, conversation) in list(self._deferred_ends.items()):
+            try:
+                await self.write_state(record, ENDED_FROM)
+            except CoordinatorUnavailable:
+                return done  # still away: the next heartbeat tries again
+            except (Conflict, LookupError) as exc:
+                log.warning("deferred end dropped: %s", exc, extra={"call_id": call_id})
+                self._deferred_ends.pop(call_id, None)
+                continue
+            self._deferred_ends.pop(call_id, None)
+            await self.finished(record, conversation)
+            done += 1
+        return done
 
     async def _keep_session(
         self, record: CallRecord, conversation: Conversation, agent_config: dict[str, Any]
@@ -842,6 +899,8 @@ class CallService:
         ended = 0
         for doc in live:
             record = CallRecord.from_dict(doc.data)
+            if record.call_id in self._deferred_ends:
+                continue  # ours, ended during an outage: flush_deferred_ends writes it
             if owners.get(record.call_id) is None and await self._end_stored(
                 record, CallStatus.ERROR, WORKER_LOST, lost=True
             ):
@@ -904,6 +963,7 @@ class CallService:
                 continue
             self.health.ok()
             try:
+                await self.flush_deferred_ends()
                 await self.renew_leases()
             except Exception as exc:  # the coordinator is away: the next beat tries again
                 log.warning("leases not renewed: %s", exc)
