@@ -30,7 +30,6 @@ from telephony_edge.twilio.simulator import (
     SimulatedCall,
     StreamInstruction,
     encode_payloads,
-    parse_twiml,
 )
 from tests.conftest import ServeProcess, free_port
 from tests.twilio.fake_twilio import FakeTwilio
@@ -42,6 +41,8 @@ from tests.twilio.harness import (
     LOCAL_NUMBER,
     OUTBOUND_NUMBER,
     WEBHOOK_SECRET,
+    answered,
+    serve_call,
 )
 
 FAKE_TWILIO_PORT = free_port()
@@ -129,24 +130,6 @@ async def test_voice_webhook_bad_bodies_get_403_or_400(
 # -- 2, 3. the Media Streams opening -------------------------------------------------
 
 
-def twilio_call(edge: ServeProcess, session: aiohttp.ClientSession, **kw: Any) -> SimulatedCall:
-    return SimulatedCall(
-        session,
-        edge.base_url,
-        to=LOCAL_NUMBER,
-        auth_token=AUTH_TOKEN,
-        account_sid=ACCOUNT_SID,
-        **kw,
-    )
-
-
-async def answered(call: SimulatedCall) -> StreamInstruction:
-    """Post the signed voice webhook; the stream the TwiML asks for."""
-    stream = parse_twiml(await call.post_webhook()).stream
-    assert stream is not None
-    return stream
-
-
 def start_message(call: SimulatedCall, parameters: dict[str, str], **fields: Any) -> dict[str, Any]:
     """Twilio's ``start`` for ``call``, with ``fields`` of ``start`` replaced."""
     start = {
@@ -197,7 +180,7 @@ async def admitted(call: SimulatedCall, stream: StreamInstruction) -> None:
 async def test_an_ill_typed_start_is_closed_and_changes_nothing(
     edge: ServeProcess, session: aiohttp.ClientSession, fields: dict[str, Any], code: int
 ) -> None:
-    call = twilio_call(edge, session)
+    call = serve_call(edge.base_url, session)
     stream = await answered(call)
     before = bad_input(edge, "twilio-stream")
     message = start_message(call, stream.parameters, **fields)
@@ -211,7 +194,7 @@ async def test_an_ill_typed_start_is_closed_and_changes_nothing(
 async def test_an_ill_typed_start_sequence_number_is_1008(
     edge: ServeProcess, session: aiohttp.ClientSession, seq: Any
 ) -> None:
-    call = twilio_call(edge, session)
+    call = serve_call(edge.base_url, session)
     stream = await answered(call)
     message = start_message(call, stream.parameters) | {"sequenceNumber": seq}
     before = bad_input(edge, "twilio-stream")
@@ -224,10 +207,10 @@ async def test_an_ill_typed_start_sequence_number_is_1008(
 async def test_a_token_with_another_calls_sid_does_not_consume_it(
     edge: ServeProcess, session: aiohttp.ClientSession
 ) -> None:
-    call = twilio_call(edge, session)
+    call = serve_call(edge.base_url, session)
     stream = await answered(call)
     before = bad_input(edge, "twilio-stream")
-    impostor = twilio_call(edge, session)  # another CallSid
+    impostor = serve_call(edge.base_url, session)  # another CallSid
     message = start_message(impostor, stream.parameters)
     assert await close_code(session, stream.url, message) == 1008
     for token in ("²³.AAAA", "1" * 13 + ".AAAA", "ÿÿ.ÿ"):
@@ -244,7 +227,7 @@ async def test_a_token_with_another_calls_sid_does_not_consume_it(
 async def test_absurd_sequence_numbers_are_malformed_and_gaps_are_bounded(
     edge: ServeProcess, session: aiohttp.ClientSession
 ) -> None:
-    call = twilio_call(edge, session)
+    call = serve_call(edge.base_url, session)
     await call.open_stream(await answered(call))
     gaps, malformed = (
         edge.metric("telephony_edge_twilio_sequence_gaps_total"),
@@ -449,7 +432,7 @@ async def test_pending_websockets_are_capped_before_upgrading(
     assert bad_input(limited_edge, "pending-websockets") == before + 1
     # an admitted stream frees its slot: a genuine call still gets in once one leaves
     await pending.pop().close()
-    call = twilio_call(limited_edge, session)
+    call = serve_call(limited_edge.base_url, session)
     stream = await answered(call)
     await call.open_stream(stream)
     await call.stream_until_quiet(until=lambda r: r.frames_received > 0, max_s=5)
@@ -503,8 +486,8 @@ async def outbound_call(
     """A whole outbound call with ``agent_config`` as its per-call override, Twilio played by us."""
     call_id = await start_outbound(edge, session, agent_config)
     placed = list(fake_twilio.calls.values())[-1]
-    call = twilio_call(
-        edge,
+    call = serve_call(
+        edge.base_url,
         session,
         call_sid=placed.sid,
         voice_path=f"/twilio/voice?call_id={call_id}",

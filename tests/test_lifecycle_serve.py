@@ -34,7 +34,7 @@ from aiohttp.test_utils import TestServer
 from telephony_edge.calls.webhooks import SIGNATURE_HEADER as EDGE_SIGNATURE
 from telephony_edge.calls.webhooks import verify_signature
 from telephony_edge.twilio.signature import SIGNATURE_HEADER, compute_signature
-from telephony_edge.twilio.simulator import SimulatedCall, StreamInstruction, parse_twiml
+from telephony_edge.twilio.simulator import SimulatedCall
 from tests.conftest import (
     ServeProcess,
     free_port,
@@ -51,6 +51,8 @@ from tests.twilio.harness import (
     LOCAL_NUMBER,
     OUTBOUND_NUMBER,
     WEBHOOK_SECRET,
+    answered,
+    serve_call,
 )
 
 FAKE_TWILIO_PORT = free_port()
@@ -204,24 +206,6 @@ async def fixture_session() -> AsyncIterator[aiohttp.ClientSession]:
 # -- Twilio, played by the test ---------------------------------------------------------
 
 
-def twilio_call(edge: ServeProcess, session: aiohttp.ClientSession, **kw: Any) -> SimulatedCall:
-    return SimulatedCall(
-        session,
-        edge.base_url,
-        to=LOCAL_NUMBER,
-        auth_token=AUTH_TOKEN,
-        account_sid=ACCOUNT_SID,
-        **kw,
-    )
-
-
-async def answered(call: SimulatedCall) -> StreamInstruction:
-    """POST the signed voice webhook; the stream its TwiML asks for."""
-    stream = parse_twiml(await call.post_webhook()).stream
-    assert stream is not None
-    return stream
-
-
 async def live_call(
     edge: ServeProcess, outside: Outside, session: aiohttp.ClientSession
 ) -> tuple[SimulatedCall, str, asyncio.Task[None]]:
@@ -230,7 +214,7 @@ async def live_call(
     Returns once the demo agent's greeting arrives; the task keeps sending
     (silence) until the stream is closed or the task cancelled.
     """
-    call = twilio_call(edge, session)
+    call = serve_call(edge.base_url, session)
     outside.fake.add_call(call.call_sid, to=LOCAL_NUMBER, from_=CALLER)
     stream = await answered(call)
     await call.open_stream(stream)
@@ -438,7 +422,7 @@ async def test_status_callback_during_api_hangup_teardown_keeps_api_ended(
 async def test_a_call_whose_stream_never_connects_ends_error_once(
     edge: ServeProcess, outside: Outside, session: aiohttp.ClientSession
 ) -> None:
-    call = twilio_call(edge, session)
+    call = serve_call(edge.base_url, session)
     stream = await answered(call)
     call_id = stream.parameters["call_id"]
     started = time.monotonic()
@@ -459,7 +443,7 @@ async def test_a_call_whose_stream_never_connects_ends_error_once(
 async def test_caller_hanging_up_while_ringing_ends_the_call_at_once(
     edge: ServeProcess, outside: Outside, session: aiohttp.ClientSession
 ) -> None:
-    call = twilio_call(edge, session)
+    call = serve_call(edge.base_url, session)
     call_id = (await answered(call)).parameters["call_id"]
     # an inbound number's status callback: the CallSid, no call_id in the URL
     fields = status_fields(call.call_sid, "completed")
@@ -483,7 +467,7 @@ async def test_caller_hanging_up_while_ringing_ends_the_call_at_once(
 async def test_a_retried_voice_webhook_streams_to_the_same_single_call(
     edge: ServeProcess, outside: Outside, session: aiohttp.ClientSession
 ) -> None:
-    call = twilio_call(edge, session)
+    call = serve_call(edge.base_url, session)
     first = await answered(call)
     second = await answered(call)  # same CallSid: Twilio retried
     call_id = first.parameters["call_id"]
@@ -510,7 +494,7 @@ async def test_an_oversized_message_closes_the_stream_with_1009_cleanly(
 ) -> None:
     huge = '{"event":"media","media":{"payload":"' + "A" * (1 << 20) + '"}}'
     for _ in range(10):
-        call = twilio_call(edge, session)
+        call = serve_call(edge.base_url, session)
         await call.open_stream(await answered(call))
         await call.send_raw(huge)
         assert await call.wait_closed(5)
@@ -532,7 +516,7 @@ async def test_stream_status_callback_error_ends_a_waiting_call(
         )
 
     before = errors_counted()
-    call = twilio_call(edge, session)
+    call = serve_call(edge.base_url, session)
     twiml = await call.post_webhook()
     [element] = ElementTree.fromstring(twiml).iter("Stream")
     call_id = call.result.answer.stream.parameters["call_id"]  # type: ignore[union-attr]

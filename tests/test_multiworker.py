@@ -27,8 +27,8 @@ from telephony_edge.coord.redis import RedisCoordinator
 from telephony_edge.twilio.simulator import SimulatedCall, StreamInstruction
 from tests import test_lifecycle_serve as lifecycle
 from tests.conftest import ServeProcess, start_serve_process, stop_serve_process, wait_for
-from tests.test_lifecycle_serve import AUTH, Outside, answered, get_call, twilio_call
-from tests.twilio.harness import CALLER, LOCAL_NUMBER
+from tests.test_lifecycle_serve import AUTH, Outside, get_call
+from tests.twilio.harness import CALLER, LOCAL_NUMBER, answered, serve_call
 
 outside = lifecycle.outside  # the module-scoped Twilio REST stand-in and webhook receiver
 
@@ -93,7 +93,7 @@ async def call_streaming_on(
     expect_audio: bool = True,
 ) -> tuple[SimulatedCall, str, asyncio.Task[None]]:
     """A Twilio call whose voice webhook reaches one worker and whose stream reaches another."""
-    call = twilio_call(webhook_on, session)
+    call = serve_call(webhook_on.base_url, session)
     outside.fake.add_call(call.call_sid, to=LOCAL_NUMBER, from_=CALLER)
     stream = await answered(call)
     await call.open_stream(on(stream_on, stream))

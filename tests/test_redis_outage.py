@@ -30,7 +30,7 @@ from telephony_edge.agent import messages
 from telephony_edge.twilio.simulator import SimulatedCall, parse_twiml
 from tests.conftest import ServeProcess, free_port, stop_serve_process, wait_for
 from tests.coord.redis_servers import RedisProcess, redis_server, sentinel_topology
-from tests.twilio.harness import ACCOUNT_SID, API_KEY, AUTH_TOKEN, LOCAL_NUMBER
+from tests.twilio.harness import ACCOUNT_SID, API_KEY, AUTH_TOKEN, LOCAL_NUMBER, serve_call
 
 #: 20 ms of a 440 Hz tone, PCM16 16 kHz: loud enough to count as agent audio
 TONE = b"".join(
@@ -106,17 +106,11 @@ def readyz(edge: ServeProcess) -> int:
         return exc.code
 
 
-def new_call(edge: ServeProcess, session: aiohttp.ClientSession) -> SimulatedCall:
-    return SimulatedCall(
-        session, edge.base_url, to=LOCAL_NUMBER, auth_token=AUTH_TOKEN, account_sid=ACCOUNT_SID
-    )
-
-
 async def live_call(
     edge: ServeProcess, session: aiohttp.ClientSession
 ) -> tuple[SimulatedCall, asyncio.Task[None]]:
     """A call streaming (silence) at real time, once agent audio arrives."""
-    call = new_call(edge, session)
+    call = serve_call(edge.base_url, session)
     answer = parse_twiml(await call.post_webhook())
     assert answer.stream is not None, answer
     await call.open_stream(answer.stream)
@@ -139,7 +133,7 @@ async def hang_up(call: SimulatedCall, caller: asyncio.Task[None]) -> None:
 
 
 async def refused_while_down(edge: ServeProcess, session: aiohttp.ClientSession) -> None:
-    answer = parse_twiml(await new_call(edge, session).post_webhook())
+    answer = parse_twiml(await serve_call(edge.base_url, session).post_webhook())
     assert answer.stream is None and answer.hangup and answer.say, answer
     assert readyz(edge) == 503
 

@@ -24,7 +24,7 @@ from telephony_edge.audio.transcode import G711Encoder
 from telephony_edge.config import Settings, load_settings
 from telephony_edge.services import SERVICES, Services
 from telephony_edge.twilio.context import TWILIO, TwilioContext
-from telephony_edge.twilio.simulator import SimulatedCall
+from telephony_edge.twilio.simulator import SimulatedCall, StreamInstruction, parse_twiml
 from tests.conftest import free_port
 from tests.twilio.fake_twilio import FakeTwilio
 
@@ -212,3 +212,16 @@ async def fixture_twilio_edge(make_twilio_edge: Callable[..., Any]) -> TwilioEdg
 async def fixture_session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
         yield s
+
+
+def serve_call(base_url: str, session: aiohttp.ClientSession, **kw: Any) -> SimulatedCall:
+    """A call as Twilio places it toward the edge at ``base_url``: the tests' account and number."""
+    kw.setdefault("to", LOCAL_NUMBER)
+    return SimulatedCall(session, base_url, auth_token=AUTH_TOKEN, account_sid=ACCOUNT_SID, **kw)
+
+
+async def answered(call: SimulatedCall) -> StreamInstruction:
+    """POST the signed voice webhook; the stream its TwiML asks for."""
+    stream = parse_twiml(await call.post_webhook()).stream
+    assert stream is not None
+    return stream
