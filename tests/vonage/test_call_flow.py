@@ -7,9 +7,9 @@ import audioop
 import aiohttp
 
 from telephony_edge.calls.record import CallState, CallStatus
-from telephony_edge.vonage.simulator import split_frames
+from telephony_edge.vonage.simulator import simulate_call, split_frames
 from tests.conftest import read_wav, wait_for
-from tests.vonage.harness import CALLER, LOCAL_NUMBER, VonageEdge
+from tests.vonage.harness import CALLER, LOCAL_NUMBER, SECRET, VonageEdge
 
 
 def voiced_seconds(pcm: bytes) -> float:
@@ -63,3 +63,26 @@ async def test_call_greeting_echo_barge_in_dtmf_and_caller_hangup(
     assert payload["voip"]["provider"] == "vonage"
     assert payload["voip"]["provider_call_id"] == call.uuid
     assert payload["voip"]["from"] == CALLER and payload["voip"]["to"] == LOCAL_NUMBER
+
+
+async def test_simulate_call_lets_the_greeting_finish_then_hears_the_echo(
+    vonage_edge: VonageEdge, session: aiohttp.ClientSession
+) -> None:
+    """What ``simulate vonage`` does: the greeting, then the caller speaks, then the echo."""
+    speech = read_wav("speech_order.wav")
+    result = await simulate_call(
+        vonage_edge.base,
+        to=LOCAL_NUMBER,
+        from_=CALLER,
+        audio=speech,
+        signature_secret=SECRET,
+        session=session,
+        quiet_s=0.5,
+    )
+    summary = result.summary()
+    assert result.outcome == "connected" and result.clears == 0, summary
+    assert result.overflow_frames == 0 and result.odd_frames == 0, summary
+    assert voiced_seconds(result.heard_pcm) > 1.4 + voiced_seconds(speech) * 0.7, summary
+    assert result.events_posted == [("answered", 204), ("completed", 204)]
+    [payload] = await vonage_edge.crm.wait(1)
+    assert payload["call_status"] == "user-ended"
