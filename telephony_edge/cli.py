@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     from telephony_edge.twilio.simulator import add_simulate_cli
 
     add_simulate_cli(sub)
+    from telephony_edge.vonage.simulator import add_vonage_simulate_cli
+
+    add_vonage_simulate_cli(sub)
     return parser
 
 

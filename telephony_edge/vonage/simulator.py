@@ -1,0 +1,643 @@
+"""A stand-in for Vonage toward a running edge: try the edge without a Vonage account.
+
+:class:`SimulatedVonageCall` does what Vonage does for one inbound call: it
+signs the answer webhook (a JWT, HS256 with the signature secret, with the
+body's ``payload_hash``) and POSTs (or GETs) it, follows the NCCO's
+``connect`` to the ``websocket`` endpoint, sends ``websocket:connected``
+with the content type and the NCCO's headers, streams the caller's audio as
+binary L16 16 kHz 640-byte frames at real time, and plays what the edge
+sends back on a model of Vonage's bounded playout buffer (``clear`` drops
+what has not played and is acknowledged with ``websocket:cleared``; audio
+beyond the buffer's bound is dropped and counted, as Vonage would). Hanging
+up closes the socket, then the event webhook reports ``completed``.
+
+CLI: ``telephony-edge simulate vonage --url BASE --to NUMBER --wav IN.wav --out REPLY.wav``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import audioop
+import contextlib
+import os
+import time
+import uuid as uuid_mod
+import wave
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from telephony_edge.errors import UserError
+from telephony_edge.twilio.simulator import EdgeNotReady, wait_until_ready
+from telephony_edge.vonage.signature import sign
+
+RATE = 16000
+FRAME_BYTES = 640  # 20 ms of L16 at 16 kHz
+FRAME_S = 0.02
+SILENCE = b"\x00" * FRAME_BYTES
+CONTENT_TYPE = "audio/l16;rate=16000"
+PLAYOUT_DELAY_S = 0.04  # a talkspurt starts playing this late
+BUFFER_LIMIT_S = 0.2  # Vonage's buffer is bounded: audio further ahead is dropped
+DEFAULT_FROM = "+15555550100"
+EXIT_USAGE = 2
+
+__all__ = ["EdgeNotReady", "SimulatedVonageCall", "VonageResult", "simulate_call"]
+
+
+@dataclass(frozen=True, slots=True)
+class WebsocketInstruction:
+    """The ``connect`` action's ``websocket`` endpoint."""
+
+    uri: str
+    content_type: str
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class NccoAnswer:
+    """What the simulator understood of the NCCO (the parts the edge uses)."""
+
+    websocket: WebsocketInstruction | None
+    talk: tuple[str, ...]
+
+
+def parse_ncco(actions: object) -> NccoAnswer:
+    """Read the actions the edge answers with; raise ValueError for anything not an NCCO."""
+    if not isinstance(actions, list) or not all(isinstance(a, dict) for a in actions):
+        raise ValueError("an NCCO is a JSON array of actions")
+    websocket = None
+    talk: list[str] = []
+    for action in actions:
+        if action.get("action") == "talk":
+            talk.append(str(action.get("text", "")))
+        elif action.get("action") == "connect" and websocket is None:
+            for endpoint in action.get("endpoint", []):
+                if endpoint.get("type") == "websocket":
+                    headers = endpoint.get("headers") or {}
+                    websocket = WebsocketInstruction(
+                        uri=str(endpoint.get("uri", "")),
+                        content_type=str(endpoint.get("content-type", "")),
+                        headers={str(k): str(v) for k, v in headers.items()},
+                    )
+                    break
+    return NccoAnswer(websocket=websocket, talk=tuple(talk))
+
+
+def load_wav_l16(path: str | Path) -> bytes:
+    """A WAV file of any rate, width and channel count as 16 kHz mono PCM16."""
+    with wave.open(str(path)) as wav:
+        rate, channels, width = wav.getframerate(), wav.getnchannels(), wav.getsampwidth()
+        data = wav.readframes(wav.getnframes())
+    if width != 2:
+        data = audioop.lin2lin(data, width, 2)
+    if channels == 2:
+        data = audioop.tomono(data, 2, 0.5, 0.5)
+    elif channels != 1:
+        raise ValueError(f"{path}: {channels} channels; mono or stereo only")
+    if rate != RATE:
+        data = audioop.ratecv(data, 2, 1, rate, RATE, None)[0]
+    return bytes(data)
+
+
+def write_wav_l16(path: str | Path, pcm: bytes) -> None:
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(RATE)
+        wav.writeframes(pcm)
+
+
+def split_frames(pcm: bytes) -> list[bytes]:
+    """640-byte frames, the last one padded with silence."""
+    frames = [pcm[i : i + FRAME_BYTES] for i in range(0, len(pcm), FRAME_BYTES)]
+    if frames and len(frames[-1]) < FRAME_BYTES:
+        frames[-1] += SILENCE[: FRAME_BYTES - len(frames[-1])]
+    return frames
+
+
+@dataclass(slots=True)
+class VonageResult:
+    """What happened on one simulated call."""
+
+    uuid: str
+    outcome: str = "pending"  # connected | answered-without-websocket | refused | failed
+    answer: NccoAnswer | None = None
+    http_status: int = 0
+    close_code: int | None = None
+    webhook_s: float | None = None
+    first_audio_s: float | None = None  # websocket:connected sent → first agent audio
+    frames_sent: int = 0
+    frames_received: int = 0
+    odd_frames: int = 0  # binary messages from the edge that were not 640 bytes
+    frames_played: int = 0
+    overflow_frames: int = 0  # beyond the bounded buffer: dropped, as Vonage would
+    max_buffered_s: float = 0.0
+    clears: int = 0
+    clear_times: list[float] = field(default_factory=list)
+    other_text: list[str] = field(default_factory=list)
+    edge_closed: bool = False
+    events_posted: list[tuple[str, int]] = field(default_factory=list)
+    duration_s: float = 0.0
+    heard_pcm: bytes = b""
+    error: str = ""
+
+    def summary(self) -> str:
+        def ms(value: float | None) -> str:
+            return "-" if value is None else f"{value * 1000:.0f} ms"
+
+        lines = [
+            f"call {self.uuid}: {self.outcome}"
+            + (f" ({self.error})" if self.error else "")
+            + (f" close {self.close_code}" if self.close_code else ""),
+            f"  answer webhook in {ms(self.webhook_s)}; first agent audio {ms(self.first_audio_s)}",
+            f"  frames sent {self.frames_sent}, received {self.frames_received} "
+            f"(played {self.frames_played}, over the buffer {self.overflow_frames}, "
+            f"not 640 bytes {self.odd_frames}), clears {self.clears}",
+            f"  duration {self.duration_s:.1f} s"
+            + (", the edge ended the call" if self.edge_closed else ""),
+        ]
+        if self.clears:
+            lines.append(
+                f"  barge-in: the edge cleared the agent's audio {self.clears} time(s) "
+                f"(Vonage clear, first at {self.clear_times[0]:.1f} s)"
+            )
+        if self.answer is not None and self.answer.talk:
+            lines.append(f"  said: {' / '.join(self.answer.talk)}")
+        return "\n".join(lines)
+
+
+class _Playout:
+    """Vonage's playout buffer for one call: real time, bounded, cleared on request."""
+
+    __slots__ = ("chunks", "end", "overflow", "peak", "t0")
+
+    def __init__(self, t0: float) -> None:
+        self.t0 = t0
+        self.end = t0
+        self.chunks: list[tuple[float, bytes]] = []
+        self.overflow = 0
+        self.peak = 0.0
+
+    def push(self, now: float, pcm: bytes) -> None:
+        if self.end < now:
+            self.end = now + PLAYOUT_DELAY_S
+        ahead = self.end - now
+        if ahead > BUFFER_LIMIT_S + PLAYOUT_DELAY_S:
+            self.overflow += 1
+            return
+        self.peak = max(self.peak, ahead)
+        self.chunks.append((self.end, pcm))
+        self.end += len(pcm) / (2 * RATE)
+
+    def clear(self, now: float) -> None:
+        self.chunks = [c for c in self.chunks if c[0] < now]
+        self.end = now
+
+    def render(self) -> bytes:
+        out = bytearray()
+        for start, pcm in self.chunks:
+            pos = round((start - self.t0) * RATE) * 2
+            if pos > len(out):
+                out += b"\x00" * (pos - len(out))
+            out[pos : pos + len(pcm)] = pcm
+        return bytes(out)
+
+
+class SimulatedVonageCall:
+    """One inbound call as Vonage places it toward the edge at ``base_url``."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        *,
+        to: str,
+        from_: str = DEFAULT_FROM,
+        signature_secret: str = "",
+        answer_path: str = "/vonage/answer",
+        event_path: str = "/vonage/event",
+        method: Literal["GET", "POST"] = "POST",
+        uuid: str | None = None,
+    ) -> None:
+        self.session = session
+        self.base_url = base_url.rstrip("/")
+        self.answer_path = answer_path
+        self.event_path = event_path
+        self.method = method
+        self.to = to.removeprefix("+")  # Vonage sends numbers without the +
+        self.from_ = from_.removeprefix("+")
+        self.secret = signature_secret
+        self.uuid = uuid or str(uuid_mod.uuid4())
+        self.conversation_uuid = "CON-" + str(uuid_mod.uuid4())
+        self.result = VonageResult(uuid=self.uuid)
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self._loop = asyncio.get_event_loop()
+        self._t_start = 0.0
+        self._last_rx = 0.0
+        self._playout: _Playout | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
+
+    # -- webhooks ----------------------------------------------------------
+
+    def answer_fields(self) -> dict[str, str]:
+        return {
+            "to": self.to,
+            "from": self.from_,
+            "uuid": self.uuid,
+            "conversation_uuid": self.conversation_uuid,
+            "region_url": "https://api-us-3.vonage.com",
+        }
+
+    def _auth(self, body: bytes, token: str | None, sign_it: bool) -> dict[str, str]:
+        if token is not None:
+            return {"Authorization": f"Bearer {token}"}
+        if not sign_it:
+            return {}
+        return {"Authorization": f"Bearer {sign(self.secret, body)}"}
+
+    async def post_answer(self, *, sign_it: bool = True, token: str | None = None) -> Any:
+        """Ask for the NCCO; return it parsed (raises RuntimeError on non-200)."""
+        fields = self.answer_fields()
+        url = self.base_url + self.answer_path
+        t0 = self._loop.time()
+        if self.method == "GET":
+            headers = self._auth(b"", token, sign_it)
+            request = self.session.get(url, params=fields, headers=headers)
+        else:
+            body = orjson.dumps(fields)
+            headers = self._auth(body, token, sign_it)
+            headers["Content-Type"] = "application/json"
+            request = self.session.post(url, data=body, headers=headers)
+        async with request as resp:
+            self.result.http_status = resp.status
+            text = await resp.text()
+            if resp.status != 200:
+                raise RuntimeError(f"answer webhook answered {resp.status}: {text[:200].strip()}")
+        self.result.webhook_s = self._loop.time() - t0
+        actions = orjson.loads(text)
+        self.result.answer = parse_ncco(actions)
+        return actions
+
+    async def post_event(self, status: str, **extra: str) -> int:
+        """A signed event webhook (``completed`` when the caller hangs up); its HTTP status."""
+        fields = {
+            "status": status,
+            "uuid": self.uuid,
+            "conversation_uuid": self.conversation_uuid,
+            "direction": "inbound",
+            "from": self.from_,
+            "to": self.to,
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+            **extra,
+        }
+        body = orjson.dumps(fields)
+        headers = self._auth(body, None, True)
+        headers["Content-Type"] = "application/json"
+        async with self.session.post(
+            self.base_url + self.event_path, data=body, headers=headers
+        ) as resp:
+            await resp.read()
+            self.result.events_posted.append((status, resp.status))
+            return resp.status
+
+    # -- the socket ----------------------------------------------------------
+
+    async def open_socket(
+        self,
+        instruction: WebsocketInstruction,
+        *,
+        headers: dict[str, str] | None = None,
+        content_type: str | None = None,
+        first_message: str | bytes | None = None,
+    ) -> None:
+        """Connect and send ``websocket:connected`` (or ``first_message``, for tests)."""
+        self.ws = await self.session.ws_connect(instruction.uri, autoping=True)
+        if first_message is None:
+            connected: dict[str, Any] = {
+                "event": "websocket:connected",
+                "content-type": content_type or instruction.content_type,
+            }
+            connected.update(instruction.headers if headers is None else headers)
+            await self.ws.send_str(orjson.dumps(connected).decode())
+        elif isinstance(first_message, bytes):
+            await self.ws.send_bytes(first_message)
+        else:
+            await self.ws.send_str(first_message)
+        self._t_start = self._last_rx = self._loop.time()
+        self._playout = _Playout(self._t_start)
+        self._reader = asyncio.create_task(self._read(), name=f"vonage-sim-{self.uuid}")
+
+    async def send_audio(self, frame: bytes) -> bool:
+        ws = self.ws
+        if ws is None or ws.closed:
+            return False
+        try:
+            await ws.send_bytes(frame)
+        except (ConnectionError, RuntimeError):
+            return False
+        self.result.frames_sent += 1
+        return True
+
+    async def send_raw(self, data: str | bytes) -> None:
+        assert self.ws is not None
+        if isinstance(data, bytes):
+            await self.ws.send_bytes(data)
+        else:
+            await self.ws.send_str(data)
+
+    async def send_dtmf(self, digit: str) -> None:
+        await self.send_raw(
+            orjson.dumps({"event": "websocket:dtmf", "digit": digit, "duration": 260}).decode()
+        )
+
+    async def stream_audio(
+        self,
+        frames: Sequence[bytes],
+        *,
+        silence_after_s: float = 0.0,
+        dtmf: Sequence[tuple[float, str]] = (),
+    ) -> None:
+        """Send ``frames`` then silence at real time; ``dtmf``: (seconds from now, digit)."""
+        loop = self._loop
+        start = loop.time()
+        pending = sorted(dtmf)
+        total = len(frames) + round(silence_after_s / FRAME_S)
+        for i in range(total):
+            while pending and loop.time() - start >= pending[0][0]:
+                await self.send_dtmf(pending.pop(0)[1])
+            if not await self.send_audio(frames[i] if i < len(frames) else SILENCE):
+                return
+            delay = start + (i + 1) * FRAME_S - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        for _, digit in pending:
+            await self.send_dtmf(digit)
+
+    async def silence_until(self, done: Callable[[float], bool], max_s: float) -> None:
+        """Send silence at real time until ``done(seconds elapsed)``, ``max_s`` or the end."""
+        loop = self._loop
+        start = loop.time()
+        i = 0
+        while not self._closed.is_set():
+            elapsed = loop.time() - start
+            if elapsed >= max_s or done(elapsed):
+                return
+            if not await self.send_audio(SILENCE):
+                return
+            i += 1
+            delay = start + i * FRAME_S - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+    def quiet_s(self) -> float:
+        """How long the agent has been silent for the caller (nothing received or playing)."""
+        end = self._playout.end if self._playout is not None else 0.0
+        return self._loop.time() - max(self._last_rx, end)
+
+    async def wait_for_greeting(self, *, quiet_s: float = 0.6, max_s: float = 30.0) -> None:
+        """Listen (sending silence) until the agent's greeting has played."""
+
+        def greeted(elapsed: float) -> bool:
+            if self.result.frames_received == 0:
+                return elapsed >= 5.0
+            return self.quiet_s() >= quiet_s
+
+        await self.silence_until(greeted, max_s)
+
+    async def hang_up(self, *, event: bool = True) -> None:
+        """The caller hangs up: Vonage closes the socket, then reports ``completed``."""
+        if self.ws is not None and not self.ws.closed:
+            await self.ws.close()
+        await self.finish()
+        if event:
+            await self.post_event("completed", duration=str(round(self.result.duration_s)))
+
+    async def wait_closed(self, within_s: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closed.wait(), within_s)
+        return self._closed.is_set()
+
+    async def finish(self) -> VonageResult:
+        """Wait for the reader, settle the figures; idempotent."""
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                if self.ws is None or not self.ws.closed:
+                    self._reader.cancel()
+                await self._reader
+            self._reader = None
+        result = self.result
+        if self._playout is not None:
+            result.heard_pcm = self._playout.render()
+            result.frames_played = len(self._playout.chunks)
+            result.overflow_frames = self._playout.overflow
+            result.max_buffered_s = self._playout.peak
+            result.duration_s = self._loop.time() - self._t_start
+        if self.ws is not None:
+            result.close_code = self.ws.close_code
+        return result
+
+    async def _read(self) -> None:
+        ws = self.ws
+        assert ws is not None and self._playout is not None
+        playout = self._playout
+        result = self.result
+        try:
+            async for msg in ws:
+                now = self._loop.time()
+                if msg.type is aiohttp.WSMsgType.BINARY:
+                    if result.first_audio_s is None:
+                        result.first_audio_s = now - self._t_start
+                    result.frames_received += 1
+                    if len(msg.data) != FRAME_BYTES:
+                        result.odd_frames += 1
+                    self._last_rx = now
+                    playout.push(now, msg.data)
+                elif msg.type is aiohttp.WSMsgType.TEXT:
+                    data = orjson.loads(msg.data)
+                    if isinstance(data, dict) and data.get("action") == "clear":
+                        result.clears += 1
+                        result.clear_times.append(now - self._t_start)
+                        playout.clear(now)
+                        await ws.send_str('{"event":"websocket:cleared"}')
+                    else:
+                        result.other_text.append(str(msg.data)[:200])
+        finally:
+            if ws.closed and ws.close_code is not None:
+                result.edge_closed = True
+            result.close_code = ws.close_code
+            self._closed.set()
+
+
+async def simulate_call(
+    base_url: str,
+    *,
+    to: str,
+    audio: bytes,
+    from_: str = DEFAULT_FROM,
+    signature_secret: str = "",
+    session: aiohttp.ClientSession | None = None,
+    speak_after: float | Literal["greeting"] = "greeting",
+    dtmf: Sequence[tuple[float, str]] = (),
+    quiet_s: float = 1.5,
+    max_tail_s: float = 20.0,
+) -> VonageResult:
+    """Place one whole simulated call (``audio``: 16 kHz PCM16) and return what happened."""
+    own = session is None
+    if session is None:
+        session = aiohttp.ClientSession()
+    call = SimulatedVonageCall(
+        session, base_url, to=to, from_=from_, signature_secret=signature_secret
+    )
+    try:
+        try:
+            await call.post_answer()
+        except (RuntimeError, aiohttp.ClientError, ValueError) as exc:
+            call.result.outcome = "failed"
+            call.result.error = str(exc)
+            return call.result
+        answer = call.result.answer
+        if answer is None or answer.websocket is None:
+            call.result.outcome = "answered-without-websocket"
+            return call.result
+        await call.post_event("answered")
+        try:
+            await call.open_socket(answer.websocket)
+        except (aiohttp.ClientError, OSError) as exc:
+            call.result.outcome = "failed"
+            call.result.error = f"websocket connect failed: {exc!r}"
+            return call.result
+        call.result.outcome = "connected"
+        if speak_after == "greeting":
+            await call.wait_for_greeting()
+        elif speak_after > 0:
+            await call.stream_audio((), silence_after_s=speak_after)
+        await call.stream_audio(split_frames(audio), silence_after_s=0.2, dtmf=dtmf)
+        await call.silence_until(
+            lambda elapsed: elapsed >= 1.0 and call.quiet_s() >= quiet_s, max_tail_s
+        )
+        await call.hang_up()
+        if call.result.close_code not in (None, 1000) and call.result.frames_received == 0:
+            call.result.outcome = "refused"
+        return call.result
+    finally:
+        if own:
+            await session.close()
+
+
+# -- command line ------------------------------------------------------------
+
+
+def add_vonage_simulate_cli(subparsers: Any) -> None:
+    """Add ``simulate vonage`` beside ``simulate twilio`` (which creates ``simulate``)."""
+    simulate = subparsers.choices["simulate"]
+    networks = next(a for a in simulate._actions if isinstance(a, argparse._SubParsersAction))
+    p = networks.add_parser("vonage", help="place a call as Vonage would (NCCO + audio WebSocket)")
+    p.add_argument("--url", required=True, help="the edge's base URL, e.g. http://127.0.0.1:8080")
+    p.add_argument("--to", required=True, help="the dialled number (one of the edge's numbers)")
+    p.add_argument("--from", dest="from_", default=DEFAULT_FROM, help="the caller's number")
+    p.add_argument("--wav", required=True, help="what the caller says (any WAV; sent at 16 kHz)")
+    p.add_argument("--out", required=True, help="where to write what the caller heard (WAV)")
+    p.add_argument(
+        "--signature-secret",
+        default=os.environ.get("TELEPHONY_EDGE_VONAGE__SIGNATURE_SECRET", ""),
+        help="the edge's vonage.signature_secret "
+        "(default: $TELEPHONY_EDGE_VONAGE__SIGNATURE_SECRET)",
+    )
+    p.add_argument(
+        "--speak-after",
+        type=_speak_after,
+        default="greeting",
+        metavar="greeting|SECONDS",
+        help="when the caller starts talking: after the greeting (default) or that many seconds in",
+    )
+    p.add_argument(
+        "--dtmf",
+        action="append",
+        type=_dtmf,
+        default=[],
+        metavar="DIGIT@SECONDS",
+        help="press a key that many seconds after the caller starts talking (repeatable)",
+    )
+    p.add_argument("--tail", type=float, default=20.0, help="max seconds to wait for the reply")
+    p.add_argument(
+        "--wait-ready", type=float, default=15.0, metavar="SECONDS", help="wait for /readyz"
+    )
+    p.set_defaults(func=_cmd_simulate_vonage)
+
+
+def _speak_after(text: str) -> float | Literal["greeting"]:
+    if text == "greeting":
+        return "greeting"
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 600:
+        raise argparse.ArgumentTypeError(f"{text!r}: 'greeting' or seconds (0-600)")
+    return seconds
+
+
+def _dtmf(item: str) -> tuple[float, str]:
+    digit, _, at = item.partition("@")
+    try:
+        seconds = float(at or 0)
+    except ValueError:
+        seconds = -1.0
+    if len(digit) != 1 or digit not in "0123456789*#ABCD" or seconds < 0:
+        raise argparse.ArgumentTypeError(f"{item!r}: DIGIT@SECONDS, e.g. 5@3.5")
+    return seconds, digit
+
+
+def check_inputs(url: str, wav: str, out: str, secret: str) -> bytes:
+    """Check the command's inputs before the call; return the caller audio (16 kHz PCM16)."""
+    if URL(url).scheme not in ("http", "https") or not URL(url).host:
+        raise UserError(f"--url {url}: not an http:// or https:// URL", EXIT_USAGE)
+    if not secret:
+        raise UserError(
+            "--signature-secret: required (the edge's vonage.signature_secret)", EXIT_USAGE
+        )
+    try:
+        audio = load_wav_l16(wav)
+    except FileNotFoundError:
+        raise UserError(f"--wav {wav}: no such file", EXIT_USAGE) from None
+    except (OSError, wave.Error, EOFError, ValueError) as exc:
+        raise UserError(f"--wav {wav}: cannot read it ({exc})", EXIT_USAGE) from None
+    folder = Path(out).parent
+    if Path(out).is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise UserError(f"--out {out}: not a writable file path", EXIT_USAGE)
+    return audio
+
+
+def _cmd_simulate_vonage(args: argparse.Namespace) -> int:
+    audio = check_inputs(args.url, args.wav, args.out, args.signature_secret)
+    t0 = time.monotonic()
+    result = asyncio.run(_simulate_when_ready(args, audio))
+    write_wav_l16(args.out, result.heard_pcm)
+    print(result.summary())
+    heard_s = len(result.heard_pcm) / (2 * RATE)
+    print(f"  wrote {args.out} ({heard_s:.1f} s heard) in {time.monotonic() - t0:.1f} s")
+    return 0 if result.outcome in ("connected", "answered-without-websocket") else 1
+
+
+async def _simulate_when_ready(args: argparse.Namespace, audio: bytes) -> VonageResult:
+    async with aiohttp.ClientSession() as session:
+        if args.wait_ready > 0:
+            await wait_until_ready(session, args.url, within_s=args.wait_ready)
+        return await simulate_call(
+            args.url,
+            to=args.to,
+            from_=args.from_,
+            audio=audio,
+            signature_secret=args.signature_secret,
+            session=session,
+            speak_after=args.speak_after,
+            dtmf=args.dtmf,
+            max_tail_s=args.tail,
+        )

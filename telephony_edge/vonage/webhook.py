@@ -1,0 +1,211 @@
+"""Vonage's HTTP webhooks: the answer webhook (an NCCO) and the event webhook.
+
+Both are signed (a JWT with the application's signature secret; see
+``signature``) and answer 401 to anything else. The answer webhook decides
+where a call goes: an outbound call placed by the edge names its
+``call_id`` in the URL; an inbound one is routed by the dialled number
+(``to``) to an agent on this edge, to the edge of the region the number is
+homed in, or to a ``talk`` saying the number is not served. It never waits
+on the agent core: the prefetch webhook and the agent link run once the
+audio WebSocket is here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import Counter
+
+from telephony_edge.calls.record import CallRecord, CallState
+from telephony_edge.calls.service import CallRejected, WorkerFull
+from telephony_edge.config import normalize_e164
+from telephony_edge.coord.health import CoordinatorUnavailable
+from telephony_edge.services import SERVICES, Services
+from telephony_edge.vonage import ncco
+from telephony_edge.vonage.context import (
+    CALL_ID_HEADER,
+    CALL_ID_PARAM,
+    FROM_HEADER,
+    TO_HEADER,
+    TOKEN_HEADER,
+    UUID_HEADER,
+    VONAGE,
+    VonageContext,
+    handoff_subject,
+    pending_key,
+    provider_call_key,
+)
+from telephony_edge.vonage.signature import verified_body
+
+log = logging.getLogger(__name__)
+
+WEBHOOKS = Counter(
+    "telephony_edge_vonage_webhooks_total",
+    "Vonage answer/event webhooks by kind and outcome",
+    ["kind", "outcome"],
+)
+#: Vonage's call statuses (event webhook); the final ones are in the provider's final_statuses
+KNOWN_STATUSES = frozenset(
+    {"started", "ringing", "answered", "completed", "busy", "timeout", "failed"}
+    | {"rejected", "unanswered", "cancelled", "machine", "human", "disconnected"}
+)
+MAX_FIELD_CHARS = 256
+
+
+def _outcome(kind: str, outcome: str) -> None:
+    WEBHOOKS.labels(kind=kind, outcome=outcome).inc()
+
+
+def _ncco(actions: list[dict[str, Any]]) -> web.Response:
+    return web.Response(body=orjson.dumps(actions), content_type="application/json")
+
+
+def caller_number(raw: str) -> str:
+    """``from`` as E.164 when it is a number (Vonage leaves out the ``+``); as sent otherwise."""
+    candidate = raw if raw.startswith("+") or not raw.isdigit() else "+" + raw
+    try:
+        return normalize_e164(candidate)
+    except ValueError:
+        return raw
+
+
+async def _signed_fields(ctx: VonageContext, request: web.Request, kind: str) -> dict[str, str]:
+    """The webhook's fields (query, then a JSON body) once the signature checks out."""
+    try:
+        body = await verified_body(
+            request,
+            ctx.secret,
+            enabled=ctx.vonage.validate_signatures,
+            max_age_s=ctx.vonage.max_webhook_age_s,
+        )
+    except web.HTTPUnauthorized:
+        _outcome(kind, "unauthorized")
+        raise
+    fields = {k: v[:MAX_FIELD_CHARS] for k, v in request.query.items() if k != CALL_ID_PARAM}
+    if body:
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            _outcome(kind, "bad_request")
+            raise web.HTTPBadRequest(text="the body is not JSON\n") from None
+        if not isinstance(data, dict):
+            _outcome(kind, "bad_request")
+            raise web.HTTPBadRequest(text="the body is not a JSON object\n")
+        for key, value in data.items():
+            if isinstance(value, str | int | float) and not isinstance(value, bool):
+                fields[str(key)] = str(value)[:MAX_FIELD_CHARS]
+    return fields
+
+
+async def answer(request: web.Request) -> web.Response:
+    """``GET``/``POST /vonage/answer``: answer a call with an NCCO."""
+    ctx = request.app[VONAGE]
+    services = request.app[SERVICES]
+    fields = await _signed_fields(ctx, request, "answer")
+    uuid = fields.get("uuid", "")
+    call_id = request.query.get(CALL_ID_PARAM)
+    if call_id:
+        return await _answer_outbound(ctx, services, call_id, uuid)
+    to, from_ = fields.get("to", ""), caller_number(fields.get("from", ""))
+    route = services.router.lookup(to)
+    if route is None or route.provider != "vonage":
+        _outcome("answer", "unknown_number")
+        log.info("call to a number the edge does not serve", extra={"to": to, "uuid": uuid})
+        return _ncco(ncco.talk(ncco.UNKNOWN_NUMBER_MESSAGE))
+    if not route.local:
+        _outcome("answer", "other_region")
+        headers = {
+            TOKEN_HEADER: ctx.tokens.issue(handoff_subject(uuid, from_, route.number)),
+            UUID_HEADER: uuid,
+            FROM_HEADER: from_,
+            TO_HEADER: route.number,
+        }
+        log.info("number homed in region %s", route.region_name, extra={"uuid": uuid})
+        uri = ncco.ws_url(route.region.public_url)
+        return _ncco(ncco.connect_websocket(uri, headers, route.number))
+    try:
+        record = await services.call_service.create_inbound(
+            route, from_=from_, provider_call_id=uuid
+        )
+    except WorkerFull as exc:
+        _outcome("answer", "full")
+        log.warning("inbound call refused: %s", exc.reason, extra={"uuid": uuid})
+        return _ncco(ncco.talk(ncco.UNAVAILABLE_MESSAGE))
+    except CallRejected as exc:
+        _outcome("answer", "coordinator_down" if exc.http_status == 503 else "rejected")
+        log.warning("inbound call refused: %s", exc.reason, extra={"uuid": uuid})
+        message = ncco.OUTAGE_MESSAGE if exc.http_status == 503 else ncco.UNAVAILABLE_MESSAGE
+        return _ncco(ncco.talk(message))
+    except CoordinatorUnavailable as exc:
+        _outcome("answer", "coordinator_down")
+        log.warning("inbound call refused: %s", exc, extra={"uuid": uuid})
+        return _ncco(ncco.talk(ncco.OUTAGE_MESSAGE))
+    _outcome("answer", "inbound")
+    return await _connect_answer(ctx, services, record)
+
+
+async def _answer_outbound(
+    ctx: VonageContext, services: Services, call_id: str, uuid: str
+) -> web.Response:
+    record = await services.call_service.get(call_id)
+    if (
+        record is None
+        or record.provider != "vonage"
+        or record.state is not CallState.CREATED
+        or (record.provider_call_id and uuid and record.provider_call_id != uuid)
+    ):
+        _outcome("answer", "outbound_gone")
+        log.warning("answered outbound call is unknown or over", extra={"call_id": call_id})
+        return _ncco(ncco.talk(ncco.GONE_MESSAGE))
+    _outcome("answer", "outbound")
+    return await _connect_answer(ctx, services, record, uuid=uuid)
+
+
+async def _connect_answer(
+    ctx: VonageContext, services: Services, record: CallRecord, *, uuid: str = ""
+) -> web.Response:
+    """The ``connect`` to this edge's socket, with a one-use token for this call."""
+    try:
+        await services.coordinator.register_pending(
+            pending_key(record.call_id),
+            {"uuid": record.provider_call_id or uuid},
+            ctx.vonage.ws_token_ttl_s,
+        )
+    except Exception as exc:
+        raise services.call_service.health.failed("register_pending", exc) from exc
+    headers = {
+        TOKEN_HEADER: ctx.tokens.issue(record.call_id),
+        CALL_ID_HEADER: record.call_id,
+        UUID_HEADER: record.provider_call_id or uuid,
+    }
+    # the Vonage number: the dialled one inbound, the caller id outbound
+    own_number = record.to if record.direction == "inbound" else record.from_
+    return _ncco(ncco.connect_websocket(ncco.ws_url(ctx.public_url), headers, own_number))
+
+
+async def event(request: web.Request) -> web.Response:
+    """``POST /vonage/event``: a call's progress (ringing, answered, busy, completed …).
+
+    Outbound calls name their ``call_id`` in the URL; inbound ones are found by
+    the call's ``uuid`` (mapped when the answer webhook created the call). A
+    final status ends a call still waiting for its audio (the provider's
+    ``final_statuses``); a call whose audio is here ends through its socket.
+    """
+    ctx = request.app[VONAGE]
+    services = request.app[SERVICES]
+    fields = await _signed_fields(ctx, request, "event")
+    status = fields.get("status", "")
+    uuid = fields.get("uuid", "")
+    call_id = request.query.get(CALL_ID_PARAM)
+    if not call_id and uuid and status:
+        known = await services.coordinator.peek_pending(provider_call_key(uuid))
+        call_id = str(known["call_id"]) if known and known.get("call_id") else None
+    if not call_id or not status:
+        _outcome("event", "ignored")  # another region's call, or not a call status
+        return web.Response(status=204)
+    _outcome("event", status if status in KNOWN_STATUSES else "other")
+    await services.call_service.update_provider_status(call_id, status)
+    return web.Response(status=204)
