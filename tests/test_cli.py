@@ -152,7 +152,7 @@ async def test_simulate_started_with_serve_waits_and_hears_the_whole_greeting(
     assert serve.returncode == 0
     webhook = "Twilio voice webhook (console: number > A call comes in > Webhook, HTTP POST): "
     assert f"{webhook}http://127.0.0.1:{port}/twilio/voice" in banner.decode()
-    assert "is a loopback address, which twilio cannot reach" in banner.decode()
+    assert "is a loopback address, which twilio, vonage cannot reach" in banner.decode()
 
 
 def test_version_and_help_for_every_option() -> None:
