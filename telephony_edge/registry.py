@@ -17,7 +17,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from telephony_edge.provider import Provider
 
-PROVIDERS: tuple[str, ...] = ("telephony_edge.twilio.provider:TwilioProvider",)
+PROVIDERS: tuple[str, ...] = (
+    "telephony_edge.twilio.provider:TwilioProvider",
+    "telephony_edge.sip.provider:SipProvider",
+)
 
 
 @functools.cache
