@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import audioop
+import itertools
 import json
 import os
 import shutil
@@ -208,7 +209,7 @@ async def test_register_invite_rtp_both_ways_bye(
     assert sum(loud(p.payload) for p in rtp) > 25  # the chime and the echo, not silence
     assert len({p.ssrc for p in rtp}) == 1
     seqs = [p.sequence for p in rtp]
-    assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False))
+    assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs))
     assert rtp[0].marker
 
     await wait_for(lambda: receiver.received, within=10)
