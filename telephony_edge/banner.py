@@ -34,8 +34,9 @@ def banner_lines(settings: Settings, base_url: str) -> list[str]:
     ]
     for provider in enabled:
         lines += [f"  {line}" for line in provider.banner(public)]
-    if enabled and is_loopback_url(public):
-        names = ", ".join(cls.name for cls in enabled)
+    web_reached = [cls for cls in enabled if cls.uses_public_url]
+    if web_reached and is_loopback_url(public):
+        names = ", ".join(cls.name for cls in web_reached)
         lines.append(
             f"  warning: public URL {public} is a loopback address, which {names} cannot reach; "
             "set server.public_url to a public or tunnel URL "

@@ -48,6 +48,9 @@ class Provider:
     #: provider status → (call_status, error_message) for calls that end before media
     final_statuses: ClassVar[Mapping[str, tuple[CallStatus, str | None]]] = {}
     pending_websocket_paths: ClassVar[tuple[str, ...]] = ()
+    #: whether the network reaches the edge at ``public_url`` (webhooks), so the
+    #: banner warns when that is a loopback address
+    uses_public_url: ClassVar[bool] = True
 
     def __init__(self, services: Services) -> None:
         self.services = services

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 PROVIDERS: tuple[str, ...] = (
     "telephony_edge.twilio.provider:TwilioProvider",
     "telephony_edge.vonage.provider:VonageProvider",
+    "telephony_edge.sip.provider:SipProvider",
 )
 
 

@@ -1,0 +1,87 @@
+"""SIP as a provider: ``POST /register_sip_call`` and the worker's SIP/RTP endpoint.
+
+A caller's system (a PBX, a trunk, a softphone) first registers the call
+with the API and gets a ``sip_uri`` naming a fresh call id; the INVITE to
+that URI claims the registration exactly once (see
+:mod:`telephony_edge.sip.transport`). The call is created at registration,
+like a Twilio call at its voice webhook, so the setup reaper ends it
+``error`` if no INVITE ever comes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from telephony_edge.api import ApiError, _authorize, _json_errors, _json_object, _object, _string
+from telephony_edge.calls.service import CallRejected
+from telephony_edge.provider import Provider
+from telephony_edge.services import SERVICES
+from telephony_edge.sip.settings import SipSettings, sip_settings
+from telephony_edge.sip.transport import SipEndpoint, pending_key
+
+REGISTER_PATH = "/register_sip_call"
+SIP_ENDPOINT = web.AppKey("sip_endpoint", SipEndpoint)
+
+
+class SipProvider(Provider):
+    """Calls that arrive as SIP INVITEs to a registered call id, with RTP media."""
+
+    name = "sip"
+    settings_model = SipSettings
+    uses_public_url = False  # trunks reach the SIP port, not the web URL
+
+    def mount(self, app: web.Application) -> None:
+        settings = sip_settings(self.services.settings)
+        app[SIP_ENDPOINT] = SipEndpoint(self.services, settings)
+        app.cleanup_ctx.append(self._endpoint)
+        app.router.add_post(REGISTER_PATH, _json_errors(register_sip_call))
+
+    @staticmethod
+    async def _endpoint(app: web.Application) -> AsyncIterator[None]:
+        endpoint = app[SIP_ENDPOINT]
+        await endpoint.start()
+        yield
+        await endpoint.stop()
+
+
+async def register_sip_call(request: web.Request) -> web.Response:
+    """``POST /register_sip_call`` → ``{"call_id", "sip_uri"}``."""
+    _authorize(request)
+    body = await _json_object(request)
+    services = request.app[SERVICES]
+    settings = sip_settings(services.settings)
+    agent_config = _object(body, "agent_config")
+    agent_id = _string(body, "agent_id", required=agent_config is None)
+    if agent_id is None:
+        agent_id = settings.default_agent_id
+        if agent_id is None:
+            raise ApiError(
+                400, "agent_id is required (agent_config alone needs sip.default_agent_id)"
+            )
+    metadata = _object(body, "metadata")
+    include = body.get("include_metadata_in_prompt", False)
+    if not isinstance(include, bool):
+        raise ApiError(400, "include_metadata_in_prompt must be true or false")
+    try:
+        record = await services.call_service.create(
+            agent_id=agent_id,
+            provider="sip",
+            direction="inbound",
+            agent_config=agent_config,
+            metadata=metadata,
+            include_metadata_in_prompt=include,
+            region=services.settings.server.region or "",
+        )
+    except CallRejected as exc:
+        raise ApiError(exc.http_status, exc.reason) from None
+    ttl = settings.registration_ttl_s
+    await services.coordinator.register_pending(
+        pending_key(record.call_id), {"call_id": record.call_id}, ttl
+    )
+    host, port = request.app[SIP_ENDPOINT].advertised
+    host = f"[{host}]" if ":" in host else host
+    return web.json_response(
+        {"call_id": record.call_id, "sip_uri": f"sip:{record.call_id}@{host}:{port}"}
+    )

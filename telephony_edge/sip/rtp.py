@@ -1,0 +1,321 @@
+"""RTP (RFC 3550) and telephone-events (RFC 4733), sans-I/O.
+
+Theory of operation
+-------------------
+Inbound, :class:`RtpInbound` takes each datagram with its source address and
+returns what the media shell should do with it: :class:`Audio` payloads in
+sequence order (with the silence to put before them where packets were
+lost) and :class:`DtmfDigit`\\ s. On the way:
+
+* :func:`parse_rtp` reads the 12-byte header, skips CSRCs and the header
+  extension, strips padding, and refuses anything else (version ≠ 2, short,
+  RTCP's payload types 72-76).
+* Symmetric RTP: the first valid packet (a negotiated payload type) latches
+  the call to its source address, whatever the SDP said (a PBX behind NAT
+  writes a private address there); packets from any other address are
+  dropped and counted, never re-latched mid-call. A new SSRC from the
+  latched address (a PBX switching its stream, sipp's DTMF pcap) starts a new
+  sequence space rather than being dropped.
+* :class:`JitterBuffer` puts packets back in order: an in-order packet is
+  released at once (no added delay); a gap holds later packets until the
+  missing one arrives or ``depth`` later packets are waiting, then the missing
+  one is counted lost. Duplicates and packets older than what was released
+  are dropped.
+* Loss concealment works on timestamps: an audio packet whose timestamp is
+  ahead of where the previous one ended, without the marker bit of a new
+  talkspurt, gets that gap (up to ``max_conceal_samples``) as silence.
+* RFC 4733: a key press is reported once, at its first end packet (the end
+  packet is sent three times; the marker bit is not required since some
+  carriers never set it).
+
+Outbound, :class:`RtpSender` numbers packets: one random SSRC, consecutive
+sequence numbers, timestamps advancing by the samples sent and jumping by
+the wall-clock time of a pause at a talkspurt's start, where the marker bit
+is set.
+"""
+
+from __future__ import annotations
+
+import secrets
+import struct
+from dataclasses import dataclass
+
+Address = tuple[str, int]
+
+RTP_VERSION = 2
+HEADER = struct.Struct("!BBHII")
+DTMF_EVENTS = "0123456789*#ABCD"
+
+
+@dataclass(frozen=True, slots=True)
+class RtpPacket:
+    payload_type: int
+    sequence: int
+    timestamp: int
+    ssrc: int
+    marker: bool
+    payload: bytes
+
+
+def parse_rtp(data: bytes) -> RtpPacket | None:
+    """One RTP packet, or None when ``data`` is not one we can use."""
+    if len(data) < HEADER.size:
+        return None
+    b0, b1, seq, ts, ssrc = HEADER.unpack_from(data)
+    if b0 >> 6 != RTP_VERSION:
+        return None
+    pt = b1 & 0x7F
+    if 72 <= pt <= 76:  # RTCP multiplexed on the port (RFC 5761)
+        return None
+    offset = HEADER.size + 4 * (b0 & 0x0F)
+    if b0 & 0x10:  # header extension: 16-bit profile, 16-bit length in words
+        if len(data) < offset + 4:
+            return None
+        (words,) = struct.unpack_from("!H", data, offset + 2)
+        offset += 4 + 4 * words
+    end = len(data)
+    if b0 & 0x20:  # padding: the last byte counts the padding bytes
+        pad = data[-1]
+        if pad == 0:
+            return None
+        end -= pad
+    if offset > end:
+        return None
+    return RtpPacket(pt, seq, ts, ssrc, bool(b1 & 0x80), data[offset:end])
+
+
+def build_rtp(
+    payload_type: int, sequence: int, timestamp: int, ssrc: int, marker: bool, payload: bytes
+) -> bytes:
+    b1 = (0x80 if marker else 0) | (payload_type & 0x7F)
+    return HEADER.pack(0x80, b1, sequence & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc) + payload
+
+
+# -- receiving ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RtpStats:
+    received: int = 0
+    malformed: int = 0
+    strangers: int = 0  # from an address other than the latched one
+    unknown_payload_type: int = 0
+    duplicates: int = 0
+    late: int = 0
+    lost: int = 0
+    concealed_samples: int = 0
+    ssrc_changes: int = 0
+    dtmf: int = 0
+
+
+class JitterBuffer:
+    """Reorders one SSRC's packets; see the module docstring."""
+
+    __slots__ = ("_held", "_next", "depth", "max_jump", "stats")
+
+    def __init__(self, stats: RtpStats, depth: int = 3, max_jump: int = 100) -> None:
+        self.depth = depth
+        self.max_jump = max_jump
+        self.stats = stats
+        self._held: dict[int, RtpPacket] = {}
+        self._next: int | None = None  # extended sequence number expected next
+
+    def _extend(self, seq: int) -> int:
+        assert self._next is not None
+        base = self._next
+        ext = (base & ~0xFFFF) | seq
+        if ext - base > 0x8000:
+            ext -= 0x10000
+        elif base - ext > 0x8000:
+            ext += 0x10000
+        return ext
+
+    def push(self, pkt: RtpPacket) -> list[RtpPacket]:
+        """Add a packet; return the packets now due, in order."""
+        if self._next is None:
+            self._next = pkt.sequence
+        ext = self._extend(pkt.sequence)
+        if ext < self._next:
+            if self._next - ext <= self.max_jump:
+                self.stats.late += 1
+                return []
+            return self._restart(pkt)  # the peer restarted its numbering
+        if ext in self._held:
+            self.stats.duplicates += 1
+            return []
+        if ext - self._next > self.max_jump:
+            return self._restart(pkt)
+        self._held[ext] = pkt
+        return self._release()
+
+    def _restart(self, pkt: RtpPacket) -> list[RtpPacket]:
+        out = self.flush()
+        self._next = pkt.sequence
+        self._held[pkt.sequence] = pkt
+        return out + self._release()
+
+    def _release(self) -> list[RtpPacket]:
+        out: list[RtpPacket] = []
+        held = self._held
+        assert self._next is not None
+        while held:
+            pkt = held.pop(self._next, None)
+            if pkt is not None:
+                out.append(pkt)
+            elif len(held) >= self.depth:
+                self.stats.lost += 1
+            else:
+                break
+            self._next += 1
+        return out
+
+    def flush(self) -> list[RtpPacket]:
+        """Everything held, in order (a new stream starts)."""
+        out = [self._held[k] for k in sorted(self._held)]
+        if out and self._next is not None:
+            self._next = max(self._held) + 1
+        self._held.clear()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Audio:
+    """A codec payload to decode, after ``silence_samples`` (at the RTP clock) of silence."""
+
+    payload: bytes
+    silence_samples: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DtmfDigit:
+    digit: str
+
+
+InboundEvent = Audio | DtmfDigit
+
+
+class RtpInbound:
+    """One call's inbound RTP: latch, reorder, conceal, pick out telephone-events."""
+
+    def __init__(
+        self,
+        audio_pt: int,
+        event_pt: int | None,
+        *,
+        bytes_per_sample: float = 1.0,
+        depth: int = 3,
+        max_conceal_samples: int = 800,
+    ) -> None:
+        self.audio_pt = audio_pt
+        self.event_pt = event_pt
+        self.bytes_per_sample = bytes_per_sample  # G.711: one byte per sample
+        self.max_conceal_samples = max_conceal_samples
+        self.depth = depth
+        self.stats = RtpStats()
+        self.source: Address | None = None
+        self._ssrc: int | None = None
+        self._jitter = JitterBuffer(self.stats, depth)
+        self._audio_end: int | None = None  # timestamp where the last audio payload ended
+        self._last_event_end: int | None = None  # timestamp of the last event reported
+
+    def receive(self, data: bytes, source: Address) -> list[InboundEvent]:
+        self.stats.received += 1
+        pkt = parse_rtp(data)
+        if pkt is None:
+            self.stats.malformed += 1
+            return []
+        if pkt.payload_type != self.audio_pt and pkt.payload_type != self.event_pt:
+            self.stats.unknown_payload_type += 1
+            return []
+        if self.source is None:
+            self.source = source
+        elif source != self.source:
+            self.stats.strangers += 1
+            return []
+        out: list[InboundEvent] = []
+        if pkt.ssrc != self._ssrc:
+            if self._ssrc is not None:
+                self.stats.ssrc_changes += 1
+                out += self._events(self._jitter.flush())
+                self._jitter = JitterBuffer(self.stats, self.depth)
+                self._audio_end = None
+            self._ssrc = pkt.ssrc
+        return out + self._events(self._jitter.push(pkt))
+
+    def _events(self, packets: list[RtpPacket]) -> list[InboundEvent]:
+        out: list[InboundEvent] = []
+        for pkt in packets:
+            if pkt.payload_type == self.audio_pt:
+                out.append(self._audio(pkt))
+            else:
+                digit = self._event(pkt)
+                if digit is not None:
+                    out.append(DtmfDigit(digit))
+        return out
+
+    def _audio(self, pkt: RtpPacket) -> Audio:
+        samples = int(len(pkt.payload) / self.bytes_per_sample)
+        silence = 0
+        if self._audio_end is not None and not pkt.marker:
+            gap = (pkt.timestamp - self._audio_end) & 0xFFFFFFFF
+            if 0 < gap <= self.max_conceal_samples:
+                silence = gap
+                self.stats.concealed_samples += gap
+        self._audio_end = (pkt.timestamp + samples) & 0xFFFFFFFF
+        return Audio(pkt.payload, silence)
+
+    def _event(self, pkt: RtpPacket) -> str | None:
+        if len(pkt.payload) < 4:
+            self.stats.malformed += 1
+            return None
+        event, flags = pkt.payload[0], pkt.payload[1]
+        if not flags & 0x80 or event >= len(DTMF_EVENTS):
+            return None  # not the end yet, or not a key (flash, tones)
+        if pkt.timestamp == self._last_event_end:
+            return None  # the end packet's repeats
+        self._last_event_end = pkt.timestamp
+        self.stats.dtmf += 1
+        return DTMF_EVENTS[event]
+
+
+# -- sending -------------------------------------------------------------------------------
+
+
+class RtpSender:
+    """Numbers one outbound stream; see the module docstring."""
+
+    __slots__ = ("_anchor", "_started", "clock_rate", "payload_type", "sent", "seq", "ssrc", "ts")
+
+    def __init__(
+        self,
+        payload_type: int,
+        clock_rate: int = 8000,
+        *,
+        ssrc: int | None = None,
+        seq: int | None = None,
+        ts: int | None = None,
+    ) -> None:
+        self.payload_type = payload_type
+        self.clock_rate = clock_rate
+        self.ssrc = secrets.randbits(32) if ssrc is None else ssrc
+        self.seq = secrets.randbits(16) if seq is None else seq
+        self.ts = secrets.randbits(32) if ts is None else ts  # of the next packet
+        self.sent = 0
+        self._started = False
+        self._anchor = 0.0  # wall-clock time of the last packet
+
+    def packet(self, payload: bytes, samples: int, now: float, talkspurt_start: bool) -> bytes:
+        """The next packet; ``samples`` at the RTP clock in ``payload``."""
+        if self._started and talkspurt_start:
+            # the timestamp follows the wall clock across the pause (RFC 3550 §5.1)
+            paused = round((now - self._anchor) * self.clock_rate) - samples
+            if paused > 0:
+                self.ts = (self.ts + paused) & 0xFFFFFFFF
+        marker = talkspurt_start or not self._started
+        self._started = True
+        self._anchor = now
+        data = build_rtp(self.payload_type, self.seq, self.ts, self.ssrc, marker, payload)
+        self.seq = (self.seq + 1) & 0xFFFF
+        self.ts = (self.ts + samples) & 0xFFFFFFFF
+        self.sent += 1
+        return data
