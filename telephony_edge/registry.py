@@ -21,6 +21,7 @@ PROVIDERS: tuple[str, ...] = (
     "telephony_edge.twilio.provider:TwilioProvider",
     "telephony_edge.vonage.provider:VonageProvider",
     "telephony_edge.sip.provider:SipProvider",
+    "telephony_edge.webrtc.provider:WebRtcProvider",
 )
 
 

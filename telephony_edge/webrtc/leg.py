@@ -1,0 +1,237 @@
+"""The WebRTC leg: an aiortc peer connection as the network side of a call.
+
+Inbound, the remote audio track's frames (Opus decoded by aiortc to PCM16
+48 kHz, mono or stereo) go through :class:`~telephony_edge.audio.transcode.Pcm48kTo16k`
+and are cut into canonical 20 ms frames. Outbound, :class:`AgentTrack` is the
+track aiortc's RTP sender pulls: each ``recv()`` waits for the frame's slot on
+a fixed 20 ms grid (monotonic clock, so no drift; after a stall of more than
+five frames the grid restarts rather than bursting), takes the bridge's
+``next_frame()`` (silence when None) and returns it at 48 kHz with
+``pts``/``time_base`` counting samples. Nothing is buffered between the
+bridge and the encoder, so ``clear()`` has nothing to drop.
+
+The call ends ``user-ended`` when the peer goes (its track ends, the
+connection closes) and ``error`` when ICE/DTLS fails or does not connect
+within ``webrtc.connect_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import logging
+from collections.abc import Coroutine
+from typing import Any, ClassVar
+
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
+from av import AudioFrame
+
+from telephony_edge.audio.frames import FRAME_BYTES, SILENCE_FRAME, FrameSplitter
+from telephony_edge.audio.transcode import Pcm16kTo48k, Pcm48kTo16k
+from telephony_edge.calls.leg import (
+    Capabilities,
+    Clock,
+    FrameSource,
+    Leg,
+    LegEnded,
+    LegEvent,
+    LegInfo,
+)
+from telephony_edge.webrtc.ice import configuration, gather_on
+from telephony_edge.webrtc.settings import WebRtcSettings
+
+log = logging.getLogger(__name__)
+
+RATE = 48_000
+SAMPLES = RATE // 50  # 20 ms
+TIME_BASE = fractions.Fraction(1, RATE)
+SILENCE_48K = bytes(2 * SAMPLES)
+MAX_LATE_FRAMES = 5
+
+
+class OfferRefused(Exception):
+    """The offer cannot be answered (400 with the reason)."""
+
+
+class AgentTrack(AudioStreamTrack):
+    """The outbound track: agent audio pulled from the bridge every 20 ms."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.source: FrameSource | None = None
+        self._up = Pcm16kTo48k()
+        self._quiet = True  # the resampler's state holds only silence
+        self._pts = 0
+        self._grid: float | None = None
+        self.frames = 0
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        loop = asyncio.get_running_loop()
+        if self._grid is None:
+            self._grid = loop.time()
+        else:
+            due = self._grid + self.frames * 0.02
+            wait = due - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            elif -wait > MAX_LATE_FRAMES * 0.02:  # a stall: restart the grid, no burst
+                self._grid = loop.time() - self.frames * 0.02
+        self.frames += 1
+        frame = self.source.next_frame() if self.source is not None else None
+        pcm = self._resample(frame)
+        out = AudioFrame(format="s16", layout="mono", samples=SAMPLES)
+        out.planes[0].update(pcm)
+        out.sample_rate = RATE
+        out.pts = self._pts
+        out.time_base = TIME_BASE
+        self._pts += SAMPLES
+        return out
+
+    def _resample(self, frame: bytes | None) -> bytes:
+        if frame is None:
+            if self._quiet:
+                return SILENCE_48K
+            self._quiet = True  # one silent frame flushes the filter's history
+            return self._up.process(SILENCE_FRAME)
+        self._quiet = False
+        return self._up.process(frame)
+
+
+class WebRtcLeg(Leg):
+    """One peer connection: its remote audio in, :class:`AgentTrack` out."""
+
+    clock = Clock.PULLED
+    playout_lead_frames = 0
+    capabilities: ClassVar[Capabilities] = Capabilities(clear=True)
+
+    def __init__(self, info: LegInfo, settings: WebRtcSettings) -> None:
+        self.info = info
+        self.settings = settings
+        self.pc = RTCPeerConnection(configuration(settings))
+        self.track = AgentTrack()
+        self._events: asyncio.Queue[LegEvent] = asyncio.Queue()
+        self._ended: LegEnded | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._split = FrameSplitter(FRAME_BYTES)
+        self._down: Pcm48kTo16k | None = None
+        self._connected = asyncio.Event()
+        self.frames_in = 0
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_state)
+
+    # -- signalling ---------------------------------------------------------------
+
+    async def answer(self, sdp: str) -> RTCSessionDescription:
+        """Take the offer, add the agent's track, gather; the complete answer (no trickle)."""
+        transceiver = self.pc.addTransceiver(self.track, direction="sendrecv")
+        opus = [
+            c
+            for c in RTCRtpSender.getCapabilities("audio").codecs
+            if c.mimeType.lower() == "audio/opus"
+        ]
+        transceiver.setCodecPreferences(opus)
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        except Exception as exc:  # aiortc raises ValueError, OperationError, … for bad offers
+            reason = str(exc) or type(exc).__name__
+            if "send parameters" in reason and "audio" in reason:
+                reason = "the offer's audio has no Opus codec"
+            raise OfferRefused(f"the offer was refused: {reason}") from None
+        if transceiver.mid is None:
+            raise OfferRefused("the offer has no audio")
+        gather_on(self.pc, self.settings.advertised_addresses)
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)  # returns once gathering is complete
+        local = self.pc.localDescription
+        self._spawn(self._connect_deadline())
+        return local
+
+    # -- inbound ------------------------------------------------------------------
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            self._spawn(self._read(track))
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                assert isinstance(frame, AudioFrame)
+                for pcm in self._to_canonical(frame):
+                    self.frames_in += 1
+                    self._events.put_nowait(pcm)
+        except MediaStreamError:
+            self._end(LegEnded("completed"))
+        except Exception as exc:
+            log.exception("WebRTC inbound audio failed", extra={"provider": "webrtc"})
+            self._end(LegEnded("failed", f"inbound audio: {exc}"))
+
+    def _to_canonical(self, frame: AudioFrame) -> list[bytes]:
+        if frame.sample_rate != RATE or frame.format.name != "s16":
+            raise ValueError(f"unexpected audio {frame.format.name} at {frame.sample_rate} Hz")
+        channels = len(frame.layout.channels)
+        if self._down is None or self._down.channels != channels:
+            self._down = Pcm48kTo16k(channels=channels)
+        pcm = frame.to_ndarray().tobytes()
+        return self._split.push(self._down.process(pcm))
+
+    # -- the connection's life ------------------------------------------------------
+
+    def _on_state(self) -> None:
+        state = self.pc.connectionState
+        if state == "connected":
+            self._connected.set()
+        elif state == "failed":
+            self._end(LegEnded("failed", "the WebRTC connection failed (ICE or DTLS)"))
+        elif state == "closed":
+            self._end(LegEnded("completed"))
+
+    async def _connect_deadline(self) -> None:
+        timeout = self.settings.connect_timeout_s
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+        except TimeoutError:
+            self._end(LegEnded("failed", f"ICE/DTLS did not connect within {timeout:g} s"))
+
+    def _end(self, ended: LegEnded) -> None:
+        if self._ended is None:
+            self._ended = ended
+            self._events.put_nowait(ended)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- Leg -----------------------------------------------------------------------
+
+    async def recv(self) -> LegEvent:
+        if self._ended is not None and self._events.empty():
+            return self._ended
+        return await self._events.get()
+
+    def attach(self, source: FrameSource) -> None:
+        self.track.source = source
+
+    def clear(self) -> None:
+        """Nothing to drop: the track holds no agent audio beyond the frame being sent."""
+
+    async def hangup(self) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._end(LegEnded("completed"))
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.track.stop()
+        with contextlib.suppress(Exception):
+            await self.pc.close()

@@ -1,0 +1,167 @@
+"""WebRTC as a provider: ``POST /webrtc/offer`` (server to server, private key).
+
+The offer is checked and answered before the call is recorded, so a refused
+offer leaves nothing behind: 400 with the reason (not JSON, bad SDP, a wrong
+``type``, no audio, no Opus), 413 past ``webrtc.max_offer_bytes``, 401 for a
+wrong key (the API's own check), 503 past ``webrtc.max_peer_connections`` or
+when the worker takes no new calls. The answer (``{sdp, type, call_id}``)
+comes once ICE gathering is complete. The browser path (public key, allowed
+origins, public agents) is a later step of issue 10.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+from aiohttp import web
+
+from telephony_edge.api import ApiError, _authorize, _json_errors, _json_object, _object, _string
+from telephony_edge.calls.leg import LegInfo
+from telephony_edge.calls.service import CallRejected
+from telephony_edge.provider import Provider
+from telephony_edge.services import SERVICES
+from telephony_edge.webrtc.leg import OfferRefused, WebRtcLeg
+from telephony_edge.webrtc.settings import WebRtcSettings, webrtc_settings
+
+log = logging.getLogger(__name__)
+
+OFFER_PATH = "/webrtc/offer"
+
+
+class Peers:
+    """This worker's peer connections: the cap, and the call tasks to stop at shutdown."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def reserve(self) -> None:
+        if self.count >= self.limit:
+            raise ApiError(503, f"this worker is at its limit of {self.limit} peer connections")
+        self.count += 1
+
+    def release(self) -> None:
+        self.count -= 1
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def stop(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+WEBRTC_PEERS = web.AppKey("webrtc_peers", Peers)
+
+
+class WebRtcProvider(Provider):
+    """Calls that arrive as WebRTC offers, with an aiortc peer connection per call."""
+
+    name = "webrtc"
+    settings_model = WebRtcSettings
+    uses_public_url = False  # peers reach the advertised ICE addresses
+
+    def mount(self, app: web.Application) -> None:
+        settings = webrtc_settings(self.services.settings)
+        app[WEBRTC_PEERS] = Peers(settings.max_peer_connections)
+        app.cleanup_ctx.append(self._peers)
+        app.router.add_post(OFFER_PATH, _json_errors(webrtc_offer))
+
+    @staticmethod
+    async def _peers(app: web.Application) -> AsyncIterator[None]:
+        yield
+        await app[WEBRTC_PEERS].stop()
+
+    @classmethod
+    def banner(cls, public_url: str) -> list[str]:
+        return [f"WebRTC offers: POST {public_url.rstrip('/')}{OFFER_PATH}"]
+
+
+def _offer_sdp(body: dict[str, Any], max_bytes: int) -> str:
+    offer = _object(body, "offer")
+    if offer is None:
+        raise ApiError(400, "offer is required: {sdp, type: 'offer'}")
+    if offer.get("type") != "offer":
+        raise ApiError(400, f"offer.type must be 'offer', not {offer.get('type')!r}")
+    sdp = offer.get("sdp")
+    if not isinstance(sdp, str) or not sdp.strip():
+        raise ApiError(400, "offer.sdp is required and must be a string")
+    if len(sdp.encode()) > max_bytes:
+        raise ApiError(413, f"offer.sdp must be at most {max_bytes} bytes")
+    lines = [line.strip() for line in sdp.strip().splitlines()]
+    if lines[0] != "v=0":
+        raise ApiError(400, "offer.sdp is not SDP (it must start with v=0)")
+    media = [line.split()[0][2:] for line in lines if line.startswith("m=") and line[2:]]
+    if "audio" not in media:
+        raise ApiError(400, "the offer has no audio (m=audio)")
+    return sdp
+
+
+async def webrtc_offer(request: web.Request) -> web.Response:
+    """``POST /webrtc/offer`` → ``{"sdp", "type": "answer", "call_id"}``."""
+    _authorize(request)
+    body = await _json_object(request)
+    services = request.app[SERVICES]
+    settings = webrtc_settings(services.settings)
+    sdp = _offer_sdp(body, settings.max_offer_bytes)
+    agent_id = _string(body, "agent_id")
+    assert agent_id is not None
+    if agent_id not in services.settings.agents:
+        raise ApiError(404, f"unknown agent_id {agent_id!r}")
+    agent_config = _object(body, "agent_config")
+    metadata = _object(body, "metadata")
+    include = body.get("include_metadata_in_prompt", False)
+    if not isinstance(include, bool):
+        raise ApiError(400, "include_metadata_in_prompt must be true or false")
+    session_id = _string(body, "session_id", required=False)
+    if not services.calls.accepting:
+        raise ApiError(503, "this worker is draining and takes no new calls")
+
+    peers = request.app[WEBRTC_PEERS]
+    peers.reserve()
+    info = LegInfo(provider="webrtc", direction="inbound", from_="webrtc", to=agent_id)
+    leg = WebRtcLeg(info, settings)
+    try:
+        try:
+            answer = await leg.answer(sdp)
+        except OfferRefused as exc:
+            raise ApiError(400, str(exc)) from None
+        try:
+            record = await services.call_service.create(
+                agent_id=agent_id,
+                provider="webrtc",
+                direction="inbound",
+                from_=info.from_,
+                to=info.to,
+                agent_config=agent_config,
+                metadata=metadata,
+                include_metadata_in_prompt=include,
+                session_id=session_id,
+                region=services.settings.server.region or "",
+            )
+        except CallRejected as exc:
+            raise ApiError(exc.http_status, str(exc)) from None
+    except BaseException:
+        await leg.close()
+        peers.release()
+        raise
+
+    async def run() -> None:
+        try:
+            await services.call_service.run(record, leg)
+        except Exception:
+            log.exception("WebRTC call failed", extra={"call_id": record.call_id})
+        finally:
+            await leg.close()
+            peers.release()
+
+    peers.spawn(run())
+    log.info("WebRTC offer answered", extra={"call_id": record.call_id})
+    return web.json_response({"sdp": answer.sdp, "type": answer.type, "call_id": record.call_id})

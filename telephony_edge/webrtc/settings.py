@@ -1,0 +1,62 @@
+"""The ``webrtc:`` section of the configuration."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from telephony_edge.config import ProviderSettings, Settings
+
+
+class IceServerSettings(BaseModel):
+    """One STUN or TURN server, as ``RTCIceServer`` takes it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    urls: list[str] = Field(min_length=1)
+    """``stun:host:port``, ``turn:host:port?transport=udp``, ``turns:…``."""
+    username: str | None = None
+    credential: str | None = None
+
+    @field_validator("urls")
+    @classmethod
+    def _schemes(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not url.startswith(("stun:", "turn:", "turns:")):
+                raise ValueError(f"{url!r}: an ICE server URL starts with stun:, turn: or turns:")
+        return urls
+
+
+class WebRtcSettings(ProviderSettings):
+    advertised_addresses: list[str] = Field(default_factory=list)
+    """Local addresses the edge gathers its host ICE candidates on, so the answer offers
+    exactly these. Empty: aioice's choice (every interface but loopback). A loopback-only
+    setup needs ``127.0.0.1`` here; behind NAT, list the interface the public address maps
+    to and add a STUN server (``ice_servers``) for the server-reflexive candidate."""
+    ice_servers: list[IceServerSettings] = Field(default_factory=list)
+    """STUN/TURN servers for the edge's own candidates. Empty: none (aiortc would
+    otherwise ask Google's public STUN server)."""
+    max_peer_connections: int = Field(default=100, ge=1, le=10_000)
+    """Concurrent peer connections per worker (offers being answered included); 503 beyond."""
+    max_offer_bytes: int = Field(default=16_384, ge=512, le=60_000)
+    """The largest SDP offer taken (413 beyond)."""
+    connect_timeout_s: float = Field(default=15.0, gt=0, le=120)
+    """From the answer to ICE + DTLS connected; past it the call ends ``error``."""
+
+    @field_validator("advertised_addresses")
+    @classmethod
+    def _addresses(cls, addresses: list[str]) -> list[str]:
+        return [str(ipaddress.ip_address(a)) for a in addresses]  # raises ValueError
+
+    def check(self, settings: Settings) -> list[str]:
+        if not settings.api.private_key:
+            return ["api.private_key: required for POST /webrtc/offer"]
+        return []
+
+
+def webrtc_settings(settings: Settings) -> WebRtcSettings:
+    """The ``webrtc:`` section of ``settings``."""
+    section = settings.provider_settings("webrtc")
+    assert isinstance(section, WebRtcSettings), "the WebRTC provider is registered"
+    return section
