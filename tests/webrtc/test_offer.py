@@ -59,9 +59,8 @@ async def receiver() -> AsyncIterator[Receiver]:
     await server.close()
 
 
-@pytest.fixture
-async def edge(make_edge: Callable[..., Any], receiver: Receiver) -> Edge:
-    settings = load_settings(
+def settings_for(receiver: Receiver, **webrtc: Any) -> Any:
+    return load_settings(
         None,
         api={"private_key": API_KEY},
         webhooks={
@@ -69,7 +68,7 @@ async def edge(make_edge: Callable[..., Any], receiver: Receiver) -> Edge:
             "allow_private_targets": True,
             "backoff_base_s": 0.05,
         },
-        webrtc={"enabled": True, "advertised_addresses": LOOPBACK, "connect_timeout_s": 10},
+        webrtc={"enabled": True, "advertised_addresses": LOOPBACK, **webrtc},
         agents={
             "echo": {
                 "prompt": "You echo.",
@@ -79,7 +78,11 @@ async def edge(make_edge: Callable[..., Any], receiver: Receiver) -> Edge:
         },
         calls={"inactivity_timeout_s": 30},
     )
-    result: Edge = await make_edge(settings)
+
+
+@pytest.fixture
+async def edge(make_edge: Callable[..., Any], receiver: Receiver) -> Edge:
+    result: Edge = await make_edge(settings_for(receiver, connect_timeout_s=10))
     return result
 
 
@@ -220,3 +223,37 @@ async def test_a_wrong_key_is_401(edge: Edge) -> None:
         edge, {"agent_id": "echo", "offer": {"sdp": "v=0", "type": "offer"}}, key="nope"
     )
     assert status == 401
+
+
+async def test_no_ice_within_the_timeout_ends_the_call_error(
+    make_edge: Callable[..., Any], receiver: Receiver
+) -> None:
+    edge: Edge = await make_edge(settings_for(receiver, connect_timeout_s=1))
+    client = Client()
+    offer = await client.offer()
+    status, answer = await post_offer(edge, {"agent_id": "echo", "offer": offer})
+    assert status == 200, answer
+    # the client never takes the answer: no ICE, no DTLS
+    try:
+        await wait_for(lambda: receiver.received, within=10)
+    finally:
+        await client.close()
+    [payload] = receiver.received
+    assert payload["call_status"] == "error"
+    assert "did not connect within 1 s" in payload["error_message"], payload
+    await wait_for(lambda: edge.app[WEBRTC_PEERS].count == 0)
+
+
+async def test_over_the_peer_connection_cap_is_503(
+    make_edge: Callable[..., Any], receiver: Receiver
+) -> None:
+    edge: Edge = await make_edge(settings_for(receiver, max_peer_connections=1))
+    first, second = Client(), Client()
+    try:
+        status, _ = await post_offer(edge, {"agent_id": "echo", "offer": await first.offer()})
+        assert status == 200
+        status, body = await post_offer(edge, {"agent_id": "echo", "offer": await second.offer()})
+        assert status == 503 and "peer connections" in body["error"]
+    finally:
+        await first.close()
+        await second.close()
