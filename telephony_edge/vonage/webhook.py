@@ -54,6 +54,7 @@ KNOWN_STATUSES = frozenset(
     | {"rejected", "unanswered", "cancelled", "machine", "human", "disconnected"}
 )
 MAX_FIELD_CHARS = 256
+EVENT_PATH = "/vonage/event"
 #: the stored call's field for what Vonage reports beyond the status (see merge_details)
 DETAILS_KEY = "provider_details"
 #: the call leg's network details, as Vonage's event webhook names them
@@ -201,7 +202,10 @@ async def _connect_answer(
     }
     # the Vonage number: the dialled one inbound, the caller id outbound
     own_number = record.to if record.direction == "inbound" else record.from_
-    return _ncco(ncco.connect_websocket(ncco.ws_url(ctx.public_url), headers, own_number))
+    event_url = f"{ctx.public_url.rstrip('/')}{EVENT_PATH}?{CALL_ID_PARAM}={record.call_id}"
+    return _ncco(
+        ncco.connect_websocket(ncco.ws_url(ctx.public_url), headers, own_number, event_url)
+    )
 
 
 async def event(request: web.Request) -> web.Response:

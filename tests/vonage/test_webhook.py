@@ -74,7 +74,7 @@ def _validated_connect(action: dict[str, Any]) -> Connect:
     ws = WebsocketEndpoint(
         uri=endpoint["uri"], contentType=endpoint["content-type"], headers=endpoint["headers"]
     )
-    return Connect(endpoint=[ws], from_=action["from"])
+    return Connect(endpoint=[ws], from_=action["from"], eventUrl=action.get("eventUrl"))
 
 
 @pytest.mark.parametrize("method", ["POST", "GET"])
@@ -162,16 +162,20 @@ async def test_event_webhooks_must_be_signed(
 async def test_the_socket_legs_events_never_overwrite_the_calls_status(
     vonage_edge: VonageEdge, session: aiohttp.ClientSession
 ) -> None:
-    """Events of the ``connect``'s own WebSocket leg (its own uuid, as on outbound calls,
-    where they come to the call's event URL) are recorded beside the call's, and even a
-    final status of theirs neither overwrites the call's provider status nor ends it.
+    """Events of the ``connect``'s own WebSocket leg (its own uuid, at the connect's event
+    URL; on outbound calls the call's own event URL is the same) are recorded beside the
+    call's, and even a final status of theirs neither overwrites the call's provider
+    status nor ends it.
     """
     call = vonage_edge.call(session)
     [action] = await call.post_answer()
     call_id = action["endpoint"][0]["headers"]["call_id"]
     assert await call.post_event("answered", network="US-FIXED") == 204
+    # the connect names an event URL for its socket leg, which finds the call by its id
+    [event_url] = action["eventUrl"]
+    assert event_url == f"{vonage_edge.base}/vonage/event?call_id={call_id}"
     ws_leg = vonage_edge.call(
-        session, uuid="ws-leg-uuid", event_path=f"/vonage/event?call_id={call_id}"
+        session, uuid="ws-leg-uuid", event_path=event_url.removeprefix(vonage_edge.base)
     )
     for status in ("started", "answered", "completed"):
         assert await ws_leg.post_event(status, to="wss://edge.example/vonage/ws") == 204
