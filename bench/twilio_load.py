@@ -905,14 +905,23 @@ def report(f: dict[str, Any]) -> str:
         f"the bound (dropped), peak {f['playout_peak_buffered_ms']:.0f} ms ahead",
         f"  agent audio arrival jitter at the caller: p50 {jit['p50']:.0f} ms, "
         f"p99 {jit['p99']:.0f} ms, p99.9 {jit['p999']:.0f} ms; "
-        f"playout underruns {f['playout_underruns']} (edge-side late sends "
-        f"{f['edge_late_sends']:.0f})",
+        f"playout underruns {f['playout_underruns']}"
+        + (
+            f" (edge-side late sends {f['edge_late_sends']:.0f})"
+            if f["provider"] == "twilio"
+            else ""
+        ),
         f"  frames: caller sent {f['caller_frames_sent']}, relayed to agent "
         f"{f['caller_frames_relayed_to_agent']}; agent->caller received "
         f"{f['agent_frames_received']}",
-        f"  frames lost: dropped by edge {f['frames_dropped_by_edge'] or 0}, sequence gaps "
-        f"{f['sequence_gaps']:.0f}, malformed {f['malformed']:.0f}; load generator late sends "
-        f"{f['simulator_send_late_frames']}",
+        f"  frames lost: dropped by edge {f['frames_dropped_by_edge'] or 0}, "
+        + (f"sequence gaps {f['sequence_gaps']:.0f}, " if f["provider"] == "twilio" else "")
+        + f"malformed {f['malformed']:.0f}"
+        + (
+            f"; load generator late sends {f['simulator_send_late_frames']}"
+            if f["provider"] == "twilio"
+            else ""
+        ),
         "  edge CPU: "
         + (
             f"{steady:.3f} s per call-minute steady ({util * 100:.0f}% of a core), "
