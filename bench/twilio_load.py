@@ -35,7 +35,14 @@ the app's 100-connection limit on its shared client session (see
 ``_lift_connection_limit``). ``TWILIO_LOAD_PROFILE=path`` cProfiles that edge,
 ``TWILIO_LOAD_LAG=path`` records its event-loop lag and GC pauses.
 
+``--provider vonage`` places the same calls with the Vonage simulator
+(``telephony_edge.vonage.simulator``: signed answer webhook, NCCO, the L16
+16 kHz WebSocket, a bounded playout buffer whose overflows are counted, the
+``completed`` event at the end); ``--provider both`` runs Twilio, then Vonage,
+against the same edge process and prints the figures side by side.
+
     python bench/twilio_load.py [--calls 100] [--seconds 60] [--ramp 5] [--procs 2]
+                                [--provider twilio|vonage|both]
                                 [--core builtin|light] [--loop uvloop|asyncio] [--json F]
 """
 
@@ -66,6 +73,8 @@ ACCOUNT_SID = "AC" + "b" * 32
 AUTH_TOKEN = "bench-auth-token-0123456789"
 API_KEY = "bench-private-api-key-0123"
 NUMBER = "+15555550199"
+VONAGE_NUMBER = "+15555550198"
+VONAGE_SECRET = "bench-vonage-signature-secret-0123"
 LISTEN_S = 4.0
 FIXTURE = ROOT / "tests" / "fixtures" / "speech_order.wav"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -82,7 +91,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def write_config(path: Path, port: int, core_port: int, use_uvloop: bool) -> None:
+def write_config(
+    path: Path,
+    port: int,
+    core_port: int,
+    use_uvloop: bool,
+    providers: tuple[str, ...] = ("twilio",),
+) -> None:
     base = f"http://127.0.0.1:{port}"
     config = {
         "server": {
@@ -106,6 +121,14 @@ def write_config(path: Path, port: int, core_port: int, use_uvloop: bool) -> Non
         "numbers": {NUMBER: {"provider": "twilio", "agent_id": "echo", "region": "local"}},
         "calls": {"inactivity_timeout_s": 600, "max_duration_s": 3600},
     }
+    if "vonage" in providers:
+        # no Voice API (no application key): the calls end by the caller's hang-up
+        config["vonage"] = {"enabled": True, "signature_secret": VONAGE_SECRET}
+        config["numbers"][VONAGE_NUMBER] = {  # type: ignore[index]
+            "provider": "vonage",
+            "agent_id": "echo",
+            "region": "local",
+        }
     path.write_text(yaml.safe_dump(config))
 
 
@@ -345,7 +368,12 @@ def load_worker(args: dict[str, Any], out: Any) -> None:
     out.put(uvloop.run(_load(**args)))
 
 
-async def _load(
+async def _load(provider: str, **kwargs: Any) -> list[dict[str, Any]]:
+    load = _load_vonage if provider == "vonage" else _load_twilio
+    return await load(**kwargs)
+
+
+async def _load_twilio(
     base: str, calls: int, first: int, total: int, ramp: float, seconds: float, t0: float
 ) -> list[dict[str, Any]]:
     import aiohttp
@@ -396,6 +424,67 @@ async def _load(
                 "send_late": result.send_late,
                 "clears": result.clears,
                 "marks": result.marks_received,
+                "jitter_ms": result.jitter_ms,
+            }
+
+        return await asyncio.gather(*(one(first + i) for i in range(calls)))
+
+
+async def _load_vonage(
+    base: str, calls: int, first: int, total: int, ramp: float, seconds: float, t0: float
+) -> list[dict[str, Any]]:
+    """The same calls as ``_load_twilio``, placed by the Vonage simulator (L16 16 kHz)."""
+    import aiohttp
+
+    from telephony_edge.vonage.simulator import SimulatedVonageCall, load_wav_l16, split_frames
+
+    cycle = split_frames(load_wav_l16(FIXTURE)) + split_frames(b"\x00" * int(LISTEN_S * 32000))
+    count = int(seconds / 0.02)
+    frames = (cycle * (count // len(cycle) + 1))[:count]
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        loop = asyncio.get_running_loop()
+        wall_to_loop = loop.time() - time.time()
+
+        async def one(index: int) -> dict[str, Any]:
+            start_at = t0 + ramp * index / max(total, 1) + wall_to_loop
+            await asyncio.sleep(max(0.0, start_at - loop.time()))
+            call = SimulatedVonageCall(
+                session, base, to=VONAGE_NUMBER, signature_secret=VONAGE_SECRET
+            )
+            result = call.result
+            setup_s = None
+            try:
+                t_setup = loop.time()
+                await call.post_answer()
+                assert result.answer is not None and result.answer.websocket is not None
+                await call.open_socket(result.answer.websocket)
+                setup_s = loop.time() - t_setup
+                result.outcome = "streamed"
+                await call.stream_audio(frames)
+                if call.ws is not None and call.ws.closed:
+                    result.outcome = "ended-by-edge"
+                    await call.finish()
+                else:
+                    await call.hang_up()  # closes the socket, then the ``completed`` event
+            except Exception as exc:  # a failed call is a figure, not a crash
+                result.outcome = "failed"
+                result.error = repr(exc)[:200]
+                await call.finish()
+            return {
+                "outcome": result.outcome,
+                "error": result.error,
+                "webhook_s": result.webhook_s,
+                "setup_s": setup_s,
+                "first_audio_s": result.first_audio_s,
+                "frames_sent": result.frames_sent,
+                "frames_received": result.frames_received,
+                "late_frames": result.late_frames,
+                "send_late": 0,  # the Vonage simulator does not count its own lag
+                "clears": result.clears,
+                "overflow": result.overflow_frames,
+                "peak_buffered_s": result.max_buffered_s,
                 "jitter_ms": result.jitter_ms,
             }
 
@@ -537,6 +626,13 @@ def main() -> int:
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument(
+        "--provider",
+        choices=("twilio", "vonage", "both"),
+        default="twilio",
+        help="which network's simulator places the calls; both: Twilio, then Vonage, "
+        "against the same edge process",
+    )
+    parser.add_argument(
         "--core",
         choices=("builtin", "light"),
         default="builtin",
@@ -550,6 +646,7 @@ def main() -> int:
     if args.serve_light_core:
         return serve_light_core(args.serve_light_core)
 
+    providers = ("twilio", "vonage") if args.provider == "both" else (args.provider,)
     cores = sorted(os.sched_getaffinity(0))
     edge_cpus = {args.edge_cpu} if len(cores) > 1 else None
     other_cpus = set(cores) - {args.edge_cpu} if len(cores) > 1 else None
@@ -557,7 +654,7 @@ def main() -> int:
     port, core_port = free_port(), free_port()
     tmp = Path(tempfile.mkdtemp(prefix="twilio-load-"))
     config = tmp / "edge.yaml"
-    write_config(config, port, core_port, args.loop == "uvloop")
+    write_config(config, port, core_port, args.loop == "uvloop", providers)
     base = f"http://127.0.0.1:{port}"
     py = sys.executable
     core_cmd = (
@@ -586,61 +683,21 @@ def main() -> int:
     edge = spawn(edge_cmd, edge_cpus, tmp / "edge.log")
     if other_cpus:
         os.sched_setaffinity(0, other_cpus)
+    runs: list[dict[str, Any]] = []
     try:
         wait_port(core_port)
         wait_http(base + "/healthz", edge, tmp / "edge.log")
         rss_idle_kb = status_kb(edge.pid, "VmRSS")
-        before = scrape(base)
-        cpu0 = cpu_seconds(edge.pid)
-        t0 = time.time() + 1.0
-        ctx = mp.get_context("spawn")
-        out = ctx.Queue()
-        workers = []
-        share = [args.calls // procs + (1 if i < args.calls % procs else 0) for i in range(procs)]
-        first = 0
-        for n in share:
-            w = ctx.Process(
-                target=load_worker,
-                args=(
-                    dict(
-                        base=base,
-                        calls=n,
-                        first=first,
-                        total=args.calls,
-                        ramp=args.ramp,
-                        seconds=args.seconds,
-                        t0=t0,
-                    ),
-                    out,
-                ),
+        for provider in providers:
+            figures = run_phase(provider, args, base, edge.pid, core.pid, other_cpus, procs)
+            figures.update(
+                cores=len(cores),
+                edge_pinned=sorted(edge_cpus or []),
+                edge_cmd="telephony-edge serve" if wired else "bench --serve-edge (routes added)",
+                edge_idle_rss_mb=rss_idle_kb / 1024,
             )
-            w.start()
-            if other_cpus:
-                os.sched_setaffinity(w.pid, other_cpus)
-            workers.append(w)
-            first += n
-        # steady state: every call started (+2 s), until the first one ends (-1 s)
-        steady_from = t0 + args.ramp + 2.0
-        steady_to = t0 + args.seconds - 1.0
-        cpu_a = cpu_b = None
-        others_util: list[float] = []
-        if steady_to - steady_from >= 3:
-            time.sleep(max(0.0, steady_from - time.time()))
-            cpu_a, ta = cpu_seconds(edge.pid), time.monotonic()
-            others_a = [cpu_seconds(p) for p in [core.pid] + [w.pid for w in workers]]
-            time.sleep(max(0.0, steady_to - time.time()))
-            cpu_b, tb = cpu_seconds(edge.pid), time.monotonic()
-            others_b = [cpu_seconds(p) for p in [core.pid] + [w.pid for w in workers]]
-            others_util = [(b - a) / (tb - ta) for a, b in zip(others_a, others_b, strict=True)]
-        results: list[dict[str, Any]] = []
-        for _ in workers:
-            results.extend(out.get(timeout=args.seconds + args.ramp + 120))
-        for w in workers:
-            w.join()
-        time.sleep(1.0)  # let the edge finish tearing the calls down
-        after = scrape(base)
-        cpu1 = cpu_seconds(edge.pid)
-        hwm_kb = status_kb(edge.pid, "VmHWM")
+            print(report(figures), flush=True)
+            runs.append(figures)
     finally:
         for proc in (edge, core):
             proc.terminate()
@@ -649,6 +706,77 @@ def main() -> int:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+    if len(runs) > 1:
+        print(side_by_side(runs))
+    print(f"  logs: {tmp}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(runs[0] if len(runs) == 1 else runs, indent=2))
+    return 0 if all(f["outcomes"].get("failed", 0) == 0 for f in runs) else 1
+
+
+def run_phase(
+    provider: str,
+    args: argparse.Namespace,
+    base: str,
+    edge_pid: int,
+    core_pid: int,
+    other_cpus: set[int] | None,
+    procs: int,
+) -> dict[str, Any]:
+    """``args.calls`` calls of ``provider`` against the running edge; their figures."""
+    before = scrape(base)
+    cpu0 = cpu_seconds(edge_pid)
+    t0 = time.time() + 1.0
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    workers = []
+    share = [args.calls // procs + (1 if i < args.calls % procs else 0) for i in range(procs)]
+    first = 0
+    for n in share:
+        w = ctx.Process(
+            target=load_worker,
+            args=(
+                dict(
+                    provider=provider,
+                    base=base,
+                    calls=n,
+                    first=first,
+                    total=args.calls,
+                    ramp=args.ramp,
+                    seconds=args.seconds,
+                    t0=t0,
+                ),
+                out,
+            ),
+        )
+        w.start()
+        if other_cpus:
+            os.sched_setaffinity(w.pid, other_cpus)
+        workers.append(w)
+        first += n
+    # steady state: every call started (+2 s), until the first one ends (-1 s)
+    steady_from = t0 + args.ramp + 2.0
+    steady_to = t0 + args.seconds - 1.0
+    cpu_a = cpu_b = None
+    ta = tb = 0.0
+    others_util: list[float] = []
+    if steady_to - steady_from >= 3:
+        time.sleep(max(0.0, steady_from - time.time()))
+        cpu_a, ta = cpu_seconds(edge_pid), time.monotonic()
+        others_a = [cpu_seconds(p) for p in [core_pid] + [w.pid for w in workers]]
+        time.sleep(max(0.0, steady_to - time.time()))
+        cpu_b, tb = cpu_seconds(edge_pid), time.monotonic()
+        others_b = [cpu_seconds(p) for p in [core_pid] + [w.pid for w in workers]]
+        others_util = [(b - a) / (tb - ta) for a, b in zip(others_a, others_b, strict=True)]
+    results: list[dict[str, Any]] = []
+    for _ in workers:
+        results.extend(out.get(timeout=args.seconds + args.ramp + 120))
+    for w in workers:
+        w.join()
+    time.sleep(1.0)  # let the edge finish tearing the calls down
+    after = scrape(base)
+    cpu1 = cpu_seconds(edge_pid)
+    hwm_kb = status_kb(edge_pid, "VmHWM")
 
     outcomes: dict[str, int] = defaultdict(int)
     for r in results:
@@ -680,10 +808,10 @@ def main() -> int:
         for k, v in delta(after, before, "telephony_edge_frames_dropped_total").items()
         if v
     }
-    gaps = sum(delta(after, before, "telephony_edge_twilio_sequence_gaps_total").values())
-    late_sends = sum(delta(after, before, "telephony_edge_twilio_late_sends_total").values())
+    gaps = sum(delta(after, before, f"telephony_edge_{provider}_sequence_gaps_total").values())
+    late_sends = sum(delta(after, before, f"telephony_edge_{provider}_late_sends_total").values())
     bad = sum(
-        delta(after, before, "telephony_edge_bad_input_total", source="twilio-media").values()
+        delta(after, before, "telephony_edge_bad_input_total", source=f"{provider}-media").values()
     )
     statuses = {
         dict(k).get("status", ""): v
@@ -697,16 +825,14 @@ def main() -> int:
     steady = None
     if cpu_a is not None and cpu_b is not None:
         steady = (cpu_b - cpu_a) / (len(ok) * (tb - ta) / 60) if ok else math.nan
-    d_us, e_us = leg_costs()
-    figures = {
+    d_us, e_us = leg_costs() if provider == "twilio" else (math.nan, math.nan)
+    return {
+        "provider": provider,
         "calls": args.calls,
         "seconds": args.seconds,
         "loop": args.loop,
         "core": args.core,
         "load_procs": procs,
-        "cores": len(cores),
-        "edge_pinned": sorted(edge_cpus or []),
-        "edge_cmd": "telephony-edge serve" if wired else "bench --serve-edge (routes added)",
         "outcomes": dict(outcomes),
         "errors": sorted({r["error"] for r in results if r["error"]})[:5],
         "setup_webhook_to_stream_ms": [
@@ -735,6 +861,9 @@ def main() -> int:
         "malformed": bad,
         "simulator_send_late_frames": sum(r["send_late"] for r in ok),
         "clears": sum(r["clears"] for r in ok),
+        "playout_overflow_frames": sum(r.get("overflow", 0) for r in ok),
+        "playout_peak_buffered_ms": max((r.get("peak_buffered_s", 0.0) for r in ok), default=0.0)
+        * 1000,
         "calls_total_by_status": statuses,
         "edge_cpu_s_per_call_minute_steady": steady,
         "edge_cpu_s_per_call_minute_overall": (cpu1 - cpu0) / call_minutes if ok else None,
@@ -744,13 +873,7 @@ def main() -> int:
         "agent_core_cpu_utilisation_steady": others_util[0] if others_util else None,
         "load_generator_cpu_utilisation_steady": others_util[1:],
         "edge_peak_rss_mb": hwm_kb / 1024,
-        "edge_idle_rss_mb": rss_idle_kb / 1024,
     }
-    print(report(figures))
-    print(f"  logs: {tmp}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2))
-    return 0 if outcomes.get("failed", 0) == 0 else 1
 
 
 def report(f: dict[str, Any]) -> str:
@@ -762,7 +885,7 @@ def report(f: dict[str, Any]) -> str:
     steady = f["edge_cpu_s_per_call_minute_steady"]
     util = f["edge_cpu_utilisation_steady"]
     lines = [
-        f"twilio_load: {f['calls']} calls x {f['seconds']:g} s, {f['core']} agent core, "
+        f"{f['provider']}: {f['calls']} calls x {f['seconds']:g} s, {f['core']} agent core, "
         f"edge on {f['loop']} "
         f"({f['edge_cmd']}), {f['cores']} cores, edge pinned to {f['edge_pinned'] or 'none'}, "
         f"{f['load_procs']} load processes",
@@ -776,17 +899,29 @@ def report(f: dict[str, Any]) -> str:
         f"  edge relay latency agent->caller: p50 {a2c['p50']:.3f} ms, p99 {a2c['p99']:.3f} ms "
         f"({a2c['frames']} frames)",
         f"  Twilio leg codec per frame: decode {f['leg_decode_us_per_frame']:.1f} us, "
-        f"encode {f['leg_encode_us_per_frame']:.1f} us",
+        f"encode {f['leg_encode_us_per_frame']:.1f} us"
+        if f["provider"] == "twilio"
+        else f"  Vonage playout buffer (bounded): {f['playout_overflow_frames']} frames over "
+        f"the bound (dropped), peak {f['playout_peak_buffered_ms']:.0f} ms ahead",
         f"  agent audio arrival jitter at the caller: p50 {jit['p50']:.0f} ms, "
         f"p99 {jit['p99']:.0f} ms, p99.9 {jit['p999']:.0f} ms; "
-        f"playout underruns {f['playout_underruns']} (edge-side late sends "
-        f"{f['edge_late_sends']:.0f})",
+        f"playout underruns {f['playout_underruns']}"
+        + (
+            f" (edge-side late sends {f['edge_late_sends']:.0f})"
+            if f["provider"] == "twilio"
+            else ""
+        ),
         f"  frames: caller sent {f['caller_frames_sent']}, relayed to agent "
         f"{f['caller_frames_relayed_to_agent']}; agent->caller received "
         f"{f['agent_frames_received']}",
-        f"  frames lost: dropped by edge {f['frames_dropped_by_edge'] or 0}, sequence gaps "
-        f"{f['sequence_gaps']:.0f}, malformed {f['malformed']:.0f}; load generator late sends "
-        f"{f['simulator_send_late_frames']}",
+        f"  frames lost: dropped by edge {f['frames_dropped_by_edge'] or 0}, "
+        + (f"sequence gaps {f['sequence_gaps']:.0f}, " if f["provider"] == "twilio" else "")
+        + f"malformed {f['malformed']:.0f}"
+        + (
+            f"; load generator late sends {f['simulator_send_late_frames']}"
+            if f["provider"] == "twilio"
+            else ""
+        ),
         "  edge CPU: "
         + (
             f"{steady:.3f} s per call-minute steady ({util * 100:.0f}% of a core), "
@@ -806,6 +941,71 @@ def report(f: dict[str, Any]) -> str:
     if f["errors"]:
         lines.append(f"  errors: {f['errors']}")
     return "\n".join(lines)
+
+
+def side_by_side(runs: list[dict[str, Any]]) -> str:
+    """The headline figures of each provider's run, one column each."""
+    rows = [
+        (
+            "calls ok / failed",
+            lambda f: (
+                f"{sum(f['outcomes'].values()) - f['outcomes'].get('failed', 0)}"
+                f" / {f['outcomes'].get('failed', 0)}"
+            ),
+        ),
+        (
+            "edge CPU s per call-minute (steady)",
+            lambda f: _num(f["edge_cpu_s_per_call_minute_steady"], 3),
+        ),
+        (
+            "edge CPU s per call-minute (overall)",
+            lambda f: _num(f["edge_cpu_s_per_call_minute_overall"], 3),
+        ),
+        (
+            "edge CPU share of its core (steady)",
+            lambda f: _num((f["edge_cpu_utilisation_steady"] or math.nan) * 100, 0) + "%",
+        ),
+        (
+            "relay caller->agent p50 / p99 ms",
+            lambda f: _pair(f["relay_caller_to_agent_ms"]),
+        ),
+        (
+            "relay agent->caller p50 / p99 ms",
+            lambda f: _pair(f["relay_agent_to_caller_ms"]),
+        ),
+        (
+            "frames lost (dropped by edge)",
+            lambda f: str(
+                int(sum(f["frames_dropped_by_edge"].values())) if f["frames_dropped_by_edge"] else 0
+            ),
+        ),
+        (
+            "caller frames sent / relayed",
+            lambda f: f"{f['caller_frames_sent']} / {f['caller_frames_relayed_to_agent']}",
+        ),
+        ("malformed", lambda f: f"{f['malformed']:.0f}"),
+        ("playout underruns", lambda f: str(f["playout_underruns"])),
+        (
+            "playout overflows (Vonage bound)",
+            lambda f: str(f["playout_overflow_frames"]) if f["provider"] == "vonage" else "n/a",
+        ),
+        ("agent audio jitter p99 ms", lambda f: f"{f['agent_audio_arrival_jitter_ms']['p99']:.0f}"),
+    ]
+    width = max(len(name) for name, _ in rows) + 2
+    lines = [
+        "same run, same edge process:",
+        " " * width + "".join(f"{f['provider']:>16}" for f in runs),
+    ]
+    lines += [name.ljust(width) + "".join(f"{get(f):>16}" for f in runs) for name, get in rows]
+    return "\n".join(lines)
+
+
+def _pair(relay: dict[str, float]) -> str:
+    return f"{relay['p50']:.3f} / {relay['p99']:.3f}"
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
 if __name__ == "__main__":

@@ -39,10 +39,21 @@ def _vonage_number(e164: str) -> str:
     return e164.removeprefix("+")
 
 
-def connect_websocket(uri: str, headers: dict[str, str], from_number: str) -> list[dict[str, Any]]:
-    """``connect`` to our audio WebSocket: L16 16 kHz, the call token in the headers."""
+def connect_websocket(
+    uri: str, headers: dict[str, str], from_number: str, event_url: str | None = None
+) -> list[dict[str, Any]]:
+    """``connect`` to our audio WebSocket: L16 16 kHz, the call token in the headers.
+
+    ``event_url``: where Vonage reports the socket leg's own events (its
+    ``uuid`` is not the call's), so the event webhook finds the call by it.
+    """
     endpoint = WebsocketEndpoint(uri=uri, contentType=CONTENT_TYPE, headers=headers)
-    return _dump([Connect(endpoint=[endpoint], from_=_vonage_number(from_number))])
+    connect = (
+        Connect(endpoint=[endpoint], from_=_vonage_number(from_number))
+        if event_url is None
+        else Connect(endpoint=[endpoint], from_=_vonage_number(from_number), eventUrl=[event_url])
+    )
+    return _dump([connect])
 
 
 def talk(text: str) -> list[dict[str, Any]]:

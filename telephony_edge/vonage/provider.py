@@ -26,7 +26,7 @@ from telephony_edge.vonage.settings import VonageSettings
 log = logging.getLogger(__name__)
 
 ANSWER_PATH = "/vonage/answer"
-EVENT_PATH = "/vonage/event"
+EVENT_PATH = webhook.EVENT_PATH
 
 
 class VonageProvider(Provider):

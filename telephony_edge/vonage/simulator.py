@@ -34,7 +34,12 @@ import orjson
 from yarl import URL
 
 from telephony_edge.errors import UserError
-from telephony_edge.twilio.simulator import EdgeNotReady, wait_until_ready
+from telephony_edge.twilio.simulator import (
+    JITTER_BUCKETS,
+    TALKSPURT_GAP_S,
+    EdgeNotReady,
+    wait_until_ready,
+)
 from telephony_edge.vonage.signature import sign
 
 RATE = 16000
@@ -137,6 +142,8 @@ class VonageResult:
     odd_frames: int = 0  # binary messages from the edge that were not 640 bytes
     frames_played: int = 0
     overflow_frames: int = 0  # beyond the bounded buffer: dropped, as Vonage would
+    late_frames: int = 0  # agent audio that came after the playout buffer ran dry mid-turn
+    jitter_ms: list[int] = field(default_factory=list)  # arrival lateness histogram, 1 ms
     max_buffered_s: float = 0.0
     clears: int = 0
     clear_times: list[float] = field(default_factory=list)
@@ -158,6 +165,7 @@ class VonageResult:
             f"  answer webhook in {ms(self.webhook_s)}; first agent audio {ms(self.first_audio_s)}",
             f"  frames sent {self.frames_sent}, received {self.frames_received} "
             f"(played {self.frames_played}, over the buffer {self.overflow_frames}, "
+            f"late {self.late_frames}, "
             f"not 640 bytes {self.odd_frames}), clears {self.clears}",
             f"  duration {self.duration_s:.1f} s"
             + (", the edge ended the call" if self.edge_closed else ""),
@@ -175,7 +183,7 @@ class VonageResult:
 class _Playout:
     """Vonage's playout buffer for one call: real time, bounded, cleared on request."""
 
-    __slots__ = ("chunks", "end", "overflow", "peak", "t0")
+    __slots__ = ("chunks", "end", "jitter", "late", "overflow", "peak", "spurt_n", "spurt_t0", "t0")
 
     def __init__(self, t0: float) -> None:
         self.t0 = t0
@@ -183,10 +191,22 @@ class _Playout:
         self.chunks: list[tuple[float, bytes]] = []
         self.overflow = 0
         self.peak = 0.0
+        self.late = 0
+        # arrival lateness against the talkspurt's 20 ms grid, in 1 ms buckets
+        self.jitter = [0] * JITTER_BUCKETS
+        self.spurt_t0 = t0
+        self.spurt_n = 0
 
     def push(self, now: float, pcm: bytes) -> None:
-        if self.end < now:
+        if self.end < now:  # the buffer ran dry: a new talkspurt, or a gap the caller hears
+            if self.chunks and now - self.end < TALKSPURT_GAP_S:
+                self.late += 1
+            else:
+                self.spurt_t0, self.spurt_n = now, 0
             self.end = now + PLAYOUT_DELAY_S
+        lateness_ms = int((now - self.spurt_t0 - self.spurt_n * FRAME_S) * 1000)
+        self.jitter[min(max(lateness_ms, 0), JITTER_BUCKETS - 1)] += 1
+        self.spurt_n += max(1, len(pcm) // FRAME_BYTES)
         ahead = self.end - now
         if ahead > BUFFER_LIMIT_S + PLAYOUT_DELAY_S:
             self.overflow += 1
@@ -438,6 +458,8 @@ class SimulatedVonageCall:
             result.frames_played = len(self._playout.chunks)
             result.overflow_frames = self._playout.overflow
             result.max_buffered_s = self._playout.peak
+            result.late_frames = self._playout.late
+            result.jitter_ms = self._playout.jitter
             result.duration_s = self._loop.time() - self._t_start
         if self.ws is not None:
             result.close_code = self.ws.close_code

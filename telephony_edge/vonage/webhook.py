@@ -22,6 +22,7 @@ from prometheus_client import Counter
 from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.calls.service import CallRejected, WorkerFull
 from telephony_edge.config import normalize_e164
+from telephony_edge.coord.base import Conflict
 from telephony_edge.coord.health import CoordinatorUnavailable
 from telephony_edge.services import SERVICES, Services
 from telephony_edge.vonage import ncco
@@ -53,6 +54,24 @@ KNOWN_STATUSES = frozenset(
     | {"rejected", "unanswered", "cancelled", "machine", "human", "disconnected"}
 )
 MAX_FIELD_CHARS = 256
+EVENT_PATH = "/vonage/event"
+#: the stored call's field for what Vonage reports beyond the status (see merge_details)
+DETAILS_KEY = "provider_details"
+#: the call leg's network details, as Vonage's event webhook names them
+NETWORK_FIELDS = (
+    "conversation_uuid",
+    "network",
+    "rate",
+    "price",
+    "duration",
+    "start_time",
+    "end_time",
+    "detail",
+    "reason",
+)
+WEBSOCKET_FIELDS = ("uuid", "status", "to", "duration", "detail")
+MAX_WS_EVENTS = 16
+MAX_MERGE_ATTEMPTS = 5
 
 
 def _outcome(kind: str, outcome: str) -> None:
@@ -183,7 +202,10 @@ async def _connect_answer(
     }
     # the Vonage number: the dialled one inbound, the caller id outbound
     own_number = record.to if record.direction == "inbound" else record.from_
-    return _ncco(ncco.connect_websocket(ncco.ws_url(ctx.public_url), headers, own_number))
+    event_url = f"{ctx.public_url.rstrip('/')}{EVENT_PATH}?{CALL_ID_PARAM}={record.call_id}"
+    return _ncco(
+        ncco.connect_websocket(ncco.ws_url(ctx.public_url), headers, own_number, event_url)
+    )
 
 
 async def event(request: web.Request) -> web.Response:
@@ -207,5 +229,74 @@ async def event(request: web.Request) -> web.Response:
         _outcome("event", "ignored")  # another region's call, or not a call status
         return web.Response(status=204)
     _outcome("event", status if status in KNOWN_STATUSES else "other")
+    provider_call_id = await _record_details(services, call_id, fields)
+    if _is_websocket_leg(fields, provider_call_id):
+        return web.Response(status=204)  # the socket's own leg: never the call's status
     await services.call_service.update_provider_status(call_id, status)
     return web.Response(status=204)
+
+
+def _is_websocket_leg(fields: dict[str, str], provider_call_id: str) -> bool:
+    """Whether an event is about the ``connect``'s WebSocket leg, not the call's own leg.
+
+    That leg has its own ``uuid`` (on outbound calls its events come to the
+    call's event URL too) and its ``to`` is the socket's URI.
+    """
+    uuid = fields.get("uuid", "")
+    if provider_call_id and uuid and uuid != provider_call_id:
+        return True
+    return fields.get("to", "").startswith(("ws://", "wss://"))
+
+
+async def _record_details(services: Services, call_id: str, fields: dict[str, str]) -> str:
+    """Merge the event's network details and the socket leg's events into the stored call.
+
+    They go to the record's ``provider_details`` (see :func:`merge_details`),
+    with a compare-and-set so two events at once lose nothing. Returns the
+    call's ``provider_call_id`` as stored ("" when the call is unknown).
+    """
+    coordinator = services.coordinator
+    for _ in range(MAX_MERGE_ATTEMPTS):
+        doc = await coordinator.get_call(call_id)
+        if doc is None:
+            return ""
+        provider_call_id = str(doc.data.get("provider_call_id") or "")
+        websocket = _is_websocket_leg(fields, provider_call_id)
+        old = doc.data.get(DETAILS_KEY)
+        details = merge_details(old if isinstance(old, dict) else {}, fields, websocket=websocket)
+        if details == old:
+            return provider_call_id
+        try:
+            await coordinator.update_call(call_id, {DETAILS_KEY: details}, if_version=doc.version)
+        except Conflict:
+            continue
+        return provider_call_id
+    log.warning("event details not recorded: the call kept changing", extra={"call_id": call_id})
+    return provider_call_id
+
+
+def merge_details(
+    details: dict[str, Any], fields: dict[str, str], *, websocket: bool
+) -> dict[str, Any]:
+    """``details`` with one event's fields merged in (a new dict).
+
+    The call's own leg: its network fields (``network``, ``rate``, ``price``,
+    ``duration``, times, ``detail`` …) at the top level, the latest value
+    winning. The WebSocket leg: ``websocket`` = its ``uuid``, latest
+    ``status`` and its events in order (the last ``MAX_WS_EVENTS`` kept).
+    """
+    merged = dict(details)
+    if websocket:
+        leg = dict(merged.get("websocket") or {})
+        events = list(leg.get("events") or [])
+        event = {k: fields[k] for k in ("status", "timestamp") if k in fields}
+        if event not in events:
+            events.append(event)
+        leg.update(
+            {k: fields[k] for k in WEBSOCKET_FIELDS if fields.get(k)},
+            events=events[-MAX_WS_EVENTS:],
+        )
+        merged["websocket"] = leg
+    else:
+        merged.update({k: fields[k] for k in NETWORK_FIELDS if fields.get(k)})
+    return merged

@@ -14,6 +14,7 @@ from vonage_voice.models.ncco import Connect, Talk
 from telephony_edge.calls.record import CallState, CallStatus
 from telephony_edge.vonage import ncco
 from telephony_edge.vonage.signature import SignatureRejected, check_token, sign
+from telephony_edge.vonage.webhook import MAX_WS_EVENTS, merge_details
 from tests.vonage.harness import EU_NUMBER, SECRET, VonageEdge
 
 BODY = b'{"to":"15555550299","from":"15555550100","uuid":"u-1"}'
@@ -73,7 +74,7 @@ def _validated_connect(action: dict[str, Any]) -> Connect:
     ws = WebsocketEndpoint(
         uri=endpoint["uri"], contentType=endpoint["content-type"], headers=endpoint["headers"]
     )
-    return Connect(endpoint=[ws], from_=action["from"])
+    return Connect(endpoint=[ws], from_=action["from"], eventUrl=action.get("eventUrl"))
 
 
 @pytest.mark.parametrize("method", ["POST", "GET"])
@@ -156,3 +157,73 @@ async def test_event_webhooks_must_be_signed(
     headers = {"Authorization": f"Bearer {sign(SECRET, b'{}')}"}
     async with session.post(vonage_edge.base + "/vonage/event", data=body, headers=headers) as r:
         assert r.status == 401
+
+
+async def test_the_socket_legs_events_never_overwrite_the_calls_status(
+    vonage_edge: VonageEdge, session: aiohttp.ClientSession
+) -> None:
+    """Events of the ``connect``'s own WebSocket leg (its own uuid, at the connect's event
+    URL; on outbound calls the call's own event URL is the same) are recorded beside the
+    call's, and even a final status of theirs neither overwrites the call's provider
+    status nor ends it.
+    """
+    call = vonage_edge.call(session)
+    [action] = await call.post_answer()
+    call_id = action["endpoint"][0]["headers"]["call_id"]
+    assert await call.post_event("answered", network="US-FIXED") == 204
+    # the connect names an event URL for its socket leg, which finds the call by its id
+    [event_url] = action["eventUrl"]
+    assert event_url == f"{vonage_edge.base}/vonage/event?call_id={call_id}"
+    ws_leg = vonage_edge.call(
+        session, uuid="ws-leg-uuid", event_path=event_url.removeprefix(vonage_edge.base)
+    )
+    for status in ("started", "answered", "completed"):
+        assert await ws_leg.post_event(status, to="wss://edge.example/vonage/ws") == 204
+    # a socket-leg event by its uuid alone (its ``to`` a number) is not the call's either
+    assert await ws_leg.post_event("disconnected") == 204
+    record = await vonage_edge.services.call_service.get(call_id)
+    assert record is not None and record.provider_status == "answered"
+    assert record.state is not CallState.ENDED and record.call_status is None
+    doc = await vonage_edge.services.coordinator.get_call(call_id)
+    assert doc is not None
+    details = doc.data["provider_details"]
+    assert details["network"] == "US-FIXED"
+    assert details["conversation_uuid"] == call.conversation_uuid
+    websocket = details["websocket"]
+    assert websocket["uuid"] == "ws-leg-uuid" and websocket["status"] == "disconnected"
+    statuses = [e["status"] for e in websocket["events"]]
+    assert statuses == ["started", "answered", "completed", "disconnected"]
+    # the call's own completed: merged with its network details, and it ends the call
+    assert await call.post_event("completed", rate="0.0120", price="0.0012", duration="6") == 204
+    record = await vonage_edge.services.call_service.get(call_id)
+    assert record is not None and record.provider_status == "completed"
+    assert record.state is CallState.ENDED
+    doc = await vonage_edge.services.coordinator.get_call(call_id)
+    assert doc is not None
+    details = doc.data["provider_details"]
+    assert (details["network"], details["rate"], details["price"], details["duration"]) == (
+        "US-FIXED",
+        "0.0120",
+        "0.0012",
+        "6",
+    )
+    assert [e["status"] for e in details["websocket"]["events"]] == statuses
+
+
+def test_merge_details_keeps_the_latest_network_fields_and_a_bounded_event_list() -> None:
+    details: dict[str, Any] = {}
+    details = merge_details(details, {"status": "ringing", "network": "A"}, websocket=False)
+    details = merge_details(
+        details, {"status": "answered", "network": "B", "x": "1"}, websocket=False
+    )
+    assert details == {"network": "B"}  # only the known network fields; no status
+    for i in range(MAX_WS_EVENTS + 3):
+        event = {"status": f"s{i}", "timestamp": str(i), "uuid": "w"}
+        details = merge_details(details, event, websocket=True)
+        details = merge_details(details, event, websocket=True)  # a retry: recorded once
+    events = details["websocket"]["events"]
+    assert len(events) == MAX_WS_EVENTS and events[-1] == {
+        "status": f"s{MAX_WS_EVENTS + 2}",
+        "timestamp": str(MAX_WS_EVENTS + 2),
+    }
+    assert details["network"] == "B" and details["websocket"]["uuid"] == "w"
