@@ -89,6 +89,8 @@ class CallRecord:
     call_status: CallStatus | None = None
     error_message: str | None = None
     provider_status: str | None = None
+    provider_details: dict[str, Any] = field(default_factory=dict)
+    """What the network reported about the call (its status callbacks' details), for ``voip``."""
     created_at: float = field(default_factory=time.time)
     answered_at: float | None = None
     ended_at: float | None = None
@@ -113,6 +115,17 @@ class CallRecord:
         self.call_status = status
         self.error_message = error_message
         return True
+
+    def merge_foreign(self, stored: dict[str, Any]) -> None:
+        """Take the fields other writers own (status callbacks) from a stored document.
+
+        The media owner never writes these; it reads them back so that what it
+        shows and reports (``GET /calls/{id}``, the end-of-call ``voip``) has them.
+        """
+        self.provider_status = stored.get("provider_status") or self.provider_status
+        details = stored.get("provider_details")
+        if isinstance(details, dict) and details:
+            self.provider_details = details
 
     @property
     def duration(self) -> int:

@@ -44,7 +44,8 @@ MAX_DEFERRED_ENDS = 10_000  # calls ended during an outage, kept until it is ove
 #: what a coordinator raises that is an answer, not an outage
 _ANSWERS = (Conflict, LookupError, ValueError, CoordinatorUnavailable)
 SUPERVISOR_MAX_BACKOFF_S = 30.0
-#: fields the media owner writes; others (``provider_status``) belong to other writers
+#: fields the media owner writes; others (``provider_status``, ``provider_details``)
+#: belong to other writers (``CallRecord.merge_foreign``)
 OWNER_FIELDS = (
     "state",
     "call_status",
@@ -334,11 +335,10 @@ class CallService:
         live = self.manager.get(call_id)
         doc = await self.coordinator.get_call(call_id)
         if isinstance(live, CallBridge):
-            # Fix: the owner's live record lacked what other writers merged meanwhile (a
-            # provider's status callback), so GET /calls/{id} answered differently on the
-            # owner than on any other worker; merge it as write_state does.
-            if doc is not None and doc.data.get("provider_status"):
-                live.record.provider_status = doc.data["provider_status"]
+            # the owner's live record lacks what other writers merged meanwhile (a
+            # provider's status callback): the same answer on every worker
+            if doc is not None:
+                live.record.merge_foreign(doc.data)
             return live.record
         return None if doc is None else CallRecord.from_dict(doc.data)
 
@@ -443,7 +443,7 @@ class CallService:
                     log.warning("lease not released: %r", exc, extra={"call_id": record.call_id})
         if doc is None:
             raise LookupError(f"call {record.call_id} is not stored (expired?)")
-        record.provider_status = doc.data.get("provider_status") or record.provider_status
+        record.merge_foreign(doc.data)
 
     async def release(self, record: CallRecord) -> None:
         """Give the agent slot back; the lease goes with the final write (``write_state``)."""
