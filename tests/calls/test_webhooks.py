@@ -617,10 +617,8 @@ def test_conversation_is_bounded_and_the_payload_says_what_was_left_out() -> Non
 def test_network_details_other_writers_stored_reach_the_payloads_voip() -> None:
     record = CallRecord(agent_id="a", provider="vonage", direction="inbound")
     assert "details" not in build_session_payload(record)["voip"]
-    stored = {
-        "provider_status": "completed",
-        "provider_details": {"network": "23410", "rate": "0.1"},
-    }
+    details = {"network": "23410", "rate": "0.1"}
+    stored = {"provider_status": "completed", "provider_details": details}
     record.merge_foreign(stored)
     record.merge_foreign({"provider_status": None, "provider_details": {}})  # nothing new: kept
     voip = build_session_payload(record)["voip"]
