@@ -139,6 +139,11 @@ class SipLeg(Leg):
             else:
                 self._put(Dtmf(event.digit))
 
+    def dtmf(self, digit: str) -> None:
+        """A key from SIP INFO (RFC 4733 keys come through :meth:`on_rtp`)."""
+        if self._ended is None:
+            self._put(Dtmf(digit))
+
     def _put(self, event: LegEvent) -> None:
         if len(self._events) >= MAX_QUEUED_EVENTS:
             self._events.popleft()

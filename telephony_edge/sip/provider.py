@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from telephony_edge.api import ApiError, _authorize, _json_errors, _json_object, _object, _string
+from telephony_edge.calls.record import CallStatus
 from telephony_edge.calls.service import CallRejected
 from telephony_edge.provider import Provider
 from telephony_edge.services import SERVICES
@@ -31,6 +32,9 @@ class SipProvider(Provider):
     name = "sip"
     settings_model = SipSettings
     uses_public_url = False  # trunks reach the SIP port, not the web URL
+    final_statuses = {
+        "cancelled": (CallStatus.USER_ENDED, "the caller cancelled before the answer")
+    }
 
     def mount(self, app: web.Application) -> None:
         settings = sip_settings(self.services.settings)

@@ -37,6 +37,9 @@ class SipSettings(ProviderSettings):
     call ids are admitted from anywhere, the call id being the secret."""
     default_agent_id: str | None = None
     """The stored agent a ``register_sip_call`` with only ``agent_config`` builds on."""
+    ring_s: float = Field(default=0.0, ge=0, le=60)
+    """Seconds of ``180 Ringing`` between admitting a call and answering it (0: answer at
+    once, no 180)."""
     reject_when_draining: bool = True
     """While draining: new INVITEs get 503 (a trunk fails over) and OPTIONS 503."""
 

@@ -37,11 +37,13 @@ from telephony_edge.sip.ua import (
     Action,
     CallConfirmed,
     CallEnded,
+    InfoReceived,
     MediaUpdated,
     Send,
     StartCall,
     UaConfig,
     UserAgent,
+    dtmf_from_info,
 )
 
 log = logging.getLogger(__name__)
@@ -166,6 +168,11 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 leg = self.legs.get(action.call)
                 if leg is not None and action.media is not None:
                     leg.set_media(action.media)
+            elif isinstance(action, InfoReceived):
+                leg = self.legs.get(action.call)
+                digit = dtmf_from_info(action.content_type, action.body)
+                if leg is not None and digit is not None:
+                    leg.dtmf(digit)
             elif isinstance(action, CallEnded):
                 leg = self.legs.get(action.call)
                 if leg is not None:
@@ -217,9 +224,15 @@ class SipEndpoint(asyncio.DatagramProtocol):
             return self._reject(ref, 503, "coordinator unavailable")
         if record is None or record.state is not CallState.CREATED:
             return self._reject(ref, 404, "unknown, expired or already used call id")
+        if self.settings.ring_s > 0:
+            self._apply(ua.ringing(ref, self._now()))
+            await asyncio.sleep(self.settings.ring_s)
         call = ua.calls().get(ref)
-        if call is None:
-            return  # CANCEL (or a timeout) while we looked it up
+        if call is None:  # CANCEL (or a timeout) while we looked it up or rang
+            # the registration is spent: the call record ends here, once (compare-and-set)
+            await services.call_service.update_provider_status(record.call_id, "cancelled")
+            log.info("SIP call cancelled before the answer", extra={"call_id": record.call_id})
+            return
         try:
             rtp, port = await self.rtp_ports.bind()
         except OSError as exc:

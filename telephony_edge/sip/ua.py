@@ -176,6 +176,29 @@ class InfoReceived:
     body: bytes
 
 
+DTMF_KEYS = frozenset("0123456789*#ABCD")
+_SIGNAL_NUMBERS = {"10": "*", "11": "#", "12": "A", "13": "B", "14": "C", "15": "D"}
+
+
+def dtmf_from_info(content_type: str, body: bytes) -> str | None:
+    """The key of a DTMF INFO: ``application/dtmf-relay`` (``Signal=5``) or
+    ``application/dtmf`` (the key alone); None for anything else."""
+    ctype = content_type.split(";")[0].strip().lower()
+    text = body.decode("ascii", "replace").strip()
+    if ctype == "application/dtmf-relay":
+        for line in text.splitlines():
+            name, _, value = line.partition("=")
+            if name.strip().lower() == "signal":
+                text = value.strip()
+                break
+        else:
+            return None
+    elif ctype != "application/dtmf":
+        return None
+    key = _SIGNAL_NUMBERS.get(text, text.upper())
+    return key if key in DTMF_KEYS else None
+
+
 @dataclass(frozen=True, slots=True)
 class NotifyReceived:
     call: str

@@ -14,137 +14,18 @@ import audioop
 import itertools
 import json
 import os
-import shutil
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from telephony_edge.audio.g711 import Law
 from telephony_edge.audio.transcode import G711Encoder
-from telephony_edge.config import load_settings
 from telephony_edge.sip.provider import SIP_ENDPOINT
 from telephony_edge.sip.rtp import build_rtp, parse_rtp
-from tests.conftest import Edge, free_port, read_wav, wait_for
+from tests.conftest import Edge, read_wav, wait_for
+from tests.sip.conftest import Receiver, finished, register, sipp
 
-SCENARIOS = Path(__file__).resolve().parents[2] / "sip"
-API_KEY = "private-api-key-for-sip-tests-01"
 PCAP = Path("/usr/share/sip-tester/g711a.pcap")
-
-
-def sipp_binary() -> str:
-    path = shutil.which("sipp")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("sipp is missing (Debian package sip-tester); CI must install it")
-        pytest.skip("sipp is not installed (apt-get install sip-tester)")
-    return path
-
-
-@dataclass
-class Receiver:
-    """The agent's end-of-call webhook target."""
-
-    url: str = ""
-    received: list[dict[str, Any]] = field(default_factory=list)
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    box = Receiver()
-
-    async def ended(request: web.Request) -> web.Response:
-        box.received.append(json.loads(await request.read()))
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/ended", ended)
-    server = TestServer(app, host="127.0.0.1", port=0)
-    await server.start_server()
-    box.url = str(server.make_url("/ended"))
-    yield box
-    await server.close()
-
-
-@pytest.fixture
-async def sip_edge(make_edge: Callable[..., Any], receiver: Receiver) -> Edge:
-    sipp_binary()
-    rtp_low = free_port() // 2 * 2
-    settings = load_settings(
-        None,
-        api={"private_key": API_KEY},
-        webhooks={
-            "signing_secret": "whsec_sip_tests_0001",
-            "allow_private_targets": True,
-            "backoff_base_s": 0.05,
-        },
-        sip={
-            "enabled": True,
-            "port": 0,
-            "rtp_port_min": rtp_low,
-            "rtp_port_max": rtp_low + 40,
-        },
-        agents={
-            "echo": {
-                "prompt": "You echo.",
-                "first_message": "Hi",
-                "session_data_webhook": receiver.url,
-            }
-        },
-        calls={"inactivity_timeout_s": 30},
-    )
-    edge: Edge = await make_edge(settings)
-    return edge
-
-
-async def register(edge: Edge, **body: Any) -> dict[str, Any]:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(
-            edge.url("/register_sip_call"),
-            json={"agent_id": "echo", **body},
-            headers={"Authorization": f"Bearer {API_KEY}"},
-        ) as resp,
-    ):
-        assert resp.status == 200, await resp.text()
-        data: dict[str, Any] = await resp.json()
-        return data
-
-
-async def sipp(
-    edge: Edge, scenario: str, user: str, cwd: Path, *extra: str
-) -> asyncio.subprocess.Process:
-    """Start sipp against the edge's SIP port (the command line a user would type)."""
-    port = edge.app[SIP_ENDPOINT].port
-    args = [
-        f"127.0.0.1:{port}",
-        "-sf", str(SCENARIOS / scenario),
-        "-s", user,
-        "-i", "127.0.0.1", "-mi", "127.0.0.1",
-        "-p", str(free_port()), "-mp", str(free_port() // 2 * 2),
-        "-m", "1", "-nostdin", "-timeout", "20", "-timeout_error",
-        "-trace_err", "-error_file", str(cwd / "sipp_errors.log"),
-        *extra,
-    ]  # fmt: skip
-    return await asyncio.create_subprocess_exec(
-        sipp_binary(),
-        *args,
-        cwd=cwd,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def finished(process: asyncio.subprocess.Process, cwd: Path) -> None:
-    _, stderr = await asyncio.wait_for(process.communicate(), 30)
-    errors = cwd / "sipp_errors.log"
-    detail = errors.read_text(errors="replace")[-2000:] if errors.exists() else ""
-    assert process.returncode == 0, f"sipp exit {process.returncode}: {stderr!r}\n{detail}"
 
 
 class CallerMedia(asyncio.DatagramProtocol):

@@ -426,3 +426,15 @@ def test_same_invite_under_a_new_branch_or_very_late_is_no_second_call() -> None
     other_branch = wire.request("INVITE", branch="z9hG4bKother", body=wire.TWILIO_SDP)
     assert late == [] and ua.receive(other_branch, PEER, 41.0) == []
     assert ua.stats.calls_started == 1
+
+
+def test_dtmf_from_info_bodies() -> None:
+    from telephony_edge.sip.ua import dtmf_from_info
+
+    assert dtmf_from_info("application/dtmf-relay", b"Signal=5\r\nDuration=160\r\n") == "5"
+    assert dtmf_from_info("Application/DTMF-Relay; x=1", b"Signal= 11\r\n") == "#"
+    assert dtmf_from_info("application/dtmf-relay", b"Signal=*\r\n") == "*"
+    assert dtmf_from_info("application/dtmf", b"9") == "9"
+    assert dtmf_from_info("application/dtmf", b"x") is None
+    assert dtmf_from_info("application/dtmf-relay", b"Duration=160") is None
+    assert dtmf_from_info("text/plain", b"5") is None
