@@ -5,26 +5,34 @@ offer leaves nothing behind: 400 with the reason (not JSON, bad SDP, a wrong
 ``type``, no audio, no Opus), 413 past ``webrtc.max_offer_bytes``, 401 for a
 wrong key (the API's own check), 503 past ``webrtc.max_peer_connections`` or
 when the worker takes no new calls. The answer (``{sdp, type, call_id}``)
-comes once ICE gathering is complete. The browser path (public key, allowed
-origins, public agents) is a later step of issue 10.
+comes once ICE gathering is complete.
+
+Browsers use the public key instead (:mod:`telephony_edge.webrtc.browser`):
+allowed origins only (CORS preflight answered for them), agents marked
+``allow_public_key`` only (403), no ``agent_config`` override (403), a rate
+limit per source address (429). ``GET /widget`` serves the web call widget
+(:mod:`telephony_edge.webrtc.widget`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
 
-from telephony_edge.api import ApiError, _authorize, _json_errors, _json_object, _object, _string
+from telephony_edge.api import ApiError, _json_errors, _json_object, _object, _string
 from telephony_edge.calls.leg import LegInfo
 from telephony_edge.calls.service import CallRejected
 from telephony_edge.provider import Provider
 from telephony_edge.services import SERVICES
+from telephony_edge.webrtc.browser import BROWSER, Browser, cors_headers, key_matches, origin_of
 from telephony_edge.webrtc.leg import OfferRefused, WebRtcLeg
 from telephony_edge.webrtc.settings import WebRtcSettings, webrtc_settings
+from telephony_edge.webrtc.widget import mount_widget
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +80,10 @@ class WebRtcProvider(Provider):
         settings = webrtc_settings(self.services.settings)
         app[WEBRTC_PEERS] = Peers(settings.max_peer_connections)
         app.cleanup_ctx.append(self._peers)
-        app.router.add_post(OFFER_PATH, _json_errors(webrtc_offer))
+        app[BROWSER] = Browser(self.services.settings, settings)
+        app.router.add_post(OFFER_PATH, _with_cors(_json_errors(webrtc_offer)))
+        app.router.add_route("OPTIONS", OFFER_PATH, preflight)
+        mount_widget(app)
 
     @staticmethod
     async def _peers(app: web.Application) -> AsyncIterator[None]:
@@ -82,6 +93,44 @@ class WebRtcProvider(Provider):
     @classmethod
     def banner(cls, public_url: str) -> list[str]:
         return [f"WebRTC offers: POST {public_url.rstrip('/')}{OFFER_PATH}"]
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _with_cors(handler: Handler) -> Handler:
+    """Every answer to an allowed origin (errors too, so a page can show the reason) gets CORS."""
+
+    @functools.wraps(handler)
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        response = await handler(request)
+        origin = origin_of(request)
+        if origin is not None and request.app[BROWSER].allowed(origin):
+            response.headers.update(cors_headers(origin))
+        return response
+
+    return wrapper
+
+
+async def preflight(request: web.Request) -> web.Response:
+    """``OPTIONS /webrtc/offer``: 204 with CORS headers for an allowed origin, else 403."""
+    origin = origin_of(request)
+    if origin is None or not request.app[BROWSER].allowed(origin):
+        return web.json_response({"error": "this origin is not allowed"}, status=403)
+    return web.Response(status=204, headers=cors_headers(origin))
+
+
+def _authorize_offer(request: web.Request) -> bool:
+    """True for the private key, False for the public key (browser checks done); 401 else."""
+    api = request.app[SERVICES].settings.api
+    if key_matches(request, api.private_key):
+        return False
+    if key_matches(request, api.public_key):
+        request.app[BROWSER].check_public(request)
+        return True
+    raise ApiError(
+        401, "missing or invalid API key (Authorization: Bearer <private or public key>)"
+    )
 
 
 def _offer_sdp(body: dict[str, Any], max_bytes: int) -> str:
@@ -106,7 +155,7 @@ def _offer_sdp(body: dict[str, Any], max_bytes: int) -> str:
 
 async def webrtc_offer(request: web.Request) -> web.Response:
     """``POST /webrtc/offer`` → ``{"sdp", "type": "answer", "call_id"}``."""
-    _authorize(request)
+    public = _authorize_offer(request)
     body = await _json_object(request)
     services = request.app[SERVICES]
     settings = webrtc_settings(services.settings)
@@ -115,7 +164,11 @@ async def webrtc_offer(request: web.Request) -> web.Response:
     assert agent_id is not None
     if agent_id not in services.settings.agents:
         raise ApiError(404, f"unknown agent_id {agent_id!r}")
+    if public and not services.settings.agents[agent_id].allow_public_key:
+        raise ApiError(403, f"agent {agent_id!r} does not take calls with the public key")
     agent_config = _object(body, "agent_config")
+    if public and agent_config:
+        raise ApiError(403, "agent_config needs the private key")
     metadata = _object(body, "metadata")
     include = body.get("include_metadata_in_prompt", False)
     if not isinstance(include, bool):
@@ -126,7 +179,8 @@ async def webrtc_offer(request: web.Request) -> web.Response:
 
     peers = request.app[WEBRTC_PEERS]
     peers.reserve()
-    info = LegInfo(provider="webrtc", direction="inbound", from_="webrtc", to=agent_id)
+    source = "webrtc-browser" if public else "webrtc"
+    info = LegInfo(provider="webrtc", direction="inbound", from_=source, to=agent_id)
     leg = WebRtcLeg(info, settings)
     try:
         try:

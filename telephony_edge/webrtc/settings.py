@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -44,6 +45,21 @@ class WebRtcSettings(ProviderSettings):
     connect_timeout_s: float = Field(default=15.0, gt=0, le=120)
     """From the answer to ICE + DTLS connected; past it the call ends ``error``."""
 
+    allowed_origins: list[str] = Field(default_factory=list)
+    """Web origins (``https://shop.example.com``) whose pages may post offers with the
+    public key (CORS). The edge's own ``public_url`` is always allowed (its ``/widget``)."""
+    public_rate_per_minute: float = Field(default=10.0, gt=0, le=6000)
+    """Offers with the public key per source address per minute (a token bucket); 429 beyond."""
+    public_burst: int = Field(default=5, ge=1, le=1000)
+    """How many public-key offers one source address may send at once."""
+    browser_ice_servers: list[IceServerSettings] = Field(default_factory=list)
+    """STUN/TURN servers the widget's browser uses (public: no secrets)."""
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        return [normalize_origin(o) for o in origins]
+
     @field_validator("advertised_addresses")
     @classmethod
     def _addresses(cls, addresses: list[str]) -> list[str]:
@@ -53,6 +69,20 @@ class WebRtcSettings(ProviderSettings):
         if not settings.api.private_key:
             return ["api.private_key: required for POST /webrtc/offer"]
         return []
+
+
+def normalize_origin(origin: str) -> str:
+    """``scheme://host[:port]`` in lower case, default ports dropped; ValueError otherwise."""
+    parts = urlsplit(origin.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{origin!r}: an origin is http(s)://host[:port]")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"{origin!r}: an origin has no path, query or credentials")
+    port = parts.port
+    default = {"http": 80, "https": 443}[parts.scheme]
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    suffix = f":{port}" if port is not None and port != default else ""
+    return f"{parts.scheme}://{host}{suffix}"
 
 
 def webrtc_settings(settings: Settings) -> WebRtcSettings:

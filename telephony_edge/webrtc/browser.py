@@ -1,0 +1,138 @@
+"""The browser path of ``POST /webrtc/offer``: the public key, allowed origins (CORS), rate limits.
+
+A page cannot keep a secret, so browsers use ``api.public_key``: it is
+rendered into the widget page and anyone can read it. What it allows is
+narrow: offers for agents marked ``allow_public_key: true`` (403 otherwise),
+without ``agent_config`` overrides, only with an ``Origin`` the edge trusts
+(``webrtc.allowed_origins`` plus the edge's own ``public_url``; 403
+otherwise), and at most ``webrtc.public_rate_per_minute`` offers per source
+address (a token bucket of ``webrtc.public_burst``; 429 beyond). The origin
+check stops other web sites from spending the key from their visitors'
+browsers; it does not stop a script outside a browser, which the rate limit
+and the public-agent rule bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from telephony_edge.api import ApiError
+from telephony_edge.config import Settings
+from telephony_edge.webrtc.settings import WebRtcSettings, normalize_origin
+
+PREFLIGHT_MAX_AGE_S = 600
+MAX_TRACKED_SOURCES = 10_000
+
+
+def allowed_origins(settings: Settings, webrtc: WebRtcSettings) -> frozenset[str]:
+    origins = set(webrtc.allowed_origins)
+    with contextlib.suppress(ValueError, AttributeError):
+        origins.add(normalize_origin(str(settings.public_url)))
+    return frozenset(origins)
+
+
+def origin_of(request: web.Request) -> str | None:
+    """The request's ``Origin``, normalized; None when absent or unparseable (``null``)."""
+    origin = request.headers.get("Origin")
+    if not origin:
+        return None
+    try:
+        return normalize_origin(origin)
+    except ValueError:
+        return None
+
+
+def cors_headers(origin: str) -> dict[str, str]:
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Methods": "POST, OPTIONS",
+        "Access-Control-Allow-Headers": "Authorization, Content-Type",
+        "Access-Control-Max-Age": str(PREFLIGHT_MAX_AGE_S),
+        "Vary": "Origin",
+    }
+
+
+def key_matches(request: web.Request, key: str | None) -> bool:
+    """Whether ``Authorization: Bearer <key>`` carries ``key`` (constant time)."""
+    if not key:
+        return False
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    try:
+        given_bytes = given.strip().encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return False
+    return (
+        scheme.lower() == "bearer"
+        and bool(given_bytes)
+        and hmac.compare_digest(given_bytes, key.encode())
+    )
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
+
+
+class RateLimiter:
+    """A token bucket per source address: ``burst`` at once, ``per_minute`` refill."""
+
+    def __init__(self, per_minute: float, burst: int) -> None:
+        self.rate = per_minute / 60.0
+        self.burst = float(burst)
+        self._buckets: dict[str, _Bucket] = {}
+
+    def take(self, source: str, now: float | None = None) -> float:
+        """0 when allowed, else the seconds until a token is available."""
+        now = time.monotonic() if now is None else now
+        bucket = self._buckets.get(source)
+        if bucket is None:
+            if len(self._buckets) >= MAX_TRACKED_SOURCES:
+                self._prune(now)
+            bucket = self._buckets[source] = _Bucket(self.burst, now)
+        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.at) * self.rate)
+        bucket.at = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return 0.0
+        return (1.0 - bucket.tokens) / self.rate
+
+    def _prune(self, now: float) -> None:
+        full = [
+            s for s, b in self._buckets.items() if b.tokens + (now - b.at) * self.rate >= self.burst
+        ]
+        for source in full:
+            del self._buckets[source]
+        if len(self._buckets) >= MAX_TRACKED_SOURCES:  # all busy: forget the oldest
+            oldest = sorted(self._buckets, key=lambda s: self._buckets[s].at)
+            for source in oldest[: len(oldest) // 2]:
+                del self._buckets[source]
+
+
+class Browser:
+    """The browser path's state for one app: origins and the rate limiter."""
+
+    def __init__(self, settings: Settings, webrtc: WebRtcSettings) -> None:
+        self.settings = settings
+        self.origins = allowed_origins(settings, webrtc)
+        self.limiter = RateLimiter(webrtc.public_rate_per_minute, webrtc.public_burst)
+
+    def allowed(self, origin: str | None) -> bool:
+        return origin is not None and origin in self.origins
+
+    def check_public(self, request: web.Request) -> None:
+        """The origin and rate checks of a public-key offer (403, 429)."""
+        origin = origin_of(request)
+        if not self.allowed(origin):
+            raise ApiError(403, "the public key is accepted only from an allowed web origin")
+        wait = self.limiter.take(request.remote or "unknown")
+        if wait > 0:
+            raise ApiError(429, f"too many offers from this address; retry in {wait:.0f} s")
+
+
+BROWSER = web.AppKey("webrtc_browser", Browser)

@@ -1,0 +1,307 @@
+"""WebRTC step 3: the widget page in Debian's Chromium (playwright) against a real edge.
+
+Chromium (``/usr/bin/chromium``, never a downloaded browser) plays
+``tests/fixtures/speech_table.wav`` then 5 s of silence (looped) as its fake microphone and may use
+loopback ICE. The edge runs on real sockets on 127.0.0.1 with WebRTC on,
+127.0.0.1 advertised and its own URL as the allowed origin; its agent (the
+built-in demo core) has no first message, so what the page hears beyond the
+core's chime is the echo of the browser's speech. One browser serves the
+session; it runs on its own thread and event loop (pytest-asyncio gives each
+test a new loop), and tests hand it coroutines.
+
+Missing chromium or playwright: skip, or fail under CI=true.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+import wave
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from telephony_edge.app import create_app, set_local_address
+from telephony_edge.calls.record import CallState
+from telephony_edge.config import load_settings
+from telephony_edge.webrtc.leg import WebRtcLeg
+from telephony_edge.webrtc.provider import WEBRTC_PEERS
+from tests.conftest import Edge, wait_for
+from tests.webrtc.test_offer import API_KEY, LOOPBACK, Receiver, receiver  # noqa: F401
+
+CHROMIUM = "/usr/bin/chromium"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+SPEECH = FIXTURES / "speech_table.wav"
+PUBLIC_KEY = "pk_widget_browser_public"
+DOCS_SHOT = Path(__file__).resolve().parents[2] / "docs" / "widget.png"
+
+T = TypeVar("T")
+
+
+def _missing(what: str) -> None:
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{what} is missing (CI=true: .ci/run installs Debian chromium)")
+    pytest.skip(f"{what} is missing")
+
+
+class BrowserThread:
+    """One Chromium for the session, driven by playwright's async API on its own loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.playwright: Any = None
+        self.browser: Any = None
+
+    def call(self, coro: Awaitable[T], timeout: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
+
+    async def run(self, coro: Awaitable[T]) -> T:
+        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+        return await asyncio.wrap_future(future)
+
+    async def launch(self, microphone: Path) -> None:
+        from playwright.async_api import async_playwright
+
+        self.playwright = await async_playwright().start()
+        self.browser = await self.playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={microphone}",
+                "--allow-loopback-in-peer-connection",
+                "--autoplay-policy=no-user-gesture-required",
+            ],
+        )
+
+    async def shutdown(self) -> None:
+        if self.browser is not None:
+            await self.browser.close()
+        if self.playwright is not None:
+            await self.playwright.stop()
+
+    def close(self) -> None:
+        try:
+            self.call(self.shutdown(), timeout=30)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+
+
+def speech_then_silence(folder: Path, silence_s: float = 5.0) -> Path:
+    """The speech fixture followed by silence: Chromium loops its fake microphone's file,
+    and the demo core echoes only once the caller stops talking."""
+    with wave.open(str(SPEECH)) as wav:
+        params = wav.getparams()
+        pcm = wav.readframes(wav.getnframes())
+    pcm += bytes(int(params.framerate * silence_s) * params.sampwidth * params.nchannels)
+    path = folder / "speech_then_silence.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setparams(params)
+        out.writeframes(pcm)
+    return path
+
+
+@pytest.fixture(scope="session")
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserThread]:
+    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
+        _missing(CHROMIUM)
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        _missing("the playwright Python package")
+    browser = BrowserThread()
+    try:
+        browser.call(browser.launch(speech_then_silence(tmp_path_factory.mktemp("mic"))))
+        yield browser
+    finally:
+        browser.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+async def widget_edge(receiver: Receiver) -> AsyncIterator[Edge]:  # noqa: F811
+    """An edge whose own URL (known before it starts) is its public URL and allowed origin."""
+    for _ in range(5):
+        port = _free_port()
+        origin = f"http://127.0.0.1:{port}"
+        settings = load_settings(
+            None,
+            server={"public_url": origin},
+            api={"private_key": API_KEY, "public_key": PUBLIC_KEY},
+            webhooks={
+                "signing_secret": "whsec_webrtc_widget_01",
+                "allow_private_targets": True,
+                "backoff_base_s": 0.05,
+            },
+            webrtc={
+                "enabled": True,
+                "advertised_addresses": LOOPBACK,
+                "allowed_origins": [origin],
+                "connect_timeout_s": 10,
+            },
+            agents={
+                "demo": {
+                    "prompt": "You echo.",
+                    "allow_public_key": True,
+                    "session_data_webhook": receiver.url,
+                }
+            },
+            calls={"inactivity_timeout_s": 30},
+        )
+        app = create_app(settings)
+        server = TestServer(app, host="127.0.0.1", port=port)
+        try:
+            await server.start_server()
+        except OSError:
+            continue
+        set_local_address(app, "127.0.0.1", port)
+        try:
+            yield Edge(server, app)
+        finally:
+            await server.close()
+        return
+    pytest.fail("no free port for the edge")
+
+
+async def _stats(page: Any) -> dict[str, Any]:
+    result: dict[str, Any] = await page.evaluate(
+        "() => JSON.parse(JSON.stringify(window.widgetStats))"
+    )
+    return result
+
+
+async def test_a_call_from_the_widget_in_chromium(
+    chromium: BrowserThread,
+    widget_edge: Edge,
+    receiver: Receiver,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    edge = widget_edge
+    url = edge.url("/widget?agent_id=demo&page=pricing&plan=pro")
+    shots: list[Path] = [tmp_path / "widget-live.png"]
+    if not DOCS_SHOT.exists():
+        shots.append(DOCS_SHOT)
+    seen: dict[str, Any] = {}
+
+    async def open_and_start() -> Any:
+        context = await chromium.browser.new_context(viewport={"width": 560, "height": 400})
+        page = await context.new_page()
+        page.on("console", lambda msg: seen.setdefault("console", []).append(msg.text))
+        await page.goto(url)
+        await page.click("#toggle")
+        await page.wait_for_function(
+            "() => window.widgetStats.state !== 'connecting'", timeout=20_000
+        )
+        return context, page
+
+    t0 = time.monotonic()
+    context, page = await chromium.run(open_and_start())
+    try:
+        stats = await chromium.run(_stats(page))
+        assert stats["state"] == "live", (stats, seen)
+        live_s = time.monotonic() - t0
+        call_id = stats["callId"]
+        bridge = edge.services.calls.get(call_id)
+        assert bridge is not None and bridge.record.state is CallState.ACTIVE
+        assert bridge.record.metadata == {"page": "pricing", "plan": "pro"}
+        assert isinstance(bridge.leg, WebRtcLeg)
+
+        # the edge hears the browser's speech, the demo core echoes it (beyond its 1.5 s chime)
+        async def heard() -> dict[str, Any]:
+            try:
+                await page.wait_for_function(
+                    "() => window.widgetStats.output.voiced * 0.02 > 2.5", timeout=30_000
+                )
+            except Exception:
+                seen["stats"] = await _stats(page)
+                raise
+            return await _stats(page)
+
+        try:
+            stats = await chromium.run(heard())
+        except Exception:
+            pytest.fail(f"the page heard too little of the agent: {seen}")
+        assert bridge.leg.frames_in > 100
+        assert stats["input"]["voiced"] > 50, stats
+
+        async def screenshots() -> None:
+            for shot in shots:
+                await page.screenshot(path=str(shot))
+
+        await chromium.run(screenshots())
+        assert shots[0].stat().st_size > 1000
+
+        async def stop() -> dict[str, Any]:
+            await page.click("#toggle")
+            return await _stats(page)
+
+        stats = await chromium.run(stop())
+        assert stats["state"] == "ended"
+        await wait_for(lambda: receiver.received, within=20)
+        [payload] = receiver.received
+        assert payload["call_id"] == call_id
+        assert payload["call_status"] == "user-ended", payload
+        assert payload["metadata"] == {"page": "pricing", "plan": "pro"}
+        assert "caller spoke" in json.dumps(payload), payload  # the core heard the speech
+        await wait_for(lambda: edge.app[WEBRTC_PEERS].count == 0)
+        total = time.monotonic() - t0
+        print(
+            f"live in {live_s:.2f} s; heard {stats['output']['voiced']} voiced output samples; "
+            f"call to webhook {total:.2f} s"
+        )
+    finally:
+        await chromium.run(context.close())
+
+
+async def test_the_widget_shows_the_reason_of_a_refusal(
+    chromium: BrowserThread, widget_edge: Edge
+) -> None:
+    """The page shows the edge's reason (here the peer connection cap is already reached)."""
+    widget_edge.app[WEBRTC_PEERS].count = widget_edge.app[WEBRTC_PEERS].limit
+
+    async def run() -> dict[str, Any]:
+        context = await chromium.browser.new_context()
+        try:
+            page = await context.new_page()
+            await page.goto(widget_edge.url("/widget?agent_id=demo"))
+            await page.click("#toggle")
+            await page.wait_for_function(
+                "() => window.widgetStats.state === 'error'", timeout=20_000
+            )
+            stats = await _stats(page)
+            stats["status"] = await page.text_content("#status")
+            return stats
+        finally:
+            await context.close()
+
+    try:
+        stats = await chromium.run(run())
+    finally:
+        widget_edge.app[WEBRTC_PEERS].count = 0
+    assert "peer connections" in stats["error"] and "Error:" in stats["status"]
