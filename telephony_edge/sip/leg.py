@@ -1,13 +1,14 @@
-"""The SIP call's media leg: one RTP socket, G.711 both ways, pushed by the pacer.
+"""The SIP call's media leg: one RTP socket, G.722 or G.711 both ways, pushed by the pacer.
 
 Theory of operation
 -------------------
 Caller audio arrives on the leg's own UDP socket (:class:`RtpProtocol`);
 each datagram goes through :class:`~telephony_edge.sip.rtp.RtpInbound`
 (latch, reorder, conceal, telephone-events), is decoded to canonical PCM16
-16 kHz and cut into 20 ms frames (peers send 20 or 30 ms packets), and
-queued for :meth:`SipLeg.recv`. The queue is bounded: a bridge that stops
-reading loses the oldest audio, counted, rather than the worker's memory.
+16 kHz (G.722 is 16 kHz already; G.711 is upsampled) and cut into 20 ms
+frames (peers send 20 or 30 ms packets), and queued for :meth:`SipLeg.recv`.
+The queue is bounded: a bridge that stops reading loses the oldest audio,
+counted, rather than the worker's memory.
 
 Agent audio leaves in :meth:`SipLeg.send_frame`, called by the worker's pacer
 every 20 ms while the agent speaks: encode, number (:class:`RtpSender`), and
@@ -31,6 +32,7 @@ from typing import Protocol, cast
 from telephony_edge import metrics
 from telephony_edge.audio.frames import FrameSplitter
 from telephony_edge.audio.g711 import Law
+from telephony_edge.audio.g722 import G722Decoder, G722Encoder
 from telephony_edge.audio.transcode import G711Decoder, G711Encoder
 from telephony_edge.calls.leg import Capabilities, Dtmf, Leg, LegEnded, LegEvent, LegInfo
 from telephony_edge.sip.rtp import Address, Audio, RtpInbound, RtpSender
@@ -40,9 +42,25 @@ log = logging.getLogger(__name__)
 
 MAX_QUEUED_EVENTS = 250  # 5 s of caller audio
 SEND_BUFFER_LIMIT = 64 * 1024
-SAMPLES_PER_FRAME = 160  # 20 ms at 8 kHz
+SAMPLES_PER_FRAME = 160  # 20 ms of RTP clock (8000 for G.711 and, by RFC 3551, G.722)
 _DROPPED = metrics.FRAMES_DROPPED.labels(reason="sip_backlog")
 LAWS = {"PCMU": Law.ULAW, "PCMA": Law.ALAW}
+
+
+class Decoder(Protocol):
+    def decode(self, payload: bytes) -> bytes: ...
+
+
+class Encoder(Protocol):
+    def encode(self, frame: bytes) -> bytes: ...
+
+
+def codec_pair(name: str) -> tuple[Decoder, Encoder]:
+    """Stateful per-call decoder and encoder for a negotiated codec name."""
+    if name == "G722":
+        return G722Decoder(), G722Encoder()
+    law = LAWS[name]
+    return G711Decoder(law), G711Encoder(law)
 
 
 class CallControl(Protocol):
@@ -100,8 +118,8 @@ class SipLeg(Leg):
         self.media: Negotiated | None = None
         self.inbound: RtpInbound | None = None
         self.sender: RtpSender | None = None
-        self._decoder: G711Decoder | None = None
-        self._encoder: G711Encoder | None = None
+        self._decoder: Decoder | None = None
+        self._encoder: Encoder | None = None
         self._splitter = FrameSplitter()
         self._sdp_dest: Address | None = None
         self.frames_in = 0
@@ -116,9 +134,7 @@ class SipLeg(Leg):
         self._sdp_dest = (media.remote_address, media.remote_port)
         if not codec_changed:
             return
-        law = LAWS[media.codec.name]
-        self._decoder = G711Decoder(law)
-        self._encoder = G711Encoder(law)
+        self._decoder, self._encoder = codec_pair(media.codec.name)
         self.inbound = RtpInbound(media.payload_type, media.event_payload_type)
         self.sender = RtpSender(media.payload_type, media.codec.clock_rate)
 
@@ -132,7 +148,8 @@ class SipLeg(Leg):
             if isinstance(event, Audio):
                 pcm = decoder.decode(event.payload)
                 if event.silence_samples:
-                    pcm = bytes(event.silence_samples * 4) + pcm  # 8 kHz samples → 16 kHz PCM16
+                    # RTP clock units (8 kHz for G.711 and G.722 alike) → 16 kHz PCM16
+                    pcm = bytes(event.silence_samples * 4) + pcm
                 for frame in self._splitter.push(pcm):
                     self.frames_in += 1
                     self._put(frame)

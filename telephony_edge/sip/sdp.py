@@ -71,6 +71,7 @@ class MediaConfig:
     address: str = "127.0.0.1"
     preferences: tuple[str, ...] = ("G722", "PCMU", "PCMA")
     order: Literal["offer", "local"] = "offer"
+    wideband_first: bool = False  # G.722 whenever offered, ahead of ``order``
     ptime: int = 20
     telephone_event_pt: int = 101  # used in our own offers only
     rtcp_attribute: bool = True
@@ -287,6 +288,8 @@ def _pick(m: Media, config: MediaConfig) -> tuple[int, Codec, int | None]:
         raise NoCommonCodec("no common codec")
     if config.order == "local":
         offered.sort(key=lambda pc: allowed.index(pc[1].name))
+    if config.wideband_first:
+        offered.sort(key=lambda pc: pc[1].sample_rate != 16000)  # stable: order kept within
     pt, codec = offered[0]
     event_pt = next(
         (

@@ -13,7 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from telephony_edge.config import ProviderSettings, Settings
 
-SUPPORTED_CODECS = ("PCMU", "PCMA")  # what the media shell can transcode today
+SUPPORTED_CODECS = ("G722", "PCMU", "PCMA")  # what the media shell can transcode
 
 
 class SipSettings(ProviderSettings):
@@ -30,6 +30,10 @@ class SipSettings(ProviderSettings):
     """Codec preference, best first (RFC 3264: the offer's order decides unless
     ``codec_order`` is ``local``)."""
     codec_order: str = Field(default="offer", pattern="^(offer|local)$")
+    prefer_g722: bool = True
+    """G.722 (16 kHz, the edge's own rate: no resampling, twice G.711's bandwidth) is
+    taken whenever the offer lists it and ``codecs`` allows it, wherever it stands in
+    the offer; the other codecs follow ``codec_order``."""
     registration_ttl_s: float = Field(default=300.0, gt=0, le=86_400)
     """How long a ``register_sip_call`` registration waits for its INVITE."""
     trunk_cidrs: list[str] = Field(default_factory=list)

@@ -120,6 +120,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             address=host,
             preferences=self.settings.codecs,
             order="local" if self.settings.codec_order == "local" else "offer",
+            wideband_first=self.settings.prefer_g722,
         )
         self.ua = UserAgent(UaConfig(host=host, port=port, media=media))
         log.info("SIP listening", extra={"sip_bind": f"{self.settings.bind_host}:{self.port}"})

@@ -63,6 +63,9 @@ def test_g722_preferred_and_16k_audio() -> None:
     assert answer_for(pcmu_first)[1].codec.name == "PCMU"
     local = MediaConfig(preferences=("G722", "PCMU"), order="local")
     assert answer_for(pcmu_first, local)[1].codec.name == "G722"
+    # the edge's default: G.722 whenever offered, the rest in the offer's order
+    wide = MediaConfig(preferences=("G722", "PCMU", "PCMA"), wideband_first=True)
+    assert answer_for(pcmu_first, wide)[1].codec.name == "G722"
     # the preference list also filters
     only_pcma = MediaConfig(preferences=("PCMA",))
     assert answer_for(wire.ASTERISK_SDP, only_pcma)[1].codec.name == "PCMA"

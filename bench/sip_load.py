@@ -1,0 +1,249 @@
+"""Load benchmark: N concurrent sipp calls with RTP against one ``telephony-edge serve``.
+
+    python bench/sip_load.py [--calls 100] [--seconds 45] [--rate 50]
+                             [--core light|builtin] [--edge-cpu 0] [--json F]
+
+Processes, as in ``bench/twilio_load.py`` (whose helpers this imports: config,
+spawning with CPU pinning, ``/proc`` CPU accounting, metrics scraping): the
+edge, ``telephony-edge serve`` with SIP on, pinned to one core; an agent core
+(the minimal ``--core light`` by default, or the built-in one); and one sipp,
+kept with the rest off the edge's core.
+
+Every call is registered first (``POST /register_sip_call``); sipp then places
+them all (``-m N -r RATE -l N``, the call ids from an injection file) with a
+scenario generated from ``sip/uac_load_pcap.xml``: INVITE, ACK, Debian
+sip-tester's PCMA pcap (7.05 s, 30 ms packets) played back to back for about
+``--seconds``, BYE.
+
+Reported: sipp's successful/failed calls; the edge's CPU seconds per
+call-minute in the steady state (every call up) and overall; RTP at the
+edge's receiver (each leg's counters from its ``SIP media closed`` log line:
+received, lost, late, duplicates, against the packets sipp sent); edge-added
+latency per frame both ways (``telephony_edge_relay_latency_seconds``,
+p50/p99); frames the edge dropped; peak RSS. Latency on the way to the caller
+and loss at sipp are not measured (sipp does not count what it receives).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import twilio_load as tl  # bench/ helpers: pinning, CPU accounting, metrics
+import yaml
+
+SCENARIO = tl.ROOT / "sip" / "uac_load_pcap.xml"
+PCAP = "/usr/share/sip-tester/g711a.pcap"
+PCAP_SECONDS = 7.05
+PCAP_PACKETS = 236
+RTP_LOW = 30000
+
+
+def sip_config(path: Path, http_port: int, core_port: int, sip_port: int, calls: int) -> None:
+    tl.write_config(path, http_port, core_port, use_uvloop=True)
+    config = yaml.safe_load(path.read_text())
+    config["sip"] = {
+        "enabled": True,
+        "bind_host": "127.0.0.1",
+        "port": sip_port,
+        "rtp_port_min": RTP_LOW,
+        "rtp_port_max": RTP_LOW + 4 * calls + 100,
+    }
+    path.write_text(yaml.safe_dump(config))
+
+
+def scenario(out: Path, plays: int) -> None:
+    """``uac_load_pcap.xml`` with the pcap played ``plays`` times back to back."""
+    text = SCENARIO.read_text()
+    one = (
+        f'  <nop>\n    <action>\n      <exec play_pcap_audio="{PCAP}"/>\n'
+        f'    </action>\n  </nop>\n  <pause milliseconds="{int(PCAP_SECONDS * 1000)}"/>\n'
+    )
+    start = text.index("  <nop>")
+    end = text.index("  <pause/>\n") + len("  <pause/>\n")
+    out.write_text(text[:start] + one * plays + text[end:])
+
+
+async def register_all(base: str, n: int) -> list[str]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+
+        async def one() -> str:
+            async with http.post(
+                base + "/register_sip_call",
+                json={"agent_id": "echo"},
+                headers={"Authorization": f"Bearer {tl.API_KEY}"},
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+                return str((await resp.json())["call_id"])
+
+        return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
+def sipp_stats(path: Path) -> dict[str, int]:
+    rows = [r.split(";") for r in path.read_text().splitlines() if r.strip()]
+    header, last = rows[0], rows[-1]
+    return {k: int(last[header.index(k)]) for k in ("SuccessfulCall(C)", "FailedCall(C)")}
+
+
+def rtp_at_edge(log: Path) -> dict[str, int]:
+    totals: dict[str, int] = {"legs": 0}
+    for line in log.read_text(errors="replace").splitlines():
+        if "SIP media closed" not in line:
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        totals["legs"] += 1
+        for key, value in rec.items():
+            if key.startswith("rtp_") and isinstance(value, int):
+                totals[key] = totals.get(key, 0) + value
+    return totals
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=45.0, help="about this long each")
+    parser.add_argument("--rate", type=float, default=50.0, help="new calls per second")
+    parser.add_argument("--edge-cpu", type=int, default=0)
+    parser.add_argument("--core", choices=("builtin", "light"), default="light")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    sipp = shutil.which("sipp")
+    if sipp is None or not Path(PCAP).exists():
+        raise SystemExit("needs sipp and its pcaps (Debian sip-tester)")
+
+    cores = sorted(os.sched_getaffinity(0))
+    edge_cpus = {args.edge_cpu} if len(cores) > 1 else None
+    other_cpus = set(cores) - {args.edge_cpu} if len(cores) > 1 else None
+    http_port, core_port, sip_port = tl.free_port(), tl.free_port(), tl.free_port()
+    tmp = Path(tempfile.mkdtemp(prefix="sip-load-"))
+    config = tmp / "edge.yaml"
+    sip_config(config, http_port, core_port, sip_port, args.calls)
+    plays = max(1, round(args.seconds / PCAP_SECONDS))
+    call_s = plays * PCAP_SECONDS
+    scenario(tmp / "uac_load.xml", plays)
+    base = f"http://127.0.0.1:{http_port}"
+    py = sys.executable
+    core_cmd = (
+        [py, "-m", "telephony_edge", "agent-core", "--port", str(core_port), "--path", "/agent",
+         "--log-level", "WARNING"]
+        if args.core == "builtin"
+        else [py, str(Path(tl.__file__).resolve()), "--serve-light-core", str(core_port)]
+    )  # fmt: skip
+    core = tl.spawn(core_cmd, other_cpus, tmp / "agent-core.log")
+    # INFO: each leg logs its RTP counters when it closes (one line per call)
+    edge_cmd = [py, "-m", "telephony_edge", "serve", "--config", str(config), "--log-level", "INFO"]
+    edge = tl.spawn(edge_cmd, edge_cpus, tmp / "edge.log")
+    if other_cpus:
+        os.sched_setaffinity(0, other_cpus)
+    sipp_proc: subprocess.Popen[bytes] | None = None
+    try:
+        tl.wait_port(core_port)
+        tl.wait_http(base + "/healthz", edge, tmp / "edge.log")
+        call_ids = asyncio.run(register_all(base, args.calls))
+        (tmp / "calls.csv").write_text("SEQUENTIAL\n" + "".join(f"{c};\n" for c in call_ids))
+        before = tl.scrape(base)
+        cpu0 = tl.cpu_seconds(edge.pid)
+        t0 = time.time()
+        sipp_cmd = [
+            sipp, f"127.0.0.1:{sip_port}", "-sf", str(tmp / "uac_load.xml"),
+            "-inf", str(tmp / "calls.csv"), "-i", "127.0.0.1", "-mi", "127.0.0.1",
+            "-p", str(tl.free_port()), "-mp", str(tl.free_port() // 2 * 2),
+            "-m", str(args.calls), "-r", str(args.rate), "-l", str(args.calls),
+            "-nostdin", "-timeout", str(int(call_s + 120)), "-timeout_error",
+            "-trace_stat", "-stf", str(tmp / "stats.csv"), "-fd", "1",
+            "-trace_err", "-error_file", str(tmp / "sipp_errors.log"),
+        ]  # fmt: skip
+        sipp_proc = tl.spawn(sipp_cmd, other_cpus, tmp / "sipp.log")
+        ramp = args.calls / args.rate
+        steady_from, steady_to = t0 + ramp + 2.0, t0 + call_s - 1.0
+        cpu_a = cpu_b = None
+        ta = tb = 0.0
+        if steady_to - steady_from >= 3:
+            time.sleep(max(0.0, steady_from - time.time()))
+            cpu_a, ta = tl.cpu_seconds(edge.pid), time.monotonic()
+            time.sleep(max(0.0, steady_to - time.time()))
+            cpu_b, tb = tl.cpu_seconds(edge.pid), time.monotonic()
+        sipp_rc = sipp_proc.wait(call_s + 180)
+        time.sleep(2.0)  # the edge tears the calls down
+        after = tl.scrape(base)
+        cpu1 = tl.cpu_seconds(edge.pid)
+        hwm_kb = tl.status_kb(edge.pid, "VmHWM")
+    finally:
+        for proc in (sipp_proc, edge, core):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+        for proc in (sipp_proc, edge, core):
+            if proc is not None:
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+    stats = sipp_stats(tmp / "stats.csv")
+    ok = stats["SuccessfulCall(C)"]
+    relay = {}
+    for direction in ("caller_to_agent", "agent_to_caller"):
+        n, (p50, p99) = tl.histogram_quantiles(
+            after, before, "telephony_edge_relay_latency_seconds", (0.5, 0.99),
+            direction=direction,
+        )  # fmt: skip
+        relay[direction] = {"frames": n, "p50_ms": p50 * 1000, "p99_ms": p99 * 1000}
+    dropped = {
+        dict(k).get("reason", ""): v
+        for k, v in tl.delta(after, before, "telephony_edge_frames_dropped_total").items()
+        if v
+    }
+    rtp = rtp_at_edge(tmp / "edge.log")
+    sent = ok * plays * PCAP_PACKETS
+    figures: dict[str, Any] = {
+        "calls": args.calls,
+        "call_seconds": call_s,
+        "rate_per_s": args.rate,
+        "core": args.core,
+        "cores": len(cores),
+        "edge_pinned": sorted(edge_cpus or []),
+        "sipp_exit": sipp_rc,
+        "sipp": stats,
+        "edge_cpu_s_per_call_minute_steady": (
+            (cpu_b - cpu_a) / (args.calls * (tb - ta) / 60)
+            if cpu_a is not None and cpu_b is not None
+            else None
+        ),
+        "edge_cpu_utilisation_steady": (
+            (cpu_b - cpu_a) / (tb - ta) if cpu_a is not None and cpu_b is not None else None
+        ),
+        "edge_cpu_s_per_call_minute_overall": (cpu1 - cpu0) / (ok * call_s / 60) if ok else None,
+        "rtp_packets_sent_by_sipp": sent,
+        "rtp_at_edge": rtp,
+        "rtp_lost_at_edge": rtp.get("rtp_lost", 0),
+        "rtp_missing_at_edge": sent - rtp.get("rtp_received", 0),
+        "relay_latency": relay,
+        "frames_dropped_by_edge": dropped,
+        "edge_peak_rss_mb": hwm_kb / 1024,
+        "logs": str(tmp),
+    }
+    print(json.dumps(figures, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+    return 0 if sipp_rc == 0 and ok == args.calls and not math.isnan(ok) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
