@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,7 +15,7 @@ import wave
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import yaml
@@ -28,6 +30,26 @@ from telephony_edge.config import Settings, load_settings
 from telephony_edge.services import SERVICES, Services
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def missing_peer(what: str, install: str) -> NoReturn:
+    """A real peer the tests need is not installed: a failure in CI, a skip elsewhere.
+
+    In CI (``CI=true``) ``.ci/run`` installs every peer, so a missing one is a
+    broken CI, never a test quietly not run.
+    """
+    reason = f"{what} is missing ({install})"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI must run this test: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_binary(name: str, install: str) -> str:
+    """The path of a peer's binary (``redis-server``, ``sipp`` …), else :func:`missing_peer`."""
+    path = shutil.which(name)
+    if path is None:
+        missing_peer(name, install)
+    return path
 
 
 def free_port() -> int:

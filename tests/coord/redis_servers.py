@@ -7,7 +7,6 @@ by the test, without persistence, in a temporary directory, and killed after.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import socket
 import subprocess
@@ -16,27 +15,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-import pytest
+from tests.conftest import free_port, require_binary
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def require_binary(name: str) -> str:
-    """The binary's path; a failure in CI (it must be installed there), else a skip."""
-    path = shutil.which(name)
-    if path is None:
-        reason = (
-            f"{name} not found: install Debian's redis-server and redis-sentinel "
-            "(apt-get install -y redis-server redis-sentinel)"
-        )
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"CI must run the Redis tests: {reason}", pytrace=False)
-        pytest.skip(reason)
-    return path
+def require_redis(name: str) -> str:
+    """``redis-server`` or ``redis-sentinel`` (a failure in CI, else a skip, when missing)."""
+    return require_binary(name, "apt-get install -y redis-server redis-sentinel")
 
 
 def command(port: int, *args: str, timeout: float = 1.0) -> str:
@@ -113,7 +97,7 @@ class RedisProcess:
 
 @contextlib.contextmanager
 def redis_server(*args: str) -> Iterator[RedisProcess]:
-    server = RedisProcess(require_binary("redis-server"), args).start()
+    server = RedisProcess(require_redis("redis-server"), args).start()
     try:
         yield server
     finally:
@@ -129,8 +113,8 @@ def sentinel_topology(
     Yields once the replica is in sync and every sentinel knows the replica
     and the other sentinels, so a failover can proceed.
     """
-    server_bin = require_binary("redis-server")
-    sentinel_bin = require_binary("redis-sentinel")
+    server_bin = require_redis("redis-server")
+    sentinel_bin = require_redis("redis-sentinel")
     processes: list[RedisProcess] = []
     try:
         primary = RedisProcess(server_bin).start()
@@ -185,7 +169,7 @@ def cluster_node() -> Iterator[RedisProcess]:
     suite run against it proves every step is single-slot.
     """
     server = RedisProcess(
-        require_binary("redis-server"),
+        require_redis("redis-server"),
         ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"],
     ).start()
     try:

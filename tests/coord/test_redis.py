@@ -286,7 +286,7 @@ async def test_ping_false_while_redis_is_down_and_recovery() -> None:
 
 
 async def test_ping_false_when_nothing_listens() -> None:
-    from tests.coord.redis_servers import free_port
+    from tests.conftest import free_port
 
     coord = RedisCoordinator.from_url(f"redis://127.0.0.1:{free_port()}/0")
     try:

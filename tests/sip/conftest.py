@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,19 +17,14 @@ from aiohttp.test_utils import TestServer
 
 from telephony_edge.config import load_settings
 from telephony_edge.sip.provider import SIP_ENDPOINT
-from tests.conftest import Edge, free_port
+from tests.conftest import Edge, free_port, require_binary
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "sip"
 API_KEY = "private-api-key-for-sip-tests-01"
 
 
 def sipp_binary() -> str:
-    path = shutil.which("sipp")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("sipp is missing (Debian package sip-tester); CI must install it")
-        pytest.skip("sipp is not installed (apt-get install sip-tester)")
-    return path
+    return require_binary("sipp", "apt-get install -y sip-tester")
 
 
 @dataclass

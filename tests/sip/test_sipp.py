@@ -13,10 +13,7 @@ import asyncio
 import audioop
 import itertools
 import json
-import os
 from pathlib import Path
-
-import pytest
 
 from telephony_edge.audio.g711 import Law
 from telephony_edge.audio.transcode import G711Encoder
@@ -104,7 +101,6 @@ async def test_register_invite_rtp_both_ways_bye(
     await finished(again, tmp_path)
 
 
-@pytest.mark.skipif(not PCAP.exists() and os.environ.get("CI") != "true", reason="no sipp pcap")
 async def test_sipp_plays_pcma_pcap_into_the_call(
     sip_edge: Edge, receiver: Receiver, tmp_path: Path
 ) -> None:

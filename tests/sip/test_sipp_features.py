@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from pathlib import Path
 
 import pytest
@@ -31,9 +30,6 @@ def keys_received(caplog: pytest.LogCaptureFixture) -> list[str]:
     ]
 
 
-@pytest.mark.skipif(
-    not DTMF_PCAP.exists() and os.environ.get("CI") != "true", reason="no sipp dtmf pcap"
-)
 async def test_dtmf_rfc4733_and_info_reach_the_agent_and_9_makes_the_edge_hang_up(
     sip_edge: Edge, receiver: Receiver, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -66,7 +65,6 @@ def successful_calls(stats: Path) -> int:
     return int(last[header.index("SuccessfulCall(C)")])
 
 
-@pytest.mark.skipif(not PCAP.exists() and os.environ.get("CI") != "true", reason="no sipp pcap")
 async def test_100_concurrent_sipp_calls_all_succeed(
     load_edge: Edge, receiver: Receiver, tmp_path: Path
 ) -> None:

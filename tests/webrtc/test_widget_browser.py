@@ -35,7 +35,7 @@ from telephony_edge.calls.record import CallState
 from telephony_edge.config import load_settings
 from telephony_edge.webrtc.leg import WebRtcLeg
 from telephony_edge.webrtc.provider import WEBRTC_PEERS
-from tests.conftest import Edge, wait_for
+from tests.conftest import Edge, missing_peer, wait_for
 from tests.webrtc.test_offer import API_KEY, LOOPBACK, Receiver, receiver  # noqa: F401
 
 CHROMIUM = "/usr/bin/chromium"
@@ -45,12 +45,6 @@ PUBLIC_KEY = "pk_widget_browser_public"
 DOCS_SHOT = Path(__file__).resolve().parents[2] / "docs" / "widget.png"
 
 T = TypeVar("T")
-
-
-def _missing(what: str) -> None:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{what} is missing (CI=true: .ci/run installs Debian chromium)")
-    pytest.skip(f"{what} is missing")
 
 
 class BrowserThread:
@@ -124,11 +118,11 @@ def speech_then_silence(folder: Path, silence_s: float = 5.0) -> Path:
 @pytest.fixture(scope="session")
 def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserThread]:
     if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
-        _missing(CHROMIUM)
+        missing_peer(CHROMIUM, "apt-get install -y chromium")
     try:
         import playwright  # noqa: F401
     except ImportError:
-        _missing("the playwright Python package")
+        missing_peer("the playwright Python package", "pip install -e '.[test]'")
     browser = BrowserThread()
     try:
         browser.call(browser.launch(speech_then_silence(tmp_path_factory.mktemp("mic"))))
