@@ -33,23 +33,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from telephony_edge import metrics
-from telephony_edge.audio.frames import FRAME_BYTES, FrameSplitter
 from telephony_edge.audio.g711 import Law
 from telephony_edge.audio.transcode import G711Decoder, G711Encoder
 from telephony_edge.calls.leg import (
     Capabilities,
     Dtmf,
-    Leg,
-    LegEnded,
     LegEvent,
     LegInfo,
     Played,
@@ -57,6 +52,7 @@ from telephony_edge.calls.leg import (
 from telephony_edge.logs import sampled
 from telephony_edge.twilio.rest import TwilioRest
 from telephony_edge.wsframe import frame_header
+from telephony_edge.wsleg import SocketLeg, SocketStats
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +60,6 @@ MAX_MESSAGE_BYTES = 64 * 1024
 START_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 10.0  # Twilio sends media every 20 ms; this much silence means it is gone
 MARK_INTERVAL_S = 0.2
-SEND_BUFFER_LIMIT = 32 * 1024  # bytes queued in the socket before frames are dropped
-# (below the transport's 64 KiB high-water mark, so a send never waits for a drain)
 LATE_GAP_S = 0.03  # agent frames this far apart (10 ms behind their slot) are late
 TALKSPURT_GAP_S = 0.2  # farther apart: a pause in the agent's speech, not lateness
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
@@ -105,19 +99,13 @@ class StreamStart:
 
 
 @dataclass(slots=True)
-class StreamStats:
+class StreamStats(SocketStats):
     """Per-stream counters, for the leg's end-of-call log line and tests."""
 
-    frames_in: int = 0
-    frames_out: int = 0
-    frames_dropped: int = 0
-    malformed: int = 0
     sequence_gaps: int = 0
     late_sends: int = 0
     marks_sent: int = 0
     marks_played: int = 0
-    clears: int = 0
-    reasons: dict[str, int] = field(default_factory=dict)
 
 
 async def read_start(ws: web.WebSocketResponse, timeout_s: float = START_TIMEOUT_S) -> StreamStart:
@@ -196,8 +184,11 @@ def _parse_start(data: dict[str, Any]) -> StreamStart:
     )
 
 
-class TwilioMediaLeg(Leg):
+class TwilioMediaLeg(SocketLeg):
     """A call's audio over Twilio Media Streams, as a :class:`Leg`."""
+
+    network = "Twilio"
+    stats: StreamStats
 
     playout_lead_frames = 3  # Twilio plays at real time from its own small buffer
     capabilities = Capabilities(clear=True, transfer_to_number=True, transfer_to_sip=True)
@@ -213,21 +204,18 @@ class TwilioMediaLeg(Leg):
         rest: TwilioRest | None = None,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
     ) -> None:
-        self.info = info
-        self.call_id = call_id
+        super().__init__(
+            ws,
+            request,
+            info,
+            call_id=call_id,
+            stats=StreamStats(),
+            malformed=_MALFORMED,
+            dropped=_DROPPED,
+            idle_timeout_s=idle_timeout_s,
+        )
         self.start = start
-        self.stats = StreamStats()
-        self._ws = ws
-        self._transport = request.transport
         self._rest = rest
-        self._idle_timeout_s = idle_timeout_s
-        self._idle_timer: asyncio.TimerHandle | None = None
-        self._idle_error: str | None = None
-        self._received = 0
-        self._received_at_check = -1
-        self._ended: LegEnded | None = None
-        self._pending: deque[bytes] = deque()
-        self._splitter = FrameSplitter(FRAME_BYTES)
         self._next_seq = start.next_sequence
         self._decoder = G711Decoder(Law.ULAW)
         self._encoder = G711Encoder(Law.ULAW)
@@ -242,51 +230,8 @@ class TwilioMediaLeg(Leg):
         self._unmarked = 0
         self._last_sent = 0.0
         self._mark_timer: asyncio.TimerHandle | None = None
-        self._control_tasks: set[asyncio.Future[object]] = set()
 
     # -- caller → edge -----------------------------------------------------
-
-    async def recv(self) -> LegEvent:
-        if self._pending:
-            return self._pending.popleft()
-        if self._ended is not None:
-            return self._ended
-        ws = self._ws
-        if self._idle_timer is None:
-            self._arm_idle_check()
-        while True:
-            msg = await ws.receive()
-            self._received += 1
-            if msg.type is WSMsgType.TEXT:
-                event = self._on_text(msg.data)
-                if event is not None:
-                    return event
-            elif msg.type is WSMsgType.BINARY:
-                self._malformed("binary message")
-            elif msg.type is WSMsgType.ERROR:
-                return self._end("completed", f"stream error: {ws.exception()!r}")
-            elif self._idle_error is not None:  # closed by _idle_check
-                return self._end("timeout", self._idle_error)
-            else:  # CLOSE, CLOSING, CLOSED: Twilio closes after 'stop', or the call is gone
-                return self._end("completed")
-
-    def _arm_idle_check(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._idle_timer = loop.call_later(self._idle_timeout_s, self._idle_check)
-
-    def _idle_check(self) -> None:
-        """Close a stream that has gone silent (Twilio sends media every 20 ms).
-
-        One timer per call every ``idle_timeout_s`` rather than a timeout
-        around every receive: that would cost a timer per frame.
-        """
-        if self._received == self._received_at_check and not self._ws.closed:
-            self._idle_error = f"no message from Twilio for {self._idle_timeout_s:g}s"
-            log.warning("Twilio stream idle; closing it", extra={"call_id": self.call_id})
-            self._spawn_control(self._ws.close(code=WSCloseCode.GOING_AWAY))
-            return
-        self._received_at_check = self._received
-        self._arm_idle_check()
 
     def _on_text(self, text: str) -> LegEvent | None:
         """One message → an event for the bridge, or None (handled here or skipped).
@@ -330,17 +275,7 @@ class TwilioMediaLeg(Leg):
         if not pcm16:
             self._malformed("empty payload")
             return None
-        return self._on_media(pcm16)
-
-    def _on_media(self, pcm16: bytes) -> bytes | None:
-        self.stats.frames_in += 1
-        if len(pcm16) == FRAME_BYTES and not self._splitter.pending:
-            return pcm16
-        frames = self._splitter.push(pcm16)
-        if not frames:
-            return None
-        self._pending.extend(frames[1:])
-        return frames[0]
+        return self._audio(pcm16)
 
     def _check_sequence(self, raw: object) -> bool:
         """Count gaps in Twilio's numbering; False (message skipped) if ``raw`` is not a number.
@@ -370,39 +305,17 @@ class TwilioMediaLeg(Leg):
             )
         return True
 
-    def _malformed(self, reason: str) -> None:
-        _MALFORMED.inc()
-        stats = self.stats
-        stats.malformed += 1
-        stats.reasons[reason] = stats.reasons.get(reason, 0) + 1
-        if sampled(stats.malformed):
-            log.warning(
-                "malformed Twilio stream message skipped: %s",
-                reason,
-                extra={"call_id": self.call_id, "malformed": stats.malformed},
-            )
-
-    def _end(self, status: str, error: str | None = None) -> LegEnded:
-        if self._ended is None:
-            self._ended = LegEnded(status=status, error=error)
-        return self._ended
-
     # -- edge → caller -----------------------------------------------------
 
     def send_frame(self, frame: bytes, talkspurt_start: bool) -> None:
-        ws = self._ws
-        transport = self._transport
-        if ws.closed or transport is None or transport.is_closing():
-            return
-        if transport.get_write_buffer_size() > SEND_BUFFER_LIMIT:
-            _DROPPED.inc()
-            self.stats.frames_dropped += 1
+        transport = self._writable()
+        if transport is None or not self._has_room(transport):
             return
         payload = self._encoder.encode_b64(frame)
         if len(payload) == 216:
             transport.write(self._media_header + payload + self._media_suffix)
         else:
-            self._write(self._media_prefix + payload + self._media_suffix)
+            self._write_text(self._media_prefix + payload + self._media_suffix)
         self.stats.frames_out += 1
         self._unmarked += 1
         loop = asyncio.get_running_loop()
@@ -414,13 +327,6 @@ class TwilioMediaLeg(Leg):
         if self._mark_timer is None:
             self._mark_timer = loop.call_later(MARK_INTERVAL_S, self._mark_due)
 
-    def _write(self, message: bytes) -> None:
-        """One text message, now; dropped if the socket is gone."""
-        transport = self._transport
-        if self._ws.closed or transport is None or transport.is_closing():
-            return
-        transport.write(frame_header(len(message)) + message)
-
     def _mark_due(self) -> None:
         self._mark_timer = None
         if self._unmarked:
@@ -430,7 +336,7 @@ class TwilioMediaLeg(Leg):
         """Ask Twilio to echo ``name`` once what was sent so far has played."""
         self._unmarked = 0
         self.stats.marks_sent += 1
-        self._write(self._mark_prefix + orjson.dumps(name) + b"}}")
+        self._write_text(self._mark_prefix + orjson.dumps(name) + b"}}")
 
     def clear(self) -> None:
         """Barge-in: Twilio drops the audio it still holds (and echoes pending marks)."""
@@ -439,17 +345,7 @@ class TwilioMediaLeg(Leg):
         if self._mark_timer is not None:
             self._mark_timer.cancel()
             self._mark_timer = None
-        self._write(self._clear_msg)
-
-    def _spawn_control(self, coro: Coroutine[Any, Any, object]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._control_tasks.add(task)
-        task.add_done_callback(self._control_done)
-
-    def _control_done(self, task: asyncio.Future[object]) -> None:
-        self._control_tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.debug("control message not sent: %r", task.exception())
+        self._write_text(self._clear_msg)
 
     # -- call control ------------------------------------------------------
 
@@ -472,17 +368,10 @@ class TwilioMediaLeg(Leg):
         await self._rest.transfer(self.start.call_sid, destination)
 
     async def close(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
         if self._mark_timer is not None:
             self._mark_timer.cancel()
             self._mark_timer = None
-        for task in list(self._control_tasks):
-            task.cancel()
-        self._control_tasks.clear()
-        if not self._ws.closed:
-            await self._ws.close()
-        self._end("completed")
+        await super().close()
 
 
 def _loads(text: str) -> dict[str, Any] | None:

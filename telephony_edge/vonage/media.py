@@ -28,20 +28,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from collections.abc import Coroutine
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from telephony_edge import metrics
-from telephony_edge.audio.frames import FRAME_BYTES, FrameSplitter
-from telephony_edge.calls.leg import Capabilities, Dtmf, Leg, LegEnded, LegEvent, LegInfo
-from telephony_edge.logs import sampled
+from telephony_edge.audio.frames import FRAME_BYTES
+from telephony_edge.calls.leg import Capabilities, Dtmf, LegEvent, LegInfo
 from telephony_edge.vonage.api import VoiceApi
 from telephony_edge.wsframe import OP_BINARY, frame_header
+from telephony_edge.wsleg import SocketLeg, SocketStats
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +48,6 @@ MAX_AUDIO_BYTES = 10 * FRAME_BYTES  # 200 ms in one message: anything bigger is 
 MAX_HEADER_CHARS = 2048
 CONNECTED_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 10.0  # Vonage sends audio every 20 ms; this much silence means it is gone
-SEND_BUFFER_LIMIT = 16 * 1024  # bytes queued in the socket before frames are dropped
 CLEAR_MESSAGE = b'{"action":"clear"}'
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
 _QUIET_EVENTS = frozenset({"websocket:cleared", "websocket:notify"})
@@ -77,18 +73,6 @@ class Connected:
 
     content_type: str
     headers: dict[str, str]
-
-
-@dataclass(slots=True)
-class MediaStats:
-    """Per-socket counters, for the end-of-call log line and tests."""
-
-    frames_in: int = 0
-    frames_out: int = 0
-    frames_dropped: int = 0
-    malformed: int = 0
-    clears: int = 0
-    reasons: dict[str, int] = field(default_factory=dict)
 
 
 async def read_connected(
@@ -138,8 +122,11 @@ def parse_connected(text: str) -> Connected:
     return Connected(content_type=CONTENT_TYPE, headers=headers)
 
 
-class VonageMediaLeg(Leg):
+class VonageMediaLeg(SocketLeg):
     """A call's audio over Vonage's WebSocket, as a :class:`Leg`."""
+
+    network = "Vonage"
+    send_buffer_limit = 16 * 1024  # Vonage's own buffer is small: never queue far ahead
 
     # Vonage plays from a bounded buffer at real time: prime it, never flood it
     playout_lead_frames = 2
@@ -156,65 +143,28 @@ class VonageMediaLeg(Leg):
         from_number: str = "",
         idle_timeout_s: float = IDLE_TIMEOUT_S,
     ) -> None:
-        self.info = info
-        self.call_id = call_id
-        self.stats = MediaStats()
-        self._ws = ws
-        self._transport = request.transport
+        super().__init__(
+            ws,
+            request,
+            info,
+            call_id=call_id,
+            stats=SocketStats(),
+            malformed=_MALFORMED,
+            dropped=_DROPPED,
+            idle_timeout_s=idle_timeout_s,
+        )
         self._api = api
         self._from_number = from_number
-        self._idle_timeout_s = idle_timeout_s
-        self._idle_timer: asyncio.TimerHandle | None = None
-        self._idle_error: str | None = None
-        self._received = 0
-        self._received_at_check = -1
-        self._ended: LegEnded | None = None
-        self._pending: deque[bytes] = deque()
-        self._splitter = FrameSplitter(FRAME_BYTES)
-        self._control_tasks: set[asyncio.Future[object]] = set()
 
     # -- caller → edge -----------------------------------------------------
 
-    async def recv(self) -> LegEvent:
-        if self._pending:
-            return self._pending.popleft()
-        if self._ended is not None:
-            return self._ended
-        ws = self._ws
-        if self._idle_timer is None:
-            self._arm_idle_check()
-        while True:
-            msg = await ws.receive()
-            self._received += 1
-            if msg.type is WSMsgType.BINARY:
-                frame = self._on_audio(msg.data)
-                if frame is not None:
-                    return frame
-            elif msg.type is WSMsgType.TEXT:
-                event = self._on_text(msg.data)
-                if event is not None:
-                    return event
-            elif msg.type is WSMsgType.ERROR:
-                return self._end("completed", f"socket error: {ws.exception()!r}")
-            elif self._idle_error is not None:
-                return self._end("timeout", self._idle_error)
-            else:  # CLOSE, CLOSING, CLOSED: the caller hung up (or the call moved on)
-                return self._end("completed")
-
-    def _on_audio(self, data: bytes) -> bytes | None:
+    def _on_binary(self, data: bytes) -> LegEvent | None:
+        """L16 16 kHz: already canonical audio; odd, empty or oversize messages are refused."""
         size = len(data)
-        if size == FRAME_BYTES and not self._splitter.pending:
-            self.stats.frames_in += 1
-            return data
         if size == 0 or size % 2 or size > MAX_AUDIO_BYTES:
             self._malformed("oversize audio" if size > MAX_AUDIO_BYTES else "odd audio size")
             return None
-        self.stats.frames_in += 1
-        frames = self._splitter.push(data)
-        if not frames:
-            return None
-        self._pending.extend(frames[1:])
-        return frames[0]
+        return self._audio(data)
 
     def _on_text(self, text: str) -> LegEvent | None:
         try:
@@ -238,46 +188,11 @@ class VonageMediaLeg(Leg):
             self._malformed(type(exc).__name__)
             return None
 
-    def _arm_idle_check(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._idle_timer = loop.call_later(self._idle_timeout_s, self._idle_check)
-
-    def _idle_check(self) -> None:
-        """Close a socket that has gone silent: one timer per call, not one per frame."""
-        if self._received == self._received_at_check and not self._ws.closed:
-            self._idle_error = f"no message from Vonage for {self._idle_timeout_s:g}s"
-            log.warning("Vonage socket idle; closing it", extra={"call_id": self.call_id})
-            self._spawn_control(self._ws.close(code=WSCloseCode.GOING_AWAY))
-            return
-        self._received_at_check = self._received
-        self._arm_idle_check()
-
-    def _malformed(self, reason: str) -> None:
-        _MALFORMED.inc()
-        stats = self.stats
-        stats.malformed += 1
-        stats.reasons[reason] = stats.reasons.get(reason, 0) + 1
-        if sampled(stats.malformed):
-            log.warning(
-                "malformed Vonage message skipped: %s",
-                reason,
-                extra={"call_id": self.call_id, "malformed": stats.malformed},
-            )
-
-    def _end(self, status: str, error: str | None = None) -> LegEnded:
-        if self._ended is None:
-            self._ended = LegEnded(status=status, error=error)
-        return self._ended
-
     # -- edge → caller -----------------------------------------------------
 
     def send_frame(self, frame: bytes, talkspurt_start: bool) -> None:
-        transport = self._transport
-        if self._ws.closed or transport is None or transport.is_closing():
-            return
-        if transport.get_write_buffer_size() > SEND_BUFFER_LIMIT:
-            _DROPPED.inc()
-            self.stats.frames_dropped += 1
+        transport = self._writable()
+        if transport is None or not self._has_room(transport):
             return
         if len(frame) == FRAME_BYTES:
             transport.write(_BINARY_HEADER + frame)
@@ -288,20 +203,7 @@ class VonageMediaLeg(Leg):
     def clear(self) -> None:
         """Barge-in: Vonage drops the audio it still holds."""
         self.stats.clears += 1
-        transport = self._transport
-        if self._ws.closed or transport is None or transport.is_closing():
-            return
-        transport.write(frame_header(len(CLEAR_MESSAGE)) + CLEAR_MESSAGE)
-
-    def _spawn_control(self, coro: Coroutine[Any, Any, object]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._control_tasks.add(task)
-        task.add_done_callback(self._control_done)
-
-    def _control_done(self, task: asyncio.Future[object]) -> None:
-        self._control_tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.debug("control message not sent: %r", task.exception())
+        self._write_text(CLEAR_MESSAGE)
 
     # -- call control ------------------------------------------------------
 
@@ -322,13 +224,3 @@ class VonageMediaLeg(Leg):
         if self._api is None:
             raise RuntimeError("the Vonage Voice API is not configured; cannot transfer")
         await self._api.transfer(self.info.provider_call_id, destination, self._from_number)
-
-    async def close(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-        for task in list(self._control_tasks):
-            task.cancel()
-        self._control_tasks.clear()
-        if not self._ws.closed:
-            await self._ws.close()
-        self._end("completed")

@@ -1,0 +1,217 @@
+"""What every WebSocket media leg shares (Twilio Media Streams, Vonage's audio socket).
+
+Theory of operation
+-------------------
+Such a network opens a WebSocket to the edge and then streams the caller's
+audio in messages, 20 ms at a time. :class:`SocketLeg` reads them in
+:meth:`SocketLeg.recv` (no reader task, no queue per call), hands each text
+or binary message to the network's hook (``_on_text`` / ``_on_binary``) and
+turns whatever audio they decode into canonical 640-byte frames. It notices
+a socket gone silent with ONE timer per call every ``idle_timeout_s`` (not a
+timeout around every receive, which would cost a timer per frame), and ends
+with :class:`LegEnded` however the socket ends.
+
+Toward the caller, subclasses write their messages straight to the transport
+(``wsframe``) after :meth:`SocketLeg._writable` and :meth:`SocketLeg._has_room`:
+the send is synchronous and, when the socket is backed up, the frame is
+dropped and counted, never awaited.
+
+Rules: a malformed or unexpected message is counted, logged (sampled, with
+the call id) and skipped; it never raises out of the leg.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from aiohttp import WSCloseCode, WSMsgType, web
+from prometheus_client import Counter
+
+from telephony_edge.audio.frames import FRAME_BYTES, FrameSplitter
+from telephony_edge.calls.leg import Leg, LegEnded, LegEvent, LegInfo
+from telephony_edge.logs import sampled
+from telephony_edge.wsframe import frame_header
+
+log = logging.getLogger(__name__)
+
+SEND_BUFFER_LIMIT = 32 * 1024  # bytes queued in the socket before frames are dropped
+# (below the transport's 64 KiB high-water mark, so a write never waits for a drain)
+
+
+@dataclass(slots=True)
+class SocketStats:
+    """Per-socket counters, for the leg's end-of-call log line and tests."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+    frames_dropped: int = 0
+    malformed: int = 0
+    clears: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+class SocketLeg(Leg):
+    """A call's audio over one WebSocket a network opened to the edge."""
+
+    #: the network's name in log lines and error messages
+    network: ClassVar[str]
+    #: bytes queued in the socket past which frames are dropped
+    send_buffer_limit: ClassVar[int] = SEND_BUFFER_LIMIT
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        request: web.BaseRequest,
+        info: LegInfo,
+        *,
+        call_id: str,
+        stats: SocketStats,
+        malformed: Counter,
+        dropped: Counter,
+        idle_timeout_s: float,
+    ) -> None:
+        self.info = info
+        self.call_id = call_id
+        self.stats = stats
+        self._ws = ws
+        self._transport = request.transport
+        self._malformed_total = malformed
+        self._dropped_total = dropped
+        self._idle_timeout_s = idle_timeout_s
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_error: str | None = None
+        self._received = 0
+        self._received_at_check = -1
+        self._ended: LegEnded | None = None
+        self._pending: deque[bytes] = deque()
+        self._splitter = FrameSplitter(FRAME_BYTES)
+        self._control_tasks: set[asyncio.Future[object]] = set()
+
+    # -- caller → edge -----------------------------------------------------
+
+    async def recv(self) -> LegEvent:
+        if self._pending:
+            return self._pending.popleft()
+        if self._ended is not None:
+            return self._ended
+        ws = self._ws
+        if self._idle_timer is None:
+            self._arm_idle_check()
+        while True:
+            msg = await ws.receive()
+            self._received += 1
+            if msg.type is WSMsgType.TEXT:
+                event = self._on_text(msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                event = self._on_binary(msg.data)
+            elif msg.type is WSMsgType.ERROR:
+                return self._end("completed", f"{self.network} socket error: {ws.exception()!r}")
+            elif self._idle_error is not None:  # closed by _idle_check
+                return self._end("timeout", self._idle_error)
+            else:  # CLOSE, CLOSING, CLOSED: the network hung up, or the call moved on
+                return self._end("completed")
+            if event is not None:
+                return event
+
+    def _on_text(self, text: str) -> LegEvent | None:
+        """One text message → an event for the bridge, or None (handled here or skipped)."""
+        self._malformed("text message")
+        return None
+
+    def _on_binary(self, data: bytes) -> LegEvent | None:
+        """One binary message → an event for the bridge, or None (handled here or skipped)."""
+        self._malformed("binary message")
+        return None
+
+    def _audio(self, pcm16: bytes) -> bytes | None:
+        """Decoded caller audio of any size → the next canonical frame (the rest queued)."""
+        self.stats.frames_in += 1
+        if len(pcm16) == FRAME_BYTES and not self._splitter.pending:
+            return pcm16
+        frames = self._splitter.push(pcm16)
+        if not frames:
+            return None
+        self._pending.extend(frames[1:])
+        return frames[0]
+
+    def _arm_idle_check(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._idle_timer = loop.call_later(self._idle_timeout_s, self._idle_check)
+
+    def _idle_check(self) -> None:
+        """Close a socket that has gone silent (the networks send audio every 20 ms)."""
+        if self._received == self._received_at_check and not self._ws.closed:
+            self._idle_error = f"no message from {self.network} for {self._idle_timeout_s:g}s"
+            log.warning(
+                "%s media socket idle; closing it", self.network, extra={"call_id": self.call_id}
+            )
+            self._spawn_control(self._ws.close(code=WSCloseCode.GOING_AWAY))
+            return
+        self._received_at_check = self._received
+        self._arm_idle_check()
+
+    def _malformed(self, reason: str) -> None:
+        self._malformed_total.inc()
+        stats = self.stats
+        stats.malformed += 1
+        stats.reasons[reason] = stats.reasons.get(reason, 0) + 1
+        if sampled(stats.malformed):
+            log.warning(
+                "malformed %s message skipped: %s",
+                self.network,
+                reason,
+                extra={"call_id": self.call_id, "malformed": stats.malformed},
+            )
+
+    def _end(self, status: str, error: str | None = None) -> LegEnded:
+        if self._ended is None:
+            self._ended = LegEnded(status=status, error=error)
+        return self._ended
+
+    # -- edge → caller -----------------------------------------------------
+
+    def _writable(self) -> asyncio.Transport | None:
+        """The transport, if the socket still takes messages."""
+        transport = self._transport
+        if self._ws.closed or transport is None or transport.is_closing():
+            return None
+        return transport
+
+    def _has_room(self, transport: asyncio.Transport) -> bool:
+        """Whether a frame fits in the socket now; if not it is dropped and counted."""
+        if transport.get_write_buffer_size() <= self.send_buffer_limit:
+            return True
+        self._dropped_total.inc()
+        self.stats.frames_dropped += 1
+        return False
+
+    def _write_text(self, message: bytes) -> None:
+        """One text message, now; dropped if the socket is gone."""
+        transport = self._writable()
+        if transport is not None:
+            transport.write(frame_header(len(message)) + message)
+
+    def _spawn_control(self, coro: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._control_tasks.add(task)
+        task.add_done_callback(self._control_done)
+
+    def _control_done(self, task: asyncio.Future[object]) -> None:
+        self._control_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("control message not sent: %r", task.exception())
+
+    async def close(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        for task in list(self._control_tasks):
+            task.cancel()
+        self._control_tasks.clear()
+        if not self._ws.closed:
+            await self._ws.close()
+        self._end("completed")
