@@ -38,9 +38,16 @@ from xml.etree import ElementTree
 
 import aiohttp
 import orjson
-from yarl import URL
 
-from telephony_edge.errors import UserError, os_reason
+from telephony_edge.errors import UserError
+from telephony_edge.simulate import (
+    EXIT_USAGE,
+    check_out,
+    check_url,
+    dtmf_arg,
+    speak_after_arg,
+    wait_until_ready,
+)
 from telephony_edge.twilio.signature import SIGNATURE_HEADER, compute_signature
 
 RATE = 8000
@@ -52,7 +59,6 @@ TALKSPURT_GAP_S = 0.25
 JITTER_BUCKETS = 100  # a pause longer than this is silence between turns, not a glitch
 DEFAULT_FROM = "+15555550100"
 DEFAULT_ACCOUNT_SID = "AC" + "0" * 32
-EXIT_USAGE = 2
 
 
 def _sid(prefix: str) -> str:
@@ -718,43 +724,6 @@ async def simulate_call(
             await session.close()
 
 
-async def wait_until_ready(
-    session: aiohttp.ClientSession, base_url: str, *, within_s: float = 15.0
-) -> None:
-    """Poll the edge's ``/readyz`` until it answers 200, so a call is not placed too early.
-
-    Raises :class:`EdgeNotReady` (one line saying what was last seen) after
-    ``within_s``, or at once when the URL answers but is no edge (404).
-    """
-    loop = asyncio.get_running_loop()
-    url = base_url.rstrip("/") + "/readyz"
-    deadline = loop.time() + within_s
-    while True:
-        try:
-            async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                if resp.status == 200:
-                    return
-                last = f"/readyz answered {resp.status}"
-                if resp.status == 404:
-                    raise EdgeNotReady(f"{url} answered 404: is {base_url} a telephony-edge?")
-                if resp.status == 503:
-                    last += " (draining)"
-        except aiohttp.ClientConnectorError as exc:
-            last = os_reason(exc.os_error)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            last = str(exc) or type(exc).__name__
-        if loop.time() >= deadline:
-            raise EdgeNotReady(
-                f"the edge at {base_url} is not ready after {within_s:g} s ({last}); "
-                "is `telephony-edge serve` running there?"
-            )
-        await asyncio.sleep(0.2)
-
-
-class EdgeNotReady(UserError):
-    """The edge never answered ``/readyz`` with 200 in time."""
-
-
 # -- command line ------------------------------------------------------------
 
 
@@ -785,7 +754,7 @@ def add_simulate_cli(subparsers: Any) -> None:
     )
     p.add_argument(
         "--speak-after",
-        type=_speak_after,
+        type=speak_after_arg,
         default="greeting",
         metavar="greeting|SECONDS",
         help="when the caller starts talking: once the agent's greeting has played (default), "
@@ -794,7 +763,7 @@ def add_simulate_cli(subparsers: Any) -> None:
     p.add_argument(
         "--dtmf",
         action="append",
-        type=_dtmf,
+        type=dtmf_arg,
         default=[],
         metavar="DIGIT@SECONDS",
         help="press a key that many seconds after the caller starts talking, e.g. 5@3.5 "
@@ -811,37 +780,13 @@ def add_simulate_cli(subparsers: Any) -> None:
     p.set_defaults(func=_cmd_simulate_twilio)
 
 
-def _speak_after(text: str) -> float | Literal["greeting"]:
-    if text == "greeting":
-        return "greeting"
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds <= 600:
-        raise argparse.ArgumentTypeError(f"{text!r}: 'greeting' or seconds (0-600)")
-    return seconds
-
-
-def _dtmf(item: str) -> tuple[float, str]:
-    digit, _, at = item.partition("@")
-    try:
-        seconds = float(at or 0)
-    except ValueError:
-        seconds = -1.0
-    if len(digit) != 1 or digit not in "0123456789*#ABCD" or seconds < 0:
-        raise argparse.ArgumentTypeError(f"{item!r}: DIGIT@SECONDS, e.g. 5@3.5")
-    return seconds, digit
-
-
 def check_inputs(url: str, wav: str, out: str) -> bytes:
     """Check the command's inputs before the call; return the caller audio (μ-law).
 
     Raises :class:`UserError` naming the option and what is wrong, so a typo
     costs no call (and ``--out`` is not found unwritable after it).
     """
-    if URL(url).scheme not in ("http", "https") or not URL(url).host:
-        raise UserError(f"--url {url}: not an http:// or https:// URL", EXIT_USAGE)
+    check_url(url)
     try:
         audio = load_wav_ulaw(wav)
     except FileNotFoundError:
@@ -852,14 +797,7 @@ def check_inputs(url: str, wav: str, out: str) -> bytes:
         raise UserError(f"--wav {wav}: not a WAV file this can read ({exc})", EXIT_USAGE) from None
     except ValueError as exc:
         raise UserError(f"--wav {exc}", EXIT_USAGE) from None
-    target = Path(out)
-    folder = target.parent
-    if target.is_dir():
-        raise UserError(f"--out {out}: is a folder; give a file name", EXIT_USAGE)
-    if not folder.is_dir():
-        raise UserError(f"--out {out}: folder {folder} does not exist", EXIT_USAGE)
-    if not os.access(folder, os.W_OK):
-        raise UserError(f"--out {out}: folder {folder} is not writable", EXIT_USAGE)
+    check_out(out)
     return audio
 
 

@@ -31,15 +31,17 @@ from typing import Any, Literal
 
 import aiohttp
 import orjson
-from yarl import URL
 
 from telephony_edge.errors import UserError
-from telephony_edge.twilio.simulator import (
-    JITTER_BUCKETS,
-    TALKSPURT_GAP_S,
-    EdgeNotReady,
+from telephony_edge.simulate import (
+    EXIT_USAGE,
+    check_out,
+    check_url,
+    dtmf_arg,
+    speak_after_arg,
     wait_until_ready,
 )
+from telephony_edge.twilio.simulator import JITTER_BUCKETS, TALKSPURT_GAP_S
 from telephony_edge.vonage.signature import sign
 
 RATE = 16000
@@ -50,9 +52,8 @@ CONTENT_TYPE = "audio/l16;rate=16000"
 PLAYOUT_DELAY_S = 0.04  # a talkspurt starts playing this late
 BUFFER_LIMIT_S = 0.2  # Vonage's buffer is bounded: audio further ahead is dropped
 DEFAULT_FROM = "+15555550100"
-EXIT_USAGE = 2
 
-__all__ = ["EdgeNotReady", "SimulatedVonageCall", "VonageResult", "simulate_call"]
+__all__ = ["SimulatedVonageCall", "VonageResult", "simulate_call"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -574,7 +575,7 @@ def add_vonage_simulate_cli(subparsers: Any) -> None:
     )
     p.add_argument(
         "--speak-after",
-        type=_speak_after,
+        type=speak_after_arg,
         default="greeting",
         metavar="greeting|SECONDS",
         help="when the caller starts talking: after the greeting (default) or that many seconds in",
@@ -582,7 +583,7 @@ def add_vonage_simulate_cli(subparsers: Any) -> None:
     p.add_argument(
         "--dtmf",
         action="append",
-        type=_dtmf,
+        type=dtmf_arg,
         default=[],
         metavar="DIGIT@SECONDS",
         help="press a key that many seconds after the caller starts talking (repeatable)",
@@ -594,33 +595,9 @@ def add_vonage_simulate_cli(subparsers: Any) -> None:
     p.set_defaults(func=_cmd_simulate_vonage)
 
 
-def _speak_after(text: str) -> float | Literal["greeting"]:
-    if text == "greeting":
-        return "greeting"
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds <= 600:
-        raise argparse.ArgumentTypeError(f"{text!r}: 'greeting' or seconds (0-600)")
-    return seconds
-
-
-def _dtmf(item: str) -> tuple[float, str]:
-    digit, _, at = item.partition("@")
-    try:
-        seconds = float(at or 0)
-    except ValueError:
-        seconds = -1.0
-    if len(digit) != 1 or digit not in "0123456789*#ABCD" or seconds < 0:
-        raise argparse.ArgumentTypeError(f"{item!r}: DIGIT@SECONDS, e.g. 5@3.5")
-    return seconds, digit
-
-
 def check_inputs(url: str, wav: str, out: str, secret: str) -> bytes:
     """Check the command's inputs before the call; return the caller audio (16 kHz PCM16)."""
-    if URL(url).scheme not in ("http", "https") or not URL(url).host:
-        raise UserError(f"--url {url}: not an http:// or https:// URL", EXIT_USAGE)
+    check_url(url)
     if not secret:
         raise UserError(
             "--signature-secret: required (the edge's vonage.signature_secret)", EXIT_USAGE
@@ -631,9 +608,7 @@ def check_inputs(url: str, wav: str, out: str, secret: str) -> bytes:
         raise UserError(f"--wav {wav}: no such file", EXIT_USAGE) from None
     except (OSError, wave.Error, EOFError, ValueError) as exc:
         raise UserError(f"--wav {wav}: cannot read it ({exc})", EXIT_USAGE) from None
-    folder = Path(out).parent
-    if Path(out).is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise UserError(f"--out {out}: not a writable file path", EXIT_USAGE)
+    check_out(out)
     return audio
 
 

@@ -1,0 +1,99 @@
+"""What every ``telephony-edge simulate <network>`` command shares.
+
+The simulators act as a network toward a running edge; before a call they
+wait for the edge to be ready and check their inputs, so a typo costs no
+call. Network-neutral: each network's simulator module uses these.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from pathlib import Path
+from typing import Literal
+
+import aiohttp
+from yarl import URL
+
+from telephony_edge.errors import UserError, os_reason
+
+EXIT_USAGE = 2
+
+
+async def wait_until_ready(
+    session: aiohttp.ClientSession, base_url: str, *, within_s: float = 15.0
+) -> None:
+    """Poll the edge's ``/readyz`` until it answers 200, so a call is not placed too early.
+
+    Raises :class:`EdgeNotReady` (one line saying what was last seen) after
+    ``within_s``, or at once when the URL answers but is no edge (404).
+    """
+    loop = asyncio.get_running_loop()
+    url = base_url.rstrip("/") + "/readyz"
+    deadline = loop.time() + within_s
+    while True:
+        try:
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                if resp.status == 200:
+                    return
+                last = f"/readyz answered {resp.status}"
+                if resp.status == 404:
+                    raise EdgeNotReady(f"{url} answered 404: is {base_url} a telephony-edge?")
+                if resp.status == 503:
+                    last += " (draining)"
+        except aiohttp.ClientConnectorError as exc:
+            last = os_reason(exc.os_error)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            last = str(exc) or type(exc).__name__
+        if loop.time() >= deadline:
+            raise EdgeNotReady(
+                f"the edge at {base_url} is not ready after {within_s:g} s ({last}); "
+                "is `telephony-edge serve` running there?"
+            )
+        await asyncio.sleep(0.2)
+
+
+class EdgeNotReady(UserError):
+    """The edge never answered ``/readyz`` with 200 in time."""
+
+
+def check_url(url: str) -> None:
+    """``--url`` must be an absolute http(s) URL."""
+    if URL(url).scheme not in ("http", "https") or not URL(url).host:
+        raise UserError(f"--url {url}: not an http:// or https:// URL", EXIT_USAGE)
+
+
+def check_out(out: str) -> None:
+    """``--out`` must be a file path in a writable folder (checked before the call)."""
+    target = Path(out)
+    folder = target.parent
+    if target.is_dir():
+        raise UserError(f"--out {out}: is a folder; give a file name", EXIT_USAGE)
+    if not folder.is_dir():
+        raise UserError(f"--out {out}: folder {folder} does not exist", EXIT_USAGE)
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"--out {out}: folder {folder} is not writable", EXIT_USAGE)
+
+
+def speak_after_arg(text: str) -> float | Literal["greeting"]:
+    if text == "greeting":
+        return "greeting"
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 600:
+        raise argparse.ArgumentTypeError(f"{text!r}: 'greeting' or seconds (0-600)")
+    return seconds
+
+
+def dtmf_arg(item: str) -> tuple[float, str]:
+    digit, _, at = item.partition("@")
+    try:
+        seconds = float(at or 0)
+    except ValueError:
+        seconds = -1.0
+    if len(digit) != 1 or digit not in "0123456789*#ABCD" or seconds < 0:
+        raise argparse.ArgumentTypeError(f"{item!r}: DIGIT@SECONDS, e.g. 5@3.5")
+    return seconds, digit
