@@ -23,17 +23,19 @@ the call id) and skipped; it never raises out of the leg.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from prometheus_client import Counter
 
 from telephony_edge.audio.frames import FRAME_BYTES, FrameSplitter
 from telephony_edge.calls.leg import Leg, LegEnded, LegEvent, LegInfo
+from telephony_edge.calls.record import CallRecord
 from telephony_edge.logs import sampled
 from telephony_edge.wsframe import frame_header
 
@@ -41,6 +43,62 @@ log = logging.getLogger(__name__)
 
 SEND_BUFFER_LIMIT = 32 * 1024  # bytes queued in the socket before frames are dropped
 # (below the transport's 64 KiB high-water mark, so a write never waits for a drain)
+
+
+class SocketRejected(Exception):
+    """A media socket's opening was not acceptable; close it with ``code``."""
+
+    def __init__(self, reason: str, code: int = WSCloseCode.POLICY_VIOLATION) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+class CallRunner(Protocol):
+    async def run(self, record: CallRecord, leg: Leg) -> CallRecord: ...
+
+
+async def open_socket(
+    request: web.Request, *, max_msg_size: int, what: str
+) -> web.WebSocketResponse:
+    """Accept a network's media WebSocket (400 for a plain HTTP request)."""
+    ws = web.WebSocketResponse(max_msg_size=max_msg_size, autoping=True, compress=False)
+    if not ws.can_prepare(request).ok:
+        raise web.HTTPBadRequest(text=f"this is a WebSocket endpoint ({what})\n")
+    await ws.prepare(request)
+    return ws
+
+
+_refused: dict[str, int] = {}  # sockets refused by this worker, per network (sampled log)
+
+
+async def refuse(
+    ws: web.WebSocketResponse, network: str, exc: SocketRejected, **extra: object
+) -> web.WebSocketResponse:
+    """Close a socket whose opening was refused, with the protocol's code and a sampled log."""
+    count = _refused[network] = _refused.get(network, 0) + 1
+    if sampled(count):
+        log.warning(
+            "%s media socket refused: %s",
+            network,
+            exc.reason,
+            extra={**extra, "close_code": int(exc.code), "refused": count},
+        )
+    await ws.close(code=exc.code, message=exc.reason[:120].encode())
+    return ws
+
+
+async def run_leg(calls: CallRunner, record: CallRecord, leg: SocketLeg) -> None:
+    """Run the call on ``leg``; close it and log its counters however the call ends."""
+    try:
+        await calls.run(record, leg)
+    finally:
+        await leg.close()
+        log.info(
+            "%s media socket closed",
+            leg.network,
+            extra={"call_id": record.call_id, **dataclasses.asdict(leg.stats)},
+        )
 
 
 @dataclass(slots=True)

@@ -52,7 +52,7 @@ from telephony_edge.calls.leg import (
 from telephony_edge.logs import sampled
 from telephony_edge.twilio.rest import TwilioRest
 from telephony_edge.wsframe import frame_header
-from telephony_edge.wsleg import SocketLeg, SocketStats
+from telephony_edge.wsleg import SocketLeg, SocketRejected, SocketStats
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +77,8 @@ _DROPPED = metrics.FRAMES_DROPPED.labels(reason="twilio_backpressure")
 _LATE_SENDS = metrics.TWILIO_LATE_SENDS
 
 
-class StreamRejected(Exception):
+class StreamRejected(SocketRejected):
     """The stream's opening was not acceptable; close with ``code``."""
-
-    def __init__(self, reason: str, code: int = WSCloseCode.POLICY_VIOLATION) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.code = code
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,6 @@ single frame of audio is read.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import cast
 
@@ -21,7 +20,6 @@ from telephony_edge import http_limits, metrics
 from telephony_edge.calls.leg import Direction, LegInfo
 from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.calls.service import CallRejected
-from telephony_edge.logs import sampled
 from telephony_edge.services import SERVICES, Services
 from telephony_edge.twilio.context import (
     CALL_ID_PARAM,
@@ -40,38 +38,22 @@ from telephony_edge.twilio.media import (
     read_start,
 )
 from telephony_edge.twilio.token import TokenError
+from telephony_edge.wsleg import open_socket, refuse, run_leg
 
 log = logging.getLogger(__name__)
-_refused = 0  # streams refused by this worker, for the sampled log
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
     ctx = request.app[TWILIO]
     services = request.app[SERVICES]
-    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, autoping=True, compress=False)
-    if not ws.can_prepare(request).ok:
-        raise web.HTTPBadRequest(text="this is a WebSocket endpoint (Twilio Media Streams)\n")
-    await ws.prepare(request)
+    ws = await open_socket(request, max_msg_size=MAX_MESSAGE_BYTES, what="Twilio Media Streams")
     start: StreamStart | None = None
     try:
         start = await read_start(ws, ctx.start_timeout_s)
         record = await _admit(ctx, services, start)
     except StreamRejected as exc:
         metrics.TWILIO_STREAMS.labels(outcome="refused").inc()
-        global _refused
-        _refused += 1
-        if sampled(_refused):
-            log.warning(
-                "Twilio stream refused: %s",
-                exc.reason,
-                extra={
-                    "call_sid": start.call_sid if start else "",
-                    "close_code": int(exc.code),
-                    "refused": _refused,
-                },
-            )
-        await ws.close(code=exc.code, message=exc.reason[:120].encode())
-        return ws
+        return await refuse(ws, "Twilio", exc, call_sid=start.call_sid if start else "")
     metrics.TWILIO_STREAMS.labels(outcome="accepted").inc()
     info = LegInfo(
         provider="twilio",
@@ -89,14 +71,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
         rest=ctx.rest,
         idle_timeout_s=ctx.idle_timeout_s,
     )
-    try:
-        await services.call_service.run(record, leg)
-    finally:
-        await leg.close()
-        log.info(
-            "Twilio stream closed",
-            extra={"call_id": record.call_id, **dataclasses.asdict(leg.stats)},
-        )
+    await run_leg(services.call_service, record, leg)
     return ws
 
 

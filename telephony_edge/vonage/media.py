@@ -38,7 +38,7 @@ from telephony_edge.audio.frames import FRAME_BYTES
 from telephony_edge.calls.leg import Capabilities, Dtmf, LegEvent, LegInfo
 from telephony_edge.vonage.api import VoiceApi
 from telephony_edge.wsframe import OP_BINARY, frame_header
-from telephony_edge.wsleg import SocketLeg, SocketStats
+from telephony_edge.wsleg import SocketLeg, SocketRejected, SocketStats
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +58,8 @@ _DROPPED = metrics.FRAMES_DROPPED.labels(reason="vonage_backpressure")
 _BINARY_HEADER = frame_header(FRAME_BYTES, OP_BINARY)
 
 
-class ConnectRejected(Exception):
+class ConnectRejected(SocketRejected):
     """The socket's opening was not acceptable; close with ``code``."""
-
-    def __init__(self, reason: str, code: int = WSCloseCode.POLICY_VIOLATION) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.code = code
 
 
 @dataclass(frozen=True, slots=True)

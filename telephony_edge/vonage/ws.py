@@ -13,7 +13,6 @@ single frame of audio is read.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import cast
 
@@ -23,7 +22,6 @@ from telephony_edge import http_limits
 from telephony_edge.calls.leg import Direction, LegInfo
 from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.calls.service import CallRejected
-from telephony_edge.logs import sampled
 from telephony_edge.services import SERVICES, Services
 from telephony_edge.twilio.token import TokenError
 from telephony_edge.vonage.context import (
@@ -45,32 +43,20 @@ from telephony_edge.vonage.media import (
     VonageMediaLeg,
     read_connected,
 )
+from telephony_edge.wsleg import open_socket, refuse, run_leg
 
 log = logging.getLogger(__name__)
-_refused = 0  # sockets refused by this worker, for the sampled log
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
     ctx = request.app[VONAGE]
     services = request.app[SERVICES]
-    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, autoping=True, compress=False)
-    if not ws.can_prepare(request).ok:
-        raise web.HTTPBadRequest(text="this is a WebSocket endpoint (Vonage audio)\n")
-    await ws.prepare(request)
+    ws = await open_socket(request, max_msg_size=MAX_MESSAGE_BYTES, what="Vonage audio")
     try:
         connected = await read_connected(ws, ctx.connected_timeout_s)
         record = await _admit(ctx, services, connected)
     except ConnectRejected as exc:
-        global _refused
-        _refused += 1
-        if sampled(_refused):
-            log.warning(
-                "Vonage socket refused: %s",
-                exc.reason,
-                extra={"close_code": int(exc.code), "refused": _refused},
-            )
-        await ws.close(code=exc.code, message=exc.reason[:120].encode())
-        return ws
+        return await refuse(ws, "Vonage", exc)
     uuid = connected.headers.get(UUID_HEADER, "") or record.provider_call_id
     info = LegInfo(
         provider="vonage",
@@ -89,14 +75,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         from_number=own_number,
         idle_timeout_s=ctx.idle_timeout_s,
     )
-    try:
-        await services.call_service.run(record, leg)
-    finally:
-        await leg.close()
-        log.info(
-            "Vonage socket closed",
-            extra={"call_id": record.call_id, **dataclasses.asdict(leg.stats)},
-        )
+    await run_leg(services.call_service, record, leg)
     return ws
 
 
