@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -314,3 +315,28 @@ def serve_process(
     yield start
     for edge in started:
         stop_serve_process(edge)
+
+
+@dataclass
+class Receiver:
+    """An end-of-call webhook target on 127.0.0.1: what it received, in order."""
+
+    url: str = ""
+    received: list[dict[str, Any]] = field(default_factory=list)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    box = Receiver()
+
+    async def ended(request: web.Request) -> web.Response:
+        box.received.append(json.loads(await request.read()))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/ended", ended)
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    box.url = str(server.make_url("/ended"))
+    yield box
+    await server.close()

@@ -4,20 +4,16 @@ sipp driven as a user would (``-sf sip/<scenario>.xml``, free ports, loopback on
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from telephony_edge.config import load_settings
 from telephony_edge.sip.provider import SIP_ENDPOINT
-from tests.conftest import Edge, free_port, require_binary
+from tests.conftest import Edge, Receiver, free_port, require_binary
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "sip"
 API_KEY = "private-api-key-for-sip-tests-01"
@@ -25,31 +21,6 @@ API_KEY = "private-api-key-for-sip-tests-01"
 
 def sipp_binary() -> str:
     return require_binary("sipp", "apt-get install -y sip-tester")
-
-
-@dataclass
-class Receiver:
-    """The agent's end-of-call webhook target."""
-
-    url: str = ""
-    received: list[dict[str, Any]] = field(default_factory=list)
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    box = Receiver()
-
-    async def ended(request: web.Request) -> web.Response:
-        box.received.append(json.loads(await request.read()))
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/ended", ended)
-    server = TestServer(app, host="127.0.0.1", port=0)
-    await server.start_server()
-    box.url = str(server.make_url("/ended"))
-    yield box
-    await server.close()
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from telephony_edge.audio.g711 import Law
 from telephony_edge.audio.transcode import G711Encoder
 from telephony_edge.sip.provider import SIP_ENDPOINT
 from telephony_edge.sip.rtp import build_rtp, parse_rtp
-from tests.conftest import Edge, read_wav, wait_for
-from tests.sip.conftest import Receiver, finished, register, sipp
+from tests.conftest import Edge, Receiver, read_wav, wait_for
+from tests.sip.conftest import finished, register, sipp
 
 PCAP = Path("/usr/share/sip-tester/g711a.pcap")
 

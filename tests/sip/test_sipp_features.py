@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from telephony_edge.sip.provider import SIP_ENDPOINT
-from tests.conftest import Edge, wait_for
-from tests.sip.conftest import Receiver, finished, register, sipp
+from tests.conftest import Edge, Receiver, wait_for
+from tests.sip.conftest import finished, register, sipp
 
 DTMF_PCAP = Path("/usr/share/sip-tester/dtmf_2833_5.pcap")
 

@@ -17,8 +17,8 @@ from telephony_edge.audio.g722 import G722Decoder, G722Encoder
 from telephony_edge.sip.provider import SIP_ENDPOINT
 from telephony_edge.sip.rtp import build_rtp, parse_rtp
 from tests.audio.signals import rms, samples
-from tests.conftest import Edge, read_wav, wait_for
-from tests.sip.conftest import Receiver, finished, register, sipp
+from tests.conftest import Edge, Receiver, read_wav, wait_for
+from tests.sip.conftest import finished, register, sipp
 from tests.sip.test_sipp import CallerMedia
 
 

@@ -19,8 +19,8 @@ import pytest
 
 from telephony_edge.config import load_settings
 from telephony_edge.sip.provider import SIP_ENDPOINT
-from tests.conftest import Edge, free_port, wait_for
-from tests.sip.conftest import API_KEY, Receiver, finished, register, sipp, sipp_binary
+from tests.conftest import Edge, Receiver, free_port, wait_for
+from tests.sip.conftest import API_KEY, finished, register, sipp, sipp_binary
 
 PCAP = Path("/usr/share/sip-tester/g711a.pcap")
 CALLS = 100

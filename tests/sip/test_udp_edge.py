@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from telephony_edge.sip.message import Request, Response, parse_message
 from telephony_edge.sip.provider import SIP_ENDPOINT
 from telephony_edge.sip.rtp import RtpPacket, build_rtp, parse_rtp
-from tests.conftest import Edge, wait_for
-from tests.sip.conftest import Receiver, register
+from tests.conftest import Edge, Receiver, wait_for
+from tests.sip.conftest import register
 from tests.sip.test_sipp_features import ring
 
 

@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import audioop
-import json
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
@@ -30,33 +26,10 @@ from telephony_edge.config import load_settings
 from telephony_edge.webrtc.ice import gather_on
 from telephony_edge.webrtc.leg import AgentTrack, WebRtcLeg
 from telephony_edge.webrtc.provider import WEBRTC_PEERS
-from tests.conftest import Edge, read_wav, wait_for
+from tests.conftest import Edge, Receiver, read_wav, wait_for
 
 API_KEY = "private-api-key-for-webrtc-tests"
 LOOPBACK = ["127.0.0.1"]
-
-
-@dataclass
-class Receiver:
-    url: str = ""
-    received: list[dict[str, Any]] = field(default_factory=list)
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    box = Receiver()
-
-    async def ended(request: web.Request) -> web.Response:
-        box.received.append(json.loads(await request.read()))
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/ended", ended)
-    server = TestServer(app, host="127.0.0.1", port=0)
-    await server.start_server()
-    box.url = str(server.make_url("/ended"))
-    yield box
-    await server.close()
 
 
 def settings_for(receiver: Receiver, **webrtc: Any) -> Any:

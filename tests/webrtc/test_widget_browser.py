@@ -35,8 +35,8 @@ from telephony_edge.calls.record import CallState
 from telephony_edge.config import load_settings
 from telephony_edge.webrtc.leg import WebRtcLeg
 from telephony_edge.webrtc.provider import WEBRTC_PEERS
-from tests.conftest import Edge, missing_peer, wait_for
-from tests.webrtc.test_offer import API_KEY, LOOPBACK, Receiver, receiver  # noqa: F401
+from tests.conftest import Edge, Receiver, missing_peer, wait_for
+from tests.webrtc.test_offer import API_KEY, LOOPBACK
 
 CHROMIUM = "/usr/bin/chromium"
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -139,7 +139,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-async def widget_edge(receiver: Receiver) -> AsyncIterator[Edge]:  # noqa: F811
+async def widget_edge(receiver: Receiver) -> AsyncIterator[Edge]:
     """An edge whose own URL (known before it starts) is its public URL and allowed origin."""
     for _ in range(5):
         port = _free_port()
@@ -193,7 +193,7 @@ async def _stats(page: Any) -> dict[str, Any]:
 async def test_a_call_from_the_widget_in_chromium(
     chromium: BrowserThread,
     widget_edge: Edge,
-    receiver: Receiver,  # noqa: F811
+    receiver: Receiver,
     tmp_path: Path,
 ) -> None:
     edge = widget_edge
