@@ -60,6 +60,7 @@ _PREBUFFER_OVERFLOW = metrics.FRAMES_DROPPED.labels(reason="prebuffer_overflow")
 
 ACTIVITY_RMS = 300  # about -40 dBFS: caller frames below it do not count as activity
 HANGUP_TIMEOUT_S = 5.0
+MEDIA_STATS_TIMEOUT_S = 1.0
 #: the agent core's requests the machine decides on; the rest the bridge records
 COMMANDS = frozenset(
     {
@@ -350,7 +351,11 @@ class CallBridge:
         elif isinstance(action, m.CloseAgent):
             await self.link.close()
         elif isinstance(action, m.CloseLeg):
-            await self.leg.close()
+            try:
+                stats = await asyncio.wait_for(self.leg.media_stats(), MEDIA_STATS_TIMEOUT_S)
+                self.record.media_stats = stats
+            finally:
+                await self.leg.close()
         elif isinstance(action, m.ReleaseSlot):
             await self._hooks.release(self.record)
         elif isinstance(action, m.WriteState):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 Direction = Literal["inbound", "outbound"]
 
@@ -149,6 +149,14 @@ class Leg(abc.ABC):
     async def transfer(self, destination: str) -> None:
         """Hand the caller to ``destination`` (E.164 number or SIP URI) on the network."""
         raise NotSupported(f"{type(self).__name__} cannot transfer calls")
+
+    async def media_stats(self) -> dict[str, Any]:
+        """The media path's statistics (RTP loss, jitter, round-trip time) for ``voip.media``.
+
+        Read once, just before :meth:`close`; networks whose media the edge
+        does not see packet by packet (the WebSocket ones) have none.
+        """
+        return {}
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -91,6 +91,8 @@ class CallRecord:
     provider_status: str | None = None
     provider_details: dict[str, Any] = field(default_factory=dict)
     """What the network reported about the call (its status callbacks' details), for ``voip``."""
+    media_stats: dict[str, Any] = field(default_factory=dict)
+    """The leg's media statistics at the end (:meth:`Leg.media_stats`), for ``voip.media``."""
     created_at: float = field(default_factory=time.time)
     answered_at: float | None = None
     ended_at: float | None = None

@@ -59,6 +59,7 @@ OWNER_FIELDS = (
     "from_",
     "to",
     "provider_call_id",
+    "media_stats",
 )
 _LIVE_STATES = (CallState.CONNECTING, CallState.ACTIVE)
 #: How long a hang-up / transfer request on one worker waits for the owner's answer.

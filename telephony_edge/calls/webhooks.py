@@ -473,6 +473,7 @@ def build_session_payload(
             "provider_call_id": record.provider_call_id,
             "direction": record.direction,
             **({"details": record.provider_details} if record.provider_details else {}),
+            **({"media": record.media_stats} if record.media_stats else {}),
         },
         "recording": None if recording is None else dict(recording),
         "function_calls": [dict(fc) for fc in function_calls],

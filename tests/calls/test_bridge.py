@@ -254,3 +254,23 @@ async def test_talkspurt_starts_reach_the_leg(make_edge: Any, speech: bytes) -> 
     assert leg.talkspurts >= 2  # the greeting, then the echo after a pause
     leg.events.put_nowait(LegEnded("completed"))
     await asyncio.wait_for(task, 5)
+
+
+class MeasuringLeg(TestLeg):
+    """A leg that sees its media packet by packet (RTP) and reports statistics at the end."""
+
+    async def media_stats(self) -> dict[str, Any]:
+        assert not self.closed, "statistics are read before the leg closes"
+        return {"packets_lost": 3, "jitter_ms": 4.5}
+
+
+async def test_the_legs_media_statistics_are_stored_with_the_end(make_edge: Any) -> None:
+    edge: Edge = await make_edge()
+    leg = MeasuringLeg()
+    record, task = await start_call(edge, leg)
+    await wait_for(lambda: record.state is CallState.ACTIVE)
+    leg.events.put_nowait(LegEnded("completed"))
+    final = await asyncio.wait_for(task, 5)
+    assert final.media_stats == {"packets_lost": 3, "jitter_ms": 4.5}
+    stored = await edge.services.coordinator.get_call(record.call_id)
+    assert stored is not None and stored.data["media_stats"] == final.media_stats

@@ -624,3 +624,10 @@ def test_network_details_other_writers_stored_reach_the_payloads_voip() -> None:
     voip = build_session_payload(record)["voip"]
     assert voip["details"] == details
     assert record.provider_status == "completed"
+
+
+def test_media_statistics_reach_the_payloads_voip_only_when_measured() -> None:
+    record = CallRecord(agent_id="a", provider="sip", direction="inbound")
+    assert "media" not in build_session_payload(record)["voip"]
+    record.media_stats = {"packets_lost": 2, "jitter_ms": 3.0, "rtt_ms": 41.0}
+    assert build_session_payload(record)["voip"]["media"] == record.media_stats
