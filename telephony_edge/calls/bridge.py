@@ -486,9 +486,11 @@ class CallBridge:
                 return
 
     def _chat(self, role: str, data: dict[str, Any]) -> bool:
-        if not data.get("is_final", True) or not data.get("text"):
+        text = str(data.get("text") or "")[: self._limits.max_text_chars]
+        final = bool(data.get("is_final", True))
+        self.leg.agent_text(role, text, final)
+        if not final or not text:
             return False
-        text = str(data["text"])[: self._limits.max_text_chars]
         entry = {"role": role, "content": text, "ts": time.time()}
         self.conversation.add(self.conversation.chat, "chat", self._limits.max_chat_messages, entry)
         return True

@@ -10,24 +10,32 @@ five frames the grid restarts rather than bursting), takes the bridge's
 ``pts``/``time_base`` counting samples. Nothing is buffered between the
 bridge and the encoder, so ``clear()`` has nothing to drop.
 
+A data channel the peer opens carries the agent's text to the page
+(captions) and the page's ``end`` and ``dtmf`` requests
+(:mod:`telephony_edge.webrtc.channel`); a malformed message is counted
+(``telephony_edge_bad_input_total{source="webrtc-datachannel"}``), logged
+(sampled) with the call id and skipped.
+
 The call ends ``user-ended`` when the peer goes (its track ends, the
-connection closes) and ``error`` when ICE/DTLS fails or does not connect
-within ``webrtc.connect_timeout_s``.
+connection closes, the page sends ``end``) and ``error`` when ICE/DTLS fails
+or does not connect within ``webrtc.connect_timeout_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fractions
 import logging
 from collections.abc import Coroutine
 from typing import Any, ClassVar
 
-from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import RTCDataChannel, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 
+from telephony_edge import metrics
 from telephony_edge.audio.frames import FRAME_BYTES, SILENCE_FRAME, FrameSplitter
 from telephony_edge.audio.transcode import Pcm16kTo48k, Pcm48kTo16k
 from telephony_edge.calls.leg import (
@@ -39,6 +47,8 @@ from telephony_edge.calls.leg import (
     LegEvent,
     LegInfo,
 )
+from telephony_edge.logs import sampled
+from telephony_edge.webrtc import channel
 from telephony_edge.webrtc.ice import configuration, gather_on
 from telephony_edge.webrtc.settings import WebRtcSettings
 
@@ -49,6 +59,7 @@ SAMPLES = RATE // 50  # 20 ms
 TIME_BASE = fractions.Fraction(1, RATE)
 SILENCE_48K = bytes(2 * SAMPLES)
 MAX_LATE_FRAMES = 5
+_MALFORMED = metrics.BAD_INPUT.labels(source="webrtc-datachannel")
 
 
 class OfferRefused(Exception):
@@ -121,7 +132,13 @@ class WebRtcLeg(Leg):
         self._down: Pcm48kTo16k | None = None
         self._connected = asyncio.Event()
         self.frames_in = 0
+        self.call_id = ""  # set by the provider once the call is recorded
+        self.channel: RTCDataChannel | None = None
+        self._early: collections.deque[str] = collections.deque(maxlen=channel.MAX_EARLY_CAPTIONS)
+        self.malformed = 0
+        self.captions_dropped = 0
         self.pc.on("track", self._on_track)
+        self.pc.on("datachannel", self._on_channel)
         self.pc.on("connectionstatechange", self._on_state)
 
     # -- signalling ---------------------------------------------------------------
@@ -179,6 +196,45 @@ class WebRtcLeg(Leg):
             self._down = Pcm48kTo16k(channels=channels)
         pcm = frame.to_ndarray().tobytes()
         return self._split.push(self._down.process(pcm))
+
+    # -- the data channel ------------------------------------------------------------
+
+    def _on_channel(self, dc: RTCDataChannel) -> None:
+        self.channel = dc  # the latest one the peer opened
+        dc.on("message", self._on_message)
+        while self._early and dc.readyState == "open":
+            dc.send(self._early.popleft())
+
+    def _on_message(self, message: str | bytes) -> None:
+        try:
+            request = channel.parse(message)
+        except channel.Malformed as exc:
+            _MALFORMED.inc()
+            self.malformed += 1
+            if sampled(self.malformed):
+                log.warning(
+                    "malformed data channel message skipped: %s",
+                    exc,
+                    extra={"call_id": self.call_id, "malformed": self.malformed},
+                )
+            return
+        if isinstance(request, channel.EndRequested):
+            log.info("the page ended the call", extra={"call_id": self.call_id})
+            self._end(LegEnded("completed"))
+        else:
+            self._events.put_nowait(request)
+
+    def agent_text(self, role: str, text: str, final: bool) -> None:
+        if role not in channel.TYPES:
+            return
+        message = channel.caption(role, text, final)
+        dc = self.channel
+        if dc is None:  # the agent spoke before the page's channel opened (its greeting)
+            self._early.append(message)
+        elif dc.readyState != "open" or dc.bufferedAmount > channel.MAX_BUFFERED_BYTES:
+            self.captions_dropped += 1
+        else:
+            dc.send(message)
 
     # -- the connection's life ------------------------------------------------------
 

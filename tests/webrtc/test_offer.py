@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import audioop
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -75,11 +76,15 @@ class Speech:
 class Client:
     """A server-to-server caller: an aiortc peer connection that plays a WAV and listens."""
 
-    def __init__(self, *, audio: bool = True) -> None:
+    def __init__(self, *, audio: bool = True, events: bool = False) -> None:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.voiced = 0
         self.frames = 0
         self.reader: asyncio.Task[None] | None = None
+        self.messages: list[dict[str, Any]] = []
+        if events:  # the widget's data channel: captions in, requests out
+            self.events = self.pc.createDataChannel("events")
+            self.events.on("message", lambda text: self.messages.append(json.loads(text)))
         if audio:
             # the edge's own outbound track, fed the speech then silence (the core's VAD
             # hears the end of the utterance, as from a caller who stops talking)

@@ -244,6 +244,17 @@ async def test_a_call_from_the_widget_in_chromium(
         assert bridge.leg.frames_in > 100
         assert stats["input"]["voiced"] > 50, stats
 
+        async def captions() -> tuple[list[dict[str, Any]], str]:  # over the data channel
+            await page.wait_for_function(
+                "() => widgetStats.captions.some(c => c.who === 'You')", timeout=10_000
+            )
+            return (await _stats(page))["captions"], await page.inner_text("#captions")
+
+        lines, shown = await chromium.run(captions())
+        assert any(c["who"] == "You" and "caller spoke" in c["text"] for c in lines), lines
+        assert any(c["who"] == "Agent" for c in lines), lines
+        assert "You: [caller spoke" in shown, shown
+
         async def screenshots() -> None:
             for shot in shots:
                 await page.screenshot(path=str(shot))
