@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
+from aiortc.sdp import SessionDescription
 from av import AudioFrame
 
 from telephony_edge import metrics
@@ -51,6 +52,7 @@ from telephony_edge.logs import sampled
 from telephony_edge.webrtc import channel
 from telephony_edge.webrtc.ice import configuration, gather_on
 from telephony_edge.webrtc.settings import WebRtcSettings
+from telephony_edge.webrtc.stats import media_report
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +278,16 @@ class WebRtcLeg(Leg):
 
     def clear(self) -> None:
         """Nothing to drop: the track holds no agent audio beyond the frame being sent."""
+
+    async def media_stats(self) -> dict[str, Any]:
+        """RTP loss, jitter and round-trip time (:mod:`telephony_edge.webrtc.stats`)."""
+        local = self.pc.localDescription
+        if local is None:
+            return {}
+        codecs = [c for m in SessionDescription.parse(local.sdp).media for c in m.rtp.codecs]
+        if not codecs:
+            return {}
+        return media_report(await self.pc.getStats(), str(codecs[0]), codecs[0].clockRate)
 
     async def hangup(self) -> None:
         await self.close()

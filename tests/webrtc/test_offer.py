@@ -168,6 +168,14 @@ async def test_a_call_over_webrtc_reaches_the_agent_and_ends_user_ended(
     assert payload["call_status"] == "user-ended", payload
     assert payload["metadata"] == {"who": "test"}
     await wait_for(lambda: edge.app[WEBRTC_PEERS].count == 0)
+    # the connection's RTP stats, read before the leg closed
+    media = payload["voip"]["media"]
+    assert media["codec"] == "opus/48000/2", media
+    inbound, outbound = media["inbound"], media["outbound"]
+    assert inbound["packets"] > 100 and 0 <= inbound["lost"] < 5, media
+    assert 0 <= inbound["jitter_ms"] < 100, media
+    assert outbound["packets"] > 100 and 0 <= outbound["lost"] < 5, media  # the client's RTCP
+    assert 0 < outbound["round_trip_time_ms"] < 1000, media
 
 
 async def test_bad_sdp_is_400(edge: Edge) -> None:
