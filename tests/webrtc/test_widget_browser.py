@@ -1,13 +1,18 @@
 """WebRTC step 3: the widget page in Debian's Chromium (playwright) against a real edge.
 
 Chromium (``/usr/bin/chromium``, never a downloaded browser) plays
-``tests/fixtures/speech_table.wav`` then 5 s of silence (looped) as its fake microphone and may use
-loopback ICE. The edge runs on real sockets on 127.0.0.1 with WebRTC on,
-127.0.0.1 advertised and its own URL as the allowed origin; its agent (the
-built-in demo core) has no first message, so what the page hears beyond the
-core's chime is the echo of the browser's speech. One browser serves the
-session; it runs on its own thread and event loop (pytest-asyncio gives each
-test a new loop), and tests hand it coroutines.
+``tests/fixtures/speech_table.wav`` then 5 s of silence (looped) as its fake
+microphone and may use loopback ICE. The main test runs a real
+``telephony-edge serve`` process (``serve_process``) on 127.0.0.1 with WebRTC
+on, 127.0.0.1 advertised and the built-in demo core (no first message, so
+what the page hears beyond the core's chime is the echo of the browser's
+speech): the core hears the speech (its transcript in the chat), the page
+measures the agent's audio and shows captions from the data channel, stop
+ends the call with the end-of-call webhook. The screenshot goes under the
+test's tmp_path (and to ``docs/widget.png`` when it is missing or
+``REFRESH_DOCS_SCREENSHOT=1``). One browser serves the session; it runs on
+its own thread and event loop (pytest-asyncio gives each test a new loop),
+and tests hand it coroutines.
 
 Missing chromium or playwright: skip, or fail under CI=true.
 """
@@ -16,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import os
 import shutil
 import socket
@@ -31,11 +35,9 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from telephony_edge.app import create_app, set_local_address
-from telephony_edge.calls.record import CallState
 from telephony_edge.config import load_settings
-from telephony_edge.webrtc.leg import WebRtcLeg
 from telephony_edge.webrtc.provider import WEBRTC_PEERS
-from tests.conftest import Edge, Receiver, missing_peer, wait_for
+from tests.conftest import Edge, Receiver, ServeProcess, missing_peer, wait_for
 from tests.webrtc.test_offer import API_KEY, LOOPBACK
 
 CHROMIUM = "/usr/bin/chromium"
@@ -190,98 +192,141 @@ async def _stats(page: Any) -> dict[str, Any]:
     return result
 
 
-async def test_a_call_from_the_widget_in_chromium(
+def widget_config(receiver: Receiver, *origins: str) -> dict[str, Any]:
+    """A ``serve`` configuration: the demo agent public, 127.0.0.1 advertised, the
+    built-in agent core; its own URL is an allowed origin without saying so."""
+    return {
+        "api": {"private_key": API_KEY, "public_key": PUBLIC_KEY},
+        "webhooks": {
+            "signing_secret": "whsec_webrtc_widget_01",
+            "allow_private_targets": True,
+            "backoff_base_s": 0.05,
+        },
+        "webrtc": {
+            "enabled": True,
+            "advertised_addresses": LOOPBACK,
+            "allowed_origins": list(origins),
+            "connect_timeout_s": 10,
+        },
+        "agents": {
+            "demo": {
+                "prompt": "You echo.",
+                "allow_public_key": True,
+                "session_data_webhook": receiver.url,
+            }
+        },
+        "calls": {"inactivity_timeout_s": 30},
+    }
+
+
+async def call_from_the_widget(
     chromium: BrowserThread,
-    widget_edge: Edge,
+    page: Any,
     receiver: Receiver,
-    tmp_path: Path,
-) -> None:
-    edge = widget_edge
-    url = edge.url("/widget?agent_id=demo&page=pricing&plan=pro")
-    shots: list[Path] = [tmp_path / "widget-live.png"]
-    if not DOCS_SHOT.exists():
-        shots.append(DOCS_SHOT)
+    shots: list[Path],
+) -> dict[str, Any]:
+    """Start, hear the agent's echo, see captions, screenshot, stop; the end-of-call payload.
+
+    ``page`` shows the widget (top-level or in an iframe: it is a playwright Frame).
+    """
     seen: dict[str, Any] = {}
 
-    async def open_and_start() -> Any:
-        context = await chromium.browser.new_context(viewport={"width": 560, "height": 400})
-        page = await context.new_page()
-        page.on("console", lambda msg: seen.setdefault("console", []).append(msg.text))
-        await page.goto(url)
+    async def start() -> dict[str, Any]:
         await page.click("#toggle")
         await page.wait_for_function(
             "() => window.widgetStats.state !== 'connecting'", timeout=20_000
         )
-        return context, page
+        return await _stats(page)
 
     t0 = time.monotonic()
-    context, page = await chromium.run(open_and_start())
-    try:
-        stats = await chromium.run(_stats(page))
-        assert stats["state"] == "live", (stats, seen)
-        live_s = time.monotonic() - t0
-        call_id = stats["callId"]
-        bridge = edge.services.calls.get(call_id)
-        assert bridge is not None and bridge.record.state is CallState.ACTIVE
-        assert bridge.record.metadata == {"page": "pricing", "plan": "pro"}
-        assert isinstance(bridge.leg, WebRtcLeg)
+    stats = await chromium.run(start())
+    assert stats["state"] == "live", stats
+    live_s = time.monotonic() - t0
+    call_id = stats["callId"]
 
-        # the edge hears the browser's speech, the demo core echoes it (beyond its 1.5 s chime)
-        async def heard() -> dict[str, Any]:
-            try:
-                await page.wait_for_function(
-                    "() => window.widgetStats.output.voiced * 0.02 > 2.5", timeout=30_000
-                )
-            except Exception:
-                seen["stats"] = await _stats(page)
-                raise
-            return await _stats(page)
-
+    # the demo core echoes the browser's speech once it stops (beyond its 1.5 s chime)
+    async def heard() -> dict[str, Any]:
         try:
-            stats = await chromium.run(heard())
-        except Exception:
-            pytest.fail(f"the page heard too little of the agent: {seen}")
-        assert bridge.leg.frames_in > 100
-        assert stats["input"]["voiced"] > 50, stats
-
-        async def captions() -> tuple[list[dict[str, Any]], str]:  # over the data channel
             await page.wait_for_function(
-                "() => widgetStats.captions.some(c => c.who === 'You')", timeout=10_000
+                "() => window.widgetStats.output.voiced * 0.02 > 2.5", timeout=30_000
             )
-            return (await _stats(page))["captions"], await page.inner_text("#captions")
+        except Exception:
+            seen["stats"] = await _stats(page)
+            raise
+        return await _stats(page)
 
-        lines, shown = await chromium.run(captions())
-        assert any(c["who"] == "You" and "caller spoke" in c["text"] for c in lines), lines
-        assert any(c["who"] == "Agent" for c in lines), lines
-        assert "You: [caller spoke" in shown, shown
+    try:
+        stats = await chromium.run(heard())
+    except Exception:
+        pytest.fail(f"the page heard too little of the agent: {seen}")
+    assert stats["input"]["voiced"] > 50, stats
 
-        async def screenshots() -> None:
-            for shot in shots:
-                await page.screenshot(path=str(shot))
-
-        await chromium.run(screenshots())
-        assert shots[0].stat().st_size > 1000
-
-        async def stop() -> dict[str, Any]:
-            await page.click("#toggle")
-            return await _stats(page)
-
-        stats = await chromium.run(stop())
-        assert stats["state"] == "ended"
-        await wait_for(lambda: receiver.received, within=20)
-        [payload] = receiver.received
-        assert payload["call_id"] == call_id
-        assert payload["call_status"] == "user-ended", payload
-        assert payload["metadata"] == {"page": "pricing", "plan": "pro"}
-        assert "caller spoke" in json.dumps(payload), payload  # the core heard the speech
-        await wait_for(lambda: edge.app[WEBRTC_PEERS].count == 0)
-        total = time.monotonic() - t0
-        print(
-            f"live in {live_s:.2f} s; heard {stats['output']['voiced']} voiced output samples; "
-            f"call to webhook {total:.2f} s"
+    async def captions() -> tuple[dict[str, Any], str]:  # over the data channel
+        await page.wait_for_function(
+            "() => widgetStats.captions.some(c => c.who === 'You')", timeout=10_000
         )
+        return await _stats(page), await page.inner_text("#captions")
+
+    stats, shown = await chromium.run(captions())
+    lines = stats["captions"]
+    assert any(c["who"] == "You" and "caller spoke" in c["text"] for c in lines), lines
+    assert any(c["who"] == "Agent" for c in lines), lines
+    assert "You: [caller spoke" in shown, shown
+
+    async def screenshots() -> None:
+        for shot in shots:
+            await page.screenshot(path=str(shot))
+
+    await chromium.run(screenshots())
+    assert shots[0].stat().st_size > 1000
+
+    async def stop() -> dict[str, Any]:
+        await page.click("#toggle")
+        return await _stats(page)
+
+    stats = await chromium.run(stop())
+    assert stats["state"] == "ended"
+    await wait_for(lambda: receiver.received, within=20)
+    [payload] = receiver.received
+    assert payload["call_id"] == call_id
+    assert payload["call_status"] == "user-ended", payload
+    # the core heard the browser's speech: its transcript is in the call's chat
+    assert "caller spoke" in payload["chat"], payload["chat"]  # a JSON string
+    media = payload["voip"]["media"]
+    assert media["codec"].startswith("opus/48000") and media["inbound"]["packets"] > 100, media
+    print(
+        f"live in {live_s:.2f} s; heard {stats['output']['voiced']} voiced output samples; "
+        f"call to webhook {time.monotonic() - t0:.2f} s; media {media}"
+    )
+    return payload
+
+
+async def test_a_call_from_the_widget_in_chromium(
+    chromium: BrowserThread,
+    serve_process: Any,
+    receiver: Receiver,
+    tmp_path: Path,
+) -> None:
+    """The widget on a real ``telephony-edge serve`` (its own origin); the docs' screenshot."""
+    edge: ServeProcess = serve_process(widget_config(receiver))
+
+    async def open_page() -> tuple[Any, Any]:
+        context = await chromium.browser.new_context(viewport={"width": 560, "height": 460})
+        page = await context.new_page()
+        await page.goto(edge.base_url + "/widget?agent_id=demo&page=pricing&plan=pro")
+        return context, page
+
+    context, page = await chromium.run(open_page())
+    try:
+        shots = [tmp_path / "widget-live.png"]
+        if os.environ.get("REFRESH_DOCS_SCREENSHOT") or not DOCS_SHOT.exists():
+            shots.append(DOCS_SHOT)
+        payload = await call_from_the_widget(chromium, page, receiver, shots)
     finally:
         await chromium.run(context.close())
+    assert payload["metadata"] == {"page": "pricing", "plan": "pro"}
+    assert edge.metric("telephony_edge_bad_input_total", source="webrtc-datachannel") == 0
+    edge.assert_healthy()
 
 
 async def test_the_widget_shows_the_reason_of_a_refusal(
