@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import shutil
-import socket
 import threading
 import time
 import wave
@@ -32,12 +32,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from telephony_edge.app import create_app, set_local_address
 from telephony_edge.config import load_settings
 from telephony_edge.webrtc.provider import WEBRTC_PEERS
-from tests.conftest import Edge, Receiver, ServeProcess, missing_peer, wait_for
+from tests.conftest import Edge, Receiver, ServeProcess, free_port, missing_peer, wait_for
 from tests.webrtc.test_offer import API_KEY, LOOPBACK
 
 CHROMIUM = "/usr/bin/chromium"
@@ -133,18 +134,11 @@ def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserThread
         browser.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 async def widget_edge(receiver: Receiver) -> AsyncIterator[Edge]:
     """An edge whose own URL (known before it starts) is its public URL and allowed origin."""
     for _ in range(5):
-        port = _free_port()
+        port = free_port()
         origin = f"http://127.0.0.1:{port}"
         settings = load_settings(
             None,
@@ -224,10 +218,12 @@ async def call_from_the_widget(
     page: Any,
     receiver: Receiver,
     shots: list[Path],
+    screen: Any = None,
 ) -> dict[str, Any]:
     """Start, hear the agent's echo, see captions, screenshot, stop; the end-of-call payload.
 
-    ``page`` shows the widget (top-level or in an iframe: it is a playwright Frame).
+    ``page`` shows the widget: a playwright Page, or the Frame of an embedding page's
+    iframe (then ``screen`` is that page, for the screenshots).
     """
     seen: dict[str, Any] = {}
 
@@ -275,7 +271,7 @@ async def call_from_the_widget(
 
     async def screenshots() -> None:
         for shot in shots:
-            await page.screenshot(path=str(shot))
+            await (screen or page).screenshot(path=str(shot))
 
     await chromium.run(screenshots())
     assert shots[0].stat().st_size > 1000
@@ -326,6 +322,80 @@ async def test_a_call_from_the_widget_in_chromium(
         await chromium.run(context.close())
     assert payload["metadata"] == {"page": "pricing", "plan": "pro"}
     assert edge.metric("telephony_edge_bad_input_total", source="webrtc-datachannel") == 0
+    edge.assert_healthy()
+
+
+EMBEDDING_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>A shop</title></head>
+<body><h1>A shop on another origin</h1>
+<script src="{edge}/widget/static/embed.js" data-agent-id="demo"
+        data-metadata='{{"page": "pricing"}}' data-label="Talk to us" async></script>
+</body></html>
+"""
+
+
+@contextlib.asynccontextmanager
+async def embedding_site(port: int, edge: str) -> AsyncIterator[str]:
+    """Another origin (a second local HTTP server) whose page embeds the widget."""
+
+    async def index(request: web.Request) -> web.Response:
+        return web.Response(text=EMBEDDING_PAGE.format(edge=edge), content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", index)
+    server = TestServer(app, host="127.0.0.1", port=port)
+    await server.start_server()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await server.close()
+
+
+async def test_the_embed_button_calls_from_another_origin(
+    chromium: BrowserThread,
+    serve_process: Any,
+    receiver: Receiver,
+    tmp_path: Path,
+) -> None:
+    """``embed.js`` on an allowed origin: the button opens the widget in an iframe and
+    a whole call runs through it; on an origin not allowed the browser refuses the frame."""
+    shop_port, other_port = free_port(), free_port()
+    edge: ServeProcess = serve_process(widget_config(receiver, f"http://127.0.0.1:{shop_port}"))
+    console: list[str] = []
+
+    async def open_embed(url: str) -> tuple[Any, Any, Any]:
+        context = await chromium.browser.new_context(viewport={"width": 900, "height": 640})
+        page = await context.new_page()
+        page.on("console", lambda msg: console.append(msg.text))
+        await page.goto(url)
+        await page.click("#telephony-edge-call-button")
+        element = await page.wait_for_selector("#telephony-edge-call-frame")
+        frame = await element.content_frame()
+        await frame.wait_for_load_state()
+        return context, page, frame
+
+    async with embedding_site(shop_port, edge.base_url) as shop:
+        context, page, frame = await chromium.run(open_embed(shop))
+        try:
+            assert frame.url.startswith(edge.base_url + "/widget?"), frame.url
+            assert "page=pricing" in frame.url
+            shots = [tmp_path / "embed-live.png"]
+            payload = await call_from_the_widget(chromium, frame, receiver, shots, screen=page)
+        finally:
+            await chromium.run(context.close())
+    assert payload["metadata"] == {"page": "pricing"}
+
+    async with embedding_site(other_port, edge.base_url) as other:
+
+        async def refused() -> Any:
+            context, _, frame = await open_embed(other)
+            try:
+                return await frame.query_selector("#toggle")
+            finally:
+                await context.close()
+
+        assert await chromium.run(refused()) is None
+    await wait_for(lambda: any("frame-ancestors" in line for line in console), within=5)
     edge.assert_healthy()
 
 
