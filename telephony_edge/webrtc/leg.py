@@ -4,10 +4,13 @@ Inbound, the remote audio track's frames (Opus decoded by aiortc to PCM16
 48 kHz, mono or stereo) go through :class:`~telephony_edge.audio.transcode.Pcm48kTo16k`
 and are cut into canonical 20 ms frames. Outbound, :class:`AgentTrack` is the
 track aiortc's RTP sender pulls: each ``recv()`` waits for the frame's slot on
-a fixed 20 ms grid (monotonic clock, so no drift; after a stall of more than
-five frames the grid restarts rather than bursting), takes the bridge's
-``next_frame()`` (silence when None) and returns it at 48 kHz with
-``pts``/``time_base`` counting samples. Nothing is buffered between the
+a fixed 20 ms grid (the loop's monotonic clock, so no drift), takes the
+bridge's ``next_frame()`` (silence when None) and returns it at 48 kHz with
+``pts``/``time_base`` counting samples. A late ``recv()`` (the process was
+busy) catches up with the grid by at most five frames; past that, the missed
+slots are skipped: ``pts`` jumps over them (the RTP timestamp stays on wall
+time, as after a silence) instead of sending a burst or shifting the grid.
+The agent's audio is delayed by such a stall, never dropped. Nothing is buffered between the
 bridge and the encoder, so ``clear()`` has nothing to drop.
 
 A data channel the peer opens carries the agent's text to the page
@@ -78,7 +81,9 @@ class AgentTrack(AudioStreamTrack):
         self._quiet = True  # the resampler's state holds only silence
         self._pts = 0
         self._grid: float | None = None
+        self._slot = 0  # the next frame's place on the grid
         self.frames = 0
+        self.skipped = 0  # slots skipped after stalls
 
     async def recv(self) -> AudioFrame:
         if self.readyState != "live":
@@ -87,12 +92,15 @@ class AgentTrack(AudioStreamTrack):
         if self._grid is None:
             self._grid = loop.time()
         else:
-            due = self._grid + self.frames * 0.02
-            wait = due - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            elif -wait > MAX_LATE_FRAMES * 0.02:  # a stall: restart the grid, no burst
-                self._grid = loop.time() - self.frames * 0.02
+            late = loop.time() - (self._grid + self._slot * 0.02)
+            if late < 0:
+                await asyncio.sleep(-late)
+            elif late > MAX_LATE_FRAMES * 0.02:  # a stall: skip the missed slots, no burst
+                missed = int(late / 0.02)
+                self._slot += missed
+                self._pts += missed * SAMPLES
+                self.skipped += missed
+        self._slot += 1
         self.frames += 1
         frame = self.source.next_frame() if self.source is not None else None
         pcm = self._resample(frame)

@@ -33,7 +33,7 @@ API_KEY = "private-api-key-for-webrtc-tests"
 LOOPBACK = ["127.0.0.1"]
 
 
-def settings_for(receiver: Receiver, **webrtc: Any) -> Any:
+def settings_for(receiver: Receiver, inactivity_s: float = 30, **webrtc: Any) -> Any:
     return load_settings(
         None,
         api={"private_key": API_KEY},
@@ -50,7 +50,7 @@ def settings_for(receiver: Receiver, **webrtc: Any) -> Any:
                 "session_data_webhook": receiver.url,
             }
         },
-        calls={"inactivity_timeout_s": 30},
+        calls={"inactivity_timeout_s": inactivity_s},
     )
 
 
@@ -82,6 +82,7 @@ class Client:
         self.frames = 0
         self.reader: asyncio.Task[None] | None = None
         self.messages: list[dict[str, Any]] = []
+        self.arrivals: list[tuple[float, int]] = []  # (loop time, pts) of each frame heard
         if events:  # the widget's data channel: captions in, requests out
             self.events = self.pc.createDataChannel("events")
             self.events.on("message", lambda text: self.messages.append(json.loads(text)))
@@ -103,6 +104,7 @@ class Client:
         try:
             while True:
                 frame = await track.recv()
+                self.arrivals.append((asyncio.get_running_loop().time(), frame.pts or 0))
                 pcm = frame.to_ndarray().tobytes()  # type: ignore[union-attr]
                 self.frames += 1
                 if audioop.rms(pcm, 2) > 300:
