@@ -5,13 +5,15 @@ Inbound, the remote audio track's frames (Opus decoded by aiortc to PCM16
 and are cut into canonical 20 ms frames. Outbound, :class:`AgentTrack` is the
 track aiortc's RTP sender pulls: each ``recv()`` waits for the frame's slot on
 a fixed 20 ms grid (the loop's monotonic clock, so no drift), takes the
-bridge's ``next_frame()`` (silence when None) and returns it at 48 kHz with
-``pts``/``time_base`` counting samples. A late ``recv()`` (the process was
+bridge's ``next_frame()`` (silence when None) and returns it as an Opus
+packet (:mod:`telephony_edge.webrtc.opus`) with ``pts``/``time_base`` on
+the 48 kHz RTP clock. A late ``recv()`` (the process was
 busy) catches up with the grid by at most five frames; past that, the missed
 slots are skipped: ``pts`` jumps over them (the RTP timestamp stays on wall
 time, as after a silence) instead of sending a burst or shifting the grid.
-The agent's audio is delayed by such a stall, never dropped. Nothing is buffered between the
-bridge and the encoder, so ``clear()`` has nothing to drop.
+The agent's audio is delayed by such a stall, never dropped. Nothing is
+buffered between the bridge and the encoder, so ``clear()`` has nothing to
+drop.
 
 A data channel the peer opens carries the agent's text to the page
 (captions) and the page's ``end`` and ``dtmf`` requests
@@ -29,19 +31,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import fractions
 import logging
 from collections.abc import Coroutine
 from typing import Any, ClassVar
 
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
-from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription
 from av import AudioFrame
+from av.packet import Packet
 
 from telephony_edge import metrics
-from telephony_edge.audio.frames import FRAME_BYTES, SILENCE_FRAME, FrameSplitter
-from telephony_edge.audio.transcode import Pcm16kTo48k, Pcm48kTo16k
+from telephony_edge.audio.frames import FRAME_BYTES, FrameSplitter
+from telephony_edge.audio.transcode import Pcm48kTo16k
 from telephony_edge.calls.leg import (
     Capabilities,
     Clock,
@@ -54,6 +56,7 @@ from telephony_edge.calls.leg import (
 from telephony_edge.logs import sampled
 from telephony_edge.webrtc import channel
 from telephony_edge.webrtc.ice import configuration, gather_on
+from telephony_edge.webrtc.opus import OpusPacketizer
 from telephony_edge.webrtc.settings import WebRtcSettings
 from telephony_edge.webrtc.stats import media_report
 
@@ -61,8 +64,6 @@ log = logging.getLogger(__name__)
 
 RATE = 48_000
 SAMPLES = RATE // 50  # 20 ms
-TIME_BASE = fractions.Fraction(1, RATE)
-SILENCE_48K = bytes(2 * SAMPLES)
 MAX_LATE_FRAMES = 5
 _MALFORMED = metrics.BAD_INPUT.labels(source="webrtc-datachannel")
 
@@ -71,21 +72,22 @@ class OfferRefused(Exception):
     """The offer cannot be answered (400 with the reason)."""
 
 
-class AgentTrack(AudioStreamTrack):
-    """The outbound track: agent audio pulled from the bridge every 20 ms."""
+class AgentTrack(MediaStreamTrack):
+    """The outbound track: agent audio pulled from the bridge every 20 ms, as Opus packets."""
+
+    kind = "audio"
 
     def __init__(self) -> None:
         super().__init__()
         self.source: FrameSource | None = None
-        self._up = Pcm16kTo48k()
-        self._quiet = True  # the resampler's state holds only silence
+        self._opus = OpusPacketizer()
         self._pts = 0
         self._grid: float | None = None
         self._slot = 0  # the next frame's place on the grid
         self.frames = 0
         self.skipped = 0  # slots skipped after stalls
 
-    async def recv(self) -> AudioFrame:
+    async def recv(self) -> Packet[Any]:
         if self.readyState != "live":
             raise MediaStreamError
         loop = asyncio.get_running_loop()
@@ -103,23 +105,9 @@ class AgentTrack(AudioStreamTrack):
         self._slot += 1
         self.frames += 1
         frame = self.source.next_frame() if self.source is not None else None
-        pcm = self._resample(frame)
-        out = AudioFrame(format="s16", layout="mono", samples=SAMPLES)
-        out.planes[0].update(pcm)
-        out.sample_rate = RATE
-        out.pts = self._pts
-        out.time_base = TIME_BASE
+        packet = self._opus.packet(frame, self._pts)
         self._pts += SAMPLES
-        return out
-
-    def _resample(self, frame: bytes | None) -> bytes:
-        if frame is None:
-            if self._quiet:
-                return SILENCE_48K
-            self._quiet = True  # one silent frame flushes the filter's history
-            return self._up.process(SILENCE_FRAME)
-        self._quiet = False
-        return self._up.process(frame)
+        return packet
 
 
 class WebRtcLeg(Leg):
@@ -204,7 +192,7 @@ class WebRtcLeg(Leg):
         channels = len(frame.layout.channels)
         if self._down is None or self._down.channels != channels:
             self._down = Pcm48kTo16k(channels=channels)
-        pcm = frame.to_ndarray().tobytes()
+        pcm = bytes(frame.planes[0])[: frame.samples * channels * 2]  # packed s16
         return self._split.push(self._down.process(pcm))
 
     # -- the data channel ------------------------------------------------------------
