@@ -23,8 +23,10 @@ RSS; RTP loss both ways (edge → caller from each caller's ``getStats()``,
 caller → edge from the end-of-call webhooks' ``voip.media``, which this
 process receives); jitter at the callers; edge-added latency per frame both
 ways (``telephony_edge_relay_latency_seconds``, p50/p99: the bridge's share,
-not aiortc's jitter buffer or the 20 ms grid); this process's own CPU (a
-saturated load generator shows up as loss that is not the edge's).
+not aiortc's jitter buffer or the 20 ms grid); the legs' own counters
+(frames each way, outbound slots skipped because the edge's loop was late,
+frames actually Opus-encoded); this process's own CPU (a saturated load
+generator shows up as loss that is not the edge's).
 
 ``--py-spy PATH`` samples the edge with py-spy during the steady state (all
 threads: aiortc decodes in one thread per receiver and encodes in the
@@ -255,6 +257,19 @@ IDLE = (
 )
 
 
+def media_at_edge(log: Path) -> dict[str, int]:
+    """Each leg's ``WebRTC media closed`` counters, summed (frames, slots skipped, …)."""
+    totals: dict[str, int] = {"legs": 0}
+    for line in log.read_text(errors="replace").splitlines():
+        if "WebRTC media closed" not in line:
+            continue
+        record = json.loads(line)
+        totals["legs"] += 1
+        for key in ("frames_in", "frames_out", "slots_skipped", "opus_encoded"):
+            totals[key] = totals.get(key, 0) + int(record.get(key, 0))
+    return totals
+
+
 def categorize(collapsed: Path) -> dict[str, float]:
     """Share of the edge's sampled stacks, by where the leaf-most known frame is.
 
@@ -316,7 +331,8 @@ def main() -> int:
         tmp / "agent-core.log",
     )
     edge_cmd = [py, "-m", "telephony_edge", "serve", "--config", str(config)]
-    edge = tl.spawn([*edge_cmd, "--log-level", "WARNING"], edge_cpus, tmp / "edge.log")
+    # INFO: each leg logs its counters when it closes (one line per call)
+    edge = tl.spawn([*edge_cmd, "--log-level", "INFO"], edge_cpus, tmp / "edge.log")
     if other_cpus:
         os.sched_setaffinity(0, other_cpus)
     spy: subprocess.Popen[bytes] | None = None
@@ -410,6 +426,7 @@ def main() -> int:
             "lost": lost_at_edge,
             "loss_pct": 100 * lost_at_edge / max(1, got_at_edge + lost_at_edge),
         },
+        "media_at_edge": media_at_edge(tmp / "edge.log"),
         "relay_latency": relay,
         "edge_peak_rss_mb": hwm_kb / 1024,
         "logs": str(tmp),

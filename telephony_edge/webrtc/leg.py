@@ -80,7 +80,7 @@ class AgentTrack(MediaStreamTrack):
     def __init__(self) -> None:
         super().__init__()
         self.source: FrameSource | None = None
-        self._opus = OpusPacketizer()
+        self.opus = OpusPacketizer()
         self._pts = 0
         self._grid: float | None = None
         self._slot = 0  # the next frame's place on the grid
@@ -105,7 +105,7 @@ class AgentTrack(MediaStreamTrack):
         self._slot += 1
         self.frames += 1
         frame = self.source.next_frame() if self.source is not None else None
-        packet = self._opus.packet(frame, self._pts)
+        packet = self.opus.packet(frame, self._pts)
         self._pts += SAMPLES
         return packet
 
@@ -299,3 +299,15 @@ class WebRtcLeg(Leg):
         self.track.stop()
         with contextlib.suppress(Exception):
             await self.pc.close()
+        log.info(
+            "WebRTC media closed",
+            extra={
+                "call_id": self.call_id,
+                "frames_in": self.frames_in,
+                "frames_out": self.track.frames,
+                "slots_skipped": self.track.skipped,
+                "opus_encoded": self.track.opus.encoded,
+                "malformed": self.malformed,
+                "captions_dropped": self.captions_dropped,
+            },
+        )

@@ -269,6 +269,11 @@ async def call_from_the_widget(
     assert any(c["who"] == "Agent" for c in lines), lines
     assert "You: [caller spoke" in shown, shown
 
+    async def press(digit: str) -> None:  # the keypad: DTMF over the data channel
+        await page.click(f"#keypad button[data-digit='{digit}']")
+
+    await chromium.run(press("5"))
+
     async def screenshots() -> None:
         for shot in shots:
             await (screen or page).screenshot(path=str(shot))
@@ -307,7 +312,7 @@ async def test_a_call_from_the_widget_in_chromium(
     edge: ServeProcess = serve_process(widget_config(receiver))
 
     async def open_page() -> tuple[Any, Any]:
-        context = await chromium.browser.new_context(viewport={"width": 560, "height": 460})
+        context = await chromium.browser.new_context(viewport={"width": 560, "height": 520})
         page = await context.new_page()
         await page.goto(edge.base_url + "/widget?agent_id=demo&page=pricing&plan=pro")
         return context, page
@@ -321,6 +326,10 @@ async def test_a_call_from_the_widget_in_chromium(
     finally:
         await chromium.run(context.close())
     assert payload["metadata"] == {"page": "pricing", "plan": "pro"}
+    # the key pressed on the page reached the call (the bridge logs each DTMF it forwards)
+    assert any(
+        '"dtmf 5"' in line and payload["call_id"] in line for line in edge.log.splitlines()
+    ), edge.log[-2000:]
     assert edge.metric("telephony_edge_bad_input_total", source="webrtc-datachannel") == 0
     edge.assert_healthy()
 

@@ -42,7 +42,7 @@
       frame.allow = "microphone; autoplay";
       Object.assign(frame.style, {
         position: "fixed", right: "20px", bottom: "76px", zIndex: "2147483647",
-        width: "380px", height: "480px", maxWidth: "calc(100vw - 40px)",
+        width: "380px", height: "540px", maxWidth: "calc(100vw - 40px)",
         border: "0", borderRadius: "14px", boxShadow: "0 6px 24px rgba(0,0,0,.3)",
         background: "#f4f5f7",
       });

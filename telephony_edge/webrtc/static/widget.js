@@ -9,6 +9,7 @@
   const remoteAudio = document.getElementById("remote");
   const canvas = document.getElementById("audiogram");
   const captionsEl = document.getElementById("captions");
+  const keypad = document.getElementById("keypad");
   const MAX_CAPTIONS = 6;
   const g = canvas.getContext("2d");
   const VOICED_RMS = 0.01; // about -40 dBFS
@@ -168,6 +169,16 @@
   function end(text) {
     teardown();
     setState("ended", text);
+  }
+
+  // Keys go to the agent as DTMF over the data channel (aiortc has no RFC 4733).
+  for (const digit of "123456789*0#") {
+    const key = document.createElement("button");
+    key.type = "button"; key.textContent = digit; key.dataset.digit = digit;
+    key.addEventListener("click", () => {
+      if (events && events.readyState === "open") events.send(JSON.stringify({ type: "dtmf", digit }));
+    });
+    keypad.appendChild(key);
   }
 
   button.addEventListener("click", () => {
