@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from aiortc import RTCSessionDescription
 
 from telephony_edge.webrtc.leg import SAMPLES, AgentTrack
@@ -32,6 +33,7 @@ RATE = 48_000
 EDGE_S = 5.0
 
 
+@pytest.mark.timeout(180)  # a minute of audio, on a shared machine
 async def test_outbound_frames_keep_20_ms_for_a_minute_without_drift(
     make_edge: Callable[..., Any], receiver: Receiver
 ) -> None:
