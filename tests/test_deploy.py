@@ -4,7 +4,8 @@
   strictly against the Kubernetes schemas that ``kubernetes-validate`` ships (no network);
   the Prometheus Operator resources, which it has no schema for, are checked by hand and
   their rules by ``promtool``;
-- ``promtool check config`` / ``check rules`` on the Prometheus files;
+- ``promtool check config`` / ``check rules`` on the Prometheus files, and
+  ``promtool test rules`` (``deploy/prometheus/rules_test.yml``) on the alerts;
 - ``docker-compose config`` on the compose file (the compose-spec schema, no daemon);
 - the generated Grafana dashboard and PrometheusRule are what their scripts write now;
 - every metric the dashboard and the alert rules name is in a running edge's ``/metrics``;
@@ -203,6 +204,8 @@ def test_promtool_checks_the_config_and_rules(tmp_path: Path) -> None:
     local = tmp_path / "prometheus.yml"
     local.write_text(yaml.safe_dump(config))
     run(promtool, "check", "config", local)
+    # the alerts fire where they should (all workers of a region draining, errors, Redis)
+    assert "SUCCESS" in run(promtool, "test", "rules", "rules_test.yml", cwd=RULES.parent).stdout
 
 
 def test_compose_file_is_valid() -> None:
