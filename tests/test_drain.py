@@ -1,10 +1,11 @@
 """Drain end to end: SIGTERM on one of two real workers sharing a Redis, with live calls.
 
 Workers A and B (``telephony-edge serve``) share the session's ``redis-server``
-under a fresh key prefix, with Twilio and Vonage enabled. A carries a live
+under a fresh key prefix, with Twilio, Vonage and SIP enabled. A carries a live
 Twilio call and a live Vonage call when it gets SIGTERM. Then, in order:
 
-- A's ``/readyz`` answers 503 at once (the balancer stops sending it calls);
+- A's ``/readyz`` answers 503 at once (the balancer stops sending it calls), and
+  its SIP port answers OPTIONS and INVITE 503 (a trunk fails over to B);
 - a new Twilio call reaching A gets TwiML ``<Redirect>`` to B, and a new Vonage
   call reaching A an NCCO ``connect`` to B's socket: both are bridged on B;
 - the live Vonage caller hangs up inside the grace period: ``user-ended``;
@@ -28,11 +29,19 @@ from xml.etree import ElementTree
 
 import aiohttp
 import pytest
+import yaml
 
 from telephony_edge.twilio.simulator import parse_twiml
 from telephony_edge.vonage.simulator import SimulatedVonageCall
 from tests import test_lifecycle_serve as lifecycle
-from tests.conftest import ServeProcess, start_serve_process, stop_serve_process, wait_for
+from tests.conftest import (
+    ServeProcess,
+    free_port,
+    start_serve_process,
+    stop_serve_process,
+    wait_for,
+)
+from tests.sip.test_udp_edge import Caller, open_socket, sdp
 from tests.test_lifecycle_serve import Outside, live_call, log_problems
 from tests.twilio.harness import CALLER, LOCAL_NUMBER, serve_call
 
@@ -44,11 +53,19 @@ VONAGE_SECRET = "vonage-signature-secret-drain-0001"
 
 
 def drain_config(redis_url: str, prefix: str, worker_id: str) -> dict[str, Any]:
-    """``test_lifecycle_serve``'s edge, plus Vonage, on Redis under ``prefix``, as ``worker_id``."""
+    """``test_lifecycle_serve``'s edge plus Vonage and SIP, on Redis under ``prefix``."""
     config = lifecycle.lifecycle_config()
     config["server"] = {"drain_grace_s": DRAIN_GRACE_S, "worker_id": worker_id}
     config["coordination"] = {"redis_url": redis_url, "key_prefix": prefix}
     config["vonage"] = {"enabled": True, "signature_secret": VONAGE_SECRET}
+    rtp = free_port()
+    config["sip"] = {
+        "enabled": True,
+        "bind_host": "127.0.0.1",
+        "port": free_port(),
+        "rtp_port_min": rtp,
+        "rtp_port_max": rtp + 1,
+    }
     config["numbers"][VONAGE_NUMBER] = {"provider": "vonage", "agent_id": "demo", "region": "local"}
     return config
 
@@ -124,6 +141,11 @@ async def test_sigterm_drains_one_worker_while_the_other_takes_new_calls(
         await asyncio.sleep(0.02)
     assert await ready_status(session, b) == 200
 
+    # SIP: A answers new INVITEs and OPTIONS 503 (a trunk fails over), B 200
+    assert await sip_status(a, "OPTIONS") == 503
+    assert await sip_status(a, "INVITE") == 503
+    assert await sip_status(b, "OPTIONS") == 200
+
     # a new Twilio call reaching A: <Redirect> to B (Twilio POSTs the voice webhook there)
     redirected = serve_call(a.base_url, session)
     outside.fake.add_call(redirected.call_sid, to=LOCAL_NUMBER, from_=CALLER)
@@ -184,6 +206,19 @@ async def test_sigterm_drains_one_worker_while_the_other_takes_new_calls(
     assert [h["call_status"] for h in handed_hooks(outside, handed.uuid)] == ["user-ended"]
     assert not log_problems(a.log), "\n".join(log_problems(a.log)[:5])
     b.assert_healthy()
+
+
+async def sip_status(edge: ServeProcess, method: str) -> int:
+    """The final status of a ``method`` sent to ``edge``'s SIP port (an INVITE with an offer)."""
+    config = edge.log_path.with_suffix(".yaml")  # start_serve_process writes it beside the log
+    port = yaml.safe_load(config.read_text())["sip"]["port"]
+    caller = Caller(("127.0.0.1", port), "drain-test", await open_socket())
+    try:
+        caller.send(caller.request(method, sdp(free_port()) if method == "INVITE" else ""))
+        return (await caller.response(method)).status
+    finally:
+        assert caller.sip.transport is not None
+        caller.sip.transport.close()
 
 
 def handed_hooks(outside: Outside, uuid: str) -> list[dict[str, Any]]:
