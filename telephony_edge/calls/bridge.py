@@ -270,17 +270,21 @@ class CallBridge:
             self._spawn(self._report(action), "report")
         elif isinstance(action, m.WriteState):
             self.record.advance(action.state)
-            self._spawn(self._write_live_state(action.previous), "write-state")
+            self._spawn(self._write_live_state(action.state, action.previous), "write-state")
         else:  # teardown actions only come with the move to ending
             raise AssertionError(f"unexpected action {action!r}")
 
-    async def _write_live_state(self, previous: tuple[CallState, ...]) -> None:
+    async def _write_live_state(self, state: CallState, previous: tuple[CallState, ...]) -> None:
         """Write a state change of a live call; an unreachable coordinator does not end it.
 
         The audio never waits on the coordinator, and a Redis outage must not
         cost a live call: the record catches up with the final write at teardown.
-        A conflict (another worker ended the call) still ends it here.
+        A conflict (another worker ended the call) still ends it here. A write
+        whose turn comes after the call moved on is not made: the record would
+        be stored as it is now (``ending``), which only the teardown writes.
         """
+        if self.record.state is not state:
+            return
         try:
             await self._hooks.write_state(self.record, previous)
         except CoordinatorUnavailable as exc:
