@@ -15,8 +15,8 @@ def frames(pcm: bytes) -> list[bytes]:
     return [pcm[i : i + FRAME_BYTES] for i in range(0, len(pcm) - FRAME_BYTES + 1, FRAME_BYTES)]
 
 
-def run(pcm: bytes, params: DetectorParams = DetectorParams()) -> list[Verdict | MessageEnd]:
-    detector = AmdDetector(params)
+def run(pcm: bytes, params: DetectorParams | None = None) -> list[Verdict | MessageEnd]:
+    detector = AmdDetector(params or DetectorParams())
     found: list[Verdict | MessageEnd] = []
     for frame in frames(pcm):
         found += detector.feed(frame)
