@@ -42,7 +42,7 @@ async def test_machine_end_beep_gets_the_message_then_voicemail_message(
     twilio_edge: TwilioEdge, session: aiohttp.ClientSession
 ) -> None:
     voicemail = {"action": "leave_message", "message": "Hello {userName}, call us back."}
-    call_id, call, callback = await outbound(twilio_edge, session, voicemail)
+    _, call, callback = await outbound(twilio_edge, session, voicemail)
     await call.stream_audio(greeting(3.0))
     heard_before = call.result.frames_received
     assert await call.post_amd_result(callback, "machine_end_beep", 9120) == 204
@@ -67,7 +67,7 @@ async def test_machine_end_beep_gets_the_message_then_voicemail_message(
 async def test_a_machine_with_hangup_is_voicemail_hangup(
     twilio_edge: TwilioEdge, session: aiohttp.ClientSession
 ) -> None:
-    call_id, call, callback = await outbound(twilio_edge, session, {"action": "hangup"})
+    _, call, callback = await outbound(twilio_edge, session, {"action": "hangup"})
     await call.stream_audio(greeting(1.0))
     assert await call.post_amd_result(callback, "machine_end_other", 4100) == 204
     assert await call.wait_closed(5)
