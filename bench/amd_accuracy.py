@@ -129,7 +129,7 @@ def samples() -> list[Sample]:
         pcm += silence(4.0)
         name = f"greeting {GREETINGS.index(text) + 1}, {voice}, {speed} wpm, {tail}"
         out.append(Sample(name, "machine", beep_at, pcm))
-    voices = (VOICES + VOICES[::-1])[: len(HUMANS) * 2]
+    voices = (VOICES + VOICES[::-1] + VOICES)[: len(HUMANS) * 2]
     speeds = ([150, 170, 190, 210, 230] * 3)[: len(HUMANS) * 2]
     people = zip(HUMANS * 2, voices, speeds, strict=True)
     for text, voice, speed in people:
