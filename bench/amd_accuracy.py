@@ -1,6 +1,7 @@
 """Accuracy, time to decision and cost per frame of the edge's answering-machine detector.
 
     python bench/amd_accuracy.py            # needs espeak-ng and sox
+    python bench/amd_accuracy.py --noise-dbfs -50   # the same over a noisy line
 
 Generates the callee's side of calls with espeak-ng (several voices and
 speeds; sox makes it canonical 16 kHz mono): voicemail greetings, with and
@@ -10,11 +11,13 @@ without a closing beep (400-2000 Hz, 0.25-0.6 s), and people picking up
 bridge feeds it, and the table (markdown) says what it decided, after how
 much audio, whether it found the beep and when the message would start.
 Cost: the detector's time per 20 ms frame (median over all files' frames,
-and the 99th percentile), measured around ``feed`` alone.
+and the 99th percentile), measured around ``feed`` alone. ``--noise-dbfs``
+adds white noise at that RMS level to every call, silences included.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import shutil
 import statistics
@@ -138,6 +141,13 @@ def samples() -> list[Sample]:
     return out
 
 
+def with_noise(sample: Sample, dbfs: float, rng: np.random.Generator) -> Sample:
+    clean = np.frombuffer(sample.pcm, dtype="<i2").astype(np.float64)
+    noise = rng.normal(0.0, 32767 * 10 ** (dbfs / 20), clean.size)
+    pcm = np.clip(clean + noise, -32768, 32767).astype("<i2").tobytes()
+    return Sample(sample.name, sample.truth, sample.beep_at_ms, pcm)
+
+
 def run(sample: Sample) -> Outcome:
     detector = AmdDetector()
     verdict: Verdict | None = None
@@ -172,7 +182,14 @@ def main() -> None:
     for tool in ("espeak-ng", "sox"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is needed (apt-get install -y espeak-ng sox)")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--noise-dbfs", type=float, default=None)
+    args = parser.parse_args()
     cases = samples()
+    if args.noise_dbfs is not None:
+        rng = np.random.default_rng(12)
+        cases = [with_noise(c, args.noise_dbfs, rng) for c in cases]
+        print(f"white noise at {args.noise_dbfs:g} dBFS on every call\n")
     run(cases[0])  # warm-up (numpy's first calls)
     outcomes = [run(s) for s in cases]
     print("| callee | truth | result (reason) | decided after | beep found | message at |")

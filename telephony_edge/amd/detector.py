@@ -3,8 +3,11 @@
 Theory of operation
 -------------------
 The callee's first seconds of audio are measured frame by frame, as
-Asterisk's ``app_amd`` does: a frame is *voice* when its RMS level reaches
-``silence_threshold``, and runs of voice and silence are counted into words
+Asterisk's ``app_amd`` does: a frame is *voice* when its level reaches the
+silence threshold (``silence_threshold_dbfs``, raised above the line's own
+noise floor when ``adaptive``: the demo core's
+:class:`~telephony_edge.agent.vad.EnergyVad` judges it), and runs of voice
+and silence are counted into words
 (``min_word_length_ms`` of voice starts one, ``between_words_silence_ms``
 of silence ends it). A person picks up and says something short ("Hello?")
 then waits; a machine reads a long greeting. So:
@@ -26,17 +29,17 @@ a machine that beeps at once is caught too), ``message_end_silence_ms`` of
 silence once the greeting has been heard, or ``max_message_wait_ms`` in all.
 Then it is done; a **human** or **unknown** verdict ends it at once.
 
-Rules: sans-I/O, no clock (time is frames fed times 20 ms), one RMS per frame
-plus one small matrix product while the beep is looked for: a few
+Rules: sans-I/O, no clock (time is frames fed times 20 ms), one level per
+frame plus one small matrix product while the beep is looked for: some
 microseconds per frame (``bench/amd_accuracy.py`` measures it).
 """
 
 from __future__ import annotations
 
-import audioop
 from dataclasses import dataclass, field
 from typing import Literal
 
+from telephony_edge.agent.vad import EnergyVad, VadConfig, frame_dbfs
 from telephony_edge.amd.beep import BeepDetector, BeepParams
 from telephony_edge.audio.frames import FRAME_MS
 
@@ -55,8 +58,10 @@ class DetectorParams:
     between_words_silence_ms: int = 50
     maximum_words: int = 3
     maximum_word_length_ms: int = 5000
-    silence_threshold: int = 400
-    """RMS (PCM16) below which a frame is silence; about -38 dBFS."""
+    silence_threshold_dbfs: float = -38.0
+    """Quieter frames are silence."""
+    adaptive: bool = True
+    """Raise the threshold to 10 dB above the line's noise floor (a noisy line)."""
     message_end_silence_ms: int = 3000
     max_message_wait_ms: int = 60_000
     beep: BeepParams = field(default_factory=BeepParams)
@@ -78,8 +83,8 @@ class DetectorParams:
                 raise ValueError(f"{name} must be between {FRAME_MS} and 120000 ms")
         if self.maximum_words < 1:
             raise ValueError("maximum_words must be >= 1")
-        if not 0 <= self.silence_threshold <= 32767:
-            raise ValueError("silence_threshold must be a PCM16 level (0-32767)")
+        if not -90.0 <= self.silence_threshold_dbfs <= 0.0:
+            raise ValueError("silence_threshold_dbfs must be between -90 and 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +115,9 @@ class AmdDetector:
         self.verdict: Verdict | None = None
         self.done = False
         self._beep = BeepDetector(params.beep)
+        self._level = EnergyVad(
+            VadConfig(threshold_dbfs=params.silence_threshold_dbfs, adaptive=params.adaptive)
+        )
         self._ms = 0
         self._voice_ms = 0  # all voice so far
         self._word_ms = 0  # voice in a row
@@ -125,7 +133,8 @@ class AmdDetector:
         self._ms += FRAME_MS
         found: list[Finding] = []
         beep = self._beep.feed(frame)
-        voice = audioop.rms(frame, 2) >= self.params.silence_threshold
+        self._level.feed(frame)  # (its utterances are not used: only its threshold)
+        voice = frame_dbfs(frame) >= self._level.threshold_dbfs
         if self.verdict is None:
             verdict = self._analyse(voice)
             if verdict is None and beep is not None:
