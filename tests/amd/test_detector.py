@@ -111,3 +111,20 @@ def test_bad_settings_are_refused() -> None:
         DetectorParams(greeting_ms=0)
     with pytest.raises(ValueError, match="640-byte"):
         BeepDetector().feed(b"\0" * 100)
+
+
+def noisy(pcm: bytes, dbfs: float) -> bytes:
+    clean = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    noise = np.random.default_rng(7).normal(0.0, 32767 * 10 ** (dbfs / 20), clean.size)
+    return np.clip(clean + noise, -32768, 32767).astype("<i2").tobytes()
+
+
+def test_on_a_noisy_line_the_threshold_follows_the_noise_floor() -> None:
+    hello = noisy(read_wav("amd/human_hello.wav"), -35.0)  # louder than the fixed threshold
+    assert [f.result for f in run(hello) if isinstance(f, Verdict)] == ["human"]
+    fixed = DetectorParams(adaptive=False)
+    assert [f.reason for f in run(hello, fixed) if isinstance(f, Verdict)] == ["long-greeting"]
+    greeting = noisy(read_wav("amd/voicemail_beep.wav"), -35.0)
+    found = run(greeting)
+    assert [f.result for f in found if isinstance(f, Verdict)] == ["machine"]
+    assert [f.beep for f in found if isinstance(f, MessageEnd)] == [True]
