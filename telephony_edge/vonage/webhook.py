@@ -21,6 +21,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import Counter
 
+from telephony_edge.calls.machine import AmdReport
 from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.calls.service import CallRejected, WorkerFull
 from telephony_edge.config import normalize_e164
@@ -74,6 +75,12 @@ NETWORK_FIELDS = (
 WEBSOCKET_FIELDS = ("uuid", "status", "to", "duration", "detail")
 MAX_WS_EVENTS = 16
 MAX_MERGE_ATTEMPTS = 5
+#: advanced machine detection's ``sub_state`` (``detect_beep``) → (the greeting is over, beep)
+AMD_SUB_STATES: dict[str, tuple[bool, bool]] = {
+    "": (False, False),
+    "beep_start": (True, True),
+    "beep_timeout": (True, False),
+}
 
 
 def _outcome(kind: str, outcome: str) -> None:
@@ -248,7 +255,24 @@ async def event(request: web.Request) -> web.Response:
     provider_call_id = await _record_details(services, call_id, fields)
     if _is_websocket_leg(fields, provider_call_id):
         return web.Response(status=204)  # the socket's own leg: never the call's status
+    if status in ("human", "machine"):
+        return await _machine_detection(services, call_id, status, fields.get("sub_state", ""))
     await services.call_service.update_provider_status(call_id, status)
+    return web.Response(status=204)
+
+
+async def _machine_detection(
+    services: Services, call_id: str, status: str, sub_state: str
+) -> web.Response:
+    """Advanced machine detection's result, to the call's owner (an unknown sub_state: 400)."""
+    mapped = AMD_SUB_STATES.get(sub_state)
+    if mapped is None:
+        log.warning("machine detection sub_state %r", sub_state, extra={"call_id": call_id})
+        raise web.HTTPBadRequest(text="sub_state is not one of Vonage's values\n")
+    message_end, beep = mapped
+    log.info("Vonage machine detection: %s %s", status, sub_state, extra={"call_id": call_id})
+    report = AmdReport(status, "vonage", -1, message_end and status == "machine", beep)
+    await services.call_service.report_amd(call_id, report)
     return web.Response(status=204)
 
 
