@@ -25,6 +25,7 @@ from telephony_edge.errors import ListenError
 from telephony_edge.registry import provider_classes
 from telephony_edge.routing import NumberRouter
 from telephony_edge.services import SERVICES, Services
+from telephony_edge.status import add_status_routes
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
     add_api_routes(app)
+    add_status_routes(app)
     mount_providers(app)
     if settings.agent_core.url is None:
         add_agent_core_routes(app, DEMO_AGENT_PATH)
