@@ -16,7 +16,7 @@ from telephony_edge.audio.frames import (
 )
 from telephony_edge.audio.g711 import Law
 from telephony_edge.audio.resample import FirSpec, StreamResampler
-from telephony_edge.audio.transcode import G711Decoder, G711Encoder, Pcm16kTo48k, Pcm48kTo16k
+from telephony_edge.audio.transcode import G711Decoder, G711Encoder, Pcm48kTo16k
 
 __all__ = [
     "FRAME_BYTES",
@@ -30,7 +30,6 @@ __all__ = [
     "G711Decoder",
     "G711Encoder",
     "Law",
-    "Pcm16kTo48k",
     "Pcm48kTo16k",
     "StreamResampler",
 ]

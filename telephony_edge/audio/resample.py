@@ -47,7 +47,7 @@ resampler              taps   passband    stopband          group delay
 =====================  =====  ==========  ===============  ==============
 8 → 16 kHz half-band   31     3.4 kHz     ≥ 4.6 kHz, 45 dB  0.94 ms
 16 → 8 kHz             49     3.4 kHz     ≥ 4.0 kHz, 46 dB  1.50 ms
-16 ↔ 48 kHz            89     7.0 kHz     ≥ 8.0 kHz, 45 dB  0.92 ms
+48 → 16 kHz            89     7.0 kHz     ≥ 8.0 kHz, 45 dB  0.92 ms
 =====================  =====  ==========  ===============  ==============
 
 The 8 → 16 kHz stopband starts at 4.6 kHz because that is where the image of
@@ -73,7 +73,6 @@ __all__ = [
     "DOWN_16K_TO_8K",
     "DOWN_48K_TO_16K",
     "UP_8K_TO_16K",
-    "UP_16K_TO_48K",
     "FirSpec",
     "StreamResampler",
     "design_halfband",
@@ -227,11 +226,7 @@ UP_8K_TO_16K = FirSpec(8_000, 16_000, design_halfband(31, 3_400, 16_000))
 DOWN_16K_TO_8K = FirSpec(16_000, 8_000, design_lowpass(49, 3_400, 4_000, 16_000))
 """Canonical to telephone band: everything from 4 kHz up ≥ 46 dB down."""
 
-_TAPS_48K = design_lowpass(89, 7_000, 8_000, 48_000)
-UP_16K_TO_48K = FirSpec(16_000, 48_000, _TAPS_48K)
-"""Canonical to WebRTC: flat to 7 kHz, images above 8 kHz ≥ 45 dB down."""
-
-DOWN_48K_TO_16K = FirSpec(48_000, 16_000, _TAPS_48K)
+DOWN_48K_TO_16K = FirSpec(48_000, 16_000, design_lowpass(89, 7_000, 8_000, 48_000))
 """WebRTC to canonical: flat to 7 kHz, 8-24 kHz ≥ 45 dB down before decimation."""
 
 

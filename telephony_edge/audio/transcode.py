@@ -10,7 +10,7 @@ network                 in (wire → canonical)                out
 ======================  ===================================  ================
 Twilio (PCMU base64)    ``G711Decoder(Law.ULAW).decode_b64``  ``G711Encoder(Law.ULAW).encode_b64``
 SIP/RTP PCMU or PCMA    ``G711Decoder(law).decode``           ``G711Encoder(law).encode``
-WebRTC (48 kHz)         ``Pcm48kTo16k().process``             ``Pcm16kTo48k().process``
+WebRTC (Opus, 48 kHz)   ``Pcm48kTo16k().process``             Opus from 16 kHz (``webrtc/opus.py``)
 Vonage (L16 16 kHz)     nothing: already canonical           nothing
 ======================  ===================================  ================
 
@@ -32,7 +32,6 @@ from telephony_edge.audio.resample import (
     DOWN_16K_TO_8K,
     DOWN_48K_TO_16K,
     UP_8K_TO_16K,
-    UP_16K_TO_48K,
     StreamResampler,
 )
 
@@ -40,7 +39,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
 
-__all__ = ["G711Decoder", "G711Encoder", "Pcm16kTo48k", "Pcm48kTo16k"]
+__all__ = ["G711Decoder", "G711Encoder", "Pcm48kTo16k"]
 
 _G711_RATE = 8_000
 
@@ -132,20 +131,3 @@ class Pcm48kTo16k(StreamResampler):
         if self.channels == 2:
             pcm = audioop.tomono(pcm, 2, 0.5, 0.5)
         return StreamResampler.process(self, pcm)
-
-
-class Pcm16kTo48k(StreamResampler):
-    """Canonical 16 kHz → WebRTC 48 kHz PCM16 (mono, or the same on both channels)."""
-
-    __slots__ = ("channels",)
-
-    def __init__(self, channels: int = 1) -> None:
-        if channels not in (1, 2):
-            raise ValueError("channels must be 1 or 2")
-        super().__init__(UP_16K_TO_48K, FRAME_SAMPLES)
-        self.channels = channels
-
-    def process(self, pcm: bytes) -> bytes:
-        """16 kHz PCM16 → 48 kHz PCM16 (one 640-byte frame → 1920 bytes per channel)."""
-        out = StreamResampler.process(self, pcm)
-        return audioop.tostereo(out, 2, 1.0, 1.0) if self.channels == 2 else out

@@ -9,7 +9,6 @@ from telephony_edge.audio.resample import (
     DOWN_16K_TO_8K,
     DOWN_48K_TO_16K,
     UP_8K_TO_16K,
-    UP_16K_TO_48K,
     FirSpec,
     StreamResampler,
     design_halfband,
@@ -30,8 +29,8 @@ from tests.audio.signals import (
     tone,
 )
 
-ALL = [UP_8K_TO_16K, DOWN_16K_TO_8K, UP_16K_TO_48K, DOWN_48K_TO_16K]
-IDS = ["8k-16k", "16k-8k", "16k-48k", "48k-16k"]
+ALL = [UP_8K_TO_16K, DOWN_16K_TO_8K, DOWN_48K_TO_16K]
+IDS = ["8k-16k", "16k-8k", "48k-16k"]
 
 
 def frame_of(spec: FirSpec) -> int:
@@ -64,7 +63,6 @@ def test_taps_are_linear_phase(spec: FirSpec) -> None:
     [
         (UP_8K_TO_16K, 3400, 4600),  # images of 0-3.4 kHz land from 4.6 kHz up
         (DOWN_16K_TO_8K, 3400, 4000),  # everything from 4 kHz would alias
-        (UP_16K_TO_48K, 7000, 8000),
         (DOWN_48K_TO_16K, 7000, 8000),
     ],
     ids=IDS,
@@ -145,16 +143,7 @@ def test_16k_to_8k_does_not_alias(freq: int) -> None:
     assert db(rms(y) / (10000 / np.sqrt(2))) <= -40
 
 
-# --------------------------------------------------------------------------- 16 kHz <-> 48 kHz
-
-
-@pytest.mark.parametrize("freq", [100, 1000, 4000, 6000, 7000])
-def test_16k_to_48k_flat_to_7k_and_images_40db_down(freq: int) -> None:
-    y = steady(run(UP_16K_TO_48K, tone(freq, 16000, 1.0, 10000)), 48000)
-    amp, residual = fit_tone(y, freq, 48000)
-    assert abs(db(amp / 10000)) <= 0.5
-    # Everything that is not the tone (its images at 16k±f, 32k±f) is imaging.
-    assert db(rms(residual) / (amp / np.sqrt(2))) <= -40
+# --------------------------------------------------------------------------- 48 kHz -> 16 kHz
 
 
 @pytest.mark.parametrize("freq", [100, 1000, 4000, 6000, 7000])

@@ -10,7 +10,7 @@ import pytest
 from telephony_edge.audio import g711
 from telephony_edge.audio.frames import FRAME_BYTES, SAMPLE_RATE
 from telephony_edge.audio.g711 import Law
-from telephony_edge.audio.transcode import G711Decoder, G711Encoder, Pcm16kTo48k, Pcm48kTo16k
+from telephony_edge.audio.transcode import G711Decoder, G711Encoder, Pcm48kTo16k
 from tests.audio.signals import chunks, db, fit_tone, measured_delay_s, rms, samples, stream, tone
 
 
@@ -92,7 +92,7 @@ def test_round_trip_through_the_phone_leg(law: Law) -> None:
 
 
 def test_each_direction_adds_at_most_2ms() -> None:
-    for codec in (G711Decoder(), G711Encoder(), Pcm48kTo16k(), Pcm16kTo48k()):
+    for codec in (G711Decoder(), G711Encoder(), Pcm48kTo16k()):
         assert codec.delay_s <= 0.002
     dec = G711Decoder(Law.ULAW)
 
@@ -123,13 +123,10 @@ def test_reset_forgets_the_previous_stream() -> None:
     assert enc.encode(frame) == first
 
 
-def test_webrtc_48k_in_and_out() -> None:
-    down, up = Pcm48kTo16k(), Pcm16kTo48k()
+def test_webrtc_48k_in() -> None:
     pcm48 = tone(1000, 48000, 0.02, 12000)
     assert len(pcm48) == 1920
-    frame = down.process(pcm48)
-    assert len(frame) == FRAME_BYTES
-    assert len(up.process(frame)) == 1920
+    assert len(Pcm48kTo16k().process(pcm48)) == FRAME_BYTES
 
 
 def test_webrtc_stereo() -> None:
@@ -139,19 +136,13 @@ def test_webrtc_stereo() -> None:
     from_stereo = b"".join(Pcm48kTo16k(channels=2).process(c) for c in chunks(stereo, 3840))
     from_mono = b"".join(Pcm48kTo16k().process(c) for c in chunks(mono, 1920))
     assert from_stereo == from_mono
-    out = np.frombuffer(Pcm16kTo48k(channels=2).process(from_mono[:640]), dtype=np.int16)
-    assert out.size == 2 * 960
-    assert (out[0::2] == out[1::2]).all()
     with pytest.raises(ValueError):
         Pcm48kTo16k(channels=6)
-    with pytest.raises(ValueError):
-        Pcm16kTo48k(channels=0)
 
 
-def test_webrtc_round_trip_keeps_wideband_speech() -> None:
-    """16 → 48 → 16 kHz keeps a 6 kHz tone (beyond the phone band) at level."""
-    down, up = Pcm48kTo16k(), Pcm16kTo48k()
-    y = stream(lambda f: down.process(up.process(f)), tone(6000, 16000, 0.5, 12000), 640)
+def test_webrtc_48k_keeps_wideband_speech() -> None:
+    """48 → 16 kHz keeps a 6 kHz tone (beyond the phone band) at level, alias-free."""
+    y = stream(Pcm48kTo16k().process, tone(6000, 48000, 0.5, 12000), 1920)
     amp, residual = fit_tone(y[1600:], 6000, 16000)
     assert abs(db(amp / 12000)) <= 1.0
     assert db(rms(residual) / (amp / np.sqrt(2))) <= -40
