@@ -8,6 +8,7 @@ one the worker binds.
 from __future__ import annotations
 
 import ipaddress
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -44,6 +45,19 @@ class SipSettings(ProviderSettings):
     ring_s: float = Field(default=0.0, ge=0, le=60)
     """Seconds of ``180 Ringing`` between admitting a call and answering it (0: answer at
     once, no 180)."""
+    refer_to: Literal["tel", "sip"] = "tel"
+    """How a transfer to a number is written in REFER's Refer-To: ``tel:+1…`` (PSTN trunks
+    such as Twilio's Elastic SIP Trunking with transfer to PSTN) or ``sip:+1…@<refer_host>``
+    (PBXs). A ``sip:`` destination is sent as given."""
+    refer_host: str | None = None
+    """The host of ``sip:+1…@host`` Refer-Tos; default: the host of the caller's From."""
+    refer_timeout_s: float = Field(default=60.0, gt=0, le=600)
+    """How long after the trunk's 202 the final NOTIFY may take; then the transfer has failed
+    and the call goes on."""
+    refer_refused: Literal["bye", "continue"] = "bye"
+    """A REFER the trunk refuses (≥ 300, or no answer): ``bye`` hangs up (the call ends
+    ``error``, the agent having meant to leave), ``continue`` keeps the agent on the call;
+    either way the failure is reported to the agent core."""
     reject_when_draining: bool = True
     """While draining: new INVITEs get 503 (a trunk fails over) and OPTIONS 503."""
 

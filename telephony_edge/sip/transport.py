@@ -17,6 +17,10 @@ the UA answers 200 with its SDP, and the call runs as any other:
 ``call_service.run(record, leg)``. A BYE from the caller ends the leg
 (``user-ended``); the edge's hang-up (agent ``end_call``, the API, drain)
 comes back through :meth:`SipEndpoint.hangup` and the UA sends BYE.
+A transfer (agent ``transfer_call``, the API) is :meth:`SipEndpoint.transfer`:
+the UA's REFER, awaited until its :class:`~telephony_edge.sip.ua.TransferResult`
+(a failure raises :class:`~telephony_edge.calls.service.ProviderError`, as the
+other networks' API errors do, so the agent core or the API caller hears it).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any, cast
 
 from telephony_edge.calls.leg import Direction, LegInfo
 from telephony_edge.calls.record import CallState
+from telephony_edge.calls.service import ProviderError
 from telephony_edge.services import Services
 from telephony_edge.sip.leg import RtpProtocol, SipLeg
 from telephony_edge.sip.message import SipUri
@@ -41,6 +46,7 @@ from telephony_edge.sip.ua import (
     MediaUpdated,
     Send,
     StartCall,
+    TransferResult,
     UaConfig,
     UserAgent,
     dtmf_from_info,
@@ -101,6 +107,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._transfers: dict[str, asyncio.Future[None]] = {}
 
     # -- life ---------------------------------------------------------------------------
 
@@ -122,7 +129,17 @@ class SipEndpoint(asyncio.DatagramProtocol):
             order="local" if self.settings.codec_order == "local" else "offer",
             wideband_first=self.settings.prefer_g722,
         )
-        self.ua = UserAgent(UaConfig(host=host, port=port, media=media))
+        settings = self.settings
+        config = UaConfig(
+            host=host,
+            port=port,
+            media=media,
+            refer_scheme=settings.refer_to,
+            refer_host=settings.refer_host,
+            refer_timeout=settings.refer_timeout_s,
+            refer_refused_bye=settings.refer_refused == "bye",
+        )
+        self.ua = UserAgent(config)
         log.info("SIP listening", extra={"sip_bind": f"{self.settings.bind_host}:{self.port}"})
 
     async def stop(self) -> None:
@@ -174,11 +191,39 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 digit = dtmf_from_info(action.content_type, action.body)
                 if leg is not None and digit is not None:
                     leg.dtmf(digit)
+            elif isinstance(action, TransferResult):
+                self._transfer_result(action)
             elif isinstance(action, CallEnded):
-                leg = self.legs.get(action.call)
-                if leg is not None:
-                    leg.ended("BYE" if action.reason == "remote_bye" else action.reason)
+                self._call_ended(action)
         self._schedule()
+
+    def _transfer_result(self, result: TransferResult) -> None:
+        waiter = self._transfers.pop(result.call, None)
+        log.info(
+            "SIP transfer %s",
+            "done" if result.ok else "failed",
+            extra={"sip_call": result.call, "status": result.status, "reason": result.reason},
+        )
+        if waiter is None or waiter.done():
+            return
+        if result.ok:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(ProviderError(result.reason, status=result.status))
+
+    def _call_ended(self, ended: CallEnded) -> None:
+        waiter = self._transfers.pop(ended.call, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ProviderError("the call ended during the transfer"))
+        leg = self.legs.get(ended.call)
+        if leg is None or ended.reason == "transferred":
+            return  # a transfer's end is the call machine's (the transfer returned)
+        if ended.reason == "remote_bye":
+            leg.ended("BYE")
+        elif ended.reason == "refer_refused":
+            leg.ended("refer-refused", "the trunk refused the REFER; the edge hung up")
+        else:
+            leg.ended(ended.reason)
 
     def _schedule(self) -> None:
         at = self.ua.next_deadline() if self.ua is not None else None
@@ -267,6 +312,21 @@ class SipEndpoint(asyncio.DatagramProtocol):
     def hangup(self, ref: str) -> None:
         if self.ua is not None:
             self._apply(self.ua.hangup(ref, self._now()))
+
+    async def transfer(self, ref: str, destination: str) -> None:
+        ua = self.ua
+        if ua is None:
+            raise ProviderError("SIP is not running")
+        if ref in self._transfers:
+            raise ProviderError("a transfer is already under way")
+        waiter = asyncio.get_running_loop().create_future()
+        self._transfers[ref] = waiter
+        self._apply(ua.refer(ref, destination, self._now()))
+        try:
+            await waiter
+        finally:
+            if self._transfers.get(ref) is waiter:
+                del self._transfers[ref]
 
     def release(self, ref: str) -> None:
         leg = self.legs.pop(ref, None)

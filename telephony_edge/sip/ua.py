@@ -10,12 +10,12 @@ SIP side. Its I/O shell (the asyncio transport of a later step) feeds it:
 * :meth:`UserAgent.tick` — the current time, at or after
   :meth:`UserAgent.next_deadline`;
 * the call-control verbs :meth:`ringing`, :meth:`answer`, :meth:`reject`,
-  :meth:`hangup`, :meth:`send_request` and :meth:`set_draining`.
+  :meth:`hangup`, :meth:`refer`, :meth:`send_request` and :meth:`set_draining`.
 
 Each returns a list of :data:`Action`\\ s: :class:`Send` (bytes to an address
 on a transport) and the call events for the shell (:class:`StartCall`,
 :class:`CallConfirmed`, :class:`MediaUpdated`, :class:`InfoReceived`,
-:class:`NotifyReceived`, :class:`CallEnded`). There is no socket, no task
+:class:`NotifyReceived`, :class:`TransferResult`, :class:`CallEnded`). There is no socket, no task
 and no clock inside; every timer is a deadline the shell learns from
 :meth:`next_deadline`.
 
@@ -39,6 +39,14 @@ Rules
 * Pending INVITEs are bounded: past ``max_pending_invites`` a new INVITE gets
   503 (stateless, counted), and an INVITE the shell leaves unanswered for
   ``invite_timeout`` gets 480 (Timer C's idea on the UAS side).
+* A transfer (:meth:`refer`) is one REFER at a time per call, followed to its
+  end, reported once as :class:`TransferResult`: the trunk's NOTIFY sipfrag 2xx
+  (or its BYE after accepting) is success and the edge's part ends
+  (``transferred``: the edge sends BYE); a sipfrag ≥ 300, or no final NOTIFY
+  within ``refer_timeout``, is failure and the call goes on; a REFER refused
+  (≥ 300 or no answer) is failure and, with ``refer_refused_bye``, the edge
+  hangs up (``refer_refused``) rather than keep a caller the agent meant to
+  hand over.
 * Responses go where §18.2.2 and RFC 3581 say: over TCP on the connection
   (the source), over UDP to ``received``/``rport`` of the top Via.
 """
@@ -57,6 +65,7 @@ from telephony_edge.sip.message import (
     DEFAULT_LIMITS,
     Headers,
     Limits,
+    NameAddr,
     ParseError,
     Request,
     Response,
@@ -65,6 +74,7 @@ from telephony_edge.sip.message import (
     parse_message,
     split_list,
 )
+from telephony_edge.sip.refer import Referral, is_refer_event, refer_to_uri, sipfrag_status
 from telephony_edge.sip.sdp import (
     LocalSession,
     MediaConfig,
@@ -126,6 +136,10 @@ class UaConfig:
         "NOTIFY",
     )
     supported: tuple[str, ...] = ("timer",)
+    refer_scheme: str = "tel"  # Refer-To for a number: tel:+1… or sip:+1…@host
+    refer_host: str | None = None  # host of sip:+1…@host; default: the caller's From host
+    refer_timeout: float = 60.0  # from the REFER's 202 to the final NOTIFY
+    refer_refused_bye: bool = True
 
     @property
     def sent_by(self) -> str:
@@ -208,16 +222,36 @@ class NotifyReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class TransferResult:
+    """How the call's REFER ended (once per :meth:`UserAgent.refer`); ``status`` is
+    the sipfrag's or the REFER's final status, ``reason`` a line for the agent."""
+
+    call: str
+    ok: bool
+    status: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class CallEnded:
     """The call is over. ``reason``: remote_bye, local_bye, cancelled, rejected,
-    no_ack, timeout, bad_answer."""
+    no_ack, timeout, bad_answer, transferred, refer_refused."""
 
     call: str
     reason: str
     status: int | None = None
 
 
-Action = Send | StartCall | CallConfirmed | MediaUpdated | InfoReceived | NotifyReceived | CallEnded
+Action = (
+    Send
+    | StartCall
+    | CallConfirmed
+    | MediaUpdated
+    | InfoReceived
+    | NotifyReceived
+    | TransferResult
+    | CallEnded
+)
 
 
 @dataclass(slots=True)
@@ -259,6 +293,7 @@ class Call:
     retransmitter: Key | None = None
     invite_deadline: float | None = None
     hangup_reported: bool = False  # CallEnded given; the BYE waits for the ACK
+    referral: Referral | None = None
 
 
 @dataclass(slots=True)
@@ -310,7 +345,11 @@ class UserAgent:
 
     def next_deadline(self) -> float | None:
         deadlines = [d for e in self._machines.values() if (d := e.machine.next_deadline())]
-        deadlines += [c.invite_deadline for c in self._calls.values() if c.invite_deadline]
+        for call in self._calls.values():
+            if call.invite_deadline is not None:
+                deadlines.append(call.invite_deadline)
+            if call.referral is not None and call.referral.deadline is not None:
+                deadlines.append(call.referral.deadline)
         return min(deadlines, default=None)
 
     # -- input ------------------------------------------------------------------------
@@ -339,6 +378,11 @@ class UserAgent:
                 if call.invite_deadline is not None and call.invite_deadline <= now:
                     call.invite_deadline = None
                     actions += self._final(call, 480, now, "timeout")
+                referral = call.referral
+                if referral is not None and referral.deadline and referral.deadline <= now:
+                    call.referral = None
+                    reason = "no final NOTIFY from the trunk in time"
+                    actions.append(TransferResult(call.ref, False, 408, reason))
         except Exception:
             self._note_error()
         return actions
@@ -388,6 +432,27 @@ class UserAgent:
             call.hangup_reported = True
             return [CallEnded(call.ref, "local_bye")]
         return self._bye(call, now, "local_bye")
+
+    def refer(self, ref: str, destination: str, now: float) -> list[Action]:
+        """Ask the peer to call ``destination`` (E.164 or ``sip:`` URI) in the caller's
+        place: REFER, answered by :class:`TransferResult` (see the rules above)."""
+        call = self._calls.get(ref)
+        if call is None or call.phase is not Phase.CONFIRMED or call.hangup_reported:
+            return [TransferResult(ref, False, 481, "the call is not up")]
+        if call.referral is not None:
+            return [TransferResult(ref, False, 491, "a transfer is already under way")]
+        dialog = call.dialog
+        try:
+            remote_host = NameAddr.parse(dialog.remote_uri).sip_uri().host
+        except ValueError:
+            remote_host = call.source[0]
+        host = self.config.refer_host or remote_host
+        target = refer_to_uri(destination, self.config.refer_scheme, host)
+        referred_by = NameAddr.parse(dialog.local_uri).uri
+        headers = [("Refer-To", f"<{target}>"), ("Referred-By", f"<{referred_by}>")]
+        key, actions = self._start_client(call, "REFER", now, headers)
+        call.referral = Referral(key, target)
+        return actions
 
     def send_request(
         self,
@@ -586,14 +651,22 @@ class UserAgent:
                 actions += self._tx_respond(
                     call.tx_key, self._response(call.invite, 487, call), now
                 )
+            if call.referral is not None and call.referral.accepted:
+                # a trunk that accepted the REFER and then lets go has done the transfer
+                call.referral = None
+                reason = "the trunk accepted the REFER and released the call"
+                actions.append(TransferResult(call.ref, True, 200, reason))
+                return actions + self._end(call, "transferred")
             return actions + self._end(call, "remote_bye")
         if method in ("INFO", "NOTIFY"):
             actions = self._answer_tx(req, key, dest, transport, 200, now)
             ctype = req.headers.get("Content-Type") or ""
             if method == "INFO":
-                return [*actions, InfoReceived(ref or "", ctype, req.body)]
+                return [*actions, InfoReceived(call.ref, ctype, req.body)]
             event = req.headers.get("Event") or ""
-            return [*actions, NotifyReceived(ref or "", event, ctype, req.body)]
+            if is_refer_event(event) and call.referral is not None:
+                return actions + self._refer_notified(call, req, now)
+            return [*actions, NotifyReceived(call.ref, event, ctype, req.body)]
         if method == "OPTIONS":
             return self._answer_tx(req, key, dest, transport, 200, now, self._capabilities())
         if method in ("INVITE", "UPDATE"):
@@ -777,6 +850,17 @@ class UserAgent:
         headers: list[tuple[str, str]] | None = None,
         body: bytes = b"",
     ) -> list[Action]:
+        return self._start_client(call, method, now, headers, body)[1]
+
+    def _start_client(
+        self,
+        call: Call,
+        method: str,
+        now: float,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+    ) -> tuple[Key, list[Action]]:
+        """A request inside the call's dialog, in a client transaction of its own."""
         branch = self._new_id()
         req = call.dialog.build_request(
             method,
@@ -793,7 +877,44 @@ class UserAgent:
             dest = call.source
         entry = _Entry(machine, dest, call.transport, call.ref, "client")
         self._machines[key] = entry
-        return self._outputs(key, entry, machine.start(now), now)
+        return key, self._outputs(key, entry, machine.start(now), now)
+
+    # -- transfer -----------------------------------------------------------------------
+
+    def _refer_answered(self, call: Call, response: Response, now: float) -> list[Action]:
+        referral = call.referral
+        assert referral is not None
+        if response.status < 200:
+            return []
+        if response.status >= 300:
+            return self._refer_refused(call, response.status, response.reason, now)
+        referral.accepted = True
+        referral.deadline = now + self.config.refer_timeout
+        return []
+
+    def _refer_refused(self, call: Call, status: int, why: str, now: float) -> list[Action]:
+        call.referral = None
+        actions: list[Action] = [
+            TransferResult(call.ref, False, status, f"REFER refused: {status} {why}")
+        ]
+        if self.config.refer_refused_bye:
+            actions += self._bye(call, now, "refer_refused")
+        return actions
+
+    def _refer_notified(self, call: Call, req: Request, now: float) -> list[Action]:
+        """A NOTIFY of the REFER's subscription: the sipfrag says how the target answered."""
+        status = sipfrag_status(req.body)
+        state = (req.headers.get("Subscription-State") or "").split(";")[0].strip().lower()
+        if status is None or status < 200:
+            if state != "terminated":
+                return []  # 100 Trying, 180 Ringing …
+            status = 487
+        call.referral = None
+        if status >= 300:
+            reason = f"the transfer target answered {status}"
+            return [TransferResult(call.ref, False, status, reason)]
+        done = TransferResult(call.ref, True, status, "the transfer target answered")
+        return [done, *self._bye(call, now, "transferred")]
 
     def _end(self, call: Call, reason: str, status: int | None = None) -> list[Action]:
         if call.phase is Phase.ENDED:
@@ -818,13 +939,19 @@ class UserAgent:
             if isinstance(out, Transmit):
                 actions.append(Send(out.data, entry.dest, entry.transport))
             elif isinstance(out, TimedOut):
-                if entry.kind == "2xx" and entry.call is not None:
-                    call = self._calls.get(entry.call)
-                    if call is not None:
-                        call.retransmitter = None
-                        actions += self._bye(call, now, "no_ack")
+                call = self._calls.get(entry.call) if entry.call is not None else None
+                if call is None:
+                    continue
+                if entry.kind == "2xx":
+                    call.retransmitter = None
+                    actions += self._bye(call, now, "no_ack")
+                elif call.referral is not None and call.referral.key == key:
+                    actions += self._refer_refused(call, 408, "no answer", now)
             elif isinstance(out, PassUp):
-                pass  # responses to our BYE/INFO/NOTIFY: nothing more to do yet
+                # responses to our BYE/INFO: nothing to do; to our REFER: the transfer
+                call = self._calls.get(entry.call) if entry.call is not None else None
+                if call is not None and call.referral is not None and call.referral.key == key:
+                    actions += self._refer_answered(call, out.response, now)
             elif isinstance(out, Terminated):
                 self._machines.pop(key, None)
         return actions
