@@ -10,11 +10,65 @@ from __future__ import annotations
 import ipaddress
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from telephony_edge.config import ProviderSettings, Settings
+from telephony_edge.config import ProviderSettings, Settings, normalize_e164
+from telephony_edge.sip.trunks import Trunk
 
 SUPPORTED_CODECS = ("G722", "PCMU", "PCMA")  # what the media shell can transcode
+
+
+class SipTrunkSettings(BaseModel):
+    """One trunk (carrier or PBX) that may call the edge's SIP numbers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cidrs: list[str] = Field(min_length=1)
+    """Its source networks (``54.172.60.0/30``, ``2001:db8::/32``, ``10.0.0.9/32``)."""
+    numbers: list[str] = Field(default_factory=list)
+    """The numbers it may call (E.164); empty: every SIP number."""
+    username: str | None = None
+    password: str | None = None
+    """With both set, its INVITEs must pass digest authentication (MD5 or SHA-256)."""
+    realm: str | None = None
+    """The digest realm; default: the advertised SIP host."""
+    algorithms: tuple[Literal["SHA-256", "MD5"], ...] = Field(
+        default=("SHA-256", "MD5"), min_length=1
+    )
+    """Digest algorithms offered, in this order (RFC 8760: SHA-256 first; some clients
+    read only the first challenge and know only MD5)."""
+    refer_to: Literal["tel", "sip"] | None = None
+    """This trunk's Refer-To for numbers; default: ``sip.refer_to``."""
+
+    @field_validator("cidrs")
+    @classmethod
+    def _cidrs(cls, cidrs: list[str]) -> list[str]:
+        for cidr in cidrs:
+            ipaddress.ip_network(cidr, strict=False)  # raises ValueError
+        return cidrs
+
+    @field_validator("numbers")
+    @classmethod
+    def _numbers(cls, numbers: list[str]) -> list[str]:
+        return [normalize_e164(n) for n in numbers]
+
+    @model_validator(mode="after")
+    def _credentials(self) -> SipTrunkSettings:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        return self
+
+    def trunk(self, name: str, default_realm: str) -> Trunk:
+        return Trunk(
+            name=name,
+            networks=tuple(ipaddress.ip_network(c, strict=False) for c in self.cidrs),
+            numbers=frozenset(self.numbers),
+            username=self.username,
+            password=self.password,
+            realm=self.realm or default_realm,
+            algorithms=self.algorithms,
+            refer_to=self.refer_to,
+        )
 
 
 class SipSettings(ProviderSettings):
@@ -37,9 +91,23 @@ class SipSettings(ProviderSettings):
     the offer; the other codecs follow ``codec_order``."""
     registration_ttl_s: float = Field(default=300.0, gt=0, le=86_400)
     """How long a ``register_sip_call`` registration waits for its INVITE."""
-    trunk_cidrs: list[str] = Field(default_factory=list)
-    """Source networks allowed to send calls to dialled numbers (later step); registered
-    call ids are admitted from anywhere, the call id being the secret."""
+    trunks: dict[str, SipTrunkSettings] = Field(default_factory=dict)
+    """The trunks allowed to call the edge's SIP numbers (``numbers:`` with ``provider: sip``),
+    by name; registered call ids are admitted from anywhere, the call id being the secret."""
+    drop_unknown: bool = False
+    """INVITEs neither to a call id nor from an allowed trunk: dropped unanswered (scanners
+    learn nothing) rather than answered 403."""
+    rate_per_minute: float = Field(default=120.0, gt=0, le=1_000_000)
+    """New INVITEs per source address outside every trunk, per minute (a token bucket);
+    beyond, dropped unanswered."""
+    rate_burst: int = Field(default=20, ge=1, le=100_000)
+    nonce_ttl_s: float = Field(default=300.0, gt=0, le=86_400)
+    """How long a digest challenge's nonce is good for (then ``stale=true``)."""
+    metadata_headers: list[str] = Field(
+        default_factory=lambda: ["X-Twilio-CallSid", "X-Twilio-AccountSid"]
+    )
+    """``X-`` headers of the INVITE copied into the call's metadata (name as written here;
+    values up to 256 characters)."""
     default_agent_id: str | None = None
     """The stored agent a ``register_sip_call`` with only ``agent_config`` builds on."""
     ring_s: float = Field(default=0.0, ge=0, le=60)
@@ -70,12 +138,13 @@ class SipSettings(ProviderSettings):
             raise ValueError(f"codecs must be among {', '.join(SUPPORTED_CODECS)}")
         return upper
 
-    @field_validator("trunk_cidrs")
+    @field_validator("metadata_headers")
     @classmethod
-    def _cidrs(cls, cidrs: list[str]) -> list[str]:
-        for cidr in cidrs:
-            ipaddress.ip_network(cidr, strict=False)  # raises ValueError
-        return cidrs
+    def _x_headers(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not name.lower().startswith("x-") or not name.replace("-", "").isalnum():
+                raise ValueError(f"{name!r}: only X- headers go into the metadata")
+        return names
 
     @model_validator(mode="after")
     def _range(self) -> SipSettings:
@@ -95,6 +164,10 @@ class SipSettings(ProviderSettings):
             problems.append("api.private_key: required for POST /register_sip_call")
         if self.default_agent_id and self.default_agent_id not in settings.agents:
             problems.append(f"sip.default_agent_id: unknown agent {self.default_agent_id!r}")
+        sip_numbers = {n for n, r in settings.numbers.items() if r.provider == "sip"}
+        for name, trunk in self.trunks.items():
+            for number in set(trunk.numbers) - sip_numbers:
+                problems.append(f"sip.trunks.{name}.numbers: {number} is no SIP number")
         return problems
 
 

@@ -9,10 +9,14 @@ handle follows ``UserAgent.next_deadline()`` so the UA's retransmissions and
 timeouts fire on time. Nothing here parses SIP or decides protocol
 behaviour.
 
-A new call (:class:`~telephony_edge.sip.ua.StartCall`) is admitted in a task
-of its own: the Request-URI's user must be a registered call id, claimed
-exactly once (``sip-reg:<call_id>`` in the coordinator; unknown, expired or
-already claimed → 404). Then an RTP port is bound from the configured range,
+Who may call is the UA's :class:`~telephony_edge.sip.trunks.Admission`
+(built here from ``sip.trunks`` and the number config). A new call
+(:class:`~telephony_edge.sip.ua.StartCall`) then finds its record in a task
+of its own: a dialled number's call is created as its route says (like a
+Twilio call at its voice webhook; the SIP Call-ID maps to one call); a
+registered call id is claimed exactly once (``sip-reg:<call_id>`` in the
+coordinator; unknown, expired or already claimed → 404). The allow-listed
+``X-`` headers go into the call's metadata. Then an RTP port is bound from the configured range,
 the UA answers 200 with its SDP, and the call runs as any other:
 ``call_service.run(record, leg)``. A BYE from the caller ends the leg
 (``user-ended``); the edge's hang-up (agent ``end_call``, the API, drain)
@@ -31,17 +35,20 @@ from collections.abc import Coroutine
 from typing import Any, cast
 
 from telephony_edge.calls.leg import Direction, LegInfo
-from telephony_edge.calls.record import CallState
-from telephony_edge.calls.service import ProviderError
+from telephony_edge.calls.record import CallRecord, CallState
+from telephony_edge.calls.service import CallRejected, ProviderError
 from telephony_edge.services import Services
+from telephony_edge.sip.auth import DigestServer
 from telephony_edge.sip.leg import RtpProtocol, SipLeg
 from telephony_edge.sip.message import SipUri
 from telephony_edge.sip.sdp import MediaConfig
 from telephony_edge.sip.settings import SipSettings
+from telephony_edge.sip.trunks import Admission
 from telephony_edge.sip.ua import (
     Action,
     CallConfirmed,
     CallEnded,
+    CallRefused,
     InfoReceived,
     MediaUpdated,
     Send,
@@ -139,8 +146,24 @@ class SipEndpoint(asyncio.DatagramProtocol):
             refer_timeout=settings.refer_timeout_s,
             refer_refused_bye=settings.refer_refused == "bye",
         )
-        self.ua = UserAgent(config)
+        self.ua = UserAgent(config, admission=self._admission(host))
         log.info("SIP listening", extra={"sip_bind": f"{self.settings.bind_host}:{self.port}"})
+
+    def _admission(self, realm: str) -> Admission:
+        settings, router = self.settings, self.services.router
+
+        def dialled(user: str) -> str | None:
+            route = router.lookup(user)
+            return route.number if route and route.provider == "sip" and route.local else None
+
+        return Admission(
+            [t.trunk(name, realm) for name, t in settings.trunks.items()],
+            dialled,
+            drop_unknown=settings.drop_unknown,
+            rate_per_minute=settings.rate_per_minute,
+            burst=settings.rate_burst,
+            digest=DigestServer(settings.nonce_ttl_s),
+        )
 
     async def stop(self) -> None:
         for ref in list(self.legs):
@@ -182,6 +205,17 @@ class SipEndpoint(asyncio.DatagramProtocol):
                     self._transport.sendto(action.data, action.dest)
             elif isinstance(action, StartCall):
                 self._spawn(self._start_call(action))
+            elif isinstance(action, CallRefused):
+                log.log(
+                    logging.DEBUG if action.status is None else logging.INFO,
+                    "SIP INVITE not admitted",
+                    extra={
+                        "sip_call_id": action.call_id[:128],
+                        "source": f"{action.source[0]}:{action.source[1]}",
+                        "status": action.status or "dropped",
+                        "reason": action.reason,
+                    },
+                )
             elif isinstance(action, CallConfirmed | MediaUpdated):
                 leg = self.legs.get(action.call)
                 if leg is not None and action.media is not None:
@@ -249,27 +283,60 @@ class SipEndpoint(asyncio.DatagramProtocol):
         if self.ua is not None:
             self._apply(self.ua.reject(ref, code, self._now()))
 
-    async def _start_call(self, start: StartCall) -> None:
-        ua = self.ua
-        assert ua is not None
-        ref = start.call
+    async def _record_for(self, start: StartCall) -> CallRecord | None:
+        """The call record an admitted INVITE names (None: rejected here)."""
+        ref, services = start.call, self.services
         try:
             user = SipUri.parse(start.request.uri).user or ""
         except ValueError:
             user = ""
-        services = self.services
         if not user or len(user) > 128:
-            return self._reject(ref, 404, "no call id in the Request-URI")
+            self._reject(ref, 404, "no call id in the Request-URI")
+            return None
         if not services.calls.accepting:
-            return self._reject(ref, 503, "draining")
+            self._reject(ref, 503, "draining")
+            return None
         try:
-            claimed = await services.coordinator.claim_pending(pending_key(user))
-            record = await services.call_service.get(user) if claimed is not None else None
+            if start.number is not None:
+                route = services.router.lookup(start.number)
+                if route is None:  # the configuration changed meanwhile
+                    self._reject(ref, 404, "no longer one of the edge's numbers")
+                    return None
+                from_uri = start.request.from_().sip_uri()
+                record: CallRecord | None = await services.call_service.create_inbound(
+                    route,
+                    from_=from_uri.user or str(from_uri),
+                    provider_call_id=start.request.call_id(),
+                )
+            else:
+                claimed = await services.coordinator.claim_pending(pending_key(user))
+                record = await services.call_service.get(user) if claimed is not None else None
+        except CallRejected as exc:
+            self._reject(ref, 486 if exc.http_status == 409 else 503, exc.reason)
+            return None
         except Exception:  # the coordinator is down: a trunk should try elsewhere
             log.exception("SIP call not admitted", extra={"sip_call": ref})
-            return self._reject(ref, 503, "coordinator unavailable")
+            self._reject(ref, 503, "coordinator unavailable")
+            return None
         if record is None or record.state is not CallState.CREATED:
-            return self._reject(ref, 404, "unknown, expired or already used call id")
+            self._reject(ref, 404, "unknown, expired or already used call id")
+            return None
+        return record
+
+    def _header_metadata(self, start: StartCall) -> dict[str, str]:
+        """The allow-listed ``X-`` headers of the INVITE, for the call's metadata."""
+        headers = start.request.headers
+        found = {name: headers.get(name) for name in self.settings.metadata_headers}
+        return {name: value[:256] for name, value in found.items() if value}
+
+    async def _start_call(self, start: StartCall) -> None:
+        ua = self.ua
+        assert ua is not None
+        ref, services = start.call, self.services
+        record = await self._record_for(start)
+        if record is None:
+            return
+        record.metadata.update(self._header_metadata(start))
         if self.settings.ring_s > 0:
             self._apply(ua.ringing(ref, self._now()))
             await asyncio.sleep(self.settings.ring_s)
@@ -288,7 +355,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             provider="sip",
             direction=cast(Direction, record.direction),
             from_=from_uri.user or str(from_uri),
-            to=user,
+            to=record.to or record.call_id,
             provider_call_id=start.request.call_id(),
         )
         leg = SipLeg(info, ref, rtp, port, self)

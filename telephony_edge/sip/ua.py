@@ -36,6 +36,11 @@ Rules
 * A call is announced once (:class:`StartCall`) and ended once
   (:class:`CallEnded`), whatever happens; after its end the verbs do nothing
   (a late answer after CANCEL sends nothing).
+* Who may call is :class:`~telephony_edge.sip.trunks.Admission`'s decision on
+  a new INVITE, before any state: admitted (:class:`StartCall` names the
+  trunk and dialled number, if any), challenged 401 or refused 403 through an
+  INVITE transaction of its own (so its ACK and retransmissions are absorbed),
+  or dropped unanswered; each refusal is a :class:`CallRefused` for the log.
 * Pending INVITEs are bounded: past ``max_pending_invites`` a new INVITE gets
   503 (stateless, counted), and an INVITE the shell leaves unanswered for
   ``invite_timeout`` gets 480 (Timer C's idea on the UAS side).
@@ -105,6 +110,7 @@ from telephony_edge.sip.transaction import (
     client_key,
     server_key,
 )
+from telephony_edge.sip.trunks import Admission, Decision, Trunk, Verdict
 
 KNOWN_METHODS = frozenset(
     {
@@ -159,12 +165,25 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class StartCall:
-    """A new call: the shell decides (who may call, which agent) and answers."""
+    """A new call, admitted: the shell finds its record (``number`` dialled from
+    ``trunk``, or the registered call id) and answers."""
 
     call: str
     request: Request
     offer: SessionDescription | None
     source: Address
+    trunk: Trunk | None = None
+    number: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallRefused:
+    """An INVITE not admitted (``status`` None: dropped unanswered), for the log."""
+
+    call_id: str
+    source: Address
+    status: int | None
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +264,7 @@ class CallEnded:
 Action = (
     Send
     | StartCall
+    | CallRefused
     | CallConfirmed
     | MediaUpdated
     | InfoReceived
@@ -265,6 +285,9 @@ class Stats:
     answered_416: int = 0
     dropped: int = 0
     overload_503: int = 0
+    challenged_401: int = 0
+    refused_403: int = 0
+    dropped_unadmitted: int = 0
     retransmissions_absorbed: int = 0
     internal_errors: int = 0
     calls_started: int = 0
@@ -294,6 +317,7 @@ class Call:
     invite_deadline: float | None = None
     hangup_reported: bool = False  # CallEnded given; the BYE waits for the ACK
     referral: Referral | None = None
+    trunk: Trunk | None = None
 
 
 @dataclass(slots=True)
@@ -320,9 +344,13 @@ class UserAgent:
     """See the module docstring."""
 
     def __init__(
-        self, config: UaConfig | None = None, new_id: Callable[[], str] | None = None
+        self,
+        config: UaConfig | None = None,
+        new_id: Callable[[], str] | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.config = config or UaConfig()
+        self.admission = admission
         self._new_id = new_id or (lambda: secrets.token_hex(8))
         self.stats = Stats()
         self.draining = False
@@ -447,7 +475,8 @@ class UserAgent:
         except ValueError:
             remote_host = call.source[0]
         host = self.config.refer_host or remote_host
-        target = refer_to_uri(destination, self.config.refer_scheme, host)
+        scheme = (call.trunk.refer_to if call.trunk else None) or self.config.refer_scheme
+        target = refer_to_uri(destination, scheme, host)
         referred_by = NameAddr.parse(dialog.local_uri).uri
         headers = [("Refer-To", f"<{target}>"), ("Referred-By", f"<{referred_by}>")]
         key, actions = self._start_client(call, "REFER", now, headers)
@@ -573,14 +602,28 @@ class UserAgent:
             self.stats.overload_503 += 1
             response = build_response(req, 503, None, [("Retry-After", "5")], to_tag=self._new_id())
             return [Send(response.to_bytes(), dest, transport)]  # stateless: keeps no state
-        invite_tx = InviteServerTransaction(req, transport != "UDP", self.config.timers)
-        entry = _Entry(
-            invite_tx,
-            dest,
-            transport,
-            None,
-            "invite",
+        verdict = (
+            self.admission.check(req, source, now) if self.admission else Verdict(Decision.ADMIT)
         )
+        invite_tx = InviteServerTransaction(req, transport != "UDP", self.config.timers)
+        entry = _Entry(invite_tx, dest, transport, None, "invite")
+        if verdict.decision is Decision.DROP:
+            self.stats.dropped_unadmitted += 1
+            return [CallRefused(req.call_id(), source, None, verdict.reason)]
+        if verdict.decision is not Decision.ADMIT:
+            self._machines[key] = entry
+            if verdict.decision is Decision.CHALLENGE:
+                self.stats.challenged_401 += 1
+                code = 401
+            else:
+                self.stats.refused_403 += 1
+                code = 403
+            extra = [*verdict.headers, ("Server", self.config.user_agent)]
+            response = build_response(req, code, None, extra, to_tag=self._new_id())
+            return [
+                *self._outputs(key, entry, invite_tx.respond(response, now), now),
+                CallRefused(req.call_id(), source, code, verdict.reason),
+            ]
         self._machines[key] = entry
         actions = self._outputs(key, entry, invite_tx.respond(build_response(req, 100), now), now)
 
@@ -608,6 +651,7 @@ class UserAgent:
             response = build_response(req, 400, None, [], to_tag=ref)
             return actions + self._tx_respond(key, response, now)
         call = Call(ref, req, key, source, transport, dialog, offer, media=media)
+        call.trunk = verdict.trunk
         if code:
             headers = [("Accept", "application/sdp")] if code == 415 else []
             response = self._response(req, code, call, headers)
@@ -619,7 +663,7 @@ class UserAgent:
         self._pending += 1
         call.invite_deadline = now + self.config.invite_timeout
         self.stats.calls_started += 1
-        return [*actions, StartCall(ref, req, offer, source)]
+        return [*actions, StartCall(ref, req, offer, source, verdict.trunk, verdict.number)]
 
     def _cancel(
         self, req: Request, key: Key, dest: Address, transport: str, now: float

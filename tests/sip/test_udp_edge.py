@@ -80,7 +80,9 @@ class Caller:
     to_tag: str = ""
     cseq: int = 0
 
-    def request(self, method: str, body: str = "", *, cseq: int | None = None) -> bytes:
+    def request(
+        self, method: str, body: str = "", *, cseq: int | None = None, extra: tuple[str, ...] = ()
+    ) -> bytes:
         if cseq is None:
             self.cseq += 1
             cseq = self.cseq
@@ -95,6 +97,7 @@ class Caller:
             f"Call-ID: {self.call_id}",
             f"CSeq: {cseq} {method}",
             f"Contact: <sip:caller@127.0.0.1:{port}>",
+            *extra,
         ]
         if body:
             lines.append("Content-Type: application/sdp")
