@@ -126,6 +126,14 @@ class SipSettings(ProviderSettings):
     """A REFER the trunk refuses (≥ 300, or no answer): ``bye`` hangs up (the call ends
     ``error``, the agent having meant to leave), ``continue`` keeps the agent on the call;
     either way the failure is reported to the agent core."""
+    session_expires_s: int | None = Field(default=1800, ge=90, le=86_400)
+    """RFC 4028: the session interval the edge asks of callers that support session timers
+    but propose none (they refresh); None: only when the caller asks. Refreshes are answered
+    whatever this says; as refresher (``refresher=uas``) the edge sends UPDATE, or re-INVITE
+    to peers without UPDATE, at half the interval."""
+    min_se_s: int = Field(default=90, ge=1, le=86_400)
+    """The shortest session interval accepted (``Min-SE``; shorter: 422, or raised for callers
+    without timer support). RFC 4028 says 90; tests lower it."""
     reject_when_draining: bool = True
     """While draining: new INVITEs get 503 (a trunk fails over) and OPTIONS 503."""
 

@@ -145,6 +145,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
             refer_host=settings.refer_host,
             refer_timeout=settings.refer_timeout_s,
             refer_refused_bye=settings.refer_refused == "bye",
+            min_se=settings.min_se_s,
+            session_expires=settings.session_expires_s,
         )
         self.ua = UserAgent(config, admission=self._admission(host))
         log.info("SIP listening", extra={"sip_bind": f"{self.settings.bind_host}:{self.port}"})
@@ -256,6 +258,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
             leg.ended("BYE")
         elif ended.reason == "refer_refused":
             leg.ended("refer-refused", "the trunk refused the REFER; the edge hung up")
+        elif ended.reason == "session_expired":
+            leg.ended("timeout", "the SIP session timer expired (no refresh, RFC 4028)")
         else:
             leg.ended(ended.reason)
 

@@ -36,6 +36,11 @@ Rules
 * A call is announced once (:class:`StartCall`) and ended once
   (:class:`CallEnded`), whatever happens; after its end the verbs do nothing
   (a late answer after CANCEL sends nothing).
+* Session timers (RFC 4028, :mod:`~telephony_edge.sip.session_timer`): the
+  2xx to the INVITE and to every refresh says the interval and the refresher;
+  as refresher the edge sends UPDATE (re-INVITE when the peer does not allow
+  UPDATE) at half the interval; when the peer refreshes and nothing comes in
+  time, or a refresh of ours fails, the edge sends BYE (``session_expired``).
 * Who may call is :class:`~telephony_edge.sip.trunks.Admission`'s decision on
   a new INVITE, before any state: admitted (:class:`StartCall` names the
   trunk and dialled number, if any), challenged 401 or refused 403 through an
@@ -91,8 +96,12 @@ from telephony_edge.sip.sdp import (
     negotiate,
     parse_sdp,
 )
+from telephony_edge.sip.session_timer import Negotiated as SessionTerms
+from telephony_edge.sip.session_timer import SessionTimer, TooSmall, session_expires
+from telephony_edge.sip.session_timer import negotiate as negotiate_timer
 from telephony_edge.sip.transaction import (
     DEFAULT_TIMERS,
+    InviteClientTransaction,
     InviteServerTransaction,
     Key,
     NonInviteClientTransaction,
@@ -146,6 +155,8 @@ class UaConfig:
     refer_host: str | None = None  # host of sip:+1…@host; default: the caller's From host
     refer_timeout: float = 60.0  # from the REFER's 202 to the final NOTIFY
     refer_refused_bye: bool = True
+    min_se: int = 90  # RFC 4028's floor; shorter Session-Expires → 422 / raised
+    session_expires: int | None = 1800  # imposed on callers that support timers but ask none
 
     @property
     def sent_by(self) -> str:
@@ -254,7 +265,7 @@ class TransferResult:
 @dataclass(frozen=True, slots=True)
 class CallEnded:
     """The call is over. ``reason``: remote_bye, local_bye, cancelled, rejected,
-    no_ack, timeout, bad_answer, transferred, refer_refused."""
+    no_ack, timeout, bad_answer, transferred, refer_refused, session_expired."""
 
     call: str
     reason: str
@@ -318,6 +329,8 @@ class Call:
     hangup_reported: bool = False  # CallEnded given; the BYE waits for the ACK
     referral: Referral | None = None
     trunk: Trunk | None = None
+    timer_offer: SessionTerms | None = None  # negotiated on the INVITE, started by the 2xx
+    session: SessionTimer | None = None
 
 
 @dataclass(slots=True)
@@ -327,6 +340,7 @@ class _Entry:
     transport: str
     call: str | None
     kind: str  # "invite" | "server" | "client" | "2xx"
+    ack: bytes | None = None  # a re-INVITE of ours: the ACK of its 2xx, resent for each
 
 
 def response_dest(via: Via, source: Address, transport: str) -> Address:
@@ -378,6 +392,8 @@ class UserAgent:
                 deadlines.append(call.invite_deadline)
             if call.referral is not None and call.referral.deadline is not None:
                 deadlines.append(call.referral.deadline)
+            if call.session is not None and call.session.deadline is not None:
+                deadlines.append(call.session.deadline)
         return min(deadlines, default=None)
 
     # -- input ------------------------------------------------------------------------
@@ -411,6 +427,13 @@ class UserAgent:
                     call.referral = None
                     reason = "no final NOTIFY from the trunk in time"
                     actions.append(TransferResult(call.ref, False, 408, reason))
+                session = call.session
+                if session is not None and session.deadline and session.deadline <= now:
+                    session.deadline = None
+                    if session.we_refresh and call.phase is Phase.CONFIRMED:
+                        actions += self._send_refresh(call, session, now)
+                    else:
+                        actions += self._bye(call, now, "session_expired")
         except Exception:
             self._note_error()
         return actions
@@ -440,7 +463,10 @@ class UserAgent:
         else:
             body = call.local.offer()
             call.awaiting_answer_in_ack = True
-        return self._send_2xx(call, call.invite, call.tx_key, body, now)
+        terms, call.timer_offer = call.timer_offer, None
+        actions = self._send_2xx(call, call.invite, call.tx_key, body, now, terms)
+        self._start_timer(call, terms, now)
+        return actions
 
     def reject(self, ref: str, code: int, now: float) -> list[Action]:
         call = self._calls.get(ref)
@@ -652,6 +678,11 @@ class UserAgent:
             return actions + self._tx_respond(key, response, now)
         call = Call(ref, req, key, source, transport, dialog, offer, media=media)
         call.trunk = verdict.trunk
+        terms = negotiate_timer(req, self.config.min_se, self.config.session_expires)
+        if isinstance(terms, TooSmall) and not code:
+            response = self._response(req, 422, call, [("Min-SE", str(terms.min_se))])
+            return actions + self._tx_respond(key, response, now)
+        call.timer_offer = terms if isinstance(terms, SessionTerms) else None
         if code:
             headers = [("Accept", "application/sdp")] if code == 415 else []
             response = self._response(req, code, call, headers)
@@ -735,6 +766,12 @@ class UserAgent:
             or (req.method == "INVITE" and call.retransmitter is not None)
         ):
             return self._tx_respond(key, self._response(req, 491, call), now)
+        terms = negotiate_timer(req, self.config.min_se, None)
+        if isinstance(terms, TooSmall):
+            extra = [("Min-SE", str(terms.min_se))]
+            return self._tx_respond(key, self._response(req, 422, call, extra), now)
+        self._start_timer(call, terms, now)
+        timer_headers = terms.headers() if terms else []
         call.dialog.refresh_target(req)
         updates: list[Action] = []
         if req.body:
@@ -750,20 +787,17 @@ class UserAgent:
                 call.media = media
                 updates.append(MediaUpdated(call.ref, media))
         elif req.method == "UPDATE":
-            return self._tx_respond(key, self._response(req, 200, call), now)
+            return self._tx_respond(key, self._response(req, 200, call, timer_headers), now)
         else:
             direction = call.media.direction if call.media is not None else "sendrecv"
             body = call.local.offer("sendrecv" if direction == "recvonly" else direction)
             if req.method == "INVITE":
                 call.awaiting_answer_in_ack = True
         if req.method == "UPDATE":
-            return (
-                self._tx_respond(
-                    key, self._response(req, 200, call, self._sdp_headers(), body), now
-                )
-                + updates
-            )
-        return self._send_2xx(call, req, key, body, now) + updates
+            headers = timer_headers + self._sdp_headers()
+            response = self._response(req, 200, call, headers, body)
+            return self._tx_respond(key, response, now) + updates
+        return self._send_2xx(call, req, key, body, now, terms) + updates
 
     def _ack_2xx(self, req: Request, now: float) -> list[Action]:
         ref = self._dialogs.get((req.call_id(), req.to().tag or "", req.from_().tag or ""))
@@ -798,10 +832,13 @@ class UserAgent:
         via = response.top_via()
         key = client_key(via.branch or "", response.cseq().method)
         entry = self._machines.get(key)
-        if entry is None or not isinstance(entry.machine, NonInviteClientTransaction):
+        machine = entry.machine if entry is not None else None
+        if entry is None or not isinstance(
+            machine, (NonInviteClientTransaction, InviteClientTransaction)
+        ):
             self.stats.dropped += 1
             return []  # a response to nothing of ours (or a stray 2xx retransmission)
-        return self._outputs(key, entry, entry.machine.receive_response(response, now), now)
+        return self._outputs(key, entry, machine.receive_response(response, now), now)
 
     # -- sending -------------------------------------------------------------------------
 
@@ -861,9 +898,16 @@ class UserAgent:
         return self._outputs(key, entry, machine.respond(response, now), now)
 
     def _send_2xx(
-        self, call: Call, req: Request, key: Key, body: bytes, now: float
+        self,
+        call: Call,
+        req: Request,
+        key: Key,
+        body: bytes,
+        now: float,
+        terms: SessionTerms | None = None,
     ) -> list[Action]:
-        response = self._response(req, 200, call, self._sdp_headers(), body)
+        headers = (terms.headers() if terms else []) + self._sdp_headers()
+        response = self._response(req, 200, call, headers, body)
         actions = self._tx_respond(key, response, now)
         retx = Uas2xxRetransmitter(response, self.config.timers)
         retx_key: Key = ("2xx", call.ref, str(retx.cseq))
@@ -960,6 +1004,79 @@ class UserAgent:
         done = TransferResult(call.ref, True, status, "the transfer target answered")
         return [done, *self._bye(call, now, "transferred")]
 
+    # -- session timer ------------------------------------------------------------------
+
+    def _start_timer(self, call: Call, terms: SessionTerms | None, now: float) -> None:
+        """(Re)start the call's session timer as our 2xx just said."""
+        if terms is None:
+            call.session = None  # a request without Session-Expires turns it off (§9)
+            return
+        allows = {m.strip().upper() for m in call.invite.headers.get_all("Allow")}
+        we_refresh = terms.refresher == "uas"
+        session = SessionTimer(terms.interval, we_refresh, use_update="UPDATE" in allows)
+        session.restart(now)
+        call.session = session
+
+    def _send_refresh(self, call: Call, session: SessionTimer, now: float) -> list[Action]:
+        """Our refresh (§7.4): UPDATE without an offer, or a re-INVITE offering the same SDP."""
+        headers = [
+            ("Session-Expires", f"{int(session.interval)};refresher=uac"),
+            ("Supported", "timer"),
+        ]
+        if session.use_update or call.local is None:
+            key, actions = self._start_client(call, "UPDATE", now, headers)
+            session.refresh = key
+            return actions
+        dialog = call.dialog
+        invite = dialog.build_request(
+            "INVITE",
+            self._new_id(),
+            self.config.sent_by,
+            [*headers, *self._sdp_headers(), ("User-Agent", self.config.user_agent)],
+            call.local.again(),
+        )
+        ack = dialog.build_request(
+            "ACK", self._new_id(), self.config.sent_by, [], cseq=invite.cseq().seq
+        )
+        try:
+            dest = dialog.destination()
+        except ValueError:
+            dest = call.source
+        machine = InviteClientTransaction(invite, call.transport != "UDP", self.config.timers)
+        key = client_key(invite.top_via().branch or "", "INVITE")
+        entry = _Entry(machine, dest, call.transport, call.ref, "client", ack.to_bytes())
+        self._machines[key] = entry
+        session.refresh = key
+        return self._outputs(key, entry, machine.start(now), now)
+
+    def _refresh_answered(
+        self, call: Call, session: SessionTimer, response: Response, now: float
+    ) -> list[Action]:
+        status = response.status
+        if status < 200:
+            return []
+        session.refresh = None
+        if status < 300:
+            agreed = session_expires(response)
+            if agreed is not None:  # "uac" is us, the refresh's client (§7.4)
+                session.interval = float(agreed[0])
+                session.we_refresh = agreed[1] != "uas"
+            session.restart(now)
+            return []
+        if status == 491:  # glare with the peer's own request: again shortly (§14.1)
+            session.deadline = now + 2.0
+            return []
+        if status in (405, 501) and session.use_update:
+            session.use_update = False  # it does not take UPDATE after all: re-INVITE
+            session.deadline = now
+            return []
+        floor = (response.headers.get("Min-SE") or "").split(";")[0].strip()
+        if status == 422 and floor.isdigit():
+            session.interval = max(session.interval, float(floor))
+            session.deadline = now
+            return []
+        return self._bye(call, now, "session_expired")
+
     def _end(self, call: Call, reason: str, status: int | None = None) -> list[Action]:
         if call.phase is Phase.ENDED:
             return []
@@ -991,11 +1108,20 @@ class UserAgent:
                     actions += self._bye(call, now, "no_ack")
                 elif call.referral is not None and call.referral.key == key:
                     actions += self._refer_refused(call, 408, "no answer", now)
+                elif call.session is not None and call.session.refresh == key:
+                    actions += self._bye(call, now, "session_expired")
             elif isinstance(out, PassUp):
-                # responses to our BYE/INFO: nothing to do; to our REFER: the transfer
+                # responses to our BYE/INFO: nothing to do; to our REFER: the transfer;
+                # to our refresh: the session timer (and the ACK of a re-INVITE's 2xx)
                 call = self._calls.get(entry.call) if entry.call is not None else None
-                if call is not None and call.referral is not None and call.referral.key == key:
+                if call is None:
+                    continue
+                if entry.ack is not None and 200 <= out.response.status < 300:
+                    actions.append(Send(entry.ack, entry.dest, entry.transport))
+                if call.referral is not None and call.referral.key == key:
                     actions += self._refer_answered(call, out.response, now)
+                elif call.session is not None and call.session.refresh == key:
+                    actions += self._refresh_answered(call, call.session, out.response, now)
             elif isinstance(out, Terminated):
                 self._machines.pop(key, None)
         return actions
