@@ -113,6 +113,10 @@ class SipSettings(ProviderSettings):
     ring_s: float = Field(default=0.0, ge=0, le=60)
     """Seconds of ``180 Ringing`` between admitting a call and answering it (0: answer at
     once, no 180)."""
+    early_media: bool = False
+    """Send ``183 Session Progress`` with the SDP answer as soon as the call is admitted (early
+    media: the trunk opens the media path before the 200), instead of ``180``. With ``Require:
+    100rel`` it is sent reliably and the 200 waits for its PRACK (RFC 3262)."""
     refer_to: Literal["tel", "sip"] = "tel"
     """How a transfer to a number is written in REFER's Refer-To: ``tel:+1…`` (PSTN trunks
     such as Twilio's Elastic SIP Trunking with transfer to PSTN) or ``sip:+1…@<refer_host>``

@@ -341,19 +341,25 @@ class SipEndpoint(asyncio.DatagramProtocol):
         if record is None:
             return
         record.metadata.update(self._header_metadata(start))
-        if self.settings.ring_s > 0:
-            self._apply(ua.ringing(ref, self._now()))
-            await asyncio.sleep(self.settings.ring_s)
-        call = ua.calls().get(ref)
-        if call is None:  # CANCEL (or a timeout) while we looked it up or rang
-            # the registration is spent: the call record ends here, once (compare-and-set)
-            await services.call_service.update_provider_status(record.call_id, "cancelled")
-            log.info("SIP call cancelled before the answer", extra={"call_id": record.call_id})
-            return
         try:
             rtp, port = await self.rtp_ports.bind()
         except OSError as exc:
             return self._reject(ref, 503, str(exc))
+        if self.settings.early_media:
+            self._apply(ua.progress(ref, port, self._now()))
+        elif self.settings.ring_s > 0:
+            self._apply(ua.ringing(ref, self._now()))
+        if self.settings.ring_s > 0:
+            await asyncio.sleep(self.settings.ring_s)
+        call = ua.calls().get(ref)
+        if call is None:  # CANCEL (or a timeout) while we looked it up or rang
+            if rtp.transport is not None:
+                rtp.transport.close()
+            self.rtp_ports.release(port)
+            # the registration is spent: the call record ends here, once (compare-and-set)
+            await services.call_service.update_provider_status(record.call_id, "cancelled")
+            log.info("SIP call cancelled before the answer", extra={"call_id": record.call_id})
+            return
         from_uri = start.request.from_().sip_uri()
         info = LegInfo(
             provider="sip",

@@ -10,7 +10,8 @@ SIP side. Its I/O shell (the asyncio transport of a later step) feeds it:
 * :meth:`UserAgent.tick` — the current time, at or after
   :meth:`UserAgent.next_deadline`;
 * the call-control verbs :meth:`ringing`, :meth:`answer`, :meth:`reject`,
-  :meth:`hangup`, :meth:`refer`, :meth:`send_request` and :meth:`set_draining`.
+  :meth:`progress` (183 with SDP, early media), :meth:`hangup`, :meth:`refer`,
+  :meth:`send_request` and :meth:`set_draining`.
 
 Each returns a list of :data:`Action`\\ s: :class:`Send` (bytes to an address
 on a transport) and the call events for the shell (:class:`StartCall`,
@@ -41,6 +42,11 @@ Rules
   as refresher the edge sends UPDATE (re-INVITE when the peer does not allow
   UPDATE) at half the interval; when the peer refreshes and nothing comes in
   time, or a refresh of ours fails, the edge sends BYE (``session_expired``).
+* Reliable provisional responses (RFC 3262) for an INVITE with ``Require:
+  100rel``: 180/183 carry ``Require: 100rel`` and ``RSeq``, resent T1, 2T1 …
+  (capped at T2, as a 2xx) until the PRACK whose ``RAck`` names them (200),
+  and the INVITE is refused 504 if none comes in 64*T1. A 2xx waits for the
+  PRACK of a reliable 183 that carried our SDP (§3).
 * Who may call is :class:`~telephony_edge.sip.trunks.Admission`'s decision on
   a new INVITE, before any state: admitted (:class:`StartCall` names the
   trunk and dialled number, if any), challenged 401 or refused 403 through an
@@ -149,8 +155,9 @@ class UaConfig:
         "INFO",
         "UPDATE",
         "NOTIFY",
+        "PRACK",
     )
-    supported: tuple[str, ...] = ("timer",)
+    supported: tuple[str, ...] = ("timer", "100rel")
     refer_scheme: str = "tel"  # Refer-To for a number: tel:+1… or sip:+1…@host
     refer_host: str | None = None  # host of sip:+1…@host; default: the caller's From host
     refer_timeout: float = 60.0  # from the REFER's 202 to the final NOTIFY
@@ -330,6 +337,10 @@ class Call:
     referral: Referral | None = None
     trunk: Trunk | None = None
     timer_offer: SessionTerms | None = None  # negotiated on the INVITE, started by the 2xx
+    reliable: bool = False  # Require: 100rel: provisional responses need PRACK
+    rseq: int = 0  # the last RSeq sent
+    provisional: Key | None = None  # the unacknowledged reliable provisional's retransmitter
+    answer_waits: bool = False  # a 2xx held until the PRACK of a 183 with our SDP
     session: SessionTimer | None = None
 
 
@@ -339,7 +350,7 @@ class _Entry:
     dest: Address
     transport: str
     call: str | None
-    kind: str  # "invite" | "server" | "client" | "2xx"
+    kind: str  # "invite" | "server" | "client" | "2xx" | "1xx" (reliable provisional)
     ack: bytes | None = None  # a re-INVITE of ours: the ACK of its 2xx, resent for each
 
 
@@ -447,9 +458,25 @@ class UserAgent:
 
     def ringing(self, ref: str, now: float) -> list[Action]:
         call = self._calls.get(ref)
-        if call is None or call.phase is not Phase.PENDING:
+        if call is None or call.phase is not Phase.PENDING or call.provisional:
             return []
-        return self._tx_respond(call.tx_key, self._response(call.invite, 180, call), now)
+        return self._provisional(call, 180, b"", now)
+
+    def progress(self, ref: str, rtp_port: int, now: float) -> list[Action]:
+        """183 Session Progress with our SDP answer (early media); the 2xx repeats it.
+        Only for an INVITE with an offer, and once."""
+        call = self._calls.get(ref)
+        if (
+            call is None
+            or call.phase is not Phase.PENDING
+            or call.local is not None
+            or call.offer is None
+            or call.media is None
+        ):
+            return []
+        call.local = self._local_session(rtp_port)
+        body = call.local.answer(call.offer, call.media)
+        return self._provisional(call, 183, body, now)
 
     def answer(self, ref: str, rtp_port: int, now: float) -> list[Action]:
         """200 with our SDP (the answer, or our offer for a delayed offer).
@@ -457,7 +484,15 @@ class UserAgent:
         call = self._calls.get(ref)
         if call is None or call.phase is not Phase.PENDING:
             return []
-        call.local = LocalSession(self.config.media, rtp_port, str(next(self._seq) + 1_000_000))
+        call.local = call.local or self._local_session(rtp_port)
+        if call.provisional is not None:
+            entry = self._machines.get(call.provisional)
+            machine = entry.machine if entry is not None else None
+            if isinstance(machine, Uas2xxRetransmitter) and machine.response.body:
+                call.answer_waits = True  # §3: not before the PRACK of our SDP
+                return []
+            self._machines.pop(call.provisional, None)  # the 2xx supersedes a plain 180
+            call.provisional = None
         if call.offer is not None and call.media is not None:
             body = call.local.answer(call.offer, call.media)
         else:
@@ -678,6 +713,7 @@ class UserAgent:
             return actions + self._tx_respond(key, response, now)
         call = Call(ref, req, key, source, transport, dialog, offer, media=media)
         call.trunk = verdict.trunk
+        call.reliable = any(r.lower() == "100rel" for r in req.headers.get_all("Require"))
         terms = negotiate_timer(req, self.config.min_se, self.config.session_expires)
         if isinstance(terms, TooSmall) and not code:
             response = self._response(req, 422, call, [("Min-SE", str(terms.min_se))])
@@ -744,6 +780,8 @@ class UserAgent:
             return [*actions, NotifyReceived(call.ref, event, ctype, req.body)]
         if method == "OPTIONS":
             return self._answer_tx(req, key, dest, transport, 200, now, self._capabilities())
+        if method == "PRACK":
+            return self._prack(call, req, key, dest, transport, now)
         if method in ("INVITE", "UPDATE"):
             return self._reoffer(call, req, key, dest, transport, now)
         return self._answer_tx(req, key, dest, transport, 405, now)
@@ -1004,6 +1042,46 @@ class UserAgent:
         done = TransferResult(call.ref, True, status, "the transfer target answered")
         return [done, *self._bye(call, now, "transferred")]
 
+    # -- provisional responses -------------------------------------------------------
+
+    def _local_session(self, rtp_port: int) -> LocalSession:
+        return LocalSession(self.config.media, rtp_port, str(next(self._seq) + 1_000_000))
+
+    def _provisional(self, call: Call, code: int, body: bytes, now: float) -> list[Action]:
+        """180 or 183 (with ``body``), reliable when the INVITE required 100rel."""
+        headers = self._sdp_headers() if body else []
+        if not call.reliable:
+            response = self._response(call.invite, code, call, headers, body)
+            return self._tx_respond(call.tx_key, response, now)
+        call.rseq = call.rseq + 1 if call.rseq else secrets.randbelow(2**31 - 1) + 1
+        headers = [("Require", "100rel"), ("RSeq", str(call.rseq)), *headers]
+        response = self._response(call.invite, code, call, headers, body)
+        actions = self._tx_respond(call.tx_key, response, now)
+        retx = Uas2xxRetransmitter(response, self.config.timers)  # T1 doubling, as a 2xx
+        retx.start(now)  # its first send is the transaction's
+        key: Key = ("1xx", call.ref, str(call.rseq))
+        self._machines[key] = _Entry(
+            retx, self._machines[call.tx_key].dest, call.transport, call.ref, "1xx"
+        )
+        call.provisional = key
+        return actions
+
+    def _prack(
+        self, call: Call, req: Request, key: Key, dest: Address, transport: str, now: float
+    ) -> list[Action]:
+        """RFC 3262 §3: a PRACK whose RAck names our unacknowledged provisional: 200."""
+        rack = (req.headers.get("RAck") or "").split()
+        expected = [str(call.rseq), str(call.invite.cseq().seq), "INVITE"]
+        if call.provisional is None or [p.upper() for p in rack] != expected:
+            return self._answer_tx(req, key, dest, transport, 481, now)
+        self._machines.pop(call.provisional, None)
+        call.provisional = None
+        actions = self._answer_tx(req, key, dest, transport, 200, now)
+        if call.answer_waits and call.local is not None:
+            call.answer_waits = False
+            actions += self.answer(call.ref, call.local.port, now)
+        return actions
+
     # -- session timer ------------------------------------------------------------------
 
     def _start_timer(self, call: Call, terms: SessionTerms | None, now: float) -> None:
@@ -1085,6 +1163,9 @@ class UserAgent:
         call.phase = Phase.ENDED
         call.invite_deadline = None
         call.dialog.state = DialogState.TERMINATED
+        if call.provisional is not None:
+            self._machines.pop(call.provisional, None)
+            call.provisional = None
         if call.retransmitter is not None:
             self._machines.pop(call.retransmitter, None)
             call.retransmitter = None
@@ -1106,6 +1187,9 @@ class UserAgent:
                 if entry.kind == "2xx":
                     call.retransmitter = None
                     actions += self._bye(call, now, "no_ack")
+                elif entry.kind == "1xx":  # RFC 3262 §3: no PRACK, the INVITE fails
+                    call.provisional = None
+                    actions += self._final(call, 504, now, "no_prack")
                 elif call.referral is not None and call.referral.key == key:
                     actions += self._refer_refused(call, 408, "no answer", now)
                 elif call.session is not None and call.session.refresh == key:
