@@ -75,6 +75,15 @@ class SipSettings(ProviderSettings):
     bind_host: str = "127.0.0.1"
     port: int = Field(default=5060, ge=0, le=65535)
     """UDP port for SIP; 0 takes any free port (tests), and the advertised port follows it."""
+    tcp: bool = True
+    """Listen for SIP over TCP too, on the same port (RFC 3261 §18: responses on the
+    connection the request came on)."""
+    tcp_max_connections: int = Field(default=1000, ge=1, le=100_000)
+    tcp_read_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """How long a TCP connection may take to finish a message it started (slow senders)."""
+    tcp_idle_timeout_s: float = Field(default=600.0, gt=0, le=86_400)
+    """A TCP connection with nothing received for this long is closed (peers keep theirs
+    open with RFC 5626 CRLF keep-alives)."""
     advertised_host: str | None = None
     """The address in Contact, SDP and ``sip_uri`` (the public one behind NAT); default:
     ``bind_host`` (127.0.0.1 when that is a wildcard)."""

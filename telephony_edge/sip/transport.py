@@ -1,9 +1,10 @@
-"""The asyncio shell around the sans-I/O :class:`~telephony_edge.sip.ua.UserAgent` (UDP).
+"""The asyncio shell around the sans-I/O :class:`~telephony_edge.sip.ua.UserAgent` (UDP, TCP).
 
 Theory of operation
 -------------------
-:class:`SipEndpoint` owns the worker's SIP socket. Every datagram goes to
-``UserAgent.receive`` with ``loop.time()``; the actions that come out are
+:class:`SipEndpoint` owns the worker's SIP sockets: UDP, and TCP on the same
+port (:mod:`telephony_edge.sip.tcp`, ``sip.tcp``). Every datagram or framed
+TCP message goes to ``UserAgent.receive`` with ``loop.time()``; the actions that come out are
 carried out at once (``sendto``, legs ended, calls started), and one timer
 handle follows ``UserAgent.next_deadline()`` so the UA's retransmissions and
 timeouts fire on time. Nothing here parses SIP or decides protocol
@@ -43,6 +44,7 @@ from telephony_edge.sip.leg import RtpProtocol, SipLeg
 from telephony_edge.sip.message import SipUri
 from telephony_edge.sip.sdp import MediaConfig
 from telephony_edge.sip.settings import SipSettings
+from telephony_edge.sip.tcp import TcpSide
 from telephony_edge.sip.trunks import Admission
 from telephony_edge.sip.ua import (
     Action,
@@ -111,6 +113,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self.legs: dict[str, SipLeg] = {}
         self.rtp_ports = RtpPorts(settings.bind_host, settings.rtp_port_min, settings.rtp_port_max)
         self._transport: asyncio.DatagramTransport | None = None
+        self.tcp: TcpSide | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -129,6 +132,15 @@ class SipEndpoint(asyncio.DatagramProtocol):
         )
         self._transport = transport
         self.port = int(transport.get_extra_info("sockname")[1])
+        settings = self.settings
+        if settings.tcp:
+            self.tcp = TcpSide(
+                lambda data, peer: self._receive(data, peer, "TCP"),
+                max_connections=settings.tcp_max_connections,
+                read_timeout=settings.tcp_read_timeout_s,
+                idle_timeout=settings.tcp_idle_timeout_s,
+            )
+            await self.tcp.start(settings.bind_host, self.port)
         host, port = self.advertised
         media = MediaConfig(
             address=host,
@@ -136,7 +148,6 @@ class SipEndpoint(asyncio.DatagramProtocol):
             order="local" if self.settings.codec_order == "local" else "offer",
             wideband_first=self.settings.prefer_g722,
         )
-        settings = self.settings
         config = UaConfig(
             host=host,
             port=port,
@@ -177,16 +188,21 @@ class SipEndpoint(asyncio.DatagramProtocol):
             self._timer.cancel()
         if self._transport is not None:
             self._transport.close()
+        if self.tcp is not None:
+            await self.tcp.stop()
 
     # -- input --------------------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self._receive(data, (str(addr[0]), int(addr[1])), "UDP")
+
+    def _receive(self, data: bytes, source: tuple[str, int], transport: str) -> None:
         ua = self.ua
         if ua is None:
             return
         ua.set_draining(self.settings.reject_when_draining and not self.services.calls.accepting)
         now = asyncio.get_running_loop().time()
-        self._apply(ua.receive(data, (str(addr[0]), int(addr[1])), now))
+        self._apply(ua.receive(data, source, now, transport))
         self._log_internal_error()
 
     def _tick(self) -> None:
@@ -203,7 +219,10 @@ class SipEndpoint(asyncio.DatagramProtocol):
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Send):
-                if self._transport is not None:
+                if action.transport != "UDP":
+                    if self.tcp is not None:
+                        self.tcp.send(action.dest, action.data)
+                elif self._transport is not None:
                     self._transport.sendto(action.data, action.dest)
             elif isinstance(action, StartCall):
                 self._spawn(self._start_call(action))

@@ -997,10 +997,7 @@ class UserAgent:
         )
         machine = NonInviteClientTransaction(req, call.transport != "UDP", self.config.timers)
         key = client_key(req.top_via().branch or "", method)
-        try:
-            dest = call.dialog.destination()
-        except ValueError:
-            dest = call.source
+        dest = self._dialog_dest(call)
         entry = _Entry(machine, dest, call.transport, call.ref, "client")
         self._machines[key] = entry
         return key, self._outputs(key, entry, machine.start(now), now)
@@ -1116,10 +1113,7 @@ class UserAgent:
         ack = dialog.build_request(
             "ACK", self._new_id(), self.config.sent_by, [], cseq=invite.cseq().seq
         )
-        try:
-            dest = dialog.destination()
-        except ValueError:
-            dest = call.source
+        dest = self._dialog_dest(call)
         machine = InviteClientTransaction(invite, call.transport != "UDP", self.config.timers)
         key = client_key(invite.top_via().branch or "", "INVITE")
         entry = _Entry(machine, dest, call.transport, call.ref, "client", ack.to_bytes())
@@ -1154,6 +1148,16 @@ class UserAgent:
             session.deadline = now
             return []
         return self._bye(call, now, "session_expired")
+
+    def _dialog_dest(self, call: Call) -> Address:
+        """Where our in-dialog requests go: over a stream, the caller's own connection
+        (it is open, and reaches a caller behind NAT); over UDP, the route set or target."""
+        if call.transport != "UDP":
+            return call.source
+        try:
+            return call.dialog.destination()
+        except ValueError:
+            return call.source
 
     def _end(self, call: Call, reason: str, status: int | None = None) -> list[Action]:
         if call.phase is Phase.ENDED:
