@@ -107,8 +107,9 @@ class SipSettings(ProviderSettings):
     """INVITEs neither to a call id nor from an allowed trunk: dropped unanswered (scanners
     learn nothing) rather than answered 403."""
     rate_per_minute: float = Field(default=120.0, gt=0, le=1_000_000)
-    """New INVITEs per source address outside every trunk, per minute (a token bucket);
-    beyond, dropped unanswered."""
+    """Refused INVITEs (403, 404, dropped) a source outside every trunk may send per minute
+    (a token bucket of ``rate_burst``); beyond, all its INVITEs are dropped unanswered until a
+    token is back. Admitted calls do not count."""
     rate_burst: int = Field(default=20, ge=1, le=100_000)
     nonce_ttl_s: float = Field(default=300.0, gt=0, le=86_400)
     """How long a digest challenge's nonce is good for (then ``stale=true``)."""

@@ -342,6 +342,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
             self._reject(ref, 503, "coordinator unavailable")
             return None
         if record is None or record.state is not CallState.CREATED:
+            if self.ua is not None and self.ua.admission is not None:
+                self.ua.admission.penalize(start.source[0], self._now())
             self._reject(ref, 404, "unknown, expired or already used call id")
             return None
         return record

@@ -2,8 +2,12 @@
 
 :meth:`Admission.check` decides on a new INVITE before any call state exists:
 
-1. a source outside every trunk's networks is rate-limited (a token bucket
-   per address, in a bounded table): beyond, the INVITE is dropped unanswered;
+1. a source outside every trunk's networks that keeps sending INVITEs that
+   are not admitted is cut off: each refusal (here, or the shell's 404 for an
+   unknown call id: :meth:`Admission.penalize`) takes a token from the
+   source's bucket (bounded table), and while the bucket is empty every
+   INVITE from it is dropped unanswered. Admitted calls take nothing, so a
+   busy PBX is never slowed down;
 2. a Request-URI user shaped like a call id (``call_…``) is admitted: the
    shell then claims its registration exactly once (404 otherwise), the call
    id being the secret;
@@ -28,6 +32,7 @@ from telephony_edge.webrtc.browser import RateLimiter
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 CALL_ID_PREFIX = "call_"
+MAX_BLOCKED = 10_000  # sources cut off at once (beyond, the oldest are let go)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,11 +91,33 @@ class Admission:
         self.drop_unknown = drop_unknown
         self.limiter = RateLimiter(rate_per_minute, burst)
         self.digest = digest or DigestServer()
+        self._blocked: dict[str, float] = {}  # source → until when its INVITEs are dropped
 
     def check(self, req: Request, source: tuple[str, int], now: float) -> Verdict:
         address = source[0]
-        if not any(t.holds(address) for t in self.trunks) and self.limiter.take(address, now):
-            return Verdict(Decision.DROP, "rate limit")
+        if self._blocked.get(address, 0.0) > now:
+            return Verdict(Decision.DROP, "too many refused INVITEs from this source")
+        verdict = self._decide(req, address, now)
+        if verdict.decision in (Decision.REFUSE, Decision.DROP) and self.penalize(address, now):
+            return Verdict(Decision.DROP, f"{verdict.reason}; source cut off")
+        return verdict
+
+    def penalize(self, address: str, now: float) -> bool:
+        """One INVITE from ``address`` was refused; True if the source is now cut off."""
+        if any(t.holds(address) for t in self.trunks):
+            return False
+        wait = self.limiter.take(address, now)
+        if not wait:
+            return False
+        if len(self._blocked) >= MAX_BLOCKED:
+            for source in [s for s, until in self._blocked.items() if until <= now]:
+                del self._blocked[source]
+            while len(self._blocked) >= MAX_BLOCKED:
+                del self._blocked[next(iter(self._blocked))]
+        self._blocked[address] = now + wait
+        return True
+
+    def _decide(self, req: Request, address: str, now: float) -> Verdict:
         try:
             user = SipUri.parse(req.uri).user or ""
         except ValueError:

@@ -83,13 +83,22 @@ def test_digest_trunk_challenged_then_admitted_then_refused_with_a_bad_password(
     assert stale.decision is Decision.CHALLENGE and "stale=true" in stale.headers[0][1]
 
 
-def test_rate_limit_per_source_outside_the_trunks() -> None:
+def test_a_source_of_refused_invites_is_cut_off_and_admitted_calls_are_never_limited() -> None:
     gate = admission(rate_per_minute=60.0, burst=3)
     stranger = ("198.51.100.9", 5060)
-    decisions = [gate.check(invite("call_x"), stranger, 0.0).decision for _ in range(5)]
-    assert decisions == [Decision.ADMIT] * 3 + [Decision.DROP] * 2
-    assert gate.check(invite("call_x"), stranger, 1.01).decision is Decision.ADMIT  # 1/s refill
-    assert gate.check(invite("call_x"), ("198.51.100.10", 5060), 0.0).decision is Decision.ADMIT
-    # a trunk's own traffic is not limited
-    pbx = [gate.check(invite("+15555550200"), ("10.0.0.7", 5060), 0.0) for _ in range(50)]
-    assert all(v.decision is Decision.ADMIT for v in pbx)
+    # a busy PBX using registered call ids: not slowed down
+    calls = [gate.check(invite("call_x"), stranger, 0.0).decision for _ in range(50)]
+    assert calls == [Decision.ADMIT] * 50
+    scans = [gate.check(invite("admin"), stranger, 0.0).decision for _ in range(5)]
+    assert scans == [Decision.REFUSE] * 3 + [Decision.DROP] * 2
+    # cut off: even a call id is dropped until a token is back (1/s)
+    assert gate.check(invite("call_x"), stranger, 0.5).decision is Decision.DROP
+    assert gate.check(invite("call_x"), stranger, 1.01).decision is Decision.ADMIT
+    assert gate.check(invite("admin"), ("198.51.100.10", 5060), 0.0).decision is Decision.REFUSE
+    # the shell's 404s for unknown call ids count as refusals
+    other = "198.51.100.11"
+    assert [gate.penalize(other, 0.0) for _ in range(4)] == [False, False, False, True]
+    assert gate.check(invite("call_y"), (other, 5060), 0.1).decision is Decision.DROP
+    # a trunk is never cut off
+    pbx = [gate.check(invite("+15555550201"), ("10.0.0.7", 5060), 0.0) for _ in range(50)]
+    assert all(v.decision is Decision.REFUSE for v in pbx)

@@ -160,7 +160,7 @@ async def test_wrong_source_or_unknown_number_is_403(
     caller.sip.close()
 
 
-async def test_drop_mode_answers_nothing_and_the_rate_limit_drops_a_flood(
+async def test_drop_mode_answers_nothing_and_a_source_of_refusals_is_cut_off(
     make_edge: Callable[..., Any], receiver: Receiver
 ) -> None:
     # no trunk holds 127.0.0.1 here, so the test is a stranger to the edge
@@ -175,15 +175,16 @@ async def test_drop_mode_answers_nothing_and_the_rate_limit_drops_a_flood(
     unknown = await caller_for(edge, "+15555550202")
     unknown.send(unknown.request("INVITE", sdp(40000)))
     assert await answer_to(unknown) is None  # dropped: nothing comes back
-    # two more tokens: unknown call ids get their 404; then the source is over its limit
+    # two more refusals allowed: unknown call ids get their 404, the third empties the
+    # bucket and cuts the source off
     answers = []
-    for n in range(3):
+    for n in range(4):
         caller = await caller_for(edge, f"call_unknown{n}")
         caller.send(caller.request("INVITE", sdp(40000)))
         answer = await answer_to(caller)
         answers.append(None if answer is None else answer.status)
         caller.sip.close()
-    assert answers == [404, 404, None]
+    assert answers == [404, 404, 404, None]
     ua = edge.app[SIP_ENDPOINT].ua
     assert ua is not None and ua.stats.dropped_unadmitted == 2
     unknown.sip.close()
