@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from telephony_edge.sip.message import Response, parse_message
 from telephony_edge.sip.provider import SIP_ENDPOINT
@@ -41,6 +43,28 @@ def test_framer_refuses_what_cannot_be_framed() -> None:
         StreamFramer().feed(OPTIONS.replace(b"Content-Length: 0", b"Content-Length: 99999"))
     with pytest.raises(FramingError):
         StreamFramer().feed(b"INVITE sip:x SIP/2.0\r\nVia: " + b"a" * 70_000)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.binary(max_size=600), max_size=12), st.integers(0, 2))
+def test_framer_on_random_chunks_frames_or_refuses_never_crashes(
+    chunks: list[bytes], glue: int
+) -> None:
+    """Random bytes, and real messages cut at random places: only FramingError escapes,
+    and every message framed is exactly one of those sent."""
+    framer = StreamFramer()
+    stream = b"".join(chunks) if glue == 0 else (OPTIONS + INVITE) * glue
+    cuts = sorted({len(c) % (len(stream) + 1) for c in chunks})
+    pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    out: list[bytes] = []
+    try:
+        for piece in pieces:
+            out += framer.feed(piece)
+    except FramingError:
+        assert glue == 0
+        return
+    if glue:
+        assert out == [OPTIONS, INVITE] * glue
 
 
 @pytest.fixture
