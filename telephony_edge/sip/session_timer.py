@@ -54,9 +54,12 @@ def session_expires(message: Request | Response) -> tuple[int, str | None] | Non
     if value is None:
         return None
     number, _, params = value.partition(";")
-    if not number.strip().isdigit():
+    if not number.strip().isdigit() or len(number.strip()) > 9:
         return None
-    refresher = parse_params(params).get("refresher", "").lower() or None
+    try:
+        refresher = parse_params(params).get("refresher", "").lower() or None
+    except ValueError:
+        return None  # unreadable: as if absent
     return int(number), refresher if refresher in ("uac", "uas") else None
 
 

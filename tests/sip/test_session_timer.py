@@ -35,6 +35,9 @@ def test_negotiate_keeps_the_refresher_imposes_a_default_and_enforces_min_se() -
     assert negotiate(invite("Session-Expires: 30\r\nSupported: timer"), 90, 600) == TooSmall(90)
     # without timer support: raised to Min-SE, and the edge must refresh
     assert negotiate(invite("x: 30"), 90, 600) == Negotiated(90, "uas", False)
+    # unreadable: as if absent (a fuzzed packet found this one)
+    assert negotiate(invite("Session-Expires: 90;refre\tsher=uas"), 90, None) is None
+    assert negotiate(invite("Session-Expires: 99999999999"), 90, None) is None
 
 
 def answered_twilio_call(ua: UserAgent) -> tuple[str, list[Send]]:
