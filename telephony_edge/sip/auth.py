@@ -19,7 +19,7 @@ import hmac
 import secrets
 from collections.abc import Callable
 
-from telephony_edge.sip.message import split_list
+from telephony_edge.sip.message import ENCODING, ERRORS, split_list
 
 ALGORITHMS: dict[str, Callable[[bytes], hashlib._Hash]] = {
     "SHA-256": hashlib.sha256,
@@ -66,7 +66,7 @@ def digest_response(
     h = ALGORITHMS[algorithm]
 
     def hex_of(text: str) -> str:
-        return h(text.encode()).hexdigest()
+        return h(_raw(text)).hexdigest()
 
     ha1 = hex_of(f"{username}:{realm}:{password}")
     ha2 = hex_of(f"{method}:{uri}")
@@ -83,7 +83,7 @@ class DigestServer:
         self._secret = secret or secrets.token_bytes(32)
 
     def _mac(self, issued: str) -> str:
-        return hmac.new(self._secret, issued.encode(), hashlib.sha256).hexdigest()[:32]
+        return hmac.new(self._secret, _raw(issued), hashlib.sha256).hexdigest()[:32]
 
     def nonce(self, now: float) -> str:
         issued = f"{int(now * 1000):x}"
@@ -125,7 +125,7 @@ class DigestServer:
         if scheme != "digest" or algorithm not in algorithms or p.get("realm") != realm:
             return Outcome.MISSING
         issued, _, mac = p.get("nonce", "").partition(".")
-        if not hmac.compare_digest(mac.encode(), self._mac(issued).encode()):
+        if not hmac.compare_digest(_raw(mac), self._mac(issued).encode()):
             return Outcome.MISSING  # not ours (another worker's, or made up): a fresh challenge
         if now * 1000 - int(issued, 16) > self.nonce_ttl * 1000:
             return Outcome.STALE
@@ -146,6 +146,11 @@ class DigestServer:
             p.get("nc", ""),
             p.get("cnonce", ""),
         )
-        user_ok = hmac.compare_digest(p.get("username", "").encode(), username.encode())
-        digest_ok = hmac.compare_digest(p.get("response", "").lower().encode(), expected.encode())
+        user_ok = hmac.compare_digest(_raw(p.get("username", "")), username.encode())
+        digest_ok = hmac.compare_digest(_raw(p.get("response", "").lower()), expected.encode())
         return Outcome.OK if user_ok and digest_ok else Outcome.BAD
+
+
+def _raw(text: str) -> bytes:
+    """Header text back to its bytes (undecodable bytes were kept as surrogates)."""
+    return text.encode(ENCODING, ERRORS)

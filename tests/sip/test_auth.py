@@ -53,6 +53,8 @@ def test_good_bad_missing_stale_and_forged() -> None:
     good = authorization(server, 0.0, "s3cret", "SHA-256")
     assert verify(server, good, 301.0) is Outcome.STALE
     assert verify(server, None, 1.0) is Outcome.MISSING
+    odd = good.replace('username="trunk"', 'username="tr\udcffunk"')  # an undecodable byte
+    assert verify(server, odd, 1.0) is Outcome.BAD
     # a nonce from another server (another worker, or made up) is challenged afresh
     assert verify(DigestServer(), good, 1.0) is Outcome.MISSING
     # the digest covers the Request-URI and the method
