@@ -64,6 +64,7 @@ from telephony_edge.sip.ua import (
 log = logging.getLogger(__name__)
 
 PENDING_PREFIX = "sip-reg:"
+BIND_ATTEMPTS = 20
 
 
 def pending_key(call_id: str) -> str:
@@ -126,21 +127,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
         return self.settings.public_host, self.settings.advertised_port or self.port
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: self, local_addr=(self.settings.bind_host, self.settings.port)
-        )
-        self._transport = transport
-        self.port = int(transport.get_extra_info("sockname")[1])
+        await self._bind()
         settings = self.settings
-        if settings.tcp:
-            self.tcp = TcpSide(
-                lambda data, peer: self._receive(data, peer, "TCP"),
-                max_connections=settings.tcp_max_connections,
-                read_timeout=settings.tcp_read_timeout_s,
-                idle_timeout=settings.tcp_idle_timeout_s,
-            )
-            await self.tcp.start(settings.bind_host, self.port)
         host, port = self.advertised
         media = MediaConfig(
             address=host,
@@ -177,6 +165,36 @@ class SipEndpoint(asyncio.DatagramProtocol):
             burst=settings.rate_burst,
             digest=DigestServer(settings.nonce_ttl_s),
         )
+
+    async def _bind(self) -> None:
+        """UDP, and TCP on the same port; with ``port: 0``, a port free for both."""
+        loop = asyncio.get_running_loop()
+        settings = self.settings
+        for _ in range(BIND_ATTEMPTS):
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: self, local_addr=(settings.bind_host, settings.port)
+            )
+            self.port = int(transport.get_extra_info("sockname")[1])
+            if not settings.tcp:
+                break
+            tcp = TcpSide(
+                lambda data, peer: self._receive(data, peer, "TCP"),
+                max_connections=settings.tcp_max_connections,
+                read_timeout=settings.tcp_read_timeout_s,
+                idle_timeout=settings.tcp_idle_timeout_s,
+            )
+            try:
+                await tcp.start(settings.bind_host, self.port)
+            except OSError:
+                transport.close()
+                if settings.port:  # a configured port: its TCP side must be free
+                    raise
+                continue  # that port is taken for TCP: another one
+            self.tcp = tcp
+            break
+        else:
+            raise OSError(f"no port free for both SIP over UDP and TCP in {BIND_ATTEMPTS} tries")
+        self._transport = transport
 
     async def stop(self) -> None:
         for ref in list(self.legs):
