@@ -119,8 +119,10 @@ class Dialog:
         via_sent_by: str,
         extra_headers: list[tuple[str, str]] | None = None,
         body: bytes = b"",
+        cseq: int | None = None,
     ) -> Request:
-        """A request inside the dialog (§12.2.1.1); ``branch`` without the cookie."""
+        """A request inside the dialog (§12.2.1.1); ``branch`` without the cookie;
+        ``cseq`` given only for the ACK of a 2xx (its INVITE's number, §13.2.2.4)."""
         routes = list(self.route_set)
         uri = self.remote_target
         if routes and "lr" not in NameAddr.parse(routes[0]).sip_uri().params:
@@ -129,14 +131,16 @@ class Dialog:
             first.params.pop("method", None)
             uri = str(first)
             routes.append(f"<{self.remote_target}>")
-        self.local_seq += 1
+        if cseq is None:
+            self.local_seq += 1
+            cseq = self.local_seq
         h = Headers()
         h.add("Via", f"SIP/2.0/{self.transport} {via_sent_by};branch={MAGIC_COOKIE}{branch};rport")
         h.add("Max-Forwards", "70")
         h.add("From", f"{self.local_uri};tag={self.local_tag}")
         h.add("To", f"{self.remote_uri};tag={self.remote_tag}")
         h.add("Call-ID", self.call_id)
-        h.add("CSeq", f"{self.local_seq} {method}")
+        h.add("CSeq", f"{cseq} {method}")
         for route in routes:
             h.add("Route", route)
         if method in TARGET_REFRESH:

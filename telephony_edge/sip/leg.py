@@ -72,6 +72,9 @@ class CallControl(Protocol):
     def release(self, ref: str) -> None:
         """The leg is closed: forget it (its RTP port is free again)."""
 
+    async def transfer(self, ref: str, destination: str) -> None:
+        """REFER the call to ``destination``; return once done, raise if it failed."""
+
 
 class RtpProtocol(asyncio.DatagramProtocol):
     """The RTP socket: hands every datagram to its leg."""
@@ -92,7 +95,7 @@ class RtpProtocol(asyncio.DatagramProtocol):
 class SipLeg(Leg):
     """One SIP call's RTP media; see the module docstring."""
 
-    capabilities = Capabilities(clear=True)
+    capabilities = Capabilities(clear=True, transfer_to_number=True, transfer_to_sip=True)
     playout_lead_frames = 0
 
     def __init__(
@@ -219,6 +222,12 @@ class SipLeg(Leg):
     async def hangup(self) -> None:
         self._control.hangup(self.ref)
         self.ended("hangup")
+
+    async def transfer(self, destination: str) -> None:
+        """Blind transfer by REFER to the trunk (RFC 3515). Returns once the trunk reports
+        the target answered (the edge has sent BYE: the call machine ends the call as
+        transferred); raises ProviderError when the trunk refused or the target failed."""
+        await self._control.transfer(self.ref, destination)
 
     async def close(self) -> None:
         if self._closed:

@@ -378,6 +378,11 @@ class LocalSession:
             media.append(self._audio(formats, chosen.direction))
         return self._describe(media)
 
+    def again(self) -> bytes:
+        """The last description unchanged, same version (a refresh re-INVITE, RFC 3264 §8)."""
+        assert self._last_media is not None, "nothing described yet"
+        return self._describe(self._last_media)
+
     def offer(self, direction: str = "sendrecv") -> bytes:
         """Our own offer (delayed offer, re-INVITE without SDP): every preferred codec."""
         formats = [

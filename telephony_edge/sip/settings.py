@@ -8,18 +8,82 @@ one the worker binds.
 from __future__ import annotations
 
 import ipaddress
+from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from telephony_edge.config import ProviderSettings, Settings
+from telephony_edge.config import ProviderSettings, Settings, normalize_e164
+from telephony_edge.sip.trunks import Trunk
 
 SUPPORTED_CODECS = ("G722", "PCMU", "PCMA")  # what the media shell can transcode
+
+
+class SipTrunkSettings(BaseModel):
+    """One trunk (carrier or PBX) that may call the edge's SIP numbers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cidrs: list[str] = Field(min_length=1)
+    """Its source networks (``54.172.60.0/30``, ``2001:db8::/32``, ``10.0.0.9/32``)."""
+    numbers: list[str] = Field(default_factory=list)
+    """The numbers it may call (E.164); empty: every SIP number."""
+    username: str | None = None
+    password: str | None = None
+    """With both set, its INVITEs must pass digest authentication (MD5 or SHA-256)."""
+    realm: str | None = None
+    """The digest realm; default: the advertised SIP host."""
+    algorithms: tuple[Literal["SHA-256", "MD5"], ...] = Field(
+        default=("SHA-256", "MD5"), min_length=1
+    )
+    """Digest algorithms offered, in this order (RFC 8760: SHA-256 first; some clients
+    read only the first challenge and know only MD5)."""
+    refer_to: Literal["tel", "sip"] | None = None
+    """This trunk's Refer-To for numbers; default: ``sip.refer_to``."""
+
+    @field_validator("cidrs")
+    @classmethod
+    def _cidrs(cls, cidrs: list[str]) -> list[str]:
+        for cidr in cidrs:
+            ipaddress.ip_network(cidr, strict=False)  # raises ValueError
+        return cidrs
+
+    @field_validator("numbers")
+    @classmethod
+    def _numbers(cls, numbers: list[str]) -> list[str]:
+        return [normalize_e164(n) for n in numbers]
+
+    @model_validator(mode="after")
+    def _credentials(self) -> SipTrunkSettings:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        return self
+
+    def trunk(self, name: str, default_realm: str) -> Trunk:
+        return Trunk(
+            name=name,
+            networks=tuple(ipaddress.ip_network(c, strict=False) for c in self.cidrs),
+            numbers=frozenset(self.numbers),
+            username=self.username,
+            password=self.password,
+            realm=self.realm or default_realm,
+            algorithms=self.algorithms,
+            refer_to=self.refer_to,
+        )
 
 
 class SipSettings(ProviderSettings):
     bind_host: str = "127.0.0.1"
     port: int = Field(default=5060, ge=0, le=65535)
     """UDP port for SIP; 0 takes any free port (tests), and the advertised port follows it."""
+    tcp: bool = True
+    """Listen for SIP over TCP too, on the same port (RFC 3261 §18: responses on the
+    connection the request came on)."""
+    tcp_max_connections: int = Field(default=1000, ge=1, le=100_000)
+    tcp_read_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """How long a TCP connection may take to finish a message it started (slow senders)."""
+    tcp_idle_timeout_s: float = Field(default=600.0, gt=0, le=86_400)
+    """A TCP connection with nothing received for this long is closed (peers keep theirs
+    open with RFC 5626 CRLF keep-alives)."""
     advertised_host: str | None = None
     """The address in Contact, SDP and ``sip_uri`` (the public one behind NAT); default:
     ``bind_host`` (127.0.0.1 when that is a wildcard)."""
@@ -36,14 +100,54 @@ class SipSettings(ProviderSettings):
     the offer; the other codecs follow ``codec_order``."""
     registration_ttl_s: float = Field(default=300.0, gt=0, le=86_400)
     """How long a ``register_sip_call`` registration waits for its INVITE."""
-    trunk_cidrs: list[str] = Field(default_factory=list)
-    """Source networks allowed to send calls to dialled numbers (later step); registered
-    call ids are admitted from anywhere, the call id being the secret."""
+    trunks: dict[str, SipTrunkSettings] = Field(default_factory=dict)
+    """The trunks allowed to call the edge's SIP numbers (``numbers:`` with ``provider: sip``),
+    by name; registered call ids are admitted from anywhere, the call id being the secret."""
+    drop_unknown: bool = False
+    """INVITEs neither to a call id nor from an allowed trunk: dropped unanswered (scanners
+    learn nothing) rather than answered 403."""
+    rate_per_minute: float = Field(default=120.0, gt=0, le=1_000_000)
+    """Refused INVITEs (403, 404, dropped) a source outside every trunk may send per minute
+    (a token bucket of ``rate_burst``); beyond, all its INVITEs are dropped unanswered until a
+    token is back. Admitted calls do not count."""
+    rate_burst: int = Field(default=20, ge=1, le=100_000)
+    nonce_ttl_s: float = Field(default=300.0, gt=0, le=86_400)
+    """How long a digest challenge's nonce is good for (then ``stale=true``)."""
+    metadata_headers: list[str] = Field(
+        default_factory=lambda: ["X-Twilio-CallSid", "X-Twilio-AccountSid"]
+    )
+    """``X-`` headers of the INVITE copied into the call's metadata (name as written here;
+    values up to 256 characters)."""
     default_agent_id: str | None = None
     """The stored agent a ``register_sip_call`` with only ``agent_config`` builds on."""
     ring_s: float = Field(default=0.0, ge=0, le=60)
     """Seconds of ``180 Ringing`` between admitting a call and answering it (0: answer at
     once, no 180)."""
+    early_media: bool = False
+    """Send ``183 Session Progress`` with the SDP answer as soon as the call is admitted (early
+    media: the trunk opens the media path before the 200), instead of ``180``. With ``Require:
+    100rel`` it is sent reliably and the 200 waits for its PRACK (RFC 3262)."""
+    refer_to: Literal["tel", "sip"] = "tel"
+    """How a transfer to a number is written in REFER's Refer-To: ``tel:+1…`` (PSTN trunks
+    such as Twilio's Elastic SIP Trunking with transfer to PSTN) or ``sip:+1…@<refer_host>``
+    (PBXs). A ``sip:`` destination is sent as given."""
+    refer_host: str | None = None
+    """The host of ``sip:+1…@host`` Refer-Tos; default: the host of the caller's From."""
+    refer_timeout_s: float = Field(default=60.0, gt=0, le=600)
+    """How long after the trunk's 202 the final NOTIFY may take; then the transfer has failed
+    and the call goes on."""
+    refer_refused: Literal["bye", "continue"] = "bye"
+    """A REFER the trunk refuses (≥ 300, or no answer): ``bye`` hangs up (the call ends
+    ``error``, the agent having meant to leave), ``continue`` keeps the agent on the call;
+    either way the failure is reported to the agent core."""
+    session_expires_s: int | None = Field(default=1800, ge=90, le=86_400)
+    """RFC 4028: the session interval the edge asks of callers that support session timers
+    but propose none (they refresh); None: only when the caller asks. Refreshes are answered
+    whatever this says; as refresher (``refresher=uas``) the edge sends UPDATE, or re-INVITE
+    to peers without UPDATE, at half the interval."""
+    min_se_s: int = Field(default=90, ge=1, le=86_400)
+    """The shortest session interval accepted (``Min-SE``; shorter: 422, or raised for callers
+    without timer support). RFC 4028 says 90; tests lower it."""
     reject_when_draining: bool = True
     """While draining: new INVITEs get 503 (a trunk fails over) and OPTIONS 503."""
 
@@ -56,12 +160,13 @@ class SipSettings(ProviderSettings):
             raise ValueError(f"codecs must be among {', '.join(SUPPORTED_CODECS)}")
         return upper
 
-    @field_validator("trunk_cidrs")
+    @field_validator("metadata_headers")
     @classmethod
-    def _cidrs(cls, cidrs: list[str]) -> list[str]:
-        for cidr in cidrs:
-            ipaddress.ip_network(cidr, strict=False)  # raises ValueError
-        return cidrs
+    def _x_headers(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not name.lower().startswith("x-") or not name.replace("-", "").isalnum():
+                raise ValueError(f"{name!r}: only X- headers go into the metadata")
+        return names
 
     @model_validator(mode="after")
     def _range(self) -> SipSettings:
@@ -81,6 +186,10 @@ class SipSettings(ProviderSettings):
             problems.append("api.private_key: required for POST /register_sip_call")
         if self.default_agent_id and self.default_agent_id not in settings.agents:
             problems.append(f"sip.default_agent_id: unknown agent {self.default_agent_id!r}")
+        sip_numbers = {n for n, r in settings.numbers.items() if r.provider == "sip"}
+        for name, trunk in self.trunks.items():
+            for number in set(trunk.numbers) - sip_numbers:
+                problems.append(f"sip.trunks.{name}.numbers: {number} is no SIP number")
         return problems
 
 

@@ -29,7 +29,12 @@ Machines here
 * :class:`NonInviteServerTransaction`: §17.2.2 figure 8 (a resent BYE gets
   the same 200 from ``completed`` until Timer J).
 * :class:`NonInviteClientTransaction`: §17.1.2 figure 6, for the requests
-  the edge sends in a dialog (BYE, INFO, NOTIFY): Timer E, F, K.
+  the edge sends in a dialog (BYE, INFO, NOTIFY, UPDATE, REFER): Timer E, F, K.
+* :class:`InviteClientTransaction`: §17.1.1 figure 5 with RFC 6026's
+  ``accepted`` state, for the edge's re-INVITEs (session refresh): Timer A,
+  B; the ACK of a non-2xx is the transaction's (same branch), resent for each
+  retransmitted final until Timer D; every 2xx is passed up (the TU ACKs it
+  end to end) until Timer M.
 * :class:`Uas2xxRetransmitter`: the UAS core's 2xx retransmission (§13.3.1.4):
   T1, 2T1, 4T1 … capped at T2 until the ACK; 64*T1 without one → give up
   (the UA then sends BYE and ends the call). It runs on every transport (the
@@ -47,7 +52,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from telephony_edge.sip.message import MAGIC_COOKIE, Request, Response
+from telephony_edge.sip.message import MAGIC_COOKIE, Headers, Request, Response
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +95,11 @@ class Ev(enum.Enum):
     TIMER_J = "J"
     TIMER_K = "K"
     TIMER_L = "L"
+    TIMER_A = "A"
+    TIMER_B = "B"
+    TIMER_D = "D"
+    TIMER_M = "M"
+    RESP_2XX = "resp_2xx"
     RETRANSMIT = "retransmit"  # the 2xx retransmitter's interval timer
     GIVE_UP = "give_up"  # the 2xx retransmitter's 64*T1
 
@@ -110,6 +120,11 @@ class Op(enum.Enum):
     START_J = "start_J"  # 64*T1 unreliable, 0 reliable
     START_K = "start_K"  # T4 unreliable, 0 reliable
     START_L = "start_L"  # 64*T1
+    START_A = "start_A"  # T1 doubling (unreliable only), and Timer B at 64*T1
+    BACKOFF_A = "backoff_A"  # 2*A, no cap
+    SEND_ACK = "send_ACK"  # the ACK of the event's non-2xx response, remembered as last
+    START_D = "start_D"  # 32 s unreliable, 0 reliable
+    START_M = "start_M"  # 64*T1
     START_RETRANSMIT = "start_retransmit"  # 2xx: T1, and give-up at 64*T1
     BACKOFF_RETRANSMIT = "backoff_retransmit"
     STOP_TIMERS = "stop_timers"
@@ -189,6 +204,25 @@ NON_INVITE_CLIENT: dict[tuple[State, Ev], Row] = {
     (S.COMPLETED, Ev.RESP_1XX): (S.COMPLETED, ()),
     (S.COMPLETED, Ev.RESP_FINAL): (S.COMPLETED, ()),
     (S.COMPLETED, Ev.TIMER_K): (S.TERMINATED, ()),
+}
+
+#: RFC 3261 §17.1.1 figure 5 with RFC 6026 §7.2's accepted state.
+INVITE_CLIENT: dict[tuple[State, Ev], Row] = {
+    (S.CALLING, Ev.TIMER_A): (S.CALLING, (Op.RESEND, Op.BACKOFF_A)),
+    (S.CALLING, Ev.TIMER_B): (S.TERMINATED, (Op.STOP_TIMERS, Op.TIMEOUT)),
+    (S.CALLING, Ev.RESP_1XX): (S.PROCEEDING, (Op.STOP_TIMERS, Op.PASS_UP)),
+    (S.CALLING, Ev.RESP_2XX): (S.ACCEPTED, (Op.STOP_TIMERS, Op.PASS_UP, Op.START_M)),
+    (S.CALLING, Ev.RESP_FINAL): (
+        S.COMPLETED,
+        (Op.STOP_TIMERS, Op.PASS_UP, Op.SEND_ACK, Op.START_D),
+    ),
+    (S.PROCEEDING, Ev.RESP_1XX): (S.PROCEEDING, (Op.PASS_UP,)),
+    (S.PROCEEDING, Ev.RESP_2XX): (S.ACCEPTED, (Op.PASS_UP, Op.START_M)),
+    (S.PROCEEDING, Ev.RESP_FINAL): (S.COMPLETED, (Op.PASS_UP, Op.SEND_ACK, Op.START_D)),
+    (S.COMPLETED, Ev.RESP_FINAL): (S.COMPLETED, (Op.RESEND,)),
+    (S.COMPLETED, Ev.TIMER_D): (S.TERMINATED, ()),
+    (S.ACCEPTED, Ev.RESP_2XX): (S.ACCEPTED, (Op.PASS_UP,)),
+    (S.ACCEPTED, Ev.TIMER_M): (S.TERMINATED, ()),
 }
 
 #: RFC 3261 §13.3.1.4: the UAS core's 2xx retransmission until the ACK.
@@ -301,6 +335,20 @@ class _Machine:
             self._arm("give_up", now, 64 * t.t1)
         elif op is Op.BACKOFF_RETRANSMIT:
             self._arm("retransmit", now, min(2 * self.intervals["retransmit"], t.t2))
+        elif op is Op.START_A:
+            if not self.reliable:
+                self._arm("A", now, t.t1)
+            self._arm("B", now, 64 * t.t1)
+        elif op is Op.BACKOFF_A:
+            self._arm("A", now, 2 * self.intervals["A"])
+        elif op is Op.SEND_ACK:
+            assert isinstance(self, InviteClientTransaction)
+            self.last = build_ack(self.request, message).to_bytes()
+            out.append(Transmit(self.last))
+        elif op is Op.START_D:
+            self._arm("D", now, 0.0 if self.reliable else 32.0)
+        elif op is Op.START_M:
+            self._arm("M", now, 64 * t.t1)
         elif op is Op.STOP_TIMERS:
             self.deadlines.clear()
         elif op is Op.TIMEOUT:
@@ -372,6 +420,44 @@ class NonInviteClientTransaction(_Machine):
     def receive_response(self, response: Response, now: float) -> list[Output]:
         ev = Ev.RESP_1XX if response.status < 200 else Ev.RESP_FINAL
         return self._event(ev, now, response)
+
+
+class InviteClientTransaction(_Machine):
+    TABLE = INVITE_CLIENT
+
+    def __init__(
+        self, request: Request, reliable: bool = False, timers: Timers = DEFAULT_TIMERS
+    ) -> None:
+        super().__init__(S.CALLING, reliable, timers)
+        self.request = request
+
+    def start(self, now: float) -> list[Output]:
+        """Send the INVITE and arm Timers A and B."""
+        out: list[Output] = []
+        self._run(Op.SEND, now, self.request, out)
+        self._run(Op.START_A, now, None, out)
+        return out
+
+    def receive_response(self, response: Response, now: float) -> list[Output]:
+        code = response.status
+        ev = Ev.RESP_1XX if code < 200 else Ev.RESP_2XX if code < 300 else Ev.RESP_FINAL
+        return self._event(ev, now, response)
+
+
+def build_ack(invite: Request, response: Response) -> Request:
+    """§17.1.1.3: the ACK of a non-2xx final to ``invite`` (same branch, the response's To)."""
+    headers = Headers()
+    headers.add("Via", invite.headers.get_all("Via")[0])
+    for name in ("Max-Forwards", "From"):
+        value = invite.headers.get(name)
+        if value is not None:
+            headers.add(name, value)
+    headers.add("To", response.headers.get("To") or "")
+    headers.add("Call-ID", invite.call_id())
+    headers.add("CSeq", f"{invite.cseq().seq} ACK")
+    for name, value in invite.headers.raw("Route"):
+        headers.add(name, value)
+    return Request(headers, b"", "ACK", invite.uri)
 
 
 class Uas2xxRetransmitter(_Machine):

@@ -1,22 +1,31 @@
-"""The asyncio shell around the sans-I/O :class:`~telephony_edge.sip.ua.UserAgent` (UDP).
+"""The asyncio shell around the sans-I/O :class:`~telephony_edge.sip.ua.UserAgent` (UDP, TCP).
 
 Theory of operation
 -------------------
-:class:`SipEndpoint` owns the worker's SIP socket. Every datagram goes to
-``UserAgent.receive`` with ``loop.time()``; the actions that come out are
+:class:`SipEndpoint` owns the worker's SIP sockets: UDP, and TCP on the same
+port (:mod:`telephony_edge.sip.tcp`, ``sip.tcp``). Every datagram or framed
+TCP message goes to ``UserAgent.receive`` with ``loop.time()``; the actions that come out are
 carried out at once (``sendto``, legs ended, calls started), and one timer
 handle follows ``UserAgent.next_deadline()`` so the UA's retransmissions and
 timeouts fire on time. Nothing here parses SIP or decides protocol
 behaviour.
 
-A new call (:class:`~telephony_edge.sip.ua.StartCall`) is admitted in a task
-of its own: the Request-URI's user must be a registered call id, claimed
-exactly once (``sip-reg:<call_id>`` in the coordinator; unknown, expired or
-already claimed → 404). Then an RTP port is bound from the configured range,
+Who may call is the UA's :class:`~telephony_edge.sip.trunks.Admission`
+(built here from ``sip.trunks`` and the number config). A new call
+(:class:`~telephony_edge.sip.ua.StartCall`) then finds its record in a task
+of its own: a dialled number's call is created as its route says (like a
+Twilio call at its voice webhook; the SIP Call-ID maps to one call); a
+registered call id is claimed exactly once (``sip-reg:<call_id>`` in the
+coordinator; unknown, expired or already claimed → 404). The allow-listed
+``X-`` headers go into the call's metadata. Then an RTP port is bound from the configured range,
 the UA answers 200 with its SDP, and the call runs as any other:
 ``call_service.run(record, leg)``. A BYE from the caller ends the leg
 (``user-ended``); the edge's hang-up (agent ``end_call``, the API, drain)
 comes back through :meth:`SipEndpoint.hangup` and the UA sends BYE.
+A transfer (agent ``transfer_call``, the API) is :meth:`SipEndpoint.transfer`:
+the UA's REFER, awaited until its :class:`~telephony_edge.sip.ua.TransferResult`
+(a failure raises :class:`~telephony_edge.calls.service.ProviderError`, as the
+other networks' API errors do, so the agent core or the API caller hears it).
 """
 
 from __future__ import annotations
@@ -27,20 +36,26 @@ from collections.abc import Coroutine
 from typing import Any, cast
 
 from telephony_edge.calls.leg import Direction, LegInfo
-from telephony_edge.calls.record import CallState
+from telephony_edge.calls.record import CallRecord, CallState
+from telephony_edge.calls.service import CallRejected, ProviderError
 from telephony_edge.services import Services
+from telephony_edge.sip.auth import DigestServer
 from telephony_edge.sip.leg import RtpProtocol, SipLeg
 from telephony_edge.sip.message import SipUri
 from telephony_edge.sip.sdp import MediaConfig
 from telephony_edge.sip.settings import SipSettings
+from telephony_edge.sip.tcp import TcpSide
+from telephony_edge.sip.trunks import Admission
 from telephony_edge.sip.ua import (
     Action,
     CallConfirmed,
     CallEnded,
+    CallRefused,
     InfoReceived,
     MediaUpdated,
     Send,
     StartCall,
+    TransferResult,
     UaConfig,
     UserAgent,
     dtmf_from_info,
@@ -49,6 +64,7 @@ from telephony_edge.sip.ua import (
 log = logging.getLogger(__name__)
 
 PENDING_PREFIX = "sip-reg:"
+BIND_ATTEMPTS = 20
 
 
 def pending_key(call_id: str) -> str:
@@ -98,9 +114,11 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self.legs: dict[str, SipLeg] = {}
         self.rtp_ports = RtpPorts(settings.bind_host, settings.rtp_port_min, settings.rtp_port_max)
         self._transport: asyncio.DatagramTransport | None = None
+        self.tcp: TcpSide | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._transfers: dict[str, asyncio.Future[None]] = {}
 
     # -- life ---------------------------------------------------------------------------
 
@@ -109,12 +127,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
         return self.settings.public_host, self.settings.advertised_port or self.port
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: self, local_addr=(self.settings.bind_host, self.settings.port)
-        )
-        self._transport = transport
-        self.port = int(transport.get_extra_info("sockname")[1])
+        await self._bind()
+        settings = self.settings
         host, port = self.advertised
         media = MediaConfig(
             address=host,
@@ -122,8 +136,65 @@ class SipEndpoint(asyncio.DatagramProtocol):
             order="local" if self.settings.codec_order == "local" else "offer",
             wideband_first=self.settings.prefer_g722,
         )
-        self.ua = UserAgent(UaConfig(host=host, port=port, media=media))
+        config = UaConfig(
+            host=host,
+            port=port,
+            media=media,
+            refer_scheme=settings.refer_to,
+            refer_host=settings.refer_host,
+            refer_timeout=settings.refer_timeout_s,
+            refer_refused_bye=settings.refer_refused == "bye",
+            min_se=settings.min_se_s,
+            session_expires=settings.session_expires_s,
+        )
+        self.ua = UserAgent(config, admission=self._admission(host))
         log.info("SIP listening", extra={"sip_bind": f"{self.settings.bind_host}:{self.port}"})
+
+    def _admission(self, realm: str) -> Admission:
+        settings, router = self.settings, self.services.router
+
+        def dialled(user: str) -> str | None:
+            route = router.lookup(user)
+            return route.number if route and route.provider == "sip" and route.local else None
+
+        return Admission(
+            [t.trunk(name, realm) for name, t in settings.trunks.items()],
+            dialled,
+            drop_unknown=settings.drop_unknown,
+            rate_per_minute=settings.rate_per_minute,
+            burst=settings.rate_burst,
+            digest=DigestServer(settings.nonce_ttl_s),
+        )
+
+    async def _bind(self) -> None:
+        """UDP, and TCP on the same port; with ``port: 0``, a port free for both."""
+        loop = asyncio.get_running_loop()
+        settings = self.settings
+        for _ in range(BIND_ATTEMPTS):
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: self, local_addr=(settings.bind_host, settings.port)
+            )
+            self.port = int(transport.get_extra_info("sockname")[1])
+            if not settings.tcp:
+                break
+            tcp = TcpSide(
+                lambda data, peer: self._receive(data, peer, "TCP"),
+                max_connections=settings.tcp_max_connections,
+                read_timeout=settings.tcp_read_timeout_s,
+                idle_timeout=settings.tcp_idle_timeout_s,
+            )
+            try:
+                await tcp.start(settings.bind_host, self.port)
+            except OSError:
+                transport.close()
+                if settings.port:  # a configured port: its TCP side must be free
+                    raise
+                continue  # that port is taken for TCP: another one
+            self.tcp = tcp
+            break
+        else:
+            raise OSError(f"no port free for both SIP over UDP and TCP in {BIND_ATTEMPTS} tries")
+        self._transport = transport
 
     async def stop(self) -> None:
         for ref in list(self.legs):
@@ -135,16 +206,21 @@ class SipEndpoint(asyncio.DatagramProtocol):
             self._timer.cancel()
         if self._transport is not None:
             self._transport.close()
+        if self.tcp is not None:
+            await self.tcp.stop()
 
     # -- input --------------------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self._receive(data, (str(addr[0]), int(addr[1])), "UDP")
+
+    def _receive(self, data: bytes, source: tuple[str, int], transport: str) -> None:
         ua = self.ua
         if ua is None:
             return
         ua.set_draining(self.settings.reject_when_draining and not self.services.calls.accepting)
         now = asyncio.get_running_loop().time()
-        self._apply(ua.receive(data, (str(addr[0]), int(addr[1])), now))
+        self._apply(ua.receive(data, source, now, transport))
         self._log_internal_error()
 
     def _tick(self) -> None:
@@ -161,10 +237,24 @@ class SipEndpoint(asyncio.DatagramProtocol):
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Send):
-                if self._transport is not None:
+                if action.transport != "UDP":
+                    if self.tcp is not None:
+                        self.tcp.send(action.dest, action.data)
+                elif self._transport is not None:
                     self._transport.sendto(action.data, action.dest)
             elif isinstance(action, StartCall):
                 self._spawn(self._start_call(action))
+            elif isinstance(action, CallRefused):
+                log.log(
+                    logging.DEBUG if action.status is None else logging.INFO,
+                    "SIP INVITE not admitted",
+                    extra={
+                        "sip_call_id": action.call_id[:128],
+                        "source": f"{action.source[0]}:{action.source[1]}",
+                        "status": action.status or "dropped",
+                        "reason": action.reason,
+                    },
+                )
             elif isinstance(action, CallConfirmed | MediaUpdated):
                 leg = self.legs.get(action.call)
                 if leg is not None and action.media is not None:
@@ -174,11 +264,41 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 digit = dtmf_from_info(action.content_type, action.body)
                 if leg is not None and digit is not None:
                     leg.dtmf(digit)
+            elif isinstance(action, TransferResult):
+                self._transfer_result(action)
             elif isinstance(action, CallEnded):
-                leg = self.legs.get(action.call)
-                if leg is not None:
-                    leg.ended("BYE" if action.reason == "remote_bye" else action.reason)
+                self._call_ended(action)
         self._schedule()
+
+    def _transfer_result(self, result: TransferResult) -> None:
+        waiter = self._transfers.pop(result.call, None)
+        log.info(
+            "SIP transfer %s",
+            "done" if result.ok else "failed",
+            extra={"sip_call": result.call, "status": result.status, "reason": result.reason},
+        )
+        if waiter is None or waiter.done():
+            return
+        if result.ok:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(ProviderError(result.reason, status=result.status))
+
+    def _call_ended(self, ended: CallEnded) -> None:
+        waiter = self._transfers.pop(ended.call, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ProviderError("the call ended during the transfer"))
+        leg = self.legs.get(ended.call)
+        if leg is None or ended.reason == "transferred":
+            return  # a transfer's end is the call machine's (the transfer returned)
+        if ended.reason == "remote_bye":
+            leg.ended("BYE")
+        elif ended.reason == "refer_refused":
+            leg.ended("refer-refused", "the trunk refused the REFER; the edge hung up")
+        elif ended.reason == "session_expired":
+            leg.ended("timeout", "the SIP session timer expired (no refresh, RFC 4028)")
+        else:
+            leg.ended(ended.reason)
 
     def _schedule(self) -> None:
         at = self.ua.next_deadline() if self.ua is not None else None
@@ -204,46 +324,87 @@ class SipEndpoint(asyncio.DatagramProtocol):
         if self.ua is not None:
             self._apply(self.ua.reject(ref, code, self._now()))
 
-    async def _start_call(self, start: StartCall) -> None:
-        ua = self.ua
-        assert ua is not None
-        ref = start.call
+    async def _record_for(self, start: StartCall) -> CallRecord | None:
+        """The call record an admitted INVITE names (None: rejected here)."""
+        ref, services = start.call, self.services
         try:
             user = SipUri.parse(start.request.uri).user or ""
         except ValueError:
             user = ""
-        services = self.services
         if not user or len(user) > 128:
-            return self._reject(ref, 404, "no call id in the Request-URI")
+            self._reject(ref, 404, "no call id in the Request-URI")
+            return None
         if not services.calls.accepting:
-            return self._reject(ref, 503, "draining")
+            self._reject(ref, 503, "draining")
+            return None
         try:
-            claimed = await services.coordinator.claim_pending(pending_key(user))
-            record = await services.call_service.get(user) if claimed is not None else None
+            if start.number is not None:
+                route = services.router.lookup(start.number)
+                if route is None:  # the configuration changed meanwhile
+                    self._reject(ref, 404, "no longer one of the edge's numbers")
+                    return None
+                from_uri = start.request.from_().sip_uri()
+                record: CallRecord | None = await services.call_service.create_inbound(
+                    route,
+                    from_=from_uri.user or str(from_uri),
+                    provider_call_id=start.request.call_id(),
+                )
+            else:
+                claimed = await services.coordinator.claim_pending(pending_key(user))
+                record = await services.call_service.get(user) if claimed is not None else None
+        except CallRejected as exc:
+            self._reject(ref, 486 if exc.http_status == 409 else 503, exc.reason)
+            return None
         except Exception:  # the coordinator is down: a trunk should try elsewhere
             log.exception("SIP call not admitted", extra={"sip_call": ref})
-            return self._reject(ref, 503, "coordinator unavailable")
+            self._reject(ref, 503, "coordinator unavailable")
+            return None
         if record is None or record.state is not CallState.CREATED:
-            return self._reject(ref, 404, "unknown, expired or already used call id")
-        if self.settings.ring_s > 0:
-            self._apply(ua.ringing(ref, self._now()))
-            await asyncio.sleep(self.settings.ring_s)
-        call = ua.calls().get(ref)
-        if call is None:  # CANCEL (or a timeout) while we looked it up or rang
-            # the registration is spent: the call record ends here, once (compare-and-set)
-            await services.call_service.update_provider_status(record.call_id, "cancelled")
-            log.info("SIP call cancelled before the answer", extra={"call_id": record.call_id})
+            if self.ua is not None and self.ua.admission is not None:
+                self.ua.admission.penalize(start.source[0], self._now())
+            self._reject(ref, 404, "unknown, expired or already used call id")
+            return None
+        return record
+
+    def _header_metadata(self, start: StartCall) -> dict[str, str]:
+        """The allow-listed ``X-`` headers of the INVITE, for the call's metadata."""
+        headers = start.request.headers
+        found = {name: headers.get(name) for name in self.settings.metadata_headers}
+        return {name: value[:256] for name, value in found.items() if value}
+
+    async def _start_call(self, start: StartCall) -> None:
+        ua = self.ua
+        assert ua is not None
+        ref, services = start.call, self.services
+        record = await self._record_for(start)
+        if record is None:
             return
+        record.metadata.update(self._header_metadata(start))
         try:
             rtp, port = await self.rtp_ports.bind()
         except OSError as exc:
             return self._reject(ref, 503, str(exc))
+        if self.settings.early_media:
+            self._apply(ua.progress(ref, port, self._now()))
+        elif self.settings.ring_s > 0:
+            self._apply(ua.ringing(ref, self._now()))
+        if self.settings.ring_s > 0:
+            await asyncio.sleep(self.settings.ring_s)
+        call = ua.calls().get(ref)
+        if call is None:  # CANCEL (or a timeout) while we looked it up or rang
+            if rtp.transport is not None:
+                rtp.transport.close()
+            self.rtp_ports.release(port)
+            # the registration is spent: the call record ends here, once (compare-and-set)
+            await services.call_service.update_provider_status(record.call_id, "cancelled")
+            log.info("SIP call cancelled before the answer", extra={"call_id": record.call_id})
+            return
         from_uri = start.request.from_().sip_uri()
         info = LegInfo(
             provider="sip",
             direction=cast(Direction, record.direction),
             from_=from_uri.user or str(from_uri),
-            to=user,
+            to=record.to or record.call_id,
             provider_call_id=start.request.call_id(),
         )
         leg = SipLeg(info, ref, rtp, port, self)
@@ -267,6 +428,21 @@ class SipEndpoint(asyncio.DatagramProtocol):
     def hangup(self, ref: str) -> None:
         if self.ua is not None:
             self._apply(self.ua.hangup(ref, self._now()))
+
+    async def transfer(self, ref: str, destination: str) -> None:
+        ua = self.ua
+        if ua is None:
+            raise ProviderError("SIP is not running")
+        if ref in self._transfers:
+            raise ProviderError("a transfer is already under way")
+        waiter = asyncio.get_running_loop().create_future()
+        self._transfers[ref] = waiter
+        self._apply(ua.refer(ref, destination, self._now()))
+        try:
+            await waiter
+        finally:
+            if self._transfers.get(ref) is waiter:
+                del self._transfers[ref]
 
     def release(self, ref: str) -> None:
         leg = self.legs.pop(ref, None)

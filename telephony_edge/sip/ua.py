@@ -10,12 +10,13 @@ SIP side. Its I/O shell (the asyncio transport of a later step) feeds it:
 * :meth:`UserAgent.tick` — the current time, at or after
   :meth:`UserAgent.next_deadline`;
 * the call-control verbs :meth:`ringing`, :meth:`answer`, :meth:`reject`,
-  :meth:`hangup`, :meth:`send_request` and :meth:`set_draining`.
+  :meth:`progress` (183 with SDP, early media), :meth:`hangup`, :meth:`refer`,
+  :meth:`send_request` and :meth:`set_draining`.
 
 Each returns a list of :data:`Action`\\ s: :class:`Send` (bytes to an address
 on a transport) and the call events for the shell (:class:`StartCall`,
 :class:`CallConfirmed`, :class:`MediaUpdated`, :class:`InfoReceived`,
-:class:`NotifyReceived`, :class:`CallEnded`). There is no socket, no task
+:class:`NotifyReceived`, :class:`TransferResult`, :class:`CallEnded`). There is no socket, no task
 and no clock inside; every timer is a deadline the shell learns from
 :meth:`next_deadline`.
 
@@ -36,9 +37,32 @@ Rules
 * A call is announced once (:class:`StartCall`) and ended once
   (:class:`CallEnded`), whatever happens; after its end the verbs do nothing
   (a late answer after CANCEL sends nothing).
+* Session timers (RFC 4028, :mod:`~telephony_edge.sip.session_timer`): the
+  2xx to the INVITE and to every refresh says the interval and the refresher;
+  as refresher the edge sends UPDATE (re-INVITE when the peer does not allow
+  UPDATE) at half the interval; when the peer refreshes and nothing comes in
+  time, or a refresh of ours fails, the edge sends BYE (``session_expired``).
+* Reliable provisional responses (RFC 3262) for an INVITE with ``Require:
+  100rel``: 180/183 carry ``Require: 100rel`` and ``RSeq``, resent T1, 2T1 …
+  (capped at T2, as a 2xx) until the PRACK whose ``RAck`` names them (200),
+  and the INVITE is refused 504 if none comes in 64*T1. A 2xx waits for the
+  PRACK of a reliable 183 that carried our SDP (§3).
+* Who may call is :class:`~telephony_edge.sip.trunks.Admission`'s decision on
+  a new INVITE, before any state: admitted (:class:`StartCall` names the
+  trunk and dialled number, if any), challenged 401 or refused 403 through an
+  INVITE transaction of its own (so its ACK and retransmissions are absorbed),
+  or dropped unanswered; each refusal is a :class:`CallRefused` for the log.
 * Pending INVITEs are bounded: past ``max_pending_invites`` a new INVITE gets
   503 (stateless, counted), and an INVITE the shell leaves unanswered for
   ``invite_timeout`` gets 480 (Timer C's idea on the UAS side).
+* A transfer (:meth:`refer`) is one REFER at a time per call, followed to its
+  end, reported once as :class:`TransferResult`: the trunk's NOTIFY sipfrag 2xx
+  (or its BYE after accepting) is success and the edge's part ends
+  (``transferred``: the edge sends BYE); a sipfrag ≥ 300, or no final NOTIFY
+  within ``refer_timeout``, is failure and the call goes on; a REFER refused
+  (≥ 300 or no answer) is failure and, with ``refer_refused_bye``, the edge
+  hangs up (``refer_refused``) rather than keep a caller the agent meant to
+  hand over.
 * Responses go where §18.2.2 and RFC 3581 say: over TCP on the connection
   (the source), over UDP to ``received``/``rport`` of the top Via.
 """
@@ -57,6 +81,7 @@ from telephony_edge.sip.message import (
     DEFAULT_LIMITS,
     Headers,
     Limits,
+    NameAddr,
     ParseError,
     Request,
     Response,
@@ -65,6 +90,7 @@ from telephony_edge.sip.message import (
     parse_message,
     split_list,
 )
+from telephony_edge.sip.refer import Referral, is_refer_event, refer_to_uri, sipfrag_status
 from telephony_edge.sip.sdp import (
     LocalSession,
     MediaConfig,
@@ -76,8 +102,12 @@ from telephony_edge.sip.sdp import (
     negotiate,
     parse_sdp,
 )
+from telephony_edge.sip.session_timer import Negotiated as SessionTerms
+from telephony_edge.sip.session_timer import SessionTimer, TooSmall, session_expires
+from telephony_edge.sip.session_timer import negotiate as negotiate_timer
 from telephony_edge.sip.transaction import (
     DEFAULT_TIMERS,
+    InviteClientTransaction,
     InviteServerTransaction,
     Key,
     NonInviteClientTransaction,
@@ -95,6 +125,7 @@ from telephony_edge.sip.transaction import (
     client_key,
     server_key,
 )
+from telephony_edge.sip.trunks import Admission, Decision, Trunk, Verdict
 
 KNOWN_METHODS = frozenset(
     {
@@ -124,8 +155,15 @@ class UaConfig:
         "INFO",
         "UPDATE",
         "NOTIFY",
+        "PRACK",
     )
-    supported: tuple[str, ...] = ("timer",)
+    supported: tuple[str, ...] = ("timer", "100rel")
+    refer_scheme: str = "tel"  # Refer-To for a number: tel:+1… or sip:+1…@host
+    refer_host: str | None = None  # host of sip:+1…@host; default: the caller's From host
+    refer_timeout: float = 60.0  # from the REFER's 202 to the final NOTIFY
+    refer_refused_bye: bool = True
+    min_se: int = 90  # RFC 4028's floor; shorter Session-Expires → 422 / raised
+    session_expires: int | None = 1800  # imposed on callers that support timers but ask none
 
     @property
     def sent_by(self) -> str:
@@ -145,12 +183,25 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class StartCall:
-    """A new call: the shell decides (who may call, which agent) and answers."""
+    """A new call, admitted: the shell finds its record (``number`` dialled from
+    ``trunk``, or the registered call id) and answers."""
 
     call: str
     request: Request
     offer: SessionDescription | None
     source: Address
+    trunk: Trunk | None = None
+    number: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallRefused:
+    """An INVITE not admitted (``status`` None: dropped unanswered), for the log."""
+
+    call_id: str
+    source: Address
+    status: int | None
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,16 +259,37 @@ class NotifyReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class TransferResult:
+    """How the call's REFER ended (once per :meth:`UserAgent.refer`); ``status`` is
+    the sipfrag's or the REFER's final status, ``reason`` a line for the agent."""
+
+    call: str
+    ok: bool
+    status: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class CallEnded:
     """The call is over. ``reason``: remote_bye, local_bye, cancelled, rejected,
-    no_ack, timeout, bad_answer."""
+    no_ack, timeout, bad_answer, transferred, refer_refused, session_expired."""
 
     call: str
     reason: str
     status: int | None = None
 
 
-Action = Send | StartCall | CallConfirmed | MediaUpdated | InfoReceived | NotifyReceived | CallEnded
+Action = (
+    Send
+    | StartCall
+    | CallRefused
+    | CallConfirmed
+    | MediaUpdated
+    | InfoReceived
+    | NotifyReceived
+    | TransferResult
+    | CallEnded
+)
 
 
 @dataclass(slots=True)
@@ -231,6 +303,9 @@ class Stats:
     answered_416: int = 0
     dropped: int = 0
     overload_503: int = 0
+    challenged_401: int = 0
+    refused_403: int = 0
+    dropped_unadmitted: int = 0
     retransmissions_absorbed: int = 0
     internal_errors: int = 0
     calls_started: int = 0
@@ -259,6 +334,14 @@ class Call:
     retransmitter: Key | None = None
     invite_deadline: float | None = None
     hangup_reported: bool = False  # CallEnded given; the BYE waits for the ACK
+    referral: Referral | None = None
+    trunk: Trunk | None = None
+    timer_offer: SessionTerms | None = None  # negotiated on the INVITE, started by the 2xx
+    reliable: bool = False  # Require: 100rel: provisional responses need PRACK
+    rseq: int = 0  # the last RSeq sent
+    provisional: Key | None = None  # the unacknowledged reliable provisional's retransmitter
+    answer_waits: bool = False  # a 2xx held until the PRACK of a 183 with our SDP
+    session: SessionTimer | None = None
 
 
 @dataclass(slots=True)
@@ -267,7 +350,8 @@ class _Entry:
     dest: Address
     transport: str
     call: str | None
-    kind: str  # "invite" | "server" | "client" | "2xx"
+    kind: str  # "invite" | "server" | "client" | "2xx" | "1xx" (reliable provisional)
+    ack: bytes | None = None  # a re-INVITE of ours: the ACK of its 2xx, resent for each
 
 
 def response_dest(via: Via, source: Address, transport: str) -> Address:
@@ -285,9 +369,13 @@ class UserAgent:
     """See the module docstring."""
 
     def __init__(
-        self, config: UaConfig | None = None, new_id: Callable[[], str] | None = None
+        self,
+        config: UaConfig | None = None,
+        new_id: Callable[[], str] | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.config = config or UaConfig()
+        self.admission = admission
         self._new_id = new_id or (lambda: secrets.token_hex(8))
         self.stats = Stats()
         self.draining = False
@@ -310,7 +398,13 @@ class UserAgent:
 
     def next_deadline(self) -> float | None:
         deadlines = [d for e in self._machines.values() if (d := e.machine.next_deadline())]
-        deadlines += [c.invite_deadline for c in self._calls.values() if c.invite_deadline]
+        for call in self._calls.values():
+            if call.invite_deadline is not None:
+                deadlines.append(call.invite_deadline)
+            if call.referral is not None and call.referral.deadline is not None:
+                deadlines.append(call.referral.deadline)
+            if call.session is not None and call.session.deadline is not None:
+                deadlines.append(call.session.deadline)
         return min(deadlines, default=None)
 
     # -- input ------------------------------------------------------------------------
@@ -339,6 +433,18 @@ class UserAgent:
                 if call.invite_deadline is not None and call.invite_deadline <= now:
                     call.invite_deadline = None
                     actions += self._final(call, 480, now, "timeout")
+                referral = call.referral
+                if referral is not None and referral.deadline and referral.deadline <= now:
+                    call.referral = None
+                    reason = "no final NOTIFY from the trunk in time"
+                    actions.append(TransferResult(call.ref, False, 408, reason))
+                session = call.session
+                if session is not None and session.deadline and session.deadline <= now:
+                    session.deadline = None
+                    if session.we_refresh and call.phase is Phase.CONFIRMED:
+                        actions += self._send_refresh(call, session, now)
+                    else:
+                        actions += self._bye(call, now, "session_expired")
         except Exception:
             self._note_error()
         return actions
@@ -352,9 +458,25 @@ class UserAgent:
 
     def ringing(self, ref: str, now: float) -> list[Action]:
         call = self._calls.get(ref)
-        if call is None or call.phase is not Phase.PENDING:
+        if call is None or call.phase is not Phase.PENDING or call.provisional:
             return []
-        return self._tx_respond(call.tx_key, self._response(call.invite, 180, call), now)
+        return self._provisional(call, 180, b"", now)
+
+    def progress(self, ref: str, rtp_port: int, now: float) -> list[Action]:
+        """183 Session Progress with our SDP answer (early media); the 2xx repeats it.
+        Only for an INVITE with an offer, and once."""
+        call = self._calls.get(ref)
+        if (
+            call is None
+            or call.phase is not Phase.PENDING
+            or call.local is not None
+            or call.offer is None
+            or call.media is None
+        ):
+            return []
+        call.local = self._local_session(rtp_port)
+        body = call.local.answer(call.offer, call.media)
+        return self._provisional(call, 183, body, now)
 
     def answer(self, ref: str, rtp_port: int, now: float) -> list[Action]:
         """200 with our SDP (the answer, or our offer for a delayed offer).
@@ -362,13 +484,24 @@ class UserAgent:
         call = self._calls.get(ref)
         if call is None or call.phase is not Phase.PENDING:
             return []
-        call.local = LocalSession(self.config.media, rtp_port, str(next(self._seq) + 1_000_000))
+        call.local = call.local or self._local_session(rtp_port)
+        if call.provisional is not None:
+            entry = self._machines.get(call.provisional)
+            machine = entry.machine if entry is not None else None
+            if isinstance(machine, Uas2xxRetransmitter) and machine.response.body:
+                call.answer_waits = True  # §3: not before the PRACK of our SDP
+                return []
+            self._machines.pop(call.provisional, None)  # the 2xx supersedes a plain 180
+            call.provisional = None
         if call.offer is not None and call.media is not None:
             body = call.local.answer(call.offer, call.media)
         else:
             body = call.local.offer()
             call.awaiting_answer_in_ack = True
-        return self._send_2xx(call, call.invite, call.tx_key, body, now)
+        terms, call.timer_offer = call.timer_offer, None
+        actions = self._send_2xx(call, call.invite, call.tx_key, body, now, terms)
+        self._start_timer(call, terms, now)
+        return actions
 
     def reject(self, ref: str, code: int, now: float) -> list[Action]:
         call = self._calls.get(ref)
@@ -388,6 +521,28 @@ class UserAgent:
             call.hangup_reported = True
             return [CallEnded(call.ref, "local_bye")]
         return self._bye(call, now, "local_bye")
+
+    def refer(self, ref: str, destination: str, now: float) -> list[Action]:
+        """Ask the peer to call ``destination`` (E.164 or ``sip:`` URI) in the caller's
+        place: REFER, answered by :class:`TransferResult` (see the rules above)."""
+        call = self._calls.get(ref)
+        if call is None or call.phase is not Phase.CONFIRMED or call.hangup_reported:
+            return [TransferResult(ref, False, 481, "the call is not up")]
+        if call.referral is not None:
+            return [TransferResult(ref, False, 491, "a transfer is already under way")]
+        dialog = call.dialog
+        try:
+            remote_host = NameAddr.parse(dialog.remote_uri).sip_uri().host
+        except ValueError:
+            remote_host = call.source[0]
+        host = self.config.refer_host or remote_host
+        scheme = (call.trunk.refer_to if call.trunk else None) or self.config.refer_scheme
+        target = refer_to_uri(destination, scheme, host)
+        referred_by = NameAddr.parse(dialog.local_uri).uri
+        headers = [("Refer-To", f"<{target}>"), ("Referred-By", f"<{referred_by}>")]
+        key, actions = self._start_client(call, "REFER", now, headers)
+        call.referral = Referral(key, target)
+        return actions
 
     def send_request(
         self,
@@ -508,14 +663,28 @@ class UserAgent:
             self.stats.overload_503 += 1
             response = build_response(req, 503, None, [("Retry-After", "5")], to_tag=self._new_id())
             return [Send(response.to_bytes(), dest, transport)]  # stateless: keeps no state
-        invite_tx = InviteServerTransaction(req, transport != "UDP", self.config.timers)
-        entry = _Entry(
-            invite_tx,
-            dest,
-            transport,
-            None,
-            "invite",
+        verdict = (
+            self.admission.check(req, source, now) if self.admission else Verdict(Decision.ADMIT)
         )
+        invite_tx = InviteServerTransaction(req, transport != "UDP", self.config.timers)
+        entry = _Entry(invite_tx, dest, transport, None, "invite")
+        if verdict.decision is Decision.DROP:
+            self.stats.dropped_unadmitted += 1
+            return [CallRefused(req.call_id(), source, None, verdict.reason)]
+        if verdict.decision is not Decision.ADMIT:
+            self._machines[key] = entry
+            if verdict.decision is Decision.CHALLENGE:
+                self.stats.challenged_401 += 1
+                code = 401
+            else:
+                self.stats.refused_403 += 1
+                code = 403
+            extra = [*verdict.headers, ("Server", self.config.user_agent)]
+            response = build_response(req, code, None, extra, to_tag=self._new_id())
+            return [
+                *self._outputs(key, entry, invite_tx.respond(response, now), now),
+                CallRefused(req.call_id(), source, code, verdict.reason),
+            ]
         self._machines[key] = entry
         actions = self._outputs(key, entry, invite_tx.respond(build_response(req, 100), now), now)
 
@@ -543,6 +712,13 @@ class UserAgent:
             response = build_response(req, 400, None, [], to_tag=ref)
             return actions + self._tx_respond(key, response, now)
         call = Call(ref, req, key, source, transport, dialog, offer, media=media)
+        call.trunk = verdict.trunk
+        call.reliable = any(r.lower() == "100rel" for r in req.headers.get_all("Require"))
+        terms = negotiate_timer(req, self.config.min_se, self.config.session_expires)
+        if isinstance(terms, TooSmall) and not code:
+            response = self._response(req, 422, call, [("Min-SE", str(terms.min_se))])
+            return actions + self._tx_respond(key, response, now)
+        call.timer_offer = terms if isinstance(terms, SessionTerms) else None
         if code:
             headers = [("Accept", "application/sdp")] if code == 415 else []
             response = self._response(req, code, call, headers)
@@ -554,7 +730,7 @@ class UserAgent:
         self._pending += 1
         call.invite_deadline = now + self.config.invite_timeout
         self.stats.calls_started += 1
-        return [*actions, StartCall(ref, req, offer, source)]
+        return [*actions, StartCall(ref, req, offer, source, verdict.trunk, verdict.number)]
 
     def _cancel(
         self, req: Request, key: Key, dest: Address, transport: str, now: float
@@ -586,16 +762,26 @@ class UserAgent:
                 actions += self._tx_respond(
                     call.tx_key, self._response(call.invite, 487, call), now
                 )
+            if call.referral is not None and call.referral.accepted:
+                # a trunk that accepted the REFER and then lets go has done the transfer
+                call.referral = None
+                reason = "the trunk accepted the REFER and released the call"
+                actions.append(TransferResult(call.ref, True, 200, reason))
+                return actions + self._end(call, "transferred")
             return actions + self._end(call, "remote_bye")
         if method in ("INFO", "NOTIFY"):
             actions = self._answer_tx(req, key, dest, transport, 200, now)
             ctype = req.headers.get("Content-Type") or ""
             if method == "INFO":
-                return [*actions, InfoReceived(ref or "", ctype, req.body)]
+                return [*actions, InfoReceived(call.ref, ctype, req.body)]
             event = req.headers.get("Event") or ""
-            return [*actions, NotifyReceived(ref or "", event, ctype, req.body)]
+            if is_refer_event(event) and call.referral is not None:
+                return actions + self._refer_notified(call, req, now)
+            return [*actions, NotifyReceived(call.ref, event, ctype, req.body)]
         if method == "OPTIONS":
             return self._answer_tx(req, key, dest, transport, 200, now, self._capabilities())
+        if method == "PRACK":
+            return self._prack(call, req, key, dest, transport, now)
         if method in ("INVITE", "UPDATE"):
             return self._reoffer(call, req, key, dest, transport, now)
         return self._answer_tx(req, key, dest, transport, 405, now)
@@ -618,6 +804,12 @@ class UserAgent:
             or (req.method == "INVITE" and call.retransmitter is not None)
         ):
             return self._tx_respond(key, self._response(req, 491, call), now)
+        terms = negotiate_timer(req, self.config.min_se, None)
+        if isinstance(terms, TooSmall):
+            extra = [("Min-SE", str(terms.min_se))]
+            return self._tx_respond(key, self._response(req, 422, call, extra), now)
+        self._start_timer(call, terms, now)
+        timer_headers = terms.headers() if terms else []
         call.dialog.refresh_target(req)
         updates: list[Action] = []
         if req.body:
@@ -633,20 +825,17 @@ class UserAgent:
                 call.media = media
                 updates.append(MediaUpdated(call.ref, media))
         elif req.method == "UPDATE":
-            return self._tx_respond(key, self._response(req, 200, call), now)
+            return self._tx_respond(key, self._response(req, 200, call, timer_headers), now)
         else:
             direction = call.media.direction if call.media is not None else "sendrecv"
             body = call.local.offer("sendrecv" if direction == "recvonly" else direction)
             if req.method == "INVITE":
                 call.awaiting_answer_in_ack = True
         if req.method == "UPDATE":
-            return (
-                self._tx_respond(
-                    key, self._response(req, 200, call, self._sdp_headers(), body), now
-                )
-                + updates
-            )
-        return self._send_2xx(call, req, key, body, now) + updates
+            headers = timer_headers + self._sdp_headers()
+            response = self._response(req, 200, call, headers, body)
+            return self._tx_respond(key, response, now) + updates
+        return self._send_2xx(call, req, key, body, now, terms) + updates
 
     def _ack_2xx(self, req: Request, now: float) -> list[Action]:
         ref = self._dialogs.get((req.call_id(), req.to().tag or "", req.from_().tag or ""))
@@ -681,10 +870,13 @@ class UserAgent:
         via = response.top_via()
         key = client_key(via.branch or "", response.cseq().method)
         entry = self._machines.get(key)
-        if entry is None or not isinstance(entry.machine, NonInviteClientTransaction):
+        machine = entry.machine if entry is not None else None
+        if entry is None or not isinstance(
+            machine, (NonInviteClientTransaction, InviteClientTransaction)
+        ):
             self.stats.dropped += 1
             return []  # a response to nothing of ours (or a stray 2xx retransmission)
-        return self._outputs(key, entry, entry.machine.receive_response(response, now), now)
+        return self._outputs(key, entry, machine.receive_response(response, now), now)
 
     # -- sending -------------------------------------------------------------------------
 
@@ -744,9 +936,16 @@ class UserAgent:
         return self._outputs(key, entry, machine.respond(response, now), now)
 
     def _send_2xx(
-        self, call: Call, req: Request, key: Key, body: bytes, now: float
+        self,
+        call: Call,
+        req: Request,
+        key: Key,
+        body: bytes,
+        now: float,
+        terms: SessionTerms | None = None,
     ) -> list[Action]:
-        response = self._response(req, 200, call, self._sdp_headers(), body)
+        headers = (terms.headers() if terms else []) + self._sdp_headers()
+        response = self._response(req, 200, call, headers, body)
         actions = self._tx_respond(key, response, now)
         retx = Uas2xxRetransmitter(response, self.config.timers)
         retx_key: Key = ("2xx", call.ref, str(retx.cseq))
@@ -777,6 +976,17 @@ class UserAgent:
         headers: list[tuple[str, str]] | None = None,
         body: bytes = b"",
     ) -> list[Action]:
+        return self._start_client(call, method, now, headers, body)[1]
+
+    def _start_client(
+        self,
+        call: Call,
+        method: str,
+        now: float,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+    ) -> tuple[Key, list[Action]]:
+        """A request inside the call's dialog, in a client transaction of its own."""
         branch = self._new_id()
         req = call.dialog.build_request(
             method,
@@ -787,13 +997,167 @@ class UserAgent:
         )
         machine = NonInviteClientTransaction(req, call.transport != "UDP", self.config.timers)
         key = client_key(req.top_via().branch or "", method)
-        try:
-            dest = call.dialog.destination()
-        except ValueError:
-            dest = call.source
+        dest = self._dialog_dest(call)
         entry = _Entry(machine, dest, call.transport, call.ref, "client")
         self._machines[key] = entry
+        return key, self._outputs(key, entry, machine.start(now), now)
+
+    # -- transfer -----------------------------------------------------------------------
+
+    def _refer_answered(self, call: Call, response: Response, now: float) -> list[Action]:
+        referral = call.referral
+        assert referral is not None
+        if response.status < 200:
+            return []
+        if response.status >= 300:
+            return self._refer_refused(call, response.status, response.reason, now)
+        referral.accepted = True
+        referral.deadline = now + self.config.refer_timeout
+        return []
+
+    def _refer_refused(self, call: Call, status: int, why: str, now: float) -> list[Action]:
+        call.referral = None
+        actions: list[Action] = [
+            TransferResult(call.ref, False, status, f"REFER refused: {status} {why}")
+        ]
+        if self.config.refer_refused_bye:
+            actions += self._bye(call, now, "refer_refused")
+        return actions
+
+    def _refer_notified(self, call: Call, req: Request, now: float) -> list[Action]:
+        """A NOTIFY of the REFER's subscription: the sipfrag says how the target answered."""
+        status = sipfrag_status(req.body)
+        state = (req.headers.get("Subscription-State") or "").split(";")[0].strip().lower()
+        if status is None or status < 200:
+            if state != "terminated":
+                return []  # 100 Trying, 180 Ringing …
+            status = 487
+        call.referral = None
+        if status >= 300:
+            reason = f"the transfer target answered {status}"
+            return [TransferResult(call.ref, False, status, reason)]
+        done = TransferResult(call.ref, True, status, "the transfer target answered")
+        return [done, *self._bye(call, now, "transferred")]
+
+    # -- provisional responses -------------------------------------------------------
+
+    def _local_session(self, rtp_port: int) -> LocalSession:
+        return LocalSession(self.config.media, rtp_port, str(next(self._seq) + 1_000_000))
+
+    def _provisional(self, call: Call, code: int, body: bytes, now: float) -> list[Action]:
+        """180 or 183 (with ``body``), reliable when the INVITE required 100rel."""
+        headers = self._sdp_headers() if body else []
+        if not call.reliable:
+            response = self._response(call.invite, code, call, headers, body)
+            return self._tx_respond(call.tx_key, response, now)
+        call.rseq = call.rseq + 1 if call.rseq else secrets.randbelow(2**31 - 1) + 1
+        headers = [("Require", "100rel"), ("RSeq", str(call.rseq)), *headers]
+        response = self._response(call.invite, code, call, headers, body)
+        actions = self._tx_respond(call.tx_key, response, now)
+        retx = Uas2xxRetransmitter(response, self.config.timers)  # T1 doubling, as a 2xx
+        retx.start(now)  # its first send is the transaction's
+        key: Key = ("1xx", call.ref, str(call.rseq))
+        self._machines[key] = _Entry(
+            retx, self._machines[call.tx_key].dest, call.transport, call.ref, "1xx"
+        )
+        call.provisional = key
+        return actions
+
+    def _prack(
+        self, call: Call, req: Request, key: Key, dest: Address, transport: str, now: float
+    ) -> list[Action]:
+        """RFC 3262 §3: a PRACK whose RAck names our unacknowledged provisional: 200."""
+        rack = (req.headers.get("RAck") or "").split()
+        expected = [str(call.rseq), str(call.invite.cseq().seq), "INVITE"]
+        if call.provisional is None or [p.upper() for p in rack] != expected:
+            return self._answer_tx(req, key, dest, transport, 481, now)
+        self._machines.pop(call.provisional, None)
+        call.provisional = None
+        actions = self._answer_tx(req, key, dest, transport, 200, now)
+        if call.answer_waits and call.local is not None:
+            call.answer_waits = False
+            actions += self.answer(call.ref, call.local.port, now)
+        return actions
+
+    # -- session timer ------------------------------------------------------------------
+
+    def _start_timer(self, call: Call, terms: SessionTerms | None, now: float) -> None:
+        """(Re)start the call's session timer as our 2xx just said."""
+        if terms is None:
+            call.session = None  # a request without Session-Expires turns it off (§9)
+            return
+        allows = {m.strip().upper() for m in call.invite.headers.get_all("Allow")}
+        we_refresh = terms.refresher == "uas"
+        session = SessionTimer(terms.interval, we_refresh, use_update="UPDATE" in allows)
+        session.restart(now)
+        call.session = session
+
+    def _send_refresh(self, call: Call, session: SessionTimer, now: float) -> list[Action]:
+        """Our refresh (§7.4): UPDATE without an offer, or a re-INVITE offering the same SDP."""
+        headers = [
+            ("Session-Expires", f"{int(session.interval)};refresher=uac"),
+            ("Supported", "timer"),
+        ]
+        if session.use_update or call.local is None:
+            key, actions = self._start_client(call, "UPDATE", now, headers)
+            session.refresh = key
+            return actions
+        dialog = call.dialog
+        invite = dialog.build_request(
+            "INVITE",
+            self._new_id(),
+            self.config.sent_by,
+            [*headers, *self._sdp_headers(), ("User-Agent", self.config.user_agent)],
+            call.local.again(),
+        )
+        ack = dialog.build_request(
+            "ACK", self._new_id(), self.config.sent_by, [], cseq=invite.cseq().seq
+        )
+        dest = self._dialog_dest(call)
+        machine = InviteClientTransaction(invite, call.transport != "UDP", self.config.timers)
+        key = client_key(invite.top_via().branch or "", "INVITE")
+        entry = _Entry(machine, dest, call.transport, call.ref, "client", ack.to_bytes())
+        self._machines[key] = entry
+        session.refresh = key
         return self._outputs(key, entry, machine.start(now), now)
+
+    def _refresh_answered(
+        self, call: Call, session: SessionTimer, response: Response, now: float
+    ) -> list[Action]:
+        status = response.status
+        if status < 200:
+            return []
+        session.refresh = None
+        if status < 300:
+            agreed = session_expires(response)
+            if agreed is not None:  # "uac" is us, the refresh's client (§7.4)
+                session.interval = float(agreed[0])
+                session.we_refresh = agreed[1] != "uas"
+            session.restart(now)
+            return []
+        if status == 491:  # glare with the peer's own request: again shortly (§14.1)
+            session.deadline = now + 2.0
+            return []
+        if status in (405, 501) and session.use_update:
+            session.use_update = False  # it does not take UPDATE after all: re-INVITE
+            session.deadline = now
+            return []
+        floor = (response.headers.get("Min-SE") or "").split(";")[0].strip()
+        if status == 422 and floor.isdigit():
+            session.interval = max(session.interval, float(floor))
+            session.deadline = now
+            return []
+        return self._bye(call, now, "session_expired")
+
+    def _dialog_dest(self, call: Call) -> Address:
+        """Where our in-dialog requests go: over a stream, the caller's own connection
+        (it is open, and reaches a caller behind NAT); over UDP, the route set or target."""
+        if call.transport != "UDP":
+            return call.source
+        try:
+            return call.dialog.destination()
+        except ValueError:
+            return call.source
 
     def _end(self, call: Call, reason: str, status: int | None = None) -> list[Action]:
         if call.phase is Phase.ENDED:
@@ -803,6 +1167,9 @@ class UserAgent:
         call.phase = Phase.ENDED
         call.invite_deadline = None
         call.dialog.state = DialogState.TERMINATED
+        if call.provisional is not None:
+            self._machines.pop(call.provisional, None)
+            call.provisional = None
         if call.retransmitter is not None:
             self._machines.pop(call.retransmitter, None)
             call.retransmitter = None
@@ -818,13 +1185,31 @@ class UserAgent:
             if isinstance(out, Transmit):
                 actions.append(Send(out.data, entry.dest, entry.transport))
             elif isinstance(out, TimedOut):
-                if entry.kind == "2xx" and entry.call is not None:
-                    call = self._calls.get(entry.call)
-                    if call is not None:
-                        call.retransmitter = None
-                        actions += self._bye(call, now, "no_ack")
+                call = self._calls.get(entry.call) if entry.call is not None else None
+                if call is None:
+                    continue
+                if entry.kind == "2xx":
+                    call.retransmitter = None
+                    actions += self._bye(call, now, "no_ack")
+                elif entry.kind == "1xx":  # RFC 3262 §3: no PRACK, the INVITE fails
+                    call.provisional = None
+                    actions += self._final(call, 504, now, "no_prack")
+                elif call.referral is not None and call.referral.key == key:
+                    actions += self._refer_refused(call, 408, "no answer", now)
+                elif call.session is not None and call.session.refresh == key:
+                    actions += self._bye(call, now, "session_expired")
             elif isinstance(out, PassUp):
-                pass  # responses to our BYE/INFO/NOTIFY: nothing more to do yet
+                # responses to our BYE/INFO: nothing to do; to our REFER: the transfer;
+                # to our refresh: the session timer (and the ACK of a re-INVITE's 2xx)
+                call = self._calls.get(entry.call) if entry.call is not None else None
+                if call is None:
+                    continue
+                if entry.ack is not None and 200 <= out.response.status < 300:
+                    actions.append(Send(entry.ack, entry.dest, entry.transport))
+                if call.referral is not None and call.referral.key == key:
+                    actions += self._refer_answered(call, out.response, now)
+                elif call.session is not None and call.session.refresh == key:
+                    actions += self._refresh_answered(call, call.session, out.response, now)
             elif isinstance(out, Terminated):
                 self._machines.pop(key, None)
         return actions

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from telephony_edge.config import load_settings
+from telephony_edge.config import Settings, load_settings
 from telephony_edge.sip.provider import SIP_ENDPOINT
 from tests.conftest import Edge, Receiver, free_port, require_binary
 
@@ -23,11 +23,19 @@ def sipp_binary() -> str:
     return require_binary("sipp", "apt-get install -y sip-tester")
 
 
-@pytest.fixture
-async def sip_edge(make_edge: Callable[..., Any], receiver: Receiver) -> Edge:
-    sipp_binary()
+def sip_test_settings(
+    receiver: Receiver, sip: dict[str, Any] | None = None, **more: Any
+) -> Settings:
+    """The SIP tests' configuration: SIP on a free port, agent ``echo`` reporting to
+    ``receiver``; ``sip`` adds to the ``sip:`` section, ``more`` sets other sections."""
     rtp_low = free_port() // 2 * 2
-    settings = load_settings(
+    sip_section = {
+        "enabled": True,
+        "port": 0,
+        "rtp_port_min": rtp_low,
+        "rtp_port_max": rtp_low + 40,
+    }
+    return load_settings(
         None,
         api={"private_key": API_KEY},
         webhooks={
@@ -35,12 +43,7 @@ async def sip_edge(make_edge: Callable[..., Any], receiver: Receiver) -> Edge:
             "allow_private_targets": True,
             "backoff_base_s": 0.05,
         },
-        sip={
-            "enabled": True,
-            "port": 0,
-            "rtp_port_min": rtp_low,
-            "rtp_port_max": rtp_low + 40,
-        },
+        sip={**sip_section, **(sip or {})},
         agents={
             "echo": {
                 "prompt": "You echo.",
@@ -49,8 +52,14 @@ async def sip_edge(make_edge: Callable[..., Any], receiver: Receiver) -> Edge:
             }
         },
         calls={"inactivity_timeout_s": 30},
+        **more,
     )
-    edge: Edge = await make_edge(settings)
+
+
+@pytest.fixture
+async def sip_edge(make_edge: Callable[..., Any], receiver: Receiver) -> Edge:
+    sipp_binary()
+    edge: Edge = await make_edge(sip_test_settings(receiver))
     return edge
 
 

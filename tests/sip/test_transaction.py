@@ -145,18 +145,53 @@ def test_non_invite_client_provisional_then_final() -> None:
     assert c.next_deadline() == 10.0 + T.t4
 
 
+def test_invite_client_timer_a_doubles_until_b() -> None:
+    invite = req(to_tag="x")
+    c = tx.InviteClientTransaction(invite)
+    assert c.start(0.0) == [tx.Transmit(invite.to_bytes())]
+    seen = run_until(c, 100.0)
+    assert sends(seen) == [0.5, 1.5, 3.5, 7.5, 15.5, 31.5]  # no T2 cap for INVITE
+    assert (32.0, tx.TimedOut("terminated")) in seen
+
+
+def test_invite_client_non_2xx_is_acked_on_its_branch_and_again_for_each_resend() -> None:
+    invite = req(to_tag="x", branch="z9hG4bKre1", cseq=7)
+    c = tx.InviteClientTransaction(invite)
+    c.start(0.0)
+    busy = build_response(invite, 491)
+    out = c.receive_response(busy, 0.1)
+    assert isinstance(out[0], tx.PassUp) and isinstance(out[1], tx.Transmit)
+    ack = parse_message(out[1].data)
+    assert isinstance(ack, Request) and ack.method == "ACK"
+    assert ack.top_via().branch == "z9hG4bKre1" and ack.headers.get("CSeq") == "7 ACK"
+    assert ack.to().tag == "x"
+    assert c.receive_response(busy, 0.6) == [tx.Transmit(out[1].data)]
+    assert c.next_deadline() == 0.1 + 32.0
+
+
+def test_invite_client_2xx_passed_up_each_time_until_timer_m() -> None:
+    invite = req(to_tag="x")
+    c = tx.InviteClientTransaction(invite)
+    c.start(0.0)
+    ok = build_response(invite, 200)
+    assert [type(o) for o in c.receive_response(ok, 0.2)] == [tx.PassUp]
+    assert [type(o) for o in c.receive_response(ok, 0.7)] == [tx.PassUp]  # the TU ACKs again
+    assert c.state is tx.State.ACCEPTED and c.next_deadline() == 0.2 + 64 * T.t1
+
+
 def test_every_event_in_every_state_is_safe() -> None:
     invite = req()
     for cls, table in (
         (tx.InviteServerTransaction, tx.INVITE_SERVER),
         (tx.NonInviteServerTransaction, tx.NON_INVITE_SERVER),
         (tx.NonInviteClientTransaction, tx.NON_INVITE_CLIENT),
+        (tx.InviteClientTransaction, tx.INVITE_CLIENT),
     ):
         states = {s for s, _ in table} | {ns for ns, _ in table.values()}
         for state, ev in itertools.product(states, tx.Ev):
             m = cls(invite)  # type: ignore[abstract]
             m.state = state
-            m.intervals = {"E": 0.5, "G": 0.5, "retransmit": 0.5}
+            m.intervals = {"E": 0.5, "G": 0.5, "A": 0.5, "retransmit": 0.5}
             message = build_response(invite, 200, to_tag="x")
             m._event(ev, 1.0, message)  # no exception; absent pairs do nothing
             if (state, ev) not in table:

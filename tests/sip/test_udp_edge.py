@@ -80,7 +80,9 @@ class Caller:
     to_tag: str = ""
     cseq: int = 0
 
-    def request(self, method: str, body: str = "", *, cseq: int | None = None) -> bytes:
+    def request(
+        self, method: str, body: str = "", *, cseq: int | None = None, extra: tuple[str, ...] = ()
+    ) -> bytes:
         if cseq is None:
             self.cseq += 1
             cseq = self.cseq
@@ -95,6 +97,7 @@ class Caller:
             f"Call-ID: {self.call_id}",
             f"CSeq: {cseq} {method}",
             f"Contact: <sip:caller@127.0.0.1:{port}>",
+            *extra,
         ]
         if body:
             lines.append("Content-Type: application/sdp")
@@ -301,3 +304,29 @@ async def test_resent_bye_gets_the_same_200_and_the_call_ends_once(
     assert [p["call_status"] for p in receiver.received] == ["user-ended"]
     rtp.close()
     caller.sip.close()
+
+
+async def test_draining_edge_answers_new_invites_503_retry_after_and_keeps_its_call(
+    sip_edge: Edge, receiver: Receiver
+) -> None:
+    rtp = await open_socket()
+    caller, _ = await start_call(sip_edge, sdp(rtp.port))
+    caller.send(caller.request("ACK", cseq=caller.cseq))
+    reg = await register(sip_edge)
+    sip_edge.services.calls.accepting = False  # what drain() does first
+    late = Caller(caller.edge, reg["call_id"], await open_socket())
+    late.send(late.request("INVITE", sdp(rtp.port)))
+    refused = await late.response("INVITE")
+    assert refused.status == 503 and refused.headers.get("Retry-After") == "5"
+    late.to_tag = ""
+    late.send(late.request("OPTIONS"))
+    assert (await late.response("OPTIONS")).status == 503
+    # the call already up is not disturbed: in-dialog requests are answered, BYE ends it
+    caller.send(caller.request("OPTIONS"))
+    assert (await caller.response("OPTIONS")).status == 200
+    caller.send(caller.request("BYE"))
+    assert (await caller.response("BYE")).status == 200
+    await wait_for(lambda: receiver.received, within=5)
+    assert receiver.received[0]["call_status"] == "user-ended"
+    for sock in (rtp, caller.sip, late.sip):
+        sock.close()
