@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 Inbound, :class:`RtpInbound` takes each datagram with its source address and
-returns what the media shell should do with it: :class:`Audio` payloads in
+arrival time and returns what the media shell should do with it: :class:`Audio` payloads in
 sequence order (with the silence to put before them where packets were
 lost) and :class:`DtmfDigit`\\ s. On the way:
 
@@ -16,6 +16,9 @@ lost) and :class:`DtmfDigit`\\ s. On the way:
   dropped and counted, never re-latched mid-call. A new SSRC from the
   latched address (a PBX switching its stream, sipp's DTMF pcap) starts a new
   sequence space rather than being dropped.
+* Reception statistics for RTCP (:class:`~telephony_edge.sip.rtcp.ReceptionStats`:
+  sequence numbers received and expected, interarrival jitter) are taken as
+  each packet of the latched source arrives, before reordering.
 * :class:`JitterBuffer` puts packets back in order: an in-order packet is
   released at once (no added delay); a gap holds later packets until the
   missing one arrives or ``depth`` later packets are waiting, then the missing
@@ -39,6 +42,8 @@ from __future__ import annotations
 import secrets
 import struct
 from dataclasses import dataclass
+
+from telephony_edge.sip.rtcp import ReceptionStats
 
 Address = tuple[str, int]
 
@@ -203,6 +208,7 @@ class RtpInbound:
         event_pt: int | None,
         *,
         bytes_per_sample: float = 1.0,
+        clock_rate: int = 8000,
         depth: int = 3,
         max_conceal_samples: int = 800,
     ) -> None:
@@ -212,13 +218,15 @@ class RtpInbound:
         self.max_conceal_samples = max_conceal_samples
         self.depth = depth
         self.stats = RtpStats()
+        self.reception = ReceptionStats(clock_rate)
         self.source: Address | None = None
-        self._ssrc: int | None = None
+        self.ssrc: int | None = None  # the caller's, once a packet came
         self._jitter = JitterBuffer(self.stats, depth)
         self._audio_end: int | None = None  # timestamp where the last audio payload ended
         self._last_event_end: int | None = None  # timestamp of the last event reported
 
-    def receive(self, data: bytes, source: Address) -> list[InboundEvent]:
+    def receive(self, data: bytes, source: Address, now: float) -> list[InboundEvent]:
+        """One datagram from ``source``, arrived at ``now`` (seconds, any steady clock)."""
         self.stats.received += 1
         pkt = parse_rtp(data)
         if pkt is None:
@@ -233,13 +241,18 @@ class RtpInbound:
             self.stats.strangers += 1
             return []
         out: list[InboundEvent] = []
-        if pkt.ssrc != self._ssrc:
-            if self._ssrc is not None:
+        reception = self.reception
+        if pkt.ssrc != self.ssrc:
+            if self.ssrc is not None:
                 self.stats.ssrc_changes += 1
                 out += self._events(self._jitter.flush())
                 self._jitter = JitterBuffer(self.stats, self.depth)
                 self._audio_end = None
-            self._ssrc = pkt.ssrc
+                reception.restart(pkt.sequence)
+            self.ssrc = pkt.ssrc
+        reception.packet(pkt.sequence)
+        if pkt.payload_type == self.audio_pt:
+            reception.arrival(int(now * reception.clock_rate), pkt.timestamp)
         return out + self._events(self._jitter.push(pkt))
 
     def _events(self, packets: list[RtpPacket]) -> list[InboundEvent]:
@@ -284,7 +297,17 @@ class RtpInbound:
 class RtpSender:
     """Numbers one outbound stream; see the module docstring."""
 
-    __slots__ = ("_anchor", "_started", "clock_rate", "payload_type", "sent", "seq", "ssrc", "ts")
+    __slots__ = (
+        "_anchor",
+        "_started",
+        "clock_rate",
+        "octets",
+        "payload_type",
+        "sent",
+        "seq",
+        "ssrc",
+        "ts",
+    )
 
     def __init__(
         self,
@@ -301,6 +324,7 @@ class RtpSender:
         self.seq = secrets.randbits(16) if seq is None else seq
         self.ts = secrets.randbits(32) if ts is None else ts  # of the next packet
         self.sent = 0
+        self.octets = 0  # payload bytes sent, for RTCP sender reports
         self._started = False
         self._anchor = 0.0  # wall-clock time of the last packet
 
@@ -318,4 +342,5 @@ class RtpSender:
         self.seq = (self.seq + 1) & 0xFFFF
         self.ts = (self.ts + samples) & 0xFFFFFFFF
         self.sent += 1
+        self.octets += len(payload)
         return data

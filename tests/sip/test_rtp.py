@@ -51,11 +51,11 @@ def payloads(events: list[object]) -> list[int]:
 
 def test_latches_to_the_first_source_and_drops_strangers() -> None:
     rx = RtpInbound(8, 101)
-    assert payloads(rx.receive(audio(1, 0), PEER)) == [1]
-    assert rx.receive(audio(2, 160), STRANGER) == []
-    assert payloads(rx.receive(audio(2, 160), PEER)) == [2]
+    assert payloads(rx.receive(audio(1, 0), PEER, 0.0)) == [1]
+    assert rx.receive(audio(2, 160), STRANGER, 0.0) == []
+    assert payloads(rx.receive(audio(2, 160), PEER, 0.0)) == [2]
     assert rx.source == PEER and rx.stats.strangers == 1
-    assert rx.receive(build_rtp(0, 3, 320, 7, False, b"x"), PEER) == []  # PT not negotiated
+    assert rx.receive(build_rtp(0, 3, 320, 7, False, b"x"), PEER, 0.0) == []  # PT not negotiated
     assert rx.stats.unknown_payload_type == 1
 
 
@@ -63,13 +63,13 @@ def test_reorders_drops_duplicates_and_counts_a_loss() -> None:
     rx = RtpInbound(8, None, depth=3)
     out: list[int] = []
     for seq in (10, 12, 12, 11, 13, 9):  # 12 twice while held; 9 after its turn
-        out += payloads(rx.receive(audio(seq, seq * 160), PEER))
+        out += payloads(rx.receive(audio(seq, seq * 160), PEER, 0.0))
     assert out == [10, 11, 12, 13]
     assert (rx.stats.duplicates, rx.stats.late) == (1, 1)
     # 14 lost: released once three later packets wait, its 20 ms concealed with silence
     events = []
     for seq in (15, 16, 17):
-        events += rx.receive(audio(seq, seq * 160), PEER)
+        events += rx.receive(audio(seq, seq * 160), PEER, 0.0)
     assert payloads(events) == [15, 16, 17]
     assert isinstance(events[0], Audio) and events[0].silence_samples == 160
     assert rx.stats.lost == 1 and rx.stats.concealed_samples == 160
@@ -79,15 +79,15 @@ def test_sequence_wraps_and_a_new_talkspurt_is_not_concealed() -> None:
     rx = RtpInbound(8, None)
     out = []
     for seq, ts in ((65534, 0), (65535, 160), (0, 320), (1, 8000)):
-        out += rx.receive(audio(seq, ts, marker=ts == 8000), PEER)
+        out += rx.receive(audio(seq, ts, marker=ts == 8000), PEER, 0.0)
     assert payloads(out) == [254, 255, 0, 1]
     assert all(isinstance(e, Audio) and e.silence_samples == 0 for e in out)
 
 
 def test_a_new_ssrc_from_the_latched_source_is_a_new_stream() -> None:
     rx = RtpInbound(8, None)
-    rx.receive(audio(100, 0), PEER)
-    assert payloads(rx.receive(audio(5000, 99, ssrc=8), PEER)) == [5000 & 0xFF]
+    rx.receive(audio(100, 0), PEER, 0.0)
+    assert payloads(rx.receive(audio(5000, 99, ssrc=8), PEER, 0.0)) == [5000 & 0xFF]
     assert rx.stats.ssrc_changes == 1
 
 
@@ -96,9 +96,9 @@ def test_rfc4733_key_reported_once_at_its_end() -> None:
     events = []
     seq = 1
     for end in (False, False, True, True, True):
-        events += rx.receive(event(seq, 4000, 5, end), PEER)
+        events += rx.receive(event(seq, 4000, 5, end), PEER, 0.0)
         seq += 1
-    events += rx.receive(event(seq, 6000, 11, True), PEER)
+    events += rx.receive(event(seq, 6000, 11, True), PEER, 0.0)
     assert events == [DtmfDigit("5"), DtmfDigit("#")]
 
 
