@@ -47,7 +47,7 @@ from telephony_edge.audio.g722 import G722Decoder, G722Encoder
 from telephony_edge.audio.transcode import G711Decoder, G711Encoder
 from telephony_edge.calls.leg import Capabilities, Dtmf, Leg, LegEnded, LegEvent, LegInfo
 from telephony_edge.sip.rtcp import RR, SR, RtcpSession, build_bye, report_interval
-from telephony_edge.sip.rtp import Address, Audio, RtpInbound, RtpSender
+from telephony_edge.sip.rtp import Address, Audio, InboundEvent, RtpInbound, RtpSender
 from telephony_edge.sip.sdp import Negotiated
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 MAX_QUEUED_EVENTS = 250  # 5 s of caller audio
 SEND_BUFFER_LIMIT = 64 * 1024
 SAMPLES_PER_FRAME = 160  # 20 ms of RTP clock (8000 for G.711 and, by RFC 3551, G.722)
+DRAIN_AFTER_S = 0.12  # no RTP for this long while packets wait behind a gap: release them
 _DROPPED = metrics.FRAMES_DROPPED.labels(reason="sip_backlog")
 _RECEIVED = metrics.SIP_RTP_PACKETS.labels(outcome="received")
 _LOST = metrics.SIP_RTP_PACKETS.labels(outcome="lost")
@@ -159,8 +160,10 @@ class SipLeg(Leg):
         self._rtcp_socket: RtcpProtocol | None = None
         self._rtcp_dest: Address | None = None
         self._last_rtp = self._clock()
+        self._loop = asyncio.get_running_loop()
+        self._drain_timer: asyncio.TimerHandle | None = None
         self._exported = (0, 0, 0)  # received, lost, late already counted in the metrics
-        self._media_task = asyncio.get_running_loop().create_task(self._media_timer())
+        self._media_task = self._loop.create_task(self._media_timer())
 
     # -- media description ---------------------------------------------------------
 
@@ -182,8 +185,8 @@ class SipLeg(Leg):
     # -- caller → edge ---------------------------------------------------------------
 
     def on_rtp(self, data: bytes, source: Address) -> None:
-        inbound, decoder = self.inbound, self._decoder
-        if inbound is None or decoder is None or self._ended is not None:
+        inbound = self.inbound
+        if inbound is None or self._ended is not None:
             return
         if len(data) > 1 and SR <= data[1] <= RR:  # RTCP multiplexed on the RTP port
             self.on_rtcp(data, source)
@@ -191,7 +194,15 @@ class SipLeg(Leg):
         now = self._clock()
         if inbound.source in (None, source):
             self._last_rtp = now
-        for event in inbound.receive(data, source, now):
+        self._deliver(inbound.receive(data, source, now))
+        if inbound.holding and self._drain_timer is None:
+            self._drain_timer = self._loop.call_later(DRAIN_AFTER_S, self._drain)
+
+    def _deliver(self, events: list[InboundEvent]) -> None:
+        decoder = self._decoder
+        if decoder is None:
+            return
+        for event in events:
             if isinstance(event, Audio):
                 pcm = decoder.decode(event.payload)
                 if event.silence_samples:
@@ -202,6 +213,18 @@ class SipLeg(Leg):
                     self._put(frame)
             else:
                 self._put(Dtmf(event.digit))
+
+    def _drain(self) -> None:
+        """Packets held behind a gap when the caller's RTP pauses: let them go."""
+        self._drain_timer = None
+        inbound = self.inbound
+        if inbound is None or not inbound.holding or self._ended is not None:
+            return
+        idle = self._clock() - self._last_rtp
+        if idle < DRAIN_AFTER_S:
+            self._drain_timer = self._loop.call_later(DRAIN_AFTER_S - idle, self._drain)
+        else:
+            self._deliver(inbound.drain())
 
     def dtmf(self, digit: str) -> None:
         """A key from SIP INFO (RFC 4733 keys come through :meth:`on_rtp`)."""
@@ -390,6 +413,8 @@ class SipLeg(Leg):
         self.ended("closed")
         self._control.hangup(self.ref)  # still up after a failure: the caller is released
         self._media_task.cancel()
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
         await asyncio.gather(self._media_task, return_exceptions=True)
         packet = self._rtcp_packet()
         if packet is not None and self.sender is not None:

@@ -22,8 +22,14 @@ lost) and :class:`DtmfDigit`\\ s. On the way:
 * :class:`JitterBuffer` puts packets back in order: an in-order packet is
   released at once (no added delay); a gap holds later packets until the
   missing one arrives or ``depth`` later packets are waiting, then the missing
-  one is counted lost. Duplicates and packets older than what was released
-  are dropped.
+  one is counted lost. The depth adapts: it starts at 4 packets (at 20 ms
+  packets, a packet up to 60 ms later than its successors is still in time),
+  grows by one each time a packet arrives after it was given up (``late``),
+  up to ``max_depth``, and shrinks by one after ``SHRINK_AFTER`` packets
+  without a late one. A duplicate (held, or already released) is dropped.
+  When the stream stops while packets are held (a talkspurt's end after a
+  loss), the media shell calls :meth:`RtpInbound.drain` so the tail of what
+  the caller said is not held until they speak again.
 * Loss concealment works on timestamps: an audio packet whose timestamp is
   ahead of where the previous one ended, without the marker bit of a new
   talkspurt, gets that gap (up to ``max_conceal_samples``) as silence.
@@ -50,6 +56,7 @@ Address = tuple[str, int]
 RTP_VERSION = 2
 HEADER = struct.Struct("!BBHII")
 DTMF_EVENTS = "0123456789*#ABCD"
+SHRINK_AFTER = 500  # packets (10 s at 20 ms) without a late one before the depth shrinks
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,14 +123,35 @@ class RtpStats:
 class JitterBuffer:
     """Reorders one SSRC's packets; see the module docstring."""
 
-    __slots__ = ("_held", "_next", "depth", "max_jump", "stats")
+    __slots__ = (
+        "_calm",
+        "_first",
+        "_given_up",
+        "_held",
+        "_next",
+        "depth",
+        "max_depth",
+        "max_jump",
+        "min_depth",
+        "stats",
+    )
 
-    def __init__(self, stats: RtpStats, depth: int = 3, max_jump: int = 100) -> None:
-        self.depth = depth
+    def __init__(
+        self, stats: RtpStats, depth: int = 4, max_depth: int = 12, max_jump: int = 100
+    ) -> None:
+        self.depth = self.min_depth = depth
+        self.max_depth = max(depth, max_depth)
         self.max_jump = max_jump
         self.stats = stats
         self._held: dict[int, RtpPacket] = {}
         self._next: int | None = None  # extended sequence number expected next
+        self._first = 0  # extended sequence number of the first packet taken
+        self._given_up: set[int] = set()  # recent sequence numbers counted lost
+        self._calm = 0  # packets released since the last late one
+
+    @property
+    def holding(self) -> bool:
+        return bool(self._held)
 
     def _extend(self, seq: int) -> int:
         assert self._next is not None
@@ -138,28 +166,38 @@ class JitterBuffer:
     def push(self, pkt: RtpPacket) -> list[RtpPacket]:
         """Add a packet; return the packets now due, in order."""
         if self._next is None:
-            self._next = pkt.sequence
+            self._next = self._first = pkt.sequence
         ext = self._extend(pkt.sequence)
         if ext < self._next:
-            if self._next - ext <= self.max_jump:
+            if self._next - ext > self.max_jump:
+                return self._restart(pkt)  # the peer restarted its numbering
+            if ext in self._given_up:
+                self._given_up.discard(ext)
                 self.stats.late += 1
-                return []
-            return self._restart(pkt)  # the peer restarted its numbering
+                self.depth = min(self.max_depth, self.depth + 1)
+                self._calm = 0
+            elif ext < self._first:
+                self.stats.late += 1  # sent before the first one we took
+            else:
+                self.stats.duplicates += 1
+            return []
         if ext in self._held:
             self.stats.duplicates += 1
             return []
         if ext - self._next > self.max_jump:
             return self._restart(pkt)
         self._held[ext] = pkt
-        return self._release()
+        return self._release(self.depth)
 
     def _restart(self, pkt: RtpPacket) -> list[RtpPacket]:
         out = self.flush()
-        self._next = pkt.sequence
+        self._next = self._first = pkt.sequence
+        self._given_up.clear()
         self._held[pkt.sequence] = pkt
-        return out + self._release()
+        return out + self._release(self.depth)
 
-    def _release(self) -> list[RtpPacket]:
+    def _release(self, depth: int) -> list[RtpPacket]:
+        """Packets due: in order, past gaps once ``depth`` later packets wait."""
         out: list[RtpPacket] = []
         held = self._held
         assert self._next is not None
@@ -167,20 +205,30 @@ class JitterBuffer:
             pkt = held.pop(self._next, None)
             if pkt is not None:
                 out.append(pkt)
-            elif len(held) >= self.depth:
-                self.stats.lost += 1
+            elif len(held) >= depth:
+                self._give_up(self._next)
             else:
                 break
             self._next += 1
+        self._calm += len(out)
+        if self._calm >= SHRINK_AFTER:
+            self._calm = 0
+            self.depth = max(self.min_depth, self.depth - 1)
         return out
 
+    def _give_up(self, ext: int) -> None:
+        self.stats.lost += 1
+        given_up = self._given_up
+        if len(given_up) >= 64:  # bounded: forget the ones too old to come back
+            self._given_up = given_up = {s for s in given_up if ext - s <= self.max_jump}
+            if len(given_up) >= 64:
+                given_up.clear()
+        given_up.add(ext)
+
     def flush(self) -> list[RtpPacket]:
-        """Everything held, in order (a new stream starts)."""
-        out = [self._held[k] for k in sorted(self._held)]
-        if out and self._next is not None:
-            self._next = max(self._held) + 1
-        self._held.clear()
-        return out
+        """Everything held, in order, the gaps before them counted lost (the stream stopped
+        or a new one starts)."""
+        return self._release(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +257,7 @@ class RtpInbound:
         *,
         bytes_per_sample: float = 1.0,
         clock_rate: int = 8000,
-        depth: int = 3,
+        depth: int = 4,
         max_conceal_samples: int = 800,
     ) -> None:
         self.audio_pt = audio_pt
@@ -254,6 +302,15 @@ class RtpInbound:
         if pkt.payload_type == self.audio_pt:
             reception.arrival(int(now * reception.clock_rate), pkt.timestamp)
         return out + self._events(self._jitter.push(pkt))
+
+    @property
+    def holding(self) -> bool:
+        """Packets wait behind a gap (the shell drains them if the stream stops)."""
+        return self._jitter.holding
+
+    def drain(self) -> list[InboundEvent]:
+        """What is held, released now, the gaps counted lost and concealed."""
+        return self._events(self._jitter.flush())
 
     def _events(self, packets: list[RtpPacket]) -> list[InboundEvent]:
         out: list[InboundEvent] = []
