@@ -41,7 +41,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from telephony_edge import metrics
-from telephony_edge.audio.frames import FrameSplitter
+from telephony_edge.audio.frames import FRAME_BYTES, FrameSplitter
 from telephony_edge.audio.g711 import Law
 from telephony_edge.audio.g722 import G722Decoder, G722Encoder
 from telephony_edge.audio.transcode import G711Decoder, G711Encoder
@@ -76,12 +76,17 @@ class Encoder(Protocol):
     def encode(self, frame: bytes) -> bytes: ...
 
 
-def codec_pair(name: str) -> tuple[Decoder, Encoder]:
-    """Stateful per-call decoder and encoder for a negotiated codec name."""
+def codec_pair(name: str, packet_bytes: int = 160) -> tuple[Decoder, Encoder]:
+    """Stateful per-call decoder and encoder for a negotiated codec name.
+
+    ``packet_bytes``, the caller's audio payload size, sizes G.711's upsampler
+    for its fast path (whole packets: 30 ms ones cost a fifth of the general path).
+    """
     if name == "G722":
         return G722Decoder(), G722Encoder()
     law = LAWS[name]
-    return G711Decoder(law), G711Encoder(law)
+    ok = packet_bytes % 80 == 0 and 80 <= packet_bytes <= 480  # 10-60 ms
+    return G711Decoder(law, packet_bytes // 8 if ok else 20), G711Encoder(law)
 
 
 class CallControl(Protocol):
@@ -107,7 +112,7 @@ class RtpProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         if self.leg is not None:
-            self.leg.on_rtp(data, (str(addr[0]), int(addr[1])))
+            self.leg.on_rtp(data, _address(addr))
 
 
 class RtcpProtocol(RtpProtocol):
@@ -115,7 +120,14 @@ class RtcpProtocol(RtpProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         if self.leg is not None:
-            self.leg.on_rtcp(data, (str(addr[0]), int(addr[1])))
+            self.leg.on_rtcp(data, _address(addr))
+
+
+def _address(addr: tuple[str | int, ...]) -> Address:
+    """(host, port) of a datagram's source; IPv4's is that already (no copy per packet)."""
+    if len(addr) == 2 and type(addr[0]) is str and type(addr[1]) is int:
+        return cast(Address, addr)
+    return str(addr[0]), int(addr[1])
 
 
 class SipLeg(Leg):
@@ -152,6 +164,7 @@ class SipLeg(Leg):
         self._decoder: Decoder | None = None
         self._encoder: Encoder | None = None
         self._splitter = FrameSplitter()
+        self._first_audio = True
         self._sdp_dest: Address | None = None
         self.frames_in = 0
         self.frames_dropped = 0
@@ -177,6 +190,7 @@ class SipLeg(Leg):
         if not codec_changed:
             return
         self._decoder, self._encoder = codec_pair(media.codec.name)
+        self._first_audio = True  # sizes the decoder to the caller's packets
         self.inbound = RtpInbound(
             media.payload_type, media.event_payload_type, clock_rate=media.codec.clock_rate
         )
@@ -192,7 +206,8 @@ class SipLeg(Leg):
             self.on_rtcp(data, source)
             return
         now = self._clock()
-        if inbound.source in (None, source):
+        latched = inbound.source
+        if latched is None or latched == source:
             self._last_rtp = now
         self._deliver(inbound.receive(data, source, now))
         if inbound.holding and self._drain_timer is None:
@@ -202,13 +217,24 @@ class SipLeg(Leg):
         decoder = self._decoder
         if decoder is None:
             return
+        splitter = self._splitter
         for event in events:
             if isinstance(event, Audio):
+                if self._first_audio:
+                    self._first_audio = False
+                    if len(event.payload) != 160 and self.media is not None:
+                        decoder = self._decoder = codec_pair(
+                            self.media.codec.name, len(event.payload)
+                        )[0]
                 pcm = decoder.decode(event.payload)
                 if event.silence_samples:
                     # RTP clock units (8 kHz for G.711 and G.722 alike) → 16 kHz PCM16
                     pcm = bytes(event.silence_samples * 4) + pcm
-                for frame in self._splitter.push(pcm):
+                if len(pcm) == FRAME_BYTES and not splitter.pending:
+                    self.frames_in += 1  # a 20 ms packet: already one frame
+                    self._put(pcm)
+                    continue
+                for frame in splitter.push(pcm):
                     self.frames_in += 1
                     self._put(frame)
             else:

@@ -59,8 +59,10 @@ DTMF_EVENTS = "0123456789*#ABCD"
 SHRINK_AFTER = 500  # packets (10 s at 20 ms) without a late one before the depth shrinks
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RtpPacket:
+    """One parsed packet (not frozen: built per packet, and frozen init is slower)."""
+
     payload_type: int
     sequence: int
     timestamp: int
@@ -74,10 +76,12 @@ def parse_rtp(data: bytes) -> RtpPacket | None:
     if len(data) < HEADER.size:
         return None
     b0, b1, seq, ts, ssrc = HEADER.unpack_from(data)
-    if b0 >> 6 != RTP_VERSION:
-        return None
     pt = b1 & 0x7F
     if 72 <= pt <= 76:  # RTCP multiplexed on the port (RFC 5761)
+        return None
+    if b0 == 0x80:  # the common case: no padding, extension or CSRCs
+        return RtpPacket(pt, seq, ts, ssrc, b1 > 0x7F, data[12:])
+    if b0 >> 6 != RTP_VERSION:
         return None
     offset = HEADER.size + 4 * (b0 & 0x0F)
     if b0 & 0x10:  # header extension: 16-bit profile, 16-bit length in words
@@ -165,6 +169,13 @@ class JitterBuffer:
 
     def push(self, pkt: RtpPacket) -> list[RtpPacket]:
         """Add a packet; return the packets now due, in order."""
+        nxt = self._next
+        if nxt is not None and not self._held and pkt.sequence == nxt & 0xFFFF:
+            self._next = nxt + 1  # in order, nothing waiting: the common case
+            self._calm += 1
+            if self._calm >= SHRINK_AFTER:
+                self._shrink()
+            return [pkt]
         if self._next is None:
             self._next = self._first = pkt.sequence
         ext = self._extend(pkt.sequence)
@@ -212,9 +223,12 @@ class JitterBuffer:
             self._next += 1
         self._calm += len(out)
         if self._calm >= SHRINK_AFTER:
-            self._calm = 0
-            self.depth = max(self.min_depth, self.depth - 1)
+            self._shrink()
         return out
+
+    def _shrink(self) -> None:
+        self._calm = 0
+        self.depth = max(self.min_depth, self.depth - 1)
 
     def _give_up(self, ext: int) -> None:
         self.stats.lost += 1
@@ -231,7 +245,7 @@ class JitterBuffer:
         return self._release(1)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Audio:
     """A codec payload to decode, after ``silence_samples`` (at the RTP clock) of silence."""
 
@@ -255,14 +269,12 @@ class RtpInbound:
         audio_pt: int,
         event_pt: int | None,
         *,
-        bytes_per_sample: float = 1.0,
         clock_rate: int = 8000,
         depth: int = 4,
         max_conceal_samples: int = 800,
     ) -> None:
         self.audio_pt = audio_pt
         self.event_pt = event_pt
-        self.bytes_per_sample = bytes_per_sample  # G.711: one byte per sample
         self.max_conceal_samples = max_conceal_samples
         self.depth = depth
         self.stats = RtpStats()
@@ -275,33 +287,47 @@ class RtpInbound:
 
     def receive(self, data: bytes, source: Address, now: float) -> list[InboundEvent]:
         """One datagram from ``source``, arrived at ``now`` (seconds, any steady clock)."""
-        self.stats.received += 1
+        stats = self.stats
+        stats.received += 1
         pkt = parse_rtp(data)
         if pkt is None:
-            self.stats.malformed += 1
+            stats.malformed += 1
             return []
-        if pkt.payload_type != self.audio_pt and pkt.payload_type != self.event_pt:
-            self.stats.unknown_payload_type += 1
+        pt = pkt.payload_type
+        if pt != self.audio_pt and pt != self.event_pt:
+            stats.unknown_payload_type += 1
             return []
-        if self.source is None:
+        if source != self.source:
+            if self.source is not None:
+                stats.strangers += 1
+                return []
             self.source = source
-        elif source != self.source:
-            self.stats.strangers += 1
-            return []
-        out: list[InboundEvent] = []
-        reception = self.reception
         if pkt.ssrc != self.ssrc:
-            if self.ssrc is not None:
-                self.stats.ssrc_changes += 1
-                out += self._events(self._jitter.flush())
-                self._jitter = JitterBuffer(self.stats, self.depth)
-                self._audio_end = None
-                reception.restart(pkt.sequence)
-            self.ssrc = pkt.ssrc
+            return self._new_stream(pkt) + self._take(pkt, now)
+        return self._take(pkt, now)
+
+    def _take(self, pkt: RtpPacket, now: float) -> list[InboundEvent]:
+        reception = self.reception
         reception.packet(pkt.sequence)
-        if pkt.payload_type == self.audio_pt:
-            reception.arrival(int(now * reception.clock_rate), pkt.timestamp)
-        return out + self._events(self._jitter.push(pkt))
+        if pkt.payload_type != self.audio_pt:
+            return self._events(self._jitter.push(pkt))
+        reception.arrival(int(now * reception.clock_rate), pkt.timestamp)
+        packets = self._jitter.push(pkt)
+        if len(packets) == 1 and packets[0] is pkt:
+            return [self._audio(pkt)]  # the common case, without the loop
+        return self._events(packets)
+
+    def _new_stream(self, pkt: RtpPacket) -> list[InboundEvent]:
+        """The first packet, or a new SSRC from the latched source: what the old one held."""
+        out: list[InboundEvent] = []
+        if self.ssrc is not None:
+            self.stats.ssrc_changes += 1
+            out = self._events(self._jitter.flush())
+            self._jitter = JitterBuffer(self.stats, self.depth)
+            self._audio_end = None
+            self.reception.restart(pkt.sequence)
+        self.ssrc = pkt.ssrc
+        return out
 
     @property
     def holding(self) -> bool:
@@ -324,7 +350,7 @@ class RtpInbound:
         return out
 
     def _audio(self, pkt: RtpPacket) -> Audio:
-        samples = int(len(pkt.payload) / self.bytes_per_sample)
+        samples = len(pkt.payload)  # one byte per RTP clock tick: G.711, G.722 (RFC 3551)
         silence = 0
         if self._audio_end is not None and not pkt.marker:
             gap = (pkt.timestamp - self._audio_end) & 0xFFFFFFFF
