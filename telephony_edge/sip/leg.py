@@ -313,15 +313,16 @@ class SipLeg(Leg):
         if source[0] != peer_host:
             _RTCP_STRANGER.inc()
             return
-        sender = self.sender
-        if not self.rtcp.receive(data, time.time(), sender.ssrc if sender else None):
+        sender, rtcp = self.sender, self.rtcp
+        samples = rtcp.rtt_samples
+        if not rtcp.receive(data, time.time(), sender.ssrc if sender else None):
             _RTCP_MALFORMED.inc()
             log.debug("malformed RTCP dropped", extra={"sip_call": self.ref})
             return
         _RTCP_RECEIVED.inc()
         self._rtcp_dest = source  # symmetric, like RTP
-        if self.rtcp.rtt is not None:
-            metrics.SIP_RTCP_RTT_SECONDS.observe(self.rtcp.rtt)
+        if rtcp.rtt is not None and rtcp.rtt_samples > samples:
+            metrics.SIP_RTCP_RTT_SECONDS.observe(rtcp.rtt)
 
     def _rtcp_packet(self) -> bytes | None:
         sender, inbound = self.sender, self.inbound

@@ -302,11 +302,21 @@ class ReceptionStats:
 class RtcpSession:
     """One call's RTCP state beyond the RTP counters; see the module docstring."""
 
-    __slots__ = ("_lsr", "_lsr_at", "_sent_at_report", "cname", "malformed", "received", "rtt")
+    __slots__ = (
+        "_lsr",
+        "_lsr_at",
+        "_sent_at_report",
+        "cname",
+        "malformed",
+        "received",
+        "rtt",
+        "rtt_samples",
+    )
 
     def __init__(self, cname: str) -> None:
         self.cname = cname
         self.rtt: float | None = None  # seconds, from the caller's latest block about us
+        self.rtt_samples = 0  # how many blocks gave one
         self.received = 0  # compound packets read
         self.malformed = 0
         self._lsr = 0
@@ -329,6 +339,7 @@ class RtcpSession:
                     rtt = ((ntp_middle(now) - block.lsr - block.dlsr) & 0xFFFFFFFF) / 65536
                     if rtt < 60:  # else a clock step or a bogus block
                         self.rtt = rtt
+                        self.rtt_samples += 1
         return True
 
     def report(

@@ -115,7 +115,7 @@ def test_round_trip_time_from_lsr_and_dlsr() -> None:
         0xC, None, (ReportBlock(0xE, 0, 0, 10, 0, (ours.sender.ntp >> 16) & 0xFFFFFFFF, 13107),)
     )
     assert edge.receive(reply, 100.25, 0xE)
-    assert edge.rtt is not None and abs(edge.rtt - 0.05) < 0.001
+    assert edge.rtt is not None and abs(edge.rtt - 0.05) < 0.001 and edge.rtt_samples == 1
     # a block about another SSRC is ignored
     other = RtcpSession("edge")
     assert other.receive(reply, 100.25, 0xF) and other.rtt is None
