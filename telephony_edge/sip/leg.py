@@ -189,6 +189,8 @@ class SipLeg(Leg):
         self._sdp_dest = (media.remote_address, media.remote_port)
         if not codec_changed:
             return
+        self._export()  # a new codec is a new stream: its counters start at 0
+        self._exported = (0, 0, 0)
         self._decoder, self._encoder = codec_pair(media.codec.name)
         self._first_audio = True  # sizes the decoder to the caller's packets
         self.inbound = RtpInbound(
@@ -355,11 +357,14 @@ class SipLeg(Leg):
             await asyncio.sleep(max(0.0, min(next_report, deadline) - clock()))
             now = clock()
             if now >= next_report:
-                packet = self._rtcp_packet()
-                if packet is not None and not (self.media and self.media.on_hold):
-                    self._send_rtcp(packet)
-                self._export()
                 next_report = now + report_interval(False, _RNG)
+                try:
+                    packet = self._rtcp_packet()
+                    if packet is not None and not (self.media and self.media.on_hold):
+                        self._send_rtcp(packet)
+                    self._export()
+                except Exception:  # a report lost, never the inactivity watch
+                    log.exception("RTCP report failed", extra={"sip_call": self.ref})
             if self.media is not None and self.media.on_hold:
                 self._last_rtp = now  # the caller holds: no media is expected
             elif now - self._last_rtp >= self.rtp_timeout_s and self._ended is None:
