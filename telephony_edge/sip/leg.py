@@ -21,7 +21,7 @@ RTCP (:mod:`telephony_edge.sip.rtcp`) runs on the RTP port + 1 (the SDP's
 ``a=rtcp``), bound next to the RTP socket; RTCP multiplexed on the RTP port
 (RFC 5761) is read as well. One timer task per call sends a report every
 interval (RFC 3550 §6.3) and watches for RTP inactivity: no packet from the
-caller for ``rtp_timeout_s`` while the call is not on hold ends the leg with
+caller for ``rtp_timeout_s`` while both sides send (not on hold) ends the leg with
 ``LegEnded(timeout=True)``, so the call ends ``timeout`` and the edge sends
 BYE. The statistics (loss, jitter, late packets, round-trip time) go to the
 Prometheus metrics at each report and to :meth:`SipLeg.media_stats` at the end.
@@ -183,7 +183,7 @@ class SipLeg(Leg):
     def set_media(self, media: Negotiated) -> None:
         """The negotiated codec and the peer's address (from the offer, or a new offer)."""
         codec_changed = self.media is None or media.payload_type != self.media.payload_type
-        if self.media is not None and self.media.on_hold != media.on_hold:
+        if _rtp_expected(self.media) != _rtp_expected(media):
             self._last_rtp = self._clock()  # the inactivity count restarts on hold and resume
         self.media = media
         self._sdp_dest = (media.remote_address, media.remote_port)
@@ -365,8 +365,8 @@ class SipLeg(Leg):
                     self._export()
                 except Exception:  # a report lost, never the inactivity watch
                     log.exception("RTCP report failed", extra={"sip_call": self.ref})
-            if self.media is not None and self.media.on_hold:
-                self._last_rtp = now  # the caller holds: no media is expected
+            if not _rtp_expected(self.media):
+                self._last_rtp = now  # on hold, or the caller only listens
             elif now - self._last_rtp >= self.rtp_timeout_s and self._ended is None:
                 log.info(
                     "SIP call ended: no RTP",
@@ -477,6 +477,12 @@ class SipLeg(Leg):
                     **{f"rtp_{k}": v for k, v in vars_of(self.inbound.stats).items()},
                 },
             )
+
+
+def _rtp_expected(media: Negotiated | None) -> bool:
+    """Whether the caller should be sending RTP: not while it holds the call
+    (``sendonly``/``inactive`` from it) nor when it only listens (``recvonly``)."""
+    return media is None or media.direction == "sendrecv"
 
 
 def vars_of(stats: object) -> dict[str, int]:
