@@ -20,7 +20,8 @@ the edge's own ``G722Encoder`` in 20 ms packets.
 Reported: sipp's successful/failed calls; the edge's CPU seconds per
 call-minute in the steady state (every call up) and overall; RTP at the
 edge's receiver (each leg's counters from its ``SIP media closed`` log line:
-received, lost, late, duplicates, against the packets sipp sent); edge-added
+received, lost, late, duplicates, against the packets sipp sent; interarrival
+jitter, mean and max over the calls); edge-added
 latency per frame both ways (``telephony_edge_relay_latency_seconds``,
 p50/p99); frames the edge dropped; peak RSS. Latency on the way to the caller
 and loss at sipp are not measured (sipp does not count what it receives).
@@ -137,8 +138,10 @@ def sipp_stats(path: Path) -> dict[str, int]:
     return {k: int(last[header.index(k)]) for k in ("SuccessfulCall(C)", "FailedCall(C)")}
 
 
-def rtp_at_edge(log: Path) -> dict[str, int]:
-    totals: dict[str, int] = {"legs": 0}
+def rtp_at_edge(log: Path) -> dict[str, float]:
+    """Every leg's RTP counters summed; interarrival jitter (RFC 3550) as mean and max."""
+    totals: dict[str, float] = {"legs": 0}
+    jitters: list[float] = []
     for line in log.read_text(errors="replace").splitlines():
         if "SIP media closed" not in line:
             continue
@@ -150,6 +153,11 @@ def rtp_at_edge(log: Path) -> dict[str, int]:
         for key, value in rec.items():
             if key.startswith("rtp_") and isinstance(value, int):
                 totals[key] = totals.get(key, 0) + value
+        if isinstance(rec.get("rtp_jitter_ms"), int | float):
+            jitters.append(float(rec["rtp_jitter_ms"]))
+    if jitters:
+        totals["rtp_jitter_ms_mean"] = round(sum(jitters) / len(jitters), 2)
+        totals["rtp_jitter_ms_max"] = max(jitters)
     return totals
 
 
