@@ -1,6 +1,6 @@
 """Load benchmark: N concurrent sipp calls with RTP against one ``telephony-edge serve``.
 
-    python bench/sip_load.py [--calls 100] [--seconds 45] [--rate 50]
+    python bench/sip_load.py [--calls 100] [--seconds 45] [--rate 50] [--codec PCMA|G722]
                              [--core light|builtin] [--edge-cpu 0] [--json F]
 
 Processes, as in ``bench/twilio_load.py`` (whose helpers this imports: config,
@@ -13,12 +13,15 @@ Every call is registered first (``POST /register_sip_call``); sipp then places
 them all (``-m N -r RATE -l N``, the call ids from an injection file) with a
 scenario generated from ``sip/uac_load_pcap.xml``: INVITE, ACK, Debian
 sip-tester's PCMA pcap (7.05 s, 30 ms packets) played back to back for about
-``--seconds``, BYE.
+``--seconds``, BYE. With ``--codec G722`` the offer is G.722 (PT 9) and the
+pcap is written here first: the speech fixture, looped to 7 s, encoded with
+the edge's own ``G722Encoder`` in 20 ms packets.
 
 Reported: sipp's successful/failed calls; the edge's CPU seconds per
 call-minute in the steady state (every call up) and overall; RTP at the
 edge's receiver (each leg's counters from its ``SIP media closed`` log line:
-received, lost, late, duplicates, against the packets sipp sent); edge-added
+received, lost, late, duplicates, against the packets sipp sent; interarrival
+jitter, mean and max over the calls); edge-added
 latency per frame both ways (``telephony_edge_relay_latency_seconds``,
 p50/p99); frames the edge dropped; peak RSS. Latency on the way to the caller
 and loss at sipp are not measured (sipp does not count what it receives).
@@ -32,6 +35,7 @@ import json
 import math
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -43,6 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import twilio_load as tl  # bench/ helpers: pinning, CPU accounting, metrics
 import yaml
+
+from telephony_edge.audio.g722 import G722Encoder
+from telephony_edge.sip.rtp import build_rtp
 
 SCENARIO = tl.ROOT / "sip" / "uac_load_pcap.xml"
 PCAP = "/usr/share/sip-tester/g711a.pcap"
@@ -64,16 +71,48 @@ def sip_config(path: Path, http_port: int, core_port: int, sip_port: int, calls:
     path.write_text(yaml.safe_dump(config))
 
 
-def scenario(out: Path, plays: int) -> None:
-    """``uac_load_pcap.xml`` with the pcap played ``plays`` times back to back."""
+G722_SECONDS = 7.0
+G722_PACKETS = 350
+PCMA_OFFER = "RTP/AVP 8 101\n      a=rtpmap:8 PCMA/8000"
+G722_OFFER = "RTP/AVP 9 101\n      a=rtpmap:9 G722/8000"
+
+
+def scenario(out: Path, plays: int, pcap: str, seconds: float, codec: str) -> None:
+    """``uac_load_pcap.xml`` with ``pcap`` played ``plays`` times back to back."""
     text = SCENARIO.read_text()
+    if codec == "G722":
+        assert PCMA_OFFER in text
+        text = text.replace(PCMA_OFFER, G722_OFFER)
     one = (
-        f'  <nop>\n    <action>\n      <exec play_pcap_audio="{PCAP}"/>\n'
-        f'    </action>\n  </nop>\n  <pause milliseconds="{int(PCAP_SECONDS * 1000)}"/>\n'
+        f'  <nop>\n    <action>\n      <exec play_pcap_audio="{pcap}"/>\n'
+        f'    </action>\n  </nop>\n  <pause milliseconds="{int(seconds * 1000)}"/>\n'
     )
     start = text.index("  <nop>")
     end = text.index("  <pause/>\n") + len("  <pause/>\n")
     out.write_text(text[:start] + one * plays + text[end:])
+
+
+def write_g722_pcap(path: Path) -> None:
+    """A pcap (Ethernet, IPv4, UDP) of G.722 RTP sipp can play: the speech fixture, looped."""
+    import wave
+
+    with wave.open(str(tl.ROOT / "tests" / "fixtures" / "speech_table.wav")) as wav:
+        speech = wav.readframes(wav.getnframes())
+    pcm = (speech * 4)[: G722_PACKETS * 640]
+    encoder = G722Encoder()
+    records = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
+    for n in range(G722_PACKETS):
+        rtp = build_rtp(9, n, 160 * n, 0x6722, n == 0, encoder.encode(pcm[n * 640 : (n + 1) * 640]))
+        udp = struct.pack("!HHHH", 6000, 6000, 8 + len(rtp), 0) + rtp
+        ip = struct.pack(
+            "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), n, 0, 64, 17, 0,
+            bytes((127, 0, 0, 1)), bytes((127, 0, 0, 1)),
+        )  # fmt: skip
+        frame = bytes(12) + b"\x08\x00" + ip + udp
+        sec, usec = divmod(n * 20_000, 1_000_000)
+        records.append(struct.pack("<IIII", sec, usec, len(frame), len(frame)))
+        records.append(frame)
+    path.write_bytes(b"".join(records))
 
 
 async def register_all(base: str, n: int) -> list[str]:
@@ -99,8 +138,10 @@ def sipp_stats(path: Path) -> dict[str, int]:
     return {k: int(last[header.index(k)]) for k in ("SuccessfulCall(C)", "FailedCall(C)")}
 
 
-def rtp_at_edge(log: Path) -> dict[str, int]:
-    totals: dict[str, int] = {"legs": 0}
+def rtp_at_edge(log: Path) -> dict[str, float]:
+    """Every leg's RTP counters summed; interarrival jitter (RFC 3550) as mean and max."""
+    totals: dict[str, float] = {"legs": 0}
+    jitters: list[float] = []
     for line in log.read_text(errors="replace").splitlines():
         if "SIP media closed" not in line:
             continue
@@ -112,6 +153,11 @@ def rtp_at_edge(log: Path) -> dict[str, int]:
         for key, value in rec.items():
             if key.startswith("rtp_") and isinstance(value, int):
                 totals[key] = totals.get(key, 0) + value
+        if isinstance(rec.get("rtp_jitter_ms"), int | float):
+            jitters.append(float(rec["rtp_jitter_ms"]))
+    if jitters:
+        totals["rtp_jitter_ms_mean"] = round(sum(jitters) / len(jitters), 2)
+        totals["rtp_jitter_ms_max"] = max(jitters)
     return totals
 
 
@@ -122,6 +168,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=50.0, help="new calls per second")
     parser.add_argument("--edge-cpu", type=int, default=0)
     parser.add_argument("--core", choices=("builtin", "light"), default="light")
+    parser.add_argument("--codec", choices=("PCMA", "G722"), default="PCMA")
     parser.add_argument("--json")
     args = parser.parse_args()
     sipp = shutil.which("sipp")
@@ -135,9 +182,13 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="sip-load-"))
     config = tmp / "edge.yaml"
     sip_config(config, http_port, core_port, sip_port, args.calls)
-    plays = max(1, round(args.seconds / PCAP_SECONDS))
-    call_s = plays * PCAP_SECONDS
-    scenario(tmp / "uac_load.xml", plays)
+    pcap, pcap_s, pcap_packets = PCAP, PCAP_SECONDS, PCAP_PACKETS
+    if args.codec == "G722":
+        pcap, pcap_s, pcap_packets = str(tmp / "g722.pcap"), G722_SECONDS, G722_PACKETS
+        write_g722_pcap(Path(pcap))
+    plays = max(1, round(args.seconds / pcap_s))
+    call_s = plays * pcap_s
+    scenario(tmp / "uac_load.xml", plays, pcap, pcap_s, args.codec)
     base = f"http://127.0.0.1:{http_port}"
     py = sys.executable
     core_cmd = (
@@ -211,9 +262,10 @@ def main() -> int:
         if v
     }
     rtp = rtp_at_edge(tmp / "edge.log")
-    sent = ok * plays * PCAP_PACKETS
+    sent = ok * plays * pcap_packets
     figures: dict[str, Any] = {
         "calls": args.calls,
+        "codec": args.codec,
         "call_seconds": call_s,
         "rate_per_s": args.rate,
         "core": args.core,

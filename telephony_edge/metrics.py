@@ -108,3 +108,30 @@ TWILIO_LATE_SENDS = Counter(
     "telephony_edge_twilio_late_sends_total",
     "Agent frames sent to Twilio 10-180 ms behind their real-time slot (a gap the caller hears)",
 )
+
+# SIP media (telephony_edge.sip.leg): callers' RTP as RTCP counts it, all calls together.
+SIP_RTP_PACKETS = Counter(
+    "telephony_edge_sip_rtp_packets_total",
+    "Callers' RTP packets: received, lost (RFC 3550 cumulative) and late (after their turn)",
+    ["outcome"],
+)
+SIP_RTP_JITTER_SECONDS = Histogram(
+    "telephony_edge_sip_rtp_jitter_seconds",
+    "Interarrival jitter of callers' RTP (RFC 3550 A.8), one observation per call per report",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 0.2),
+)
+SIP_RTP_LOSS_RATIO = Histogram(
+    "telephony_edge_sip_rtp_loss_ratio",
+    "Fraction of a caller's RTP packets lost over the call",
+    buckets=(0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+)
+SIP_RTCP_PACKETS = Counter(
+    "telephony_edge_sip_rtcp_packets_total",
+    "RTCP compound packets: sent, received, malformed or from a stranger (dropped)",
+    ["outcome"],
+)
+SIP_RTCP_RTT_SECONDS = Histogram(
+    "telephony_edge_sip_rtcp_rtt_seconds",
+    "Round-trip time to SIP callers from their RTCP report blocks (LSR/DLSR)",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6),
+)

@@ -436,7 +436,7 @@ class CallBridge:
                     else:
                         self._buffer_early(event)
                 elif isinstance(event, LegEnded):
-                    self._feed(m.LegGone(event.status, event.error))
+                    self._feed(m.LegGone(event.status, event.error, event.timeout))
                     return
                 elif self._ready:
                     await self._send_leg_event(event)

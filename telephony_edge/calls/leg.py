@@ -94,6 +94,9 @@ class LegEnded:
 
     status: str = "completed"
     error: str | None = None
+    timeout: bool = False
+    """The network's media stopped (no RTP for its configured time): the call ends
+    ``timeout`` and the edge hangs up."""
 
 
 LegEvent = bytes | Dtmf | Played | LegEnded

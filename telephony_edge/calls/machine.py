@@ -120,6 +120,7 @@ class LegGone:
 
     provider_status: str
     error: str | None = None
+    timeout: bool = False  # the network's media stopped: end ``timeout``, hang up
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,6 +415,8 @@ class CallMachine:
 
     def _leg_gone(self, event: LegGone, now: float) -> list[Action]:
         self.provider_status = event.provider_status
+        if event.timeout:
+            return self._end(CallStatus.TIMEOUT, event.error)
         if event.error:
             return self._end(CallStatus.ERROR, f"network leg failed: {event.error}", hangup=False)
         return self._end(CallStatus.USER_ENDED, hangup=False)

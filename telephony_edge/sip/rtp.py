@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 Inbound, :class:`RtpInbound` takes each datagram with its source address and
-returns what the media shell should do with it: :class:`Audio` payloads in
+arrival time and returns what the media shell should do with it: :class:`Audio` payloads in
 sequence order (with the silence to put before them where packets were
 lost) and :class:`DtmfDigit`\\ s. On the way:
 
@@ -16,11 +16,20 @@ lost) and :class:`DtmfDigit`\\ s. On the way:
   dropped and counted, never re-latched mid-call. A new SSRC from the
   latched address (a PBX switching its stream, sipp's DTMF pcap) starts a new
   sequence space rather than being dropped.
+* Reception statistics for RTCP (:class:`~telephony_edge.sip.rtcp.ReceptionStats`:
+  sequence numbers received and expected, interarrival jitter) are taken as
+  each packet of the latched source arrives, before reordering.
 * :class:`JitterBuffer` puts packets back in order: an in-order packet is
   released at once (no added delay); a gap holds later packets until the
   missing one arrives or ``depth`` later packets are waiting, then the missing
-  one is counted lost. Duplicates and packets older than what was released
-  are dropped.
+  one is counted lost. The depth adapts: it starts at 4 packets (at 20 ms
+  packets, a packet up to 60 ms later than its successors is still in time),
+  grows by one each time a packet arrives after it was given up (``late``),
+  up to ``max_depth``, and shrinks by one after ``SHRINK_AFTER`` packets
+  without a late one. A duplicate (held, or already released) is dropped.
+  When the stream stops while packets are held (a talkspurt's end after a
+  loss), the media shell calls :meth:`RtpInbound.drain` so the tail of what
+  the caller said is not held until they speak again.
 * Loss concealment works on timestamps: an audio packet whose timestamp is
   ahead of where the previous one ended, without the marker bit of a new
   talkspurt, gets that gap (up to ``max_conceal_samples``) as silence.
@@ -40,15 +49,20 @@ import secrets
 import struct
 from dataclasses import dataclass
 
+from telephony_edge.sip.rtcp import ReceptionStats
+
 Address = tuple[str, int]
 
 RTP_VERSION = 2
 HEADER = struct.Struct("!BBHII")
 DTMF_EVENTS = "0123456789*#ABCD"
+SHRINK_AFTER = 500  # packets (10 s at 20 ms) without a late one before the depth shrinks
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RtpPacket:
+    """One parsed packet (not frozen: built per packet, and frozen init is slower)."""
+
     payload_type: int
     sequence: int
     timestamp: int
@@ -62,10 +76,12 @@ def parse_rtp(data: bytes) -> RtpPacket | None:
     if len(data) < HEADER.size:
         return None
     b0, b1, seq, ts, ssrc = HEADER.unpack_from(data)
-    if b0 >> 6 != RTP_VERSION:
-        return None
     pt = b1 & 0x7F
     if 72 <= pt <= 76:  # RTCP multiplexed on the port (RFC 5761)
+        return None
+    if b0 == 0x80:  # the common case: no padding, extension or CSRCs
+        return RtpPacket(pt, seq, ts, ssrc, b1 > 0x7F, data[12:])
+    if b0 >> 6 != RTP_VERSION:
         return None
     offset = HEADER.size + 4 * (b0 & 0x0F)
     if b0 & 0x10:  # header extension: 16-bit profile, 16-bit length in words
@@ -111,14 +127,35 @@ class RtpStats:
 class JitterBuffer:
     """Reorders one SSRC's packets; see the module docstring."""
 
-    __slots__ = ("_held", "_next", "depth", "max_jump", "stats")
+    __slots__ = (
+        "_calm",
+        "_first",
+        "_given_up",
+        "_held",
+        "_next",
+        "depth",
+        "max_depth",
+        "max_jump",
+        "min_depth",
+        "stats",
+    )
 
-    def __init__(self, stats: RtpStats, depth: int = 3, max_jump: int = 100) -> None:
-        self.depth = depth
+    def __init__(
+        self, stats: RtpStats, depth: int = 4, max_depth: int = 12, max_jump: int = 100
+    ) -> None:
+        self.depth = self.min_depth = depth
+        self.max_depth = max(depth, max_depth)
         self.max_jump = max_jump
         self.stats = stats
         self._held: dict[int, RtpPacket] = {}
         self._next: int | None = None  # extended sequence number expected next
+        self._first = 0  # extended sequence number of the first packet taken
+        self._given_up: set[int] = set()  # recent sequence numbers counted lost
+        self._calm = 0  # packets released since the last late one
+
+    @property
+    def holding(self) -> bool:
+        return bool(self._held)
 
     def _extend(self, seq: int) -> int:
         assert self._next is not None
@@ -132,29 +169,46 @@ class JitterBuffer:
 
     def push(self, pkt: RtpPacket) -> list[RtpPacket]:
         """Add a packet; return the packets now due, in order."""
+        nxt = self._next
+        if nxt is not None and not self._held and pkt.sequence == nxt & 0xFFFF:
+            self._next = nxt + 1  # in order, nothing waiting: the common case
+            self._calm += 1
+            if self._calm >= SHRINK_AFTER:
+                self._shrink()
+            return [pkt]
         if self._next is None:
-            self._next = pkt.sequence
+            self._next = self._first = pkt.sequence
         ext = self._extend(pkt.sequence)
         if ext < self._next:
-            if self._next - ext <= self.max_jump:
+            if self._next - ext > self.max_jump:
+                return self._restart(pkt)  # the peer restarted its numbering
+            if ext in self._given_up:
+                self._given_up.discard(ext)
                 self.stats.late += 1
-                return []
-            return self._restart(pkt)  # the peer restarted its numbering
+                self.depth = min(self.max_depth, self.depth + 1)
+                self._calm = 0
+            elif ext < self._first:
+                self.stats.late += 1  # sent before the first one we took
+            else:
+                self.stats.duplicates += 1
+            return []
         if ext in self._held:
             self.stats.duplicates += 1
             return []
         if ext - self._next > self.max_jump:
             return self._restart(pkt)
         self._held[ext] = pkt
-        return self._release()
+        return self._release(self.depth)
 
     def _restart(self, pkt: RtpPacket) -> list[RtpPacket]:
         out = self.flush()
-        self._next = pkt.sequence
+        self._next = self._first = pkt.sequence
+        self._given_up.clear()
         self._held[pkt.sequence] = pkt
-        return out + self._release()
+        return out + self._release(self.depth)
 
-    def _release(self) -> list[RtpPacket]:
+    def _release(self, depth: int) -> list[RtpPacket]:
+        """Packets due: in order, past gaps once ``depth`` later packets wait."""
         out: list[RtpPacket] = []
         held = self._held
         assert self._next is not None
@@ -162,23 +216,36 @@ class JitterBuffer:
             pkt = held.pop(self._next, None)
             if pkt is not None:
                 out.append(pkt)
-            elif len(held) >= self.depth:
-                self.stats.lost += 1
+            elif len(held) >= depth:
+                self._give_up(self._next)
             else:
                 break
             self._next += 1
+        self._calm += len(out)
+        if self._calm >= SHRINK_AFTER:
+            self._shrink()
         return out
+
+    def _shrink(self) -> None:
+        self._calm = 0
+        self.depth = max(self.min_depth, self.depth - 1)
+
+    def _give_up(self, ext: int) -> None:
+        self.stats.lost += 1
+        given_up = self._given_up
+        if len(given_up) >= 64:  # bounded: forget the ones too old to come back
+            self._given_up = given_up = {s for s in given_up if ext - s <= self.max_jump}
+            if len(given_up) >= 64:
+                given_up.clear()
+        given_up.add(ext)
 
     def flush(self) -> list[RtpPacket]:
-        """Everything held, in order (a new stream starts)."""
-        out = [self._held[k] for k in sorted(self._held)]
-        if out and self._next is not None:
-            self._next = max(self._held) + 1
-        self._held.clear()
-        return out
+        """Everything held, in order, the gaps before them counted lost (the stream stopped
+        or a new one starts)."""
+        return self._release(1)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Audio:
     """A codec payload to decode, after ``silence_samples`` (at the RTP clock) of silence."""
 
@@ -202,45 +269,74 @@ class RtpInbound:
         audio_pt: int,
         event_pt: int | None,
         *,
-        bytes_per_sample: float = 1.0,
-        depth: int = 3,
+        clock_rate: int = 8000,
+        depth: int = 4,
         max_conceal_samples: int = 800,
     ) -> None:
         self.audio_pt = audio_pt
         self.event_pt = event_pt
-        self.bytes_per_sample = bytes_per_sample  # G.711: one byte per sample
         self.max_conceal_samples = max_conceal_samples
         self.depth = depth
         self.stats = RtpStats()
+        self.reception = ReceptionStats(clock_rate)
         self.source: Address | None = None
-        self._ssrc: int | None = None
+        self.ssrc: int | None = None  # the caller's, once a packet came
         self._jitter = JitterBuffer(self.stats, depth)
         self._audio_end: int | None = None  # timestamp where the last audio payload ended
         self._last_event_end: int | None = None  # timestamp of the last event reported
 
-    def receive(self, data: bytes, source: Address) -> list[InboundEvent]:
-        self.stats.received += 1
+    def receive(self, data: bytes, source: Address, now: float) -> list[InboundEvent]:
+        """One datagram from ``source``, arrived at ``now`` (seconds, any steady clock)."""
+        stats = self.stats
+        stats.received += 1
         pkt = parse_rtp(data)
         if pkt is None:
-            self.stats.malformed += 1
+            stats.malformed += 1
             return []
-        if pkt.payload_type != self.audio_pt and pkt.payload_type != self.event_pt:
-            self.stats.unknown_payload_type += 1
+        pt = pkt.payload_type
+        if pt != self.audio_pt and pt != self.event_pt:
+            stats.unknown_payload_type += 1
             return []
-        if self.source is None:
+        if source != self.source:
+            if self.source is not None:
+                stats.strangers += 1
+                return []
             self.source = source
-        elif source != self.source:
-            self.stats.strangers += 1
-            return []
+        if pkt.ssrc != self.ssrc:
+            return self._new_stream(pkt) + self._take(pkt, now)
+        return self._take(pkt, now)
+
+    def _take(self, pkt: RtpPacket, now: float) -> list[InboundEvent]:
+        reception = self.reception
+        reception.packet(pkt.sequence)
+        if pkt.payload_type != self.audio_pt:
+            return self._events(self._jitter.push(pkt))
+        reception.arrival(int(now * reception.clock_rate), pkt.timestamp)
+        packets = self._jitter.push(pkt)
+        if len(packets) == 1 and packets[0] is pkt:
+            return [self._audio(pkt)]  # the common case, without the loop
+        return self._events(packets)
+
+    def _new_stream(self, pkt: RtpPacket) -> list[InboundEvent]:
+        """The first packet, or a new SSRC from the latched source: what the old one held."""
         out: list[InboundEvent] = []
-        if pkt.ssrc != self._ssrc:
-            if self._ssrc is not None:
-                self.stats.ssrc_changes += 1
-                out += self._events(self._jitter.flush())
-                self._jitter = JitterBuffer(self.stats, self.depth)
-                self._audio_end = None
-            self._ssrc = pkt.ssrc
-        return out + self._events(self._jitter.push(pkt))
+        if self.ssrc is not None:
+            self.stats.ssrc_changes += 1
+            out = self._events(self._jitter.flush())
+            self._jitter = JitterBuffer(self.stats, self.depth)
+            self._audio_end = None
+            self.reception.restart(pkt.sequence)
+        self.ssrc = pkt.ssrc
+        return out
+
+    @property
+    def holding(self) -> bool:
+        """Packets wait behind a gap (the shell drains them if the stream stops)."""
+        return self._jitter.holding
+
+    def drain(self) -> list[InboundEvent]:
+        """What is held, released now, the gaps counted lost and concealed."""
+        return self._events(self._jitter.flush())
 
     def _events(self, packets: list[RtpPacket]) -> list[InboundEvent]:
         out: list[InboundEvent] = []
@@ -254,7 +350,7 @@ class RtpInbound:
         return out
 
     def _audio(self, pkt: RtpPacket) -> Audio:
-        samples = int(len(pkt.payload) / self.bytes_per_sample)
+        samples = len(pkt.payload)  # one byte per RTP clock tick: G.711, G.722 (RFC 3551)
         silence = 0
         if self._audio_end is not None and not pkt.marker:
             gap = (pkt.timestamp - self._audio_end) & 0xFFFFFFFF
@@ -284,7 +380,17 @@ class RtpInbound:
 class RtpSender:
     """Numbers one outbound stream; see the module docstring."""
 
-    __slots__ = ("_anchor", "_started", "clock_rate", "payload_type", "sent", "seq", "ssrc", "ts")
+    __slots__ = (
+        "_anchor",
+        "_started",
+        "clock_rate",
+        "octets",
+        "payload_type",
+        "sent",
+        "seq",
+        "ssrc",
+        "ts",
+    )
 
     def __init__(
         self,
@@ -301,6 +407,7 @@ class RtpSender:
         self.seq = secrets.randbits(16) if seq is None else seq
         self.ts = secrets.randbits(32) if ts is None else ts  # of the next packet
         self.sent = 0
+        self.octets = 0  # payload bytes sent, for RTCP sender reports
         self._started = False
         self._anchor = 0.0  # wall-clock time of the last packet
 
@@ -318,4 +425,5 @@ class RtpSender:
         self.seq = (self.seq + 1) & 0xFFFF
         self.ts = (self.ts + samples) & 0xFFFFFFFF
         self.sent += 1
+        self.octets += len(payload)
         return data

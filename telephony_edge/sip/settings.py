@@ -151,6 +151,10 @@ class SipSettings(ProviderSettings):
     reject_when_draining: bool = True
     """While draining: new INVITEs get 503 (a trunk fails over) and OPTIONS 503."""
 
+    # -- media (telephony_edge.sip.leg) --
+    rtp_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    """No RTP from the caller for this long (hold excepted) ends the call ``timeout``."""
+
     @field_validator("codecs")
     @classmethod
     def _known_codecs(cls, codecs: tuple[str, ...]) -> tuple[str, ...]:

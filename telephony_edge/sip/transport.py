@@ -407,7 +407,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             to=record.to or record.call_id,
             provider_call_id=start.request.call_id(),
         )
-        leg = SipLeg(info, ref, rtp, port, self)
+        leg = SipLeg(info, ref, rtp, port, self, rtp_timeout_s=self.settings.rtp_timeout_s)
         if call.media is not None:
             leg.set_media(call.media)
         self.legs[ref] = leg
