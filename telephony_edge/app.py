@@ -22,6 +22,7 @@ from telephony_edge.calls.service import CallService
 from telephony_edge.config import Settings
 from telephony_edge.coord.factory import create_coordinator
 from telephony_edge.errors import ListenError
+from telephony_edge.recording.routes import add_recording_routes
 from telephony_edge.registry import provider_classes
 from telephony_edge.routing import NumberRouter
 from telephony_edge.services import SERVICES, Services
@@ -95,6 +96,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
     add_api_routes(app)
+    add_recording_routes(app)
     mount_providers(app)
     if settings.agent_core.url is None:
         add_agent_core_routes(app, DEMO_AGENT_PATH)

@@ -139,6 +139,14 @@ class CallHooks(Protocol):
         """
 
 
+class AudioTap(Protocol):
+    """Sees the call's audio as the caller sent and heard it (a recording); per frame, no I/O."""
+
+    def caller(self, frame: bytes) -> None: ...
+
+    def agent(self, frame: bytes) -> None: ...
+
+
 class CallBridge:
     """Bridges one leg and one agent link until the call ends."""
 
@@ -150,6 +158,7 @@ class CallBridge:
         pacer: Pacer,
         hooks: CallHooks,
         limits: BridgeLimits = BridgeLimits(),
+        recorder: AudioTap | None = None,
     ) -> None:
         self.record = record
         self.call_id = record.call_id
@@ -175,6 +184,7 @@ class CallBridge:
         self._api_transfer: asyncio.Future[None] | None = None
         self._owns_end = False  # the final record write succeeded: ours to report
         self._first_frame_at: float | None = None
+        self._recorder = recorder
 
     @property
     def state(self) -> CallState:
@@ -382,10 +392,13 @@ class CallBridge:
         leg, link, machine = self.leg, self.link, self._machine
         loop = asyncio.get_running_loop()
         perf = time.perf_counter
+        recorder = self._recorder
         try:
             while True:
                 event = await leg.recv()
                 if type(event) is bytes:
+                    if recorder is not None:
+                        recorder.caller(event)
                     if self._first_frame_at is None:
                         self._first_frame_at = loop.time()
                     if audioop.rms(event, 2) > ACTIVITY_RMS:
@@ -511,6 +524,8 @@ class CallBridge:
         self._machine.note_activity(time.monotonic())
         frame, cost = item
         _A2C.observe(cost)
+        if self._recorder is not None:
+            self._recorder.agent(frame)
         return frame
 
     def _tick(self) -> None:
@@ -534,6 +549,8 @@ class CallBridge:
                 self._feed(m.Failed("network send", repr(exc)))
                 return
             _A2C.observe(cost + time.perf_counter() - t0)
+            if self._recorder is not None:
+                self._recorder.agent(frame)
             self._talkspurt = True
         self._machine.note_activity(time.monotonic())
 
