@@ -4,18 +4,18 @@ Theory of operation
 -------------------
 Two tracks, the caller's (left) and the agent's as the caller heard it
 (right), each a ``bytearray`` of canonical 20 ms frames. A frame is placed
-by arrival time: a track that fell behind the call's clock (no frames for a
-while: the caller's leg was quiet, the agent said nothing) is first padded
-with silence up to where the clock is, less ``jitter_frames`` of slack so
-that a frame arriving a little late is not pushed later still. Frames that
-arrive faster than real time (a playout lead at a talkspurt's start) are
-appended as they come: the network plays them in order.
+by arrival time: a track more than ``jitter_frames`` behind the call's clock
+(no frames for a while: the caller's leg was quiet, the agent said nothing)
+is first padded with silence up to the clock; a frame only a little late is
+appended as it is, not pushed later still. Frames that arrive faster than
+real time (a playout lead at a talkspurt's start) are appended as they come:
+the network plays them in order.
 
 The per-frame cost is one clock read, a compare and a ``bytearray`` append:
 no syscall. :meth:`TrackWriter.flush` (about once a second) pads both tracks
 to the clock, writes the part both have (interleaved for stereo, mixed for
 mono) with the ``wave`` module, which rewrites the header's sizes on every
-write, and pushes it to the OS: a worker killed mid-call leaves a playable
+write, and hands it to the OS: a worker killed mid-call leaves a playable
 file up to the last flush. Bounded: a silence gap is at most ``max_gap_s``
 (a stalled clock does not allocate hours of zeros) and a track that runs far
 ahead of the other drops frames (counted) past ``max_pending_s``.
@@ -115,7 +115,9 @@ class TrackWriter:
         if len(track.buf) >= self._max_pending:
             track.dropped += 1
             return
-        track.pad_to(self._now_frame() - self._jitter, self._max_gap)
+        now = self._now_frame()
+        if track.position < now - self._jitter:
+            track.pad_to(now, self._max_gap)
         track.buf += frame
 
     def _now_frame(self) -> int:
@@ -130,21 +132,27 @@ class TrackWriter:
 
     @property
     def dropped(self) -> int:
+        """Frames left out because their track ran ``max_pending_s`` ahead of the other."""
         return self._caller.dropped + self._agent.dropped
+
+    @property
+    def pending_bytes(self) -> int:
+        """Audio held in memory, not yet in the file."""
+        return len(self._caller.buf) + len(self._agent.buf)
 
     def flush(self) -> None:
         """Write what both tracks have up to the clock; the file is a complete WAV after it."""
         if self.closed:
             return
-        target = self._now_frame() - self._jitter
-        self._write(target)
+        # two slacks behind the clock: a track that then falls behind is padded at once
+        self._write(self._now_frame() - 2 * self._jitter)
 
     def close(self) -> None:
         """Write everything left (the shorter track padded with silence) and close the file."""
         if self.closed:
             return
         try:
-            self._write(max(self._caller.position, self._agent.position))
+            self._write(max(self._caller.position, self._agent.position, self._now_frame()))
         finally:
             self.closed = True
             self._wav.close()
