@@ -117,10 +117,15 @@ def mount_providers(app: web.Application) -> None:
 
 
 def set_local_address(app: web.Application, host: str, port: int) -> None:
-    """Tell the app where it listens, once bound: the built-in agent core's URL."""
+    """Tell the app where it listens, once bound: the built-in agent core's URL, and the
+    recordings' links when no public URL is configured."""
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
-    app[SERVICES].call_service.demo_agent_url = f"ws://{host}:{port}{DEMO_AGENT_PATH}"
+    call_service = app[SERVICES].call_service
+    call_service.demo_agent_url = f"ws://{host}:{port}{DEMO_AGENT_PATH}"
+    server = call_service.settings.server
+    if server.public_url is None and server.region is None:  # links to recordings: here
+        call_service.recordings.public_url = f"http://{host}:{port}"
 
 
 async def serve(settings: Settings) -> int:

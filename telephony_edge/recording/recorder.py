@@ -103,7 +103,8 @@ class Recordings:
     def __init__(self, settings: RecordingSettings, *, public_url: str, secret: str | None) -> None:
         self.settings = settings
         self.directory = Path(settings.directory)
-        self._public_url = public_url
+        self.public_url = public_url
+        """The base of the links to recordings kept here (``settings.public_url``)."""
         self._secret = settings.url_secret or secret
         self.local = LocalStorage(self.directory)
         self.storage: Storage = self.local
@@ -183,7 +184,7 @@ class Recordings:
             )
             return None
         query = signing.signed_query(self._secret, call_id, self.settings.url_ttl_s)
-        return f"{self._public_url}/recordings/{call_id}?{query}"
+        return f"{self.public_url}/recordings/{call_id}?{query}"
 
     async def sweep_loop(self) -> None:
         """Delete recordings past their retention, every ``sweep_interval_s``."""

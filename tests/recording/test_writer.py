@@ -104,7 +104,7 @@ def test_a_quiet_call_is_silence_of_its_length(tmp_path: Path) -> None:
         clock.now = 100.0 + second
         writer.flush()
     writer.close()
-    channels, (left, right) = read_channels((tmp_path / "q.wav").read_bytes())
+    _, (left, right) = read_channels((tmp_path / "q.wav").read_bytes())
     assert len(left) == 3 * RATE
     assert rms(left) == rms(right) == 0
 
