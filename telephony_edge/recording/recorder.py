@@ -190,9 +190,13 @@ class Recordings:
         """Delete recordings past their retention, every ``sweep_interval_s``."""
         while True:
             cutoff = time.time() - self.settings.retention_s
-            removed = await self.storage.sweep(cutoff)
-            if removed:
-                log.info("recordings past retention deleted: %d", removed)
+            try:
+                removed = await self.storage.sweep(cutoff)
+            except Exception as exc:  # the store is away: the next sweep tries again
+                log.warning("recordings not swept: %r", exc)
+            else:
+                if removed:
+                    log.info("recordings past retention deleted: %d", removed)
             await asyncio.sleep(self.settings.sweep_interval_s)
 
     async def close(self) -> None:
