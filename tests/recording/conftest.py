@@ -1,5 +1,6 @@
-"""The Twilio fixtures (``tests/twilio/harness.py``), for recorded calls over Twilio."""
+"""The networks' fixtures (Twilio's harness, the SIP edge), for recorded calls over them."""
 
+from tests.sip.conftest import sip_edge  # noqa: F401
 from tests.twilio.harness import (  # noqa: F401
     fixture_crm,
     fixture_fake_twilio,
