@@ -1,4 +1,8 @@
-"""The networks' fixtures (Twilio's harness, the SIP edge), for recorded calls over them."""
+"""The networks' fixtures (Twilio's harness, the SIP and WebRTC edges), for recorded calls."""
+
+from pathlib import Path
+
+import pytest
 
 from tests.sip.conftest import sip_edge  # noqa: F401
 from tests.twilio.harness import (  # noqa: F401
@@ -7,3 +11,12 @@ from tests.twilio.harness import (  # noqa: F401
     fixture_make_twilio_edge,
     fixture_session,
 )
+from tests.webrtc.test_offer import edge  # noqa: F401
+
+
+@pytest.fixture
+def recording_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Recordings of the edges started after it go to a directory of the test's own."""
+    directory = tmp_path / "recordings"
+    monkeypatch.setenv("TELEPHONY_EDGE_RECORDING__DIRECTORY", str(directory))
+    return directory

@@ -36,14 +36,6 @@ def alaw_as_pcm16k(payloads: list[bytes]) -> np.ndarray:
     return np.frombuffer(pcm, dtype="<i2").astype(np.float64)
 
 
-@pytest.fixture
-def recording_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Recordings of the edges started after it go to a directory of the test's own."""
-    directory = tmp_path / "recordings"
-    monkeypatch.setenv("TELEPHONY_EDGE_RECORDING__DIRECTORY", str(directory))
-    return directory
-
-
 async def test_a_recorded_sip_call(
     recording_dir: Path, sip_edge: Edge, receiver: Receiver, tmp_path: Path
 ) -> None:

@@ -1,0 +1,94 @@
+"""A recorded WebRTC call: the aiortc client of ``tests/webrtc/test_offer.py`` speaks, listens."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from aiortc import RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from tests.conftest import Edge, Receiver, read_wav, wait_for
+from tests.recording.audio import RATE, locate, read_channels
+from tests.recording.test_call_recording import download
+from tests.webrtc.test_offer import Client, Speech, post_offer
+
+
+class TimedSpeech(Speech):
+    """The client's microphone: when its first frame went out."""
+
+    started: float | None = None
+
+    def next_frame(self) -> bytes | None:
+        if self.started is None:
+            self.started = asyncio.get_running_loop().time()
+        return super().next_frame()
+
+
+class ListeningClient(Client):
+    """The client, keeping what it heard (16 kHz mono) and when each frame arrived."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mic.source = self.speech = TimedSpeech(read_wav("speech_table.wav"))
+        self.heard: list[tuple[float, np.ndarray]] = []
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+
+    async def _listen(self, track: MediaStreamTrack) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                frame = await track.recv()
+                for out in self._resampler.resample(frame):  # type: ignore[arg-type]
+                    self.heard.append((loop.time(), out.to_ndarray().reshape(-1)))
+        except MediaStreamError:
+            pass
+
+
+async def test_a_recorded_webrtc_call(recording_dir: Path, edge: Edge, receiver: Receiver) -> None:
+    client = ListeningClient()
+    try:
+        offer = await client.offer()
+        body = {"agent_id": "echo", "offer": offer}
+        body["agent_config"] = {"recording": {"enabled": True}}
+        status, answer = await post_offer(edge, body)
+        assert status == 200, answer
+        await client.pc.setRemoteDescription(
+            RTCSessionDescription(**{k: answer[k] for k in ("sdp", "type")})
+        )
+        # the greeting, the caller's speech, its echo
+        await wait_for(lambda: len(client.heard) * 0.02 > 9.0, within=20)
+    finally:
+        await client.close()
+    await wait_for(lambda: receiver.received, within=10)
+    meta = receiver.received[0]["recording"]
+    status, data = await download(meta["url"])
+    assert status == 200 and hashlib.sha256(data).hexdigest() == meta["sha256"]
+    channels, (left, right) = read_channels(data)
+    assert channels == 2 and len(left) / RATE == pytest.approx(meta["duration_s"], abs=0.001)
+    speech = np.frombuffer(read_wav("speech_table.wav"), dtype="<i2").astype(np.float64)
+    # the caller's first second (through Opus: close, not equal; a late packet on a busy
+    # machine shifts what follows it, as the edge heard it)
+    caller_at, score = locate(left, speech[:RATE])
+    assert score > 0.9
+    heard = np.concatenate([pcm for _, pcm in client.heard]).astype(np.float64)
+    assert client.speech.started is not None
+    for after in (0.0, client.speech.started + len(speech) / RATE + 0.3):  # greeting, echo
+        first = next(i for i, (at, pcm) in enumerate(client.heard) if at > after and loud(pcm))
+        start = sum(len(pcm) for _, pcm in client.heard[:first])
+        agent_at, score = locate(right, heard[start : start + RATE // 2])
+        assert score > 0.9
+        # on the edge's clock: the caller's audio as it arrived, the agent's as it left.
+        # The client heard the agent later by the two one-way delays (jitter buffers,
+        # Opus), which the recording leaves out: never negative, a fraction of a second.
+        heard_after = client.heard[first][0] - client.speech.started
+        delays = heard_after - (agent_at - caller_at)
+        assert -0.03 < delays < 0.4
+
+
+def loud(pcm: np.ndarray) -> bool:
+    return float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) > 300
