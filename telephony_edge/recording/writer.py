@@ -51,7 +51,7 @@ _FRAMES_PER_S = 1000 // FRAME_MS
 
 @dataclass(frozen=True, slots=True)
 class WriterLimits:
-    jitter_frames: int = 3
+    jitter_frames: int = 10  # 200 ms: a late burst (a stalled loop, TCP) is not spread out
     max_gap_s: float = 10.0
     max_pending_s: float = 10.0
 

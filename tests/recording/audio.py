@@ -38,3 +38,25 @@ def locate(haystack: np.ndarray, needle: np.ndarray) -> tuple[float, float]:
 
 def rms(samples: np.ndarray) -> float:
     return float(np.sqrt(np.mean(samples**2))) if len(samples) else 0.0
+
+
+def locate_in_pieces(
+    haystack: np.ndarray, needle: np.ndarray, piece_s: float = 0.5
+) -> tuple[float, float]:
+    """Where ``needle`` starts in ``haystack`` by its pieces, and the share that agree.
+
+    Each ``piece_s`` piece of the needle is located on its own; the answer is
+    the median of where each says the needle starts, and the share of pieces
+    that match well (score > 0.9) within 60 ms of it. Robust where the audio
+    came over a lossy path (a late or concealed packet on a busy machine
+    shifts or spoils only the pieces it falls in).
+    """
+    size = int(piece_s * RATE)
+    found = [
+        (at - i / RATE, score)
+        for i in range(0, len(needle) - size + 1, size)
+        for at, score in [locate(haystack, needle[i : i + size])]
+    ]
+    start = float(np.median([at for at, score in found if score > 0.9] or [-1.0]))
+    agree = sum(score > 0.9 and abs(at - start) < 0.06 for at, score in found)
+    return start, agree / len(found)
