@@ -121,7 +121,8 @@ class Recordings:
     def start(self, call_id: str, options: RecordingOptions) -> CallRecording | None:
         """Start recording ``call_id`` now; None (logged) if the file cannot be created."""
         if not CALL_ID.match(call_id):
-            raise ValueError(f"call id {call_id!r} cannot name a recording")
+            log.error("call not recorded: its id cannot name a file", extra={"call_id": call_id})
+            return None
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             path = self.directory / f"{call_id}.wav"

@@ -103,12 +103,16 @@ class TrackWriter:
         self._caller = _Track()
         self._agent = _Track()
         self._file: BinaryIO = path.open("wb")
-        self._wav = wave.open(self._file, "wb")  # noqa: SIM115 (closed in close())
-        self._wav.setnchannels(2 if channels == "stereo" else 1)
-        self._wav.setsampwidth(SAMPLE_WIDTH)
-        self._wav.setframerate(SAMPLE_RATE)
-        self._wav.writeframes(b"")  # the header, so even an empty file is a WAV
-        self._file.flush()
+        try:
+            self._wav = wave.open(self._file, "wb")  # noqa: SIM115 (closed in close())
+            self._wav.setnchannels(2 if channels == "stereo" else 1)
+            self._wav.setsampwidth(SAMPLE_WIDTH)
+            self._wav.setframerate(SAMPLE_RATE)
+            self._wav.writeframes(b"")  # the header, so even an empty file is a WAV
+            self._file.flush()
+        except BaseException:
+            self._file.close()
+            raise
         self.closed = False
 
     # -- the taps (per frame: no I/O) -----------------------------------------
@@ -164,12 +168,14 @@ class TrackWriter:
         """Write everything left (the shorter track padded with silence) and close the file."""
         if self.closed:
             return
+        self.closed = True
         try:
             self._write(max(self._caller.position, self._agent.position, self._now_frame()))
         finally:
-            self.closed = True
-            self._wav.close()
-            self._file.close()
+            try:
+                self._wav.close()
+            finally:
+                self._file.close()
 
     def _write(self, target: int) -> None:
         left, right = self._caller, self._agent
