@@ -5,13 +5,16 @@ Theory of operation
 Two tracks, the caller's (left) and the agent's as the caller heard it
 (right), each a list of canonical 20 ms frames (640 bytes, the legs'
 contract), held by reference: no copy per frame, and silence is one shared
-frame. A frame is placed
-by arrival time: a track more than ``jitter_frames`` behind the call's clock
-(no frames for a while: the caller's leg was quiet, the agent said nothing)
-is first padded with silence up to the clock; a frame only a little late is
-appended as it is, not pushed later still. Frames that arrive faster than
-real time (a playout lead at a talkspurt's start) are appended as they come:
-the network plays them in order.
+frame. A frame is placed by arrival time: a track's first frame, and a frame
+that finds its track more than its slack behind the call's clock (no frames
+for a while: the agent said nothing, the caller's leg was cut off), is
+placed at the clock, the gap filled with silence; a frame only a little late
+is appended as it is, not pushed later still. The caller's slack is large
+(``caller_slack_frames``: its frames come over a network, a late burst must
+not be spread out), the agent's small (its frames leave on the edge's own
+clock, so a short pause between two talkspurts is kept). Frames that arrive
+faster than real time (a playout lead at a talkspurt's start) are appended
+as they come: the network plays them in order.
 
 The per-frame cost is one clock read, a compare and a list append: no copy,
 no syscall. :meth:`TrackWriter.flush` (about once a second) pads both tracks
@@ -51,7 +54,8 @@ _FRAMES_PER_S = 1000 // FRAME_MS
 
 @dataclass(frozen=True, slots=True)
 class WriterLimits:
-    jitter_frames: int = 10  # 200 ms: a late burst (a stalled loop, TCP) is not spread out
+    caller_slack_frames: int = 10  # 200 ms: a late burst (a stalled loop, TCP) stays whole
+    agent_slack_frames: int = 2
     max_gap_s: float = 10.0
     max_pending_s: float = 10.0
 
@@ -59,12 +63,14 @@ class WriterLimits:
 class _Track:
     """One side's frames not yet written; ``position`` counts frames since the start."""
 
-    __slots__ = ("dropped", "frames", "written")
+    __slots__ = ("dropped", "frames", "slack", "steady_slack", "written")
 
-    def __init__(self) -> None:
+    def __init__(self, slack: int) -> None:
         self.frames: list[bytes] = []
         self.written = 0  # frames already in the file
         self.dropped = 0
+        self.slack = -1  # the first frame is placed at the clock, whenever it comes
+        self.steady_slack = slack
 
     @property
     def position(self) -> int:
@@ -97,11 +103,11 @@ class TrackWriter:
         self.channels = channels
         self._clock = clock
         self._start = clock()
-        self._jitter = limits.jitter_frames
+        self._lag = 2 * max(limits.caller_slack_frames, limits.agent_slack_frames)
         self._max_gap = round(limits.max_gap_s * 1000 / FRAME_MS)
         self._max_pending = round(limits.max_pending_s * 1000 / FRAME_MS)
-        self._caller = _Track()
-        self._agent = _Track()
+        self._caller = _Track(limits.caller_slack_frames)
+        self._agent = _Track(limits.agent_slack_frames)
         self._file: BinaryIO = path.open("wb")
         try:
             self._wav = wave.open(self._file, "wb")  # noqa: SIM115 (closed in close())
@@ -132,13 +138,14 @@ class TrackWriter:
         if len(frames) >= self._max_pending:
             track.dropped += 1
             return
-        now = int((self._clock() - self._start) * _FRAMES_PER_S)
-        if track.written + len(frames) < now - self._jitter:
+        now = int((self._clock() - self._start) * _FRAMES_PER_S + 0.5)
+        if track.written + len(frames) < now - track.slack:
             track.pad_to(now, self._max_gap)
+            track.slack = track.steady_slack
         frames.append(frame)
 
     def _now_frame(self) -> int:
-        return int((self._clock() - self._start) * _FRAMES_PER_S)
+        return int((self._clock() - self._start) * _FRAMES_PER_S + 0.5)
 
     # -- batches ------------------------------------------------------------
 
@@ -161,8 +168,9 @@ class TrackWriter:
         """Write what both tracks have up to the clock; the file is a complete WAV after it."""
         if self.closed:
             return
-        # two slacks behind the clock: a track that then falls behind is padded at once
-        self._write(self._now_frame() - 2 * self._jitter)
+        # twice the slack behind the clock: a frame that then finds its track behind
+        # pads it to the clock at once
+        self._write(self._now_frame() - self._lag)
 
     def close(self) -> None:
         """Write everything left (the shorter track padded with silence) and close the file."""

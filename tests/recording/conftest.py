@@ -1,4 +1,4 @@
-"""The networks' fixtures (Twilio's harness, the SIP and WebRTC edges), for recorded calls."""
+"""Each network's fixtures (Twilio, Vonage, SIP, WebRTC), for recorded calls over them."""
 
 from pathlib import Path
 
@@ -11,6 +11,7 @@ from tests.twilio.harness import (  # noqa: F401
     fixture_make_twilio_edge,
     fixture_session,
 )
+from tests.vonage.harness import fixture_make_vonage_edge  # noqa: F401
 from tests.webrtc.test_offer import edge  # noqa: F401
 
 

@@ -133,3 +133,26 @@ def test_memory_is_bounded_whatever_the_tracks_do(tmp_path: Path) -> None:
             peak = max(peak, writer.pending_bytes)
     assert peak <= 2 * 60 * FRAME_BYTES
     writer.close()
+
+
+def test_first_frames_late_bursts_and_short_pauses(tmp_path: Path) -> None:
+    """The caller's first frame at 0.3 s is at 0.3 s; a burst after a 100 ms stall is not
+    spread out; a 100 ms pause between two agent talkspurts is kept."""
+    clock = FakeClock()
+    writer = TrackWriter(tmp_path / "t.wav", "stereo", clock=clock)
+    caller, agent = noise_frames(2.0, 6), noise_frames(0.4, 7)
+    sent = iter(caller)
+    for tick in range(15, 100):
+        clock.now = 100.0 + tick * 0.02
+        if not 40 <= tick < 45:  # a 100 ms stall, then the five late frames at once
+            for _ in range(6 if tick == 45 else 1):
+                writer.caller(next(sent))
+        if 50 <= tick < 60 or 65 <= tick < 75:  # two talkspurts, 100 ms apart
+            writer.agent(agent[tick - 50 if tick < 60 else tick - 55])
+    writer.close()
+    _, (left, right) = read_channels((tmp_path / "t.wav").read_bytes())
+    assert rms(left[: 15 * 320]) == 0
+    assert np.array_equal(left[15 * 320 : 100 * 320], as_samples(caller[:85]))
+    assert rms(right[: 50 * 320]) == rms(right[60 * 320 : 65 * 320]) == 0
+    assert np.array_equal(right[50 * 320 : 60 * 320], as_samples(agent[:10]))
+    assert np.array_equal(right[65 * 320 : 75 * 320], as_samples(agent[10:20]))
