@@ -26,6 +26,7 @@ from telephony_edge.recording.routes import add_recording_routes
 from telephony_edge.registry import provider_classes
 from telephony_edge.routing import NumberRouter
 from telephony_edge.services import SERVICES, Services
+from telephony_edge.status import add_status_routes
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
     add_api_routes(app)
+    add_status_routes(app)
     add_recording_routes(app)
     mount_providers(app)
     if settings.agent_core.url is None:

@@ -38,6 +38,7 @@ from pydantic_settings import (
 )
 from pydantic_settings.exceptions import SettingsError
 
+from telephony_edge.amd.policy import Voicemail
 from telephony_edge.coord.redis_url import check_redis_url
 
 _E164 = re.compile(r"^\+[1-9]\d{1,14}$")
@@ -153,6 +154,8 @@ class AgentConfig(_Model):
     """Off when absent; a call's ``agent_config.recording`` overrides it key by key."""
     extra: dict[str, Any] | None = None
     """Free-form settings for a custom agent core, passed through unchanged."""
+    voicemail: Voicemail | None = None
+    """Answering-machine detection and what a machine gets (``telephony_edge.amd.policy``)."""
 
 
 class Region(_Model):

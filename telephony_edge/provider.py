@@ -51,6 +51,9 @@ class Provider:
     #: whether the network reaches the edge at ``public_url`` (webhooks), so the
     #: banner warns when that is a loopback address
     uses_public_url: ClassVar[bool] = True
+    #: whether the network detects answering machines on the calls it dials (the
+    #: edge's own detector runs where it does not: ``telephony_edge.amd``)
+    network_amd: ClassVar[bool] = False
 
     def __init__(self, services: Services) -> None:
         self.services = services

@@ -31,6 +31,12 @@ Testing hooks:
 * ``metadata.demo_pause_ms: N``: ``pause`` before the greeting and ``unpause``
   N ms later (the greeting's audio is sent meanwhile, for the edge to hold).
 * ``agent.agent_config.first_message``: the greeting's ``onresponsetext``.
+* ``amd_result`` ``{"result": "machine"}`` with ``agent_config.voicemail.action``
+  ``leave_message``: the core stops what it was saying, plays its recorded
+  message (:func:`voicemail_message`; ``onresponsetext`` is
+  ``voicemail.message``), then sends ``end_call`` ``{"reason": "voicemail
+  message left"}``, and no longer answers the machine. Other results change
+  nothing (a human is answered as usual).
 
 Errors and limits: a first message that is not ``initiate`` (binary, another
 method, malformed JSON) or none within ``initiate_timeout_s``, and malformed
@@ -76,6 +82,7 @@ __all__ = [
     "create_agent_core_app",
     "greeting_chime",
     "run_agent_core",
+    "voicemail_message",
 ]
 
 log = logging.getLogger(__name__)
@@ -135,6 +142,16 @@ def greeting_chime(duration_s: float = 1.5) -> bytes:
     out[-fade:] *= np.linspace(1.0, 0.0, fade)
     pcm = np.clip(out * 32767, -32768, 32767).astype("<i2")
     return pcm.tobytes()
+
+
+@functools.lru_cache(maxsize=1)
+def voicemail_message() -> bytes:
+    """The demo core's "recorded" voicemail message: three short chimes, 2.4 s.
+
+    Generated like the greeting (the package ships no audio): it stands for
+    the recording a real core would play or synthesise from ``message``.
+    """
+    return b"".join(greeting_chime(0.8) for _ in range(3))
 
 
 class _Playout:
@@ -212,6 +229,8 @@ class _Session:
         self._tasks: set[asyncio.Task[None]] = set()
         self._send_lock = asyncio.Lock()
         self._turns = 0
+        self._voicemail: Mapping[str, Any] = {}
+        self._leaving_message = False
 
     async def run(self) -> None:
         try:
@@ -252,6 +271,7 @@ class _Session:
         self._call_id = str(call.get("call_id") or "?")
         self._metadata = dict(_mapping(data.get("metadata")))
         agent_config = _mapping(_mapping(data.get("agent")).get("agent_config"))
+        self._voicemail = _mapping(agent_config.get("voicemail"))
         first_message = agent_config.get("first_message")
         if isinstance(first_message, str) and first_message.strip():
             self._greeting_text = first_message
@@ -297,6 +317,8 @@ class _Session:
             log.debug("demo core: call %s: playback %s", self._call_id, data)
         elif method == m.INITIATE:
             log.warning("demo core: call %s: second initiate ignored", self._call_id)
+        elif method == m.AMD_RESULT:
+            await self._on_amd(data)
         else:
             log.info("demo core: call %s: unknown method %r ignored", self._call_id, method)
         return True
@@ -318,7 +340,23 @@ class _Session:
             await self._send(m.AI_ACTION, {"action": "dtmf", "digit": digit})
         return True
 
+    async def _on_amd(self, data: Mapping[str, Any]) -> None:
+        log.info("demo core: call %s: amd_result %s", self._call_id, dict(data))
+        if data.get("result") != "machine" or self._leaving_message:
+            return
+        if self._voicemail.get("action") != "leave_message":
+            return
+        self._leaving_message = True
+        self._recording = None
+        if self._playout.playing or (self._speaker is not None and not self._speaker.done()):
+            await self._barge_in()
+        text = str(self._voicemail.get("message") or "")
+        speaker = self._speak(text, voicemail_message())
+        self._spawn(self._end_call_after(speaker, "voicemail message left"))
+
     async def _on_audio(self, chunk: bytes) -> None:
+        if self._leaving_message:
+            return  # the machine records; nobody to answer
         for frame in self._splitter.push(chunk):
             await self._on_frame(frame)
 

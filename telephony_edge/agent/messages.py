@@ -18,6 +18,7 @@ PING: Final = "ping"
 DTMF: Final = "dtmf"
 PLAYBACK: Final = "playback"
 ERROR: Final = "error"  # a request of the core's was refused; the call goes on
+AMD_RESULT: Final = "amd_result"  # who answered: human, machine (greeting over) or unknown
 
 # Core -> edge.
 ONREADY: Final = "onready"
@@ -33,7 +34,7 @@ END_CALL: Final = "end_call"
 TRANSFER_CALL: Final = "transfer_call"
 ONSESSIONENDED: Final = "onsessionended"
 
-EDGE_TO_CORE: Final = frozenset({INITIATE, PING, DTMF, PLAYBACK, ERROR})
+EDGE_TO_CORE: Final = frozenset({INITIATE, PING, DTMF, PLAYBACK, ERROR, AMD_RESULT})
 CORE_TO_EDGE: Final = frozenset(
     {
         ONREADY,

@@ -37,12 +37,14 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from telephony_edge import metrics
 from telephony_edge.agent import messages
 from telephony_edge.agent.link import AgentLink, AgentLinkError, AgentMessage, LinkClosed
+from telephony_edge.amd.detector import AmdDetector, Verdict
+from telephony_edge.amd.policy import Voicemail
 from telephony_edge.audio.frames import FRAME_MS
 from telephony_edge.calls import machine as m
 from telephony_edge.calls.leg import Clock, Dtmf, Leg, LegEnded, LegEvent, NotSupported, Played
@@ -158,8 +160,13 @@ class CallBridge:
         pacer: Pacer,
         hooks: CallHooks,
         limits: BridgeLimits = BridgeLimits(),
+        voicemail: Voicemail | None = None,
+        edge_amd: bool = False,
         recorder: AudioTap | None = None,
     ) -> None:
+        """``voicemail``: the call's detection setting; ``edge_amd``: run the edge's detector
+        on the caller's audio (else the network reports through :meth:`report_amd`);
+        ``recorder``: sees each caller frame read and each agent frame handed to the leg."""
         self.record = record
         self.call_id = record.call_id
         self.leg = leg
@@ -169,8 +176,11 @@ class CallBridge:
         self._hooks = hooks
         self._limits = limits
         self._machine = m.CallMachine(
-            m.Limits(limits.max_duration_s, limits.inactivity_timeout_s), time.monotonic()
+            m.Limits(limits.max_duration_s, limits.inactivity_timeout_s),
+            time.monotonic(),
+            voicemail.action if voicemail else "",
         )
+        self._detector = AmdDetector(voicemail.detector) if voicemail and edge_amd else None
         self._playout = Playout(limits.playout_max_s)
         self._prebuffer: deque[LegEvent] = deque()
         self._prebuffer_max = int(limits.preconnect_buffer_s * 1000 / FRAME_MS)
@@ -236,6 +246,25 @@ class CallBridge:
         self._api_transfer = None
         await pending
 
+    def report_amd(self, report: m.AmdReport) -> None:
+        """The network's answering-machine detection reported (``after_ms`` < 0: unknown)."""
+        if report.after_ms < 0:
+            first = self._first_frame_at
+            now = asyncio.get_running_loop().time()
+            after_ms = 0 if first is None else round((now - first) * 1000)
+            report = replace(report, after_ms=after_ms)
+        self._feed(report)
+
+    def _detect(self, frame: bytes, detector: AmdDetector) -> None:
+        """The edge's detector on one caller frame (the frame is relayed all the same)."""
+        for found in detector.feed(frame):
+            if isinstance(found, Verdict):
+                self._feed(m.AmdReport(found.result, "edge", found.after_ms))
+            else:
+                self._feed(m.AmdReport("machine", "edge", found.after_ms, True, found.beep))
+        if detector.done:
+            self._detector = None
+
     def _feed(self, event: m.Event) -> None:
         """Give the machine one event and carry out what it says."""
         was_ending = self._machine.state in (CallState.ENDING, CallState.ENDED)
@@ -257,6 +286,7 @@ class CallBridge:
         record.set_status(machine.call_status, machine.error_message)
         record.transferred_to = machine.transferred_to or record.transferred_to
         record.provider_status = machine.provider_status or record.provider_status
+        record.amd = machine.amd or record.amd
         if record.state is not CallState.ENDING:
             record.advance(CallState.ENDING)
         extra = {"call_id": self.call_id, "call_status": str(record.call_status)}
@@ -278,19 +308,27 @@ class CallBridge:
             self._start_transfer(action)
         elif isinstance(action, m.ReportToAgent):
             self._spawn(self._report(action), "report")
+        elif isinstance(action, m.SendAmdResult):
+            log.info("answering-machine detection: %s (beep: %s)", action.result, action.beep)
+            data = {"result": action.result, "beep": action.beep}
+            self._spawn(self._tell(messages.AMD_RESULT, data), "amd-result")
         elif isinstance(action, m.WriteState):
             self.record.advance(action.state)
-            self._spawn(self._write_live_state(action.previous), "write-state")
+            self._spawn(self._write_live_state(action.state, action.previous), "write-state")
         else:  # teardown actions only come with the move to ending
             raise AssertionError(f"unexpected action {action!r}")
 
-    async def _write_live_state(self, previous: tuple[CallState, ...]) -> None:
+    async def _write_live_state(self, state: CallState, previous: tuple[CallState, ...]) -> None:
         """Write a state change of a live call; an unreachable coordinator does not end it.
 
         The audio never waits on the coordinator, and a Redis outage must not
         cost a live call: the record catches up with the final write at teardown.
-        A conflict (another worker ended the call) still ends it here.
+        A conflict (another worker ended the call) still ends it here. A write
+        whose turn comes after the call moved on is not made: the record would
+        be stored as it is now (``ending``), which only the teardown writes.
         """
+        if self.record.state is not state:
+            return
         try:
             await self._hooks.write_state(self.record, previous)
         except CoordinatorUnavailable as exc:
@@ -403,6 +441,8 @@ class CallBridge:
                         self._first_frame_at = loop.time()
                     if audioop.rms(event, 2) > ACTIVITY_RMS:
                         machine.note_activity(loop.time())
+                    if self._detector is not None:
+                        self._detect(event, self._detector)
                     if self._ready:
                         t0 = perf()
                         await link.send_audio(event)
@@ -499,9 +539,11 @@ class CallBridge:
                 return
 
     def _chat(self, role: str, data: dict[str, Any]) -> bool:
-        if not data.get("is_final", True) or not data.get("text"):
+        text = str(data.get("text") or "")[: self._limits.max_text_chars]
+        final = bool(data.get("is_final", True))
+        self.leg.agent_text(role, text, final)
+        if not final or not text:
             return False
-        text = str(data["text"])[: self._limits.max_text_chars]
         entry = {"role": role, "content": text, "ts": time.time()}
         self.conversation.add(self.conversation.chat, "chat", self._limits.max_chat_messages, entry)
         return True
@@ -594,9 +636,11 @@ class CallBridge:
 
     async def _report(self, action: m.ReportToAgent) -> None:
         log.warning("agent request %s refused: %s", action.method, action.message)
-        report = {"request": action.method, "message": action.message}
+        await self._tell(messages.ERROR, {"request": action.method, "message": action.message})
+
+    async def _tell(self, method: str, data: dict[str, Any]) -> None:
         with contextlib.suppress(ConnectionError, AssertionError):  # link gone: nobody to tell
-            await self.link.send_message(messages.ERROR, report)
+            await self.link.send_message(method, data)
 
 
 def _consume(future: asyncio.Future[None]) -> None:

@@ -150,6 +150,11 @@ class Leg(abc.ABC):
         """Hand the caller to ``destination`` (E.164 number or SIP URI) on the network."""
         raise NotSupported(f"{type(self).__name__} cannot transfer calls")
 
+    def agent_text(self, role: str, text: str, final: bool) -> None:
+        """The agent's text as it comes (``user``: ``ontranscript``, ``assistant``:
+        ``onresponsetext``), for networks that can show it (WebRTC captions)."""
+        return None  # most networks carry audio only
+
     async def media_stats(self) -> dict[str, Any]:
         """The media path's statistics (RTP loss, jitter, round-trip time) for ``voip.media``.
 

@@ -34,6 +34,15 @@ command means, deadline arithmetic). Audio frames do not pass through the
 machine: the shell relays them while the machine is ``active`` and reports
 caller activity with :meth:`CallMachine.note_activity`, one float store per
 frame.
+
+Answering-machine detection (when the call's ``voicemail`` setting asks for
+it) comes in as :class:`AmdReport` events, from the network or the edge's own
+detector. The first one fixes the result. A machine gets what the setting
+says: ``hangup`` ends the call ``voicemail-hangup`` at once;
+``leave_message`` waits for the end of its greeting (a report with
+``message_end``, bounded by ``VOICEMAIL_WAIT_S``), then tells the agent
+core, whose ``end_call`` then ends the call ``voicemail-message``. A human
+or an unknown answer is told to the agent core at once, and the call goes on.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ from telephony_edge.calls.record import CallState, CallStatus
 from telephony_edge.routing import normalize_destination
 
 END_CALL_PLAYOUT_S = 15.0  # how long an agent's goodbye may play after end_call
+VOICEMAIL_WAIT_S = 130.0  # how long a machine's greeting may last before the message anyway
 
 
 # -- events ------------------------------------------------------------------
@@ -131,6 +141,20 @@ class TransferDone:
 
 
 @dataclass(frozen=True, slots=True)
+class AmdReport:
+    """Who answered (``human``/``machine``/``unknown``), as ``source`` found after ``after_ms``.
+
+    ``message_end``: a machine's greeting is over (``beep``: with a beep).
+    """
+
+    result: str
+    source: str
+    after_ms: int
+    message_end: bool = False
+    beep: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passed: check the deadlines."""
 
@@ -165,6 +189,7 @@ Event = (
     | LegGone
     | Control
     | TransferDone
+    | AmdReport
     | Tick
     | Cancelled
     | Failed
@@ -207,6 +232,14 @@ class ReportToAgent:
 
     method: str
     message: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendAmdResult:
+    """Tell the agent core who answered (``amd_result``); a machine's greeting is over."""
+
+    result: str
+    beep: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +287,7 @@ Action = (
     | ClearAudio
     | Transfer
     | ReportToAgent
+    | SendAmdResult
     | WriteState
     | StopTasks
     | HangupNetwork
@@ -296,7 +330,8 @@ class Limits:
 class CallMachine:
     """One call's state; see the module docstring."""
 
-    def __init__(self, limits: Limits, now: float) -> None:
+    def __init__(self, limits: Limits, now: float, voicemail: str = "") -> None:
+        """``voicemail``: what a machine gets (``hangup``, ``leave_message``; "": no detection)."""
         self.state = CallState.CONNECTING
         self.call_status: CallStatus | None = None
         self.error_message: str | None = None
@@ -308,6 +343,11 @@ class CallMachine:
         self._last_activity = now
         self._end_by: float | None = None  # end_call: goodbye playing until then
         self._transferring = False
+        self._voicemail = voicemail
+        self.amd: dict[str, Any] | None = None  # the first report, for the payload's voip.amd
+        self._message_by: float | None = None  # a machine's greeting: the message is due then
+        self._leaving_message = False
+        self._held: list[Action] = []  # for the agent core, once it is ready
 
     # -- the table's entry point ---------------------------------------------------
 
@@ -332,11 +372,12 @@ class CallMachine:
         if self.state in (CallState.ENDING, CallState.ENDED):
             return None
         limits = self._limits
-        deadline = min(
+        deadlines = [
             self._started + limits.max_duration_s,
             self._last_activity + limits.inactivity_timeout_s,
-        )
-        return deadline if self._end_by is None else min(deadline, self._end_by)
+        ]
+        deadlines += [at for at in (self._end_by, self._message_by) if at is not None]
+        return min(deadlines)
 
     # -- handlers (what the table cannot say) ----------------------------------------
 
@@ -362,7 +403,8 @@ class CallMachine:
 
     def _agent_ready(self, event: AgentReady, now: float) -> list[Action]:
         self.state = CallState.ACTIVE
-        return [WriteState(CallState.ACTIVE, (CallState.CONNECTING,)), GoLive()]
+        held, self._held = self._held, []
+        return [WriteState(CallState.ACTIVE, (CallState.CONNECTING,)), GoLive(), *held]
 
     def _agent_failed(self, event: AgentFailed, now: float) -> list[Action]:
         return self._end(CallStatus.ERROR, f"agent core {event.stage}: {event.message}")
@@ -385,10 +427,10 @@ class CallMachine:
         if method == "clear":
             return [ClearAudio()]
         if method == "onsessionended":
-            return self._end(CallStatus.AGENT_ENDED)
+            return self._end(self._agent_status)
         if method == "end_call":
             if event.playout_empty:
-                return self._end(CallStatus.AGENT_ENDED)
+                return self._end(self._agent_status)
             self._end_by = now + END_CALL_PLAYOUT_S  # let the goodbye play, bounded
             return []
         if method == "transfer_call":
@@ -419,7 +461,7 @@ class CallMachine:
     def _drained(self, event: PlayoutDrained, now: float) -> list[Action]:
         if self._end_by is None:
             return []
-        return self._end(CallStatus.AGENT_ENDED)
+        return self._end(self._agent_status)
 
     def _control(self, event: Control, now: float) -> list[Action]:
         if event.action == "transfer":
@@ -437,8 +479,51 @@ class CallMachine:
                 CallStatus.TIMEOUT, f"no activity for {limits.inactivity_timeout_s:g}s"
             )
         if self._end_by is not None and now >= self._end_by:
-            return self._end(CallStatus.AGENT_ENDED)
+            return self._end(self._agent_status)
+        if self._message_by is not None and now >= self._message_by:
+            return self._message_due(beep=False)
         return []
+
+    @property
+    def _agent_status(self) -> CallStatus:
+        """How the agent core's end of the call counts: after a voicemail message, as that."""
+        return CallStatus.VOICEMAIL_MESSAGE if self._leaving_message else CallStatus.AGENT_ENDED
+
+    def _amd(self, event: AmdReport, now: float) -> list[Action]:
+        if not self._voicemail:
+            return []  # detection was not asked for
+        if self.amd is None:
+            self.amd = {
+                "result": event.result,
+                "beep": event.beep,
+                "source": event.source,
+                "decided_after_ms": event.after_ms,
+            }
+        elif self.amd["result"] != "machine" or event.result != "machine":
+            return []  # the first result stands; later machine reports say the greeting ended
+        if event.result != "machine":
+            return self._tell(SendAmdResult(event.result, False))
+        if self._voicemail == "hangup":
+            return self._end(CallStatus.VOICEMAIL_HANGUP)
+        if self._leaving_message:
+            return []
+        if event.message_end:
+            self.amd["beep"] = event.beep
+            return self._message_due(event.beep)
+        if self._message_by is None:
+            self._message_by = now + VOICEMAIL_WAIT_S
+        return []
+
+    def _message_due(self, beep: bool) -> list[Action]:
+        self._leaving_message = True
+        self._message_by = None
+        return self._tell(SendAmdResult("machine", beep))
+
+    def _tell(self, action: Action) -> list[Action]:
+        if self.state is CallState.CONNECTING:
+            self._held.append(action)
+            return []
+        return [action]
 
     def _cancelled(self, event: Cancelled, now: float) -> list[Action]:
         return self._end(CallStatus.ERROR, "the call's task was cancelled")
@@ -466,6 +551,7 @@ TABLE: dict[tuple[CallState, type[Any]], Handler] = {
     **{(s, TransferDone): CallMachine._transfer_done for s in _LIVE},
     **{(s, LegGone): CallMachine._leg_gone for s in _LIVE},
     **{(s, Control): CallMachine._control for s in _LIVE},
+    **{(s, AmdReport): CallMachine._amd for s in _LIVE},
     **{(s, Tick): CallMachine._tick for s in _LIVE},
     **{(s, Cancelled): CallMachine._cancelled for s in _LIVE},
     **{(s, Failed): CallMachine._failed for s in _LIVE},

@@ -93,6 +93,8 @@ class CallRecord:
     """What the network reported about the call (its status callbacks' details), for ``voip``."""
     media_stats: dict[str, Any] = field(default_factory=dict)
     """The leg's media statistics at the end (:meth:`Leg.media_stats`), for ``voip.media``."""
+    amd: dict[str, Any] = field(default_factory=dict)
+    """Answering-machine detection: result, beep, source, decided_after_ms (``voip.amd``)."""
     created_at: float = field(default_factory=time.time)
     answered_at: float | None = None
     ended_at: float | None = None

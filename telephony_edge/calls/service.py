@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,10 +23,11 @@ import aiohttp
 from telephony_edge import metrics
 from telephony_edge.agent.link import AgentLink, LinkTimeouts
 from telephony_edge.agent.pool import AgentCorePool, PoolChoice
+from telephony_edge.amd.policy import Voicemail, voicemail_policy
 from telephony_edge.calls import admission, webhooks
 from telephony_edge.calls.bridge import BridgeLimits, CallBridge, CallOver, Conversation
 from telephony_edge.calls.leg import Leg, NotSupported
-from telephony_edge.calls.machine import ENDED_FROM
+from telephony_edge.calls.machine import ENDED_FROM, AmdReport
 from telephony_edge.calls.manager import CallManager
 from telephony_edge.calls.pacing import Pacer
 from telephony_edge.calls.record import CallRecord, CallState, CallStatus, new_id
@@ -61,6 +63,7 @@ OWNER_FIELDS = (
     "to",
     "provider_call_id",
     "media_stats",
+    "amd",
 )
 _LIVE_STATES = (CallState.CONNECTING, CallState.ACTIVE)
 #: How long a hang-up / transfer request on one worker waits for the owner's answer.
@@ -127,6 +130,9 @@ class ProviderError(Exception):
 
 class Network(Protocol):
     """What the call service needs of a provider (``telephony_edge.provider.Provider``)."""
+
+    @property
+    def network_amd(self) -> bool: ...
 
     def final_status(self, provider_status: str) -> tuple[CallStatus, str | None] | None: ...
 
@@ -281,6 +287,10 @@ class CallService:
             record.session_id = session_id
         if call_id is not None:
             record.call_id = call_id
+        try:
+            self.voicemail(record)
+        except ValueError as exc:
+            raise CallRejected(400, f"agent_config.voicemail: {exc}") from None
         # a call whose media never arrives is ended by the setup reaper; the ttl is a safety net
         try:
             async with self._coordinated("create_call"):
@@ -334,6 +344,25 @@ class CallService:
             provider_call_id=provider_call_id,
         )
 
+    def voicemail(self, record: CallRecord) -> Voicemail | None:
+        """The call's answering-machine setting if detection applies (ValueError: invalid)."""
+        stored = self.settings.agents[record.agent_id].model_dump(mode="json", exclude_none=True)
+        return voicemail_policy(merge_agent_config(stored, record.agent_config), record.direction)
+
+    async def report_amd(self, call_id: str, report: AmdReport) -> bool:
+        """A network's answering-machine detection result, to the call's owner; False if none."""
+        live = self.manager.get(call_id)
+        if isinstance(live, CallBridge):
+            live.report_amd(report)
+            return True
+        doc = await self.coordinator.get_call(call_id)
+        if doc is None or doc.data.get("state") not in _LIVE_STATES:
+            log.warning("amd result for a call without media: dropped", extra={"call_id": call_id})
+            return False
+        return await self.coordinator.publish_control(
+            call_id, {"action": "amd", "report": dataclasses.asdict(report)}
+        )
+
     def _check_admission(self) -> None:
         """Raise WorkerFull (counted) if this worker is at its maximum or draining."""
         full = admission.full_reason(
@@ -373,9 +402,22 @@ class CallService:
         link = AgentLink(
             self._http(), url, self._timeouts, call_id=record.call_id, endpoints=endpoints
         )
+        voicemail = self.voicemail(record)
+        network = self.networks.get(record.provider)
+        by_network = network is not None and network.network_amd and record.direction == "outbound"
         recording = self._start_recording(record)
         tap = None if recording is None else recording.writer
-        bridge = CallBridge(record, leg, link, self.pacer, self, self._limits, tap)
+        bridge = CallBridge(
+            record,
+            leg,
+            link,
+            self.pacer,
+            self,
+            self._limits,
+            voicemail,
+            not by_network,
+            recorder=tap,
+        )
         self.manager.add(bridge)
         active = metrics.CALLS_ACTIVE.labels(provider=record.provider)
         active.inc()
@@ -798,6 +840,8 @@ class CallService:
                 await live.end("hang-up requested through another worker")
             elif message.get("action") == "transfer":
                 await live.transfer(str(message.get("destination", "")))
+            elif message.get("action") == "amd":
+                live.report_amd(AmdReport(**message["report"]))
             else:
                 reply = {"ok": False, "kind": "error", "error": "unknown control action"}
         except NotSupported as exc:

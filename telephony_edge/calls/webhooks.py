@@ -474,6 +474,7 @@ def build_session_payload(
             "direction": record.direction,
             **({"details": record.provider_details} if record.provider_details else {}),
             **({"media": record.media_stats} if record.media_stats else {}),
+            **({"amd": record.amd} if record.amd else {}),
         },
         "recording": None if recording is None else dict(recording),
         "function_calls": [dict(fc) for fc in function_calls],

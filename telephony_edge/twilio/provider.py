@@ -29,6 +29,7 @@ VOICE_PATH = "/twilio/voice"
 STATUS_PATH = "/twilio/status"
 STREAM_PATH = "/twilio/stream"
 STREAM_STATUS_PATH = webhook.STREAM_STATUS_PATH
+AMD_PATH = webhook.AMD_PATH
 
 
 class TwilioProvider(Provider):
@@ -45,6 +46,7 @@ class TwilioProvider(Provider):
     }
 
     pending_websocket_paths = (STREAM_PATH,)
+    network_amd = True
     _ctx: TwilioContext | None = None
 
     def mount(self, app: web.Application) -> None:
@@ -53,6 +55,7 @@ class TwilioProvider(Provider):
         app.router.add_post(VOICE_PATH, webhook.voice)
         app.router.add_post(STATUS_PATH, webhook.status)
         app.router.add_post(STREAM_STATUS_PATH, webhook.stream_status)
+        app.router.add_post(AMD_PATH, webhook.amd)
         app.router.add_get(STREAM_PATH, stream.stream)
 
     async def _rest_client(self, app: web.Application) -> AsyncIterator[None]:
@@ -84,11 +87,13 @@ class TwilioProvider(Provider):
         """
         base = self.ctx.public_url.rstrip("/")
         query = f"?{CALL_ID_PARAM}={record.call_id}"
+        voicemail = self.services.call_service.voicemail(record)
         created = await self.rest.create_call(
             to=record.to,
             from_=record.from_,
             url=f"{base}{VOICE_PATH}{query}",
             status_callback=f"{base}{STATUS_PATH}{query}",
+            amd_callback=f"{base}{AMD_PATH}{query}" if voicemail else None,
         )
         return created.sid
 

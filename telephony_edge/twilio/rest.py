@@ -86,12 +86,31 @@ class TwilioRest:
         await self._http.close()
 
     async def create_call(
-        self, *, to: str, from_: str, url: str, status_callback: str, time_limit: int | None = None
+        self,
+        *,
+        to: str,
+        from_: str,
+        url: str,
+        status_callback: str,
+        time_limit: int | None = None,
+        amd_callback: str | None = None,
     ) -> CreatedCall:
-        """Place an outbound call whose TwiML comes from ``url`` (the edge's voice webhook)."""
+        """Place an outbound call whose TwiML comes from ``url`` (the edge's voice webhook).
+
+        ``amd_callback``: ask for Twilio's answering-machine detection, asynchronous
+        (the stream connects at once) and to the end of a machine's greeting, its
+        result POSTed there.
+        """
         kwargs: dict[str, Any] = {}
         if time_limit is not None:
             kwargs["time_limit"] = time_limit
+        if amd_callback is not None:
+            kwargs.update(
+                machine_detection="DetectMessageEnd",
+                async_amd="true",
+                async_amd_status_callback=amd_callback,
+                async_amd_status_callback_method="POST",
+            )
         call = await self._request(
             "create",
             self._client.api.v2010.accounts(self.account_sid).calls.create_async(

@@ -326,6 +326,28 @@ class SimulatedCall:
         self.result.answer = parse_twiml(text)
         return text
 
+    async def post_amd_result(
+        self, callback_url: str, answered_by: str, duration_ms: int, *, sign: bool = True
+    ) -> int:
+        """POST Twilio's asynchronous AMD result to the call's ``AsyncAmdStatusCallback``.
+
+        ``callback_url`` is the one the call was created with (it names the
+        edge's public URL; the request goes to ``base_url``, signed for it).
+        Returns the HTTP status.
+        """
+        fields = {
+            "AccountSid": self.account_sid,
+            "CallSid": self.call_sid,
+            "AnsweredBy": answered_by,
+            "MachineDetectionDuration": str(duration_ms),
+        }
+        headers = {}
+        if sign:
+            headers[SIGNATURE_HEADER] = compute_signature(self.auth_token, callback_url, fields)
+        target = self.base_url + callback_url.removeprefix(self.public_url)
+        async with self.session.post(target, data=fields, headers=headers) as resp:
+            return resp.status
+
     async def open_stream(
         self, stream: StreamInstruction, *, parameters: dict[str, str] | None = None
     ) -> None:

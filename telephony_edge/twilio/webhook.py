@@ -16,6 +16,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from telephony_edge import metrics
+from telephony_edge.calls.machine import AmdReport
 from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.calls.service import CallRejected, WorkerFull
 from telephony_edge.config import normalize_e164
@@ -40,6 +41,17 @@ _KNOWN_STATUSES = frozenset(
 _STREAM_EVENTS = frozenset({"stream-started", "stream-stopped", "stream-error"})
 GONE_MESSAGE = "Sorry, this call can no longer be connected. Goodbye."
 STREAM_STATUS_PATH = "/twilio/stream-status"
+AMD_PATH = "/twilio/amd"
+#: Twilio's ``AnsweredBy`` (DetectMessageEnd) → (result, the greeting is over, beep)
+ANSWERED_BY: dict[str, tuple[str, bool, bool]] = {
+    "human": ("human", False, False),
+    "unknown": ("unknown", False, False),
+    "machine_start": ("machine", False, False),
+    "machine_end_beep": ("machine", True, True),
+    "machine_end_silence": ("machine", True, False),
+    "machine_end_other": ("machine", True, False),
+    "fax": ("machine", True, False),
+}
 VOICE_PATH = "/twilio/voice"
 #: query parameter counting ``<Redirect>`` hops between full workers, so none loops forever
 HOP_PARAM = "edge_hop"
@@ -236,4 +248,32 @@ async def stream_status(request: web.Request) -> web.Response:
             extra={"call_id": call_id, "call_sid": form.get("CallSid", ""), "error": message},
         )
         await request.app[SERVICES].call_service.fail_setup(call_id, message)
+    return web.Response(status=204)
+
+
+async def amd(request: web.Request) -> web.Response:
+    """``POST /twilio/amd?call_id=…``: Twilio's asynchronous answering-machine detection result.
+
+    ``AnsweredBy`` goes to the call's owner (:meth:`CallService.report_amd`) with
+    ``MachineDetectionDuration``; a value Twilio does not document is 400.
+    """
+    ctx = request.app[TWILIO]
+    form = await _signed_form(ctx, request, "amd")
+    call_id = request.query.get(CALL_ID_PARAM)
+    answered_by = form.get("AnsweredBy", "")
+    mapped = ANSWERED_BY.get(answered_by)
+    if mapped is None:
+        _outcome("amd", "bad_request")
+        log.warning("AMD result with AnsweredBy %r", answered_by[:40], extra={"call_id": call_id})
+        raise web.HTTPBadRequest(text="AnsweredBy is missing or not one of Twilio's values\n")
+    if not call_id:
+        _outcome("amd", "ignored")
+        return web.Response(status=204)
+    raw = form.get("MachineDetectionDuration", "")
+    after_ms = int(raw) if raw.isdigit() and len(raw) < 8 else -1
+    result, message_end, beep = mapped
+    report = AmdReport(result, "twilio", after_ms, message_end, beep)
+    log.info("Twilio AMD: %s after %s ms", answered_by, raw or "?", extra={"call_id": call_id})
+    delivered = await request.app[SERVICES].call_service.report_amd(call_id, report)
+    _outcome("amd", answered_by if delivered else "no_call")
     return web.Response(status=204)

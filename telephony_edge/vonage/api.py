@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 from vonage_jwt import JwtClient
-from vonage_voice.models.common import Phone
+from vonage_voice.models.common import AdvancedMachineDetection, Phone
 from vonage_voice.models.requests import CreateCallRequest, ToPhone
 
 from telephony_edge.calls.service import ProviderError
@@ -71,8 +71,22 @@ class VoiceApi:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise VonageApiError(f"the Vonage Voice API is unreachable: {exc!r}") from exc
 
-    async def create_call(self, *, to: str, from_: str, answer_url: str, event_url: str) -> str:
-        """Place a call whose NCCO comes from ``answer_url``; return its ``uuid``."""
+    async def create_call(
+        self,
+        *,
+        to: str,
+        from_: str,
+        answer_url: str,
+        event_url: str,
+        detect_machine: bool = False,
+    ) -> str:
+        """Place a call whose NCCO comes from ``answer_url``; return its ``uuid``.
+
+        ``detect_machine``: ask for Vonage's advanced machine detection with the
+        beep (the call goes on; the event webhook says ``human`` / ``machine``,
+        then ``sub_state`` ``beep_start`` or ``beep_timeout``).
+        """
+        amd = AdvancedMachineDetection(behavior="continue", mode="detect_beep")
         request = CreateCallRequest(
             to=[ToPhone(number=to.removeprefix("+"))],
             from_=Phone(number=from_.removeprefix("+")),
@@ -80,6 +94,7 @@ class VoiceApi:
             answer_method="POST",
             event_url=[event_url],
             event_method="POST",
+            advanced_machine_detection=amd if detect_machine else None,
         )
         body = request.model_dump(by_alias=True, exclude_none=True, mode="json")
         data = await self._request("POST", "/v1/calls", body)

@@ -45,6 +45,7 @@ class VonageProvider(Provider):
     }
 
     pending_websocket_paths = (WS_PATH,)
+    network_amd = True
     _ctx: VonageContext | None = None
 
     def mount(self, app: web.Application) -> None:
@@ -92,6 +93,7 @@ class VonageProvider(Provider):
             from_=record.from_,
             answer_url=f"{base}{ANSWER_PATH}{query}",
             event_url=f"{base}{EVENT_PATH}{query}",
+            detect_machine=self.services.call_service.voicemail(record) is not None,
         )
 
     async def hangup(self, record: CallRecord) -> None:

@@ -5,7 +5,9 @@ Both are signed (a JWT with the application's signature secret; see
 where a call goes: an outbound call placed by the edge names its
 ``call_id`` in the URL; an inbound one is routed by the dialled number
 (``to``) to an agent on this edge, to the edge of the region the number is
-homed in, or to a ``talk`` saying the number is not served. It never waits
+homed in, to another worker taking calls while this one is full or
+draining (as Twilio's ``<Redirect>``), or to a ``talk`` saying the number
+is not served or nobody can take the call. It never waits
 on the agent core: the prefetch webhook and the agent link run once the
 audio WebSocket is here.
 """
@@ -19,6 +21,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import Counter
 
+from telephony_edge.calls.machine import AmdReport
 from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.calls.service import CallRejected, WorkerFull
 from telephony_edge.config import normalize_e164
@@ -72,6 +75,12 @@ NETWORK_FIELDS = (
 WEBSOCKET_FIELDS = ("uuid", "status", "to", "duration", "detail")
 MAX_WS_EVENTS = 16
 MAX_MERGE_ATTEMPTS = 5
+#: advanced machine detection's ``sub_state`` (``detect_beep``) → (the greeting is over, beep)
+AMD_SUB_STATES: dict[str, tuple[bool, bool]] = {
+    "": (False, False),
+    "beep_start": (True, True),
+    "beep_timeout": (True, False),
+}
 
 
 def _outcome(kind: str, outcome: str) -> None:
@@ -136,20 +145,18 @@ async def answer(request: web.Request) -> web.Response:
         return _ncco(ncco.talk(ncco.UNKNOWN_NUMBER_MESSAGE))
     if not route.local:
         _outcome("answer", "other_region")
-        headers = {
-            TOKEN_HEADER: ctx.tokens.issue(handoff_subject(uuid, from_, route.number)),
-            UUID_HEADER: uuid,
-            FROM_HEADER: from_,
-            TO_HEADER: route.number,
-        }
         log.info("number homed in region %s", route.region_name, extra={"uuid": uuid})
-        uri = ncco.ws_url(route.region.public_url)
-        return _ncco(ncco.connect_websocket(uri, headers, route.number))
+        return _handoff(ctx, route.region.public_url, uuid, from_, route.number)
     try:
         record = await services.call_service.create_inbound(
             route, from_=from_, provider_call_id=uuid
         )
     except WorkerFull as exc:
+        other = await services.call_service.other_ready_worker()
+        if other is not None:  # full or draining: the socket goes to a worker taking calls
+            _outcome("answer", "redirected")
+            log.info("%s; connecting to %s", exc.reason, other, extra={"uuid": uuid})
+            return _handoff(ctx, other, uuid, from_, route.number)
         _outcome("answer", "full")
         log.warning("inbound call refused: %s", exc.reason, extra={"uuid": uuid})
         return _ncco(ncco.talk(ncco.UNAVAILABLE_MESSAGE))
@@ -164,6 +171,22 @@ async def answer(request: web.Request) -> web.Response:
         return _ncco(ncco.talk(ncco.OUTAGE_MESSAGE))
     _outcome("answer", "inbound")
     return await _connect_answer(ctx, services, record)
+
+
+def _handoff(
+    ctx: VonageContext, public_url: str, uuid: str, from_: str, number: str
+) -> web.Response:
+    """``connect`` to another edge's socket (another region, or a worker taking calls).
+
+    That edge creates the call from the signed headers (``ws._admit_handoff``).
+    """
+    headers = {
+        TOKEN_HEADER: ctx.tokens.issue(handoff_subject(uuid, from_, number)),
+        UUID_HEADER: uuid,
+        FROM_HEADER: from_,
+        TO_HEADER: number,
+    }
+    return _ncco(ncco.connect_websocket(ncco.ws_url(public_url), headers, number))
 
 
 async def _answer_outbound(
@@ -232,7 +255,24 @@ async def event(request: web.Request) -> web.Response:
     provider_call_id = await _record_details(services, call_id, fields)
     if _is_websocket_leg(fields, provider_call_id):
         return web.Response(status=204)  # the socket's own leg: never the call's status
+    if status in ("human", "machine"):
+        return await _machine_detection(services, call_id, status, fields.get("sub_state", ""))
     await services.call_service.update_provider_status(call_id, status)
+    return web.Response(status=204)
+
+
+async def _machine_detection(
+    services: Services, call_id: str, status: str, sub_state: str
+) -> web.Response:
+    """Advanced machine detection's result, to the call's owner (an unknown sub_state: 400)."""
+    mapped = AMD_SUB_STATES.get(sub_state)
+    if mapped is None:
+        log.warning("machine detection sub_state %r", sub_state, extra={"call_id": call_id})
+        raise web.HTTPBadRequest(text="sub_state is not one of Vonage's values\n")
+    message_end, beep = mapped
+    log.info("Vonage machine detection: %s %s", status, sub_state, extra={"call_id": call_id})
+    report = AmdReport(status, "vonage", -1, message_end and status == "machine", beep)
+    await services.call_service.report_amd(call_id, report)
     return web.Response(status=204)
 
 

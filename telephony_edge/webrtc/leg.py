@@ -4,32 +4,46 @@ Inbound, the remote audio track's frames (Opus decoded by aiortc to PCM16
 48 kHz, mono or stereo) go through :class:`~telephony_edge.audio.transcode.Pcm48kTo16k`
 and are cut into canonical 20 ms frames. Outbound, :class:`AgentTrack` is the
 track aiortc's RTP sender pulls: each ``recv()`` waits for the frame's slot on
-a fixed 20 ms grid (monotonic clock, so no drift; after a stall of more than
-five frames the grid restarts rather than bursting), takes the bridge's
-``next_frame()`` (silence when None) and returns it at 48 kHz with
-``pts``/``time_base`` counting samples. Nothing is buffered between the
-bridge and the encoder, so ``clear()`` has nothing to drop.
+a fixed 20 ms grid (the loop's monotonic clock, so no drift), takes the
+bridge's ``next_frame()`` (silence when None) and returns it as an Opus
+packet (:mod:`telephony_edge.webrtc.opus`) with ``pts``/``time_base`` on
+the 48 kHz RTP clock. A late ``recv()`` (the process was
+busy) catches up with the grid by at most five frames; past that, the missed
+slots are skipped: ``pts`` jumps over them (the RTP timestamp stays on wall
+time, as after a silence) instead of sending a burst or shifting the grid.
+The agent's audio is delayed by such a stall, never dropped. Nothing is
+buffered between the bridge and the encoder, so ``clear()`` has nothing to
+drop.
+
+A data channel the peer opens carries the agent's text to the page
+(captions) and the page's ``end`` and ``dtmf`` requests
+(:mod:`telephony_edge.webrtc.channel`); a malformed message is counted
+(``telephony_edge_bad_input_total{source="webrtc-datachannel"}``), logged
+(sampled) with the call id and skipped.
 
 The call ends ``user-ended`` when the peer goes (its track ends, the
-connection closes) and ``error`` when ICE/DTLS fails or does not connect
-within ``webrtc.connect_timeout_s``.
+connection closes, the page sends ``end``) and ``error`` when ICE/DTLS fails
+or does not connect within ``webrtc.connect_timeout_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-import fractions
 import logging
 from collections.abc import Coroutine
 from typing import Any, ClassVar
 
-from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
-from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
+from aiortc import RTCDataChannel, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.sdp import SessionDescription
 from av import AudioFrame
+from av.packet import Packet
 
-from telephony_edge.audio.frames import FRAME_BYTES, SILENCE_FRAME, FrameSplitter
-from telephony_edge.audio.transcode import Pcm16kTo48k, Pcm48kTo16k
+from telephony_edge import metrics
+from telephony_edge.audio.frames import FRAME_BYTES, FrameSplitter
+from telephony_edge.audio.transcode import Pcm48kTo16k
 from telephony_edge.calls.leg import (
     Capabilities,
     Clock,
@@ -39,66 +53,61 @@ from telephony_edge.calls.leg import (
     LegEvent,
     LegInfo,
 )
+from telephony_edge.logs import sampled
+from telephony_edge.webrtc import channel
 from telephony_edge.webrtc.ice import configuration, gather_on
+from telephony_edge.webrtc.opus import OpusPacketizer
 from telephony_edge.webrtc.settings import WebRtcSettings
+from telephony_edge.webrtc.stats import media_report
 
 log = logging.getLogger(__name__)
 
 RATE = 48_000
 SAMPLES = RATE // 50  # 20 ms
-TIME_BASE = fractions.Fraction(1, RATE)
-SILENCE_48K = bytes(2 * SAMPLES)
 MAX_LATE_FRAMES = 5
+_MALFORMED = metrics.BAD_INPUT.labels(source="webrtc-datachannel")
 
 
 class OfferRefused(Exception):
     """The offer cannot be answered (400 with the reason)."""
 
 
-class AgentTrack(AudioStreamTrack):
-    """The outbound track: agent audio pulled from the bridge every 20 ms."""
+class AgentTrack(MediaStreamTrack):
+    """The outbound track: agent audio pulled from the bridge every 20 ms, as Opus packets."""
+
+    kind = "audio"
 
     def __init__(self) -> None:
         super().__init__()
         self.source: FrameSource | None = None
-        self._up = Pcm16kTo48k()
-        self._quiet = True  # the resampler's state holds only silence
+        self.opus = OpusPacketizer()
         self._pts = 0
         self._grid: float | None = None
+        self._slot = 0  # the next frame's place on the grid
         self.frames = 0
+        self.skipped = 0  # slots skipped after stalls
 
-    async def recv(self) -> AudioFrame:
+    async def recv(self) -> Packet[Any]:
         if self.readyState != "live":
             raise MediaStreamError
         loop = asyncio.get_running_loop()
         if self._grid is None:
             self._grid = loop.time()
         else:
-            due = self._grid + self.frames * 0.02
-            wait = due - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            elif -wait > MAX_LATE_FRAMES * 0.02:  # a stall: restart the grid, no burst
-                self._grid = loop.time() - self.frames * 0.02
+            late = loop.time() - (self._grid + self._slot * 0.02)
+            if late < 0:
+                await asyncio.sleep(-late)
+            elif late > MAX_LATE_FRAMES * 0.02:  # a stall: skip the missed slots, no burst
+                missed = int(late / 0.02)
+                self._slot += missed
+                self._pts += missed * SAMPLES
+                self.skipped += missed
+        self._slot += 1
         self.frames += 1
         frame = self.source.next_frame() if self.source is not None else None
-        pcm = self._resample(frame)
-        out = AudioFrame(format="s16", layout="mono", samples=SAMPLES)
-        out.planes[0].update(pcm)
-        out.sample_rate = RATE
-        out.pts = self._pts
-        out.time_base = TIME_BASE
+        packet = self.opus.packet(frame, self._pts)
         self._pts += SAMPLES
-        return out
-
-    def _resample(self, frame: bytes | None) -> bytes:
-        if frame is None:
-            if self._quiet:
-                return SILENCE_48K
-            self._quiet = True  # one silent frame flushes the filter's history
-            return self._up.process(SILENCE_FRAME)
-        self._quiet = False
-        return self._up.process(frame)
+        return packet
 
 
 class WebRtcLeg(Leg):
@@ -121,7 +130,13 @@ class WebRtcLeg(Leg):
         self._down: Pcm48kTo16k | None = None
         self._connected = asyncio.Event()
         self.frames_in = 0
+        self.call_id = ""  # set by the provider once the call is recorded
+        self.channel: RTCDataChannel | None = None
+        self._early: collections.deque[str] = collections.deque(maxlen=channel.MAX_EARLY_CAPTIONS)
+        self.malformed = 0
+        self.captions_dropped = 0
         self.pc.on("track", self._on_track)
+        self.pc.on("datachannel", self._on_channel)
         self.pc.on("connectionstatechange", self._on_state)
 
     # -- signalling ---------------------------------------------------------------
@@ -177,8 +192,47 @@ class WebRtcLeg(Leg):
         channels = len(frame.layout.channels)
         if self._down is None or self._down.channels != channels:
             self._down = Pcm48kTo16k(channels=channels)
-        pcm = frame.to_ndarray().tobytes()
+        pcm = bytes(frame.planes[0])[: frame.samples * channels * 2]  # packed s16
         return self._split.push(self._down.process(pcm))
+
+    # -- the data channel ------------------------------------------------------------
+
+    def _on_channel(self, dc: RTCDataChannel) -> None:
+        self.channel = dc  # the latest one the peer opened
+        dc.on("message", self._on_message)
+        while self._early and dc.readyState == "open":
+            dc.send(self._early.popleft())
+
+    def _on_message(self, message: str | bytes) -> None:
+        try:
+            request = channel.parse(message)
+        except channel.Malformed as exc:
+            _MALFORMED.inc()
+            self.malformed += 1
+            if sampled(self.malformed):
+                log.warning(
+                    "malformed data channel message skipped: %s",
+                    exc,
+                    extra={"call_id": self.call_id, "malformed": self.malformed},
+                )
+            return
+        if isinstance(request, channel.EndRequested):
+            log.info("the page ended the call", extra={"call_id": self.call_id})
+            self._end(LegEnded("completed"))
+        else:
+            self._events.put_nowait(request)
+
+    def agent_text(self, role: str, text: str, final: bool) -> None:
+        if role not in channel.TYPES:
+            return
+        message = channel.caption(role, text, final)
+        dc = self.channel
+        if dc is None:  # the agent spoke before the page's channel opened (its greeting)
+            self._early.append(message)
+        elif dc.readyState != "open" or dc.bufferedAmount > channel.MAX_BUFFERED_BYTES:
+            self.captions_dropped += 1
+        else:
+            dc.send(message)
 
     # -- the connection's life ------------------------------------------------------
 
@@ -221,6 +275,16 @@ class WebRtcLeg(Leg):
     def clear(self) -> None:
         """Nothing to drop: the track holds no agent audio beyond the frame being sent."""
 
+    async def media_stats(self) -> dict[str, Any]:
+        """RTP loss, jitter and round-trip time (:mod:`telephony_edge.webrtc.stats`)."""
+        local = self.pc.localDescription
+        if local is None:
+            return {}
+        codecs = [c for m in SessionDescription.parse(local.sdp).media for c in m.rtp.codecs]
+        if not codecs:
+            return {}
+        return media_report(await self.pc.getStats(), str(codecs[0]), codecs[0].clockRate)
+
     async def hangup(self) -> None:
         await self.close()
 
@@ -235,3 +299,15 @@ class WebRtcLeg(Leg):
         self.track.stop()
         with contextlib.suppress(Exception):
             await self.pc.close()
+        log.info(
+            "WebRTC media closed",
+            extra={
+                "call_id": self.call_id,
+                "frames_in": self.frames_in,
+                "frames_out": self.track.frames,
+                "slots_skipped": self.track.skipped,
+                "opus_encoded": self.track.opus.encoded,
+                "malformed": self.malformed,
+                "captions_dropped": self.captions_dropped,
+            },
+        )

@@ -207,6 +207,8 @@ async def webrtc_offer(request: web.Request) -> web.Response:
         peers.release()
         raise
 
+    leg.call_id = record.call_id
+
     async def run() -> None:
         try:
             await services.call_service.run(record, leg)

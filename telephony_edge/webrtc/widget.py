@@ -8,6 +8,10 @@ page can read it, which is why it only reaches agents marked
 ``allow_public_key`` from allowed origins (see
 :mod:`telephony_edge.webrtc.browser`). The metadata is in the URL, so it is
 for context (a page name, a customer tier), never for secrets.
+
+``/widget/static/embed.js`` is the script tag for other sites: a floating
+button that opens the page in an iframe. The page's ``frame-ancestors`` lists
+``webrtc.allowed_origins``, so only those sites can show it.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from telephony_edge.webrtc.settings import webrtc_settings
 
 WIDGET_PATH = "/widget"
 STATIC_PATH = "/widget/static"
-ASSETS = {"widget.js": "text/javascript", "widget.css": "text/css"}
+ASSETS = {"widget.js": "text/javascript", "widget.css": "text/css", "embed.js": "text/javascript"}
 MAX_METADATA_KEYS = 32
 MAX_METADATA_CHARS = 512
 

@@ -36,6 +36,8 @@ EVENTS: list[Any] = [
     m.Control("transfer", "sip:desk@pbx.example.com"),
     m.TransferDone("+15555550123", "agent"),
     m.TransferDone("+15555550123", "api", error="busy"),
+    m.AmdReport("human", "edge", 1500),
+    m.AmdReport("machine", "twilio", 9000, message_end=True, beep=True),
     m.Tick(),
     m.Cancelled(),
     m.Failed("caller", "boom"),

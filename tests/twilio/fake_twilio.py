@@ -4,7 +4,8 @@ It is a real aiohttp server on 127.0.0.1. It checks HTTP Basic auth
 (AccountSid:AuthToken), that the account in the path is the authenticated
 one, the form-encoded fields of a call create (To and From in E.164, From one
 of the account's numbers, one of Url / Twiml / ApplicationSid, absolute
-callback URLs) and of a call update (Status completed|canceled, or Url /
+callback URLs, answering-machine detection's MachineDetection / AsyncAmd /
+AsyncAmdStatusCallback) and of a call update (Status completed|canceled, or Url /
 Twiml), and answers with Twilio-shaped JSON: a call resource (sid ``CA`` + 32
 hex, status ``queued`` ...) or Twilio's error shape
 ``{code, message, more_info, status}``. It records every request and the state
@@ -201,14 +202,18 @@ class FakeTwilio:
             return self._error(
                 request, form, 400, 21205, "Either Url, Twiml or ApplicationSid is required"
             )
-        for name in ("Url", "StatusCallback", "FallbackUrl"):
+        for name in ("Url", "StatusCallback", "FallbackUrl", "AsyncAmdStatusCallback"):
             value = one(name)
             if value is not None and not _absolute_url(value):
                 return self._error(request, form, 400, 21205, f"{name} is not a valid URL")
-        for name in ("Method", "StatusCallbackMethod"):
+        for name in ("Method", "StatusCallbackMethod", "AsyncAmdStatusCallbackMethod"):
             value = one(name)
             if value is not None and value.upper() not in ("GET", "POST"):
                 return self._error(request, form, 400, 21205, f"{name} must be GET or POST")
+        if one("MachineDetection") not in (None, "Enable", "DetectMessageEnd"):
+            return self._error(request, form, 400, 21205, "MachineDetection is not valid")
+        if one("AsyncAmd") not in (None, "true", "false"):
+            return self._error(request, form, 400, 21205, "AsyncAmd must be true or false")
         events = form.get("StatusCallbackEvent", [])
         allowed = {"initiated", "ringing", "answered", "completed"}
         if any(e not in allowed for e in events):

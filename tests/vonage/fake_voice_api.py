@@ -33,6 +33,7 @@ class FakeCall:
     event_url: str = ""
     status: str = "started"
     updates: list[dict[str, Any]] = field(default_factory=list)
+    machine_detection: dict[str, Any] | None = None
 
 
 def _error(status: int, title: str, detail: str) -> web.Response:
@@ -103,6 +104,11 @@ class FakeVoiceApi:
             [event_url] = body["event_url"]
             assert answer_url.startswith("http") and event_url.startswith("http")
             assert "ncco" not in body
+            amd = body.get("advanced_machine_detection")
+            if amd is not None:
+                assert amd.get("behavior") in ("continue", "hangup")
+                assert amd.get("mode", "default") in ("default", "detect", "detect_beep")
+                assert 45 <= amd.get("beep_timeout", 45) <= 120
         except (KeyError, ValueError, AssertionError, TypeError, AttributeError):
             return _error(400, "Bad Request", f"invalid body: {body!r}"[:300])
         if to["number"].startswith("1555555099"):  # the stand-in's unreachable numbers
@@ -111,6 +117,7 @@ class FakeVoiceApi:
         self.calls[uuid] = FakeCall(
             uuid, "+" + to["number"], "+" + body["from"]["number"], answer_url, event_url
         )
+        self.calls[uuid].machine_detection = amd
         payload = {
             "uuid": uuid,
             "status": "started",

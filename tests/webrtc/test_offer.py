@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import audioop
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,7 +33,7 @@ API_KEY = "private-api-key-for-webrtc-tests"
 LOOPBACK = ["127.0.0.1"]
 
 
-def settings_for(receiver: Receiver, **webrtc: Any) -> Any:
+def settings_for(receiver: Receiver, inactivity_s: float = 30, **webrtc: Any) -> Any:
     return load_settings(
         None,
         api={"private_key": API_KEY},
@@ -49,7 +50,7 @@ def settings_for(receiver: Receiver, **webrtc: Any) -> Any:
                 "session_data_webhook": receiver.url,
             }
         },
-        calls={"inactivity_timeout_s": 30},
+        calls={"inactivity_timeout_s": inactivity_s},
     )
 
 
@@ -75,11 +76,16 @@ class Speech:
 class Client:
     """A server-to-server caller: an aiortc peer connection that plays a WAV and listens."""
 
-    def __init__(self, *, audio: bool = True) -> None:
+    def __init__(self, *, audio: bool = True, events: bool = False) -> None:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.voiced = 0
         self.frames = 0
         self.reader: asyncio.Task[None] | None = None
+        self.messages: list[dict[str, Any]] = []
+        self.arrivals: list[tuple[float, int]] = []  # (loop time, pts) of each frame heard
+        if events:  # the widget's data channel: captions in, requests out
+            self.events = self.pc.createDataChannel("events")
+            self.events.on("message", lambda text: self.messages.append(json.loads(text)))
         if audio:
             # the edge's own outbound track, fed the speech then silence (the core's VAD
             # hears the end of the utterance, as from a caller who stops talking)
@@ -98,6 +104,7 @@ class Client:
         try:
             while True:
                 frame = await track.recv()
+                self.arrivals.append((asyncio.get_running_loop().time(), frame.pts or 0))
                 pcm = frame.to_ndarray().tobytes()  # type: ignore[union-attr]
                 self.frames += 1
                 if audioop.rms(pcm, 2) > 300:
@@ -163,6 +170,14 @@ async def test_a_call_over_webrtc_reaches_the_agent_and_ends_user_ended(
     assert payload["call_status"] == "user-ended", payload
     assert payload["metadata"] == {"who": "test"}
     await wait_for(lambda: edge.app[WEBRTC_PEERS].count == 0)
+    # the connection's RTP stats, read before the leg closed
+    media = payload["voip"]["media"]
+    assert media["codec"] == "opus/48000/2", media
+    inbound, outbound = media["inbound"], media["outbound"]
+    assert inbound["packets"] > 100 and 0 <= inbound["lost"] < 5, media
+    assert 0 <= inbound["jitter_ms"] < 100, media
+    assert outbound["packets"] > 100 and 0 <= outbound["lost"] < 5, media  # the client's RTCP
+    assert 0 < outbound["round_trip_time_ms"] < 1000, media
 
 
 async def test_bad_sdp_is_400(edge: Edge) -> None:

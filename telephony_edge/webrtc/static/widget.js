@@ -8,6 +8,9 @@
   const button = document.getElementById("toggle");
   const remoteAudio = document.getElementById("remote");
   const canvas = document.getElementById("audiogram");
+  const captionsEl = document.getElementById("captions");
+  const keypad = document.getElementById("keypad");
+  const MAX_CAPTIONS = 6;
   const g = canvas.getContext("2d");
   const VOICED_RMS = 0.01; // about -40 dBFS
   const GATHER_TIMEOUT_MS = 10000;
@@ -17,9 +20,10 @@
     state: "idle", error: null, callId: null,
     input: { frames: 0, voiced: 0, rms: 0 },
     output: { frames: 0, voiced: 0, rms: 0 },
+    captions: [],
   });
 
-  let pc = null, mic = null, ctx = null, meters = [], timer = null, history = [];
+  let events = null, pc = null, mic = null, ctx = null, meters = [], timer = null, history = [];
 
   function setState(state, text) {
     stats.state = state;
@@ -72,6 +76,25 @@
     });
   }
 
+  // Captions: {"type": "transcript"|"response_text", "text", "final"} on the data channel.
+  function caption(ev) {
+    let msg = null;
+    try { msg = JSON.parse(ev.data); } catch (e) { return; }
+    const who = { transcript: "You", response_text: "Agent" }[msg && msg.type];
+    if (!who || typeof msg.text !== "string" || !msg.text) return;
+    const last = stats.captions[stats.captions.length - 1];
+    if (last && last.who === who && !last.final) Object.assign(last, { text: msg.text, final: msg.final });
+    else stats.captions.push({ who, text: msg.text, final: msg.final });
+    if (stats.captions.length > 50) stats.captions.shift();
+    captionsEl.replaceChildren(...stats.captions.slice(-MAX_CAPTIONS).map((c) => {
+      const line = document.createElement("p");
+      line.className = c.who === "You" ? "you" : "agent";
+      line.textContent = c.who + ": " + c.text;
+      return line;
+    }));
+    captionsEl.scrollTop = captionsEl.scrollHeight;
+  }
+
   function gathered(conn) {
     if (conn.iceGatheringState === "complete") return Promise.resolve();
     return new Promise((resolve) => {
@@ -84,7 +107,7 @@
   async function start() {
     stats.error = null; stats.callId = null;
     for (const side of ["input", "output"]) Object.assign(stats[side], { frames: 0, voiced: 0, rms: 0 });
-    history = [];
+    history = []; stats.captions = []; captionsEl.replaceChildren();
     setState("connecting", "Connecting…");
     try {
       ctx = new AudioContext();
@@ -92,6 +115,8 @@
       meter(mic, "input");
       pc = new RTCPeerConnection({ iceServers: cfg.iceServers || [] });
       mic.getTracks().forEach((t) => pc.addTrack(t, mic));
+      events = pc.createDataChannel("events");
+      events.addEventListener("message", caption);
       pc.addEventListener("track", (ev) => {
         const stream = ev.streams[0] || new MediaStream([ev.track]);
         remoteAudio.srcObject = stream;
@@ -132,6 +157,8 @@
   function teardown() {
     if (timer) clearInterval(timer);
     timer = null;
+    if (events && events.readyState === "open") events.send(JSON.stringify({ type: "end" }));
+    events = null;
     if (pc) { const p = pc; pc = null; p.close(); }
     if (mic) { mic.getTracks().forEach((t) => t.stop()); mic = null; }
     if (ctx) { ctx.close().catch(() => {}); ctx = null; }
@@ -142,6 +169,16 @@
   function end(text) {
     teardown();
     setState("ended", text);
+  }
+
+  // Keys go to the agent as DTMF over the data channel (aiortc has no RFC 4733).
+  for (const digit of "123456789*0#") {
+    const key = document.createElement("button");
+    key.type = "button"; key.textContent = digit; key.dataset.digit = digit;
+    key.addEventListener("click", () => {
+      if (events && events.readyState === "open") events.send(JSON.stringify({ type: "dtmf", digit }));
+    });
+    keypad.appendChild(key);
   }
 
   button.addEventListener("click", () => {
