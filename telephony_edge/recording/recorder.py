@@ -68,13 +68,14 @@ class RecordedFile:
 
 
 class CallRecording:
-    """One call's recording while it runs: the bridge calls ``caller``/``agent`` per frame."""
+    """One call's recording while it runs: ``writer`` is the bridge's tap, flushed each second."""
 
-    def __init__(self, path: Path, options: RecordingOptions, flush_interval_s: float) -> None:
+    def __init__(
+        self, call_id: str, path: Path, options: RecordingOptions, flush_interval_s: float
+    ) -> None:
+        self.call_id = call_id
         self.options = options
         self.writer = TrackWriter(path, options.channels)
-        self.caller = self.writer.caller
-        self.agent = self.writer.agent
         self._flusher = asyncio.create_task(self._flush_every(flush_interval_s))
 
     async def _flush_every(self, interval: float) -> None:
@@ -83,7 +84,7 @@ class CallRecording:
             try:
                 self.writer.flush()
             except OSError as exc:  # disk full: the call goes on, unrecorded from here
-                log.error("recording stopped: %s", exc)
+                log.error("recording stopped: %s", exc, extra={"call_id": self.call_id})
                 with contextlib.suppress(OSError):
                     self.writer.close()
                 return
@@ -93,7 +94,11 @@ class CallRecording:
         self._flusher.cancel()
         self.writer.close()
         if self.writer.dropped:
-            log.warning("recording: %d frames dropped (a track ran ahead)", self.writer.dropped)
+            log.warning(
+                "recording: %d frames dropped (a track ran ahead)",
+                self.writer.dropped,
+                extra={"call_id": self.call_id},
+            )
         return self.writer.frames_written * FRAME_MS / 1000
 
 
@@ -126,7 +131,7 @@ class Recordings:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             path = self.directory / f"{call_id}.wav"
-            recording = CallRecording(path, options, self.settings.flush_interval_s)
+            recording = CallRecording(call_id, path, options, self.settings.flush_interval_s)
         except OSError as exc:
             log.error("call not recorded: %s", exc, extra={"call_id": call_id})
             return None
