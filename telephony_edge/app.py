@@ -22,6 +22,7 @@ from telephony_edge.calls.service import CallService
 from telephony_edge.config import Settings
 from telephony_edge.coord.factory import create_coordinator
 from telephony_edge.errors import ListenError
+from telephony_edge.recording.routes import add_recording_routes
 from telephony_edge.registry import provider_classes
 from telephony_edge.routing import NumberRouter
 from telephony_edge.services import SERVICES, Services
@@ -97,6 +98,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/metrics", metrics_handler)
     add_api_routes(app)
     add_status_routes(app)
+    add_recording_routes(app)
     mount_providers(app)
     if settings.agent_core.url is None:
         add_agent_core_routes(app, DEMO_AGENT_PATH)
@@ -117,10 +119,15 @@ def mount_providers(app: web.Application) -> None:
 
 
 def set_local_address(app: web.Application, host: str, port: int) -> None:
-    """Tell the app where it listens, once bound: the built-in agent core's URL."""
+    """Tell the app where it listens, once bound: the built-in agent core's URL, and the
+    recordings' links when no public URL is configured."""
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
-    app[SERVICES].call_service.demo_agent_url = f"ws://{host}:{port}{DEMO_AGENT_PATH}"
+    call_service = app[SERVICES].call_service
+    call_service.demo_agent_url = f"ws://{host}:{port}{DEMO_AGENT_PATH}"
+    server = call_service.settings.server
+    if server.public_url is None and server.region is None:  # links to recordings: here
+        call_service.recordings.public_url = f"http://{host}:{port}"
 
 
 async def serve(settings: Settings) -> int:

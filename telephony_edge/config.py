@@ -123,6 +123,15 @@ class WebhookSpec(_Model):
     timeout: float = Field(default=3.0, gt=0, le=30)
 
 
+class RecordingOptions(_Model):
+    """Whether and how an agent's calls are recorded (``agents.X.recording``, per call too)."""
+
+    enabled: bool = False
+    channels: Literal["stereo", "mono"] = "stereo"
+    """stereo: the caller left, what the caller heard from the agent right; mono: both mixed."""
+    format: Literal["wav", "mp3", "ogg"] = "wav"
+
+
 class AgentConfig(_Model):
     """A stored agent (agent_id → config), as the platform documents it.
 
@@ -141,6 +150,8 @@ class AgentConfig(_Model):
     session_data_webhook: HttpUrl | WebhookSpec | None = None
     max_concurrent_calls: int | None = Field(default=None, ge=1)
     allow_public_key: bool = False
+    recording: RecordingOptions | None = None
+    """Off when absent; a call's ``agent_config.recording`` overrides it key by key."""
     extra: dict[str, Any] | None = None
     """Free-form settings for a custom agent core, passed through unchanged."""
     voicemail: Voicemail | None = None
@@ -277,6 +288,45 @@ class WebhookSettings(_Model):
     """Let webhooks reach loopback, private, link-local and reserved addresses (local setups)."""
 
 
+class S3Settings(_Model):
+    """An S3-compatible object store for recordings; credentials as botocore finds them
+    (environment, files) unless given here."""
+
+    bucket: str = Field(min_length=3, max_length=63)
+    prefix: str = "recordings/"
+    endpoint_url: HttpUrl | None = None
+    """Another S3-compatible store than AWS's (MinIO, Ceph, R2 …)."""
+    region: str = "us-east-1"
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+
+
+class RecordingSettings(_Model):
+    """Where recordings go and how long their links and files live."""
+
+    directory: str = "recordings"
+    """Where files are written while calls run (and kept, with local storage)."""
+    storage: Literal["local", "s3"] = "local"
+    s3: S3Settings | None = None
+    url_secret: str | None = Field(default=None, min_length=16)
+    """Signs the edge's ``/recordings/{call_id}`` links; defaults to ``webhooks.signing_secret``."""
+    url_ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0, le=7 * 24 * 3600)
+    """How long a recording's link in the end-of-call payload works (S3 presigning: 7 days max)."""
+    retention_s: float = Field(default=30 * 24 * 3600.0, gt=0)
+    """Recordings older than this are deleted by the periodic sweep."""
+    sweep_interval_s: float = Field(default=3600.0, gt=0, le=24 * 3600)
+    flush_interval_s: float = Field(default=1.0, gt=0, le=10)
+    """How often the file on disk catches up (and its header is rewritten)."""
+    finish_timeout_s: float = Field(default=60.0, gt=0, le=600)
+    """How long the end-of-call webhook waits for the recording (conversion, upload)."""
+
+    @model_validator(mode="after")
+    def _s3_needs_bucket(self) -> RecordingSettings:
+        if self.storage == "s3" and self.s3 is None:
+            raise ValueError("storage 's3' needs the s3 section (bucket …)")
+        return self
+
+
 class CostRates(_Model):
     platform_per_min: float = Field(default=0.02, ge=0)
     telephony_per_min: float = Field(default=0.0085, ge=0)
@@ -301,6 +351,7 @@ class Settings(BaseSettings):
     coordination: CoordinationSettings = CoordinationSettings()
     webhooks: WebhookSettings = WebhookSettings()
     costs: CostRates = CostRates()
+    recording: RecordingSettings = RecordingSettings()
     agents: dict[str, AgentConfig] = Field(default_factory=dict)
     regions: dict[str, Region] = Field(default_factory=dict)
     numbers: dict[PhoneNumber, NumberRoute] = Field(default_factory=dict)

@@ -141,6 +141,14 @@ class CallHooks(Protocol):
         """
 
 
+class AudioTap(Protocol):
+    """Sees the call's audio as the caller sent and heard it (a recording); per frame, no I/O."""
+
+    def caller(self, frame: bytes) -> None: ...
+
+    def agent(self, frame: bytes) -> None: ...
+
+
 class CallBridge:
     """Bridges one leg and one agent link until the call ends."""
 
@@ -154,9 +162,11 @@ class CallBridge:
         limits: BridgeLimits = BridgeLimits(),
         voicemail: Voicemail | None = None,
         edge_amd: bool = False,
+        recorder: AudioTap | None = None,
     ) -> None:
         """``voicemail``: the call's detection setting; ``edge_amd``: run the edge's detector
-        on the caller's audio (else the network reports through :meth:`report_amd`)."""
+        on the caller's audio (else the network reports through :meth:`report_amd`);
+        ``recorder``: sees each caller frame read and each agent frame handed to the leg."""
         self.record = record
         self.call_id = record.call_id
         self.leg = leg
@@ -184,6 +194,7 @@ class CallBridge:
         self._api_transfer: asyncio.Future[None] | None = None
         self._owns_end = False  # the final record write succeeded: ours to report
         self._first_frame_at: float | None = None
+        self._recorder = recorder
 
     @property
     def state(self) -> CallState:
@@ -419,10 +430,13 @@ class CallBridge:
         leg, link, machine = self.leg, self.link, self._machine
         loop = asyncio.get_running_loop()
         perf = time.perf_counter
+        recorder = self._recorder
         try:
             while True:
                 event = await leg.recv()
                 if type(event) is bytes:
+                    if recorder is not None:
+                        recorder.caller(event)
                     if self._first_frame_at is None:
                         self._first_frame_at = loop.time()
                     if audioop.rms(event, 2) > ACTIVITY_RMS:
@@ -552,6 +566,8 @@ class CallBridge:
         self._machine.note_activity(time.monotonic())
         frame, cost = item
         _A2C.observe(cost)
+        if self._recorder is not None:
+            self._recorder.agent(frame)
         return frame
 
     def _tick(self) -> None:
@@ -575,6 +591,8 @@ class CallBridge:
                 self._feed(m.Failed("network send", repr(exc)))
                 return
             _A2C.observe(cost + time.perf_counter() - t0)
+            if self._recorder is not None:
+                self._recorder.agent(frame)
             self._talkspurt = True
         self._machine.note_activity(time.monotonic())
 

@@ -35,6 +35,7 @@ from telephony_edge.calls.variables import call_variables, fill_placeholders, me
 from telephony_edge.config import Settings
 from telephony_edge.coord.base import DEFAULT_REPLY_TTL, Conflict, Coordinator
 from telephony_edge.coord.health import CoordinatorHealth, CoordinatorUnavailable
+from telephony_edge.recording.recorder import CallRecording, Recordings, recording_options
 from telephony_edge.routing import NumberRouter, Route
 
 log = logging.getLogger(__name__)
@@ -192,6 +193,11 @@ class CallService:
             bench_s=core.bench_s,
         )
         self._dispatcher: webhooks.WebhookDispatcher | None = None
+        self.recordings = Recordings(
+            settings.recording,
+            public_url=settings.public_url,
+            secret=settings.webhooks.signing_secret,
+        )
 
     # -- background work ---------------------------------------------------
 
@@ -217,6 +223,7 @@ class CallService:
             "heartbeat": self._heartbeat_loop,
             "setup-reaper": self._reap_loop,
             "lease-reaper": self._lease_reap_loop,
+            "recording-sweep": self.recordings.sweep_loop,
         }
         self._tasks = [
             asyncio.create_task(supervise(name, loop), name=name) for name, loop in loops.items()
@@ -233,6 +240,7 @@ class CallService:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         await self.pacer.close()
+        await self.recordings.close()
         with contextlib.suppress(Exception):
             await self.coordinator.forget_worker(self.worker_id)
 
@@ -258,6 +266,10 @@ class CallService:
         self._check_admission()
         if agent_id not in self.settings.agents:
             raise CallRejected(404, f"unknown agent_id {agent_id!r}")
+        try:
+            recording_options(agent_config or {})
+        except ValueError as exc:
+            raise CallRejected(400, str(exc)) from None
         record = CallRecord(
             agent_id=agent_id,
             provider=provider,
@@ -393,8 +405,18 @@ class CallService:
         voicemail = self.voicemail(record)
         network = self.networks.get(record.provider)
         by_network = network is not None and network.network_amd and record.direction == "outbound"
+        recording = self._start_recording(record)
+        tap = None if recording is None else recording.writer
         bridge = CallBridge(
-            record, leg, link, self.pacer, self, self._limits, voicemail, not by_network
+            record,
+            leg,
+            link,
+            self.pacer,
+            self,
+            self._limits,
+            voicemail,
+            not by_network,
+            recorder=tap,
         )
         self.manager.add(bridge)
         active = metrics.CALLS_ACTIVE.labels(provider=record.provider)
@@ -404,7 +426,19 @@ class CallService:
         finally:
             active.dec()
             self.manager.discard(record.call_id)
+            if recording is not None:  # a call that ended without a webhook to wait for it
+                await self.recordings.finish(record.call_id, keep=True)
         return record
+
+    def _start_recording(self, record: CallRecord) -> CallRecording | None:
+        """Record the call from its first frame if its agent's settings (and the call's) say so."""
+        stored = self.settings.agents[record.agent_id].model_dump(mode="json", exclude_none=True)
+        try:
+            options = recording_options(merge_agent_config(stored, record.agent_config))
+        except ValueError as exc:  # checked at create: a record from elsewhere
+            log.warning("call not recorded: %s", exc, extra={"call_id": record.call_id})
+            return None
+        return None if options is None else self.recordings.start(record.call_id, options)
 
     async def begin(self, record: CallRecord) -> str | None:
         """Move the call out of ``created`` (compare-and-set), then admit it here.
@@ -487,6 +521,8 @@ class CallService:
     async def finished(
         self, record: CallRecord, conversation: Conversation, *, written: bool = True
     ) -> None:
+        # finished on every end; kept for a deferred report, else taken for this one
+        recording = await self.recordings.finish(record.call_id, keep=not written)
         if not written:
             deferred = self._deferred_ends.get(record.call_id)
             if deferred is not None:  # the coordinator was away: reported once it is back
@@ -508,6 +544,7 @@ class CallService:
             chars_used=conversation.chars_used,
             rates=self._rates,
             truncated=conversation.truncated,
+            recording=recording,
         )
         try:
             await webhooks.enqueue_session_webhook(self.coordinator, spec, payload)
