@@ -135,3 +135,23 @@ SIP_RTCP_RTT_SECONDS = Histogram(
     "Round-trip time to SIP callers from their RTCP report blocks (LSR/DLSR)",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6),
 )
+
+# Answering-machine detection (telephony_edge.calls.bridge): the result that decided each call.
+AMD_RESULTS = Counter(
+    "telephony_edge_amd_results_total",
+    "Answering-machine detection results (human, machine, unknown) by source",
+    ["source", "result"],
+)
+AMD_DECISION_SECONDS = Histogram(
+    "telephony_edge_amd_decision_seconds",
+    "Time from the callee's first audio to the detection result",
+    ["source"],
+    buckets=(0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 8.0, 12.0, 20.0),
+)
+
+# Call recording (telephony_edge.recording): each recording's end.
+RECORDINGS = Counter(
+    "telephony_edge_recordings_total",
+    "Recordings by outcome: stored, late (not ready for the webhook), failed",
+    ["outcome"],
+)

@@ -253,17 +253,27 @@ class CallBridge:
             now = asyncio.get_running_loop().time()
             after_ms = 0 if first is None else round((now - first) * 1000)
             report = replace(report, after_ms=after_ms)
-        self._feed(report)
+        self._feed_amd(report)
 
     def _detect(self, frame: bytes, detector: AmdDetector) -> None:
         """The edge's detector on one caller frame (the frame is relayed all the same)."""
         for found in detector.feed(frame):
             if isinstance(found, Verdict):
-                self._feed(m.AmdReport(found.result, "edge", found.after_ms))
+                self._feed_amd(m.AmdReport(found.result, "edge", found.after_ms))
             else:
-                self._feed(m.AmdReport("machine", "edge", found.after_ms, True, found.beep))
+                self._feed_amd(m.AmdReport("machine", "edge", found.after_ms, True, found.beep))
         if detector.done:
             self._detector = None
+
+    def _feed_amd(self, report: m.AmdReport) -> None:
+        """Give the machine a detection report; count the result that decides the call."""
+        undecided = self._machine.amd is None
+        self._feed(report)
+        if undecided and self._machine.amd is not None:
+            metrics.AMD_RESULTS.labels(source=report.source, result=report.result).inc()
+            metrics.AMD_DECISION_SECONDS.labels(source=report.source).observe(
+                report.after_ms / 1000
+            )
 
     def _feed(self, event: m.Event) -> None:
         """Give the machine one event and carry out what it says."""

@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydub import AudioSegment
 
+from telephony_edge import metrics
 from telephony_edge.audio.frames import FRAME_MS
 from telephony_edge.config import RecordingOptions, RecordingSettings
 from telephony_edge.recording import signing
@@ -154,6 +155,7 @@ class Recordings:
             duration = recording.stop()
         except OSError as exc:
             log.error("recording not finished: %s", exc, extra={"call_id": call_id})
+            metrics.RECORDINGS.labels(outcome="failed").inc()
             return None
         task = asyncio.create_task(self._complete(call_id, recording, duration))
         self._finishing.add(task)
@@ -162,10 +164,13 @@ class Recordings:
             result = await asyncio.wait_for(asyncio.shield(task), self.settings.finish_timeout_s)
         except TimeoutError:
             log.warning("recording not ready in time for the webhook", extra={"call_id": call_id})
+            metrics.RECORDINGS.labels(outcome="late").inc()
             return None
         except Exception as exc:
             log.error("recording not stored: %r", exc, extra={"call_id": call_id})
+            metrics.RECORDINGS.labels(outcome="failed").inc()
             return None
+        metrics.RECORDINGS.labels(outcome="stored").inc()
         if keep:
             self._done[call_id] = result
             while len(self._done) > MAX_REMEMBERED:

@@ -296,7 +296,12 @@ class SipEndpoint(asyncio.DatagramProtocol):
         elif ended.reason == "refer_refused":
             leg.ended("refer-refused", "the trunk refused the REFER; the edge hung up")
         elif ended.reason == "session_expired":
-            leg.ended("timeout", "the SIP session timer expired (no refresh, RFC 4028)")
+            # the UA sent its BYE; the call ends ``timeout``, as when RTP stops
+            leg.ended(
+                "session-expired",
+                "the SIP session timer expired (no refresh, RFC 4028)",
+                timeout=True,
+            )
         else:
             leg.ended(ended.reason)
 

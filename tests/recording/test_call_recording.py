@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 from pydub import AudioSegment
 
 from telephony_edge.calls.leg import LegEnded
@@ -68,6 +69,7 @@ async def download(url: str) -> tuple[int, bytes]:
 async def test_a_recorded_call_has_each_side_on_its_channel_at_its_time(
     make_edge: Any, receiver: Receiver, speech: bytes, tmp_path: Path
 ) -> None:
+    stored = REGISTRY.get_sample_value("telephony_edge_recordings_total", {"outcome": "stored"})
     edge: Edge = await make_edge(recording_settings(receiver, tmp_path))
     loop = asyncio.get_running_loop()
     leg = TestLeg()
@@ -95,6 +97,8 @@ async def test_a_recorded_call_has_each_side_on_its_channel_at_its_time(
     channels, (left, right) = read_channels(body)
     assert channels == 2
     assert len(left) / RATE == pytest.approx(meta["duration_s"], abs=0.001)
+    counted = REGISTRY.get_sample_value("telephony_edge_recordings_total", {"outcome": "stored"})
+    assert counted == (stored or 0.0) + 1
 
     # left: the caller's speech, where it was spoken
     # (the first seconds of each: on a busy machine a late frame shifts what follows it)

@@ -155,5 +155,5 @@ async def test_sipp_call_without_its_refresh_gets_the_edges_bye(
     await finished(process, tmp_path)  # the BYE came and was answered
     await wait_for(lambda: receiver.received, within=10)
     [payload] = receiver.received
-    assert payload["call_status"] == "error"
+    assert payload["call_status"] == "timeout"
     assert "session timer expired" in payload["error_message"]

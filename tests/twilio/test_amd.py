@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import aiohttp
+from prometheus_client import REGISTRY
 
 from telephony_edge.twilio.simulator import SimulatedCall, encode_payloads
 from tests.conftest import read_wav, wait_for
@@ -67,6 +68,8 @@ async def test_machine_end_beep_gets_the_message_then_voicemail_message(
 async def test_a_machine_with_hangup_is_voicemail_hangup(
     twilio_edge: TwilioEdge, session: aiohttp.ClientSession
 ) -> None:
+    labels = {"source": "twilio", "result": "machine"}
+    counted = REGISTRY.get_sample_value("telephony_edge_amd_results_total", labels) or 0.0
     _, call, callback = await outbound(twilio_edge, session, {"action": "hangup"})
     await call.stream_audio(greeting(1.0))
     assert await call.post_amd_result(callback, "machine_end_other", 4100) == 204
@@ -75,6 +78,7 @@ async def test_a_machine_with_hangup_is_voicemail_hangup(
     [payload] = await twilio_edge.crm.wait(1)
     assert payload["call_status"] == "voicemail-hangup"
     assert payload["voip"]["amd"]["source"] == "twilio"
+    assert REGISTRY.get_sample_value("telephony_edge_amd_results_total", labels) == counted + 1
 
 
 async def test_a_human_keeps_the_call_and_bad_callbacks_are_refused(
