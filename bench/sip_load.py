@@ -237,15 +237,7 @@ def main() -> int:
         cpu1 = tl.cpu_seconds(edge.pid)
         hwm_kb = tl.status_kb(edge.pid, "VmHWM")
     finally:
-        for proc in (sipp_proc, edge, core):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-        for proc in (sipp_proc, edge, core):
-            if proc is not None:
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        tl.stop(sipp_proc, edge, core)
 
     stats = sipp_stats(tmp / "stats.csv")
     ok = stats["SuccessfulCall(C)"]

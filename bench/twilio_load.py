@@ -351,6 +351,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
+def stop(*procs: subprocess.Popen[Any] | None) -> None:
+    """Terminate the processes a run started (None: never started), then kill what lingers."""
+    running = [p for p in procs if p is not None and p.poll() is None]
+    for proc in running:
+        proc.terminate()
+    for proc in running:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def status_kb(pid: int, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -699,13 +711,7 @@ def main() -> int:
             print(report(figures), flush=True)
             runs.append(figures)
     finally:
-        for proc in (edge, core):
-            proc.terminate()
-        for proc in (edge, core):
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(edge, core)
     if len(runs) > 1:
         print(side_by_side(runs))
     print(f"  logs: {tmp}")

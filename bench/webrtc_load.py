@@ -366,15 +366,7 @@ def main() -> int:
         if spy is not None:
             spy.wait(30)
     finally:
-        for proc in (spy, edge, core):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-        for proc in (spy, edge, core):
-            if proc is not None:
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        tl.stop(spy, edge, core)
 
     callers: list[Caller] = result["callers"]
     connected = sum(c.connected_at is not None for c in callers)

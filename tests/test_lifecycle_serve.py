@@ -52,6 +52,7 @@ from tests.twilio.harness import (
     OUTBOUND_NUMBER,
     WEBHOOK_SECRET,
     answered,
+    callee_answers,
     serve_call,
 )
 
@@ -364,17 +365,7 @@ async def test_status_callback_during_api_hangup_teardown_keeps_api_ended(
     assert outside.fake.calls[sid].status == "queued"
 
     # Twilio: the callee answers; fetch the call's TwiML, open its stream
-    call = SimulatedCall(
-        session,
-        edge.base_url,
-        to=CALLEE,
-        from_=OUTBOUND_NUMBER,
-        auth_token=AUTH_TOKEN,
-        account_sid=ACCOUNT_SID,
-        call_sid=sid,
-        voice_path=f"/twilio/voice?call_id={call_id}",
-        direction="outbound-api",
-    )
+    call = callee_answers(edge.base_url, session, sid, call_id, CALLEE)
     stream = await answered(call)
     assert stream.parameters["call_id"] == call_id
     await call.open_stream(stream)

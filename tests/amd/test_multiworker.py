@@ -13,11 +13,10 @@ from typing import Any
 
 import aiohttp
 
-from telephony_edge.twilio.simulator import SimulatedCall
 from tests.conftest import wait_for
 from tests.test_lifecycle_serve import AUTH, CALLEE, Outside
 from tests.test_multiworker import Workers, fixture_session, on, outside, stop_talking
-from tests.twilio.harness import ACCOUNT_SID, AUTH_TOKEN, OUTBOUND_NUMBER, answered
+from tests.twilio.harness import OUTBOUND_NUMBER, answered, callee_answers
 
 __all__ = ["fixture_session", "outside"]  # fixtures
 
@@ -36,17 +35,7 @@ async def test_an_amd_result_on_a_ends_the_call_streaming_on_b_voicemail_hangup(
         [callback] = outside.fake.calls[sid].fields["AsyncAmdStatusCallback"]
         assert callback == f"{a.base_url}/twilio/amd?call_id={call_id}"
 
-        call = SimulatedCall(
-            session,
-            a.base_url,
-            to=CALLEE,
-            from_=OUTBOUND_NUMBER,
-            auth_token=AUTH_TOKEN,
-            account_sid=ACCOUNT_SID,
-            call_sid=sid,
-            voice_path=f"/twilio/voice?call_id={call_id}",
-            direction="outbound-api",
-        )
+        call = callee_answers(a.base_url, session, sid, call_id, CALLEE)
         stream = await answered(call)
         await call.open_stream(on(b, stream))  # the media lands on B
         talking = asyncio.create_task(call.stream_until_quiet(until=lambda r: False, max_s=30))

@@ -220,6 +220,22 @@ def serve_call(base_url: str, session: aiohttp.ClientSession, **kw: Any) -> Simu
     return SimulatedCall(session, base_url, auth_token=AUTH_TOKEN, account_sid=ACCOUNT_SID, **kw)
 
 
+def callee_answers(
+    base_url: str, session: aiohttp.ClientSession, call_sid: str, call_id: str, callee: str
+) -> SimulatedCall:
+    """Twilio's side of an outbound call the edge placed (``call_sid``) once ``callee`` answers:
+    the voice webhook for ``call_id`` comes next."""
+    return serve_call(
+        base_url,
+        session,
+        to=callee,
+        from_=OUTBOUND_NUMBER,
+        call_sid=call_sid,
+        voice_path=f"/twilio/voice?call_id={call_id}",
+        direction="outbound-api",
+    )
+
+
 async def answered(call: SimulatedCall) -> StreamInstruction:
     """POST the signed voice webhook; the stream its TwiML asks for."""
     stream = parse_twiml(await call.post_webhook()).stream
