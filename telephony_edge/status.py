@@ -235,7 +235,7 @@ def render_html(status: Status) -> str:
         "margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}</style>"
         "</head><body>"
         f"<h1>telephony-edge {html.escape(status.worker_id)}</h1>"
-        f"<p>region {html.escape(str(status.region))}, {state}</p>"
+        f"<p>region {html.escape(status.region or 'not set')}, {state}</p>"
         + _calls_section("This worker", status.worker)
         + _calls_section("Cluster" + partial, status.cluster)
         + "<h2>Workers</h2>"
