@@ -414,6 +414,30 @@ async def test_bad_offers_are_4xx_with_the_reason(
     edge.assert_healthy()
 
 
+@pytest.mark.parametrize(
+    ("find", "replace"),
+    [
+        ("a=mid:0", "a=mid:" + "m" * 3000),  # BUNDLE 0 1 then names a mid with no media
+        ("a=group:BUNDLE 0 1", "a=group:BUNDLE 7 0 1"),
+    ],
+)
+async def test_a_real_offer_with_a_bundle_of_unknown_mids_is_400(
+    edge: ServeProcess, session: aiohttp.ClientSession, find: str, replace: str
+) -> None:
+    """aiortc would leave the call without a transport: a 500, then its connect task fails."""
+    client = Client(events=True)
+    try:
+        offer = await client.offer()
+    finally:
+        await client.close()
+    assert find in offer["sdp"]
+    sdp = offer["sdp"].replace(find, replace)
+    status, answer = await post_offer(edge, session, offer_body(sdp=sdp))
+    assert status == 400, answer
+    assert "BUNDLE" in answer["error"]
+    edge.assert_healthy()
+
+
 async def test_an_offer_with_a_wrong_key_is_401(
     edge: ServeProcess, session: aiohttp.ClientSession
 ) -> None:
