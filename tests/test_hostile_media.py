@@ -150,6 +150,28 @@ async def test_bad_recording_links_are_403(edge: ServeProcess, query: dict[str, 
     edge.assert_healthy()
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Range": "bytes=999999-"},
+        {"Range": "bytes=5-2"},
+        {"Range": "bytes=abc"},
+        {"Range": "bytes=" + ",".join(["0-1"] * 500)},
+        {"Range": "lines=1-2"},
+        {"If-Modified-Since": "yesterday"},
+        {"If-None-Match": '"' * 100},
+        {"If-Range": "garbage", "Range": "bytes=0-3"},
+    ],
+)
+async def test_garbage_range_headers_on_a_valid_link_never_500(
+    edge: ServeProcess, session: aiohttp.ClientSession, headers: dict[str, str]
+) -> None:
+    url = edge.base_url + f"/recordings/{RECORDED}"
+    async with session.get(url, params=signed(RECORDED), headers=headers) as resp:
+        assert resp.status in (200, 206, 304, 400, 416), resp.status
+    edge.assert_healthy()
+
+
 TRAVERSALS = [
     "..%2Fsecret",
     "..%2F..%2F" + "etc-passwd",
@@ -283,6 +305,29 @@ async def test_vonage_machine_detection_with_a_bad_sub_state_is_400(
     assert f'"call_id": "{call_id}"' in edge.log  # the refusal's log line names the call
     async with session.get(edge.base_url + f"/calls/{call_id}", headers=AUTH) as resp:
         assert (await resp.json())["state"] == "created"  # the call is untouched
+    edge.assert_healthy()
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"call_id": "call_unknown"},
+        {"call_id": "x" * 4000},
+        {"to": "\x00" * 10, "from": "\xff", "uuid": "u"},
+        {"to": "+" + "9" * 300, "from": "anonymous", "uuid": "u" * 3000},
+        {"to": VONAGE_NUMBER.removeprefix("+"), "from": "1" * 5000, "uuid": ""},
+    ],
+)
+async def test_vonage_answers_with_garbage_get_an_ncco(
+    edge: ServeProcess, session: aiohttp.ClientSession, query: dict[str, str]
+) -> None:
+    """Signed but odd: an NCCO (a talk, or the socket for a genuine number), never a 500."""
+    headers = {"Authorization": f"Bearer {sign(VONAGE_SECRET)}"}
+    url = edge.base_url + "/vonage/answer"
+    async with session.get(url, params=query, headers=headers) as resp:
+        assert resp.status == 200
+        actions = await resp.json()
+    assert isinstance(actions, list) and actions[0]["action"] in ("talk", "connect")
     edge.assert_healthy()
 
 
