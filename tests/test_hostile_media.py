@@ -650,6 +650,11 @@ async def test_sip_garbage_is_4xx_or_dropped_and_options_still_200(
                 invite(user, "sdp3", "v=0\r\nc=IN IP4 999.1.1.1\r\nm=audio 70000 RTP/AVP 0\r\n"),
                 {400},
             ),
+            # a name, not an address: every RTP packet would resolve it on the event loop
+            *(
+                (invite(user, f"c{i}", wire.SIPP_SDP.replace("c=IN IP4 127.0.0.1", c)), {400})
+                for i, c in enumerate(["c=IN IP4 rtp.hostile.invalid", "c=IN IP4 999.1.1.1"])
+            ),
             (invite(SIP_NUMBER, "d0", wire.SIPP_SDP), {401}),
             *(
                 (invite(SIP_NUMBER, f"d{i}", wire.SIPP_SDP, f"Authorization: {auth}"), {401, 400})
