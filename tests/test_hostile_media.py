@@ -32,7 +32,7 @@ from telephony_edge.vonage.simulator import SimulatedVonageCall
 from telephony_edge.webrtc.channel import MAX_MESSAGE_BYTES
 from tests.conftest import ServeProcess, free_port, wait_for
 from tests.sip import wire
-from tests.sip.test_udp_edge import Socket, open_socket
+from tests.sip.test_udp_edge import Caller, Socket, media_port, open_socket, sdp
 from tests.test_hostile import (
     AUTH,
     bad_input,
@@ -93,6 +93,23 @@ def edge(serve_process: Any, recordings: Path) -> ServeProcess:
     )
     started: ServeProcess = serve_process(config)
     return started
+
+
+async def call_state(edge: ServeProcess, session: aiohttp.ClientSession, call_id: str) -> str:
+    async with session.get(edge.base_url + f"/calls/{call_id}", headers=AUTH) as resp:
+        state: str = (await resp.json())["state"]
+    return state
+
+
+async def ended(
+    edge: ServeProcess, session: aiohttp.ClientSession, call_id: str, within: float = 5.0
+) -> None:
+    """Wait until the call's record says ``ended``; fail after ``within`` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while await call_state(edge, session, call_id) != "ended":
+        assert loop.time() < deadline, f"{call_id} did not end"
+        await asyncio.sleep(0.1)
 
 
 # -- GET /recordings/{call_id}: signed links, never a file outside the directory ----------
@@ -303,8 +320,7 @@ async def test_vonage_machine_detection_with_a_bad_sub_state_is_400(
     call, call_id = await vonage_call(edge, session)
     assert await call.post_event(status, sub_state=sub_state) == 400
     assert f'"call_id": "{call_id}"' in edge.log  # the refusal's log line names the call
-    async with session.get(edge.base_url + f"/calls/{call_id}", headers=AUTH) as resp:
-        assert (await resp.json())["state"] == "created"  # the call is untouched
+    assert await call_state(edge, session, call_id) == "created"  # the call is untouched
     edge.assert_healthy()
 
 
@@ -523,21 +539,11 @@ async def test_garbage_on_the_data_channel_is_skipped_and_the_call_goes_on(
         await wait_for(
             lambda: bad_input(edge, "webrtc-datachannel") == before + len(garbage), within=10
         )
-        call_url = edge.base_url + f"/calls/{answer['call_id']}"
-        async with session.get(call_url, headers=AUTH) as resp:
-            assert (await resp.json())["state"] == "active"
-        assert f'"call_id": "{answer["call_id"]}"' in edge.log
+        call_id = answer["call_id"]
+        assert await call_state(edge, session, call_id) == "active"
+        assert f'"call_id": "{call_id}"' in edge.log
         client.events.send(json.dumps({"type": "end"}))
-
-        async def ended() -> bool:
-            async with session.get(call_url, headers=AUTH) as resp:
-                return bool((await resp.json())["state"] == "ended")
-
-        for _ in range(100):
-            if await ended():
-                break
-            await asyncio.sleep(0.1)
-        assert await ended()
+        await ended(edge, session, call_id)
     finally:
         await client.close()
     edge.assert_healthy()
@@ -674,6 +680,60 @@ async def test_sip_garbage_is_4xx_or_dropped_and_options_still_200(
         await options_answered(sock)
     finally:
         sock.close()
+    edge.assert_healthy()
+
+
+async def test_garbage_inside_a_sip_call_is_refused_and_the_call_goes_on(
+    edge: ServeProcess, session: aiohttp.ClientSession
+) -> None:
+    """In the dialog and on its RTP port: 4xx or dropped, the call still active, BYE ends it."""
+    status, registered = await register_sip(edge, session, b'{"agent_id": "demo"}')
+    assert status == 200, registered
+    call_id = registered["call_id"]
+    rtp = await open_socket()
+    caller = Caller(("127.0.0.1", SIP_PORT), call_id, await open_socket())
+    try:
+        caller.send(caller.request("INVITE", sdp(rtp.port)))
+        ok = await caller.response("INVITE")
+        assert ok.status == 200
+        caller.send(caller.request("ACK", cseq=caller.cseq))
+        await wait_for(lambda: len(rtp.log) > 0, within=10)  # the greeting's RTP
+        edge_rtp = ("127.0.0.1", media_port(ok.body))
+        for junk in (b"", b"\x00", b"\xff" * 12, b"\x80" + b"\x00" * 11, b"\x80\x00" * 800):
+            rtp.send(junk, edge_rtp)
+            rtp.send(junk, (edge_rtp[0], edge_rtp[1] + 1))  # its RTCP port
+        in_dialog = [
+            ("INVITE", "v=0\r\nm=audio x\r\n", (), {400}),  # a broken re-offer
+            ("INVITE", sdp(rtp.port).replace("PCMU", "OPUS"), (), {488}),
+            (
+                "INFO",
+                "Signal=99999\r\nDuration=-1\r\n",
+                ("Content-Type: application/dtmf-relay",),
+                {200, 400, 415},
+            ),
+            ("INFO", "\x00\xff", ("Content-Type: application/dtmf",), {200, 400, 415}),
+            ("UPDATE", "garbage", ("Content-Type: application/sdp",), {400, 488}),
+            (
+                "NOTIFY",
+                "SIP/2.0 200 OK",
+                ("Event: refer", "Content-Type: message/sipfrag"),
+                {200, 481},
+            ),
+            ("PRACK", "", ("RAck: x y z",), {400, 481}),
+        ]
+        for method, body, extra, expected in in_dialog:
+            caller.send(caller.request(method, body, extra=extra))
+            answer = await caller.response(method)
+            assert answer.status in expected, (method, answer.status)
+            if method == "INVITE":
+                caller.send(caller.request("ACK", cseq=caller.cseq))
+        assert await call_state(edge, session, call_id) == "active"
+        caller.send(caller.request("BYE"))
+        assert (await caller.response("BYE")).status == 200
+        await ended(edge, session, call_id)
+    finally:
+        rtp.close()
+        caller.sip.close()
     edge.assert_healthy()
 
 
