@@ -114,6 +114,10 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
         raise ApiError(400, "the body must be a JSON object")
     if _too_deep(body, MAX_JSON_DEPTH):
         raise ApiError(400, f"the body nests deeper than {MAX_JSON_DEPTH} levels")
+    try:  # a lone surrogate escape ("\ud800") parses, but no UTF-8 peer can take it later
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise ApiError(400, "the body has a lone surrogate (\\ud800-\\udfff), not text") from None
     return body
 
 

@@ -19,6 +19,13 @@ Pending WebSockets
     :func:`admitted` (or ends), and answers 503 *before upgrading* when
     ``server.max_pending_websockets`` are already pending. The slot travels
     to the handler in a context variable, so no handler signature changes.
+
+Requests that cannot be parsed
+    aiohttp answers a request it cannot parse (a header line past 8190 bytes,
+    bad chunking, a bad header name) with 400 itself, but logs it at ERROR
+    with a traceback, as if the edge had failed. :class:`ClientFaults` turns
+    such a record into a sampled WARNING without the traceback, counted as
+    bad input (``source="http"``): the client's fault, not the edge's.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from telephony_edge import metrics
 from telephony_edge.config import ServerSettings
@@ -37,6 +45,7 @@ from telephony_edge.logs import sampled
 log = logging.getLogger(__name__)
 
 _REFUSED = metrics.BAD_INPUT.labels(source="pending-websockets")
+_UNPARSEABLE = metrics.BAD_INPUT.labels(source="http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -110,7 +119,33 @@ class PendingWebSockets:
         )
 
 
+class ClientFaults(logging.Filter):
+    """On ``aiohttp.server``: a request aiohttp answered 4xx unparsed is a warning, not an error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError) or not 400 <= exc.code < 500:
+            return True
+        _UNPARSEABLE.inc()
+        self.count += 1
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        # the type only: aiohttp's message quotes the client's bytes (an Authorization header)
+        record.msg, record.args = (
+            "unparseable HTTP request (%s): %d",
+            (type(exc).__name__, exc.code),
+        )
+        record.exc_info = record.exc_text = None
+        return sampled(self.count)
+
+
 def install(app: web.Application, server: ServerSettings, paths: Iterable[str]) -> dict[str, Any]:
     """Add the pending-WebSocket cap to ``app``; the ``AppRunner`` keyword arguments to use."""
     app.middlewares.append(PendingWebSockets(server.max_pending_websockets, paths).middleware)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ClientFaults) for f in server_log.filters):
+        server_log.addFilter(ClientFaults())
     return {"keepalive_timeout": server.idle_timeout_s}

@@ -293,6 +293,7 @@ async def test_non_ascii_bearer_tokens_are_401(edge: ServeProcess, method: str, 
         ("application/json; charset=bogus", b"{}", 400),
         ("application/json; charset=rot13", b"{}", 400),
         ("application/json", b'{"to_phone": "\xff"}', 400),
+        ("application/json", b'{"metadata": {"name": "\\ud800"}}', 400),  # a lone surrogate
         ("application/json", b"[" * 30000 + b"]" * 30000, 400),  # RecursionError in the parser
         ("application/json", b'{"a":' * 5000 + b"1" + b"}" * 5000, 400),
         ("application/json", b'{"metadata": ' + b"[" * 40 + b"]" * 40 + b"}", 400),

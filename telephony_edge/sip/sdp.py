@@ -3,7 +3,8 @@
 Rules
 -----
 * :func:`parse_sdp` reads a session description strictly enough to be safe
-  (bounded, each line ``x=value``, numbers checked) and keeps lines it does
+  (bounded, each line ``x=value``, numbers checked, ``c=`` an IP address: a
+  name would be resolved for every RTP packet) and keeps lines it does
   not interpret so that nothing is lost on the way through.
 * :func:`negotiate` answers an offer: the first audio stream with a port and
   a codec we take is used, every other ``m=`` line is answered with port 0
@@ -26,6 +27,7 @@ Rules
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -179,7 +181,12 @@ def _connection(value: str) -> str:
     parts = value.split()
     if len(parts) != 3 or parts[0] != "IN" or parts[1] not in ("IP4", "IP6"):
         raise SdpError(f"bad c= line {value!r}")
-    return parts[2].split("/")[0]  # multicast TTL/count not used
+    address = parts[2].split("/")[0]  # multicast TTL/count not used
+    try:  # a name would be resolved by sendto, on the event loop, for every RTP packet
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise SdpError(f"c= address {address[:60]!r} is not an IP address") from None
+    return address
 
 
 def parse_sdp(data: bytes) -> SessionDescription:

@@ -150,6 +150,12 @@ def _offer_sdp(body: dict[str, Any], max_bytes: int) -> str:
     media = [line.split()[0][2:] for line in lines if line.startswith("m=") and line[2:]]
     if "audio" not in media:
         raise ApiError(400, "the offer has no audio (m=audio)")
+    # aiortc leaves a BUNDLE whose tags are no mids with no transport at all (a 500, then
+    # its connect task fails): RFC 8843 has every tag name a media section of the offer
+    mids = {line.removeprefix("a=mid:") for line in lines if line.startswith("a=mid:")}
+    for line in lines:
+        if line.startswith("a=group:BUNDLE") and not set(line.split()[1:]) <= mids:
+            raise ApiError(400, "the offer's BUNDLE group names a mid it has no media for")
     return sdp
 
 
