@@ -19,6 +19,9 @@ from yarl import URL
 from telephony_edge.errors import UserError, os_reason
 
 EXIT_USAGE = 2
+PLAYOUT_DELAY_S = 0.04  # a network's jitter buffer, modelled: a talkspurt starts this late
+TALKSPURT_GAP_S = 0.25
+JITTER_BUCKETS = 100  # a pause longer than this is silence between turns, not a glitch
 
 
 async def wait_until_ready(
@@ -97,3 +100,77 @@ def dtmf_arg(item: str) -> tuple[float, str]:
     if len(digit) != 1 or digit not in "0123456789*#ABCD" or seconds < 0:
         raise argparse.ArgumentTypeError(f"{item!r}: DIGIT@SECONDS, e.g. 5@3.5")
     return seconds, digit
+
+
+class PlayoutBuffer:
+    """A network's playout buffer on the caller's side, modelled for one call.
+
+    Audio plays at real time from when it arrives (plus ``PLAYOUT_DELAY_S``
+    at the start of a talkspurt); what arrives after the buffer ran dry
+    within a talkspurt is a gap the caller hears (``late``); arrival lateness
+    against the talkspurt's 20 ms grid goes into ``jitter`` (1 ms buckets).
+    ``limit_s`` bounds how far ahead audio may be queued (Vonage's buffer):
+    beyond it a chunk is dropped (``overflow``). ``render`` is what the
+    caller heard, silences included.
+    """
+
+    __slots__ = (
+        "chunks", "end", "frame_bytes", "jitter", "late", "limit_s", "overflow", "peak",
+        "rate", "silence", "spurt_n", "spurt_t0", "t0", "width",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        t0: float,
+        *,
+        rate: int,
+        width: int,
+        silence: bytes,
+        limit_s: float | None = None,
+    ) -> None:
+        self.t0 = t0
+        self.rate, self.width, self.silence, self.limit_s = rate, width, silence, limit_s
+        self.frame_bytes = rate * width // 50  # 20 ms
+        self.end = t0  # when the queued audio finishes playing
+        self.chunks: list[tuple[float, bytes]] = []  # (start time, audio)
+        self.overflow = 0
+        self.peak = 0.0
+        self.late = 0
+        self.jitter = [0] * JITTER_BUCKETS
+        self.spurt_t0 = t0
+        self.spurt_n = 0
+
+    def push(self, now: float, audio: bytes) -> None:
+        if self.end < now:  # the buffer ran dry: a new talkspurt, or a gap the caller hears
+            if self.chunks and now - self.end < TALKSPURT_GAP_S:
+                self.late += 1
+            else:
+                self.spurt_t0, self.spurt_n = now, 0
+            self.end = now + PLAYOUT_DELAY_S
+        lateness_ms = int((now - self.spurt_t0 - self.spurt_n * 0.02) * 1000)
+        self.jitter[min(max(lateness_ms, 0), JITTER_BUCKETS - 1)] += 1
+        self.spurt_n += max(1, len(audio) // self.frame_bytes)
+        ahead = self.end - now
+        if self.limit_s is not None and ahead > self.limit_s + PLAYOUT_DELAY_S:
+            self.overflow += 1
+            return
+        self.peak = max(self.peak, ahead)
+        self.chunks.append((self.end, audio))
+        self.end += len(audio) / (self.width * self.rate)
+
+    def clear(self, now: float) -> int:
+        """Drop what has not played yet; how many chunks were dropped."""
+        kept = [c for c in self.chunks if c[0] < now]
+        dropped = len(self.chunks) - len(kept)
+        self.chunks = kept
+        self.end = now
+        return dropped
+
+    def render(self) -> bytes:
+        out = bytearray()
+        for start, audio in self.chunks:
+            pos = round((start - self.t0) * self.rate) * self.width
+            if pos > len(out):
+                out += self.silence[:1] * (pos - len(out))
+            out[pos : pos + len(audio)] = audio
+        return bytes(out)

@@ -42,6 +42,7 @@ import orjson
 from telephony_edge.errors import UserError
 from telephony_edge.simulate import (
     EXIT_USAGE,
+    PlayoutBuffer,
     check_out,
     check_url,
     dtmf_arg,
@@ -54,9 +55,6 @@ RATE = 8000
 CHUNK_BYTES = 160  # 20 ms of 8 kHz μ-law
 CHUNK_S = 0.02
 ULAW_SILENCE = b"\xff" * CHUNK_BYTES
-PLAYOUT_DELAY_S = 0.04  # Twilio's jitter buffer, modelled: a talkspurt starts this late
-TALKSPURT_GAP_S = 0.25
-JITTER_BUCKETS = 100  # a pause longer than this is silence between turns, not a glitch
 DEFAULT_FROM = "+15555550100"
 DEFAULT_ACCOUNT_SID = "AC" + "0" * 32
 
@@ -200,50 +198,14 @@ class _PendingMark:
     handle: asyncio.TimerHandle | None = None
 
 
-class _Playout:
-    """Twilio's playout buffer for one call: real time, marks, clear."""
+class _Playout(PlayoutBuffer):
+    """Twilio's playout buffer for one call (μ-law, 8 kHz), with the marks it has yet to play."""
 
-    __slots__ = ("chunks", "end", "jitter", "late", "marks", "spurt_n", "spurt_t0", "t0")
+    __slots__ = ("marks",)
 
     def __init__(self, t0: float) -> None:
-        self.t0 = t0
-        self.end = t0  # when the queued audio finishes playing
-        self.chunks: list[tuple[float, bytes]] = []  # (start time, μ-law)
+        super().__init__(t0, rate=RATE, width=1, silence=ULAW_SILENCE)
         self.marks: list[_PendingMark] = []
-        self.late = 0
-        # arrival lateness against the talkspurt's 20 ms grid, in 1 ms buckets
-        self.jitter = [0] * JITTER_BUCKETS
-        self.spurt_t0 = t0
-        self.spurt_n = 0
-
-    def push(self, now: float, ulaw: bytes) -> None:
-        if self.end < now:  # the buffer ran dry: a new talkspurt, or a gap the caller hears
-            if self.chunks and now - self.end < TALKSPURT_GAP_S:
-                self.late += 1
-            else:
-                self.spurt_t0, self.spurt_n = now, 0
-            self.end = now + PLAYOUT_DELAY_S
-        lateness_ms = int((now - self.spurt_t0 - self.spurt_n * CHUNK_S) * 1000)
-        self.jitter[min(max(lateness_ms, 0), JITTER_BUCKETS - 1)] += 1
-        self.spurt_n += len(ulaw) // CHUNK_BYTES
-        self.chunks.append((self.end, ulaw))
-        self.end += len(ulaw) / RATE
-
-    def clear(self, now: float) -> int:
-        kept = [c for c in self.chunks if c[0] < now]
-        dropped = len(self.chunks) - len(kept)
-        self.chunks = kept
-        self.end = now
-        return dropped
-
-    def render(self) -> bytes:
-        out = bytearray()
-        for start, ulaw in self.chunks:
-            pos = round((start - self.t0) * RATE)
-            if pos > len(out):
-                out += b"\xff" * (pos - len(out))
-            out[pos : pos + len(ulaw)] = ulaw
-        return bytes(out)
 
 
 class SimulatedCall:

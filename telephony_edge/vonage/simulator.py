@@ -35,13 +35,13 @@ import orjson
 from telephony_edge.errors import UserError
 from telephony_edge.simulate import (
     EXIT_USAGE,
+    PlayoutBuffer,
     check_out,
     check_url,
     dtmf_arg,
     speak_after_arg,
     wait_until_ready,
 )
-from telephony_edge.twilio.simulator import JITTER_BUCKETS, TALKSPURT_GAP_S
 from telephony_edge.vonage.signature import sign
 
 RATE = 16000
@@ -49,7 +49,6 @@ FRAME_BYTES = 640  # 20 ms of L16 at 16 kHz
 FRAME_S = 0.02
 SILENCE = b"\x00" * FRAME_BYTES
 CONTENT_TYPE = "audio/l16;rate=16000"
-PLAYOUT_DELAY_S = 0.04  # a talkspurt starts playing this late
 BUFFER_LIMIT_S = 0.2  # Vonage's buffer is bounded: audio further ahead is dropped
 DEFAULT_FROM = "+15555550100"
 
@@ -181,55 +180,6 @@ class VonageResult:
         return "\n".join(lines)
 
 
-class _Playout:
-    """Vonage's playout buffer for one call: real time, bounded, cleared on request."""
-
-    __slots__ = ("chunks", "end", "jitter", "late", "overflow", "peak", "spurt_n", "spurt_t0", "t0")
-
-    def __init__(self, t0: float) -> None:
-        self.t0 = t0
-        self.end = t0
-        self.chunks: list[tuple[float, bytes]] = []
-        self.overflow = 0
-        self.peak = 0.0
-        self.late = 0
-        # arrival lateness against the talkspurt's 20 ms grid, in 1 ms buckets
-        self.jitter = [0] * JITTER_BUCKETS
-        self.spurt_t0 = t0
-        self.spurt_n = 0
-
-    def push(self, now: float, pcm: bytes) -> None:
-        if self.end < now:  # the buffer ran dry: a new talkspurt, or a gap the caller hears
-            if self.chunks and now - self.end < TALKSPURT_GAP_S:
-                self.late += 1
-            else:
-                self.spurt_t0, self.spurt_n = now, 0
-            self.end = now + PLAYOUT_DELAY_S
-        lateness_ms = int((now - self.spurt_t0 - self.spurt_n * FRAME_S) * 1000)
-        self.jitter[min(max(lateness_ms, 0), JITTER_BUCKETS - 1)] += 1
-        self.spurt_n += max(1, len(pcm) // FRAME_BYTES)
-        ahead = self.end - now
-        if ahead > BUFFER_LIMIT_S + PLAYOUT_DELAY_S:
-            self.overflow += 1
-            return
-        self.peak = max(self.peak, ahead)
-        self.chunks.append((self.end, pcm))
-        self.end += len(pcm) / (2 * RATE)
-
-    def clear(self, now: float) -> None:
-        self.chunks = [c for c in self.chunks if c[0] < now]
-        self.end = now
-
-    def render(self) -> bytes:
-        out = bytearray()
-        for start, pcm in self.chunks:
-            pos = round((start - self.t0) * RATE) * 2
-            if pos > len(out):
-                out += b"\x00" * (pos - len(out))
-            out[pos : pos + len(pcm)] = pcm
-        return bytes(out)
-
-
 class SimulatedVonageCall:
     """One inbound call as Vonage places it toward the edge at ``base_url``."""
 
@@ -261,7 +211,7 @@ class SimulatedVonageCall:
         self._loop = asyncio.get_event_loop()
         self._t_start = 0.0
         self._last_rx = 0.0
-        self._playout: _Playout | None = None
+        self._playout: PlayoutBuffer | None = None
         self._reader: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
 
@@ -352,7 +302,9 @@ class SimulatedVonageCall:
         else:
             await self.ws.send_str(first_message)
         self._t_start = self._last_rx = self._loop.time()
-        self._playout = _Playout(self._t_start)
+        self._playout = PlayoutBuffer(
+            self._t_start, rate=RATE, width=2, silence=SILENCE, limit_s=BUFFER_LIMIT_S
+        )
         self._reader = asyncio.create_task(self._read(), name=f"vonage-sim-{self.uuid}")
 
     async def send_audio(self, frame: bytes) -> bool:
