@@ -748,7 +748,7 @@ class RedisCoordinator(Coordinator):
             )
             if v is not None
         }
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(
             list(target.sentinels),
             sentinel_kwargs={
                 "socket_timeout": _CONNECT_TIMEOUT,
