@@ -147,6 +147,7 @@ async def serve(settings: Settings) -> int:
         print(line, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    log.info("serving", extra={"event_loop": type(loop).__module__.split(".")[0]})
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()

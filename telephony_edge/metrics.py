@@ -130,6 +130,11 @@ SIP_RTCP_PACKETS = Counter(
     "RTCP compound packets: sent, received, malformed or from a stranger (dropped)",
     ["outcome"],
 )
+SIP_SEND_FAILURES = Counter(
+    "telephony_edge_sip_send_failures_total",
+    "SIP, RTP or RTCP datagrams that could not be sent (a name, the wrong family, no route)",
+    ["kind"],
+)
 SIP_RTCP_RTT_SECONDS = Histogram(
     "telephony_edge_sip_rtcp_rtt_seconds",
     "Round-trip time to SIP callers from their RTCP report blocks (LSR/DLSR)",

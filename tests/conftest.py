@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+import uvloop
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -31,6 +32,32 @@ from telephony_edge.config import Settings, load_settings
 from telephony_edge.services import SERVICES, Services
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+# -- the event loop: the one ``serve`` runs ----------------------------------------
+#
+# ``telephony-edge serve`` runs uvloop (``server.use_uvloop: true``), whose
+# transports and ``sendto`` differ from asyncio's; so every async test and
+# fixture runs on uvloop too. Tests marked ``both_loops`` also run on the
+# stdlib loop, the one ``use_uvloop: false`` gives.
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "uvloop": uvloop.new_event_loop,
+    "asyncio": asyncio.new_event_loop,
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "both_loops: run on the stdlib asyncio loop as well as on uvloop"
+    )
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    if item.get_closest_marker("both_loops") is not None:
+        return LOOPS
+    return {"uvloop": LOOPS["uvloop"]}
+
 
 
 def missing_peer(what: str, install: str) -> NoReturn:

@@ -49,6 +49,7 @@ from telephony_edge.calls.leg import Capabilities, Dtmf, Leg, LegEnded, LegEvent
 from telephony_edge.sip.rtcp import RR, SR, RtcpSession, build_bye, report_interval
 from telephony_edge.sip.rtp import Address, Audio, InboundEvent, RtpInbound, RtpSender
 from telephony_edge.sip.sdp import Negotiated
+from telephony_edge.sip.sendto import send_datagram
 
 log = logging.getLogger(__name__)
 
@@ -347,8 +348,8 @@ class SipLeg(Leg):
             if rtp is None or not rtp[1]:
                 return
             dest = (rtp[0], rtp[1] + 1)
-        socket.transport.sendto(packet, dest)
-        _RTCP_SENT.inc()
+        if send_datagram(socket.transport, packet, dest, "rtcp"):
+            _RTCP_SENT.inc()
 
     async def _media_timer(self) -> None:
         """Reports every RTCP interval; the end of a call whose RTP stopped."""
@@ -430,7 +431,7 @@ class SipLeg(Leg):
         packet = sender.packet(
             encoder.encode(frame), SAMPLES_PER_FRAME, self._clock(), talkspurt_start
         )
-        transport.sendto(packet, dest)
+        send_datagram(transport, packet, dest, "rtp")
 
     def clear(self) -> None:
         """Nothing to flush: every frame left at once, the pacer holds the rest."""

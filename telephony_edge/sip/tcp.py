@@ -25,6 +25,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Callable
+from typing import cast
 
 from telephony_edge.sip.message import DEFAULT_LIMITS, Limits
 
@@ -96,13 +97,13 @@ class SipStream(asyncio.Protocol):
         self.partial_since: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a stream server's transport; uvloop's is not a subclass of asyncio.Transport
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = (str(peer[0]), int(peer[1]))
         self.last_activity = asyncio.get_running_loop().time()
         if not self.side.admit(self):
-            transport.abort()
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         now = asyncio.get_running_loop().time()

@@ -43,6 +43,7 @@ from telephony_edge.sip.auth import DigestServer
 from telephony_edge.sip.leg import RtpProtocol, SipLeg
 from telephony_edge.sip.message import SipUri
 from telephony_edge.sip.sdp import MediaConfig
+from telephony_edge.sip.sendto import send_datagram
 from telephony_edge.sip.settings import SipSettings
 from telephony_edge.sip.tcp import TcpSide
 from telephony_edge.sip.trunks import Admission
@@ -241,7 +242,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
                     if self.tcp is not None:
                         self.tcp.send(action.dest, action.data)
                 elif self._transport is not None:
-                    self._transport.sendto(action.data, action.dest)
+                    send_datagram(self._transport, action.data, action.dest, "sip")
             elif isinstance(action, StartCall):
                 self._spawn(self._start_call(action))
             elif isinstance(action, CallRefused):
