@@ -59,7 +59,6 @@ def pytest_asyncio_loop_factories(
     return {"uvloop": LOOPS["uvloop"]}
 
 
-
 def missing_peer(what: str, install: str) -> NoReturn:
     """A real peer the tests need is not installed: a failure in CI, a skip elsewhere.
 
