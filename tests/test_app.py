@@ -8,6 +8,8 @@ import signal
 import sys
 
 import aiohttp
+import pytest
+import uvloop
 
 from tests.conftest import free_port
 
@@ -62,3 +64,17 @@ async def test_serve_answers_health_metrics_and_drains_on_sigterm() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_async_tests_run_on_uvloop_the_loop_serve_runs() -> None:
+    """Unless marked ``both_loops``, a test runs on uvloop only: what ships."""
+    assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+
+
+@pytest.mark.both_loops
+async def test_both_loops_also_runs_on_asyncios_own_loop(request: pytest.FixtureRequest) -> None:
+    loop = asyncio.get_running_loop()
+    if request.node.name.endswith("[asyncio]"):
+        assert not isinstance(loop, uvloop.Loop)
+    else:
+        assert request.node.name.endswith("[uvloop]") and isinstance(loop, uvloop.Loop)

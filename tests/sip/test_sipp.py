@@ -15,6 +15,8 @@ import itertools
 import json
 from pathlib import Path
 
+import pytest
+
 from telephony_edge.audio.g711 import Law
 from telephony_edge.audio.transcode import G711Encoder
 from telephony_edge.sip.provider import SIP_ENDPOINT
@@ -56,6 +58,7 @@ def loud(payload: bytes) -> bool:
     return audioop.rms(audioop.alaw2lin(payload, 2), 2) > 300
 
 
+@pytest.mark.both_loops
 async def test_register_invite_rtp_both_ways_bye(
     sip_edge: Edge, receiver: Receiver, tmp_path: Path
 ) -> None:

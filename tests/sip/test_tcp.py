@@ -75,6 +75,7 @@ async def tcp_edge(make_edge: Callable[..., Any], receiver: Receiver) -> Edge:
     return edge
 
 
+@pytest.mark.both_loops
 async def test_sipp_over_tcp_dtmf_and_bye_from_the_edge(
     tcp_edge: Edge, receiver: Receiver, tmp_path: Path
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
+import pytest
 
 from telephony_edge.calls.record import CallState, CallStatus
 from telephony_edge.twilio.simulator import (
@@ -28,6 +29,7 @@ from tests.twilio.harness import (
 )
 
 
+@pytest.mark.both_loops
 async def test_call_echo_barge_in_marks_and_caller_hangup(
     twilio_edge: TwilioEdge, session: aiohttp.ClientSession
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import audioop
 
 import aiohttp
+import pytest
 
 from telephony_edge.calls.record import CallState, CallStatus
 from telephony_edge.vonage.simulator import simulate_call, split_frames
@@ -19,6 +20,7 @@ def voiced_seconds(pcm: bytes) -> float:
     )
 
 
+@pytest.mark.both_loops
 async def test_call_greeting_echo_barge_in_dtmf_and_caller_hangup(
     vonage_edge: VonageEdge, session: aiohttp.ClientSession
 ) -> None:

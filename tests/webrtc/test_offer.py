@@ -138,6 +138,7 @@ async def post_offer(
         return resp.status, await resp.json()
 
 
+@pytest.mark.both_loops
 async def test_a_call_over_webrtc_reaches_the_agent_and_ends_user_ended(
     edge: Edge, receiver: Receiver
 ) -> None:
