@@ -1,0 +1,102 @@
+"""baresip as a real softphone caller: a config folder, one dial, the audio it heard.
+
+baresip 1.0 (Debian's ``baresip``) runs headless with ``-e "/dial URI" -t N``:
+its ``aufile`` source plays a WAV as the caller's microphone (8 kHz mono) and
+its ``sndfile`` filter writes what it decoded from the edge to
+``dump-…-dec.wav`` in the config folder (1.0's ``aufile`` has no player).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import audioop
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.conftest import FIXTURES, free_port, require_binary
+
+
+def baresip_binary() -> str:
+    return require_binary("baresip", "apt-get install -y baresip baresip-core")
+
+
+@dataclass
+class BaresipCall:
+    """What one baresip run left: its log and the audio it received from the edge."""
+
+    returncode: int
+    log: str
+    heard: bytes  # PCM16 8 kHz mono, as baresip decoded it
+
+    def heard_seconds(self, threshold: int = 300) -> float:
+        """Seconds of what baresip heard that were louder than ``threshold`` (RMS)."""
+        frames = [self.heard[i : i + 320] for i in range(0, len(self.heard) - 319, 320)]
+        return sum(audioop.rms(f, 2) > threshold for f in frames) * 0.02
+
+
+def write_config(folder: Path, microphone: Path, transport: str) -> None:
+    """A baresip config folder: G.711 only, the WAV as microphone, the decoded audio dumped."""
+    low = free_port() // 2 * 2
+    (folder / "config").write_text(
+        "\n".join(
+            [
+                "poll_method epoll",
+                f"sip_listen 127.0.0.1:{free_port()}",
+                "audio_player auloop,nil",
+                f"audio_source aufile,{microphone}",
+                "audio_alert aufile,/dev/null",
+                "audio_srate 8000",
+                "audio_channels 1",
+                f"rtp_ports {low}-{low + 10}",
+                "module_path /usr/lib/baresip/modules",
+                "module g711.so",
+                "module aufile.so",
+                "module sndfile.so",
+                f"snd_path {folder}",
+                "module_app account.so",
+                "module_app menu.so",
+                "",
+            ]
+        )
+    )
+    (folder / "accounts").write_text(f"<sip:caller@127.0.0.1;transport={transport}>;regint=0\n")
+
+
+def microphone(folder: Path, trailing_silence_s: float) -> Path:
+    """The speech fixture at 8 kHz, then silence (baresip hangs up when its source ends)."""
+    with wave.open(str(FIXTURES / "speech_table.wav")) as wav:
+        pcm16k = wav.readframes(wav.getnframes())
+    pcm, _ = audioop.ratecv(pcm16k, 2, 1, 16000, 8000, None)
+    pcm += bytes(int(16000 * trailing_silence_s))
+    path = folder / "microphone.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(pcm)
+    return path
+
+
+def heard_audio(folder: Path) -> bytes:
+    """What baresip decoded from the edge (its ``sndfile`` dumps), PCM16 8 kHz."""
+    heard = b""
+    for dump in sorted(folder.glob("dump-*-dec.wav")):
+        with wave.open(str(dump)) as wav:
+            heard += wav.readframes(wav.getnframes())
+    return heard
+
+
+async def dial(uri: str, folder: Path, transport: str, seconds: int = 8) -> BaresipCall:
+    """Dial ``uri`` over ``transport`` (udp or tcp); return after baresip quits.
+
+    ``folder`` must exist (baresip's config and dumps go there).
+    """
+    write_config(folder, microphone(folder, trailing_silence_s=seconds), transport)
+    process = await asyncio.create_subprocess_exec(
+        baresip_binary(),
+        "-f", str(folder), "-e", f"/dial {uri};transport={transport}", "-t", str(seconds),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(process.communicate(), seconds + 20)
+    return BaresipCall(process.returncode or 0, out.decode(errors="replace"), heard_audio(folder))
