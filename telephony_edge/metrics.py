@@ -64,6 +64,11 @@ COORDINATOR_ERRORS = Counter(
     "Coordinator (Redis) operations that failed (unreachable, timed out), by operation",
     ["op"],
 )
+CALL_RECORDS_RESTORED = Counter(
+    "telephony_edge_call_records_restored_total",
+    "Live calls whose record the coordinator had lost (Redis restarted empty, evicted) "
+    "and this worker wrote again",
+)
 COORDINATOR_UP = Gauge(
     "telephony_edge_coordinator_up", "1 while the coordinator answers, 0 while it does not"
 )

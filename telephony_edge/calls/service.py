@@ -992,7 +992,9 @@ class CallService:
         A call whose lease was lost (this worker was cut off longer than the
         lease) is taken back if nobody reaped it meanwhile; one that was
         reaped is ended here too (its record is over: the write conflicts, so
-        no second webhook) rather than going on as a call nobody knows.
+        no second webhook) rather than going on as a call nobody knows. A
+        call whose record vanished (Redis restarted empty, or evicted it) is
+        still live here: its record is written again from memory (:meth:`_restore`).
         """
         bridges = [b for b in self.manager.live_calls() if isinstance(b, CallBridge)]
         held = {b.call_id: b.record.agent_id for b in bridges if b.state in _LIVE_STATES}
@@ -1006,8 +1008,32 @@ class CallService:
             log.warning("the lease on this call lapsed", extra={"call_id": call_id})
             taken = await self.coordinator.claim_owner(call_id, self.worker_id, ttl=self._lease_s)
             doc = await self.coordinator.get_call(call_id)
-            if not taken or doc is None or doc.data.get("state") not in _LIVE_STATES:
+            if taken and doc is None:
+                await self._restore(bridge.record)
+            elif not taken or doc is None or doc.data.get("state") not in _LIVE_STATES:
                 await bridge.end("the call was ended elsewhere after this worker lost its lease")
+
+    async def _restore(self, record: CallRecord) -> None:
+        """Write a live call's record (and agent slot) again after the coordinator lost them.
+
+        The lease is taken before this, so no reaper sees the record unowned.
+        A slot the agent's limit no longer has room for (calls admitted while
+        the store was empty) is not taken, but the live call goes on.
+        """
+        await self.coordinator.create_call(record.call_id, record.to_dict())
+        metrics.CALL_RECORDS_RESTORED.inc()
+        log.warning(
+            "call record restored: the coordinator had lost it", extra={"call_id": record.call_id}
+        )
+        agent = self.settings.agents.get(record.agent_id)
+        limit = agent.max_concurrent_calls if agent else None
+        if limit and not await self.coordinator.acquire_agent_slot(
+            record.agent_id, record.call_id, limit, ttl=self._lease_s
+        ):
+            log.warning(
+                "agent slot not restored: the agent is at its limit",
+                extra={"call_id": record.call_id},
+            )
 
     async def _control_loop(self) -> None:
         async for call_id, message in self.coordinator.control_messages(self.worker_id):

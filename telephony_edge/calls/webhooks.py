@@ -651,6 +651,7 @@ class WebhookDispatcher:
         """Deliver until :meth:`drain` or cancellation. Jobs cut off are redelivered later."""
         loop = asyncio.get_running_loop()
         gauge_due = loop.time()
+        queue_down = False
         try:
             while not self._stopping.is_set():
                 if loop.time() >= gauge_due:
@@ -662,11 +663,16 @@ class WebhookDispatcher:
                     break
                 try:
                     job = await self._coord.reserve(self._queue, self._visibility)
-                except Exception:
+                except Exception as exc:  # Redis restarting or failing over: retried, said once
                     self._slots.release()
-                    logger.exception("webhook queue unavailable")
+                    if not queue_down:
+                        logger.warning("webhook queue unavailable: %r; retrying", exc)
+                    queue_down = True
                     await self._sleep(self._poll)
                     continue
+                if queue_down:
+                    logger.info("webhook queue available again")
+                    queue_down = False
                 if job is None:
                     self._slots.release()
                     await self._sleep(self._poll)
