@@ -182,10 +182,15 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value * 1000:.1f} ms"
 
 
+def _cell(value: object) -> str:
+    """A table cell's text: a missing value (a worker without a region) is a dash, not None."""
+    return "-" if value is None else str(value)
+
+
 def _table(head: Iterable[str], rows: Iterable[Iterable[object]]) -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>"
+        "<tr>" + "".join(f"<td>{html.escape(_cell(cell))}</td>" for cell in row) + "</tr>"
         for row in rows
     )
     return f"<table><tr>{th}</tr>{body or '<tr><td>none</td></tr>'}</table>"

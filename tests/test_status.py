@@ -90,3 +90,17 @@ async def test_live_calls_latency_and_outcomes_in_json_and_html(make_edge: Any) 
             ended = await r.json()
     assert ended["worker"]["total"] == 0 and ended["cluster"]["total"] == 0
     assert ended["outcomes"]["test"][str(record.call_status)] >= 1
+
+
+async def test_a_worker_without_region_shows_a_dash_not_none(make_edge: Any) -> None:
+    edge: Edge = await make_edge(status_settings())
+    me = edge.services.worker_id
+    async with aiohttp.ClientSession() as http:
+        async with http.get(edge.url("/status?format=json"), headers=AUTH) as resp:
+            live = await resp.json()
+        async with http.get(edge.url("/status"), headers=AUTH) as resp:
+            page = await resp.text()
+    assert live["workers"][me]["region"] is None  # JSON keeps null: it is data
+    row = page[page.index(f"<td>{me}</td>") :].split("</tr>", 1)[0]
+    assert "None" not in page
+    assert "<td>-</td>" in row  # the region cell, as the page marks every missing value
