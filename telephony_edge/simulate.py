@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -61,6 +62,35 @@ class EdgeNotReady(UserError):
     """The edge never answered ``/readyz`` with 200 in time."""
 
 
+class CallFailed(UserError):
+    """The simulated call failed: the command says why on one line and exits 1.
+
+    Raised after the summary and the WAV are written, so what the caller
+    heard is still there to look at.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the call failed: {' '.join(reason.split())}", 1)
+
+
+def unanswered_reason(media: str, said: Sequence[str]) -> str:
+    """The edge answered the webhook without connecting the call (unknown number, full...)."""
+    words = " / ".join(text for text in said if text)
+    return f"the edge answered without a {media}" + (f' and said "{words}"' if words else "")
+
+
+def silent_end_reason(how: str, close_code: int | None, close_reason: str = "") -> str:
+    """The edge ended the call before the agent said a word: the agent core never spoke.
+
+    The edge's log has the cause (an unreachable agent core, say); the
+    network sees only the end, and a close code or reason if the edge sent one.
+    """
+    reason = f"the edge {how} before the agent said anything"
+    if close_code not in (None, 1000) or close_reason:
+        reason += f" (close {close_code} {close_reason})".replace(" )", ")")
+    return reason + "; the edge's log says why (is its agent core reachable?)"
+
+
 def check_url(url: str) -> None:
     """``--url`` must be an absolute http(s) URL."""
     if URL(url).scheme not in ("http", "https") or not URL(url).host:
@@ -89,6 +119,14 @@ def speak_after_arg(text: str) -> float | Literal["greeting"]:
     if not 0 <= seconds <= 600:
         raise argparse.ArgumentTypeError(f"{text!r}: 'greeting' or seconds (0-600)")
     return seconds
+
+
+def port_arg(text: str) -> int:
+    """argparse type: a TCP port (0 where the option allows "none")."""
+    port = int(text) if text.isascii() and text.isdigit() else -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return port
 
 
 def dtmf_arg(item: str) -> tuple[float, str]:

@@ -5,7 +5,14 @@ points back at the edge's voice webhook), hang a live call up (update its
 status to ``completed``) and transfer it (replace its TwiML with ``<Dial>``).
 The library's :class:`AsyncTwilioHttpClient` runs on aiohttp, so none of them
 blocks the event loop. ``api_base_url`` replaces ``https://api.twilio.com``,
-which is how tests point the edge at a local stand-in of the API.
+which is how tests and the demo (the simulator's stand-in,
+:mod:`telephony_edge.twilio.rest_standin`) point the edge at a local stand-in
+of the API.
+
+The library logs every request as a dozen INFO lines (URL, headers); they go
+to a logger of ours kept at WARNING, so one hang-up is not a dump in the log.
+The outcome of each request is the ``twilio_rest_requests`` metric, and a
+failure is one line where the caller handles it.
 """
 
 from __future__ import annotations
@@ -23,9 +30,12 @@ from twilio.rest import Client
 
 from telephony_edge import metrics
 from telephony_edge.calls.service import ProviderError
+from telephony_edge.errors import os_reason
 from telephony_edge.twilio import twiml
 
 log = logging.getLogger(__name__)
+_LIBRARY_LOG = logging.getLogger(f"{__name__}.library")
+_LIBRARY_LOG.setLevel(logging.WARNING)  # its per-request INFO dump, kept out of the log
 
 STATUS_EVENTS = ("initiated", "ringing", "answered", "completed")
 # Twilio's answers when a call is already over: not found, or "not in-progress".
@@ -50,7 +60,7 @@ class _TimedHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
     """
 
     def __init__(self, timeout_s: float) -> None:
-        super().__init__(pool_connections=False, timeout=timeout_s)
+        super().__init__(pool_connections=False, timeout=timeout_s, logger=_LIBRARY_LOG)
         self.session = ClientSession(timeout=ClientTimeout(total=timeout_s))
 
     async def request(self, *args: Any, **kwargs: Any) -> Any:
@@ -81,6 +91,7 @@ class TwilioRest:
         self._client = Client(account_sid, auth_token, http_client=self._http)
         if api_base_url:
             self._client.api.base_url = api_base_url.rstrip("/")
+        self.base_url: str = self._client.api.base_url
 
     async def close(self) -> None:
         await self._http.close()
@@ -156,6 +167,17 @@ class TwilioRest:
             ) from None
         except (OSError, TimeoutError, aiohttp.ClientError) as exc:
             metrics.TWILIO_REST_REQUESTS.labels(op=op, outcome="unreachable").inc()
-            raise TwilioApiError(f"Twilio unreachable for {op}: {exc!r}") from exc
+            raise TwilioApiError(
+                f"Twilio unreachable for {op} at {self.base_url}: {_reason(exc)}"
+            ) from exc
         metrics.TWILIO_REST_REQUESTS.labels(op=op, outcome="ok").inc()
         return result
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a request did not get through, in a few words (not a connection key's repr)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return os_reason(exc.os_error)
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__

@@ -16,6 +16,12 @@ the WAV written at the end has the gaps and cuts a caller would hear.
 run hundreds of them in one process (one shared HTTP session, two tasks per
 call, the μ-law payloads encoded once).
 
+The CLI also serves a stand-in of Twilio's REST API
+(:mod:`telephony_edge.twilio.rest_standin`) for its call, so an edge pointed
+at it (``deploy/demo.yaml``) hangs up and transfers without reaching Twilio.
+A call that failed (the edge did not connect it, or ended it before the
+agent spoke) exits 1 with the reason on one line.
+
 CLI: ``telephony-edge simulate twilio --url BASE --to NUMBER --wav IN.wav --out REPLY.wav``.
 """
 
@@ -28,6 +34,7 @@ import binascii
 import contextlib
 import os
 import secrets
+import sys
 import time
 import wave
 from collections.abc import Callable, Sequence
@@ -39,16 +46,21 @@ from xml.etree import ElementTree
 import aiohttp
 import orjson
 
-from telephony_edge.errors import UserError
+from telephony_edge.errors import UserError, os_reason
 from telephony_edge.simulate import (
     EXIT_USAGE,
+    CallFailed,
     PlayoutBuffer,
     check_out,
     check_url,
     dtmf_arg,
+    port_arg,
+    silent_end_reason,
     speak_after_arg,
+    unanswered_reason,
     wait_until_ready,
 )
+from telephony_edge.twilio.rest_standin import DEFAULT_PORT, CallUpdate, TwilioRestStandIn
 from telephony_edge.twilio.signature import SIGNATURE_HEADER, compute_signature
 
 RATE = 8000
@@ -160,9 +172,24 @@ class SimulationResult:
     clear_times: list[float] = field(default_factory=list)  # seconds since start
     spoke_at_s: float | None = None  # start sent → the caller's first audio (after the greeting)
     edge_closed: bool = False
+    rest_update: str = ""  # what the edge asked of the call through the REST stand-in
     duration_s: float = 0.0
     heard_ulaw: bytes = b""
     error: str = ""
+
+    def failure(self) -> str | None:
+        """Why the call failed, in one line; None when the caller got through to the agent."""
+        if self.outcome == "failed":
+            return self.error or "the call failed"
+        if self.outcome == "answered-without-stream":
+            return unanswered_reason("media stream", self.answer.say if self.answer else ())
+        if self.outcome == "refused":
+            close = f"{self.close_code} {self.close_reason}".strip()
+            return f"the edge refused the media stream (close {close})"
+        if self.frames_received == 0 and (self.edge_closed or self.rest_update):
+            how = self.rest_update or "closed the media stream"
+            return silent_end_reason(how, self.close_code, self.close_reason)
+        return None
 
     def summary(self) -> str:
         def ms(value: float | None) -> str:
@@ -182,6 +209,8 @@ class SimulationResult:
             + (f", the caller spoke at {self.spoke_at_s:.1f} s" if self.spoke_at_s else "")
             + (", the edge ended the call" if self.edge_closed else ""),
         ]
+        if self.rest_update:
+            lines.append(f"  the edge {self.rest_update}")
         if self.clears:
             lines.append(
                 f"  barge-in: the edge cleared the agent's audio {self.clears} time(s) "
@@ -247,6 +276,8 @@ class SimulatedCall:
         self._last_rx = 0.0
         self._playout: _Playout | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._ending: asyncio.Task[None] | None = None
+        self._caller_hung_up = False  # then a closed socket is not the edge's doing
         self._closed = asyncio.Event()
         sid = orjson.dumps(self.stream_sid)
         self._media_head = b'{"event":"media","streamSid":' + sid + b',"sequenceNumber":"'
@@ -491,6 +522,7 @@ class SimulatedCall:
         """Send ``stop`` (the caller hung up) and close the socket."""
         ws = self.ws
         if ws is not None and not ws.closed:
+            self._caller_hung_up = True
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await self._send(
                     {
@@ -503,6 +535,29 @@ class SimulatedCall:
                 if close:
                     await ws.close()
         await self.finish()
+
+    def on_rest_update(self, update: CallUpdate) -> None:
+        """The edge hung the call up (or transferred it) through REST: Twilio ends the stream."""
+        self.result.rest_update = update.describe()
+        self.result.edge_closed = True
+        if self._ending is None:
+            self._ending = asyncio.ensure_future(self._end_stream())
+            self._ending.add_done_callback(_ignore_result)
+
+    async def _end_stream(self) -> None:
+        ws = self.ws
+        if ws is None or ws.closed:
+            return
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self._send(
+                {
+                    "event": "stop",
+                    "sequenceNumber": str(self._next_seq()),
+                    "streamSid": self.stream_sid,
+                    "stop": {"accountSid": self.account_sid, "callSid": self.call_sid},
+                }
+            )
+            await ws.close()
 
     async def finish(self) -> SimulationResult:
         """Wait for the reader, settle the figures; idempotent."""
@@ -579,7 +634,7 @@ class SimulatedCall:
                             mark.handle.cancel()
                         self._echo_mark(mark.name)
         finally:
-            if ws.closed and not self.result.edge_closed and ws.close_code is not None:
+            if ws.closed and not self._caller_hung_up and ws.close_code is not None:
                 self.result.edge_closed = True
             self.result.close_code = ws.close_code
             self._closed.set()
@@ -645,6 +700,7 @@ async def simulate_call(
     quiet_s: float = 1.5,
     max_tail_s: float = 20.0,
     hang_up: bool = True,
+    rest: TwilioRestStandIn | None = None,
 ) -> SimulationResult:
     """Place one whole simulated call and return what happened.
 
@@ -654,6 +710,7 @@ async def simulate_call(
     (``"greeting"``, what a caller does). After it, silence for
     ``silence_after_s``, then (``until_quiet``) until the agent has been quiet
     for ``quiet_s``; then ``stop``, unless the edge ended the call first.
+    ``rest``: the REST stand-in the edge is pointed at, told of this call.
     """
     own = session is None
     if session is None:
@@ -667,6 +724,8 @@ async def simulate_call(
         account_sid=account_sid,
         public_url=public_url,
     )
+    if rest is not None:
+        rest.add_call(call.call_sid, to=to, from_=from_, on_update=call.on_rest_update)
     try:
         try:
             await call.post_webhook()
@@ -761,6 +820,15 @@ def add_simulate_cli(subparsers: Any) -> None:
         metavar="SECONDS",
         help="wait up to this long for the edge's /readyz before calling (default: 15)",
     )
+    p.add_argument(
+        "--rest-port",
+        type=port_arg,
+        default=DEFAULT_PORT,
+        metavar="PORT",
+        help="serve a stand-in of Twilio's REST API on 127.0.0.1:PORT during the call, for "
+        f"an edge whose twilio.api_base_url points there (deploy/demo.yaml; default: "
+        f"{DEFAULT_PORT}; 0: none)",
+    )
     p.set_defaults(func=_cmd_simulate_twilio)
 
 
@@ -793,23 +861,55 @@ def _cmd_simulate_twilio(args: argparse.Namespace) -> int:
     print(result.summary())
     heard_s = len(result.heard_ulaw) / RATE
     print(f"  wrote {args.out} ({heard_s:.1f} s heard) in {time.monotonic() - t0:.1f} s")
-    return 0 if result.outcome in ("streamed", "answered-without-stream") else 1
+    failure = result.failure()
+    if failure is not None:
+        raise CallFailed(failure)
+    return 0
 
 
 async def _simulate_when_ready(args: argparse.Namespace, audio: bytes) -> SimulationResult:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         if args.wait_ready > 0:
             await wait_until_ready(session, args.url, within_s=args.wait_ready)
-        return await simulate_call(
-            args.url,
-            to=args.to,
-            from_=args.from_,
-            audio_ulaw=audio,
-            auth_token=args.auth_token,
-            account_sid=args.account_sid,
-            public_url=args.public_url,
-            session=session,
-            speak_after=args.speak_after,
-            dtmf=args.dtmf,
-            max_tail_s=args.tail,
+        rest = None
+        if args.rest_port:
+            rest = await _start_rest_standin(args.account_sid, args.auth_token, args.rest_port)
+        try:
+            return await simulate_call(
+                args.url,
+                to=args.to,
+                from_=args.from_,
+                audio_ulaw=audio,
+                auth_token=args.auth_token,
+                account_sid=args.account_sid,
+                public_url=args.public_url,
+                session=session,
+                speak_after=args.speak_after,
+                dtmf=args.dtmf,
+                max_tail_s=args.tail,
+                rest=rest,
+            )
+        finally:
+            if rest is not None:
+                await rest.close()
+
+
+async def _start_rest_standin(
+    account_sid: str, auth_token: str, port: int
+) -> TwilioRestStandIn | None:
+    """The REST stand-in on 127.0.0.1:``port``, or None (one line on stderr) if it cannot listen.
+
+    The call goes on without it: the edge's hang-up then fails where it
+    would have reached the stand-in, and says so in its log.
+    """
+    rest = TwilioRestStandIn(account_sid, auth_token)
+    try:
+        await rest.start(port)
+    except OSError as exc:
+        print(
+            f"telephony-edge simulate twilio: note: no REST stand-in on 127.0.0.1:{port} "
+            f"({os_reason(exc)}); the edge's REST hang-up will fail",
+            file=sys.stderr,
         )
+        return None
+    return rest

@@ -9,7 +9,9 @@ binary L16 16 kHz 640-byte frames at real time, and plays what the edge
 sends back on a model of Vonage's bounded playout buffer (``clear`` drops
 what has not played and is acknowledged with ``websocket:cleared``; audio
 beyond the buffer's bound is dropped and counted, as Vonage would). Hanging
-up closes the socket, then the event webhook reports ``completed``.
+up closes the socket, then the event webhook reports ``completed``. A call
+that failed (the edge did not connect it, or ended it before the agent
+spoke) exits the CLI with 1 and the reason on one line.
 
 CLI: ``telephony-edge simulate vonage --url BASE --to NUMBER --wav IN.wav --out REPLY.wav``.
 """
@@ -35,11 +37,14 @@ import orjson
 from telephony_edge.errors import UserError
 from telephony_edge.simulate import (
     EXIT_USAGE,
+    CallFailed,
     PlayoutBuffer,
     check_out,
     check_url,
     dtmf_arg,
+    silent_end_reason,
     speak_after_arg,
+    unanswered_reason,
     wait_until_ready,
 )
 from telephony_edge.vonage.signature import sign
@@ -154,6 +159,18 @@ class VonageResult:
     heard_pcm: bytes = b""
     error: str = ""
 
+    def failure(self) -> str | None:
+        """Why the call failed, in one line; None when the caller got through to the agent."""
+        if self.outcome == "failed":
+            return self.error or "the call failed"
+        if self.outcome == "answered-without-websocket":
+            return unanswered_reason("websocket", self.answer.talk if self.answer else ())
+        if self.outcome == "refused":
+            return f"the edge refused the audio socket (close {self.close_code})"
+        if self.frames_received == 0 and self.edge_closed:
+            return silent_end_reason("closed the audio socket", self.close_code)
+        return None
+
     def summary(self) -> str:
         def ms(value: float | None) -> str:
             return "-" if value is None else f"{value * 1000:.0f} ms"
@@ -214,6 +231,7 @@ class SimulatedVonageCall:
         self._playout: PlayoutBuffer | None = None
         self._reader: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
+        self._caller_hung_up = False  # then a closed socket is not the edge's doing
 
     # -- webhooks ----------------------------------------------------------
 
@@ -387,6 +405,7 @@ class SimulatedVonageCall:
     async def hang_up(self, *, event: bool = True) -> None:
         """The caller hangs up: Vonage closes the socket, then reports ``completed``."""
         if self.ws is not None and not self.ws.closed:
+            self._caller_hung_up = True
             await self.ws.close()
         await self.finish()
         if event:
@@ -444,7 +463,7 @@ class SimulatedVonageCall:
                     else:
                         result.other_text.append(str(msg.data)[:200])
         finally:
-            if ws.closed and ws.close_code is not None:
+            if ws.closed and not self._caller_hung_up and ws.close_code is not None:
                 result.edge_closed = True
             result.close_code = ws.close_code
             self._closed.set()
@@ -572,7 +591,10 @@ def _cmd_simulate_vonage(args: argparse.Namespace) -> int:
     print(result.summary())
     heard_s = len(result.heard_pcm) / (2 * RATE)
     print(f"  wrote {args.out} ({heard_s:.1f} s heard) in {time.monotonic() - t0:.1f} s")
-    return 0 if result.outcome in ("connected", "answered-without-websocket") else 1
+    failure = result.failure()
+    if failure is not None:
+        raise CallFailed(failure)
+    return 0
 
 
 async def _simulate_when_ready(args: argparse.Namespace, audio: bytes) -> VonageResult:
