@@ -265,6 +265,7 @@ class Negotiated:
     direction: str  # ours, as in the answer
     ptime: int | None
     media_index: int
+    rtcp: tuple[str, int] | None = None  # the offer's a=rtcp (RFC 3605), if any
 
     @property
     def on_hold(self) -> bool:
@@ -278,6 +279,20 @@ def _stream_direction(sdp: SessionDescription, m: Media) -> str:
     if address in ("0.0.0.0", "::") and direction == "sendrecv":
         direction = "sendonly"  # RFC 2543 hold: don't send to me
     return direction
+
+
+def _rtcp(m: Media, address: str) -> tuple[str, int] | None:
+    """``a=rtcp:<port> [IN IP4 <address>]`` (RFC 3605); None when absent or unreadable."""
+    parts = (m.attribute("rtcp") or "").split()
+    port = parts[0] if parts else ""
+    if not (port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
+        return None
+    if len(parts) == 4 and parts[1] == "IN":
+        try:
+            address = _connection(" ".join(parts[1:]))
+        except SdpError:
+            return None
+    return address, int(parts[0])
 
 
 def _pick(m: Media, config: MediaConfig) -> tuple[int, Codec, int | None]:
@@ -321,15 +336,17 @@ def negotiate(offer: SessionDescription, config: MediaConfig) -> Negotiated:
             last_error = exc
             continue
         ptime_s = m.attribute("ptime")
+        address = m.connection or offer.connection or ""
         return Negotiated(
             codec=codec,
             payload_type=pt,
             event_payload_type=event_pt,
-            remote_address=m.connection or offer.connection or "",
+            remote_address=address,
             remote_port=m.port,
             direction=MIRROR[_stream_direction(offer, m)],
             ptime=int(ptime_s) if ptime_s and ptime_s.isdigit() else None,
             media_index=index,
+            rtcp=_rtcp(m, address),
         )
     raise last_error
 
