@@ -135,6 +135,12 @@ SIP_RTCP_PACKETS = Counter(
     "RTCP compound packets: sent, received, malformed or from a stranger (dropped)",
     ["outcome"],
 )
+RTP_FOREIGN_PACKETS = Counter(
+    "telephony_edge_rtp_foreign_packets_total",
+    "RTP and RTCP packets dropped because they came from an address other than the call's "
+    "peer (the SDP's, or the one learned); a steady rate is someone probing the RTP ports",
+    ["protocol"],
+)
 SIP_SEND_FAILURES = Counter(
     "telephony_edge_sip_send_failures_total",
     "SIP, RTP or RTCP datagrams that could not be sent (a name, the wrong family, no route)",

@@ -2,29 +2,43 @@
 
 Theory of operation
 -------------------
-Caller audio arrives on the leg's own UDP socket (:class:`RtpProtocol`);
-each datagram goes through :class:`~telephony_edge.sip.rtp.RtpInbound`
-(latch, reorder, conceal, telephone-events), is decoded to canonical PCM16
-16 kHz (G.722 is 16 kHz already; G.711 is upsampled) and cut into 20 ms
-frames (peers send 20 or 30 ms packets), and queued for :meth:`SipLeg.recv`.
-The queue is bounded: a bridge that stops reading loses the oldest audio,
-counted, rather than the worker's memory.
+Caller audio arrives on the leg's own UDP socket (:class:`RtpProtocol`), bound
+by :class:`RtpPorts` on a random even port of the configured range (the next
+call's port cannot be guessed from this one's). Each datagram goes through
+:class:`~telephony_edge.sip.rtp.RtpInbound` (source rule, reorder, conceal,
+telephone-events), is decoded to canonical PCM16 16 kHz (G.722 is 16 kHz
+already; G.711 is upsampled) and cut into 20 ms frames (peers send 20 or 30
+ms packets), and queued for :meth:`SipLeg.recv`. The queue is bounded: a
+bridge that stops reading loses the oldest audio, counted, rather than the
+worker's memory.
+
+Who may send the caller's RTP is the call's
+:class:`~telephony_edge.sip.rtp_source.SourceLearner`: the SDP's address at
+once, a NAT'd source after ``learn_packets`` in-sequence packets within
+``learn_window_s`` of answer or of a media change (a re-INVITE or UPDATE that
+moves media opens a new window), never a stranger mid-call. Packets from
+anyone else are dropped, counted in
+``telephony_edge_rtp_foreign_packets_total`` and logged as a warning naming
+the call (the first, then at most one line every ``FOREIGN_WARN_EVERY_S``
+with the count since).
 
 Agent audio leaves in :meth:`SipLeg.send_frame`, called by the worker's pacer
 every 20 ms while the agent speaks: encode, number (:class:`RtpSender`), and
-``sendto`` at once to the latched source of the caller's RTP (symmetric RTP),
-or to the SDP's address until the caller has sent anything. Nothing is
-buffered here, so ``playout_lead_frames`` is 0 and :meth:`clear` has nothing
-to flush.
+``sendto`` at once to the caller's RTP peer (symmetric RTP), or to the SDP's
+address until there is one. Nothing is buffered here, so
+``playout_lead_frames`` is 0 and :meth:`clear` has nothing to flush.
 
 RTCP (:mod:`telephony_edge.sip.rtcp`) runs on the RTP port + 1 (the SDP's
 ``a=rtcp``), bound next to the RTP socket; RTCP multiplexed on the RTP port
-(RFC 5761) is read as well. One timer task per call sends a report every
-interval (RFC 3550 §6.3) and watches for RTP inactivity: no packet from the
-caller for ``rtp_timeout_s`` while both sides send (not on hold) ends the leg with
-``LegEnded(timeout=True)``, so the call ends ``timeout`` and the edge sends
-BYE. The statistics (loss, jitter, late packets, round-trip time) go to the
-Prometheus metrics at each report and to :meth:`SipLeg.media_stats` at the end.
+(RFC 5761) is read as well. The caller's RTCP is taken from where the source
+rule says (the offer's ``a=rtcp``, the peer's port + 1, or the peer's host
+carrying the peer's SSRC), and ours goes back there. One timer task per call
+sends a report every interval (RFC 3550 §6.3) and watches for RTP
+inactivity: no packet from the caller for ``rtp_timeout_s`` while both sides
+send (not on hold) ends the leg with ``LegEnded(timeout=True)``, so the call
+ends ``timeout`` and the edge sends BYE. The statistics (loss, jitter, late
+packets, round-trip time) go to the Prometheus metrics at each report and to
+:meth:`SipLeg.media_stats` at the end.
 
 Call control goes through the SIP side (:class:`CallControl`): the edge's
 hang-up sends BYE; a BYE from the caller ends the leg (:meth:`SipLeg.ended`).
@@ -35,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable
@@ -46,8 +61,9 @@ from telephony_edge.audio.g711 import Law
 from telephony_edge.audio.g722 import G722Decoder, G722Encoder
 from telephony_edge.audio.transcode import G711Decoder, G711Encoder
 from telephony_edge.calls.leg import Capabilities, Dtmf, Leg, LegEnded, LegEvent, LegInfo
-from telephony_edge.sip.rtcp import RR, SR, RtcpSession, build_bye, report_interval
-from telephony_edge.sip.rtp import Address, Audio, InboundEvent, RtpInbound, RtpSender
+from telephony_edge.sip.rtcp import RR, SR, RtcpSession, build_bye, report_interval, sender_ssrc
+from telephony_edge.sip.rtp import Address, Audio, Held, InboundEvent, RtpInbound, RtpSender
+from telephony_edge.sip.rtp_source import LEARN_PACKETS, LEARN_WINDOW_S, SourceLearner
 from telephony_edge.sip.sdp import Negotiated
 from telephony_edge.sip.sendto import send_datagram
 
@@ -65,6 +81,9 @@ _RTCP_SENT = metrics.SIP_RTCP_PACKETS.labels(outcome="sent")
 _RTCP_RECEIVED = metrics.SIP_RTCP_PACKETS.labels(outcome="received")
 _RTCP_MALFORMED = metrics.SIP_RTCP_PACKETS.labels(outcome="malformed")
 _RTCP_STRANGER = metrics.SIP_RTCP_PACKETS.labels(outcome="stranger")
+_FOREIGN = {p: metrics.RTP_FOREIGN_PACKETS.labels(protocol=p) for p in ("rtp", "rtcp")}
+FOREIGN_WARN_EVERY_S = 10.0  # one warning per call per this long, with the count since
+RANDOM_BIND_ATTEMPTS = 16  # random ports tried before sweeping the range
 _RNG = random.Random()
 LAWS = {"PCMU": Law.ULAW, "PCMA": Law.ALAW}
 
@@ -134,6 +153,50 @@ def _address(addr: tuple[str | int, ...]) -> Address:
     return str(addr[0]), int(addr[1])
 
 
+class RtpPorts:
+    """Binds RTP sockets on even ports of the configured range (RTCP takes the odd one next),
+    chosen at random: sequential ports would tell a prober where the next call's media is."""
+
+    def __init__(self, host: str, low: int, high: int) -> None:
+        self.host = host
+        self.low = low + (low % 2)
+        self.high = high
+        self.in_use: set[int] = set()
+
+    @property
+    def span(self) -> int:
+        """How many even ports the range holds."""
+        return max(0, (self.high - self.low) // 2 + 1)
+
+    def candidates(self) -> list[int]:
+        """Ports to try, in order: some at random, then every free one from a random start."""
+        span = self.span
+        if span == 0:
+            return []
+        start = secrets.randbelow(span)
+        sweep = [self.low + 2 * ((start + i) % span) for i in range(span)]
+        tries = [self.low + 2 * secrets.randbelow(span) for _ in range(RANDOM_BIND_ATTEMPTS)]
+        return [p for p in tries + sweep if p not in self.in_use]
+
+    async def bind(self) -> tuple[RtpProtocol, int]:
+        loop = asyncio.get_running_loop()
+        for port in self.candidates():
+            if port in self.in_use:
+                continue
+            try:
+                _, protocol = await loop.create_datagram_endpoint(
+                    RtpProtocol, local_addr=(self.host, port)
+                )
+            except OSError:
+                continue  # taken by another process: try the next
+            self.in_use.add(port)
+            return protocol, port
+        raise OSError(f"no free RTP port in {self.low}-{self.high}")
+
+    def release(self, port: int) -> None:
+        self.in_use.discard(port)
+
+
 class SipLeg(Leg):
     """One SIP call's RTP media; see the module docstring."""
 
@@ -150,6 +213,8 @@ class SipLeg(Leg):
         clock: Callable[[], float] | None = None,
         *,
         rtp_timeout_s: float = 30.0,
+        learn_packets: int = LEARN_PACKETS,
+        learn_window_s: float = LEARN_WINDOW_S,
     ) -> None:
         self.info = info
         self.ref = ref
@@ -169,13 +234,16 @@ class SipLeg(Leg):
         self._encoder: Encoder | None = None
         self._splitter = FrameSplitter()
         self._first_audio = True
-        self._sdp_dest: Address | None = None
+        self.learn_packets = learn_packets
+        self.learn_window_s = learn_window_s
+        self.sources: SourceLearner[Held] | None = None  # from the first media description
+        self._foreign_warned_at: float | None = None
+        self._foreign_unreported = 0
         self.frames_in = 0
         self.frames_dropped = 0
         self.rtp_timeout_s = rtp_timeout_s
         self.rtcp = RtcpSession(f"edge@{ref}")
         self._rtcp_socket: RtcpProtocol | None = None
-        self._rtcp_dest: Address | None = None
         self._last_rtp = self._clock()
         self._loop = asyncio.get_running_loop()
         self._drain_timer: asyncio.TimerHandle | None = None
@@ -190,7 +258,7 @@ class SipLeg(Leg):
         if _rtp_expected(self.media) != _rtp_expected(media):
             self._last_rtp = self._clock()  # the inactivity count restarts on hold and resume
         self.media = media
-        self._sdp_dest = (media.remote_address, media.remote_port)
+        self._sources_for(media)
         if not codec_changed:
             return
         self._export()  # a new codec is a new stream: its counters start at 0
@@ -198,9 +266,34 @@ class SipLeg(Leg):
         self._decoder, self._encoder = codec_pair(media.codec.name)
         self._first_audio = True  # sizes the decoder to the caller's packets
         self.inbound = RtpInbound(
-            media.payload_type, media.event_payload_type, clock_rate=media.codec.clock_rate
+            media.payload_type,
+            media.event_payload_type,
+            clock_rate=media.codec.clock_rate,
+            sources=self.sources,
         )
         self.sender = RtpSender(media.payload_type, media.codec.clock_rate)
+
+    def _sources_for(self, media: Negotiated) -> None:
+        """The source rule for ``media``: a new one at answer, a new window if media moved."""
+        rtp = (media.remote_address, media.remote_port)
+        now = self._clock()
+        sources = self.sources
+        if sources is None:
+            self.sources = SourceLearner(
+                rtp,
+                now,
+                rtcp=media.rtcp,
+                learn_packets=self.learn_packets,
+                window_s=self.learn_window_s,
+            )
+            return
+        if not sources.moves(rtp, media.rtcp):
+            return  # same place (a refresh, hold or resume in place): the peer stays
+        sources.relearn(rtp, media.rtcp, now)
+        log.info(
+            "SIP media moved: learning its RTP source again",
+            extra={"sip_call": self.ref, "rtp_sdp": _text(sources.signalled)},
+        )
 
     # -- caller → edge ---------------------------------------------------------------
 
@@ -212,12 +305,63 @@ class SipLeg(Leg):
             self.on_rtcp(data, source)
             return
         now = self._clock()
-        latched = inbound.source
-        if latched is None or latched == source:
+        if source == inbound.sources.peer:
             self._last_rtp = now
-        self._deliver(inbound.receive(data, source, now))
+            self._deliver(inbound.receive(data, source, now))
+        else:
+            self._from_elsewhere(inbound, data, source, now)
         if inbound.holding and self._drain_timer is None:
             self._drain_timer = self._loop.call_later(DRAIN_AFTER_S, self._drain)
+
+    def _from_elsewhere(
+        self, inbound: RtpInbound, data: bytes, source: Address, now: float
+    ) -> None:
+        """A packet from other than the peer: held, the peer's first, or dropped as foreign."""
+        strangers = inbound.stats.strangers
+        self._deliver(inbound.receive(data, source, now))
+        sources = inbound.sources
+        locked = source == sources.peer
+        if inbound.stats.strangers > strangers:  # this packet, or those held for others
+            dropped = inbound.stats.strangers - strangers
+            self._foreign("rtp", sources.last_foreign, now, dropped)
+        if locked:
+            self._last_rtp = now
+            natted = source != sources.signalled
+            log.log(
+                logging.INFO if natted else logging.DEBUG,
+                "SIP RTP source %s",
+                "learned (NAT)" if natted else "from the SDP",
+                extra={
+                    "sip_call": self.ref,
+                    "rtp_source": _text(source),
+                    "rtp_sdp": _text(sources.signalled),
+                },
+            )
+
+    def _foreign(self, protocol: str, source: Address | None, now: float, count: int = 1) -> None:
+        """Count packets dropped as foreign; warn, sampled, naming the call."""
+        _FOREIGN[protocol].inc(count)
+        self._foreign_unreported += count
+        last = self._foreign_warned_at
+        if last is not None and now - last < FOREIGN_WARN_EVERY_S:
+            return
+        self._foreign_warned_at = now
+        peer = self.sources.peer if self.sources is not None else None
+        log.warning(
+            "SIP call %s: %s from a stranger (%s) dropped, %d since the last warning",
+            self.ref,
+            protocol.upper(),
+            _text(source),
+            self._foreign_unreported,
+            extra={
+                "sip_call": self.ref,
+                "sip_call_id": self.info.provider_call_id,
+                "foreign_source": _text(source),
+                "rtp_source": _text(peer),
+                "dropped": self._foreign_unreported,
+            },
+        )
+        self._foreign_unreported = 0
 
     def _deliver(self, events: list[InboundEvent]) -> None:
         decoder = self._decoder
@@ -314,10 +458,13 @@ class SipLeg(Leg):
 
     def on_rtcp(self, data: bytes, source: Address) -> None:
         """A compound RTCP packet from the RTCP port, or muxed on the RTP port."""
-        peer = self.inbound.source if self.inbound is not None else None
-        peer_host = peer[0] if peer else (self._sdp_dest[0] if self._sdp_dest else None)
-        if source[0] != peer_host:
+        sources, inbound = self.sources, self.inbound
+        if sources is None:
+            return
+        rtp_ssrc = inbound.ssrc if inbound is not None else None
+        if not sources.rtcp_accepts(source, sender_ssrc(data), rtp_ssrc):
             _RTCP_STRANGER.inc()
+            self._foreign("rtcp", source, self._clock())
             return
         sender, rtcp = self.sender, self.rtcp
         samples = rtcp.rtt_samples
@@ -326,7 +473,6 @@ class SipLeg(Leg):
             log.debug("malformed RTCP dropped", extra={"sip_call": self.ref})
             return
         _RTCP_RECEIVED.inc()
-        self._rtcp_dest = source  # symmetric, like RTP
         if rtcp.rtt is not None and rtcp.rtt_samples > samples:
             metrics.SIP_RTCP_RTT_SECONDS.observe(rtcp.rtt)
 
@@ -342,12 +488,9 @@ class SipLeg(Leg):
         socket = self._rtcp_socket
         if socket is None or socket.transport is None:
             return
-        dest = self._rtcp_dest
+        dest = self.sources.rtcp_destination if self.sources is not None else None
         if dest is None:
-            rtp = (self.inbound.source if self.inbound else None) or self._sdp_dest
-            if rtp is None or not rtp[1]:
-                return
-            dest = (rtp[0], rtp[1] + 1)
+            return
         if send_datagram(socket.transport, packet, dest, "rtcp"):
             _RTCP_SENT.inc()
 
@@ -422,8 +565,8 @@ class SipLeg(Leg):
             return
         if media.on_hold or self._ended is not None:
             return
-        dest = (self.inbound.source if self.inbound else None) or self._sdp_dest
-        if dest is None or not dest[1]:
+        dest = self.sources.destination if self.sources is not None else None
+        if dest is None:
             return
         if _backlog(transport) > SEND_BUFFER_LIMIT:
             _DROPPED.inc()
@@ -479,7 +622,7 @@ class SipLeg(Leg):
                 "SIP media closed",
                 extra={
                     "sip_call": self.ref,
-                    "rtp_source": str(self.inbound.source),
+                    "rtp_source": _text(self.inbound.source),
                     "frames_in": self.frames_in,
                     "rtp_sent": self.sender.sent if self.sender else 0,
                     "rtp_jitter_ms": round(self.inbound.reception.jitter_ms, 2),
@@ -493,6 +636,14 @@ def _rtp_expected(media: Negotiated | None) -> bool:
     """Whether the caller should be sending RTP: not while it holds the call
     (``sendonly``/``inactive`` from it) nor when it only listens (``recvonly``)."""
     return media is None or media.direction == "sendrecv"
+
+
+def _text(address: Address | None) -> str:
+    """``host:port`` for a log line (``[v6]:port``), or ``-``."""
+    if address is None:
+        return "-"
+    host = f"[{address[0]}]" if ":" in address[0] else address[0]
+    return f"{host}:{address[1]}"
 
 
 def vars_of(stats: object) -> dict[str, int]:

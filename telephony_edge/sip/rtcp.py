@@ -131,6 +131,14 @@ def parse_rtcp(data: bytes) -> list[Report] | None:
     return reports
 
 
+def sender_ssrc(data: bytes) -> int | None:
+    """The SSRC of a compound packet's first SR or RR (whose source it is), before parsing it."""
+    if len(data) < 8 or data[1] not in (SR, RR):
+        return None
+    ssrc: int = _SSRC.unpack_from(data, 4)[0]
+    return ssrc
+
+
 def _blocks(data: bytes, offset: int, count: int) -> tuple[ReportBlock, ...]:
     blocks = []
     for i in range(count):

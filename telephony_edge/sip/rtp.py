@@ -10,12 +10,14 @@ lost) and :class:`DtmfDigit`\\ s. On the way:
 * :func:`parse_rtp` reads the 12-byte header, skips CSRCs and the header
   extension, strips padding, and refuses anything else (version ≠ 2, short,
   RTCP's payload types 72-76).
-* Symmetric RTP: the first valid packet (a negotiated payload type) latches
-  the call to its source address, whatever the SDP said (a PBX behind NAT
-  writes a private address there); packets from any other address are
-  dropped and counted, never re-latched mid-call. A new SSRC from the
-  latched address (a PBX switching its stream, sipp's DTMF pcap) starts a new
-  sequence space rather than being dropped.
+* Strict source learning (:mod:`telephony_edge.sip.rtp_source`): packets
+  from the peer go on at the cost of one tuple comparison; any other source
+  asks the call's :class:`~telephony_edge.sip.rtp_source.SourceLearner`,
+  which takes the SDP's address at once, learns a NAT'd one from a run of
+  in-sequence packets (held meanwhile, then released in order), and drops
+  everything else as foreign (counted in ``strangers``), never re-latching
+  mid-call. A new SSRC from the peer (a PBX switching its stream, sipp's DTMF
+  pcap) starts a new sequence space rather than being dropped.
 * Reception statistics for RTCP (:class:`~telephony_edge.sip.rtcp.ReceptionStats`:
   sequence numbers received and expected, interarrival jitter) are taken as
   each packet of the latched source arrives, before reordering.
@@ -50,6 +52,7 @@ import struct
 from dataclasses import dataclass
 
 from telephony_edge.sip.rtcp import ReceptionStats
+from telephony_edge.sip.rtp_source import SourceLearner, Verdict
 
 Address = tuple[str, int]
 
@@ -114,7 +117,7 @@ def build_rtp(
 class RtpStats:
     received: int = 0
     malformed: int = 0
-    strangers: int = 0  # from an address other than the latched one
+    strangers: int = 0  # foreign: from an address other than the peer's
     unknown_payload_type: int = 0
     duplicates: int = 0
     late: int = 0
@@ -261,8 +264,11 @@ class DtmfDigit:
 InboundEvent = Audio | DtmfDigit
 
 
+Held = tuple[RtpPacket, float]  # a packet on probation and its arrival time
+
+
 class RtpInbound:
-    """One call's inbound RTP: latch, reorder, conceal, pick out telephone-events."""
+    """One call's inbound RTP: source rule, reorder, conceal, pick out telephone-events."""
 
     def __init__(
         self,
@@ -272,6 +278,7 @@ class RtpInbound:
         clock_rate: int = 8000,
         depth: int = 4,
         max_conceal_samples: int = 800,
+        sources: SourceLearner[Held] | None = None,
     ) -> None:
         self.audio_pt = audio_pt
         self.event_pt = event_pt
@@ -279,11 +286,16 @@ class RtpInbound:
         self.depth = depth
         self.stats = RtpStats()
         self.reception = ReceptionStats(clock_rate)
-        self.source: Address | None = None
+        self.sources: SourceLearner[Held] = sources or SourceLearner(None, 0.0)
         self.ssrc: int | None = None  # the caller's, once a packet came
         self._jitter = JitterBuffer(self.stats, depth)
         self._audio_end: int | None = None  # timestamp where the last audio payload ended
         self._last_event_end: int | None = None  # timestamp of the last event reported
+
+    @property
+    def source(self) -> Address | None:
+        """The peer: where the caller's RTP comes from (None until known)."""
+        return self.sources.peer
 
     def receive(self, data: bytes, source: Address, now: float) -> list[InboundEvent]:
         """One datagram from ``source``, arrived at ``now`` (seconds, any steady clock)."""
@@ -293,15 +305,28 @@ class RtpInbound:
         if pkt is None:
             stats.malformed += 1
             return []
+        if source != self.sources.peer:
+            return self._unlatched(pkt, source, now)
+        return self._accepted(pkt, now)
+
+    def _unlatched(self, pkt: RtpPacket, source: Address, now: float) -> list[InboundEvent]:
+        """A packet from elsewhere than the peer: the source rule decides."""
+        sources = self.sources
+        foreign = sources.stats.foreign
+        verdict = sources.check(source, pkt.ssrc, pkt.sequence, now, (pkt, now))
+        self.stats.strangers += sources.stats.foreign - foreign  # with held ones let go
+        if verdict is Verdict.FOREIGN or verdict is Verdict.HELD:
+            return []
+        out: list[InboundEvent] = []  # LOCKED: its held packets first, in order
+        for held, at in sources.take_held():
+            out += self._accepted(held, at)
+        return out + self._accepted(pkt, now)
+
+    def _accepted(self, pkt: RtpPacket, now: float) -> list[InboundEvent]:
         pt = pkt.payload_type
         if pt != self.audio_pt and pt != self.event_pt:
-            stats.unknown_payload_type += 1
+            self.stats.unknown_payload_type += 1
             return []
-        if source != self.source:
-            if self.source is not None:
-                stats.strangers += 1
-                return []
-            self.source = source
         if pkt.ssrc != self.ssrc:
             return self._new_stream(pkt) + self._take(pkt, now)
         return self._take(pkt, now)
@@ -318,7 +343,7 @@ class RtpInbound:
         return self._events(packets)
 
     def _new_stream(self, pkt: RtpPacket) -> list[InboundEvent]:
-        """The first packet, or a new SSRC from the latched source: what the old one held."""
+        """The first packet, or a new SSRC from the peer: what the old one held."""
         out: list[InboundEvent] = []
         if self.ssrc is not None:
             self.stats.ssrc_changes += 1

@@ -154,6 +154,14 @@ class SipSettings(ProviderSettings):
     # -- media (telephony_edge.sip.leg) --
     rtp_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     """No RTP from the caller for this long (hold excepted) ends the call ``timeout``."""
+    rtp_learn_packets: int = Field(default=4, ge=2, le=32)
+    """Strict RTP: a source other than the SDP's address (a caller behind NAT) becomes the
+    call's peer only after this many consecutive in-sequence packets of one SSRC (Asterisk's
+    ``strictrtp=seqno`` probation); its packets are held meanwhile, not lost."""
+    rtp_learn_window_s: float = Field(default=10.0, gt=0, le=300)
+    """How long after answer, or after a re-INVITE/UPDATE that moves media, such a source may
+    be learned; after that only the SDP's address is taken. Once there is a peer, packets from
+    anywhere else are dropped (``telephony_edge_rtp_foreign_packets_total``)."""
 
     @field_validator("codecs")
     @classmethod

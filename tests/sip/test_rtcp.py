@@ -23,6 +23,7 @@ from telephony_edge.sip.rtcp import (
     report_interval,
 )
 from telephony_edge.sip.rtp import RtpInbound, build_rtp
+from telephony_edge.sip.rtp_source import SourceLearner
 
 BLOCK = ReportBlock(0xCAFE, 25, -3, 0x1_0005, 80, 0x1234_5678, 65536)
 
@@ -145,8 +146,8 @@ def test_report_interval_is_randomised_around_the_minimum() -> None:
 
 
 def test_inbound_rtp_feeds_reception_statistics_before_reordering() -> None:
-    rx = RtpInbound(8, 101)
     peer = ("192.0.2.1", 4000)
+    rx = RtpInbound(8, 101, sources=SourceLearner(peer, 0.0))
     for n, seq in enumerate((1, 3, 2, 5)):  # 4 lost, 2 reordered
         rx.receive(build_rtp(8, seq, seq * 160, 9, False, b"\xd5" * 160), peer, n * 0.02)
     rx.receive(struct.pack("!BBHII", 0x80, 101, 6, 0, 9) + b"\x01\x80\x00\xa0", peer, 0.1)

@@ -1,9 +1,11 @@
-"""RTP parsing, latching, reordering, concealment, RFC 4733 and numbering, without sockets."""
+"""RTP parsing, the source rule, reordering, concealment, RFC 4733 and numbering, without
+sockets (the source rule on its own: ``test_rtp_source.py``)."""
 
 from __future__ import annotations
 
 import random
 import struct
+from collections.abc import Sequence
 
 from telephony_edge.sip.rtp import (
     SHRINK_AFTER,
@@ -14,9 +16,15 @@ from telephony_edge.sip.rtp import (
     build_rtp,
     parse_rtp,
 )
+from telephony_edge.sip.rtp_source import SourceLearner
 
 PEER = ("192.0.2.10", 40000)
 STRANGER = ("198.51.100.7", 40000)
+
+
+def inbound(audio_pt: int, event_pt: int | None, **options: int) -> RtpInbound:
+    """The receiver of a call whose SDP named ``PEER``."""
+    return RtpInbound(audio_pt, event_pt, sources=SourceLearner(PEER, 0.0), **options)
 
 
 def audio(seq: int, ts: int, *, ssrc: int = 7, marker: bool = False, size: int = 160) -> bytes:
@@ -47,22 +55,23 @@ def test_parse_refuses_what_is_not_rtp() -> None:
     assert parse_rtp(struct.pack("!BBHII", 0xA0, 8, 1, 2, 3) + b"\x00") is None  # padding 0
 
 
-def payloads(events: list[object]) -> list[int]:
+def payloads(events: Sequence[object]) -> list[int]:
     return [e.payload[0] for e in events if isinstance(e, Audio)]
 
 
-def test_latches_to_the_first_source_and_drops_strangers() -> None:
-    rx = RtpInbound(8, 101)
+def test_takes_the_sdp_address_and_drops_strangers() -> None:
+    rx = inbound(8, 101)
+    assert rx.receive(audio(1, 0), STRANGER, 0.0) == []  # before the caller: held, not taken
     assert payloads(rx.receive(audio(1, 0), PEER, 0.0)) == [1]
     assert rx.receive(audio(2, 160), STRANGER, 0.0) == []
     assert payloads(rx.receive(audio(2, 160), PEER, 0.0)) == [2]
-    assert rx.source == PEER and rx.stats.strangers == 1
+    assert rx.source == PEER and rx.stats.strangers == 2  # the held one too, once let go
     assert rx.receive(build_rtp(0, 3, 320, 7, False, b"x"), PEER, 0.0) == []  # PT not negotiated
     assert rx.stats.unknown_payload_type == 1
 
 
 def test_reorders_drops_duplicates_and_counts_a_loss() -> None:
-    rx = RtpInbound(8, None, depth=3)
+    rx = inbound(8, None, depth=3)
     out: list[int] = []
     for seq in (10, 12, 12, 11, 13, 9):  # 12 twice while held; 9 after its turn
         out += payloads(rx.receive(audio(seq, seq * 160), PEER, 0.0))
@@ -78,7 +87,7 @@ def test_reorders_drops_duplicates_and_counts_a_loss() -> None:
 
 
 def test_sequence_wraps_and_a_new_talkspurt_is_not_concealed() -> None:
-    rx = RtpInbound(8, None)
+    rx = inbound(8, None)
     out = []
     for seq, ts in ((65534, 0), (65535, 160), (0, 320), (1, 8000)):
         out += rx.receive(audio(seq, ts, marker=ts == 8000), PEER, 0.0)
@@ -87,14 +96,14 @@ def test_sequence_wraps_and_a_new_talkspurt_is_not_concealed() -> None:
 
 
 def test_a_new_ssrc_from_the_latched_source_is_a_new_stream() -> None:
-    rx = RtpInbound(8, None)
+    rx = inbound(8, None)
     rx.receive(audio(100, 0), PEER, 0.0)
     assert payloads(rx.receive(audio(5000, 99, ssrc=8), PEER, 0.0)) == [5000 & 0xFF]
     assert rx.stats.ssrc_changes == 1
 
 
 def test_rfc4733_key_reported_once_at_its_end() -> None:
-    rx = RtpInbound(8, 101)
+    rx = inbound(8, 101)
     events = []
     seq = 1
     for end in (False, False, True, True, True):
@@ -132,7 +141,7 @@ def test_60_ms_of_jitter_is_absorbed_without_gaps() -> None:
     arrivals = [(20.0 * n + rng.uniform(0, 60), n) for n in range(1000)]
     arrivals += [(20.0 * n + 60, n) for n in range(1000, 1100, 10)]  # the worst case: 60 ms
     arrivals += [(20.0 * n, n) for n in range(1000, 1100) if n % 10]  # behind, the rest on time
-    rx = RtpInbound(8, None)
+    rx = inbound(8, None)
     out = feed(rx, arrivals)
     out += [e for e in rx.drain() if isinstance(e, Audio)]
     assert [e.payload[0] for e in out] == [n & 0xFF for n in range(1100)]  # complete, in order
@@ -146,7 +155,7 @@ def test_duplicates_reordering_and_losses_in_one_stream() -> None:
     # 2 duplicated while in order, 1 duplicated after release; 5 lost; 14/15 swapped;
     # 22 and 23 lost in a row at the end of a run that goes on to 30
     script += [24, 25, 26, 27, 28, 29, 30]
-    rx = RtpInbound(8, None)
+    rx = inbound(8, None)
     out = feed(rx, [(20.0 * i, seq) for i, seq in enumerate(script)])
     got = [e.payload[0] for e in out]
     assert got == [n for n in range(31) if n not in (5, 22, 23)]
@@ -157,7 +166,7 @@ def test_duplicates_reordering_and_losses_in_one_stream() -> None:
 
 
 def test_the_depth_grows_on_late_packets_and_shrinks_when_calm() -> None:
-    rx = RtpInbound(8, None)
+    rx = inbound(8, None)
     arrivals = []
     for n in range(400):
         spike = n % 50 == 25  # every second, one packet 100 ms late
@@ -172,7 +181,7 @@ def test_the_depth_grows_on_late_packets_and_shrinks_when_calm() -> None:
 
 
 def test_drain_releases_what_waits_behind_a_gap_when_the_stream_stops() -> None:
-    rx = RtpInbound(8, None)
+    rx = inbound(8, None)
     for seq in (1, 3, 4):
         rx.receive(audio(seq, seq * 160), PEER, seq * 0.02)
     assert rx.holding
@@ -182,3 +191,14 @@ def test_drain_releases_what_waits_behind_a_gap_when_the_stream_stops() -> None:
     assert rx.receive(audio(2, 320), PEER, 0.2) == []  # it came after all: late
     assert (rx.stats.lost, rx.stats.late) == (1, 1)
     assert rx._jitter.depth == 5
+
+
+def test_a_natted_caller_is_learned_and_its_first_packets_are_not_lost() -> None:
+    rx = RtpInbound(8, None, sources=SourceLearner(("10.0.0.9", 4000), 0.0, learn_packets=4))
+    out = []
+    for n in range(3):
+        out += rx.receive(audio(10 + n, n * 160), PEER, n * 0.02)
+    assert out == [] and rx.source is None  # on probation
+    out += rx.receive(audio(13, 480), PEER, 0.06)
+    assert payloads(out) == [10, 11, 12, 13] and rx.source == PEER
+    assert rx.reception.packets_received == 4 and rx.reception.packets_lost == 0
