@@ -134,7 +134,12 @@ async def serve(settings: Settings) -> int:
     """Run the worker until SIGTERM/SIGINT, then drain and exit 0."""
     app = create_app(settings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, **_limits(app, settings))
-    await runner.setup()
+    try:
+        await runner.setup()  # starts the clients, the coordinator, SIP's listeners
+    except BaseException:
+        # what started before the failing step (HTTP client, coordinator, listeners) stops
+        await runner.cleanup()
+        raise
     site = web.TCPSite(runner, settings.server.host, settings.server.port)
     try:
         await site.start()

@@ -10,6 +10,8 @@ like a Twilio call at its voice webhook, so the setup reaper ends it
 
 from __future__ import annotations
 
+import errno
+import socket
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -17,6 +19,7 @@ from aiohttp import web
 from telephony_edge.api import ApiError, _authorize, _json_errors, _json_object, _object, _string
 from telephony_edge.calls.record import CallStatus
 from telephony_edge.calls.service import CallRejected
+from telephony_edge.errors import UserError, os_reason
 from telephony_edge.provider import Provider
 from telephony_edge.services import SERVICES
 from telephony_edge.sip.settings import SipSettings, sip_settings
@@ -45,9 +48,71 @@ class SipProvider(Provider):
     @staticmethod
     async def _endpoint(app: web.Application) -> AsyncIterator[None]:
         endpoint = app[SIP_ENDPOINT]
-        await endpoint.start()
+        settings = endpoint.settings
+        try:
+            await endpoint.start()
+            probe_rtp_range(settings)
+        except OSError as exc:
+            await endpoint.stop()
+            raise SipListenError(settings, exc) from None
+        except UserError:
+            await endpoint.stop()
+            raise
         yield
         await endpoint.stop()
+
+
+class SipListenError(UserError):
+    """``serve`` could not take its SIP port: one line, like a busy HTTP port (ListenError)."""
+
+    _HINTS = {
+        errno.EADDRINUSE: "another process uses it; stop that one or change sip.port",
+        errno.EACCES: "ports below 1024 need privileges; change sip.port",
+        errno.EADDRNOTAVAIL: "this machine has no such address; check sip.bind_host",
+    }
+
+    def __init__(self, settings: SipSettings, exc: OSError) -> None:
+        cause = _os_error(exc)
+        hint = self._HINTS.get(cause.errno or 0)
+        over = "UDP and TCP" if settings.tcp else "UDP"
+        message = (
+            f"cannot listen for SIP ({over}) on {settings.bind_host}:{settings.port}: "
+            f"{os_reason(cause)}"
+        )
+        super().__init__(f"{message} ({hint})" if hint else message)
+
+
+def _os_error(exc: OSError) -> OSError:
+    """The OSError that has the errno: uvloop raises its own, caused by the system's."""
+    while not exc.errno and isinstance(exc.__cause__, OSError):
+        exc = exc.__cause__
+    return exc
+
+
+def probe_rtp_range(settings: SipSettings) -> None:
+    """Raise a one-line :class:`UserError` if no port of the RTP range can be bound now.
+
+    Calls bind their RTP port when they are answered; a range another process
+    holds entirely would fail every call, so it fails the start instead.
+    """
+    low, high = settings.rtp_port_min, settings.rtp_port_max
+    family = socket.AF_INET6 if ":" in settings.bind_host else socket.AF_INET
+    last: OSError | None = None
+    for port in range(low + low % 2, high + 1, 2):  # RTP on even ports (transport.RtpPorts)
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as sock:
+                sock.bind((settings.bind_host, port))
+        except OSError as exc:
+            last = exc
+            continue
+        return
+    message = f"cannot bind any RTP port of {settings.bind_host}:{low}-{high}"
+    if last is None:
+        raise UserError(f"{message}: the range has no even port (widen it)")
+    hint = ""
+    if last.errno == errno.EADDRINUSE:
+        hint = " (other processes use them; change sip.rtp_port_min and sip.rtp_port_max)"
+    raise UserError(f"{message}: {os_reason(last)}{hint}")
 
 
 async def register_sip_call(request: web.Request) -> web.Response:
