@@ -8,7 +8,11 @@ from yarl import URL
 
 from telephony_edge import __version__
 from telephony_edge.config import Settings
+from telephony_edge.recording.recorder import ffmpeg_warning
 from telephony_edge.registry import provider_classes
+
+#: where a new user finds every network enabled at once (the README's demo)
+DEMO_CONFIG = "deploy/demo.yaml"
 
 
 def banner_lines(settings: Settings, base_url: str) -> list[str]:
@@ -32,6 +36,7 @@ def banner_lines(settings: Settings, base_url: str) -> list[str]:
         for name, cls in provider_classes().items()
         if (section := settings.provider_settings(name)) is not None and section.enabled
     ]
+    lines += [f"  {line}" for line in network_lines([cls.name for cls in enabled])]
     for provider in enabled:
         lines += [f"  {line}" for line in provider.banner(public)]
     web_reached = [cls for cls in enabled if cls.uses_public_url]
@@ -42,7 +47,23 @@ def banner_lines(settings: Settings, base_url: str) -> list[str]:
             "set server.public_url to a public or tunnel URL "
             "(the simulators work without one)"
         )
+    ffmpeg = ffmpeg_warning(settings)
+    if ffmpeg is not None:
+        lines.append(f"  warning: {ffmpeg}")
     return lines
+
+
+def network_lines(enabled: list[str]) -> list[str]:
+    """Which networks can reach this edge; with none, how to enable one (else nothing can)."""
+    names = list(provider_classes())
+    if not enabled:
+        return [
+            f"networks: none enabled ({', '.join(names)} are all off): no call can reach this edge",
+            "  enable one with <network>.enabled: true in a --config file, "
+            f"or try them all: telephony-edge serve --config {DEMO_CONFIG}",
+        ]
+    off = [name for name in names if name not in enabled]
+    return [f"networks: {', '.join(enabled)}" + (f" (off: {', '.join(off)})" if off else "")]
 
 
 def is_loopback_url(url: str) -> bool:

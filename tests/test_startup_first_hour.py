@@ -1,7 +1,9 @@
 """The first hour of a new user (issue 17): what ``telephony-edge serve`` says when it starts.
 
 A busy SIP port or RTP range is one line and an exit status, like a busy
-HTTP port, and whatever had started is released.
+HTTP port, and whatever had started is released; the start-up banner says
+which networks are on (and how to turn one on when none is); the ffmpeg
+warning comes only when a configured recording format needs ffmpeg.
 Real ``serve`` processes where the output is what is tested; in-process
 ``serve()`` where what is tested is what it leaves behind.
 """
@@ -25,8 +27,10 @@ import pytest
 import yaml
 
 from telephony_edge.app import serve
+from telephony_edge.banner import banner_lines, network_lines
 from telephony_edge.config import Settings, load_settings
 from telephony_edge.errors import ListenError, UserError
+from telephony_edge.recording.recorder import ffmpeg_warning
 from telephony_edge.sip.provider import SipListenError
 from tests.conftest import free_port
 
@@ -191,3 +195,89 @@ async def test_an_rtp_range_held_by_another_process_fails_the_start_in_one_line(
     assert not [r for r in reported if "Unclosed" in r], reported
     await asyncio.sleep(0.05)
     assert not _other_tasks()
+
+
+# -- the banner of the default edge (``scripts/run.sh``), without ffmpeg -------------
+
+
+@pytest.fixture(scope="module")
+def default_edge(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """``serve`` on the embedded defaults, as ``run.sh`` starts it, on a PATH without ffmpeg."""
+    directory = tmp_path_factory.mktemp("default-edge")
+    empty = directory / "bin"
+    empty.mkdir()
+    config = {"server": {"host": "127.0.0.1", "port": free_port()}}
+    run = run_serve(config, directory, env={"PATH": str(empty)})
+    assert run.status is None, run.stderr  # it served
+    return run
+
+
+def test_the_default_edge_says_no_network_is_enabled_and_how_to_enable_one(
+    default_edge: Run,
+) -> None:
+    lines = [line.strip() for line in default_edge.stdout.splitlines()]
+    networks = [line for line in lines if line.startswith("networks:")]
+    assert networks == [
+        "networks: none enabled (twilio, vonage, sip, webrtc are all off): "
+        "no call can reach this edge"
+    ]
+    how = lines[lines.index(networks[0]) + 1]
+    assert "<network>.enabled: true" in how and "--config deploy/demo.yaml" in how
+
+
+def test_no_ffmpeg_warning_when_nothing_records_in_a_format_that_needs_it(
+    default_edge: Run,
+) -> None:
+    everything = default_edge.stdout + default_edge.stderr
+    assert "ffmpeg" not in everything.lower(), everything
+
+
+def test_the_banner_names_the_enabled_networks_and_those_off() -> None:
+    assert network_lines(["twilio", "sip"]) == ["networks: twilio, sip (off: vonage, webrtc)"]
+    every = ["twilio", "vonage", "sip", "webrtc"]
+    assert network_lines(every) == ["networks: twilio, vonage, sip, webrtc"]
+    demo = load_settings(str(Path(__file__).parents[1] / "deploy" / "demo.yaml"))
+    assert "  networks: twilio, vonage, sip, webrtc" in banner_lines(demo, "http://127.0.0.1:1")
+
+
+def _recording(fmt: str) -> Settings:
+    agents = {"sales": {"recording": {"enabled": True, "format": fmt}}, "support": {}}
+    return load_settings(None, agents=agents)
+
+
+def test_ffmpeg_warning_only_for_a_configured_format_that_needs_it() -> None:
+    missing: Any = lambda name: None  # noqa: E731
+    present: Any = lambda name: f"/usr/bin/{name}"  # noqa: E731
+    warning = ffmpeg_warning(_recording("mp3"), which=missing)
+    assert warning is not None
+    assert "agents.sales.recording.format" in warning and "mp3" in warning
+    assert ffmpeg_warning(_recording("ogg"), which=missing) is not None
+    assert ffmpeg_warning(_recording("wav"), which=missing) is None
+    assert ffmpeg_warning(load_settings(None), which=missing) is None
+    assert ffmpeg_warning(_recording("mp3"), which=present) is None
+    # a number's own agent_config counts too
+    numbers = {
+        "+15555550100": {
+            "provider": "twilio",
+            "agent_id": "support",
+            "region": "r",
+            "agent_config": {"recording": {"format": "ogg"}},
+        }
+    }
+    routed = load_settings(
+        None,
+        api={"private_key": KEY},
+        agents={"support": {}},
+        regions={"r": {"public_url": "http://127.0.0.1"}},
+        numbers=numbers,
+        twilio={"enabled": True, "account_sid": "AC" + "0" * 32, "auth_token": "t" * 32},
+    )
+    warning = ffmpeg_warning(routed, which=missing)
+    assert warning is not None and "numbers.+15555550100.agent_config.recording" in warning
+
+
+def test_the_banner_carries_the_ffmpeg_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("telephony_edge.recording.recorder.shutil.which", lambda name: None)
+    lines = banner_lines(_recording("mp3"), "http://127.0.0.1:1")
+    assert any(line.startswith("  warning: ffmpeg is not installed") for line in lines), lines
+    assert not any("ffmpeg" in line for line in banner_lines(_recording("wav"), "http://x:1"))

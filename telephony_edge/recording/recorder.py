@@ -15,19 +15,19 @@ import contextlib
 import hashlib
 import logging
 import re
+import shutil
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from pydub import AudioSegment
 
 from telephony_edge import metrics
 from telephony_edge.audio.frames import FRAME_MS
-from telephony_edge.config import RecordingOptions, RecordingSettings
+from telephony_edge.config import RecordingOptions, RecordingSettings, Settings
 from telephony_edge.recording import signing
 from telephony_edge.recording.storage import LocalStorage, S3Storage, Storage
 from telephony_edge.recording.writer import TrackWriter
@@ -219,8 +219,41 @@ class Recordings:
         await self.storage.close()
 
 
+def ffmpeg_formats(settings: Settings) -> Iterator[tuple[str, str]]:
+    """``(where, format)`` for each configured recording format that only ffmpeg writes."""
+    for agent_id, agent in settings.agents.items():
+        if agent.recording is not None and agent.recording.format in _CODECS:
+            yield f"agents.{agent_id}.recording.format", agent.recording.format
+    for number, route in settings.numbers.items():
+        recording = route.agent_config.recording
+        if recording is not None and recording.format in _CODECS:
+            yield f"numbers.{number}.agent_config.recording.format", recording.format
+
+
+def ffmpeg_warning(
+    settings: Settings, which: Callable[[str], str | None] | None = None
+) -> str | None:
+    """A warning if the configuration records in a format ffmpeg writes and there is none.
+
+    Only then: WAV recordings, and an edge that records nothing, never need it.
+    """
+    needs = list(ffmpeg_formats(settings))
+    if not needs or (which or shutil.which)("ffmpeg") is not None:
+        return None
+    where, fmt = needs[0]
+    more = f" and {len(needs) - 1} more" if len(needs) > 1 else ""
+    return (
+        f"ffmpeg is not installed, and {where}{more} asks for {fmt}: those recordings "
+        "will fail to convert (install ffmpeg, or record wav)"
+    )
+
+
 def _convert(wav: Path, fmt: str) -> Path:
     """``wav`` encoded as ``fmt`` next to it by ffmpeg (through pydub); the WAV is removed."""
+    if shutil.which("ffmpeg") is None:
+        raise RuntimeError(f"ffmpeg is not installed: cannot write {fmt}; the WAV is kept")
+    from pydub import AudioSegment  # here: its import warns of a missing ffmpeg, for everyone
+
     out = wav.with_suffix(f".{fmt}")
     AudioSegment.from_wav(str(wav)).export(str(out), format=fmt, codec=_CODECS[fmt]).close()
     wav.unlink()
