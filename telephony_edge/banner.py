@@ -39,18 +39,39 @@ def banner_lines(settings: Settings, base_url: str) -> list[str]:
     lines += [f"  {line}" for line in network_lines([cls.name for cls in enabled])]
     for provider in enabled:
         lines += [f"  {line}" for line in provider.banner(public)]
+    lines += [f"  warning: {warning}" for warning in config_warnings(settings)]
+    return lines
+
+
+def config_warnings(settings: Settings) -> list[str]:
+    """What valid settings still get wrong (``serve``'s banner and ``check-config`` say it).
+
+    Each enabled provider may add its own through a ``config_warnings(settings)``
+    classmethod (SIP: numbers no trunk may call).
+    """
+    warnings: list[str] = []
+    enabled = [
+        cls
+        for name, cls in provider_classes().items()
+        if (section := settings.provider_settings(name)) is not None and section.enabled
+    ]
+    public = settings.public_url
     web_reached = [cls for cls in enabled if cls.uses_public_url]
     if web_reached and is_loopback_url(public):
         names = ", ".join(cls.name for cls in web_reached)
-        lines.append(
-            f"  warning: public URL {public} is a loopback address, which {names} cannot reach; "
+        warnings.append(
+            f"public URL {public} is a loopback address, which {names} cannot reach; "
             "set server.public_url to a public or tunnel URL "
             "(the simulators work without one)"
         )
+    for cls in enabled:
+        hook = getattr(cls, "config_warnings", None)
+        if callable(hook):
+            warnings += [str(warning) for warning in hook(settings)]
     ffmpeg = ffmpeg_warning(settings)
     if ffmpeg is not None:
-        lines.append(f"  warning: {ffmpeg}")
-    return lines
+        warnings.append(ffmpeg)
+    return warnings
 
 
 def network_lines(enabled: list[str]) -> list[str]:

@@ -59,9 +59,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from telephony_edge.banner import config_warnings
+
     settings = _load(args.file)
     if settings is None:
         return EXIT_CONFIG
+    for warning in config_warnings(settings):  # valid, but probably not what was meant
+        print(f"{args.file}: warning: {warning}", file=sys.stderr)
     print(
         f"{args.file}: ok ({len(settings.agents)} agents, {len(settings.regions)} regions, "
         f"{len(settings.numbers)} numbers)"

@@ -256,3 +256,43 @@ def test_networks_may_send_the_digits_without_plus() -> None:
     assert normalize_network_number("14155550100") == "+14155550100"
     with pytest.raises(ValueError):
         normalize_network_number("020 7946 0958")  # national format: no country code
+
+
+def sip_numbers_config(trunks: dict[str, Any]) -> dict[str, Any]:
+    """Two SIP numbers on the built-in agent core, with these trunks."""
+    number = {"provider": "sip", "agent_id": "support", "region": "local"}
+    return {
+        "api": {"private_key": "check-config-private-key"},
+        "sip": {"enabled": True, "trunks": trunks},
+        "agents": {"support": {"prompt": "p"}},
+        "regions": {"local": {"public_url": "https://edge.example.com"}},
+        "numbers": {"+15555550200": number, "+15555550201": number},
+    }
+
+
+def test_check_config_warns_of_a_sip_number_no_trunk_may_call(tmp_path: Path) -> None:
+    path = write(tmp_path, sip_numbers_config({}))
+    proc = run_cli("check-config", str(path))
+    assert proc.returncode == 0, proc.stderr  # a warning: the file is valid
+    assert "ok (1 agents, 1 regions, 2 numbers)" in proc.stdout
+    assert proc.stderr.splitlines() == [
+        f"{path}: warning: numbers.{number}: no trunk may call this SIP number "
+        "(sip.trunks is empty), so INVITEs to it are refused; add a trunk with its cidrs, "
+        "and numbers empty or listing it"
+        for number in ("+15555550200", "+15555550201")
+    ]
+
+
+def test_check_config_warns_of_a_sip_number_outside_every_trunk_allow_list(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pbx = {"cidrs": ["10.0.0.9/32"], "numbers": ["+15555550200"]}
+    assert main(["check-config", str(write(tmp_path, sip_numbers_config({"pbx": pbx})))]) == 0
+    warnings = capsys.readouterr().err.splitlines()
+    assert len(warnings) == 1 and "numbers.+15555550201: no trunk may call" in warnings[0]
+    assert "no entry of sip.trunks lists it" in warnings[0]
+
+    every = {"cidrs": ["10.0.0.0/8"]}  # no numbers: it may call every SIP number
+    config = sip_numbers_config({"pbx": pbx, "carrier": every})
+    assert main(["check-config", str(write(tmp_path, config))]) == 0
+    assert capsys.readouterr().err == ""

@@ -19,6 +19,7 @@ from aiohttp import web
 from telephony_edge.api import ApiError, _authorize, _json_errors, _json_object, _object, _string
 from telephony_edge.calls.record import CallStatus
 from telephony_edge.calls.service import CallRejected
+from telephony_edge.config import Settings
 from telephony_edge.errors import UserError, os_reason
 from telephony_edge.provider import Provider
 from telephony_edge.services import SERVICES
@@ -44,6 +45,24 @@ class SipProvider(Provider):
         app[SIP_ENDPOINT] = SipEndpoint(self.services, settings)
         app.cleanup_ctx.append(self._endpoint)
         app.router.add_post(REGISTER_PATH, _json_errors(register_sip_call))
+
+    @classmethod
+    def config_warnings(cls, settings: Settings) -> list[str]:
+        """SIP numbers that no trunk may call: every INVITE to them would be refused.
+
+        A number (``numbers:`` with ``provider: sip``) is reached only by a
+        trunk of ``sip.trunks`` whose ``numbers`` is empty or lists it
+        (``telephony_edge.sip.trunks``); registered call ids need no trunk.
+        """
+        trunks = sip_settings(settings).trunks
+        why = "sip.trunks is empty" if not trunks else "no entry of sip.trunks lists it"
+        return [
+            f"numbers.{number}: no trunk may call this SIP number ({why}), so INVITEs to it "
+            "are refused; add a trunk with its cidrs, and numbers empty or listing it"
+            for number, route in settings.numbers.items()
+            if route.provider == cls.name
+            and not any(not trunk.numbers or number in trunk.numbers for trunk in trunks.values())
+        ]
 
     @staticmethod
     async def _endpoint(app: web.Application) -> AsyncIterator[None]:
