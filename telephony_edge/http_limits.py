@@ -23,9 +23,10 @@ Pending WebSockets
 Requests that cannot be parsed
     aiohttp answers a request it cannot parse (a header line past 8190 bytes,
     bad chunking, a bad header name) with 400 itself, but logs it at ERROR
-    with a traceback, as if the edge had failed. :class:`ClientFaults` turns
-    such a record into a sampled WARNING without the traceback, counted as
-    bad input (``source="http"``): the client's fault, not the edge's.
+    with a traceback, as if the edge had failed. :class:`ClientFaults` drops
+    such a record and reports bad input instead (``source="http"``,
+    :mod:`telephony_edge.badinput`: counted, a warning rate-limited per
+    client, no traceback): the client's fault, not the edge's.
 """
 
 from __future__ import annotations
@@ -38,14 +39,13 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from telephony_edge import metrics
+from telephony_edge import badinput, metrics
 from telephony_edge.config import ServerSettings
 from telephony_edge.logs import sampled
 
 log = logging.getLogger(__name__)
 
 _REFUSED = metrics.BAD_INPUT.labels(source="pending-websockets")
-_UNPARSEABLE = metrics.BAD_INPUT.labels(source="http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -130,16 +130,14 @@ class ClientFaults(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if not isinstance(exc, HttpProcessingError) or not 400 <= exc.code < 500:
             return True
-        _UNPARSEABLE.inc()
         self.count += 1
-        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        # aiohttp logs "Error handling request from %s" with the client's address
+        args = record.args if isinstance(record.args, tuple) else ()
+        peer = args[0] if args and isinstance(args[0], str) else None
         # the type only: aiohttp's message quotes the client's bytes (an Authorization header)
-        record.msg, record.args = (
-            "unparseable HTTP request (%s): %d",
-            (type(exc).__name__, exc.code),
-        )
-        record.exc_info = record.exc_text = None
-        return sampled(self.count)
+        error = f"unparseable HTTP request ({type(exc).__name__}): {exc.code}"
+        badinput.report("http", error, peer)
+        return False
 
 
 def install(app: web.Application, server: ServerSettings, paths: Iterable[str]) -> dict[str, Any]:

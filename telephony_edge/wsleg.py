@@ -16,8 +16,12 @@ Toward the caller, subclasses write their messages straight to the transport
 the send is synchronous and, when the socket is backed up, the frame is
 dropped and counted, never awaited.
 
-Rules: a malformed or unexpected message is counted, logged (sampled, with
-the call id) and skipped; it never raises out of the leg.
+Rules: a malformed or unexpected message is bad input
+(:func:`telephony_edge.badinput.report`: counted under the leg's
+``bad_input_source``, a warning with the call id rate-limited per sender)
+and skipped; it never raises out of the leg. A WebSocket protocol error
+(a text frame that is not UTF-8, a bad opcode: aiohttp closes with 1007 or
+1002) is bad input too, and ends the leg.
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 from prometheus_client import Counter
 
+from telephony_edge import badinput
 from telephony_edge.audio.frames import FRAME_BYTES, FrameSplitter
 from telephony_edge.calls.leg import Leg, LegEnded, LegEvent, LegInfo
 from telephony_edge.calls.record import CallRecord
@@ -41,6 +46,7 @@ from telephony_edge.wsframe import frame_header
 
 log = logging.getLogger(__name__)
 
+MAX_REASONS = 32  # distinct malformed reasons kept per socket for its end-of-call line
 SEND_BUFFER_LIMIT = 32 * 1024  # bytes queued in the socket before frames are dropped
 # (below the transport's 64 KiB high-water mark, so a write never waits for a drain)
 
@@ -69,21 +75,39 @@ async def open_socket(
     return ws
 
 
-_refused: dict[str, int] = {}  # sockets refused by this worker, per network (sampled log)
+_refused: dict[str, int] = {}  # sockets refused for capacity, per network (sampled log)
+#: the bad-input source of a network's refused openings (counted where they are refused)
+_REFUSED_SOURCE = {"Twilio": "twilio-stream", "Vonage": "vonage-ws"}
+
+
+def peer_host(ws: web.WebSocketResponse) -> str | None:
+    """The address a socket came from (None once it is gone)."""
+    peer = ws.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else None
 
 
 async def refuse(
     ws: web.WebSocketResponse, network: str, exc: SocketRejected, **extra: object
 ) -> web.WebSocketResponse:
-    """Close a socket whose opening was refused, with the protocol's code and a sampled log."""
-    count = _refused[network] = _refused.get(network, 0) + 1
-    if sampled(count):
-        log.warning(
-            "%s media socket refused: %s",
-            network,
-            exc.reason,
-            extra={**extra, "close_code": int(exc.code), "refused": count},
-        )
+    """Close a socket whose opening was refused, with the protocol's code and a warning.
+
+    A refusal for capacity (1013) is logged sampled; any other is the
+    sender's bad input, logged rate-limited per sender (it was counted
+    where it was refused).
+    """
+    if exc.code == WSCloseCode.TRY_AGAIN_LATER:
+        count = _refused[network] = _refused.get(network, 0) + 1
+        if sampled(count):
+            log.warning(
+                "%s media socket refused: %s",
+                network,
+                exc.reason,
+                extra={**extra, "close_code": int(exc.code), "refused": count},
+            )
+    else:
+        source = _REFUSED_SOURCE.get(network, f"{network.lower()}-ws")
+        reason = f"{exc.reason}: closed {int(exc.code)}"
+        badinput.report(source, reason, peer_host(ws), count=False)
     await ws.close(code=exc.code, message=exc.reason[:120].encode())
     return ws
 
@@ -129,16 +153,18 @@ class SocketLeg(Leg):
         *,
         call_id: str,
         stats: SocketStats,
-        malformed: Counter,
+        bad_input_source: str,
         dropped: Counter,
         idle_timeout_s: float,
     ) -> None:
+        """``bad_input_source``: the ``source`` label its bad input is counted under."""
         self.info = info
         self.call_id = call_id
         self.stats = stats
         self._ws = ws
         self._transport = request.transport
-        self._malformed_total = malformed
+        self._peer = request.remote
+        self._bad_input_source = bad_input_source
         self._dropped_total = dropped
         self._idle_timeout_s = idle_timeout_s
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -168,7 +194,10 @@ class SocketLeg(Leg):
             elif msg.type is WSMsgType.BINARY:
                 event = self._on_binary(msg.data)
             elif msg.type is WSMsgType.ERROR:
-                return self._end("completed", f"{self.network} socket error: {ws.exception()!r}")
+                exc = msg.data  # aiohttp closed the socket (with 1007, 1002 … for a bad frame)
+                if isinstance(exc, WebSocketError):
+                    self._malformed(f"WebSocket protocol error: closed {exc.code}")
+                return self._end("completed", f"{self.network} socket error: {exc!r}")
             elif self._idle_error is not None:  # closed by _idle_check
                 return self._end("timeout", self._idle_error)
             else:  # CLOSE, CLOSING, CLOSED: the network hung up, or the call moved on
@@ -214,17 +243,12 @@ class SocketLeg(Leg):
         self._arm_idle_check()
 
     def _malformed(self, reason: str) -> None:
-        self._malformed_total.inc()
+        """A message the network (or an impostor) should not have sent: bad input, skipped."""
         stats = self.stats
         stats.malformed += 1
-        stats.reasons[reason] = stats.reasons.get(reason, 0) + 1
-        if sampled(stats.malformed):
-            log.warning(
-                "malformed %s message skipped: %s",
-                self.network,
-                reason,
-                extra={"call_id": self.call_id, "malformed": stats.malformed},
-            )
+        if reason in stats.reasons or len(stats.reasons) < MAX_REASONS:
+            stats.reasons[reason] = stats.reasons.get(reason, 0) + 1
+        badinput.report(self._bad_input_source, reason, self._peer, call_id=self.call_id)
 
     def _end(self, status: str, error: str | None = None) -> LegEnded:
         if self._ended is None:

@@ -16,20 +16,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import urllib.parse
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
-from telephony_edge import metrics
+from telephony_edge import badinput
 from telephony_edge.agent import messages
 from telephony_edge.agent.pool import PoolChoice
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-_MALFORMED = metrics.BAD_INPUT.labels(source="agent-core")
+BAD_INPUT = "agent-core"  # the bad-input source of what the core sends
 _GONE = frozenset(
     {
         aiohttp.WSMsgType.CLOSE,
@@ -174,7 +175,7 @@ class AgentLink:
             if isinstance(event, LinkClosed):
                 raise AgentLinkError("initiate", f"closed before onready (code {event.code})")
             if len(self._early) >= self._timeouts.max_early_messages:
-                _MALFORMED.inc()
+                self._bad_input("too many messages before onready")
                 raise AgentLinkError(
                     "initiate",
                     f"more than {self._timeouts.max_early_messages} messages before onready",
@@ -199,16 +200,18 @@ class AgentLink:
                 try:
                     method, payload = messages.decode(msg.data)
                 except messages.ProtocolError as exc:
-                    _MALFORMED.inc()
-                    log.warning(
-                        "agent core sent a malformed message: %s",
-                        exc,
-                        extra={"call_id": self._call_id},
-                    )
+                    self._bad_input(f"malformed message ({badinput.phrase(str(exc))})")
+                    continue
+                except RecursionError:  # JSON nested past the parser's depth
+                    self._bad_input("malformed message (nested too deep)")
                     continue
                 return AgentMessage(method, payload)
             if msg.type in _GONE:
                 return LinkClosed(ws.close_code)
+
+    def _bad_input(self, error: str) -> None:
+        host = urllib.parse.urlsplit(self.url).hostname
+        badinput.report(BAD_INPUT, error, host, call_id=self._call_id or None)
 
     async def send_audio(self, pcm: bytes) -> None:
         assert self._ws is not None

@@ -118,6 +118,15 @@ _TOKEN = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
 _VERSION = re.compile(r"^SIP/(\d+)\.(\d+)$", re.IGNORECASE)
 
 
+def is_digits(text: str, max_len: int = 10) -> bool:
+    """ASCII digits only, at most ``max_len`` of them.
+
+    ``str.isdigit`` is True for ``²`` or ``٣`` too, and ``int()`` refuses
+    some of them: every number read from the wire goes through this first.
+    """
+    return 0 < len(text) <= max_len and text.isascii() and text.isdigit()
+
+
 def canonical_name(name: str) -> str:
     """``v`` → ``Via``, ``call-id`` → ``Call-ID``; unknown names as written."""
     return CANONICAL.get(name.lower(), name)
@@ -263,7 +272,7 @@ def parse_hostport(text: str) -> tuple[str, int | None]:
         raise ValueError(f"bad host {text!r}")
     if not rest:
         return host, None
-    if not rest.startswith(":") or not rest[1:].isdigit() or len(rest) > 6:
+    if not rest.startswith(":") or not is_digits(rest[1:], 5):
         raise ValueError(f"bad port in {text!r}")
     port = int(rest[1:])
     if not 0 < port < 65536:
@@ -396,7 +405,7 @@ class CSeq:
     @classmethod
     def parse(cls, text: str) -> CSeq:
         parts = text.split()
-        if len(parts) != 2 or not parts[0].isdigit() or not _TOKEN.match(parts[1]):
+        if len(parts) != 2 or not is_digits(parts[0]) or not _TOKEN.match(parts[1]):
             raise ValueError(f"bad CSeq {text!r}")
         seq = int(parts[0])
         if seq >= 2**31:
@@ -552,7 +561,7 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
     parts = start.split(" ", 2)
     if start.startswith("SIP/"):
         # a response: never answered, so every problem is a drop
-        if len(parts) < 2 or not (len(parts[1]) == 3 and parts[1].isdigit()):
+        if len(parts) < 2 or not (len(parts[1]) == 3 and is_digits(parts[1])):
             raise ParseError("bad status line")
         if parts[0].upper() != SIP_VERSION:
             raise ParseError("unsupported SIP version in a response")
@@ -602,7 +611,7 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
         if req.cseq().method != method:
             raise ValueError("CSeq method does not match the request method")
         mf = headers.get("Max-Forwards")
-        if mf is not None and not (mf.isdigit() and len(mf) <= 3):
+        if mf is not None and not is_digits(mf, 3):
             raise ValueError("bad Max-Forwards")
         SipUri.parse(uri)
     except ValueError as exc:
@@ -617,7 +626,7 @@ def _body(headers: Headers, body: bytes, limits: Limits, req: Request | None) ->
     values = headers.get_all("Content-Length")
     if not values:
         return body  # allowed over UDP: the body is the rest of the datagram
-    if len(set(values)) != 1 or not values[0].isdigit() or len(values[0]) > 6:
+    if len(set(values)) != 1 or not is_digits(values[0], 6):
         raise ParseError("bad Content-Length", 400, req)
     length = int(values[0])
     if len(body) < length:

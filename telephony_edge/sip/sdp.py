@@ -118,7 +118,7 @@ class Media:
         """Payload type → (encoding name upper-cased, clock rate); static types filled in."""
         out: dict[int, tuple[str, int]] = {}
         for fmt in self.formats:
-            if fmt.isdigit() and int(fmt) in STATIC_PT:
+            if _digits(fmt) and int(fmt) in STATIC_PT:
                 c = STATIC_PT[int(fmt)]
                 out[int(fmt)] = (c.name, c.clock_rate)
         for n, v in self.attributes:
@@ -127,7 +127,7 @@ class Media:
             pt_s, _, enc = v.partition(" ")
             name, _, rest = enc.strip().partition("/")
             clock_s = rest.partition("/")[0]
-            if pt_s.isdigit() and clock_s.isdigit() and pt_s in self.formats:
+            if _digits(pt_s) and _digits(clock_s) and pt_s in self.formats:
                 out[int(pt_s)] = (name.upper(), int(clock_s))
         return out
 
@@ -167,6 +167,11 @@ class SessionDescription:
                 lines.append(f"c=IN {_addrtype(m.connection)} {m.connection}")
             lines.extend(_attr_lines(m.attributes))
         return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def _digits(text: str, max_len: int = 10) -> bool:
+    """ASCII digits (``str.isdigit`` takes ``²``, which ``int()`` refuses), bounded."""
+    return 0 < len(text) <= max_len and text.isascii() and text.isdigit()
 
 
 def _addrtype(address: str) -> str:
@@ -215,7 +220,7 @@ def parse_sdp(data: bytes) -> SessionDescription:
         kind, value = line[0], line[2:]
         if kind == "o":
             parts = value.split()
-            if len(parts) != 6 or not parts[2].isdigit():
+            if len(parts) != 6 or not _digits(parts[2], 30):
                 raise SdpError(f"bad o= line {value!r}")
             origin = Origin(parts[0], parts[1], int(parts[2]), parts[3], parts[4], parts[5])
         elif kind == "m":
@@ -223,7 +228,7 @@ def parse_sdp(data: bytes) -> SessionDescription:
             if len(parts) < 4:
                 raise SdpError(f"bad m= line {value!r}")
             port_s = parts[1].split("/")[0]
-            if not port_s.isdigit() or int(port_s) > 65535:
+            if not _digits(port_s, 5) or int(port_s) > 65535:
                 raise SdpError(f"bad port in m= line {value!r}")
             media.append(Media(parts[0], int(port_s), parts[2], parts[3:]))
         elif kind == "c":
@@ -300,7 +305,7 @@ def _pick(m: Media, config: MediaConfig) -> tuple[int, Codec, int | None]:
     allowed = [n.upper() for n in config.preferences if n.upper() in CODECS]
     offered: list[tuple[int, Codec]] = []
     for fmt in m.formats:
-        if not fmt.isdigit() or int(fmt) not in rtpmap:
+        if not _digits(fmt) or int(fmt) not in rtpmap:
             continue
         name, clock = rtpmap[int(fmt)]
         codec = CODECS.get(name)
@@ -316,7 +321,7 @@ def _pick(m: Media, config: MediaConfig) -> tuple[int, Codec, int | None]:
     event_pt = next(
         (
             p
-            for p in (int(f) for f in m.formats if f.isdigit())
+            for p in (int(f) for f in m.formats if _digits(f))
             if rtpmap.get(p) == ("TELEPHONE-EVENT", codec.clock_rate)
         ),
         None,
@@ -344,7 +349,7 @@ def negotiate(offer: SessionDescription, config: MediaConfig) -> Negotiated:
             remote_address=address,
             remote_port=m.port,
             direction=MIRROR[_stream_direction(offer, m)],
-            ptime=int(ptime_s) if ptime_s and ptime_s.isdigit() else None,
+            ptime=int(ptime_s) if ptime_s and _digits(ptime_s) else None,
             media_index=index,
             rtcp=_rtcp(m, address),
         )

@@ -7,7 +7,8 @@ by their ``Content-Length`` (required on streams: a head without one is a
 framing error, as is a head or body past the UA's size limits), and passes
 RFC 5626 keep-alives through (``CRLFCRLF`` ping, answered ``CRLF`` by the UA).
 A framing error cannot be answered (the next message's start is lost): the
-connection is closed, as §18.3 says.
+connection is closed, as §18.3 says, and counted as bad input (``sip-tcp``,
+as is a message left unfinished past ``read_timeout``).
 
 :class:`TcpSide` is the asyncio part: a listening socket on the SIP port,
 one :class:`SipStream` per connection, registered by its peer address so
@@ -27,6 +28,7 @@ import re
 from collections.abc import Callable
 from typing import cast
 
+from telephony_edge import badinput
 from telephony_edge.sip.message import DEFAULT_LIMITS, Limits
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 Address = tuple[str, int]
 _CONTENT_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\d+)[ \t]*\r?$", re.I | re.M)
 KEEPALIVE = b"\r\n\r\n"
+MAX_LENGTH_DIGITS = 6  # as the parser's: no message of the edge's is near a megabyte
 
 
 class FramingError(Exception):
@@ -74,6 +77,8 @@ class StreamFramer:
             match = _CONTENT_LENGTH.search(head)
             if match is None:
                 raise FramingError("no Content-Length on a stream")
+            if len(match.group(1)) > MAX_LENGTH_DIGITS:  # int() of 5000 digits raises
+                raise FramingError("Content-Length too long")
             length = int(match.group(1))
             total = end + 4 + length
             if total > self.limits.max_message_bytes:
@@ -111,9 +116,7 @@ class SipStream(asyncio.Protocol):
         try:
             messages = self.framer.feed(data)
         except FramingError as exc:
-            log.info(
-                "SIP TCP connection closed", extra={"peer": str(self.peer), "reason": str(exc)}
-            )
+            badinput.report("sip-tcp", f"{exc}: connection closed", self.peer[0], port=self.peer[1])
             self.side.framing_errors += 1
             self.close()
             return
@@ -222,3 +225,7 @@ class TcpSide:
                 if slow or now - stream.last_activity > self.idle_timeout:
                     self.timed_out += 1
                     stream.close()
+                if slow:
+                    host, port = stream.peer
+                    reason = f"a message unfinished after {self.read_timeout:g}s: closed"
+                    badinput.report("sip-tcp", reason, host, port=port)

@@ -26,6 +26,14 @@ A transfer (agent ``transfer_call``, the API) is :meth:`SipEndpoint.transfer`:
 the UA's REFER, awaited until its :class:`~telephony_edge.sip.ua.TransferResult`
 (a failure raises :class:`~telephony_edge.calls.service.ProviderError`, as the
 other networks' API errors do, so the agent core or the API caller hears it).
+
+What the UA refuses as the sender's fault (:class:`~telephony_edge.sip.ua.BadMessage`:
+malformed, unknown method, bad SDP …) is bad input
+(:func:`telephony_edge.badinput.report`, ``source`` ``sip-udp`` or
+``sip-tcp``): counted, and a warning rate-limited per sender, never an
+ERROR. An internal error of the UA is the edge's own fault: logged at ERROR
+with its traceback, at most once a minute for the same error, so a packet
+that finds a bug cannot flood the log.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any, cast
 
+from telephony_edge import badinput
 from telephony_edge.calls.leg import Direction, LegInfo
 from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.calls.service import CallRejected, ProviderError
@@ -66,6 +75,7 @@ log = logging.getLogger(__name__)
 
 PENDING_PREFIX = "sip-reg:"
 BIND_ATTEMPTS = 20
+INTERNAL_ERROR_INTERVAL_S = 60.0  # the same internal error is logged once in this
 
 
 def pending_key(call_id: str) -> str:
@@ -120,6 +130,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._timer_at: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._transfers: dict[str, asyncio.Future[None]] = {}
+        self._call_ids: dict[str, str] = {}  # UA call ref → the edge's call id
+        self._internal_errors = badinput.RateLimiter(INTERNAL_ERROR_INTERVAL_S, max_sources=64)
 
     # -- life ---------------------------------------------------------------------------
 
@@ -222,6 +234,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         ua.set_draining(self.settings.reject_when_draining and not self.services.calls.accepting)
         now = asyncio.get_running_loop().time()
         self._apply(ua.receive(data, source, now, transport))
+        self._report_bad(source, transport)
         self._log_internal_error()
 
     def _tick(self) -> None:
@@ -229,11 +242,37 @@ class SipEndpoint(asyncio.DatagramProtocol):
         if self.ua is not None:
             self._apply(self.ua.tick(asyncio.get_running_loop().time()))
 
-    def _log_internal_error(self) -> None:
+    def _report_bad(self, source: tuple[str, int], transport: str) -> None:
+        """The message just received was the sender's fault: bad input, not an error."""
         ua = self.ua
-        if ua is not None and ua.last_error is not None:
-            log.error("SIP user agent error (packet dropped):\n%s", ua.last_error)
-            ua.last_error = None
+        bad = ua.last_bad if ua is not None else None
+        if ua is None or bad is None:
+            return
+        ua.last_bad = None
+        answer = f" (answered {bad.status})" if bad.status else " (dropped)"
+        badinput.report(
+            f"sip-{transport.lower()}",
+            bad.reason + answer,
+            source[0],
+            port=source[1],
+            call_id=self._call_ids.get(bad.call) if bad.call else None,
+        )
+
+    def _log_internal_error(self) -> None:
+        """A bug of the UA's (the packet was dropped): ERROR with the traceback, at most
+        once per ``INTERNAL_ERROR_INTERVAL_S`` for the same error."""
+        ua = self.ua
+        if ua is None or ua.last_error is None:
+            return
+        error, ua.last_error = ua.last_error, None
+        lines = error.strip().splitlines()
+        admitted = self._internal_errors.admit(lines[-1][:200] if lines else "")
+        if admitted is not None:
+            log.error(
+                "SIP user agent error (packet dropped):\n%s",
+                error,
+                extra={"repeats": admitted.suppressed},
+            )
 
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:
@@ -361,8 +400,14 @@ class SipEndpoint(asyncio.DatagramProtocol):
         except CallRejected as exc:
             self._reject(ref, 486 if exc.http_status == 409 else 503, exc.reason)
             return None
-        except Exception:  # the coordinator is down: a trunk should try elsewhere
-            log.exception("SIP call not admitted", extra={"sip_call": ref})
+        except Exception as exc:  # the coordinator is down: a trunk should try elsewhere
+            # the edge's fault, but each INVITE would repeat it: once a minute per error
+            admitted = self._internal_errors.admit(f"admission {type(exc).__name__}")
+            if admitted is not None:
+                log.exception(
+                    "SIP call not admitted",
+                    extra={"sip_call": ref, "repeats": admitted.suppressed},
+                )
             self._reject(ref, 503, "coordinator unavailable")
             return None
         if record is None or record.state is not CallState.CREATED:
@@ -417,6 +462,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         if call.media is not None:
             leg.set_media(call.media)
         self.legs[ref] = leg
+        self._call_ids[ref] = record.call_id
         self._apply(ua.answer(ref, port, self._now()))
         log.info(
             "SIP call answered",
@@ -451,6 +497,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 del self._transfers[ref]
 
     def release(self, ref: str) -> None:
+        self._call_ids.pop(ref, None)
         leg = self.legs.pop(ref, None)
         if leg is not None:
             self.rtp_ports.release(leg.port)

@@ -27,7 +27,11 @@ Rules
   scheme) when :func:`~telephony_edge.sip.message.parse_message` says a
   response can be built, and dropped otherwise; both are counted in
   :class:`Stats`. An internal error is counted and the packet dropped: one
-  bad packet never disturbs another call.
+  bad packet never disturbs another call. Whatever the UA refuses as the
+  sender's fault (malformed, unknown method, unreadable SDP, Contact or
+  Session-Expires) is noted in :attr:`UserAgent.last_bad` as a
+  :class:`BadMessage` for the shell to count and log as bad input; only an
+  internal error leaves :attr:`UserAgent.last_error` (a traceback).
 * Routing order for a request (§8.2, §17.2.3): the transaction it belongs to
   (a retransmission goes to its transaction and nowhere else, so a duplicate
   INVITE never makes a second call and a resent BYE gets the same 200);
@@ -71,6 +75,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import re
 import secrets
 import traceback
 from collections.abc import Callable
@@ -87,6 +92,7 @@ from telephony_edge.sip.message import (
     Response,
     Via,
     build_response,
+    is_digits,
     parse_message,
     split_list,
 )
@@ -202,6 +208,16 @@ class CallRefused:
     source: Address
     status: int | None
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class BadMessage:
+    """The message just received, refused as the sender's fault (``status`` None:
+    dropped), for the shell's bad-input count and warning; ``call`` when it is a call's."""
+
+    reason: str
+    status: int | None
+    call: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,7 +377,7 @@ def response_dest(via: Via, source: Address, transport: str) -> Address:
     host = via.params.get("received") or via.host.strip("[]")
     rport = via.params.get("rport")
     if rport is not None:
-        return (host, int(rport) if rport.isdigit() else source[1])
+        return (host, int(rport) if is_digits(rport, 5) else source[1])
     return (host, via.port or 5060)
 
 
@@ -380,6 +396,7 @@ class UserAgent:
         self.stats = Stats()
         self.draining = False
         self.last_error: str | None = None
+        self.last_bad: BadMessage | None = None
         self._machines: dict[Key, _Entry] = {}
         self._calls: dict[str, Call] = {}
         self._dialogs: dict[tuple[str, str, str], str] = {}
@@ -581,7 +598,11 @@ class UserAgent:
         self.stats.requests += 1
         return self._on_request(message, source, now, transport)
 
+    def _bad(self, reason: str, status: int | None, call: str | None = None) -> None:
+        self.last_bad = BadMessage(reason, status, call)
+
     def _malformed(self, err: ParseError, source: Address, transport: str) -> list[Action]:
+        self._bad(_unquoted(err.reason), err.status if err.answerable else None)
         if err.request is None or err.status is None:
             self.stats.dropped += 1
             return []
@@ -593,11 +614,12 @@ class UserAgent:
         extra = (
             [("Warning", f'399 {self.config.host} "{_quote(err.reason)}"')] if status == 400 else []
         )
-        response = build_response(req, status, reason, extra, to_tag=self._new_id())
         try:
+            _stamp_via(req, source)  # RFC 3581: the 400 goes back where the request came from
             dest = response_dest(req.top_via(), source, transport)
         except ValueError:
             dest = source
+        response = build_response(req, status, reason, extra, to_tag=self._new_id())
         return [Send(response.to_bytes(), dest, transport)]
 
     def _on_request(
@@ -629,6 +651,7 @@ class UserAgent:
         if method == "CANCEL":
             return self._cancel(req, key, dest, transport, now)
         if method not in KNOWN_METHODS:
+            self._bad("unknown method", 501)
             return self._answer_tx(req, key, dest, transport, 501, now)
         if method not in self.config.allow:
             allow = [("Allow", ", ".join(self.config.allow))]
@@ -695,26 +718,34 @@ class UserAgent:
             ctype = (req.headers.get("Content-Type") or "").split(";")[0].strip().lower()
             if ctype != "application/sdp":
                 code = 415
+                self._bad("a body that is not SDP", code)
             else:
                 try:
                     offer = parse_sdp(req.body)
                     media = negotiate(offer, self.config.media)
                 except NoCommonCodec:
                     code = 488
-                except SdpError:
+                except ValueError as exc:  # SdpError, or a number int() refuses
                     code = 400
+                    self._bad(f"bad SDP: {_sdp_reason(exc)}", code)
         ref = self._new_id()
         contact = f"<sip:{self.config.sent_by};transport={transport.lower()}>"
         try:
             dialog = Dialog.from_invite(req, ref, contact, next(self._seq))
             dialog.validate()
         except ValueError:  # a bad Contact or Record-Route: no dialog can be kept
+            self._bad("bad Contact or Record-Route", 400)
             response = build_response(req, 400, None, [], to_tag=ref)
             return actions + self._tx_respond(key, response, now)
         call = Call(ref, req, key, source, transport, dialog, offer, media=media)
         call.trunk = verdict.trunk
         call.reliable = any(r.lower() == "100rel" for r in req.headers.get_all("Require"))
-        terms = negotiate_timer(req, self.config.min_se, self.config.session_expires)
+        try:
+            terms = negotiate_timer(req, self.config.min_se, self.config.session_expires)
+        except ValueError:  # digits int() refuses (``²``) in Session-Expires
+            self._bad("bad Session-Expires", 400)
+            response = build_response(req, 400, None, [], to_tag=ref)
+            return actions + self._tx_respond(key, response, now)
         if isinstance(terms, TooSmall) and not code:
             response = self._response(req, 422, call, [("Min-SE", str(terms.min_se))])
             return actions + self._tx_respond(key, response, now)
@@ -804,13 +835,18 @@ class UserAgent:
             or (req.method == "INVITE" and call.retransmitter is not None)
         ):
             return self._tx_respond(key, self._response(req, 491, call), now)
-        terms = negotiate_timer(req, self.config.min_se, None)
+        try:
+            terms = negotiate_timer(req, self.config.min_se, None)
+            _check_contact(req)
+        except ValueError:  # a bad Contact, or digits int() refuses in Session-Expires
+            self._bad("bad Contact or Session-Expires", 400, call.ref)
+            return self._tx_respond(key, self._response(req, 400, call), now)
         if isinstance(terms, TooSmall):
             extra = [("Min-SE", str(terms.min_se))]
             return self._tx_respond(key, self._response(req, 422, call, extra), now)
         self._start_timer(call, terms, now)
         timer_headers = terms.headers() if terms else []
-        call.dialog.refresh_target(req)
+        call.dialog.refresh_target(req)  # its Contact was checked above
         updates: list[Action] = []
         if req.body:
             try:
@@ -818,7 +854,9 @@ class UserAgent:
                 media = negotiate(offer, self.config.media)
             except NoCommonCodec:
                 return self._tx_respond(key, self._response(req, 488, call), now)
-            except SdpError:
+            except ValueError as exc:  # SdpError, or a number int() refuses
+                reason = f"bad SDP: {_sdp_reason(exc)}"
+                self._bad(reason, 400, call.ref)
                 return self._tx_respond(key, self._response(req, 400, call), now)
             body = call.local.answer(offer, media)
             if media != call.media:
@@ -856,7 +894,9 @@ class UserAgent:
             call.awaiting_answer_in_ack = False
             try:
                 call.media = accept_answer(parse_sdp(req.body), self.config.media)
-            except SdpError:
+            except ValueError as exc:  # SdpError, or a number int() refuses
+                reason = f"bad SDP answer in the ACK: {_sdp_reason(exc)}"
+                self._bad(reason, None, call.ref)
                 return self._bye(call, now, "bad_answer")
             if call.phase is Phase.CONFIRMED:
                 actions.append(MediaUpdated(call.ref, call.media))
@@ -1129,7 +1169,10 @@ class UserAgent:
             return []
         session.refresh = None
         if status < 300:
-            agreed = session_expires(response)
+            try:
+                agreed = session_expires(response)
+            except ValueError:  # digits int() refuses: as if absent
+                agreed = None
             if agreed is not None:  # "uac" is us, the refresh's client (§7.4)
                 session.interval = float(agreed[0])
                 session.we_refresh = agreed[1] != "uas"
@@ -1143,7 +1186,7 @@ class UserAgent:
             session.deadline = now
             return []
         floor = (response.headers.get("Min-SE") or "").split(";")[0].strip()
-        if status == 422 and floor.isdigit():
+        if status == 422 and is_digits(floor):
             session.interval = max(session.interval, float(floor))
             session.deadline = now
             return []
@@ -1213,6 +1256,27 @@ class UserAgent:
             elif isinstance(out, Terminated):
                 self._machines.pop(key, None)
         return actions
+
+
+_QUOTED = re.compile(r"""\s+(?:in\s+)?['"].*$""", re.S)
+
+
+def _unquoted(reason: str) -> str:
+    """A parse error's reason up to where it quotes the message: the sender's bytes stay
+    out of the log (``bad Via 'x'`` → ``bad Via``)."""
+    return _QUOTED.sub("", reason)[:100]
+
+
+def _sdp_reason(exc: ValueError) -> str:
+    """What was wrong with an SDP body, without quoting it."""
+    return _unquoted(str(exc)) if isinstance(exc, SdpError) else "a number int() refuses"
+
+
+def _check_contact(req: Request) -> None:
+    """Raise ValueError unless the request's Contact, if any, can be the dialog's target."""
+    contacts = req.headers.get_all("Contact")
+    if contacts:
+        NameAddr.parse(contacts[0]).sip_uri()
 
 
 def _quote(text: str) -> str:

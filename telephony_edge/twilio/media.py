@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from telephony_edge import metrics
 from telephony_edge.audio.g711 import Law
@@ -71,7 +71,7 @@ MAX_SEQUENCE_NUMBER = 2**31 - 1
 # counted as this, so one message cannot push the metric to absurd values.
 MAX_COUNTED_GAP = 3000
 
-_MALFORMED = metrics.BAD_INPUT.labels(source="twilio-media")
+BAD_MEDIA = "twilio-media"  # the bad-input source of a stream's messages after start
 BAD_START = metrics.BAD_INPUT.labels(source="twilio-stream")  # a stream refused before audio
 _DROPPED = metrics.FRAMES_DROPPED.labels(reason="twilio_backpressure")
 _LATE_SENDS = metrics.TWILIO_LATE_SENDS
@@ -109,6 +109,9 @@ async def read_start(ws: web.WebSocketResponse, timeout_s: float = START_TIMEOUT
         async with asyncio.timeout(timeout_s):
             while True:
                 msg = await ws.receive()
+                if isinstance(msg.data, WebSocketError):  # aiohttp closed it: 1007, 1002 …
+                    reason = "WebSocket protocol error before start"
+                    raise StreamRejected(reason, code=msg.data.code)
                 if msg.type is not WSMsgType.TEXT:
                     raise StreamRejected(f"stream closed or sent {msg.type.name} before start")
                 data = _loads(msg.data)
@@ -205,7 +208,7 @@ class TwilioMediaLeg(SocketLeg):
             info,
             call_id=call_id,
             stats=StreamStats(),
-            malformed=_MALFORMED,
+            bad_input_source=BAD_MEDIA,
             dropped=_DROPPED,
             idle_timeout_s=idle_timeout_s,
         )

@@ -31,7 +31,7 @@ import logging
 from dataclasses import dataclass
 
 import orjson
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from telephony_edge import metrics
 from telephony_edge.audio.frames import FRAME_BYTES
@@ -52,7 +52,7 @@ CLEAR_MESSAGE = b'{"action":"clear"}'
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
 _QUIET_EVENTS = frozenset({"websocket:cleared", "websocket:notify"})
 
-_MALFORMED = metrics.BAD_INPUT.labels(source="vonage-media")
+BAD_MEDIA = "vonage-media"  # the bad-input source of the socket's messages after connected
 BAD_CONNECT = metrics.BAD_INPUT.labels(source="vonage-ws")  # refused before audio
 _DROPPED = metrics.FRAMES_DROPPED.labels(reason="vonage_backpressure")
 _BINARY_HEADER = frame_header(FRAME_BYTES, OP_BINARY)
@@ -85,6 +85,9 @@ async def read_connected(
         BAD_CONNECT.inc()
         raise ConnectRejected(f"no websocket:connected within {timeout_s:g}s") from None
     try:
+        if isinstance(msg.data, WebSocketError):  # aiohttp closed it: 1007, 1002 …
+            reason = "WebSocket protocol error before websocket:connected"
+            raise ConnectRejected(reason, code=msg.data.code)
         if msg.type is not WSMsgType.TEXT:
             raise ConnectRejected(f"expected websocket:connected, got {msg.type.name}")
         return parse_connected(msg.data)
@@ -144,7 +147,7 @@ class VonageMediaLeg(SocketLeg):
             info,
             call_id=call_id,
             stats=SocketStats(),
-            malformed=_MALFORMED,
+            bad_input_source=BAD_MEDIA,
             dropped=_DROPPED,
             idle_timeout_s=idle_timeout_s,
         )

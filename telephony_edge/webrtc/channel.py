@@ -60,12 +60,14 @@ def parse(message: str | bytes) -> PageRequest:
     """What the page asks for; :class:`Malformed` for anything else."""
     if isinstance(message, bytes):
         raise Malformed("binary message")
-    if len(message.encode()) > MAX_MESSAGE_BYTES:
+    if len(message.encode("utf-8", "surrogatepass")) > MAX_MESSAGE_BYTES:
         raise Malformed(f"message over {MAX_MESSAGE_BYTES} bytes")
     try:
         data = json.loads(message)
     except ValueError:
         raise Malformed("not JSON") from None
+    except RecursionError:  # "[" * 1000 fits in the size limit
+        raise Malformed("JSON nested too deep") from None
     if not isinstance(data, dict):
         raise Malformed("not a JSON object")
     kind = data.get("type")

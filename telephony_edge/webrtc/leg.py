@@ -19,7 +19,7 @@ A data channel the peer opens carries the agent's text to the page
 (captions) and the page's ``end`` and ``dtmf`` requests
 (:mod:`telephony_edge.webrtc.channel`); a malformed message is counted
 (``telephony_edge_bad_input_total{source="webrtc-datachannel"}``), logged
-(sampled) with the call id and skipped.
+(rate-limited per peer, :mod:`telephony_edge.badinput`) with the call id and skipped.
 
 The call ends ``user-ended`` when the peer goes (its track ends, the
 connection closes, the page sends ``end``) and ``error`` when ICE/DTLS fails
@@ -41,7 +41,7 @@ from aiortc.sdp import SessionDescription
 from av import AudioFrame
 from av.packet import Packet
 
-from telephony_edge import metrics
+from telephony_edge import badinput
 from telephony_edge.audio.frames import FRAME_BYTES, FrameSplitter
 from telephony_edge.audio.transcode import Pcm48kTo16k
 from telephony_edge.calls.leg import (
@@ -53,7 +53,6 @@ from telephony_edge.calls.leg import (
     LegEvent,
     LegInfo,
 )
-from telephony_edge.logs import sampled
 from telephony_edge.webrtc import channel
 from telephony_edge.webrtc.ice import configuration, gather_on
 from telephony_edge.webrtc.opus import OpusPacketizer
@@ -65,7 +64,7 @@ log = logging.getLogger(__name__)
 RATE = 48_000
 SAMPLES = RATE // 50  # 20 ms
 MAX_LATE_FRAMES = 5
-_MALFORMED = metrics.BAD_INPUT.labels(source="webrtc-datachannel")
+BAD_INPUT = "webrtc-datachannel"  # the bad-input source of the page's messages
 
 
 class OfferRefused(Exception):
@@ -131,6 +130,7 @@ class WebRtcLeg(Leg):
         self._connected = asyncio.Event()
         self.frames_in = 0
         self.call_id = ""  # set by the provider once the call is recorded
+        self.peer: str | None = None  # the address the offer came from, for bad-input lines
         self.channel: RTCDataChannel | None = None
         self._early: collections.deque[str] = collections.deque(maxlen=channel.MAX_EARLY_CAPTIONS)
         self.malformed = 0
@@ -207,14 +207,9 @@ class WebRtcLeg(Leg):
         try:
             request = channel.parse(message)
         except channel.Malformed as exc:
-            _MALFORMED.inc()
             self.malformed += 1
-            if sampled(self.malformed):
-                log.warning(
-                    "malformed data channel message skipped: %s",
-                    exc,
-                    extra={"call_id": self.call_id, "malformed": self.malformed},
-                )
+            error = f"data channel message skipped: {badinput.phrase(str(exc))}"
+            badinput.report(BAD_INPUT, error, self.peer, call_id=self.call_id or None)
             return
         if isinstance(request, channel.EndRequested):
             log.info("the page ended the call", extra={"call_id": self.call_id})

@@ -188,6 +188,7 @@ async def webrtc_offer(request: web.Request) -> web.Response:
     source = "webrtc-browser" if public else "webrtc"
     info = LegInfo(provider="webrtc", direction="inbound", from_=source, to=agent_id)
     leg = WebRtcLeg(info, settings)
+    leg.peer = request.remote
     try:
         try:
             answer = await leg.answer(sdp)
