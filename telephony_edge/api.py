@@ -28,7 +28,7 @@ from telephony_edge.calls.leg import NotSupported
 from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.calls.service import CallRejected, ControlFailed, ProviderError
 from telephony_edge.calls.webhooks import SESSION_WEBHOOK_QUEUE, without_webhook_headers
-from telephony_edge.config import normalize_e164
+from telephony_edge.config import agent_config_problems, normalize_e164
 from telephony_edge.coord.health import CoordinatorUnavailable
 from telephony_edge.routing import normalize_destination
 from telephony_edge.services import SERVICES
@@ -159,10 +159,27 @@ def _string(body: dict[str, Any], name: str, *, required: bool = True) -> str | 
     return value.strip()
 
 
+#: body fields with a documented shape, checked wherever an endpoint reads them
+_CHECKED_OBJECTS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "agent_config": agent_config_problems,
+}
+
+
 def _object(body: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """``body[name]`` if a JSON object (or absent), else 400.
+
+    A field with a documented shape (``agent_config``) is checked here, so
+    every endpoint that takes it (outbound calls, SIP registrations, WebRTC
+    offers) refuses the same mistakes in the same words: a misspelt key is a
+    400 naming it, never a setting stored and silently ignored.
+    """
     value = body.get(name)
     if value is not None and not isinstance(value, dict):
         raise ApiError(400, f"{name} must be a JSON object")
+    check = _CHECKED_OBJECTS.get(name)
+    problems = check(value) if check is not None and value is not None else []
+    if problems:
+        raise ApiError(400, "; ".join(problems), problems=problems)
     return value
 
 

@@ -15,7 +15,8 @@ import difflib
 import functools
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -156,6 +157,23 @@ class AgentConfig(_Model):
     """Free-form settings for a custom agent core, passed through unchanged."""
     voicemail: Voicemail | None = None
     """Answering-machine detection and what a machine gets (``telephony_edge.amd.policy``)."""
+
+
+def agent_config_problems(overrides: Mapping[str, Any]) -> list[str]:
+    """What is wrong with a call's ``agent_config``: one ``agent_config.<field>: <reason>`` each.
+
+    The checks and words of a stored agent's (``agents.<id>.<field>: <reason>``):
+    an unknown key at any level is refused with "did you mean", except in
+    the free-form places (``extra``, ``voice``, ``tools``, a webhook's
+    ``headers``). A call's config overrides the stored agent's key by key, so
+    what the stored agent may supply (a webhook's ``url``) is not required here.
+    """
+    try:
+        AgentConfig.model_validate(overrides)
+    except ValidationError as exc:
+        found = _problems(exc, AgentConfig, partial=True)
+        return [f"agent_config.{field}: {reason}" for _, field, reason in found]
+    return []
 
 
 class Region(_Model):
@@ -435,6 +453,8 @@ class Settings(BaseSettings):
 ENV_PREFIX = "TELEPHONY_EDGE_"
 _MAX_ROUNDS = 5
 _UNION_TAG = re.compile(r"^[\w-]+\[.*\]$")  # pydantic's name for one branch of a union
+#: pydantic's errors for a key no field takes: in a model, in a dataclass
+_UNKNOWN_KEY_ERRORS = frozenset({"extra_forbidden", "unexpected_keyword_argument"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -612,8 +632,14 @@ def _validate(
     return None, problems
 
 
-def _problems(exc: ValidationError) -> list[tuple[tuple[str, ...] | None, str, str]]:
-    """(path, dotted field, reason) per bad field; a union's branches are one field."""
+def _problems(
+    exc: ValidationError, root: type[BaseModel] | None = None, *, partial: bool = False
+) -> list[tuple[tuple[str, ...] | None, str, str]]:
+    """(path, dotted field, reason) per bad field; a union's branches are one field.
+
+    ``root``: the model validated (default: the whole settings). ``partial``:
+    the data are overrides, so a missing required field is no problem.
+    """
     by_loc: dict[tuple[str, ...], list[tuple[str, str]]] = {}
     out: list[tuple[tuple[str, ...] | None, str, str]] = []
     for err in exc.errors():
@@ -624,12 +650,16 @@ def _problems(exc: ValidationError) -> list[tuple[tuple[str, ...] | None, str, s
                 field, _, reason = line.partition(": ")
                 out.append((None, field, reason))
             continue
-        if err["type"] == "extra_forbidden":
-            msg = _unknown_key(_model_at(loc[:-1]), loc[-1])
+        if err["type"] in _UNKNOWN_KEY_ERRORS:
+            msg = _unknown_key(_model_at(loc[:-1], root), loc[-1])
         by_loc.setdefault(loc, []).append((err["type"], msg))
     for loc, errs in by_loc.items():
         if any(other[: len(loc)] == loc and other != loc for other in by_loc):
             continue  # another branch of a union got further: its error says more
+        if partial:
+            errs = [(kind, msg) for kind, msg in errs if kind != "missing"]
+            if not errs:
+                continue
         useful = [msg for kind, msg in errs if not kind.endswith("_type")] or [errs[0][1]]
         out.append((loc, ".".join(loc), "; ".join(dict.fromkeys(useful))))
     return out
@@ -639,9 +669,9 @@ def _is_union_tag(part: str) -> bool:
     return bool(_UNION_TAG.match(part)) or part in _MODEL_NAMES
 
 
-def _model_at(loc: tuple[str, ...]) -> type[BaseModel] | None:
-    """The model whose fields live at ``loc`` (for "did you mean"), if any."""
-    current: Any = settings_class()
+def _model_at(loc: tuple[str, ...], root: type[BaseModel] | None = None) -> type | None:
+    """The model (or dataclass) whose fields live at ``loc`` (for "did you mean"), if any."""
+    current: Any = root or settings_class()
     for part in loc:
         if isinstance(current, type) and issubclass(current, BaseModel):
             field = current.model_fields.get(part)
@@ -651,7 +681,16 @@ def _model_at(loc: tuple[str, ...]) -> type[BaseModel] | None:
         else:
             return None
         current = _model_or_dict(current)
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+    return current if _field_names(current) else None
+
+
+def _field_names(model: Any) -> list[str]:
+    """The fields of a model or a dataclass (``[]`` for anything else)."""
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    if isinstance(model, type) and is_dataclass(model):
+        return [f.name for f in fields(model)]
+    return []
 
 
 def _model_or_dict(annotation: Any) -> Any:
@@ -664,10 +703,10 @@ def _model_or_dict(annotation: Any) -> Any:
     return annotation
 
 
-def _unknown_key(model: type[BaseModel] | None, key: str) -> str:
+def _unknown_key(model: type | None, key: str) -> str:
     reason = "unknown key"
     if model is not None:
-        close = difflib.get_close_matches(key, list(model.model_fields), n=1, cutoff=0.7)
+        close = difflib.get_close_matches(key, _field_names(model), n=1, cutoff=0.7)
         if close:
             reason += f"; did you mean {close[0]}?"
         if model is AgentConfig:

@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
+import pytest
+from prometheus_client import REGISTRY
 
 from telephony_edge.calls.record import CallState, CallStatus
+from telephony_edge.config import ConfigError, load_settings
 from telephony_edge.twilio.simulator import SimulatedCall, parse_twiml
-from tests.conftest import wait_for
+from tests.conftest import free_port, wait_for
 from tests.twilio.harness import (  # noqa: F401 - the Twilio fixtures
     API_KEY,
     AUTH_TOKEN,
@@ -281,3 +284,136 @@ async def test_list_calls_refuses_bad_queries(
     async with session.get(f"{twilio_edge.base}/calls?limit=5", headers=AUTH) as resp:
         assert resp.status == 200
         assert await resp.json() == {"calls": [], "next_cursor": None}
+
+
+# -- a call's agent_config: unknown keys refused at every level (issue 17) ----------------
+
+MINIMAL_OFFER = {"type": "offer", "sdp": "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"}
+UNKNOWN_KEYS: list[tuple[dict[str, Any], str]] = [
+    (
+        {"recordin": {"enabled": True}},
+        "agent_config.recordin: unknown key; did you mean recording? "
+        "(free-form settings for the agent core go under extra:)",
+    ),
+    (
+        {"recording": {"enabld": True}},
+        "agent_config.recording.enabld: unknown key; did you mean enabled?",
+    ),
+    (
+        {"voicemail": {"detect": True, "detector": {"greting_ms": 900}}},
+        "agent_config.voicemail.detector.greting_ms: unknown key; did you mean greeting_ms?",
+    ),
+    (
+        {"session_data_webhook": {"url": "https://crm.example.com/x", "timout": 3}},
+        "agent_config.session_data_webhook.timout: unknown key; did you mean timeout?",
+    ),
+    (
+        {"prompt": "Hi", "first_mesage": "Hello", "recording": {"format": "flac"}},
+        "agent_config.recording.format: Input should be 'wav', 'mp3' or 'ogg'; "
+        "agent_config.first_mesage: unknown key; did you mean first_message? "
+        "(free-form settings for the agent core go under extra:)",
+    ),
+]
+
+
+def per_call_requests(agent_config: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Every endpoint that takes a call's agent_config, with an otherwise valid body."""
+    return [
+        (
+            "/start_outbound_call",
+            {
+                "from_phone": OUTBOUND_NUMBER,
+                "to_phone": CALLEE,
+                "agent_id": "echo",
+                "agent_config": agent_config,
+            },
+        ),
+        ("/register_sip_call", {"agent_id": "echo", "agent_config": agent_config}),
+        ("/register_sip_call", {"agent_config": agent_config}),  # on sip.default_agent_id
+        (
+            "/webrtc/offer",
+            {"agent_id": "echo", "agent_config": agent_config, "offer": MINIMAL_OFFER},
+        ),
+    ]
+
+
+def metric_value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.fixture
+async def every_network_edge(make_twilio_edge: Any) -> TwilioEdge:
+    """The Twilio edge with SIP (registrations) and WebRTC (offers) on as well."""
+    rtp_low = free_port() // 2 * 2
+    edge: TwilioEdge = await make_twilio_edge(
+        sip={
+            "enabled": True,
+            "port": 0,
+            "rtp_port_min": rtp_low,
+            "rtp_port_max": rtp_low + 20,
+            "default_agent_id": "echo",
+        },
+        webrtc={"enabled": True, "advertised_addresses": ["127.0.0.1"]},
+    )
+    return edge
+
+
+async def test_a_calls_agent_config_with_an_unknown_key_is_400_naming_it_on_every_endpoint(
+    every_network_edge: TwilioEdge, session: aiohttp.ClientSession
+) -> None:
+    edge = every_network_edge
+    refused = metric_value("telephony_edge_bad_input_total", source="api")
+    for agent_config, error in UNKNOWN_KEYS:
+        for path, body in per_call_requests(agent_config):
+            status, answer = await post(session, edge.base + path, body)
+            assert (status, answer["error"]) == (400, error), (path, agent_config)
+    count = len(UNKNOWN_KEYS) * len(per_call_requests({}))
+    assert metric_value("telephony_edge_bad_input_total", source="api") == refused + count
+    assert edge.fake.requests == []  # Twilio was never asked
+    assert await edge.services.coordinator.page_active_calls(
+        where={"state": "setup"}, after=None, limit=10
+    ) == ([], None)  # and no call was stored
+
+
+async def test_documented_and_free_form_agent_config_keys_are_taken(
+    every_network_edge: TwilioEdge, session: aiohttp.ClientSession
+) -> None:
+    """The platform's documented keys, and what stays open: extra, voice, tools, headers."""
+    agent_config = {
+        "prompt": "You help {userName}.",
+        "first_message": "Hello!",
+        "language": "de-DE",
+        "voice": {"provider": "elevenlabs", "voice_id": "v1", "stability": 0.4},
+        "tools": [{"name": "get_email", "webhook": {"url": "https://x.example"}, "any": [1]}],
+        "extra_prompt_webhook": "https://crm.example.com/prefetch",
+        "session_data_webhook": {"timeout": 5},  # the url comes from the stored agent
+        "max_concurrent_calls": 3,
+        "recording": {"enabled": True},
+        "voicemail": {"detect": True, "action": "hangup", "detector": {"greeting_ms": 1200}},
+        "extra": {"llm": {"model": "gpt-4o"}, "anything": {"nested": {"deep": True}}},
+    }
+    status, answer = await post(
+        session,
+        every_network_edge.base + "/register_sip_call",
+        {"agent_id": "echo", "agent_config": agent_config},
+    )
+    assert status == 200, answer
+    record = await every_network_edge.services.call_service.get(answer["call_id"])
+    assert record is not None and record.agent_config == agent_config  # stored as given
+
+
+def test_a_stored_agent_with_an_unknown_key_stops_the_edge_with_the_same_words() -> None:
+    agents = {
+        "a": {"recordin": {"enabled": True}},
+        "b": {"recording": {"enabld": True}},
+        "c": {"voicemail": {"detector": {"greting_ms": 900}}},
+        "d": {"extra": {"whatever": 1}, "voice": {"anything": 2}},  # free-form: fine
+    }
+    with pytest.raises(ConfigError) as error:
+        load_settings(None, agents=agents)
+    assert str(error.value).splitlines() == [
+        "agents.a.recordin: unknown key; did you mean recording? "
+        "(free-form settings for the agent core go under extra:)",
+        "agents.b.recording.enabld: unknown key; did you mean enabled?",
+        "agents.c.voicemail.detector.greting_ms: unknown key; did you mean greeting_ms?",
+    ]
