@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import signal
 import socket
 from collections.abc import AsyncIterator
@@ -31,6 +32,8 @@ from telephony_edge.status import add_status_routes
 log = logging.getLogger(__name__)
 
 DEMO_AGENT_PATH = "/_demo_agent"
+#: the embedded demo core's per-process key: only this worker's calls may open sessions
+DEMO_AGENT_KEY = web.AppKey("demo_agent_key", str)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -101,7 +104,8 @@ def create_app(settings: Settings) -> web.Application:
     add_recording_routes(app)
     mount_providers(app)
     if settings.agent_core.url is None:
-        add_agent_core_routes(app, DEMO_AGENT_PATH)
+        app[DEMO_AGENT_KEY] = secrets.token_urlsafe(24)
+        add_agent_core_routes(app, DEMO_AGENT_PATH, key=app[DEMO_AGENT_KEY])
     return app
 
 
@@ -124,7 +128,9 @@ def set_local_address(app: web.Application, host: str, port: int) -> None:
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
     call_service = app[SERVICES].call_service
-    call_service.demo_agent_url = f"ws://{host}:{port}{DEMO_AGENT_PATH}"
+    if DEMO_AGENT_KEY in app:
+        key = app[DEMO_AGENT_KEY]
+        call_service.demo_agent_url = f"ws://{host}:{port}{DEMO_AGENT_PATH}?key={key}"
     server = call_service.settings.server
     if server.public_url is None and server.region is None:  # links to recordings: here
         call_service.recordings.public_url = f"http://{host}:{port}"

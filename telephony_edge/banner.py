@@ -27,7 +27,8 @@ def banner_lines(settings: Settings, base_url: str) -> list[str]:
     lines += [f"  {base_url}{path}" for path in ("/healthz", "/readyz", "/metrics")]
     if settings.agent_core.url is None:
         ws_base = "ws" + base_url.removeprefix("http")
-        lines.append(f"  built-in demo agent core: {ws_base}{DEMO_AGENT_PATH}")
+        url = f"{ws_base}{DEMO_AGENT_PATH}"
+        lines.append(f"  built-in demo agent core: {url} (this edge's calls only)")
     else:
         lines.append(f"  agent core: {settings.agent_core.url}")
     public = settings.public_url

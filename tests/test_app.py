@@ -6,11 +6,14 @@ import asyncio
 import os
 import signal
 import sys
+from typing import Any
 
 import aiohttp
 import pytest
 import uvloop
 
+from telephony_edge import metrics
+from telephony_edge.app import DEMO_AGENT_PATH
 from tests.conftest import free_port
 
 
@@ -78,3 +81,22 @@ async def test_both_loops_also_runs_on_asyncios_own_loop(request: pytest.Fixture
         assert not isinstance(loop, uvloop.Loop)
     else:
         assert request.node.name.endswith("[uvloop]") and isinstance(loop, uvloop.Loop)
+
+
+async def test_the_embedded_demo_agent_core_opens_sessions_for_its_own_edge_only(
+    make_edge: Any,
+) -> None:
+    """It shares the public listener: a stranger who finds the path gets 403, counted."""
+    edge = await make_edge()
+    bad = metrics.BAD_INPUT.labels(source="demo-agent")
+    before = bad._value.get()
+    async with aiohttp.ClientSession() as http:
+        for query in ("", "?key=", "?key=guess"):
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(edge.url(DEMO_AGENT_PATH + query))
+            assert refused.value.status == 403
+        own = edge.services.call_service.demo_agent_url
+        assert own is not None and own.startswith(f"ws://127.0.0.1:{edge.server.port}")
+        async with http.ws_connect(own) as ws:  # what the edge's calls connect to
+            assert not ws.closed
+    assert bad._value.get() == before + 3

@@ -187,7 +187,8 @@ def test_banner_says_what_to_paste_into_twilio(
 ) -> None:
     lines = banner_lines(edge_settings(**overrides), "http://127.0.0.1:8080")
     assert lines[0] == f"telephony-edge {__version__} serving on http://127.0.0.1:8080"
-    assert "  built-in demo agent core: ws://127.0.0.1:8080/_demo_agent" in lines
+    demo = "  built-in demo agent core: ws://127.0.0.1:8080/_demo_agent (this edge's calls only)"
+    assert demo in lines
     pasted = [line.rsplit(" ", 1)[1] for line in lines if "Twilio voice webhook" in line]
     assert pasted == ([webhook] if webhook else [])
     assert any("warning: public URL" in line for line in lines) is warning

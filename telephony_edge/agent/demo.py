@@ -54,6 +54,7 @@ import asyncio
 import collections
 import contextlib
 import functools
+import hmac
 import logging
 import math
 import weakref
@@ -64,6 +65,7 @@ from typing import Any
 import numpy as np
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from telephony_edge import badinput
 from telephony_edge.agent import messages as m
 from telephony_edge.agent.vad import EnergyVad, SpeechEnded, SpeechStarted, VadConfig
 from telephony_edge.audio.frames import (
@@ -524,13 +526,24 @@ def _int_flag(value: object) -> int:
 
 
 class _AgentCoreEndpoint:
-    """The WebSocket route; remembers open sockets to close them on shutdown."""
+    """The WebSocket route; remembers open sockets to close them on shutdown.
 
-    def __init__(self, settings: DemoCoreSettings) -> None:
+    With a ``key`` (the edge's embedded core), a connection must carry it as
+    ``?key=``: the core shares the edge's public listener, and its sessions are
+    for the edge's own calls, not for whoever finds the path.
+    """
+
+    def __init__(self, settings: DemoCoreSettings, key: str | None = None) -> None:
         self.settings = settings
+        self.key = key
         self._sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self.key is not None and not hmac.compare_digest(
+            request.query.get("key", "").encode(), self.key.encode()
+        ):
+            badinput.report("demo-agent", "no key or a wrong key", request.remote or "?")
+            return web.Response(status=403, text="the demo agent core serves this edge only\n")
         ws = web.WebSocketResponse(max_msg_size=self.settings.max_message_bytes)
         if not ws.can_prepare(request).ok:
             return web.Response(status=400, text="the demo agent core expects a WebSocket\n")
@@ -553,13 +566,16 @@ def add_agent_core_routes(
     app: web.Application,
     path: str = DEFAULT_PATH,
     settings: DemoCoreSettings | None = None,
+    *,
+    key: str | None = None,
 ) -> None:
     """Serve the demo agent core's WebSocket at ``path`` of ``app``.
 
-    This is how the edge embeds it (e.g. at ``/_demo_agent``) when no agent
-    core is configured; open sessions are closed on the app's shutdown.
+    This is how the edge embeds it (e.g. at ``/_demo_agent``, behind a
+    per-process ``key``) when no agent core is configured; open sessions are
+    closed on the app's shutdown.
     """
-    endpoint = _AgentCoreEndpoint(settings or DemoCoreSettings())
+    endpoint = _AgentCoreEndpoint(settings or DemoCoreSettings(), key)
     app.router.add_get(path, endpoint.handle)
     app.on_shutdown.append(endpoint.on_shutdown)
 
