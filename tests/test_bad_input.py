@@ -29,13 +29,16 @@ from aiortc import RTCSessionDescription
 from telephony_edge import badinput, metrics
 from telephony_edge.agent.link import AgentLink, AgentMessage
 from telephony_edge.sip.message import Request, Response, parse_message
+from telephony_edge.sip.provider import SIP_ENDPOINT
 from telephony_edge.sip.tcp import KEEPALIVE, StreamFramer
+from telephony_edge.sip.ua import UserAgent
 from telephony_edge.twilio.context import CALL_ID_PARAM
 from telephony_edge.twilio.simulator import encode_payloads
 from telephony_edge.vonage.context import CALL_ID_HEADER
 from telephony_edge.vonage.simulator import SimulatedVonageCall
-from tests.conftest import ServeProcess, free_port, wait_for
+from tests.conftest import Receiver, ServeProcess, free_port, wait_for
 from tests.sip import wire
+from tests.sip.conftest import sip_test_settings
 from tests.sip.test_udp_edge import Caller, Socket, open_socket, sdp
 from tests.test_hostile import (
     AUTH,
@@ -63,6 +66,7 @@ def edge(serve_process: Any) -> ServeProcess:
             "bind_host": "127.0.0.1",
             "port": SIP_PORT,
             "tcp": True,
+            "tcp_read_timeout_s": 1.0,
             "rtp_port_min": rtp_low,
             "rtp_port_max": rtp_low + 40,
         },
@@ -352,6 +356,7 @@ async def test_hostile_sip_streams_are_closed_or_answered_and_counted(
         _tcp(_invite("s2")).replace(b"Content-Length: 0", b"Content-Length: " + b"9" * 5000),
         _tcp(_invite("s3")).replace(b"Content-Length: 0", b"Content-Length: 999999"),
         b"x" * 70_000,  # a head that never ends
+        _tcp(_invite("s4"))[:100],  # and the rest never comes (slowloris)
     ]
     for data in unframeable:
         peer = await TcpPeer.open()
@@ -560,6 +565,39 @@ async def test_an_agent_message_nested_past_the_parser_is_skipped(deep_core: str
         finally:
             await link.close()
     assert counter._value.get() == before + 1
+
+
+# -- an internal error of the SIP user agent (in process) -----------------------------------------
+
+
+async def test_a_bug_the_packets_find_is_one_error_a_minute_not_one_per_packet(
+    make_edge: Any,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The edge's own fault stays an ERROR with its traceback, but a sender repeating the
+    packet that finds it cannot repeat the traceback."""
+
+    def broken(*args: object) -> list[object]:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(UserAgent, "_in_dialog", broken)
+    edge = await make_edge(sip_test_settings(receiver))
+    endpoint = edge.app[SIP_ENDPOINT]
+    sock = await open_socket()
+    try:
+        with caplog.at_level(logging.WARNING):
+            for i in range(20):
+                bye = wire.request("BYE", to_tag="t", branch=f"z9hG4bKbug{i}", call_id="bug-1")
+                sock.send(bye, ("127.0.0.1", endpoint.port))
+            assert endpoint.ua is not None
+            await wait_for(lambda: endpoint.ua.stats.internal_errors == 20, within=5)
+    finally:
+        sock.close()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, [r.getMessage()[:200] for r in errors]
+    assert "ZeroDivisionError: a bug" in errors[0].getMessage()
 
 
 # -- the rate limiter (in process) ----------------------------------------------------------------

@@ -131,6 +131,10 @@ class SipStream(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
+    @property
+    def closing(self) -> bool:
+        return self.transport is not None and self.transport.is_closing()
+
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
@@ -219,6 +223,8 @@ class TcpSide:
             await asyncio.sleep(min(1.0, self.read_timeout / 2))
             now = loop.time()
             for stream in list(self.connections.values()):
+                if stream.closing:
+                    continue  # closed by an earlier sweep, still flushing
                 slow = stream.partial_since is not None and (
                     now - stream.partial_since > self.read_timeout
                 )
