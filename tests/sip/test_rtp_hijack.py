@@ -217,3 +217,39 @@ async def test_rtp_ports_are_even_at_random_in_the_range_and_taken_ones_are_skip
     protocol.transport.close()
     for transport in others:
         transport.close()
+
+
+async def test_a_reinvite_that_moves_media_moves_both_ways_within_100_ms(
+    sip_edge: Edge, receiver: Receiver
+) -> None:
+    old, new = await open_socket(), await open_socket()
+    caller, ok = await start_call(sip_edge, sdp(old.port))
+    edge_rtp = ("127.0.0.1", media_port(ok.body))
+    caller.send(caller.request("ACK", cseq=caller.cseq))
+    leg = next(iter(sip_edge.app[SIP_ENDPOINT].legs.values()))
+    silence = [build_rtp(0, 100 + n, 160 * n, 0xABC, n == 0, b"\xff" * 160) for n in range(40)]
+    await play(old, edge_rtp, silence[:5])
+    await wait_for(lambda: old.log, within=5)  # the greeting, to the first address
+    # the caller moves its media (direct media, a failover): a new port in a re-INVITE
+    caller.send(caller.request("INVITE", sdp(new.port)))
+    moved = await caller.response("INVITE")
+    assert moved.status == 200
+    caller.send(caller.request("ACK", cseq=caller.cseq))
+    loop = asyncio.get_running_loop()
+    answered = loop.time()
+    old.send(silence[5], edge_rtp)  # a late packet from the old address: dropped
+    await play(new, edge_rtp, silence[6:20])
+    await wait_for(lambda: new.log, within=1)
+    assert new.log[0][2] - answered < 0.1  # the agent's audio follows at once
+    inbound = leg.inbound
+    assert inbound is not None and inbound.source == ("127.0.0.1", new.port)
+    await wait_for(lambda: inbound.reception.packets_received >= 19, within=1)
+    await asyncio.sleep(0.05)
+    assert inbound.reception.packets_received == 19  # 5 + 14, the late one left out
+    after_move = len(old.log)
+    await asyncio.sleep(0.1)
+    assert len(old.log) == after_move  # nothing more to the old address
+    caller.send(caller.request("BYE"))
+    assert (await caller.response("BYE")).status == 200
+    for sock in (old, new, caller.sip):
+        sock.close()
