@@ -29,6 +29,12 @@ FRAMES_PREBUFFERED = Counter(
 FRAMES_DROPPED = Counter(
     "telephony_edge_frames_dropped_total", "Audio frames dropped, by reason", ["reason"]
 )
+CALLER_FRAMES_FILLED = Counter(
+    "telephony_edge_caller_frames_filled_total",
+    "Frames the call's clock sent the agent core where the caller's audio did not come"
+    " (a gap, silence suppression, DTX, an ended track), by kind",
+    ["kind"],
+)
 BAD_INPUT = Counter(
     "telephony_edge_bad_input_total",
     "Malformed or rejected input from a network or peer, by source",

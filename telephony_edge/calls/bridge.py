@@ -33,10 +33,11 @@ from __future__ import annotations
 import asyncio
 import audioop
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -47,6 +48,7 @@ from telephony_edge.amd.detector import AmdDetector, Verdict
 from telephony_edge.amd.policy import Voicemail
 from telephony_edge.audio.frames import FRAME_MS
 from telephony_edge.calls import machine as m
+from telephony_edge.calls.caller_clock import CallerClock
 from telephony_edge.calls.leg import Clock, Dtmf, Leg, LegEnded, LegEvent, NotSupported, Played
 from telephony_edge.calls.pacing import Pacer
 from telephony_edge.calls.playout import Playout
@@ -58,6 +60,9 @@ log = logging.getLogger(__name__)
 
 _C2A = metrics.RELAY_LATENCY_SECONDS.labels(direction="caller_to_agent")
 _A2C = metrics.RELAY_LATENCY_SECONDS.labels(direction="agent_to_caller")
+_CONCEALED = metrics.CALLER_FRAMES_FILLED.labels(kind="concealment")
+_SILENCE = metrics.CALLER_FRAMES_FILLED.labels(kind="silence")
+_AHEAD = metrics.FRAMES_DROPPED.labels(reason="ahead_of_call_clock")
 _PREBUFFER_OVERFLOW = metrics.FRAMES_DROPPED.labels(reason="prebuffer_overflow")
 
 ACTIVITY_RMS = 300  # about -40 dBFS: caller frames below it do not count as activity
@@ -195,6 +200,8 @@ class CallBridge:
         self._owns_end = False  # the final record write succeeded: ours to report
         self._first_frame_at: float | None = None
         self._recorder = recorder
+        self._clock = CallerClock()
+        self._fill_wake: asyncio.Future[None] | None = None
 
     @property
     def state(self) -> CallState:
@@ -425,6 +432,7 @@ class CallBridge:
 
     async def _stop_tasks(self) -> None:
         self._pacer.unsubscribe(self)
+        self._pacer.unsubscribe(self._clock)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = self._timer_at = None
@@ -437,7 +445,7 @@ class CallBridge:
     # -- caller → agent ----------------------------------------------------
 
     async def _pump_caller(self) -> None:
-        leg, link, machine = self.leg, self.link, self._machine
+        leg, link, machine, clock = self.leg, self.link, self._machine, self._clock
         loop = asyncio.get_running_loop()
         perf = time.perf_counter
         recorder = self._recorder
@@ -454,6 +462,9 @@ class CallBridge:
                     if self._detector is not None:
                         self._detect(event, self._detector)
                     if self._ready:
+                        if not clock.admit(event, loop.time()):
+                            _AHEAD.inc()  # a burst after a stall, or a fast clock
+                            continue
                         t0 = perf()
                         await link.send_audio(event)
                         _C2A.observe(perf() - t0)
@@ -484,6 +495,34 @@ class CallBridge:
         elif isinstance(event, Played):
             await self.link.send_message(messages.PLAYBACK, {"stream_id": event.mark})
 
+    def _start_caller_clock(self, loop: asyncio.AbstractEventLoop) -> None:
+        """From now on the agent gets a frame every 20 ms, caller packets or not."""
+        self._clock.start(loop.time())
+        self._spawn(self._pump_fills(loop), "caller-clock")
+        self._pacer.subscribe(self._clock, functools.partial(self._caller_tick, loop.time))
+
+    def _caller_tick(self, now: Callable[[], float]) -> None:
+        wake = self._fill_wake
+        if wake is not None and not wake.done() and self._clock.behind(now()):
+            wake.set_result(None)
+
+    async def _pump_fills(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Send what the caller's clock fills in (concealment, then silence), when woken."""
+        clock, link, detector, stats = self._clock, self.link, self._detector, self._clock.stats
+        try:
+            while True:
+                self._fill_wake = loop.create_future()
+                await self._fill_wake
+                concealed, silence = stats.concealed, stats.silence
+                for frame in clock.fills(loop.time()):
+                    if detector is not None:
+                        self._detect(frame, detector)
+                    await link.send_audio(frame)
+                _CONCEALED.inc(stats.concealed - concealed)
+                _SILENCE.inc(stats.silence - silence)
+        except ConnectionError as exc:
+            self._feed(m.AgentClosed(f"agent core link lost: {exc}"))
+
     # -- agent link setup --------------------------------------------------
 
     async def _connect(self) -> None:
@@ -509,6 +548,7 @@ class CallBridge:
             return
         metrics.FRAMES_PREBUFFERED.inc(held)
         self._ready = True
+        self._start_caller_clock(loop)
         if self._first_frame_at is not None:
             metrics.CALL_SETUP_SECONDS.observe(loop.time() - self._first_frame_at)
         await self._pump_agent()
