@@ -590,6 +590,7 @@ def leg_costs() -> tuple[float, float]:
 
     class _Req:
         transport = None
+        remote = "127.0.0.1"
 
     leg = TwilioMediaLeg(
         None,  # type: ignore[arg-type]
