@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -104,3 +105,43 @@ async def test_redis_restarted_empty_loses_no_call_and_each_gets_one_webhook(
             assert "Traceback" not in worker.log, worker.log[
                 worker.log.find("Traceback") - 1500 : worker.log.find("Traceback") + 2500
             ]
+
+
+async def test_a_redis_stall_longer_than_the_lease_ends_no_call(
+    private_redis: RedisProcess, serve_process: Any
+) -> None:
+    """Redis stops answering for two leases (a slow failover, a long fork, DEBUG SLEEP):
+    every lease lapses meanwhile. No worker may then reap a call (least of all its own,
+    which its renewal takes back), and each call still ends with exactly one webhook."""
+    prefix = f"stall{free_port()}:"
+    async with talker() as core, webhook_receiver() as (hook, received):
+        workers: list[ServeProcess] = [
+            serve_process(worker_config(private_redis.url, core, prefix, hook)) for _ in range(2)
+        ]
+        async with aiohttp.ClientSession() as session:
+            calls = [
+                await live_call(worker, session)
+                for worker in workers
+                for _ in range(CALLS_PER_WORKER // 2)
+            ]
+            redis = private_redis.process
+            assert redis is not None
+            redis.send_signal(signal.SIGSTOP)
+            try:
+                await asyncio.sleep(2 * LEASE_S)
+            finally:
+                redis.send_signal(signal.SIGCONT)
+            for _ in range(3):
+                counts = await asyncio.gather(*(frames_over(c, LEASE_S) for c, _ in calls))
+                assert all(n >= 40 * LEASE_S for n in counts), counts
+            assert not received, [p.get("error_message") for p in received]
+            for call, caller in calls:
+                await hang_up(call, caller)
+            await wait_for(lambda: len(received) >= len(calls), 20)
+            await asyncio.sleep(2 * LEASE_S)
+        assert len(received) == len(calls), [p["call_status"] for p in received]
+        assert {p["call_status"] for p in received} == {"user-ended"}, received[0]
+        for worker in workers:
+            stop_serve_process(worker)
+            at = worker.log.find("Traceback")
+            assert at < 0, worker.log[at - 1500 : at + 2500]

@@ -956,18 +956,31 @@ class CallService:
         interval = min(30.0, max(0.05, self.settings.calls.setup_ttl_s / 4))
         while True:
             await asyncio.sleep(interval)
-            await self.reap_unconnected()
+            with contextlib.suppress(CoordinatorUnavailable):  # counted; the next pass retries
+                async with self._coordinated("reap"):
+                    await self.reap_unconnected()
 
     async def reap_lost(self) -> int:
         """End bridged calls whose owner's lease lapsed (its worker died); return how many.
 
         Runs on every worker; the compare-and-set guarded by the lease's
         absence (``_end_stored(lost=True)``) makes exactly one of them end each.
+        A worker never reaps a call it is bridging (its lease renewal takes it
+        back), and nobody reaps in the ``lease_s + lease_renew_s`` after the
+        coordinator came back: a Redis restarted empty or stalled past the
+        lease shows live owners' leases as absent until they renew them.
         """
+        recovered = self.health.recovered_at
+        if not self.health.up or (
+            recovered is not None
+            and time.monotonic() - recovered < self._lease_s + self._lease_renew_s
+        ):
+            return 0
+        ours = {b.call_id for b in self.manager.live_calls() if isinstance(b, CallBridge)}
         live = [
             doc
             for doc in await self.coordinator.list_active_calls()
-            if doc.data.get("state") in _LIVE_STATES
+            if doc.data.get("state") in _LIVE_STATES and doc.data.get("call_id") not in ours
         ]
         owners = await self.coordinator.owners_of([str(d.data.get("call_id")) for d in live])
         ended = 0
@@ -984,7 +997,9 @@ class CallService:
     async def _lease_reap_loop(self) -> None:
         while True:
             await asyncio.sleep(self._lease_renew_s)
-            await self.reap_lost()
+            with contextlib.suppress(CoordinatorUnavailable):  # counted; the next pass retries
+                async with self._coordinated("reap"):
+                    await self.reap_lost()
 
     async def renew_leases(self) -> None:
         """Renew the leases (and slots) of all our calls in one coordinator step.

@@ -10,6 +10,7 @@ nobody: the next operation that succeeds marks the coordinator up again.
 from __future__ import annotations
 
 import logging
+import time
 
 from telephony_edge import metrics
 
@@ -29,11 +30,15 @@ class CoordinatorHealth:
 
     def __init__(self) -> None:
         self.up = True
+        #: when (``time.monotonic()``) it last came back: what it said of leases
+        #: just after may be empty or stale until owners have renewed
+        self.recovered_at: float | None = None
         metrics.COORDINATOR_UP.set(1)
 
     def ok(self) -> None:
         if not self.up:
             log.warning("coordinator answers again")
+            self.recovered_at = time.monotonic()
         self.up = True
         metrics.COORDINATOR_UP.set(1)
 
