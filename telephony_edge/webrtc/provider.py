@@ -27,6 +27,7 @@ from aiohttp import web
 from telephony_edge.api import ApiError, _json_errors, _json_object, _object, _string
 from telephony_edge.calls.leg import LegInfo
 from telephony_edge.calls.service import CallRejected
+from telephony_edge.calls.session_token import session_token, token_matches
 from telephony_edge.provider import Provider
 from telephony_edge.services import SERVICES
 from telephony_edge.webrtc.browser import BROWSER, Browser, cors_headers, key_matches, origin_of
@@ -179,7 +180,16 @@ async def webrtc_offer(request: web.Request) -> web.Response:
     include = body.get("include_metadata_in_prompt", False)
     if not isinstance(include, bool):
         raise ApiError(400, "include_metadata_in_prompt must be true or false")
+    if public and include:
+        raise ApiError(403, "include_metadata_in_prompt needs the private key")
     session_id = _string(body, "session_id", required=False)
+    private_key = services.settings.api.private_key
+    if public and session_id is not None:
+        token = _string(body, "session_token", required=False)
+        if not token_matches(private_key, agent_id, session_id, token):
+            raise ApiError(
+                403, "continuing a session with the public key needs its session_token"
+            )
     if not services.calls.accepting:
         raise ApiError(503, "this worker is draining and takes no new calls")
 
@@ -227,4 +237,8 @@ async def webrtc_offer(request: web.Request) -> web.Response:
 
     peers.spawn(run())
     log.info("WebRTC offer answered", extra={"call_id": record.call_id})
-    return web.json_response({"sdp": answer.sdp, "type": answer.type, "call_id": record.call_id})
+    reply = {"sdp": answer.sdp, "type": answer.type, "call_id": record.call_id}
+    token = session_token(private_key, agent_id, record.session_id)
+    if token is not None:  # what lets this caller, and only it, continue the session later
+        reply.update(session_id=record.session_id, session_token=token)
+    return web.json_response(reply)
