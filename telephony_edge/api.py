@@ -40,6 +40,8 @@ AGENT_CORE_HEARTBEAT_TTL_S = 15.0
 
 MAX_BODY_BYTES = 64 * 1024  # an outbound call's agent_config and metadata fit many times over
 MAX_JSON_DEPTH = 32
+#: what a 503 for an unreachable coordinator tells clients to wait (a reconnect is ~1 s)
+RETRY_AFTER_S = 2
 _BAD_INPUT = metrics.BAD_INPUT.labels(source="api")
 _BAD_INPUT_STATUSES = frozenset({400, 401, 413})
 
@@ -64,14 +66,33 @@ def _json_errors(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except CoordinatorUnavailable as exc:
-            return web.json_response({"error": str(exc)}, status=503)
+            return _unavailable(str(exc))
         except ApiError as exc:
             if exc.status in _BAD_INPUT_STATUSES:
                 _BAD_INPUT.inc()
-            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+            headers = (
+                {"WWW-Authenticate": "Bearer"}
+                if exc.status == 401
+                else {"Retry-After": str(RETRY_AFTER_S)}
+                if exc.status == 503  # draining, at capacity, the coordinator away
+                else None
+            )
             return web.json_response(exc.body, status=exc.status, headers=headers)
+        except Exception as exc:
+            services = request.app[SERVICES]
+            if not isinstance(exc, services.coordinator.unavailable):
+                raise
+            down = services.call_service.health.failed("api", exc)
+            return _unavailable(str(down))
 
     return wrapper
+
+
+def _unavailable(reason: str) -> web.Response:
+    """503: the coordinator is away; the client may try again shortly."""
+    return web.json_response(
+        {"error": reason}, status=503, headers={"Retry-After": str(RETRY_AFTER_S)}
+    )
 
 
 def _authorize(request: web.Request) -> None:

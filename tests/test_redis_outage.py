@@ -204,3 +204,37 @@ async def test_sentinel_primary_killed_mid_call_call_goes_on_and_new_calls_work_
             assert edge.process.poll() is None
             stop_serve_process(edge)
             assert_no_tracebacks(edge)
+
+
+async def test_the_api_answers_503_with_retry_after_while_redis_is_down(
+    private_redis: RedisProcess, serve_process: Any, session: aiohttp.ClientSession
+) -> None:
+    """Every endpoint that needs the coordinator says so (503, Retry-After), never 500."""
+    async with talker() as core:
+        edge: ServeProcess = serve_process(edge_config(private_redis.url, core))
+        private_redis.kill()
+        auth = {"Authorization": f"Bearer {API_KEY}"}
+        outbound = {"from_phone": LOCAL_NUMBER, "to_phone": "+15555550199", "agent_id": "demo"}
+        requests: list[tuple[str, str, dict[str, Any] | None]] = [
+            ("GET", "/calls/call_0123456789abcdef0123456789abcdef", None),
+            ("GET", "/calls?state=active", None),
+            ("POST", "/calls/call_0123456789abcdef0123456789abcdef/hangup", {}),
+            (
+                "POST",
+                "/calls/call_0123456789abcdef0123456789abcdef/transfer",
+                {"destination": "+15555550123"},
+            ),
+            ("GET", "/webhooks/dead-letters", None),
+            ("POST", "/start_outbound_call", outbound),
+            ("GET", "/status?format=json", None),
+        ]
+        answers = []
+        for method, path, body in requests:
+            async with session.request(
+                method, edge.base_url + path, json=body, headers=auth
+            ) as resp:
+                answers.append((path, resp.status, resp.headers.get("Retry-After")))
+        assert all(status == 503 and retry for _, status, retry in answers), answers
+        assert edge.process.poll() is None
+        stop_serve_process(edge)
+        assert_no_tracebacks(edge)

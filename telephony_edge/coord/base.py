@@ -123,6 +123,9 @@ class Coordinator(abc.ABC):
     #: Whether the state outlives this process (other workers see it and carry
     #: on). False for the in-memory backend: what is queued dies with us.
     shared: bool = False
+    #: What the backend raises when it cannot be reached (not a conflict, a
+    #: miss or a bug): the API turns these into 503 with Retry-After.
+    unavailable: tuple[type[BaseException], ...] = (OSError, TimeoutError)
 
     # -- lifecycle ---------------------------------------------------------
 

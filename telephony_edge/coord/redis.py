@@ -192,7 +192,9 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from telephony_edge.coord.base import (
     DEFAULT_CONTROL_INBOX_SIZE,
@@ -669,6 +671,13 @@ class RedisCoordinator(Coordinator):
     """Shared state in Redis; see the module docstring for keys and scripts."""
 
     shared = True
+    unavailable = (
+        RedisConnectionError,  # also MasterNotFoundError (Sentinel) and BusyLoadingError
+        RedisTimeoutError,
+        ReadOnlyError,  # a replica during failover
+        OSError,
+        TimeoutError,
+    )
 
     def __init__(
         self,
