@@ -24,7 +24,7 @@ from telephony_edge import metrics
 from telephony_edge.agent.link import AgentLink, LinkTimeouts
 from telephony_edge.agent.pool import AgentCorePool, PoolChoice
 from telephony_edge.amd.policy import Voicemail, voicemail_policy
-from telephony_edge.calls import admission, webhooks
+from telephony_edge.calls import admission, carrier_ids, webhooks
 from telephony_edge.calls.bridge import BridgeLimits, CallBridge, CallOver, Conversation
 from telephony_edge.calls.leg import Leg, NotSupported
 from telephony_edge.calls.machine import ENDED_FROM, AmdReport
@@ -106,6 +106,15 @@ class WorkerFull(CallRejected):
         super().__init__(503, reason)
 
 
+class KnownCallConflict(CallRejected):
+    """A request names a known call with other facts: a forgery under a reused signature."""
+
+    def __init__(self, call_id: str, fact: str) -> None:
+        super().__init__(403, f"a known call's {fact} differs from its first webhook")
+        self.call_id = call_id
+        self.fact = fact
+
+
 def _unavailable() -> CallRejected:
     """The refusal of a new call while the coordinator does not answer (counted)."""
     metrics.CALLS_REFUSED.labels(reason="coordinator").inc()
@@ -185,6 +194,7 @@ class CallService:
         )
         self._rates = webhooks.CostRates(**settings.costs.model_dump())
         self.health = CoordinatorHealth()
+        self._store_checked = False  # durability_warnings logged (once the store answered)
         #: calls whose end met a coordinator outage: (record, conversation) until written
         self._deferred_ends: dict[str, tuple[CallRecord, Conversation]] = {}
         self.pool = AgentCorePool.from_regions(
@@ -306,29 +316,39 @@ class CallService:
         return record
 
     async def create_inbound(
-        self, route: Route, *, from_: str, provider_call_id: str
+        self,
+        route: Route,
+        *,
+        from_: str,
+        provider_call_id: str,
+        facts: dict[str, str] | None = None,
     ) -> CallRecord:
         """Record an inbound call to one of the edge's numbers, as its route says.
 
-        The network's call id maps to one call: a webhook the network retries
-        (same ``provider_call_id``) finds the call the first one created.
+        The network's call id maps to one call for as long as its record lives
+        (``carrier_ids``): a webhook retried or replayed finds the call the
+        first one created, in whatever state; one naming the same id with
+        another caller, number or ``facts`` raises :class:`KnownCallConflict`.
         """
         # before anything is stored: a call redirected to another worker must find nothing here
         self._check_admission()
         call_id = new_id("call")
         if provider_call_id:
-            key = f"provider-call:{route.provider}:{provider_call_id}"
-            ttl = self.settings.calls.setup_ttl_s * 4
+            carrier = carrier_ids.CarrierCall(
+                route.provider,
+                provider_call_id,
+                {"from": from_, "to": route.number, **(facts or {})},
+            )
+            ttl = carrier_ids.mapping_ttl(self.settings.calls)
             try:
                 async with self._coordinated("register_pending"):
-                    registered = await self.coordinator.register_pending(
-                        key, {"call_id": call_id}, ttl
-                    )
-                    known = None if registered else await self.coordinator.peek_pending(key)
+                    claim = await carrier_ids.claim(self.coordinator, carrier, call_id, ttl)
             except CoordinatorUnavailable:
                 raise _unavailable() from None
-            if not registered:
-                record = await self.get(str(known["call_id"])) if known else None
+            if claim.differing is not None:
+                raise KnownCallConflict(claim.call_id, claim.differing)
+            if not claim.first:
+                record = await self.get(claim.call_id) if claim.call_id else None
                 if record is None:
                     raise CallRejected(409, "this call is being set up by another request")
                 return record
@@ -1077,12 +1097,27 @@ class CallService:
                 await asyncio.sleep(HEARTBEAT_RETRY_S)
                 continue
             self.health.ok()
+            await self._check_store()
             try:
                 await self.flush_deferred_ends()
                 await self.renew_leases()
             except Exception as exc:  # the coordinator is away: the next beat tries again
                 log.warning("leases not renewed: %s", exc)
             await asyncio.sleep(interval)
+
+    async def _check_store(self) -> None:
+        """Warn once, when the coordinator first answers, of a setting that can lose state."""
+        if self._store_checked:
+            return
+        try:
+            warnings = await self.coordinator.durability_warnings()
+        except self.coordinator.unavailable:
+            return  # the next beat asks again
+        except Exception as exc:  # e.g. INFO refused by a managed service's ACL
+            warnings = [f"the coordinator's configuration could not be read: {exc}"]
+        self._store_checked = True
+        for warning in warnings:
+            log.warning("coordination store: %s", warning)
 
 
 async def supervise(name: str, loop: Callable[[], Awaitable[None]]) -> None:

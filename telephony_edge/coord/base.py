@@ -133,6 +133,10 @@ class Coordinator(abc.ABC):
     async def ping(self) -> bool:
         """Whether the backend answers (readiness)."""
 
+    async def durability_warnings(self) -> list[str]:
+        """What in the backend's own configuration can lose records, leases or jobs."""
+        return []
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Release connections. Idempotent."""

@@ -837,6 +837,31 @@ class RedisCoordinator(Coordinator):
                 await self._redis.connection_pool.disconnect(inuse_connections=False)
             return False
 
+    async def durability_warnings(self) -> list[str]:
+        """Eviction and persistence, from INFO (managed Redis often refuses CONFIG GET).
+
+        An eviction policy other than ``noeviction`` lets Redis drop call
+        records, leases and queued webhooks under memory pressure; a primary
+        without AOF comes back from a restart empty (live calls survive that,
+        see the lease reaper, but webhooks queued in its last moments may not).
+        """
+        memory = await self._redis.info("memory")
+        persistence = await self._redis.info("persistence")
+        replication = await self._redis.info("replication")
+        warnings = []
+        policy = str(memory.get("maxmemory_policy", "noeviction"))
+        if policy != "noeviction":
+            warnings.append(
+                f"Redis maxmemory-policy is {policy}: under memory pressure it evicts call"
+                " records, leases and queued webhooks; set it to noeviction"
+            )
+        if replication.get("role") == "master" and not int(persistence.get("aof_enabled", 0)):
+            warnings.append(
+                "Redis keeps no append-only file (appendonly no): a restart comes back"
+                " without the webhook queue's latest jobs; set appendonly yes"
+            )
+        return warnings
+
     async def close(self) -> None:
         if self._closed:
             return

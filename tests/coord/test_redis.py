@@ -405,3 +405,35 @@ async def test_sentinel_failover_keeps_the_state_and_serves_new_operations() -> 
                 assert (await promoted.info("replication"))["role"] == "master"
         finally:
             await coord.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--maxmemory-policy", "allkeys-lru"), ["maxmemory-policy is allkeys-lru", "appendonly"]),
+        (("--maxmemory-policy", "volatile-ttl", "--appendonly", "yes"), ["volatile-ttl"]),
+        (("--appendonly", "yes"), []),
+    ],
+)
+async def test_a_redis_that_can_lose_state_is_named_at_start(
+    args: tuple[str, ...], expected: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Eviction and a primary without AOF, read from INFO (managed Redis refuses CONFIG)."""
+    from telephony_edge.calls.service import CallService  # the worker that logs it
+
+    with redis_server(*args) as server:
+        coordinator = RedisCoordinator.from_url(server.url, key_prefix=f"dur{uuid.uuid4().hex}:")
+        try:
+            warnings = await coordinator.durability_warnings()
+            assert len(warnings) == len(expected), warnings
+            for warning, phrase in zip(warnings, expected, strict=True):
+                assert phrase in warning
+            service = CallService.__new__(CallService)  # only what _check_store touches
+            service.coordinator, service._store_checked = coordinator, False
+            with caplog.at_level("WARNING", logger="telephony_edge.calls.service"):
+                await service._check_store()
+                await service._check_store()  # once only
+        finally:
+            await coordinator.close()
+    logged = [r.getMessage() for r in caplog.records if "coordination store" in r.getMessage()]
+    assert logged == [f"coordination store: {w}" for w in warnings]
