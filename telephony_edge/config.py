@@ -102,7 +102,23 @@ def _check_url(value: str, schemes: tuple[str, ...]) -> str:
         raise ValueError(f"{value!r} is not a URL: {exc}") from None
     if url.scheme not in schemes or not url.host:
         raise ValueError(f"{value!r} is not an absolute {'/'.join(schemes)} URL")
+    host = url.raw_host or ""
+    if len(host) > 253 or any(len(label) > 63 for label in host.split(".")):
+        raise ValueError(f"{value!r}: a host name label is longer than 63 (RFC 1035)")
     return value.rstrip("/")
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
+
+
+def _check_headers(headers: dict[str, str]) -> dict[str, str]:
+    """Headers a request can carry: a value with CR, LF or NUL would never be sent."""
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"header name {name!r} is not an HTTP token")
+        if any(c in value for c in "\r\n\0"):
+            raise ValueError(f"header {name}: its value holds CR, LF or NUL")
+    return headers
 
 
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
@@ -120,7 +136,9 @@ class WebhookSpec(_Model):
 
     url: HttpUrl
     method: Literal["GET", "POST"] | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: Annotated[dict[str, str], AfterValidator(_check_headers)] = Field(
+        default_factory=dict
+    )
     timeout: float = Field(default=3.0, gt=0, le=30)
 
 

@@ -417,3 +417,32 @@ def test_a_stored_agent_with_an_unknown_key_stops_the_edge_with_the_same_words()
         "agents.b.recording.enabld: unknown key; did you mean enabled?",
         "agents.c.voicemail.detector.greting_ms: unknown key; did you mean greeting_ms?",
     ]
+
+
+UNSENDABLE_WEBHOOKS: list[tuple[dict[str, Any], str]] = [
+    (
+        {
+            "session_data_webhook": {
+                "url": "https://crm.example.com/x",
+                "headers": {"X": "a\r\nB: c"},
+            }
+        },
+        "agent_config.session_data_webhook.headers: header X: its value holds CR, LF or NUL",
+    ),
+    (
+        {"session_data_webhook": "https://" + "a" * 64 + ".example.com/x"},
+        "agent_config.session_data_webhook: "
+        f"'https://{'a' * 64}.example.com/x': a host name label is longer than 63 (RFC 1035)",
+    ),
+]
+
+
+async def test_a_webhook_no_request_could_carry_is_400_not_a_job_retried_for_ever(
+    every_network_edge: TwilioEdge, session: aiohttp.ClientSession
+) -> None:
+    edge = every_network_edge
+    for agent_config, error in UNSENDABLE_WEBHOOKS:
+        for path, body in per_call_requests(agent_config):
+            status, answer = await post(session, edge.base + path, body)
+            assert (status, answer["error"]) == (400, error), (path, answer)
+    assert edge.fake.requests == []

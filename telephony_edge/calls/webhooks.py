@@ -774,6 +774,16 @@ class WebhookDispatcher:
             reason = f"timed out after {timeout:g} s"
         except (aiohttp.ClientError, OSError) as e:
             reason = f"request failed: {type(e).__name__}: {e}"
+        except ValueError as e:  # CR/LF in a header, a host label past 63 (UnicodeError)…
+            # the request itself can never be sent: no retry helps
+            await self._dead_letter(job, f"invalid request: {type(e).__name__}: {e}")
+            logger.warning(
+                "session webhook cannot be sent (%s: %s); dead-lettered",
+                type(e).__name__,
+                e,
+                extra=log_extra,
+            )
+            return self._done("invalid")
 
         if status is not None and 200 <= status < 300:
             await self._coord.ack(self._queue, job.job_id)

@@ -631,3 +631,26 @@ def test_media_statistics_reach_the_payloads_voip_only_when_measured() -> None:
     assert "media" not in build_session_payload(record)["voip"]
     record.media_stats = {"packets_lost": 2, "jitter_ms": 3.0, "rtt_ms": 41.0}
     assert build_session_payload(record)["voip"]["media"] == record.media_stats
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"url": "/end", "headers": {"X-Tenant": "a\r\nX-Injected: 1"}},  # CR/LF in a value
+        {"url": "http://" + "a" * 64 + ".example.com/end"},  # a host label past 63
+    ],
+)
+async def test_a_webhook_that_can_never_be_sent_is_dead_lettered_at_once(
+    server: Server, harness: Harness, spec: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not retried every minute for ever: the request itself is invalid, so no retry helps."""
+    if spec["url"].startswith("/"):
+        spec = {**spec, "url": server.url(spec["url"])}
+    payload = build_session_payload(ended_record())
+    assert await enqueue_session_webhook(harness.coord, spec, payload)
+    await wait_until(lambda: harness.outcomes == ["invalid"])
+    await asyncio.sleep(0.2)
+    assert harness.outcomes == ["invalid"] and server.seen == []
+    [dead] = await harness.coord.dead_letters(SESSION_WEBHOOK_QUEUE)
+    assert dead.job_id == payload["call_id"] and dead.reason.startswith("invalid request: ")
+    assert not [r for r in caplog.records if r.exc_info], "no traceback"
