@@ -73,6 +73,7 @@ def webrtc_config(path: Path, http_port: int, core_port: int, webhook: str, call
     config["webrtc"] = {
         "enabled": True,
         "advertised_addresses": ["127.0.0.1"],
+        "allowed_peer_networks": ["127.0.0.0/8"],  # the callers are on loopback
         "max_peer_connections": max(100, calls + 10),
         "connect_timeout_s": 30,
     }

@@ -353,7 +353,11 @@ async def every_network_edge(make_twilio_edge: Any) -> TwilioEdge:
             "rtp_port_max": rtp_low + 20,
             "default_agent_id": "echo",
         },
-        webrtc={"enabled": True, "advertised_addresses": ["127.0.0.1"]},
+        webrtc={
+            "enabled": True,
+            "advertised_addresses": ["127.0.0.1"],
+            "allowed_peer_networks": ["127.0.0.0/8"],
+        },
     )
     return edge
 

@@ -70,7 +70,11 @@ def edge(serve_process: Any) -> ServeProcess:
             "rtp_port_min": rtp_low,
             "rtp_port_max": rtp_low + 40,
         },
-        webrtc={"enabled": True, "advertised_addresses": ["127.0.0.1"]},
+        webrtc={
+            "enabled": True,
+            "advertised_addresses": ["127.0.0.1"],
+            "allowed_peer_networks": ["127.0.0.0/8"],
+        },
     )
     config["numbers"][VONAGE_NUMBER] = {
         "provider": "vonage",

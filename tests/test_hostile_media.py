@@ -83,7 +83,11 @@ def edge(serve_process: Any, recordings: Path) -> ServeProcess:
                 "pbx": {"cidrs": ["127.0.0.1/32"], "username": "pbx", "password": TRUNK_PASSWORD}
             },
         },
-        webrtc={"enabled": True, "advertised_addresses": ["127.0.0.1"]},
+        webrtc={
+            "enabled": True,
+            "advertised_addresses": ["127.0.0.1"],
+            "allowed_peer_networks": ["127.0.0.0/8"],
+        },
     )
     config["numbers"].update(
         {

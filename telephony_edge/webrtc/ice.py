@@ -8,6 +8,13 @@ connection gets a ``gather_candidates`` that binds its components to exactly
 those addresses, as aioice's own does with its list, then asks the STUN/TURN
 servers as usual. Checked against aioice 0.13 (``Connection`` keeps
 ``_local_candidates`` and the start/end flags that ``connect`` checks).
+
+:func:`guard` makes a peer connection's ICE refuse remote addresses that
+:class:`~telephony_edge.webrtc.candidates.PeerPolicy` refuses, where aioice
+learns them after the offer's SDP was filtered: a trickled candidate (its
+``_add_remote_candidate``, which every signalled candidate passes) and a
+peer-reflexive one (``request_received``: a check from a refused source gets
+no response and starts no triggered check).
 """
 
 from __future__ import annotations
@@ -15,11 +22,16 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from aioice import Connection
+from aioice import Candidate, Connection, stun
+from aioice.ice import StunProtocol
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 from aiortc.rtcicetransport import RTCIceGatherer
 
+from telephony_edge.webrtc.candidates import PeerPolicy
 from telephony_edge.webrtc.settings import WebRtcSettings
+
+#: told of each address the guard refuses: (kind, address)
+OnRefused = Callable[[str, str], None]
 
 
 def configuration(settings: WebRtcSettings) -> RTCConfiguration:
@@ -66,3 +78,37 @@ def _gather(
         connection._local_candidates_end = True
 
     return gather_candidates
+
+
+def guard(pc: RTCPeerConnection, policy: PeerPolicy, on_refused: OnRefused) -> None:
+    """Refuse what ``policy`` refuses on every ICE connection ``pc`` has now (idempotent)."""
+    for gatherer in _gatherers(pc):
+        connection = gatherer._connection
+        if getattr(connection, "_edge_guarded", False):
+            continue
+        connection._edge_guarded = True  # type: ignore[attr-defined]
+        _guard(connection, policy, on_refused)
+
+
+def _guard(connection: Connection, policy: PeerPolicy, on_refused: OnRefused) -> None:
+    add = connection._add_remote_candidate
+    incoming = connection.request_received
+
+    def add_remote_candidate(candidate: Candidate, network_host: str) -> None:
+        kind = policy.refusal(network_host)
+        if kind is not None:
+            on_refused(kind, network_host)
+            return
+        add(candidate, network_host)
+
+    def request_received(
+        message: stun.Message, addr: tuple[str, int], protocol: StunProtocol
+    ) -> None:
+        kind = policy.refusal(addr[0])
+        if kind is not None:
+            on_refused(kind, addr[0])
+            return
+        incoming(message, addr, protocol)
+
+    setattr(connection, "_add_remote_candidate", add_remote_candidate)  # noqa: B010
+    setattr(connection, "request_received", request_received)  # noqa: B010

@@ -21,6 +21,12 @@ A data channel the peer opens carries the agent's text to the page
 (``telephony_edge_bad_input_total{source="webrtc-datachannel"}``), logged
 (rate-limited per peer, :mod:`telephony_edge.badinput`) with the call id and skipped.
 
+The offer's ICE candidates on addresses the operator does not allow
+(:mod:`telephony_edge.webrtc.candidates`: private, loopback, metadata …) are
+dropped before aiortc sees them and counted
+(``telephony_edge_bad_input_total{source="webrtc"}``); :func:`~telephony_edge.webrtc.ice.guard`
+judges what aioice learns later (checks from unknown sources) the same way.
+
 The call ends ``user-ended`` when the peer goes (its track ends, the
 connection closes, the page sends ``end``) and ``error`` when ICE/DTLS fails
 or does not connect within ``webrtc.connect_timeout_s``.
@@ -41,7 +47,7 @@ from aiortc.sdp import SessionDescription
 from av import AudioFrame
 from av.packet import Packet
 
-from telephony_edge import badinput
+from telephony_edge import badinput, metrics
 from telephony_edge.audio.frames import FRAME_BYTES, FrameSplitter
 from telephony_edge.audio.transcode import Pcm48kTo16k
 from telephony_edge.calls.leg import (
@@ -54,7 +60,8 @@ from telephony_edge.calls.leg import (
     LegInfo,
 )
 from telephony_edge.webrtc import channel
-from telephony_edge.webrtc.ice import configuration, gather_on
+from telephony_edge.webrtc.candidates import filter_offer, printable, summary
+from telephony_edge.webrtc.ice import configuration, gather_on, guard
 from telephony_edge.webrtc.opus import OpusPacketizer
 from telephony_edge.webrtc.settings import WebRtcSettings
 from telephony_edge.webrtc.stats import media_report
@@ -65,6 +72,7 @@ RATE = 48_000
 SAMPLES = RATE // 50  # 20 ms
 MAX_LATE_FRAMES = 5
 BAD_INPUT = "webrtc-datachannel"  # the bad-input source of the page's messages
+BAD_CANDIDATE = "webrtc"  # the bad-input source of refused ICE candidate addresses
 
 
 class OfferRefused(Exception):
@@ -134,6 +142,7 @@ class WebRtcLeg(Leg):
         self.channel: RTCDataChannel | None = None
         self._early: collections.deque[str] = collections.deque(maxlen=channel.MAX_EARLY_CAPTIONS)
         self.malformed = 0
+        self.refused = 0  # ICE checks from refused addresses (after the offer)
         self.captions_dropped = 0
         self.pc.on("track", self._on_track)
         self.pc.on("datachannel", self._on_channel)
@@ -150,6 +159,11 @@ class WebRtcLeg(Leg):
             if c.mimeType.lower() == "audio/opus"
         ]
         transceiver.setCodecPreferences(opus)
+        policy = self.settings.peer_policy()
+        sdp, refused = filter_offer(sdp, policy)
+        if refused:  # before aiortc sees them: no STUN ever goes there
+            metrics.BAD_INPUT.labels(source=BAD_CANDIDATE).inc(len(refused))
+            badinput.report(BAD_CANDIDATE, summary(refused), self.peer, count=False)
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         except Exception as exc:  # aiortc raises ValueError, OperationError, … for bad offers
@@ -159,12 +173,19 @@ class WebRtcLeg(Leg):
             raise OfferRefused(f"the offer was refused: {reason}") from None
         if transceiver.mid is None:
             raise OfferRefused("the offer has no audio")
+        guard(self.pc, policy, self._refused)  # before any socket: checks from strangers too
         gather_on(self.pc, self.settings.advertised_addresses)
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)  # returns once gathering is complete
         local = self.pc.localDescription
         self._spawn(self._connect_deadline())
         return local
+
+    def _refused(self, kind: str, address: str) -> None:
+        """An address aioice learnt after the offer (a peer-reflexive source) was refused."""
+        self.refused += 1
+        error = f"ICE check refused: {kind} address"
+        badinput.report(BAD_CANDIDATE, error, printable(address), call_id=self.call_id or None)
 
     # -- inbound ------------------------------------------------------------------
 
@@ -303,6 +324,7 @@ class WebRtcLeg(Leg):
                 "slots_skipped": self.track.skipped,
                 "opus_encoded": self.track.opus.encoded,
                 "malformed": self.malformed,
+                "ice_refused": self.refused,
                 "captions_dropped": self.captions_dropped,
             },
         )

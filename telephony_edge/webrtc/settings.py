@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from telephony_edge.config import ProviderSettings, Settings
+from telephony_edge.webrtc.candidates import PeerPolicy, parse_networks
 
 
 class IceServerSettings(BaseModel):
@@ -35,6 +36,12 @@ class WebRtcSettings(ProviderSettings):
     exactly these. Empty: aioice's choice (every interface but loopback). A loopback-only
     setup needs ``127.0.0.1`` here; behind NAT, list the interface the public address maps
     to and add a STUN server (``ice_servers``) for the server-reflexive candidate."""
+    allowed_peer_networks: list[str] = Field(default_factory=list)
+    """Networks (CIDR: ``10.20.0.0/16``, ``127.0.0.0/8``, ``::1/128``) whose addresses the
+    edge may send ICE checks and media to although they are not public: loopback,
+    link-local, private (RFC 1918, ``fc00::/7``), shared or reserved. Empty: public
+    addresses only. Cloud-metadata, unspecified, multicast and broadcast addresses are
+    refused whatever this says (:mod:`telephony_edge.webrtc.candidates`)."""
     ice_servers: list[IceServerSettings] = Field(default_factory=list)
     """STUN/TURN servers for the edge's own candidates. Empty: none (aiortc would
     otherwise ask Google's public STUN server)."""
@@ -64,6 +71,15 @@ class WebRtcSettings(ProviderSettings):
     @classmethod
     def _addresses(cls, addresses: list[str]) -> list[str]:
         return [str(ipaddress.ip_address(a)) for a in addresses]  # raises ValueError
+
+    @field_validator("allowed_peer_networks")
+    @classmethod
+    def _networks(cls, networks: list[str]) -> list[str]:
+        return [str(n) for n in parse_networks(networks)]  # raises ValueError
+
+    def peer_policy(self) -> PeerPolicy:
+        """Which remote candidate addresses this edge may send to."""
+        return PeerPolicy.from_cidrs(self.allowed_peer_networks)
 
     def check(self, settings: Settings) -> list[str]:
         if not settings.api.private_key:

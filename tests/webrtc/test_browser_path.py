@@ -34,6 +34,7 @@ def browser_settings(**webrtc: Any) -> Any:
         webrtc={
             "enabled": True,
             "advertised_addresses": LOOPBACK,
+            "allowed_peer_networks": ["127.0.0.0/8"],
             "allowed_origins": [SHOP + "/"],
             **webrtc,
         },

@@ -31,6 +31,8 @@ from tests.conftest import Edge, Receiver, read_wav, wait_for
 
 API_KEY = "private-api-key-for-webrtc-tests"
 LOOPBACK = ["127.0.0.1"]
+#: the peers here are on loopback, which the edge refuses unless allowed
+LOOPBACK_NETWORKS = ["127.0.0.0/8", "::1/128"]
 
 
 def settings_for(receiver: Receiver, inactivity_s: float = 30, **webrtc: Any) -> Any:
@@ -42,7 +44,12 @@ def settings_for(receiver: Receiver, inactivity_s: float = 30, **webrtc: Any) ->
             "allow_private_targets": True,
             "backoff_base_s": 0.05,
         },
-        webrtc={"enabled": True, "advertised_addresses": LOOPBACK, **webrtc},
+        webrtc={
+            "enabled": True,
+            "advertised_addresses": LOOPBACK,
+            "allowed_peer_networks": LOOPBACK_NETWORKS,
+            **webrtc,
+        },
         agents={
             "echo": {
                 "prompt": "You echo.",

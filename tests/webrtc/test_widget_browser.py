@@ -152,6 +152,7 @@ async def widget_edge(receiver: Receiver) -> AsyncIterator[Edge]:
             webrtc={
                 "enabled": True,
                 "advertised_addresses": LOOPBACK,
+                "allowed_peer_networks": ["127.0.0.0/8"],
                 "allowed_origins": [origin],
                 "connect_timeout_s": 10,
             },
@@ -199,6 +200,7 @@ def widget_config(receiver: Receiver, *origins: str) -> dict[str, Any]:
         "webrtc": {
             "enabled": True,
             "advertised_addresses": LOOPBACK,
+            "allowed_peer_networks": ["127.0.0.0/8"],
             "allowed_origins": list(origins),
             "connect_timeout_s": 10,
         },
