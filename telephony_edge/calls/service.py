@@ -550,9 +550,10 @@ class CallService:
             return  # else another worker (or a status callback) ended the call first
         status = record.call_status or CallStatus.ERROR
         metrics.CALLS_TOTAL.labels(provider=record.provider, status=str(status)).inc()
-        agent_config = record.agent_config or self.settings.agents[record.agent_id].model_dump(
-            mode="json", exclude_none=True
-        )
+        # before media the record holds only the call's overrides: the stored agent's
+        # keys (its end-of-call webhook among them) apply under them
+        stored = self.settings.agents[record.agent_id].model_dump(mode="json", exclude_none=True)
+        agent_config = merge_agent_config(stored, record.agent_config)
         await self._keep_session(record, conversation, agent_config)
         spec = agent_config.get("session_data_webhook")
         if not spec:

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 from telephony_edge.calls.leg import LegEnded
 from telephony_edge.calls.record import CallState, CallStatus
 from tests.calls.test_bridge import start_call
-from tests.conftest import Edge, TestLeg, edge_settings, wait_for
+from tests.conftest import Edge, Receiver, TestLeg, edge_settings, wait_for
 
 
 class RecordingCore:
@@ -134,3 +134,27 @@ async def test_a_call_that_never_connected_keeps_the_sessions_history(make_edge:
         ]
     finally:
         await core.server.close()
+
+
+async def test_a_call_with_its_own_agent_config_that_never_connected_still_reports(
+    make_edge: Any, receiver: Receiver
+) -> None:
+    """Before media the record holds only the call's overrides; the stored agent's
+    end-of-call webhook still applies (a per-call config changes keys, not the report)."""
+    edge: Edge = await make_edge(
+        edge_settings(
+            calls={"setup_ttl_s": 0.2},
+            webhooks={"signing_secret": "whsec_session_tests_01", "allow_private_targets": True},
+            agents={"echo": {"prompt": "p", "session_data_webhook": receiver.url}},
+        )
+    )
+    service = edge.services.call_service
+    missed = await service.create(
+        agent_id="echo",
+        provider="test",
+        direction="outbound",
+        agent_config={"first_message": "Hello from this call"},
+    )
+    await wait_for(lambda: receiver.received, within=5)
+    [payload] = receiver.received
+    assert payload["call_id"] == missed.call_id and payload["call_status"] == "error"
