@@ -27,6 +27,11 @@ dropped before aiortc sees them and counted
 (``telephony_edge_bad_input_total{source="webrtc"}``); :func:`~telephony_edge.webrtc.ice.guard`
 judges what aioice learns later (checks from unknown sources) the same way.
 
+The agent session starts only once ICE and DTLS are connected
+(:meth:`WebRtcLeg.wait_connected`, awaited by the provider before the call
+is bridged): an answered offer that never connects ends ``error`` without
+ever reaching the agent core.
+
 The call ends ``user-ended`` when the peer goes (its track ends, the
 connection closes, the page sends ``end``) and ``error`` when ICE/DTLS fails
 or does not connect within ``webrtc.connect_timeout_s``.
@@ -136,6 +141,7 @@ class WebRtcLeg(Leg):
         self._split = FrameSplitter(FRAME_BYTES)
         self._down: Pcm48kTo16k | None = None
         self._connected = asyncio.Event()
+        self._settled = asyncio.Event()  # connected, or ended before it
         self.frames_in = 0
         self.call_id = ""  # set by the provider once the call is recorded
         self.peer: str | None = None  # the address the offer came from, for bad-input lines
@@ -256,6 +262,7 @@ class WebRtcLeg(Leg):
         state = self.pc.connectionState
         if state == "connected":
             self._connected.set()
+            self._settled.set()
         elif state == "failed":
             self._end(LegEnded("failed", "the WebRTC connection failed (ICE or DTLS)"))
         elif state == "closed":
@@ -272,6 +279,25 @@ class WebRtcLeg(Leg):
         if self._ended is None:
             self._ended = ended
             self._events.put_nowait(ended)
+            self._settled.set()
+
+    @property
+    def connected(self) -> bool:
+        """Whether ICE and DTLS have connected (it stays true once they have)."""
+        return self._connected.is_set()
+
+    async def wait_connected(self) -> str | None:
+        """None once ICE and DTLS are connected; else why the peer never got there.
+
+        The provider starts the agent session only after this, so an offer
+        that never connects (a scanner, a page closed at once) costs no agent
+        time: it ends within ``connect_timeout_s`` (the deadline task) at most.
+        """
+        await self._settled.wait()
+        if self._connected.is_set():
+            return None
+        ended = self._ended
+        return (ended.error if ended else None) or "the peer left before ICE/DTLS connected"
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)

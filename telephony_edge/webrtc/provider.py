@@ -5,7 +5,9 @@ offer leaves nothing behind: 400 with the reason (not JSON, bad SDP, a wrong
 ``type``, no audio, no Opus), 413 past ``webrtc.max_offer_bytes``, 401 for a
 wrong key (the API's own check), 503 past ``webrtc.max_peer_connections`` or
 when the worker takes no new calls. The answer (``{sdp, type, call_id}``)
-comes once ICE gathering is complete.
+comes once ICE gathering is complete. The call is bridged to the agent core
+only once ICE and DTLS are connected: an offer that never connects ends
+``error`` after ``webrtc.connect_timeout_s`` having cost no agent session.
 
 Browsers use the public key instead (:mod:`telephony_edge.webrtc.browser`):
 allowed origins only (CORS preflight answered for them), agents marked
@@ -17,6 +19,7 @@ limit per source address (429). ``GET /widget`` serves the web call widget
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -187,9 +190,7 @@ async def webrtc_offer(request: web.Request) -> web.Response:
     if public and session_id is not None:
         token = _string(body, "session_token", required=False)
         if not token_matches(private_key, agent_id, session_id, token):
-            raise ApiError(
-                403, "continuing a session with the public key needs its session_token"
-            )
+            raise ApiError(403, "continuing a session with the public key needs its session_token")
     if not services.calls.accepting:
         raise ApiError(503, "this worker is draining and takes no new calls")
 
@@ -228,7 +229,18 @@ async def webrtc_offer(request: web.Request) -> web.Response:
 
     async def run() -> None:
         try:
+            failure = await leg.wait_connected()
+            if failure is not None:  # never connected: no agent session, no agent slot
+                await services.call_service.fail_setup(record.call_id, failure)
+                return
             await services.call_service.run(record, leg)
+        except asyncio.CancelledError:
+            if not leg.connected:  # shutdown before it connected: end the record now
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(
+                        services.call_service.fail_setup(record.call_id, "the edge shut down")
+                    )
+            raise
         except Exception:
             log.exception("WebRTC call failed", extra={"call_id": record.call_id})
         finally:
