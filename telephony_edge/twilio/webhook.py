@@ -11,14 +11,16 @@ prefetch webhook and the agent link run once the media stream is here.
 from __future__ import annotations
 
 import logging
+import re
+from typing import NoReturn
 
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from telephony_edge import metrics
+from telephony_edge import badinput, metrics
 from telephony_edge.calls.machine import AmdReport
 from telephony_edge.calls.record import CallRecord, CallState
-from telephony_edge.calls.service import CallRejected, WorkerFull
+from telephony_edge.calls.service import CallRejected, KnownCallConflict, WorkerFull
 from telephony_edge.config import normalize_e164
 from telephony_edge.coord.health import CoordinatorUnavailable
 from telephony_edge.services import SERVICES, Services
@@ -57,6 +59,9 @@ VOICE_PATH = "/twilio/voice"
 HOP_PARAM = "edge_hop"
 MAX_HOPS = 2
 MAX_STREAM_ERROR_CHARS = 500
+#: Twilio's call SIDs: ``CA`` and 32 hex digits. Anything else under a valid signature is a
+#: re-split of the signed fields (``CallSid`` swallowing its neighbour), so a new id per replay.
+CALL_SID = re.compile(r"CA[0-9a-fA-F]{32}")
 
 
 def provider_call_key(call_sid: str) -> str:
@@ -109,6 +114,8 @@ async def voice(request: web.Request) -> web.Response:
     if call_id:
         return await _answer_outbound(ctx, services, call_id, call_sid)
 
+    if CALL_SID.fullmatch(call_sid) is None:
+        _refuse_replay(request, "voice webhook without a well-formed CallSid", "")
     to, from_ = form.get("To", ""), caller_number(form.get("From", ""))
     route = services.router.lookup(to)
     if route is None or route.provider != "twilio":
@@ -129,8 +136,8 @@ async def voice(request: web.Request) -> web.Response:
         record = await services.call_service.create_inbound(
             route, from_=from_, provider_call_id=call_sid
         )
-        _outcome("voice", "inbound")
-        return await _stream_answer(ctx, services, record)
+    except KnownCallConflict as exc:
+        _refuse_replay(request, f"CallSid replayed: {exc.reason}", exc.call_id)
     except WorkerFull as exc:
         return await _elsewhere(services, request, call_sid, exc.reason)
     except CallRejected as exc:
@@ -143,6 +150,24 @@ async def voice(request: web.Request) -> web.Response:
         _outcome("voice", "coordinator_down")
         log.warning("inbound call refused: %s", exc, extra={"call_sid": call_sid})
         return _twiml(twiml.say_and_hangup(twiml.OUTAGE_MESSAGE))
+    if record.state is not CallState.CREATED:  # a replay of a call set up or over: no new answer
+        _outcome("voice", "replayed")
+        badinput.report(
+            "twilio-replay",
+            "voice webhook for a call past set-up",
+            request.remote,
+            call_id=record.call_id,
+        )
+        return _twiml(twiml.say_and_hangup(GONE_MESSAGE))
+    _outcome("voice", "inbound")  # the first webhook, or Twilio's retry of it
+    return await _stream_answer(ctx, services, record)
+
+
+def _refuse_replay(request: web.Request, error: str, call_id: str) -> NoReturn:
+    """403, as for a bad signature: a signed request Twilio did not send (counted, warned)."""
+    _outcome("voice", "forbidden")
+    badinput.report("twilio-replay", error, request.remote, call_id=call_id or None)
+    raise web.HTTPForbidden(text="invalid Twilio signature\n")
 
 
 async def _elsewhere(

@@ -1,11 +1,16 @@
 """Vonage's signed webhooks: ``Authorization: Bearer <JWT>``, HS256 with the signature secret.
 
 Vonage signs every webhook of an application with signed callbacks enabled:
-the JWT carries ``iat``, ``jti``, ``iss`` and, for requests with a body,
-``payload_hash`` (hex SHA-256 of the body). The signature (and ``exp`` when
-present) is checked by the SDK's :func:`vonage_jwt.verify_signature`; the
-body hash and the token's age are checked here, because a signature alone
-would let a captured token carry any body, or be replayed for ever.
+the JWT carries ``iat``, ``jti``, ``iss``, ``application_id`` and, for a
+request with a payload, ``payload_hash``: hex SHA-256 of the body (POST),
+or of the query parameters as a compact JSON object in the order sent
+(GET; Vonage's "verify the payload" procedure). The signature (and ``exp``
+when present) is checked by the SDK's :func:`vonage_jwt.verify_signature`;
+the payload hash, the application and the token's age are checked here,
+because a signature alone would let a captured token carry any uuid, caller
+or body, for another application of the account, or for ever. That each
+token is used once is the webhook's part (``vonage.replay``): it needs the
+coordinator.
 """
 
 from __future__ import annotations
@@ -13,9 +18,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import jwt
+import orjson
 from aiohttp import web
 from vonage_jwt import VonageVerifyJwtError, verify_signature
 
@@ -27,10 +35,25 @@ class SignatureRejected(Exception):
     """The webhook is not signed by Vonage (missing, forged, expired, other body)."""
 
 
+def query_payload(pairs: Iterable[tuple[str, str]]) -> bytes:
+    """What Vonage hashes for a GET webhook: its query parameters as compact JSON, in order."""
+    return orjson.dumps(dict(pairs))
+
+
 def check_token(
-    token: str, secret: str, body: bytes, *, max_age_s: float, now: float | None = None
+    token: str,
+    secret: str,
+    body: bytes,
+    *,
+    max_age_s: float,
+    now: float | None = None,
+    application_id: str | None = None,
 ) -> dict[str, Any]:
-    """The JWT's claims once it proves Vonage sent ``body``; else :class:`SignatureRejected`."""
+    """The JWT's claims once it proves Vonage sent ``body``; else :class:`SignatureRejected`.
+
+    ``body`` is the signed payload (:func:`signed_payload`). A token naming
+    another ``application_id`` than ours (the secret is the account's) is refused.
+    """
     try:
         if not verify_signature(token, secret):
             raise SignatureRejected("signature does not match")
@@ -49,9 +72,11 @@ def check_token(
         raise SignatureRejected("token without iat")
     if iat > current + CLOCK_SKEW_S or ("exp" not in claims and current - iat > max_age_s):
         raise SignatureRejected("token issued too long ago or in the future")
+    if application_id and claims.get("application_id", application_id) != application_id:
+        raise SignatureRejected("token for another application")
     expected = claims.get("payload_hash")
     if body and expected is None:
-        raise SignatureRejected("token without payload_hash for a request with a body")
+        raise SignatureRejected("token without payload_hash for a request with a payload")
     if expected is not None:
         digest = hashlib.sha256(body).hexdigest()
         if not isinstance(expected, str) or not hmac.compare_digest(
@@ -61,21 +86,47 @@ def check_token(
     return claims
 
 
+def signed_payload(request: web.BaseRequest, body: bytes) -> bytes:
+    """What ``payload_hash`` covers: the body, or for a GET its query parameters."""
+    if request.method == "GET":
+        return query_payload(request.query.items()) if request.query else b""
+    return body
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A webhook whose token checked out: its body and the token's claims (empty unchecked)."""
+
+    body: bytes
+    claims: dict[str, Any]
+
+
 async def verified_body(
-    request: web.Request, secret: str, *, enabled: bool, max_age_s: float
-) -> bytes:
-    """The request's body once Vonage's signature checks out; 401 otherwise."""
+    request: web.Request,
+    secret: str,
+    *,
+    enabled: bool,
+    max_age_s: float,
+    application_id: str | None = None,
+) -> Verified:
+    """The request's body and claims once Vonage's signature checks out; 401 otherwise."""
     body = await request.read()
     if not enabled:
-        return body
+        return Verified(body, {})
     header = request.headers.get("Authorization", "")
     if not header.startswith(BEARER) or len(header) > 8192:
         raise web.HTTPUnauthorized(text="a signed Vonage webhook is required\n")
     try:
-        check_token(header[len(BEARER) :].strip(), secret, body, max_age_s=max_age_s)
+        claims = check_token(
+            header[len(BEARER) :].strip(),
+            secret,
+            signed_payload(request, body),
+            max_age_s=max_age_s,
+            application_id=application_id,
+        )
     except SignatureRejected as exc:
         raise web.HTTPUnauthorized(text=f"{exc}\n") from None
-    return body
+    return Verified(body, claims)
 
 
 def sign(secret: str, body: bytes = b"", *, now: float | None = None, **claims: Any) -> str:

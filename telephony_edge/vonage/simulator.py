@@ -47,7 +47,7 @@ from telephony_edge.simulate import (
     unanswered_reason,
     wait_until_ready,
 )
-from telephony_edge.vonage.signature import sign
+from telephony_edge.vonage.signature import query_payload, sign
 
 RATE = 16000
 FRAME_BYTES = 640  # 20 ms of L16 at 16 kHz
@@ -256,8 +256,8 @@ class SimulatedVonageCall:
         fields = self.answer_fields()
         url = self.base_url + self.answer_path
         t0 = self._loop.time()
-        if self.method == "GET":
-            headers = self._auth(b"", token, sign_it)
+        if self.method == "GET":  # Vonage hashes the query as compact JSON, in order
+            headers = self._auth(query_payload(fields.items()), token, sign_it)
             request = self.session.get(url, params=fields, headers=headers)
         else:
             body = orjson.dumps(fields)

@@ -21,14 +21,15 @@ import orjson
 from aiohttp import web
 from prometheus_client import Counter
 
+from telephony_edge import badinput
 from telephony_edge.calls.machine import AmdReport
 from telephony_edge.calls.record import CallRecord, CallState
-from telephony_edge.calls.service import CallRejected, WorkerFull
+from telephony_edge.calls.service import CallRejected, KnownCallConflict, WorkerFull
 from telephony_edge.config import normalize_e164
 from telephony_edge.coord.base import Conflict
 from telephony_edge.coord.health import CoordinatorUnavailable
 from telephony_edge.services import SERVICES, Services
-from telephony_edge.vonage import ncco
+from telephony_edge.vonage import ncco, replay
 from telephony_edge.vonage.context import (
     CALL_ID_HEADER,
     CALL_ID_PARAM,
@@ -42,7 +43,7 @@ from telephony_edge.vonage.context import (
     pending_key,
     provider_call_key,
 )
-from telephony_edge.vonage.signature import verified_body
+from telephony_edge.vonage.signature import SignatureRejected, verified_body
 
 log = logging.getLogger(__name__)
 
@@ -100,22 +101,32 @@ def caller_number(raw: str) -> str:
         return raw
 
 
-async def _signed_fields(ctx: VonageContext, request: web.Request, kind: str) -> dict[str, str]:
-    """The webhook's fields (query, then a JSON body) once the signature checks out."""
+async def _signed_fields(
+    ctx: VonageContext, services: Services, request: web.Request, kind: str
+) -> dict[str, str]:
+    """The webhook's fields (query, then a JSON body) once the signature checks out.
+
+    A token must name this request (its payload hash, our application) and
+    be used once (``replay``): 401 otherwise, counted and warned as bad
+    input. A coordinator that cannot record the token raises
+    :class:`CoordinatorUnavailable`.
+    """
     try:
-        body = await verified_body(
+        verified = await verified_body(
             request,
             ctx.secret,
             enabled=ctx.vonage.validate_signatures,
             max_age_s=ctx.vonage.max_webhook_age_s,
+            application_id=ctx.vonage.application_id,
         )
-    except web.HTTPUnauthorized:
+    except web.HTTPUnauthorized as exc:
         _outcome(kind, "unauthorized")
+        badinput.report("vonage-signature", badinput.phrase(exc.text or ""), request.remote)
         raise
     fields = {k: v[:MAX_FIELD_CHARS] for k, v in request.query.items() if k != CALL_ID_PARAM}
-    if body:
+    if verified.body:
         try:
-            data = orjson.loads(body)
+            data = orjson.loads(verified.body)
         except orjson.JSONDecodeError:
             _outcome(kind, "bad_request")
             raise web.HTTPBadRequest(text="the body is not JSON\n") from None
@@ -125,14 +136,41 @@ async def _signed_fields(ctx: VonageContext, request: web.Request, kind: str) ->
         for key, value in data.items():
             if isinstance(value, str | int | float) and not isinstance(value, bool):
                 fields[str(key)] = str(value)[:MAX_FIELD_CHARS]
+    if verified.claims:
+        await _use_token_once(ctx, services, request, kind, verified.claims, fields)
     return fields
+
+
+async def _use_token_once(
+    ctx: VonageContext,
+    services: Services,
+    request: web.Request,
+    kind: str,
+    claims: dict[str, Any],
+    fields: dict[str, str],
+) -> None:
+    """401 (counted, warned with the call's uuid) for a token used before."""
+    try:
+        await replay.use_once(services.coordinator, claims, max_age_s=ctx.vonage.max_webhook_age_s)
+    except SignatureRejected as exc:
+        _outcome(kind, "unauthorized")
+        uuid = fields.get("uuid") or request.query.get(CALL_ID_PARAM)
+        badinput.report("vonage-replay", str(exc), request.remote, call_id=uuid)
+        raise web.HTTPUnauthorized(text=f"{exc}\n") from None
+    except Exception as exc:
+        raise services.call_service.health.failed("register_pending", exc) from exc
 
 
 async def answer(request: web.Request) -> web.Response:
     """``GET``/``POST /vonage/answer``: answer a call with an NCCO."""
     ctx = request.app[VONAGE]
     services = request.app[SERVICES]
-    fields = await _signed_fields(ctx, request, "answer")
+    try:
+        fields = await _signed_fields(ctx, services, request, "answer")
+    except CoordinatorUnavailable as exc:
+        _outcome("answer", "coordinator_down")
+        log.warning("answer webhook refused: %s", exc)
+        return _ncco(ncco.talk(ncco.OUTAGE_MESSAGE))
     uuid = fields.get("uuid", "")
     call_id = request.query.get(CALL_ID_PARAM)
     if call_id:
@@ -149,8 +187,12 @@ async def answer(request: web.Request) -> web.Response:
         return _handoff(ctx, route.region.public_url, uuid, from_, route.number)
     try:
         record = await services.call_service.create_inbound(
-            route, from_=from_, provider_call_id=uuid
+            route, from_=from_, provider_call_id=uuid, facts=_network_facts(fields)
         )
+    except KnownCallConflict as exc:
+        _outcome("answer", "forbidden")
+        badinput.report("vonage-replay", exc.reason, request.remote, call_id=exc.call_id)
+        raise web.HTTPForbidden(text="this request does not match the call it names\n") from None
     except WorkerFull as exc:
         other = await services.call_service.other_ready_worker()
         if other is not None:  # full or draining: the socket goes to a worker taking calls
@@ -169,8 +211,23 @@ async def answer(request: web.Request) -> web.Response:
         _outcome("answer", "coordinator_down")
         log.warning("inbound call refused: %s", exc, extra={"uuid": uuid})
         return _ncco(ncco.talk(ncco.OUTAGE_MESSAGE))
-    _outcome("answer", "inbound")
+    if record.state is not CallState.CREATED:  # a replay of a call set up or over: no new answer
+        _outcome("answer", "replayed")
+        badinput.report(
+            "vonage-replay",
+            "answer webhook for a call past set-up",
+            request.remote,
+            call_id=record.call_id,
+        )
+        return _ncco(ncco.talk(ncco.GONE_MESSAGE))
+    _outcome("answer", "inbound")  # the first answer webhook, or Vonage's retry of it
     return await _connect_answer(ctx, services, record)
+
+
+def _network_facts(fields: dict[str, str]) -> dict[str, str]:
+    """What a retry of the answer webhook repeats beyond caller and number: the conversation."""
+    conversation = fields.get("conversation_uuid", "")
+    return {"conversation_uuid": conversation} if conversation else {}
 
 
 def _handoff(
@@ -241,7 +298,12 @@ async def event(request: web.Request) -> web.Response:
     """
     ctx = request.app[VONAGE]
     services = request.app[SERVICES]
-    fields = await _signed_fields(ctx, request, "event")
+    try:
+        fields = await _signed_fields(ctx, services, request, "event")
+    except CoordinatorUnavailable:
+        raise web.HTTPServiceUnavailable(
+            text="coordination store unreachable\n", headers={"Retry-After": "5"}
+        ) from None
     status = fields.get("status", "")
     uuid = fields.get("uuid", "")
     call_id = request.query.get(CALL_ID_PARAM)
