@@ -55,6 +55,11 @@ def _gatherers(pc: RTCPeerConnection) -> list[RTCIceGatherer]:
     return list(found.values())
 
 
+def connections(pc: RTCPeerConnection) -> list[Connection]:
+    """The aioice connections of ``pc`` (one with BUNDLE)."""
+    return [gatherer._connection for gatherer in _gatherers(pc)]
+
+
 def gather_on(pc: RTCPeerConnection, addresses: Sequence[str]) -> None:
     """Make ``pc`` offer host candidates on ``addresses`` (call before it gathers)."""
     if not addresses:

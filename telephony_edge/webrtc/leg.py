@@ -33,8 +33,10 @@ is bridged): an answered offer that never connects ends ``error`` without
 ever reaching the agent core.
 
 The call ends ``user-ended`` when the peer goes (its track ends, the
-connection closes, the page sends ``end``) and ``error`` when ICE/DTLS fails
-or does not connect within ``webrtc.connect_timeout_s``.
+connection closes, the page sends ``end``, or it stops answering ICE consent
+checks for ``webrtc.consent_timeout_s``: a killed browser, see
+:mod:`telephony_edge.webrtc.consent`) and ``error`` when ICE/DTLS fails or
+does not connect within ``webrtc.connect_timeout_s``.
 """
 
 from __future__ import annotations
@@ -64,9 +66,9 @@ from telephony_edge.calls.leg import (
     LegEvent,
     LegInfo,
 )
-from telephony_edge.webrtc import channel
+from telephony_edge.webrtc import channel, consent
 from telephony_edge.webrtc.candidates import filter_offer, printable, summary
-from telephony_edge.webrtc.ice import configuration, gather_on, guard
+from telephony_edge.webrtc.ice import configuration, connections, gather_on, guard
 from telephony_edge.webrtc.opus import OpusPacketizer
 from telephony_edge.webrtc.settings import WebRtcSettings
 from telephony_edge.webrtc.stats import media_report
@@ -261,12 +263,37 @@ class WebRtcLeg(Leg):
     def _on_state(self) -> None:
         state = self.pc.connectionState
         if state == "connected":
+            if not self._connected.is_set():
+                self._spawn(self._keep_consent())
             self._connected.set()
             self._settled.set()
         elif state == "failed":
             self._end(LegEnded("failed", "the WebRTC connection failed (ICE or DTLS)"))
         elif state == "closed":
             self._end(LegEnded("completed"))
+
+    async def _keep_consent(self) -> None:
+        """End the call ``user-ended`` once the peer stops answering consent checks."""
+        watches = [
+            asyncio.ensure_future(
+                consent.watch(c, self.settings.consent_interval_s, self.settings.consent_timeout_s)
+            )
+            for c in connections(self.pc)
+        ]
+        if not watches:
+            return
+        try:
+            done, _ = await asyncio.wait(watches, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in watches:
+                task.cancel()
+        silent = next(iter(done)).result()
+        log.info(
+            "the WebRTC peer stopped answering consent checks (%.1f s): gone",
+            silent,
+            extra={"call_id": self.call_id},
+        )
+        self._end(LegEnded("completed"))
 
     async def _connect_deadline(self) -> None:
         timeout = self.settings.connect_timeout_s

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from telephony_edge.config import ProviderSettings, Settings
 from telephony_edge.webrtc.candidates import PeerPolicy, parse_networks
@@ -52,6 +52,12 @@ class WebRtcSettings(ProviderSettings):
     connect_timeout_s: float = Field(default=15.0, gt=0, le=120)
     """From the answer to ICE + DTLS connected; past it the call ends ``error``."""
 
+    consent_interval_s: float = Field(default=0.5, gt=0, le=5)
+    """How often the edge asks the peer for ICE consent (a STUN check, RFC 7675)."""
+    consent_timeout_s: float = Field(default=3.5, ge=1, le=30)
+    """A connected peer that answers no consent check for this long is gone (its browser
+    was killed, its network dropped): the call ends ``user-ended``."""
+
     allowed_origins: list[str] = Field(default_factory=list)
     """Web origins (``https://shop.example.com``) whose pages may post offers with the
     public key (CORS). The edge's own ``public_url`` is always allowed (its ``/widget``)."""
@@ -76,6 +82,12 @@ class WebRtcSettings(ProviderSettings):
     @classmethod
     def _networks(cls, networks: list[str]) -> list[str]:
         return [str(n) for n in parse_networks(networks)]  # raises ValueError
+
+    @model_validator(mode="after")
+    def _consent(self) -> WebRtcSettings:
+        if self.consent_interval_s * 2 > self.consent_timeout_s:
+            raise ValueError("consent_interval_s must be at most half of consent_timeout_s")
+        return self
 
     def peer_policy(self) -> PeerPolicy:
         """Which remote candidate addresses this edge may send to."""
