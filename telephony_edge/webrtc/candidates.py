@@ -15,7 +15,8 @@ address is judged here before aioice may pair it:
   them: loopback, link-local, private (RFC 1918, ``fc00::/7``) and every
   other address that is not globally routable (``100.64.0.0/10``, reserved,
   documentation ranges). The demo and the tests, on loopback, list
-  ``127.0.0.0/8``; an edge serving a LAN lists that LAN;
+  ``127.0.0.0/8``, which also allows this machine's own interface addresses
+  (a peer on the same host offers those); an edge serving a LAN lists that LAN;
 * an IPv6 address that carries an IPv4 one (IPv4-mapped, 6to4, the NAT64
   prefix ``64:ff9b::/96``) is judged by the IPv4 address too, so a NAT64
   gateway is no way around the rule;
@@ -24,7 +25,8 @@ address is judged here before aioice may pair it:
   browser that hides its host address behind one still connects through its
   server-reflexive candidate or a peer-reflexive one (its checks reach us).
 
-Rules: pure functions of the address and the settings, no I/O. The SDP of
+Rules: pure functions of the address and the settings, no I/O but reading
+this host's interface addresses once. The SDP of
 the offer is filtered here (:func:`filter_offer`) before aiortc sees it; the
 peer-reflexive and trickled addresses are judged at the ICE connection
 (:func:`telephony_edge.webrtc.ice.guard`) with the same :class:`PeerPolicy`.
@@ -32,9 +34,13 @@ peer-reflexive and trickled addresses are judged at the ICE connection
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from aioice.ice import get_host_addresses
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -90,6 +96,29 @@ def parse_networks(networks: Iterable[str]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(n.strip(), strict=False) for n in networks)
 
 
+@functools.lru_cache(maxsize=1)
+def host_networks() -> tuple[Network, ...]:
+    """This machine's own addresses (aioice's host candidates), each a /32 or /128, read once."""
+    found: list[Network] = []
+    for host in get_host_addresses(use_ipv4=True, use_ipv6=True):
+        with contextlib.suppress(ValueError):
+            found.append(ipaddress.ip_network(host.split("%", 1)[0]))
+    return tuple(found)
+
+
+def with_this_host(networks: tuple[Network, ...]) -> tuple[Network, ...]:
+    """``networks``, plus this machine's own addresses if they allow loopback.
+
+    Loopback means "this host": a peer on the same machine (the demo, a bot
+    run next to the edge) offers its interface addresses, never 127.0.0.1
+    (aioice leaves loopback out), and reaching them is reaching this host.
+    """
+    loopbacks = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
+    if any(a.version == n.version and a in n for a in loopbacks for n in networks):
+        return networks + host_networks()
+    return networks
+
+
 @dataclass(frozen=True)
 class PeerPolicy:
     """The operator's allow-list, and the judgement of one remote address against it."""
@@ -98,7 +127,8 @@ class PeerPolicy:
 
     @classmethod
     def from_cidrs(cls, cidrs: Iterable[str]) -> PeerPolicy:
-        return cls(parse_networks(cidrs))
+        """The policy of an allow-list; loopback in it allows this host's own addresses too."""
+        return cls(with_this_host(parse_networks(cidrs)))
 
     def refusal(self, host: str) -> str | None:
         """Why the edge may not send to ``host`` (a kind, e.g. ``private``); None if it may."""

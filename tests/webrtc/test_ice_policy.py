@@ -22,7 +22,7 @@ from aiortc import RTCSessionDescription
 
 from telephony_edge import metrics
 from telephony_edge.config import load_settings
-from telephony_edge.webrtc.candidates import PeerPolicy, filter_offer
+from telephony_edge.webrtc.candidates import PeerPolicy, filter_offer, host_networks
 from tests.conftest import Edge, Receiver, wait_for
 from tests.webrtc.test_offer import API_KEY, Client, post_offer
 
@@ -116,6 +116,16 @@ def test_the_policy_refuses_by_kind_and_the_allow_list_opens_only_what_it_may() 
     assert lan.refusal("fd00:ec2::254") == "cloud-metadata"
     assert lan.refusal("224.0.0.251") == "multicast"
     assert PeerPolicy.from_cidrs(["0.0.0.0/0"]).refusal("255.255.255.255") == "broadcast"
+
+
+def test_allowing_loopback_allows_this_hosts_own_addresses_and_nothing_more() -> None:
+    own = [str(n.network_address) for n in host_networks()]
+    loopback = PeerPolicy.from_cidrs(["127.0.0.0/8"])
+    for host in own:
+        assert loopback.refusal(host) is None, host
+        if PeerPolicy().refusal(host) is not None:  # a private address of this host
+            assert PeerPolicy.from_cidrs(["8.8.8.0/24"]).refusal(host) is not None
+    assert loopback.refusal("10.255.255.254") == "private" or "10.255.255.254" in own
 
 
 def test_the_offer_loses_refused_candidates_and_keeps_the_rest() -> None:

@@ -18,7 +18,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aioice.ice import get_host_addresses
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
@@ -34,13 +33,6 @@ API_KEY = "private-api-key-for-webrtc-tests"
 LOOPBACK = ["127.0.0.1"]
 #: the peers here are on loopback, which the edge refuses unless allowed
 LOOPBACK_NETWORKS = ["127.0.0.0/8", "::1/128"]
-
-
-def this_host_networks() -> list[str]:
-    """Loopback and this machine's own addresses: where a peer on this host offers (an
-    aiortc client gathers on every interface but loopback)."""
-    own = get_host_addresses(use_ipv4=True, use_ipv6=True)
-    return LOOPBACK_NETWORKS + [a.split("%", 1)[0] for a in own]
 
 
 def settings_for(receiver: Receiver, inactivity_s: float = 30, **webrtc: Any) -> Any:
