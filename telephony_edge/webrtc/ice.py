@@ -6,8 +6,10 @@ aioice gathers host candidates on every interface but loopback
 addresses instead (its own, nothing process-wide): each ICE gatherer's
 connection gets a ``gather_candidates`` that binds its components to exactly
 those addresses, as aioice's own does with its list, then asks the STUN/TURN
-servers as usual. Checked against aioice 0.13 (``Connection`` keeps
-``_local_candidates`` and the start/end flags that ``connect`` checks).
+servers as usual; with a port range (``webrtc.media_port_min``/``max``) the
+host sockets are bound within it (:mod:`telephony_edge.webrtc.ports`).
+Checked against aioice 0.13 (``Connection`` keeps ``_local_candidates`` and
+the start/end flags that ``connect`` checks).
 
 :func:`guard` makes a peer connection's ICE refuse remote addresses that
 :class:`~telephony_edge.webrtc.candidates.PeerPolicy` refuses, where aioice
@@ -23,11 +25,12 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from aioice import Candidate, Connection, stun
-from aioice.ice import StunProtocol
+from aioice.ice import StunProtocol, get_host_addresses
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 from aiortc.rtcicetransport import RTCIceGatherer
 
 from telephony_edge.webrtc.candidates import PeerPolicy
+from telephony_edge.webrtc.ports import PortRange, host_candidates
 from telephony_edge.webrtc.settings import WebRtcSettings
 
 #: told of each address the guard refuses: (kind, address)
@@ -60,26 +63,37 @@ def connections(pc: RTCPeerConnection) -> list[Connection]:
     return [gatherer._connection for gatherer in _gatherers(pc)]
 
 
-def gather_on(pc: RTCPeerConnection, addresses: Sequence[str]) -> None:
-    """Make ``pc`` offer host candidates on ``addresses`` (call before it gathers)."""
-    if not addresses:
+def gather_on(
+    pc: RTCPeerConnection, addresses: Sequence[str], ports: PortRange | None = None
+) -> None:
+    """Make ``pc`` offer host candidates on ``addresses`` (empty: aioice's list), on a port
+    of ``ports`` when given (call before it gathers)."""
+    if not addresses and ports is None:
         return
-    for gatherer in _gatherers(pc):
-        connection = gatherer._connection
-        setattr(connection, "gather_candidates", _gather(connection, list(addresses)))  # noqa: B010
+    for connection in connections(pc):
+        gather = _gather(connection, list(addresses), ports)
+        setattr(connection, "gather_candidates", gather)  # noqa: B010
 
 
 def _gather(
-    connection: Connection, addresses: list[str]
+    connection: Connection, addresses: list[str], ports: PortRange | None
 ) -> Callable[[], Coroutine[Any, Any, None]]:
     async def gather_candidates() -> None:
         if connection._local_candidates_start:
             return
         connection._local_candidates_start = True
+        hosts = addresses or get_host_addresses(
+            use_ipv4=connection._use_ipv4, use_ipv6=connection._use_ipv6
+        )
         for component in connection._components:
-            connection._local_candidates += await connection.get_component_candidates(
-                component=component, addresses=addresses
-            )
+            if ports is None:
+                connection._local_candidates += await connection.get_component_candidates(
+                    component=component, addresses=hosts
+                )
+            else:
+                connection._local_candidates += await host_candidates(
+                    connection, component, hosts, ports
+                )
         connection._local_candidates_end = True
 
     return gather_candidates

@@ -70,6 +70,7 @@ from telephony_edge.webrtc import channel, consent
 from telephony_edge.webrtc.candidates import filter_offer, printable, summary
 from telephony_edge.webrtc.ice import configuration, connections, gather_on, guard
 from telephony_edge.webrtc.opus import OpusPacketizer
+from telephony_edge.webrtc.ports import NoMediaPort
 from telephony_edge.webrtc.settings import WebRtcSettings
 from telephony_edge.webrtc.stats import media_report
 
@@ -182,9 +183,14 @@ class WebRtcLeg(Leg):
         if transceiver.mid is None:
             raise OfferRefused("the offer has no audio")
         guard(self.pc, policy, self._refused)  # before any socket: checks from strangers too
-        gather_on(self.pc, self.settings.advertised_addresses)
+        ports = self.settings.port_range()
+        gather_on(self.pc, self.settings.advertised_addresses, ports)
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)  # returns once gathering is complete
+        if ports is not None and not any(c.local_candidates for c in connections(self.pc)):
+            raise NoMediaPort(
+                f"no free UDP port in webrtc.media_port_min-max {ports.low}-{ports.high}"
+            )
         local = self.pc.localDescription
         self._spawn(self._connect_deadline())
         return local

@@ -3,8 +3,9 @@
 The offer is checked and answered before the call is recorded, so a refused
 offer leaves nothing behind: 400 with the reason (not JSON, bad SDP, a wrong
 ``type``, no audio, no Opus), 413 past ``webrtc.max_offer_bytes``, 401 for a
-wrong key (the API's own check), 503 past ``webrtc.max_peer_connections`` or
-when the worker takes no new calls. The answer (``{sdp, type, call_id}``)
+wrong key (the API's own check), 503 past ``webrtc.max_peer_connections``,
+with no free UDP port in ``webrtc.media_port_min``-``max``, or when the worker
+takes no new calls. The answer (``{sdp, type, call_id}``)
 comes once ICE gathering is complete. The call is bridged to the agent core
 only once ICE and DTLS are connected: an offer that never connects ends
 ``error`` after ``webrtc.connect_timeout_s`` having cost no agent session.
@@ -35,6 +36,7 @@ from telephony_edge.provider import Provider
 from telephony_edge.services import SERVICES
 from telephony_edge.webrtc.browser import BROWSER, Browser, cors_headers, key_matches, origin_of
 from telephony_edge.webrtc.leg import OfferRefused, WebRtcLeg
+from telephony_edge.webrtc.ports import NoMediaPort
 from telephony_edge.webrtc.settings import WebRtcSettings, webrtc_settings
 from telephony_edge.webrtc.widget import mount_widget
 
@@ -205,6 +207,8 @@ async def webrtc_offer(request: web.Request) -> web.Response:
             answer = await leg.answer(sdp)
         except OfferRefused as exc:
             raise ApiError(400, str(exc)) from None
+        except NoMediaPort as exc:
+            raise ApiError(503, str(exc)) from None
         try:
             record = await services.call_service.create(
                 agent_id=agent_id,

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from telephony_edge.config import ProviderSettings, Settings
 from telephony_edge.webrtc.candidates import PeerPolicy, parse_networks
+from telephony_edge.webrtc.ports import PortRange
 
 
 class IceServerSettings(BaseModel):
@@ -52,6 +53,12 @@ class WebRtcSettings(ProviderSettings):
     connect_timeout_s: float = Field(default=15.0, gt=0, le=120)
     """From the answer to ICE + DTLS connected; past it the call ends ``error``."""
 
+    media_port_min: int | None = Field(default=None, ge=1024, le=65535)
+    """The lowest UDP port of the range the edge's ICE/media sockets bind (with
+    ``media_port_max``; both unset: any ephemeral port). One port per peer connection
+    and advertised address; an offer finding none free is 503."""
+    media_port_max: int | None = Field(default=None, ge=1024, le=65535)
+    """The highest UDP port of that range (inclusive)."""
     consent_interval_s: float = Field(default=0.5, gt=0, le=5)
     """How often the edge asks the peer for ICE consent (a STUN check, RFC 7675)."""
     consent_timeout_s: float = Field(default=3.5, ge=1, le=30)
@@ -87,7 +94,18 @@ class WebRtcSettings(ProviderSettings):
     def _consent(self) -> WebRtcSettings:
         if self.consent_interval_s * 2 > self.consent_timeout_s:
             raise ValueError("consent_interval_s must be at most half of consent_timeout_s")
+        if (self.media_port_min is None) != (self.media_port_max is None):
+            raise ValueError("media_port_min and media_port_max go together")
+        low, high = self.media_port_min, self.media_port_max
+        if low is not None and high is not None and low > high:
+            raise ValueError("media_port_min must not be above media_port_max")
         return self
+
+    def port_range(self) -> PortRange | None:
+        """The UDP range for media sockets, or None for any port."""
+        if self.media_port_min is None or self.media_port_max is None:
+            return None
+        return PortRange(self.media_port_min, self.media_port_max)
 
     def peer_policy(self) -> PeerPolicy:
         """Which remote candidate addresses this edge may send to."""
