@@ -21,8 +21,9 @@ import random
 import time
 
 from telephony_edge.calls.leg import LegInfo
-from telephony_edge.sip.leg import RtpProtocol, SipLeg
+from telephony_edge.sip.leg import SipLeg
 from telephony_edge.sip.rtp import build_rtp
+from telephony_edge.sip.rtp_socket import RtpProtocol
 from telephony_edge.sip.sdp import CODECS, Negotiated
 
 CASES = (("PCMA", 8, 160), ("PCMA", 8, 240), ("G722", 9, 160))

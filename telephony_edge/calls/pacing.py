@@ -11,6 +11,11 @@ beyond that the schedule restarts from now rather than bursting.
 Ticks are synchronous (a leg's send never waits on its network), and each
 runs on its own: one that raises is logged and dropped from the clock, and
 the calls after it in the same tick are served as usual.
+
+Subscribers ``after_playout`` run in each tick after every other subscriber:
+a leg that owes its network a packet every 20 ms (RTP) fills the slot the
+bridge's playout left empty in that same tick, whatever order the two
+subscribed in.
 """
 
 from __future__ import annotations
@@ -37,10 +42,12 @@ class Pacer:
     def __init__(self, frame_s: float = FRAME_S) -> None:
         self._frame_s = frame_s
         self._subscribers: dict[object, Tick] = {}
+        self._after: dict[object, Tick] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def subscribe(self, key: object, tick: Tick) -> None:
-        self._subscribers[key] = tick
+    def subscribe(self, key: object, tick: Tick, *, after_playout: bool = False) -> None:
+        """``tick`` every 20 ms; ``after_playout``: after the other subscribers of that tick."""
+        (self._after if after_playout else self._subscribers)[key] = tick
         if self._task is None or self._task.done():
             # a fresh context: the clock belongs to no call (no call id in its logs)
             self._task = asyncio.create_task(
@@ -49,12 +56,13 @@ class Pacer:
 
     def unsubscribe(self, key: object) -> None:
         self._subscribers.pop(key, None)
+        self._after.pop(key, None)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         start = loop.time()
         ticks = 0
-        while self._subscribers:
+        while self._subscribers or self._after:
             ticks += 1
             delay = start + ticks * self._frame_s - loop.time()
             if delay > 0:
@@ -63,16 +71,18 @@ class Pacer:
                 start, ticks = loop.time(), 0
             else:  # catching up: let pending I/O in between the extra ticks
                 await asyncio.sleep(0)
-            for key, tick in list(self._subscribers.items()):
-                try:
-                    tick()
-                except Exception:
-                    log.exception("playout tick failed; dropping it from the clock")
-                    self._subscribers.pop(key, None)
+            for subscribers in (self._subscribers, self._after):
+                for key, tick in list(subscribers.items()):
+                    try:
+                        tick()
+                    except Exception:
+                        log.exception("playout tick failed; dropping it from the clock")
+                        subscribers.pop(key, None)
         self._task = None
 
     async def close(self) -> None:
         self._subscribers.clear()
+        self._after.clear()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

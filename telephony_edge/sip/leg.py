@@ -2,15 +2,16 @@
 
 Theory of operation
 -------------------
-Caller audio arrives on the leg's own UDP socket (:class:`RtpProtocol`), bound
-by :class:`RtpPorts` on a random even port of the configured range (the next
-call's port cannot be guessed from this one's). Each datagram goes through
-:class:`~telephony_edge.sip.rtp.RtpInbound` (source rule, reorder, conceal,
-telephone-events), is decoded to canonical PCM16 16 kHz (G.722 is 16 kHz
-already; G.711 is upsampled) and cut into 20 ms frames (peers send 20 or 30
-ms packets), and queued for :meth:`SipLeg.recv`. The queue is bounded: a
-bridge that stops reading loses the oldest audio, counted, rather than the
-worker's memory.
+Caller audio arrives on the leg's own UDP socket
+(:class:`~telephony_edge.sip.rtp_socket.RtpProtocol`), bound by
+:class:`~telephony_edge.sip.rtp_socket.RtpPorts` on a random even port of the
+configured range (the next call's port cannot be guessed from this one's).
+Each datagram goes through :class:`~telephony_edge.sip.rtp.RtpInbound`
+(source rule, reorder, conceal, telephone-events), is decoded to canonical
+PCM16 16 kHz (G.722 is 16 kHz already; G.711 is upsampled) and cut into 20 ms
+frames (peers send 20 or 30 ms packets), and queued for :meth:`SipLeg.recv`.
+The queue is bounded: a bridge that stops reading loses the oldest audio,
+counted, rather than the worker's memory.
 
 Who may send the caller's RTP is the call's
 :class:`~telephony_edge.sip.rtp_source.SourceLearner`: the SDP's address at
@@ -23,20 +24,29 @@ the call (the first, then at most one line every ``FOREIGN_WARN_EVERY_S``
 with the count since).
 
 Agent audio leaves in :meth:`SipLeg.send_frame`, called by the worker's pacer
-every 20 ms while the agent speaks: encode, number (:class:`RtpSender`), and
-``sendto`` at once to the caller's RTP peer (symmetric RTP), or to the SDP's
-address until there is one. Nothing is buffered here, so
-``playout_lead_frames`` is 0 and :meth:`clear` has nothing to flush.
+every 20 ms while the agent speaks: encode, number, and ``sendto`` at once to
+the caller's RTP peer (symmetric RTP), or to the SDP's address until there is
+one. In the same tick, after playout, the pacer calls the leg again: a slot
+the agent left empty gets a packet of encoded silence, so the caller receives
+RTP every 20 ms from the first media description to the end, and nothing but
+RTCP while it holds the call (:mod:`telephony_edge.sip.rtp_out`: timestamps
+and sequence numbers continuous across silence and hold, the marker bit on
+each agent talkspurt). Nothing is buffered here, so ``playout_lead_frames``
+is 0 and :meth:`clear` has nothing to flush. With ``sip.early_media`` the leg
+exists from the 183 with our SDP: its stream starts then, while the caller's
+RTP is taken only from the answer (:meth:`SipLeg.hear`), when the agent starts.
 
 RTCP (:mod:`telephony_edge.sip.rtcp`) runs on the RTP port + 1 (the SDP's
-``a=rtcp``), bound next to the RTP socket; RTCP multiplexed on the RTP port
-(RFC 5761) is read as well. The caller's RTCP is taken from where the source
-rule says (the offer's ``a=rtcp``, the peer's port + 1, or the peer's host
-carrying the peer's SSRC), and ours goes back there. One timer task per call
-sends a report every interval (RFC 3550 §6.3) and watches for RTP
-inactivity: no packet from the caller for ``rtp_timeout_s`` while both sides
-send (not on hold) ends the leg with ``LegEnded(timeout=True)``, so the call
-ends ``timeout`` and the edge sends BYE. The statistics (loss, jitter, late
+``a=rtcp``), bound next to the RTP socket, on hold too (RFC 3264 §5.1); a
+sender report's RTP timestamp is the stream's at the report's NTP time.
+RTCP multiplexed on the RTP port (RFC 5761) is read as well. The caller's
+RTCP is taken from where the source rule says (the offer's ``a=rtcp``, the
+peer's port + 1, or the peer's host carrying the peer's SSRC), and ours goes
+back there. One timer task per call sends a report every interval (RFC 3550
+§6.3) and watches for RTP inactivity: no packet from the caller for
+``rtp_timeout_s`` while both sides send (not on hold) ends the leg with
+``LegEnded(timeout=True)``, so the call ends ``timeout`` and the edge sends
+BYE. The statistics (loss, jitter, late
 packets, round-trip time) go to the Prometheus metrics at each report and to
 :meth:`SipLeg.media_stats` at the end.
 
@@ -49,11 +59,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import secrets
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from telephony_edge import metrics
 from telephony_edge.audio.frames import FRAME_BYTES, FrameSplitter
@@ -61,8 +70,11 @@ from telephony_edge.audio.g711 import Law
 from telephony_edge.audio.g722 import G722Decoder, G722Encoder
 from telephony_edge.audio.transcode import G711Decoder, G711Encoder
 from telephony_edge.calls.leg import Capabilities, Dtmf, Leg, LegEnded, LegEvent, LegInfo
+from telephony_edge.calls.pacing import Pacer
 from telephony_edge.sip.rtcp import RR, SR, RtcpSession, build_bye, report_interval, sender_ssrc
 from telephony_edge.sip.rtp import Address, Audio, Held, InboundEvent, RtpInbound, RtpSender
+from telephony_edge.sip.rtp_out import OutboundStream
+from telephony_edge.sip.rtp_socket import RtcpProtocol, RtpProtocol
 from telephony_edge.sip.rtp_source import LEARN_PACKETS, LEARN_WINDOW_S, SourceLearner
 from telephony_edge.sip.sdp import Negotiated
 from telephony_edge.sip.sendto import send_datagram
@@ -71,7 +83,6 @@ log = logging.getLogger(__name__)
 
 MAX_QUEUED_EVENTS = 250  # 5 s of caller audio
 SEND_BUFFER_LIMIT = 64 * 1024
-SAMPLES_PER_FRAME = 160  # 20 ms of RTP clock (8000 for G.711 and, by RFC 3551, G.722)
 DRAIN_AFTER_S = 0.12  # no RTP for this long while packets wait behind a gap: release them
 _DROPPED = metrics.FRAMES_DROPPED.labels(reason="sip_backlog")
 _RECEIVED = metrics.SIP_RTP_PACKETS.labels(outcome="received")
@@ -83,7 +94,6 @@ _RTCP_MALFORMED = metrics.SIP_RTCP_PACKETS.labels(outcome="malformed")
 _RTCP_STRANGER = metrics.SIP_RTCP_PACKETS.labels(outcome="stranger")
 _FOREIGN = {p: metrics.RTP_FOREIGN_PACKETS.labels(protocol=p) for p in ("rtp", "rtcp")}
 FOREIGN_WARN_EVERY_S = 10.0  # one warning per call per this long, with the count since
-RANDOM_BIND_ATTEMPTS = 16  # random ports tried before sweeping the range
 _RNG = random.Random()
 LAWS = {"PCMU": Law.ULAW, "PCMA": Law.ALAW}
 
@@ -94,6 +104,8 @@ class Decoder(Protocol):
 
 class Encoder(Protocol):
     def encode(self, frame: bytes) -> bytes: ...
+
+    def reset(self) -> None: ...
 
 
 def codec_pair(name: str, packet_bytes: int = 160) -> tuple[Decoder, Encoder]:
@@ -122,81 +134,6 @@ class CallControl(Protocol):
         """REFER the call to ``destination``; return once done, raise if it failed."""
 
 
-class RtpProtocol(asyncio.DatagramProtocol):
-    """The RTP socket: hands every datagram to its leg."""
-
-    def __init__(self) -> None:
-        self.leg: SipLeg | None = None
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's UDP transport is not a subclass of asyncio's; it has the same methods
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        if self.leg is not None:
-            self.leg.on_rtp(data, _address(addr))
-
-
-class RtcpProtocol(RtpProtocol):
-    """The RTCP socket (RTP port + 1)."""
-
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        if self.leg is not None:
-            self.leg.on_rtcp(data, _address(addr))
-
-
-def _address(addr: tuple[str | int, ...]) -> Address:
-    """(host, port) of a datagram's source; IPv4's is that already (no copy per packet)."""
-    if len(addr) == 2 and type(addr[0]) is str and type(addr[1]) is int:
-        return cast(Address, addr)
-    return str(addr[0]), int(addr[1])
-
-
-class RtpPorts:
-    """Binds RTP sockets on even ports of the configured range (RTCP takes the odd one next),
-    chosen at random: sequential ports would tell a prober where the next call's media is."""
-
-    def __init__(self, host: str, low: int, high: int) -> None:
-        self.host = host
-        self.low = low + (low % 2)
-        self.high = high
-        self.in_use: set[int] = set()
-
-    @property
-    def span(self) -> int:
-        """How many even ports the range holds."""
-        return max(0, (self.high - self.low) // 2 + 1)
-
-    def candidates(self) -> list[int]:
-        """Ports to try, in order: some at random, then every free one from a random start."""
-        span = self.span
-        if span == 0:
-            return []
-        start = secrets.randbelow(span)
-        sweep = [self.low + 2 * ((start + i) % span) for i in range(span)]
-        tries = [self.low + 2 * secrets.randbelow(span) for _ in range(RANDOM_BIND_ATTEMPTS)]
-        return [p for p in tries + sweep if p not in self.in_use]
-
-    async def bind(self) -> tuple[RtpProtocol, int]:
-        loop = asyncio.get_running_loop()
-        for port in self.candidates():
-            if port in self.in_use:
-                continue
-            try:
-                _, protocol = await loop.create_datagram_endpoint(
-                    RtpProtocol, local_addr=(self.host, port)
-                )
-            except OSError:
-                continue  # taken by another process: try the next
-            self.in_use.add(port)
-            return protocol, port
-        raise OSError(f"no free RTP port in {self.low}-{self.high}")
-
-    def release(self, port: int) -> None:
-        self.in_use.discard(port)
-
-
 class SipLeg(Leg):
     """One SIP call's RTP media; see the module docstring."""
 
@@ -215,6 +152,8 @@ class SipLeg(Leg):
         rtp_timeout_s: float = 30.0,
         learn_packets: int = LEARN_PACKETS,
         learn_window_s: float = LEARN_WINDOW_S,
+        pacer: Pacer | None = None,
+        hearing: bool = True,
     ) -> None:
         self.info = info
         self.ref = ref
@@ -230,8 +169,10 @@ class SipLeg(Leg):
         self.media: Negotiated | None = None
         self.inbound: RtpInbound | None = None
         self.sender: RtpSender | None = None
+        self.out: OutboundStream | None = None
+        self._pacer = pacer  # None: agent audio only, no stream between talkspurts
+        self._hearing = hearing  # False during early media: the caller's RTP is not taken
         self._decoder: Decoder | None = None
-        self._encoder: Encoder | None = None
         self._splitter = FrameSplitter()
         self._first_audio = True
         self.learn_packets = learn_packets
@@ -263,7 +204,7 @@ class SipLeg(Leg):
             return
         self._export()  # a new codec is a new stream: its counters start at 0
         self._exported = (0, 0, 0)
-        self._decoder, self._encoder = codec_pair(media.codec.name)
+        self._decoder, encoder = codec_pair(media.codec.name)
         self._first_audio = True  # sizes the decoder to the caller's packets
         self.inbound = RtpInbound(
             media.payload_type,
@@ -271,7 +212,13 @@ class SipLeg(Leg):
             clock_rate=media.codec.clock_rate,
             sources=self.sources,
         )
-        self.sender = RtpSender(media.payload_type, media.codec.clock_rate)
+        pacer = self._pacer
+        self.sender = RtpSender(
+            media.payload_type, media.codec.clock_rate, continuous=pacer is not None
+        )
+        self.out = OutboundStream(media.codec.name, encoder, self.sender)
+        if pacer is not None and self._ended is None:
+            pacer.subscribe(self, self._fill, after_playout=True)
 
     def _sources_for(self, media: Negotiated) -> None:
         """The source rule for ``media``: a new one at answer, a new window if media moved."""
@@ -297,9 +244,15 @@ class SipLeg(Leg):
 
     # -- caller → edge ---------------------------------------------------------------
 
+    def hear(self) -> None:
+        """The call is answered: take the caller's RTP from now (the agent starts now)."""
+        if not self._hearing:
+            self._hearing = True
+            self._last_rtp = self._clock()
+
     def on_rtp(self, data: bytes, source: Address) -> None:
         inbound = self.inbound
-        if inbound is None or self._ended is not None:
+        if inbound is None or self._ended is not None or not self._hearing:
             return
         if len(data) > 1 and SR <= data[1] <= RR:  # RTCP multiplexed on the RTP port
             self.on_rtcp(data, source)
@@ -438,6 +391,8 @@ class SipLeg(Leg):
         the queue."""
         if self._ended is None:
             self._ended = LegEnded(status, error, timeout)
+            if self._pacer is not None:
+                self._pacer.unsubscribe(self)  # no RTP after the end
             self._wake()
 
     # -- RTCP and inactivity ---------------------------------------------------------
@@ -481,7 +436,7 @@ class SipLeg(Leg):
         if sender is None or inbound is None:
             return None
         source = (inbound.ssrc, inbound.reception) if inbound.ssrc is not None else None
-        sent = (sender.sent, sender.octets, sender.ts)
+        sent = (sender.sent, sender.octets, sender.rtp_time(self._clock()))
         return self.rtcp.report(time.time(), sender.ssrc, sent, source)
 
     def _send_rtcp(self, packet: bytes) -> None:
@@ -507,7 +462,7 @@ class SipLeg(Leg):
                 next_report = now + report_interval(False, _RNG)
                 try:
                     packet = self._rtcp_packet()
-                    if packet is not None and not (self.media and self.media.on_hold):
+                    if packet is not None:  # on hold too (RFC 3264 §5.1)
                         self._send_rtcp(packet)
                     self._export()
                 except Exception:  # a report lost, never the inactivity watch
@@ -551,6 +506,7 @@ class SipLeg(Leg):
             "jitter_ms": round(reception.jitter_ms, 2),
             "late_packets": inbound.stats.late,
             "packets_sent": sender.sent,
+            "silence_packets_sent": self.out.silence_sent if self.out is not None else 0,
         }
         if self.rtcp.rtt is not None:
             stats["rtt_ms"] = round(self.rtcp.rtt * 1000, 2)
@@ -559,22 +515,37 @@ class SipLeg(Leg):
     # -- edge → caller ---------------------------------------------------------------
 
     def send_frame(self, frame: bytes, talkspurt_start: bool) -> None:
-        media, sender, encoder = self.media, self.sender, self._encoder
-        transport = self._rtp.transport
-        if media is None or sender is None or encoder is None or transport is None:
+        out, transport = self.out, self._rtp.transport
+        if out is None or transport is None:
             return
-        if media.on_hold or self._ended is not None:
-            return
-        dest = self.sources.destination if self.sources is not None else None
+        dest = self._destination()
         if dest is None:
+            out.skip(self._clock())  # on hold: the timestamp runs on
             return
         if _backlog(transport) > SEND_BUFFER_LIMIT:
             _DROPPED.inc()
+            out.skip(self._clock())
             return
-        packet = sender.packet(
-            encoder.encode(frame), SAMPLES_PER_FRAME, self._clock(), talkspurt_start
-        )
-        send_datagram(transport, packet, dest, "rtp")
+        send_datagram(transport, out.audio(frame, talkspurt_start, self._clock()), dest, "rtp")
+
+    def _fill(self) -> None:
+        """The pacer's tick, after playout: encoded silence in a slot the agent left empty."""
+        out, transport = self.out, self._rtp.transport
+        if out is None or transport is None:
+            return
+        dest = self._destination()
+        sending = dest is not None and _backlog(transport) <= SEND_BUFFER_LIMIT
+        packet = out.fill(self._clock(), sending)
+        if packet is not None and dest is not None:
+            send_datagram(transport, packet, dest, "rtp")
+
+    def _destination(self) -> Address | None:
+        """Where our RTP goes now: None on hold (RFC 3264: RTCP only), once ended, or while
+        there is nowhere to send."""
+        media, sources = self.media, self.sources
+        if media is None or media.on_hold or self._ended is not None or sources is None:
+            return None
+        return sources.destination
 
     def clear(self) -> None:
         """Nothing to flush: every frame left at once, the pacer holds the rest."""
@@ -598,6 +569,8 @@ class SipLeg(Leg):
         self.ended("closed")
         self._control.hangup(self.ref)  # still up after a failure: the caller is released
         self._media_task.cancel()
+        if self._pacer is not None:
+            self._pacer.unsubscribe(self)
         if self._drain_timer is not None:
             self._drain_timer.cancel()
         await asyncio.gather(self._media_task, return_exceptions=True)

@@ -11,10 +11,12 @@ only (telephone-events repeat one timestamp).
 
 :class:`RtcpSession` speaks RTCP for one call. :meth:`RtcpSession.report`
 builds the compound packet to send every interval: a sender report (SR)
-while the edge has sent RTP since the last one, a receiver report (RR)
-otherwise, with one report block about the caller's source, then SDES CNAME
-(RFC 3550 §6.1: every compound packet carries one). :meth:`RtcpSession.receive`
-reads the caller's reports: an SR's NTP time is kept as the LSR of our next
+while the edge has sent RTP since the last report or the one before
+(§6.4: so a call put on hold goes on reporting, RR once it has sent nothing
+for two intervals), a receiver report (RR) otherwise, with one report block
+about the caller's source, then SDES CNAME (RFC 3550 §6.1: every compound
+packet carries one). :meth:`RtcpSession.receive` reads the caller's
+reports: an SR's NTP time is kept as the LSR of our next
 block (with its arrival, for DLSR); a block about our SSRC that carries LSR
 gives the round-trip time ``A - LSR - DLSR`` (§6.4.1).
 
@@ -314,6 +316,7 @@ class RtcpSession:
         "_lsr",
         "_lsr_at",
         "_sent_at_report",
+        "_sent_before",
         "cname",
         "malformed",
         "received",
@@ -330,6 +333,7 @@ class RtcpSession:
         self._lsr = 0
         self._lsr_at = 0.0
         self._sent_at_report = 0
+        self._sent_before = 0  # at the report before that
 
     def receive(self, data: bytes, now: float, our_ssrc: int | None) -> bool:
         """Read a compound packet from the caller; False (and counted) when malformed."""
@@ -359,8 +363,8 @@ class RtcpSession:
     ) -> bytes:
         """The compound packet to send now.
 
-        ``sent`` is our stream's (packets, octets, RTP timestamp of the next
-        packet); ``source`` the caller's SSRC and its statistics, once known.
+        ``sent`` is our stream's (packets, octets, RTP timestamp at ``now``);
+        ``source`` the caller's SSRC and its statistics, once known.
         """
         blocks: tuple[ReportBlock, ...] = ()
         if source is not None:
@@ -368,7 +372,7 @@ class RtcpSession:
             blocks = (source[1].block(source[0], self._lsr, dlsr),)
         packets, octets, timestamp = sent
         sender = None
-        if packets > self._sent_at_report:
+        if packets > self._sent_before:
             sender = SenderInfo(ntp_time(now), timestamp, packets, octets)
-        self._sent_at_report = packets
+        self._sent_before, self._sent_at_report = self._sent_at_report, packets
         return build_report(ssrc, sender, blocks) + build_sdes_cname(ssrc, self.cname)

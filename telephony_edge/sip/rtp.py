@@ -40,9 +40,14 @@ lost) and :class:`DtmfDigit`\\ s. On the way:
   carriers never set it).
 
 Outbound, :class:`RtpSender` numbers packets: one random SSRC, consecutive
-sequence numbers, timestamps advancing by the samples sent and jumping by
-the wall-clock time of a pause at a talkspurt's start, where the marker bit
-is set.
+sequence numbers, timestamps advancing by the samples of each slot. A
+``continuous`` stream (one slot per tick of the worker's 20 ms pacer:
+:mod:`telephony_edge.sip.rtp_out`) advances the timestamp for slots it does
+not send (:meth:`RtpSender.skip`, on hold) and jumps it only over a gap the
+pacer could not catch up, in whole slots; otherwise the timestamp jumps by
+the wall-clock time of a pause at a talkspurt's start. The marker bit is set
+at a talkspurt's start. :meth:`RtpSender.rtp_time` gives the timestamp of
+any moment, for RTCP sender reports.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ RTP_VERSION = 2
 HEADER = struct.Struct("!BBHII")
 DTMF_EVENTS = "0123456789*#ABCD"
 SHRINK_AFTER = 500  # packets (10 s at 20 ms) without a late one before the depth shrinks
+RESYNC_SLOTS = 7  # a continuous stream's gap beyond the pacer's catch-up (5) that moves its ts
 
 
 @dataclass(slots=True)
@@ -407,8 +413,10 @@ class RtpSender:
 
     __slots__ = (
         "_anchor",
+        "_slot_ts",
         "_started",
         "clock_rate",
+        "continuous",
         "octets",
         "payload_type",
         "sent",
@@ -425,30 +433,57 @@ class RtpSender:
         ssrc: int | None = None,
         seq: int | None = None,
         ts: int | None = None,
+        continuous: bool = False,
     ) -> None:
         self.payload_type = payload_type
         self.clock_rate = clock_rate
         self.ssrc = secrets.randbits(32) if ssrc is None else ssrc
         self.seq = secrets.randbits(16) if seq is None else seq
         self.ts = secrets.randbits(32) if ts is None else ts  # of the next packet
+        self.continuous = continuous  # one slot per tick of a clock: see _advance
         self.sent = 0
         self.octets = 0  # payload bytes sent, for RTCP sender reports
         self._started = False
-        self._anchor = 0.0  # wall-clock time of the last packet
+        self._anchor = 0.0  # wall-clock time of the last slot
+        self._slot_ts = self.ts  # its timestamp
+
+    def _advance(self, samples: int, now: float, talkspurt_start: bool) -> None:
+        """Move the timestamp over wall-clock time no slot covered (RFC 3550 §5.1)."""
+        if not self._started:
+            self._started = True
+            return
+        behind = round((now - self._anchor) * self.clock_rate) - samples
+        if self.continuous:
+            # ticks a late clock caught up keep the grid; a longer gap (its schedule
+            # restarted) is skipped in whole slots
+            if behind >= RESYNC_SLOTS * samples:
+                self.ts = (self.ts + behind // samples * samples) & 0xFFFFFFFF
+        elif talkspurt_start and behind > 0:
+            self.ts = (self.ts + behind) & 0xFFFFFFFF  # the pause before a talkspurt
 
     def packet(self, payload: bytes, samples: int, now: float, talkspurt_start: bool) -> bytes:
         """The next packet; ``samples`` at the RTP clock in ``payload``."""
-        if self._started and talkspurt_start:
-            # the timestamp follows the wall clock across the pause (RFC 3550 §5.1)
-            paused = round((now - self._anchor) * self.clock_rate) - samples
-            if paused > 0:
-                self.ts = (self.ts + paused) & 0xFFFFFFFF
         marker = talkspurt_start or not self._started
-        self._started = True
+        self._advance(samples, now, talkspurt_start)
         self._anchor = now
-        data = build_rtp(self.payload_type, self.seq, self.ts, self.ssrc, marker, payload)
+        self._slot_ts = ts = self.ts
+        data = build_rtp(self.payload_type, self.seq, ts, self.ssrc, marker, payload)
         self.seq = (self.seq + 1) & 0xFFFF
-        self.ts = (self.ts + samples) & 0xFFFFFFFF
+        self.ts = (ts + samples) & 0xFFFFFFFF
         self.sent += 1
         self.octets += len(payload)
         return data
+
+    def skip(self, samples: int, now: float) -> None:
+        """A slot with no packet (on hold): the timestamp moves on, the sequence does not."""
+        self._advance(samples, now, False)
+        self._anchor = now
+        self._slot_ts = self.ts
+        self.ts = (self.ts + samples) & 0xFFFFFFFF
+
+    def rtp_time(self, now: float) -> int:
+        """The stream's timestamp at ``now`` (an RTCP SR's, matching its NTP time, §6.4.1)."""
+        if not self._started:
+            return self.ts
+        elapsed = round((now - self._anchor) * self.clock_rate)
+        return (self._slot_ts + elapsed) & 0xFFFFFFFF

@@ -49,8 +49,9 @@ from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.calls.service import CallRejected, ProviderError
 from telephony_edge.services import Services
 from telephony_edge.sip.auth import DigestServer
-from telephony_edge.sip.leg import RtpProtocol, SipLeg
+from telephony_edge.sip.leg import SipLeg
 from telephony_edge.sip.message import SipUri
+from telephony_edge.sip.rtp_socket import RtpPorts, RtpProtocol
 from telephony_edge.sip.sdp import MediaConfig
 from telephony_edge.sip.sendto import send_datagram
 from telephony_edge.sip.settings import SipSettings
@@ -80,38 +81,6 @@ INTERNAL_ERROR_INTERVAL_S = 60.0  # the same internal error is logged once in th
 
 def pending_key(call_id: str) -> str:
     return PENDING_PREFIX + call_id
-
-
-class RtpPorts:
-    """Binds RTP sockets on even ports of the configured range (RTCP would take the odd one)."""
-
-    def __init__(self, host: str, low: int, high: int) -> None:
-        self.host = host
-        self.low = low + (low % 2)
-        self.high = high
-        self._next = self.low
-        self.in_use: set[int] = set()
-
-    async def bind(self) -> tuple[RtpProtocol, int]:
-        loop = asyncio.get_running_loop()
-        span = (self.high - self.low) // 2 + 1
-        for _ in range(span):
-            port = self._next
-            self._next = port + 2 if port + 2 <= self.high else self.low
-            if port in self.in_use:
-                continue
-            try:
-                _, protocol = await loop.create_datagram_endpoint(
-                    RtpProtocol, local_addr=(self.host, port)
-                )
-            except OSError:
-                continue
-            self.in_use.add(port)
-            return protocol, port
-        raise OSError(f"no free RTP port in {self.low}-{self.high}")
-
-    def release(self, port: int) -> None:
-        self.in_use.discard(port)
 
 
 class SipEndpoint(asyncio.DatagramProtocol):
@@ -435,35 +404,41 @@ class SipEndpoint(asyncio.DatagramProtocol):
             rtp, port = await self.rtp_ports.bind()
         except OSError as exc:
             return self._reject(ref, 503, str(exc))
+        leg: SipLeg | None = None
         if self.settings.early_media:
-            self._apply(ua.progress(ref, port, self._now()))
+            progress = ua.progress(ref, port, self._now())
+            self._apply(progress)
+            pending = ua.calls().get(ref)
+            if progress and pending is not None and pending.media is not None:
+                # a 183 with our SDP went out: RTP flows from now (RFC 3960 gateways
+                # cut early media through on it; the caller's NAT opens)
+                leg = self._new_leg(start, record, rtp, port, early=True)
+                leg.set_media(pending.media)
+                self.legs[ref] = leg
         elif self.settings.ring_s > 0:
             self._apply(ua.ringing(ref, self._now()))
         if self.settings.ring_s > 0:
             await asyncio.sleep(self.settings.ring_s)
         call = ua.calls().get(ref)
         if call is None:  # CANCEL (or a timeout) while we looked it up or rang
-            if rtp.transport is not None:
-                rtp.transport.close()
-            self.rtp_ports.release(port)
+            if leg is not None:
+                await leg.close()  # its port goes back through release()
+            else:
+                if rtp.transport is not None:
+                    rtp.transport.close()
+                self.rtp_ports.release(port)
             # the registration is spent: the call record ends here, once (compare-and-set)
             await services.call_service.update_provider_status(record.call_id, "cancelled")
             log.info("SIP call cancelled before the answer", extra={"call_id": record.call_id})
             return
-        from_uri = start.request.from_().sip_uri()
-        info = LegInfo(
-            provider="sip",
-            direction=cast(Direction, record.direction),
-            from_=from_uri.user or str(from_uri),
-            to=record.to or record.call_id,
-            provider_call_id=start.request.call_id(),
-        )
-        leg = SipLeg(info, ref, rtp, port, self, rtp_timeout_s=self.settings.rtp_timeout_s)
-        if call.media is not None:
-            leg.set_media(call.media)
-        self.legs[ref] = leg
+        if leg is None:
+            leg = self._new_leg(start, record, rtp, port)
+            if call.media is not None:
+                leg.set_media(call.media)
+            self.legs[ref] = leg
         self._call_ids[ref] = record.call_id
         self._apply(ua.answer(ref, port, self._now()))
+        leg.hear()
         log.info(
             "SIP call answered",
             extra={"call_id": record.call_id, "sip_call": ref, "rtp_port": port},
@@ -474,6 +449,29 @@ class SipEndpoint(asyncio.DatagramProtocol):
             log.exception("SIP call failed", extra={"call_id": record.call_id})
         finally:
             await leg.close()
+
+    def _new_leg(
+        self, start: StartCall, record: CallRecord, rtp: RtpProtocol, port: int, early: bool = False
+    ) -> SipLeg:
+        """The call's media leg; ``early``: sending only, until the answer."""
+        from_uri = start.request.from_().sip_uri()
+        info = LegInfo(
+            provider="sip",
+            direction=cast(Direction, record.direction),
+            from_=from_uri.user or str(from_uri),
+            to=record.to or record.call_id,
+            provider_call_id=start.request.call_id(),
+        )
+        return SipLeg(
+            info,
+            start.call,
+            rtp,
+            port,
+            self,
+            rtp_timeout_s=self.settings.rtp_timeout_s,
+            pacer=self.services.call_service.pacer,
+            hearing=not early,
+        )
 
     # -- CallControl (from the legs) ---------------------------------------------------
 

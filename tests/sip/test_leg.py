@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from telephony_edge.calls.leg import LegEnded, LegInfo
-from telephony_edge.sip.leg import RtpProtocol, SipLeg
+from telephony_edge.sip.leg import SipLeg
 from telephony_edge.sip.rtcp import ReportBlock, build_report, build_sdes_cname
 from telephony_edge.sip.rtp import build_rtp
+from telephony_edge.sip.rtp_socket import RtpProtocol
 from telephony_edge.sip.sdp import CODECS, Negotiated
 
 PEER = ("192.0.2.10", 40000)
@@ -87,5 +88,6 @@ async def test_media_stats_for_voip_media(leg: SipLeg) -> None:
         "jitter_ms": stats["jitter_ms"],
         "late_packets": 0,
         "packets_sent": 0,
+        "silence_packets_sent": 0,
     }
     assert stats["jitter_ms"] >= 0  # no rtt_ms: the caller sent no report about us

@@ -122,7 +122,7 @@ def test_round_trip_time_from_lsr_and_dlsr() -> None:
     assert other.receive(reply, 100.25, 0xF) and other.rtt is None
 
 
-def test_report_is_sr_while_sending_rr_otherwise_and_carries_lsr_dlsr() -> None:
+def test_report_is_sr_while_sending_rr_two_intervals_after_and_carries_lsr_dlsr() -> None:
     edge = RtcpSession("edge")
     caller_sr = build_report(0xC, SenderInfo(ntp_time(10.0), 0, 1, 160), ())
     assert edge.receive(caller_sr, 10.0, 0xE)
@@ -130,8 +130,11 @@ def test_report_is_sr_while_sending_rr_otherwise_and_carries_lsr_dlsr() -> None:
     stats.packet(1)
     first = parse_rtcp(edge.report(10.5, 0xE, (3, 480, 0), (0xC, stats)))
     again = parse_rtcp(edge.report(15.5, 0xE, (3, 480, 0), (0xC, stats)))
-    assert first and again
-    assert first[0].sender is not None and again[0].sender is None  # nothing sent since
+    then = parse_rtcp(edge.report(20.5, 0xE, (3, 480, 0), (0xC, stats)))
+    assert first and again and then
+    # RFC 3550 §6.4: a sender until it has sent nothing since the report before the last
+    assert first[0].sender is not None and again[0].sender is not None
+    assert then[0].sender is None
     [block] = first[0].blocks
     assert block.ssrc == 0xC and block.lsr == ntp_middle(10.0)
     assert abs(block.dlsr / 65536 - 0.5) < 0.001

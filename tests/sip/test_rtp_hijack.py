@@ -185,7 +185,7 @@ async def test_a_natted_caller_is_learned_after_n_packets_and_a_stranger_never(
 
 
 async def test_rtp_ports_are_even_at_random_in_the_range_and_taken_ones_are_skipped() -> None:
-    from telephony_edge.sip.leg import RtpPorts  # (sequential, in the transport, before)
+    from telephony_edge.sip.rtp_socket import RtpPorts  # (sequential, in the transport, before)
 
     low = free_port() // 2 * 2
     ports = RtpPorts("127.0.0.1", low, low + 998)

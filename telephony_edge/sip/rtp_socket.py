@@ -1,0 +1,100 @@
+"""The SIP call's RTP and RTCP sockets, and the random even ports they bind.
+
+Each datagram goes straight to the socket's leg (:class:`MediaSink`), which
+does everything else; a socket whose leg has closed drops what still comes.
+Ports are chosen at random in the configured range (:class:`RtpPorts`):
+sequential ones would tell a prober where the next call's media is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import Protocol, cast
+
+from telephony_edge.sip.rtp import Address
+
+RANDOM_BIND_ATTEMPTS = 16  # random ports tried before sweeping the range
+
+
+class MediaSink(Protocol):
+    """What a socket hands its datagrams to (the call's SIP leg)."""
+
+    def on_rtp(self, data: bytes, source: Address) -> None: ...
+
+    def on_rtcp(self, data: bytes, source: Address) -> None: ...
+
+
+class RtpProtocol(asyncio.DatagramProtocol):
+    """The RTP socket: hands every datagram to its leg."""
+
+    def __init__(self) -> None:
+        self.leg: MediaSink | None = None
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's UDP transport is not a subclass of asyncio's; it has the same methods
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if self.leg is not None:
+            self.leg.on_rtp(data, source_address(addr))
+
+
+class RtcpProtocol(RtpProtocol):
+    """The RTCP socket (RTP port + 1)."""
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if self.leg is not None:
+            self.leg.on_rtcp(data, source_address(addr))
+
+
+def source_address(addr: tuple[str | int, ...]) -> Address:
+    """(host, port) of a datagram's source; IPv4's is that already (no copy per packet)."""
+    if len(addr) == 2 and type(addr[0]) is str and type(addr[1]) is int:
+        return cast(Address, addr)
+    return str(addr[0]), int(addr[1])
+
+
+class RtpPorts:
+    """Binds RTP sockets on even ports of the configured range (RTCP takes the odd one next),
+    chosen at random: sequential ports would tell a prober where the next call's media is."""
+
+    def __init__(self, host: str, low: int, high: int) -> None:
+        self.host = host
+        self.low = low + (low % 2)
+        self.high = high
+        self.in_use: set[int] = set()
+
+    @property
+    def span(self) -> int:
+        """How many even ports the range holds."""
+        return max(0, (self.high - self.low) // 2 + 1)
+
+    def candidates(self) -> list[int]:
+        """Ports to try, in order: some at random, then every free one from a random start."""
+        span = self.span
+        if span == 0:
+            return []
+        start = secrets.randbelow(span)
+        sweep = [self.low + 2 * ((start + i) % span) for i in range(span)]
+        tries = [self.low + 2 * secrets.randbelow(span) for _ in range(RANDOM_BIND_ATTEMPTS)]
+        return [p for p in tries + sweep if p not in self.in_use]
+
+    async def bind(self) -> tuple[RtpProtocol, int]:
+        loop = asyncio.get_running_loop()
+        for port in self.candidates():
+            if port in self.in_use:
+                continue
+            try:
+                _, protocol = await loop.create_datagram_endpoint(
+                    RtpProtocol, local_addr=(self.host, port)
+                )
+            except OSError:
+                continue  # taken by another process: try the next
+            self.in_use.add(port)
+            return protocol, port
+        raise OSError(f"no free RTP port in {self.low}-{self.high}")
+
+    def release(self, port: int) -> None:
+        self.in_use.discard(port)
