@@ -450,3 +450,24 @@ async def test_a_webhook_no_request_could_carry_is_400_not_a_job_retried_for_eve
             status, answer = await post(session, edge.base + path, body)
             assert (status, answer["error"]) == (400, error), (path, answer)
     assert edge.fake.requests == []
+
+
+async def test_an_outbound_call_over_the_agents_limit_is_refused_before_anyone_is_rung(
+    make_twilio_edge: Any, session: aiohttp.ClientSession
+) -> None:
+    edge: TwilioEdge = await make_twilio_edge(
+        agents={"echo": {"prompt": "p", "max_concurrent_calls": 1}}
+    )
+    status, body = await start_outbound(edge, session)
+    assert status == 200, body
+    first = body["call_id"]
+    status, body = await start_outbound(edge, session)
+    assert status == 429 and "at its limit of 1" in body["error"], body
+    assert len(edge.fake.requests) == 1  # the second callee's phone never rang
+    coordinator = edge.services.coordinator
+    assert await coordinator.agent_slots_in_use("echo") == 1
+    # the first call ends before it was answered (busy): its slot is free for the next
+    await edge.services.call_service.update_provider_status(first, "busy")
+    assert await coordinator.agent_slots_in_use("echo") == 0
+    status, body = await start_outbound(edge, session)
+    assert status == 200, body

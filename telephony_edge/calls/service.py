@@ -303,6 +303,14 @@ class CallService:
             raise CallRejected(400, f"agent_config.voicemail: {exc}") from None
         # a call whose media never arrives is ended by the setup reaper; the ttl is a safety net
         try:
+            if direction == "outbound":
+                async with self._coordinated("reserve_slot"):
+                    reserved = await self._reserve_slot(record)
+                if not reserved:
+                    limit = self.settings.agents[agent_id].max_concurrent_calls
+                    raise CallRejected(
+                        429, f"agent {agent_id!r} is at its limit of {limit} concurrent calls"
+                    )
             async with self._coordinated("create_call"):
                 await self.coordinator.create_call(
                     record.call_id, record.to_dict(), ttl=self.settings.calls.setup_ttl_s * 4
@@ -314,6 +322,18 @@ class CallService:
             extra={"call_id": record.call_id, "provider": provider, "direction": direction},
         )
         return record
+
+    async def _reserve_slot(self, record: CallRecord) -> bool:
+        """An outbound call takes its agent slot before the phone rings, not at media:
+        over the limit, nobody is rung only to be hung up on. The slot lasts the set-up
+        (the setup reaper's end, or a failed dial's, gives it back; media renews it)."""
+        limit = self.settings.agents[record.agent_id].max_concurrent_calls
+        if limit and not await self.coordinator.acquire_agent_slot(
+            record.agent_id, record.call_id, limit, ttl=self.settings.calls.setup_ttl_s
+        ):
+            metrics.CALLS_REFUSED.labels(reason="agent_limit").inc()
+            return False
+        return True
 
     async def create_inbound(
         self,
