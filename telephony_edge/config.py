@@ -136,9 +136,7 @@ class WebhookSpec(_Model):
 
     url: HttpUrl
     method: Literal["GET", "POST"] | None = None
-    headers: Annotated[dict[str, str], AfterValidator(_check_headers)] = Field(
-        default_factory=dict
-    )
+    headers: Annotated[dict[str, str], AfterValidator(_check_headers)] = Field(default_factory=dict)
     timeout: float = Field(default=3.0, gt=0, le=30)
 
 
