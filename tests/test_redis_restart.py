@@ -67,6 +67,30 @@ def worker_config(redis_url: str, core: str, prefix: str, hook: str) -> dict[str
     return config
 
 
+async def keep_audio_then_end(calls: list[Any], received: list[dict[str, Any]]) -> None:
+    """Every call has its audio for three leases and no webhook; then all hang up."""
+    for _ in range(3):
+        counts = await asyncio.gather(*(frames_over(c, LEASE_S) for c, _ in calls))
+        assert all(n >= 40 * LEASE_S for n in counts), counts
+    assert not received, [p.get("error_message") for p in received]
+    for call, caller in calls:
+        await hang_up(call, caller)
+    await wait_for(lambda: len(received) >= len(calls), 20)
+    await asyncio.sleep(2 * LEASE_S)  # time for a reaper to send a second one
+
+
+def assert_one_webhook_each(
+    calls: list[Any], received: list[dict[str, Any]], workers: list[ServeProcess]
+) -> None:
+    assert len(received) == len(calls), [p["call_status"] for p in received]
+    assert len({p["call_id"] for p in received}) == len(calls)
+    assert {p["call_status"] for p in received} == {"user-ended"}, received[0]
+    for worker in workers:
+        stop_serve_process(worker)
+        at = worker.log.find("Traceback")
+        assert at < 0, worker.log[at - 1500 : at + 2500]
+
+
 async def test_redis_restarted_empty_loses_no_call_and_each_gets_one_webhook(
     private_redis: RedisProcess, serve_process: Any
 ) -> None:
@@ -89,22 +113,8 @@ async def test_redis_restarted_empty_loses_no_call_and_each_gets_one_webhook(
             for worker in workers:
                 await wait_for(lambda w=worker: readyz(w) == 200, 10)
             # several leases after the restart, every call still has its audio
-            for _ in range(3):
-                counts = await asyncio.gather(*(frames_over(c, LEASE_S) for c, _ in calls))
-                assert all(n >= 40 * LEASE_S for n in counts), counts
-            assert not received, [p.get("error_message") for p in received]
-            for call, caller in calls:
-                await hang_up(call, caller)
-            await wait_for(lambda: len(received) >= len(calls), 20)
-            await asyncio.sleep(2 * LEASE_S)  # time for a reaper to send a second one
-        assert len(received) == len(calls), [p["call_status"] for p in received]
-        assert len({p["call_id"] for p in received}) == len(calls)
-        assert {p["call_status"] for p in received} == {"user-ended"}, received[0]
-        for worker in workers:
-            stop_serve_process(worker)
-            assert "Traceback" not in worker.log, worker.log[
-                worker.log.find("Traceback") - 1500 : worker.log.find("Traceback") + 2500
-            ]
+            await keep_audio_then_end(calls, received)
+        assert_one_webhook_each(calls, received, workers)
 
 
 async def test_a_redis_stall_longer_than_the_lease_ends_no_call(
@@ -131,17 +141,5 @@ async def test_a_redis_stall_longer_than_the_lease_ends_no_call(
                 await asyncio.sleep(2 * LEASE_S)
             finally:
                 redis.send_signal(signal.SIGCONT)
-            for _ in range(3):
-                counts = await asyncio.gather(*(frames_over(c, LEASE_S) for c, _ in calls))
-                assert all(n >= 40 * LEASE_S for n in counts), counts
-            assert not received, [p.get("error_message") for p in received]
-            for call, caller in calls:
-                await hang_up(call, caller)
-            await wait_for(lambda: len(received) >= len(calls), 20)
-            await asyncio.sleep(2 * LEASE_S)
-        assert len(received) == len(calls), [p["call_status"] for p in received]
-        assert {p["call_status"] for p in received} == {"user-ended"}, received[0]
-        for worker in workers:
-            stop_serve_process(worker)
-            at = worker.log.find("Traceback")
-            assert at < 0, worker.log[at - 1500 : at + 2500]
+            await keep_audio_then_end(calls, received)
+        assert_one_webhook_each(calls, received, workers)
