@@ -132,6 +132,7 @@ from telephony_edge.sip.transaction import (
     server_key,
 )
 from telephony_edge.sip.trunks import Admission, Decision, Trunk, Verdict
+from telephony_edge.sip.tx_table import TransactionTable
 
 KNOWN_METHODS = frozenset(
     {
@@ -397,7 +398,7 @@ class UserAgent:
         self.draining = False
         self.last_error: str | None = None
         self.last_bad: BadMessage | None = None
-        self._machines: dict[Key, _Entry] = {}
+        self._machines: TransactionTable[_Entry] = TransactionTable()
         self._calls: dict[str, Call] = {}
         self._dialogs: dict[tuple[str, str, str], str] = {}
         self._origins: dict[tuple[str, str, int], str] = {}  # (Call-ID, From tag, CSeq)
@@ -414,7 +415,8 @@ class UserAgent:
         return dict(self._calls)
 
     def next_deadline(self) -> float | None:
-        deadlines = [d for e in self._machines.values() if (d := e.machine.next_deadline())]
+        first = self._machines.next_deadline()
+        deadlines = [] if first is None else [first]
         for call in self._calls.values():
             if call.invite_deadline is not None:
                 deadlines.append(call.invite_deadline)
@@ -442,10 +444,13 @@ class UserAgent:
         """Fire every timer due at ``now``; never raises."""
         actions: list[Action] = []
         try:
-            for key, entry in list(self._machines.items()):
-                at = entry.machine.next_deadline()
-                if at is not None and at <= now:
-                    actions += self._outputs(key, entry, entry.machine.tick(now), now)
+            while (key := self._machines.pop_due(now)) is not None:
+                entry = self._machines.get(key)
+                try:
+                    if entry is not None:
+                        actions += self._outputs(key, entry, entry.machine.tick(now), now)
+                finally:
+                    self._machines.touch(key)  # its next timer, even if the tick raised
             for call in list(self._calls.values()):
                 if call.invite_deadline is not None and call.invite_deadline <= now:
                     call.invite_deadline = None
@@ -1255,6 +1260,7 @@ class UserAgent:
                     actions += self._refresh_answered(call, call.session, out.response, now)
             elif isinstance(out, Terminated):
                 self._machines.pop(key, None)
+        self._machines.touch(key)
         return actions
 
 

@@ -1,0 +1,92 @@
+"""Transactions by key and by time: a packet costs the same with 10 000 transactions open."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from telephony_edge.sip import transaction
+from telephony_edge.sip.message import Request, parse_message
+from telephony_edge.sip.transaction import NonInviteServerTransaction
+from telephony_edge.sip.tx_table import TransactionTable
+from tests.sip import wire
+from tests.sip.test_ua import codes, make_ua, run
+
+PEER = wire.PEER
+OPEN = 10_000
+
+
+@contextmanager
+def deadline_reads() -> Iterator[list[int]]:
+    """How many times any machine's ``next_deadline`` is read inside the block."""
+    count = [0]
+    original = transaction._Machine.next_deadline
+
+    def counted(self: transaction._Machine) -> float | None:
+        count[0] += 1
+        return original(self)
+
+    transaction._Machine.next_deadline = counted  # type: ignore[method-assign]
+    try:
+        yield count
+    finally:
+        transaction._Machine.next_deadline = original  # type: ignore[method-assign]
+
+
+def options(n: int) -> bytes:
+    return wire.request("OPTIONS", branch=f"z9hG4bKflood{n}", call_id=f"flood-{n}", cseq=n + 1)
+
+
+def test_one_packet_and_the_next_deadline_read_a_few_machines_not_every_open_one() -> None:
+    """Issue 19: each packet walked every open transaction (4 to 5 ms at 10k). Now a
+    packet, the next deadline and a tick with nothing due read O(1) machines."""
+    ua = make_ua()
+    for n in range(OPEN):
+        assert codes(ua.receive(options(n), PEER, n / 1000)) == [200]
+    assert len(ua._machines) == OPEN  # all in Timer J (64*T1 = 32 s)
+    now = OPEN / 1000
+    with deadline_reads() as reads:
+        assert codes(ua.receive(options(OPEN), PEER, now)) == [200]
+        first = ua.next_deadline()
+        assert ua.tick(now) == []
+    assert first == pytest.approx(64 * 0.5)  # the first OPTIONS' Timer J
+    assert reads[0] <= 10
+
+
+def test_timers_fire_in_order_and_the_table_empties() -> None:
+    ua = make_ua()
+    for n in range(100):
+        ua.receive(options(n), PEER, n * 0.01)
+    run(ua, 0.5 + 32.0)  # Timer J of the first half
+    assert len(ua._machines) == 49
+    run(ua, 100.0)
+    assert not ua._machines and ua.next_deadline() is None
+
+
+def test_table_keeps_the_heap_bounded_by_live_deadlines() -> None:
+    """Retouching a machine pushes a new heap item; stale ones are compacted away."""
+    table: TransactionTable[_Entry] = TransactionTable()
+    machine = NonInviteServerTransaction(_request(), reliable=False)
+    table[("k",)] = _Entry(machine)
+    for i in range(1000):
+        machine.deadlines["J"] = float(i)
+        table.touch(("k",))
+    assert table.next_deadline() == 999.0
+    assert len(table._heap) <= 2 * 1 + 64 + 1
+    assert table.pop_due(998.0) is None
+    assert table.pop_due(999.0) == ("k",) and table.next_deadline() is None
+    table.pop(("k",))
+    assert not table and table.pop_due(1e9) is None
+
+
+class _Entry:
+    def __init__(self, machine: NonInviteServerTransaction) -> None:
+        self.machine = machine
+
+
+def _request() -> Request:
+    msg = parse_message(wire.request("OPTIONS"))
+    assert isinstance(msg, Request)
+    return msg
