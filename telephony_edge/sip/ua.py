@@ -68,7 +68,10 @@ Rules
   hangs up (``refer_refused``) rather than keep a caller the agent meant to
   hand over.
 * Responses go where §18.2.2 and RFC 3581 say: over TCP on the connection
-  (the source), over UDP to ``received``/``rport`` of the top Via.
+  (the source), over UDP to ``received``/``rport`` of the top Via, which the
+  UA writes from the packet's source (a sender's own ``received`` is never
+  trusted). In-dialog requests go to the route set or target, or to the
+  INVITE's source for a caller behind NAT: :mod:`telephony_edge.sip.nat`.
 """
 
 from __future__ import annotations
@@ -84,18 +87,16 @@ from dataclasses import dataclass, field
 from telephony_edge.sip.dialog import Address, Dialog, DialogState
 from telephony_edge.sip.message import (
     DEFAULT_LIMITS,
-    Headers,
     Limits,
     NameAddr,
     ParseError,
     Request,
     Response,
-    Via,
     build_response,
     is_digits,
     parse_message,
-    split_list,
 )
+from telephony_edge.sip.nat import behind_nat, in_dialog_dest, response_dest, stamp_via
 from telephony_edge.sip.refer import Referral, is_refer_event, refer_to_uri, sipfrag_status
 from telephony_edge.sip.sdp import (
     LocalSession,
@@ -359,6 +360,7 @@ class Call:
     provisional: Key | None = None  # the unacknowledged reliable provisional's retransmitter
     answer_waits: bool = False  # a 2xx held until the PRACK of a 183 with our SDP
     session: SessionTimer | None = None
+    nated: bool = False  # behind NAT: in-dialog requests go to ``source`` (sip/nat.py)
 
 
 @dataclass(slots=True)
@@ -369,17 +371,6 @@ class _Entry:
     call: str | None
     kind: str  # "invite" | "server" | "client" | "2xx" | "1xx" (reliable provisional)
     ack: bytes | None = None  # a re-INVITE of ours: the ACK of its 2xx, resent for each
-
-
-def response_dest(via: Via, source: Address, transport: str) -> Address:
-    """§18.2.2 with RFC 3581: where a response to a request goes."""
-    if transport != "UDP":
-        return source  # the connection the request came on
-    host = via.params.get("received") or via.host.strip("[]")
-    rport = via.params.get("rport")
-    if rport is not None:
-        return (host, int(rport) if is_digits(rport, 5) else source[1])
-    return (host, via.port or 5060)
 
 
 class UserAgent:
@@ -620,7 +611,7 @@ class UserAgent:
             [("Warning", f'399 {self.config.host} "{_quote(err.reason)}"')] if status == 400 else []
         )
         try:
-            _stamp_via(req, source)  # RFC 3581: the 400 goes back where the request came from
+            stamp_via(req, source)  # RFC 3581: the 400 goes back where the request came from
             dest = response_dest(req.top_via(), source, transport)
         except ValueError:
             dest = source
@@ -630,7 +621,7 @@ class UserAgent:
     def _on_request(
         self, req: Request, source: Address, now: float, transport: str
     ) -> list[Action]:
-        _stamp_via(req, source)
+        stamp_via(req, source)
         key = server_key(req)
         entry = self._machines.get(key)
         method = req.method
@@ -743,6 +734,7 @@ class UserAgent:
             response = build_response(req, 400, None, [], to_tag=ref)
             return actions + self._tx_respond(key, response, now)
         call = Call(ref, req, key, source, transport, dialog, offer, media=media)
+        call.nated = behind_nat(req, source)
         call.trunk = verdict.trunk
         call.reliable = any(r.lower() == "100rel" for r in req.headers.get_all("Require"))
         try:
@@ -1198,14 +1190,8 @@ class UserAgent:
         return self._bye(call, now, "session_expired")
 
     def _dialog_dest(self, call: Call) -> Address:
-        """Where our in-dialog requests go: over a stream, the caller's own connection
-        (it is open, and reaches a caller behind NAT); over UDP, the route set or target."""
-        if call.transport != "UDP":
-            return call.source
-        try:
-            return call.dialog.destination()
-        except ValueError:
-            return call.source
+        """Where our in-dialog requests go (:func:`~telephony_edge.sip.nat.in_dialog_dest`)."""
+        return in_dialog_dest(call.dialog, call.source, call.transport, call.nated)
 
     def _end(self, call: Call, reason: str, status: int | None = None) -> list[Action]:
         if call.phase is Phase.ENDED:
@@ -1287,21 +1273,3 @@ def _check_contact(req: Request) -> None:
 
 def _quote(text: str) -> str:
     return text.replace("\\", "").replace('"', "'")[:100]
-
-
-def _stamp_via(req: Request, source: Address) -> None:
-    """§18.2.1 and RFC 3581: ``received`` (and ``rport``) on the top Via."""
-    items = req.headers.items()
-    for i, (name, value) in enumerate(items):
-        if name != "Via":
-            continue
-        values = split_list(value)
-        via = Via.parse(values[0])
-        if via.host.strip("[]") != source[0] or "rport" in via.params:
-            via.params["received"] = source[0]
-        if "rport" in via.params:
-            via.params["rport"] = str(source[1])
-        values[0] = str(via)
-        items[i] = (name, ", ".join(values))
-        req.headers = Headers(items)
-        return

@@ -1,0 +1,238 @@
+"""SIP behind NAT and against reflection, on real sockets (``make_edge``, uvloop).
+
+The test is the caller (raw UDP on 127.0.0.1) that writes about itself what a
+phone behind NAT writes (a private Via and Contact), or what an attacker writes
+(a ``received`` of its choosing). The edge must answer, and send its own
+in-dialog requests, to where the packets really came from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+
+import aiohttp
+import pytest
+from prometheus_client import REGISTRY
+
+from telephony_edge.sip.dialog import Dialog
+from telephony_edge.sip.message import Request, Response, parse_message
+from telephony_edge.sip.nat import behind_nat, in_dialog_dest, is_private, response_dest, stamp_via
+from telephony_edge.sip.provider import SIP_ENDPOINT
+from tests.conftest import Edge, Receiver, wait_for
+from tests.sip.conftest import API_KEY, register
+from tests.sip.test_udp_edge import Caller, Socket, open_socket, sdp
+from tests.sip.wire import request
+
+PRIVATE = "192.168.1.20:5060"  # where the phone thinks it is
+
+
+def nated(caller: Caller, data: bytes) -> bytes:
+    """``data`` as a phone behind NAT writes it: its private address in Via and Contact."""
+    here = f"127.0.0.1:{caller.sip.port}"
+    return data.replace(f"UDP {here}".encode(), f"UDP {PRIVATE}".encode()).replace(
+        f"caller@{here}".encode(), f"caller@{PRIVATE}".encode()
+    )
+
+
+def send_failures() -> float:
+    labels = {"kind": "sip"}
+    return REGISTRY.get_sample_value("telephony_edge_sip_send_failures_total", labels) or 0.0
+
+
+async def hangup_from_api(edge: Edge, call_id: str) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            edge.url(f"/calls/{call_id}/hangup"),
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+
+
+# -- on the wire ------------------------------------------------------------------------
+
+
+async def test_nated_caller_gets_the_edges_bye_at_the_address_its_invite_came_from(
+    sip_edge: Edge, receiver: Receiver
+) -> None:
+    reg = await register(sip_edge)
+    endpoint = sip_edge.app[SIP_ENDPOINT]
+    rtp = await open_socket()
+    caller = Caller(("127.0.0.1", endpoint.port), reg["call_id"], await open_socket())
+    caller.send(nated(caller, caller.request("INVITE", sdp(rtp.port))))
+    ok = await caller.response("INVITE")  # responses: to the source (rport)
+    assert ok.status == 200
+    caller.send(nated(caller, caller.request("ACK", cseq=caller.cseq)))
+    await asyncio.sleep(0.2)
+    await hangup_from_api(sip_edge, reg["call_id"])
+    bye = await caller.request_from_edge("BYE")  # not to 192.168.1.20
+    assert bye.uri == f"sip:caller@{PRIVATE}"  # the Request-URI stays the Contact
+    caller.sip.send(answer(bye, 200), caller.edge)
+    await wait_for(lambda: receiver.received, within=5)
+    assert receiver.received[0]["call_status"] == "api-ended"
+    rtp.close()
+    caller.sip.close()
+
+
+def answer(req: Request, status: int) -> bytes:
+    """A UAC's plain answer to the edge's request (Via, From, To, Call-ID, CSeq copied)."""
+    lines = [f"SIP/2.0 {status} OK"]
+    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
+        lines += [f"{name}: {value}" for value in req.headers.get_all(name)]
+    return ("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+async def bind(host: str, port: int = 0) -> Socket:
+    loop = asyncio.get_running_loop()
+    _, sock = await loop.create_datagram_endpoint(Socket, local_addr=(host, port))
+    return sock
+
+
+async def test_a_received_written_by_the_sender_is_not_trusted(sip_edge: Edge) -> None:
+    """An attacker on 127.0.0.1 names a victim (127.0.0.2, same port) in its own Via's
+    ``received``: the answers come back to the attacker, the victim gets nothing."""
+    endpoint = sip_edge.app[SIP_ENDPOINT]
+    victim = await bind("127.0.0.2")
+    attacker = await bind("127.0.0.1", victim.port)
+    edge = ("127.0.0.1", endpoint.port)
+    for method in ("OPTIONS", "INVITE"):
+        via = f";received=127.0.0.2;x={secrets.token_hex(2)}"
+        data = request(method, uri=f"sip:call_{secrets.token_hex(8)}@127.0.0.1", via_params=via)
+        data = data.replace(b"203.0.113.7:5060", f"127.0.0.1:{victim.port}".encode(), 1)
+        data = data.replace(b"call-1@", f"{method}-{secrets.token_hex(4)}@".encode())
+        attacker.send(data, edge)
+        got, _, _ = await asyncio.wait_for(attacker.queue.get(), 3)
+        response = parse_message(got)
+        assert isinstance(response, Response) and response.cseq().method == method
+        assert response.top_via().params.get("received") is None  # its own was dropped
+    await asyncio.sleep(0.3)
+    assert victim.log == []
+    victim.close()
+    attacker.close()
+
+
+async def test_flood_of_invites_with_received_ipv6_is_answered_at_its_source_no_error_no_backlog(
+    sip_edge: Edge, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 19's flood: 1000 INVITEs for call ids nobody registered, each Via claiming
+    ``received=::1`` without ``rport``, from an IPv4 socket. Nothing fails to send
+    (they are answered at their source), no ERROR line, nothing stays pending, and a
+    genuine call placed during the flood and one after it are answered."""
+    endpoint = sip_edge.app[SIP_ENDPOINT]
+    ua = endpoint.ua
+    assert ua is not None
+    edge = ("127.0.0.1", endpoint.port)
+    flooder = await bind("127.0.0.3")
+    failures = send_failures()
+    reg = await register(sip_edge)
+    genuine = Caller(edge, reg["call_id"], await open_socket())
+    rtp = await open_socket()
+    with caplog.at_level(logging.INFO):
+        for i in range(1000):
+            data = request(
+                "INVITE",
+                uri=f"sip:call_{secrets.token_hex(8)}@127.0.0.1",
+                branch=f"z9hG4bKf{i}",
+                call_id=f"flood-{i}@127.0.0.3",
+                via_params=";received=::1",
+            ).replace(b"203.0.113.7:5060", f"127.0.0.3:{flooder.port}".encode(), 1)
+            flooder.send(data, edge)
+            if i == 500:
+                genuine.send(genuine.request("INVITE", sdp(rtp.port)))
+            if i % 50 == 0:
+                await asyncio.sleep(0.005)
+        assert (await genuine.response("INVITE", within=5)).status == 200
+        await wait_for(lambda: ua.pending_invites == 0, within=10)
+        after = Caller(edge, (await register(sip_edge))["call_id"], await open_socket())
+        after.send(after.request("INVITE", sdp(rtp.port)))
+        assert (await after.response("INVITE", within=5)).status == 200
+    answered = [parse_message(d) for d, _, _ in flooder.log]
+    refused = [m for m in answered if isinstance(m, Response) and m.status == 404]
+    # answered 404 at its source (not ::1) until the edge cut the source off (trunks.py)
+    assert len(refused) >= 10
+    assert send_failures() == failures
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    for caller in (genuine, after):
+        caller.send(caller.request("ACK", cseq=caller.cseq))
+        caller.send(caller.request("BYE"))
+        assert (await caller.response("BYE")).status == 200
+        caller.sip.close()
+    flooder.close()
+    rtp.close()
+
+
+# -- sans-I/O: the rules of sip/nat.py --------------------------------------------------
+
+
+def test_private_addresses() -> None:
+    for host in ("192.168.1.20", "10.1.2.3", "172.16.0.9", "100.64.1.1", "fd00::5", "[fe80::1]"):
+        assert is_private(host), host
+    for host in ("203.0.113.7", "127.0.0.1", "8.8.8.8", "pbx.example.com", "::ffff:8.8.8.8"):
+        assert not is_private(host), host
+    assert is_private("::ffff:10.0.0.1")
+
+
+def parsed(data: bytes) -> Request:
+    msg = parse_message(data)
+    assert isinstance(msg, Request)
+    return msg
+
+
+def test_stamp_via_replaces_a_received_the_sender_wrote() -> None:
+    req = parsed(request("OPTIONS", via_params=";received=198.51.100.1"))
+    stamp_via(req, ("203.0.113.7", 5060))  # sent-by is the source: no received of ours
+    via = req.top_via()
+    assert "received" not in via.params
+    assert response_dest(via, ("203.0.113.7", 5060), "UDP") == ("203.0.113.7", 5060)
+    req = parsed(request("OPTIONS", via_params=";rport;received=::1"))
+    stamp_via(req, ("203.0.113.7", 40000))
+    via = req.top_via()
+    assert (via.params["received"], via.params["rport"]) == ("203.0.113.7", "40000")
+    assert response_dest(via, ("203.0.113.7", 40000), "UDP") == ("203.0.113.7", 40000)
+
+
+def test_responses_never_leave_the_source_address() -> None:
+    """Without ``rport`` the port is the Via's (RFC 3261), the address always the source's,
+    whatever the Via names (a host name, another address)."""
+    for sent_by in ("pbx.example.com:5070", "198.51.100.1:5070", "[::1]:5070"):
+        data = request("OPTIONS", via_params="").replace(b"203.0.113.7:5060", sent_by.encode(), 1)
+        req = parsed(data)
+        stamp_via(req, ("203.0.113.7", 5099))
+        assert response_dest(req.top_via(), ("203.0.113.7", 5099), "UDP") == ("203.0.113.7", 5070)
+    via = parsed(request("OPTIONS")).top_via()
+    assert response_dest(via, ("203.0.113.7", 7), "TCP") == ("203.0.113.7", 7)
+
+
+def dialog_of(data: bytes) -> Dialog:
+    return Dialog.from_invite(parsed(data), "tag", "<sip:127.0.0.1>", 1)
+
+
+def test_in_dialog_requests_of_a_nated_caller_go_to_its_source() -> None:
+    phone = ("203.0.113.9", 61000)  # its NAT's public side
+    invite = request("INVITE").replace(b"203.0.113.7:5060", PRIVATE.encode())
+    req = parsed(invite)
+    assert behind_nat(req, phone)
+    assert in_dialog_dest(dialog_of(invite), phone, "UDP", True) == phone
+    # the same phone reached directly (no NAT): its Contact
+    assert not behind_nat(req, ("192.168.1.20", 5060))
+    assert in_dialog_dest(dialog_of(invite), phone, "UDP", False) == ("192.168.1.20", 5060)
+    # a public Contact, but the Via is not where it came from: NAT (rport-style)
+    assert behind_nat(parsed(request("INVITE")), ("198.51.100.4", 5060))
+    assert not behind_nat(parsed(request("INVITE")), ("203.0.113.7", 5060))
+
+
+def test_a_route_set_is_followed_unless_its_first_hop_is_private_and_not_the_source() -> None:
+    proxy = ("198.51.100.10", 5060)
+    routed = request("INVITE", extra="Record-Route: <sip:198.51.100.10;lr>")
+    assert in_dialog_dest(dialog_of(routed), proxy, "UDP", True) == proxy
+    behind = request("INVITE", extra="Record-Route: <sip:10.0.0.2;lr>")
+    assert in_dialog_dest(dialog_of(behind), proxy, "UDP", False) == proxy
+    assert in_dialog_dest(dialog_of(behind), ("10.0.0.2", 5060), "UDP", False) == (
+        "10.0.0.2",
+        5060,
+    )
+    named = request("INVITE", extra="Record-Route: <sip:proxy.example.net;lr>")
+    assert in_dialog_dest(dialog_of(named), proxy, "UDP", True) == ("proxy.example.net", 5060)
