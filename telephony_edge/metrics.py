@@ -157,6 +157,12 @@ SIP_RTCP_RTT_SECONDS = Histogram(
     "Round-trip time to SIP callers from their RTCP report blocks (LSR/DLSR)",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6),
 )
+# SIP floods (telephony_edge.sip.ratelimit, sip.tcp, sip.auth): what the edge refused.
+SIP_RATE_LIMITED = Counter(
+    "telephony_edge_sip_rate_limited_total",
+    "SIP requests over their source address's rate limit (UDP: dropped, TCP: 503), by method",
+    ["method", "transport"],
+)
 
 # Answering-machine detection (telephony_edge.calls.bridge): the result that decided each call.
 AMD_RESULTS = Counter(

@@ -111,6 +111,12 @@ class SipSettings(ProviderSettings):
     (a token bucket of ``rate_burst``); beyond, all its INVITEs are dropped unanswered until a
     token is back. Admitted calls do not count."""
     rate_burst: int = Field(default=20, ge=1, le=100_000)
+    request_rate_per_s: float = Field(default=200.0, gt=0, le=1_000_000)
+    """SIP requests of any method one source address may send per second (a token bucket of
+    ``request_burst``); beyond, UDP requests are dropped and TCP ones answered 503 with
+    ``Retry-After`` (``telephony_edge.sip.ratelimit`` says why). A trunk sending more (one
+    address for many calls per second) needs a higher rate."""
+    request_burst: int = Field(default=400, ge=1, le=1_000_000)
     nonce_ttl_s: float = Field(default=300.0, gt=0, le=86_400)
     """How long a digest challenge's nonce is good for (then ``stale=true``)."""
     metadata_headers: list[str] = Field(

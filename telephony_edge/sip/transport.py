@@ -43,7 +43,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any, cast
 
-from telephony_edge import badinput
+from telephony_edge import badinput, metrics
 from telephony_edge.calls.leg import Direction, LegInfo
 from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.calls.service import CallRejected, ProviderError
@@ -51,6 +51,7 @@ from telephony_edge.services import Services
 from telephony_edge.sip.auth import DigestServer
 from telephony_edge.sip.leg import SipLeg
 from telephony_edge.sip.message import SipUri
+from telephony_edge.sip.ratelimit import RequestGate
 from telephony_edge.sip.rtp_socket import RtpPorts, RtpProtocol
 from telephony_edge.sip.sdp import MediaConfig
 from telephony_edge.sip.sendto import send_datagram
@@ -101,6 +102,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._transfers: dict[str, asyncio.Future[None]] = {}
         self._call_ids: dict[str, str] = {}  # UA call ref → the edge's call id
         self._internal_errors = badinput.RateLimiter(INTERNAL_ERROR_INTERVAL_S, max_sources=64)
+        self.gate = RequestGate(settings.request_rate_per_s, settings.request_burst)
 
     # -- life ---------------------------------------------------------------------------
 
@@ -202,9 +204,26 @@ class SipEndpoint(asyncio.DatagramProtocol):
             return
         ua.set_draining(self.settings.reject_when_draining and not self.services.calls.accepting)
         now = asyncio.get_running_loop().time()
+        if self._limited(data, source, transport, now):
+            return
         self._apply(ua.receive(data, source, now, transport))
         self._report_bad(source, transport)
         self._log_internal_error()
+
+    def _limited(self, data: bytes, source: tuple[str, int], transport: str, now: float) -> bool:
+        """A request over its source's rate (:mod:`~telephony_edge.sip.ratelimit`): dropped
+        (UDP) or answered 503 (TCP) before the UA parses it; counted, and warned per sender."""
+        limited = self.gate.check(data, source[0], transport, now)
+        if limited is None:
+            return False
+        kind = transport.lower()
+        metrics.SIP_RATE_LIMITED.labels(method=limited.method, transport=kind).inc()
+        if limited.answer is not None and self.tcp is not None:
+            self.tcp.send(source, limited.answer)
+        what = "answered 503" if limited.answer is not None else "dropped"
+        reason = f"{limited.method} over the source's request rate ({what})"
+        badinput.report(f"sip-{kind}", reason, source[0], port=source[1], count=False)
+        return True
 
     def _tick(self) -> None:
         self._timer = self._timer_at = None

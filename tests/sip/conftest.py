@@ -78,15 +78,16 @@ async def register(edge: Edge, **body: Any) -> dict[str, Any]:
 
 
 async def sipp(
-    edge: Edge, scenario: str, user: str, cwd: Path, *extra: str
+    edge: Edge, scenario: str, user: str, cwd: Path, *extra: str, host: str = "127.0.0.1"
 ) -> asyncio.subprocess.Process:
-    """Start sipp against the edge's SIP port (the command line a user would type)."""
+    """Start sipp against the edge's SIP port (the command line a user would type), from
+    ``host`` (any 127.0.0.0/8 address is another source on loopback)."""
     port = edge.app[SIP_ENDPOINT].port
     args = [
         f"127.0.0.1:{port}",
         "-sf", str(SCENARIOS / scenario),
         "-s", user,
-        "-i", "127.0.0.1", "-mi", "127.0.0.1",
+        "-i", host, "-mi", host,
         "-p", str(free_port()), "-mp", str(free_port() // 2 * 2),
         "-m", "1", "-nostdin", "-timeout", "20", "-timeout_error",
         "-trace_err", "-error_file", str(cwd / "sipp_errors.log"),

@@ -1,0 +1,99 @@
+"""Floods of any method from one source: limited per source, a genuine call still answered."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from telephony_edge import metrics
+from telephony_edge.sip.message import Response, parse_message
+from telephony_edge.sip.provider import SIP_ENDPOINT
+from telephony_edge.sip.ratelimit import RequestGate, TokenBuckets, peek_method
+from tests.conftest import Edge, Receiver
+from tests.sip import wire
+from tests.sip.conftest import finished, register, sip_test_settings, sipp, sipp_binary
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bucket_refills_at_its_rate_and_forgets_the_least_recent_source() -> None:
+    buckets = TokenBuckets(rate=10.0, burst=3, max_keys=2)
+    assert [buckets.take("a", 0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert buckets.take("a", 0.0) == pytest.approx(0.1)  # empty: a token in 1/rate
+    assert buckets.take("a", 0.1) == 0.0
+    buckets.take("b", 0.1)
+    buckets.take("c", 0.1)  # the table holds two: "a" (least recent) is forgotten
+    assert len(buckets) == 2 and buckets.take("a", 0.1) == 0.0  # a full bucket again
+
+
+def test_gate_limits_requests_of_every_method_but_never_responses_or_keepalives() -> None:
+    gate = RequestGate(rate=1.0, burst=2)
+    response = b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n"
+    for _ in range(5):
+        assert gate.check(response, "192.0.2.1", "UDP", 0.0) is None
+        assert gate.check(b"\r\n\r\n", "192.0.2.1", "UDP", 0.0) is None
+    register = wire.request("REGISTER")
+    assert gate.check(register, "192.0.2.1", "UDP", 0.0) is None
+    assert gate.check(wire.request("OPTIONS"), "192.0.2.1", "UDP", 0.0) is None
+    limited = gate.check(wire.request("BYE", to_tag="x"), "192.0.2.1", "UDP", 0.0)
+    assert limited is not None and limited.method == "BYE" and limited.answer is None
+    assert gate.check(register, "192.0.2.2", "UDP", 0.0) is None  # another source
+    assert peek_method(b"FOO sip:x SIP/2.0\r\n\r\n") == "other"  # a bounded metric label
+
+
+def test_over_the_limit_on_tcp_is_a_stateless_503_with_retry_after() -> None:
+    gate = RequestGate(rate=0.5, burst=1)
+    assert gate.check(wire.request("OPTIONS"), "192.0.2.1", "TCP", 0.0) is None
+    limited = gate.check(wire.request("OPTIONS"), "192.0.2.1", "TCP", 0.0)
+    assert limited is not None and limited.answer is not None
+    answer = parse_message(limited.answer)
+    assert isinstance(answer, Response) and answer.status == 503
+    assert answer.headers.get("Retry-After") == "2" and answer.headers.get("Call-ID")
+    ack = gate.check(wire.request("ACK", to_tag="t"), "192.0.2.1", "TCP", 0.0)
+    assert ack is not None and ack.answer is None  # an ACK is never answered
+    garbage = gate.check(b"OPTIONS nonsense\r\n\r\n", "192.0.2.1", "TCP", 0.0)
+    assert garbage is not None and garbage.answer is None
+
+
+RATE, BURST, FLOOD_RATE, FLOOD_SECONDS = 100, 100, 1000, 4.0
+
+
+def limited_total(method: str) -> float:
+    return metrics.SIP_RATE_LIMITED.labels(method=method, transport="udp")._value.get()
+
+
+@pytest.mark.parametrize("method", ["OPTIONS", "REGISTER"])
+async def test_a_flood_from_one_source_is_limited_and_a_call_from_another_is_answered(
+    make_edge: Callable[..., Any], receiver: Receiver, tmp_path: Path, method: str
+) -> None:
+    """Issue 19: OPTIONS or REGISTER at 1000/s from 127.0.0.1; sipp's call from 127.0.0.2
+    (another source) during the flood is answered and completes, and the flood gets at
+    most its share (burst + rate per second), the rest dropped and counted."""
+    sipp_binary()
+    limits = {"request_rate_per_s": RATE, "request_burst": BURST}
+    edge: Edge = await make_edge(sip_test_settings(receiver, limits))
+    reg = await register(edge)
+    before = limited_total(method)
+    endpoint = edge.app[SIP_ENDPOINT]
+    flooder = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.sip.flood", f"127.0.0.1:{endpoint.port}",
+        "--method", method, "--rate", str(FLOOD_RATE), "--seconds", str(FLOOD_SECONDS),
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    await asyncio.sleep(1.0)  # the flood is on
+    call = await sipp(
+        edge, "uac_pcma_pcap.xml", reg["call_id"], tmp_path, "-d", "1000", host="127.0.0.2"
+    )
+    await finished(call, tmp_path)  # INVITE answered 200, media, BYE: a whole call
+    out, _ = await asyncio.wait_for(flooder.communicate(), FLOOD_SECONDS + 10)
+    result = json.loads(out)
+    share = BURST + RATE * (result["seconds"] + 1.0)
+    assert result["sent"] == FLOOD_RATE * FLOOD_SECONDS
+    assert 0 < result["answered"] <= share, result
+    assert limited_total(method) - before >= result["sent"] - share
