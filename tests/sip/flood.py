@@ -4,8 +4,8 @@
                               [--source 127.0.0.1] [--count N]
 
 Sends ``--method`` requests (each a new transaction: its own branch, Call-ID and
-From tag) at ``--rate`` per second from ``--source`` for ``--seconds`` (or
-``--count`` of them as fast as it can), counts what comes back, and prints one
+From tag) at ``--rate`` per second (0: as fast as it can) from ``--source`` for
+``--seconds`` (or ``--count`` of them), counts what comes back, and prints one
 JSON line: ``{"sent": …, "answered": …, "by_status": {…}}``. A process of its
 own so that the edge's event loop, not the flood's, is what is measured.
 """
@@ -55,7 +55,7 @@ def flood(
     sent = 0
     start = time.monotonic()
     total = count if count is not None else int(rate * seconds)
-    interval = 0.0 if count is not None else 1.0 / rate
+    interval = 1.0 / rate if rate > 0 else 0.0
 
     def drain() -> None:
         while True:
