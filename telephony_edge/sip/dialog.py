@@ -149,11 +149,14 @@ class Dialog:
             h.add(name, value)
         return Request(h, body, method, uri)
 
+    def next_hop(self) -> str:
+        """The URI the next in-dialog request goes to: the first route, else the target."""
+        return NameAddr.parse(self.route_set[0]).uri if self.route_set else self.remote_target
+
     def destination(self) -> Address:
         """Where the next in-dialog request goes: the first route, else the target
         (host names are the shell's to resolve; no DNS here)."""
-        target = NameAddr.parse(self.route_set[0]).uri if self.route_set else self.remote_target
-        uri = SipUri.parse(target)
+        uri = SipUri.parse(self.next_hop())
         host = uri.params.get("maddr") or uri.host
         default = 5061 if uri.scheme == "sips" else 5060
         return (host.strip("[]"), uri.port or default)

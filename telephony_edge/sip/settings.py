@@ -154,6 +154,13 @@ class SipSettings(ProviderSettings):
     min_se_s: int = Field(default=90, ge=1, le=86_400)
     """The shortest session interval accepted (``Min-SE``; shorter: 422, or raised for callers
     without timer support). RFC 4028 says 90; tests lower it."""
+    dns_servers: list[str] = Field(default_factory=list)
+    """Nameservers (``10.0.0.2``, ``127.0.0.1:5353``) for host names in the Record-Route or
+    Contact of a call (RFC 3263: SRV, then A); empty: the system's ``/etc/resolv.conf``.
+    ``/etc/hosts`` is read first either way."""
+    dns_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    """How long one next hop's lookup may take; then that call's requests go to the
+    address its INVITE came from and the call ends."""
     reject_when_draining: bool = True
     """While draining: new INVITEs get 503 (a trunk fails over) and OPTIONS 503."""
 

@@ -51,7 +51,9 @@ from telephony_edge.services import Services
 from telephony_edge.sip.auth import DigestServer
 from telephony_edge.sip.leg import SipLeg
 from telephony_edge.sip.message import SipUri
+from telephony_edge.sip.outbound import Outbound
 from telephony_edge.sip.ratelimit import RequestGate
+from telephony_edge.sip.resolve import SipResolver
 from telephony_edge.sip.rtp_socket import RtpPorts, RtpProtocol
 from telephony_edge.sip.sdp import MediaConfig
 from telephony_edge.sip.sendto import send_datagram
@@ -78,6 +80,7 @@ log = logging.getLogger(__name__)
 PENDING_PREFIX = "sip-reg:"
 BIND_ATTEMPTS = 20
 INTERNAL_ERROR_INTERVAL_S = 60.0  # the same internal error is logged once in this
+RELEASED_NAMES = 1024  # ended calls whose call id a late DNS failure can still name
 
 
 def pending_key(call_id: str) -> str:
@@ -101,7 +104,12 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._tasks: set[asyncio.Task[None]] = set()
         self._transfers: dict[str, asyncio.Future[None]] = {}
         self._call_ids: dict[str, str] = {}  # UA call ref → the edge's call id
+        self._released: dict[str, str] = {}  # the same for calls just released
         self._internal_errors = badinput.RateLimiter(INTERNAL_ERROR_INTERVAL_S, max_sources=64)
+        resolver = SipResolver(
+            settings.dns_servers, settings.dns_timeout_s, ipv6=":" in settings.bind_host
+        )
+        self.outbound = Outbound(resolver, self._send_now, self._unreachable)
         self.gate = RequestGate(settings.request_rate_per_s, settings.request_burst)
 
     # -- life ---------------------------------------------------------------------------
@@ -188,6 +196,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._timer is not None:
             self._timer.cancel()
+        await self.outbound.close()
         if self._transport is not None:
             self._transport.close()
         if self.tcp is not None:
@@ -265,11 +274,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Send):
-                if action.transport != "UDP":
-                    if self.tcp is not None:
-                        self.tcp.send(action.dest, action.data)
-                elif self._transport is not None:
-                    send_datagram(self._transport, action.data, action.dest, "sip")
+                self.outbound.send(
+                    action.data, action.dest, action.transport, action.uri, action.call
+                )
             elif isinstance(action, StartCall):
                 self._spawn(self._start_call(action))
             elif isinstance(action, CallRefused):
@@ -298,6 +305,29 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 self._call_ended(action)
         self._schedule()
 
+    def _send_now(self, data: bytes, dest: tuple[str, int], transport: str) -> None:
+        if transport != "UDP":
+            if self.tcp is not None:
+                self.tcp.send(dest, data)
+        elif self._transport is not None:
+            send_datagram(self._transport, data, dest, "sip")
+
+    def _unreachable(self, ref: str, reason: str) -> None:
+        """A call's next hop names a host that does not resolve (sip/outbound.py): counted,
+        a warning naming the call, and the UA sends to the INVITE's source and ends it."""
+        metrics.SIP_SEND_FAILURES.labels(kind="dns").inc()
+        log.warning(
+            "SIP next hop does not resolve: the call's requests go to where its INVITE "
+            "came from, and the call ends",
+            extra={
+                "call_id": self._call_ids.get(ref) or self._released.get(ref),
+                "sip_call": ref,
+                "reason": reason,
+            },
+        )
+        if self.ua is not None:
+            self._apply(self.ua.unreachable(ref, self._now()))
+
     def _transfer_result(self, result: TransferResult) -> None:
         waiter = self._transfers.pop(result.call, None)
         log.info(
@@ -321,6 +351,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
             return  # a transfer's end is the call machine's (the transfer returned)
         if ended.reason == "remote_bye":
             leg.ended("BYE")
+        elif ended.reason == "unreachable":
+            leg.ended("unreachable", "the next hop of the call's dialog does not resolve")
         elif ended.reason == "refer_refused":
             leg.ended("refer-refused", "the trunk refused the REFER; the edge hung up")
         elif ended.reason == "session_expired":
@@ -514,7 +546,11 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 del self._transfers[ref]
 
     def release(self, ref: str) -> None:
-        self._call_ids.pop(ref, None)
+        call_id = self._call_ids.pop(ref, None)
+        if call_id is not None:  # its BYE may still fail to resolve: name the call then
+            self._released[ref] = call_id
+            while len(self._released) > RELEASED_NAMES:
+                del self._released[next(iter(self._released))]
         leg = self.legs.pop(ref, None)
         if leg is not None:
             self.rtp_ports.release(leg.port)

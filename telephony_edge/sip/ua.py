@@ -96,7 +96,13 @@ from telephony_edge.sip.message import (
     is_digits,
     parse_message,
 )
-from telephony_edge.sip.nat import behind_nat, in_dialog_dest, response_dest, stamp_via
+from telephony_edge.sip.nat import (
+    behind_nat,
+    in_dialog_dest,
+    ip_literal,
+    response_dest,
+    stamp_via,
+)
 from telephony_edge.sip.refer import Referral, is_refer_event, refer_to_uri, sipfrag_status
 from telephony_edge.sip.sdp import (
     LocalSession,
@@ -184,9 +190,14 @@ class UaConfig:
 
 @dataclass(frozen=True, slots=True)
 class Send:
+    """``data`` to ``dest``; ``uri`` when ``dest`` names a host: the shell resolves that
+    URI (RFC 3263) and tells :meth:`UserAgent.unreachable` of ``call`` if it cannot."""
+
     data: bytes
     dest: Address
     transport: str = "UDP"
+    call: str | None = None
+    uri: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,6 +372,7 @@ class Call:
     answer_waits: bool = False  # a 2xx held until the PRACK of a 183 with our SDP
     session: SessionTimer | None = None
     nated: bool = False  # behind NAT: in-dialog requests go to ``source`` (sip/nat.py)
+    unreachable: bool = False  # its next hop's name did not resolve: requests to ``source``
 
 
 @dataclass(slots=True)
@@ -371,6 +383,8 @@ class _Entry:
     call: str | None
     kind: str  # "invite" | "server" | "client" | "2xx" | "1xx" (reliable provisional)
     ack: bytes | None = None  # a re-INVITE of ours: the ACK of its 2xx, resent for each
+    uri: str | None = None  # ``dest`` names a host: the URI the shell resolves
+    flow: Address | None = None  # where to send instead if it does not resolve
 
 
 class UserAgent:
@@ -573,6 +587,30 @@ class UserAgent:
 
     def set_draining(self, draining: bool) -> None:
         self.draining = draining
+
+    def unreachable(self, ref: str, now: float) -> list[Action]:
+        """The shell could not resolve the next hop of the call's dialog (its Send's
+        ``uri``). What the call still has to send goes to the flow its INVITE came from
+        (a BYE there releases the caller where anything can), and a call still up ends
+        ``unreachable`` with a BYE sent that way: one name fails one call, no other."""
+        actions: list[Action] = []
+        for key in list(self._machines):  # O(open transactions): once per failed call
+            entry = self._machines[key]
+            machine = entry.machine
+            if entry.call != ref or entry.uri is None or entry.flow is None:
+                continue
+            entry.dest, entry.uri = entry.flow, None
+            if isinstance(
+                machine, (NonInviteClientTransaction, InviteClientTransaction)
+            ) and machine.state in (State.TRYING, State.CALLING, State.PROCEEDING):
+                actions.append(Send(machine.request.to_bytes(), entry.dest, entry.transport))
+        call = self._calls.get(ref)
+        if call is None or call.unreachable:
+            return actions
+        call.unreachable = True
+        if call.phase is Phase.CONFIRMED and not call.hangup_reported:
+            actions += self._bye(call, now, "unreachable")
+        return actions
 
     # -- receiving --------------------------------------------------------------------
 
@@ -1034,8 +1072,8 @@ class UserAgent:
         )
         machine = NonInviteClientTransaction(req, call.transport != "UDP", self.config.timers)
         key = client_key(req.top_via().branch or "", method)
-        dest = self._dialog_dest(call)
-        entry = _Entry(machine, dest, call.transport, call.ref, "client")
+        dest, uri = self._dialog_dest(call)
+        entry = _Entry(machine, dest, call.transport, call.ref, "client", uri=uri, flow=call.source)
         self._machines[key] = entry
         return key, self._outputs(key, entry, machine.start(now), now)
 
@@ -1150,10 +1188,12 @@ class UserAgent:
         ack = dialog.build_request(
             "ACK", self._new_id(), self.config.sent_by, [], cseq=invite.cseq().seq
         )
-        dest = self._dialog_dest(call)
+        dest, uri = self._dialog_dest(call)
         machine = InviteClientTransaction(invite, call.transport != "UDP", self.config.timers)
         key = client_key(invite.top_via().branch or "", "INVITE")
-        entry = _Entry(machine, dest, call.transport, call.ref, "client", ack.to_bytes())
+        entry = _Entry(
+            machine, dest, call.transport, call.ref, "client", ack.to_bytes(), uri, call.source
+        )
         self._machines[key] = entry
         session.refresh = key
         return self._outputs(key, entry, machine.start(now), now)
@@ -1189,9 +1229,13 @@ class UserAgent:
             return []
         return self._bye(call, now, "session_expired")
 
-    def _dialog_dest(self, call: Call) -> Address:
-        """Where our in-dialog requests go (:func:`~telephony_edge.sip.nat.in_dialog_dest`)."""
-        return in_dialog_dest(call.dialog, call.source, call.transport, call.nated)
+    def _dialog_dest(self, call: Call) -> tuple[Address, str | None]:
+        """Where our in-dialog requests go (:func:`~telephony_edge.sip.nat.in_dialog_dest`),
+        and the URI for the shell to resolve when that is a host name."""
+        if call.unreachable:
+            return call.source, None
+        dest = in_dialog_dest(call.dialog, call.source, call.transport, call.nated)
+        return dest, None if ip_literal(dest[0]) else call.dialog.next_hop()
 
     def _end(self, call: Call, reason: str, status: int | None = None) -> list[Action]:
         if call.phase is Phase.ENDED:
@@ -1217,7 +1261,7 @@ class UserAgent:
         actions: list[Action] = []
         for out in outputs:
             if isinstance(out, Transmit):
-                actions.append(Send(out.data, entry.dest, entry.transport))
+                actions.append(Send(out.data, entry.dest, entry.transport, entry.call, entry.uri))
             elif isinstance(out, TimedOut):
                 call = self._calls.get(entry.call) if entry.call is not None else None
                 if call is None:
@@ -1239,7 +1283,8 @@ class UserAgent:
                 if call is None:
                     continue
                 if entry.ack is not None and 200 <= out.response.status < 300:
-                    actions.append(Send(entry.ack, entry.dest, entry.transport))
+                    ack = Send(entry.ack, entry.dest, entry.transport, entry.call, entry.uri)
+                    actions.append(ack)
                 if call.referral is not None and call.referral.key == key:
                     actions += self._refer_answered(call, out.response, now)
                 elif call.session is not None and call.session.refresh == key:

@@ -1,0 +1,243 @@
+"""RFC 3263 for the edge's own requests: a SIP URI's host name to an address and port.
+
+Theory of operation
+-------------------
+A carrier's Record-Route or a PBX's Contact may name a host
+(``sip:edge-in.carrier.net;lr``); a socket needs an address. :func:`target_of`
+reads the URI as RFC 3263 §4 does (``maddr`` before the host, the port if
+given, the transport the dialog already uses: the edge sends in-dialog requests
+on the dialog's transport, so NAPTR's choice of transport has nothing to
+choose and is not asked). :class:`SipResolver` then looks the target up:
+
+1. an IP literal is itself;
+2. a name in the hosts file (``/etc/hosts``: the operator's override, as
+   glibc's ``files`` before ``dns``) is its address there;
+3. with no port in the URI, SRV ``_sip._udp`` / ``_sip._tcp`` / ``_sips._tcp``
+   (lowest priority first, the heaviest first among equals), each target's
+   address in turn; with records but no target that resolves, the lookup fails;
+4. otherwise A (AAAA, then A, when the edge's socket is IPv6) at the URI's port
+   or 5060/5061.
+
+Lookups go through dnspython's asyncio resolver (no thread, no blocking the
+loop), bounded by ``timeout`` as a whole, and report the smallest TTL of the
+records used. :class:`DnsCache` keeps answers that long and failures for
+``NEGATIVE_TTL_S`` (RFC 2308's idea), with the time passed in; the shell that
+sends (:mod:`telephony_edge.sip.outbound`) owns both.
+
+Rules: no SIP here beyond reading a URI; every failure is :class:`Unresolvable`
+with a short reason (never the DNS library's exception), so one name that does
+not resolve is one transaction's problem and nobody else's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import dns.asyncresolver
+import dns.exception
+import dns.nameserver
+import dns.rdtypes.IN.SRV
+import dns.resolver
+
+from telephony_edge.sip.message import SipUri
+from telephony_edge.sip.nat import ip_literal
+
+Address = tuple[str, int]
+
+HOSTS_TTL_S = 60.0  # a hosts-file answer carries no TTL
+NEGATIVE_TTL_S = 30.0
+MAX_CACHED = 4096
+
+
+class Unresolvable(Exception):
+    """No address for a target; ``str()`` is a short reason for the log."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What RFC 3263 §4 looks up for one URI."""
+
+    host: str  # lower case, no brackets
+    port: int | None  # None: the URI named none (SRV first)
+    transport: str  # "UDP" or "TCP"
+    secure: bool  # sips:
+
+    @property
+    def default_port(self) -> int:
+        return 5061 if self.secure else 5060
+
+    @property
+    def srv_name(self) -> str:
+        if self.secure:
+            return f"_sips._tcp.{self.host}"
+        return f"_sip._{'tcp' if self.transport == 'TCP' else 'udp'}.{self.host}"
+
+
+def target_of(uri: str, transport: str) -> Target:
+    """The RFC 3263 target of a SIP URI sent on ``transport`` (ValueError if no SIP URI)."""
+    parsed = SipUri.parse(uri)
+    if parsed.scheme not in ("sip", "sips"):
+        raise ValueError("not a SIP URI")
+    host = (parsed.params.get("maddr") or parsed.host).strip("[]").lower().rstrip(".")
+    return Target(host, parsed.port, transport.upper(), parsed.scheme == "sips")
+
+
+class DnsCache:
+    """Answers by target until their TTL, failures for ``negative_ttl``; ``now`` passed in.
+    Bounded: past ``max_entries`` the oldest entry goes."""
+
+    def __init__(self, negative_ttl: float = NEGATIVE_TTL_S, max_entries: int = MAX_CACHED):
+        self.negative_ttl = negative_ttl
+        self.max_entries = max_entries
+        self._entries: OrderedDict[Target, tuple[float, Address | Unresolvable]] = OrderedDict()
+
+    def get(self, target: Target, now: float) -> Address | Unresolvable | None:
+        """The cached answer (an address, or the failure), None when unknown or expired."""
+        found = self._entries.get(target)
+        if found is None:
+            return None
+        if found[0] <= now:
+            del self._entries[target]
+            return None
+        return found[1]
+
+    def put(self, target: Target, answer: Address | Unresolvable, ttl: float, now: float) -> None:
+        ttl = self.negative_ttl if isinstance(answer, Unresolvable) else ttl
+        self._entries[target] = (now + max(ttl, 0.0), answer)
+        self._entries.move_to_end(target)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+
+class HostsFile:
+    """``/etc/hosts``, read again when it changes."""
+
+    def __init__(self, path: str = "/etc/hosts") -> None:
+        self.path = path
+        self._mtime: float | None = None
+        self._names: dict[str, list[str]] = {}
+
+    def addresses(self, name: str) -> list[str]:
+        try:
+            mtime = os.stat(self.path).st_mtime
+        except OSError:
+            return []
+        if mtime != self._mtime:
+            self._mtime, self._names = mtime, self._read()
+        return self._names.get(name.lower(), [])
+
+    def _read(self) -> dict[str, list[str]]:
+        names: dict[str, list[str]] = {}
+        try:
+            with open(self.path, encoding="utf-8", errors="replace") as file:
+                lines = file.read().splitlines()
+        except OSError:
+            return names
+        for line in lines:
+            fields = line.split("#", 1)[0].split()
+            if len(fields) < 2 or ip_literal(fields[0]) is None:
+                continue
+            for name in fields[1:]:
+                names.setdefault(name.lower().rstrip("."), []).append(fields[0])
+        return names
+
+
+class SipResolver:
+    """See the module docstring. ``nameservers``: ``host`` or ``host:port`` (empty: the
+    system's resolv.conf); ``ipv6``: the edge's socket is IPv6 (AAAA before A)."""
+
+    def __init__(
+        self,
+        nameservers: Sequence[str] = (),
+        timeout: float = 5.0,
+        ipv6: bool = False,
+        hosts: HostsFile | None = None,
+    ) -> None:
+        self.timeout = timeout
+        self.ipv6 = ipv6
+        self.hosts = hosts or HostsFile()
+        try:
+            self._dns = dns.asyncresolver.Resolver(configure=not nameservers)
+        except dns.resolver.NoResolverConfiguration:  # no resolv.conf: the hosts file only
+            self._dns = dns.asyncresolver.Resolver(configure=False)
+        if nameservers:
+            self._dns.nameservers = [_nameserver(n) for n in nameservers]
+        self._dns.lifetime = timeout
+
+    async def lookup(self, target: Target) -> tuple[Address, float]:
+        """The address and port to send to, and for how long that holds (seconds)."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._lookup(target)
+        except TimeoutError:
+            raise Unresolvable(f"no answer for {target.host} in {self.timeout:g} s") from None
+
+    async def _lookup(self, target: Target) -> tuple[Address, float]:
+        port = target.port or target.default_port
+        if ip_literal(target.host) is not None:
+            return (target.host, port), float("inf")
+        if target.port is None and not self.hosts.addresses(target.host):
+            records = await self._query(target.srv_name, "SRV")
+            if records is not None:
+                return await self._srv(target, *records)
+        address, ttl = await self._address(target.host)
+        return (address, port), ttl
+
+    async def _srv(
+        self, target: Target, answer: dns.resolver.Answer, ttl: float
+    ) -> tuple[Address, float]:
+        found = [rr for rr in answer if isinstance(rr, dns.rdtypes.IN.SRV.SRV)]
+        found.sort(key=lambda rr: (rr.priority, -rr.weight))
+        for rr in found:
+            name = rr.target.to_text(omit_final_dot=True)
+            if name in ("", "."):
+                break  # RFC 2782: "." says the service is not offered here
+            try:
+                address, address_ttl = await self._address(name)
+            except Unresolvable:
+                continue
+            return (address, int(rr.port)), min(ttl, address_ttl)
+        raise Unresolvable(f"no SRV target of {target.srv_name} resolves")
+
+    async def _address(self, name: str) -> tuple[str, float]:
+        family = socket.AF_INET6 if self.ipv6 else socket.AF_INET
+        for address in self.hosts.addresses(name):
+            ip = ip_literal(address)
+            if ip is not None and (ip.version == 4 or family == socket.AF_INET6):
+                return _for_socket(address, self.ipv6), HOSTS_TTL_S
+        for rdtype in ("AAAA", "A") if self.ipv6 else ("A",):
+            records = await self._query(name, rdtype)
+            if records is not None:
+                answer, ttl = records
+                return _for_socket(str(answer[0]), self.ipv6), ttl
+        raise Unresolvable(f"{name} has no {'AAAA or A' if self.ipv6 else 'A'} record")
+
+    async def _query(self, name: str, rdtype: str) -> tuple[dns.resolver.Answer, float] | None:
+        """The answer and its TTL; None when the name or the type has no records."""
+        try:
+            answer = await self._dns.resolve(name, rdtype, search=False)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return None
+        except dns.exception.DNSException as exc:  # no nameserver answered, timeout …
+            raise Unresolvable(f"{name} {rdtype}: {type(exc).__name__}") from None
+        ttl = answer.rrset.ttl if answer.rrset is not None else 0
+        return (answer, float(ttl)) if len(answer) else None
+
+
+def _nameserver(text: str) -> dns.nameserver.Nameserver:
+    """``host`` or ``host:port`` (``[v6]:port``) as a plain-DNS nameserver."""
+    host, sep, port = text.rpartition(":")
+    if sep and port.isdigit() and (host.startswith("[") or ":" not in host):
+        return dns.nameserver.Do53Nameserver(host.strip("[]"), int(port))
+    return dns.nameserver.Do53Nameserver(text.strip("[]"))
+
+
+def _for_socket(address: str, ipv6: bool) -> str:
+    """An IPv4 address as an IPv6 socket takes it (``::ffff:a.b.c.d``)."""
+    ip = ip_literal(address)
+    return f"::ffff:{address}" if ipv6 and ip is not None and ip.version == 4 else address

@@ -1,0 +1,147 @@
+"""RFC 3263 lookups (sip/resolve.py) and the sender that waits for them (sip/outbound.py),
+against a real DNS server on 127.0.0.1 (tests/sip/dns_server.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from telephony_edge.sip.outbound import Outbound
+from telephony_edge.sip.resolve import (
+    DnsCache,
+    HostsFile,
+    SipResolver,
+    Target,
+    Unresolvable,
+    target_of,
+)
+from tests.conftest import wait_for
+from tests.sip.dns_server import start_dns
+
+ZONE = {
+    ("_sip._udp.pbx.test", "SRV"): ["20 0 5090 backup.pbx.test.", "10 0 5080 gone.pbx.test."],
+    ("_sip._udp.dead.test", "SRV"): ["10 0 5060 gone.pbx.test."],
+    ("backup.pbx.test", "A"): ["127.0.0.5"],
+    ("gone.pbx.test", "TXT"): ['"no address"'],
+    ("proxy.test", "A"): ["127.0.0.7"],
+}
+
+
+def resolver_for(address: str, tmp_path: Path, timeout: float = 2.0) -> SipResolver:
+    hosts = tmp_path / "hosts"
+    if not hosts.exists():
+        hosts.write_text("127.0.0.1 localhost\n127.0.0.9 pinned.test  # the operator's\n")
+    return SipResolver([address], timeout, hosts=HostsFile(str(hosts)))
+
+
+def test_target_of_reads_the_uri_as_rfc_3263_does() -> None:
+    assert target_of("sip:edge.example.com;lr", "UDP") == Target(
+        "edge.example.com", None, "UDP", False
+    )
+    assert target_of("sip:alice@PBX.test:5070", "udp") == Target("pbx.test", 5070, "UDP", False)
+    assert target_of("sips:x@h.test;maddr=10.0.0.1", "TCP").host == "10.0.0.1"
+    assert target_of("sip:[2001:db8::1]:5062", "UDP").host == "2001:db8::1"
+    assert Target("h.test", None, "TCP", True).srv_name == "_sips._tcp.h.test"
+    with pytest.raises(ValueError):
+        target_of("tel:+15550100", "UDP")
+
+
+def test_cache_keeps_answers_for_their_ttl_and_failures_for_the_negative_ttl() -> None:
+    cache = DnsCache(negative_ttl=30, max_entries=2)
+    a, b, c = (Target(h, None, "UDP", False) for h in ("a.test", "b.test", "c.test"))
+    cache.put(a, ("127.0.0.1", 5060), 10, now=100)
+    assert cache.get(a, 109.9) == ("127.0.0.1", 5060)
+    assert cache.get(a, 110.0) is None
+    cache.put(b, Unresolvable("NXDOMAIN"), 3600, now=100)  # a failure keeps 30 s, not 3600
+    assert isinstance(cache.get(b, 129), Unresolvable)
+    assert cache.get(b, 130) is None
+    cache.put(a, ("127.0.0.1", 5060), 10, now=200)
+    cache.put(b, ("127.0.0.2", 5060), 10, now=200)
+    cache.put(c, ("127.0.0.3", 5060), 10, now=200)  # bounded: the oldest goes
+    assert cache.get(a, 201) is None and cache.get(c, 201) == ("127.0.0.3", 5060)
+
+
+async def test_srv_then_a_with_the_smallest_ttl_and_an_explicit_port_asks_no_srv(
+    tmp_path: Path,
+) -> None:
+    server = await start_dns(ZONE, ttl=120)
+    resolver = resolver_for(server.address, tmp_path)
+    # priority 10 has no address: the next one (RFC 2782 order), at its SRV port
+    assert await resolver.lookup(target_of("sip:pbx.test;lr", "UDP")) == (
+        ("127.0.0.5", 5090),
+        120.0,
+    )
+    server.queries.clear()
+    address, _ = await resolver.lookup(target_of("sip:proxy.test:5072;lr", "UDP"))
+    assert address == ("127.0.0.7", 5072)
+    assert server.queries == [("proxy.test", "A")]
+    server.queries.clear()
+    address, _ = await resolver.lookup(target_of("sip:proxy.test", "UDP"))  # no SRV: A, 5060
+    assert address == ("127.0.0.7", 5060)
+    assert server.queries == [("_sip._udp.proxy.test", "SRV"), ("proxy.test", "A")]
+    server.close()
+
+
+async def test_the_hosts_file_comes_first_and_a_missing_name_is_unresolvable(
+    tmp_path: Path,
+) -> None:
+    server = await start_dns(ZONE)
+    resolver = resolver_for(server.address, tmp_path)
+    assert (await resolver.lookup(target_of("sip:localhost:5999", "UDP")))[0] == (
+        "127.0.0.1",
+        5999,
+    )
+    assert (await resolver.lookup(target_of("sip:pinned.test", "UDP")))[0] == ("127.0.0.9", 5060)
+    assert server.queries == []  # neither asked DNS, not even for SRV
+    with pytest.raises(Unresolvable, match=r"nowhere\.test has no A record"):
+        await resolver.lookup(target_of("sip:nowhere.test;lr", "UDP"))
+    with pytest.raises(Unresolvable, match="no SRV target"):
+        await resolver.lookup(target_of("sip:dead.test", "UDP"))  # SRV, but no address
+    server.close()
+
+
+async def test_a_silent_nameserver_fails_the_lookup_at_the_timeout(tmp_path: Path) -> None:
+    server = await start_dns(ZONE)
+    server.silent = True
+    resolver = resolver_for(server.address, tmp_path, timeout=0.5)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(Unresolvable):
+        await resolver.lookup(target_of("sip:proxy.test:5060", "UDP"))
+    assert 0.4 < loop.time() - started < 1.5
+    server.close()
+
+
+async def test_outbound_waits_for_one_lookup_per_name_then_uses_the_cache(
+    tmp_path: Path,
+) -> None:
+    server = await start_dns(ZONE, ttl=60, delay=0.2)
+    sent: list[tuple[bytes, tuple[str, int], str]] = []
+    failed: list[tuple[str, str]] = []
+    outbound = Outbound(
+        resolver_for(server.address, tmp_path),
+        lambda data, dest, transport: sent.append((data, dest, transport)),
+        lambda call, reason: failed.append((call, reason)),
+    )
+    uri = "sip:proxy.test:5072;lr"
+    outbound.send(b"one", ("proxy.test", 5072), "UDP", uri, "call-a")
+    outbound.send(b"two", ("proxy.test", 5072), "UDP", uri, "call-b")
+    outbound.send(b"now", ("127.0.0.1", 5060), "UDP", None, "call-c")  # an address: at once
+    assert sent == [(b"now", ("127.0.0.1", 5060), "UDP")]
+    await wait_for(lambda: len(sent) == 3, within=3)
+    assert sent[1:] == [(b"one", ("127.0.0.7", 5072), "UDP"), (b"two", ("127.0.0.7", 5072), "UDP")]
+    outbound.send(b"three", ("proxy.test", 5072), "UDP", uri, "call-a")
+    assert sent[-1] == (b"three", ("127.0.0.7", 5072), "UDP")  # cached: no wait
+    assert server.queries == [("proxy.test", "A")]
+    outbound.send(b"x", ("nowhere.test", 5060), "UDP", "sip:nowhere.test;lr", "call-a")
+    outbound.send(b"y", ("nowhere.test", 5060), "UDP", "sip:nowhere.test;lr", "call-a")
+    await wait_for(lambda: failed, within=3)
+    await asyncio.sleep(0.1)
+    assert failed == [("call-a", "nowhere.test has no A record")]  # once per call
+    outbound.send(b"z", ("nowhere.test", 5060), "UDP", "sip:nowhere.test;lr", "call-d")
+    assert failed[-1][0] == "call-d"  # the failure is cached: told at once
+    assert len(sent) == 4
+    await outbound.close()
+    server.close()
