@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -21,7 +22,7 @@ from telephony_edge.sip.message import Request, Response, parse_message
 from telephony_edge.sip.nat import behind_nat, in_dialog_dest, is_private, response_dest, stamp_via
 from telephony_edge.sip.provider import SIP_ENDPOINT
 from tests.conftest import Edge, Receiver, wait_for
-from tests.sip.conftest import API_KEY, register
+from tests.sip.conftest import API_KEY, finished, register, sipp
 from tests.sip.test_udp_edge import Caller, Socket, open_socket, sdp
 from tests.sip.wire import request
 
@@ -75,6 +76,28 @@ async def test_nated_caller_gets_the_edges_bye_at_the_address_its_invite_came_fr
     assert receiver.received[0]["call_status"] == "api-ended"
     rtp.close()
     caller.sip.close()
+
+
+async def test_sipp_behind_nat_gets_the_edges_bye(
+    sip_edge: Edge, receiver: Receiver, tmp_path: Path
+) -> None:
+    """A real peer (sipp, sip/uac_nated_edge_bye.xml) whose Via and Contact say
+    192.168.1.20:5060: answered at its source, hung up from the API, it receives the
+    BYE (without the fix-up the BYE went to 192.168.1.20 and sipp timed out)."""
+    reg = await register(sip_edge)
+    rtp = await open_socket()
+    process = await sipp(
+        sip_edge, "uac_nated_edge_bye.xml", reg["call_id"], tmp_path, "-set", "rtp_port",
+        str(rtp.port),
+    )  # fmt: skip
+    endpoint = sip_edge.app[SIP_ENDPOINT]
+    await wait_for(lambda: endpoint.legs, within=5)
+    await asyncio.sleep(0.3)  # its ACK
+    await hangup_from_api(sip_edge, reg["call_id"])
+    await finished(process, tmp_path)  # sipp got the BYE and answered it
+    await wait_for(lambda: receiver.received, within=5)
+    assert receiver.received[0]["call_status"] == "api-ended"
+    rtp.close()
 
 
 def answer(req: Request, status: int) -> bytes:
