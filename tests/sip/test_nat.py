@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -21,8 +23,8 @@ from telephony_edge.sip.dialog import Dialog
 from telephony_edge.sip.message import Request, Response, parse_message
 from telephony_edge.sip.nat import behind_nat, in_dialog_dest, is_private, response_dest, stamp_via
 from telephony_edge.sip.provider import SIP_ENDPOINT
-from tests.conftest import Edge, Receiver, wait_for
-from tests.sip.conftest import API_KEY, finished, register, sipp
+from tests.conftest import Edge, Receiver, ServeProcess, free_port, wait_for
+from tests.sip.conftest import API_KEY, SCENARIOS, finished, register, sipp, sipp_binary
 from tests.sip.test_udp_edge import Caller, Socket, open_socket, sdp
 from tests.sip.wire import request
 
@@ -185,6 +187,87 @@ async def test_flood_of_invites_with_received_ipv6_is_answered_at_its_source_no_
         caller.sip.close()
     flooder.close()
     rtp.close()
+
+
+async def test_serve_answers_a_spoofed_via_invite_flood_at_its_source_and_a_call_in_200_ms(
+    serve_process: Callable[[dict[str, Any]], ServeProcess], tmp_path: Path
+) -> None:
+    """The same flood against what ships (``serve``, uvloop, JSON logs): 1000 INVITEs
+    from 127.0.0.3 at 1000/s, each Via saying ``received=::1`` without ``rport``. No
+    datagram fails to send, no ERROR line or traceback, and a genuine INVITE during the
+    flood gets its 200 within 200 ms, and sipp's call after it completes."""
+    sip_port, rtp_low = free_port(), free_port() // 2 * 2
+    edge = serve_process(
+        {
+            "api": {"private_key": API_KEY},
+            "sip": {
+                "enabled": True,
+                "port": sip_port,
+                "rtp_port_min": rtp_low,
+                "rtp_port_max": rtp_low + 20,
+            },
+            "agents": {"echo": {"prompt": "You echo.", "first_message": "Hi"}},
+        }
+    )
+    target = ("127.0.0.1", sip_port)
+
+    async def register_call() -> str:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                edge.base_url + "/register_sip_call",
+                json={"agent_id": "echo"},
+                headers={"Authorization": f"Bearer {API_KEY}"},
+            ) as resp,
+        ):
+            assert resp.status == 200, await resp.text()
+            call_id: str = (await resp.json())["call_id"]
+            return call_id
+
+    genuine = Caller(target, await register_call(), await open_socket())
+    rtp = await open_socket()
+    flooder = await bind("127.0.0.3")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    answered_in: float | None = None
+    for i in range(1000):
+        data = request(
+            "INVITE",
+            uri=f"sip:call_{secrets.token_hex(8)}@127.0.0.1",
+            branch=f"z9hG4bKs{i}",
+            call_id=f"spoof-{i}@127.0.0.3",
+            via_params=";received=::1",
+        ).replace(b"203.0.113.7:5060", f"127.0.0.3:{flooder.port}".encode(), 1)
+        flooder.send(data, target)
+        if i == 500:
+            sent_at = loop.time()
+            genuine.send(genuine.request("INVITE", sdp(rtp.port)))
+        if i > 500 and answered_in is None and not genuine.sip.queue.empty():
+            ok = await genuine.response("INVITE")
+            answered_in = loop.time() - sent_at
+            assert ok.status == 200
+        await asyncio.sleep(max(0.0, started + (i + 1) / 1000 - loop.time()))
+    if answered_in is None:
+        await genuine.response("INVITE")
+        answered_in = loop.time() - sent_at
+    assert answered_in < 0.2, answered_in
+    genuine.send(genuine.request("ACK", cseq=genuine.cseq))
+    genuine.send(genuine.request("BYE"))
+    assert (await genuine.response("BYE")).status == 200
+    call = await asyncio.create_subprocess_exec(
+        sipp_binary(), f"127.0.0.1:{sip_port}",
+        "-sf", str(SCENARIOS / "uac_external_media.xml"), "-s", await register_call(),
+        "-set", "rtp_port", str(rtp.port), "-d", "500",
+        "-i", "127.0.0.1", "-mi", "127.0.0.1", "-p", str(free_port()),
+        "-m", "1", "-nostdin", "-timeout", "20", "-timeout_error",
+        cwd=tmp_path, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    await finished(call, tmp_path)
+    assert any(d.startswith(b"SIP/2.0 ") for d, _, _ in flooder.log)  # answered at the source
+    assert edge.metric("telephony_edge_sip_send_failures_total", kind="sip") == 0
+    edge.assert_healthy()  # no ERROR line, no traceback
+    for sock in (genuine.sip, rtp, flooder):
+        sock.close()
 
 
 # -- sans-I/O: the rules of sip/nat.py --------------------------------------------------
