@@ -163,6 +163,12 @@ SIP_RATE_LIMITED = Counter(
     "SIP requests over their source address's rate limit (UDP: dropped, TCP: 503), by method",
     ["method", "transport"],
 )
+SIP_TCP_CLOSED = Counter(
+    "telephony_edge_sip_tcp_closed_total",
+    "SIP-over-TCP connections refused or closed by the edge, by reason: per_source, full,"
+    " evicted (a newcomer to a full table took its place), no_message, slow, idle",
+    ["reason"],
+)
 
 # Answering-machine detection (telephony_edge.calls.bridge): the result that decided each call.
 AMD_RESULTS = Counter(

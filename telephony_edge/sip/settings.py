@@ -83,7 +83,14 @@ class SipSettings(ProviderSettings):
     """How long a TCP connection may take to finish a message it started (slow senders)."""
     tcp_idle_timeout_s: float = Field(default=600.0, gt=0, le=86_400)
     """A TCP connection with nothing received for this long is closed (peers keep theirs
-    open with RFC 5626 CRLF keep-alives)."""
+    open with RFC 5626 CRLF keep-alives), unless it carries a live call."""
+    tcp_max_per_source: int = Field(default=32, ge=1, le=100_000)
+    """Inbound TCP connections one source address may hold; beyond, new ones are closed.
+    A full table (``tcp_max_connections``) evicts the connection idle longest that carries
+    no call, rather than refuse a newcomer."""
+    tcp_first_message_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    """An inbound TCP connection that has sent no complete SIP message this long after
+    connecting is closed (keep-alive pings do not count)."""
     advertised_host: str | None = None
     """The address in Contact, SDP and ``sip_uri`` (the public one behind NAT); default:
     ``bind_host`` (127.0.0.1 when that is a wildcard)."""

@@ -13,11 +13,13 @@ as is a message left unfinished past ``read_timeout``).
 :class:`TcpSide` is the asyncio part: a listening socket on the SIP port,
 one :class:`SipStream` per connection, registered by its peer address so
 that the UA's responses go back on the connection the request came on
-(§18.2.2) and its in-dialog requests reuse it. Bounded: at most
-``max_connections`` (beyond, a new one is closed at once), a partial message
-may take ``read_timeout`` seconds at most (slow senders), and a connection
-idle for ``idle_timeout`` is closed. A send to an address with no connection
-opens one (§18.1.1).
+(§18.2.2) and its in-dialog requests reuse it. Which connections it keeps
+(per source, a full table, nothing sent, slow, idle, live dialogs) is
+:mod:`telephony_edge.sip.tcp_policy`'s; each closure is counted in
+``telephony_edge_sip_tcp_closed_total{reason}``. A send to an address with
+no connection opens one (§18.1.1); when that address was a live call's
+connection, the new one goes to the call's target (its Contact or route: the
+caller's source port was ephemeral), from ``dialogs``, the shell's map.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections import Counter
 from collections.abc import Callable
 from typing import cast
 
-from telephony_edge import badinput
+from telephony_edge import badinput, metrics
+from telephony_edge.sip import tcp_policy
 from telephony_edge.sip.message import DEFAULT_LIMITS, Limits
 
 log = logging.getLogger(__name__)
@@ -93,20 +97,23 @@ class StreamFramer:
 class SipStream(asyncio.Protocol):
     """One TCP connection: framed messages to the endpoint, the UA's bytes back."""
 
-    def __init__(self, side: TcpSide) -> None:
+    def __init__(self, side: TcpSide, outbound: bool = False) -> None:
         self.side = side
+        self.outbound = outbound  # opened by the edge (§18.1.1)
         self.framer = StreamFramer(side.limits)
         self.transport: asyncio.Transport | None = None
         self.peer: Address = ("", 0)
+        self.opened_at = 0.0
         self.last_activity = 0.0
         self.partial_since: float | None = None
+        self.got_message = False  # a complete SIP message (not a keep-alive) came
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # a stream server's transport; uvloop's is not a subclass of asyncio.Transport
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = (str(peer[0]), int(peer[1]))
-        self.last_activity = asyncio.get_running_loop().time()
+        self.opened_at = self.last_activity = asyncio.get_running_loop().time()
         if not self.side.admit(self):
             self.transport.abort()
 
@@ -122,6 +129,7 @@ class SipStream(asyncio.Protocol):
             return
         self.partial_since = (self.partial_since or now) if self.framer.pending else None
         for message in messages:
+            self.got_message = self.got_message or message != KEEPALIVE
             self.side.deliver(message, self.peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -148,16 +156,15 @@ class TcpSide:
         deliver: Callable[[bytes, Address], None],
         *,
         limits: Limits = DEFAULT_LIMITS,
-        max_connections: int = 1000,
-        read_timeout: float = 10.0,
-        idle_timeout: float = 600.0,
+        policy: tcp_policy.Limits = tcp_policy.DEFAULT_LIMITS,
+        dialogs: Callable[[], dict[Address, Address]] = dict,
     ) -> None:
         self.deliver = deliver
         self.limits = limits
-        self.max_connections = max_connections
-        self.read_timeout = read_timeout
-        self.idle_timeout = idle_timeout
+        self.policy = policy
+        self.dialogs = dialogs  # live calls over TCP: their connection's peer → their target
         self.connections: dict[Address, SipStream] = {}
+        self._per_host: Counter[str] = Counter()  # inbound connections by source address
         self.accepted = 0
         self.refused = 0
         self.framing_errors = 0
@@ -183,21 +190,55 @@ class TcpSide:
             await self._server.wait_closed()
 
     def admit(self, stream: SipStream) -> bool:
-        if len(self.connections) >= self.max_connections:
-            self.refused += 1
-            return False
+        """A new connection, under :mod:`~telephony_edge.sip.tcp_policy`'s rules 1 and 2."""
+        policy, host = self.policy, stream.peer[0]
+        if not stream.outbound:
+            if self._per_host[host] >= policy.max_per_source:
+                return self._refuse(stream, "per_source", "too many connections from it")
+            if len(self.connections) >= policy.max_connections:
+                old = tcp_policy.victim(self.connections.values(), self.in_use())
+                if old is None:
+                    return self._refuse(stream, "full", "every connection carries a call")
+                assert isinstance(old, SipStream)
+                self._closed(old, "evicted")
+                self.forget(old)
+                old.close()
+            self._per_host[host] += 1
         self.connections[stream.peer] = stream
         self.accepted += 1
         return True
 
+    def _refuse(self, stream: SipStream, reason: str, why: str) -> bool:
+        self.refused += 1
+        self._closed(stream, reason)
+        badinput.report("sip-tcp", f"connection refused: {why}", stream.peer[0], count=False)
+        return False
+
+    def _closed(self, stream: SipStream, reason: str) -> None:
+        metrics.SIP_TCP_CLOSED.labels(reason=reason).inc()
+
     def forget(self, stream: SipStream) -> None:
         if self.connections.get(stream.peer) is stream:
             del self.connections[stream.peer]
+            host = stream.peer[0]
+            if not stream.outbound:
+                self._per_host[host] -= 1
+                if self._per_host[host] <= 0:
+                    del self._per_host[host]
+
+    def in_use(self) -> set[Address]:
+        """The peers that carry a live call: its caller's connection, or ours to its target."""
+        return {address for pair in self.dialogs().items() for address in pair}
 
     def send(self, dest: Address, data: bytes) -> None:
-        """On the connection to ``dest``, or a new one (§18.1.1)."""
+        """On the connection to ``dest``; when it is gone and ``dest`` was a call's, on one
+        to that call's target (its Contact or route: the caller's source port was
+        ephemeral, RFC 3261 §18.1.1, RFC 5923), opened if need be."""
         stream = self.connections.get(dest)
-        if stream is not None:
+        if stream is None or stream.closing:
+            dest = self.dialogs().get(dest, dest)
+            stream = self.connections.get(dest)
+        if stream is not None and not stream.closing:
             stream.write(data)
             return
         task = asyncio.ensure_future(self._connect_and_send(dest, data))
@@ -208,8 +249,8 @@ class TcpSide:
         loop = asyncio.get_running_loop()
         try:
             _, stream = await asyncio.wait_for(
-                loop.create_connection(lambda: SipStream(self), dest[0], dest[1]),
-                self.read_timeout,
+                loop.create_connection(lambda: SipStream(self, outbound=True), dest[0], dest[1]),
+                self.policy.read_timeout,
             )
         except (OSError, TimeoutError) as exc:
             log.info("SIP TCP connect failed", extra={"peer": str(dest), "reason": repr(exc)})
@@ -217,21 +258,26 @@ class TcpSide:
         stream.write(data)
 
     async def _sweep(self) -> None:
-        """Close connections idle too long, or slow to finish a message."""
+        """Close what :func:`~telephony_edge.sip.tcp_policy.expired` says (rules 3-5)."""
         loop = asyncio.get_running_loop()
+        policy = self.policy
         while True:
-            await asyncio.sleep(min(1.0, self.read_timeout / 2))
+            await asyncio.sleep(min(1.0, policy.read_timeout / 2, policy.first_message_timeout / 2))
             now = loop.time()
+            in_use = self.in_use()
             for stream in list(self.connections.values()):
                 if stream.closing:
                     continue  # closed by an earlier sweep, still flushing
-                slow = stream.partial_since is not None and (
-                    now - stream.partial_since > self.read_timeout
-                )
-                if slow or now - stream.last_activity > self.idle_timeout:
-                    self.timed_out += 1
-                    stream.close()
-                if slow:
-                    host, port = stream.peer
-                    reason = f"a message unfinished after {self.read_timeout:g}s: closed"
-                    badinput.report("sip-tcp", reason, host, port=port)
+                reason = tcp_policy.expired(stream, now, policy, in_use)
+                if reason is None:
+                    continue
+                self.timed_out += 1
+                self._closed(stream, reason)
+                stream.close()
+                host, port = stream.peer
+                if reason == "slow":
+                    why = f"a message unfinished after {policy.read_timeout:g}s: closed"
+                    badinput.report("sip-tcp", why, host, port=port)
+                elif reason == "no_message":
+                    why = f"no SIP message {policy.first_message_timeout:g}s after connecting"
+                    badinput.report("sip-tcp", f"{why}: closed", host, port=port)

@@ -48,6 +48,7 @@ from telephony_edge.calls.leg import Direction, LegInfo
 from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.calls.service import CallRejected, ProviderError
 from telephony_edge.services import Services
+from telephony_edge.sip import tcp_policy
 from telephony_edge.sip.auth import DigestServer
 from telephony_edge.sip.leg import SipLeg
 from telephony_edge.sip.message import SipUri
@@ -111,6 +112,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         )
         self.outbound = Outbound(resolver, self._send_now, self._unreachable)
         self.gate = RequestGate(settings.request_rate_per_s, settings.request_burst)
+        self._stream_calls: dict[str, tuple[tuple[str, int], tuple[str, int]]] = {}
 
     # -- life ---------------------------------------------------------------------------
 
@@ -171,9 +173,14 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 break
             tcp = TcpSide(
                 lambda data, peer: self._receive(data, peer, "TCP"),
-                max_connections=settings.tcp_max_connections,
-                read_timeout=settings.tcp_read_timeout_s,
-                idle_timeout=settings.tcp_idle_timeout_s,
+                policy=tcp_policy.Limits(
+                    max_connections=settings.tcp_max_connections,
+                    max_per_source=settings.tcp_max_per_source,
+                    first_message_timeout=settings.tcp_first_message_timeout_s,
+                    read_timeout=settings.tcp_read_timeout_s,
+                    idle_timeout=settings.tcp_idle_timeout_s,
+                ),
+                dialogs=self._stream_targets,
             )
             try:
                 await tcp.start(settings.bind_host, self.port)
@@ -234,6 +241,24 @@ class SipEndpoint(asyncio.DatagramProtocol):
         badinput.report(f"sip-{kind}", reason, source[0], port=source[1], count=False)
         return True
 
+    def _track_stream(self, ref: str) -> None:
+        """Remember where a call over a stream goes when its connection is gone: the
+        route set's first hop or the Contact (§12.2.1.1), refreshed with the target. Kept
+        here until :class:`CallEnded`, after the BYE of the same batch was sent."""
+        call = self.ua.calls().get(ref) if self.ua is not None else None
+        if call is None or call.transport == "UDP":
+            return
+        try:
+            target = call.dialog.destination()
+        except ValueError:  # no usable target: the connection is all there is
+            target = call.source
+        self._stream_calls[ref] = (call.source, target)
+
+    def _stream_targets(self) -> dict[tuple[str, int], tuple[str, int]]:
+        """Each live call over a stream: the connection its INVITE came on → where its
+        dialog's requests go when that connection is gone (§18.1.1 opens one there)."""
+        return dict(self._stream_calls.values())
+
     def _tick(self) -> None:
         self._timer = self._timer_at = None
         if self.ua is not None:
@@ -278,6 +303,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
                     action.data, action.dest, action.transport, action.uri, action.call
                 )
             elif isinstance(action, StartCall):
+                self._track_stream(action.call)
                 self._spawn(self._start_call(action))
             elif isinstance(action, CallRefused):
                 log.log(
@@ -291,6 +317,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
                     },
                 )
             elif isinstance(action, CallConfirmed | MediaUpdated):
+                self._track_stream(action.call)  # a re-INVITE may move the target
                 leg = self.legs.get(action.call)
                 if leg is not None and action.media is not None:
                     leg.set_media(action.media)
@@ -343,6 +370,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             waiter.set_exception(ProviderError(result.reason, status=result.status))
 
     def _call_ended(self, ended: CallEnded) -> None:
+        self._stream_calls.pop(ended.call, None)
         waiter = self._transfers.pop(ended.call, None)
         if waiter is not None and not waiter.done():
             waiter.set_exception(ProviderError("the call ended during the transfer"))
