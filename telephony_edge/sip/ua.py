@@ -849,13 +849,22 @@ class UserAgent:
         if method == "PRACK":
             return self._prack(call, req, key, dest, transport, now)
         if method in ("INVITE", "UPDATE"):
-            return self._reoffer(call, req, key, dest, transport, now)
+            return self._reoffer(call, req, key, dest, transport, source, now)
         return self._answer_tx(req, key, dest, transport, 405, now)
 
     def _reoffer(
-        self, call: Call, req: Request, key: Key, dest: Address, transport: str, now: float
+        self,
+        call: Call,
+        req: Request,
+        key: Key,
+        dest: Address,
+        transport: str,
+        source: Address,
+        now: float,
     ) -> list[Action]:
-        """re-INVITE / UPDATE: answer the NEW offer, or make ours when there is none."""
+        """re-INVITE / UPDATE: answer the NEW offer, or make ours when there is none.
+        A target refresh also moves the flow: a caller whose NAT binding changed is
+        reached where its refresh came from (Kamailio fixes its Contact on each one)."""
         reliable = transport != "UDP"
         if req.method == "INVITE":
             machine: _Machine = InviteServerTransaction(req, reliable, self.config.timers)
@@ -882,6 +891,8 @@ class UserAgent:
         self._start_timer(call, terms, now)
         timer_headers = terms.headers() if terms else []
         call.dialog.refresh_target(req)  # its Contact was checked above
+        if transport == call.transport:
+            call.source, call.nated = source, behind_nat(req, source)
         updates: list[Action] = []
         if req.body:
             try:

@@ -9,6 +9,7 @@ in-dialog requests, to where the packets really came from.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 from collections.abc import Callable
@@ -78,6 +79,30 @@ async def test_nated_caller_gets_the_edges_bye_at_the_address_its_invite_came_fr
     assert receiver.received[0]["call_status"] == "api-ended"
     rtp.close()
     caller.sip.close()
+
+
+async def test_a_nated_caller_whose_binding_moved_is_reached_where_its_refresh_came_from(
+    sip_edge: Edge, receiver: Receiver
+) -> None:
+    """The caller's NAT gives it a new public port mid-call; its UPDATE comes from there,
+    and the edge's BYE follows it (not the INVITE's old port, not the Contact)."""
+    reg = await register(sip_edge)
+    endpoint = sip_edge.app[SIP_ENDPOINT]
+    rtp = await open_socket()
+    caller = Caller(("127.0.0.1", endpoint.port), reg["call_id"], await open_socket())
+    caller.send(nated(caller, caller.request("INVITE", sdp(rtp.port))))
+    assert (await caller.response("INVITE")).status == 200
+    caller.send(nated(caller, caller.request("ACK", cseq=caller.cseq)))
+    moved = dataclasses.replace(caller, sip=await open_socket())  # the new binding
+    moved.send(nated(moved, moved.request("UPDATE")))
+    assert (await moved.response("UPDATE")).status == 200
+    await hangup_from_api(sip_edge, reg["call_id"])
+    bye = await moved.request_from_edge("BYE")
+    moved.sip.send(answer(bye, 200), moved.edge)
+    await wait_for(lambda: receiver.received, within=5)
+    assert not [d for d, _, _ in caller.sip.log if d.startswith(b"BYE ")]
+    for sock in (caller.sip, moved.sip, rtp):
+        sock.close()
 
 
 async def test_sipp_behind_nat_gets_the_edges_bye(
