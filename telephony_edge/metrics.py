@@ -169,6 +169,12 @@ SIP_TCP_CLOSED = Counter(
     " evicted (a newcomer to a full table took its place), no_message, slow, idle",
     ["reason"],
 )
+SIP_DIGEST = Counter(
+    "telephony_edge_sip_digest_total",
+    "Digest authentication of trunks' INVITEs by outcome: ok, challenged, stale, replayed"
+    " (a used nonce and nc), bad (wrong credentials), locked (refused unchecked: guessing)",
+    ["outcome"],
+)
 
 # Answering-machine detection (telephony_edge.calls.bridge): the result that decided each call.
 AMD_RESULTS = Counter(

@@ -126,6 +126,15 @@ class SipSettings(ProviderSettings):
     request_burst: int = Field(default=400, ge=1, le=1_000_000)
     nonce_ttl_s: float = Field(default=300.0, gt=0, le=86_400)
     """How long a digest challenge's nonce is good for (then ``stale=true``)."""
+    digest_max_failures: int = Field(default=20, ge=1, le=1_000_000)
+    """Wrong digests one source address may send in ``digest_failure_window_s``; the last
+    locks the source out for ``digest_lockout_s`` (its INVITEs to a trunk with credentials
+    get 403 unchecked)."""
+    digest_max_user_failures: int = Field(default=100, ge=1, le=1_000_000)
+    """Wrong digests for one trunk's username from all sources together in the window; the
+    last locks the username out, except for sources that authenticated within the lockout."""
+    digest_failure_window_s: float = Field(default=300.0, gt=0, le=86_400)
+    digest_lockout_s: float = Field(default=900.0, gt=0, le=86_400)
     metadata_headers: list[str] = Field(
         default_factory=lambda: ["X-Twilio-CallSid", "X-Twilio-AccountSid"]
     )

@@ -50,6 +50,7 @@ from telephony_edge.calls.service import CallRejected, ProviderError
 from telephony_edge.services import Services
 from telephony_edge.sip import tcp_policy
 from telephony_edge.sip.auth import DigestServer
+from telephony_edge.sip.auth_guard import DigestGuard, GuardLimits
 from telephony_edge.sip.leg import SipLeg
 from telephony_edge.sip.message import SipUri
 from telephony_edge.sip.outbound import Outbound
@@ -158,7 +159,24 @@ class SipEndpoint(asyncio.DatagramProtocol):
             rate_per_minute=settings.rate_per_minute,
             burst=settings.rate_burst,
             digest=DigestServer(settings.nonce_ttl_s),
+            guard=DigestGuard(
+                GuardLimits(
+                    per_source=settings.digest_max_failures,
+                    per_username=settings.digest_max_user_failures,
+                    window=settings.digest_failure_window_s,
+                    lockout=settings.digest_lockout_s,
+                )
+            ),
+            on_digest=self._digest_event,
         )
+
+    def _digest_event(self, outcome: str, source: str, trunk: str) -> None:
+        """Counted; a wrong, replayed or locked-out digest is also warned, per sender."""
+        metrics.SIP_DIGEST.labels(outcome=outcome).inc()
+        if outcome in ("bad", "replayed", "locked"):
+            what = {"bad": "wrong credentials", "replayed": "a replayed nonce and nc (401)"}
+            reason = f"digest for trunk {trunk}: {what.get(outcome, 'locked out (403)')}"
+            badinput.report("sip-digest", reason, source)
 
     async def _bind(self) -> None:
         """UDP, and TCP on the same port; with ``port: 0``, a port free for both."""

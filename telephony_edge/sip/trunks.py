@@ -14,7 +14,12 @@
 3. a dialled number of the number config (provider ``sip``) is admitted only
    from a trunk whose CIDRs hold the source and which may call that number,
    and, when the trunk has credentials, only with a good digest
-   (:mod:`telephony_edge.sip.auth`: 401 to challenge, 403 for bad ones);
+   (:mod:`telephony_edge.sip.auth`: 401 to challenge, 403 for bad ones; the
+   nonce bound to the source and Call-ID, a replayed ``nc`` challenged again
+   with ``stale=true``), and not while :mod:`telephony_edge.sip.auth_guard`
+   has the source or the trunk's username locked out for guessing (403,
+   unchecked). Each digest outcome goes to the ``on_digest`` callback (the
+   shell counts and warns);
 4. everything else is refused 403, or dropped unanswered when the operator
    chose ``drop_unknown`` (scanners learn nothing).
 """
@@ -26,7 +31,8 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from telephony_edge.sip.auth import DigestServer, Outcome
+from telephony_edge.sip.auth import DigestServer, Outcome, binding
+from telephony_edge.sip.auth_guard import DigestGuard
 from telephony_edge.sip.message import Request, SipUri
 from telephony_edge.webrtc.browser import RateLimiter
 
@@ -73,6 +79,10 @@ class Verdict:
     headers: list[tuple[str, str]] = field(default_factory=list)
 
 
+#: (outcome, source address, trunk name): ok, challenged, stale, replayed, bad, locked
+DigestEvent = Callable[[str, str, str], None]
+
+
 class Admission:
     """See the module docstring."""
 
@@ -85,12 +95,16 @@ class Admission:
         rate_per_minute: float = 120.0,
         burst: int = 20,
         digest: DigestServer | None = None,
+        guard: DigestGuard | None = None,
+        on_digest: DigestEvent | None = None,
     ) -> None:
         self.trunks = trunks
         self._dialled = dialled
         self.drop_unknown = drop_unknown
         self.limiter = RateLimiter(rate_per_minute, burst)
         self.digest = digest or DigestServer()
+        self.guard = guard or DigestGuard()
+        self._on_digest = on_digest or (lambda outcome, source, trunk: None)
         self._blocked: dict[str, float] = {}  # source → until when its INVITEs are dropped
 
     def check(self, req: Request, source: tuple[str, int], now: float) -> Verdict:
@@ -132,6 +146,17 @@ class Admission:
             return self._unknown(f"{address} is no trunk allowed to call {number}")
         if trunk.username is None or trunk.password is None:
             return Verdict(Decision.ADMIT, trunk=trunk, number=number)
+        return self._digest(req, address, trunk, number, now)
+
+    def _digest(self, req: Request, address: str, trunk: Trunk, number: str, now: float) -> Verdict:
+        """A trunk with credentials: locked out, challenged, refused or admitted."""
+        assert trunk.username is not None and trunk.password is not None
+        wait = self.guard.locked(address, trunk.username, now)
+        if wait:
+            self._on_digest("locked", address, trunk.name)
+            reason = f"digest for trunk {trunk.name} locked out for {wait:.0f} s (guessing)"
+            return Verdict(Decision.REFUSE, reason)
+        bound = binding(address, req.call_id(), req.method)
         outcome = self.digest.verify(
             req.headers.get("Authorization"),
             req.method,
@@ -141,14 +166,22 @@ class Admission:
             trunk.password,
             now,
             trunk.algorithms,
+            bound=bound,
         )
         if outcome is Outcome.OK:
+            self.guard.succeeded(address, now)
+            self._on_digest("ok", address, trunk.name)
             return Verdict(Decision.ADMIT, trunk=trunk, number=number)
         if outcome is Outcome.BAD:
-            return Verdict(Decision.REFUSE, f"bad credentials from trunk {trunk.name}")
-        stale = outcome is Outcome.STALE
-        headers = self.digest.challenge(trunk.realm, now, stale, trunk.algorithms)
-        return Verdict(Decision.CHALLENGE, "digest challenge", trunk, number, headers)
+            locked = self.guard.failed(address, trunk.username, now)
+            self._on_digest("bad", address, trunk.name)
+            why = "; now locked out" if locked else ""
+            return Verdict(Decision.REFUSE, f"bad credentials from trunk {trunk.name}{why}")
+        stale = outcome in (Outcome.STALE, Outcome.REPLAY)
+        event = {Outcome.STALE: "stale", Outcome.REPLAY: "replayed"}.get(outcome, "challenged")
+        self._on_digest(event, address, trunk.name)
+        headers = self.digest.challenge(trunk.realm, now, stale, trunk.algorithms, bound=bound)
+        return Verdict(Decision.CHALLENGE, f"digest {event}", trunk, number, headers)
 
     def _unknown(self, reason: str) -> Verdict:
         return Verdict(Decision.DROP if self.drop_unknown else Decision.REFUSE, reason)

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from telephony_edge.sip.auth import DigestServer, Outcome, digest_response, parse_auth_params
+import pytest
+
+from telephony_edge.sip.auth import (
+    DigestServer,
+    NonceUses,
+    Outcome,
+    binding,
+    digest_response,
+    parse_auth_params,
+)
 
 URI = "sip:+15555550201@127.0.0.1:5060"
+BOUND = binding("192.0.2.10", "call-1@pbx", "INVITE")
 
 
 def test_rfc_7616_vectors_sha256_and_md5_and_rfc_2617() -> None:
@@ -22,24 +32,37 @@ def test_rfc_7616_vectors_sha256_and_md5_and_rfc_2617() -> None:
     assert old == "6629fae49393a05397450978507c4ef1"
 
 
-def authorization(server: DigestServer, now: float, password: str, algorithm: str) -> str:
-    [challenge] = [v for _, v in server.challenge("edge", now) if f"algorithm={algorithm}" in v]
-    nonce = parse_auth_params(challenge)[1]["nonce"]
-    response = digest_response(
-        algorithm, "trunk", "edge", password, "INVITE", URI, nonce, "auth", "00000001", "c0ffee"
-    )
-    return (
+def nonce_of(server: DigestServer, now: float, algorithm: str = "SHA-256") -> str:
+    challenges = server.challenge("edge", now, bound=BOUND)
+    [challenge] = [v for _, v in challenges if f"algorithm={algorithm}" in v]
+    return parse_auth_params(challenge)[1]["nonce"]
+
+
+def authorization(
+    server: DigestServer,
+    now: float,
+    password: str,
+    algorithm: str,
+    nc: str = "00000001",
+    nonce: str | None = None,
+    qop: bool = True,
+) -> str:
+    nonce = nonce or nonce_of(server, now, algorithm)
+    args = ("auth", nc, "c0ffee") if qop else ()
+    response = digest_response(algorithm, "trunk", "edge", password, "INVITE", URI, nonce, *args)
+    header = (
         f'Digest username="trunk", realm="edge", nonce="{nonce}", uri="{URI}", '
-        f'response="{response}", algorithm={algorithm}, cnonce="c0ffee", qop=auth, nc=00000001'
+        f'response="{response}", algorithm={algorithm}'
     )
+    return header + (f', cnonce="c0ffee", qop=auth, nc={nc}' if qop else "")
 
 
-def verify(server: DigestServer, header: str | None, now: float) -> Outcome:
-    return server.verify(header, "INVITE", URI, "edge", "trunk", "s3cret", now)
+def verify(server: DigestServer, header: str | None, now: float, bound: str = BOUND) -> Outcome:
+    return server.verify(header, "INVITE", URI, "edge", "trunk", "s3cret", now, bound=bound)
 
 
 def test_challenge_offers_sha256_then_md5_with_qop() -> None:
-    headers = DigestServer().challenge("edge", 10.0, stale=True)
+    headers = DigestServer().challenge("edge", 10.0, stale=True, bound=BOUND)
     assert [name for name, _ in headers] == ["WWW-Authenticate"] * 2
     assert "algorithm=SHA-256" in headers[0][1] and "algorithm=MD5" in headers[1][1]
     assert all('qop="auth"' in v and "stale=true" in v for _, v in headers)
@@ -58,8 +81,55 @@ def test_good_bad_missing_stale_and_forged() -> None:
     # a nonce from another server (another worker, or made up) is challenged afresh
     assert verify(DigestServer(), good, 1.0) is Outcome.MISSING
     # the digest covers the Request-URI and the method
-    assert server.verify(good, "INVITE", URI + ";x", "edge", "trunk", "s3cret", 1.0) is Outcome.BAD
-    assert server.verify(good, "BYE", URI, "edge", "trunk", "s3cret", 1.0) is Outcome.BAD
+    args = ("edge", "trunk", "s3cret", 1.0)
+    assert server.verify(good, "INVITE", URI + ";x", *args, bound=BOUND) is Outcome.BAD
+    assert server.verify(good, "BYE", URI, *args, bound=BOUND) is Outcome.BAD
     # an algorithm the trunk is not offered is no answer
-    only_md5 = server.verify(good, "INVITE", URI, "edge", "trunk", "s3cret", 1.0, ("MD5",))
+    only_md5 = server.verify(good, "INVITE", URI, *args, ("MD5",), bound=BOUND)
     assert only_md5 is Outcome.MISSING
+
+
+def test_a_nonce_authorizes_only_the_source_and_call_it_was_issued_for() -> None:
+    """Issue 19: a copied Authorization header opened new calls for 300 s."""
+    server = DigestServer()
+    good = authorization(server, 0.0, "s3cret", "SHA-256")
+    elsewhere = binding("192.0.2.99", "call-1@pbx", "INVITE")
+    another_call = binding("192.0.2.10", "call-2@pbx", "INVITE")
+    assert verify(server, good, 1.0, elsewhere) is Outcome.MISSING  # a fresh challenge
+    assert verify(server, good, 1.0, another_call) is Outcome.MISSING
+    assert verify(server, good, 1.0) is Outcome.OK
+
+
+def test_nc_must_grow_so_a_copied_header_is_a_replay() -> None:
+    server = DigestServer()
+    nonce = nonce_of(server, 0.0)
+    first = authorization(server, 0.0, "s3cret", "SHA-256", "00000001", nonce)
+    assert verify(server, first, 1.0) is Outcome.OK
+    assert verify(server, first, 2.0) is Outcome.REPLAY  # the same header again
+    second = authorization(server, 0.0, "s3cret", "SHA-256", "00000002", nonce)
+    assert verify(server, second, 3.0) is Outcome.OK  # the client's next use: nc grew
+    assert verify(server, first, 4.0) is Outcome.REPLAY  # never back
+    # without qop there is no nc: a nonce authorizes once
+    plain = authorization(server, 0.0, "s3cret", "MD5", qop=False)
+    assert verify(server, plain, 1.0) is Outcome.OK
+    assert verify(server, plain, 2.0) is Outcome.REPLAY
+
+
+@pytest.mark.parametrize("nc", ["1", "0000000g", "000000001", ""])
+def test_qop_auth_wants_an_eight_hex_digit_nc_and_a_cnonce(nc: str) -> None:
+    server = DigestServer()
+    assert verify(server, authorization(server, 0.0, "s3cret", "SHA-256", nc), 1.0) is Outcome.BAD
+    no_cnonce = authorization(server, 0.0, "s3cret", "SHA-256").replace('cnonce="c0ffee", ', "")
+    assert verify(server, no_cnonce, 1.0) is Outcome.BAD
+
+
+def test_nonce_uses_are_bounded_and_what_was_forgotten_is_stale() -> None:
+    uses = NonceUses(max_nonces=2)
+    assert uses.use("a.x", 0xA, 1) is Outcome.OK
+    assert uses.use("b.x", 0xB, 1) is Outcome.OK
+    assert uses.use("c.x", 0xC, 1) is Outcome.OK  # "a" forgotten: the floor is its time
+    assert len(uses) == 2 and uses.floor == 0xA
+    assert uses.use("a.x", 0xA, 1) is Outcome.STALE  # maybe used: never taken again
+    assert uses.use("b.x", 0xB, 1) is Outcome.REPLAY
+    uses.expire(0xC)  # older than the nonce TTL
+    assert len(uses) == 1
