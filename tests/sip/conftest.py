@@ -78,11 +78,18 @@ async def register(edge: Edge, **body: Any) -> dict[str, Any]:
 
 
 async def sipp(
-    edge: Edge, scenario: str, user: str, cwd: Path, *extra: str, host: str = "127.0.0.1"
+    edge: Edge,
+    scenario: str,
+    user: str,
+    cwd: Path,
+    *extra: str,
+    host: str = "127.0.0.1",
+    port: int | None = None,
 ) -> asyncio.subprocess.Process:
     """Start sipp against the edge's SIP port (the command line a user would type), from
-    ``host`` (any 127.0.0.0/8 address is another source on loopback)."""
-    port = edge.app[SIP_ENDPOINT].port
+    ``host`` (any 127.0.0.0/8 address is another source on loopback); ``port``: another
+    one (a proxy in front of the edge)."""
+    port = port or edge.app[SIP_ENDPOINT].port
     args = [
         f"127.0.0.1:{port}",
         "-sf", str(SCENARIOS / scenario),

@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,8 +24,9 @@ from telephony_edge.sip.message import Request, Response, parse_message
 from telephony_edge.sip.provider import SIP_ENDPOINT
 from telephony_edge.sip.ua import CallEnded, Send, UaConfig, UserAgent
 from tests.conftest import Edge, Receiver, wait_for
-from tests.sip.conftest import register, sip_test_settings
+from tests.sip.conftest import finished, register, sip_test_settings, sipp
 from tests.sip.dns_server import DnsServer, start_dns
+from tests.sip.kamailio import start_proxy
 from tests.sip.test_nat import answer, hangup_from_api
 from tests.sip.test_udp_edge import Caller, open_socket, sdp
 from tests.sip.wire import SIPP_SDP, request
@@ -141,6 +143,46 @@ async def test_a_name_that_does_not_resolve_fails_its_call_only(
     for sock in (a.sip, b.sip, a_rtp, b_rtp):
         sock.close()
     server.close()
+
+
+@pytest.mark.parametrize("name", ["localhost", "nowhere.test"])
+async def test_kamailio_record_routing_by_name_relays_the_edges_bye(
+    make_edge: Callable[..., Any],
+    receiver: Receiver,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+) -> None:
+    """A real proxy (Kamailio) in front of the edge Record-Routes itself by name. With
+    ``localhost`` the edge resolves it (hosts file) and its BYE goes through Kamailio to
+    sipp. With a name nobody resolves, the BYE goes to the flow the INVITE came from,
+    which is Kamailio too: it knows the name as its own alias, relays the BYE, and sipp
+    is released all the same; the failure is a warning naming the call."""
+    server = await start_dns({})  # knows no name at all
+    edge = await edge_with_dns(make_edge, receiver, server)
+    proxy = await start_proxy(tmp_path, edge.app[SIP_ENDPOINT].port, name)
+    try:
+        reg = await register(edge)
+        rtp = await open_socket()
+        with caplog.at_level(logging.INFO):
+            process = await sipp(
+                edge, "uac_routed_edge_bye.xml", reg["call_id"], tmp_path,
+                "-set", "rtp_port", str(rtp.port), port=proxy.port,
+            )  # fmt: skip
+            endpoint = edge.app[SIP_ENDPOINT]
+            await wait_for(lambda: endpoint.legs, within=5)
+            await asyncio.sleep(0.3)  # its ACK, through Kamailio
+            await hangup_from_api(edge, reg["call_id"])
+            await finished(process, tmp_path)  # the BYE reached sipp through Kamailio
+            await wait_for(lambda: receiver.received, within=5)
+        assert receiver.received[0]["call_status"] == "api-ended"
+        warned = [r for r in caplog.records if "does not resolve" in r.getMessage()]
+        expected = [] if name == "localhost" else [reg["call_id"]]
+        assert [getattr(r, "call_id", None) for r in warned] == expected
+        rtp.close()
+    finally:
+        await proxy.stop()
+        server.close()
 
 
 # -- sans-I/O: the UA's side of it ------------------------------------------------------
