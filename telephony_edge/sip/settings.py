@@ -124,6 +124,10 @@ class SipSettings(ProviderSettings):
     ``Retry-After`` (``telephony_edge.sip.ratelimit`` says why). A trunk sending more (one
     address for many calls per second) needs a higher rate."""
     request_burst: int = Field(default=400, ge=1, le=1_000_000)
+    max_transactions: int = Field(default=20_000, ge=100, le=10_000_000)
+    """Open SIP transactions (each kept up to 32 s after its answer); beyond, requests
+    outside a dialog get 503 with ``Retry-After`` and calls already up go on. Bounds the
+    memory a flood from many addresses, each under ``request_rate_per_s``, can take."""
     nonce_ttl_s: float = Field(default=300.0, gt=0, le=86_400)
     """How long a digest challenge's nonce is good for (then ``stale=true``)."""
     digest_max_failures: int = Field(default=20, ge=1, le=1_000_000)

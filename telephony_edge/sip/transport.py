@@ -141,6 +141,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             refer_refused_bye=settings.refer_refused == "bye",
             min_se=settings.min_se_s,
             session_expires=settings.session_expires_s,
+            max_transactions=settings.max_transactions,
         )
         self.ua = UserAgent(config, admission=self._admission(host))
         log.info("SIP listening", extra={"sip_bind": f"{self.settings.bind_host}:{self.port}"})

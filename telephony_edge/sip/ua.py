@@ -58,7 +58,11 @@ Rules
   or dropped unanswered; each refusal is a :class:`CallRefused` for the log.
 * Pending INVITEs are bounded: past ``max_pending_invites`` a new INVITE gets
   503 (stateless, counted), and an INVITE the shell leaves unanswered for
-  ``invite_timeout`` gets 480 (Timer C's idea on the UAS side).
+  ``invite_timeout`` gets 480 (Timer C's idea on the UAS side). Open
+  transactions are bounded too: past ``max_transactions`` a request outside
+  a dialog gets 503 with ``Retry-After`` (stateless, noted as a
+  :class:`BadMessage`), while requests in a dialog go on, so a flood from
+  many addresses (each under its own rate) cannot grow the table for ever.
 * A transfer (:meth:`refer`) is one REFER at a time per call, followed to its
   end, reported once as :class:`TransferResult`: the trunk's NOTIFY sipfrag 2xx
   (or its BYE after accepting) is success and the edge's part ends
@@ -159,6 +163,7 @@ class UaConfig:
     timers: Timers = DEFAULT_TIMERS
     limits: Limits = DEFAULT_LIMITS
     max_pending_invites: int = 1000
+    max_transactions: int = 20_000  # open ones; beyond, out-of-dialog requests get 503
     invite_timeout: float = 180.0
     allow: tuple[str, ...] = (
         "INVITE",
@@ -682,6 +687,13 @@ class UserAgent:
             return []
 
         dest = response_dest(req.top_via(), source, transport)
+        full = len(self._machines) >= self.config.max_transactions
+        if full and req.to().tag is None and method != "CANCEL":
+            self.stats.overload_503 += 1
+            self._bad("the edge's transaction table is full", 503)
+            headers = [("Retry-After", "5")]
+            response = build_response(req, 503, None, headers, to_tag=self._new_id())
+            return [Send(response.to_bytes(), dest, transport)]  # stateless: keeps no state
         if method == "CANCEL":
             return self._cancel(req, key, dest, transport, now)
         if method not in KNOWN_METHODS:

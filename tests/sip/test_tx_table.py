@@ -12,7 +12,7 @@ from telephony_edge.sip.message import Request, parse_message
 from telephony_edge.sip.transaction import NonInviteServerTransaction
 from telephony_edge.sip.tx_table import TransactionTable
 from tests.sip import wire
-from tests.sip.test_ua import codes, make_ua, run
+from tests.sip.test_ua import ack, codes, make_ua, run, sent, start
 
 PEER = wire.PEER
 OPEN = 10_000
@@ -90,3 +90,23 @@ def _request() -> Request:
     msg = parse_message(wire.request("OPTIONS"))
     assert isinstance(msg, Request)
     return msg
+
+
+def test_a_full_table_answers_new_requests_503_and_calls_go_on() -> None:
+    """A flood from many addresses, each under its rate, cannot grow the table for ever:
+    past ``max_transactions`` a request outside a dialog gets a stateless 503 with
+    Retry-After, and the live call's BYE is still answered."""
+    ua = make_ua(max_transactions=50)
+    ref, _ = start(ua)
+    ua.answer(ref, 40000, 0.0)
+    ua.receive(ack(ref), PEER, 0.1)
+    n = 0
+    while len(ua._machines) < 50:
+        assert codes(ua.receive(options(n), PEER, 0.2)) == [200]
+        n += 1
+    refused = sent(ua.receive(options(n), PEER, 0.3))
+    assert [wire.status(s.data) for s in refused] == [503]
+    assert b"Retry-After: 5" in refused[0].data and len(ua._machines) == 50
+    assert ua.last_bad is not None and ua.last_bad.status == 503
+    bye = wire.request("BYE", to_tag=ref, branch="z9hG4bKbye", cseq=2)
+    assert codes(ua.receive(bye, PEER, 0.4)) == [200]
