@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -97,3 +98,32 @@ async def test_a_flood_from_one_source_is_limited_and_a_call_from_another_is_ans
     assert result["sent"] == FLOOD_RATE * FLOOD_SECONDS
     assert 0 < result["answered"] <= share, result
     assert limited_total(method) - before >= result["sent"] - share
+
+
+async def test_over_the_limit_on_a_tcp_connection_is_503_and_warned_once(
+    make_edge: Callable[..., Any], receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Over TCP the source is proven and nothing is retransmitted: the request past the
+    burst gets 503 with Retry-After on its connection; the sender is warned once (the
+    warnings are per sender and interval), every refusal counted."""
+    limits = {"request_rate_per_s": 0.5, "request_burst": 3}
+    edge: Edge = await make_edge(sip_test_settings(receiver, limits))
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.app[SIP_ENDPOINT].port)
+    before = metrics.SIP_RATE_LIMITED.labels(method="OPTIONS", transport="tcp")._value.get()
+    with caplog.at_level(logging.WARNING):
+        for n in range(6):
+            writer.write(wire.request("OPTIONS", branch=f"z9hG4bKtcp{n}", cseq=n + 1))
+        statuses = []
+        for _ in range(6):
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+            answer = parse_message(head)
+            assert isinstance(answer, Response)
+            statuses.append(answer.status)
+            if answer.status == 503:
+                assert answer.headers.get("Retry-After") == "2"
+    assert statuses == [200, 200, 200, 503, 503, 503]
+    after = metrics.SIP_RATE_LIMITED.labels(method="OPTIONS", transport="tcp")._value.get()
+    assert after - before == 3
+    warned = [r for r in caplog.records if "over the source's request rate" in r.getMessage()]
+    assert len(warned) == 1 and "127.0.0.1" in warned[0].getMessage()
+    writer.close()
