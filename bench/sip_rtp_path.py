@@ -3,8 +3,9 @@
     python bench/sip_rtp_path.py [--packets 3000] [--repeat 7]
 
 Feeds prebuilt packets to ``SipLeg.on_rtp`` (the RTP socket's callback): parse,
-latch, reception statistics, jitter buffer, decode to canonical PCM, 20 ms
-frames, the leg's queue (emptied as the bridge would). CPU time
+latch, reception statistics, into the playout buffer; and pulls from it as the
+pacer does, one 20 ms frame per 20 ms of the packets' time (decode to canonical
+PCM, the leg's queue, emptied as the bridge would). CPU time
 (``process_time``), best of ``--repeat`` runs, so the figure moves less with
 the machine's other load than ``bench/sip_load.py``'s; that one measures the
 whole edge (SIP, the bridge, the agent link, sending).
@@ -21,6 +22,7 @@ import random
 import time
 
 from telephony_edge.calls.leg import LegInfo
+from telephony_edge.calls.pacing import Pacer
 from telephony_edge.sip.leg import SipLeg
 from telephony_edge.sip.rtp import build_rtp
 from telephony_edge.sip.rtp_socket import RtpProtocol
@@ -44,11 +46,20 @@ async def per_packet_us(codec: str, pt: int, size: int, packets: int, repeat: in
     best = float("inf")
     for _ in range(repeat):
         info = LegInfo("sip", "inbound", "a", "b")
-        leg = SipLeg(info, "bench", RtpProtocol(), 40000, NoControl())
+        now = [0.0]  # the bench is the clock
+        leg = SipLeg(
+            info, "bench", RtpProtocol(), 40000, NoControl(), lambda t=now: t[0], pacer=Pacer()
+        )
         leg.set_media(Negotiated(CODECS[codec], pt, 101, *SOURCE, "sendrecv", None, 0))
+        leg._pacer.unsubscribe(leg)
+        pulled = 0
         start = time.process_time()
-        for packet in data:
+        for n, packet in enumerate(data):
+            now[0] = at = n * size / 8000
             leg.on_rtp(packet, SOURCE)
+            while pulled * 0.02 <= at:  # the pacer's ticks up to this packet's arrival
+                leg._pull(pulled * 0.02)
+                pulled += 1
             leg._events.clear()
         best = min(best, time.process_time() - start)
         await leg.close()

@@ -131,6 +131,18 @@ SIP_RTP_JITTER_SECONDS = Histogram(
     "Interarrival jitter of callers' RTP (RFC 3550 A.8), one observation per call per report",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 0.2),
 )
+SIP_JITTER_BUFFER_DELAY_SECONDS = Histogram(
+    "telephony_edge_sip_jitter_buffer_delay_seconds",
+    "Delay the jitter buffer holds callers' audio for (its adaptive target), one observation "
+    "per call per report",
+    buckets=(0.02, 0.03, 0.04, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3, 0.5),
+)
+SIP_PLAYOUT_FRAMES = Counter(
+    "telephony_edge_sip_playout_frames_total",
+    "20 ms frames of callers' audio the jitter buffer made up or moved: concealed (loss), "
+    "silence (the caller sent nothing), dropped and inserted (delay adapted, drift absorbed)",
+    ["kind"],
+)
 SIP_RTP_LOSS_RATIO = Histogram(
     "telephony_edge_sip_rtp_loss_ratio",
     "Fraction of a caller's RTP packets lost over the call",

@@ -7,11 +7,16 @@ Caller audio arrives on the leg's own UDP socket
 :class:`~telephony_edge.sip.rtp_socket.RtpPorts` on a random even port of the
 configured range (the next call's port cannot be guessed from this one's).
 Each datagram goes through :class:`~telephony_edge.sip.rtp.RtpInbound`
-(source rule, reorder, conceal, telephone-events), is decoded to canonical
-PCM16 16 kHz (G.722 is 16 kHz already; G.711 is upsampled) and cut into 20 ms
-frames (peers send 20 or 30 ms packets), and queued for :meth:`SipLeg.recv`.
-The queue is bounded: a bridge that stops reading loses the oldest audio,
-counted, rather than the worker's memory.
+(source rule, statistics, telephone-events) into the call's playout buffer
+(:class:`~telephony_edge.sip.playout.PlayoutBuffer`: a timestamp jitter
+buffer whose delay follows the measured jitter, up to ``sip.jitter_max_ms``).
+On every tick of the worker's 20 ms pacer the leg pulls one frame from it,
+decoded to canonical PCM16 16 kHz (G.722 is 16 kHz already; G.711 is
+upsampled), with loss concealed and the caller's silence filled, and queues it
+for :meth:`SipLeg.recv`: from the caller's first packet to the end of the
+call the agent hears a frame every 20 ms, whether the caller's phone sends
+or not. The queue is bounded: a bridge that stops reading loses the oldest
+audio, counted, rather than the worker's memory.
 
 Who may send the caller's RTP is the call's
 :class:`~telephony_edge.sip.rtp_source.SourceLearner`: the SDP's address at
@@ -61,18 +66,18 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from telephony_edge import metrics
-from telephony_edge.audio.frames import FRAME_BYTES, FrameSplitter
 from telephony_edge.audio.g711 import Law
 from telephony_edge.audio.g722 import G722Decoder, G722Encoder
 from telephony_edge.audio.transcode import G711Decoder, G711Encoder
 from telephony_edge.calls.leg import Capabilities, Dtmf, Leg, LegEnded, LegEvent, LegInfo
 from telephony_edge.calls.pacing import Pacer
+from telephony_edge.sip.playout import TICKS_PER_FRAME, Decoder, PlayoutStats
 from telephony_edge.sip.rtcp import RR, SR, RtcpSession, build_bye, report_interval, sender_ssrc
-from telephony_edge.sip.rtp import Address, Audio, Held, InboundEvent, RtpInbound, RtpSender
+from telephony_edge.sip.rtp import Address, DtmfDigit, Held, RtpInbound, RtpSender
 from telephony_edge.sip.rtp_out import OutboundStream
 from telephony_edge.sip.rtp_socket import RtcpProtocol, RtpProtocol
 from telephony_edge.sip.rtp_source import LEARN_PACKETS, LEARN_WINDOW_S, SourceLearner
@@ -83,11 +88,14 @@ log = logging.getLogger(__name__)
 
 MAX_QUEUED_EVENTS = 250  # 5 s of caller audio
 SEND_BUFFER_LIMIT = 64 * 1024
-DRAIN_AFTER_S = 0.12  # no RTP for this long while packets wait behind a gap: release them
 _DROPPED = metrics.FRAMES_DROPPED.labels(reason="sip_backlog")
 _RECEIVED = metrics.SIP_RTP_PACKETS.labels(outcome="received")
 _LOST = metrics.SIP_RTP_PACKETS.labels(outcome="lost")
 _LATE = metrics.SIP_RTP_PACKETS.labels(outcome="late")
+_PLAYOUT = tuple(
+    metrics.SIP_PLAYOUT_FRAMES.labels(kind=k)
+    for k in ("concealed", "silence", "dropped", "inserted")
+)
 _RTCP_SENT = metrics.SIP_RTCP_PACKETS.labels(outcome="sent")
 _RTCP_RECEIVED = metrics.SIP_RTCP_PACKETS.labels(outcome="received")
 _RTCP_MALFORMED = metrics.SIP_RTCP_PACKETS.labels(outcome="malformed")
@@ -96,10 +104,6 @@ _FOREIGN = {p: metrics.RTP_FOREIGN_PACKETS.labels(protocol=p) for p in ("rtp", "
 FOREIGN_WARN_EVERY_S = 10.0  # one warning per call per this long, with the count since
 _RNG = random.Random()
 LAWS = {"PCMU": Law.ULAW, "PCMA": Law.ALAW}
-
-
-class Decoder(Protocol):
-    def decode(self, payload: bytes) -> bytes: ...
 
 
 class Encoder(Protocol):
@@ -152,8 +156,9 @@ class SipLeg(Leg):
         rtp_timeout_s: float = 30.0,
         learn_packets: int = LEARN_PACKETS,
         learn_window_s: float = LEARN_WINDOW_S,
-        pacer: Pacer | None = None,
+        pacer: Pacer,
         hearing: bool = True,
+        jitter_max_ms: int = 200,
     ) -> None:
         self.info = info
         self.ref = ref
@@ -170,11 +175,9 @@ class SipLeg(Leg):
         self.inbound: RtpInbound | None = None
         self.sender: RtpSender | None = None
         self.out: OutboundStream | None = None
-        self._pacer = pacer  # None: agent audio only, no stream between talkspurts
+        self._pacer = pacer
         self._hearing = hearing  # False during early media: the caller's RTP is not taken
-        self._decoder: Decoder | None = None
-        self._splitter = FrameSplitter()
-        self._first_audio = True
+        self.jitter_max_ms = jitter_max_ms
         self.learn_packets = learn_packets
         self.learn_window_s = learn_window_s
         self.sources: SourceLearner[Held] | None = None  # from the first media description
@@ -187,8 +190,8 @@ class SipLeg(Leg):
         self._rtcp_socket: RtcpProtocol | None = None
         self._last_rtp = self._clock()
         self._loop = asyncio.get_running_loop()
-        self._drain_timer: asyncio.TimerHandle | None = None
-        self._exported = (0, 0, 0)  # received, lost, late already counted in the metrics
+        self._exported: tuple[int, ...] = (0, 0, 0)  # received, lost, late already counted
+        self._exported_playout: tuple[int, ...] = (0, 0, 0, 0)  # concealed, silence, …
         self._media_task = self._loop.create_task(self._media_timer())
 
     # -- media description ---------------------------------------------------------
@@ -201,24 +204,26 @@ class SipLeg(Leg):
         self.media = media
         self._sources_for(media)
         if not codec_changed:
+            if self.inbound is not None:
+                self.inbound.cn_pt = media.cn_payload_type
             return
         self._export()  # a new codec is a new stream: its counters start at 0
         self._exported = (0, 0, 0)
-        self._decoder, encoder = codec_pair(media.codec.name)
-        self._first_audio = True  # sizes the decoder to the caller's packets
+        self._exported_playout = (0, 0, 0, 0)
+        name = media.codec.name
         self.inbound = RtpInbound(
             media.payload_type,
             media.event_payload_type,
+            lambda size: codec_pair(name, size)[0],  # sized to the caller's packets
             clock_rate=media.codec.clock_rate,
+            cn_pt=media.cn_payload_type,
+            max_delay_ms=self.jitter_max_ms,
             sources=self.sources,
         )
-        pacer = self._pacer
-        self.sender = RtpSender(
-            media.payload_type, media.codec.clock_rate, continuous=pacer is not None
-        )
-        self.out = OutboundStream(media.codec.name, encoder, self.sender)
-        if pacer is not None and self._ended is None:
-            pacer.subscribe(self, self._fill, after_playout=True)
+        self.sender = RtpSender(media.payload_type, media.codec.clock_rate, continuous=True)
+        self.out = OutboundStream(name, codec_pair(name)[1], self.sender)
+        if self._ended is None:
+            self._pacer.subscribe(self, self._tick, after_playout=True)
 
     def _sources_for(self, media: Negotiated) -> None:
         """The source rule for ``media``: a new one at answer, a new window if media moved."""
@@ -260,18 +265,16 @@ class SipLeg(Leg):
         now = self._clock()
         if source == inbound.sources.peer:
             self._last_rtp = now
-            self._deliver(inbound.receive(data, source, now))
+            self._keys(inbound.receive(data, source, now))
         else:
             self._from_elsewhere(inbound, data, source, now)
-        if inbound.holding and self._drain_timer is None:
-            self._drain_timer = self._loop.call_later(DRAIN_AFTER_S, self._drain)
 
     def _from_elsewhere(
         self, inbound: RtpInbound, data: bytes, source: Address, now: float
     ) -> None:
         """A packet from other than the peer: held, the peer's first, or dropped as foreign."""
         strangers = inbound.stats.strangers
-        self._deliver(inbound.receive(data, source, now))
+        self._keys(inbound.receive(data, source, now))
         sources = inbound.sources
         locked = source == sources.peer
         if inbound.stats.strangers > strangers:  # this packet, or those held for others
@@ -316,44 +319,19 @@ class SipLeg(Leg):
         )
         self._foreign_unreported = 0
 
-    def _deliver(self, events: list[InboundEvent]) -> None:
-        decoder = self._decoder
-        if decoder is None:
-            return
-        splitter = self._splitter
-        for event in events:
-            if isinstance(event, Audio):
-                if self._first_audio:
-                    self._first_audio = False
-                    if len(event.payload) != 160 and self.media is not None:
-                        decoder = self._decoder = codec_pair(
-                            self.media.codec.name, len(event.payload)
-                        )[0]
-                pcm = decoder.decode(event.payload)
-                if event.silence_samples:
-                    # RTP clock units (8 kHz for G.711 and G.722 alike) → 16 kHz PCM16
-                    pcm = bytes(event.silence_samples * 4) + pcm
-                if len(pcm) == FRAME_BYTES and not splitter.pending:
-                    self.frames_in += 1  # a 20 ms packet: already one frame
-                    self._put(pcm)
-                    continue
-                for frame in splitter.push(pcm):
-                    self.frames_in += 1
-                    self._put(frame)
-            else:
-                self._put(Dtmf(event.digit))
+    def _keys(self, digits: list[DtmfDigit]) -> None:
+        for key in digits:
+            self._put(Dtmf(key.digit))
 
-    def _drain(self) -> None:
-        """Packets held behind a gap when the caller's RTP pauses: let them go."""
-        self._drain_timer = None
+    def _pull(self, now: float) -> None:
+        """The pacer's tick: the caller's next frame from the playout buffer, on the clock."""
         inbound = self.inbound
-        if inbound is None or not inbound.holding or self._ended is not None:
+        if inbound is None or not self._hearing:
             return
-        idle = self._clock() - self._last_rtp
-        if idle < DRAIN_AFTER_S:
-            self._drain_timer = self._loop.call_later(DRAIN_AFTER_S - idle, self._drain)
-        else:
-            self._deliver(inbound.drain())
+        frame = inbound.pull(now)
+        if frame is not None:
+            self.frames_in += 1
+            self._put(frame)
 
     def dtmf(self, digit: str) -> None:
         """A key from SIP INFO (RFC 4733 keys come through :meth:`on_rtp`)."""
@@ -391,8 +369,7 @@ class SipLeg(Leg):
         the queue."""
         if self._ended is None:
             self._ended = LegEnded(status, error, timeout)
-            if self._pacer is not None:
-                self._pacer.unsubscribe(self)  # no RTP after the end
+            self._pacer.unsubscribe(self)  # no RTP after the end
             self._wake()
 
     # -- RTCP and inactivity ---------------------------------------------------------
@@ -482,14 +459,19 @@ class SipLeg(Leg):
         if inbound is None:
             return
         reception = inbound.reception
-        counts = (reception.packets_received, reception.packets_lost, inbound.stats.late)
-        children = (_RECEIVED, _LOST, _LATE)
-        for child, value, before in zip(children, counts, self._exported, strict=True):
-            if value > before:
-                child.inc(value - before)
-        self._exported = counts
+        playout = inbound.playout.stats
+        counts = (reception.packets_received, reception.packets_lost, playout.late)
+        self._exported = _add(zip((_RECEIVED, _LOST, _LATE), counts, self._exported, strict=True))
+        frames = (
+            playout.concealed_ticks // TICKS_PER_FRAME,
+            playout.silence_ticks // TICKS_PER_FRAME,
+            playout.dropped_frames,
+            playout.inserted_frames,
+        )
+        self._exported_playout = _add(zip(_PLAYOUT, frames, self._exported_playout, strict=True))
         if reception.packets_received:
             metrics.SIP_RTP_JITTER_SECONDS.observe(reception.jitter_ms / 1000)
+            metrics.SIP_JITTER_BUFFER_DELAY_SECONDS.observe(inbound.playout.target_ms / 1000)
 
     async def media_stats(self) -> dict[str, Any]:
         """``voip.media``: what the edge saw of the caller's RTP and sent back."""
@@ -504,7 +486,8 @@ class SipLeg(Leg):
             "packets_lost": lost,
             "fraction_lost": round(lost / (received + lost), 4) if received + lost else 0.0,
             "jitter_ms": round(reception.jitter_ms, 2),
-            "late_packets": inbound.stats.late,
+            "late_packets": inbound.playout.stats.late,
+            "jitter_buffer": jitter_buffer_stats(inbound.playout.stats, reception.clock_rate),
             "packets_sent": sender.sent,
             "silence_packets_sent": self.out.silence_sent if self.out is not None else 0,
         }
@@ -528,14 +511,17 @@ class SipLeg(Leg):
             return
         send_datagram(transport, out.audio(frame, talkspurt_start, self._clock()), dest, "rtp")
 
-    def _fill(self) -> None:
-        """The pacer's tick, after playout: encoded silence in a slot the agent left empty."""
+    def _tick(self) -> None:
+        """The pacer's tick, after playout: the caller's frame toward the agent, and encoded
+        silence toward the caller in a slot the agent left empty."""
+        now = self._clock()
+        self._pull(now)
         out, transport = self.out, self._rtp.transport
         if out is None or transport is None:
             return
         dest = self._destination()
         sending = dest is not None and _backlog(transport) <= SEND_BUFFER_LIMIT
-        packet = out.fill(self._clock(), sending)
+        packet = out.fill(now, sending)
         if packet is not None and dest is not None:
             send_datagram(transport, packet, dest, "rtp")
 
@@ -569,10 +555,7 @@ class SipLeg(Leg):
         self.ended("closed")
         self._control.hangup(self.ref)  # still up after a failure: the caller is released
         self._media_task.cancel()
-        if self._pacer is not None:
-            self._pacer.unsubscribe(self)
-        if self._drain_timer is not None:
-            self._drain_timer.cancel()
+        self._pacer.unsubscribe(self)
         await asyncio.gather(self._media_task, return_exceptions=True)
         packet = self._rtcp_packet()
         if packet is not None and self.sender is not None:
@@ -603,6 +586,37 @@ class SipLeg(Leg):
                     **{f"rtp_{k}": v for k, v in vars_of(self.inbound.stats).items()},
                 },
             )
+
+
+def jitter_buffer_stats(stats: PlayoutStats, clock_rate: int) -> dict[str, float | int]:
+    """The playout buffer's account of the call, in milliseconds and 20 ms frames."""
+
+    def ms(ticks: float) -> float:
+        return round(ticks * 1000 / clock_rate, 1)
+
+    mean = stats.delay_sum_ticks / stats.audio_frames if stats.audio_frames else 0
+    return {
+        "target_ms": ms(stats.target_ticks),
+        "mean_delay_ms": ms(mean),
+        "max_delay_ms": ms(stats.max_delay_ticks),
+        "late_packets": stats.late,
+        "duplicate_packets": stats.duplicates,
+        "concealed_ms": ms(stats.concealed_ticks),
+        "silence_ms": ms(stats.silence_ticks),
+        "dropped_frames": stats.dropped_frames,
+        "inserted_frames": stats.inserted_frames,
+        "resyncs": stats.resyncs,
+    }
+
+
+def _add(changes: Iterable[tuple[Any, int, int]]) -> tuple[int, ...]:
+    """Add to each Prometheus counter what its value gained since ``before``; the values."""
+    values = []
+    for child, value, before in changes:
+        if value > before:
+            child.inc(value - before)
+        values.append(value)
+    return tuple(values)
 
 
 def _rtp_expected(media: Negotiated | None) -> bool:

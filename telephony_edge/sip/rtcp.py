@@ -298,7 +298,7 @@ class ReceptionStats:
         return ReportBlock(
             ssrc,
             fraction,
-            self._lost_before + expected - self.received,
+            max(0, self._lost_before + expected - self.received),  # duplicates: never < 0
             self.max_seq & 0xFFFFFFFF,
             int(self.jitter),
             lsr,

@@ -17,6 +17,10 @@ Rules
   picking the one whose clock rate is the chosen codec's SDP clock (8000 for
   G.722, PCMU and PCMA; G.722's 8000 is RFC 3551's historical error, its
   audio is 16 kHz). An event type at another clock only is not taken.
+* Comfort noise (RFC 3389): taken when the offer lists CN at 8000 Hz (13,
+  or a dynamic type mapped to it); the answer lists it, and the caller's CN
+  packets set the level of the noise played to the agent in their silence.
+  Our own stream stays encoded silence (every peer decodes it).
 * Direction (session- or media-level; media wins): the answer mirrors
   sendonly → recvonly, recvonly → sendonly, inactive → inactive,
   sendrecv → sendrecv. ``c=0.0.0.0`` (RFC 2543 hold) counts as sendonly.
@@ -64,6 +68,7 @@ CODECS: dict[str, Codec] = {
     "PCMA": Codec("PCMA", 8, 8000, 8000),
 }
 STATIC_PT = {c.payload_type: c for c in CODECS.values()}
+CN_PT = 13  # RFC 3389 comfort noise's static payload type (RFC 3551)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +276,7 @@ class Negotiated:
     ptime: int | None
     media_index: int
     rtcp: tuple[str, int] | None = None  # the offer's a=rtcp (RFC 3605), if any
+    cn_payload_type: int | None = None  # RFC 3389 comfort noise, when both sides take it
 
     @property
     def on_hold(self) -> bool:
@@ -300,7 +306,7 @@ def _rtcp(m: Media, address: str) -> tuple[str, int] | None:
     return address, int(parts[0])
 
 
-def _pick(m: Media, config: MediaConfig) -> tuple[int, Codec, int | None]:
+def _pick(m: Media, config: MediaConfig) -> tuple[int, Codec, int | None, int | None]:
     rtpmap = m.rtpmap()
     allowed = [n.upper() for n in config.preferences if n.upper() in CODECS]
     offered: list[tuple[int, Codec]] = []
@@ -318,15 +324,21 @@ def _pick(m: Media, config: MediaConfig) -> tuple[int, Codec, int | None]:
     if config.wideband_first:
         offered.sort(key=lambda pc: pc[1].sample_rate != 16000)  # stable: order kept within
     pt, codec = offered[0]
-    event_pt = next(
+    clock = codec.clock_rate
+    return pt, codec, _format(m, rtpmap, "TELEPHONE-EVENT", clock), _format(m, rtpmap, "CN", clock)
+
+
+def _format(m: Media, rtpmap: dict[int, tuple[str, int]], name: str, clock: int) -> int | None:
+    """The offer's payload type for ``name`` at ``clock`` (telephone-event, CN), if any."""
+    static = {CN_PT: ("CN", 8000)}  # RFC 3551's static type, with or without an rtpmap
+    return next(
         (
             p
             for p in (int(f) for f in m.formats if _digits(f))
-            if rtpmap.get(p) == ("TELEPHONE-EVENT", codec.clock_rate)
+            if rtpmap.get(p, static.get(p)) == (name, clock)
         ),
         None,
     )
-    return pt, codec, event_pt
 
 
 def negotiate(offer: SessionDescription, config: MediaConfig) -> Negotiated:
@@ -336,7 +348,7 @@ def negotiate(offer: SessionDescription, config: MediaConfig) -> Negotiated:
         if m.kind != "audio" or m.port == 0 or not m.proto.upper().startswith("RTP/AVP"):
             continue
         try:
-            pt, codec, event_pt = _pick(m, config)
+            pt, codec, event_pt, cn_pt = _pick(m, config)
         except NoCommonCodec as exc:
             last_error = exc
             continue
@@ -352,6 +364,7 @@ def negotiate(offer: SessionDescription, config: MediaConfig) -> Negotiated:
             ptime=int(ptime_s) if ptime_s and _digits(ptime_s) else None,
             media_index=index,
             rtcp=_rtcp(m, address),
+            cn_payload_type=cn_pt,
         )
     raise last_error
 
@@ -404,6 +417,8 @@ class LocalSession:
             formats = [(chosen.payload_type, chosen.codec.name, chosen.codec.clock_rate)]
             if chosen.event_payload_type is not None:
                 formats.append((chosen.event_payload_type, "telephone-event", 8000))
+            if chosen.cn_payload_type is not None:
+                formats.append((chosen.cn_payload_type, "CN", 8000))
             media.append(self._audio(formats, chosen.direction))
         return self._describe(media)
 
@@ -420,4 +435,5 @@ class LocalSession:
             if n in CODECS
         ]
         formats.append((self.config.telephone_event_pt, "telephone-event", 8000))
+        formats.append((CN_PT, "CN", 8000))
         return self._describe([self._audio(formats, direction)])

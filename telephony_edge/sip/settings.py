@@ -187,6 +187,9 @@ class SipSettings(ProviderSettings):
     # -- media (telephony_edge.sip.leg) --
     rtp_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     """No RTP from the caller for this long (hold excepted) ends the call ``timeout``."""
+    jitter_max_ms: int = Field(default=200, ge=20, le=1000)
+    """The most the jitter buffer may delay a caller's audio. Its delay follows the measured
+    jitter (95th percentile plus 5 ms), from 20 ms up to this."""
     rtp_learn_packets: int = Field(default=4, ge=2, le=32)
     """Strict RTP: a source other than the SDP's address (a caller behind NAT) becomes the
     call's peer only after this many consecutive in-sequence packets of one SSRC (Asterisk's

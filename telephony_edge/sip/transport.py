@@ -89,6 +89,12 @@ def pending_key(call_id: str) -> str:
     return PENDING_PREFIX + call_id
 
 
+def _settle(waiter: asyncio.Future[str | None] | None, failure: str | None) -> None:
+    """Tell a call awaiting its ACK how it went (None: acknowledged)."""
+    if waiter is not None and not waiter.done():
+        waiter.set_result(failure)
+
+
 class SipEndpoint(asyncio.DatagramProtocol):
     """The worker's SIP side over UDP; see the module docstring."""
 
@@ -105,6 +111,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._timer_at: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._transfers: dict[str, asyncio.Future[None]] = {}
+        self._acks: dict[str, asyncio.Future[str | None]] = {}  # answered calls awaiting ACK
         self._call_ids: dict[str, str] = {}  # UA call ref → the edge's call id
         self._released: dict[str, str] = {}  # the same for calls just released
         self._internal_errors = badinput.RateLimiter(INTERNAL_ERROR_INTERVAL_S, max_sources=64)
@@ -336,6 +343,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
                     },
                 )
             elif isinstance(action, CallConfirmed | MediaUpdated):
+                if isinstance(action, CallConfirmed):
+                    _settle(self._acks.pop(action.call, None), None)
                 self._track_stream(action.call)  # a re-INVITE may move the target
                 leg = self.legs.get(action.call)
                 if leg is not None and action.media is not None:
@@ -390,6 +399,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
     def _call_ended(self, ended: CallEnded) -> None:
         self._stream_calls.pop(ended.call, None)
+        _settle(self._acks.pop(ended.call, None), f"no ACK for the 200 OK ({ended.reason})")
         waiter = self._transfers.pop(ended.call, None)
         if waiter is not None and not waiter.done():
             waiter.set_exception(ProviderError("the call ended during the transfer"))
@@ -535,6 +545,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 leg.set_media(call.media)
             self.legs[ref] = leg
         self._call_ids[ref] = record.call_id
+        acked = self._acks[ref] = asyncio.get_running_loop().create_future()
         self._apply(ua.answer(ref, port, self._now()))
         leg.hear()
         log.info(
@@ -542,6 +553,12 @@ class SipEndpoint(asyncio.DatagramProtocol):
             extra={"call_id": record.call_id, "sip_call": ref, "rtp_port": port},
         )
         try:
+            # the agent's session starts at the ACK: a spoofed INVITE over UDP (whose 200
+            # goes to someone who never asked) costs an RTP port until Timer H, no agent time
+            failure = await acked
+            if failure is not None:
+                await services.call_service.fail_setup(record.call_id, failure)
+                return
             await services.call_service.run(record, leg)
         except Exception:
             log.exception("SIP call failed", extra={"call_id": record.call_id})
@@ -567,6 +584,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             port,
             self,
             rtp_timeout_s=self.settings.rtp_timeout_s,
+            jitter_max_ms=self.settings.jitter_max_ms,
             pacer=self.services.call_service.pacer,
             hearing=not early,
         )

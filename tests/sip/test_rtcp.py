@@ -8,6 +8,7 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
+from telephony_edge.sip.leg import codec_pair
 from telephony_edge.sip.rtcp import (
     MAX_RTCP_SIZE,
     ReceptionStats,
@@ -148,9 +149,11 @@ def test_report_interval_is_randomised_around_the_minimum() -> None:
     assert min(later) > 2.0 and max(later) < 6.2 and len(set(later)) == 200
 
 
-def test_inbound_rtp_feeds_reception_statistics_before_reordering() -> None:
+def test_inbound_rtp_feeds_reception_statistics_as_it_arrives() -> None:
     peer = ("192.0.2.1", 4000)
-    rx = RtpInbound(8, 101, sources=SourceLearner(peer, 0.0))
+    rx = RtpInbound(
+        8, 101, lambda size: codec_pair("PCMA", size)[0], sources=SourceLearner(peer, 0.0)
+    )
     for n, seq in enumerate((1, 3, 2, 5)):  # 4 lost, 2 reordered
         rx.receive(build_rtp(8, seq, seq * 160, 9, False, b"\xd5" * 160), peer, n * 0.02)
     rx.receive(struct.pack("!BBHII", 0x80, 101, 6, 0, 9) + b"\x01\x80\x00\xa0", peer, 0.1)

@@ -127,7 +127,10 @@ async def test_a_stranger_before_and_during_the_call_gets_no_audio_and_takes_non
     assert stranger_sock.log == []  # not one packet of the call's audio
     assert leg.inbound is not None and leg.inbound.source == ("127.0.0.1", rtp.port)
     assert leg.inbound.reception.packets_received == len(packets)  # none of the caller's lost
-    assert leg.frames_in == len(packets)
+    playout = leg.inbound.playout.stats
+    assert (playout.late, playout.overflow) == (0, 0)
+    # every packet played but what the jitter buffer still held when the BYE came
+    assert playout.decoded + len(leg.inbound.playout._pending) == len(packets)
     assert leg.inbound.stats.strangers == stranger.sent
     assert foreign_total() - foreign_before == stranger.sent
     assert leg.rtcp.received == 0  # the stranger's report was not read

@@ -138,13 +138,31 @@ def test_origin_version_increments_only_on_change() -> None:
 def test_delayed_offer_and_its_answer() -> None:
     local = LocalSession(CONFIG, 40000, "9")
     offer = local.offer().decode()
-    assert "m=audio 40000 RTP/AVP 9 0 8 101\r\n" in offer
+    assert "m=audio 40000 RTP/AVP 9 0 8 101 13\r\n" in offer
+    assert "a=rtpmap:13 CN/8000\r\n" in offer
     assert "a=rtpmap:9 G722/8000\r\n" in offer and "a=fmtp:101 0-16\r\n" in offer
     answer = wire.SIPP_SDP.replace("RTP/AVP 8 101", "RTP/AVP 0 101").replace(
         "a=rtpmap:8 PCMA/8000", "a=rtpmap:0 PCMU/8000"
     )
     chosen = accept_answer(parse_sdp(answer.encode()), CONFIG)
     assert chosen.codec.name == "PCMU" and chosen.remote_port == 6000
+
+
+@pytest.mark.parametrize(
+    ("formats", "rtpmap", "cn"),
+    [
+        ("8 101 13", "", 13),  # the static type, with no rtpmap (RFC 3551)
+        ("8 101 97", "a=rtpmap:97 CN/8000\r\n", 97),  # a dynamic one
+        ("8 101 97", "a=rtpmap:97 CN/16000\r\n", None),  # not at the codec's clock
+        ("8 101", "", None),
+    ],
+)
+def test_comfort_noise_is_answered_when_offered(formats: str, rtpmap: str, cn: int | None) -> None:
+    offer = wire.SIPP_SDP.replace("RTP/AVP 8 101", f"RTP/AVP {formats}") + rtpmap
+    text, chosen = answer_for(offer)
+    assert chosen.cn_payload_type == cn
+    assert (f"a=rtpmap:{cn} CN/8000\r\n" in text) is (cn is not None)
+    assert f"RTP/AVP 8 101{f' {cn}' if cn else ''}\r\n" in text
 
 
 def test_round_trip_and_errors() -> None:

@@ -141,8 +141,9 @@ async def test_rtp_that_stops_ends_the_call_timeout_with_a_bye_from_the_edge(
     )  # fmt: skip
     leg = await the_leg(sip_edge)
     loop = asyncio.get_running_loop()
-    # half a second, 1022 missing: 1023 and 1024 wait behind the gap until the edge sees
-    # the stream stop and lets them go (the one lost concealed: 25 frames in all)
+    # half a second, 1022 missing: the jitter buffer conceals it, plays 1023 and 1024 in
+    # their own slots, and goes on giving the agent a frame every 20 ms after the stream
+    # stopped, until the edge ends the call
     await speak(media, ("127.0.0.1", leg.port), bytes(640 * 25), {1022})
     stopped = loop.time()
     await finished(process, tmp_path)  # the edge's BYE came, sipp answered 200
@@ -155,7 +156,11 @@ async def test_rtp_that_stops_ends_the_call_timeout_with_a_bye_from_the_edge(
     assert "no RTP" in (payload["error_message"] or "")
     assert payload["voip"]["media"]["packets_received"] == 24
     assert payload["voip"]["media"]["packets_lost"] == 1
-    assert leg.frames_in == 25
+    assert leg.inbound is not None
+    playout = leg.inbound.playout.stats
+    assert (playout.decoded, playout.late) == (24, 0)
+    assert playout.concealed_ticks >= 160  # the one lost (and the stream's end)
+    assert leg.frames_in >= 25 + 60  # 1.5 s without RTP: still a frame every 20 ms
 
 
 async def test_a_call_on_hold_without_rtp_is_not_ended(
