@@ -38,7 +38,7 @@ from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 from prometheus_client import Counter
 
 from telephony_edge import badinput
-from telephony_edge.audio.frames import FRAME_BYTES, FrameSplitter
+from telephony_edge.audio.frames import FRAME_BYTES, FRAME_MS, FrameSplitter
 from telephony_edge.calls.leg import Leg, LegEnded, LegEvent, LegInfo
 from telephony_edge.calls.record import CallRecord
 from telephony_edge.logs import sampled
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 MAX_REASONS = 32  # distinct malformed reasons kept per socket for its end-of-call line
 SEND_BUFFER_LIMIT = 32 * 1024  # bytes queued in the socket before frames are dropped
+PLAYOUT_LEAD_MS = 200  # ahead of real time at a talkspurt's start: a real path's jitter
 # (below the transport's 64 KiB high-water mark, so a write never waits for a drain)
 
 
@@ -156,9 +157,13 @@ class SocketLeg(Leg):
         bad_input_source: str,
         dropped: Counter,
         idle_timeout_s: float,
+        playout_lead_ms: int,
     ) -> None:
-        """``bad_input_source``: the ``source`` label its bad input is counted under."""
+        """``bad_input_source``: the ``source`` label its bad input is counted under;
+        ``playout_lead_ms``: agent audio sent ahead at a talkspurt's start, for the network's
+        playout buffer."""
         self.info = info
+        self.playout_lead_frames = playout_lead_ms // FRAME_MS
         self.call_id = call_id
         self.stats = stats
         self._ws = ws

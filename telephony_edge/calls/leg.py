@@ -114,7 +114,7 @@ class Leg(abc.ABC):
 
     info: LegInfo
     clock: ClassVar[Clock] = Clock.PUSHED
-    playout_lead_frames: ClassVar[int] = 0
+    playout_lead_frames: int = 0  # per class, or per leg where it is configured
     capabilities: ClassVar[Capabilities] = Capabilities()
 
     @abc.abstractmethod

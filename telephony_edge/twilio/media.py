@@ -52,7 +52,7 @@ from telephony_edge.calls.leg import (
 from telephony_edge.logs import sampled
 from telephony_edge.twilio.rest import TwilioRest
 from telephony_edge.wsframe import frame_header
-from telephony_edge.wsleg import SocketLeg, SocketRejected, SocketStats
+from telephony_edge.wsleg import PLAYOUT_LEAD_MS, SocketLeg, SocketRejected, SocketStats
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,6 @@ class TwilioMediaLeg(SocketLeg):
     network = "Twilio"
     stats: StreamStats
 
-    playout_lead_frames = 3  # Twilio plays at real time from its own small buffer
     capabilities = Capabilities(clear=True, transfer_to_number=True, transfer_to_sip=True)
 
     def __init__(
@@ -201,6 +200,7 @@ class TwilioMediaLeg(SocketLeg):
         call_id: str,
         rest: TwilioRest | None = None,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
+        playout_lead_ms: int = PLAYOUT_LEAD_MS,
     ) -> None:
         super().__init__(
             ws,
@@ -208,6 +208,7 @@ class TwilioMediaLeg(SocketLeg):
             info,
             call_id=call_id,
             stats=StreamStats(),
+            playout_lead_ms=playout_lead_ms,
             bad_input_source=BAD_MEDIA,
             dropped=_DROPPED,
             idle_timeout_s=idle_timeout_s,

@@ -165,6 +165,7 @@ class SimulationResult:
     frames_played: int = 0  # received and not cleared before their turn came
     late_frames: int = 0  # agent audio that came after the playout buffer ran dry mid-turn
     jitter_ms: list[int] = field(default_factory=list)  # arrival lateness histogram, 1 ms
+    max_buffered_s: float = 0.0  # the most agent audio queued ahead of its playing
     send_late: int = 0  # caller frames the simulator sent over 20 ms behind schedule
     marks_received: int = 0
     marks_echoed: int = 0
@@ -580,6 +581,7 @@ class SimulatedCall:
             result.frames_played = len(playout.chunks)
             result.late_frames = playout.late
             result.jitter_ms = playout.jitter
+            result.max_buffered_s = playout.peak
             result.duration_s = self._loop.time() - self._t_start
         if self.ws is not None:
             result.close_code = self.ws.close_code

@@ -70,6 +70,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
         call_id=record.call_id,
         rest=ctx.rest,
         idle_timeout_s=ctx.idle_timeout_s,
+        playout_lead_ms=ctx.twilio.playout_lead_ms,
     )
     await run_leg(services.call_service, record, leg)
     return ws

@@ -38,7 +38,7 @@ from telephony_edge.audio.frames import FRAME_BYTES
 from telephony_edge.calls.leg import Capabilities, Dtmf, LegEvent, LegInfo
 from telephony_edge.vonage.api import VoiceApi
 from telephony_edge.wsframe import OP_BINARY, frame_header
-from telephony_edge.wsleg import SocketLeg, SocketRejected, SocketStats
+from telephony_edge.wsleg import PLAYOUT_LEAD_MS, SocketLeg, SocketRejected, SocketStats
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +124,8 @@ class VonageMediaLeg(SocketLeg):
     """A call's audio over Vonage's WebSocket, as a :class:`Leg`."""
 
     network = "Vonage"
-    send_buffer_limit = 16 * 1024  # Vonage's own buffer is small: never queue far ahead
+    send_buffer_limit = 16 * 1024  # the socket's backlog: the 200 ms lead fits, a stall does not
 
-    # Vonage plays from a bounded buffer at real time: prime it, never flood it
-    playout_lead_frames = 2
     capabilities = Capabilities(clear=True, transfer_to_number=True, transfer_to_sip=True)
 
     def __init__(
@@ -140,6 +138,7 @@ class VonageMediaLeg(SocketLeg):
         api: VoiceApi | None = None,
         from_number: str = "",
         idle_timeout_s: float = IDLE_TIMEOUT_S,
+        playout_lead_ms: int = PLAYOUT_LEAD_MS,
     ) -> None:
         super().__init__(
             ws,
@@ -147,6 +146,7 @@ class VonageMediaLeg(SocketLeg):
             info,
             call_id=call_id,
             stats=SocketStats(),
+            playout_lead_ms=playout_lead_ms,
             bad_input_source=BAD_MEDIA,
             dropped=_DROPPED,
             idle_timeout_s=idle_timeout_s,

@@ -17,6 +17,11 @@ class VonageSettings(ProviderSettings):
     signature_secret: str | None = Field(default=None, min_length=16)
     api_base_url: HttpUrl | None = None  # a local stand-in of the Voice API in tests
     ws_token_ttl_s: float = Field(default=60.0, gt=0, le=3600)
+    playout_lead_ms: int = Field(default=200, ge=0, le=2000)
+    """Agent audio sent ahead of real time at the start of each agent talkspurt, so that the
+    network's own playout buffer rides out the jitter of the path between it and the edge
+    (loopback needs none; a real path wants about 200 ms). Barge-in costs nothing extra: the
+    edge sends the network's ``clear``."""
     validate_signatures: bool = True
     max_webhook_age_s: float = Field(default=300.0, gt=0, le=3600)  # a JWT without exp
 

@@ -8,7 +8,8 @@ with the content type and the NCCO's headers, streams the caller's audio as
 binary L16 16 kHz 640-byte frames at real time, and plays what the edge
 sends back on a model of Vonage's bounded playout buffer (``clear`` drops
 what has not played and is acknowledged with ``websocket:cleared``; audio
-beyond the buffer's bound is dropped and counted, as Vonage would). Hanging
+beyond the buffer's bound, 3072 messages, is dropped and counted, as Vonage
+would). Hanging
 up closes the socket, then the event webhook reports ``completed``. A call
 that failed (the edge did not connect it, or ended it before the agent
 spoke) exits the CLI with 1 and the reason on one line.
@@ -54,7 +55,9 @@ FRAME_BYTES = 640  # 20 ms of L16 at 16 kHz
 FRAME_S = 0.02
 SILENCE = b"\x00" * FRAME_BYTES
 CONTENT_TYPE = "audio/l16;rate=16000"
-BUFFER_LIMIT_S = 0.2  # Vonage's buffer is bounded: audio further ahead is dropped
+# Vonage buffers at most 3072 messages, "around 60 seconds of audio" (its play-audio-into-a-
+# WebSocket tutorial): audio further ahead is dropped
+BUFFER_LIMIT_S = 3072 * 0.02
 DEFAULT_FROM = "+15555550100"
 
 __all__ = ["SimulatedVonageCall", "VonageResult", "simulate_call"]

@@ -74,6 +74,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         api=ctx.api,
         from_number=own_number,
         idle_timeout_s=ctx.idle_timeout_s,
+        playout_lead_ms=ctx.vonage.playout_lead_ms,
     )
     await run_leg(services.call_service, record, leg)
     return ws

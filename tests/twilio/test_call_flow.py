@@ -62,6 +62,8 @@ async def test_call_echo_barge_in_marks_and_caller_hangup(
     # marks: the edge marks its audio, the simulator echoes them as Twilio does
     assert 0 < result.marks_echoed <= result.marks_received  # the last may still be playing
     assert result.late_frames == 0, summary
+    # the edge leads Twilio's buffer by twilio.playout_lead_ms (200) at a talkspurt's start
+    assert 0.18 < result.max_buffered_s < 0.3, summary
 
     # stop: the call ends as user-ended and the end-of-call webhook goes out
     service = twilio_edge.services.call_service

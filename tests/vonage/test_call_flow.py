@@ -45,8 +45,8 @@ async def test_call_greeting_echo_barge_in_dtmf_and_caller_hangup(
     # the greeting was heard at once, at real time, in exact 640-byte binary frames
     assert result.first_audio_s is not None and result.first_audio_s < 1.0, summary
     assert result.odd_frames == 0, summary
-    # the bounded buffer never overflowed: the edge leads by at most a few frames
-    assert result.overflow_frames == 0 and result.max_buffered_s < 0.2, summary
+    # the edge leads Vonage's buffer by vonage.playout_lead_ms (200) at a talkspurt's start
+    assert result.overflow_frames == 0 and 0.18 < result.max_buffered_s < 0.3, summary
     # barge-in: the edge sent Vonage's clear soon after the caller's first word
     assert result.clears >= 1, summary
     assert 0.5 < result.clear_times[0] < 1.6, summary
