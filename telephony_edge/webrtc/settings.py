@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from telephony_edge.config import ProviderSettings, Settings
 from telephony_edge.webrtc.candidates import PeerPolicy, parse_networks
 from telephony_edge.webrtc.ports import PortRange
+from telephony_edge.webrtc.turn import rest_credentials
 
 
 class IceServerSettings(BaseModel):
@@ -21,6 +22,27 @@ class IceServerSettings(BaseModel):
     """``stun:host:port``, ``turn:host:port?transport=udp``, ``turns:…``."""
     username: str | None = None
     credential: str | None = None
+    secret: str | None = Field(default=None, min_length=16)
+    """The TURN REST API's shared secret (coturn's ``static-auth-secret``): browsers get
+    credentials minted from it that expire (:mod:`telephony_edge.webrtc.turn`), the secret
+    never. ``username`` is then the user part of the minted name (default ``widget``)."""
+
+    @model_validator(mode="after")
+    def _one_kind_of_credential(self) -> IceServerSettings:
+        if self.secret is not None and self.credential is not None:
+            raise ValueError("an ICE server takes a credential or a secret, not both")
+        if self.secret is not None and not all(
+            u.startswith(("turn:", "turns:")) for u in self.urls
+        ):
+            raise ValueError("a secret is for TURN servers (turn:, turns:)")
+        return self
+
+    def for_browser(self, ttl_s: int, now: float) -> dict[str, object]:
+        """This server as a page's ``RTCIceServer``: minted credentials, never the secret."""
+        if self.secret is None:
+            return {"urls": self.urls}  # STUN: nothing to hide
+        minted = rest_credentials(self.secret, self.username or "widget", ttl_s, now)
+        return {"urls": self.urls, "username": minted.username, "credential": minted.credential}
 
     @field_validator("urls")
     @classmethod
@@ -73,7 +95,25 @@ class WebRtcSettings(ProviderSettings):
     public_burst: int = Field(default=5, ge=1, le=1000)
     """How many public-key offers one source address may send at once."""
     browser_ice_servers: list[IceServerSettings] = Field(default_factory=list)
-    """STUN/TURN servers the widget's browser uses (public: no secrets)."""
+    """STUN/TURN servers the widget's browser uses. A TURN server takes a ``secret`` (the
+    TURN REST API's): each page gets credentials that expire after
+    ``turn_credential_ttl_s``. A static ``credential`` is refused here: the page is public."""
+    turn_credential_ttl_s: int = Field(default=3600, ge=60, le=86_400)
+    """How long the TURN credentials minted for one widget page stay valid (the TURN
+    server also checks them on each allocation refresh, so it bounds a call's length)."""
+
+    @field_validator("browser_ice_servers")
+    @classmethod
+    def _no_static_turn_credentials(
+        cls, servers: list[IceServerSettings]
+    ) -> list[IceServerSettings]:
+        for server in servers:
+            if server.credential is not None:
+                raise ValueError(
+                    "browser_ice_servers: a static TURN credential would be public in the "
+                    "widget's page; give the TURN server's shared secret as `secret`"
+                )
+        return servers
 
     @field_validator("allowed_origins")
     @classmethod

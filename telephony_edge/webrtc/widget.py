@@ -2,7 +2,8 @@
 
 The page (``static/widget.html``, ``widget.js``, ``widget.css``; no build
 step) gets its configuration rendered into it: the agent, the offer URL, the
-browser's ICE servers, the metadata (every query parameter but ``agent_id``)
+browser's ICE servers (TURN with credentials minted for the page, which expire:
+:mod:`telephony_edge.webrtc.turn`), the metadata (every query parameter but ``agent_id``)
 and ``api.public_key``. That key is public by design: anyone who opens the
 page can read it, which is why it only reaches agents marked
 ``allow_public_key`` from allowed origins (see
@@ -17,6 +18,7 @@ button that opens the page in an iframe. The page's ``frame-ancestors`` lists
 from __future__ import annotations
 
 import json
+import time
 from importlib import resources
 from typing import Any
 
@@ -70,7 +72,8 @@ async def widget_page(request: web.Request) -> web.Response:
         "offerUrl": "/webrtc/offer",
         "metadata": metadata,
         "iceServers": [
-            s.model_dump(exclude_none=True) | {"urls": s.urls} for s in webrtc.browser_ice_servers
+            s.for_browser(webrtc.turn_credential_ttl_s, time.time())
+            for s in webrtc.browser_ice_servers
         ],
     }
     html = _asset("widget.html").replace("{{CONFIG}}", _script_json(config))
