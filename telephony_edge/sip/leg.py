@@ -328,7 +328,7 @@ class SipLeg(Leg):
         inbound = self.inbound
         if inbound is None or not self._hearing:
             return
-        frame = inbound.pull(now)
+        frame = inbound.playout.pull(now)
         if frame is not None:
             self.frames_in += 1
             self._put(frame)

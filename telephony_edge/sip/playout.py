@@ -266,11 +266,23 @@ class PlayoutBuffer:
             stats.audio_frames += 1
             stats.delay_sum_ticks += delay
             stats.delay_ticks = delay
-            stats.max_delay_ticks = max(stats.max_delay_ticks, delay)
+            if delay > stats.max_delay_ticks:
+                stats.max_delay_ticks = delay
         return frame
 
     def _frame(self) -> bytes:
         """One frame from the pointer on, the pointer moved past it."""
+        if not self._pcm:  # the common case: the 20 ms packet at the pointer is the frame
+            pointer = self.pointer
+            assert pointer is not None
+            payload = self._pending.pop(pointer, None)
+            if payload is not None:
+                pcm = self._decode(payload)
+                if len(pcm) == FRAME_BYTES:
+                    self.pointer = pointer + TICKS_PER_FRAME
+                    self._silent = False
+                    return pcm
+                self._pcm = pcm
         parts: list[bytes] = []
         need = TICKS_PER_FRAME
         heard = False
