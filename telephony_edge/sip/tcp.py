@@ -129,7 +129,9 @@ class SipStream(asyncio.Protocol):
             return
         self.partial_since = (self.partial_since or now) if self.framer.pending else None
         for message in messages:
-            self.got_message = self.got_message or message != KEEPALIVE
+            if not self.got_message and message != KEEPALIVE:
+                self.got_message = True
+                self.side.spoke(self)
             self.side.deliver(message, self.peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -165,6 +167,9 @@ class TcpSide:
         self.dialogs = dialogs  # live calls over TCP: their connection's peer → their target
         self.connections: dict[Address, SipStream] = {}
         self._per_host: Counter[str] = Counter()  # inbound connections by source address
+        # inbound connections that have sent no message yet, oldest first: a full table's
+        # victims in O(1) (none carries a call), whatever an idle-connection flood opens
+        self._silent: dict[Address, SipStream] = {}
         self.accepted = 0
         self.refused = 0
         self.framing_errors = 0
@@ -196,7 +201,9 @@ class TcpSide:
             if self._per_host[host] >= policy.max_per_source:
                 return self._refuse(stream, "per_source", "too many connections from it")
             if len(self.connections) >= policy.max_connections:
-                old = tcp_policy.victim(self.connections.values(), self.in_use())
+                old = next(iter(self._silent.values()), None) or tcp_policy.victim(
+                    self.connections.values(), self.in_use()
+                )
                 if old is None:
                     return self._refuse(stream, "full", "every connection carries a call")
                 assert isinstance(old, SipStream)
@@ -204,6 +211,7 @@ class TcpSide:
                 self.forget(old)
                 old.close()
             self._per_host[host] += 1
+            self._silent[stream.peer] = stream
         self.connections[stream.peer] = stream
         self.accepted += 1
         return True
@@ -217,7 +225,13 @@ class TcpSide:
     def _closed(self, stream: SipStream, reason: str) -> None:
         metrics.SIP_TCP_CLOSED.labels(reason=reason).inc()
 
+    def spoke(self, stream: SipStream) -> None:
+        """``stream`` sent its first SIP message."""
+        if self._silent.get(stream.peer) is stream:
+            del self._silent[stream.peer]
+
     def forget(self, stream: SipStream) -> None:
+        self.spoke(stream)
         if self.connections.get(stream.peer) is stream:
             del self.connections[stream.peer]
             host = stream.peer[0]
