@@ -7,10 +7,11 @@ rate, and each request that reaches the user agent costs a parse and a
 transaction kept for Timer J (32 s over UDP). :class:`RequestGate` runs on the
 raw bytes *before* the UA: a message that starts ``SIP/2.0`` is a response
 (the UA matches it to a transaction of ours or drops it) and a CRLF is a
-keep-alive; anything else is a request and takes a token from its source
-address's bucket (:class:`TokenBuckets`: ``rate`` per second, ``burst`` at
-once). A trunk's ordinary traffic (Twilio's limit is 30 calls/s, 3 or 4
-requests a call) stays well under the default 200/s.
+keep-alive; anything else is a request and takes a token from its source's
+bucket (an IPv4 address, or an IPv6 /64: :mod:`~telephony_edge.sip.sources`;
+:class:`TokenBuckets`: ``rate`` per second, ``burst`` at once). A trunk's
+ordinary traffic (Twilio's limit is 30 calls/s, 3 or 4 requests a call) stays
+well under the default 200/s.
 
 Over the limit:
 
@@ -39,6 +40,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from telephony_edge.sip.message import ParseError, Request, build_response, parse_message
+from telephony_edge.sip.sources import source_key
 from telephony_edge.sip.ua import KNOWN_METHODS
 
 MAX_SOURCES = 10_000
@@ -107,7 +109,7 @@ class RequestGate:
         method = peek_method(data)
         if method is None:
             return None
-        wait = self.buckets.take(source, now)
+        wait = self.buckets.take(source_key(source), now)
         if not wait:
             return None
         retry_after = max(1, math.ceil(wait))

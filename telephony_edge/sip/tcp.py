@@ -34,6 +34,7 @@ from typing import cast
 from telephony_edge import badinput, metrics
 from telephony_edge.sip import tcp_policy
 from telephony_edge.sip.message import DEFAULT_LIMITS, Limits
+from telephony_edge.sip.sources import source_key
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ class TcpSide:
 
     def admit(self, stream: SipStream) -> bool:
         """A new connection, under :mod:`~telephony_edge.sip.tcp_policy`'s rules 1 and 2."""
-        policy, host = self.policy, stream.peer[0]
+        policy, host = self.policy, source_key(stream.peer[0])
         if not stream.outbound:
             if self._per_host[host] >= policy.max_per_source:
                 return self._refuse(stream, "per_source", "too many connections from it")
@@ -234,7 +235,7 @@ class TcpSide:
         self.spoke(stream)
         if self.connections.get(stream.peer) is stream:
             del self.connections[stream.peer]
-            host = stream.peer[0]
+            host = source_key(stream.peer[0])
             if not stream.outbound:
                 self._per_host[host] -= 1
                 if self._per_host[host] <= 0:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from telephony_edge.sip.auth import DigestServer, Outcome, binding
 from telephony_edge.sip.auth_guard import DigestGuard
 from telephony_edge.sip.message import Request, SipUri
+from telephony_edge.sip.sources import source_key
 from telephony_edge.webrtc.browser import RateLimiter
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -151,7 +152,8 @@ class Admission:
     def _digest(self, req: Request, address: str, trunk: Trunk, number: str, now: float) -> Verdict:
         """A trunk with credentials: locked out, challenged, refused or admitted."""
         assert trunk.username is not None and trunk.password is not None
-        wait = self.guard.locked(address, trunk.username, now)
+        source = source_key(address)  # an IPv6 /64 counts as one guesser
+        wait = self.guard.locked(source, trunk.username, now)
         if wait:
             self._on_digest("locked", address, trunk.name)
             reason = f"digest for trunk {trunk.name} locked out for {wait:.0f} s (guessing)"
@@ -169,11 +171,11 @@ class Admission:
             bound=bound,
         )
         if outcome is Outcome.OK:
-            self.guard.succeeded(address, now)
+            self.guard.succeeded(source, now)
             self._on_digest("ok", address, trunk.name)
             return Verdict(Decision.ADMIT, trunk=trunk, number=number)
         if outcome is Outcome.BAD:
-            locked = self.guard.failed(address, trunk.username, now)
+            locked = self.guard.failed(source, trunk.username, now)
             self._on_digest("bad", address, trunk.name)
             why = "; now locked out" if locked else ""
             return Verdict(Decision.REFUSE, f"bad credentials from trunk {trunk.name}{why}")

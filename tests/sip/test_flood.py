@@ -16,6 +16,7 @@ from telephony_edge import metrics
 from telephony_edge.sip.message import Response, parse_message
 from telephony_edge.sip.provider import SIP_ENDPOINT
 from telephony_edge.sip.ratelimit import RequestGate, TokenBuckets, peek_method
+from telephony_edge.sip.sources import source_key
 from tests.conftest import Edge, Receiver
 from tests.sip import wire
 from tests.sip.conftest import finished, register, sip_test_settings, sipp, sipp_binary
@@ -127,3 +128,17 @@ async def test_over_the_limit_on_a_tcp_connection_is_503_and_warned_once(
     warned = [r for r in caplog.records if "over the source's request rate" in r.getMessage()]
     assert len(warned) == 1 and "127.0.0.1" in warned[0].getMessage()
     writer.close()
+
+
+def test_an_ipv6_64_is_one_source_and_an_ipv4_mapped_address_its_ipv4() -> None:
+    """Whoever holds a /64 has 2**64 addresses to rotate through: one bucket for all."""
+    assert source_key("192.0.2.1") == "192.0.2.1"
+    assert (
+        source_key("2001:db8:1:2::1") == source_key("2001:db8:1:2:ffff::9") == ("2001:db8:1:2::/64")
+    )
+    assert source_key("2001:db8:1:3::1") != source_key("2001:db8:1:2::1")
+    assert source_key("::ffff:192.0.2.1") == "192.0.2.1"
+    gate = RequestGate(rate=1.0, burst=2)
+    for n in range(2):
+        assert gate.check(wire.request("OPTIONS"), f"2001:db8::{n + 1}", "UDP", 0.0) is None
+    assert gate.check(wire.request("OPTIONS"), "2001:db8::ffff", "UDP", 0.0) is not None
