@@ -174,6 +174,10 @@ class SipSettings(ProviderSettings):
     min_se_s: int = Field(default=90, ge=1, le=86_400)
     """The shortest session interval accepted (``Min-SE``; shorter: 422, or raised for callers
     without timer support). RFC 4028 says 90; tests lower it."""
+    nat_keepalive_s: float = Field(default=25.0, ge=0, le=3600)
+    """A caller behind NAT over UDP (its Contact private, or its Via not where its packets
+    come from) gets an empty keep-alive (CRLF CRLF, as pjsip sends) this often while the
+    call is up, so its NAT still lets the edge's BYE in at the end of a long call; 0: none."""
     dns_servers: list[str] = Field(default_factory=list)
     """Nameservers (``10.0.0.2``, ``127.0.0.1:5353``) for host names in the Record-Route or
     Contact of a call (RFC 3263: SRV, then A); empty: the system's ``/etc/resolv.conf``.

@@ -149,6 +149,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             min_se=settings.min_se_s,
             session_expires=settings.session_expires_s,
             max_transactions=settings.max_transactions,
+            nat_keepalive=settings.nat_keepalive_s or None,
         )
         self.ua = UserAgent(config, admission=self._admission(host))
         log.info("SIP listening", extra={"sip_bind": f"{self.settings.bind_host}:{self.port}"})

@@ -183,6 +183,7 @@ class UaConfig:
     refer_refused_bye: bool = True
     min_se: int = 90  # RFC 4028's floor; shorter Session-Expires → 422 / raised
     session_expires: int | None = 1800  # imposed on callers that support timers but ask none
+    nat_keepalive: float | None = None  # CRLF pings to callers behind NAT (UDP) this often
 
     @property
     def sent_by(self) -> str:
@@ -378,6 +379,7 @@ class Call:
     session: SessionTimer | None = None
     nated: bool = False  # behind NAT: in-dialog requests go to ``source`` (sip/nat.py)
     unreachable: bool = False  # its next hop's name did not resolve: requests to ``source``
+    keepalive_at: float | None = None  # the next CRLF ping to a caller behind NAT
 
 
 @dataclass(slots=True)
@@ -434,6 +436,8 @@ class UserAgent:
                 deadlines.append(call.referral.deadline)
             if call.session is not None and call.session.deadline is not None:
                 deadlines.append(call.session.deadline)
+            if call.keepalive_at is not None:
+                deadlines.append(call.keepalive_at)
         return min(deadlines, default=None)
 
     # -- input ------------------------------------------------------------------------
@@ -477,6 +481,9 @@ class UserAgent:
                         actions += self._send_refresh(call, session, now)
                     else:
                         actions += self._bye(call, now, "session_expired")
+                if call.keepalive_at is not None and call.keepalive_at <= now:
+                    actions.append(Send(b"\r\n\r\n", call.source, call.transport, call.ref))
+                    self._arm_keepalive(call, now)
         except Exception:
             self._note_error()
         return actions
@@ -905,6 +912,7 @@ class UserAgent:
         call.dialog.refresh_target(req)  # its Contact was checked above
         if transport == call.transport:
             call.source, call.nated = source, behind_nat(req, source)
+            self._arm_keepalive(call, now)
         updates: list[Action] = []
         if req.body:
             try:
@@ -961,6 +969,7 @@ class UserAgent:
         if call.phase is Phase.ANSWERED:
             call.phase = Phase.CONFIRMED
             call.dialog.state = DialogState.CONFIRMED
+            self._arm_keepalive(call, now)
             actions.append(CallConfirmed(call.ref, call.media))
         return actions
 
@@ -1252,6 +1261,17 @@ class UserAgent:
             return []
         return self._bye(call, now, "session_expired")
 
+    def _arm_keepalive(self, call: Call, now: float) -> None:
+        """A caller behind NAT over UDP gets a CRLF ping every ``nat_keepalive`` seconds
+        while the call is up (as pjsip's and Kamailio's nathelper's), so the binding our
+        BYE needs is still open at the end of a long call."""
+        every = self.config.nat_keepalive
+        up = call.phase is Phase.CONFIRMED and not call.hangup_reported
+        if every and up and call.nated and call.transport == "UDP":
+            call.keepalive_at = now + every
+        else:
+            call.keepalive_at = None
+
     def _dialog_dest(self, call: Call) -> tuple[Address, str | None]:
         """Where our in-dialog requests go (:func:`~telephony_edge.sip.nat.in_dialog_dest`),
         and the URI for the shell to resolve when that is a host name."""
@@ -1266,7 +1286,7 @@ class UserAgent:
         if call.phase is Phase.PENDING:
             self._pending -= 1
         call.phase = Phase.ENDED
-        call.invite_deadline = None
+        call.invite_deadline = call.keepalive_at = None
         call.dialog.state = DialogState.TERMINATED
         if call.provisional is not None:
             self._machines.pop(call.provisional, None)

@@ -24,10 +24,19 @@ from telephony_edge.sip.dialog import Dialog
 from telephony_edge.sip.message import Request, Response, parse_message
 from telephony_edge.sip.nat import behind_nat, in_dialog_dest, is_private, response_dest, stamp_via
 from telephony_edge.sip.provider import SIP_ENDPOINT
+from telephony_edge.sip.ua import Send, StartCall, UaConfig, UserAgent
 from tests.conftest import Edge, Receiver, ServeProcess, free_port, wait_for
-from tests.sip.conftest import API_KEY, SCENARIOS, finished, register, sipp, sipp_binary
+from tests.sip.conftest import (
+    API_KEY,
+    SCENARIOS,
+    finished,
+    register,
+    sip_test_settings,
+    sipp,
+    sipp_binary,
+)
 from tests.sip.test_udp_edge import Caller, Socket, open_socket, sdp
-from tests.sip.wire import request
+from tests.sip.wire import SIPP_SDP, request
 
 PRIVATE = "192.168.1.20:5060"  # where the phone thinks it is
 
@@ -102,6 +111,38 @@ async def test_a_nated_caller_whose_binding_moved_is_reached_where_its_refresh_c
     await wait_for(lambda: receiver.received, within=5)
     assert not [d for d, _, _ in caller.sip.log if d.startswith(b"BYE ")]
     for sock in (caller.sip, moved.sip, rtp):
+        sock.close()
+
+
+async def test_a_nated_caller_gets_keepalives_on_its_flow_and_a_direct_one_none(
+    make_edge: Callable[..., Any], receiver: Receiver
+) -> None:
+    """``sip.nat_keepalive_s``: CRLF CRLF to the NATed caller's source while the call is
+    up (its NAT binding stays open for the BYE); nothing to a caller that is not NATed,
+    nothing after the end."""
+    edge: Edge = await make_edge(sip_test_settings(receiver, {"nat_keepalive_s": 0.3}))
+    endpoint = edge.app[SIP_ENDPOINT]
+    rtp = await open_socket()
+    callers = []
+    for behind in (True, False):
+        reg = await register(edge)
+        caller = Caller(("127.0.0.1", endpoint.port), reg["call_id"], await open_socket())
+        invite = caller.request("INVITE", sdp(rtp.port))
+        caller.send(nated(caller, invite) if behind else invite)
+        assert (await caller.response("INVITE")).status == 200
+        ack = caller.request("ACK", cseq=caller.cseq)
+        caller.send(nated(caller, ack) if behind else ack)
+        callers.append(caller)
+    await asyncio.sleep(1.0)
+    for caller in callers:
+        caller.send(caller.request("BYE"))
+    ended = asyncio.get_running_loop().time()
+    await wait_for(lambda: len(receiver.received) == 2, within=5)
+    await asyncio.sleep(0.5)
+    pings = [[t for d, _, t in c.sip.log if d == b"\r\n\r\n"] for c in callers]
+    assert 2 <= len(pings[0]) <= 4 and all(t < ended for t in pings[0]), pings
+    assert pings[1] == []
+    for sock in (rtp, *(c.sip for c in callers)):
         sock.close()
 
 
@@ -191,10 +232,11 @@ async def test_flood_of_invites_with_received_ipv6_is_answered_at_its_source_no_
             ).replace(b"203.0.113.7:5060", f"127.0.0.3:{flooder.port}".encode(), 1)
             flooder.send(data, edge)
             if i == 500:
-                genuine.send(genuine.request("INVITE", sdp(rtp.port)))
+                invite = genuine.request("INVITE", sdp(rtp.port))
+                genuine.send(invite)
             if i % 50 == 0:
                 await asyncio.sleep(0.005)
-        assert (await genuine.response("INVITE", within=5)).status == 200
+        assert (await final_answer(genuine, invite)).status == 200
         await wait_for(lambda: ua.pending_invites == 0, within=10)
         after = Caller(edge, (await register(sip_edge))["call_id"], await open_socket())
         after.send(after.request("INVITE", sdp(rtp.port)))
@@ -295,6 +337,17 @@ async def test_serve_answers_a_spoofed_via_invite_flood_at_its_source_and_a_call
         sock.close()
 
 
+async def final_answer(caller: Caller, invite: bytes) -> Response:
+    """The INVITE's final response, resent on Timer A's schedule as a UAC does (a burst
+    of the flood can overflow the edge's socket buffer and lose it)."""
+    for wait in (0.5, 1.0, 2.0, 4.0):
+        try:
+            return await caller.response("INVITE", within=wait)
+        except TimeoutError:
+            caller.send(invite)
+    raise AssertionError("the INVITE was never answered")
+
+
 # -- sans-I/O: the rules of sip/nat.py --------------------------------------------------
 
 
@@ -367,3 +420,30 @@ def test_a_route_set_is_followed_unless_its_first_hop_is_private_and_not_the_sou
     )
     named = request("INVITE", extra="Record-Route: <sip:proxy.example.net;lr>")
     assert in_dialog_dest(dialog_of(named), proxy, "UDP", True) == ("proxy.example.net", 5060)
+
+
+def test_ua_pings_a_nated_caller_while_its_call_is_up() -> None:
+    ua = UserAgent(UaConfig(nat_keepalive=20.0))
+    phone = ("203.0.113.9", 61000)  # its NAT; Via and Contact say 192.168.1.20
+    invite = request("INVITE", uri="sip:call_x@127.0.0.1", body=SIPP_SDP)
+    started = ua.receive(invite.replace(b"203.0.113.7:5060", PRIVATE.encode()), phone, 0.0)
+    ref = next(a.call for a in started if isinstance(a, StartCall))
+    ok = [a for a in ua.answer(ref, 30000, 0.1) if isinstance(a, Send)][-1]
+    to_tag = parse_message(ok.data).to().tag  # type: ignore[union-attr]
+    ua.receive(request("ACK", branch="z9hG4bKa2", to_tag=to_tag), phone, 1.0)
+    assert ua.calls()[ref].keepalive_at == 21.0
+    assert (ua.next_deadline() or 99) <= 21.0
+    assert [(a.data, a.dest) for a in ua.tick(21.0) if isinstance(a, Send)] == [
+        (b"\r\n\r\n", phone)
+    ]
+    assert ua.calls()[ref].keepalive_at == 41.0
+    ua.hangup(ref, 30.0)
+    assert all(a.data != b"\r\n\r\n" for a in ua.tick(41.0) if isinstance(a, Send))
+    direct = UserAgent(UaConfig(nat_keepalive=20.0))  # the same caller, not behind NAT
+    started = direct.receive(invite, ("203.0.113.7", 5060), 0.0)
+    ref = next(a.call for a in started if isinstance(a, StartCall))
+    ok = [a for a in direct.answer(ref, 30000, 0.1) if isinstance(a, Send)][-1]
+    to_tag = parse_message(ok.data).to().tag  # type: ignore[union-attr]
+    direct.receive(request("ACK", branch="z9hG4bKa2", to_tag=to_tag), ("203.0.113.7", 5060), 1.0)
+    assert direct.calls()[ref].phase.value == "confirmed"
+    assert direct.calls()[ref].keepalive_at is None
