@@ -11,7 +11,10 @@ keep-alive; anything else is a request and takes a token from its source's
 bucket (an IPv4 address, or an IPv6 /64: :mod:`~telephony_edge.sip.sources`;
 :class:`TokenBuckets`: ``rate`` per second, ``burst`` at once). A trunk's
 ordinary traffic (Twilio's limit is 30 calls/s, 3 or 4 requests a call) stays
-well under the default 200/s.
+well under the default 200/s. The operator's own trunks (``trusted``: their
+CIDRs, or a proxy such as Kamailio in front of the edge, which sends
+everyone's traffic from one address) have buckets of their own with a higher
+rate; whether a source is trusted is decided once per source (cached, bounded).
 
 Over the limit:
 
@@ -37,6 +40,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from telephony_edge.sip.message import ParseError, Request, build_response, parse_message
@@ -101,20 +105,48 @@ def peek_method(data: bytes) -> str | None:
 class RequestGate:
     """Which requests reach the UA; see the module docstring."""
 
-    def __init__(self, rate: float, burst: int, max_sources: int = MAX_SOURCES) -> None:
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        max_sources: int = MAX_SOURCES,
+        *,
+        trusted: Callable[[str], bool] | None = None,
+        trusted_rate: float | None = None,
+        trusted_burst: int | None = None,
+    ) -> None:
         self.buckets = TokenBuckets(rate, burst, max_sources)
+        self.trusted_buckets = TokenBuckets(
+            trusted_rate or rate, trusted_burst or burst, max_sources
+        )
+        self._trusted = trusted
+        self._known: OrderedDict[str, bool] = OrderedDict()  # source → trusted
+        self.max_sources = max_sources
 
     def check(self, data: bytes, source: str, transport: str, now: float) -> Limited | None:
         """None when ``data`` may go to the UA, else how it is refused."""
         method = peek_method(data)
         if method is None:
             return None
-        wait = self.buckets.take(source_key(source), now)
+        if self._is_trusted(source):
+            wait = self.trusted_buckets.take(source, now)
+        else:
+            wait = self.buckets.take(source_key(source), now)
         if not wait:
             return None
         retry_after = max(1, math.ceil(wait))
         answer = _busy(data, retry_after) if transport != "UDP" else None
         return Limited(method, answer, retry_after)
+
+    def _is_trusted(self, source: str) -> bool:
+        if self._trusted is None:
+            return False
+        known = self._known.get(source)
+        if known is None:
+            known = self._known[source] = self._trusted(source)
+            while len(self._known) > self.max_sources:
+                self._known.popitem(last=False)
+        return known
 
 
 def _busy(data: bytes, retry_after: int) -> bytes | None:

@@ -124,6 +124,11 @@ class SipSettings(ProviderSettings):
     ``Retry-After`` (``telephony_edge.sip.ratelimit`` says why). A trunk sending more (one
     address for many calls per second) needs a higher rate."""
     request_burst: int = Field(default=400, ge=1, le=1_000_000)
+    trunk_request_rate_per_s: float = Field(default=2000.0, gt=0, le=1_000_000)
+    """The same for a source in one of ``trunks``' CIDRs (a carrier, or a proxy such as
+    Kamailio in front of the edge, which sends everyone's traffic from its one address):
+    buckets of their own, at this rate and ``trunk_request_burst``."""
+    trunk_request_burst: int = Field(default=4000, ge=1, le=1_000_000)
     max_transactions: int = Field(default=20_000, ge=100, le=10_000_000)
     """Open SIP transactions (each kept up to 32 s after its answer); beyond, requests
     outside a dialog get 503 with ``Retry-After`` and calls already up go on. Bounds the

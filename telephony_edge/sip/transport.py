@@ -119,7 +119,14 @@ class SipEndpoint(asyncio.DatagramProtocol):
             settings.dns_servers, settings.dns_timeout_s, ipv6=":" in settings.bind_host
         )
         self.outbound = Outbound(resolver, self._send_now, self._unreachable)
-        self.gate = RequestGate(settings.request_rate_per_s, settings.request_burst)
+        trunks = [t.trunk(name, "") for name, t in settings.trunks.items()]
+        self.gate = RequestGate(
+            settings.request_rate_per_s,
+            settings.request_burst,
+            trusted=lambda address: any(t.holds(address) for t in trunks),
+            trusted_rate=settings.trunk_request_rate_per_s,
+            trusted_burst=settings.trunk_request_burst,
+        )
         self._stream_calls: dict[str, tuple[tuple[str, int], tuple[str, int]]] = {}
 
     # -- life ---------------------------------------------------------------------------

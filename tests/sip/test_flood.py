@@ -142,3 +142,47 @@ def test_an_ipv6_64_is_one_source_and_an_ipv4_mapped_address_its_ipv4() -> None:
     for n in range(2):
         assert gate.check(wire.request("OPTIONS"), f"2001:db8::{n + 1}", "UDP", 0.0) is None
     assert gate.check(wire.request("OPTIONS"), "2001:db8::ffff", "UDP", 0.0) is not None
+
+
+def test_trusted_sources_have_buckets_of_their_own_at_their_rate() -> None:
+    asked: list[str] = []
+
+    def trunk(address: str) -> bool:
+        asked.append(address)
+        return address.startswith("10.")
+
+    gate = RequestGate(rate=1.0, burst=1, trusted=trunk, trusted_rate=100.0, trusted_burst=50)
+    options = wire.request("OPTIONS")
+    assert all(gate.check(options, "10.0.0.5", "UDP", 0.0) is None for _ in range(50))
+    assert gate.check(options, "10.0.0.5", "UDP", 0.0) is not None
+    assert gate.check(options, "192.0.2.1", "UDP", 0.0) is None
+    assert gate.check(options, "192.0.2.1", "UDP", 0.0) is not None
+    assert asked == ["10.0.0.5", "192.0.2.1"]  # decided once per source
+
+
+@pytest.mark.parametrize(("source", "trusted"), [("127.0.0.1", True), ("127.0.0.9", False)])
+async def test_a_trunk_sends_past_the_strangers_rate(
+    make_edge: Callable[..., Any], receiver: Receiver, source: str, trusted: bool
+) -> None:
+    """A trunk's address (or a proxy's in front of the edge: everyone's traffic from one
+    address) gets sip.trunk_request_rate_per_s; a stranger the ordinary rate."""
+    sip = {
+        "request_rate_per_s": 50,
+        "request_burst": 100,
+        "trunk_request_rate_per_s": 1000,
+        "trunk_request_burst": 2000,
+        "trunks": {"proxy": {"cidrs": ["127.0.0.1/32"]}},
+    }
+    edge: Edge = await make_edge(sip_test_settings(receiver, sip))
+    port = edge.app[SIP_ENDPOINT].port
+    flooder = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.sip.flood", f"127.0.0.1:{port}",
+        "--rate", "1000", "--seconds", "0.6", "--source", source,
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(flooder.communicate(), 15)
+    result = json.loads(out)
+    if trusted:
+        assert result["answered"] == result["sent"] == 600
+    else:
+        assert result["answered"] <= 100 + 50 * (result["seconds"] + 1.0)
