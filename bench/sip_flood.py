@@ -19,7 +19,11 @@ there are two. Then, from loopback addresses of their own:
 
 Reported: the flood's sent/answered counts, the probe's round trip (p50, p99,
 max, lost), the genuine call's 100/200 times, and the edge's event-loop lag
-over the flood (how late a 5 ms sleep woke: p50, p99, max). ``--tree DIR``
+over the flood (how late a 5 ms sleep woke: p50, p99, max).
+
+``--tcp-idle N`` first opens N idle TCP connections (32 per address from
+127.0.4.x, the per-source limit), then places the genuine call over TCP from
+127.0.0.2 instead: its 100/200 times, or ``refused`` when the edge closes it. ``--tree DIR``
 runs the edge from another checkout (its own ``bench/twilio_load.py``), e.g. the commit before
 the transaction index, for a before/after.
 """
@@ -81,7 +85,8 @@ def message(
     tag, call_id = kw.get("tag", secrets.token_hex(4)), kw.get("call_id", secrets.token_hex(8))
     lines = [
         f"{method} sip:{user}@{edge[0]}:{edge[1]} SIP/2.0",
-        f"Via: SIP/2.0/UDP {local[0]}:{local[1]};branch=z9hG4bK{secrets.token_hex(6)};rport",
+        f"Via: SIP/2.0/{kw.get('transport', 'UDP')} {local[0]}:{local[1]}"
+        f";branch=z9hG4bK{secrets.token_hex(6)};rport",
         "Max-Forwards: 70",
         f"From: <sip:bench@{local[0]}>;tag={tag}",
         f"To: <sip:{user}@{edge[0]}>{kw.get('to_tag', '')}",
@@ -146,6 +151,44 @@ def genuine_call(edge: tuple[str, int], call_id: str, out: dict[str, Any]) -> No
     sock.close()
 
 
+def genuine_tcp_call(edge: tuple[str, int], call_id: str, out: dict[str, Any]) -> None:
+    """The genuine call over TCP: INVITE → 100, 200 (times), ACK, BYE; or ``refused``."""
+    sock = socket.create_connection(edge, timeout=10, source_address=(CALLER_SOURCE, 0))
+    local = sock.getsockname()
+    kw = {"tag": secrets.token_hex(4), "call_id": secrets.token_hex(8), "transport": "TCP"}
+    t0 = time.monotonic()
+    buffer = b""
+    try:
+        sock.sendall(message("INVITE", call_id, edge, local, body=SDP, **kw))
+        while b"SIP/2.0 200" not in buffer:
+            data = sock.recv(65536)
+            if not data:
+                out["refused"] = round(time.monotonic() - t0, 3)
+                return
+            buffer += data
+            if b"SIP/2.0 100" in buffer:
+                out.setdefault("trying_s", time.monotonic() - t0)
+        out["ok_s"] = time.monotonic() - t0
+        head = buffer[buffer.index(b"SIP/2.0 200") :].split(b"\r\n\r\n", 1)[0].decode()
+        to = next(x for x in head.split("\r\n") if x.lower().startswith("to:"))
+        to_tag = ";tag=" + to.split("tag=")[1]
+        sock.sendall(message("ACK", call_id, edge, local, to_tag=to_tag, **kw))
+        sock.sendall(message("BYE", call_id, edge, local, to_tag=to_tag, cseq=2, **kw))
+        time.sleep(0.2)
+    except (ConnectionError, TimeoutError) as exc:
+        out["refused"] = repr(exc)
+    finally:
+        sock.close()
+
+
+def idle_connections(edge: tuple[str, int], count: int) -> list[socket.socket]:
+    """``count`` TCP connections that send nothing, 32 per address (the per-source limit)."""
+    return [
+        socket.create_connection(edge, timeout=5, source_address=(f"127.0.4.{n // 32 + 1}", 0))
+        for n in range(count)
+    ]
+
+
 def pct(values: list[float], q: float) -> float:
     return sorted(values)[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
@@ -157,6 +200,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--method", default="OPTIONS")
     parser.add_argument("--sources", type=int, default=1)
+    parser.add_argument("--tcp-idle", type=int, default=0, help="idle TCP connections first")
     parser.add_argument("--tree", help="run the edge from this checkout")
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -189,6 +233,15 @@ def main() -> int:
             got = flood(edge, "OPTIONS", 5000, 0, f"127.0.1.{n + 1}", count=count, linger=0.05)
             opened += int(str(got["answered"]))
         result["opened_answered"] = opened
+        if args.tcp_idle:
+            held = idle_connections(edge, args.tcp_idle)
+            time.sleep(0.5)
+            tcp_call: dict[str, Any] = {}
+            genuine_tcp_call(edge, call_id, tcp_call)
+            result.update(tcp_idle=len(held), genuine_tcp=tcp_call)
+            for sock in held:
+                sock.close()
+            call_id = register(base)
         floods = [
             subprocess.Popen(
                 [sys.executable, "-m", "tests.sip.flood", f"127.0.0.1:{sip_port}",
