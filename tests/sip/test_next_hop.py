@@ -145,6 +145,39 @@ async def test_a_name_that_does_not_resolve_fails_its_call_only(
     server.close()
 
 
+async def test_a_refresh_to_a_name_that_does_not_resolve_ends_the_live_call(
+    make_edge: Callable[..., Any], receiver: Receiver
+) -> None:
+    """The edge refreshes the session (the caller asked ``refresher=uas``) through a
+    route that names a host nobody resolves: that call ends, its BYE at the flow its
+    INVITE came from, its record and webhook ``error`` with the reason."""
+    server = await start_dns({})
+    sip = {"dns_servers": [server.address], "dns_timeout_s": 3, "min_se_s": 1}
+    edge: Edge = await make_edge(sip_test_settings(receiver, sip))
+    reg = await register(edge)
+    rtp = await open_socket()
+    caller = Caller(("127.0.0.1", edge.app[SIP_ENDPOINT].port), reg["call_id"], await open_socket())
+    extra = (
+        "Record-Route: <sip:nowhere.test;lr>",
+        "Supported: timer",
+        "Session-Expires: 2;refresher=uas",
+        "Allow: INVITE, ACK, BYE, CANCEL, UPDATE",
+    )
+    caller.send(caller.request("INVITE", sdp(rtp.port), extra=extra))
+    assert (await caller.response("INVITE")).status == 200
+    caller.send(caller.request("ACK", cseq=caller.cseq))
+    bye = await caller.request_from_edge("BYE", within=5)  # about 1 s in: the refresh
+    caller.sip.send(answer(bye, 200), caller.edge)
+    await wait_for(lambda: receiver.received, within=5)
+    payload = receiver.received[0]
+    assert payload["call_status"] == "error"
+    assert "does not resolve" in payload["error_message"]
+    assert ("nowhere.test", "A") in server.queries
+    rtp.close()
+    caller.sip.close()
+    server.close()
+
+
 @pytest.mark.parametrize("name", ["localhost", "nowhere.test"])
 async def test_kamailio_record_routing_by_name_relays_the_edges_bye(
     make_edge: Callable[..., Any],
