@@ -28,13 +28,12 @@ from telephony_edge.sip.ua import Send, StartCall, UaConfig, UserAgent
 from tests.conftest import Edge, Receiver, ServeProcess, free_port, wait_for
 from tests.sip.conftest import (
     API_KEY,
-    SCENARIOS,
     finished,
     register,
     sip_test_settings,
     sipp,
-    sipp_binary,
 )
+from tests.sip.test_serve_floods import edge_config, register_call, sipp_call
 from tests.sip.test_udp_edge import Caller, Socket, open_socket, sdp
 from tests.sip.wire import SIPP_SDP, request
 
@@ -223,14 +222,7 @@ async def test_flood_of_invites_with_received_ipv6_is_answered_at_its_source_no_
     rtp = await open_socket()
     with caplog.at_level(logging.INFO):
         for i in range(1000):
-            data = request(
-                "INVITE",
-                uri=f"sip:call_{secrets.token_hex(8)}@127.0.0.1",
-                branch=f"z9hG4bKf{i}",
-                call_id=f"flood-{i}@127.0.0.3",
-                via_params=";received=::1",
-            ).replace(b"203.0.113.7:5060", f"127.0.0.3:{flooder.port}".encode(), 1)
-            flooder.send(data, edge)
+            flooder.send(spoofed_invite(i, flooder.port), edge)
             if i == 500:
                 invite = genuine.request("INVITE", sdp(rtp.port))
                 genuine.send(invite)
@@ -263,49 +255,17 @@ async def test_serve_answers_a_spoofed_via_invite_flood_at_its_source_and_a_call
     from 127.0.0.3 at 1000/s, each Via saying ``received=::1`` without ``rport``. No
     datagram fails to send, no ERROR line or traceback, and a genuine INVITE during the
     flood gets its 200 within 200 ms, and sipp's call after it completes."""
-    sip_port, rtp_low = free_port(), free_port() // 2 * 2
-    edge = serve_process(
-        {
-            "api": {"private_key": API_KEY},
-            "sip": {
-                "enabled": True,
-                "port": sip_port,
-                "rtp_port_min": rtp_low,
-                "rtp_port_max": rtp_low + 20,
-            },
-            "agents": {"echo": {"prompt": "You echo.", "first_message": "Hi"}},
-        }
-    )
+    sip_port = free_port()
+    edge = serve_process(edge_config(sip_port))
     target = ("127.0.0.1", sip_port)
-
-    async def register_call() -> str:
-        async with (
-            aiohttp.ClientSession() as http,
-            http.post(
-                edge.base_url + "/register_sip_call",
-                json={"agent_id": "echo"},
-                headers={"Authorization": f"Bearer {API_KEY}"},
-            ) as resp,
-        ):
-            assert resp.status == 200, await resp.text()
-            call_id: str = (await resp.json())["call_id"]
-            return call_id
-
-    genuine = Caller(target, await register_call(), await open_socket())
+    genuine = Caller(target, await register_call(edge), await open_socket())
     rtp = await open_socket()
     flooder = await bind("127.0.0.3")
     loop = asyncio.get_running_loop()
     started = loop.time()
     answered_in: float | None = None
     for i in range(1000):
-        data = request(
-            "INVITE",
-            uri=f"sip:call_{secrets.token_hex(8)}@127.0.0.1",
-            branch=f"z9hG4bKs{i}",
-            call_id=f"spoof-{i}@127.0.0.3",
-            via_params=";received=::1",
-        ).replace(b"203.0.113.7:5060", f"127.0.0.3:{flooder.port}".encode(), 1)
-        flooder.send(data, target)
+        flooder.send(spoofed_invite(i, flooder.port), target)
         if i == 500:
             sent_at = loop.time()
             genuine.send(genuine.request("INVITE", sdp(rtp.port)))
@@ -321,13 +281,9 @@ async def test_serve_answers_a_spoofed_via_invite_flood_at_its_source_and_a_call
     genuine.send(genuine.request("ACK", cseq=genuine.cseq))
     genuine.send(genuine.request("BYE"))
     assert (await genuine.response("BYE")).status == 200
-    call = await asyncio.create_subprocess_exec(
-        sipp_binary(), f"127.0.0.1:{sip_port}",
-        "-sf", str(SCENARIOS / "uac_external_media.xml"), "-s", await register_call(),
+    call = await sipp_call(
+        sip_port, "uac_external_media.xml", await register_call(edge), tmp_path,
         "-set", "rtp_port", str(rtp.port), "-d", "500",
-        "-i", "127.0.0.1", "-mi", "127.0.0.1", "-p", str(free_port()),
-        "-m", "1", "-nostdin", "-timeout", "20", "-timeout_error",
-        cwd=tmp_path, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     await finished(call, tmp_path)
     assert any(d.startswith(b"SIP/2.0 ") for d, _, _ in flooder.log)  # answered at the source
@@ -335,6 +291,18 @@ async def test_serve_answers_a_spoofed_via_invite_flood_at_its_source_and_a_call
     edge.assert_healthy()  # no ERROR line, no traceback
     for sock in (genuine.sip, rtp, flooder):
         sock.close()
+
+
+def spoofed_invite(n: int, port: int) -> bytes:
+    """Flood INVITE ``n`` from 127.0.0.3:``port`` for a call id nobody registered, its
+    Via claiming ``received=::1`` without ``rport`` (issue 19)."""
+    return request(
+        "INVITE",
+        uri=f"sip:call_{secrets.token_hex(8)}@127.0.0.1",
+        branch=f"z9hG4bKf{n}",
+        call_id=f"flood-{n}@127.0.0.3",
+        via_params=";received=::1",
+    ).replace(b"203.0.113.7:5060", f"127.0.0.3:{port}".encode(), 1)
 
 
 async def final_answer(caller: Caller, invite: bytes) -> Response:
@@ -429,7 +397,7 @@ def test_ua_pings_a_nated_caller_while_its_call_is_up() -> None:
     started = ua.receive(invite.replace(b"203.0.113.7:5060", PRIVATE.encode()), phone, 0.0)
     ref = next(a.call for a in started if isinstance(a, StartCall))
     ok = [a for a in ua.answer(ref, 30000, 0.1) if isinstance(a, Send)][-1]
-    to_tag = parse_message(ok.data).to().tag  # type: ignore[union-attr]
+    to_tag = parse_message(ok.data).to().tag
     ua.receive(request("ACK", branch="z9hG4bKa2", to_tag=to_tag), phone, 1.0)
     assert ua.calls()[ref].keepalive_at == 21.0
     assert (ua.next_deadline() or 99) <= 21.0
@@ -443,7 +411,7 @@ def test_ua_pings_a_nated_caller_while_its_call_is_up() -> None:
     started = direct.receive(invite, ("203.0.113.7", 5060), 0.0)
     ref = next(a.call for a in started if isinstance(a, StartCall))
     ok = [a for a in direct.answer(ref, 30000, 0.1) if isinstance(a, Send)][-1]
-    to_tag = parse_message(ok.data).to().tag  # type: ignore[union-attr]
+    to_tag = parse_message(ok.data).to().tag
     direct.receive(request("ACK", branch="z9hG4bKa2", to_tag=to_tag), ("203.0.113.7", 5060), 1.0)
     assert direct.calls()[ref].phase.value == "confirmed"
     assert direct.calls()[ref].keepalive_at is None

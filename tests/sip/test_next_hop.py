@@ -22,7 +22,7 @@ from prometheus_client import REGISTRY
 
 from telephony_edge.sip.message import Request, Response, parse_message
 from telephony_edge.sip.provider import SIP_ENDPOINT
-from telephony_edge.sip.ua import CallEnded, Send, UaConfig, UserAgent
+from telephony_edge.sip.ua import CallEnded, Send, StartCall, UaConfig, UserAgent
 from tests.conftest import Edge, Receiver, wait_for
 from tests.sip.conftest import finished, register, sip_test_settings, sipp
 from tests.sip.dns_server import DnsServer, start_dns
@@ -230,9 +230,9 @@ def test_ua_sends_a_named_hop_for_resolution_and_ends_the_call_when_it_cannot_be
     route = "Record-Route: <sip:proxy.invalid;lr>"
     invite = request("INVITE", uri="sip:call_x@127.0.0.1", extra=route, body=SIPP_SDP)
     started = ua.receive(invite, source, 0.0)
-    ref = next(a.call for a in started if hasattr(a, "request"))
+    ref = next(a.call for a in started if isinstance(a, StartCall))
     ok = [a for a in ua.answer(ref, 30000, 0.1) if isinstance(a, Send)][-1]
-    to_tag = parse_message(ok.data).to().tag  # type: ignore[union-attr]
+    to_tag = parse_message(ok.data).to().tag
     ack = request("ACK", uri="sip:call_x@127.0.0.1", branch="z9hG4bKack", to_tag=to_tag)
     ua.receive(ack, source, 0.2)
     info = ua.send_request(ref, "INFO", 1.0)
