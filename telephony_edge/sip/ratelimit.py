@@ -128,7 +128,7 @@ class RequestGate:
         method = peek_method(data)
         if method is None:
             return None
-        if self._is_trusted(source):
+        if self.trusted(source):
             wait = self.trusted_buckets.take(source, now)
         else:
             wait = self.buckets.take(source_key(source), now)
@@ -138,7 +138,8 @@ class RequestGate:
         answer = _busy(data, retry_after) if transport != "UDP" else None
         return Limited(method, answer, retry_after)
 
-    def _is_trusted(self, source: str) -> bool:
+    def trusted(self, source: str) -> bool:
+        """Whether ``source`` is one of the operator's trunks (decided once, cached)."""
         if self._trusted is None:
             return False
         known = self._known.get(source)

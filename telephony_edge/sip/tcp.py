@@ -161,11 +161,13 @@ class TcpSide:
         limits: Limits = DEFAULT_LIMITS,
         policy: tcp_policy.Limits = tcp_policy.DEFAULT_LIMITS,
         dialogs: Callable[[], dict[Address, Address]] = dict,
+        trusted: Callable[[str], bool] = lambda address: False,
     ) -> None:
         self.deliver = deliver
         self.limits = limits
         self.policy = policy
         self.dialogs = dialogs  # live calls over TCP: their connection's peer → their target
+        self.trusted = trusted  # a trunk's address: no per-source cap (some open one per call)
         self.connections: dict[Address, SipStream] = {}
         self._per_host: Counter[str] = Counter()  # inbound connections by source address
         # inbound connections that have sent no message yet, oldest first: a full table's
@@ -199,7 +201,8 @@ class TcpSide:
         """A new connection, under :mod:`~telephony_edge.sip.tcp_policy`'s rules 1 and 2."""
         policy, host = self.policy, source_key(stream.peer[0])
         if not stream.outbound:
-            if self._per_host[host] >= policy.max_per_source:
+            over = self._per_host[host] >= policy.max_per_source
+            if over and not self.trusted(stream.peer[0]):
                 return self._refuse(stream, "per_source", "too many connections from it")
             if len(self.connections) >= policy.max_connections:
                 old = next(iter(self._silent.values()), None) or tcp_policy.victim(

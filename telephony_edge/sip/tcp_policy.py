@@ -10,6 +10,7 @@ the idle timeout (600 s). The rules, in the order they apply:
 1. **Per source.** At most ``max_per_source`` inbound connections from one IP
    address, or IPv6 /64 (:mod:`~telephony_edge.sip.sources`): an attacker has
    few, a PBX needs one or a few. Beyond, a new connection is closed at once.
+   A trunk's address (its CIDRs) has no such cap: some open one per call.
 2. **Full table.** A new inbound connection to a full table evicts one that
    carries no live dialog: first one that never sent a complete SIP message,
    then the one idle longest. Only if every connection carries a dialog is

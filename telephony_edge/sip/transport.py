@@ -215,6 +215,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
                     idle_timeout=settings.tcp_idle_timeout_s,
                 ),
                 dialogs=self._stream_targets,
+                trusted=self.gate.trusted,
             )
             try:
                 await tcp.start(settings.bind_host, self.port)

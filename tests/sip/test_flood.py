@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from telephony_edge import metrics
+from telephony_edge import badinput, metrics
 from telephony_edge.sip.message import Response, parse_message
 from telephony_edge.sip.provider import SIP_ENDPOINT
 from telephony_edge.sip.ratelimit import RequestGate, TokenBuckets, peek_method
@@ -102,11 +102,15 @@ async def test_a_flood_from_one_source_is_limited_and_a_call_from_another_is_ans
 
 
 async def test_over_the_limit_on_a_tcp_connection_is_503_and_warned_once(
-    make_edge: Callable[..., Any], receiver: Receiver, caplog: pytest.LogCaptureFixture
+    make_edge: Callable[..., Any],
+    receiver: Receiver,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Over TCP the source is proven and nothing is retransmitted: the request past the
     burst gets 503 with Retry-After on its connection; the sender is warned once (the
     warnings are per sender and interval), every refusal counted."""
+    monkeypatch.setattr(badinput, "LIMITER", badinput.RateLimiter())  # no earlier test's
     limits = {"request_rate_per_s": 0.5, "request_burst": 3}
     edge: Edge = await make_edge(sip_test_settings(receiver, limits))
     reader, writer = await asyncio.open_connection("127.0.0.1", edge.app[SIP_ENDPOINT].port)

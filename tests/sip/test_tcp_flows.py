@@ -222,3 +222,19 @@ async def test_bye_after_the_callers_connection_closed_goes_to_its_contact(
     assert isinstance(bye, Request) and bye.method == "BYE" and bye.call_id() == caller.call_id
     await wait_for(lambda: receiver.received, within=10)
     assert receiver.received[0]["call_status"] == "api-ended"
+
+
+async def test_the_per_source_cap_spares_a_trunks_address(
+    make_edge: Callable[..., Any], receiver: Receiver
+) -> None:
+    """Some PBXs open a connection per call: a trunk's address is not capped per source,
+    a stranger's is."""
+    sip = {"tcp_max_per_source": 3, "trunks": {"pbx": {"cidrs": ["127.0.0.5/32"]}}}
+    edge: Edge = await make_edge(sip_test_settings(receiver, sip))
+    trunk = [await connect(edge, "127.0.0.5") for _ in range(5)]
+    stranger = [await connect(edge, "127.0.0.6") for _ in range(4)]
+    assert await is_closed(stranger[3][0], 3)  # its 4th
+    assert not any([await is_closed(reader, 0.2) for reader, _ in trunk + stranger[:3]])
+    assert len(side(edge).connections) == 8
+    for _, writer in trunk + stranger:
+        writer.close()
