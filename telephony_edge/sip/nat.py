@@ -46,6 +46,15 @@ def ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | Non
         return None
 
 
+def _unmapped(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """:func:`ip_literal`, an IPv4-mapped IPv6 address as the IPv4 address it carries
+    (what a dual-stack socket reports for an IPv4 peer)."""
+    ip = ip_literal(host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
 #: where NAT puts a phone: RFC 1918, RFC 6598 (carrier-grade NAT), ULA, link-local
 #: (``ipaddress``'s ``is_private`` also holds documentation and benchmark ranges)
 NAT_NETWORKS = tuple(
@@ -61,18 +70,15 @@ def is_private(host: str) -> bool:
     """An IP literal of :data:`NAT_NETWORKS`: no packet from the internet comes from
     there. Loopback is not: a peer on this machine really is there. A host name is
     not judged here."""
-    ip = ip_literal(host)
-    if ip is None:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip.version == net.version and ip in net for net in NAT_NETWORKS)
+    ip = _unmapped(host)
+    return ip is not None and any(ip.version == n.version and ip in n for n in NAT_NETWORKS)
 
 
 def same_host(host: str, address: str) -> bool:
-    """``host`` (as written in a header) and a socket's ``address`` are one address."""
-    ip = ip_literal(host)
-    return ip is not None and ip == ip_literal(address)
+    """``host`` (as written in a header) and a socket's ``address`` are one address
+    (``1.2.3.4`` is ``::ffff:1.2.3.4`` on a dual-stack socket)."""
+    ip = _unmapped(host)
+    return ip is not None and ip == _unmapped(address)
 
 
 def stamp_via(req: Request, source: Address) -> None:

@@ -18,6 +18,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from telephony_edge.sip.dialog import Dialog
@@ -325,6 +327,33 @@ def test_private_addresses() -> None:
     for host in ("203.0.113.7", "127.0.0.1", "8.8.8.8", "pbx.example.com", "::ffff:8.8.8.8"):
         assert not is_private(host), host
     assert is_private("::ffff:10.0.0.1")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    received=st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=40),
+    rport=st.sampled_from(["", ";rport", ";rport=1", ";rport=99999", ";rport=x"]),
+    sent_by=st.sampled_from(["203.0.113.7", "198.51.100.9:5070", "[::1]", "pbx.test:5061"]),
+    source=st.sampled_from([("203.0.113.7", 40000), ("::ffff:203.0.113.7", 5060), ("::1", 9)]),
+)
+def test_a_response_never_goes_to_an_address_the_request_did_not_come_from(
+    received: str, rport: str, sent_by: str, source: tuple[str, int]
+) -> None:
+    text = received.replace(";", "").replace(",", "").replace('"', "")
+    data = request("OPTIONS", via_params=f"{rport};received={text}")
+    try:
+        req = parsed(data.replace(b"203.0.113.7:5060", sent_by.encode(), 1))
+        stamp_via(req, source)
+    except ValueError:
+        return  # not a request the edge would answer
+    assert response_dest(req.top_via(), source, "UDP")[0] == source[0]
+
+
+def test_a_dual_stack_socket_sees_an_ipv4_sender_as_itself() -> None:
+    req = parsed(request("INVITE", via_params=""))
+    assert not behind_nat(req, ("::ffff:203.0.113.7", 5060))
+    stamp_via(req, ("::ffff:203.0.113.7", 5060))
+    assert "received" not in req.top_via().params  # sent-by is the source: nothing to add
 
 
 def parsed(data: bytes) -> Request:
