@@ -229,12 +229,19 @@ class SipResolver:
         return (answer, float(ttl)) if len(answer) else None
 
 
-def _nameserver(text: str) -> dns.nameserver.Nameserver:
-    """``host`` or ``host:port`` (``[v6]:port``) as a plain-DNS nameserver."""
+def nameserver_address(text: str) -> Address:
+    """``10.0.0.2``, ``127.0.0.1:5353``, ``2001:db8::53`` or ``[2001:db8::53]:5353`` as an
+    address and port; ValueError for anything else (a name cannot be its own resolver)."""
     host, sep, port = text.rpartition(":")
-    if sep and port.isdigit() and (host.startswith("[") or ":" not in host):
-        return dns.nameserver.Do53Nameserver(host.strip("[]"), int(port))
-    return dns.nameserver.Do53Nameserver(text.strip("[]"))
+    if not (sep and port.isdigit() and (host.startswith("[") or ":" not in host)):
+        host, port = text, "53"
+    if ip_literal(host) is None or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r}: a nameserver is an IP address, with a port or not")
+    return host.strip("[]"), int(port)
+
+
+def _nameserver(text: str) -> dns.nameserver.Nameserver:
+    return dns.nameserver.Do53Nameserver(*nameserver_address(text))
 
 
 def _for_socket(address: str, ipv6: bool) -> str:

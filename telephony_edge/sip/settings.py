@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from telephony_edge.config import ProviderSettings, Settings, normalize_e164
+from telephony_edge.sip.resolve import nameserver_address
 from telephony_edge.sip.trunks import Trunk
 
 SUPPORTED_CODECS = ("G722", "PCMU", "PCMA")  # what the media shell can transcode
@@ -224,6 +225,13 @@ class SipSettings(ProviderSettings):
             if not name.lower().startswith("x-") or not name.replace("-", "").isalnum():
                 raise ValueError(f"{name!r}: only X- headers go into the metadata")
         return names
+
+    @field_validator("dns_servers")
+    @classmethod
+    def _nameservers(cls, servers: list[str]) -> list[str]:
+        for server in servers:
+            nameserver_address(server)  # raises ValueError
+        return servers
 
     @model_validator(mode="after")
     def _range(self) -> SipSettings:

@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from telephony_edge.sip.outbound import Outbound
 from telephony_edge.sip.resolve import (
@@ -15,8 +16,10 @@ from telephony_edge.sip.resolve import (
     SipResolver,
     Target,
     Unresolvable,
+    nameserver_address,
     target_of,
 )
+from telephony_edge.sip.settings import SipSettings
 from tests.conftest import wait_for
 from tests.sip.dns_server import start_dns
 
@@ -145,3 +148,15 @@ async def test_outbound_waits_for_one_lookup_per_name_then_uses_the_cache(
     assert len(sent) == 4
     await outbound.close()
     server.close()
+
+
+def test_nameservers_are_addresses_checked_at_start_up() -> None:
+    assert nameserver_address("10.0.0.2") == ("10.0.0.2", 53)
+    assert nameserver_address("127.0.0.1:5353") == ("127.0.0.1", 5353)
+    assert nameserver_address("2001:db8::53") == ("2001:db8::53", 53)
+    assert nameserver_address("[2001:db8::53]:5353") == ("2001:db8::53", 5353)
+    for bad in ("dns.example.com", "127.0.0.1:0", "127.0.0.1:99999", ""):
+        with pytest.raises(ValueError):
+            nameserver_address(bad)
+    with pytest.raises(ValidationError, match="a nameserver is an IP address"):
+        SipSettings(dns_servers=["dns.example.com"])
