@@ -6,15 +6,18 @@ A carrier's Record-Route or a PBX's Contact may name a host
 (``sip:edge-in.carrier.net;lr``); a socket needs an address. :func:`target_of`
 reads the URI as RFC 3263 §4 does (``maddr`` before the host, the port if
 given, the transport the dialog already uses: the edge sends in-dialog requests
-on the dialog's transport, so NAPTR's choice of transport has nothing to
-choose and is not asked). :class:`SipResolver` then looks the target up:
+on the dialog's transport). :class:`SipResolver` then looks the target up:
 
 1. an IP literal is itself;
 2. a name in the hosts file (``/etc/hosts``: the operator's override, as
    glibc's ``files`` before ``dns``) is its address there;
-3. with no port in the URI, SRV ``_sip._udp`` / ``_sip._tcp`` / ``_sips._tcp``
-   (lowest priority first, the heaviest first among equals), each target's
-   address in turn; with records but no target that resolves, the lookup fails;
+3. with no port in the URI, NAPTR (§4.1): the ``s`` record of the lowest order
+   and preference for the dialog's transport (``SIP+D2U``, ``SIP+D2T``,
+   ``SIPS+D2T``) names the SRV to ask; without one, the usual ``_sip._udp`` /
+   ``_sip._tcp`` / ``_sips._tcp``. The transport is never changed: NAPTR only
+   finds the SRV name for the one the dialog uses. Then SRV (lowest priority
+   first, the heaviest first among equals), each target's address in turn;
+   with records but no target that resolves, the lookup fails;
 4. otherwise A (AAAA, then A, when the edge's socket is IPv6) at the URI's port
    or 5060/5061.
 
@@ -41,6 +44,7 @@ from dataclasses import dataclass
 import dns.asyncresolver
 import dns.exception
 import dns.nameserver
+import dns.rdtypes.IN.NAPTR
 import dns.rdtypes.IN.SRV
 import dns.resolver
 
@@ -76,6 +80,12 @@ class Target:
         if self.secure:
             return f"_sips._tcp.{self.host}"
         return f"_sip._{'tcp' if self.transport == 'TCP' else 'udp'}.{self.host}"
+
+    @property
+    def naptr_service(self) -> str:
+        if self.secure:
+            return "SIPS+D2T"
+        return "SIP+D2T" if self.transport == "TCP" else "SIP+D2U"
 
 
 def target_of(uri: str, transport: str) -> Target:
@@ -182,14 +192,31 @@ class SipResolver:
         if ip_literal(target.host) is not None:
             return (target.host, port), float("inf")
         if target.port is None and not self.hosts.addresses(target.host):
-            records = await self._query(target.srv_name, "SRV")
+            srv_name = await self._naptr(target) or target.srv_name
+            records = await self._query(srv_name, "SRV")
             if records is not None:
-                return await self._srv(target, *records)
+                return await self._srv(srv_name, *records)
         address, ttl = await self._address(target.host)
         return (address, port), ttl
 
+    async def _naptr(self, target: Target) -> str | None:
+        """The SRV name the target's NAPTR records give for our transport, if any."""
+        records = await self._query(target.host, "NAPTR")
+        if records is None:
+            return None
+        wanted = target.naptr_service.encode()
+        found = [
+            rr
+            for rr in records[0]
+            if isinstance(rr, dns.rdtypes.IN.NAPTR.NAPTR)
+            and rr.flags.lower() == b"s"
+            and rr.service.upper() == wanted
+        ]
+        found.sort(key=lambda rr: (rr.order, rr.preference))
+        return found[0].replacement.to_text(omit_final_dot=True) if found else None
+
     async def _srv(
-        self, target: Target, answer: dns.resolver.Answer, ttl: float
+        self, srv_name: str, answer: dns.resolver.Answer, ttl: float
     ) -> tuple[Address, float]:
         found = [rr for rr in answer if isinstance(rr, dns.rdtypes.IN.SRV.SRV)]
         found.sort(key=lambda rr: (rr.priority, -rr.weight))
@@ -202,7 +229,7 @@ class SipResolver:
             except Unresolvable:
                 continue
             return (address, int(rr.port)), min(ttl, address_ttl)
-        raise Unresolvable(f"no SRV target of {target.srv_name} resolves")
+        raise Unresolvable(f"no SRV target of {srv_name} resolves")
 
     async def _address(self, name: str) -> tuple[str, float]:
         family = socket.AF_INET6 if self.ipv6 else socket.AF_INET

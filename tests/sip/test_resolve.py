@@ -83,7 +83,33 @@ async def test_srv_then_a_with_the_smallest_ttl_and_an_explicit_port_asks_no_srv
     server.queries.clear()
     address, _ = await resolver.lookup(target_of("sip:proxy.test", "UDP"))  # no SRV: A, 5060
     assert address == ("127.0.0.7", 5060)
-    assert server.queries == [("_sip._udp.proxy.test", "SRV"), ("proxy.test", "A")]
+    assert server.queries == [
+        ("proxy.test", "NAPTR"),
+        ("_sip._udp.proxy.test", "SRV"),
+        ("proxy.test", "A"),
+    ]
+    server.close()
+
+
+async def test_naptr_names_the_srv_for_the_dialogs_transport(tmp_path: Path) -> None:
+    zone = {
+        ("carrier.test", "NAPTR"): [
+            '20 10 "s" "SIP+D2U" "" _sip._udp.sbc.carrier.test.',
+            '10 10 "s" "SIP+D2T" "" _sip._tcp.sbc.carrier.test.',
+            '5 10 "u" "E2U+sip" "!^.*$!sip:x@carrier.test!" .',
+        ],
+        ("_sip._udp.sbc.carrier.test", "SRV"): ["10 0 5070 a.carrier.test."],
+        ("_sip._tcp.sbc.carrier.test", "SRV"): ["10 0 5071 a.carrier.test."],
+        ("a.carrier.test", "A"): ["127.0.0.8"],
+        ("_sip._udp.plain.test", "SRV"): ["10 0 5072 a.carrier.test."],
+    }
+    server = await start_dns(zone)
+    resolver = resolver_for(server.address, tmp_path)
+    assert (await resolver.lookup(target_of("sip:carrier.test", "UDP")))[0] == ("127.0.0.8", 5070)
+    assert (await resolver.lookup(target_of("sip:carrier.test", "TCP")))[0] == ("127.0.0.8", 5071)
+    # no NAPTR: the usual SRV name
+    assert (await resolver.lookup(target_of("sip:plain.test", "UDP")))[0] == ("127.0.0.8", 5072)
+    assert ("plain.test", "NAPTR") in server.queries
     server.close()
 
 
