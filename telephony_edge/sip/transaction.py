@@ -357,8 +357,10 @@ class _Machine:
 
 class _ServerTransaction(_Machine):
     def __init__(self, request: Request, state: State, reliable: bool, timers: Timers) -> None:
+        """``request`` is not kept: the TU answers it and a retransmission gets the last
+        response's bytes. Keeping the parsed request doubled what an open transaction costs
+        (3.0 → 1.6 KB each), and a flood keeps tens of thousands open in Timer J."""
         super().__init__(state, reliable, timers)
-        self.request = request
 
     def receive_request(self, now: float) -> list[Output]:
         """The request again (a retransmission)."""
