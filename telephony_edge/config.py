@@ -320,6 +320,12 @@ class WebhookSettings(_Model):
     backoff_max_s: float = Field(default=300.0, gt=0, le=3600)
     allow_private_targets: bool = False
     """Let webhooks reach loopback, private, link-local and reserved addresses (local setups)."""
+    owed_grace_s: float = Field(default=150.0, gt=0, le=3600)
+    """An end-of-call webhook still owed this long after its call ended is queued by any
+    worker's sweep (its own worker died or lost the coordinator on the way). Longer than a
+    recording may take to finish (``recording.finish_timeout_s``)."""
+    owed_sweep_s: float = Field(default=15.0, gt=0, le=600)
+    """How often each worker looks for such webhooks."""
 
 
 class S3Settings(_Model):

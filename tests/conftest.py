@@ -279,7 +279,9 @@ class ServeProcess:
         return 0.0
 
 
-def start_serve_process(config: dict[str, Any], directory: Path) -> ServeProcess:
+def start_serve_process(
+    config: dict[str, Any], directory: Path, env: dict[str, str] | None = None
+) -> ServeProcess:
     """Write ``config`` as YAML (host and port filled in) and run the edge on it.
 
     ``server.public_url`` defaults to the address it listens on, so Twilio
@@ -298,6 +300,7 @@ def start_serve_process(config: dict[str, Any], directory: Path) -> ServeProcess
             [sys.executable, "-m", "telephony_edge", "serve", "--config", str(path)],
             stdout=log_file,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
     edge = ServeProcess(process, base_url, log_path)
     deadline = time.monotonic() + 20
@@ -325,16 +328,17 @@ def stop_serve_process(edge: ServeProcess) -> None:
 @pytest.fixture(scope="session")
 def serve_process(
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Callable[[dict[str, Any]], ServeProcess]]:
+) -> Iterator[Callable[..., ServeProcess]]:
     """``serve_process(config_dict)`` → a running :class:`ServeProcess`; all stopped at the end.
 
+    ``env`` adds to the process's environment (failpoints: :mod:`telephony_edge.failpoints`).
     Session-scoped so a test module can share one process (through its own
     module-scoped fixture) instead of paying a start per test.
     """
     started: list[ServeProcess] = []
 
-    def start(config: dict[str, Any]) -> ServeProcess:
-        edge = start_serve_process(config, tmp_path_factory.mktemp("serve"))
+    def start(config: dict[str, Any], env: dict[str, str] | None = None) -> ServeProcess:
+        edge = start_serve_process(config, tmp_path_factory.mktemp("serve"), env)
         started.append(edge)
         return edge
 

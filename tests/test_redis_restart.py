@@ -22,6 +22,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from telephony_edge.calls.webhooks import IDEMPOTENCY_HEADER
 from tests.conftest import ServeProcess, free_port, stop_serve_process, wait_for
 from tests.coord.redis_servers import RedisProcess, redis_server
 from tests.test_redis_outage import edge_config, frames_over, hang_up, live_call, readyz, talker
@@ -41,7 +42,8 @@ async def webhook_receiver() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     received: list[dict[str, Any]] = []
 
     async def ended(request: web.Request) -> web.Response:
-        received.append(json.loads(await request.read()))
+        body = json.loads(await request.read())
+        received.append({**body, IDEMPOTENCY_HEADER: request.headers.get(IDEMPOTENCY_HEADER)})
         return web.Response(text="ok")
 
     app = web.Application()

@@ -41,7 +41,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from telephony_edge import metrics
+from telephony_edge import failpoints, metrics
 from telephony_edge.agent import messages
 from telephony_edge.agent.link import AgentLink, AgentLinkError, AgentMessage, LinkClosed
 from telephony_edge.amd.detector import AmdDetector, Verdict
@@ -129,8 +129,15 @@ class CallHooks(Protocol):
     async def prepare(self, record: CallRecord) -> dict[str, Any]:
         """The ``initiate`` data (agent config merged, prefetch run, variables filled)."""
 
-    async def write_state(self, record: CallRecord, previous: tuple[CallState, ...]) -> None:
-        """Write ``record``'s new state to the coordinator, compare-and-set from ``previous``."""
+    async def write_state(
+        self,
+        record: CallRecord,
+        previous: tuple[CallState, ...],
+        *,
+        conversation: Conversation | None = None,
+    ) -> None:
+        """Write ``record``'s new state to the coordinator, compare-and-set from ``previous``;
+        the final write (``ended``) gets the ``conversation``, for the webhook it owes."""
 
     async def release(self, record: CallRecord) -> None:
         """Give back the agent slot and the ownership of the call."""
@@ -401,6 +408,7 @@ class CallBridge:
 
     async def _teardown(self) -> None:
         for action in self._teardown_actions:
+            failpoints.hit(f"teardown.{type(action).__name__}")
             try:
                 await self._undo(action)
             except Exception as exc:  # the next resource is released all the same
@@ -425,7 +433,11 @@ class CallBridge:
             await self._hooks.release(self.record)
         elif isinstance(action, m.WriteState):
             self.record.advance(action.state)
-            await self._hooks.write_state(self.record, action.previous)
+            ending = action.state is CallState.ENDED  # the end carries the webhook it owes
+            await self._hooks.write_state(
+                self.record, action.previous, conversation=self.conversation if ending else None
+            )
+            failpoints.hit("teardown.written")
             self._owns_end = True
         elif isinstance(action, m.QueueWebhook):
             await self._hooks.finished(self.record, self.conversation, written=self._owns_end)

@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import aiohttp
@@ -29,11 +30,12 @@ from telephony_edge.calls.bridge import BridgeLimits, CallBridge, CallOver, Conv
 from telephony_edge.calls.leg import Leg, NotSupported
 from telephony_edge.calls.machine import ENDED_FROM, AmdReport
 from telephony_edge.calls.manager import CallManager
+from telephony_edge.calls.outbox import Outbox
 from telephony_edge.calls.pacing import Pacer
 from telephony_edge.calls.record import CallRecord, CallState, CallStatus, new_id
 from telephony_edge.calls.variables import call_variables, fill_placeholders, merge_agent_config
 from telephony_edge.config import Settings
-from telephony_edge.coord.base import DEFAULT_REPLY_TTL, Conflict, Coordinator
+from telephony_edge.coord.base import DEFAULT_REPLY_TTL, OWED_FIELD, Conflict, Coordinator
 from telephony_edge.coord.health import CoordinatorHealth, CoordinatorUnavailable
 from telephony_edge.recording.recorder import CallRecording, Recordings, recording_options
 from telephony_edge.routing import NumberRouter, Route
@@ -203,6 +205,11 @@ class CallService:
             bench_s=core.bench_s,
         )
         self._dispatcher: webhooks.WebhookDispatcher | None = None
+        self.outbox = Outbox(
+            coordinator,
+            webhooks.SESSION_WEBHOOK_QUEUE,
+            grace_s=settings.webhooks.owed_grace_s,
+        )
         self.recordings = Recordings(
             settings.recording,
             public_url=settings.public_url,
@@ -227,13 +234,14 @@ class CallService:
             allow_private_targets=hooks.allow_private_targets,
         )
         dispatcher = self._dispatcher
-        loops = {
+        loops: dict[str, Callable[[], Awaitable[None]]] = {
             "control-loop": self._control_loop,
             "webhook-dispatcher": dispatcher.run,
             "heartbeat": self._heartbeat_loop,
             "setup-reaper": self._reap_loop,
             "lease-reaper": self._lease_reap_loop,
             "recording-sweep": self.recordings.sweep_loop,
+            "webhook-outbox": functools.partial(self.outbox.sweep_loop, hooks.owed_sweep_s),
         }
         self._tasks = [
             asyncio.create_task(supervise(name, loop), name=name) for name, loop in loops.items()
@@ -523,7 +531,12 @@ class CallService:
     # -- the bridge's hooks (CallHooks) -------------------------------------
 
     async def write_state(
-        self, record: CallRecord, previous: tuple[CallState, ...], *, if_unowned: bool = False
+        self,
+        record: CallRecord,
+        previous: tuple[CallState, ...],
+        *,
+        if_unowned: bool = False,
+        conversation: Conversation | None = None,
     ) -> None:
         """Write the owner's fields of ``record`` with a compare-and-set on its state.
 
@@ -531,11 +544,18 @@ class CallService:
         (or, with ``if_unowned``, some worker holds the call's lease) and
         LookupError if the record is gone. Fields other writers own (the
         provider status) are merged back into ``record``, never overwritten.
+        Writing ``ended`` with the call's ``conversation`` writes, in the same
+        step, the end-of-call webhook it owes (:mod:`telephony_edge.calls.outbox`).
         Writing ``ended`` drops this worker's lease, after the write: a live
         record without an owner would look like a dead worker's to a reaper.
         """
         data = record.to_dict()
         changes = {name: data[name] for name in OWNER_FIELDS}
+        owed_at = None
+        if record.state is CallState.ENDED and conversation is not None:
+            job = self._webhook_job(record, conversation)
+            if job is not None:
+                changes[OWED_FIELD], owed_at = job, time.time()
         try:
             async with self._defer_if_away(record), self._coordinated("write_state"):
                 doc = await self.coordinator.update_call(
@@ -543,6 +563,7 @@ class CallService:
                     changes,
                     if_state=[str(s) for s in previous],
                     if_unowned=if_unowned,
+                    owed_at=owed_at,
                 )
         finally:
             if record.state is CallState.ENDED and not if_unowned:
@@ -570,14 +591,28 @@ class CallService:
             return  # else another worker (or a status callback) ended the call first
         status = record.call_status or CallStatus.ERROR
         metrics.CALLS_TOTAL.labels(provider=record.provider, status=str(status)).inc()
-        # before media the record holds only the call's overrides: the stored agent's
-        # keys (its end-of-call webhook among them) apply under them
+        await self._keep_session(record, conversation, self._agent_config(record))
+        job = self._webhook_job(record, conversation, recording)
+        if job is not None:
+            await self.outbox.send(record.call_id, job)
+
+    def _agent_config(self, record: CallRecord) -> dict[str, Any]:
+        """The call's agent config: before media the record holds only the call's overrides,
+        and the stored agent's keys (its end-of-call webhook among them) apply under them."""
         stored = self.settings.agents[record.agent_id].model_dump(mode="json", exclude_none=True)
-        agent_config = merge_agent_config(stored, record.agent_config)
-        await self._keep_session(record, conversation, agent_config)
-        spec = agent_config.get("session_data_webhook")
+        return merge_agent_config(stored, record.agent_config)
+
+    def _webhook_job(
+        self,
+        record: CallRecord,
+        conversation: Conversation,
+        recording: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any] | None:
+        """The end-of-call webhook's queue job, or None when the agent has none (or its spec
+        is invalid: a config error, logged)."""
+        spec = self._agent_config(record).get("session_data_webhook")
         if not spec:
-            return
+            return None
         payload = webhooks.build_session_payload(
             record,
             transcript=conversation.chat,
@@ -588,9 +623,10 @@ class CallService:
             recording=recording,
         )
         try:
-            await webhooks.enqueue_session_webhook(self.coordinator, spec, payload)
+            return webhooks.session_webhook_job(spec, payload)
         except ValueError as exc:
             log.error("session webhook not queued: %s", exc, extra={"call_id": record.call_id})
+            return None
 
     @contextlib.asynccontextmanager
     async def _defer_if_away(self, record: CallRecord) -> AsyncIterator[None]:
@@ -626,7 +662,7 @@ class CallService:
         done = 0
         for call_id, (record, conversation) in list(self._deferred_ends.items()):
             try:
-                await self.write_state(record, ENDED_FROM)
+                await self.write_state(record, ENDED_FROM, conversation=conversation)
             except CoordinatorUnavailable:
                 return done  # still away: the next heartbeat tries again
             except (Conflict, LookupError) as exc:
@@ -964,7 +1000,7 @@ class CallService:
         record.advance(CallState.ENDING)
         record.advance(CallState.ENDED)
         try:
-            await self.write_state(record, previous, if_unowned=lost)
+            await self.write_state(record, previous, if_unowned=lost, conversation=Conversation())
         except (Conflict, LookupError):
             return False  # media arrived, the owner is alive, or another worker ended it first
         (log.warning if lost else log.info)(

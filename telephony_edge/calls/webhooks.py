@@ -498,14 +498,10 @@ def without_webhook_headers(agent_config: Mapping[str, Any]) -> dict[str, Any]:
     return config
 
 
-async def enqueue_session_webhook(
-    coordinator: Coordinator,
-    spec: WebhookSpec | str | Mapping[str, Any],
-    payload: Mapping[str, Any],
-    *,
-    queue: str = SESSION_WEBHOOK_QUEUE,
-) -> bool:
-    """Queue the end-of-call POST; job id is the call id, so it is queued once per call.
+def session_webhook_job(
+    spec: WebhookSpec | str | Mapping[str, Any], payload: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The end-of-call POST as a queue job (its id: the call id).
 
     Raises ValueError for an invalid spec (a config error the caller logs).
     The body is serialised here, once, so every retry sends the same bytes.
@@ -516,14 +512,25 @@ async def enqueue_session_webhook(
         default_timeout=SESSION_TIMEOUT,
         max_timeout=SESSION_MAX_TIMEOUT,
     )
-    call_id = str(payload["call_id"])
-    job = {
-        "call_id": call_id,
+    return {
+        "call_id": str(payload["call_id"]),
         "url": hook.url,
         "headers": dict(hook.headers),
         "timeout": hook.timeout,
         "body": json.dumps(payload, separators=(",", ":"), default=str),
     }
+
+
+async def enqueue_session_webhook(
+    coordinator: Coordinator,
+    spec: WebhookSpec | str | Mapping[str, Any],
+    payload: Mapping[str, Any],
+    *,
+    queue: str = SESSION_WEBHOOK_QUEUE,
+) -> bool:
+    """Queue the end-of-call POST; job id is the call id, so it is queued once per call."""
+    job = session_webhook_job(spec, payload)
+    call_id = job["call_id"]
     queued = await coordinator.enqueue(queue, call_id, job)
     logger.info(
         "session webhook %s", "queued" if queued else "already queued", extra={"call_id": call_id}

@@ -62,6 +62,8 @@ ControlMessage = dict[str, Any]
 #: The document key every call record has; ``ENDED_STATE`` leaves the active index.
 STATE_KEY = "state"
 ENDED_STATE = "ended"
+#: The record's field holding the end-of-call webhook job while it is owed (the outbox).
+OWED_FIELD = "webhook_owed"
 #: The field holding the record's own id (what :meth:`Coordinator.page_active_calls` orders by).
 CALL_ID_KEY = "call_id"
 
@@ -163,6 +165,7 @@ class Coordinator(abc.ABC):
         if_version: int | None = None,
         ttl: float | None = None,
         if_unowned: bool = False,
+        owed_at: float | None = None,
     ) -> Document | None:
         """Merge ``changes`` into the record's fields in one step; return the new document.
 
@@ -179,7 +182,21 @@ class Coordinator(abc.ABC):
         worker holds the call's lease (:meth:`claim_owner`). It lets any
         worker end the call of a dead one without racing an owner that
         renews or re-claims its lease at that moment.
+
+        ``owed_at`` (Unix time) files the call, in the same step, as owing its
+        end-of-call webhook, whose job ``changes`` puts in :data:`OWED_FIELD`:
+        :meth:`owed_calls` lists it until :meth:`settle_owed` (the transactional
+        outbox, :mod:`telephony_edge.calls.outbox`).
         """
+
+    @abc.abstractmethod
+    async def owed_calls(self, older_than: float, limit: int = 100) -> list[tuple[str, Any]]:
+        """Calls filed as owing their webhook before ``older_than`` (Unix time), oldest first:
+        (call id, the owed job as stored). Entries whose record has expired are dropped."""
+
+    @abc.abstractmethod
+    async def settle_owed(self, call_id: str) -> bool:
+        """The call's webhook is queued: it is owed no more (True if it was owed)."""
 
     @abc.abstractmethod
     async def get_call(self, call_id: str) -> Document | None:

@@ -25,6 +25,7 @@ from telephony_edge.coord.base import (
     DEFAULT_LEASE_TTL,
     DEFAULT_SLOT_TTL,
     ENDED_STATE,
+    OWED_FIELD,
     STATE_KEY,
     Conflict,
     ControlMessage,
@@ -60,6 +61,12 @@ class _ExpiringDict:
             del self._items[key]
             return None
         return value
+
+    def replace(self, key: str, value: str) -> None:
+        """A new value under an existing key, its expiry kept."""
+        item = self._items.get(key)
+        if item is not None:
+            self._items[key] = (value, item[1])
 
     def pop(self, key: str) -> str | None:
         value = self.get(key)
@@ -128,6 +135,7 @@ class MemoryCoordinator(Coordinator):
         self._clock = clock
         self._calls = _ExpiringDict(clock)
         self._active: set[str] = set()
+        self._owed: dict[str, float] = {}  # call id → when its webhook became owed
         self._pending = _ExpiringDict(clock)
         self._workers = _ExpiringDict(clock)
         self._owners = _ExpiringDict(clock)  # call id → JSON of the worker id
@@ -183,6 +191,7 @@ class MemoryCoordinator(Coordinator):
         if_version: int | None = None,
         ttl: float | None = None,
         if_unowned: bool = False,
+        owed_at: float | None = None,
     ) -> Document | None:
         current = self._load_call(call_id)
         if current is None:
@@ -197,7 +206,29 @@ class MemoryCoordinator(Coordinator):
         if not isinstance(data.get(STATE_KEY), str):
             raise ValueError(f"a call record needs a string {STATE_KEY!r}")
         self._store_call(call_id, Document(data=data, version=current.version + 1), ttl)
+        if owed_at is not None:
+            self._owed[call_id] = owed_at
         return self._load_call(call_id)
+
+    async def owed_calls(self, older_than: float, limit: int = 100) -> list[tuple[str, Any]]:
+        out: list[tuple[str, Any]] = []
+        for call_id, at in sorted(self._owed.items(), key=lambda item: item[1]):
+            if at >= older_than or len(out) >= limit:
+                break
+            doc = self._load_call(call_id)
+            if doc is None or OWED_FIELD not in doc.data:
+                del self._owed[call_id]  # expired, or settled by an older write
+                continue
+            out.append((call_id, doc.data[OWED_FIELD]))
+        return out
+
+    async def settle_owed(self, call_id: str) -> bool:
+        owed = self._owed.pop(call_id, None) is not None
+        doc = self._load_call(call_id)
+        if doc is not None and OWED_FIELD in doc.data:
+            data = {k: v for k, v in doc.data.items() if k != OWED_FIELD}
+            self._calls.replace(call_id, json_text([doc.version, data]))
+        return owed
 
     async def get_call(self, call_id: str) -> Document | None:
         return self._load_call(call_id)

@@ -30,6 +30,10 @@ key                                    type      holds / expiry
 ``P{calls:B}:active``                  zset      call ids of bucket B not ended, score =
                                                  creation time; lives as long as its
                                                  members (see below)
+``P{calls:B}:owed``                    zset      call ids of bucket B whose end-of-call
+                                                 webhook is owed (the record's
+                                                 ``f:webhook_owed``), score = since when
+                                                 (ms); no TTL: settled entries leave
 ``P{worker:<id>}:inbox``               stream    control messages for that worker, ``MAXLEN
                                                  ~ control_inbox_size`` (trimmed in whole
                                                  stream nodes, so about that); ``inbox_ttl``
@@ -204,6 +208,7 @@ from telephony_edge.coord.base import (
     DEFAULT_LEASE_TTL,
     DEFAULT_SLOT_TTL,
     ENDED_STATE,
+    OWED_FIELD,
     STATE_KEY,
     Conflict,
     ControlMessage,
@@ -294,27 +299,29 @@ return redis.call('HGETALL', KEYS[1])
 """
 )
 
-# KEYS: doc, index[, owner: the change needs it absent]. ARGV: call_id, ended,
-# ttl|'', ended_ttl, if_version|'', invalid ('1': the change would leave no
-# string state), n_states (-1: no if_state), states..., field, json, ...
+# KEYS: doc, index, owed[, owner: the change needs it absent]. ARGV: call_id,
+# ended, ttl|'', ended_ttl, if_version|'', invalid ('1': the change would leave
+# no string state), owed_ms|'' (file the call as owing its webhook), n_states
+# (-1: no if_state), states..., field, json, ...
 _UPDATE_CALL = (
     _PRELUDE
     + _PLACE
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
-local n = tonumber(ARGV[7])
+local n = tonumber(ARGV[8])
 local ok = n < 0
 if not ok then
   local state = redis.call('HGET', KEYS[1], 'f:state')
-  for i = 8, 7 + n do
+  for i = 9, 8 + n do
     if ARGV[i] == state then ok = true break end
   end
 end
 if ok and ARGV[5] ~= '' then ok = redis.call('HGET', KEYS[1], 'v') == ARGV[5] end
-if ok and #KEYS >= 3 then ok = redis.call('EXISTS', KEYS[3]) == 0 end
+if ok and #KEYS >= 4 then ok = redis.call('EXISTS', KEYS[4]) == 0 end
 if not ok then return {'conflict', redis.call('HGETALL', KEYS[1])} end
 if ARGV[6] == '1' then return {'invalid'} end
-local first = 8 + math.max(n, 0)
+if ARGV[7] ~= '' then redis.call('ZADD', KEYS[3], ARGV[7], ARGV[1]) end
+local first = 9 + math.max(n, 0)
 if first <= #ARGV then
   local fields = {}
   for i = first, #ARGV, 2 do
@@ -328,6 +335,12 @@ place(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 return {'ok', redis.call('HGETALL', KEYS[1])}
 """
 )
+
+# KEYS: doc, owed. ARGV: call_id. The webhook is queued: owed no more.
+_SETTLE_OWED = """
+redis.call('HDEL', KEYS[1], 'f:webhook_owed')
+return redis.call('ZREM', KEYS[2], ARGV[1])
+"""
 
 # KEYS: index, doc1..docN. ARGV: ended, id1..idN. Returns {id, fields} per live record.
 _LIST_BUCKET = """
@@ -717,6 +730,7 @@ class RedisCoordinator(Coordinator):
         script = client.register_script
         self._create_call = script(_CREATE_CALL)
         self._update_call = script(_UPDATE_CALL)
+        self._settle_owed = script(_SETTLE_OWED)
         self._list_bucket = script(_LIST_BUCKET)
         self._claim_owner = script(_CLAIM_OWNER)
         self._release_owner = script(_RELEASE_OWNER)
@@ -789,6 +803,10 @@ class RedisCoordinator(Coordinator):
         """The record and its bucket's active index: one slot."""
         tag = self._call_tag(call_id)
         return [f"{tag}:call:{call_id}", f"{tag}:active"]
+
+    def _owed_key(self, call_id: str) -> str:
+        """The bucket's calls owing their webhook (score: since when, ms): the record's slot."""
+        return f"{self._call_tag(call_id)}:owed"
 
     def _owner_key(self, call_id: str) -> str:
         return f"{self._call_tag(call_id)}:owner:{call_id}"
@@ -899,10 +917,11 @@ class RedisCoordinator(Coordinator):
         if_version: int | None = None,
         ttl: float | None = None,
         if_unowned: bool = False,
+        owed_at: float | None = None,
     ) -> Document | None:
         invalid = STATE_KEY in changes and not isinstance(changes[STATE_KEY], str)
         states = [] if if_state is None else [json_text(s) for s in if_state]
-        keys = self._doc_keys(call_id)
+        keys = [*self._doc_keys(call_id), self._owed_key(call_id)]
         if if_unowned:
             keys.append(self._owner_key(call_id))  # same bucket tag: same slot
         reply = await self._update_call(
@@ -914,6 +933,7 @@ class RedisCoordinator(Coordinator):
                 self._ended_ttl,
                 "" if if_version is None else str(if_version),
                 "1" if invalid else "0",
+                "" if owed_at is None else str(round(owed_at * 1000)),
                 -1 if if_state is None else len(states),
                 *states,
                 *_field_args(changes),
@@ -928,6 +948,35 @@ class RedisCoordinator(Coordinator):
         if outcome == "conflict":
             raise Conflict(doc)
         return doc
+
+    async def owed_calls(self, older_than: float, limit: int = 100) -> list[tuple[str, Any]]:
+        cutoff = f"({round(older_than * 1000)}"
+        owed_keys = [f"{self._bucket_tag(bucket)}:owed" for bucket in range(self._buckets)]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for owed in owed_keys:
+                pipe.zrangebyscore(owed, "-inf", cutoff, 0, limit, withscores=True)
+            per_bucket = cast("list[list[tuple[str, float]]]", await pipe.execute())
+        entries = sorted(
+            ((score, call_id, owed) for owed, ids in zip(owed_keys, per_bucket, strict=True)
+             for call_id, score in ids),
+        )[:limit]  # fmt: skip
+        if not entries:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for _, call_id, _ in entries:
+                pipe.hget(self._doc_keys(call_id)[0], f"f:{OWED_FIELD}")
+            jobs = cast("list[str | None]", await pipe.execute())
+        found: list[tuple[str, Any]] = []
+        for (_, call_id, owed), job in zip(entries, jobs, strict=True):
+            if job is None:  # the record expired, or a settle raced this read
+                await self._redis.zrem(owed, call_id)
+            else:
+                found.append((call_id, json.loads(job)))
+        return found
+
+    async def settle_owed(self, call_id: str) -> bool:
+        keys = [self._doc_keys(call_id)[0], self._owed_key(call_id)]
+        return bool(await self._settle_owed(keys=keys, args=[call_id]))
 
     async def get_call(self, call_id: str) -> Document | None:
         flat = cast("dict[str, str]", await self._redis.hgetall(self._doc_keys(call_id)[0]))
