@@ -149,6 +149,10 @@ class AgentLink:
                 errors.append(f"no connection within {timeout:g}s")
             except (aiohttp.ClientError, OSError) as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
+            except asyncio.CancelledError:  # the call ended while connecting
+                if pool is not None:
+                    pool.abandoned(url)
+                raise
             else:
                 self.url = url
                 if pool is not None:

@@ -67,6 +67,10 @@ class Breaker:
         self.opened_at = None
         self.probing = False
 
+    def abandoned(self) -> None:
+        """The try was cancelled before it told anything: a half-open probe may go again."""
+        self.probing = False
+
     def failed(self, now: float) -> None:
         self.failures += 1
         if self.probing or self.failures >= self.max_failures:
@@ -166,6 +170,13 @@ class AgentCorePool:
         for endpoint in self._find(url):
             endpoint.calls = max(0, endpoint.calls - 1)
 
+    def abandoned(self, url: str) -> None:
+        """Connecting to ``url`` was cancelled (the call ended first): its load goes, and no
+        verdict on the endpoint (a half-open probe is free to try again)."""
+        for endpoint in self._find(url):
+            endpoint.calls = max(0, endpoint.calls - 1)
+            endpoint.breaker.abandoned()
+
     def state(self, url: str) -> str:
         now = self.clock()
         states = [e.breaker.state(now) for e in self._find(url)]
@@ -215,3 +226,6 @@ class PoolChoice:
 
     def released(self, url: str) -> None:
         self.pool.released(url)
+
+    def abandoned(self, url: str) -> None:
+        self.pool.abandoned(url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import aiohttp
@@ -11,7 +12,8 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY
 
 from telephony_edge.agent.demo import add_agent_core_routes
-from telephony_edge.agent.pool import AgentCorePool, Breaker
+from telephony_edge.agent.link import AgentLink
+from telephony_edge.agent.pool import AgentCorePool, Breaker, PoolChoice
 from telephony_edge.calls.leg import LegEnded
 from telephony_edge.calls.record import CallState, CallStatus
 from tests.calls.test_bridge import start_call
@@ -168,3 +170,38 @@ async def test_a_self_registered_core_serves_its_region(make_edge: Any) -> None:
         assert (await asyncio.wait_for(task, 5)).call_status is CallStatus.USER_ENDED
     finally:
         await server.close()
+
+
+async def test_a_connect_cancelled_by_the_calls_end_leaves_no_load_and_no_stuck_probe() -> None:
+    """A call that ends while its link is connecting (a core that accepts TCP and never
+    answers the handshake) must give back the load it counted, and a half-open probe must
+    not stay taken (before: the endpoint looked busy for ever and was never probed again,
+    and the endpoint-down alert fired for a core that was fine)."""
+    hung: list[asyncio.StreamWriter] = []
+
+    async def accept_and_hang(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hung.append(writer)
+
+    server = await asyncio.start_server(accept_and_hang, "127.0.0.1", 0)
+    url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/core"
+    clock = Clock()
+    pool = AgentCorePool.from_regions({"r": [url]}, max_failures=1, bench_s=10, clock=clock)
+    [endpoint] = pool._regions["r"].values()
+    pool.failed(url)  # benched …
+    clock.now += 11  # … and now half-open: one probe may try
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(2):  # the second finds the probe free again
+                assert endpoint.breaker.available(clock())  # the probe is free
+                link = AgentLink(session, url, endpoints=PoolChoice(pool, [url]))
+                task = asyncio.create_task(link.open({}))
+                await wait_for(lambda: endpoint.calls == 1, 5)
+                assert not endpoint.breaker.available(clock())  # this call's probe
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                assert endpoint.calls == 0 and pool.state(url) == "half-open"
+    finally:
+        for writer in hung:
+            writer.close()
+        server.close()
