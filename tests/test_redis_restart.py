@@ -23,6 +23,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from telephony_edge.calls.webhooks import IDEMPOTENCY_HEADER
+from telephony_edge.twilio.simulator import parse_twiml
 from tests.conftest import ServeProcess, free_port, stop_serve_process, wait_for
 from tests.coord.redis_servers import RedisProcess, redis_server
 from tests.test_redis_outage import edge_config, frames_over, hang_up, live_call, readyz, talker
@@ -114,6 +115,12 @@ async def test_redis_restarted_empty_loses_no_call_and_each_gets_one_webhook(
             private_redis.start()  # same port, EMPTY: no call records, leases or heartbeats
             for worker in workers:
                 await wait_for(lambda w=worker: readyz(w) == 200, 10)
+            await asyncio.sleep(LEASE_S)  # the owners write their calls again
+            # a replay of a live call's voice webhook finds that call (its CallSid's mapping
+            # came back with its record), not a new call to stream
+            for call, _ in (calls[0], calls[-1]):
+                answer = parse_twiml(await call.post_webhook())
+                assert answer.stream is None and answer.hangup, answer
             # several leases after the restart, every call still has its audio
             await keep_audio_then_end(calls, received)
         assert_one_webhook_each(calls, received, workers)

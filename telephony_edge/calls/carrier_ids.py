@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from telephony_edge.calls.record import CallRecord
 from telephony_edge.config import CallSettings
 from telephony_edge.coord.base import DEFAULT_ENDED_CALL_TTL, Coordinator
 
@@ -76,6 +77,15 @@ class CarrierCall:
             if isinstance(known, str) and known != value:
                 return name
         return None
+
+
+def of_record(record: CallRecord) -> CarrierCall | None:
+    """The network's id of an inbound call as its record has it (None: not mapped)."""
+    if record.direction != "inbound" or not record.provider_call_id:
+        return None
+    return CarrierCall(
+        record.provider, record.provider_call_id, {"from": record.from_, "to": record.to}
+    )
 
 
 @dataclass(frozen=True, slots=True)

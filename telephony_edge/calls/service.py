@@ -1106,13 +1106,18 @@ class CallService:
                 await bridge.end("the call was ended elsewhere after this worker lost its lease")
 
     async def _restore(self, record: CallRecord) -> None:
-        """Write a live call's record (and agent slot) again after the coordinator lost them.
+        """Write a live call's record (with the mapping of its network's id, and its agent
+        slot) again after the coordinator lost them.
 
         The lease is taken before this, so no reaper sees the record unowned.
         A slot the agent's limit no longer has room for (calls admitted while
         the store was empty) is not taken, but the live call goes on.
         """
         await self.coordinator.create_call(record.call_id, record.to_dict())
+        carrier = carrier_ids.of_record(record)
+        if carrier is not None:  # a replay of its webhook must find this call, not make one
+            ttl = carrier_ids.mapping_ttl(self.settings.calls)
+            await carrier_ids.claim(self.coordinator, carrier, record.call_id, ttl)
         metrics.CALL_RECORDS_RESTORED.inc()
         log.warning(
             "call record restored: the coordinator had lost it", extra={"call_id": record.call_id}
