@@ -17,7 +17,9 @@ and at worst a third party it wants the edge to flood.
   never goes to an address the request did not come from.
 * :func:`behind_nat` is Kamailio's ``nat_uac_test`` (flags 1, 2 and 16) on
   the dialog-forming request: the Contact names a private address other than
-  the source, or the top Via's sent-by is not the source address and port.
+  the source, or the top Via's address is not the source's, or its port is not
+  the source's and the sender asked for ``rport`` (one that did not listens at
+  its Via's port and may send from another).
 * :func:`in_dialog_dest` is where the edge's own requests in a dialog (BYE,
   re-INVITE, UPDATE, REFER …) go: over a stream, the caller's connection; over
   UDP, the route set's first hop or the remote target (§12.2.1.1), except
@@ -113,11 +115,16 @@ def response_dest(via: Via, source: Address, transport: str) -> Address:
 
 
 def behind_nat(req: Request, source: Address) -> bool:
-    """The sender of ``req`` is behind NAT (Kamailio's ``nat_uac_test("19")``): its
-    Contact is a private address it did not send from, or its Via's sent-by is not
-    the source address and port."""
+    """The sender of ``req`` is behind NAT, as Kamailio's ``nat_uac_test("19")`` says
+    but surer of what the sender declared: its Contact is a private address it did
+    not send from (flag 1), its Via names an address that is not the source (flag 2),
+    or its Via's port is not the source port and it asked for ``rport`` (flag 16; a
+    sender that did not ask listens at its Via's port, RFC 3261, and may send from
+    another: that is no NAT). A host name in the Via says nothing either way."""
     via = req.top_via()
-    if not same_host(via.host, source[0]) or (via.port or 5060) != source[1]:
+    if ip_literal(via.host) is not None and not same_host(via.host, source[0]):
+        return True
+    if "rport" in via.params and (via.port or 5060) != source[1]:
         return True
     contacts = req.headers.get_all("Contact")
     if not contacts:

@@ -405,6 +405,17 @@ def test_in_dialog_requests_of_a_nated_caller_go_to_its_source() -> None:
     assert not behind_nat(parsed(request("INVITE")), ("203.0.113.7", 5060))
 
 
+def test_a_port_that_differs_is_nat_only_for_a_sender_that_asked_for_rport() -> None:
+    """A sender without ``rport`` listens at its Via's port (RFC 3261) and may send from
+    another (some gateways do): its Contact is used. With ``rport`` it declared its
+    source port the way back, so a port that differs is a NAT's."""
+    from_elsewhere = ("203.0.113.7", 40123)
+    assert behind_nat(parsed(request("INVITE")), from_elsewhere)
+    assert not behind_nat(parsed(request("INVITE", via_params="")), from_elsewhere)
+    named = request("INVITE", via_params="").replace(b"203.0.113.7:5060", b"gw.test:5060", 1)
+    assert not behind_nat(parsed(named), ("203.0.113.7", 5060))  # a name tells nothing
+
+
 def test_a_route_set_is_followed_unless_its_first_hop_is_private_and_not_the_source() -> None:
     proxy = ("198.51.100.10", 5060)
     routed = request("INVITE", extra="Record-Route: <sip:198.51.100.10;lr>")
