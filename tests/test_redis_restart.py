@@ -25,7 +25,7 @@ from aiohttp.test_utils import TestServer
 from telephony_edge.calls.webhooks import IDEMPOTENCY_HEADER
 from telephony_edge.twilio.simulator import parse_twiml
 from tests.conftest import ServeProcess, free_port, stop_serve_process, wait_for
-from tests.coord.redis_servers import RedisProcess, redis_server
+from tests.coord.redis_servers import RedisProcess, redis_server, sentinel_topology
 from tests.test_redis_outage import edge_config, frames_over, hang_up, live_call, readyz, talker
 
 CALLS_PER_WORKER = 8
@@ -152,3 +152,31 @@ async def test_a_redis_stall_longer_than_the_lease_ends_no_call(
                 redis.send_signal(signal.SIGCONT)
             await keep_audio_then_end(calls, received)
         assert_one_webhook_each(calls, received, workers)
+
+
+async def test_a_sentinel_failover_slower_than_the_lease_ends_no_call(serve_process: Any) -> None:
+    """Sentinel's ``down-after-milliseconds`` (its default is 30 s) is longer than the lease:
+    every lease lapses before a replica is promoted. Audio goes on through the failover, no
+    worker reaps a call once the new primary serves, and each call gets one webhook."""
+    down_after_ms = int(2 * LEASE_S * 1000)
+    with sentinel_topology("edge", down_after_ms=down_after_ms) as (primary, _, sentinels):
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in sentinels)
+        url = f"redis+sentinel://{hosts}/edge"
+        prefix = f"failover{free_port()}:"
+        async with talker() as core, webhook_receiver() as (hook, received):
+            workers: list[ServeProcess] = [
+                serve_process(worker_config(url, core, prefix, hook)) for _ in range(2)
+            ]
+            async with aiohttp.ClientSession() as session:
+                calls = [
+                    await live_call(worker, session)
+                    for worker in workers
+                    for _ in range(CALLS_PER_WORKER // 2)
+                ]
+                primary.kill()
+                during = await asyncio.gather(*(frames_over(c, 2 * LEASE_S) for c, _ in calls))
+                assert all(n >= 80 * LEASE_S for n in during), during
+                for worker in workers:
+                    await wait_for(lambda w=worker: readyz(w) == 200, 30)  # promoted
+                await keep_audio_then_end(calls, received)
+            assert_one_webhook_each(calls, received, workers)
