@@ -13,7 +13,7 @@ import pytest
 
 from telephony_edge.config import Settings, load_settings
 from telephony_edge.sip.provider import SIP_ENDPOINT
-from tests.conftest import Edge, Receiver, free_port, require_binary
+from tests.conftest import Edge, Receiver, ServeProcess, free_port, require_binary
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "sip"
 API_KEY = "private-api-key-for-sip-tests-01"
@@ -63,11 +63,14 @@ async def sip_edge(make_edge: Callable[..., Any], receiver: Receiver) -> Edge:
     return edge
 
 
-async def register(edge: Edge, **body: Any) -> dict[str, Any]:
+async def register(edge: Edge | ServeProcess, **body: Any) -> dict[str, Any]:
+    """``POST /register_sip_call`` (agent ``echo`` unless ``body`` says) on an in-process
+    edge or a ``serve`` process: its ``call_id`` and ``sip_uri``."""
+    base = edge.base_url if isinstance(edge, ServeProcess) else str(edge.url("/"))[:-1]
     async with (
         aiohttp.ClientSession() as http,
         http.post(
-            edge.url("/register_sip_call"),
+            base + "/register_sip_call",
             json={"agent_id": "echo", **body},
             headers={"Authorization": f"Bearer {API_KEY}"},
         ) as resp,

@@ -13,12 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from tests.conftest import Receiver, ServeProcess, free_port, wait_for
 from tests.sip.baresip import baresip_binary, dial
-from tests.sip.conftest import API_KEY
+from tests.sip.conftest import API_KEY, register
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
@@ -50,16 +49,7 @@ async def test_baresip_calls_a_serve_process_with_audio_both_ways(
             },
         }
     )
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(
-            edge.base_url + "/register_sip_call",
-            json={"agent_id": "echo"},
-            headers={"Authorization": f"Bearer {API_KEY}"},
-        ) as resp,
-    ):
-        assert resp.status == 200, await resp.text()
-        registered = await resp.json()
+    registered = await register(edge)
 
     call = await dial(registered["sip_uri"], tmp_path, transport)
     assert call.returncode == 0, call.log[-3000:]

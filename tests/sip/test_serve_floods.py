@@ -12,10 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from tests.conftest import ServeProcess, free_port
-from tests.sip.conftest import API_KEY, SCENARIOS, finished, sipp_binary
+from tests.sip.conftest import API_KEY, SCENARIOS, finished, register, sipp_binary
 from tests.sip.flood import flood
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,20 +29,6 @@ def edge_config(sip_port: int, **sip: Any) -> dict[str, Any]:
         "sip": {**section, "rtp_port_max": rtp_low + 20, **sip},
         "agents": {"echo": {"prompt": "You echo.", "first_message": "Hi"}},
     }
-
-
-async def register_call(edge: ServeProcess) -> str:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(
-            edge.base_url + "/register_sip_call",
-            json={"agent_id": "echo"},
-            headers={"Authorization": f"Bearer {API_KEY}"},
-        ) as resp,
-    ):
-        assert resp.status == 200, await resp.text()
-        call_id: str = (await resp.json())["call_id"]
-        return call_id
 
 
 async def sipp_call(
@@ -90,7 +74,9 @@ async def test_serve_with_10k_transactions_and_options_and_register_floods_takes
         for method, source in (("OPTIONS", "127.0.0.1"), ("REGISTER", "127.0.0.4"))
     ]
     await asyncio.sleep(1.0)  # both floods are on
-    call = await sipp_call(sip_port, "uac_pcma_pcap.xml", await register_call(edge), tmp_path)
+    call = await sipp_call(
+        sip_port, "uac_pcma_pcap.xml", (await register(edge))["call_id"], tmp_path
+    )
     await finished(call, tmp_path)  # answered during the floods, media, BYE
     for method, process in zip(("OPTIONS", "REGISTER"), floods, strict=True):
         out, _ = await asyncio.wait_for(process.communicate(), FLOOD_SECONDS + 10)
@@ -113,7 +99,7 @@ async def test_serve_with_1000_idle_tcp_connections_takes_a_sipp_call_over_tcp(
         for n in range(32, 1032)  # 1000 from 32 addresses, 32 each (the per-source limit)
     ]
     call = await sipp_call(
-        sip_port, "uac_dtmf_bye.xml", await register_call(edge), tmp_path, "-t", "t1"
+        sip_port, "uac_dtmf_bye.xml", (await register(edge))["call_id"], tmp_path, "-t", "t1"
     )
     await finished(call, tmp_path)  # INVITE, 200, INFO, the edge's BYE: all over TCP
     assert edge.metric("telephony_edge_sip_tcp_closed_total", reason="evicted") >= 1

@@ -15,11 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from telephony_edge.sip.rtp import parse_rtp
 from tests.conftest import Receiver, ServeProcess, free_port, read_wav, wait_for
-from tests.sip.conftest import API_KEY, SCENARIOS, sipp_binary
+from tests.sip.conftest import API_KEY, SCENARIOS, register, sipp_binary
 from tests.sip.test_sipp import CallerMedia, loud, speak_pcma
 
 
@@ -49,16 +47,7 @@ async def test_sipp_over_tcp_to_a_serve_process_on_its_default_loop(
         }
     )
     assert '"event_loop": "uvloop"' in edge.log  # the default, as shipped
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(
-            edge.base_url + "/register_sip_call",
-            json={"agent_id": "echo"},
-            headers={"Authorization": f"Bearer {API_KEY}"},
-        ) as resp,
-    ):
-        assert resp.status == 200, await resp.text()
-        call_id = (await resp.json())["call_id"]
+    call_id = (await register(edge))["call_id"]
 
     loop = asyncio.get_running_loop()
     _, media = await loop.create_datagram_endpoint(CallerMedia, local_addr=("127.0.0.1", 0))
