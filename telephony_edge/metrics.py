@@ -172,7 +172,8 @@ SIP_RTCP_RTT_SECONDS = Histogram(
 # SIP floods (telephony_edge.sip.ratelimit, sip.tcp, sip.auth): what the edge refused.
 SIP_RATE_LIMITED = Counter(
     "telephony_edge_sip_rate_limited_total",
-    "SIP requests over their source address's rate limit (UDP: dropped, TCP: 503), by method",
+    "SIP requests (and responses, method 'response') over their source's rate limit"
+    " (UDP: dropped, TCP: 503), by method",
     ["method", "transport"],
 )
 SIP_TCP_CLOSED = Counter(

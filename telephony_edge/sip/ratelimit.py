@@ -5,10 +5,10 @@ Theory of operation
 Anyone can send the SIP port OPTIONS, REGISTER or garbage INVITEs at line
 rate, and each request that reaches the user agent costs a parse and a
 transaction kept for Timer J (32 s over UDP). :class:`RequestGate` runs on the
-raw bytes *before* the UA: a message that starts ``SIP/2.0`` is a response
-(the UA matches it to a transaction of ours or drops it) and a CRLF is a
-keep-alive; anything else is a request and takes a token from its source's
-bucket (an IPv4 address, or an IPv6 /64: :mod:`~telephony_edge.sip.sources`;
+raw bytes *before* the UA: a CRLF keep-alive passes; any other message, a
+request of any method or a response (which costs a parse too, and a flood of
+made-up ``SIP/2.0 200`` is as cheap to send as one of OPTIONS), takes a token
+from its source's bucket (an IPv4 address, or an IPv6 /64: :mod:`~telephony_edge.sip.sources`;
 :class:`TokenBuckets`: ``rate`` per second, ``burst`` at once). A trunk's
 ordinary traffic (Twilio's limit is 30 calls/s, 3 or 4 requests a call) stays
 well under the default 200/s. The operator's own trunks (``trusted``: their
@@ -95,9 +95,12 @@ class Limited:
 
 
 def peek_method(data: bytes) -> str | None:
-    """The method of a request without parsing it; None for a response or a keep-alive."""
-    if data.startswith(b"SIP/2.0 ") or not data.strip(b"\r\n"):
+    """A request's method without parsing it, ``response`` for a response, None for a
+    keep-alive (the metric's label: one of a bounded set)."""
+    if not data.strip(b"\r\n"):
         return None
+    if data.startswith(b"SIP/2.0 "):
+        return "response"
     word = data[: data.find(b" ", 0, 32)].decode("ascii", "replace").upper()
     return word if word in KNOWN_METHODS else "other"
 

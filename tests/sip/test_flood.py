@@ -34,11 +34,9 @@ def test_bucket_refills_at_its_rate_and_forgets_the_least_recent_source() -> Non
     assert len(buckets) == 2 and buckets.take("a", 0.1) == 0.0  # a full bucket again
 
 
-def test_gate_limits_requests_of_every_method_but_never_responses_or_keepalives() -> None:
+def test_gate_limits_requests_of_every_method_and_responses_but_never_keepalives() -> None:
     gate = RequestGate(rate=1.0, burst=2)
-    response = b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n"
     for _ in range(5):
-        assert gate.check(response, "192.0.2.1", "UDP", 0.0) is None
         assert gate.check(b"\r\n\r\n", "192.0.2.1", "UDP", 0.0) is None
     register = wire.request("REGISTER")
     assert gate.check(register, "192.0.2.1", "UDP", 0.0) is None
@@ -47,6 +45,11 @@ def test_gate_limits_requests_of_every_method_but_never_responses_or_keepalives(
     assert limited is not None and limited.method == "BYE" and limited.answer is None
     assert gate.check(register, "192.0.2.2", "UDP", 0.0) is None  # another source
     assert peek_method(b"FOO sip:x SIP/2.0\r\n\r\n") == "other"  # a bounded metric label
+    response = b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n"
+    assert gate.check(response, "192.0.2.3", "TCP", 0.0) is None
+    assert gate.check(response, "192.0.2.3", "TCP", 0.0) is None
+    made_up = gate.check(response, "192.0.2.3", "TCP", 0.0)  # a flood of made-up answers
+    assert made_up is not None and made_up.method == "response" and made_up.answer is None
 
 
 def test_over_the_limit_on_tcp_is_a_stateless_503_with_retry_after() -> None:
