@@ -35,7 +35,7 @@ from tests.sip.conftest import (
     sip_test_settings,
     sipp,
 )
-from tests.sip.test_serve_floods import edge_config, register_call, sipp_call
+from tests.sip.test_serve_floods import edge_config, sipp_call
 from tests.sip.test_udp_edge import Caller, Socket, open_socket, sdp
 from tests.sip.wire import SIPP_SDP, request
 
@@ -260,7 +260,7 @@ async def test_serve_answers_a_spoofed_via_invite_flood_at_its_source_and_a_call
     sip_port = free_port()
     edge = serve_process(edge_config(sip_port))
     target = ("127.0.0.1", sip_port)
-    genuine = Caller(target, await register_call(edge), await open_socket())
+    genuine = Caller(target, (await register(edge))["call_id"], await open_socket())
     rtp = await open_socket()
     flooder = await bind("127.0.0.3")
     loop = asyncio.get_running_loop()
@@ -284,7 +284,7 @@ async def test_serve_answers_a_spoofed_via_invite_flood_at_its_source_and_a_call
     genuine.send(genuine.request("BYE"))
     assert (await genuine.response("BYE")).status == 200
     call = await sipp_call(
-        sip_port, "uac_external_media.xml", await register_call(edge), tmp_path,
+        sip_port, "uac_external_media.xml", (await register(edge))["call_id"], tmp_path,
         "-set", "rtp_port", str(rtp.port), "-d", "500",
     )  # fmt: skip
     await finished(call, tmp_path)
