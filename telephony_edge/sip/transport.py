@@ -391,6 +391,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         )
         if self.ua is not None:
             self._apply(self.ua.unreachable(ref, self._now()))
+            self._log_internal_error()
 
     def _transfer_result(self, result: TransferResult) -> None:
         waiter = self._transfers.pop(result.call, None)

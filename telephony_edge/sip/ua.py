@@ -604,8 +604,16 @@ class UserAgent:
         """The shell could not resolve the next hop of the call's dialog (its Send's
         ``uri``). What the call still has to send goes to the flow its INVITE came from
         (a BYE there releases the caller where anything can), and a call still up ends
-        ``unreachable`` with a BYE sent that way: one name fails one call, no other."""
+        ``unreachable`` with a BYE sent that way: one name fails one call, no other.
+        Never raises (the shell calls it from its send path)."""
         actions: list[Action] = []
+        try:
+            self._unreachable(ref, now, actions)
+        except Exception:
+            self._note_error()
+        return actions
+
+    def _unreachable(self, ref: str, now: float, actions: list[Action]) -> None:
         for key in list(self._machines):  # O(open transactions): once per failed call
             entry = self._machines[key]
             machine = entry.machine
@@ -618,11 +626,10 @@ class UserAgent:
                 actions.append(Send(machine.request.to_bytes(), entry.dest, entry.transport))
         call = self._calls.get(ref)
         if call is None or call.unreachable:
-            return actions
+            return
         call.unreachable = True
         if call.phase is Phase.CONFIRMED and not call.hangup_reported:
             actions += self._bye(call, now, "unreachable")
-        return actions
 
     # -- receiving --------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from prometheus_client import REGISTRY
 
 from telephony_edge.sip.message import Request, Response, parse_message
 from telephony_edge.sip.provider import SIP_ENDPOINT
-from telephony_edge.sip.ua import CallEnded, Send, StartCall, UaConfig, UserAgent
+from telephony_edge.sip.ua import Action, CallEnded, Send, StartCall, UaConfig, UserAgent
 from tests.conftest import Edge, Receiver, wait_for
 from tests.sip.conftest import finished, register, sip_test_settings, sipp
 from tests.sip.dns_server import DnsServer, start_dns
@@ -248,3 +248,27 @@ def test_ua_sends_a_named_hop_for_resolution_and_ends_the_call_when_it_cannot_be
     assert ua.unreachable(ref, 2.1) == []  # once
     retransmitted = ua.tick(2.6)  # Timer E: the BYE again, still to the source
     assert {a.dest for a in retransmitted if isinstance(a, Send)} == {source}
+
+
+def test_ua_unreachable_never_raises_into_the_send_path() -> None:
+    """A bug past the redirect (here a BYE that cannot be built) is counted and kept for
+    the shell's ERROR line; what was redirected so far is still sent."""
+
+    class Broken(UserAgent):
+        def _bye(self, call: Any, now: float, reason: str) -> list[Action]:
+            raise RuntimeError("a bug")
+
+    ua = Broken(UaConfig())
+    source = ("203.0.113.7", 5060)
+    route = "Record-Route: <sip:proxy.invalid;lr>"
+    started = ua.receive(
+        request("INVITE", uri="sip:call_x@127.0.0.1", extra=route, body=SIPP_SDP), source, 0.0
+    )
+    ref = next(a.call for a in started if isinstance(a, StartCall))
+    ok = [a for a in ua.answer(ref, 30000, 0.1) if isinstance(a, Send)][-1]
+    ack = request("ACK", branch="z9hG4bKack", to_tag=parse_message(ok.data).to().tag)
+    ua.receive(ack, source, 0.2)
+    ua.send_request(ref, "INFO", 1.0)
+    actions = ua.unreachable(ref, 2.0)
+    assert [a.dest for a in actions if isinstance(a, Send)] == [source]  # the INFO
+    assert ua.stats.internal_errors == 1 and "a bug" in (ua.last_error or "")
