@@ -63,6 +63,8 @@ _A2C = metrics.RELAY_LATENCY_SECONDS.labels(direction="agent_to_caller")
 _CONCEALED = metrics.CALLER_FRAMES_FILLED.labels(kind="concealment")
 _SILENCE = metrics.CALLER_FRAMES_FILLED.labels(kind="silence")
 _AHEAD = metrics.FRAMES_DROPPED.labels(reason="ahead_of_call_clock")
+_STALE = metrics.FRAMES_DROPPED.labels(reason="stale_after_stall")
+STALL_TALKING_TICKS = 5  # agent audio went out this recently before a stall: it was talking
 _PREBUFFER_OVERFLOW = metrics.FRAMES_DROPPED.labels(reason="prebuffer_overflow")
 
 ACTIVITY_RMS = 300  # about -40 dBFS: caller frames below it do not count as activity
@@ -198,6 +200,7 @@ class CallBridge:
         self._prebuffer_max = int(limits.preconnect_buffer_s * 1000 / FRAME_MS)
         self._ready = False  # caller audio goes straight to the agent
         self._talkspurt = False
+        self._quiet_ticks = STALL_TALKING_TICKS + 1  # ticks since agent audio last went out
         self._ending = asyncio.Event()
         self._teardown_actions: list[m.Action] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -634,9 +637,15 @@ class CallBridge:
 
     def _tick(self) -> None:
         """The pacer's 20 ms: push this tick's frames (a lead at a talkspurt's start)."""
+        playout = self._playout
+        if self._pacer.skipped and self._quiet_ticks <= STALL_TALKING_TICKS:
+            playout.stalled(self._pacer.skipped)  # the agent was talking: that audio is stale
+        if playout.stale:
+            _STALE.inc(playout.drop_stale())
+        self._quiet_ticks += 1
         starting = not self._talkspurt
         burst = 1 + self.leg.playout_lead_frames if starting else 1
-        leg, playout = self.leg, self._playout
+        leg = self.leg
         for i in range(burst):
             item = playout.pop()
             if item is None:
@@ -656,6 +665,7 @@ class CallBridge:
             if self._recorder is not None:
                 self._recorder.agent(frame)
             self._talkspurt = True
+            self._quiet_ticks = 0
         self._machine.note_activity(time.monotonic())
 
     def _clear(self) -> None:

@@ -6,7 +6,12 @@ second), one task ticks every 20 ms on an absolute schedule and asks each
 registered playout for its next frame. A late tick (the loop was busy) is
 caught up by ticking again as soon as pending I/O has run, up to
 ``MAX_CATCH_UP`` frames, so the played duration stays equal to wall time;
-beyond that the schedule restarts from now rather than bursting.
+beyond that (a stall: the worker paused, swapped, starved of CPU) the
+schedule restarts from now rather than bursting, and in that one tick
+:attr:`Pacer.skipped` says how many ticks were lost. A subscriber that holds
+audio for real time drops that much of it: what should have been heard
+during the stall is stale, and carrying it would keep every caller that late
+for the rest of the call.
 
 Ticks are synchronous (a leg's send never waits on its network), and each
 runs on its own: one that raises is logged and dropped from the clock, and
@@ -44,6 +49,7 @@ class Pacer:
         self._subscribers: dict[object, Tick] = {}
         self._after: dict[object, Tick] = {}
         self._task: asyncio.Task[None] | None = None
+        self.skipped = 0  # ticks lost to a stall, during the tick that follows it; else 0
 
     def subscribe(self, key: object, tick: Tick, *, after_playout: bool = False) -> None:
         """``tick`` every 20 ms; ``after_playout``: after the other subscribers of that tick."""
@@ -68,6 +74,7 @@ class Pacer:
             if delay > 0:
                 await asyncio.sleep(delay)
             elif -delay > MAX_CATCH_UP * self._frame_s:
+                self.skipped = int(-delay / self._frame_s)
                 start, ticks = loop.time(), 0
             else:  # catching up: let pending I/O in between the extra ticks
                 await asyncio.sleep(0)
@@ -78,6 +85,7 @@ class Pacer:
                     except Exception:
                         log.exception("playout tick failed; dropping it from the clock")
                         subscribers.pop(key, None)
+            self.skipped = 0
         self._task = None
 
     async def close(self) -> None:

@@ -4,6 +4,13 @@ It holds whole canonical frames. ``pause`` keeps filling it without playing,
 ``clear`` empties it (barge-in). It is bounded: an agent core that sends far
 more than a caller could hear loses the newest audio, counted, rather than
 growing the worker's memory without end.
+
+After a stall of the worker (:attr:`~telephony_edge.calls.pacing.Pacer.skipped`)
+the audio of the stalled time is stale: held here, or still in the socket and
+read in the ticks that follow. :meth:`Playout.stalled` owes that many frames,
+and :meth:`Playout.drop_stale` drops them, from the head, as they are here,
+for at most ``STALE_WINDOW_TICKS``: so the caller is not kept late for the rest
+of the call, and an utterance that starts later is not cut.
 """
 
 from __future__ import annotations
@@ -15,18 +22,21 @@ from telephony_edge.audio.frames import FRAME_MS, FrameSplitter
 from telephony_edge.metrics import FRAMES_DROPPED
 
 _OVERFLOW = FRAMES_DROPPED.labels(reason="playout_overflow")
+STALE_WINDOW_TICKS = 50  # a stall's audio still arriving after it is dropped for 1 s
 
 
 class Playout:
     """Agent frames (with the edge's processing cost of each) in play order."""
 
-    __slots__ = ("_frames", "_max_frames", "_splitter", "paused")
+    __slots__ = ("_frames", "_max_frames", "_splitter", "_stale", "_stale_ticks", "paused")
 
     def __init__(self, max_seconds: float = 120.0) -> None:
         self._frames: deque[tuple[bytes, float]] = deque()
         self._max_frames = int(max_seconds * 1000 / FRAME_MS)
         self._splitter = FrameSplitter()
         self.paused = False
+        self._stale = 0  # frames owed to a stall
+        self._stale_ticks = 0
 
     def push(self, chunk: bytes, received_at: float | None = None) -> int:
         """Queue agent audio of any chunk size; return how many whole frames it added.
@@ -52,11 +62,32 @@ class Playout:
             return None
         return self._frames.popleft()
 
+    def stalled(self, frames: int) -> None:
+        """The worker stalled ``frames`` ticks while this audio played: that much is stale."""
+        self._stale = frames
+        self._stale_ticks = STALE_WINDOW_TICKS
+
+    @property
+    def stale(self) -> bool:
+        return self._stale > 0
+
+    def drop_stale(self) -> int:
+        """Drop what a stall made stale and is here now (once a tick); how many went."""
+        dropped = min(self._stale, len(self._frames))
+        for _ in range(dropped):
+            self._frames.popleft()
+        self._stale -= dropped
+        self._stale_ticks -= 1
+        if self._stale_ticks <= 0:
+            self._stale = 0
+        return dropped
+
     def clear(self) -> int:
         """Drop everything buffered; return how many frames were dropped."""
         dropped = len(self._frames)
         self._frames.clear()
         self._splitter.clear()
+        self._stale = 0
         return dropped
 
     def __len__(self) -> int:

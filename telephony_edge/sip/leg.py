@@ -328,6 +328,8 @@ class SipLeg(Leg):
         inbound = self.inbound
         if inbound is None or not self._hearing:
             return
+        if self._pacer.skipped:
+            inbound.playout.skip(self._pacer.skipped)
         frame = inbound.playout.pull(now)
         if frame is not None:
             self.frames_in += 1

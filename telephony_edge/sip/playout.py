@@ -43,6 +43,9 @@ and WebRTC's NetEq keep one:
   worker is absorbed where it cannot be heard. Past ``max_delay_ms`` (a path
   whose delay jumped in the middle of speech) frames are dropped whatever
   they hold: the bound is kept.
+* After a stall of the worker (no pull for the pacer's ``skipped`` ticks),
+  :meth:`PlayoutBuffer.skip` drops that much: the caller's audio of the
+  stalled time would otherwise keep the agent that late until a pause.
 
 Sans-I/O: ``now`` comes in; the decoder is the leg's, one per call.
 """
@@ -269,6 +272,15 @@ class PlayoutBuffer:
             if delay > stats.max_delay_ticks:
                 stats.max_delay_ticks = delay
         return frame
+
+    def skip(self, frames: int) -> None:
+        """The worker stalled for ``frames`` ticks: that much of the caller's audio is stale
+        (played now, it would keep the agent that late for the rest of the call)."""
+        if self.pointer is None:
+            return
+        for _ in range(frames):
+            self._frame()
+        self.stats.dropped_frames += frames
 
     def _frame(self) -> bytes:
         """One frame from the pointer on, the pointer moved past it."""

@@ -308,3 +308,29 @@ def test_a_talkspurt_delayed_more_than_the_last_is_played_not_dropped_as_late() 
     alignment = align(result.frames, reference(payloads))
     assert alignment.other <= 2  # the step itself
     assert stats.delay_ticks <= stats.target_ticks + TICKS_PER_FRAME  # back on target
+
+
+def test_a_stall_of_the_worker_drops_the_callers_stale_audio() -> None:
+    """No pull for 300 ms (the worker stalled), then the pacer's ``skipped``: the buffer
+    drops that much and is back at its delay (before: 300 ms later for the rest of the call)."""
+    payloads = speech_payloads(4)
+    buffer = PlayoutBuffer(lambda size: codec_pair("PCMU", size)[0])
+    sent = {n: n * 0.02 + 0.03 for n in range(len(payloads))}  # 30 ms on the network
+    pushed = 0
+    delays = []
+    t = 0.0073
+    while t < 3.5:
+        while pushed < len(payloads) and sent[pushed] <= t:
+            buffer.push(1000 + 160 * pushed, payloads[pushed], sent[pushed])
+            pushed += 1
+        if 1.5 <= t < 1.8:  # stalled: no tick
+            t += 0.02
+            continue
+        if delays and t - 0.02 < 1.8 <= t:
+            buffer.skip(15)  # what Pacer.skipped says in the tick after the stall
+        buffer.pull(t)
+        delays.append((t, buffer.stats.delay_ticks))
+        t += 0.02
+    soon_after = next(d for at, d in delays if at >= 1.9)  # 100 ms after the stall
+    assert soon_after <= buffer.stats.target_ticks + TICKS_PER_FRAME, soon_after
+    assert buffer.stats.dropped_frames >= 15 and buffer.stats.late == 0
