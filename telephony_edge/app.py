@@ -24,7 +24,7 @@ from telephony_edge.config import Settings
 from telephony_edge.coord.factory import create_coordinator
 from telephony_edge.errors import ListenError
 from telephony_edge.recording.routes import add_recording_routes
-from telephony_edge.registry import provider_classes
+from telephony_edge.registry import enabled_providers
 from telephony_edge.routing import NumberRouter
 from telephony_edge.services import SERVICES, Services
 from telephony_edge.status import add_status_routes
@@ -112,14 +112,11 @@ def create_app(settings: Settings) -> web.Application:
 def mount_providers(app: web.Application) -> None:
     """Mount every enabled provider of the registry and hand it to the call service."""
     services = app[SERVICES]
-    for name, cls in provider_classes().items():
-        section = services.settings.provider_settings(name)
-        if section is None or not section.enabled:
-            continue
+    for cls in enabled_providers(services.settings):
         provider = cls(services)
         provider.mount(app)
-        services.providers[name] = provider
-        services.call_service.networks[name] = provider
+        services.providers[cls.name] = provider
+        services.call_service.networks[cls.name] = provider
 
 
 def set_local_address(app: web.Application, host: str, port: int) -> None:

@@ -9,7 +9,7 @@ from yarl import URL
 from telephony_edge import __version__
 from telephony_edge.config import Settings
 from telephony_edge.recording.recorder import ffmpeg_warning
-from telephony_edge.registry import provider_classes
+from telephony_edge.registry import PROVIDERS, enabled_providers
 
 #: where a new user finds every network enabled at once (the README's demo)
 DEMO_CONFIG = "deploy/demo.yaml"
@@ -32,11 +32,7 @@ def banner_lines(settings: Settings, base_url: str) -> list[str]:
     else:
         lines.append(f"  agent core: {settings.agent_core.url}")
     public = settings.public_url
-    enabled = [
-        cls
-        for name, cls in provider_classes().items()
-        if (section := settings.provider_settings(name)) is not None and section.enabled
-    ]
+    enabled = enabled_providers(settings)
     lines += [f"  {line}" for line in network_lines([cls.name for cls in enabled])]
     for provider in enabled:
         lines += [f"  {line}" for line in provider.banner(public)]
@@ -51,11 +47,7 @@ def config_warnings(settings: Settings) -> list[str]:
     classmethod (SIP: numbers no trunk may call).
     """
     warnings: list[str] = []
-    enabled = [
-        cls
-        for name, cls in provider_classes().items()
-        if (section := settings.provider_settings(name)) is not None and section.enabled
-    ]
+    enabled = enabled_providers(settings)
     public = settings.public_url
     web_reached = [cls for cls in enabled if cls.uses_public_url]
     if web_reached and is_loopback_url(public):
@@ -77,7 +69,7 @@ def config_warnings(settings: Settings) -> list[str]:
 
 def network_lines(enabled: list[str]) -> list[str]:
     """Which networks can reach this edge; with none, how to enable one (else nothing can)."""
-    names = list(provider_classes())
+    names = list(PROVIDERS)
     if not enabled:
         return [
             f"networks: none enabled ({', '.join(names)} are all off): no call can reach this edge",

@@ -518,11 +518,9 @@ class _FromData(Settings):
 
 
 def _provider_sections() -> dict[str, Any]:
-    from telephony_edge.registry import provider_classes
+    from telephony_edge.registry import settings_models
 
-    return {
-        name: (cls.settings_model, cls.settings_model()) for name, cls in provider_classes().items()
-    }
+    return {name: (model, model()) for name, model in settings_models().items()}
 
 
 @functools.cache

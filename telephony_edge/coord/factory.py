@@ -5,7 +5,6 @@ from __future__ import annotations
 from telephony_edge.config import CoordinationSettings
 from telephony_edge.coord.base import Coordinator
 from telephony_edge.coord.memory import MemoryCoordinator
-from telephony_edge.coord.redis import RedisCoordinator
 
 
 def create_coordinator(settings: CoordinationSettings) -> Coordinator:
@@ -14,5 +13,8 @@ def create_coordinator(settings: CoordinationSettings) -> Coordinator:
     Check ``await coordinator.ping()`` for readiness; close it on shutdown.
     """
     if settings.redis_url:
+        # redis-py costs a worker ~8 MB: only where Redis is used
+        from telephony_edge.coord.redis import RedisCoordinator
+
         return RedisCoordinator.from_url(settings.redis_url, key_prefix=settings.key_prefix)
     return MemoryCoordinator()

@@ -15,8 +15,6 @@ import logging
 from pathlib import Path
 from typing import Any, Protocol
 
-from aiobotocore.session import get_session
-
 from telephony_edge.config import S3Settings
 
 log = logging.getLogger(__name__)
@@ -86,6 +84,9 @@ class S3Storage:
     async def _s3(self) -> Any:
         async with self._lock:
             if self._client is None:
+                # botocore's data and aiobotocore cost a worker ~30 MB: only where S3 is used
+                from aiobotocore.session import get_session
+
                 s = self._settings
                 self._client = await self._stack.enter_async_context(
                     get_session().create_client(
