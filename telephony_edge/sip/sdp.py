@@ -395,7 +395,9 @@ class LocalSession:
         sdp = SessionDescription(origin, "telephony-edge", address, [], media)
         return sdp.to_bytes()
 
-    def _audio(self, formats: list[tuple[int, str, int]], direction: str) -> Media:
+    def _audio(
+        self, formats: list[tuple[int, str, int]], direction: str, proto: str = "RTP/AVP"
+    ) -> Media:
         attrs: list[tuple[str, str | None]] = []
         for pt, name, clock in formats:
             attrs.append(("rtpmap", f"{pt} {name}/{clock}"))
@@ -405,7 +407,7 @@ class LocalSession:
         if self.config.rtcp_attribute:
             attrs.append(("rtcp", str(self.port + 1)))
         attrs.append((direction, None))
-        return Media("audio", self.port, "RTP/AVP", [str(f[0]) for f in formats], None, attrs)
+        return Media("audio", self.port, proto, [str(f[0]) for f in formats], None, attrs)
 
     def answer(self, offer: SessionDescription, chosen: Negotiated) -> bytes:
         """Our answer: the chosen stream, every other offered stream refused (port 0)."""
@@ -419,7 +421,9 @@ class LocalSession:
                 formats.append((chosen.event_payload_type, "telephone-event", 8000))
             if chosen.cn_payload_type is not None:
                 formats.append((chosen.cn_payload_type, "CN", 8000))
-            media.append(self._audio(formats, chosen.direction))
+            # the answer's transport is the offer's (RFC 3264 §6): RTP/AVPF stays AVPF
+            proto = "RTP/AVPF" if m.proto.upper() == "RTP/AVPF" else "RTP/AVP"
+            media.append(self._audio(formats, chosen.direction, proto))
         return self._describe(media)
 
     def again(self) -> bytes:

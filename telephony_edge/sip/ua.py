@@ -477,7 +477,11 @@ class UserAgent:
                 session = call.session
                 if session is not None and session.deadline and session.deadline <= now:
                     session.deadline = None
-                    if session.we_refresh and call.phase is Phase.CONFIRMED:
+                    if session.refresh is not None:  # our refresh got no final answer
+                        self._machines.pop(session.refresh, None)
+                        session.refresh = None
+                        actions += self._bye(call, now, "session_expired")
+                    elif session.we_refresh and call.phase is Phase.CONFIRMED:
                         actions += self._send_refresh(call, session, now)
                     else:
                         actions += self._bye(call, now, "session_expired")
@@ -899,14 +903,20 @@ class UserAgent:
         self._machines[key] = _Entry(
             machine, dest, transport, call.ref, "invite" if req.method == "INVITE" else "server"
         )
-        if (
+        # RFC 3311 §5.1: an UPDATE may offer in an early dialog once its first offer and
+        # answer are done (our 183's SDP, its PRACK received)
+        early = req.method == "UPDATE" and call.phase is Phase.PENDING and _early_answered(call)
+        if not early and (
             call.phase is not Phase.CONFIRMED
             or call.local is None
             or (req.method == "INVITE" and call.retransmitter is not None)
         ):
             return self._tx_respond(key, self._response(req, 491, call), now)
+        if (req.method == "INVITE" or req.body) and self._offer_pending(call):
+            # glare with our own re-INVITE (a refresh): 491, the peer retries (§14.2)
+            return self._tx_respond(key, self._response(req, 491, call), now)
         try:
-            terms = negotiate_timer(req, self.config.min_se, None)
+            terms = None if early else negotiate_timer(req, self.config.min_se, None)
             _check_contact(req)
         except ValueError:  # a bad Contact, or digits int() refuses in Session-Expires
             self._bad("bad Contact or Session-Expires", 400, call.ref)
@@ -914,7 +924,8 @@ class UserAgent:
         if isinstance(terms, TooSmall):
             extra = [("Min-SE", str(terms.min_se))]
             return self._tx_respond(key, self._response(req, 422, call, extra), now)
-        self._start_timer(call, terms, now)
+        if not early:
+            self._start_timer(call, terms, now)
         timer_headers = terms.headers() if terms else []
         call.dialog.refresh_target(req)  # its Contact was checked above
         if transport == call.transport:
@@ -931,6 +942,7 @@ class UserAgent:
                 reason = f"bad SDP: {_sdp_reason(exc)}"
                 self._bad(reason, 400, call.ref)
                 return self._tx_respond(key, self._response(req, 400, call), now)
+            assert call.local is not None
             body = call.local.answer(offer, media)
             if media != call.media:
                 call.media = media
@@ -938,6 +950,7 @@ class UserAgent:
         elif req.method == "UPDATE":
             return self._tx_respond(key, self._response(req, 200, call, timer_headers), now)
         else:
+            assert call.local is not None
             direction = call.media.direction if call.media is not None else "sendrecv"
             body = call.local.offer("sendrecv" if direction == "recvonly" else direction)
             if req.method == "INVITE":
@@ -947,6 +960,12 @@ class UserAgent:
             response = self._response(req, 200, call, headers, body)
             return self._tx_respond(key, response, now) + updates
         return self._send_2xx(call, req, key, body, now, terms) + updates
+
+    def _offer_pending(self, call: Call) -> bool:
+        """Our own re-INVITE (it carries an offer) has no final response yet."""
+        refresh = call.session.refresh if call.session is not None else None
+        entry = self._machines.get(refresh) if refresh is not None else None
+        return entry is not None and isinstance(entry.machine, InviteClientTransaction)
 
     def _ack_2xx(self, req: Request, now: float) -> list[Action]:
         ref = self._dialogs.get((req.call_id(), req.to().tag or "", req.from_().tag or ""))
@@ -1235,6 +1254,9 @@ class UserAgent:
         )
         self._machines[key] = entry
         session.refresh = key
+        # a re-INVITE answered with 100 only would wait for ever (Timer B stops at a
+        # provisional): past 64*T1 without a final answer, the refresh has failed (§10)
+        session.deadline = now + 64 * self.config.timers.t1
         return self._outputs(key, entry, machine.start(now), now)
 
     def _refresh_answered(
@@ -1343,6 +1365,11 @@ class UserAgent:
                 self._machines.pop(key, None)
         self._machines.touch(key)
         return actions
+
+
+def _early_answered(call: Call) -> bool:
+    """The early dialog's offer and answer are done: our reliable 183's SDP was PRACKed."""
+    return call.local is not None and call.rseq > 0 and call.provisional is None
 
 
 _QUOTED = re.compile(r"""\s+(?:in\s+)?['"].*$""", re.S)
