@@ -176,6 +176,11 @@ SIP_RATE_LIMITED = Counter(
     " (UDP: dropped, TCP: 503), by method",
     ["method", "transport"],
 )
+SIP_TRANSACTIONS_OPEN = Gauge(
+    "telephony_edge_sip_transactions_open",
+    "SIP transactions open (answered ones stay up to 32 s for retransmissions); at"
+    " sip.max_transactions, requests outside a dialog get 503",
+)
 SIP_TCP_CLOSED = Counter(
     "telephony_edge_sip_tcp_closed_total",
     "SIP-over-TCP connections refused or closed by the edge, by reason: per_source, full,"

@@ -43,9 +43,10 @@ class Family:
 def families() -> list[Family]:
     """The edge's metric families, by name."""
     import telephony_edge.app  # noqa: F401  (every module that defines metrics)
-    from telephony_edge.registry import provider_classes
+    from telephony_edge.registry import PROVIDERS, provider_class
 
-    provider_classes()
+    for name in PROVIDERS:  # every network's metrics, enabled here or not
+        provider_class(name)
     found: dict[str, Family] = {}
     # the collectors themselves: a labelled family without samples yet still has labels
     for collector in list(REGISTRY._collector_to_names):

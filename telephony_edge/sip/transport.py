@@ -433,6 +433,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
             leg.ended(ended.reason)
 
     def _schedule(self) -> None:
+        if self.ua is not None:
+            metrics.SIP_TRANSACTIONS_OPEN.set(self.ua.open_transactions)
         at = self.ua.next_deadline() if self.ua is not None else None
         if at == self._timer_at:
             return

@@ -423,6 +423,11 @@ class UserAgent:
     def pending_invites(self) -> int:
         return self._pending
 
+    @property
+    def open_transactions(self) -> int:
+        """How full the table ``max_transactions`` bounds is."""
+        return len(self._machines)
+
     def calls(self) -> dict[str, Call]:
         return dict(self._calls)
 

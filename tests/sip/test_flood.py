@@ -193,3 +193,19 @@ async def test_a_trunk_sends_past_the_strangers_rate(
         assert result["answered"] == result["sent"] == 600
     else:
         assert result["answered"] <= 100 + 50 * (result["seconds"] + 1.0)
+
+
+async def test_the_open_transactions_are_a_gauge(
+    make_edge: Callable[..., Any], receiver: Receiver
+) -> None:
+    """How close the table is to sip.max_transactions, for the operator's dashboard."""
+    edge: Edge = await make_edge(sip_test_settings(receiver))
+    port = edge.app[SIP_ENDPOINT].port
+    flooder = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.sip.flood", f"127.0.0.1:{port}",
+        "--rate", "0", "--count", "30", "--source", "127.0.0.1",
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(flooder.communicate(), 15)
+    assert json.loads(out)["answered"] == 30
+    assert metrics.SIP_TRANSACTIONS_OPEN._value.get() == 30  # each in Timer J (32 s)
