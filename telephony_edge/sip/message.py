@@ -19,9 +19,16 @@ Rules
   folded lines (continuations starting with SP/HT) are joined; headers of
   the comma-list kind (Via, Route, Contact, Allow, Supported, Require …) are
   split into values outside quotes and angle brackets.
-* Content-Length must match the body. The one leniency: trailing CR/LF/NUL
-  padding after the declared body (sent by some stacks over UDP) is cut off,
-  as §18.3 asks for extra bytes on UDP. Anything else → 400.
+* Content-Length must not promise more than the message holds (→ 400); bytes
+  after the declared body are discarded (§18.3: a datagram may carry more,
+  RFC 4475 ``dblreq``; a stream transport cuts frames by Content-Length).
+* The grammar's LWS is taken where §25 allows it: around the ``/`` of a Via's
+  sent-protocol and around ``;`` and ``=``, leading zeros in numbers, quoted
+  pairs (``\\x00`` too) in quoted strings (RFC 4475 ``wsinv``, ``intmeth``).
+* A request whose top Via, From, To, Call-ID and CSeq parse is answered 400
+  for any other fault: a bad request line (LWS in the Request-URI, extra SP),
+  a later Via that does not parse, From/To/Call-ID/CSeq/Max-Forwards given
+  twice (RFC 4475 §3.1.2.1, §3.1.2.8-10, §3.3.8).
 * Text is UTF-8; bytes that are not are carried with ``surrogateescape`` so
   that a 400 can still echo the peer's headers byte for byte.
 """
@@ -110,12 +117,28 @@ LIST_HEADERS = frozenset(
 
 #: NUL, other controls but HT, and bytes that were not UTF-8 (surrogate-escaped)
 _BAD_TEXT = re.compile("[\x00-\x08\x0a-\x1f\x7f\udc80-\udcff]")
+#: a quoted-string (§25.1): qdtext, or a quoted-pair, which may escape a control
+#: (RFC 4475 ``intmeth``: ``"BEL:\<0x07> NUL:\<0x00> DEL:\<0x7f>"``), not CR or LF
+_QUOTED_STRING = re.compile(
+    '"(?:[^"\\\\\x00-\x08\x0a-\x1f\x7f\udc80-\udcff]|\\\\[\x00-\x09\x0b\x0c\x0e-\x7f])*"'
+)
 #: what a response copies from the request (§8.2.6): must be clean to be echoed
 _ECHOED = ("Via", "From", "To", "Call-ID", "CSeq", "Timestamp")
 _URI = re.compile(r'^[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>"]+$')
 _DISPLAY = re.compile(r'^(?:"(?:[^"\\]|\\.)*"|[^"<>]+)$')
 _TOKEN = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
 _VERSION = re.compile(r"^SIP/(\d+)\.(\d+)$", re.IGNORECASE)
+#: sent-protocol and sent-by, LWS allowed around each ``/`` (§25.1 SLASH)
+_VIA = re.compile(r"^([^\s/]+)\s*/\s*([^\s/]+)\s*/\s*([^\s/;]+)\s+([^;]*)(;.*)?$", re.DOTALL)
+#: header fields of which a request carries exactly one (§20; RFC 4475 ``multi01``)
+_SINGLE = ("From", "To", "Call-ID", "CSeq", "Max-Forwards")
+
+
+def has_bad_text(text: str) -> bool:
+    """A control character, NUL or non-UTF-8 byte outside a quoted-pair."""
+    if _BAD_TEXT.search(text) is None:
+        return False
+    return _BAD_TEXT.search(_QUOTED_STRING.sub('""', text)) is not None
 
 
 def is_digits(text: str, max_len: int = 10) -> bool:
@@ -293,13 +316,11 @@ class Via:
 
     @classmethod
     def parse(cls, text: str) -> Via:
-        proto, _, rest = text.strip().partition(" ")
-        parts = [p.strip() for p in proto.split("/")]
-        if len(parts) != 3 or parts[0].upper() != "SIP" or not _TOKEN.match(parts[2]):
+        m = _VIA.match(text.strip())
+        if m is None or m[1].upper() != "SIP" or not _TOKEN.match(m[3]):
             raise ValueError(f"bad Via {text!r}")
-        sent_by, _, params = rest.strip().partition(";")
-        host, port = parse_hostport(sent_by)
-        return cls(parts[2].upper(), host, port, parse_params(params))
+        host, port = parse_hostport(m[4])
+        return cls(m[3].upper(), host, port, parse_params(m[5] or ""))
 
     @property
     def branch(self) -> str | None:
@@ -337,10 +358,12 @@ class SipUri:
             return cls(scheme, number, "", None, parse_params(params))
         if scheme not in ("sip", "sips"):
             return cls(scheme, None, rest)
-        rest, _, headers = rest.partition("?")
+        # userinfo ends at the first "@" (it may hold ? ; : , /, RFC 4475 ``intmeth``);
+        # the headers after "?" are the host part's
         user: str | None = None
         if "@" in rest:
-            user, _, rest = rest.rpartition("@")
+            user, _, rest = rest.partition("@")
+        rest, _, headers = rest.partition("?")
         hostport, _, params = rest.partition(";")
         host, port = parse_hostport(hostport)
         return cls(scheme, user, host, port, parse_params(params), headers)
@@ -378,7 +401,7 @@ class NameAddr:
         else:
             # addr-spec without brackets: parameters after ';' belong to the header
             uri, _, rest = text.partition(";")
-            display, params = "", parse_params(rest)
+            uri, display, params = uri.strip(), "", parse_params(rest)
         if not _URI.match(uri):
             raise ValueError(f"bad URI in {text!r}")
         if display and not _DISPLAY.match(display):
@@ -523,9 +546,9 @@ def _lines(head: str, limits: Limits) -> list[str]:
 
 def _check_essentials(req: Request) -> None:
     """Raise ValueError unless a response can be built for ``req``."""
-    vias = req.vias()
-    if not vias or any(not split_list(v) for _, v in req.headers.raw("Via")):
+    if any(not split_list(v) for _, v in req.headers.raw("Via")):
         raise ValueError("no Via, or an empty one")
+    req.top_via()  # where the response goes; a later Via's fault is a 400
     req.from_()
     req.to()
     if not req.call_id():
@@ -543,7 +566,7 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
     head_b, body, had_blank = _split_head(data)
     head = head_b.decode(ENCODING, ERRORS)
     lines = _lines(head, limits)
-    bad_text = any(_BAD_TEXT.search(line) for line in lines)
+    bad_text = any(has_bad_text(line) for line in lines)
     start = lines[0]
 
     # header lines (problems noted, parsing goes on so that a 400 is possible)
@@ -583,18 +606,32 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
         return resp
 
     if len(parts) != 3 or not _TOKEN.match(parts[0]) or not parts[1] or " " in parts[2]:
-        raise ParseError("bad request line")
+        # LWS in the Request-URI, SP doubled or trailing (RFC 4475 §3.1.2.8-10): a
+        # 400 when the rest is sound, the method first and a version last
+        words = start.split()
+        if len(words) < 3 or not _TOKEN.match(words[0]) or not _VERSION.match(words[-1]):
+            raise ParseError("bad request line")
+        problems.insert(0, "bad request line")
+        parts = [words[0], " ".join(words[1:-1]), words[-1]]
     method, uri, version = parts
     req = Request(headers, b"", method, uri, version)
     try:
         _check_essentials(req)
         for name in _ECHOED:
-            if any(_BAD_TEXT.search(v) for _, v in headers.raw(name)):
+            if any(has_bad_text(v) for _, v in headers.raw(name)):
                 raise ValueError(f"invalid characters in {name}")  # cannot be echoed
         answerable: Request | None = req if method != "ACK" else None
     except ValueError as exc:
         problems.insert(0, str(exc))
         answerable = None
+    if answerable is not None:
+        twice = [name for name in _SINGLE if len(headers.raw(name)) > 1]
+        if twice:
+            problems.append(f"{twice[0]} given more than once")
+        try:
+            req.vias()
+        except ValueError as exc:
+            problems.append(str(exc))
 
     m = _VERSION.match(version)
     if m is None:
@@ -611,7 +648,7 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
         if req.cseq().method != method:
             raise ValueError("CSeq method does not match the request method")
         mf = headers.get("Max-Forwards")
-        if mf is not None and not is_digits(mf, 3):
+        if mf is not None and not is_digits(mf.lstrip("0") or "0", 3):  # 0068: 68
             raise ValueError("bad Max-Forwards")
         SipUri.parse(uri)
     except ValueError as exc:
@@ -631,9 +668,7 @@ def _body(headers: Headers, body: bytes, limits: Limits, req: Request | None) ->
     length = int(values[0])
     if len(body) < length:
         raise ParseError("body shorter than Content-Length", 400, req)
-    if len(body) > length and body[length:].strip(b"\r\n\x00"):
-        raise ParseError("body longer than Content-Length", 400, req)
-    return body[:length]
+    return body[:length]  # §18.3: what a datagram carries past the body is discarded
 
 
 # -- responses ------------------------------------------------------------------------
