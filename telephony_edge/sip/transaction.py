@@ -497,11 +497,14 @@ Key = tuple[str, ...]
 def server_key(request: Request) -> Key:
     """The server transaction a request belongs to: branch + sent-by + method,
     with ACK matching its INVITE; CANCEL keeps its own (see :func:`cancel_target`).
-    Requests from RFC 2543 peers (no magic cookie) match on the §17.2.3 fields."""
+    Requests from RFC 2543 peers (no magic cookie) match on the §17.2.3 fields, and
+    so does a branch that is the cookie alone (RFC 4475 §3.2.1 ``badbranch``): it
+    names no transaction, and taken as one it would make every such request from
+    that sender a retransmission of the first."""
     via = request.top_via()
     method = "INVITE" if request.method == "ACK" else request.method
     branch = via.branch or ""
-    if branch.startswith(MAGIC_COOKIE):
+    if branch.startswith(MAGIC_COOKIE) and len(branch) > len(MAGIC_COOKIE):
         return ("3261", branch, via.sent_by, method)
     to_tag = request.to().tag or "" if request.method != "ACK" else ""
     return (

@@ -721,7 +721,8 @@ class UserAgent:
             return self._cancel(req, key, dest, transport, now)
         if method not in KNOWN_METHODS:
             self._bad("unknown method", 501)
-            return self._answer_tx(req, key, dest, transport, 501, now)
+            allow = [("Allow", ", ".join(self.config.allow))]  # RFC 4475 §3.1.1.2
+            return self._answer_tx(req, key, dest, transport, 501, now, allow)
         if method not in self.config.allow:
             allow = [("Allow", ", ".join(self.config.allow))]
             return self._answer_tx(req, key, dest, transport, 405, now, allow)
