@@ -27,11 +27,13 @@ from telephony_edge.agent.pool import AgentCorePool, PoolChoice
 from telephony_edge.amd.policy import Voicemail, voicemail_policy
 from telephony_edge.calls import admission, carrier_ids, webhooks
 from telephony_edge.calls.bridge import BridgeLimits, CallBridge, CallOver, Conversation
+from telephony_edge.calls.dispatcher import RetryPolicy, WebhookDispatcher
 from telephony_edge.calls.leg import Leg, NotSupported
 from telephony_edge.calls.machine import ENDED_FROM, AmdReport
 from telephony_edge.calls.manager import CallManager
 from telephony_edge.calls.outbox import Outbox
 from telephony_edge.calls.pacing import Pacer
+from telephony_edge.calls.prefetch import prefetch
 from telephony_edge.calls.record import CallRecord, CallState, CallStatus, new_id
 from telephony_edge.calls.variables import call_variables, fill_placeholders, merge_agent_config
 from telephony_edge.config import Settings
@@ -204,7 +206,7 @@ class CallService:
             max_failures=core.max_failures,
             bench_s=core.bench_s,
         )
-        self._dispatcher: webhooks.WebhookDispatcher | None = None
+        self._dispatcher: WebhookDispatcher | None = None
         self.outbox = Outbox(
             coordinator,
             webhooks.SESSION_WEBHOOK_QUEUE,
@@ -221,11 +223,11 @@ class CallService:
     async def start(self) -> None:
         """Start the control loop, the webhook dispatcher and the heartbeat (app start-up)."""
         hooks = self.settings.webhooks
-        self._dispatcher = webhooks.WebhookDispatcher(
+        self._dispatcher = WebhookDispatcher(
             self.coordinator,
             self._http(),
             secret=hooks.signing_secret,
-            retry=webhooks.RetryPolicy(
+            retry=RetryPolicy(
                 max_attempts=hooks.max_attempts,
                 base_delay=hooks.backoff_base_s,
                 max_delay=hooks.backoff_max_s,
@@ -778,7 +780,7 @@ class CallService:
         extra_prompt = ""
         spec = config.get("extra_prompt_webhook")
         if spec:
-            result = await webhooks.prefetch(
+            result = await prefetch(
                 self._http(),
                 spec,
                 session_id=record.session_id,

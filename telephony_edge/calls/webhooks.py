@@ -1,17 +1,22 @@
-"""The agent's two webhooks: prefetch before the call, session data after it.
+"""The agent's two webhooks: their specs, targets, signatures and the end-of-call payload.
+
+Sending them is elsewhere: :mod:`telephony_edge.calls.prefetch` (before the call)
+and :mod:`telephony_edge.calls.dispatcher` (the end-of-call queue's consumer).
 
 Prefetch (agent config ``extra_prompt_webhook``)
     Called before ``initiate``; may add or change session metadata and add an
     ``extra_prompt``. It sits on the call's set-up path, so it is bounded in
     time (default 3 s, at most 10 s) and size (64 KiB), and it never raises:
-    any failure gives an empty :class:`PrefetchResult` carrying the reason,
-    and the call goes on without it.
+    any failure gives an empty :class:`~telephony_edge.calls.prefetch.PrefetchResult`
+    carrying the reason, and the call goes on without it
+    (:mod:`telephony_edge.calls.prefetch`).
 
 End of call (agent config ``session_data_webhook``)
     The payload documented by the platform, built by
     :func:`build_session_payload`, is put on the Coordinator's durable queue
-    by :func:`enqueue_session_webhook`; a :class:`WebhookDispatcher` on any
-    worker POSTs it. Delivery is at-least-once: a job is acked only after a
+    by :func:`enqueue_session_webhook` (or the outbox, :mod:`telephony_edge.calls.outbox`);
+    a :class:`~telephony_edge.calls.dispatcher.WebhookDispatcher` on any worker
+    POSTs it. Delivery is at-least-once: a job is acked only after a
     2xx, retried with exponential backoff on 5xx, 408, 429 and network
     errors, and redelivered by another worker if the one sending it dies.
     A job that fails ``max_attempts`` times, or that the receiver refuses
@@ -59,27 +64,23 @@ redirects are not followed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import ipaddress
 import json
 import logging
-import random
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
 from telephony_edge import metrics
 from telephony_edge.calls.record import CallRecord
-from telephony_edge.calls.variables import variable_value
-from telephony_edge.coord.base import Coordinator, Job
+from telephony_edge.coord.base import Coordinator
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ MAX_HEADERS = 32
 ResultHook = Callable[[str, str], None]
 
 
-def _report(hook: ResultHook | None, kind: str, outcome: str) -> None:
+def report_result(hook: ResultHook | None, kind: str, outcome: str) -> None:
     if hook is None:
         return
     try:
@@ -220,7 +221,7 @@ async def resolve_target(url: URL, *, allow_private: bool) -> Target:
     return Target(pinned, {"Host": host_header}, tls_name)
 
 
-def _refused(kind: str, url: str, reason: str, call_id: str, hook: ResultHook | None) -> None:
+def refused_target(kind: str, url: str, reason: str, call_id: str, hook: ResultHook | None) -> None:
     _REFUSED_TARGETS.inc()
     logger.warning(
         "%s webhook to %s refused: %s (webhooks.allow_private_targets is off)",
@@ -229,10 +230,10 @@ def _refused(kind: str, url: str, reason: str, call_id: str, hook: ResultHook | 
         reason,
         extra={"call_id": call_id},
     )
-    _report(hook, kind, "refused")
+    report_result(hook, kind, "refused")
 
 
-def _signed_headers(
+def signed_headers(
     secret: str | None, body: bytes, *headers: Mapping[str, str]
 ) -> CIMultiDict[str]:
     """``headers`` merged in order (later wins, case-insensitively), signed last."""
@@ -243,147 +244,6 @@ def _signed_headers(
     if secret:
         merged[SIGNATURE_HEADER] = sign(secret, body)
     return merged
-
-
-# -- prefetch ----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PrefetchResult:
-    """What the prefetch webhook gave; empty with ``error`` set when it failed."""
-
-    metadata: dict[str, Any] = field(default_factory=dict)
-    extra_prompt: str = ""
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def merged_metadata(self, current: Mapping[str, Any]) -> dict[str, Any]:
-        """``current`` with this result's keys updated and added (the documented rule)."""
-        return {**current, **self.metadata}
-
-
-def prefetch_params(
-    *, session_id: str, agent_id: str, from_: str, to: str, metadata: Mapping[str, Any]
-) -> dict[str, str]:
-    """The query of the prefetch request. The documented fields win over same-named metadata."""
-    params = {str(k): variable_value(v) for k, v in metadata.items()}
-    params.update(session_id=session_id, agent_id=agent_id, to=to)
-    params["from"] = from_
-    return params
-
-
-async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
-    """The body, or None if it is longer than ``limit`` bytes (reading stops there)."""
-    if resp.content_length is not None and resp.content_length > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(16 * 1024):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def prefetch(
-    session: aiohttp.ClientSession,
-    spec: WebhookSpec | str | Mapping[str, Any],
-    *,
-    session_id: str,
-    agent_id: str,
-    from_: str,
-    to: str,
-    metadata: Mapping[str, Any],
-    call_id: str = "",
-    on_result: ResultHook | None = None,
-    secret: str | None = None,
-    allow_private_targets: bool = False,
-) -> PrefetchResult:
-    """Call the prefetch webhook; never raises and never takes longer than its timeout.
-
-    GET sends the fields as the query string; POST sends them as a JSON
-    object body instead. Signed when ``secret`` is set; private targets
-    refused unless allowed (see the module's docstring).
-    """
-    log_extra = {"call_id": call_id}
-
-    def fail(outcome: str, reason: str) -> PrefetchResult:
-        logger.warning("prefetch webhook failed: %s", reason, extra=log_extra)
-        _report(on_result, "prefetch", outcome)
-        return PrefetchResult(error=reason)
-
-    try:
-        hook = parse_webhook_spec(spec)
-    except ValueError as e:
-        return fail("error", f"bad webhook config: {e}")
-    fields = prefetch_params(
-        session_id=session_id, agent_id=agent_id, from_=from_, to=to, metadata=metadata
-    )
-    url = URL(hook.url)
-    if hook.method == "GET":
-        url = url.extend_query(fields)
-        data, signed = None, url.raw_query_string.encode()
-    else:
-        data = signed = json.dumps(fields).encode()
-    accept = {"Accept": "application/json"}
-    if data is not None:
-        accept["Content-Type"] = "application/json"
-    started = time.monotonic()
-    try:
-        async with asyncio.timeout(hook.timeout):
-            target = await resolve_target(url, allow_private=allow_private_targets)
-            async with session.request(
-                hook.method,
-                target.url,
-                data=data,
-                headers=_signed_headers(secret, signed, accept, hook.headers, target.headers),
-                server_hostname=target.server_hostname,
-                timeout=aiohttp.ClientTimeout(total=hook.timeout),
-                allow_redirects=False,
-            ) as resp:
-                status = resp.status
-                body = await _read_bounded(resp, PREFETCH_MAX_BYTES)
-    except TargetRefused as e:
-        _refused("prefetch", hook.url, str(e), call_id, on_result)
-        return PrefetchResult(error=str(e))
-    except TimeoutError:
-        return fail("timeout", f"timed out after {hook.timeout:g} s")
-    except (aiohttp.ClientError, OSError) as e:
-        return fail("error", f"request failed: {type(e).__name__}: {e}")
-    except Exception as e:  # never raise into the call
-        logger.exception("prefetch webhook crashed", extra=log_extra)
-        return fail("error", f"unexpected error: {type(e).__name__}")
-
-    if not 200 <= status < 300:
-        return fail("error", f"http status {status}")
-    if body is None:
-        return fail("bad_response", f"response larger than {PREFETCH_MAX_BYTES} bytes")
-    if not body.strip():
-        _report(on_result, "prefetch", "ok")
-        return PrefetchResult()
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return fail("bad_response", "response is not JSON")
-    if not isinstance(data, dict):
-        return fail("bad_response", "response JSON is not an object")
-    new_metadata = data.get("metadata") or {}
-    extra_prompt = data.get("extra_prompt") or ""
-    if not isinstance(new_metadata, dict) or not isinstance(extra_prompt, str):
-        return fail("bad_response", "metadata must be an object and extra_prompt a string")
-    logger.info(
-        "prefetch webhook ok in %.0f ms (%d metadata keys, %d prompt chars)",
-        (time.monotonic() - started) * 1000,
-        len(new_metadata),
-        len(extra_prompt),
-        extra=log_extra,
-    )
-    _report(on_result, "prefetch", "ok")
-    return PrefetchResult(metadata=new_metadata, extra_prompt=extra_prompt)
 
 
 # -- end-of-call payload -------------------------------------------------------
@@ -587,264 +447,3 @@ def verify_signature(
     # Compare against every candidate so the time taken does not tell which matched.
     matches = [hmac.compare_digest(expected.encode(), c.encode()) for c in candidates]
     return any(matches)
-
-
-# -- delivery --------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Exponential backoff: ``base * factor**(attempt-1)``, capped, ± ``jitter`` fraction."""
-
-    base_delay: float = 2.0
-    factor: float = 2.0
-    max_delay: float = 600.0
-    jitter: float = 0.2
-    max_attempts: int = 10
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        raw = min(self.max_delay, self.base_delay * self.factor ** max(0, attempt - 1))
-        return max(0.0, raw * (1 + random.uniform(-self.jitter, self.jitter)))
-
-
-def _retry_after(value: str | None, cap: float) -> float | None:
-    if value is None:
-        return None
-    try:
-        return min(max(0.0, float(value)), cap)
-    except ValueError:
-        return None  # an HTTP date: rare, ignore it and back off normally
-
-
-class WebhookDispatcher:
-    """Delivers queued end-of-call webhooks; run one per worker.
-
-    ``run()`` reserves due jobs and POSTs up to ``concurrency`` at a time
-    until cancelled or :meth:`drain` is called. A job in flight when its
-    worker dies reappears after ``visibility_timeout`` for another worker.
-    """
-
-    def __init__(
-        self,
-        coordinator: Coordinator,
-        session: aiohttp.ClientSession,
-        *,
-        secret: str | None = None,
-        retry: RetryPolicy = RetryPolicy(),
-        queue: str = SESSION_WEBHOOK_QUEUE,
-        concurrency: int = 8,
-        visibility_timeout: float = SESSION_MAX_TIMEOUT + 30.0,
-        poll_interval: float = 0.5,
-        on_result: ResultHook | None = None,
-        allow_private_targets: bool = False,
-    ) -> None:
-        if visibility_timeout <= SESSION_MAX_TIMEOUT:
-            raise ValueError("visibility_timeout must exceed the longest request timeout")
-        self._coord = coordinator
-        self._session = session
-        self._secret = secret
-        self._retry = retry
-        self._queue = queue
-        self._slots = asyncio.Semaphore(concurrency)
-        self._visibility = visibility_timeout
-        self._poll = poll_interval
-        self._on_result = on_result
-        self._allow_private = allow_private_targets
-        self._stopping = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def run(self) -> None:
-        """Deliver until :meth:`drain` or cancellation. Jobs cut off are redelivered later."""
-        loop = asyncio.get_running_loop()
-        gauge_due = loop.time()
-        queue_down = False
-        try:
-            while not self._stopping.is_set():
-                if loop.time() >= gauge_due:
-                    gauge_due = loop.time() + DEAD_LETTER_GAUGE_INTERVAL
-                    await self.refresh_dead_letter_gauge()
-                await self._slots.acquire()
-                if self._stopping.is_set():
-                    self._slots.release()
-                    break
-                try:
-                    job = await self._coord.reserve(self._queue, self._visibility)
-                except Exception as exc:  # Redis restarting or failing over: retried, said once
-                    self._slots.release()
-                    if not queue_down:
-                        logger.warning("webhook queue unavailable: %r; retrying", exc)
-                    queue_down = True
-                    await self._sleep(self._poll)
-                    continue
-                if queue_down:
-                    logger.info("webhook queue available again")
-                    queue_down = False
-                if job is None:
-                    self._slots.release()
-                    await self._sleep(self._poll)
-                    continue
-                task = asyncio.create_task(self._deliver_then_release(job))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-        except asyncio.CancelledError:
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            raise
-
-    async def flush(self, grace: float = 10.0) -> int:
-        """Deliver every job due now, one by one, for at most ``grace`` seconds.
-
-        For a worker whose queue does not outlive it (the in-memory backend):
-        at shutdown, what is due is sent now or never. Retries that are
-        scheduled for later are not waited for. Returns how many were tried.
-        """
-        tried = 0
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace):
-                while (job := await self._coord.reserve(self._queue, self._visibility)) is not None:
-                    await self.deliver(job)
-                    tried += 1
-        return tried
-
-    async def drain(self, grace: float = 10.0) -> None:
-        """Stop taking jobs; give those in flight ``grace`` seconds, then cancel them."""
-        self._stopping.set()
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-
-    async def _deliver_then_release(self, job: Job) -> None:
-        try:
-            await self.deliver(job)
-        except Exception:
-            # Left reserved: it comes back after the visibility timeout.
-            logger.exception("webhook delivery crashed", extra={"call_id": job.job_id})
-        finally:
-            self._slots.release()
-
-    async def deliver(self, job: Job) -> str:
-        """POST one reserved job, then ack or nack it. Returns the outcome."""
-        data = job.data
-        call_id = str(data.get("call_id", job.job_id))
-        log_extra = {"call_id": call_id}
-        url, body = data.get("url"), data.get("body")
-        extra_headers, timeout = data.get("headers", {}), data.get("timeout", SESSION_TIMEOUT)
-        if (
-            not isinstance(url, str)
-            or not isinstance(body, str)
-            or not isinstance(extra_headers, dict)
-            or isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-        ):
-            logger.error("dropping malformed webhook job %s", job.job_id, extra=log_extra)
-            await self._coord.ack(self._queue, job.job_id)
-            return self._done("malformed")
-
-        raw = body.encode()
-        own = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: call_id}
-        timeout = min(max(float(timeout), MIN_TIMEOUT), SESSION_MAX_TIMEOUT)
-
-        status: int | None = None
-        retry_after: float | None = None
-        reason: str
-        extra = {str(k): str(v) for k, v in extra_headers.items()}
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        try:
-            async with asyncio.timeout(timeout):  # the name's resolution only
-                target = await resolve_target(URL(url), allow_private=self._allow_private)
-            async with self._session.post(
-                target.url,
-                data=raw,
-                headers=_signed_headers(self._secret, raw, extra, own, target.headers),
-                server_hostname=target.server_hostname,
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=max(MIN_TIMEOUT, deadline - loop.time())),
-            ) as resp:
-                status = resp.status
-                retry_after = _retry_after(resp.headers.get("Retry-After"), self._retry.max_delay)
-            reason = f"http status {status}"
-        except TargetRefused as e:
-            await self._dead_letter(job, f"target refused: {e}")
-            _refused("session_webhook", url, str(e), call_id, None)
-            return self._done("refused")
-        except TimeoutError:
-            reason = f"timed out after {timeout:g} s"
-        except (aiohttp.ClientError, OSError) as e:
-            reason = f"request failed: {type(e).__name__}: {e}"
-        except ValueError as e:  # CR/LF in a header, a host label past 63 (UnicodeError)…
-            # the request itself can never be sent: no retry helps
-            await self._dead_letter(job, f"invalid request: {type(e).__name__}: {e}")
-            logger.warning(
-                "session webhook cannot be sent (%s: %s); dead-lettered",
-                type(e).__name__,
-                e,
-                extra=log_extra,
-            )
-            return self._done("invalid")
-
-        if status is not None and 200 <= status < 300:
-            await self._coord.ack(self._queue, job.job_id)
-            logger.info(
-                "session webhook delivered (attempt %d, status %d)",
-                job.attempts,
-                status,
-                extra=log_extra,
-            )
-            return self._done("delivered")
-        if status is not None and 300 <= status < 500 and status not in (408, 429):
-            await self._dead_letter(job, f"rejected: {reason}")
-            logger.error(
-                "session webhook rejected with %s, not retried (attempt %d); dead-lettered",
-                reason,
-                job.attempts,
-                extra=log_extra,
-            )
-            return self._done("rejected")
-        if job.attempts >= self._retry.max_attempts:
-            await self._dead_letter(job, f"{job.attempts} attempts, the last: {reason}")
-            logger.error(
-                "session webhook given up after %d attempts: %s; dead-lettered",
-                job.attempts,
-                reason,
-                extra=log_extra,
-            )
-            return self._done("gave_up")
-        delay = self._retry.delay(job.attempts)
-        if retry_after is not None:
-            delay = max(delay, retry_after)
-        await self._coord.nack(self._queue, job, delay)
-        logger.warning(
-            "session webhook attempt %d failed (%s); retry in %.1f s",
-            job.attempts,
-            reason,
-            delay,
-            extra=log_extra,
-        )
-        return self._done("retry")
-
-    def _done(self, outcome: str) -> str:
-        _report(self._on_result, "session_webhook", outcome)
-        return outcome
-
-    async def _dead_letter(self, job: Job, reason: str) -> None:
-        """Keep a job given up on for an operator; a stale reservation changes nothing."""
-        if await self._coord.dead_letter(self._queue, job, reason):
-            metrics.WEBHOOK_DEAD_LETTERS_TOTAL.inc()
-        await self.refresh_dead_letter_gauge()
-
-    async def refresh_dead_letter_gauge(self) -> None:
-        """Set the dead-letter size gauge from the shared queue (every worker shows the total)."""
-        try:
-            metrics.WEBHOOK_DEAD_LETTERS.set(await self._coord.dead_letter_count(self._queue))
-        except Exception:  # a metric must not break delivery
-            logger.debug("dead-letter count unavailable", exc_info=True)

@@ -17,20 +17,19 @@ from yarl import URL
 
 from telephony_edge import metrics
 from telephony_edge.calls.bridge import Conversation
+from telephony_edge.calls.dispatcher import RetryPolicy, WebhookDispatcher
+from telephony_edge.calls.prefetch import prefetch
 from telephony_edge.calls.record import CallRecord, CallState, CallStatus
 from telephony_edge.calls.webhooks import (
     IDEMPOTENCY_HEADER,
     SESSION_WEBHOOK_QUEUE,
     SIGNATURE_HEADER,
     CostRates,
-    RetryPolicy,
     TargetRefused,
-    WebhookDispatcher,
     build_session_payload,
     cost_breakdown,
     enqueue_session_webhook,
     parse_webhook_spec,
-    prefetch,
     resolve_target,
     sign,
     verify_signature,
