@@ -1,6 +1,6 @@
 """Fuzz the sans-I/O SIP user agent with random and mutated packets.
 
-    python bench/sip_fuzz.py [--packets 100000] [--seed 1]
+    python bench/sip_fuzz.py [--packets 100000] [--seed 1] [--in-dialog]
 
 One :class:`~telephony_edge.sip.ua.UserAgent` takes every packet in turn (so
 state builds up: calls are answered and hung up, timers fire as the clock
@@ -11,6 +11,14 @@ lines, junk values, wrong Content-Length, other SIP versions, splices).
 Counts per packet: answered 400 (or 505/416), dropped, other (taken as a valid
 message), and internal errors, which must be 0; every byte the UA sends is
 re-parsed and must be well formed.
+
+``--in-dialog`` sends the mutations inside established dialogs instead
+(``tests/sip/dialog_fuzz.py``): a target call is set up (INVITE, 200, ACK) and gets
+its in-dialog requests (BYE, re-INVITE, UPDATE, INFO, PRACK, NOTIFY, REFER, OPTIONS,
+ACK with its Call-ID, tags and CSeq), most of them mutated, a new target whenever
+one ends; a witness call alongside must answer a genuine INFO every ten packets
+and its BYE at the end. Counts: answered, dropped, taken; internal errors, malformed
+output, witness calls lost and what is left must be 0.
 """
 
 from __future__ import annotations
@@ -26,14 +34,17 @@ sys.path.insert(0, str(ROOT))
 
 from telephony_edge.sip.message import ParseError, parse_message  # noqa: E402
 from telephony_edge.sip.ua import Action, Send, UserAgent  # noqa: E402
-from tests.sip import mutate  # noqa: E402
+from tests.sip import dialog_fuzz, mutate  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--packets", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--in-dialog", action="store_true", help="mutate in-dialog requests")
     args = parser.parse_args()
+    if args.in_dialog:
+        return in_dialog(args.packets, args.seed)
     rng = random.Random(args.seed)
     ua = UserAgent()
     now = 0.0
@@ -96,6 +107,20 @@ def main() -> int:
     print(f"  calls started: {s.calls_started}; calls and transactions left: {left}")
     print(f"  internal errors: {s.internal_errors}; malformed output: {bad_output}")
     return 1 if s.internal_errors or bad_output or left else 0
+
+
+def in_dialog(packets: int, seed: int) -> int:
+    started = time.perf_counter()
+    r = dialog_fuzz.run(packets, seed)
+    elapsed = time.perf_counter() - started
+    print(f"in-dialog packets: {r.packets} (seed {seed}) in {elapsed:.1f} s")
+    print(f"  answered: {r.answered}, dropped: {r.dropped}, taken: {r.taken}")
+    print("  by method: " + ", ".join(f"{m} {n}" for m, n in sorted(r.by_method.items())))
+    print(f"  target dialogs set up: {r.targets} (a mutation that survives may end one)")
+    print(f"  witness: {r.witness_info_ok} genuine INFOs answered 200, BYE {r.witness_bye}")
+    print(f"  internal errors: {r.internal_errors}; malformed output: {r.bad_output}")
+    print(f"  witness calls lost: {r.witness_lost}; calls and transactions left: {r.left}")
+    return 0 if r.ok else 1
 
 
 if __name__ == "__main__":

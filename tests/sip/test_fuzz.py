@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import random
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from telephony_edge.sip.message import ParseError, parse_message
-from telephony_edge.sip.ua import Send, UserAgent
-from tests.sip import mutate, wire
+from telephony_edge.sip.ua import CallEnded, Send, StartCall, UserAgent
+from tests.sip import dialog_fuzz, mutate, wire
 
 FAST = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -79,3 +80,30 @@ def test_header_values(value: str, name: str) -> None:
     lines[idx] = name.encode() + b": " + value.encode("utf-8", "surrogatepass")
     ua = UserAgent()
     check_sends(ua, ua.receive(b"\r\n".join(lines), wire.PEER, 0.0))
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_mutations_inside_established_dialogs(seed: int) -> None:
+    """``bench/sip_fuzz.py --in-dialog`` for 300 packets: BYE, re-INVITE, UPDATE, INFO,
+    PRACK, NOTIFY, REFER, OPTIONS and ACK with an established dialog's Call-ID and
+    tags, mostly mutated. Never an internal error, every answer well formed, the
+    witness call answers its INFOs and its BYE, and a genuine call still completes."""
+    ua = UserAgent()
+    r = dialog_fuzz.run(300, seed, ua)
+    assert r.internal_errors == 0 and r.bad_output == 0
+    assert r.witness_lost == 0 and r.witness_info_ok == 30 and r.witness_bye == 200
+    assert r.left == 0
+    assert set(r.by_method) == set(dialog_fuzz.METHODS)
+    assert r.answered and r.dropped and r.targets > 1  # answered, refused, and ended some
+
+    invite = wire.request("INVITE", body=wire.TWILIO_SDP, call_id="after-the-fuzz")
+    (call,) = [a for a in ua.receive(invite, wire.PEER, 1e6) if isinstance(a, StartCall)]
+    ref = call.call
+    ok = [a for a in ua.answer(ref, 40000, 1e6) if isinstance(a, Send)]
+    assert [wire.status(s.data) for s in ok] == [200]
+    ua.receive(wire.request("ACK", to_tag=ref, call_id="after-the-fuzz"), wire.PEER, 1e6)
+    bye = wire.request("BYE", to_tag=ref, call_id="after-the-fuzz", branch="z9hG4bKb2", cseq=2)
+    actions = ua.receive(bye, wire.PEER, 1e6 + 1)
+    assert [wire.status(a.data) for a in actions if isinstance(a, Send)] == [200]
+    assert CallEnded(ref, "remote_bye") in actions
+    assert ua.stats.internal_errors == 0
