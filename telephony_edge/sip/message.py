@@ -277,6 +277,23 @@ def split_outside_quotes(text: str, sep: str) -> list[str]:
     return out
 
 
+def _find_unquoted(text: str, ch: str) -> int:
+    """The index of the first ``ch`` outside a quoted string, or -1."""
+    quoted = False
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if quoted and c == "\\":
+            i += 2
+            continue
+        if c == '"':
+            quoted = not quoted
+        elif c == ch and not quoted:
+            return i
+        i += 1
+    return -1
+
+
 def format_params(params: dict[str, str]) -> str:
     return "".join(f";{k}={v}" if v else f";{k}" for k, v in params.items())
 
@@ -390,8 +407,8 @@ class NameAddr:
     @classmethod
     def parse(cls, text: str) -> NameAddr:
         text = text.strip()
-        if "<" in text:
-            lt = text.index("<")
+        lt = _find_unquoted(text, "<")  # a quoted display name may hold one
+        if lt >= 0:
             gt = text.find(">", lt)
             if gt < 0:
                 raise ValueError(f"unclosed < in {text!r}")

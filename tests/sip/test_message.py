@@ -16,6 +16,7 @@ from telephony_edge.sip.message import (
     build_response,
     parse_message,
 )
+from telephony_edge.sip.ua import StartCall, UserAgent
 from tests.sip import wire
 
 
@@ -206,3 +207,22 @@ def test_structured_values() -> None:
     for bad in ("SIP/2.0/UDP", "SIP/2.0/UDP host:99999", "HTTP/1.1/TCP a"):
         with pytest.raises(ValueError):
             Via.parse(bad)
+
+
+def test_quoted_display_name_may_hold_angle_brackets() -> None:
+    """RFC 3261 §25.1: a quoted-string is qdtext, '<' included (issue 19: it got 400)."""
+    quoted = '"Smith, J <ext 5>" <sip:+15551230000@203.0.113.7>;tag=ft1'
+    na = NameAddr.parse(quoted)
+    assert (na.display, na.uri, na.tag) == (
+        '"Smith, J <ext 5>"',
+        "sip:+15551230000@203.0.113.7",
+        "ft1",
+    )
+    data = wire.request("INVITE", body=wire.TWILIO_SDP).replace(
+        b"From: <sip:+15551230000@203.0.113.7>;tag=ft1", b"From: " + quoted.encode()
+    )
+    ua = UserAgent()
+    actions = ua.receive(data, wire.PEER, 0.0)
+    assert [a for a in actions if isinstance(a, StartCall)]
+    with pytest.raises(ValueError):  # an unterminated quote still is not (RFC 4475 quotbal)
+        NameAddr.parse('"Mr. J. User <sip:j.user@example.com>')
