@@ -107,7 +107,8 @@ CASES: dict[str, Case] = {
     "cparam01": Case("3.3.12", (405,)),
     "cparam02": Case("3.3.13", (405,)),
     "regescrt": Case("3.3.14", (405,)),
-    # RFC: "could respond with a 406"; the edge takes the call (see the report's left-overs)
+    # RFC: "could respond with a 406" (no SDP answer may be sent); the edge takes the
+    # call and answers with SDP, as it would for a caller whose Accept it ignores
     "sdp01": Case("3.3.15", (100,), call=True),
     # 3.4 backward compatibility
     "inv2543": Case("3.4.1", (100,), call=True),
