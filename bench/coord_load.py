@@ -24,6 +24,18 @@ calls of ``--call-minutes`` average length.
 
     python bench/coord_load.py [--workers 4] [--concurrency 32] [--seconds 10]
                                [--redis-url redis://…]   # default: a private redis-server
+
+With ``--live-calls N`` it measures instead what a worker pays for the calls
+it does *not* handle: N live records, leased by ``--workers`` worker
+processes (each the real application: API, ``/status``, the call service's
+reapers), each renewing its leases and running ``reap_lost`` and
+``reap_unconnected`` every 5 s while ``/status`` and every page of
+``GET /calls`` are asked of each worker in turn, for ``--live-seconds``. It
+reports worker CPU per pass, the event loop's lag (a 1 ms sleep's overshoot,
+sampled throughout, p99 and max over all workers) and Redis commands per
+live call per minute (``INFO commandstats`` over the run)::
+
+    python bench/coord_load.py --live-calls 10000 [--workers 4] [--live-seconds 40]
 """
 
 from __future__ import annotations
@@ -242,6 +254,245 @@ def start_redis() -> tuple[subprocess.Popen[bytes], str, str]:
     return process, url, directory
 
 
+# -- part 3: the reapers, /status and GET /calls at N live calls ------------------------------
+
+LIVE_KEY = "bench-private-key-0123456789"
+LAG_TICK_S = 0.001
+
+
+def _live_settings(url: str, prefix: str, worker_id: str) -> Any:
+    from telephony_edge.config import load_settings
+
+    return load_settings(
+        None,
+        agents={"demo": {"prompt": "You are a bench."}},
+        api={"private_key": LIVE_KEY},
+        server={"worker_id": worker_id},
+        coordination={"redis_url": url, "key_prefix": prefix},
+    )
+
+
+def _live_record(call_id: str, worker: str, i: int) -> dict[str, Any]:
+    record = CallRecord(
+        agent_id="demo",
+        provider=("twilio", "vonage", "sip", "webrtc")[i % 4],
+        direction="inbound",
+        from_="+15555550100",
+        to="+15555550199",
+        region="us",
+        provider_call_id=f"CA{uuid.uuid4().hex}",
+        metadata={"customer": f"c{i}", "notes": "x" * 200},
+    )
+    record.call_id = call_id
+    record.owner = worker
+    record.state = CallState.ACTIVE
+    record.answered_at = record.created_at
+    return record.to_dict()
+
+
+async def seed_live(url: str, prefix: str, workers: list[str], calls: int) -> dict[str, list[str]]:
+    """``calls`` live records, owned (leased) in turn by ``workers``."""
+    coord = RedisCoordinator.from_url(url, key_prefix=prefix)
+    owned: dict[str, list[str]] = {w: [] for w in workers}
+    sem = asyncio.Semaphore(64)
+
+    async def one(i: int) -> None:
+        worker = workers[i % len(workers)]
+        call_id = f"call_{uuid.uuid4().hex}"
+        async with sem:
+            await coord.create_call(call_id, _live_record(call_id, worker, i))
+            await coord.claim_owner(call_id, worker, ttl=60)
+        owned[worker].append(call_id)
+
+    await asyncio.gather(*(one(i) for i in range(calls)))
+    await coord.close()
+    return owned
+
+
+async def live_worker(
+    url: str, prefix: str, worker: str, call_ids: list[str], port: int, seconds: float
+) -> dict[str, Any]:
+    """One worker: its real app (API, /status) and reapers, its leases renewed, lag sampled."""
+    from aiohttp import web
+
+    from telephony_edge.app import create_app
+    from telephony_edge.services import SERVICES
+
+    app = create_app(_live_settings(url, prefix, worker))
+    services = app[SERVICES]
+    service = services.call_service
+    coord = services.coordinator
+    app.cleanup_ctx.clear()  # the service's own loops stay off: this bench drives the passes
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    lags: list[float] = []
+    cpu: dict[str, list[float]] = defaultdict(list)
+    stop = asyncio.Event()
+
+    async def lag_monitor() -> None:
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            t0 = loop.time()
+            await asyncio.sleep(LAG_TICK_S)
+            lags.append(max(0.0, loop.time() - t0 - LAG_TICK_S))
+
+    async def timed(name: str, coro: Any) -> Any:
+        t0 = time.process_time()
+        result = await coro
+        cpu[name].append(time.process_time() - t0)
+        return result
+
+    async def every(interval: float, *steps: tuple[str, Any]) -> None:
+        # as the call service's own loops: each on its own clock, never behind another
+        while not stop.is_set():
+            for name, step in steps:
+                await timed(name, step())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+    held = dict.fromkeys(call_ids, "demo")
+    info = {"active_calls": len(call_ids), "accepting": True}
+    monitor = asyncio.create_task(lag_monitor())
+    await asyncio.sleep(0.5)
+    loops = [
+        every(
+            HEARTBEAT_S,
+            ("heartbeat", lambda: coord.heartbeat(worker, info, ttl=HEARTBEAT_S * 3)),
+            ("renew_leases", lambda: coord.renew_leases(worker, held, 15.0)),
+        ),
+        every(HEARTBEAT_S, ("reap_lost", service.reap_lost)),
+        every(HEARTBEAT_S, ("reap_unconnected", service.reap_unconnected)),
+    ]
+    tasks = [asyncio.create_task(loop) for loop in loops]
+    await asyncio.sleep(seconds)
+    stop.set()
+    await asyncio.gather(*tasks)
+    await monitor
+    await runner.cleanup()
+    await coord.close()
+    return {"lags": lags, "cpu": dict(cpu)}
+
+
+def _run_live_worker(args: tuple[str, str, str, list[str], int, float]) -> dict[str, Any]:
+    import logging
+
+    import uvloop
+
+    logging.getLogger("telephony_edge").setLevel(logging.ERROR)
+
+    return uvloop.run(live_worker(*args))
+
+
+async def http_load(ports: list[int], seconds: float) -> dict[str, list[float]]:
+    """``/status`` and every page of ``GET /calls`` from each worker in turn, for ``seconds``."""
+    import aiohttp
+
+    took: dict[str, list[float]] = defaultdict(list)
+    headers = {"Authorization": f"Bearer {LIVE_KEY}", "Accept": "application/json"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        for port in ports:  # the worker processes are starting
+            for _ in range(2400):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                        if resp.status == 200:
+                            break
+                await asyncio.sleep(0.05)
+        deadline = time.monotonic() + seconds
+
+        async def status(base: str) -> None:
+            async with http.get(f"{base}/status") as resp:
+                assert resp.status == 200, await resp.text()
+                await resp.read()
+
+        async def all_pages(base: str) -> int:
+            cursor, pages = None, 0
+            while True:
+                query = "?limit=100" + (f"&cursor={cursor}" if cursor else "")
+                async with http.get(f"{base}/calls{query}") as resp:
+                    assert resp.status == 200, await resp.text()
+                    body = await resp.json()
+                pages += 1
+                cursor = body["next_cursor"]
+                if cursor is None:
+                    return pages
+
+        while time.monotonic() < deadline:
+            for port in ports:
+                base = f"http://127.0.0.1:{port}"
+                for name, ask in (("/status", status), ("GET /calls (all pages)", all_pages)):
+                    t0 = time.perf_counter()
+                    try:  # the workers stop at the end of the run: a slow answer may not come
+                        pages = await asyncio.wait_for(ask(base), deadline - time.monotonic())
+                    except (TimeoutError, aiohttp.ClientError):
+                        took[f"{name}: unanswered at the end"].append(time.perf_counter() - t0)
+                        return took
+                    took[name].append(time.perf_counter() - t0)
+                    if pages:
+                        took["GET /calls (one page)"].append((time.perf_counter() - t0) / pages)
+    return took
+
+
+def live_bench(url: str, calls: int, workers: int, seconds: float) -> None:
+    prefix = f"bench-live-{uuid.uuid4().hex[:6]}:"
+    names = [f"bench-w{i}" for i in range(workers)]
+    started = time.monotonic()
+    owned = asyncio.run(seed_live(url, prefix, names, calls))
+    print(f"\n{calls} live calls of {workers} workers seeded in {time.monotonic() - started:.1f} s")
+    ports = [free_port() for _ in names]
+    jobs = [(url, prefix, n, owned[n], p, seconds) for n, p in zip(names, ports, strict=True)]
+    before = commandstats(url)
+    cpu_before = redis_cpu_s(url)
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        pending = pool.map_async(_run_live_worker, jobs)
+        try:
+            took = asyncio.run(http_load(ports, seconds * 0.6))
+        finally:
+            results = pending.get()  # a worker's failure, if any, first
+    redis_cpu = redis_cpu_s(url) - cpu_before
+    after = commandstats(url)
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    delta.pop("info", None)
+    minutes = seconds / 60
+    lags = [lag for r in results for lag in r["lags"]]
+    cpu: dict[str, list[float]] = defaultdict(list)
+    for result in results:
+        for name, values in result["cpu"].items():
+            cpu[name].extend(values)
+    print(
+        f"{workers} worker processes (uvloop) for {seconds:g} s, each: its leases renewed, "
+        f"reap_lost and reap_unconnected every {HEARTBEAT_S:g} s; /status and GET /calls "
+        f"(limit=100, every page) asked of each in turn"
+    )
+    print(f"  {'worker CPU per pass':<26} {'mean ms':>8} {'max ms':>8} {'passes':>7}")
+    for name in sorted(cpu):
+        values = cpu[name]
+        print(
+            f"  {name:<26} {sum(values) / len(values) * 1e3:8.1f} {max(values) * 1e3:8.1f} "
+            f"{len(values):7d}"
+        )
+    print(f"  {'HTTP (client wall time)':<26} {'p50 ms':>8} {'max ms':>8} {'asked':>7}")
+    for name in sorted(took):
+        values = took[name]
+        print(
+            f"  {name:<26} {pct(values, 0.5) * 1e3:8.1f} {max(values) * 1e3:8.1f} {len(values):7d}"
+        )
+    print(
+        f"  event-loop lag ({LAG_TICK_S * 1e3:g} ms sleeps, all workers): "
+        f"p50 {pct(lags, 0.5) * 1e3:.2f} ms, p99 {pct(lags, 0.99) * 1e3:.2f} ms, "
+        f"max {max(lags) * 1e3:.1f} ms"
+    )
+    total = sum(delta.values())
+    print(
+        f"  Redis commands per call per minute: {total / calls / minutes:.1f} "
+        f"(redis-server busy {redis_cpu / seconds:.0%} of one core)"
+    )
+    for name, count in sorted(delta.items(), key=lambda kv: -kv[1])[:8]:
+        if count > 0:
+            print(f"    {name:<16} {count / calls / minutes:7.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--redis-url", default=None)
@@ -251,12 +502,22 @@ def main() -> None:
     parser.add_argument("--ops-calls", type=int, default=200, help="calls for the op count")
     parser.add_argument("--call-minutes", type=float, default=3.0)
     parser.add_argument("--max-calls-per-worker", type=int, default=500)
+    parser.add_argument(
+        "--live-calls",
+        type=int,
+        default=0,
+        help="instead: the reapers, /status and GET /calls at this many live calls",
+    )
+    parser.add_argument("--live-seconds", type=float, default=40.0)
     args = parser.parse_args()
     server = None
     url = args.redis_url
     if url is None:
         server, url, directory = start_redis()
     try:
+        if args.live_calls:
+            live_bench(url, args.live_calls, args.workers, args.live_seconds)
+            return
         per_call, breakdown = ops_per_call(url, args.ops_calls)
         print(f"Redis commands per call (setup + teardown + webhook delivery): {per_call:.1f}")
         for name, count in sorted(breakdown.items(), key=lambda kv: -kv[1]):
