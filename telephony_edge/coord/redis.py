@@ -51,9 +51,9 @@ key                                    type      holds / expiry
 ``P{queue:<name>}:dead``               hash      job id → data JSON of a dead letter
 ``P{queue:<name>}:deadinfo``           hash      job id → ``{"attempts","reason"}`` JSON
 ``P{queue:<name>}:deadorder``          zset      job id → when it died (ms); listing order
-``P{queue:<name>}:cursor``             string    ``XAUTOCLAIM`` scan cursor; the queue's
-                                                 keys all expire ``queue_ttl`` after the
-                                                 queue was last written
+``P{queue:<name>}:cursor``             string    ``XAUTOCLAIM`` scan cursor. No queue key
+                                                 expires: jobs leave by ack or dead letter,
+                                                 dead letters past ``dead_letter_max``
 ``P{queue:<name>}:once:<job id>``      string    "enqueued once" marker, ``job_once_ttl``
 ``Ppending:<key>``                     string    pending payload JSON, ``PX`` ttl
 ``Psession:<session_id>``              string    session continuation JSON, ``PX`` the
@@ -472,8 +472,10 @@ return redis.call('HGETALL', KEYS[1])
 # deadorder, cursor (one hash tag), then the script's own.
 _QUEUE_LIB = """
 local GROUP = 'workers'
-local function touch(ttl)
-  for i = 1, 9 do redis.call('PEXPIRE', KEYS[i], ttl) end
+-- queue keys never expire (an eviction policy such as volatile-lru picks only keys with
+-- a TTL): a write makes them persistent again (keys written by older versions had one)
+local function touch(_)
+  for i = 1, 9 do redis.call('PERSIST', KEYS[i]) end
 end
 local function push(id)
   if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -533,7 +535,7 @@ for round = 1, 64 do
   -- a reservation older than the visibility timeout: its worker died or hung
   local cursor = redis.call('GET', KEYS[9]) or '0-0'
   local claimed = redis.call('XAUTOCLAIM', KEYS[1], GROUP, ARGV[3], ARGV[1], cursor, 'COUNT', 1)
-  redis.call('SET', KEYS[9], claimed[1], 'PX', ARGV[2])
+  redis.call('SET', KEYS[9], claimed[1])
   if #claimed[2] > 0 then
     entry = claimed[2][1]
   else

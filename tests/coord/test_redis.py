@@ -107,24 +107,35 @@ async def test_cluster_node_refuses_cross_slot_scripts(redis_cluster_node: Serve
 # -- expiry ----------------------------------------------------------------------------------
 
 
-async def test_every_abandonable_key_has_a_ttl(coord: RedisCoordinator, raw: Redis) -> None:
+async def test_every_abandonable_key_has_a_ttl_and_no_queue_key_has_one(
+    coord: RedisCoordinator, raw: Redis
+) -> None:
+    """What a dead worker abandons expires; what an eviction policy must not take has no TTL.
+
+    ``volatile-*`` eviction picks only keys with a TTL, so a queue key with one
+    could be dropped with its jobs (before: every queue key expired after
+    ``queue_ttl``).
+    """
     ended, live = "call_ended", "call_live"
     await exercise(coord, ended)
     await coord.update_call(ended, {"state": "ended"})
     await coord.create_call(live, {"state": "active"})
-    no_ttl = {coord._doc_keys(live)[0], coord._doc_keys(live)[1]}  # live state, by design
-    checked = 0
+    indexes = (":active", ":leases", ":holders", ":created")
+    no_ttl = {coord._doc_keys(live)[0]} | {
+        key for key in await keys_of(raw, coord) if key.endswith(indexes)
+    }
+    queue = {key for key in coord._queue_keys("webhooks") if await raw.exists(key)}
+    assert len(queue) == 8  # the entry map is empty: the one job in the stream died
+    with_ttl = 0
     for key in await keys_of(raw, coord):
         ttl = await raw.pttl(key)
-        if key in no_ttl:
-            assert ttl == -1, key
+        if key in no_ttl or key in queue:
+            assert ttl == -1, f"{key} expires"
         else:
             assert ttl > 0, f"{key} has no TTL"
-            checked += 1
-    # ended record, owner, inbox, slots, 2 worker keys, pending, session; queue: stream,
-    # jobs, attempts, delayed, claim cursor, 3 dead-letter keys, 2 once-markers
-    # (the entry map is empty: the one job in the stream was dead-lettered)
-    assert checked == 18
+            with_ttl += 1
+    # ended record, owner, inbox, slots, 2 worker keys, pending, session, 2 once-markers
+    assert with_ttl == 10
 
 
 async def test_index_expires_with_its_records(coord: RedisCoordinator, raw: Redis) -> None:
@@ -437,3 +448,4 @@ async def test_a_redis_that_can_lose_state_is_named_at_start(
             await coordinator.close()
     logged = [r.getMessage() for r in caplog.records if "coordination store" in r.getMessage()]
     assert logged == [f"coordination store: {w}" for w in warnings]
+
