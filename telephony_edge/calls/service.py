@@ -34,6 +34,7 @@ from telephony_edge.calls.manager import CallManager
 from telephony_edge.calls.outbox import Outbox
 from telephony_edge.calls.pacing import Pacer
 from telephony_edge.calls.prefetch import prefetch
+from telephony_edge.calls.reaper import REAP_BATCH, WorkerAbsence
 from telephony_edge.calls.record import CallRecord, CallState, CallStatus, new_id
 from telephony_edge.calls.variables import call_variables, fill_placeholders, merge_agent_config
 from telephony_edge.config import Settings
@@ -198,6 +199,9 @@ class CallService:
         )
         self._rates = webhooks.CostRates(**settings.costs.model_dump())
         self.health = CoordinatorHealth()
+        #: which workers' heartbeats the lease reaper has seen absent, and since when
+        self._absence = WorkerAbsence()
+        self._absence_epoch: float | None = None  # health.recovered_at it counts from
         self._store_checked = False  # durability_warnings logged (once the store answered)
         #: calls whose end met a coordinator outage: (record, conversation) until written
         self._deferred_ends: dict[str, tuple[CallRecord, Conversation]] = {}
@@ -1017,19 +1021,29 @@ class CallService:
         return True
 
     async def reap_unconnected(self) -> int:
-        """End calls whose media has not arrived within ``calls.setup_ttl_s``; return how many."""
+        """End calls whose media has not arrived within ``calls.setup_ttl_s``; return how many.
+
+        Reads only the calls created that long ago and still ``created``
+        (:meth:`Coordinator.aged_calls`), in batches, yielding between them.
+        """
         ttl = self.settings.calls.setup_ttl_s
-        cutoff = time.time() - ttl
         ended = 0
-        for doc in await self.coordinator.list_active_calls():
-            if doc.data.get("state") != CallState.CREATED:
-                continue
-            record = CallRecord.from_dict(doc.data)
-            if record.created_at <= cutoff and await self._end_stored(
-                record, CallStatus.ERROR, f"the call's media never arrived within {ttl:g}s"
-            ):
-                ended += 1
-        return ended
+        cursor: str | None = None
+        while True:
+            ids, cursor = await self.coordinator.aged_calls(
+                str(CallState.CREATED), ttl, limit=REAP_BATCH, after=cursor
+            )
+            for call_id in ids:
+                doc = await self.coordinator.get_call(call_id)
+                if doc is not None and await self._end_stored(
+                    CallRecord.from_dict(doc.data),
+                    CallStatus.ERROR,
+                    f"the call's media never arrived within {ttl:g}s",
+                ):
+                    ended += 1
+            if cursor is None:
+                return ended
+            await asyncio.sleep(0)  # a batch at a time: the event loop is never held long
 
     async def _reap_loop(self) -> None:
         interval = min(30.0, max(0.05, self.settings.calls.setup_ttl_s / 4))
@@ -1042,36 +1056,51 @@ class CallService:
     async def reap_lost(self) -> int:
         """End bridged calls whose owner's lease lapsed (its worker died); return how many.
 
-        Runs on every worker; the compare-and-set guarded by the lease's
-        absence (``_end_stored(lost=True)``) makes exactly one of them end each.
-        A worker never reaps a call it is bridging (its lease renewal takes it
-        back), and nobody reaps in the ``lease_s + lease_renew_s`` after the
-        coordinator came back: a Redis restarted empty or stalled past the
-        lease shows live owners' leases as absent until they renew them.
+        Runs on every worker, under the rules of :mod:`telephony_edge.calls.reaper`:
+        only calls whose lease lapsed ``lease_s`` ago (the leases index, not the
+        live calls), whose holder's heartbeat this worker has seen absent for
+        ``lease_s``, not bridged here, and not in the ``lease_s +
+        lease_renew_s`` after the coordinator came back. The compare-and-set
+        guarded by the lease's absence (``_end_stored(lost=True)``) makes
+        exactly one worker end each.
         """
+        now = time.monotonic()
         recovered = self.health.recovered_at
         if not self.health.up or (
-            recovered is not None
-            and time.monotonic() - recovered < self._lease_s + self._lease_renew_s
+            recovered is not None and now - recovered < self._lease_s + self._lease_renew_s
         ):
+            self._absence.reset()
             return 0
+        if recovered != self._absence_epoch:  # an outage since absence was last counted
+            self._absence.reset()
+            self._absence_epoch = recovered
+        self._absence.observe(await self.coordinator.live_workers(), now)
         ours = {b.call_id for b in self.manager.live_calls() if isinstance(b, CallBridge)}
-        live = [
-            doc
-            for doc in await self.coordinator.list_active_calls()
-            if doc.data.get("state") in _LIVE_STATES and doc.data.get("call_id") not in ours
-        ]
-        owners = await self.coordinator.owners_of([str(d.data.get("call_id")) for d in live])
         ended = 0
-        for doc in live:
-            record = CallRecord.from_dict(doc.data)
-            if record.call_id in self._deferred_ends:
-                continue  # ours, ended during an outage: flush_deferred_ends writes it
-            if owners.get(record.call_id) is None and await self._end_stored(
-                record, CallStatus.ERROR, WORKER_LOST, lost=True
-            ):
-                ended += 1
-        return ended
+        cursor: str | None = None
+        while True:
+            lapsed, cursor = await self.coordinator.lapsed_leases(
+                self._lease_s, limit=REAP_BATCH, after=cursor
+            )
+            for lease in lapsed:
+                call_id = lease.call_id
+                if (
+                    lease.state not in _LIVE_STATES
+                    or call_id in ours
+                    or call_id in self._deferred_ends  # ours, ended in an outage: flushed later
+                ):
+                    continue
+                holder = None if lease.holder == self.worker_id else lease.holder
+                if holder is not None and self._absence.absent_for(holder, now) < self._lease_s:
+                    continue  # its worker answered lately: it re-claims or ends it itself
+                doc = await self.coordinator.get_call(call_id)
+                if doc is not None and await self._end_stored(
+                    CallRecord.from_dict(doc.data), CallStatus.ERROR, WORKER_LOST, lost=True
+                ):
+                    ended += 1
+            if cursor is None:
+                return ended
+            await asyncio.sleep(0)  # a batch at a time: the event loop is never held long
 
     async def _lease_reap_loop(self) -> None:
         while True:
@@ -1152,7 +1181,7 @@ class CallService:
         while True:
             try:
                 await self.coordinator.heartbeat(
-                    self.worker_id, self._heartbeat_info(), ttl=HEARTBEAT_S * 3
+                    self.worker_id, self._heartbeat_info(), ttl=max(self._lease_s, 2 * interval)
                 )
                 self.pool.update_registered(await self.coordinator.live_workers())
             except Exception as exc:

@@ -119,6 +119,19 @@ class DeadLetter:
     dead_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class LapsedLease:
+    """A call whose media lease lapsed without being released, and still live.
+
+    ``state`` is the record's state; ``holder`` the worker that held the lease
+    last (None if unknown).
+    """
+
+    call_id: str
+    state: Any
+    holder: str | None
+
+
 class Coordinator(abc.ABC):
     """Shared state for all workers. See the module docstring for the rules."""
 
@@ -207,15 +220,23 @@ class Coordinator(abc.ABC):
         """Every stored record whose state is not ``ended``."""
 
     async def page_active_calls(
-        self, *, where: Mapping[str, Any] | None = None, after: str | None = None, limit: int = 100
+        self,
+        *,
+        where: Mapping[str, Any] | None = None,
+        after: str | None = None,
+        limit: int = 100,
+        fields: Collection[str] | None = None,
     ) -> tuple[list[tuple[str, Document]], str | None]:
         """One page of the active calls whose fields equal ``where``, ordered by call id.
 
         Returns ``(call id, document)`` pairs and the cursor of the next page
         (the last id of this one; None when this page is the last). Ordering
         by id makes the cursor stable: a call created or ended meanwhile
-        never shifts the others between pages. The default reads the whole
-        index (see :meth:`list_active_calls`); backends may do better.
+        never shifts the others between pages. With ``fields``, each
+        document holds only those fields (and ``call_id``): what a caller
+        that counts needs, read and decoded without the rest. The default
+        reads the whole index (see :meth:`list_active_calls`); the Redis
+        backend reads only the page (its index is ordered by id).
         """
         if limit < 1:
             raise ValueError("limit must be at least 1")
@@ -228,7 +249,27 @@ class Coordinator(abc.ABC):
             and all(doc.data.get(k) == v for k, v in wanted.items())
         )
         page = matching[:limit]
+        if fields is not None:
+            keep = {*fields, *wanted, CALL_ID_KEY}
+            page = [
+                (call_id, Document({k: v for k, v in doc.data.items() if k in keep}, doc.version))
+                for call_id, doc in page
+            ]
         return page, (page[-1][0] if len(matching) > limit else None)
+
+    @abc.abstractmethod
+    async def aged_calls(
+        self, state: str, age: float, *, limit: int = 100, after: str | None = None
+    ) -> tuple[list[str], str | None]:
+        """Calls created at least ``age`` seconds ago that are still in ``state``.
+
+        Every record is filed by its creation (in the step that creates it);
+        this read drops the entries whose record has left ``state`` (or is
+        gone), so each call is read about once in its life: the cost follows
+        the calls created, not the calls live. At most ``limit`` ids, oldest
+        first, and the cursor to pass as ``after`` for the next ones (None:
+        no more).
+        """
 
     # -- pending registrations (SIP register_sip_call, Twilio stream tokens) --
 
@@ -286,6 +327,22 @@ class Coordinator(abc.ABC):
     @abc.abstractmethod
     async def release_owner(self, call_id: str, worker_id: str) -> bool:
         """Drop the lease if ``worker_id`` holds it; True if it did."""
+
+    @abc.abstractmethod
+    async def lapsed_leases(
+        self, lapsed_for: float, *, limit: int = 100, after: str | None = None
+    ) -> tuple[list[LapsedLease], str | None]:
+        """Calls whose lease expired at least ``lapsed_for`` seconds ago and nobody holds.
+
+        The leases index (kept in the same step as :meth:`claim_owner`,
+        :meth:`renew_leases` and :meth:`release_owner`) is read from its
+        oldest expiry, only where it lapsed: the cost follows the lapsed
+        leases, not the live calls. A released lease is not listed; a lapsed
+        lease whose call is over (``ended``, or its record gone) is dropped
+        from the index by this read, in the step that finds it so. Returns
+        at most ``limit`` calls, oldest expiry first, and the cursor to pass
+        as ``after`` for the next ones (None: no more).
+        """
 
     # -- control messages to the owner ---------------------------------------
 

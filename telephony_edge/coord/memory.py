@@ -33,6 +33,7 @@ from telephony_edge.coord.base import (
     DeadLetter,
     Document,
     Job,
+    LapsedLease,
     json_text,
 )
 
@@ -135,10 +136,13 @@ class MemoryCoordinator(Coordinator):
         self._clock = clock
         self._calls = _ExpiringDict(clock)
         self._active: set[str] = set()
+        self._created: dict[str, float] = {}  # call id → when created, until it moves on
         self._owed: dict[str, float] = {}  # call id → when its webhook became owed
         self._pending = _ExpiringDict(clock)
         self._workers = _ExpiringDict(clock)
         self._owners = _ExpiringDict(clock)  # call id → JSON of the worker id
+        #: the leases index: call id → (when its lease expires, its holder) until released
+        self._leases: dict[str, tuple[float, str]] = {}
         self._replies = _ExpiringDict(clock)
         self._reply_waiters: dict[str, asyncio.Event] = {}
         self._inboxes: dict[str, asyncio.Queue[tuple[str, str]]] = {}
@@ -180,6 +184,7 @@ class MemoryCoordinator(Coordinator):
             return None
         doc = Document(data=json.loads(json_text(dict(data))), version=1)
         self._store_call(call_id, doc, ttl)
+        self._created[call_id] = self._clock()
         return self._load_call(call_id)
 
     async def update_call(
@@ -268,6 +273,7 @@ class MemoryCoordinator(Coordinator):
         if current is not None and current != worker_id:
             return False
         self._owners.set(call_id, json_text(worker_id), ttl)
+        self._leases[call_id] = (self._clock() + ttl, worker_id)
         return True
 
     async def renew_leases(
@@ -278,6 +284,7 @@ class MemoryCoordinator(Coordinator):
             if await self.owner_of(call_id) != worker_id:
                 continue
             self._owners.set(call_id, json_text(worker_id), ttl)
+            self._leases[call_id] = (self._clock() + ttl, worker_id)
             renewed.add(call_id)
             slots = self._live_slots(agent_id) if agent_id is not None else {}
             if call_id in slots:
@@ -292,7 +299,60 @@ class MemoryCoordinator(Coordinator):
         if await self.owner_of(call_id) != worker_id:
             return False
         self._owners.pop(call_id)
+        self._leases.pop(call_id, None)
         return True
+
+    async def aged_calls(
+        self, state: str, age: float, *, limit: int = 100, after: str | None = None
+    ) -> tuple[list[str], str | None]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        start: tuple[float, str] | None = None
+        if after is not None:
+            score, _, call_id = after.partition("|")
+            start = (float(score), call_id)
+        cutoff = self._clock() - age
+        aged = sorted(
+            (at, call_id)
+            for call_id, at in self._created.items()
+            if at <= cutoff and (start is None or (at, call_id) > start)
+        )
+        batch = aged[:limit]
+        out = []
+        for _, call_id in batch:
+            doc = self._load_call(call_id)
+            if doc is not None and doc.data.get(STATE_KEY) == state:
+                out.append(call_id)
+            else:
+                del self._created[call_id]
+        cursor = f"{batch[-1][0]!r}|{batch[-1][1]}" if len(aged) > limit else None
+        return out, cursor
+
+    async def lapsed_leases(
+        self, lapsed_for: float, *, limit: int = 100, after: str | None = None
+    ) -> tuple[list[LapsedLease], str | None]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        cutoff = self._clock() - lapsed_for
+        start: tuple[float, str] | None = None
+        if after is not None:
+            score, _, call_id = after.partition("|")
+            start = (float(score), call_id)
+        lapsed = sorted(
+            (expiry, call_id)
+            for call_id, (expiry, _) in self._leases.items()
+            if expiry <= cutoff and (start is None or (expiry, call_id) > start)
+        )
+        batch = lapsed[:limit]
+        out = []
+        for _, call_id in batch:
+            doc = self._load_call(call_id)
+            if doc is None or doc.data.get(STATE_KEY) == ENDED_STATE:
+                del self._leases[call_id]  # the call is over
+            elif self._owners.get(call_id) is None:
+                out.append(LapsedLease(call_id, doc.data.get(STATE_KEY), self._leases[call_id][1]))
+        cursor = f"{batch[-1][0]!r}|{batch[-1][1]}" if len(lapsed) > limit else None
+        return out, cursor
 
     # -- control messages -------------------------------------------------------------
 

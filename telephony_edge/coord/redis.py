@@ -27,9 +27,13 @@ key                                    type      holds / expiry
 ``P{calls:B}:owner:<call_id>``         string    the media owner's lease: its worker id,
                                                  expiring after the lease ttl (renewed by
                                                  ``claim_owner`` / ``renew_leases``)
-``P{calls:B}:active``                  zset      call ids of bucket B not ended, score =
-                                                 creation time; lives as long as its
+``P{calls:B}:active``                  zset      call ids of bucket B not ended, score 0
+                                                 (paged by id); lives as long as its
                                                  members (see below)
+``P{calls:B}:leases`` / ``:holders``   zset,     the lease index (lease expiry; last holder)
+                                       hash      :mod:`~telephony_edge.coord.redis_leases`
+``P{calls:B}:created``                 zset      setup index (creation time), no TTL:
+                                                 :mod:`~telephony_edge.coord.redis_index`
 ``P{calls:B}:owed``                    zset      call ids of bucket B whose end-of-call
                                                  webhook is owed (the record's
                                                  ``f:webhook_owed``), score = since when
@@ -63,10 +67,12 @@ key                                    type      holds / expiry
 =====================================  ========  ==========================================
 
 Everything that can be abandoned expires: ended records, owners, inboxes,
-slots, heartbeats, pending registrations and idle queues. The only keys
-without a TTL are live call records created without one (they are live
-state; reaping calls of dead workers is the coordinator's callers' job) and
-an active index holding such a record.
+slots, heartbeats, pending registrations. Without a TTL, because an eviction
+policy that picks keys with one (``volatile-*``) must never take them: live
+call records created without one (live state; reaping calls of dead workers
+is the coordinator's callers' job), an active index holding such a record,
+the lease and setup indexes (bounded by the calls: their readers drop what
+is over) and the queues (bounded by their jobs and ``dead_letter_max``).
 
 Hash tags and the active index (Redis Cluster)
 ----------------------------------------------
@@ -105,11 +111,14 @@ Scripts
                   (cjson would turn ``[]`` into ``{}`` and round numbers).
 ``LIST_BUCKET``   read the given records of one bucket, dropping ids whose
                   record expired.
-``CLAIM_OWNER`` / ``RELEASE_OWNER``  set-if-absent-or-mine / delete-if-mine.
-``RENEW_OWNERS``  per bucket: extend the leases the worker still holds;
-                  ``RENEW_SLOTS`` per agent then extends those calls' slots
-                  (``ZADD XX``: a released slot is not revived). Two
-                  pipelined round trips per heartbeat, whatever the calls.
+``CLAIM_OWNER`` / ``RELEASE_OWNER`` / ``RENEW_OWNERS``  the leases and their
+                  index, in :mod:`telephony_edge.coord.redis_leases` (with the
+                  keys ``leases`` and ``holders`` of each bucket); ``RENEW_SLOTS``
+                  per agent then extends the renewed calls' slots (``ZADD XX``:
+                  a released slot is not revived). Two pipelined round trips
+                  per heartbeat, whatever the calls.
+``PAGE_IDS`` / ``STILL_IN``  paging the index by id, and the calls still
+                  setting up: :mod:`telephony_edge.coord.redis_index`.
 ``ACQUIRE_SLOT``  drop expired slots, admit if held or below the limit, key
                   TTL to the latest slot. ``SLOTS_IN_USE`` counts unexpired.
 ``HEARTBEAT`` / ``LIVE_WORKERS``  prune expired workers, then write / read.
@@ -205,7 +214,6 @@ from telephony_edge.coord.base import (
     DEFAULT_DEAD_LETTER_MAX,
     DEFAULT_ENDED_CALL_TTL,
     DEFAULT_JOB_ONCE_TTL,
-    DEFAULT_LEASE_TTL,
     DEFAULT_SLOT_TTL,
     ENDED_STATE,
     OWED_FIELD,
@@ -218,6 +226,8 @@ from telephony_edge.coord.base import (
     Job,
     json_text,
 )
+from telephony_edge.coord.redis_index import RedisIndex
+from telephony_edge.coord.redis_leases import RedisLeases
 from telephony_edge.coord.redis_url import (
     SENTINEL_SCHEME,
     check_redis_url,
@@ -269,7 +279,7 @@ local function place(doc, index, call_id, ended, ttl, ended_ttl)
     return
   end
   local index_ttl = redis.call('PTTL', index)
-  redis.call('ZADD', index, 'NX', now_ms(), call_id)
+  redis.call('ZADD', index, 'NX', 0, call_id)
   if ttl == '' then
     redis.call('PERSIST', doc)
     redis.call('PERSIST', index)
@@ -282,7 +292,7 @@ local function place(doc, index, call_id, ended, ttl, ended_ttl)
 end
 """
 
-# KEYS: doc, index. ARGV: call_id, ended, ttl|'', ended_ttl, field, json, field, json...
+# KEYS: doc, index, created. ARGV: call_id, ended, ttl|'', ended_ttl, field, json, ...
 _CREATE_CALL = (
     _PRELUDE
     + _PLACE
@@ -295,6 +305,7 @@ for i = 5, #ARGV, 2 do
 end
 redis.call('HSET', KEYS[1], unpack(fields))
 place(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+redis.call('ZADD', KEYS[3], now_ms(), ARGV[1])
 return redis.call('HGETALL', KEYS[1])
 """
 )
@@ -354,34 +365,6 @@ for i = 2, #KEYS do
   end
 end
 return out
-"""
-
-# KEYS: owner. ARGV: worker, ttl.
-_CLAIM_OWNER = """
-local current = redis.call('GET', KEYS[1])
-if current and current ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-
-# KEYS: owner keys of one bucket. ARGV: worker, ttl_ms. Returns the 1-based
-# positions of the keys whose lease the worker held (and now renewed).
-_RENEW_OWNERS = """
-local renewed = {}
-for i = 1, #KEYS do
-  if redis.call('GET', KEYS[i]) == ARGV[1] then
-    redis.call('PEXPIRE', KEYS[i], ARGV[2])
-    renewed[#renewed + 1] = i
-  end
-end
-return renewed
-"""
-
-# KEYS: owner. ARGV: worker.
-_RELEASE_OWNER = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-return 1
 """
 
 # Expire a zset of deadlines (and its companion hash) with its latest deadline.
@@ -682,7 +665,7 @@ def _field_args(data: Mapping[str, Any]) -> list[str]:
     return args
 
 
-class RedisCoordinator(Coordinator):
+class RedisCoordinator(RedisLeases, RedisIndex, Coordinator):
     """Shared state in Redis; see the module docstring for keys and scripts."""
 
     shared = True
@@ -734,9 +717,6 @@ class RedisCoordinator(Coordinator):
         self._update_call = script(_UPDATE_CALL)
         self._settle_owed = script(_SETTLE_OWED)
         self._list_bucket = script(_LIST_BUCKET)
-        self._claim_owner = script(_CLAIM_OWNER)
-        self._release_owner = script(_RELEASE_OWNER)
-        self._renew_owners = script(_RENEW_OWNERS)
         self._renew_slots = script(_RENEW_SLOTS)
         self._acquire_slot = script(_ACQUIRE_SLOT)
         self._slots_in_use = script(_SLOTS_IN_USE)
@@ -750,6 +730,8 @@ class RedisCoordinator(Coordinator):
         self._dead_letters = script(_DEAD_LETTERS)
         self._retry_dead = script(_RETRY_DEAD)
         self._forget_consumer = script(_FORGET_CONSUMER)
+        self._init_leases()
+        self._init_index()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisCoordinator:
@@ -809,9 +791,6 @@ class RedisCoordinator(Coordinator):
     def _owed_key(self, call_id: str) -> str:
         """The bucket's calls owing their webhook (score: since when, ms): the record's slot."""
         return f"{self._call_tag(call_id)}:owed"
-
-    def _owner_key(self, call_id: str) -> str:
-        return f"{self._call_tag(call_id)}:owner:{call_id}"
 
     def _reply_key(self, token: str) -> str:
         return f"{self._prefix}{{reply:{token}}}:r"
@@ -905,7 +884,7 @@ class RedisCoordinator(Coordinator):
         if not isinstance(data.get(STATE_KEY), str):
             raise ValueError(f"a call record needs a string {STATE_KEY!r}")
         flat = await self._create_call(
-            keys=self._doc_keys(call_id),
+            keys=[*self._doc_keys(call_id), f"{self._call_tag(call_id)}:created"],
             args=[call_id, self._ended, self._ttl_arg(ttl), self._ended_ttl, *_field_args(data)],
         )
         return None if flat is None else _document(flat)
@@ -1029,68 +1008,16 @@ class RedisCoordinator(Coordinator):
         stored = await self._redis.get(self._pending_key(key))
         return None if stored is None else dict(json.loads(stored))
 
-    # -- ownership -------------------------------------------------------------------------
+    # -- ownership: see redis_leases.RedisLeases -----------------------------------------
 
-    async def claim_owner(
-        self, call_id: str, worker_id: str, *, ttl: float = DEFAULT_LEASE_TTL
-    ) -> bool:
-        claimed = await self._claim_owner(
-            keys=[self._owner_key(call_id)], args=[worker_id, _ms(ttl)]
-        )
-        return bool(claimed)
-
-    async def renew_leases(
-        self, worker_id: str, calls: Mapping[str, str | None], ttl: float
-    ) -> set[str]:
-        if not calls:
-            return set()
-        ttl_ms = _ms(ttl)
-        # Step 1: the leases, one script per bucket (one slot each), in one round trip.
-        by_bucket: dict[str, list[str]] = {}
-        for call_id in calls:
-            by_bucket.setdefault(self._call_tag(call_id), []).append(call_id)
+    async def _renew_agent_slots(self, by_agent: Mapping[str, list[str]], ttl_ms: int) -> None:
+        """Renew the slots of these calls of each agent: one script per agent, one round trip."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            for ids in by_bucket.values():
-                await self._renew_owners(
-                    keys=[self._owner_key(c) for c in ids], args=[worker_id, ttl_ms], client=pipe
+            for agent_id, ids in by_agent.items():
+                await self._renew_slots(
+                    keys=[self._slots_key(agent_id)], args=[ttl_ms, *ids], client=pipe
                 )
-            replies: list[list[int]] = await pipe.execute()
-        renewed = {
-            ids[i - 1]
-            for ids, reply in zip(by_bucket.values(), replies, strict=True)
-            for i in reply
-        }
-        # Step 2: the slots of the calls still ours, one script per agent, one round trip.
-        by_agent: dict[str, list[str]] = {}
-        for call_id in renewed:
-            agent_id = calls[call_id]
-            if agent_id is not None:
-                by_agent.setdefault(agent_id, []).append(call_id)
-        if by_agent:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for agent_id, ids in by_agent.items():
-                    await self._renew_slots(
-                        keys=[self._slots_key(agent_id)], args=[ttl_ms, *ids], client=pipe
-                    )
-                await pipe.execute()
-        return renewed
-
-    async def owner_of(self, call_id: str) -> str | None:
-        return cast("str | None", await self._redis.get(self._owner_key(call_id)))
-
-    async def owners_of(self, call_ids: Collection[str]) -> dict[str, str | None]:
-        ids = list(call_ids)
-        if not ids:
-            return {}
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for call_id in ids:
-                pipe.get(self._owner_key(call_id))
-            owners: list[str | None] = await pipe.execute()
-        return dict(zip(ids, owners, strict=True))
-
-    async def release_owner(self, call_id: str, worker_id: str) -> bool:
-        released = await self._release_owner(keys=[self._owner_key(call_id)], args=[worker_id])
-        return bool(released)
+            await pipe.execute()
 
     # -- control messages --------------------------------------------------------------------
 

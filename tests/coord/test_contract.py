@@ -20,6 +20,7 @@ import pytest
 from redis.asyncio import Redis
 
 from telephony_edge.coord import Conflict, Coordinator, Document, Job, MemoryCoordinator
+from telephony_edge.coord.base import LapsedLease
 from telephony_edge.coord.redis import RedisCoordinator
 
 TTL = 0.1  # short expiry used throughout
@@ -705,3 +706,86 @@ async def test_session_put_get_replace_and_expire(coord: Coordinator) -> None:
     assert await coord.get_session("sess_1") == {"chat": []}
     await asyncio.sleep(PAST_TTL)
     assert await coord.get_session("sess_1") is None
+
+
+# -- the leases index and the setup index (what reapers read) ---------------------------
+
+
+async def test_lapsed_leases_lists_the_unreleased_lapsed_leases_of_live_calls(
+    coord: Coordinator,
+) -> None:
+    lapsed, held, released, over, gone = (new_id() for _ in range(5))
+    for call_id in (lapsed, held, released, over):
+        await coord.create_call(call_id, make_record(state="active"))
+    for call_id in (lapsed, released, over, gone):
+        assert await coord.claim_owner(call_id, "w1", ttl=TTL)
+    assert await coord.claim_owner(held, "w2", ttl=30)
+    assert await coord.release_owner(released, "w1")
+    await coord.update_call(over, {"state": "ended"}, ttl=30)
+    assert await coord.lapsed_leases(0.0) == ([], None)  # nothing lapsed yet
+    await asyncio.sleep(PAST_TTL)
+    found, cursor = await coord.lapsed_leases(0.0)
+    assert found == [LapsedLease(lapsed, "active", "w1")] and cursor is None
+    assert await coord.lapsed_leases(30.0) == ([], None)  # not lapsed that long
+    assert await coord.claim_owner(lapsed, "w2", ttl=30)  # taken again: not lapsed
+    assert await coord.lapsed_leases(0.0) == ([], None)
+    with pytest.raises(ValueError):
+        await coord.lapsed_leases(0.0, limit=0)
+
+
+async def test_lapsed_leases_page_with_a_cursor(coord: Coordinator) -> None:
+    ids = [new_id() for _ in range(7)]
+    for call_id in ids:
+        await coord.create_call(call_id, make_record(state="connecting"))
+    # one renewal gives all its leases the same expiry: the cursor orders ties by id
+    for call_id in ids:
+        assert await coord.claim_owner(call_id, "w1", ttl=30)
+    assert await coord.renew_leases("w1", dict.fromkeys(ids), ttl=TTL) == set(ids)
+    await asyncio.sleep(PAST_TTL)
+    seen: list[str] = []
+    cursor = None
+    for _ in range(10):
+        page, cursor = await coord.lapsed_leases(0.0, limit=3, after=cursor)
+        assert len(page) <= 3
+        seen += [lease.call_id for lease in page]
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(ids) and len(seen) == len(ids)
+
+
+async def test_aged_calls_lists_calls_still_in_a_state_once_old_enough(
+    coord: Coordinator,
+) -> None:
+    waiting, connected, ended = new_id(), new_id(), new_id()
+    for call_id in (waiting, connected, ended):
+        await coord.create_call(call_id, make_record())
+    assert await coord.aged_calls("created", TTL) == ([], None)  # too young
+    await coord.update_call(connected, {"state": "connecting"})
+    await coord.update_call(ended, {"state": "ended"}, ttl=30)
+    await asyncio.sleep(PAST_TTL)
+    assert await coord.aged_calls("created", TTL) == ([waiting], None)
+    assert await coord.aged_calls("created", 30.0) == ([], None)
+    more = [new_id() for _ in range(5)]
+    for call_id in more:
+        await coord.create_call(call_id, make_record())
+    await asyncio.sleep(PAST_TTL)
+    seen: list[str] = []
+    cursor = None
+    for _ in range(10):
+        ids, cursor = await coord.aged_calls("created", TTL, limit=2, after=cursor)
+        seen += ids
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted([waiting, *more])
+
+
+async def test_page_active_calls_reads_only_the_fields_asked_for(coord: Coordinator) -> None:
+    call_id = new_id()
+    await coord.create_call(
+        call_id, make_record(call_id=call_id, owner="w1", metadata={"big": "x" * 100})
+    )
+    page, cursor = await coord.page_active_calls(where={"state": "created"}, fields=["owner"])
+    assert cursor is None
+    [(found, doc)] = page
+    assert found == call_id
+    assert doc.data == {"call_id": call_id, "owner": "w1", "state": "created"}

@@ -449,3 +449,47 @@ async def test_a_redis_that_can_lose_state_is_named_at_start(
     logged = [r.getMessage() for r in caplog.records if "coordination store" in r.getMessage()]
     assert logged == [f"coordination store: {w}" for w in warnings]
 
+
+# -- paging the index ------------------------------------------------------------------------
+
+
+async def record_reads(raw: Redis) -> int:
+    stats = await raw.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("hgetall", "hmget"))
+
+
+async def test_a_page_of_the_index_reads_only_its_records(
+    coord: RedisCoordinator, raw: Redis
+) -> None:
+    """``GET /calls`` and ``/status`` read a page's records, not the whole index per page."""
+    ids = sorted(f"call_{uuid.uuid4().hex}" for _ in range(400))
+    for call_id in ids:
+        await coord.create_call(call_id, {"state": "active", "call_id": call_id, "owner": "w1"})
+    await coord.page_active_calls(limit=1)  # scripts loaded
+    before = await record_reads(raw)
+    page, cursor = await coord.page_active_calls(limit=10)
+    assert [c for c, _ in page] == ids[:10] and cursor == ids[9]
+    assert await record_reads(raw) - before <= 11  # the page and one to know there is more
+    before = await record_reads(raw)
+    page, cursor = await coord.page_active_calls(after=ids[-3], limit=10, fields=["owner"])
+    assert [c for c, _ in page] == ids[-2:] and cursor is None
+    assert page[0][1].data == {"call_id": ids[-2], "owner": "w1"}
+    assert await record_reads(raw) - before <= 2
+
+
+async def test_an_index_scored_by_creation_time_is_paged_by_id_all_the_same(
+    coord: RedisCoordinator, raw: Redis
+) -> None:
+    """Indexes written before paging by id (scored by creation time) are re-scored once."""
+    ids = sorted(f"call_{uuid.uuid4().hex}" for _ in range(50))
+    for i, call_id in enumerate(ids[::-1]):
+        await coord.create_call(call_id, {"state": "active", "call_id": call_id})
+        await raw.zadd(coord._doc_keys(call_id)[1], {call_id: 1_700_000_000_000 + i})
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page, cursor = await coord.page_active_calls(after=cursor, limit=7)
+        seen += [c for c, _ in page]
+        if cursor is None:
+            break
+    assert seen == ids
