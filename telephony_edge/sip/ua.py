@@ -88,6 +88,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from telephony_edge.sip.body import sdp_body
 from telephony_edge.sip.dialog import Address, Dialog, DialogState
 from telephony_edge.sip.message import (
     DEFAULT_LIMITS,
@@ -748,8 +749,17 @@ class UserAgent:
     ) -> list[Action]:
         origin = (req.call_id(), req.from_().tag or "", req.cseq().seq)
         if origin in self._origins:
-            # the same INVITE under another branch, or after its transaction ended
-            # (a very late retransmission): never a second call
+            first = self._calls.get(self._origins[origin])
+            if (
+                first is not None
+                and first.tx_key in self._machines  # its transaction is still going on
+                and first.invite.top_via().branch != req.top_via().branch
+            ):
+                # the same request by another path (a forking proxy's copies met again):
+                # merged, 482 (RFC 3261 §8.2.2.2), never a second call
+                response = build_response(req, 482, None, [], to_tag=self._new_id())
+                return [Send(response.to_bytes(), dest, transport)]
+            # a retransmission, or a copy after its transaction ended: absorbed
             self.stats.retransmissions_absorbed += 1
             return []
         if self.draining or self._pending >= self.config.max_pending_invites:
@@ -785,13 +795,13 @@ class UserAgent:
         media: Negotiated | None = None
         code = 0
         if req.body:
-            ctype = (req.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-            if ctype != "application/sdp":
+            sdp = sdp_body(req.headers.get("Content-Type") or "", req.body)
+            if sdp is None:
                 code = 415
                 self._bad("a body that is not SDP", code)
             else:
                 try:
-                    offer = parse_sdp(req.body)
+                    offer = parse_sdp(sdp)
                     media = negotiate(offer, self.config.media)
                 except NoCommonCodec:
                     code = 488
@@ -822,7 +832,7 @@ class UserAgent:
             return actions + self._tx_respond(key, response, now)
         call.timer_offer = terms if isinstance(terms, SessionTerms) else None
         if code:
-            headers = [("Accept", "application/sdp")] if code == 415 else []
+            headers = [("Accept", "application/sdp, multipart/mixed")] if code == 415 else []
             response = self._response(req, code, call, headers)
             return actions + self._tx_respond(key, response, now)
         entry.call = ref
@@ -939,8 +949,13 @@ class UserAgent:
             self._arm_keepalive(call, now)
         updates: list[Action] = []
         if req.body:
+            sdp = sdp_body(req.headers.get("Content-Type") or "", req.body)
+            if sdp is None:
+                self._bad("a body that is not SDP", 415, call.ref)
+                extra = [("Accept", "application/sdp, multipart/mixed")]
+                return self._tx_respond(key, self._response(req, 415, call, extra), now)
             try:
-                offer = parse_sdp(req.body)
+                offer = parse_sdp(sdp)
                 media = negotiate(offer, self.config.media)
             except NoCommonCodec:
                 return self._tx_respond(key, self._response(req, 488, call), now)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from telephony_edge.sip.message import build_response
 from telephony_edge.sip.sdp import LocalSession, MediaConfig, negotiate, parse_sdp
-from telephony_edge.sip.ua import Action, CallEnded, MediaUpdated, UserAgent
+from telephony_edge.sip.ua import Action, CallEnded, MediaUpdated, StartCall, UserAgent
 from tests.sip import wire
 from tests.sip.test_prack import RELIABLE, prack
 from tests.sip.test_refer import request_of
@@ -82,3 +82,52 @@ def test_an_rtp_avpf_offer_is_answered_rtp_avpf() -> None:
     assert b"RTP/AVP 0" in LocalSession(MediaConfig(), 40000, "1").answer(
         plain, negotiate(plain, MediaConfig())
     )
+
+
+def sip_i_invite() -> bytes:
+    """A SIP-I INVITE: the SDP and an encapsulated ISUP IAM in one multipart/mixed body."""
+    isup = "\x01\x00\x49\x00\x00\x03\x02\x00\x07\x04\x10\x00\x33\x63\x21\x43\x00"
+    body = (
+        "--unique-boundary-1\r\nContent-Type: application/sdp\r\n\r\n"
+        f"{wire.TWILIO_SDP}\r\n"
+        "--unique-boundary-1\r\nContent-Type: application/ISUP;version=itu-t92+\r\n"
+        "Content-Disposition: signal;handling=optional\r\n\r\n"
+        f"{isup}\r\n--unique-boundary-1--\r\n"
+    )
+    invite = wire.request("INVITE", body=body)
+    return invite.replace(
+        b"Content-Type: application/sdp\r\nContent-Length",
+        b'Content-Type: multipart/mixed;boundary="unique-boundary-1"\r\nContent-Length',
+        1,
+    )
+
+
+def test_a_sip_i_invite_takes_the_sdp_part_of_its_multipart_body() -> None:
+    ua = make_ua()
+    actions = ua.receive(sip_i_invite(), PEER, 0.0)
+    assert codes(actions) == [100]  # not 415: the call starts
+    [call] = of(actions, StartCall)
+    ref = call.call  # type: ignore[attr-defined]
+    answer = response(sent(ua.answer(ref, 40000, 0.1))[0].data)
+    assert answer.status == 200 and b"m=audio 40000 RTP/AVP 0 101" in answer.body
+
+
+def test_a_body_with_no_sdp_at_all_is_still_415_naming_what_is_taken() -> None:
+    ua = make_ua()
+    invite = wire.request("INVITE", body="hello").replace(
+        b"Content-Type: application/sdp", b"Content-Type: text/plain", 1
+    )
+    actions = ua.receive(invite, PEER, 0.0)
+    refusal = response(sent(actions)[-1].data)
+    assert refusal.status == 415
+    assert "multipart/mixed" in ",".join(refusal.headers.get_all("Accept"))
+
+
+def test_a_merged_invite_gets_482_and_its_retransmission_nothing() -> None:
+    ua = make_ua()
+    ref, _ = start(ua)
+    merged = wire.request("INVITE", body=wire.TWILIO_SDP, branch="z9hG4bKother")
+    [loop] = sent(ua.receive(merged, PEER, 0.5))
+    assert response(loop.data).status == 482  # the same request by another path
+    assert not of(ua.receive(merged, PEER, 0.6), StartCall)
+    assert list(ua.calls()) == [ref]
