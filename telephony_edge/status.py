@@ -116,36 +116,51 @@ def _outcomes() -> dict[str, dict[str, int]]:
     return out
 
 
-def _counts(docs: Iterable[Mapping[str, Any]]) -> CallCounts:
-    providers: Counter[str] = Counter()
-    agents: Counter[str] = Counter()
-    total = 0
-    for doc in docs:
-        total += 1
-        providers[str(doc.get("provider") or "?")] += 1
-        agents[str(doc.get("agent_id") or "?")] += 1
-    return CallCounts(total, dict(sorted(providers.items())), dict(sorted(agents.items())))
+class _Tally:
+    """Live calls counted by network and agent, a page at a time."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.providers: Counter[str] = Counter()
+        self.agents: Counter[str] = Counter()
+
+    def add(self, doc: Mapping[str, Any]) -> None:
+        self.total += 1
+        self.providers[str(doc.get("provider") or "?")] += 1
+        self.agents[str(doc.get("agent_id") or "?")] += 1
+
+    def counts(self) -> CallCounts:
+        return CallCounts(
+            self.total, dict(sorted(self.providers.items())), dict(sorted(self.agents.items()))
+        )
 
 
 async def read_status(services: Services) -> Status:
-    """The status now; the coordinator is read in pages, at most ``MAX_CALLS_READ`` calls."""
-    docs: list[dict[str, Any]] = []
+    """The status now; the coordinator is read in pages, at most ``MAX_CALLS_READ`` calls.
+
+    Each page is counted as it comes (between two reads), so no step of the
+    event loop handles more than a page's calls.
+    """
+    me = services.worker_id
+    worker, cluster = _Tally(), _Tally()
     cursor: str | None = None
     while True:
         page, cursor = await services.coordinator.page_active_calls(
             after=cursor, limit=PAGE_SIZE, fields=COUNTED_FIELDS
         )
-        docs.extend(doc.data for _, doc in page)
-        if cursor is None or len(docs) >= MAX_CALLS_READ:
+        for _, doc in page:
+            cluster.add(doc.data)
+            if doc.data.get("owner") == me:
+                worker.add(doc.data)
+        if cursor is None or cluster.total >= MAX_CALLS_READ:
             break
     workers = await services.coordinator.live_workers()
-    me = services.worker_id
     return Status(
         worker_id=me,
         region=services.settings.server.region,
         accepting=services.calls.accepting,
-        worker=_counts(d for d in docs if d.get("owner") == me),
-        cluster=_counts(docs),
+        worker=worker.counts(),
+        cluster=cluster.counts(),
         cluster_partial=cursor is not None,
         workers=dict(sorted(workers.items())),
         setup_seconds=_quantiles(metrics.CALL_SETUP_SECONDS),

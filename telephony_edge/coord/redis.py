@@ -402,8 +402,14 @@ _RENEW_SLOTS = (
     + """
 local now = now_ms()
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-for i = 2, #ARGV do
-  redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[i])
+local expiry = now + tonumber(ARGV[1])
+for first = 2, #ARGV, 1000 do
+  local batch = {}
+  for i = first, math.min(first + 999, #ARGV) do
+    batch[#batch + 1] = expiry
+    batch[#batch + 1] = ARGV[i]
+  end
+  redis.call('ZADD', KEYS[1], 'XX', unpack(batch))
 end
 expire_with_latest(KEYS[1], nil, now)
 """

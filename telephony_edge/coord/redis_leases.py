@@ -80,7 +80,9 @@ for i = 2, #KEYS do
     scores[#scores + 1] = ARGV[i + 1]
   end
 end
-if #scores > 0 then redis.call('ZADD', KEYS[1], unpack(scores)) end
+for first = 1, #scores, 2000 do  -- in chunks: Lua's unpack has a limit
+  redis.call('ZADD', KEYS[1], unpack(scores, first, math.min(first + 1999, #scores)))
+end
 return renewed
 """
 )

@@ -789,3 +789,17 @@ async def test_page_active_calls_reads_only_the_fields_asked_for(coord: Coordina
     [(found, doc)] = page
     assert found == call_id
     assert doc.data == {"call_id": call_id, "owner": "w1", "state": "created"}
+
+
+async def test_a_page_holds_the_records_exactly_as_stored(coord: Coordinator) -> None:
+    call_id = new_id()
+    await coord.create_call(call_id, make_record(call_id=call_id, **ODD_VALUES))
+    await coord.update_call(call_id, {"more": ODD_VALUES})
+    [(found, doc)] = (await coord.page_active_calls())[0]
+    assert found == call_id and doc == await coord.get_call(call_id)
+    [(_, some)] = (await coord.page_active_calls(fields=["text", "big", "nested"]))[0]
+    assert some.data == {
+        "call_id": call_id,
+        **{k: ODD_VALUES[k] for k in ("text", "big", "nested")},
+    }
+    assert some.version == 2
