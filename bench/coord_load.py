@@ -347,7 +347,11 @@ async def live_worker(
 
     async def timed(name: str, coro: Any) -> Any:
         t0, w0 = time.process_time(), time.perf_counter()
-        result = await coro
+        try:
+            result = await coro
+        except Exception as exc:  # as the service's supervisor would: count it, go on
+            cpu[f"{name}: failed ({type(exc).__name__})"].append(time.process_time() - t0)
+            return None
         cpu[name].append(time.process_time() - t0)
         spans.append((name, w0, time.perf_counter()))
         return result
