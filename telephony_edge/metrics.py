@@ -96,6 +96,11 @@ AGENT_CORE_ENDPOINT_FAILURES = Counter(
 DRAINING = Gauge("telephony_edge_draining", "1 while the worker drains before exit")
 
 # Twilio (telephony_edge.twilio).
+VONAGE_WEBHOOKS = Counter(
+    "telephony_edge_vonage_webhooks_total",
+    "Vonage answer/event webhooks by kind and outcome",
+    ["kind", "outcome"],
+)
 TWILIO_WEBHOOKS = Counter(
     "telephony_edge_twilio_webhooks_total",
     "Twilio voice/status webhooks by kind and outcome",

@@ -19,9 +19,8 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from prometheus_client import Counter
 
-from telephony_edge import badinput
+from telephony_edge import badinput, metrics
 from telephony_edge.calls.machine import AmdReport
 from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.calls.service import CallRejected, KnownCallConflict, WorkerFull
@@ -47,11 +46,7 @@ from telephony_edge.vonage.signature import SignatureRejected, verified_body
 
 log = logging.getLogger(__name__)
 
-WEBHOOKS = Counter(
-    "telephony_edge_vonage_webhooks_total",
-    "Vonage answer/event webhooks by kind and outcome",
-    ["kind", "outcome"],
-)
+WEBHOOKS = metrics.VONAGE_WEBHOOKS
 #: Vonage's call statuses (event webhook); the final ones are in the provider's final_statuses
 KNOWN_STATUSES = frozenset(
     {"started", "ringing", "answered", "completed", "busy", "timeout", "failed"}

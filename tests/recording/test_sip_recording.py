@@ -13,7 +13,7 @@ import pytest
 from telephony_edge.sip.provider import SIP_ENDPOINT
 from telephony_edge.sip.rtp import parse_rtp
 from tests.conftest import Edge, Receiver, read_wav, wait_for
-from tests.recording.audio import RATE, locate, read_channels
+from tests.recording.audio import RATE, locate, locate_in_pieces, read_channels
 from tests.recording.test_call_recording import download
 from tests.sip.conftest import finished, register, sipp
 from tests.sip.test_sipp import CallerMedia, loud, speak_pcma
@@ -65,8 +65,12 @@ async def test_a_recorded_sip_call(
     channels, (left, right) = read_channels(body)
     assert channels == 2 and len(left) / RATE == pytest.approx(meta["duration_s"], abs=0.001)
     assert meta["duration_s"] == pytest.approx(6.0, abs=1.0)  # sipp's -d after the answer
-    caller_at, score = locate(left, np.frombuffer(speech, dtype="<i2").astype(np.float64))
-    assert score > 0.9
+    # by pieces: the jitter buffer may drop a quiet frame between words while its delay
+    # settles, which shifts what follows by 20 ms
+    caller_at, agreeing = locate_in_pieces(
+        left, np.frombuffer(speech, dtype="<i2").astype(np.float64)
+    )
+    assert agreeing >= 0.75
     # the right channel: what the caller's RTP socket received, at the time it arrived
     packets = [
         (at, rtp.payload)
