@@ -241,8 +241,6 @@ DEFAULT_KEY_PREFIX = "te:"
 DEFAULT_INDEX_BUCKETS = 32
 #: A worker's inbox nobody appended to for this long belongs to a dead worker.
 DEFAULT_INBOX_TTL = 24 * 3600.0
-#: A queue nobody wrote to for this long is abandoned (retry backoffs are minutes).
-DEFAULT_QUEUE_TTL = 7 * 24 * 3600.0
 #: ``XREAD BLOCK``: short, so closing or losing the connection is noticed soon.
 _BLOCK_MS = 1000
 _BLOCK_S = _BLOCK_MS / 1000
@@ -463,7 +461,7 @@ _QUEUE_LIB = """
 local GROUP = 'workers'
 -- queue keys never expire (an eviction policy such as volatile-lru picks only keys with
 -- a TTL): a write makes them persistent again (keys written by older versions had one)
-local function touch(_)
+local function touch()
   for i = 1, 9 do redis.call('PERSIST', KEYS[i]) end
 end
 local function push(id)
@@ -484,7 +482,7 @@ local function unlist(id)
 end
 """
 
-# KEYS: queue keys, once. ARGV: job_id, data, delay_ms, queue_ttl, once_ttl.
+# KEYS: queue keys, once. ARGV: job_id, data, delay_ms, once_ttl.
 _ENQUEUE = (
     _PRELUDE
     + _QUEUE_LIB
@@ -492,7 +490,7 @@ _ENQUEUE = (
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 or redis.call('HEXISTS', KEYS[6], ARGV[1]) == 1 then
   return 0
 end
-if not redis.call('SET', KEYS[10], '1', 'NX', 'PX', ARGV[5]) then return 0 end
+if not redis.call('SET', KEYS[10], '1', 'NX', 'PX', ARGV[4]) then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[3], ARGV[1], 0)
 local delay = tonumber(ARGV[3])
@@ -501,12 +499,12 @@ if delay > 0 then
 else
   push(ARGV[1])
 end
-touch(ARGV[4])
+touch()
 return 1
 """
 )
 
-# KEYS: queue keys. ARGV: visibility_ms (integer), queue_ttl, consumer.
+# KEYS: queue keys. ARGV: visibility_ms (integer), consumer.
 # Returns {id, data, attempts} or false.
 _RESERVE = (
     _PRELUDE
@@ -523,12 +521,12 @@ for round = 1, 64 do
   local entry = nil
   -- a reservation older than the visibility timeout: its worker died or hung
   local cursor = redis.call('GET', KEYS[9]) or '0-0'
-  local claimed = redis.call('XAUTOCLAIM', KEYS[1], GROUP, ARGV[3], ARGV[1], cursor, 'COUNT', 1)
+  local claimed = redis.call('XAUTOCLAIM', KEYS[1], GROUP, ARGV[2], ARGV[1], cursor, 'COUNT', 1)
   redis.call('SET', KEYS[9], claimed[1])
   if #claimed[2] > 0 then
     entry = claimed[2][1]
   else
-    local read = redis.call('XREADGROUP', 'GROUP', GROUP, ARGV[3], 'COUNT', 1,
+    local read = redis.call('XREADGROUP', 'GROUP', GROUP, ARGV[2], 'COUNT', 1,
       'STREAMS', KEYS[1], '>')
     if not read then return false end
     entry = read[1][2][1]
@@ -537,7 +535,7 @@ for round = 1, 64 do
   local data = id and redis.call('HGET', KEYS[2], id)
   if data and redis.call('HGET', KEYS[4], id) == entry[1] then
     local attempts = redis.call('HINCRBY', KEYS[3], id, 1)
-    touch(ARGV[2])
+    touch()
     return {id, data, attempts}
   end
   -- an entry whose job was acked, retried or dead-lettered meanwhile: garbage
@@ -558,7 +556,7 @@ redis.call('HDEL', KEYS[3], ARGV[1])
 """
 )
 
-# KEYS: queue keys. ARGV: job_id, attempts, delay_ms, queue_ttl.
+# KEYS: queue keys. ARGV: job_id, attempts, delay_ms.
 _NACK = (
     _PRELUDE
     + _QUEUE_LIB
@@ -566,12 +564,12 @@ _NACK = (
 if redis.call('HGET', KEYS[3], ARGV[1]) ~= ARGV[2] then return 0 end
 unlist(ARGV[1])
 redis.call('ZADD', KEYS[5], now_ms() + tonumber(ARGV[3]), ARGV[1])
-touch(ARGV[4])
+touch()
 return 1
 """
 )
 
-# KEYS: queue keys. ARGV: job_id, attempts, info JSON, queue_ttl, max dead letters.
+# KEYS: queue keys. ARGV: job_id, attempts, info JSON, max dead letters.
 _DEAD_LETTER = (
     _PRELUDE
     + _QUEUE_LIB
@@ -585,7 +583,7 @@ redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('HSET', KEYS[6], ARGV[1], data)
 redis.call('HSET', KEYS[7], ARGV[1], ARGV[3])
 redis.call('ZADD', KEYS[8], now_ms(), ARGV[1])
-local excess = redis.call('ZCARD', KEYS[8]) - tonumber(ARGV[5])
+local excess = redis.call('ZCARD', KEYS[8]) - tonumber(ARGV[4])
 if excess > 0 then
   local oldest = redis.call('ZRANGE', KEYS[8], 0, excess - 1)
   for i = 1, #oldest do
@@ -594,7 +592,7 @@ if excess > 0 then
   end
   redis.call('ZREMRANGEBYRANK', KEYS[8], 0, excess - 1)
 end
-touch(ARGV[4])
+touch()
 return 1
 """
 )
@@ -611,7 +609,7 @@ end
 return out
 """
 
-# KEYS: queue keys. ARGV: job_id, queue_ttl.
+# KEYS: queue keys. ARGV: job_id.
 _RETRY_DEAD = (
     _QUEUE_LIB
     + """
@@ -623,7 +621,7 @@ redis.call('ZREM', KEYS[8], ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], data)
 redis.call('HSET', KEYS[3], ARGV[1], 0)
 push(ARGV[1])
-touch(ARGV[2])
+touch()
 return 1
 """
 )
@@ -691,7 +689,6 @@ class RedisCoordinator(RedisLeases, RedisIndex, Coordinator):
         ended_call_ttl: float = DEFAULT_ENDED_CALL_TTL,
         control_inbox_size: int = DEFAULT_CONTROL_INBOX_SIZE,
         inbox_ttl: float = DEFAULT_INBOX_TTL,
-        queue_ttl: float = DEFAULT_QUEUE_TTL,
         index_buckets: int = DEFAULT_INDEX_BUCKETS,
         job_once_ttl: float = DEFAULT_JOB_ONCE_TTL,
         dead_letter_max: int = DEFAULT_DEAD_LETTER_MAX,
@@ -709,7 +706,6 @@ class RedisCoordinator(RedisLeases, RedisIndex, Coordinator):
         self._ended_ttl = str(_ms(ended_call_ttl))
         self._inbox_size = control_inbox_size
         self._inbox_ttl = _ms(inbox_ttl)
-        self._queue_ttl = str(_ms(queue_ttl))
         self._once_ttl = str(_ms(job_once_ttl))
         self._dead_max = dead_letter_max
         #: this coordinator's name in the queues' consumer group (one per process)
@@ -1149,7 +1145,6 @@ class RedisCoordinator(RedisLeases, RedisIndex, Coordinator):
                 job_id,
                 json_text(dict(data)),
                 _ms(delay) if delay > 0 else 0,
-                self._queue_ttl,
                 self._once_ttl,
             ],
         )
@@ -1159,7 +1154,7 @@ class RedisCoordinator(RedisLeases, RedisIndex, Coordinator):
         self._queues_used.add(queue)
         reply = await self._reserve(
             keys=self._queue_keys(queue),
-            args=[_ms(visibility_timeout), self._queue_ttl, self.consumer],
+            args=[_ms(visibility_timeout), self.consumer],
         )
         if reply is None:
             return None
@@ -1172,7 +1167,7 @@ class RedisCoordinator(RedisLeases, RedisIndex, Coordinator):
     async def nack(self, queue: str, job: Job, delay: float) -> bool:
         rescheduled = await self._nack(
             keys=self._queue_keys(queue),
-            args=[job.job_id, job.attempts, repr(delay * 1000), self._queue_ttl],
+            args=[job.job_id, job.attempts, repr(delay * 1000)],
         )
         return bool(rescheduled)
 
@@ -1185,7 +1180,7 @@ class RedisCoordinator(RedisLeases, RedisIndex, Coordinator):
         info = json_text({"attempts": job.attempts, "reason": reason})
         moved = await self._dead_letter(
             keys=self._queue_keys(queue),
-            args=[job.job_id, job.attempts, info, self._queue_ttl, self._dead_max],
+            args=[job.job_id, job.attempts, info, self._dead_max],
         )
         return bool(moved)
 
@@ -1212,7 +1207,7 @@ class RedisCoordinator(RedisLeases, RedisIndex, Coordinator):
 
     async def retry_dead_letter(self, queue: str, job_id: str) -> bool:
         requeued = await self._retry_dead(
-            keys=self._queue_keys(queue), args=[job_id, self._queue_ttl]
+            keys=self._queue_keys(queue), args=[job_id]
         )
         return bool(requeued)
 

@@ -113,8 +113,8 @@ async def test_every_abandonable_key_has_a_ttl_and_no_queue_key_has_one(
     """What a dead worker abandons expires; what an eviction policy must not take has no TTL.
 
     ``volatile-*`` eviction picks only keys with a TTL, so a queue key with one
-    could be dropped with its jobs (before: every queue key expired after
-    ``queue_ttl``).
+    could be dropped with its jobs (before: every queue key expired a week after
+    it was last written).
     """
     ended, live = "call_ended", "call_live"
     await exercise(coord, ended)
