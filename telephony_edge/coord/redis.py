@@ -1206,9 +1206,7 @@ class RedisCoordinator(RedisLeases, RedisIndex, Coordinator):
         return int(await self._redis.hlen(self._queue_keys(queue)[5]))
 
     async def retry_dead_letter(self, queue: str, job_id: str) -> bool:
-        requeued = await self._retry_dead(
-            keys=self._queue_keys(queue), args=[job_id]
-        )
+        requeued = await self._retry_dead(keys=self._queue_keys(queue), args=[job_id])
         return bool(requeued)
 
     # -- session continuation ------------------------------------------------------------
