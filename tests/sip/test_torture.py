@@ -284,7 +284,7 @@ async def bind_5060() -> Socket:
                 Socket, local_addr=(f"127.0.0.{last}", 5060)
             )
             return sock
-    pytest.skip("no loopback address with port 5060 free")
+    pytest.fail("no loopback address 127.0.0.200-253 with port 5060 free: the test needs one")
 
 
 async def test_a_running_edge_answers_each_and_then_a_call(
