@@ -347,6 +347,22 @@ def serve_process(
         stop_serve_process(edge)
 
 
+class AgentCoreServer:
+    """An agent core of the test's own on 127.0.0.1: its ``handle`` serves ``/ws``."""
+
+    def __init__(self) -> None:
+        app = web.Application()
+        app.router.add_get("/ws", self.handle)
+        self.server = TestServer(app, host="127.0.0.1", port=0)
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("/ws")).replace("http", "ws", 1)
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        raise NotImplementedError
+
+
 @dataclass
 class Receiver:
     """An end-of-call webhook target on 127.0.0.1: what it received, in order."""

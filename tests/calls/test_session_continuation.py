@@ -11,26 +11,19 @@ import json
 from typing import Any
 
 from aiohttp import WSMsgType, web
-from aiohttp.test_utils import TestServer
 
 from telephony_edge.calls.leg import LegEnded
 from telephony_edge.calls.record import CallState, CallStatus
 from tests.calls.test_bridge import start_call
-from tests.conftest import Edge, Receiver, TestLeg, edge_settings, wait_for
+from tests.conftest import AgentCoreServer, Edge, Receiver, TestLeg, edge_settings, wait_for
 
 
-class RecordingCore:
+class RecordingCore(AgentCoreServer):
     """Answers ``onready``, says one line and hears one, and keeps every ``initiate``."""
 
     def __init__(self) -> None:
         self.initiates: list[dict[str, Any]] = []
-        app = web.Application()
-        app.router.add_get("/ws", self.handle)
-        self.server = TestServer(app, host="127.0.0.1", port=0)
-
-    @property
-    def url(self) -> str:
-        return str(self.server.make_url("/ws")).replace("http", "ws", 1)
+        super().__init__()
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()

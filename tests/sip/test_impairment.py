@@ -20,10 +20,9 @@ from typing import Any
 import numpy as np
 import pytest
 from aiohttp import WSMsgType, web
-from aiohttp.test_utils import TestServer
 
 from telephony_edge.sip.rtp import build_rtp
-from tests.conftest import Edge, Receiver, wait_for
+from tests.conftest import AgentCoreServer, Edge, Receiver, wait_for
 from tests.sip.conftest import sip_test_settings
 from tests.sip.test_playout import FRAME, reference, speech_payloads
 from tests.sip.test_udp_edge import media_port, open_socket, sdp, start_call
@@ -33,18 +32,12 @@ PERIOD = 0.01994  # the caller's 20 ms, 0.3 % fast
 BEST_CASE_S = 0.015
 
 
-class FrameCore:
+class FrameCore(AgentCoreServer):
     """An agent core that says nothing and keeps each caller frame with its arrival."""
 
     def __init__(self) -> None:
         self.frames: list[tuple[float, bytes]] = []
-        app = web.Application()
-        app.router.add_get("/ws", self.handle)
-        self.server = TestServer(app, host="127.0.0.1", port=0)
-
-    @property
-    def url(self) -> str:
-        return str(self.server.make_url("/ws")).replace("http", "ws", 1)
+        super().__init__()
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
