@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from telephony_edge.sip.message import ParseError, parse_message  # noqa: E402
-from telephony_edge.sip.ua import Action, Send, UserAgent  # noqa: E402
+from telephony_edge.sip.ua import UserAgent  # noqa: E402
+from telephony_edge.sip.ua_records import Action, Send  # noqa: E402
 from tests.sip import dialog_fuzz, mutate  # noqa: E402
 
 

@@ -5,6 +5,7 @@ current time go in; bytes to send, timers (as deadlines) and call events come
 out. The asyncio transport and the provider are later steps (issue 9).
 """
 
-from telephony_edge.sip.ua import UaConfig, UserAgent
+from telephony_edge.sip.ua import UserAgent
+from telephony_edge.sip.ua_records import UaConfig
 
 __all__ = ["UaConfig", "UserAgent"]

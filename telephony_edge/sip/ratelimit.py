@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 from telephony_edge.sip.message import ParseError, Request, build_response, parse_message
 from telephony_edge.sip.sources import source_key
-from telephony_edge.sip.ua import KNOWN_METHODS
+from telephony_edge.sip.ua_records import KNOWN_METHODS
 
 MAX_SOURCES = 10_000
 

@@ -62,7 +62,8 @@ from telephony_edge.sip.sendto import send_datagram
 from telephony_edge.sip.settings import SipSettings
 from telephony_edge.sip.tcp import TcpSide
 from telephony_edge.sip.trunks import Admission
-from telephony_edge.sip.ua import (
+from telephony_edge.sip.ua import UserAgent
+from telephony_edge.sip.ua_records import (
     Action,
     CallConfirmed,
     CallEnded,
@@ -73,7 +74,6 @@ from telephony_edge.sip.ua import (
     StartCall,
     TransferResult,
     UaConfig,
-    UserAgent,
     dtmf_from_info,
 )
 

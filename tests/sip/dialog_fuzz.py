@@ -18,7 +18,8 @@ import random
 from dataclasses import dataclass, field
 
 from telephony_edge.sip.message import ParseError, parse_message
-from telephony_edge.sip.ua import Action, CallEnded, Phase, Send, StartCall, UserAgent
+from telephony_edge.sip.ua import UserAgent
+from telephony_edge.sip.ua_records import Action, CallEnded, Phase, Send, StartCall
 from tests.sip import mutate, wire
 
 PEER = wire.PEER

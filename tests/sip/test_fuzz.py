@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from telephony_edge.sip.message import ParseError, parse_message
-from telephony_edge.sip.ua import CallEnded, Send, StartCall, UserAgent
+from telephony_edge.sip.ua import UserAgent
+from telephony_edge.sip.ua_records import CallEnded, Send, StartCall
 from tests.sip import dialog_fuzz, mutate, wire
 
 FAST = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

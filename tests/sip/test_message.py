@@ -16,7 +16,8 @@ from telephony_edge.sip.message import (
     build_response,
     parse_message,
 )
-from telephony_edge.sip.ua import StartCall, UserAgent
+from telephony_edge.sip.ua import UserAgent
+from telephony_edge.sip.ua_records import StartCall
 from tests.sip import wire
 
 

@@ -26,7 +26,8 @@ from telephony_edge.sip.dialog import Dialog
 from telephony_edge.sip.message import Request, Response, parse_message
 from telephony_edge.sip.nat import behind_nat, in_dialog_dest, is_private, response_dest, stamp_via
 from telephony_edge.sip.provider import SIP_ENDPOINT
-from telephony_edge.sip.ua import Send, StartCall, UaConfig, UserAgent
+from telephony_edge.sip.ua import UserAgent
+from telephony_edge.sip.ua_records import Send, StartCall, UaConfig
 from tests.conftest import Edge, Receiver, ServeProcess, free_port, wait_for
 from tests.sip.conftest import (
     API_KEY,

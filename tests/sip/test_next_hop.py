@@ -22,7 +22,8 @@ from prometheus_client import REGISTRY
 
 from telephony_edge.sip.message import Request, Response, parse_message
 from telephony_edge.sip.provider import SIP_ENDPOINT
-from telephony_edge.sip.ua import Action, CallEnded, Send, StartCall, UaConfig, UserAgent
+from telephony_edge.sip.ua import UserAgent
+from telephony_edge.sip.ua_records import Action, CallEnded, Send, StartCall, UaConfig
 from tests.conftest import Edge, Receiver, wait_for
 from tests.sip.conftest import finished, register, sip_test_settings, sipp
 from tests.sip.dns_server import DnsServer, start_dns

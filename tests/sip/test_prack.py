@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from telephony_edge.sip.ua import CallEnded, UserAgent
+from telephony_edge.sip.ua import UserAgent
+from telephony_edge.sip.ua_records import CallEnded
 from tests.conftest import Edge, Receiver, wait_for
 from tests.sip import wire
 from tests.sip.conftest import finished, register, sip_test_settings, sipp, sipp_binary

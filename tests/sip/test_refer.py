@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from telephony_edge.sip.message import Request, build_response, parse_message
 from telephony_edge.sip.refer import refer_to_uri, sipfrag_status
-from telephony_edge.sip.ua import Action, CallEnded, TransferResult, UserAgent
+from telephony_edge.sip.ua import UserAgent
+from telephony_edge.sip.ua_records import Action, CallEnded, TransferResult
 from tests.sip import wire
 from tests.sip.test_ua import PEER, ack, codes, make_ua, of, run, sent, start
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from telephony_edge.sip.message import build_response
 from telephony_edge.sip.sdp import LocalSession, MediaConfig, negotiate, parse_sdp
-from telephony_edge.sip.ua import Action, CallEnded, MediaUpdated, StartCall, UserAgent
+from telephony_edge.sip.ua import UserAgent
+from telephony_edge.sip.ua_records import Action, CallEnded, MediaUpdated, StartCall
 from tests.sip import wire
 from tests.sip.test_prack import RELIABLE, prack
 from tests.sip.test_refer import request_of

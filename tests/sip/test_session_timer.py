@@ -11,7 +11,8 @@ import pytest
 
 from telephony_edge.sip.message import Request, build_response, parse_message
 from telephony_edge.sip.session_timer import Negotiated, TooSmall, negotiate
-from telephony_edge.sip.ua import CallEnded, Send, StartCall, UserAgent
+from telephony_edge.sip.ua import UserAgent
+from telephony_edge.sip.ua_records import CallEnded, Send, StartCall
 from tests.conftest import Edge, Receiver, wait_for
 from tests.sip import wire
 from tests.sip.conftest import finished, register, sip_test_settings, sipp, sipp_binary

@@ -31,7 +31,8 @@ from telephony_edge.sip.message import (
 )
 from telephony_edge.sip.provider import SIP_ENDPOINT
 from telephony_edge.sip.transaction import server_key
-from telephony_edge.sip.ua import Action, BadMessage, StartCall, UaConfig, UserAgent
+from telephony_edge.sip.ua import UserAgent
+from telephony_edge.sip.ua_records import Action, BadMessage, StartCall, UaConfig
 from tests.conftest import Edge
 from tests.sip import wire
 from tests.sip.test_ua import codes, make_ua, of, response, sent

@@ -8,7 +8,8 @@ import pytest
 
 from telephony_edge.sip.message import Response, parse_message
 from telephony_edge.sip.sdp import MediaConfig
-from telephony_edge.sip.ua import (
+from telephony_edge.sip.ua import UserAgent
+from telephony_edge.sip.ua_records import (
     Action,
     CallConfirmed,
     CallEnded,
@@ -17,7 +18,6 @@ from telephony_edge.sip.ua import (
     Send,
     StartCall,
     UaConfig,
-    UserAgent,
 )
 from tests.sip import wire
 
@@ -429,7 +429,7 @@ def test_same_invite_under_a_new_branch_or_very_late_is_no_second_call() -> None
 
 
 def test_dtmf_from_info_bodies() -> None:
-    from telephony_edge.sip.ua import dtmf_from_info
+    from telephony_edge.sip.ua_records import dtmf_from_info
 
     assert dtmf_from_info("application/dtmf-relay", b"Signal=5\r\nDuration=160\r\n") == "5"
     assert dtmf_from_info("Application/DTMF-Relay; x=1", b"Signal= 11\r\n") == "#"
