@@ -42,20 +42,22 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Whether this worker can take a new call: not draining, below ``server.max_calls``.
+
+    The coordinator is not asked: during a Redis blip every worker would leave the
+    Service at once, and the refusals the networks are promised (TwiML ``<Say>``, the
+    NCCO ``talk``, SIP 503) would never reach them. Redis trouble shows in
+    ``telephony_edge_coordinator_up`` and its alert instead; the body reports the
+    coordinator as the worker last saw it (the heartbeat loop keeps that current).
+    """
     services = request.app[SERVICES]
-    call_service = services.call_service
-    coordinator_ok = await services.coordinator.ping()
-    if coordinator_ok:
-        call_service.health.ok()
-    elif call_service.health.up:
-        call_service.health.failed("ping", ConnectionError("ping failed"))
     full = services.calls.active >= services.settings.server.max_calls
-    ready = services.calls.accepting and coordinator_ok and not full
+    ready = services.calls.accepting and not full
     body = {
         "ready": ready,
         "active_calls": services.calls.active,
         "max_calls": services.settings.server.max_calls,
-        "coordinator": "ok" if coordinator_ok else "unreachable",
+        "coordinator": "ok" if services.call_service.health.up else "unreachable",
     }
     return web.json_response(body, status=200 if ready else 503)
 

@@ -26,7 +26,14 @@ from telephony_edge.calls.webhooks import IDEMPOTENCY_HEADER
 from telephony_edge.twilio.simulator import parse_twiml
 from tests.conftest import ServeProcess, free_port, stop_serve_process, wait_for
 from tests.coord.redis_servers import RedisProcess, redis_server, sentinel_topology
-from tests.test_redis_outage import edge_config, frames_over, hang_up, live_call, readyz, talker
+from tests.test_redis_outage import (
+    coordinator_up,
+    edge_config,
+    frames_over,
+    hang_up,
+    live_call,
+    talker,
+)
 
 CALLS_PER_WORKER = 8
 LEASE_S = 3.0
@@ -114,7 +121,7 @@ async def test_redis_restarted_empty_loses_no_call_and_each_gets_one_webhook(
             await asyncio.sleep(0.5)
             private_redis.start()  # same port, EMPTY: no call records, leases or heartbeats
             for worker in workers:
-                await wait_for(lambda w=worker: readyz(w) == 200, 10)
+                await wait_for(lambda w=worker: coordinator_up(w), 10)
             await asyncio.sleep(LEASE_S)  # the owners write their calls again
             # a replay of a live call's voice webhook finds that call (its CallSid's mapping
             # came back with its record), not a new call to stream
@@ -177,6 +184,6 @@ async def test_a_sentinel_failover_slower_than_the_lease_ends_no_call(serve_proc
                 during = await asyncio.gather(*(frames_over(c, 2 * LEASE_S) for c, _ in calls))
                 assert all(n >= 80 * LEASE_S for n in during), during
                 for worker in workers:
-                    await wait_for(lambda w=worker: readyz(w) == 200, 30)  # promoted
+                    await wait_for(lambda w=worker: coordinator_up(w), 30)  # promoted
                 await keep_audio_then_end(calls, received)
             assert_one_webhook_each(calls, received, workers)
