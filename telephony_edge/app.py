@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from telephony_edge import http_limits, metrics
+from telephony_edge import client_address, http_limits, metrics
 from telephony_edge.agent.demo import add_agent_core_routes
 from telephony_edge.api import add_api_routes
 from telephony_edge.banner import banner_lines
@@ -99,6 +99,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SERVICES] = services
     app.cleanup_ctx.append(_lifecycle)
+    client_address.install(app, settings.server)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)

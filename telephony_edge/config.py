@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -127,6 +128,17 @@ PhoneNumber = Annotated[str, AfterValidator(normalize_e164)]
 RedisUrl = Annotated[str, AfterValidator(check_redis_url)]
 
 
+def _network(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address or CIDR network") from None
+
+
+Network = Annotated[str, AfterValidator(_network)]
+ClientAddressHeader = Literal["x-forwarded-for", "forwarded"]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -223,6 +235,13 @@ class ServerSettings(_Model):
     reuses connections, keep it above the proxy's idle timeout."""
     max_pending_websockets: int = Field(default=200, ge=1, le=100_000)
     """Twilio streams per worker not yet admitted (no valid ``start`` yet); beyond, 503."""
+    trusted_proxies: list[Network] = Field(default_factory=list, max_length=64)
+    """Reverse proxies (addresses or CIDRs: Caddy's, the Ingress controller's pods) whose
+    ``client_address_header`` names the client; from any other hop it is ignored. Empty:
+    the client is the socket's peer (``telephony_edge.client_address``)."""
+    client_address_header: ClientAddressHeader = "x-forwarded-for"
+    """The header the trusted proxies write: ``x-forwarded-for`` (Caddy, ingress-nginx,
+    Envoy, cloud load balancers) or ``forwarded`` (RFC 7239). Only that one is read."""
 
 
 class ApiSettings(_Model):

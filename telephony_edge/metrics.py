@@ -174,6 +174,12 @@ SIP_RTCP_RTT_SECONDS = Histogram(
     "Round-trip time to SIP callers from their RTCP report blocks (LSR/DLSR)",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6),
 )
+PUBLIC_OFFERS_REFUSED = Counter(
+    "telephony_edge_public_offers_refused_total",
+    "Public-key WebRTC offers refused (429) by a rate limit: 'client' (one client's bucket)"
+    " or 'global' (all clients together, per worker)",
+    ["limit"],
+)
 # SIP floods (telephony_edge.sip.ratelimit, sip.tcp, sip.auth): what the edge refused.
 SIP_RATE_LIMITED = Counter(
     "telephony_edge_sip_rate_limited_total",

@@ -5,11 +5,16 @@ rendered into the widget page and anyone can read it. What it allows is
 narrow: offers for agents marked ``allow_public_key: true`` (403 otherwise),
 without ``agent_config`` overrides, only with an ``Origin`` the edge trusts
 (``webrtc.allowed_origins`` plus the edge's own ``public_url``; 403
-otherwise), and at most ``webrtc.public_rate_per_minute`` offers per source
-address (a token bucket of ``webrtc.public_burst``; 429 beyond). The origin
-check stops other web sites from spending the key from their visitors'
-browsers; it does not stop a script outside a browser, which the rate limit
-and the public-agent rule bound.
+otherwise), and at most ``webrtc.public_rate_per_minute`` offers per client
+(a token bucket of ``webrtc.public_burst``; 429 beyond). The client is the
+request's address, which behind a trusted reverse proxy is the one the proxy
+names (:mod:`telephony_edge.client_address`), so visitors behind one proxy
+each have their own bucket. All clients together get at most
+``webrtc.public_global_rate_per_minute`` offers (``public_global_burst`` at
+once; 429 beyond) per worker: a script spread over many addresses cannot turn
+the public key into unbounded work. The origin check stops other web sites
+from spending the key from their visitors' browsers; it does not stop a
+script outside a browser, which the rate limits and the public-agent rule bound.
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from telephony_edge import metrics
 from telephony_edge.api import ApiError
 from telephony_edge.config import Settings
 from telephony_edge.webrtc.settings import WebRtcSettings, normalize_origin
 
 PREFLIGHT_MAX_AGE_S = 600
 MAX_TRACKED_SOURCES = 10_000
+_EVERYONE = "*"  # the global bucket's one key
 
 
 def allowed_origins(settings: Settings, webrtc: WebRtcSettings) -> frozenset[str]:
@@ -115,12 +122,15 @@ class RateLimiter:
 
 
 class Browser:
-    """The browser path's state for one app: origins and the rate limiter."""
+    """The browser path's state for one app: origins and the rate limiters."""
 
     def __init__(self, settings: Settings, webrtc: WebRtcSettings) -> None:
         self.settings = settings
         self.origins = allowed_origins(settings, webrtc)
         self.limiter = RateLimiter(webrtc.public_rate_per_minute, webrtc.public_burst)
+        self.everyone = RateLimiter(
+            webrtc.public_global_rate_per_minute, webrtc.public_global_burst
+        )
 
     def allowed(self, origin: str | None) -> bool:
         return origin is not None and origin in self.origins
@@ -132,7 +142,12 @@ class Browser:
             raise ApiError(403, "the public key is accepted only from an allowed web origin")
         wait = self.limiter.take(request.remote or "unknown")
         if wait > 0:
+            metrics.PUBLIC_OFFERS_REFUSED.labels(limit="client").inc()
             raise ApiError(429, f"too many offers from this address; retry in {wait:.0f} s")
+        wait = self.everyone.take(_EVERYONE)
+        if wait > 0:
+            metrics.PUBLIC_OFFERS_REFUSED.labels(limit="global").inc()
+            raise ApiError(429, f"too many offers to this edge; retry in {wait:.0f} s")
 
 
 BROWSER = web.AppKey("webrtc_browser", Browser)

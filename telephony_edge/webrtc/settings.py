@@ -91,9 +91,15 @@ class WebRtcSettings(ProviderSettings):
     """Web origins (``https://shop.example.com``) whose pages may post offers with the
     public key (CORS). The edge's own ``public_url`` is always allowed (its ``/widget``)."""
     public_rate_per_minute: float = Field(default=10.0, gt=0, le=6000)
-    """Offers with the public key per source address per minute (a token bucket); 429 beyond."""
+    """Offers with the public key per client per minute (a token bucket); 429 beyond. The
+    client is the socket's address, or behind ``server.trusted_proxies`` the one they name."""
     public_burst: int = Field(default=5, ge=1, le=1000)
-    """How many public-key offers one source address may send at once."""
+    """How many public-key offers one client may send at once."""
+    public_global_rate_per_minute: float = Field(default=300.0, gt=0, le=60_000)
+    """Offers with the public key per minute from all clients together, per worker (a token
+    bucket); 429 beyond: many addresses together cannot make the public key unbounded work."""
+    public_global_burst: int = Field(default=50, ge=1, le=10_000)
+    """How many public-key offers all clients together may send at once, per worker."""
     browser_ice_servers: list[IceServerSettings] = Field(default_factory=list)
     """STUN/TURN servers the widget's browser uses. A TURN server takes a ``secret`` (the
     TURN REST API's): each page gets credentials that expire after

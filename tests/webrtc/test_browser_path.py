@@ -27,9 +27,10 @@ PUBLIC_KEY = "pk_widget_tests_public"
 SHOP = "https://shop.example.com"
 
 
-def browser_settings(**webrtc: Any) -> Any:
+def browser_settings(server: dict[str, Any] | None = None, **webrtc: Any) -> Any:
     return load_settings(
         None,
+        server=server or {},
         api={"private_key": API_KEY, "public_key": PUBLIC_KEY},
         webrtc={
             "enabled": True,
