@@ -13,11 +13,10 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from telephony_edge import client_address, http_limits, metrics
+from telephony_edge.admin import add_operator_routes, bound_url, create_admin_app, start_admin
 from telephony_edge.agent.demo import add_agent_core_routes
-from telephony_edge.api import add_api_routes
 from telephony_edge.banner import banner_lines
 from telephony_edge.calls.manager import CallManager
 from telephony_edge.calls.service import CallService
@@ -28,13 +27,14 @@ from telephony_edge.recording.routes import add_recording_routes
 from telephony_edge.registry import enabled_providers
 from telephony_edge.routing import NumberRouter
 from telephony_edge.services import SERVICES, Services
-from telephony_edge.status import add_status_routes
 
 log = logging.getLogger(__name__)
 
 DEMO_AGENT_PATH = "/_demo_agent"
 #: the embedded demo core's per-process key: only this worker's calls may open sessions
 DEMO_AGENT_KEY = web.AppKey("demo_agent_key", str)
+#: the admin listener's application, when ``server.admin_port`` is set
+ADMIN_APP = web.AppKey("admin_app", web.Application)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -60,10 +60,6 @@ async def readyz(request: web.Request) -> web.Response:
         "coordinator": "ok" if services.call_service.health.up else "unreachable",
     }
     return web.json_response(body, status=200 if ready else 503)
-
-
-async def metrics_handler(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -102,9 +98,9 @@ def create_app(settings: Settings) -> web.Application:
     client_address.install(app, settings.server)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_handler)
-    add_api_routes(app)
-    add_status_routes(app)
+    add_operator_routes(app, settings.server, admin=False)
+    if settings.server.admin_port is not None:
+        app[ADMIN_APP] = create_admin_app(services, [("/healthz", healthz), ("/readyz", readyz)])
     add_recording_routes(app)
     mount_providers(app)
     if settings.agent_core.url is None:
@@ -155,7 +151,15 @@ async def serve(settings: Settings) -> int:
         raise ListenError(settings.server.host, settings.server.port, exc) from None
     bound = _bound_port(runner) or settings.server.port
     set_local_address(app, settings.server.host, bound)
-    for line in banner_lines(settings, f"http://{settings.server.host}:{bound}"):
+    admin: web.AppRunner | None = None
+    if ADMIN_APP in app:
+        try:
+            admin = await start_admin(app[ADMIN_APP], settings.server)
+        except ListenError:
+            await runner.cleanup()
+            raise
+    admin_url = bound_url(admin, settings.server.admin_host) if admin is not None else None
+    for line in banner_lines(settings, f"http://{settings.server.host}:{bound}", admin_url):
         print(line, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -175,6 +179,8 @@ async def serve(settings: Settings) -> int:
     forced = await services.calls.drain(settings.server.drain_grace_s)
     log.info("drained", extra={"calls_ended_by_drain": forced})
     await runner.cleanup()
+    if admin is not None:  # last: /metrics is scraped through the drain
+        await admin.cleanup()
     return 0
 
 

@@ -15,16 +15,22 @@ from telephony_edge.registry import PROVIDERS, enabled_providers
 DEMO_CONFIG = "deploy/demo.yaml"
 
 
-def banner_lines(settings: Settings, base_url: str) -> list[str]:
+def banner_lines(settings: Settings, base_url: str, admin_url: str | None = None) -> list[str]:
     """The start-up banner: one place, so each provider can add its own lines later.
 
     ``base_url`` is where the worker is bound (``http://host:port``);
-    ``settings.public_url`` is where networks reach it (what Twilio signs).
+    ``settings.public_url`` is where networks reach it (what Twilio signs);
+    ``admin_url`` where the operators' surface is, when it has a port of its own.
     """
     from telephony_edge.app import DEMO_AGENT_PATH  # app imports this module
 
     lines = [f"telephony-edge {__version__} serving on {base_url}"]
-    lines += [f"  {base_url}{path}" for path in ("/healthz", "/readyz", "/metrics")]
+    if admin_url is None:
+        lines += [f"  {base_url}{path}" for path in ("/healthz", "/readyz", "/metrics")]
+    else:
+        lines += [f"  {base_url}{path}" for path in ("/healthz", "/readyz")]
+        api = " and the API" if settings.server.admin_api else ""
+        lines.append(f"  operators (/metrics, /status{api}): {admin_url}")
     if settings.agent_core.url is None:
         ws_base = "ws" + base_url.removeprefix("http")
         url = f"{ws_base}{DEMO_AGENT_PATH}"

@@ -235,6 +235,15 @@ class ServerSettings(_Model):
     reuses connections, keep it above the proxy's idle timeout."""
     max_pending_websockets: int = Field(default=200, ge=1, le=100_000)
     """Twilio streams per worker not yet admitted (no valid ``start`` yet); beyond, 503."""
+    admin_port: int | None = Field(default=None, ge=0, le=65535)
+    """A listener of its own for the operators' surface (``/metrics``, ``/status``, and the
+    API with ``admin_api``), which then leaves the main port; None: all on ``port``. A worker
+    on the host network (SIP) serves ``port`` on the node's addresses: keep this surface
+    off them (``telephony_edge.admin``)."""
+    admin_host: str = "127.0.0.1"
+    """Where ``admin_port`` listens: loopback, or the pod's own address for Prometheus."""
+    admin_api: bool = False
+    """The API (``/calls``, ``/start_outbound_call``, dead letters …) on ``admin_port`` only."""
     trusted_proxies: list[Network] = Field(default_factory=list, max_length=64)
     """Reverse proxies (addresses or CIDRs: Caddy's, the Ingress controller's pods) whose
     ``client_address_header`` names the client; from any other hop it is ignored. Empty:
@@ -429,6 +438,10 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _cross_references(self) -> Settings:
         errors: list[str] = []
+        if self.server.admin_api and self.server.admin_port is None:
+            errors.append("server.admin_api: needs server.admin_port")
+        if self.server.admin_port and self.server.admin_port == self.server.port:
+            errors.append("server.admin_port: must differ from server.port")
         if self.server.region is not None and self.server.region not in self.regions:
             errors.append(f"server.region: region {self.server.region!r} is not defined")
         for number, route in self.numbers.items():

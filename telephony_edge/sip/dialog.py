@@ -1,10 +1,13 @@
-"""SIP dialogs, the UAS side (RFC 3261 §12): a record, and in-dialog requests.
+"""SIP dialogs (RFC 3261 §12): a record, and in-dialog requests.
 
 A :class:`Dialog` is created from the INVITE the edge answers (§12.1.1):
 its id is Call-ID + our tag (the To tag we put in responses) + the peer's tag
 (From); the route set is the INVITE's Record-Route in order; the remote target
 is its Contact; the remote CSeq is the INVITE's; ours starts where the UA
-says. :meth:`Dialog.build_request` builds a request inside it (§12.2.1.1):
+says. Or from the 2xx to an INVITE the edge sent (§12.1.2,
+:meth:`Dialog.from_2xx`): our tag is the From tag, the peer's the To tag, the
+route set the 2xx's Record-Route in reverse, the remote target its Contact,
+and our CSeq the INVITE's. :meth:`Dialog.build_request` builds a request inside it (§12.2.1.1):
 BYE from the edge, INFO, NOTIFY, UPDATE, re-INVITE; loose routing when the
 first route has ``lr`` (Request-URI = remote target, Route = route set),
 strict routing otherwise (Request-URI = first route, remote target last).
@@ -25,6 +28,7 @@ from telephony_edge.sip.message import (
     Headers,
     NameAddr,
     Request,
+    Response,
     SipUri,
 )
 
@@ -80,6 +84,31 @@ class Dialog:
             remote_seq=invite.cseq().seq,
             local_contact=local_contact,
             transport=invite.top_via().transport,
+            secure=invite.uri.lower().startswith("sips:"),
+        )
+
+    @classmethod
+    def from_2xx(cls, invite: Request, response: Response, local_contact: str) -> Dialog:
+        """The dialog a UAC forms from the 2xx to its ``invite`` (§12.1.2)."""
+        frm = invite.from_()
+        to = response.to()
+        contacts = response.headers.get_all("Contact")
+        target = NameAddr.parse(contacts[0]).uri if contacts else invite.uri
+        local_tag = frm.params.pop("tag", "")
+        remote_tag = to.params.pop("tag", "")
+        return cls(
+            call_id=invite.call_id(),
+            local_tag=local_tag,
+            remote_tag=remote_tag,
+            local_uri=str(frm),
+            remote_uri=str(to),
+            remote_target=target,
+            route_set=list(reversed(response.headers.get_all("Record-Route"))),
+            local_seq=invite.cseq().seq,
+            remote_seq=0,  # §12.1.2: empty; the peer's first request sets it
+            local_contact=local_contact,
+            transport=invite.top_via().transport,
+            state=DialogState.CONFIRMED,
             secure=invite.uri.lower().startswith("sips:"),
         )
 
