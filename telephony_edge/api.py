@@ -27,7 +27,7 @@ from telephony_edge import metrics
 from telephony_edge.agent.pool import AGENT_CORE_PREFIX
 from telephony_edge.calls.leg import NotSupported
 from telephony_edge.calls.record import CallRecord, CallState
-from telephony_edge.calls.service import CallRejected, ControlFailed, ProviderError
+from telephony_edge.calls.refusals import CallRejected, ControlFailed, ProviderError
 from telephony_edge.calls.webhooks import SESSION_WEBHOOK_QUEUE, without_webhook_headers
 from telephony_edge.config import agent_config_problems, normalize_e164
 from telephony_edge.coord.health import CoordinatorUnavailable

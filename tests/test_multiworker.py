@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from telephony_edge.calls.service import WORKER_LOST
+from telephony_edge.calls.service_core import WORKER_LOST
 from telephony_edge.coord.redis import RedisCoordinator
 from telephony_edge.twilio.simulator import SimulatedCall, StreamInstruction
 from tests import test_lifecycle_serve as lifecycle

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from telephony_edge.api import ApiError, _authorize, _json_errors, _json_object, _object, _string
 from telephony_edge.calls.record import CallStatus
-from telephony_edge.calls.service import CallRejected
+from telephony_edge.calls.refusals import CallRejected
 from telephony_edge.config import Settings
 from telephony_edge.errors import UserError, os_reason
 from telephony_edge.provider import Provider

@@ -24,7 +24,7 @@ the UA answers 200 with its SDP, and the call runs as any other:
 comes back through :meth:`SipEndpoint.hangup` and the UA sends BYE.
 A transfer (agent ``transfer_call``, the API) is :meth:`SipEndpoint.transfer`:
 the UA's REFER, awaited until its :class:`~telephony_edge.sip.ua.TransferResult`
-(a failure raises :class:`~telephony_edge.calls.service.ProviderError`, as the
+(a failure raises :class:`~telephony_edge.calls.refusals.ProviderError`, as the
 other networks' API errors do, so the agent core or the API caller hears it).
 
 What the UA refuses as the sender's fault (:class:`~telephony_edge.sip.ua.BadMessage`:
@@ -46,7 +46,7 @@ from typing import Any, cast
 from telephony_edge import badinput, metrics
 from telephony_edge.calls.leg import Direction, LegInfo
 from telephony_edge.calls.record import CallRecord, CallState
-from telephony_edge.calls.service import CallRejected, ProviderError
+from telephony_edge.calls.refusals import CallRejected, ProviderError
 from telephony_edge.services import Services
 from telephony_edge.sip import tcp_policy
 from telephony_edge.sip.auth import DigestServer

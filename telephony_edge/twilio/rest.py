@@ -29,7 +29,7 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
 from telephony_edge import metrics
-from telephony_edge.calls.service import ProviderError
+from telephony_edge.calls.refusals import ProviderError
 from telephony_edge.errors import os_reason
 from telephony_edge.twilio import twiml
 

@@ -22,7 +22,7 @@ from vonage_jwt import JwtClient
 from vonage_voice.models.common import AdvancedMachineDetection, Phone
 from vonage_voice.models.requests import CreateCallRequest, ToPhone
 
-from telephony_edge.calls.service import ProviderError
+from telephony_edge.calls.refusals import ProviderError
 from telephony_edge.vonage import ncco
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from aiohttp import web
 from telephony_edge import badinput, metrics
 from telephony_edge.calls.machine import AmdReport
 from telephony_edge.calls.record import CallRecord, CallState
-from telephony_edge.calls.service import CallRejected, KnownCallConflict, WorkerFull
+from telephony_edge.calls.refusals import CallRejected, KnownCallConflict, WorkerFull
 from telephony_edge.config import normalize_e164
 from telephony_edge.coord.base import Conflict
 from telephony_edge.coord.health import CoordinatorUnavailable

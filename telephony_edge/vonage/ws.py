@@ -21,7 +21,7 @@ from aiohttp import WSCloseCode, web
 from telephony_edge import http_limits
 from telephony_edge.calls.leg import Direction, LegInfo
 from telephony_edge.calls.record import CallRecord, CallState
-from telephony_edge.calls.service import CallRejected
+from telephony_edge.calls.refusals import CallRejected
 from telephony_edge.services import SERVICES, Services
 from telephony_edge.twilio.token import TokenError
 from telephony_edge.vonage.context import (

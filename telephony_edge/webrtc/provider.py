@@ -30,7 +30,7 @@ from aiohttp import web
 
 from telephony_edge.api import ApiError, _json_errors, _json_object, _object, _string
 from telephony_edge.calls.leg import LegInfo
-from telephony_edge.calls.service import CallRejected
+from telephony_edge.calls.refusals import CallRejected
 from telephony_edge.calls.session_token import session_token, token_matches
 from telephony_edge.provider import Provider
 from telephony_edge.services import SERVICES

@@ -20,7 +20,8 @@ from redis.asyncio import Redis
 
 from telephony_edge.app import create_app
 from telephony_edge.calls.record import CallRecord, CallState
-from telephony_edge.calls.service import WORKER_LOST, CallService
+from telephony_edge.calls.service import CallService
+from telephony_edge.calls.service_core import WORKER_LOST
 from telephony_edge.coord.redis import RedisCoordinator
 from telephony_edge.services import SERVICES
 from tests.conftest import edge_settings

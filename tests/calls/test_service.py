@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestServer
 
 from telephony_edge.calls.leg import Dtmf, LegEnded
 from telephony_edge.calls.record import CallState, CallStatus
-from telephony_edge.calls.service import CallRejected
+from telephony_edge.calls.refusals import CallRejected
 from telephony_edge.calls.webhooks import verify_signature
 from tests.calls.test_bridge import start_call
 from tests.conftest import Edge, TestLeg, edge_settings, wait_for

@@ -441,7 +441,7 @@ async def test_a_redis_that_can_lose_state_is_named_at_start(
                 assert phrase in warning
             service = CallService.__new__(CallService)  # only what _check_store touches
             service.coordinator, service._store_checked = coordinator, False
-            with caplog.at_level("WARNING", logger="telephony_edge.calls.service"):
+            with caplog.at_level("WARNING", logger="telephony_edge.calls.upkeep"):
                 await service._check_store()
                 await service._check_store()  # once only
         finally:

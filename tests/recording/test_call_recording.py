@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from pydub import AudioSegment
 
 from telephony_edge.calls.leg import LegEnded
-from telephony_edge.calls.service import CallRejected
+from telephony_edge.calls.refusals import CallRejected
 from telephony_edge.config import Settings
 from telephony_edge.recording import signing
 from tests.calls.test_bridge import start_call, voiced
