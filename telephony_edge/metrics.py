@@ -40,6 +40,12 @@ BAD_INPUT = Counter(
     "Malformed or rejected input from a network or peer, by source",
     ["source"],
 )
+DTMF_OUT = Counter(
+    "telephony_edge_dtmf_out_total",
+    "send_dtmf requests of the agent core, by provider and outcome (sent: the network took "
+    "the keys; failed: it could not, or too many were waiting); malformed ones are bad input",
+    ["provider", "outcome"],
+)
 AGENT_LINK_FAILURES = Counter(
     "telephony_edge_agent_link_failures_total", "Agent-core link failures, by stage", ["stage"]
 )

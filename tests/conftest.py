@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from telephony_edge.app import create_app, set_local_address
 from telephony_edge.audio.frames import FRAME_BYTES, SILENCE_FRAME
+from telephony_edge.calls.dtmf import DtmfRequest
 from telephony_edge.calls.leg import Capabilities, Leg, LegEnded, LegEvent, LegInfo
 from telephony_edge.config import Settings, load_settings
 from telephony_edge.services import SERVICES, Services
@@ -122,7 +123,9 @@ class TestLeg(Leg):
 
     __test__ = False
     playout_lead_frames = 3
-    capabilities = Capabilities(clear=True, transfer_to_number=True, transfer_to_sip=True)
+    capabilities = Capabilities(
+        clear=True, dtmf_out=True, transfer_to_number=True, transfer_to_sip=True
+    )
 
     info: LegInfo = field(
         default_factory=lambda: LegInfo("test", "inbound", "+15555550100", "+15555550199", "T1")
@@ -131,6 +134,7 @@ class TestLeg(Leg):
     heard: list[tuple[float, bytes]] = field(default_factory=list)
     clears: list[float] = field(default_factory=list)
     transfers: list[str] = field(default_factory=list)
+    dtmf_sent: list[DtmfRequest] = field(default_factory=list)
     talkspurts: int = 0
     hung_up: bool = False
     closed: bool = False
@@ -158,6 +162,9 @@ class TestLeg(Leg):
 
     async def transfer(self, destination: str) -> None:
         self.transfers.append(destination)
+
+    async def send_dtmf(self, request: DtmfRequest) -> None:
+        self.dtmf_sent.append(request)
 
     async def close(self) -> None:
         self.closed = True

@@ -179,7 +179,7 @@ class AgentLink:
             if isinstance(event, LinkClosed):
                 raise AgentLinkError("initiate", f"closed before onready (code {event.code})")
             if len(self._early) >= self._timeouts.max_early_messages:
-                self._bad_input("too many messages before onready")
+                self.bad_input("too many messages before onready")
                 raise AgentLinkError(
                     "initiate",
                     f"more than {self._timeouts.max_early_messages} messages before onready",
@@ -204,16 +204,18 @@ class AgentLink:
                 try:
                     method, payload = messages.decode(msg.data)
                 except messages.ProtocolError as exc:
-                    self._bad_input(f"malformed message ({badinput.phrase(str(exc))})")
+                    self.bad_input(f"malformed message ({badinput.phrase(str(exc))})")
                     continue
                 except RecursionError:  # JSON nested past the parser's depth
-                    self._bad_input("malformed message (nested too deep)")
+                    self.bad_input("malformed message (nested too deep)")
                     continue
                 return AgentMessage(method, payload)
             if msg.type in _GONE:
                 return LinkClosed(ws.close_code)
 
-    def _bad_input(self, error: str) -> None:
+    def bad_input(self, error: str) -> None:
+        """Count and warn (rate-limited, with the call id) the core's bad input: ``error``,
+        a fixed phrase."""
         host = urllib.parse.urlsplit(self.url).hostname
         badinput.report(BAD_INPUT, error, host, call_id=self._call_id or None)
 

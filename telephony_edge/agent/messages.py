@@ -32,6 +32,7 @@ AI_ACTION: Final = "ai_action"
 FUNCTION_CALL: Final = "function_call"
 END_CALL: Final = "end_call"
 TRANSFER_CALL: Final = "transfer_call"
+SEND_DTMF: Final = "send_dtmf"  # press keys toward the caller (an IVR's menu)
 ONSESSIONENDED: Final = "onsessionended"
 
 EDGE_TO_CORE: Final = frozenset({INITIATE, PING, DTMF, PLAYBACK, ERROR, AMD_RESULT})
@@ -48,6 +49,7 @@ CORE_TO_EDGE: Final = frozenset(
         FUNCTION_CALL,
         END_CALL,
         TRANSFER_CALL,
+        SEND_DTMF,
         ONSESSIONENDED,
     }
 )

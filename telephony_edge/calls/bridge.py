@@ -41,7 +41,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from telephony_edge import failpoints, metrics
+from telephony_edge import badinput, failpoints, metrics
 from telephony_edge.agent import messages
 from telephony_edge.agent.link import AgentLink, AgentLinkError, AgentMessage, LinkClosed
 from telephony_edge.amd.detector import AmdDetector, Verdict
@@ -49,6 +49,7 @@ from telephony_edge.amd.policy import Voicemail
 from telephony_edge.audio.frames import FRAME_MS
 from telephony_edge.calls import machine as m
 from telephony_edge.calls.caller_clock import CallerClock
+from telephony_edge.calls.dtmf_queue import DtmfQueue
 from telephony_edge.calls.leg import Clock, Dtmf, Leg, LegEnded, LegEvent, NotSupported, Played
 from telephony_edge.calls.pacing import Pacer
 from telephony_edge.calls.playout import Playout
@@ -78,6 +79,7 @@ COMMANDS = frozenset(
         messages.CLEAR,
         messages.END_CALL,
         messages.TRANSFER_CALL,
+        messages.SEND_DTMF,
         messages.ONSESSIONENDED,
     }
 )
@@ -212,6 +214,7 @@ class CallBridge:
         self._recorder = recorder
         self._clock = CallerClock()
         self._fill_wake: asyncio.Future[None] | None = None
+        self._dtmf = DtmfQueue(leg, self._spawn, self._refused_dtmf)
 
     @property
     def state(self) -> CallState:
@@ -335,6 +338,8 @@ class CallBridge:
             self._start_transfer(action)
         elif isinstance(action, m.ReportToAgent):
             self._spawn(self._report(action), "report")
+        elif isinstance(action, m.SendDtmf):
+            self._dtmf.put(action.request)
         elif isinstance(action, m.SendAmdResult):
             log.info("answering-machine detection: %s (beep: %s)", action.result, action.beep)
             data = {"result": action.result, "beep": action.beep}
@@ -707,8 +712,16 @@ class CallBridge:
         self._feed(m.TransferDone(destination, action.by))
 
     async def _report(self, action: m.ReportToAgent) -> None:
-        log.warning("agent request %s refused: %s", action.method, action.message)
+        if action.bad_input:  # the core's own fault: counted, warned rate-limited
+            reason = badinput.phrase(action.message.partition(": ")[2])
+            self.link.bad_input(f"{action.method} refused ({reason})")
+        else:
+            log.warning("agent request %s refused: %s", action.method, action.message)
         await self._tell(messages.ERROR, {"request": action.method, "message": action.message})
+
+    def _refused_dtmf(self, message: str) -> None:
+        data = {"request": messages.SEND_DTMF, "message": message}
+        self._spawn(self._tell(messages.ERROR, data), "report")
 
     async def _tell(self, method: str, data: dict[str, Any]) -> None:
         with contextlib.suppress(ConnectionError, AssertionError):  # link gone: nobody to tell

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar, Literal, Protocol
 
+from telephony_edge.calls.dtmf import DtmfRequest
+
 Direction = Literal["inbound", "outbound"]
 
 
@@ -141,8 +143,13 @@ class Leg(abc.ABC):
     def clear(self) -> None:
         """Drop whatever agent audio the network itself still has buffered (barge-in)."""
 
-    def send_dtmf(self, digits: str) -> None:
-        """Send DTMF toward the caller (RFC 4733 on RTP legs)."""
+    async def send_dtmf(self, request: DtmfRequest) -> None:
+        """Press the agent's keys toward the caller (``capabilities.dtmf_out``).
+
+        Returns once the network has them: played (RTP, SIP INFO, the data
+        channel) or accepted by its API (Twilio, Vonage); raises what the
+        network raised. The bridge sends one request at a time.
+        """
         raise NotSupported(f"{type(self).__name__} cannot send DTMF")
 
     @abc.abstractmethod

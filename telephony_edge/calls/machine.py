@@ -51,6 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from telephony_edge.calls import dtmf
 from telephony_edge.calls.record import CallState, CallStatus
 from telephony_edge.routing import normalize_destination
 
@@ -229,10 +230,21 @@ class Transfer:
 
 @dataclass(frozen=True, slots=True)
 class ReportToAgent:
-    """Tell the agent core something failed (its request is refused; the call goes on)."""
+    """Tell the agent core something failed (its request is refused; the call goes on).
+
+    ``bad_input``: the request itself was malformed (counted as the core's bad input).
+    """
 
     method: str
     message: str
+    bad_input: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SendDtmf:
+    """Press the agent's keys toward the caller (after those it asked for before)."""
+
+    request: dtmf.DtmfRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +300,7 @@ Action = (
     | ClearAudio
     | Transfer
     | ReportToAgent
+    | SendDtmf
     | SendAmdResult
     | WriteState
     | StopTasks
@@ -438,6 +451,11 @@ class CallMachine:
             return []
         if method == "transfer_call":
             return self._transfer(str(event.data.get("destination", "")), "agent")
+        if method == "send_dtmf":
+            try:
+                return [SendDtmf(dtmf.parse(event.data))]
+            except dtmf.BadDtmf as exc:
+                return [ReportToAgent("send_dtmf", f"send_dtmf refused: {exc}", bad_input=True)]
         return []
 
     def _transfer(self, raw: str, by: str) -> list[Action]:

@@ -8,7 +8,8 @@ one the worker binds.
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -95,6 +96,16 @@ class SipSettings(ProviderSettings):
     advertised_host: str | None = None
     """The address in Contact, SDP and ``sip_uri`` (the public one behind NAT); default:
     ``bind_host`` (127.0.0.1 when that is a wildcard)."""
+    advertised_host_file: str | None = None
+    """A file holding ``advertised_host``, read at start-up (surrounding white space
+    dropped): the address of this node or pod, written there by whoever knows it (in
+    Kubernetes an init container, from the node's annotation or the pod's name; see
+    ``k8s/components``). Instead of ``advertised_host``."""
+    private_advertised_host: bool = False
+    """An advertised address in a private network (RFC 1918, RFC 6598, ULA, link-local)
+    is refused at start-up, since callers on the internet cannot reach it (a cloud node's
+    own address is one): set this when it is deliberate (an SBC, or Kamailio with
+    rtpengine, in front of the edge; a LAN)."""
     advertised_port: int | None = Field(default=None, ge=1, le=65535)
     rtp_port_min: int = Field(default=20000, ge=1024, le=65534)
     rtp_port_max: int = Field(default=20999, ge=1025, le=65535)
@@ -233,6 +244,22 @@ class SipSettings(ProviderSettings):
             nameserver_address(server)  # raises ValueError
         return servers
 
+    @model_validator(mode="before")
+    @classmethod
+    def _read_advertised_host(cls, data: Any) -> Any:
+        path = data.get("advertised_host_file") if isinstance(data, dict) else None
+        if not path:
+            return data
+        if data.get("advertised_host"):
+            raise ValueError("set advertised_host or advertised_host_file, not both")
+        try:
+            host = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"advertised_host_file: cannot read {path}: {exc.strerror}") from None
+        if not host or any(c.isspace() for c in host):
+            raise ValueError(f"advertised_host_file: {path} holds no address")
+        return {**data, "advertised_host": host}
+
     @model_validator(mode="after")
     def _range(self) -> SipSettings:
         if self.rtp_port_max - self.rtp_port_min < 1:
@@ -246,7 +273,7 @@ class SipSettings(ProviderSettings):
         return "127.0.0.1" if self.bind_host in ("0.0.0.0", "::", "") else self.bind_host
 
     def check(self, settings: Settings) -> list[str]:
-        problems = []
+        problems = self._advertised_problems()
         if not settings.api.private_key:
             problems.append("api.private_key: required for POST /register_sip_call")
         if self.default_agent_id and self.default_agent_id not in settings.agents:
@@ -256,6 +283,24 @@ class SipSettings(ProviderSettings):
             for number in set(trunk.numbers) - sip_numbers:
                 problems.append(f"sip.trunks.{name}.numbers: {number} is no SIP number")
         return problems
+
+    def _advertised_problems(self) -> list[str]:
+        """An address callers could not reach, unless the configuration says it is meant."""
+        from telephony_edge.sip.nat import is_private
+
+        if self.advertised_host is None and self.bind_host in ("0.0.0.0", "::", ""):
+            return [
+                "sip.advertised_host: required when sip.bind_host is a wildcard (the address "
+                "callers reach this worker at: a public one, per node or pod)"
+            ]
+        host = self.public_host
+        if is_private(host) and not self.private_advertised_host:
+            return [
+                f"sip.advertised_host: {host} is a private address, which callers on the "
+                "internet cannot reach (set the public one; or, if an SBC or a LAN makes it "
+                "right, sip.private_advertised_host: true)"
+            ]
+        return []
 
 
 def sip_settings(settings: Settings) -> SipSettings:

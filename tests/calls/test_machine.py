@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from telephony_edge.calls import machine as m
+from telephony_edge.calls.dtmf import DtmfRequest
 from telephony_edge.calls.record import CallState, CallStatus
 
 LIMITS = m.Limits(max_duration_s=600.0, inactivity_timeout_s=30.0)
@@ -28,6 +29,8 @@ EVENTS: list[Any] = [
     m.AgentCommand("transfer_call", {"destination": "+15555550123"}),
     m.AgentCommand("transfer_call", {"destination": "not a number"}),
     m.AgentCommand("onsessionended"),
+    m.AgentCommand("send_dtmf", {"digits": "12#"}),
+    m.AgentCommand("send_dtmf", {"digits": "12x"}),
     m.AgentCommand("something_else"),
     m.PlayoutDrained(),
     m.LegGone("completed"),
@@ -180,6 +183,16 @@ def test_agent_transfer_checks_the_destination_and_reports_failures() -> None:
     assert machine.call_status is CallStatus.AGENT_ENDED
     assert machine.transferred_to == "sip:desk@pbx.example.com"
     assert not any(isinstance(a, m.HangupNetwork) for a in actions)  # the network has the caller
+
+
+def test_send_dtmf_is_checked_then_sent_and_the_call_goes_on() -> None:
+    machine = machine_in(CallState.ACTIVE)
+    [send] = machine.handle(m.AgentCommand("send_dtmf", {"digits": "1w#a"}), 2.0)
+    assert send == m.SendDtmf(DtmfRequest("1w#A", 250))
+    [refused] = machine.handle(m.AgentCommand("send_dtmf", {"digits": "1", "duration_ms": 9}), 3.0)
+    assert isinstance(refused, m.ReportToAgent) and refused.bad_input
+    assert refused.method == "send_dtmf" and "duration_ms" in refused.message
+    assert machine.state is CallState.ACTIVE and machine.call_status is None
 
 
 def test_api_transfer_and_hangup() -> None:
