@@ -21,6 +21,11 @@ on the dialog's transport). :class:`SipResolver` then looks the target up:
 4. otherwise A (AAAA, then A, when the edge's socket is IPv6) at the URI's port
    or 5060/5061.
 
+:meth:`SipResolver.lookup_all` gives every address instead, in the order to try
+them (RFC 3263 §4.3: each SRV target's addresses, lowest priority first, then
+the next target's), for a request the edge starts itself and fails over
+(:mod:`telephony_edge.sip.uac`, :mod:`telephony_edge.sip.register`).
+
 Lookups go through dnspython's asyncio resolver (no thread, no blocking the
 loop), bounded by ``timeout`` as a whole, and report the smallest TTL of the
 records used. :class:`DnsCache` keeps answers that long and failures for
@@ -187,6 +192,35 @@ class SipResolver:
         except TimeoutError:
             raise Unresolvable(f"no answer for {target.host} in {self.timeout:g} s") from None
 
+    async def lookup_all(self, target: Target) -> list[Address]:
+        """Every address to try for ``target``, in order (RFC 3263 §4.3); at least one."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._lookup_all(target)
+        except TimeoutError:
+            raise Unresolvable(f"no answer for {target.host} in {self.timeout:g} s") from None
+
+    async def _lookup_all(self, target: Target) -> list[Address]:
+        port = target.port or target.default_port
+        if ip_literal(target.host) is not None:
+            return [(target.host, port)]
+        if target.port is None and not self.hosts.addresses(target.host):
+            srv_name = await self._naptr(target) or target.srv_name
+            records = await self._query(srv_name, "SRV")
+            if records is not None:
+                found: list[Address] = []
+                for name, srv_port in _srv_targets(records[0]):
+                    try:
+                        addresses, _ = await self._addresses(name)
+                    except Unresolvable:
+                        continue
+                    found += [(address, srv_port) for address in addresses]
+                if not found:
+                    raise Unresolvable(f"no SRV target of {srv_name} resolves")
+                return found
+        addresses, _ = await self._addresses(target.host)
+        return [(address, port) for address in addresses]
+
     async def _lookup(self, target: Target) -> tuple[Address, float]:
         port = target.port or target.default_port
         if ip_literal(target.host) is not None:
@@ -218,30 +252,34 @@ class SipResolver:
     async def _srv(
         self, srv_name: str, answer: dns.resolver.Answer, ttl: float
     ) -> tuple[Address, float]:
-        found = [rr for rr in answer if isinstance(rr, dns.rdtypes.IN.SRV.SRV)]
-        found.sort(key=lambda rr: (rr.priority, -rr.weight))
-        for rr in found:
-            name = rr.target.to_text(omit_final_dot=True)
-            if name in ("", "."):
-                break  # RFC 2782: "." says the service is not offered here
+        for name, port in _srv_targets(answer):
             try:
                 address, address_ttl = await self._address(name)
             except Unresolvable:
                 continue
-            return (address, int(rr.port)), min(ttl, address_ttl)
+            return (address, port), min(ttl, address_ttl)
         raise Unresolvable(f"no SRV target of {srv_name} resolves")
 
     async def _address(self, name: str) -> tuple[str, float]:
+        addresses, ttl = await self._addresses(name)
+        return addresses[0], ttl
+
+    async def _addresses(self, name: str) -> tuple[list[str], float]:
+        """Every address of ``name`` (the hosts file's, else AAAA then A, else A)."""
         family = socket.AF_INET6 if self.ipv6 else socket.AF_INET
-        for address in self.hosts.addresses(name):
-            ip = ip_literal(address)
-            if ip is not None and (ip.version == 4 or family == socket.AF_INET6):
-                return _for_socket(address, self.ipv6), HOSTS_TTL_S
+        pinned = [
+            _for_socket(address, self.ipv6)
+            for address in self.hosts.addresses(name)
+            if (ip := ip_literal(address)) is not None
+            and (ip.version == 4 or family == socket.AF_INET6)
+        ]
+        if pinned:
+            return pinned, HOSTS_TTL_S
         for rdtype in ("AAAA", "A") if self.ipv6 else ("A",):
             records = await self._query(name, rdtype)
             if records is not None:
                 answer, ttl = records
-                return _for_socket(str(answer[0]), self.ipv6), ttl
+                return [_for_socket(str(rr), self.ipv6) for rr in answer], ttl
         raise Unresolvable(f"{name} has no {'AAAA or A' if self.ipv6 else 'A'} record")
 
     async def _query(self, name: str, rdtype: str) -> tuple[dns.resolver.Answer, float] | None:
@@ -254,6 +292,20 @@ class SipResolver:
             raise Unresolvable(f"{name} {rdtype}: {type(exc).__name__}") from None
         ttl = answer.rrset.ttl if answer.rrset is not None else 0
         return (answer, float(ttl)) if len(answer) else None
+
+
+def _srv_targets(answer: dns.resolver.Answer) -> list[tuple[str, int]]:
+    """The SRV records' targets and ports, lowest priority first, the heaviest first among
+    equals; none after a "." target (RFC 2782: the service is not offered here)."""
+    found = [rr for rr in answer if isinstance(rr, dns.rdtypes.IN.SRV.SRV)]
+    found.sort(key=lambda rr: (rr.priority, -rr.weight))
+    targets = []
+    for rr in found:
+        name = rr.target.to_text(omit_final_dot=True)
+        if name in ("", "."):
+            break
+        targets.append((name, int(rr.port)))
+    return targets
 
 
 def nameserver_address(text: str) -> Address:

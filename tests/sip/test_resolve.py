@@ -91,6 +91,34 @@ async def test_srv_then_a_with_the_smallest_ttl_and_an_explicit_port_asks_no_srv
     server.close()
 
 
+async def test_lookup_all_lists_every_address_in_rfc_3263_order(tmp_path: Path) -> None:
+    zone = {
+        ("_sip._udp.carrier.test", "SRV"): [
+            "20 0 5090 c.carrier.test.",
+            "10 5 5080 a.carrier.test.",
+            "10 50 5081 b.carrier.test.",
+            "15 0 5085 gone.carrier.test.",
+        ],
+        ("a.carrier.test", "A"): ["127.0.0.11", "127.0.0.12"],
+        ("b.carrier.test", "A"): ["127.0.0.13"],
+        ("c.carrier.test", "A"): ["127.0.0.14"],
+        ("proxy.test", "A"): ["127.0.0.7", "127.0.0.8"],
+    }
+    server = await start_dns(zone)
+    resolver = resolver_for(server.address, tmp_path)
+    # priority, then the heaviest; each target's addresses (an RRset has no order); a
+    # target without one skipped
+    found = await resolver.lookup_all(target_of("sip:carrier.test", "UDP"))
+    assert found[0] == ("127.0.0.13", 5081) and found[3] == ("127.0.0.14", 5090)
+    assert set(found[1:3]) == {("127.0.0.11", 5080), ("127.0.0.12", 5080)}
+    found = await resolver.lookup_all(target_of("sip:proxy.test:5070", "UDP"))
+    assert sorted(found) == [("127.0.0.7", 5070), ("127.0.0.8", 5070)]
+    assert await resolver.lookup_all(target_of("sip:127.0.0.3", "UDP")) == [("127.0.0.3", 5060)]
+    with pytest.raises(Unresolvable):
+        await resolver.lookup_all(target_of("sip:nowhere.test", "UDP"))
+    server.close()
+
+
 async def test_naptr_names_the_srv_for_the_dialogs_transport(tmp_path: Path) -> None:
     zone = {
         ("carrier.test", "NAPTR"): [
