@@ -204,6 +204,14 @@ SIP_TCP_CLOSED = Counter(
     " evicted (a newcomer to a full table took its place), no_message, slow, idle",
     ["reason"],
 )
+SIP_SRTP_DROPPED = Counter(
+    "telephony_edge_sip_srtp_dropped_total",
+    "SRTP and SRTCP packets dropped by a call's SRTP context (sip/srtp.py), by reason: auth"
+    " (a forged or damaged packet), replay, malformed, mki (not the key's), key_expired"
+    " (the peer's key lifetime spent without a rekey); unsent: one of ours libsrtp would"
+    " not protect (an index used twice)",
+    ["protocol", "reason"],
+)
 SIP_DIGEST = Counter(
     "telephony_edge_sip_digest_total",
     "Digest authentication of trunks' INVITEs by outcome: ok, challenged, stale, replayed"

@@ -83,6 +83,7 @@ from telephony_edge.sip.rtp_socket import RtcpProtocol, RtpProtocol
 from telephony_edge.sip.rtp_source import LEARN_PACKETS, LEARN_WINDOW_S, SourceLearner
 from telephony_edge.sip.sdp import Negotiated
 from telephony_edge.sip.sendto import send_datagram
+from telephony_edge.sip.srtp import SrtpSession, secure
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,7 @@ class SipLeg(Leg):
         self._ended: LegEnded | None = None
         self._closed = False
         self.media: Negotiated | None = None
+        self.srtp: SrtpSession | None = None  # SDES-keyed SRTP (sip/srtp.py), from set_media
         self.inbound: RtpInbound | None = None
         self.sender: RtpSender | None = None
         self.out: OutboundStream | None = None
@@ -202,6 +204,11 @@ class SipLeg(Leg):
         if _rtp_expected(self.media) != _rtp_expected(media):
             self._last_rtp = self._clock()  # the inactivity count restarts on hold and resume
         self.media = media
+        self.srtp, fresh = secure(self.srtp, media.srtp)
+        if fresh:  # on the sockets before anything is sent: nothing leaves in the clear
+            for socket in (self._rtp, self._rtcp_socket):
+                if socket is not None:
+                    socket.secure(self.srtp)
         self._sources_for(media)
         if not codec_changed:
             if self.inbound is not None:
@@ -389,6 +396,7 @@ class SipLeg(Leg):
             log.warning("RTCP port unavailable", extra={"sip_call": self.ref, "error": str(exc)})
             return
         self._rtcp_socket.leg = self
+        self._rtcp_socket.secure(self.srtp)
 
     def on_rtcp(self, data: bytes, source: Address) -> None:
         """A compound RTCP packet from the RTCP port, or muxed on the RTP port."""
@@ -495,6 +503,9 @@ class SipLeg(Leg):
         }
         if self.rtcp.rtt is not None:
             stats["rtt_ms"] = round(self.rtcp.rtt * 1000, 2)
+        if self.srtp is not None:
+            stats["srtp"] = self.srtp.terms.suite
+            stats["srtp_dropped"] = self.srtp.dropped
         return stats
 
     # -- edge → caller ---------------------------------------------------------------

@@ -2,6 +2,10 @@
 
 Each datagram goes straight to the socket's leg (:class:`MediaSink`), which
 does everything else; a socket whose leg has closed drops what still comes.
+A call with SRTP puts its session on both sockets (:meth:`RtpProtocol.secure`):
+from then on what they receive is unprotected before the leg sees it (dropped
+if it fails) and what goes out through their ``transport`` is protected
+(:mod:`telephony_edge.sip.srtp`).
 Ports are chosen at random in the configured range (:class:`RtpPorts`):
 sequential ones would tell a prober where the next call's media is.
 """
@@ -13,6 +17,7 @@ import secrets
 from typing import Protocol, cast
 
 from telephony_edge.sip.rtp import Address
+from telephony_edge.sip.srtp import SecureTransport, SrtpSession
 
 RANDOM_BIND_ATTEMPTS = 16  # random ports tried before sweeping the range
 
@@ -28,25 +33,51 @@ class MediaSink(Protocol):
 class RtpProtocol(asyncio.DatagramProtocol):
     """The RTP socket: hands every datagram to its leg."""
 
+    rtcp = False
+
     def __init__(self) -> None:
         self.leg: MediaSink | None = None
         self.transport: asyncio.DatagramTransport | None = None
+        self.srtp: SrtpSession | None = None
+        self._plain: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's UDP transport is not a subclass of asyncio's; it has the same methods
-        self.transport = cast(asyncio.DatagramTransport, transport)
+        self.transport = self._plain = cast(asyncio.DatagramTransport, transport)
+        self.secure(self.srtp)
+
+    def secure(self, session: SrtpSession | None) -> None:
+        """SRTP on this socket from now (None: plain RTP): in and out, whoever sends."""
+        self.srtp = session
+        if self._plain is not None:
+            wrapped = None if session is None else SecureTransport(self._plain, session, self.rtcp)
+            self.transport = cast(asyncio.DatagramTransport, wrapped or self._plain)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        if self.leg is not None:
-            self.leg.on_rtp(data, source_address(addr))
+        if self.leg is None:
+            return
+        if self.srtp is not None:
+            opened = self.srtp.receive(data)
+            if opened is None:
+                return
+            data = opened
+        self.leg.on_rtp(data, source_address(addr))
 
 
 class RtcpProtocol(RtpProtocol):
     """The RTCP socket (RTP port + 1)."""
 
+    rtcp = True
+
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        if self.leg is not None:
-            self.leg.on_rtcp(data, source_address(addr))
+        if self.leg is None:
+            return
+        if self.srtp is not None:
+            opened = self.srtp.unprotect_rtcp(data)
+            if opened is None:
+                return
+            data = opened
+        self.leg.on_rtcp(data, source_address(addr))
 
 
 def source_address(addr: tuple[str | int, ...]) -> Address:

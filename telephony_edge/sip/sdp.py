@@ -21,6 +21,12 @@ Rules
   or a dynamic type mapped to it); the answer lists it, and the caller's CN
   packets set the level of the noise played to the agent in their silence.
   Our own stream stays encoded silence (every peer decodes it).
+* SRTP (RFC 3711 with SDES keys, RFC 4568): ``RTP/SAVP`` and ``RTP/SAVPF``
+  streams, and ``RTP/AVP(F)`` ones with ``a=crypto`` (best effort), are
+  taken or refused as :mod:`~telephony_edge.sip.sdes` says for the call's
+  :class:`~telephony_edge.sip.sdes.SrtpRules` (policy, TLS); a refusal is
+  :class:`SrtpRefused` (488). The answer keeps the offer's profile and
+  carries our key in ``a=crypto`` with the offer's tag.
 * Direction (session- or media-level; media wins): the answer mirrors
   sendonly → recvonly, recvonly → sendonly, inactive → inactive,
   sendrecv → sendrecv. ``c=0.0.0.0`` (RFC 2543 hold) counts as sendonly.
@@ -31,9 +37,13 @@ Rules
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
+
+from telephony_edge.sip import sdes
+from telephony_edge.sip.sdes import SrtpRules, SrtpTerms
 
 MAX_SDP_BYTES = 16_384
 MAX_SDP_LINES = 256
@@ -52,6 +62,15 @@ class SdpError(ValueError):
 
 class NoCommonCodec(SdpError):
     """Nothing in the offer that we take: answer 488."""
+
+
+class SrtpRefused(NoCommonCodec):
+    """The offer's SRTP (or its lack) is not what the call may do: 488; ``bad`` when an
+    ``a=crypto`` line was malformed (the sender's fault, counted as bad input)."""
+
+    def __init__(self, reason: str, bad: bool = False) -> None:
+        super().__init__(reason)
+        self.bad = bad
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +296,7 @@ class Negotiated:
     media_index: int
     rtcp: tuple[str, int] | None = None  # the offer's a=rtcp (RFC 3605), if any
     cn_payload_type: int | None = None  # RFC 3389 comfort noise, when both sides take it
+    srtp: SrtpTerms | None = None  # SDES-keyed SRTP, when negotiated (sip/sdes.py)
 
     @property
     def on_hold(self) -> bool:
@@ -341,16 +361,31 @@ def _format(m: Media, rtpmap: dict[int, tuple[str, int]], name: str, clock: int)
     )
 
 
-def negotiate(offer: SessionDescription, config: MediaConfig) -> Negotiated:
-    """Choose what to answer to ``offer`` (raises :class:`NoCommonCodec`)."""
+def _crypto(m: Media) -> list[str]:
+    return [v for n, v in m.attributes if n == "crypto" and v is not None]
+
+
+def negotiate(
+    offer: SessionDescription,
+    config: MediaConfig,
+    rules: SrtpRules | None = sdes.DEFAULT_RULES,
+    keep: SrtpTerms | None = None,
+) -> Negotiated:
+    """Choose what to answer to ``offer`` (raises :class:`NoCommonCodec`); ``rules``: the
+    call's SRTP policy (None: SRTP not judged, for an answer), ``keep``: its SRTP so far
+    (a re-offer keeps our key)."""
     last_error: SdpError = NoCommonCodec("no audio stream")
     for index, m in enumerate(offer.media):
-        if m.kind != "audio" or m.port == 0 or not m.proto.upper().startswith("RTP/AVP"):
+        if m.kind != "audio" or m.port == 0 or m.proto.upper() not in sdes.RTP_PROFILES:
             continue
         try:
             pt, codec, event_pt, cn_pt = _pick(m, config)
+            srtp = None if rules is None else sdes.choose(m.proto, _crypto(m), rules, keep)
         except NoCommonCodec as exc:
             last_error = exc
+            continue
+        except sdes.Refused as exc:
+            last_error = SrtpRefused(str(exc), exc.bad)
             continue
         ptime_s = m.attribute("ptime")
         address = m.connection or offer.connection or ""
@@ -365,15 +400,31 @@ def negotiate(offer: SessionDescription, config: MediaConfig) -> Negotiated:
             media_index=index,
             rtcp=_rtcp(m, address),
             cn_payload_type=cn_pt,
+            srtp=srtp,
         )
     raise last_error
 
 
-def accept_answer(answer: SessionDescription, config: MediaConfig) -> Negotiated:
-    """Read the answer to OUR offer (delayed offer: the ACK's body)."""
+def accept_answer(
+    answer: SessionDescription, config: MediaConfig, offered_crypto: str | None = None
+) -> Negotiated:
+    """Read the answer to OUR offer (delayed offer: the ACK's body); ``offered_crypto``:
+    the ``a=crypto`` our offer carried (:meth:`LocalSession.offer`), whose answer line
+    keys the SRTP (raises :class:`SrtpRefused` if there is none for a ``RTP/SAVP`` offer)."""
     # the same reading as an offer: the first codec of ours it lists, and the
-    # mirror of the direction it states is ours
-    return negotiate(answer, MediaConfig(config.address, config.preferences, "offer"))
+    # mirror of the direction it states is ours; its a=crypto is read below
+    chosen = negotiate(answer, MediaConfig(config.address, config.preferences, "offer"), None)
+    m = answer.media[chosen.media_index]
+    lines = _crypto(m)
+    if offered_crypto is None or not (lines or m.proto.upper() in sdes.SAVP):
+        if lines and offered_crypto is None:
+            raise SrtpRefused("a=crypto in the answer to an offer without it", bad=True)
+        return chosen
+    try:
+        srtp = sdes.accept(offered_crypto, lines)
+    except sdes.Refused as exc:
+        raise SrtpRefused(str(exc), exc.bad) from None
+    return dataclasses.replace(chosen, srtp=srtp)
 
 
 class LocalSession:
@@ -385,6 +436,7 @@ class LocalSession:
         self.session_id = session_id
         self.version = 0
         self._last_media: list[Media] | None = None
+        self.offered_crypto: str | None = None  # the a=crypto of our last offer
 
     def _describe(self, media: list[Media]) -> bytes:
         if self._last_media is not None and media != self._last_media:
@@ -396,7 +448,11 @@ class LocalSession:
         return sdp.to_bytes()
 
     def _audio(
-        self, formats: list[tuple[int, str, int]], direction: str, proto: str = "RTP/AVP"
+        self,
+        formats: list[tuple[int, str, int]],
+        direction: str,
+        proto: str = "RTP/AVP",
+        crypto: str | None = None,
     ) -> Media:
         attrs: list[tuple[str, str | None]] = []
         for pt, name, clock in formats:
@@ -407,6 +463,8 @@ class LocalSession:
         if self.config.rtcp_attribute:
             attrs.append(("rtcp", str(self.port + 1)))
         attrs.append((direction, None))
+        if crypto is not None:
+            attrs.append(("crypto", crypto))
         return Media("audio", self.port, proto, [str(f[0]) for f in formats], None, attrs)
 
     def answer(self, offer: SessionDescription, chosen: Negotiated) -> bytes:
@@ -421,18 +479,30 @@ class LocalSession:
                 formats.append((chosen.event_payload_type, "telephone-event", 8000))
             if chosen.cn_payload_type is not None:
                 formats.append((chosen.cn_payload_type, "CN", 8000))
-            # the answer's transport is the offer's (RFC 3264 §6): RTP/AVPF stays AVPF
-            proto = "RTP/AVPF" if m.proto.upper() == "RTP/AVPF" else "RTP/AVP"
-            media.append(self._audio(formats, chosen.direction, proto))
+            # the answer's transport is the offer's (RFC 3264 §6): RTP/AVPF stays AVPF,
+            # RTP/SAVP(F) stays SAVP(F); best-effort SRTP answers RTP/AVP with a=crypto
+            proto = m.proto.upper()
+            crypto = chosen.srtp.attribute() if chosen.srtp is not None else None
+            media.append(self._audio(formats, chosen.direction, proto, crypto))
         return self._describe(media)
+
+    @property
+    def profile(self) -> str | None:
+        """The RTP profile of our last audio description (``RTP/SAVP`` …), if any."""
+        audio = [m for m in self._last_media or [] if m.kind == "audio" and m.port]
+        return audio[0].proto if audio else None
 
     def again(self) -> bytes:
         """The last description unchanged, same version (a refresh re-INVITE, RFC 3264 §8)."""
         assert self._last_media is not None, "nothing described yet"
         return self._describe(self._last_media)
 
-    def offer(self, direction: str = "sendrecv") -> bytes:
-        """Our own offer (delayed offer, re-INVITE without SDP): every preferred codec."""
+    def offer(
+        self, direction: str = "sendrecv", crypto: str | None = None, secure: bool = False
+    ) -> bytes:
+        """Our own offer (delayed offer, re-INVITE without SDP): every preferred codec;
+        with ``crypto`` (:func:`~telephony_edge.sip.sdes.offer`) SRTP keyed by it,
+        ``RTP/SAVP`` when ``secure`` (required), else best effort (``RTP/AVP``)."""
         formats = [
             (CODECS[n].payload_type, n, CODECS[n].clock_rate)
             for n in self.config.preferences
@@ -440,4 +510,6 @@ class LocalSession:
         ]
         formats.append((self.config.telephone_event_pt, "telephone-event", 8000))
         formats.append((CN_PT, "CN", 8000))
-        return self._describe([self._audio(formats, direction)])
+        self.offered_crypto = crypto
+        proto = "RTP/SAVP" if secure and crypto is not None else "RTP/AVP"
+        return self._describe([self._audio(formats, direction, proto, crypto)])

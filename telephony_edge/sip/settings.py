@@ -41,6 +41,8 @@ class SipTrunkSettings(BaseModel):
     read only the first challenge and know only MD5)."""
     refer_to: Literal["tel", "sip"] | None = None
     """This trunk's Refer-To for numbers; default: ``sip.refer_to``."""
+    srtp: Literal["none", "optional", "required"] | None = None
+    """This trunk's SRTP policy (``sip.srtp`` says what each means); default: ``sip.srtp``."""
 
     @field_validator("cidrs")
     @classmethod
@@ -70,6 +72,7 @@ class SipTrunkSettings(BaseModel):
             realm=self.realm or default_realm,
             algorithms=self.algorithms,
             refer_to=self.refer_to,
+            srtp=self.srtp,
         )
 
 
@@ -202,6 +205,16 @@ class SipSettings(ProviderSettings):
     dns_timeout_s: float = Field(default=5.0, gt=0, le=60)
     """How long one next hop's lookup may take; then that call's requests go to the
     address its INVITE came from and the call ends."""
+    srtp: Literal["none", "optional", "required"] = "optional"
+    """SRTP with SDES keys (RFC 4568: ``AES_CM_128_HMAC_SHA1_80`` and ``_32``) for calls whose
+    trunk says nothing: ``optional`` answers an ``RTP/SAVP(F)`` offer (or ``RTP/AVP`` with
+    ``a=crypto``) with SRTP and a plain one with RTP; ``required`` refuses plain RTP (488);
+    ``none`` refuses ``RTP/SAVP(F)`` and answers best-effort offers plain. SDES keys travel
+    in the SDP, so SRTP is only taken over TLS unless ``srtp_over_plain``."""
+    srtp_over_plain: bool = False
+    """Take SDES keys over UDP and TCP too. Off (the default), an ``RTP/SAVP`` offer that did
+    not come over TLS gets 488: its keys were in clear text, so anyone who saw the INVITE
+    can decrypt the call (a proxy in front of the edge on a private network may justify it)."""
     reject_when_draining: bool = True
     """While draining: new INVITEs get 503 (a trunk fails over) and OPTIONS 503."""
 

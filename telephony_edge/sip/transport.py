@@ -157,6 +157,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
             session_expires=settings.session_expires_s,
             max_transactions=settings.max_transactions,
             nat_keepalive=settings.nat_keepalive_s or None,
+            srtp=settings.srtp,
+            srtp_over_plain=settings.srtp_over_plain,
         )
         self.ua = UserAgent(config, admission=self._admission(host))
         log.info("SIP listening", extra={"sip_bind": f"{self.settings.bind_host}:{self.port}"})

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from telephony_edge.sip.auth import DigestServer, Outcome, binding
 from telephony_edge.sip.auth_guard import DigestGuard
 from telephony_edge.sip.message import Request, SipUri
+from telephony_edge.sip.sdes import Policy
 from telephony_edge.sip.sources import source_key
 from telephony_edge.webrtc.browser import RateLimiter
 
@@ -52,6 +53,7 @@ class Trunk:
     realm: str = ""
     algorithms: tuple[str, ...] = ("SHA-256", "MD5")  # offered in this order
     refer_to: str | None = None  # the trunk's own Refer-To scheme (tel / sip)
+    srtp: Policy | None = None  # its calls' SRTP policy (None: ``sip.srtp``)
 
     def holds(self, address: str) -> bool:
         try:

@@ -99,6 +99,7 @@ from telephony_edge.sip.sdp import (
     Negotiated,
     NoCommonCodec,
     SessionDescription,
+    SrtpRefused,
     negotiate,
     parse_sdp,
 )
@@ -369,6 +370,10 @@ class UserAgent(Reoffers, Transfers):
             return [Send(response.to_bytes(), dest, transport)]  # stateless: keeps no state
         if method == "CANCEL":
             return self._cancel(req, key, dest, transport, now)
+        if transport != "TLS" and req.uri[:5].lower() == "sips:":
+            # RFC 5630 §3.1.3: SIPS is TLS on every hop, this last one too
+            self._bad("a SIPS Request-URI over a transport that is not TLS", 416)
+            return self._answer_tx(req, key, dest, transport, 416, now)
         if method not in KNOWN_METHODS:
             self._bad("unknown method", 501)
             allow = [("Allow", ", ".join(self.config.allow))]  # RFC 4475 §3.1.1.2
@@ -443,6 +448,7 @@ class UserAgent(Reoffers, Transfers):
         offer: SessionDescription | None = None
         media: Negotiated | None = None
         code = 0
+        rules = self.config.srtp_rules(transport, verdict.trunk)
         if req.body:
             sdp = sdp_body(req.headers.get("Content-Type") or "", req.body)
             if sdp is None:
@@ -451,16 +457,21 @@ class UserAgent(Reoffers, Transfers):
             else:
                 try:
                     offer = parse_sdp(sdp)
-                    media = negotiate(offer, self.config.media)
+                    media = negotiate(offer, self.config.media, rules)
+                except SrtpRefused as exc:
+                    code = 488
+                    self._bad(f"SRTP refused: {unquoted(str(exc))}", code)
                 except NoCommonCodec:
                     code = 488
                 except ValueError as exc:  # SdpError, or a number int() refuses
                     code = 400
                     self._bad(f"bad SDP: {sdp_reason(exc)}", code)
         ref = self._new_id()
-        contact = f"<sip:{self.config.sent_by};transport={transport.lower()}>"
+        secure = req.uri[:5].lower() == "sips:"
+        contact = self.config.contact(transport, secure)
         try:
             dialog = Dialog.from_invite(req, ref, contact, next(self._seq))
+            dialog.transport = transport  # our Via's: the flow's, whatever theirs said
             dialog.validate()
         except ValueError:  # a bad Contact or Record-Route: no dialog can be kept
             self._bad("bad Contact or Record-Route", 400)
@@ -469,6 +480,7 @@ class UserAgent(Reoffers, Transfers):
         call = Call(ref, req, key, source, transport, dialog, offer, media=media)
         call.nated = behind_nat(req, source)
         call.trunk = verdict.trunk
+        call.srtp_rules = rules
         call.reliable = any(r.lower() == "100rel" for r in req.headers.get_all("Require"))
         try:
             terms = negotiate_timer(req, self.config.min_se, self.config.session_expires)

@@ -71,7 +71,7 @@ class Answering(UaCore):
         if call.offer is not None and call.media is not None:
             body = call.local.answer(call.offer, call.media)
         else:
-            body = call.local.offer()
+            body = self._offer(call, "sendrecv")
             call.awaiting_answer_in_ack = True
         terms, call.timer_offer = call.timer_offer, None
         actions = self._send_2xx(call, call.invite, call.tx_key, body, now, terms)
@@ -140,13 +140,12 @@ class Answering(UaCore):
         invite = dialog.build_request(
             "INVITE",
             self._new_id(),
-            self.config.sent_by,
+            self.config.sent_by_for(call.transport),
             [*headers, *self._sdp_headers(), ("User-Agent", self.config.user_agent)],
             call.local.again(),
         )
-        ack = dialog.build_request(
-            "ACK", self._new_id(), self.config.sent_by, [], cseq=invite.cseq().seq
-        )
+        sent_by = self.config.sent_by_for(call.transport)
+        ack = dialog.build_request("ACK", self._new_id(), sent_by, [], cseq=invite.cseq().seq)
         dest, uri = self._dialog_dest(call)
         machine = InviteClientTransaction(invite, call.transport != "UDP", self.config.timers)
         key = client_key(invite.top_via().branch or "", "INVITE")

@@ -15,6 +15,7 @@ import secrets
 import traceback
 from collections.abc import Callable
 
+from telephony_edge.sip import sdes
 from telephony_edge.sip.dialog import Address, DialogState
 from telephony_edge.sip.message import (
     NameAddr,
@@ -198,7 +199,7 @@ class UaCore:
         req = call.dialog.build_request(
             method,
             branch,
-            self.config.sent_by,
+            self.config.sent_by_for(call.transport),
             [*(headers or []), ("User-Agent", self.config.user_agent)],
             body,
         )
@@ -211,6 +212,17 @@ class UaCore:
 
     def _local_session(self, rtp_port: int) -> LocalSession:
         return LocalSession(self.config.media, rtp_port, str(next(self._seq) + 1_000_000))
+
+    def _offer(self, call: Call, direction: str) -> bytes:
+        """Our own offer in the call: SRTP with the call's key when it has SRTP, best
+        effort (``RTP/AVP`` with ``a=crypto``) when its rules allow, ``RTP/SAVP`` when
+        they require it or our last description was SAVP."""
+        assert call.local is not None
+        keep = call.media.srtp if call.media is not None else None
+        if keep is None and not call.srtp_rules.srtp_allowed:
+            return call.local.offer(direction)
+        secure = call.srtp_rules.policy == "required" or call.local.profile in sdes.SAVP
+        return call.local.offer(direction, sdes.offer(keep), secure)
 
     def _arm_keepalive(self, call: Call, now: float) -> None:
         """A caller behind NAT over UDP gets a CRLF ping every ``nat_keepalive`` seconds

@@ -13,6 +13,7 @@ from telephony_edge.sip.message import (
     Request,
 )
 from telephony_edge.sip.refer import Referral
+from telephony_edge.sip.sdes import DEFAULT_RULES, Policy, SrtpRules
 from telephony_edge.sip.sdp import (
     LocalSession,
     MediaConfig,
@@ -68,11 +69,33 @@ class UaConfig:
     min_se: int = 90  # RFC 4028's floor; shorter Session-Expires → 422 / raised
     session_expires: int | None = 1800  # imposed on callers that support timers but ask none
     nat_keepalive: float | None = None  # CRLF pings to callers behind NAT (UDP) this often
+    tls_port: int | None = None  # advertised SIP-over-TLS port (None: no TLS listener)
+    srtp: Policy = "optional"  # calls without a trunk's own policy (sip/sdes.py)
+    srtp_over_plain: bool = False  # SDES keys taken over UDP/TCP too (in the clear)
 
     @property
     def sent_by(self) -> str:
+        return self.sent_by_for("UDP")
+
+    def sent_by_for(self, transport: str) -> str:
+        """Our Via sent-by for ``transport``: TLS has its own port."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        port = self.tls_port if transport == "TLS" and self.tls_port else self.port
+        return f"{host}:{port}"
+
+    def contact(self, transport: str, secure: bool) -> str:
+        """Our Contact in a dialog over ``transport``: ``sips:`` for a SIPS dialog (RFC 3261
+        §12.1.1), ``;transport=tls`` for a ``sip:`` one over TLS (as pjsip and Kamailio)."""
+        sent_by = self.sent_by_for(transport)
+        if secure:
+            return f"<sips:{sent_by}>"
+        return f"<sip:{sent_by};transport={transport.lower()}>"
+
+    def srtp_rules(self, transport: str, trunk: Trunk | None) -> SrtpRules:
+        """A call's SRTP rules: its trunk's policy or ours; keys safe over TLS only
+        (unless ``srtp_over_plain``)."""
+        policy = trunk.srtp if trunk is not None and trunk.srtp is not None else self.srtp
+        return SrtpRules(policy, transport == "TLS" or self.srtp_over_plain)
 
 
 # -- actions -------------------------------------------------------------------------
@@ -264,6 +287,7 @@ class Call:
     nated: bool = False  # behind NAT: in-dialog requests go to ``source`` (sip/nat.py)
     unreachable: bool = False  # its next hop's name did not resolve: requests to ``source``
     keepalive_at: float | None = None  # the next CRLF ping to a caller behind NAT
+    srtp_rules: SrtpRules = DEFAULT_RULES  # its SRTP policy and whether keys travel safely
 
 
 @dataclass(slots=True)

@@ -13,6 +13,7 @@ from telephony_edge.sip.nat import (
 )
 from telephony_edge.sip.sdp import (
     NoCommonCodec,
+    SrtpRefused,
     accept_answer,
     negotiate,
     parse_sdp,
@@ -28,7 +29,7 @@ from telephony_edge.sip.transaction import (
     _Machine,
 )
 from telephony_edge.sip.ua_answer import Answering, early_answered
-from telephony_edge.sip.ua_core import check_contact, sdp_reason
+from telephony_edge.sip.ua_core import check_contact, sdp_reason, unquoted
 from telephony_edge.sip.ua_records import (
     Action,
     Call,
@@ -98,9 +99,14 @@ class Reoffers(Answering):
                 self._bad("a body that is not SDP", 415, call.ref)
                 extra = [("Accept", "application/sdp, multipart/mixed")]
                 return self._tx_respond(key, self._response(req, 415, call, extra), now)
+            rules = self.config.srtp_rules(transport, call.trunk)
+            keep = call.media.srtp if call.media is not None else None
             try:
                 offer = parse_sdp(sdp)
-                media = negotiate(offer, self.config.media)
+                media = negotiate(offer, self.config.media, rules, keep)
+            except SrtpRefused as exc:
+                self._bad(f"SRTP refused: {unquoted(str(exc))}", 488, call.ref)
+                return self._tx_respond(key, self._response(req, 488, call), now)
             except NoCommonCodec:
                 return self._tx_respond(key, self._response(req, 488, call), now)
             except ValueError as exc:  # SdpError, or a number int() refuses
@@ -117,7 +123,7 @@ class Reoffers(Answering):
         else:
             assert call.local is not None
             direction = call.media.direction if call.media is not None else "sendrecv"
-            body = call.local.offer("sendrecv" if direction == "recvonly" else direction)
+            body = self._offer(call, "sendrecv" if direction == "recvonly" else direction)
             if req.method == "INVITE":
                 call.awaiting_answer_in_ack = True
         if req.method == "UPDATE":
@@ -149,8 +155,12 @@ class Reoffers(Answering):
         actions: list[Action] = []
         if call.awaiting_answer_in_ack:
             call.awaiting_answer_in_ack = False
+            offered = call.local.offered_crypto if call.local is not None else None
             try:
-                call.media = accept_answer(parse_sdp(req.body), self.config.media)
+                media = accept_answer(parse_sdp(req.body), self.config.media, offered)
+                if media.srtp is None and call.srtp_rules.policy == "required":
+                    raise SrtpRefused("SRTP required, the answer has none")
+                call.media = media
             except ValueError as exc:  # SdpError, or a number int() refuses
                 reason = f"bad SDP answer in the ACK: {sdp_reason(exc)}"
                 self._bad(reason, None, call.ref)
