@@ -1,4 +1,4 @@
-"""The edge's SIP user agent (UAS), sans-I/O in the manner of h11.
+"""The edge's SIP user agent (UAS, and UAC for its own calls), sans-I/O in the manner of h11.
 
 Theory of operation
 -------------------
@@ -11,7 +11,11 @@ SIP side. Its I/O shell (the asyncio transport of a later step) feeds it:
   :meth:`UserAgent.next_deadline`;
 * the call-control verbs :meth:`ringing`, :meth:`answer`, :meth:`reject`,
   :meth:`progress` (183 with SDP, early media), :meth:`hangup`, :meth:`refer`,
-  :meth:`send_request` and :meth:`set_draining`.
+  :meth:`send_request` and :meth:`set_draining`;
+* the edge's own requests: :meth:`dial` (an outbound call,
+  :mod:`~telephony_edge.sip.ua_dial`), :meth:`register` and :meth:`unregister`
+  (:mod:`~telephony_edge.sip.ua_register`), and :meth:`resolved`, the answer to
+  their :class:`Resolve` lookups.
 
 Each returns a list of :data:`Action`\\ s: :class:`Send` (bytes to an address
 on a transport) and the call events for the shell (:class:`StartCall`,
@@ -124,6 +128,7 @@ from telephony_edge.sip.transaction import (
 )
 from telephony_edge.sip.trunks import Decision, Verdict
 from telephony_edge.sip.ua_core import quote_warning, sdp_reason, unquoted
+from telephony_edge.sip.ua_dial import Dials
 from telephony_edge.sip.ua_records import (
     KNOWN_METHODS,
     Action,
@@ -138,11 +143,12 @@ from telephony_edge.sip.ua_records import (
     StartCall,
     TransferResult,
 )
+from telephony_edge.sip.ua_register import Registrations
 from telephony_edge.sip.ua_reoffer import Reoffers
 from telephony_edge.sip.ua_transfer import Transfers
 
 
-class UserAgent(Reoffers, Transfers):
+class UserAgent(Reoffers, Transfers, Dials, Registrations):
     """See the module docstring."""
 
     # -- inspection ---------------------------------------------------------------
@@ -162,6 +168,9 @@ class UserAgent(Reoffers, Transfers):
     def next_deadline(self) -> float | None:
         first = self._machines.next_deadline()
         deadlines = [] if first is None else [first]
+        for clients in (self._dial_deadline(), self._registration_deadline()):
+            if clients is not None:
+                deadlines.append(clients)
         for call in self._calls.values():
             if call.invite_deadline is not None:
                 deadlines.append(call.invite_deadline)
@@ -198,6 +207,7 @@ class UserAgent(Reoffers, Transfers):
                         actions += self._outputs(key, entry, entry.machine.tick(now), now)
                 finally:
                     self._machines.touch(key)  # its next timer, even if the tick raised
+            actions += self._dial_tick(now) + self._registration_tick(now)
             for call in list(self._calls.values()):
                 if call.invite_deadline is not None and call.invite_deadline <= now:
                     call.invite_deadline = None
@@ -232,7 +242,11 @@ class UserAgent(Reoffers, Transfers):
         return self._final(call, code, now, "rejected")
 
     def hangup(self, ref: str, now: float) -> list[Action]:
-        """End the call from the edge: BYE when answered, 480 while pending."""
+        """End the call from the edge: BYE when answered, 480 while pending, CANCEL while
+        an outbound call rings."""
+        cancelled = self._cancel_dial(ref, now)
+        if cancelled is not None:
+            return cancelled
         call = self._calls.get(ref)
         if call is None or call.phase is Phase.ENDED or call.hangup_reported:
             return []
@@ -257,6 +271,25 @@ class UserAgent(Reoffers, Transfers):
         if call is None or call.phase is not Phase.CONFIRMED or call.hangup_reported:
             return []
         return self._client(call, method, now, headers, body)
+
+    def resolved(
+        self,
+        owner: str,
+        uri: str,
+        addresses: list[Address],
+        now: float,
+        reason: str = "",
+    ) -> list[Action]:
+        """The shell's answer to :class:`Resolve` (``addresses`` empty: it failed, ``reason``
+        says why). Never raises."""
+        try:
+            found = self._dial_resolved(owner, uri, addresses, reason, now)
+            if found is None:
+                found = self._registration_resolved(owner, addresses, reason, now)
+            return found or []
+        except Exception:
+            self._note_error()
+            return []
 
     def set_draining(self, draining: bool) -> None:
         self.draining = draining
@@ -567,8 +600,14 @@ class UserAgent(Reoffers, Transfers):
         if entry is None or not isinstance(
             machine, (NonInviteClientTransaction, InviteClientTransaction)
         ):
-            self.stats.dropped += 1
-            return []  # a response to nothing of ours (or a stray 2xx retransmission)
+            # the edge's own INVITE or REGISTER (ua_dial, ua_register), or nothing of ours
+            claimed = self._dial_response(response, now)
+            if claimed is None:
+                claimed = self._registration_response(response, now)
+            if claimed is None:
+                self.stats.dropped += 1
+                return []  # a response to nothing of ours (or a stray 2xx retransmission)
+            return claimed
         return self._outputs(key, entry, machine.receive_response(response, now), now)
 
     def _outputs(self, key: Key, entry: Entry, outputs: list[Output], now: float) -> list[Action]:

@@ -13,6 +13,7 @@ from telephony_edge.sip.message import (
     Request,
 )
 from telephony_edge.sip.refer import Referral
+from telephony_edge.sip.register import Status as RegistrationStatus
 from telephony_edge.sip.sdes import DEFAULT_RULES, Policy, SrtpRules
 from telephony_edge.sip.sdp import (
     LocalSession,
@@ -221,6 +222,44 @@ class CallEnded:
     status: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Resolve:
+    """Look ``uri`` up (RFC 3263: every address, in order) for ``owner`` (an outbound call's
+    ref, or ``register:<account>``) and answer with :meth:`UserAgent.resolved`."""
+
+    owner: str
+    uri: str
+    transport: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallProgress:
+    """An outbound call's provisional response past 100 (180 Ringing, 183 …)."""
+
+    call: str
+    status: int
+    early_media: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DialFailed:
+    """An outbound call was not answered (or its answer could not be used): ``outcome``
+    is busy, no-answer, failed or canceled (:mod:`telephony_edge.sip.uac`)."""
+
+    call: str
+    outcome: str
+    status: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationChanged:
+    """A registration's state changed (:class:`telephony_edge.sip.register.Status`)."""
+
+    account: str
+    status: RegistrationStatus
+
+
 Action = (
     Send
     | StartCall
@@ -231,6 +270,10 @@ Action = (
     | NotifyReceived
     | TransferResult
     | CallEnded
+    | Resolve
+    | CallProgress
+    | DialFailed
+    | RegistrationChanged
 )
 
 

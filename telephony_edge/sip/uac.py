@@ -302,6 +302,11 @@ class OutboundInvite:
         """Over, with nothing left to resend or absorb: the UA may forget it."""
         return self.phase in (Phase.ANSWERED, Phase.FAILED) and not self._txs
 
+    def owns(self, response: Response) -> bool:
+        """Whether ``response`` answers the call's INVITE or CANCEL still open (a response
+        in the call's dialog, to its BYE, is not the dial's)."""
+        return (response.top_via().branch or "", response.cseq().method.upper()) in self._txs
+
     def next_deadline(self) -> float | None:
         times = [self._ring_at, self._failover_at, self._give_up_at]
         times += [a.machine.next_deadline() for a in self._txs.values()]
