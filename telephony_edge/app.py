@@ -174,9 +174,9 @@ async def serve(settings: Settings) -> int:
     metrics.DRAINING.set(1)
     log.info(
         "draining",
-        extra={"active_calls": services.calls.active, "grace_s": settings.server.drain_grace_s},
+        extra={"active_calls": services.calls.active, "grace_s": settings.drain_wait_s},
     )
-    forced = await services.calls.drain(settings.server.drain_grace_s)
+    forced = await services.calls.drain(settings.drain_wait_s)
     log.info("drained", extra={"calls_ended_by_drain": forced})
     await runner.cleanup()
     if admin is not None:  # last: /metrics is scraped through the drain

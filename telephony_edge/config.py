@@ -225,7 +225,10 @@ class ServerSettings(_Model):
     public_url: HttpUrl | None = None
     region: str | None = None
     worker_id: str | None = None
-    drain_grace_s: float = Field(default=30.0, ge=0, le=3600)
+    drain_grace_s: float | None = Field(default=None, ge=0, le=24 * 3600)
+    """How long a draining worker (SIGTERM) lets its live calls run before it ends them;
+    None: the calls' own maximum, ``calls.max_duration_s``, so drain never cuts a call.
+    Kubernetes' ``terminationGracePeriodSeconds`` must cover it (``k8s/timings.py``)."""
     max_calls: int = Field(default=500, ge=1, le=100_000)
     """Calls this worker takes at most; beyond, new calls are refused (503) or redirected."""
     use_uvloop: bool = True
@@ -492,6 +495,12 @@ class Settings(BaseSettings):
         """The section of provider ``name``, or None if no such provider is registered."""
         section = getattr(self, name, None) if name in self.provider_names() else None
         return section if isinstance(section, ProviderSettings) else None
+
+    @property
+    def drain_wait_s(self) -> float:
+        """How long a draining worker waits for its live calls (``server.drain_grace_s``)."""
+        grace = self.server.drain_grace_s
+        return self.calls.max_duration_s if grace is None else grace
 
     @property
     def public_url(self) -> str:
