@@ -55,6 +55,11 @@ BYE. The statistics (loss, jitter, late
 packets, round-trip time) go to the Prometheus metrics at each report and to
 :meth:`SipLeg.media_stats` at the end.
 
+The agent's keys (:meth:`SipLeg.send_dtmf`) go as RFC 4733 telephone-events
+in the stream's slots when the offer had ``telephone-event``
+(:mod:`telephony_edge.sip.dtmf_out`: the agent's audio in an event's slots is
+not sent), else as SIP INFO ``application/dtmf-relay``, one request a key.
+
 Call control goes through the SIP side (:class:`CallControl`): the edge's
 hang-up sends BYE; a BYE from the caller ends the leg (:meth:`SipLeg.ended`).
 """
@@ -73,8 +78,18 @@ from telephony_edge import metrics
 from telephony_edge.audio.g711 import Law
 from telephony_edge.audio.g722 import G722Decoder, G722Encoder
 from telephony_edge.audio.transcode import G711Decoder, G711Encoder
-from telephony_edge.calls.leg import Capabilities, Dtmf, Leg, LegEnded, LegEvent, LegInfo
+from telephony_edge.calls.dtmf import DtmfRequest, schedule, total_ms
+from telephony_edge.calls.leg import (
+    Capabilities,
+    Dtmf,
+    Leg,
+    LegEnded,
+    LegEvent,
+    LegInfo,
+    NotSupported,
+)
 from telephony_edge.calls.pacing import Pacer
+from telephony_edge.sip.dtmf_out import KeyPresses
 from telephony_edge.sip.playout import TICKS_PER_FRAME, Decoder, PlayoutStats
 from telephony_edge.sip.rtcp import RR, SR, RtcpSession, build_bye, report_interval, sender_ssrc
 from telephony_edge.sip.rtp import Address, DtmfDigit, Held, RtpInbound, RtpSender
@@ -90,6 +105,8 @@ log = logging.getLogger(__name__)
 MAX_QUEUED_EVENTS = 250  # 5 s of caller audio
 SEND_BUFFER_LIMIT = 64 * 1024
 _DROPPED = metrics.FRAMES_DROPPED.labels(reason="sip_backlog")
+_KEYED_OVER = metrics.FRAMES_DROPPED.labels(reason="sip_dtmf_out")  # a key took the slot
+DTMF_SLACK_S = 2.0  # how much longer than planned a request may take (a late pacer)
 _RECEIVED = metrics.SIP_RTP_PACKETS.labels(outcome="received")
 _LOST = metrics.SIP_RTP_PACKETS.labels(outcome="lost")
 _LATE = metrics.SIP_RTP_PACKETS.labels(outcome="late")
@@ -138,11 +155,16 @@ class CallControl(Protocol):
     async def transfer(self, ref: str, destination: str) -> None:
         """REFER the call to ``destination``; return once done, raise if it failed."""
 
+    def info(self, ref: str, content_type: str, body: bytes) -> bool:
+        """Send INFO in the call's dialog; False when its dialog is not up."""
+
 
 class SipLeg(Leg):
     """One SIP call's RTP media; see the module docstring."""
 
-    capabilities = Capabilities(clear=True, transfer_to_number=True, transfer_to_sip=True)
+    capabilities = Capabilities(
+        clear=True, dtmf_out=True, transfer_to_number=True, transfer_to_sip=True
+    )
     playout_lead_frames = 0
 
     def __init__(
@@ -177,6 +199,8 @@ class SipLeg(Leg):
         self.inbound: RtpInbound | None = None
         self.sender: RtpSender | None = None
         self.out: OutboundStream | None = None
+        self._presses: KeyPresses | None = None  # the agent's keys being sent, slot by slot
+        self._presses_sent: asyncio.Future[None] | None = None
         self._pacer = pacer
         self._hearing = hearing  # False during early media: the caller's RTP is not taken
         self.jitter_max_ms = jitter_max_ms
@@ -514,6 +538,9 @@ class SipLeg(Leg):
         out, transport = self.out, self._rtp.transport
         if out is None or transport is None:
             return
+        if self._presses is not None and self._presses.sounding:
+            _KEYED_OVER.inc()  # this slot carries a key press (see _tick)
+            return
         dest = self._destination()
         if dest is None:
             out.skip(self._clock())  # on hold: the timestamp runs on
@@ -534,9 +561,20 @@ class SipLeg(Leg):
             return
         dest = self._destination()
         sending = dest is not None and _backlog(transport) <= SEND_BUFFER_LIMIT
-        packet = out.fill(now, sending)
+        keys = self._presses
+        slot = keys.step() if keys is not None else None
+        packet: bytes | None
+        if keys is not None and slot is not None and sending:
+            start = None if slot.marker else keys.start
+            packet, keys.start = out.event(keys.payload_type, slot.payload, slot.marker, start, now)
+        else:
+            packet = out.fill(now, sending)
         if packet is not None and dest is not None:
             send_datagram(transport, packet, dest, "rtp")
+        if keys is not None and keys.done:
+            self._presses = None
+            if self._presses_sent is not None and not self._presses_sent.done():
+                self._presses_sent.set_result(None)
 
     def _destination(self) -> Address | None:
         """Where our RTP goes now: None on hold (RFC 3264: RTCP only), once ended, or while
@@ -548,6 +586,35 @@ class SipLeg(Leg):
 
     def clear(self) -> None:
         """Nothing to flush: every frame left at once, the pacer holds the rest."""
+
+    async def send_dtmf(self, request: DtmfRequest) -> None:
+        """RFC 4733 events in the stream when the offer had ``telephone-event``, else SIP
+        INFO; returns once the last key's end (and the gap after it) went out."""
+        media = self.media
+        if media is None or self.out is None or self._ended is not None:
+            raise NotSupported("the call has no media")
+        if media.event_payload_type is None:
+            await self._send_info(request)
+            return
+        if self._presses is not None:
+            raise NotSupported("keys are being sent already")
+        self._presses_sent = sent = asyncio.get_running_loop().create_future()
+        self._presses = KeyPresses(request, media.event_payload_type)
+        try:
+            await asyncio.wait_for(sent, total_ms(request) / 1000 + DTMF_SLACK_S)
+        finally:
+            self._presses = self._presses_sent = None
+
+    async def _send_info(self, request: DtmfRequest) -> None:
+        """One INFO (``application/dtmf-relay``) a key, at the key's time of the schedule."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        for tone in schedule(request):
+            await asyncio.sleep(max(0.0, began + tone.start_ms / 1000 - loop.time()))
+            body = f"Signal={tone.key}\r\nDuration={tone.duration_ms}\r\n".encode()
+            if not self._control.info(self.ref, "application/dtmf-relay", body):
+                raise NotSupported("the call's dialog is not up")
+        await asyncio.sleep(max(0.0, began + total_ms(request) / 1000 - loop.time()))
 
     # -- call control -------------------------------------------------------------------
 

@@ -299,6 +299,29 @@ class RtpSender:
         self.octets += len(payload)
         return data
 
+    def event(
+        self,
+        payload_type: int,
+        payload: bytes,
+        samples: int,
+        now: float,
+        marker: bool,
+        start: int | None,
+    ) -> tuple[bytes, int]:
+        """A telephone-event packet (RFC 4733) in the stream's next slot: the next sequence
+        number, and the timestamp ``start`` (its event's first slot's; None: this slot's).
+        The slot's timestamp moves on as for audio. Returns the packet and its timestamp."""
+        self._advance(samples, now, False)
+        self._anchor = now
+        self._slot_ts = slot = self.ts
+        ts = slot if start is None else start
+        data = build_rtp(payload_type, self.seq, ts, self.ssrc, marker, payload)
+        self.seq = (self.seq + 1) & 0xFFFF
+        self.ts = (slot + samples) & 0xFFFFFFFF
+        self.sent += 1
+        self.octets += len(payload)
+        return data, ts
+
     def skip(self, samples: int, now: float) -> None:
         """A slot with no packet (on hold): the timestamp moves on, the sequence does not."""
         self._advance(samples, now, False)

@@ -12,6 +12,8 @@ then the leg fills what it left empty (``Pacer.subscribe(after_playout=True)``):
 * the agent's frame, when playout sent one this tick (:meth:`OutboundStream.audio`);
 * otherwise encoded silence (:meth:`OutboundStream.fill`): the codec's payload,
   encoded once per process (:func:`silence_payload`), never per packet;
+* a telephone-event packet while the agent presses keys
+  (:meth:`OutboundStream.event`, planned by :mod:`telephony_edge.sip.dtmf_out`);
 * nothing while the caller holds the call (our direction ``recvonly`` or
   ``inactive``) or there is nowhere to send yet: :meth:`OutboundStream.skip`.
 
@@ -100,6 +102,16 @@ class OutboundStream:
         return self.sender.packet(
             self._encoder.encode(frame), SAMPLES_PER_SLOT, now, talkspurt_start
         )
+
+    def event(
+        self, payload_type: int, payload: bytes, marker: bool, start: int | None, now: float
+    ) -> tuple[bytes, int]:
+        """After playout, instead of :meth:`fill`: this tick's slot carries a telephone-event
+        (:mod:`telephony_edge.sip.dtmf_out`); the agent's next frame starts a talkspurt.
+        Returns the packet and the event's timestamp (``start``, or this slot's)."""
+        self._filled = False
+        self._quiet = True
+        return self.sender.event(payload_type, payload, SAMPLES_PER_SLOT, now, marker, start)
 
     def skip(self, now: float) -> None:
         """Playout's frame this tick cannot go (on hold, nowhere to send, a full socket)."""
