@@ -1,4 +1,4 @@
-"""Vonage's Voice API: outbound calls, hang-up and transfer, over aiohttp.
+"""Vonage's Voice API: outbound calls, hang-up, transfer and DTMF, over aiohttp.
 
 The SDK gives the parts that must match Vonage exactly: the application JWT
 (:class:`vonage_jwt.JwtClient`, RS256 with the application's private key,
@@ -18,10 +18,14 @@ import time
 from typing import Any
 
 import aiohttp
+from pydantic import TypeAdapter, ValidationError
 from vonage_jwt import JwtClient
+from vonage_utils.types import Dtmf
 from vonage_voice.models.common import AdvancedMachineDetection, Phone
 from vonage_voice.models.requests import CreateCallRequest, ToPhone
 
+from telephony_edge.calls.dtmf import PAUSE, DtmfRequest
+from telephony_edge.calls.leg import NotSupported
 from telephony_edge.calls.refusals import ProviderError
 from telephony_edge.vonage import ncco
 
@@ -30,6 +34,7 @@ log = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://api.nexmo.com"
 TIMEOUT_S = 10.0
 JWT_TTL_S = 300  # each request gets a fresh token; Vonage's default is 15 minutes
+_DTMF = TypeAdapter(Dtmf)  # the SDK's rule for the keys the API plays: 0-9 * # and p
 
 
 class VonageApiError(ProviderError):
@@ -124,10 +129,29 @@ class VoiceApi:
         }
         await self._request("PUT", f"/v1/calls/{uuid}", body)
 
+    async def send_dtmf(self, uuid: str, request: DtmfRequest) -> None:
+        """Play the agent's keys into the call ``uuid`` (``PUT /v1/calls/{uuid}/dtmf``).
+
+        Vonage times the tones itself (``duration_ms`` has no say); a ``w`` becomes
+        its ``p``, the same half second. Keys it does not play (A-D) are NotSupported.
+        """
+        digits = dtmf_digits(request)
+        await self._request("PUT", f"/v1/calls/{uuid}/dtmf", {"digits": digits})
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def dtmf_digits(request: DtmfRequest) -> str:
+    """The request as the Voice API's ``digits``; NotSupported for keys it does not play."""
+    digits = request.digits.replace(PAUSE, "p")
+    try:
+        _DTMF.validate_python(digits)
+    except ValidationError:
+        raise NotSupported("Vonage plays the keys 0-9, * and # only (not A-D)") from None
+    return digits
 
 
 def _message(status: int, text: str) -> str:

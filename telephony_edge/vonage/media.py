@@ -35,7 +35,8 @@ from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from telephony_edge import metrics
 from telephony_edge.audio.frames import FRAME_BYTES
-from telephony_edge.calls.leg import Capabilities, Dtmf, LegEvent, LegInfo
+from telephony_edge.calls.dtmf import DtmfRequest
+from telephony_edge.calls.leg import Capabilities, Dtmf, LegEvent, LegInfo, NotSupported
 from telephony_edge.vonage.api import VoiceApi
 from telephony_edge.wsframe import OP_BINARY, frame_header
 from telephony_edge.wsleg import PLAYOUT_LEAD_MS, SocketLeg, SocketRejected, SocketStats
@@ -126,7 +127,9 @@ class VonageMediaLeg(SocketLeg):
     network = "Vonage"
     send_buffer_limit = 16 * 1024  # the socket's backlog: the 200 ms lead fits, a stall does not
 
-    capabilities = Capabilities(clear=True, transfer_to_number=True, transfer_to_sip=True)
+    capabilities = Capabilities(
+        clear=True, dtmf_out=True, transfer_to_number=True, transfer_to_sip=True
+    )
 
     def __init__(
         self,
@@ -216,6 +219,12 @@ class VonageMediaLeg(SocketLeg):
                 await self._api.hangup(self.info.provider_call_id)
         finally:
             await self.close()
+
+    async def send_dtmf(self, request: DtmfRequest) -> None:
+        """The Voice API plays the agent's keys into the call (its DTMF endpoint)."""
+        if self._api is None:
+            raise NotSupported("the Vonage Voice API is not configured; cannot send DTMF")
+        await self._api.send_dtmf(self.info.provider_call_id, request)
 
     async def transfer(self, destination: str) -> None:
         """Replace the call's NCCO with a ``connect`` to ``destination``; Vonage closes us."""

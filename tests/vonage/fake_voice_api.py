@@ -6,11 +6,14 @@ the right ``application_id``, ``iat``, ``jti`` and an ``exp`` in the future;
 anything else is 401 with Vonage's error shape. Bodies are checked field by
 field: ``POST /v1/calls`` (``to``/``from`` phone objects, ``answer_url`` and
 ``event_url`` lists), ``PUT /v1/calls/{uuid}`` (``hangup``, or ``transfer``
-to an NCCO whose actions the SDK's models accept). Unknown calls are 404.
+to an NCCO whose actions the SDK's models accept), ``PUT /v1/calls/{uuid}/dtmf``
+(``{"digits"}`` alone, of ``0-9 * # p`` as Vonage documents them: answered 200
+``{"message": "DTMF sent", "uuid"}``). Unknown calls are 404.
 """
 
 from __future__ import annotations
 
+import re
 import time
 import uuid as uuid_mod
 from dataclasses import dataclass, field
@@ -33,7 +36,11 @@ class FakeCall:
     event_url: str = ""
     status: str = "started"
     updates: list[dict[str, Any]] = field(default_factory=list)
+    dtmf: list[str] = field(default_factory=list)  # the digits of each PUT .../dtmf
     machine_detection: dict[str, Any] | None = None
+
+
+DIGITS = re.compile(r"^[0-9#*p]+$")  # Vonage's DTMF endpoint: keys, and p for a pause
 
 
 def _error(status: int, title: str, detail: str) -> web.Response:
@@ -58,6 +65,7 @@ class FakeVoiceApi:
         app = web.Application(middlewares=[self._auth])
         app.router.add_post("/v1/calls", self._create)
         app.router.add_put("/v1/calls/{uuid}", self._update)
+        app.router.add_put("/v1/calls/{uuid}/dtmf", self._dtmf)
         self._server = TestServer(app, host="127.0.0.1", port=0)
         await self._server.start_server()
         return self
@@ -150,3 +158,18 @@ class FakeVoiceApi:
             return _error(400, "Bad Request", f"unknown action {action!r}")
         call.updates.append(body)
         return web.Response(status=204)
+
+    async def _dtmf(self, request: web.Request) -> web.Response:
+        uuid = request.match_info["uuid"]
+        call = self.calls.get(uuid)
+        if call is None or call.status == "completed":
+            return _error(404, "Not Found", "call not found")
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "Bad Request", "the body is not JSON")
+        digits = body.get("digits") if isinstance(body, dict) else None
+        if set(body) != {"digits"} or not isinstance(digits, str) or not DIGITS.match(digits):
+            return _error(400, "Bad Request", f"invalid body: {body!r}"[:300])
+        call.dtmf.append(digits)
+        return web.json_response({"message": "DTMF sent", "uuid": uuid})
