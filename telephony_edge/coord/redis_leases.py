@@ -40,21 +40,15 @@ from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, cast
 
 from telephony_edge.coord.base import DEFAULT_LEASE_TTL, LapsedLease
+from telephony_edge.coord.redis_common import PRELUDE
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
 
-_PRELUDE = """
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-end
-"""
-
 # KEYS: owner, leases, holders. ARGV: worker, ttl_ms, call_id.
 _CLAIM_OWNER = (
-    _PRELUDE
+    PRELUDE
     + """
 local current = redis.call('GET', KEYS[1])
 if current and current ~= ARGV[1] then return 0 end
@@ -68,7 +62,7 @@ return 1
 # KEYS: leases, owner keys of one bucket. ARGV: worker, ttl_ms, their call ids. Returns
 # the 1-based positions of the calls whose lease the worker held (and now renewed).
 _RENEW_OWNERS = (
-    _PRELUDE
+    PRELUDE
     + """
 local renewed, scores = {}, {}
 local expiry = now_ms() + tonumber(ARGV[2])
@@ -99,7 +93,7 @@ return 1
 # KEYS: leases. ARGV: lapsed_for_ms, limit, after score|'', after id. Up to limit
 # {id, score} of leases that expired at least lapsed_for ago, after the cursor, oldest first.
 _LAPSED_IDS = (
-    _PRELUDE
+    PRELUDE
     + """
 local cutoff = string.format('%.17g', now_ms() - tonumber(ARGV[1]))
 local after = ARGV[3] ~= '' and tonumber(ARGV[3]) or nil

@@ -1,0 +1,39 @@
+"""What the Redis coordinator's parts share: the Lua prelude (the server's clock), expiry
+with a zset's latest deadline, milliseconds for ``PX``, and the errors that mean "away"."""
+
+from __future__ import annotations
+
+import asyncio
+
+from redis.exceptions import RedisError
+
+#: ``XREAD BLOCK``: short, so closing or losing the connection is noticed soon.
+BLOCK_MS = 1000
+BLOCK_S = BLOCK_MS / 1000
+PING_TIMEOUT = 2.0
+CONNECTION_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+
+
+def ms(seconds: float) -> int:
+    """A positive expiry in milliseconds (``PX 0`` is an error; memory treats 0 as expired)."""
+    return max(1, round(seconds * 1000))
+
+
+PRELUDE = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+end
+"""
+
+
+# Expire a zset of deadlines (and its companion hash) with its latest deadline.
+EXPIRE_WITH_LATEST = """
+local function expire_with_latest(zset, other, now)
+  local last = redis.call('ZRANGE', zset, -1, -1, 'WITHSCORES')
+  if #last == 0 then return end
+  local ttl = math.ceil(tonumber(last[2]) - now) + 1
+  redis.call('PEXPIRE', zset, ttl)
+  if other then redis.call('PEXPIRE', other, ttl) end
+end
+"""
