@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_log_level(core_p)
     core_p.set_defaults(func=cmd_agent_core)
 
-    from telephony_edge.twilio.simulator import add_simulate_cli
+    from telephony_edge.twilio.simulate_cli import add_simulate_cli
 
     add_simulate_cli(sub)
     from telephony_edge.vonage.simulator import add_vonage_simulate_cli

@@ -1,0 +1,181 @@
+"""``telephony-edge simulate twilio``: one call from a WAV file to a running edge, with a
+stand-in of Twilio's REST API for the edge's hang-up and transfer (:mod:`.simulator`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+import wave
+from typing import Any
+
+import aiohttp
+
+from telephony_edge.errors import UserError, os_reason
+from telephony_edge.simulate import (
+    EXIT_USAGE,
+    CallFailed,
+    check_out,
+    check_url,
+    dtmf_arg,
+    port_arg,
+    speak_after_arg,
+    wait_until_ready,
+)
+from telephony_edge.twilio.rest_standin import DEFAULT_PORT, TwilioRestStandIn
+from telephony_edge.twilio.simulator import (
+    DEFAULT_ACCOUNT_SID,
+    DEFAULT_FROM,
+    RATE,
+    SimulationResult,
+    load_wav_ulaw,
+    simulate_call,
+    write_wav_ulaw,
+)
+
+
+def add_simulate_cli(subparsers: Any) -> None:
+    """Add ``simulate twilio`` to the ``telephony-edge`` command."""
+    simulate = subparsers.add_parser("simulate", help="act as a network toward a running edge")
+    networks = simulate.add_subparsers(dest="network", required=True)
+    p = networks.add_parser("twilio", help="place a call as Twilio would (webhook + media stream)")
+    p.add_argument("--url", required=True, help="the edge's base URL, e.g. http://127.0.0.1:8080")
+    p.add_argument("--to", required=True, help="the dialled number (one of the edge's numbers)")
+    p.add_argument("--from", dest="from_", default=DEFAULT_FROM, help="the caller's number")
+    p.add_argument("--wav", required=True, help="what the caller says (any WAV; sent at 8 kHz)")
+    p.add_argument("--out", required=True, help="where to write what the caller heard (WAV)")
+    p.add_argument(
+        "--auth-token",
+        default=os.environ.get("TELEPHONY_EDGE_TWILIO__AUTH_TOKEN", ""),
+        help="the edge's twilio.auth_token (default: $TELEPHONY_EDGE_TWILIO__AUTH_TOKEN)",
+    )
+    p.add_argument(
+        "--account-sid",
+        default=os.environ.get("TELEPHONY_EDGE_TWILIO__ACCOUNT_SID", DEFAULT_ACCOUNT_SID),
+        help="the AccountSid sent in the webhook (default: $TELEPHONY_EDGE_TWILIO__ACCOUNT_SID "
+        "or AC000...)",
+    )
+    p.add_argument(
+        "--public-url",
+        help="the URL the edge believes it is reached at (signature), if not --url",
+    )
+    p.add_argument(
+        "--speak-after",
+        type=speak_after_arg,
+        default="greeting",
+        metavar="greeting|SECONDS",
+        help="when the caller starts talking: once the agent's greeting has played (default), "
+        "or that many seconds into the call (0: at once, over the greeting: a barge-in)",
+    )
+    p.add_argument(
+        "--dtmf",
+        action="append",
+        type=dtmf_arg,
+        default=[],
+        metavar="DIGIT@SECONDS",
+        help="press a key that many seconds after the caller starts talking, e.g. 5@3.5 "
+        "(repeatable)",
+    )
+    p.add_argument("--tail", type=float, default=20.0, help="max seconds to wait for the reply")
+    p.add_argument(
+        "--wait-ready",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="wait up to this long for the edge's /readyz before calling (default: 15)",
+    )
+    p.add_argument(
+        "--rest-port",
+        type=port_arg,
+        default=DEFAULT_PORT,
+        metavar="PORT",
+        help="serve a stand-in of Twilio's REST API on 127.0.0.1:PORT during the call, for "
+        f"an edge whose twilio.api_base_url points there (deploy/demo.yaml; default: "
+        f"{DEFAULT_PORT}; 0: none)",
+    )
+    p.set_defaults(func=_cmd_simulate_twilio)
+
+
+def check_inputs(url: str, wav: str, out: str) -> bytes:
+    """Check the command's inputs before the call; return the caller audio (μ-law).
+
+    Raises :class:`UserError` naming the option and what is wrong, so a typo
+    costs no call (and ``--out`` is not found unwritable after it).
+    """
+    check_url(url)
+    try:
+        audio = load_wav_ulaw(wav)
+    except FileNotFoundError:
+        raise UserError(f"--wav {wav}: no such file", EXIT_USAGE) from None
+    except OSError as exc:
+        raise UserError(f"--wav {wav}: cannot read: {exc.strerror}", EXIT_USAGE) from None
+    except (wave.Error, EOFError) as exc:
+        raise UserError(f"--wav {wav}: not a WAV file this can read ({exc})", EXIT_USAGE) from None
+    except ValueError as exc:
+        raise UserError(f"--wav {exc}", EXIT_USAGE) from None
+    check_out(out)
+    return audio
+
+
+def _cmd_simulate_twilio(args: argparse.Namespace) -> int:
+    audio = check_inputs(args.url, args.wav, args.out)
+    t0 = time.monotonic()
+    result = asyncio.run(_simulate_when_ready(args, audio))
+    write_wav_ulaw(args.out, result.heard_ulaw)
+    print(result.summary())
+    heard_s = len(result.heard_ulaw) / RATE
+    print(f"  wrote {args.out} ({heard_s:.1f} s heard) in {time.monotonic() - t0:.1f} s")
+    failure = result.failure()
+    if failure is not None:
+        raise CallFailed(failure)
+    return 0
+
+
+async def _simulate_when_ready(args: argparse.Namespace, audio: bytes) -> SimulationResult:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        if args.wait_ready > 0:
+            await wait_until_ready(session, args.url, within_s=args.wait_ready)
+        rest = None
+        if args.rest_port:
+            rest = await _start_rest_standin(args.account_sid, args.auth_token, args.rest_port)
+        try:
+            return await simulate_call(
+                args.url,
+                to=args.to,
+                from_=args.from_,
+                audio_ulaw=audio,
+                auth_token=args.auth_token,
+                account_sid=args.account_sid,
+                public_url=args.public_url,
+                session=session,
+                speak_after=args.speak_after,
+                dtmf=args.dtmf,
+                max_tail_s=args.tail,
+                rest=rest,
+            )
+        finally:
+            if rest is not None:
+                await rest.close()
+
+
+async def _start_rest_standin(
+    account_sid: str, auth_token: str, port: int
+) -> TwilioRestStandIn | None:
+    """The REST stand-in on 127.0.0.1:``port``, or None (one line on stderr) if it cannot listen.
+
+    The call goes on without it: the edge's hang-up then fails where it
+    would have reached the stand-in, and says so in its log.
+    """
+    rest = TwilioRestStandIn(account_sid, auth_token)
+    try:
+        await rest.start(port)
+    except OSError as exc:
+        print(
+            f"telephony-edge simulate twilio: note: no REST stand-in on 127.0.0.1:{port} "
+            f"({os_reason(exc)}); the edge's REST hang-up will fail",
+            file=sys.stderr,
+        )
+        return None
+    return rest
