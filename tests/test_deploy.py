@@ -9,8 +9,12 @@
 - ``docker-compose config`` on the compose file (the compose-spec schema, no daemon);
 - the generated Grafana dashboard and PrometheusRule are what their scripts write now;
 - every metric the dashboard and the alert rules name is in a running edge's ``/metrics``;
-- the drain timings agree: terminationGracePeriodSeconds covers preStop + drain grace +
-  the teardown wait; compose's stop_grace_period likewise;
+- the drain timings agree: terminationGracePeriodSeconds is preStop + the drain's wait +
+  the teardown wait + shut-down, written once in ``k8s/timings.py``; compose's
+  stop_grace_period covers its drain; requests equal limits, sized from the scorecard;
+  the HPA's headroom survives the PDB's disruption;
+- SIP: no pod advertises ``status.hostIP``; each layout's address comes from its
+  ConfigMap (per node, per pod); no pod serves the admin surface on a wildcard address;
 - the configuration files the deployments mount pass ``check-config``.
 """
 
@@ -30,12 +34,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from telephony_edge.calls.manager import TEARDOWN_WAIT_S
 from telephony_edge.config import load_settings
+from telephony_edge.sip.nat import is_private
 from tests.conftest import missing_peer, require_binary, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 K8S = ROOT / "k8s"
-OVERLAYS = ("us-west", "eu-west", "dev")
+OVERLAYS = ("us-west", "eu-west", "us-east", "dev")
+SIP_OVERLAYS = {"us-west": "hostnetwork", "eu-west": "hostnetwork", "us-east": "loadbalancer"}
+WILDCARDS = ("0.0.0.0", "::", "")
 KUBERNETES_VERSION = "1.30.0"  # the oldest minor the manifests are written for
 RULES = DEPLOY / "prometheus" / "rules.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboard.json"
@@ -57,6 +64,27 @@ def kustomize(overlay: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(built) if doc]
 
 
+def load_timings() -> Any:
+    """``k8s/timings.py``, the one place of the drain and capacity arithmetic."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("k8s_timings", K8S / "timings.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # (its dataclass looks itself up there)
+    spec.loader.exec_module(module)
+    return module
+
+
+timings = load_timings()
+
+
+def workload(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    """The edge's Deployment (a StatefulSet where each SIP pod has its own balancer)."""
+    found: dict[str, Any] = timings.workload(resources)
+    return found
+
+
 def of_kind(resources: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     """The edge's one resource of ``kind`` (a generated ConfigMap's name has a hash suffix)."""
     edge = re.compile(r"telephony-edge(-config-[a-z0-9]+)?")
@@ -75,7 +103,9 @@ def test_each_overlay_builds_and_validates_strictly(overlay: str) -> None:
         missing_peer("kubernetes-validate", "pip install kubernetes-validate")
     resources = kustomize(overlay)
     kinds = {r["kind"] for r in resources}
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"} <= kinds
+    assert {workload(resources)["kind"], "Service", "PodDisruptionBudget"} <= kinds
+    # one balancer per pod fixes the size: no autoscaler there
+    assert ("HorizontalPodAutoscaler" in kinds) == (SIP_OVERLAYS.get(overlay) != "loadbalancer")
     assert {"NetworkPolicy", "ConfigMap", "ServiceMonitor", "PrometheusRule"} <= kinds
     for resource in resources:
         if resource["apiVersion"].startswith("monitoring.coreos.com/"):
@@ -96,28 +126,92 @@ def test_a_schema_error_is_caught() -> None:
         kv.validate(deployment, KUBERNETES_VERSION, strict=True)
 
 
-@pytest.mark.parametrize("overlay", ("us-west", "eu-west"))
-def test_region_overlays_wire_region_sip_and_the_node_address(overlay: str) -> None:
+@pytest.mark.parametrize("overlay", SIP_OVERLAYS)
+def test_region_overlays_wire_region_sip_and_an_explicit_public_address(overlay: str) -> None:
     resources = kustomize(overlay)
-    pod = of_kind(resources, "Deployment")["spec"]["template"]
+    pod = workload(resources)["spec"]["template"]
     [edge] = pod["spec"]["containers"]
     env = {e["name"]: e for e in edge["env"]}
     assert env["TELEPHONY_EDGE_SERVER__REGION"]["value"] == overlay
     assert (
         env["TELEPHONY_EDGE_SERVER__PUBLIC_URL"]["value"] == f"https://{overlay}.edge.example.com"
     )
-    advertised = env["TELEPHONY_EDGE_SIP__ADVERTISED_HOST"]["valueFrom"]["fieldRef"]
-    assert advertised["fieldPath"] == "status.hostIP"
-    assert pod["spec"]["hostNetwork"] is True
     assert pod["metadata"]["labels"]["topology.telephony-edge.io/region"] == overlay
+    # the advertised address: never the node's own (private on EKS, GKE, AKS), but the
+    # public one the operator wrote per node or per pod in the ConfigMap
+    assert "status.hostIP" not in json.dumps(pod)
+    assert "TELEPHONY_EDGE_SIP__ADVERTISED_HOST" not in env
+    layout = SIP_OVERLAYS[overlay]
+    key = {"hostnetwork": "NODE_NAME", "loadbalancer": "POD_NAME"}[layout]
+    path = env["TELEPHONY_EDGE_SIP__ADVERTISED_HOST_FILE"]["value"]
+    assert path == f"/etc/telephony-edge-sip/$({key})"
+    field = {"NODE_NAME": "spec.nodeName", "POD_NAME": "metadata.name"}[key]
+    assert env[key]["valueFrom"]["fieldRef"]["fieldPath"] == field
+    [mount] = [m for m in edge["volumeMounts"] if m["mountPath"] == "/etc/telephony-edge-sip"]
+    [volume] = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
+    addresses = of_named(resources, "ConfigMap", volume["configMap"]["name"])["data"]
+    assert addresses and not any(is_private(a) for a in addresses.values())
+    assert pod["spec"].get("hostNetwork", False) is (layout == "hostnetwork")
+    if layout == "loadbalancer":
+        replicas = workload(resources)["spec"]["replicas"]
+        assert set(addresses) == {f"telephony-edge-{n}" for n in range(replicas)}
     # every variable names a real setting (check-config refuses unknown ones)
-    values = {name: e.get("value", "secret-from-the-secret-0001") for name, e in env.items()}
-    values["TELEPHONY_EDGE_COORDINATION__REDIS_URL"] = "redis://redis:6379/0"
-    values["TELEPHONY_EDGE_SIP__ADVERTISED_HOST"] = "203.0.113.7"
-    values.pop("TELEPHONY_EDGE_SERVER__WORKER_ID")
     config = yaml.safe_load(of_kind(resources, "ConfigMap")["data"]["config.yaml"]) or {}
+    values = timings.pod_env(resources)
+    values.pop("TELEPHONY_EDGE_SERVER__WORKER_ID")
     checked = check_config(config, values)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def of_named(resources: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    [found] = [r for r in resources if r["kind"] == kind and r["metadata"]["name"] == name]
+    return found
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_pod_serves_the_admin_surface_on_a_wildcard_address(overlay: str) -> None:
+    """/metrics and /status (and the API when moved there) on the pod's own address; a pod
+    on the host network binds even its main port to it, never to every node address."""
+    resources = kustomize(overlay)
+    settings = timings.pod_settings(resources)
+    pod = workload(resources)["spec"]["template"]["spec"]
+    [edge] = pod["containers"]
+    env = {e["name"]: e for e in edge["env"]}
+    assert settings.server.admin_port is not None
+    admin_host = env["TELEPHONY_EDGE_SERVER__ADMIN_HOST"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert admin_host == "status.podIP"
+    assert settings.server.admin_host not in WILDCARDS
+    ports = {p["name"]: p["containerPort"] for p in edge["ports"]}
+    assert ports["admin"] == settings.server.admin_port
+    if pod.get("hostNetwork"):
+        host = env["TELEPHONY_EDGE_SERVER__HOST"]["valueFrom"]["fieldRef"]["fieldPath"]
+        assert host == "status.podIP" and settings.server.host not in WILDCARDS
+    monitor = of_kind(resources, "ServiceMonitor")
+    service = of_kind(resources, "Service")
+    [endpoint] = monitor["spec"]["endpoints"]
+    [scraped] = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+    assert scraped["targetPort"] == "admin"
+
+
+def test_the_loadbalancer_layout_opens_exactly_each_pods_range() -> None:
+    resources = kustomize("us-east")
+    settings = timings.pod_settings(resources)
+    sip = settings.sip  # type: ignore[attr-defined]
+    replicas = workload(resources)["spec"]["replicas"]
+    balancers = [
+        r for r in resources if r["kind"] == "Service" and r["spec"].get("type") == "LoadBalancer"
+    ]
+    assert len(balancers) == replicas
+    for n, service in enumerate(sorted(balancers, key=lambda r: r["metadata"]["name"])):
+        spec = service["spec"]
+        assert spec["selector"] == {"statefulset.kubernetes.io/pod-name": f"telephony-edge-{n}"}
+        assert spec["externalTrafficPolicy"] == "Local"  # the caller's address reaches the edge
+        assert spec["publishNotReadyAddresses"] is True  # a draining pod keeps its media
+        ports = {p["port"] for p in spec["ports"] if p["protocol"] == "UDP"}
+        assert ports == {sip.port, *range(sip.rtp_port_min, sip.rtp_port_max + 1)}
+    # two ports a call (RTP, RTCP): the range holds max_calls calls
+    assert (sip.rtp_port_max - sip.rtp_port_min + 1) // 2 == settings.server.max_calls
+    run(sys.executable, K8S / "build_sip_loadbalancer.py", "--check")
 
 
 def check_config(config: dict[str, Any], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -139,7 +233,7 @@ def check_config(config: dict[str, Any], env: dict[str, str]) -> subprocess.Comp
 
 
 def test_pods_are_locked_down_and_probe_health_and_readiness() -> None:
-    pod = of_kind(kustomize("us-west"), "Deployment")["spec"]["template"]["spec"]
+    pod = workload(kustomize("us-west"))["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     [edge] = pod["containers"]
     security = edge["securityContext"]
@@ -150,20 +244,56 @@ def test_pods_are_locked_down_and_probe_health_and_readiness() -> None:
     assert edge["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
 
-def test_termination_grace_covers_prestop_drain_and_teardown() -> None:
-    resources = kustomize("us-west")
-    pod = of_kind(resources, "Deployment")["spec"]["template"]["spec"]
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_termination_grace_is_the_drain_arithmetic_and_resources_are_guaranteed(
+    overlay: str,
+) -> None:
+    resources = kustomize(overlay)
+    settings = timings.pod_settings(resources)
+    pod = workload(resources)["spec"]["template"]["spec"]
     [edge] = pod["containers"]
     command = edge["lifecycle"]["preStop"]["exec"]["command"]
-    assert command[0] == "sleep"
-    config = yaml.safe_load((K8S / "base" / "config.yaml").read_text())
-    needed = float(command[1]) + config["server"]["drain_grace_s"] + TEARDOWN_WAIT_S
+    assert command == ["sleep", str(timings.PRESTOP_S)]
+    # drain waits for the calls' own maximum: the kubelet's SIGKILL comes after all of it
+    assert settings.drain_wait_s == settings.calls.max_duration_s
+    needed = timings.PRESTOP_S + settings.drain_wait_s + TEARDOWN_WAIT_S + timings.SHUTDOWN_S
+    assert pod["terminationGracePeriodSeconds"] == timings.termination_grace_s(settings)
     assert pod["terminationGracePeriodSeconds"] >= needed
-    # compose: SIGTERM, then the drain grace and the teardown before the kill
+    # Guaranteed QoS, everywhere (the development Redis too)
+    for resource in resources:
+        if resource["kind"] in ("Deployment", "StatefulSet"):
+            for container in resource["spec"]["template"]["spec"]["containers"]:
+                limits = container["resources"]["limits"]
+                assert container["resources"]["requests"] == limits, resource["metadata"]
+    assert not timings.problems(overlay)
+    if workload(resources)["kind"] == "Deployment":  # new pods first, old ones drain meanwhile
+        rolling = workload(resources)["spec"]["strategy"]["rollingUpdate"]
+        assert rolling["maxUnavailable"] == 0 and rolling["maxSurge"] >= 1
+
+
+def test_the_timings_check_notices_a_manifest_that_disagrees() -> None:
+    """``timings.problems`` is not a no-op: an old grace, a burstable pod, a thin HPA fail."""
+    resources = kustomize("us-west")
+    settings = timings.pod_settings(resources)
+    assert timings.termination_grace_s(settings) == 5 + 3600 + 10 + 5
+    assert not timings.capacity_kept(150, 150, 3, 1)
+    assert timings.capacity_kept(100, 150, 3, 1)
+    worst = max(timings.scorecard(), key=lambda c: c.cpu_s_per_call_minute)
+    assert worst.loop_share(settings.server.max_calls) <= timings.LOOP_BUDGET
+    assert worst.loop_share(400) > timings.LOOP_BUDGET
+
+
+def test_compose_stop_grace_covers_the_drain() -> None:
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     edge_config = load_settings(DEPLOY / "edge.yaml")
     grace = compose["services"]["edge-1"]["stop_grace_period"]
-    assert float(grace.removesuffix("s")) >= edge_config.server.drain_grace_s + TEARDOWN_WAIT_S
+    assert float(grace.removesuffix("s")) >= edge_config.drain_wait_s + TEARDOWN_WAIT_S
+
+
+def test_operations_doc_has_the_capacity_table_of_this_scorecard() -> None:
+    settings = timings.pod_settings(kustomize("us-west"))
+    table = timings.capacity_table(settings.server.max_calls)
+    assert table in (ROOT / "docs" / "operations.md").read_text()
 
 
 def test_servicemonitor_scrapes_the_service_port_and_labels_the_region() -> None:
