@@ -14,9 +14,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics
 
-from telephony_edge.api import add_api_routes
+from telephony_edge import tracing
+from telephony_edge.api import START_OUTBOUND_PATH, add_api_routes
 from telephony_edge.config import ServerSettings
 from telephony_edge.errors import ListenError
 from telephony_edge.services import SERVICES, Services
@@ -24,6 +26,10 @@ from telephony_edge.status import add_status_routes
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
+    """Prometheus' text format, or OpenMetrics (with exemplars: trace ids) when asked."""
+    if "application/openmetrics-text" in request.headers.get("Accept", ""):
+        body = openmetrics.generate_latest(REGISTRY)  # type: ignore[no-untyped-call]
+        return web.Response(body=body, headers={"Content-Type": openmetrics.CONTENT_TYPE_LATEST})
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -50,6 +56,7 @@ def create_admin_app(services: Services, probes: list[tuple[str, Handler]]) -> w
     for path, handler in probes:
         app.router.add_get(path, handler)
     add_operator_routes(app, services.settings.server, admin=True)
+    tracing.install(app, [START_OUTBOUND_PATH])  # where the API is, with admin_api
     return app
 
 

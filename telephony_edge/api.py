@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 #: how long a self-registered agent core stays in its pool without another heartbeat
 AGENT_CORE_HEARTBEAT_TTL_S = 15.0
+START_OUTBOUND_PATH = "/start_outbound_call"
 
 MAX_BODY_BYTES = 64 * 1024  # an outbound call's agent_config and metadata fit many times over
 MAX_JSON_DEPTH = 32
@@ -479,7 +480,7 @@ async def agent_core_heartbeat(request: web.Request) -> web.Response:
 
 def add_api_routes(app: web.Application) -> None:
     """Mount the public API on ``app``."""
-    app.router.add_post("/start_outbound_call", _json_errors(start_outbound_call))
+    app.router.add_post(START_OUTBOUND_PATH, _json_errors(start_outbound_call))
     app.router.add_post("/calls/{call_id}/hangup", _json_errors(hangup_call))
     app.router.add_post("/calls/{call_id}/transfer", _json_errors(transfer_call))
     app.router.add_get("/calls", _json_errors(list_calls))

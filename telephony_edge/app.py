@@ -14,9 +14,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from telephony_edge import client_address, http_limits, metrics
+from telephony_edge import client_address, http_limits, metrics, tracing
 from telephony_edge.admin import add_operator_routes, bound_url, create_admin_app, start_admin
 from telephony_edge.agent.demo import add_agent_core_routes
+from telephony_edge.api import START_OUTBOUND_PATH
 from telephony_edge.banner import banner_lines
 from telephony_edge.calls.manager import CallManager
 from telephony_edge.calls.service import CallService
@@ -74,11 +75,13 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await services.call_service.stop()
     await services.coordinator.close()
     await services.http.close()
+    await asyncio.to_thread(tracing.shutdown)  # exports what is queued
 
 
 def create_app(settings: Settings) -> web.Application:
     """Build the worker's application from validated settings."""
     app = web.Application(client_max_size=1024 * 1024)
+    tracing.configure(settings.tracing)
     worker_id = settings.server.worker_id or f"{socket.gethostname()}-{id(app):x}"
     router = NumberRouter(settings)
     manager = CallManager()
@@ -103,6 +106,8 @@ def create_app(settings: Settings) -> web.Application:
         app[ADMIN_APP] = create_admin_app(services, [("/healthz", healthz), ("/readyz", readyz)])
     add_recording_routes(app)
     mount_providers(app)
+    calls = [path for provider in services.providers.values() for path in provider.call_paths]
+    tracing.install(app, [START_OUTBOUND_PATH, *calls])
     if settings.agent_core.url is None:
         app[DEMO_AGENT_KEY] = secrets.token_urlsafe(24)
         add_agent_core_routes(app, DEMO_AGENT_PATH, key=app[DEMO_AGENT_KEY])

@@ -405,6 +405,24 @@ class CostRates(_Model):
     tts_per_1k_chars: float = Field(default=0.015, ge=0)
 
 
+class TracingSettings(_Model):
+    """OpenTelemetry tracing (``telephony_edge.tracing``): off unless ``enabled``."""
+
+    enabled: bool = False
+    endpoint: HttpUrl | None = None
+    """The OTLP/HTTP traces URL (``http://collector:4318/v1/traces``). None: the exporter's
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT``, else localhost."""
+    headers: Annotated[dict[str, str], AfterValidator(_check_headers)] = Field(default_factory=dict)
+    """Headers on each export (a vendor's API key: from the environment)."""
+    service_name: str = Field(default="telephony-edge", min_length=1, max_length=128)
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    """The share of calls traced (decided once per call, at its first span)."""
+    max_queued_spans: int = Field(default=2048, ge=64, le=100_000)
+    """Spans waiting for export at most; past it new spans are dropped (a collector down)."""
+    export_interval_s: float = Field(default=5.0, gt=0, le=60)
+    export_timeout_s: float = Field(default=10.0, gt=0, le=60)
+
+
 class Settings(BaseSettings):
     """The whole configuration of one worker."""
 
@@ -423,6 +441,7 @@ class Settings(BaseSettings):
     webhooks: WebhookSettings = WebhookSettings()
     costs: CostRates = CostRates()
     recording: RecordingSettings = RecordingSettings()
+    tracing: TracingSettings = TracingSettings()
     agents: dict[str, AgentConfig] = Field(default_factory=dict)
     regions: dict[str, Region] = Field(default_factory=dict)
     numbers: dict[PhoneNumber, NumberRoute] = Field(default_factory=dict)

@@ -18,7 +18,9 @@ needs, and nothing outside its package names the network:
 * :meth:`Provider.banner`: lines for the ``serve`` banner (URLs to paste);
 * ``pending_websocket_paths``: its media WebSockets, which count against the
   worker's cap on not-yet-authenticated WebSockets until admitted
-  (``telephony_edge.http_limits``).
+  (``telephony_edge.http_limits``);
+* ``call_paths``: the requests that announce a call (its carrier webhook, an
+  offer), each the root span of its call's trace (``telephony_edge.tracing``).
 
 What a provider cannot do raises :class:`~telephony_edge.calls.leg.NotSupported`.
 The application mounts every enabled provider from the registry
@@ -48,6 +50,7 @@ class Provider:
     #: provider status → (call_status, error_message) for calls that end before media
     final_statuses: ClassVar[Mapping[str, tuple[CallStatus, str | None]]] = {}
     pending_websocket_paths: ClassVar[tuple[str, ...]] = ()
+    call_paths: ClassVar[tuple[str, ...]] = ()
     #: whether the network reaches the edge at ``public_url`` (webhooks), so the
     #: banner warns when that is a loopback address
     uses_public_url: ClassVar[bool] = True

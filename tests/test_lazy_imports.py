@@ -16,7 +16,11 @@ from typing import Any
 
 import pytest
 
-HEAVY = ("aiortc", "av", "twilio", "vonage_voice", "aiobotocore", "redis")
+# OpenTelemetry: its trace SDK and exporter, which only tracing.enabled loads. Not the bare
+# "opentelemetry": redis-py (>= 8) imports the OTel metrics API and SDK itself whenever they
+# are installed (its own observability, about 2.4 MB of RSS), tracing or not.
+TRACING = ("opentelemetry.sdk.trace", "opentelemetry.exporter")
+HEAVY = ("aiortc", "av", "twilio", "vonage_voice", "aiobotocore", "redis", *TRACING)
 
 PROBE = """
 import asyncio, json, sys
@@ -53,8 +57,12 @@ def test_a_worker_with_no_network_enabled_loads_none_of_their_libraries() -> Non
     [
         ({"webrtc": {"enabled": True}, "api": {"private_key": "k" * 24}}, ["aiortc", "av"]),
         ({"coordination": {"redis_url": "redis://127.0.0.1:1"}}, ["redis"]),
+        (
+            {"tracing": {"enabled": True, "endpoint": "http://127.0.0.1:1/v1/traces"}},
+            sorted(TRACING),
+        ),
     ],
-    ids=["webrtc", "redis"],
+    ids=["webrtc", "redis", "tracing"],
 )
 def test_what_is_enabled_is_what_is_loaded(settings: dict[str, Any], expected: list[str]) -> None:
     assert loaded(**settings) == expected

@@ -41,7 +41,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from telephony_edge import badinput, failpoints, metrics
+from telephony_edge import badinput, failpoints, metrics, tracing
 from telephony_edge.agent import messages
 from telephony_edge.agent.link import AgentLink, AgentLinkError, AgentMessage, LinkClosed
 from telephony_edge.amd.detector import AmdDetector, Verdict
@@ -54,6 +54,7 @@ from telephony_edge.calls.leg import Clock, Dtmf, Leg, LegEnded, LegEvent, NotSu
 from telephony_edge.calls.pacing import Pacer
 from telephony_edge.calls.playout import Playout
 from telephony_edge.calls.record import CallRecord, CallState
+from telephony_edge.calls.trace import CallTrace
 from telephony_edge.coord.health import CoordinatorUnavailable
 from telephony_edge.logs import current_call_id
 
@@ -61,6 +62,8 @@ log = logging.getLogger(__name__)
 
 _C2A = metrics.RELAY_LATENCY_SECONDS.labels(direction="caller_to_agent")
 _A2C = metrics.RELAY_LATENCY_SECONDS.labels(direction="agent_to_caller")
+#: a frame relayed slower than this carries its call's trace id as an exemplar (tracing on)
+SLOW_RELAY_S = 0.001
 _CONCEALED = metrics.CALLER_FRAMES_FILLED.labels(kind="concealment")
 _SILENCE = metrics.CALLER_FRAMES_FILLED.labels(kind="silence")
 _AHEAD = metrics.FRAMES_DROPPED.labels(reason="ahead_of_call_clock")
@@ -215,6 +218,8 @@ class CallBridge:
         self._clock = CallerClock()
         self._fill_wake: asyncio.Future[None] | None = None
         self._dtmf = DtmfQueue(leg, self._spawn, self._refused_dtmf)
+        self._trace = CallTrace(record)
+        self._exemplar = self._trace.call.exemplar()  # on slow frames' relay latency
 
     @property
     def state(self) -> CallState:
@@ -229,6 +234,7 @@ class CallBridge:
         the whole teardown before CancelledError propagates.
         """
         token = current_call_id.set(self.call_id)
+        scope = tracing.attach(self._trace.call)
         cancelled = False
         try:
             self._spawn(self._pump_caller(), "caller")
@@ -247,6 +253,8 @@ class CallBridge:
             self._feed(m.Failed("bridge", repr(exc)))
         finally:
             cancelled = await self._teardown_shielded() or cancelled
+            self._trace.ended(self.record)
+            tracing.detach(scope)
             current_call_id.reset(token)
         if cancelled:
             raise asyncio.CancelledError
@@ -487,7 +495,8 @@ class CallBridge:
                             continue
                         t0 = perf()
                         await link.send_audio(event)
-                        _C2A.observe(perf() - t0)
+                        cost = perf() - t0
+                        _C2A.observe(cost, self._exemplar if cost > SLOW_RELAY_S else None)
                     else:
                         self._buffer_early(event)
                 elif isinstance(event, LegEnded):
@@ -548,12 +557,16 @@ class CallBridge:
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            initiate = await self._hooks.prepare(self.record)
-            await self.link.open(initiate)
+            with tracing.current(self._trace.setup):  # the prefetch webhook's parent
+                initiate = await self._hooks.prepare(self.record)
+            await self.link.open(self._trace.initiate(initiate, self.link.url))
         except AgentLinkError as exc:
             metrics.AGENT_LINK_FAILURES.labels(stage=exc.stage).inc()
-            self._feed(m.AgentFailed(exc.stage, str(exc).removeprefix(f"agent core {exc.stage}: ")))
+            message = str(exc).removeprefix(f"agent core {exc.stage}: ")
+            self._trace.link_failed(exc.stage, message)
+            self._feed(m.AgentFailed(exc.stage, message))
             return
+        self._trace.ready()
         self._feed(m.AgentReady())
         if self._machine.state is not CallState.ACTIVE:
             return
@@ -570,7 +583,8 @@ class CallBridge:
         self._ready = True
         self._start_caller_clock(loop)
         if self._first_frame_at is not None:
-            metrics.CALL_SETUP_SECONDS.observe(loop.time() - self._first_frame_at)
+            setup_s = loop.time() - self._first_frame_at
+            metrics.CALL_SETUP_SECONDS.observe(setup_s, self._trace.call.exemplar())
         await self._pump_agent()
 
     # -- agent → caller ----------------------------------------------------
@@ -635,7 +649,7 @@ class CallBridge:
         self._talkspurt = True
         self._machine.note_activity(time.monotonic())
         frame, cost = item
-        _A2C.observe(cost)
+        _A2C.observe(cost, self._exemplar if cost > SLOW_RELAY_S else None)
         if self._recorder is not None:
             self._recorder.agent(frame)
         return frame
@@ -666,7 +680,8 @@ class CallBridge:
                 log.exception("sending to the network failed")
                 self._feed(m.Failed("network send", repr(exc)))
                 return
-            _A2C.observe(cost + time.perf_counter() - t0)
+            cost += time.perf_counter() - t0
+            _A2C.observe(cost, self._exemplar if cost > SLOW_RELAY_S else None)
             if self._recorder is not None:
                 self._recorder.agent(frame)
             self._talkspurt = True
@@ -696,18 +711,20 @@ class CallBridge:
     async def _run_transfer(self, action: m.Transfer, done: asyncio.Future[None]) -> None:
         destination = action.destination
         log.info("transferring the call to %s (asked by the %s)", destination, action.by)
-        try:
-            if not self.leg.capabilities.can_transfer_to(destination):
-                raise NotSupported(f"this network cannot transfer to {destination}")
-            await self.leg.transfer(destination)
-        except asyncio.CancelledError:  # the call ended meanwhile
-            done.set_exception(NotSupported("the call ended during the transfer"))
-            raise
-        except Exception as exc:
-            log.warning("transfer to %s failed: %s", destination, exc)
-            done.set_exception(exc)
-            self._feed(m.TransferDone(destination, action.by, error=str(exc) or repr(exc)))
-            return
+        with self._trace.transfer(action.by) as span:
+            try:
+                if not self.leg.capabilities.can_transfer_to(destination):
+                    raise NotSupported(f"this network cannot transfer to {destination}")
+                await self.leg.transfer(destination)
+            except asyncio.CancelledError:  # the call ended meanwhile
+                done.set_exception(NotSupported("the call ended during the transfer"))
+                raise
+            except Exception as exc:
+                log.warning("transfer to %s failed: %s", destination, exc)
+                span.fail(str(exc) or repr(exc))
+                done.set_exception(exc)
+                self._feed(m.TransferDone(destination, action.by, error=str(exc) or repr(exc)))
+                return
         done.set_result(None)
         self._feed(m.TransferDone(destination, action.by))
 

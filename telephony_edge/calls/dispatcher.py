@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import aiohttp
 from yarl import URL
 
-from telephony_edge import metrics
+from telephony_edge import metrics, tracing
 from telephony_edge.calls.webhooks import (
     DEAD_LETTER_GAUGE_INTERVAL,
     IDEMPOTENCY_HEADER,
@@ -174,7 +174,33 @@ class WebhookDispatcher:
             self._slots.release()
 
     async def deliver(self, job: Job) -> str:
-        """POST one reserved job, then ack or nack it. Returns the outcome."""
+        """POST one reserved job, then ack or nack it. Returns the outcome.
+
+        The attempt is a span of the call's trace (the job's ``traceparent``), and the
+        POST carries its own ``traceparent`` header (tracing on).
+        """
+        parent = job.data.get("traceparent")
+        span = tracing.start(
+            "webhook session_data",
+            parent=parent if isinstance(parent, str) else None,
+            kind="client",
+            attributes={
+                "telephony_edge.call_id": str(job.data.get("call_id", job.job_id)),
+                "telephony_edge.webhook.attempt": job.attempts,
+            },
+        )
+        outcome = "crashed"
+        try:
+            with tracing.current(span):
+                outcome = await self._post(job)
+            return outcome
+        finally:
+            span.set("telephony_edge.webhook.outcome", outcome)
+            if outcome != "delivered":
+                span.fail(outcome)
+            span.end()
+
+    async def _post(self, job: Job) -> str:
         data = job.data
         call_id = str(data.get("call_id", job.job_id))
         log_extra = {"call_id": call_id}
@@ -192,7 +218,7 @@ class WebhookDispatcher:
             return self._done("malformed")
 
         raw = body.encode()
-        own = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: call_id}
+        own = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: call_id, **tracing.headers()}
         timeout = min(max(float(timeout), MIN_TIMEOUT), SESSION_MAX_TIMEOUT)
 
         status: int | None = None

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from telephony_edge import tracing
 from telephony_edge.calls.variables import variable_value
 from telephony_edge.calls.webhooks import (
     PREFETCH_MAX_BYTES,
@@ -114,7 +115,7 @@ async def prefetch(
         data, signed = None, url.raw_query_string.encode()
     else:
         data = signed = json.dumps(fields).encode()
-    accept = {"Accept": "application/json"}
+    accept = {"Accept": "application/json", **tracing.headers()}  # the call's set-up span
     if data is not None:
         accept["Content-Type"] = "application/json"
     started = time.monotonic()

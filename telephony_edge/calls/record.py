@@ -100,6 +100,9 @@ class CallRecord:
     ended_at: float | None = None
     transferred_to: str | None = None
     owner: str | None = None
+    traceparent: str | None = None
+    """The W3C ``traceparent`` of the call's trace (tracing on): the span it was created
+    under, else its ``call`` span (``telephony_edge.calls.trace``)."""
 
     def advance(self, to: CallState) -> None:
         """Move to ``to`` if the table allows it; stamp the times that mark it."""

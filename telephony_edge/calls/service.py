@@ -21,7 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from telephony_edge import metrics
+from telephony_edge import metrics, tracing
 from telephony_edge.agent.link import AgentLink
 from telephony_edge.agent.pool import PoolChoice
 from telephony_edge.amd.policy import Voicemail, voicemail_policy
@@ -142,6 +142,7 @@ class CallService(RemoteControl, Upkeep):
             record.session_id = session_id
         if call_id is not None:
             record.call_id = call_id
+        record.traceparent = tracing.current_traceparent()  # the announcing request's span
         try:
             self.voicemail(record)
         except ValueError as exc:

@@ -227,10 +227,13 @@ class ServiceCore:
             recording=recording,
         )
         try:
-            return webhooks.session_webhook_job(spec, payload)
+            job = webhooks.session_webhook_job(spec, payload)
         except ValueError as exc:
             log.error("session webhook not queued: %s", exc, extra={"call_id": record.call_id})
             return None
+        if record.traceparent:  # its delivery's span joins the call's trace, on any worker
+            job["traceparent"] = record.traceparent
+        return job
 
     @contextlib.asynccontextmanager
     async def _defer_if_away(self, record: CallRecord) -> AsyncIterator[None]:

@@ -34,6 +34,7 @@ class SipProvider(Provider):
     """Calls that arrive as SIP INVITEs to a registered call id, with RTP media."""
 
     name = "sip"
+    call_paths = (REGISTER_PATH,)
     settings_model = SipSettings
     uses_public_url = False  # trunks reach the SIP port, not the web URL
     final_statuses = {

@@ -46,6 +46,7 @@ class TwilioProvider(Provider):
     }
 
     pending_websocket_paths = (STREAM_PATH,)
+    call_paths = (VOICE_PATH,)
     network_amd = True
     _ctx: TwilioContext | None = None
 

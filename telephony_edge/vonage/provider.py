@@ -45,6 +45,7 @@ class VonageProvider(Provider):
     }
 
     pending_websocket_paths = (WS_PATH,)
+    call_paths = (ANSWER_PATH,)
     network_amd = True
     _ctx: VonageContext | None = None
 

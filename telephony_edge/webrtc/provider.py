@@ -79,6 +79,7 @@ class WebRtcProvider(Provider):
     """Calls that arrive as WebRTC offers, with an aiortc peer connection per call."""
 
     name = "webrtc"
+    call_paths = (OFFER_PATH,)
     settings_model = WebRtcSettings
     uses_public_url = False  # peers reach the advertised ICE addresses
 
