@@ -1,7 +1,8 @@
 """An agent core that sends ``send_dtmf`` requests and keeps what the edge tells it.
 
-Each call it takes: ``initiate``, ``onready``, then after ``delay_s`` every
-message of ``script`` (``send_dtmf`` data objects), ``gap_s`` apart. It keeps
+Each call it takes: ``initiate``, ``onready``, then after ``delay_s`` (or once
+the caller pressed ``trigger``) every message of ``script`` (``send_dtmf``
+data objects), ``gap_s`` apart. It keeps
 the ``error`` messages and the caller's ``dtmf`` keys the edge sends, per call
 id, and never ends the call itself.
 """
@@ -19,11 +20,16 @@ from tests.conftest import AgentCoreServer
 
 class DtmfCore(AgentCoreServer):
     def __init__(
-        self, script: list[dict[str, Any]] | None = None, delay_s: float = 0.3, gap_s: float = 0
+        self,
+        script: list[dict[str, Any]] | None = None,
+        delay_s: float = 0.3,
+        gap_s: float = 0,
+        trigger: str | None = None,
     ) -> None:
         self.script = list(script or [])
         self.delay_s = delay_s
         self.gap_s = gap_s
+        self.trigger = trigger
         self.errors: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.keys: dict[str, list[str]] = defaultdict(list)
         self.calls: list[str] = []
@@ -41,7 +47,8 @@ class DtmfCore(AgentCoreServer):
         call_id = first["data"]["call"]["call_id"]
         self.calls.append(call_id)
         await ws.send_json({"method": "onready"})
-        sender = asyncio.ensure_future(self._send_script(ws))
+        pressed = asyncio.Event()
+        sender = asyncio.ensure_future(self._send_script(ws, pressed))
         try:
             async for msg in ws:  # until the edge closes the link
                 if msg.type is WSMsgType.TEXT:
@@ -50,14 +57,19 @@ class DtmfCore(AgentCoreServer):
                         self.errors[call_id].append(message["data"])
                     elif message["method"] == "dtmf":
                         self.keys[call_id].append(message["data"]["digit"])
+                        if message["data"]["digit"] == self.trigger:
+                            pressed.set()
                 elif msg.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
                     break
         finally:
             sender.cancel()
         return ws
 
-    async def _send_script(self, ws: web.WebSocketResponse) -> None:
-        await asyncio.sleep(self.delay_s)
+    async def _send_script(self, ws: web.WebSocketResponse, pressed: asyncio.Event) -> None:
+        if self.trigger is not None:
+            await pressed.wait()
+        else:
+            await asyncio.sleep(self.delay_s)
         for data in self.script:
             await ws.send_json({"method": "send_dtmf", "data": data})
             await asyncio.sleep(self.gap_s)

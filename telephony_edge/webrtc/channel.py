@@ -6,14 +6,18 @@ the edge sends it one JSON text message per agent text event (the last
 
     {"type": "transcript",    "text": "…", "final": true}   # ontranscript (the caller)
     {"type": "response_text", "text": "…", "final": true}   # onresponsetext (the agent)
+    {"type": "dtmf", "digit": "5", "duration_ms": 250}       # a key the agent presses
 
 and takes these from the page::
 
     {"type": "end"}                  # hang up: the call ends user-ended
     {"type": "dtmf", "digit": "5"}   # a key (0-9, *, #, A-D) for the agent, as DTMF
 
-DTMF comes this way because aiortc does not negotiate ``telephone-event``
-(RFC 4733): its audio codecs are Opus, G.722, PCMU and PCMA only.
+DTMF comes this way, both ways, because aiortc does not negotiate
+``telephone-event`` (RFC 4733; its audio codecs are Opus, G.722, PCMU and
+PCMA only) and has no ``RTCDTMFSender``. The agent's keys go one message a
+key, at the key's time (:func:`telephony_edge.calls.dtmf.schedule`), so a
+page or a bot on the other side gets them at the pace a phone would.
 
 Anything else (over :data:`MAX_MESSAGE_BYTES`, binary, not JSON, an unknown
 ``type``, a bad digit) is :class:`Malformed`: the leg counts and logs it and
@@ -54,6 +58,11 @@ PageRequest = EndRequested | Dtmf
 def caption(role: str, text: str, final: bool) -> str:
     """The message for one agent text event (``role`` as in the call's chat)."""
     return json.dumps({"type": TYPES[role], "text": text, "final": final})
+
+
+def key(digit: str, duration_ms: int) -> str:
+    """The message for one key the agent presses (``send_dtmf``)."""
+    return json.dumps({"type": "dtmf", "digit": digit, "duration_ms": duration_ms})
 
 
 def parse(message: str | bytes) -> PageRequest:

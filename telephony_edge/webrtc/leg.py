@@ -16,7 +16,7 @@ buffered between the bridge and the encoder, so ``clear()`` has nothing to
 drop.
 
 A data channel the peer opens carries the agent's text to the page
-(captions) and the page's ``end`` and ``dtmf`` requests
+(captions) and its keys (``send_dtmf``), and the page's ``end`` and ``dtmf`` requests
 (:mod:`telephony_edge.webrtc.channel`); a malformed message is counted
 (``telephony_edge_bad_input_total{source="webrtc-datachannel"}``), logged
 (rate-limited per peer, :mod:`telephony_edge.badinput`) with the call id and skipped.
@@ -57,6 +57,7 @@ from av.packet import Packet
 from telephony_edge import badinput, metrics
 from telephony_edge.audio.frames import FRAME_BYTES, FrameSplitter
 from telephony_edge.audio.transcode import Pcm48kTo16k
+from telephony_edge.calls.dtmf import DtmfRequest, schedule, total_ms
 from telephony_edge.calls.leg import (
     Capabilities,
     Clock,
@@ -65,6 +66,7 @@ from telephony_edge.calls.leg import (
     LegEnded,
     LegEvent,
     LegInfo,
+    NotSupported,
 )
 from telephony_edge.webrtc import channel, consent
 from telephony_edge.webrtc.candidates import filter_offer, printable, summary
@@ -130,7 +132,7 @@ class WebRtcLeg(Leg):
 
     clock = Clock.PULLED
     playout_lead_frames = 0
-    capabilities: ClassVar[Capabilities] = Capabilities(clear=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(clear=True, dtmf_out=True)
 
     def __init__(self, info: LegInfo, settings: WebRtcSettings) -> None:
         self.info = info
@@ -263,6 +265,18 @@ class WebRtcLeg(Leg):
             self.captions_dropped += 1
         else:
             dc.send(message)
+
+    async def send_dtmf(self, request: DtmfRequest) -> None:
+        """The agent's keys over the data channel, one message a key at the key's time."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        for tone in schedule(request):
+            await asyncio.sleep(max(0.0, began + tone.start_ms / 1000 - loop.time()))
+            dc = self.channel
+            if dc is None or dc.readyState != "open":
+                raise NotSupported("the caller's page has no open data channel")
+            dc.send(channel.key(tone.key, tone.duration_ms))
+        await asyncio.sleep(max(0.0, began + total_ms(request) / 1000 - loop.time()))
 
     # -- the connection's life ------------------------------------------------------
 
