@@ -96,6 +96,25 @@ class SipSettings(ProviderSettings):
     tcp_first_message_timeout_s: float = Field(default=5.0, gt=0, le=300)
     """An inbound TCP connection that has sent no complete SIP message this long after
     connecting is closed (keep-alive pings do not count)."""
+    tls: bool = False
+    """Listen for SIP over TLS (RFC 3261 §26) on ``tls_port``, with ``tls_certificate`` and
+    ``tls_private_key``; the TCP limits above apply to its connections too. Calls over TLS
+    may use SRTP (``srtp``)."""
+    tls_port: int = Field(default=5061, ge=0, le=65535)
+    """The SIP-over-TLS port; 0 takes any free port (tests)."""
+    advertised_tls_port: int | None = Field(default=None, ge=1, le=65535)
+    """The TLS port in the Contact and Via of calls over TLS; default: ``tls_port``."""
+    tls_certificate: str | None = None
+    """The PEM certificate chain the TLS listener presents (its leaf first). Checked at each
+    new connection: when the file (or the key) changes, the next connection gets the new
+    one; if they do not load, the old one is served and a warning logged."""
+    tls_private_key: str | None = None
+    """The PEM private key of ``tls_certificate`` (unencrypted; keep the file private)."""
+    tls_ca_file: str | None = None
+    """CA certificates (PEM) that the servers the edge connects to over TLS must chain to;
+    default: the system's trust store. Their name is checked either way."""
+    tls_handshake_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    """How long a TLS handshake may take; then the connection is closed (bad input)."""
     advertised_host: str | None = None
     """The address in Contact, SDP and ``sip_uri`` (the public one behind NAT); default:
     ``bind_host`` (127.0.0.1 when that is a wildcard)."""
@@ -210,7 +229,7 @@ class SipSettings(ProviderSettings):
     trunk says nothing: ``optional`` answers an ``RTP/SAVP(F)`` offer (or ``RTP/AVP`` with
     ``a=crypto``) with SRTP and a plain one with RTP; ``required`` refuses plain RTP (488);
     ``none`` refuses ``RTP/SAVP(F)`` and answers best-effort offers plain. SDES keys travel
-    in the SDP, so SRTP is only taken over TLS unless ``srtp_over_plain``."""
+    in the SDP, so SRTP is only taken over TLS (``tls``) unless ``srtp_over_plain``."""
     srtp_over_plain: bool = False
     """Take SDES keys over UDP and TCP too. Off (the default), an ``RTP/SAVP`` offer that did
     not come over TLS gets 488: its keys were in clear text, so anyone who saw the INVITE
@@ -277,6 +296,8 @@ class SipSettings(ProviderSettings):
     def _range(self) -> SipSettings:
         if self.rtp_port_max - self.rtp_port_min < 1:
             raise ValueError("rtp_port_max must be above rtp_port_min")
+        if self.tls and not (self.tls_certificate and self.tls_private_key):
+            raise ValueError("tls needs tls_certificate and tls_private_key")
         return self
 
     @property

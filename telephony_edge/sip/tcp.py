@@ -20,6 +20,10 @@ that the UA's responses go back on the connection the request came on
 no connection opens one (§18.1.1); when that address was a live call's
 connection, the new one goes to the call's target (its Contact or route: the
 caller's source port was ephemeral), from ``dialogs``, the shell's map.
+
+SIP over TLS is the same side on its own port with a handshake after the
+policy has admitted a connection (:class:`~telephony_edge.sip.tls.TlsSide`):
+a stream writes nothing until it is :attr:`SipStream.ready`.
 """
 
 from __future__ import annotations
@@ -108,6 +112,7 @@ class SipStream(asyncio.Protocol):
         self.last_activity = 0.0
         self.partial_since: float | None = None
         self.got_message = False  # a complete SIP message (not a keep-alive) came
+        self.ready = False  # may carry SIP (TLS: once its handshake is done)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # a stream server's transport; uvloop's is not a subclass of asyncio.Transport
@@ -117,6 +122,8 @@ class SipStream(asyncio.Protocol):
         self.opened_at = self.last_activity = asyncio.get_running_loop().time()
         if not self.side.admit(self):
             self.transport.abort()
+            return
+        self.side.opened(self)
 
     def data_received(self, data: bytes) -> None:
         now = asyncio.get_running_loop().time()
@@ -124,7 +131,8 @@ class SipStream(asyncio.Protocol):
         try:
             messages = self.framer.feed(data)
         except FramingError as exc:
-            badinput.report("sip-tcp", f"{exc}: connection closed", self.peer[0], port=self.peer[1])
+            why = f"{exc}: connection closed"
+            badinput.report(self.side.source, why, self.peer[0], port=self.peer[1])
             self.side.framing_errors += 1
             self.close()
             return
@@ -139,7 +147,7 @@ class SipStream(asyncio.Protocol):
         self.side.forget(self)
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        if self.ready and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
     @property
@@ -153,6 +161,8 @@ class SipStream(asyncio.Protocol):
 
 class TcpSide:
     """The listening socket and the live connections; see the module docstring."""
+
+    source = "sip-tcp"  # bad input's source (badinput)
 
     def __init__(
         self,
@@ -181,10 +191,22 @@ class TcpSide:
         self._sweeper: asyncio.Task[None] | None = None
         self._connecting: set[asyncio.Task[None]] = set()
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, listen: bool = True) -> None:
+        """Listen on ``host:port`` (``listen``: else only our own connections), and sweep."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: SipStream(self), host, port)
+        if listen:
+            self._server = await loop.create_server(self._accept, host, port)
         self._sweeper = asyncio.ensure_future(self._sweep())
+
+    def _accept(self) -> SipStream:
+        """The protocol of a connection to the listener."""
+        return SipStream(self)
+
+    @property
+    def port(self) -> int:
+        """The port listened on (0: none)."""
+        sockets = self._server.sockets if self._server is not None else ()
+        return int(sockets[0].getsockname()[1]) if sockets else 0
 
     async def stop(self) -> None:
         if self._sweeper is not None:
@@ -196,6 +218,10 @@ class TcpSide:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+    def opened(self, stream: SipStream) -> None:
+        """``stream`` was admitted: a TCP one carries SIP at once."""
+        stream.ready = True
 
     def admit(self, stream: SipStream) -> bool:
         """A new connection, under :mod:`~telephony_edge.sip.tcp_policy`'s rules 1 and 2."""
@@ -223,7 +249,7 @@ class TcpSide:
     def _refuse(self, stream: SipStream, reason: str, why: str) -> bool:
         self.refused += 1
         self._closed(stream, reason)
-        badinput.report("sip-tcp", f"connection refused: {why}", stream.peer[0], count=False)
+        badinput.report(self.source, f"connection refused: {why}", stream.peer[0], count=False)
         return False
 
     def _closed(self, stream: SipStream, reason: str) -> None:
@@ -248,10 +274,11 @@ class TcpSide:
         """The peers that carry a live call: its caller's connection, or ours to its target."""
         return {address for pair in self.dialogs().items() for address in pair}
 
-    def send(self, dest: Address, data: bytes) -> None:
+    def send(self, dest: Address, data: bytes, server_name: str | None = None) -> None:
         """On the connection to ``dest``; when it is gone and ``dest`` was a call's, on one
         to that call's target (its Contact or route: the caller's source port was
-        ephemeral, RFC 3261 §18.1.1, RFC 5923), opened if need be."""
+        ephemeral, RFC 3261 §18.1.1, RFC 5923), opened if need be (over TLS, the server's
+        certificate checked for ``server_name``, default the address)."""
         stream = self.connections.get(dest)
         if stream is None or stream.closing:
             dest = self.dialogs().get(dest, dest)
@@ -259,19 +286,26 @@ class TcpSide:
         if stream is not None and not stream.closing:
             stream.write(data)
             return
-        task = asyncio.ensure_future(self._connect_and_send(dest, data))
+        task = asyncio.ensure_future(self._connect_and_send(dest, data, server_name))
         self._connecting.add(task)
         task.add_done_callback(self._connecting.discard)
 
-    async def _connect_and_send(self, dest: Address, data: bytes) -> None:
+    async def connect(self, dest: Address, server_name: str | None = None) -> SipStream:
+        """A connection of ours to ``dest`` (raises OSError or TimeoutError); TCP has no
+        use for ``server_name`` (:class:`~telephony_edge.sip.tls.TlsSide` checks it)."""
         loop = asyncio.get_running_loop()
+        _, stream = await asyncio.wait_for(
+            loop.create_connection(lambda: SipStream(self, outbound=True), dest[0], dest[1]),
+            self.policy.read_timeout,
+        )
+        return stream
+
+    async def _connect_and_send(self, dest: Address, data: bytes, server_name: str | None) -> None:
         try:
-            _, stream = await asyncio.wait_for(
-                loop.create_connection(lambda: SipStream(self, outbound=True), dest[0], dest[1]),
-                self.policy.read_timeout,
-            )
+            stream = await self.connect(dest, server_name)
         except (OSError, TimeoutError) as exc:
-            log.info("SIP TCP connect failed", extra={"peer": str(dest), "reason": repr(exc)})
+            kind = self.source.removeprefix("sip-").upper()
+            log.info(f"SIP {kind} connect failed", extra={"peer": str(dest), "reason": repr(exc)})
             return
         stream.write(data)
 
@@ -295,7 +329,7 @@ class TcpSide:
                 host, port = stream.peer
                 if reason == "slow":
                     why = f"a message unfinished after {policy.read_timeout:g}s: closed"
-                    badinput.report("sip-tcp", why, host, port=port)
+                    badinput.report(self.source, why, host, port=port)
                 elif reason == "no_message":
                     why = f"no SIP message {policy.first_message_timeout:g}s after connecting"
-                    badinput.report("sip-tcp", f"{why}: closed", host, port=port)
+                    badinput.report(self.source, f"{why}: closed", host, port=port)

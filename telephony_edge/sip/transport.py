@@ -47,6 +47,7 @@ from telephony_edge import badinput, metrics
 from telephony_edge.calls.leg import Direction, LegInfo
 from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.calls.refusals import CallRejected, ProviderError
+from telephony_edge.errors import UserError, os_reason
 from telephony_edge.services import Services
 from telephony_edge.sip import tcp_policy
 from telephony_edge.sip.auth import DigestServer
@@ -61,6 +62,7 @@ from telephony_edge.sip.sdp import MediaConfig
 from telephony_edge.sip.sendto import send_datagram
 from telephony_edge.sip.settings import SipSettings
 from telephony_edge.sip.tcp import TcpSide
+from telephony_edge.sip.tls import Certificate, TlsConfig, TlsSide, client_context
 from telephony_edge.sip.trunks import Admission
 from telephony_edge.sip.ua import UserAgent
 from telephony_edge.sip.ua_records import (
@@ -107,6 +109,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self.rtp_ports = RtpPorts(settings.bind_host, settings.rtp_port_min, settings.rtp_port_max)
         self._transport: asyncio.DatagramTransport | None = None
         self.tcp: TcpSide | None = None
+        self.tls: TlsSide | None = None  # SIP over TLS: our connections; a listener with sip.tls
+        self.tls_port = 0  # bound, with sip.tls
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -137,6 +141,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
     async def start(self) -> None:
         await self._bind()
+        await self._bind_tls()
         settings = self.settings
         host, port = self.advertised
         media = MediaConfig(
@@ -159,9 +164,16 @@ class SipEndpoint(asyncio.DatagramProtocol):
             nat_keepalive=settings.nat_keepalive_s or None,
             srtp=settings.srtp,
             srtp_over_plain=settings.srtp_over_plain,
+            tls_port=(settings.advertised_tls_port or self.tls_port) if settings.tls else None,
         )
         self.ua = UserAgent(config, admission=self._admission(host))
-        log.info("SIP listening", extra={"sip_bind": f"{self.settings.bind_host}:{self.port}"})
+        log.info(
+            "SIP listening",
+            extra={
+                "sip_bind": f"{self.settings.bind_host}:{self.port}",
+                "sip_tls_port": self.tls_port or None,
+            },
+        )
 
     def _admission(self, realm: str) -> Admission:
         settings, router = self.settings, self.services.router
@@ -209,13 +221,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 break
             tcp = TcpSide(
                 lambda data, peer: self._receive(data, peer, "TCP"),
-                policy=tcp_policy.Limits(
-                    max_connections=settings.tcp_max_connections,
-                    max_per_source=settings.tcp_max_per_source,
-                    first_message_timeout=settings.tcp_first_message_timeout_s,
-                    read_timeout=settings.tcp_read_timeout_s,
-                    idle_timeout=settings.tcp_idle_timeout_s,
-                ),
+                policy=self._stream_limits(),
                 dialogs=self._stream_targets,
                 trusted=self.gate.trusted,
             )
@@ -232,6 +238,48 @@ class SipEndpoint(asyncio.DatagramProtocol):
             raise OSError(f"no port free for both SIP over UDP and TCP in {BIND_ATTEMPTS} tries")
         self._transport = transport
 
+    def _stream_limits(self) -> tcp_policy.Limits:
+        settings = self.settings
+        return tcp_policy.Limits(
+            max_connections=settings.tcp_max_connections,
+            max_per_source=settings.tcp_max_per_source,
+            first_message_timeout=settings.tcp_first_message_timeout_s,
+            read_timeout=settings.tcp_read_timeout_s,
+            idle_timeout=settings.tcp_idle_timeout_s,
+        )
+
+    async def _bind_tls(self) -> None:
+        """SIP over TLS (sip/tls.py): our own connections always (verified against the
+        system's trust store or ``sip.tls_ca_file``); a listener on ``sip.tls_port`` with
+        ``sip.tls``. A certificate that does not load, or a port taken, stops the start."""
+        settings = self.settings
+        certificate = None
+        if settings.tls:
+            assert settings.tls_certificate and settings.tls_private_key  # validated
+            try:
+                certificate = Certificate(settings.tls_certificate, settings.tls_private_key)
+            except (OSError, ValueError) as exc:
+                why = f"{type(exc).__name__}: {exc}"[:200]
+                raise UserError(f"sip.tls_certificate / sip.tls_private_key: {why}") from None
+        try:
+            client = client_context(settings.tls_ca_file)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"sip.tls_ca_file: {type(exc).__name__}: {exc}"[:250]) from None
+        tls = TlsSide(
+            lambda data, peer: self._receive(data, peer, "TLS"),
+            TlsConfig(certificate, client, settings.tls_handshake_timeout_s),
+            policy=self._stream_limits(),
+            dialogs=self._stream_targets,
+            trusted=self.gate.trusted,
+        )
+        try:
+            await tls.start(settings.bind_host, settings.tls_port, listen=certificate is not None)
+        except OSError as exc:
+            await tls.stop()
+            where = f"{settings.bind_host}:{settings.tls_port}: {os_reason(exc)}"
+            raise UserError(f"cannot listen for SIP over TLS on {where}") from None
+        self.tls, self.tls_port = tls, tls.port
+
     async def stop(self) -> None:
         for ref in list(self.legs):
             self.hangup(ref)
@@ -245,6 +293,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
             self._transport.close()
         if self.tcp is not None:
             await self.tcp.stop()
+        if self.tls is not None:
+            await self.tls.stop()
 
     # -- input --------------------------------------------------------------------------
 
@@ -271,8 +321,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
             return False
         kind = transport.lower()
         metrics.SIP_RATE_LIMITED.labels(method=limited.method, transport=kind).inc()
-        if limited.answer is not None and self.tcp is not None:
-            self.tcp.send(source, limited.answer)
+        side = self.tls if transport == "TLS" else self.tcp
+        if limited.answer is not None and side is not None:
+            side.send(source, limited.answer)
         what = "answered 503" if limited.answer is not None else "dropped"
         reason = f"{limited.method} over the source's request rate ({what})"
         badinput.report(f"sip-{kind}", reason, source[0], port=source[1], count=False)
@@ -373,8 +424,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
     def _send_now(self, data: bytes, dest: tuple[str, int], transport: str) -> None:
         if transport != "UDP":
-            if self.tcp is not None:
-                self.tcp.send(dest, data)
+            side = self.tls if transport == "TLS" else self.tcp
+            if side is not None:
+                side.send(dest, data)
         elif self._transport is not None:
             send_datagram(self._transport, data, dest, "sip")
 

@@ -4,6 +4,9 @@ baresip 1.0 (Debian's ``baresip``) runs headless with ``-e "/dial URI" -t N``:
 its ``aufile`` source plays a WAV as the caller's microphone (8 kHz mono) and
 its ``sndfile`` filter writes what it decoded from the edge to
 ``dump-…-dec.wav`` in the config folder (1.0's ``aufile`` has no player).
+Over TLS (``transport="tls"``) its ``srtp`` module encrypts the media as the
+account's ``mediaenc`` says: ``srtp`` (best effort: ``RTP/AVP`` with
+``a=crypto``), ``srtp-mand`` (``RTP/SAVP``), ``srtp-mandf`` (``RTP/SAVPF``).
 """
 
 from __future__ import annotations
@@ -35,8 +38,11 @@ class BaresipCall:
         return sum(audioop.rms(f, 2) > threshold for f in frames) * 0.02
 
 
-def write_config(folder: Path, microphone: Path, transport: str) -> None:
-    """A baresip config folder: G.711 only, the WAV as microphone, the decoded audio dumped."""
+def write_config(
+    folder: Path, microphone: Path, transport: str, mediaenc: str | None = None
+) -> None:
+    """A baresip config folder: G.711 only, the WAV as microphone, the decoded audio dumped;
+    with ``mediaenc``, SRTP (its ``srtp`` module) for the account."""
     low = free_port() // 2 * 2
     (folder / "config").write_text(
         "\n".join(
@@ -53,6 +59,7 @@ def write_config(folder: Path, microphone: Path, transport: str) -> None:
                 "module g711.so",
                 "module aufile.so",
                 "module sndfile.so",
+                *(["module srtp.so"] if mediaenc else []),
                 f"snd_path {folder}",
                 "module_app account.so",
                 "module_app menu.so",
@@ -60,7 +67,10 @@ def write_config(folder: Path, microphone: Path, transport: str) -> None:
             ]
         )
     )
-    (folder / "accounts").write_text(f"<sip:caller@127.0.0.1;transport={transport}>;regint=0\n")
+    account = f"<sip:caller@127.0.0.1;transport={transport}>;regint=0"
+    if mediaenc:
+        account += f";mediaenc={mediaenc}"
+    (folder / "accounts").write_text(account + "\n")
 
 
 def microphone(folder: Path, trailing_silence_s: float) -> Path:
@@ -87,12 +97,14 @@ def heard_audio(folder: Path) -> bytes:
     return heard
 
 
-async def dial(uri: str, folder: Path, transport: str, seconds: int = 8) -> BaresipCall:
-    """Dial ``uri`` over ``transport`` (udp or tcp); return after baresip quits.
+async def dial(
+    uri: str, folder: Path, transport: str, seconds: int = 8, mediaenc: str | None = None
+) -> BaresipCall:
+    """Dial ``uri`` over ``transport`` (udp, tcp or tls); return after baresip quits.
 
     ``folder`` must exist (baresip's config and dumps go there).
     """
-    write_config(folder, microphone(folder, trailing_silence_s=seconds), transport)
+    write_config(folder, microphone(folder, trailing_silence_s=seconds), transport, mediaenc)
     process = await asyncio.create_subprocess_exec(
         baresip_binary(),
         "-f", str(folder), "-e", f"/dial {uri};transport={transport}", "-t", str(seconds),
