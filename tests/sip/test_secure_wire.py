@@ -7,20 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import secrets
 import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from cryptography import x509
 
 from telephony_edge import metrics
-from telephony_edge.sip.message import Response, parse_message
+from telephony_edge.sip.message import Request, Response, parse_message
 from telephony_edge.sip.provider import SIP_ENDPOINT
 from telephony_edge.sip.tcp import StreamFramer
 from tests.conftest import Edge, Receiver
 from tests.sip.certs import Authority
-from tests.sip.conftest import register, sip_test_settings
+from tests.sip.conftest import API_KEY, register, sip_test_settings
 from tests.sip.test_udp_edge import Caller, open_socket
 
 KEY = base64.b64encode(bytes(range(30))).decode()
@@ -84,28 +86,38 @@ class TlsCaller:
         der = self.writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
         return x509.load_der_x509_certificate(der).serial_number
 
-    def invite(self, uri: str, body: str, call_id: str) -> None:
-        sockname = self.writer.get_extra_info("sockname")
+    def request(
+        self, method: str, uri: str, call_id: str, body: str = "", to_tag: str = ""
+    ) -> None:
+        port = self.writer.get_extra_info("sockname")[1]
+        to = f"<{uri}>" + (f";tag={to_tag}" if to_tag else "")
         lines = [
-            f"INVITE {uri} SIP/2.0",
-            f"Via: SIP/2.0/TLS 127.0.0.1:{sockname[1]};branch=z9hG4bK{call_id};rport",
+            f"{method} {uri} SIP/2.0",
+            f"Via: SIP/2.0/TLS 127.0.0.1:{port};branch=z9hG4bK{secrets.token_hex(6)};rport",
             "Max-Forwards: 70",
             "From: <sip:caller@127.0.0.1>;tag=tls1",
-            f"To: <{uri}>",
+            f"To: {to}",
             f"Call-ID: {call_id}",
-            "CSeq: 1 INVITE",
-            f"Contact: <sip:caller@127.0.0.1:{sockname[1]};transport=tls>",
-            "Content-Type: application/sdp",
+            f"CSeq: 1 {method}",
+            f"Contact: <sip:caller@127.0.0.1:{port};transport=tls>",
         ]
+        if body:
+            lines.append("Content-Type: application/sdp")
         raw = body.encode()
         head = "\r\n".join(lines) + f"\r\nContent-Length: {len(raw)}\r\n\r\n"
         self.writer.write(head.encode() + raw)
 
+    def invite(self, uri: str, body: str, call_id: str) -> None:
+        self.request("INVITE", uri, call_id, body)
+
+    async def message(self) -> Request | Response:
+        while not self.pending:
+            self.pending += self.framer.feed(await asyncio.wait_for(self.reader.read(4096), 10))
+        return parse_message(self.pending.pop(0))
+
     async def final(self) -> Response:
         while True:
-            while not self.pending:
-                self.pending += self.framer.feed(await asyncio.wait_for(self.reader.read(4096), 5))
-            msg = parse_message(self.pending.pop(0))
+            msg = await self.message()
             if isinstance(msg, Response) and msg.status >= 200:
                 return msg
 
@@ -139,6 +151,23 @@ async def test_over_tls(make_edge: Callable[..., Any], receiver: Receiver, tmp_p
     assert ok.status == 200, ok.status
     assert ok.headers.get("Contact") == f"<sips:127.0.0.1:{port}>"
     assert b"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:" in ok.body
+    caller.request("ACK", f"sips:{reg['call_id']}@127.0.0.1:{port}", "tls-good", to_tag=ok.to().tag)
+    # the edge's hang-up: its BYE comes on the dialog's connection, Via TLS and the TLS port
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{str(edge.url('/'))[:-1]}/calls/{reg['call_id']}/hangup",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+    bye = await caller.message()
+    assert isinstance(bye, Request) and bye.method == "BYE"
+    assert (
+        bye.uri
+        == f"sip:caller@127.0.0.1:{caller.writer.get_extra_info('sockname')[1]};transport=tls"
+    )
+    assert bye.top_via().transport == "TLS" and bye.top_via().port == port
 
     renewed = authority.issue()  # the files replaced while the edge runs
     second = await TlsCaller.open(port, authority.ca_file)
