@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     from telephony_edge.twilio.simulate_cli import add_simulate_cli
 
     add_simulate_cli(sub)
-    from telephony_edge.vonage.simulator import add_vonage_simulate_cli
+    from telephony_edge.vonage.simulate_cli import add_vonage_simulate_cli
 
     add_vonage_simulate_cli(sub)
     return parser

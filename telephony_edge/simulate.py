@@ -19,6 +19,9 @@ from yarl import URL
 
 from telephony_edge.errors import UserError, os_reason
 
+#: the caller the simulators present unless told otherwise
+DEFAULT_FROM = "+15555550100"
+
 EXIT_USAGE = 2
 PLAYOUT_DELAY_S = 0.04  # a network's jitter buffer, modelled: a talkspurt starts this late
 TALKSPURT_GAP_S = 0.25

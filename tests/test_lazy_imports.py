@@ -66,3 +66,28 @@ def test_a_worker_with_no_network_enabled_loads_none_of_their_libraries() -> Non
 )
 def test_what_is_enabled_is_what_is_loaded(settings: dict[str, Any], expected: list[str]) -> None:
     assert loaded(**settings) == expected
+
+
+PARSER_PROBE = """
+import json, sys
+from telephony_edge.cli import build_parser
+
+build_parser()
+print(json.dumps(sorted(m for m in json.loads(sys.argv[1]) if m in sys.modules)))
+"""
+
+
+def test_the_command_line_loads_no_simulator_before_a_simulate_command_runs() -> None:
+    """Every command builds the whole parser, ``serve`` too: the ``simulate`` subcommands'
+    simulators (Twilio's SDK for its signature, Vonage's JWT and its cryptography) load
+    when such a command runs, not in every worker (about 10 MB of a serve process's RSS)."""
+    simulators = ("telephony_edge.twilio.simulator", "telephony_edge.vonage.simulator")
+    libraries = ("twilio", "vonage_jwt", "jwt", "cryptography")
+    out = subprocess.run(
+        [sys.executable, "-c", PARSER_PROBE, json.dumps([*HEAVY, *libraries, *simulators])],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: where the simulator serves it unless told otherwise: ``deploy/demo.yaml`` points here
 DEFAULT_PORT = 8089
+#: the AccountSid of a simulated call (and of the stand-in) unless told otherwise
+DEFAULT_ACCOUNT_SID = "AC" + "0" * 32
 API_VERSION = "2010-04-01"
 CALL_SID = re.compile(r"^CA[0-9a-f]{32}$")
 _ENDED = frozenset({"completed", "canceled", "failed", "busy", "no-answer"})

@@ -1,5 +1,9 @@
 """``telephony-edge simulate twilio``: one call from a WAV file to a running edge, with a
-stand-in of Twilio's REST API for the edge's hang-up and transfer (:mod:`.simulator`)."""
+stand-in of Twilio's REST API for the edge's hang-up and transfer (:mod:`.simulator`).
+
+Every ``telephony-edge`` command builds this parser, ``serve`` too: the simulator and
+Twilio's SDK (its signature) are imported when the command runs, not here.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,13 @@ import os
 import sys
 import time
 import wave
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from telephony_edge.errors import UserError, os_reason
 from telephony_edge.simulate import (
+    DEFAULT_FROM,
     EXIT_USAGE,
     CallFailed,
     check_out,
@@ -24,16 +29,11 @@ from telephony_edge.simulate import (
     speak_after_arg,
     wait_until_ready,
 )
-from telephony_edge.twilio.rest_standin import DEFAULT_PORT, TwilioRestStandIn
-from telephony_edge.twilio.simulator import (
-    DEFAULT_ACCOUNT_SID,
-    DEFAULT_FROM,
-    RATE,
-    SimulationResult,
-    load_wav_ulaw,
-    simulate_call,
-    write_wav_ulaw,
-)
+from telephony_edge.twilio.rest_standin import DEFAULT_ACCOUNT_SID, DEFAULT_PORT
+
+if TYPE_CHECKING:
+    from telephony_edge.twilio.rest_standin import TwilioRestStandIn
+    from telephony_edge.twilio.simulator import SimulationResult
 
 
 def add_simulate_cli(subparsers: Any) -> None:
@@ -104,6 +104,8 @@ def check_inputs(url: str, wav: str, out: str) -> bytes:
     Raises :class:`UserError` naming the option and what is wrong, so a typo
     costs no call (and ``--out`` is not found unwritable after it).
     """
+    from telephony_edge.twilio.simulator import load_wav_ulaw
+
     check_url(url)
     try:
         audio = load_wav_ulaw(wav)
@@ -120,6 +122,8 @@ def check_inputs(url: str, wav: str, out: str) -> bytes:
 
 
 def _cmd_simulate_twilio(args: argparse.Namespace) -> int:
+    from telephony_edge.twilio.simulator import RATE, write_wav_ulaw
+
     audio = check_inputs(args.url, args.wav, args.out)
     t0 = time.monotonic()
     result = asyncio.run(_simulate_when_ready(args, audio))
@@ -134,6 +138,8 @@ def _cmd_simulate_twilio(args: argparse.Namespace) -> int:
 
 
 async def _simulate_when_ready(args: argparse.Namespace, audio: bytes) -> SimulationResult:
+    from telephony_edge.twilio.simulator import simulate_call
+
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         if args.wait_ready > 0:
             await wait_until_ready(session, args.url, within_s=args.wait_ready)
@@ -168,6 +174,8 @@ async def _start_rest_standin(
     The call goes on without it: the edge's hang-up then fails where it
     would have reached the stand-in, and says so in its log.
     """
+    from telephony_edge.twilio.rest_standin import TwilioRestStandIn
+
     rest = TwilioRestStandIn(account_sid, auth_token)
     try:
         await rest.start(port)

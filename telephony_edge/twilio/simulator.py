@@ -44,19 +44,18 @@ import aiohttp
 import orjson
 
 from telephony_edge.simulate import (
+    DEFAULT_FROM,
     PlayoutBuffer,
     silent_end_reason,
     unanswered_reason,
 )
-from telephony_edge.twilio.rest_standin import CallUpdate, TwilioRestStandIn
+from telephony_edge.twilio.rest_standin import DEFAULT_ACCOUNT_SID, CallUpdate, TwilioRestStandIn
 from telephony_edge.twilio.signature import SIGNATURE_HEADER, compute_signature
 
 RATE = 8000
 CHUNK_BYTES = 160  # 20 ms of 8 kHz μ-law
 CHUNK_S = 0.02
 ULAW_SILENCE = b"\xff" * CHUNK_BYTES
-DEFAULT_FROM = "+15555550100"
-DEFAULT_ACCOUNT_SID = "AC" + "0" * 32
 
 
 def _sid(prefix: str) -> str:

@@ -19,11 +19,9 @@ CLI: ``telephony-edge simulate vonage --url BASE --to NUMBER --wav IN.wav --out 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import audioop
 import contextlib
-import os
 import time
 import uuid as uuid_mod
 import wave
@@ -35,18 +33,11 @@ from typing import Any, Literal
 import aiohttp
 import orjson
 
-from telephony_edge.errors import UserError
 from telephony_edge.simulate import (
-    EXIT_USAGE,
-    CallFailed,
+    DEFAULT_FROM,
     PlayoutBuffer,
-    check_out,
-    check_url,
-    dtmf_arg,
     silent_end_reason,
-    speak_after_arg,
     unanswered_reason,
-    wait_until_ready,
 )
 from telephony_edge.vonage.signature import query_payload, sign
 
@@ -58,7 +49,6 @@ CONTENT_TYPE = "audio/l16;rate=16000"
 # Vonage buffers at most 3072 messages, "around 60 seconds of audio" (its play-audio-into-a-
 # WebSocket tutorial): audio further ahead is dropped
 BUFFER_LIMIT_S = 3072 * 0.02
-DEFAULT_FROM = "+15555550100"
 
 __all__ = ["SimulatedVonageCall", "VonageResult", "simulate_call"]
 
@@ -526,92 +516,3 @@ async def simulate_call(
     finally:
         if own:
             await session.close()
-
-
-# -- command line ------------------------------------------------------------
-
-
-def add_vonage_simulate_cli(subparsers: Any) -> None:
-    """Add ``simulate vonage`` beside ``simulate twilio`` (which creates ``simulate``)."""
-    simulate = subparsers.choices["simulate"]
-    networks = next(a for a in simulate._actions if isinstance(a, argparse._SubParsersAction))
-    p = networks.add_parser("vonage", help="place a call as Vonage would (NCCO + audio WebSocket)")
-    p.add_argument("--url", required=True, help="the edge's base URL, e.g. http://127.0.0.1:8080")
-    p.add_argument("--to", required=True, help="the dialled number (one of the edge's numbers)")
-    p.add_argument("--from", dest="from_", default=DEFAULT_FROM, help="the caller's number")
-    p.add_argument("--wav", required=True, help="what the caller says (any WAV; sent at 16 kHz)")
-    p.add_argument("--out", required=True, help="where to write what the caller heard (WAV)")
-    p.add_argument(
-        "--signature-secret",
-        default=os.environ.get("TELEPHONY_EDGE_VONAGE__SIGNATURE_SECRET", ""),
-        help="the edge's vonage.signature_secret "
-        "(default: $TELEPHONY_EDGE_VONAGE__SIGNATURE_SECRET)",
-    )
-    p.add_argument(
-        "--speak-after",
-        type=speak_after_arg,
-        default="greeting",
-        metavar="greeting|SECONDS",
-        help="when the caller starts talking: after the greeting (default) or that many seconds in",
-    )
-    p.add_argument(
-        "--dtmf",
-        action="append",
-        type=dtmf_arg,
-        default=[],
-        metavar="DIGIT@SECONDS",
-        help="press a key that many seconds after the caller starts talking (repeatable)",
-    )
-    p.add_argument("--tail", type=float, default=20.0, help="max seconds to wait for the reply")
-    p.add_argument(
-        "--wait-ready", type=float, default=15.0, metavar="SECONDS", help="wait for /readyz"
-    )
-    p.set_defaults(func=_cmd_simulate_vonage)
-
-
-def check_inputs(url: str, wav: str, out: str, secret: str) -> bytes:
-    """Check the command's inputs before the call; return the caller audio (16 kHz PCM16)."""
-    check_url(url)
-    if not secret:
-        raise UserError(
-            "--signature-secret: required (the edge's vonage.signature_secret)", EXIT_USAGE
-        )
-    try:
-        audio = load_wav_l16(wav)
-    except FileNotFoundError:
-        raise UserError(f"--wav {wav}: no such file", EXIT_USAGE) from None
-    except (OSError, wave.Error, EOFError, ValueError) as exc:
-        raise UserError(f"--wav {wav}: cannot read it ({exc})", EXIT_USAGE) from None
-    check_out(out)
-    return audio
-
-
-def _cmd_simulate_vonage(args: argparse.Namespace) -> int:
-    audio = check_inputs(args.url, args.wav, args.out, args.signature_secret)
-    t0 = time.monotonic()
-    result = asyncio.run(_simulate_when_ready(args, audio))
-    write_wav_l16(args.out, result.heard_pcm)
-    print(result.summary())
-    heard_s = len(result.heard_pcm) / (2 * RATE)
-    print(f"  wrote {args.out} ({heard_s:.1f} s heard) in {time.monotonic() - t0:.1f} s")
-    failure = result.failure()
-    if failure is not None:
-        raise CallFailed(failure)
-    return 0
-
-
-async def _simulate_when_ready(args: argparse.Namespace, audio: bytes) -> VonageResult:
-    async with aiohttp.ClientSession() as session:
-        if args.wait_ready > 0:
-            await wait_until_ready(session, args.url, within_s=args.wait_ready)
-        return await simulate_call(
-            args.url,
-            to=args.to,
-            from_=args.from_,
-            audio=audio,
-            signature_secret=args.signature_secret,
-            session=session,
-            speak_after=args.speak_after,
-            dtmf=args.dtmf,
-            max_tail_s=args.tail,
-        )
