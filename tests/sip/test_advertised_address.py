@@ -46,8 +46,9 @@ def serve_refused(config: dict[str, Any], tmp_path: Path) -> str:
     assert done.returncode == 2, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     checked = run_cli("check-config", str(path))
-    assert checked.returncode == 2 and checked.stderr.splitlines()[1:] == (
-        done.stderr.splitlines()[1:]
+    assert (
+        checked.returncode == 2
+        and checked.stderr.splitlines()[1:] == (done.stderr.splitlines()[1:])
     )
     return done.stderr
 
