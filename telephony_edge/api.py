@@ -1,7 +1,8 @@
 """The public HTTP API: outbound calls and call control, behind the private API key.
 
 ``POST /start_outbound_call`` places a call from one of the edge's numbers
-through that number's provider (``Provider.dial``). The hang-up, transfer and
+through that number's provider (``Provider.dial``), to a number, or to a
+``sip:`` URI from a SIP number. The hang-up, transfer and
 read endpoints work from any worker: the call service finds the call's owner
 through the coordinator and waits for its answer (a lapsed owner: 409, the
 call reaped). ``GET /calls`` lists live calls from the coordinator's index.
@@ -215,6 +216,18 @@ def _phone(body: dict[str, Any], name: str) -> str:
         raise ApiError(400, f"{name}: {exc}") from None
 
 
+def _destination(body: dict[str, Any], name: str) -> str:
+    """A number (E.164), or a ``sip:`` URI for the networks that call those."""
+    raw = _string(body, name)
+    assert raw is not None
+    if not raw.lower().startswith(("sip:", "sips:")):
+        return _phone(body, name)
+    try:
+        return normalize_destination(raw)
+    except ValueError as exc:
+        raise ApiError(400, f"{name}: {exc}") from None
+
+
 def call_view(record: CallRecord) -> dict[str, Any]:
     """A call record as the API shows it (``from`` rather than ``from_``).
 
@@ -234,7 +247,7 @@ async def start_outbound_call(request: web.Request) -> web.Response:
     body = await _json_object(request)
     services = request.app[SERVICES]
     from_phone = _phone(body, "from_phone")
-    to_phone = _phone(body, "to_phone")
+    to_phone = _destination(body, "to_phone")
     agent_id = _string(body, "agent_id")
     assert agent_id is not None
     agent_config = _object(body, "agent_config")
@@ -254,6 +267,8 @@ async def start_outbound_call(request: web.Request) -> web.Response:
             f"from_phone {from_phone} is a {route.provider} number; outbound calls from "
             f"{route.provider} numbers are not available on this edge",
         )
+    if not to_phone.startswith("+") and not provider.dials_sip_uris:
+        raise ApiError(400, f"to_phone: {route.provider} numbers call phone numbers, not URIs")
     call_service = services.call_service
     try:
         record = await call_service.create(

@@ -218,6 +218,24 @@ SIP_DIGEST = Counter(
     " (a used nonce and nc), bad (wrong credentials), locked (refused unchecked: guessing)",
     ["outcome"],
 )
+# The edge's own SIP requests (telephony_edge.sip.dialer, telephony_edge.sip.accounts).
+SIP_OUTBOUND_CALLS = Counter(
+    "telephony_edge_sip_outbound_calls_total",
+    "Outbound SIP calls by how their INVITE ended: answered, busy, no-answer, failed, canceled",
+    ["outcome"],
+)
+SIP_REGISTRATION_UP = Gauge(
+    "telephony_edge_sip_registration_up",
+    "1 while this worker holds a registration of the account with its registrar, else 0 (the "
+    "maximum over workers is whether calls to the account can reach the edge)",
+    ["account"],
+)
+SIP_REGISTRATIONS = Counter(
+    "telephony_edge_sip_registrations_total",
+    "Registration changes by outcome: registered (granted or refreshed), failed (backing off),"
+    " expired (the binding ran out), stopped",
+    ["outcome"],
+)
 
 # Answering-machine detection (telephony_edge.calls.bridge): the result that decided each call.
 AMD_RESULTS = Counter(

@@ -9,13 +9,15 @@ needs, and nothing outside its package names the network:
   and start-up/clean-up hooks. The routes admit the network's media and
   build its :class:`~telephony_edge.calls.leg.Leg`, then hand both to
   :meth:`~telephony_edge.calls.service.CallService.run`;
-* :meth:`Provider.dial`: outbound calls (``POST /start_outbound_call``);
+* :meth:`Provider.dial`: outbound calls (``POST /start_outbound_call``), to phone
+  numbers, and to ``sip:`` URIs where ``dials_sip_uris`` says so;
 * :meth:`Provider.hangup` / :meth:`Provider.transfer`: call control through
   the network's API for calls with no leg on this worker (ringing, or media
   on another worker);
 * ``final_statuses``: which of its own call statuses end a call that never
   reached the edge's media, and with which platform ``call_status``;
 * :meth:`Provider.banner`: lines for the ``serve`` banner (URLs to paste);
+* :meth:`Provider.status_tables`: its part of ``/status`` (e.g. SIP registrations);
 * ``pending_websocket_paths``: its media WebSockets, which count against the
   worker's cap on not-yet-authenticated WebSockets until admitted
   (``telephony_edge.http_limits``);
@@ -30,7 +32,7 @@ The application mounts every enabled provider from the registry
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from aiohttp import web
 
@@ -57,6 +59,8 @@ class Provider:
     #: whether the network detects answering machines on the calls it dials (the
     #: edge's own detector runs where it does not: ``telephony_edge.amd``)
     network_amd: ClassVar[bool] = False
+    #: whether :meth:`dial` takes a ``sip:`` URI as the destination (else a number only)
+    dials_sip_uris: ClassVar[bool] = False
 
     def __init__(self, services: Services) -> None:
         self.services = services
@@ -80,6 +84,10 @@ class Provider:
     async def transfer(self, record: CallRecord, destination: str) -> None:
         """Transfer a call that has no leg on this worker, through the network's API."""
         raise NotSupported(f"{self.name} cannot transfer calls without their media")
+
+    async def status_tables(self) -> dict[str, list[dict[str, Any]]]:
+        """Tables for ``/status`` (name → rows of the same keys); none by default."""
+        return {}
 
     @classmethod
     def banner(cls, public_url: str) -> list[str]:

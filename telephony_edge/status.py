@@ -4,7 +4,8 @@ What people glance at during an incident, from what the worker already
 has: the live calls in the coordinator's index (the whole cluster's, and
 this worker's share of them) by network and agent, the workers' heartbeats,
 set-up time and relay latency percentiles from this worker's histograms,
-and its call outcomes since it started. HTML by default; JSON with
+its call outcomes since it started, and what each network adds
+(``Provider.status_tables``: SIP's accounts and their registrations). HTML by default; JSON with
 ``?format=json`` or ``Accept: application/json``. The key is the API's
 (``Authorization: Bearer <api.private_key>``, compared in constant time):
 without a configured key the page answers 401, i.e. it is off.
@@ -60,6 +61,7 @@ class Status:
     setup_seconds: dict[str, float | None]
     relay_latency_seconds: dict[str, dict[str, float | None]]
     outcomes: dict[str, dict[str, int]]
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float | None:
@@ -155,6 +157,9 @@ async def read_status(services: Services) -> Status:
         if cursor is None or cluster.total >= MAX_CALLS_READ:
             break
     workers = await services.coordinator.live_workers()
+    tables: dict[str, list[dict[str, Any]]] = {}
+    for provider in services.providers.values():
+        tables.update(await provider.status_tables())
     return Status(
         worker_id=me,
         region=services.settings.server.region,
@@ -169,6 +174,7 @@ async def read_status(services: Services) -> Status:
             for direction in sorted(_label_values(metrics.RELAY_LATENCY_SECONDS, "direction"))
         },
         outcomes=_outcomes(),
+        tables=tables,
     )
 
 
@@ -269,5 +275,10 @@ def render_html(status: Status) -> str:
         + latency
         + "<h2>Call outcomes on this worker (since start)</h2>"
         + outcomes
+        + "".join(
+            f"<h2>{html.escape(name.replace('_', ' '))}</h2>"
+            + _table(rows[0].keys() if rows else (), (row.values() for row in rows))
+            for name, rows in status.tables.items()
+        )
         + "</body></html>"
     )

@@ -6,6 +6,12 @@ that URI claims the registration exactly once (see
 :mod:`telephony_edge.sip.transport`). The call is created at registration,
 like a Twilio call at its voice webhook, so the setup reaper ends it
 ``error`` if no INVITE ever comes.
+
+Outbound calls (``POST /start_outbound_call`` from a SIP number, to a number
+through a trunk or to a ``sip:`` URI) are :mod:`telephony_edge.sip.dialer`'s;
+a call that is not answered ends as its SIP answer says (``final_statuses``,
+in the words of Twilio's status callbacks). The accounts the edge registers
+are :mod:`telephony_edge.sip.accounts`', shown on ``/status``.
 """
 
 from __future__ import annotations
@@ -13,11 +19,12 @@ from __future__ import annotations
 import errno
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
 from telephony_edge.api import ApiError, _authorize, _json_errors, _json_object, _object, _string
-from telephony_edge.calls.record import CallStatus
+from telephony_edge.calls.record import CallRecord, CallStatus
 from telephony_edge.calls.refusals import CallRejected
 from telephony_edge.config import Settings
 from telephony_edge.errors import UserError, os_reason
@@ -31,19 +38,27 @@ SIP_ENDPOINT = web.AppKey("sip_endpoint", SipEndpoint)
 
 
 class SipProvider(Provider):
-    """Calls that arrive as SIP INVITEs to a registered call id, with RTP media."""
+    """Calls that arrive as SIP INVITEs (to a registered call id, a number from a trunk, an
+    account the edge registers) and calls it places, with RTP media."""
 
     name = "sip"
     call_paths = (REGISTER_PATH,)
     settings_model = SipSettings
     uses_public_url = False  # trunks reach the SIP port, not the web URL
     final_statuses = {
-        "cancelled": (CallStatus.USER_ENDED, "the caller cancelled before the answer")
+        "cancelled": (CallStatus.USER_ENDED, "the caller cancelled before the answer"),
+        # outbound calls (sip/uac.py says which SIP answer is which)
+        "busy": (CallStatus.ERROR, "the called party was busy"),
+        "no-answer": (CallStatus.ERROR, "the called party did not answer"),
+        "failed": (CallStatus.ERROR, "the network could not place the call"),
+        "canceled": (CallStatus.API_ENDED, None),
     }
+    dials_sip_uris = True
+    _endpoint_of: SipEndpoint | None = None
 
     def mount(self, app: web.Application) -> None:
         settings = sip_settings(self.services.settings)
-        app[SIP_ENDPOINT] = SipEndpoint(self.services, settings)
+        app[SIP_ENDPOINT] = self._endpoint_of = SipEndpoint(self.services, settings)
         app.cleanup_ctx.append(self._endpoint)
         app.router.add_post(REGISTER_PATH, _json_errors(register_sip_call))
 
@@ -55,15 +70,37 @@ class SipProvider(Provider):
         trunk of ``sip.trunks`` whose ``numbers`` is empty or lists it
         (``telephony_edge.sip.trunks``); registered call ids need no trunk.
         """
-        trunks = sip_settings(settings).trunks
+        sip = sip_settings(settings)
+        trunks = [trunk for trunk in sip.trunks.values() if trunk.cidrs]
+        accounts = {account.number for account in sip.accounts.values()}
         why = "sip.trunks is empty" if not trunks else "no entry of sip.trunks lists it"
         return [
             f"numbers.{number}: no trunk may call this SIP number ({why}), so INVITEs to it "
             "are refused; add a trunk with its cidrs, and numbers empty or listing it"
             for number, route in settings.numbers.items()
             if route.provider == cls.name
-            and not any(not trunk.numbers or number in trunk.numbers for trunk in trunks.values())
+            and number not in accounts
+            and not any(not trunk.numbers or number in trunk.numbers for trunk in trunks)
         ]
+
+    @property
+    def endpoint(self) -> SipEndpoint:
+        assert self._endpoint_of is not None, "mounted"
+        return self._endpoint_of
+
+    async def dial(self, record: CallRecord) -> str:
+        """INVITE through the trunk of ``record.from_`` (or to its ``sip:`` URI): the SIP
+        Call-ID; the call rings on in a task of its own (sip/dialer.py)."""
+        return await self.endpoint.dialer.dial(record)
+
+    async def hangup(self, record: CallRecord) -> None:
+        """A call still ringing: CANCEL if it rings here; a call ringing on another worker
+        is CANCELled there when its record ends (the call service ends it now)."""
+        self.endpoint.dialer.cancel(record.call_id)
+
+    async def status_tables(self) -> dict[str, list[dict[str, Any]]]:
+        accounts = await self.endpoint.accounts.status()
+        return {"sip_accounts": accounts} if accounts else {}
 
     @staticmethod
     async def _endpoint(app: web.Application) -> AsyncIterator[None]:

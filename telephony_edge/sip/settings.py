@@ -15,18 +15,21 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from telephony_edge.config import ProviderSettings, Settings, normalize_e164
 from telephony_edge.sip.resolve import nameserver_address
+from telephony_edge.sip.settings_outbound import SipAccountSettings, SipOutboundSettings
 from telephony_edge.sip.trunks import Trunk
 
 SUPPORTED_CODECS = ("G722", "PCMU", "PCMA")  # what the media shell can transcode
 
 
 class SipTrunkSettings(BaseModel):
-    """One trunk (carrier or PBX) that may call the edge's SIP numbers."""
+    """One trunk (carrier or PBX) that may call the edge's SIP numbers, and through which the
+    edge may call out (``outbound``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    cidrs: list[str] = Field(min_length=1)
-    """Its source networks (``54.172.60.0/30``, ``2001:db8::/32``, ``10.0.0.9/32``)."""
+    cidrs: list[str] = Field(default_factory=list)
+    """Its source networks (``54.172.60.0/30``, ``2001:db8::/32``, ``10.0.0.9/32``);
+    required unless the trunk only carries the edge's outbound calls."""
     numbers: list[str] = Field(default_factory=list)
     """The numbers it may call (E.164); empty: every SIP number."""
     username: str | None = None
@@ -43,6 +46,9 @@ class SipTrunkSettings(BaseModel):
     """This trunk's Refer-To for numbers; default: ``sip.refer_to``."""
     srtp: Literal["none", "optional", "required"] | None = None
     """This trunk's SRTP policy (``sip.srtp`` says what each means); default: ``sip.srtp``."""
+    outbound: SipOutboundSettings | None = None
+    """How the edge places calls through this trunk: calls from its numbers (``numbers``,
+    or any SIP number when empty) to a phone number go through the first such trunk."""
 
     @field_validator("cidrs")
     @classmethod
@@ -60,6 +66,11 @@ class SipTrunkSettings(BaseModel):
     def _credentials(self) -> SipTrunkSettings:
         if (self.username is None) != (self.password is None):
             raise ValueError("username and password go together")
+        if not self.cidrs and self.outbound is None:
+            raise ValueError(
+                "cidrs: at least one (or an outbound section for a trunk that "
+                "only carries the edge's calls)"
+            )
         return self
 
     def trunk(self, name: str, default_realm: str) -> Trunk:
@@ -234,6 +245,14 @@ class SipSettings(ProviderSettings):
     """Take SDES keys over UDP and TCP too. Off (the default), an ``RTP/SAVP`` offer that did
     not come over TLS gets 488: its keys were in clear text, so anyone who saw the INVITE
     can decrypt the call (a proxy in front of the edge on a private network may justify it)."""
+    outbound_ring_timeout_s: float = Field(default=60.0, gt=0, le=600)
+    """How long an outbound call may ring before the edge CANCELs it (``no-answer``)."""
+    outbound_failover_timeout_s: float = Field(default=5.0, gt=0, le=32)
+    """An address that sends nothing back to an outbound INVITE, not even ``100 Trying``,
+    for this long is given up: the next address or proxy is tried (RFC 3263)."""
+    accounts: dict[str, SipAccountSettings] = Field(default_factory=dict)
+    """Accounts the edge keeps registered (RFC 3261 §10), by name: one worker of the
+    cluster holds each registration at a time (a lease in the coordinator)."""
     reject_when_draining: bool = True
     """While draining: new INVITEs get 503 (a trunk fails over) and OPTIONS 503."""
 
@@ -316,6 +335,9 @@ class SipSettings(ProviderSettings):
         for name, trunk in self.trunks.items():
             for number in set(trunk.numbers) - sip_numbers:
                 problems.append(f"sip.trunks.{name}.numbers: {number} is no SIP number")
+        for name, account in self.accounts.items():
+            if account.number not in sip_numbers:
+                problems.append(f"sip.accounts.{name}.number: {account.number} is no SIP number")
         return problems
 
     def _advertised_problems(self) -> list[str]:

@@ -50,13 +50,15 @@ from telephony_edge.calls.refusals import CallRejected, ProviderError
 from telephony_edge.errors import UserError, os_reason
 from telephony_edge.services import Services
 from telephony_edge.sip import tcp_policy
+from telephony_edge.sip.accounts import Accounts
 from telephony_edge.sip.auth import DigestServer
 from telephony_edge.sip.auth_guard import DigestGuard, GuardLimits
+from telephony_edge.sip.dialer import Dialer
 from telephony_edge.sip.leg import SipLeg
 from telephony_edge.sip.message import SipUri
 from telephony_edge.sip.outbound import Outbound
 from telephony_edge.sip.ratelimit import RequestGate
-from telephony_edge.sip.resolve import SipResolver
+from telephony_edge.sip.resolve import SipResolver, Unresolvable, target_of
 from telephony_edge.sip.rtp_socket import RtpPorts, RtpProtocol
 from telephony_edge.sip.sdp import MediaConfig
 from telephony_edge.sip.sendto import send_datagram
@@ -69,9 +71,13 @@ from telephony_edge.sip.ua_records import (
     Action,
     CallConfirmed,
     CallEnded,
+    CallProgress,
     CallRefused,
+    DialFailed,
     InfoReceived,
     MediaUpdated,
+    RegistrationChanged,
+    Resolve,
     Send,
     StartCall,
     TransferResult,
@@ -132,6 +138,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
             trusted_burst=settings.trunk_request_burst,
         )
         self._stream_calls: dict[str, tuple[tuple[str, int], tuple[str, int]]] = {}
+        self.dialer = Dialer(self)  # the edge's outbound calls
+        self.accounts = Accounts(self)  # the accounts it registers (sip.accounts)
 
     # -- life ---------------------------------------------------------------------------
 
@@ -167,6 +175,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             tls_port=(settings.advertised_tls_port or self.tls_port) if settings.tls else None,
         )
         self.ua = UserAgent(config, admission=self._admission(host))
+        self._spawn(self.accounts.run())
         log.info(
             "SIP listening",
             extra={
@@ -198,6 +207,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 )
             ),
             on_digest=self._digest_event,
+            registered=self.accounts.number_of,
         )
 
     def _digest_event(self, outcome: str, source: str, trunk: str) -> None:
@@ -281,6 +291,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self.tls, self.tls_port = tls, tls.port
 
     async def stop(self) -> None:
+        await self.accounts.stop()
         for ref in list(self.legs):
             self.hangup(ref)
         for task in list(self._tasks):
@@ -407,6 +418,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             elif isinstance(action, CallConfirmed | MediaUpdated):
                 if isinstance(action, CallConfirmed):
                     _settle(self._acks.pop(action.call, None), None)
+                    self.dialer.answered(action.call, action.media)
                 self._track_stream(action.call)  # a re-INVITE may move the target
                 leg = self.legs.get(action.call)
                 if leg is not None and action.media is not None:
@@ -420,7 +432,29 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 self._transfer_result(action)
             elif isinstance(action, CallEnded):
                 self._call_ended(action)
+            elif isinstance(action, Resolve):
+                self._spawn(self._resolve(action))
+            elif isinstance(action, CallProgress):
+                self.dialer.progress(action)
+            elif isinstance(action, DialFailed):
+                self.dialer.failed(action)
+            elif isinstance(action, RegistrationChanged):
+                self.accounts.changed(action)
         self._schedule()
+
+    async def _resolve(self, lookup: Resolve) -> None:
+        """Every address of a hop of the edge's own request, in RFC 3263 order, to the UA."""
+        try:
+            addresses = await self.outbound.resolver.lookup_all(
+                target_of(lookup.uri, lookup.transport)
+            )
+            reason = ""
+        except (Unresolvable, ValueError) as exc:
+            addresses, reason = [], str(exc) or "not a SIP URI"
+            metrics.SIP_SEND_FAILURES.labels(kind="dns").inc()
+        if self.ua is not None:
+            self._apply(self.ua.resolved(lookup.owner, lookup.uri, addresses, self._now(), reason))
+            self._log_internal_error()
 
     def _send_now(self, data: bytes, dest: tuple[str, int], transport: str) -> None:
         if transport != "UDP":
@@ -468,6 +502,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
         if waiter is not None and not waiter.done():
             waiter.set_exception(ProviderError("the call ended during the transfer"))
         leg = self.legs.get(ended.call)
+        if leg is None and self.dialer.ended(ended.call, ended.reason):
+            return  # an outbound call whose leg is being made: it ends at once
         if leg is None or ended.reason == "transferred":
             return  # a transfer's end is the call machine's (the transfer returned)
         if ended.reason == "remote_bye":

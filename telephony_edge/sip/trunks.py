@@ -10,7 +10,9 @@
    busy PBX is never slowed down;
 2. a Request-URI user shaped like a call id (``call_…``) is admitted: the
    shell then claims its registration exactly once (404 otherwise), the call
-   id being the secret;
+   id being the secret; so is the Contact user the edge registers for an
+   account (``sip.accounts``: the registrar's calls to it, routed as calls to
+   the account's number), that user being the secret;
 3. a dialled number of the number config (provider ``sip``) is admitted only
    from a trunk whose CIDRs hold the source and which may call that number,
    and, when the trunk has credentials, only with a good digest
@@ -100,9 +102,11 @@ class Admission:
         digest: DigestServer | None = None,
         guard: DigestGuard | None = None,
         on_digest: DigestEvent | None = None,
+        registered: Callable[[str], str | None] | None = None,
     ) -> None:
         self.trunks = trunks
         self._dialled = dialled
+        self._registered = registered or (lambda user: None)
         self.drop_unknown = drop_unknown
         self.limiter = RateLimiter(rate_per_minute, burst)
         self.digest = digest or DigestServer()
@@ -141,6 +145,9 @@ class Admission:
             user = ""
         if user.startswith(CALL_ID_PREFIX):
             return Verdict(Decision.ADMIT)
+        account_number = self._registered(user) if user else None
+        if account_number is not None:
+            return Verdict(Decision.ADMIT, number=account_number)
         number = self._dialled(user) if user else None
         if number is None:
             return self._unknown("neither a call id nor one of the edge's SIP numbers")

@@ -291,6 +291,7 @@ class OutboundInvite:
         self._rang = False  # a provisional came: a ring timeout is no-answer, not failed
         self._challenges = 0
         self._last = (408, "no response")
+        self._answered_last = False  # the last failure was a response, not our own timeout
         self._early: bytes | None = None  # the SDP of a 183
         self._ack: Send | None = None
         self._dialog: Dialog | None = None  # formed by the 2xx
@@ -398,8 +399,10 @@ class OutboundInvite:
         elif op is Op.NOTE:
             if response is not None:
                 self._last = (response.status, response.reason)
+                self._answered_last = True
             elif failure is not None:
                 self._last = failure
+                self._answered_last = False
         elif op is Op.ABANDON:
             self._abandon()
         elif op is Op.STOP_FAILOVER:
@@ -493,6 +496,7 @@ class OutboundInvite:
         )
         if why is not None:
             self._last = (response.status, f"{response.reason} ({why})")
+            self._answered_last = True
             self.phase = Phase.FAILED
             self._run(Op.FAIL, now, None, None, out)
             return
@@ -594,7 +598,7 @@ class OutboundInvite:
             return Failed("failed", status, f"no response before the ring timeout ({reason})")
         if status in BUSY:
             return Failed("busy", status, reason)
-        if status in NO_ANSWER:
+        if status in NO_ANSWER and self._answered_last:  # a 408 of ours is no answer at all
             return Failed("no-answer", status, reason)
         return Failed("failed", status, reason)
 

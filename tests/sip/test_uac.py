@@ -173,6 +173,13 @@ def test_silent_address_fails_over_after_the_failover_timeout() -> None:
     assert {d for _, d in sends(later)} <= {A2}
 
 
+def test_a_host_that_never_answers_is_failed_not_no_answer() -> None:
+    m = machine(failover_timeout=2.0)
+    started(m, [A1])
+    [failed] = only(m.tick(2.0), uac.Failed)
+    assert failed == uac.Failed("failed", 408, "no response in time")
+
+
 def test_unresolvable_hops_fail_the_call() -> None:
     m = machine(hops=(HOP_A, HOP_B))
     m.start(0.0)

@@ -1,0 +1,71 @@
+"""Where an outbound SIP call goes: the trunk, the Request-URI, From and the hops (pure).
+
+``POST /start_outbound_call`` from one of the edge's SIP numbers names a
+destination, and :func:`plan_call` says how the INVITE goes:
+
+* a phone number (E.164) goes through the first trunk of ``sip.trunks``
+  with an ``outbound`` section that carries the calling number (its
+  ``numbers`` empty or listing it). The Request-URI and To are the number,
+  rewritten by the trunk's ``number_rewrites``, at its ``domain`` (default:
+  the first proxy's host); From is the trunk's ``caller_id`` or the calling
+  number, rewritten by ``caller_id_rewrites``, at ``from_host`` (default: the
+  edge's advertised host); the hops are its proxies, in order; its
+  credentials answer 401/407;
+* a ``sip:`` URI is called as written: its host is the one hop (RFC 3263),
+  no credentials are offered, From is the calling number at the edge's host.
+
+Nothing here does I/O; a destination no trunk carries is :class:`NoRoute`.
+"""
+
+from __future__ import annotations
+
+from telephony_edge.sip.digest_client import DigestClient
+from telephony_edge.sip.message import SipUri
+from telephony_edge.sip.settings import SipSettings, SipTrunkSettings
+from telephony_edge.sip.settings_outbound import rewrite
+from telephony_edge.sip.uac import Dial
+
+
+class NoRoute(ValueError):
+    """No trunk of the configuration may carry this call."""
+
+
+def plan_call(
+    settings: SipSettings, from_number: str, to: str, edge_host: str
+) -> tuple[Dial, DigestClient | None]:
+    """The INVITE's plan for a call from ``from_number`` to ``to`` (E.164 or ``sip:`` URI),
+    and the trunk's credentials, if any (a fresh client: its ``nc`` counts this call's)."""
+    ring, failover = settings.outbound_ring_timeout_s, settings.outbound_failover_timeout_s
+    if to.lower().startswith(("sip:", "sips:")):
+        uri = SipUri.parse(to)
+        transport = uri.params.get("transport", "udp").upper()
+        caller = str(SipUri("sip", from_number, edge_host))
+        plan = Dial(to, caller, (to,), "", transport, ring, failover)
+        return plan, None
+    outbound = _trunk_for(settings, from_number).outbound
+    assert outbound is not None
+    domain = outbound.domain or SipUri.parse(outbound.proxies[0]).host
+    dialled = rewrite(to, outbound.number_rewrites)
+    caller_id = rewrite(outbound.caller_id or from_number, outbound.caller_id_rewrites)
+    plan = Dial(
+        request_uri=str(SipUri("sip", dialled, domain)),
+        from_uri=str(SipUri("sip", caller_id, outbound.from_host or edge_host)),
+        hops=tuple(outbound.proxies),
+        transport=outbound.transport.upper(),
+        ring_timeout=ring,
+        failover_timeout=failover,
+    )
+    digest = None
+    if outbound.username is not None and outbound.password is not None:
+        digest = DigestClient(outbound.username, outbound.password, outbound.realm)
+    return plan, digest
+
+
+def _trunk_for(settings: SipSettings, from_number: str) -> SipTrunkSettings:
+    for trunk in settings.trunks.values():
+        if trunk.outbound is not None and (not trunk.numbers or from_number in trunk.numbers):
+            return trunk
+    raise NoRoute(
+        f"no trunk of sip.trunks places calls from {from_number} (one with an outbound "
+        "section whose numbers are empty or list it)"
+    )
