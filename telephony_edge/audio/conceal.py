@@ -22,6 +22,7 @@ lost: the numpy work happens only at a gap.
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 RATE = 16000
 HISTORY_SAMPLES = 640  # 40 ms
@@ -75,15 +76,13 @@ class Concealer:
         low = history[::2].astype(np.float64)  # 8 kHz is enough to find the period
         window = min(len(low) - MAX_LAG, 160)
         tail = low[-window:]
-        best_lag, best = MIN_LAG, -1.0
-        for lag in range(MIN_LAG, MAX_LAG + 1):
-            past = low[-window - lag : -lag]
-            energy = float(np.dot(past, past))
-            if energy <= 0:
-                continue
-            score = float(np.dot(tail, past)) / np.sqrt(energy)
-            if score > best:
-                best_lag, best = lag, score
+        # row k is the window MAX_LAG - k samples back: every lag in one product, not a loop
+        pasts = sliding_window_view(low[-window - MAX_LAG : len(low) - MIN_LAG], window)[::-1]
+        energy = np.einsum("ij,ij->i", pasts, pasts)
+        with np.errstate(divide="ignore", invalid="ignore"):  # silence: no score
+            scores = np.where(energy > 0, (pasts @ tail) / np.sqrt(energy), -np.inf)
+        best = int(np.argmax(scores))  # the shortest lag of the best score
+        best_lag = MIN_LAG + best if scores[best] > -1.0 else MIN_LAG
         period = 2 * best_lag
         return history[-period:].astype(np.float64)
 
