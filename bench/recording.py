@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from telephony_edge.audio.frames import FRAME_BYTES
-from telephony_edge.recording.writer import TrackWriter
+from telephony_edge.recording.writer import TrackWriter, WavFile
 
 
 def main() -> None:
@@ -41,7 +41,8 @@ def main() -> None:
     perf = time.perf_counter_ns
     with tempfile.TemporaryDirectory() as tmp:
         # a simulated clock, so the call's time passes at the pace frames are fed
-        writer = TrackWriter(Path(tmp) / "bench.wav", args.channels, clock=lambda: clock[0])
+        wav = WavFile(Path(tmp) / "bench.wav", args.channels)
+        writer = TrackWriter(wav, args.channels, clock=lambda: clock[0])
         for second in range(int(args.seconds)):
             t0 = perf()
             for tick in range(50):

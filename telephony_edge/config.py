@@ -370,6 +370,8 @@ class S3Settings(_Model):
     region: str = "us-east-1"
     access_key_id: str | None = None
     secret_access_key: str | None = None
+    timeout_s: float = Field(default=30.0, gt=0, le=600)
+    """Connecting, and each read of an answer: past it the upload attempt has failed."""
 
 
 class RecordingSettings(_Model):
@@ -377,6 +379,10 @@ class RecordingSettings(_Model):
 
     directory: str = "recordings"
     """Where files are written while calls run (and kept, with local storage)."""
+    spool_max_bytes: int = Field(default=2 * 1024**3, ge=1024**2)
+    """The most this worker's recordings hold in ``directory`` until they are stored (S3:
+    until uploaded; local: until their call ends). A recording starts only if ten seconds
+    of it fit; a live one stops at the first flush past it, the file kept."""
     storage: Literal["local", "s3"] = "local"
     s3: S3Settings | None = None
     url_secret: str | None = Field(default=None, min_length=16)
@@ -389,7 +395,11 @@ class RecordingSettings(_Model):
     flush_interval_s: float = Field(default=1.0, gt=0, le=10)
     """How often the file on disk catches up (and its header is rewritten)."""
     finish_timeout_s: float = Field(default=60.0, gt=0, le=600)
-    """How long the end-of-call webhook waits for the recording (conversion, upload)."""
+    """How long the end-of-call webhook waits for the recording (encoder's end, upload)."""
+    upload_backoff_s: float = Field(default=1.0, gt=0, le=60)
+    """A failed S3 upload is tried again after this, doubled each time (±20 %) …"""
+    upload_backoff_max_s: float = Field(default=300.0, gt=0, le=3600)
+    """… up to this, for as long as the file is kept (``retention_s``)."""
 
     @model_validator(mode="after")
     def _s3_needs_bucket(self) -> RecordingSettings:

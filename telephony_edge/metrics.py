@@ -250,9 +250,30 @@ AMD_DECISION_SECONDS = Histogram(
     buckets=(0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 8.0, 12.0, 20.0),
 )
 
-# Call recording (telephony_edge.recording): each recording's end.
+# Call recording (telephony_edge.recording): each recording's end, the spool, the uploads.
 RECORDINGS = Counter(
     "telephony_edge_recordings_total",
     "Recordings by outcome: stored, late (not ready for the webhook), failed",
     ["outcome"],
+)
+RECORDING_SPOOL_BYTES = Gauge(
+    "telephony_edge_recording_spool_bytes",
+    "Bytes this worker's recordings hold on local disk until stored (live calls', and with S3"
+    " those waiting for their upload); bounded by recording.spool_max_bytes",
+)
+RECORDING_SPOOL_FULL = Counter(
+    "telephony_edge_recording_spool_full_total",
+    "Recordings the spool's bound (recording.spool_max_bytes) kept from starting (refused) or"
+    " stopped mid-call (truncated), by action",
+    ["action"],
+)
+RECORDING_UPLOADS_PENDING = Gauge(
+    "telephony_edge_recording_uploads_pending",
+    "Recordings this worker is uploading to S3 (each retried with back-off until stored)",
+)
+RECORDING_UPLOAD_FAILURES = Counter(
+    "telephony_edge_recording_upload_failures_total",
+    "Failed attempts to upload a recording to S3, each tried again after a back-off, by reason:"
+    " timeout, http_5xx, http_4xx, network, other",
+    ["reason"],
 )

@@ -1,11 +1,18 @@
 """The recordings of one worker: started with a call, finished with it, stored, linked.
 
-A :class:`CallRecording` is the bridge's tap (``caller``/``agent`` per frame)
-plus a task that flushes the file about once a second. At the call's end
-:meth:`Recordings.finish` closes the file, then (in a task of its own, off
-the event loop where it blocks) converts it, hashes it, stores it and signs
-its link: the end-of-call webhook waits for that, at most
-``finish_timeout_s``, so the URL it carries works when it arrives.
+A :class:`CallRecording` is the bridge's tap (``caller``/``agent`` per
+frame) plus a task that flushes it about once a second into its sink: a WAV
+file, or an ffmpeg process that encodes mp3/ogg as the call goes
+(``encoder.py``). Its file is claimed on the spool (``spool.py``), within
+the spool's bound. At the call's end :meth:`Recordings.finish` closes the
+sink (ffmpeg finishes the file), then, in a task of its own, hashes the
+file and stores it: local storage keeps it where it is and signs the edge's
+link; S3 storage hands it to the upload queue (``uploads.py``: retried with
+back-off until stored) and presigns the store's. The end-of-call webhook
+waits for that, at most ``finish_timeout_s``, so the URL it carries works
+when it arrives; an upload still failing by then goes on (the payload says
+nothing of the recording, counted ``late``), across a restart of the worker
+too.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import re
 import shutil
 import time
@@ -26,11 +34,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from telephony_edge import metrics
-from telephony_edge.audio.frames import FRAME_MS
+from telephony_edge.audio.frames import FRAME_MS, SAMPLE_RATE, SAMPLE_WIDTH
+from telephony_edge.calls.dispatcher import RetryPolicy
 from telephony_edge.config import RecordingOptions, RecordingSettings, Settings
 from telephony_edge.recording import signing
+from telephony_edge.recording.encoder import CODECS, EncoderFailed, FfmpegEncoder
+from telephony_edge.recording.spool import Claim, Spool
 from telephony_edge.recording.storage import LocalStorage, S3Storage, Storage
-from telephony_edge.recording.writer import TrackWriter
+from telephony_edge.recording.uploads import UploadQueue
+from telephony_edge.recording.writer import TrackWriter, WavFile
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +50,10 @@ log = logging.getLogger(__name__)
 CALL_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 #: finished recordings remembered for a late end-of-call report (a coordinator outage)
 MAX_REMEMBERED = 1000
-_CODECS = {"mp3": "libmp3lame", "ogg": "libvorbis"}
+#: a recording starts only if this much of it fits in the spool (as PCM: compressed is less)
+HEADROOM_S = 10
+#: a spool file written this recently may still be a dead worker's ffmpeg's: adopted later
+ADOPT_QUIET_S = 5.0
 
 
 def recording_options(agent_config: Mapping[str, Any]) -> RecordingOptions | None:
@@ -72,31 +87,79 @@ class CallRecording:
     """One call's recording while it runs: ``writer`` is the bridge's tap, flushed each second."""
 
     def __init__(
-        self, call_id: str, path: Path, options: RecordingOptions, flush_interval_s: float
+        self,
+        call_id: str,
+        claim: Claim,
+        fmt: str,
+        options: RecordingOptions,
+        sink: WavFile | FfmpegEncoder,
+        spool: Spool,
+        *,
+        flush_interval_s: float,
+        clock: Callable[[], float],
     ) -> None:
         self.call_id = call_id
+        self.claim = claim
+        self.format = fmt
         self.options = options
-        self.writer = TrackWriter(path, options.channels)
+        self.encoder = sink if isinstance(sink, FfmpegEncoder) else None
+        self.writer = TrackWriter(sink, options.channels, clock=clock)
+        self._spool = spool
+        self._lock = asyncio.Lock()
+        self._started = None if self.encoder is None else asyncio.create_task(self.encoder.start())
         self._flusher = asyncio.create_task(self._flush_every(flush_interval_s))
 
     async def _flush_every(self, interval: float) -> None:
-        while True:
+        while not self.writer.closed:
             await asyncio.sleep(interval)
-            try:
-                self.writer.flush()
-            except OSError as exc:  # disk full: the call goes on, unrecorded from here
-                log.error("recording stopped: %s", exc, extra={"call_id": self.call_id})
-                with contextlib.suppress(OSError):
-                    self.writer.close()
-                return
+            await self.flush()
 
-    def stop(self) -> float:
-        """Stop writing and close the file; its duration in seconds."""
+    async def flush(self) -> None:
+        """Catch the file up with the call's clock (the flush task's step, each second)."""
+        async with self._lock:
+            if self.writer.closed:
+                return
+            try:
+                if self._started is not None:
+                    await asyncio.shield(self._started)
+                self.writer.flush()
+                if self.encoder is not None:
+                    await self.encoder.drain()  # bounded: the pipe takes the next second
+            except (OSError, EncoderFailed) as exc:  # disk full, ffmpeg gone: unrecorded from here
+                log.error("recording stopped: %s", exc, extra={"call_id": self.call_id})
+                self._stop_writing()
+                return
+            if not self._spool.grow(self.claim, os.fstat(self.claim.fd).st_size):
+                log.error(
+                    "recording stopped: the spool is full (%d of %d bytes)",
+                    self._spool.used_bytes,
+                    self._spool.max_bytes,
+                    extra={"call_id": self.call_id},
+                )
+                metrics.RECORDING_SPOOL_FULL.labels(action="truncated").inc()
+                self._stop_writing()
+
+    def _stop_writing(self) -> None:
+        with contextlib.suppress(OSError):
+            self.writer.close()
+
+    async def stop(self) -> float:
+        """Stop writing and finish the file (ffmpeg's last frames); its duration in seconds.
+
+        Raises what kept the file from being finished (OSError, :class:`EncoderFailed`).
+        """
         self._flusher.cancel()
-        self.writer.close()
+        await asyncio.gather(self._flusher, return_exceptions=True)
+        async with self._lock:
+            if self._started is not None:
+                await self._started
+            self.writer.close()
+            if self.encoder is not None:
+                await self.encoder.wait()
+        self._spool.grow(self.claim, os.fstat(self.claim.fd).st_size)
         if self.writer.dropped:
             log.warning(
-                "recording: %d frames dropped (a track ran ahead)",
+                "recording: %d frames dropped (a track ran ahead, or the file fell behind)",
                 self.writer.dropped,
                 extra={"call_id": self.call_id},
             )
@@ -106,16 +169,32 @@ class CallRecording:
 class Recordings:
     """The worker's recordings: start, finish, link, sweep."""
 
-    def __init__(self, settings: RecordingSettings, *, public_url: str, secret: str | None) -> None:
+    def __init__(
+        self,
+        settings: RecordingSettings,
+        *,
+        public_url: str,
+        secret: str | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.settings = settings
         self.directory = Path(settings.directory)
         self.public_url = public_url
         """The base of the links to recordings kept here (``settings.public_url``)."""
         self._secret = settings.url_secret or secret
+        self._clock = clock
+        self._ffmpeg = shutil.which("ffmpeg")
+        self.spool = Spool(self.directory, settings.spool_max_bytes)
         self.local = LocalStorage(self.directory)
         self.storage: Storage = self.local
+        self._s3: S3Storage | None = None
+        self.uploads: UploadQueue | None = None
         if settings.storage == "s3" and settings.s3 is not None:
-            self.storage = S3Storage(settings.s3, self.directory, settings.url_ttl_s)
+            self.storage = self._s3 = S3Storage(settings.s3, self.directory, settings.url_ttl_s)
+            retry = RetryPolicy(
+                base_delay=settings.upload_backoff_s, max_delay=settings.upload_backoff_max_s
+            )
+            self.uploads = UploadQueue(self._s3, self.spool, retry)
         self._live: dict[str, CallRecording] = {}
         self._finishing: set[asyncio.Task[RecordedFile]] = set()
         self._done: OrderedDict[str, RecordedFile] = OrderedDict()
@@ -125,17 +204,53 @@ class Recordings:
         return self._secret
 
     def start(self, call_id: str, options: RecordingOptions) -> CallRecording | None:
-        """Start recording ``call_id`` now; None (logged) if the file cannot be created."""
+        """Start recording ``call_id`` now; None (logged) if its file cannot be had."""
         if not CALL_ID.match(call_id):
             log.error("call not recorded: its id cannot name a file", extra={"call_id": call_id})
             return None
+        fmt, ffmpeg = options.format, self._ffmpeg
+        if fmt in CODECS and ffmpeg is None:
+            log.warning(
+                "ffmpeg is not installed: recorded as wav, not %s", fmt, extra={"call_id": call_id}
+            )
+            fmt = "wav"
+        headroom = (
+            HEADROOM_S * SAMPLE_RATE * SAMPLE_WIDTH * (2 if options.channels == "stereo" else 1)
+        )
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            path = self.directory / f"{call_id}.wav"
-            recording = CallRecording(call_id, path, options, self.settings.flush_interval_s)
+            claim = self.spool.create(f"{call_id}.{fmt}", headroom)
         except OSError as exc:
             log.error("call not recorded: %s", exc, extra={"call_id": call_id})
             return None
+        if claim is None:
+            metrics.RECORDING_SPOOL_FULL.labels(action="refused").inc()
+            log.error(
+                "call not recorded: the spool is full (%d of %d bytes)",
+                self.spool.used_bytes,
+                self.spool.max_bytes,
+                extra={"call_id": call_id},
+            )
+            return None
+        try:
+            sink = (
+                WavFile(claim.path, options.channels)
+                if ffmpeg is None or fmt == "wav"
+                else FfmpegEncoder(ffmpeg, claim.path, fmt, options.channels)
+            )
+        except OSError as exc:
+            self.spool.release(claim, delete=True)
+            log.error("call not recorded: %s", exc, extra={"call_id": call_id})
+            return None
+        recording = CallRecording(
+            call_id,
+            claim,
+            fmt,
+            options,
+            sink,
+            self.spool,
+            flush_interval_s=self.settings.flush_interval_s,
+            clock=self._clock,
+        )
         self._live[call_id] = recording
         return recording
 
@@ -151,13 +266,7 @@ class Recordings:
         if recording is None:
             done = self._done.get(call_id) if keep else self._done.pop(call_id, None)
             return None if done is None else asdict(done)
-        try:
-            duration = recording.stop()
-        except OSError as exc:
-            log.error("recording not finished: %s", exc, extra={"call_id": call_id})
-            metrics.RECORDINGS.labels(outcome="failed").inc()
-            return None
-        task = asyncio.create_task(self._complete(call_id, recording, duration))
+        task = asyncio.create_task(self._complete(recording))
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
         try:
@@ -177,15 +286,28 @@ class Recordings:
                 self._done.popitem(last=False)
         return asdict(result)
 
-    async def _complete(
-        self, call_id: str, recording: CallRecording, duration: float
-    ) -> RecordedFile:
-        fmt, path = recording.options.format, recording.writer.path
-        if fmt != "wav":
-            path = await asyncio.to_thread(_convert, path, fmt)
-        size, digest = await asyncio.to_thread(_size_and_sha256, path)
-        url = await self.storage.put(call_id, path) or self.link(call_id)
-        return RecordedFile(url, fmt, recording.options.channels, duration, size, digest)
+    async def _complete(self, recording: CallRecording) -> RecordedFile:
+        claim, call_id = recording.claim, recording.call_id
+        try:
+            duration = await recording.stop()
+            size, digest = await asyncio.to_thread(_size_and_sha256, claim.path)
+        except BaseException:
+            # kept as it is (served here, or uploaded by the next sweep), unless nothing is in it
+            self.spool.release(claim, delete=os.fstat(claim.fd).st_size == 0)
+            raise
+        if self.uploads is None or self._s3 is None:
+            self.spool.release(claim, delete=False)
+            url = self.link(call_id)
+        else:
+            upload = self.uploads.submit(claim)
+            await asyncio.wait({upload})  # (its cancellation, a worker stopping, is not ours)
+            if upload.cancelled():
+                raise RuntimeError("the worker stopped first: the next start uploads it")
+            if not upload.result():
+                raise RuntimeError("deleted by the retention sweep before it was uploaded")
+            url = await self._s3.url(claim.path.name)
+        channels = recording.options.channels
+        return RecordedFile(url, recording.format, channels, duration, size, digest)
 
     def link(self, call_id: str) -> str | None:
         """The edge's signed link to a recording kept locally (None without a secret)."""
@@ -198,7 +320,9 @@ class Recordings:
         return f"{self.public_url}/recordings/{call_id}?{query}"
 
     async def sweep_loop(self) -> None:
-        """Delete recordings past their retention, every ``sweep_interval_s``."""
+        """Every ``sweep_interval_s``: delete recordings past their retention; with S3, upload
+        the spool's files that no process holds (this worker's before it restarted, a killed
+        worker's sharing the directory)."""
         while True:
             cutoff = time.time() - self.settings.retention_s
             try:
@@ -208,25 +332,42 @@ class Recordings:
             else:
                 if removed:
                     log.info("recordings past retention deleted: %d", removed)
-            await asyncio.sleep(self.settings.sweep_interval_s)
+            wait = self.settings.sweep_interval_s
+            if self.uploads is not None:
+                adopted, recent = self.spool.adopt(ADOPT_QUIET_S)
+                for claim in adopted:
+                    self.uploads.submit(claim)
+                if adopted:
+                    log.info("recordings no worker held, queued for upload: %d", len(adopted))
+                if recent:  # a dead worker's ffmpeg may be finishing them: look again soon
+                    wait = min(wait, ADOPT_QUIET_S)
+            await asyncio.sleep(wait)
 
     async def close(self) -> None:
-        """Finish what is left (a worker stopping) and let go of the store's client."""
+        """Finish what is left (a worker stopping) and let go of the store's client.
+
+        Uploads still failing are left in the spool: the next start sends them.
+        """
         for call_id in list(self._live):
             await self.finish(call_id)
         if self._finishing:
             await asyncio.wait(set(self._finishing), timeout=self.settings.finish_timeout_s)
+        if self.uploads is not None:
+            await self.uploads.close()
+        for task in list(self._finishing):
+            task.cancel()
+        await asyncio.gather(*self._finishing, return_exceptions=True)
         await self.storage.close()
 
 
 def ffmpeg_formats(settings: Settings) -> Iterator[tuple[str, str]]:
     """``(where, format)`` for each configured recording format that only ffmpeg writes."""
     for agent_id, agent in settings.agents.items():
-        if agent.recording is not None and agent.recording.format in _CODECS:
+        if agent.recording is not None and agent.recording.format in CODECS:
             yield f"agents.{agent_id}.recording.format", agent.recording.format
     for number, route in settings.numbers.items():
         recording = route.agent_config.recording
-        if recording is not None and recording.format in _CODECS:
+        if recording is not None and recording.format in CODECS:
             yield f"numbers.{number}.agent_config.recording.format", recording.format
 
 
@@ -243,21 +384,9 @@ def ffmpeg_warning(
     where, fmt = needs[0]
     more = f" and {len(needs) - 1} more" if len(needs) > 1 else ""
     return (
-        f"ffmpeg is not installed, and {where}{more} asks for {fmt}: those recordings "
-        "will fail to convert (install ffmpeg, or record wav)"
+        f"ffmpeg is not installed, and {where}{more} asks for {fmt}: those calls "
+        "are recorded as wav instead (install ffmpeg, or record wav)"
     )
-
-
-def _convert(wav: Path, fmt: str) -> Path:
-    """``wav`` encoded as ``fmt`` next to it by ffmpeg (through pydub); the WAV is removed."""
-    if shutil.which("ffmpeg") is None:
-        raise RuntimeError(f"ffmpeg is not installed: cannot write {fmt}; the WAV is kept")
-    from pydub import AudioSegment  # here: its import warns of a missing ffmpeg, for everyone
-
-    out = wav.with_suffix(f".{fmt}")
-    AudioSegment.from_wav(str(wav)).export(str(out), format=fmt, codec=_CODECS[fmt]).close()
-    wav.unlink()
-    return out
 
 
 def _size_and_sha256(path: Path) -> tuple[int, str]:

@@ -1,4 +1,4 @@
-"""A call's two audio tracks, time-aligned on the call's clock, streamed to a WAV file.
+"""A call's two audio tracks, time-aligned on the call's clock, streamed to a sink.
 
 Theory of operation
 -------------------
@@ -18,13 +18,14 @@ as they come: the network plays them in order.
 
 The per-frame cost is one clock read, a compare and a list append: no copy,
 no syscall. :meth:`TrackWriter.flush` (about once a second) pads both tracks
-to the clock, writes the part both have (interleaved for stereo with numpy,
-some 14 times faster than ``audioop.tostereo``; mixed for mono) with the
-``wave`` module, which rewrites the header's sizes on every write, and hands
-it to the OS: a worker killed mid-call leaves a playable file up to the last
-flush. Bounded: a silence gap is at most ``max_gap_s``
-(a stalled clock does not allocate hours of zeros) and a track that runs far
-ahead of the other drops frames (counted) past ``max_pending_s``.
+to the clock and hands the part both have (interleaved for stereo with numpy,
+some 14 times faster than ``audioop.tostereo``; mixed for mono) to its sink:
+a :class:`WavFile`, which the ``wave`` module keeps a complete WAV after
+every write (a worker killed mid-call leaves a playable file up to the last
+flush), or an encoder's pipe (``encoder.py``). Bounded: a silence gap is at
+most ``max_gap_s`` (a stalled clock does not allocate hours of zeros) and a
+track that runs far ahead of the other, or that a slow sink keeps from being
+flushed, drops frames (counted) past ``max_pending_s``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import wave
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, Protocol
 
 import numpy as np
 
@@ -67,7 +68,7 @@ class _Track:
 
     def __init__(self, slack: int) -> None:
         self.frames: list[bytes] = []
-        self.written = 0  # frames already in the file
+        self.written = 0  # frames already handed to the sink
         self.dropped = 0
         self.slack = -1  # the first frame is placed at the clock, whenever it comes
         self.steady_slack = slack
@@ -88,26 +89,18 @@ class _Track:
         return chunk
 
 
-class TrackWriter:
-    """Writes one call's audio to ``path`` as a 16 kHz PCM16 WAV while the call runs."""
+class PcmSink(Protocol):
+    """Where a writer's interleaved (stereo) or mixed (mono) PCM16 at 16 kHz goes."""
 
-    def __init__(
-        self,
-        path: Path,
-        channels: Channels,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        limits: WriterLimits = WriterLimits(),
-    ) -> None:
-        self.path = path
-        self.channels = channels
-        self._clock = clock
-        self._start = clock()
-        self._lag = 2 * max(limits.caller_slack_frames, limits.agent_slack_frames)
-        self._max_gap = round(limits.max_gap_s * 1000 / FRAME_MS)
-        self._max_pending = round(limits.max_pending_s * 1000 / FRAME_MS)
-        self._caller = _Track(limits.caller_slack_frames)
-        self._agent = _Track(limits.agent_slack_frames)
+    def write(self, pcm: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class WavFile:
+    """A 16 kHz PCM16 WAV at ``path``, a complete file (header sizes right) after every write."""
+
+    def __init__(self, path: Path, channels: Channels) -> None:
         self._file: BinaryIO = path.open("wb")
         try:
             self._wav = wave.open(self._file, "wb")  # noqa: SIM115 (closed in close())
@@ -119,6 +112,38 @@ class TrackWriter:
         except BaseException:
             self._file.close()
             raise
+
+    def write(self, pcm: bytes) -> None:
+        self._wav.writeframes(pcm)  # the wave module rewrites the header's sizes
+        self._file.flush()
+
+    def close(self) -> None:
+        try:
+            self._wav.close()
+        finally:
+            self._file.close()
+
+
+class TrackWriter:
+    """Streams one call's audio to ``sink`` while the call runs."""
+
+    def __init__(
+        self,
+        sink: PcmSink,
+        channels: Channels,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        limits: WriterLimits = WriterLimits(),
+    ) -> None:
+        self.sink = sink
+        self.channels = channels
+        self._clock = clock
+        self._start = clock()
+        self._lag = 2 * max(limits.caller_slack_frames, limits.agent_slack_frames)
+        self._max_gap = round(limits.max_gap_s * 1000 / FRAME_MS)
+        self._max_pending = round(limits.max_pending_s * 1000 / FRAME_MS)
+        self._caller = _Track(limits.caller_slack_frames)
+        self._agent = _Track(limits.agent_slack_frames)
         self.closed = False
 
     # -- the taps (per frame: no I/O) -----------------------------------------
@@ -151,7 +176,7 @@ class TrackWriter:
 
     @property
     def frames_written(self) -> int:
-        """20 ms frames in the file."""
+        """20 ms frames handed to the sink."""
         return self._caller.written
 
     @property
@@ -161,11 +186,11 @@ class TrackWriter:
 
     @property
     def pending_bytes(self) -> int:
-        """Audio held in memory, not yet in the file."""
+        """Audio held in memory, not yet handed to the sink."""
         return (len(self._caller.frames) + len(self._agent.frames)) * FRAME_BYTES
 
     def flush(self) -> None:
-        """Write what both tracks have up to the clock; the file is a complete WAV after it."""
+        """Hand the sink what both tracks have up to the clock."""
         if self.closed:
             return
         # twice the slack behind the clock: a frame that then finds its track behind
@@ -173,17 +198,14 @@ class TrackWriter:
         self._write(self._now_frame() - self._lag)
 
     def close(self) -> None:
-        """Write everything left (the shorter track padded with silence) and close the file."""
+        """Hand the sink everything left (the shorter track padded with silence), close it."""
         if self.closed:
             return
         self.closed = True
         try:
             self._write(max(self._caller.position, self._agent.position, self._now_frame()))
         finally:
-            try:
-                self._wav.close()
-            finally:
-                self._file.close()
+            self.sink.close()
 
     def _write(self, target: int) -> None:
         left, right = self._caller, self._agent
@@ -200,5 +222,4 @@ class TrackWriter:
             pcm = both.tobytes()
         else:
             pcm = audioop.add(a, b, SAMPLE_WIDTH)  # saturating
-        self._wav.writeframes(pcm)  # the wave module rewrites the header's sizes
-        self._file.flush()
+        self.sink.write(pcm)

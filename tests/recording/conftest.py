@@ -1,9 +1,10 @@
-"""Each network's fixtures (Twilio, Vonage, SIP, WebRTC), for recorded calls over them."""
+"""Each network's fixtures (Twilio, Vonage, SIP, WebRTC), for recorded calls over them; S3."""
 
 from pathlib import Path
 
 import pytest
 
+from tests.recording.s3 import moto_bucket, moto_url  # noqa: F401
 from tests.sip.conftest import sip_edge  # noqa: F401
 from tests.twilio.harness import (  # noqa: F401
     fixture_crm,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from telephony_edge.audio.frames import FRAME_BYTES, SILENCE_FRAME
-from telephony_edge.recording.writer import TrackWriter, WriterLimits
+from telephony_edge.recording.writer import TrackWriter, WavFile, WriterLimits
 from tests.recording.audio import RATE, locate, read_channels, rms
 
 
@@ -45,7 +45,7 @@ def test_stereo_alignment_with_silences_and_a_valid_header_after_every_flush(
 ) -> None:
     clock = FakeClock()
     path = tmp_path / "call.wav"
-    writer = TrackWriter(path, "stereo", clock=clock)
+    writer = TrackWriter(WavFile(path, "stereo"), "stereo", clock=clock)
     check_header(path, writer, 2)
     caller = noise_frames(6.0, 1)  # the caller's leg: a frame every 20 ms from the start
     greeting, reply = noise_frames(1.0, 2), noise_frames(0.6, 3)
@@ -84,7 +84,7 @@ def test_stereo_alignment_with_silences_and_a_valid_header_after_every_flush(
 
 def test_mono_mixes_both_sides(tmp_path: Path) -> None:
     clock = FakeClock()
-    writer = TrackWriter(tmp_path / "m.wav", "mono", clock=clock)
+    writer = TrackWriter(WavFile(tmp_path / "m.wav", "mono"), "mono", clock=clock)
     a, b = noise_frames(0.2, 4), noise_frames(0.2, 5)
     for tick in range(10):
         clock.now = 100.0 + tick * 0.02
@@ -99,7 +99,7 @@ def test_mono_mixes_both_sides(tmp_path: Path) -> None:
 def test_a_quiet_call_is_silence_of_its_length(tmp_path: Path) -> None:
     """No frame at all (a leg that sends nothing): the flushes alone write the call's time."""
     clock = FakeClock()
-    writer = TrackWriter(tmp_path / "q.wav", "stereo", clock=clock)
+    writer = TrackWriter(WavFile(tmp_path / "q.wav", "stereo"), "stereo", clock=clock)
     for second in range(1, 4):
         clock.now = 100.0 + second
         writer.flush()
@@ -112,7 +112,9 @@ def test_a_quiet_call_is_silence_of_its_length(tmp_path: Path) -> None:
 def test_memory_is_bounded_whatever_the_tracks_do(tmp_path: Path) -> None:
     clock = FakeClock()
     limits = WriterLimits(max_gap_s=2.0, max_pending_s=1.0)
-    writer = TrackWriter(tmp_path / "b.wav", "stereo", clock=clock, limits=limits)
+    writer = TrackWriter(
+        WavFile(tmp_path / "b.wav", "stereo"), "stereo", clock=clock, limits=limits
+    )
     # an agent that floods frames at one instant: only max_pending_s of them are held
     for _ in range(10_000):
         writer.agent(SILENCE_FRAME)
@@ -139,7 +141,7 @@ def test_first_frames_late_bursts_and_short_pauses(tmp_path: Path) -> None:
     """The caller's first frame at 0.3 s is at 0.3 s; a burst after a 100 ms stall is not
     spread out; a 100 ms pause between two agent talkspurts is kept."""
     clock = FakeClock()
-    writer = TrackWriter(tmp_path / "t.wav", "stereo", clock=clock)
+    writer = TrackWriter(WavFile(tmp_path / "t.wav", "stereo"), "stereo", clock=clock)
     caller, agent = noise_frames(2.0, 6), noise_frames(0.4, 7)
     sent = iter(caller)
     for tick in range(15, 100):
