@@ -39,7 +39,7 @@ from __future__ import annotations
 import abc
 import json
 from collections.abc import AsyncGenerator, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 #: How long an ended call's record stays readable unless ``put_call`` says otherwise.
@@ -66,6 +66,12 @@ ENDED_STATE = "ended"
 OWED_FIELD = "webhook_owed"
 #: The field holding the record's own id (what :meth:`Coordinator.page_active_calls` orders by).
 CALL_ID_KEY = "call_id"
+#: The field naming the worker that runs the call's media (its writes are fenced on it).
+OWNER_KEY = "owner"
+#: The field counting the times a live call was taken over (:meth:`Coordinator.take_over`).
+GENERATION_KEY = "generation"
+#: The states of a call whose media runs on some worker.
+LIVE_STATES = ("connecting", "active")
 
 
 def json_text(value: Any) -> str:
@@ -132,6 +138,29 @@ class LapsedLease:
     holder: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class LiveUpdate:
+    """A live call's state as its owner writes it (:meth:`Coordinator.put_live`).
+
+    ``doc`` is small and replaced whole (the network's identity of the call, what
+    the caller has heard, counters); the conversation only grows, so ``chat`` and
+    ``function_calls`` hold the entries added since the owner's last write, appended.
+    """
+
+    doc: dict[str, Any]
+    chat: list[dict[str, Any]] = field(default_factory=list)
+    function_calls: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveState:
+    """What :meth:`Coordinator.get_live` read: the last document and every entry appended."""
+
+    doc: dict[str, Any]
+    chat: list[dict[str, Any]]
+    function_calls: list[dict[str, Any]]
+
+
 class Coordinator(abc.ABC):
     """Shared state for all workers. See the module docstring for the rules."""
 
@@ -179,6 +208,7 @@ class Coordinator(abc.ABC):
         ttl: float | None = None,
         if_unowned: bool = False,
         owed_at: float | None = None,
+        if_owner: str | None = None,
     ) -> Document | None:
         """Merge ``changes`` into the record's fields in one step; return the new document.
 
@@ -200,6 +230,10 @@ class Coordinator(abc.ABC):
         end-of-call webhook, whose job ``changes`` puts in :data:`OWED_FIELD`:
         :meth:`owed_calls` lists it until :meth:`settle_owed` (the transactional
         outbox, :mod:`telephony_edge.calls.outbox`).
+
+        ``if_owner`` fences a media owner's writes: the change is applied only
+        while the record's :data:`OWNER_KEY` is ``if_owner`` or null, so a worker
+        whose call was taken over (:meth:`take_over`) can no longer write it.
         """
 
     @abc.abstractmethod
@@ -270,6 +304,53 @@ class Coordinator(abc.ABC):
         first, and the cursor to pass as ``after`` for the next ones (None:
         no more).
         """
+
+    # -- a call that outlives its worker ----------------------------------------
+
+    @abc.abstractmethod
+    async def take_over(
+        self,
+        call_id: str,
+        worker_id: str,
+        *,
+        generation: int,
+        ttl: float,
+        changes: Mapping[str, Any] | None = None,
+    ) -> Document | None:
+        """Make ``worker_id`` the media owner of a live call, in one step.
+
+        Applied only while the record is live (:data:`LIVE_STATES`) and its
+        :data:`GENERATION_KEY` (0 when absent) equals ``generation``: then the
+        record's :data:`OWNER_KEY` becomes ``worker_id``, its generation
+        ``generation + 1``, ``changes`` are merged (version + 1), and the lease
+        is ``worker_id``'s for ``ttl`` whoever held it (the leases index with
+        it). So of several workers taking the same call over from the same
+        generation exactly one wins; the others get :class:`Conflict`, as does a
+        record that is over or was taken over since. None when the call is not
+        stored.
+        """
+
+    @abc.abstractmethod
+    async def put_live(
+        self, worker_id: str, updates: Mapping[str, LiveUpdate], ttl: float
+    ) -> set[str]:
+        """Write the live state of calls ``worker_id`` runs (call id → :class:`LiveUpdate`).
+
+        Per call, in one step: the document replaced, the new chat and
+        function-call entries appended, everything kept ``ttl`` seconds from
+        this write; only while the call's record names ``worker_id`` as its
+        owner (a call taken over is left to its new owner). Backends batch the
+        calls (Redis: one script per bucket, one round trip). Returns the ids
+        written.
+        """
+
+    @abc.abstractmethod
+    async def get_live(self, call_id: str) -> LiveState | None:
+        """The call's live state as last written (one atomic read), or None."""
+
+    @abc.abstractmethod
+    async def drop_live(self, call_id: str) -> None:
+        """Forget the call's live state (its end is written). Dropping nothing does nothing."""
 
     # -- pending registrations (SIP register_sip_call, Twilio stream tokens) --
 

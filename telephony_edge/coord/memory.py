@@ -25,7 +25,10 @@ from telephony_edge.coord.base import (
     DEFAULT_LEASE_TTL,
     DEFAULT_SLOT_TTL,
     ENDED_STATE,
+    GENERATION_KEY,
+    LIVE_STATES,
     OWED_FIELD,
+    OWNER_KEY,
     STATE_KEY,
     Conflict,
     ControlMessage,
@@ -34,6 +37,8 @@ from telephony_edge.coord.base import (
     Document,
     Job,
     LapsedLease,
+    LiveState,
+    LiveUpdate,
     json_text,
 )
 
@@ -132,6 +137,7 @@ class MemoryCoordinator(Coordinator):
         self._job_once_ttl = job_once_ttl
         self._dead_max = dead_letter_max
         self._sessions = _ExpiringDict(clock)
+        self._live = _ExpiringDict(clock)  # call id → JSON [doc, chat, function calls]
         self._inbox_size = control_inbox_size
         self._clock = clock
         self._calls = _ExpiringDict(clock)
@@ -197,6 +203,7 @@ class MemoryCoordinator(Coordinator):
         ttl: float | None = None,
         if_unowned: bool = False,
         owed_at: float | None = None,
+        if_owner: str | None = None,
     ) -> Document | None:
         current = self._load_call(call_id)
         if current is None:
@@ -205,6 +212,7 @@ class MemoryCoordinator(Coordinator):
             (if_state is not None and current.data.get(STATE_KEY) not in if_state)
             or (if_version is not None and current.version != if_version)
             or (if_unowned and self._owners.get(call_id) is not None)
+            or (if_owner is not None and current.data.get(OWNER_KEY) not in (None, if_owner))
         ):
             raise Conflict(current)
         data = {**current.data, **json.loads(json_text(dict(changes)))}
@@ -353,6 +361,59 @@ class MemoryCoordinator(Coordinator):
                 out.append(LapsedLease(call_id, doc.data.get(STATE_KEY), self._leases[call_id][1]))
         cursor = f"{batch[-1][0]!r}|{batch[-1][1]}" if len(lapsed) > limit else None
         return out, cursor
+
+    # -- a call that outlives its worker ------------------------------------------------
+
+    async def take_over(
+        self,
+        call_id: str,
+        worker_id: str,
+        *,
+        generation: int,
+        ttl: float,
+        changes: Mapping[str, Any] | None = None,
+    ) -> Document | None:
+        current = self._load_call(call_id)
+        if current is None:
+            return None
+        data = current.data
+        if data.get(STATE_KEY) not in LIVE_STATES or data.get(GENERATION_KEY, 0) != generation:
+            raise Conflict(current)
+        merged = {
+            **data,
+            **json.loads(json_text(dict(changes or {}))),
+            OWNER_KEY: worker_id,
+            GENERATION_KEY: generation + 1,
+        }
+        self._store_call(call_id, Document(data=merged, version=current.version + 1), None)
+        self._owners.set(call_id, json_text(worker_id), ttl)
+        self._leases[call_id] = (self._clock() + ttl, worker_id)
+        return self._load_call(call_id)
+
+    async def put_live(
+        self, worker_id: str, updates: Mapping[str, LiveUpdate], ttl: float
+    ) -> set[str]:
+        written = set()
+        for call_id, update in updates.items():
+            doc = self._load_call(call_id)
+            if doc is None or doc.data.get(OWNER_KEY) != worker_id:
+                continue
+            stored = self._live.get(call_id)
+            _, chat, calls = json.loads(stored) if stored is not None else (None, [], [])
+            state = [update.doc, chat + update.chat, calls + update.function_calls]
+            self._live.set(call_id, json_text(state), ttl)
+            written.add(call_id)
+        return written
+
+    async def get_live(self, call_id: str) -> LiveState | None:
+        stored = self._live.get(call_id)
+        if stored is None:
+            return None
+        doc, chat, calls = json.loads(stored)
+        return LiveState(doc, chat, calls)
+
+    async def drop_live(self, call_id: str) -> None:
+        self._live.pop(call_id)
 
     # -- control messages -------------------------------------------------------------
 

@@ -32,6 +32,8 @@ key                                    type      holds / expiry
                                                  members (see below)
 ``P{calls:B}:leases`` / ``:holders``   zset,     the lease index (lease expiry; last holder)
                                        hash      :mod:`~telephony_edge.coord.redis_leases`
+``P{calls:B}:live:<call_id>`` …        string,   a live call's state for another worker:
+                                       lists     :mod:`~telephony_edge.coord.redis_live`
 ``P{calls:B}:created``                 zset      setup index (creation time), no TTL:
                                                  :mod:`~telephony_edge.coord.redis_index`
 ``P{calls:B}:owed``                    zset      call ids of bucket B whose end-of-call
@@ -129,6 +131,7 @@ Scripts
 The parts
 ---------
 :mod:`~telephony_edge.coord.redis_leases` (ownership),
+:mod:`~telephony_edge.coord.redis_live` (live state, takeovers),
 :mod:`~telephony_edge.coord.redis_index` (paged index reads),
 :mod:`~telephony_edge.coord.redis_presence` (agent slots, heartbeats),
 :mod:`~telephony_edge.coord.redis_control` (control messages, each worker's
@@ -153,7 +156,7 @@ import os
 import socket
 import uuid
 import zlib
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -181,11 +184,14 @@ from telephony_edge.coord.redis_common import (
     CONNECTION_ERRORS,
     PING_TIMEOUT,
     PRELUDE,
+    document_of,
+    field_args,
     ms,
 )
 from telephony_edge.coord.redis_control import RedisControl
 from telephony_edge.coord.redis_index import RedisIndex
 from telephony_edge.coord.redis_leases import RedisLeases
+from telephony_edge.coord.redis_live import RedisLive
 from telephony_edge.coord.redis_presence import RedisPresence
 from telephony_edge.coord.redis_queue import RedisQueue
 from telephony_edge.coord.redis_url import (
@@ -254,27 +260,32 @@ return redis.call('HGETALL', KEYS[1])
 
 # KEYS: doc, index, owed[, owner: the change needs it absent]. ARGV: call_id,
 # ended, ttl|'', ended_ttl, if_version|'', invalid ('1': the change would leave
-# no string state), owed_ms|'' (file the call as owing its webhook), n_states
-# (-1: no if_state), states..., field, json, ...
+# no string state), owed_ms|'' (file the call as owing its webhook), if_owner
+# JSON|'' (the record's owner must be it or null), n_states (-1: no if_state),
+# states..., field, json, ...
 _UPDATE_CALL = (
     PRELUDE
     + _PLACE
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
-local n = tonumber(ARGV[8])
+local n = tonumber(ARGV[9])
 local ok = n < 0
 if not ok then
   local state = redis.call('HGET', KEYS[1], 'f:state')
-  for i = 9, 8 + n do
+  for i = 10, 9 + n do
     if ARGV[i] == state then ok = true break end
   end
 end
 if ok and ARGV[5] ~= '' then ok = redis.call('HGET', KEYS[1], 'v') == ARGV[5] end
 if ok and #KEYS >= 4 then ok = redis.call('EXISTS', KEYS[4]) == 0 end
+if ok and ARGV[8] ~= '' then
+  local owner = redis.call('HGET', KEYS[1], 'f:owner')
+  ok = not owner or owner == 'null' or owner == ARGV[8]
+end
 if not ok then return {'conflict', redis.call('HGETALL', KEYS[1])} end
 if ARGV[6] == '1' then return {'invalid'} end
 if ARGV[7] ~= '' then redis.call('ZADD', KEYS[3], ARGV[7], ARGV[1]) end
-local first = 9 + math.max(n, 0)
+local first = 10 + math.max(n, 0)
 if first <= #ARGV then
   local fields = {}
   for i = first, #ARGV, 2 do
@@ -310,34 +321,9 @@ return out
 """
 
 
-def _document(fields: Mapping[str, str] | Sequence[str]) -> Document:
-    """A call record from its hash's ``HGETALL`` (a dict from redis-py, a flat list from Lua)."""
-    pairs = (
-        fields.items()
-        if isinstance(fields, Mapping)
-        else zip(fields[::2], fields[1::2], strict=True)
-    )
-    data: dict[str, Any] = {}
-    version = 0
-    for name, value in pairs:
-        if name == "v":
-            version = int(value)
-        elif name.startswith("f:"):
-            data[name[2:]] = json.loads(value)
-    return Document(data=data, version=version)
-
-
-def _field_args(data: Mapping[str, Any]) -> list[str]:
-    """Top-level fields as ``name, JSON`` pairs, normalised as JSON would (keys become str)."""
-    args: list[str] = []
-    for name, value in json.loads(json_text(dict(data))).items():
-        args += (name, json_text(value))
-    return args
-
-
 # the parts whose stubs name another part's method come after it (MRO)
 class RedisCoordinator(
-    RedisPresence, RedisLeases, RedisIndex, RedisControl, RedisQueue, Coordinator
+    RedisPresence, RedisLeases, RedisLive, RedisIndex, RedisControl, RedisQueue, Coordinator
 ):
     """Shared state in Redis; see the module docstring for keys and scripts."""
 
@@ -389,6 +375,7 @@ class RedisCoordinator(
         self._settle_owed = script(_SETTLE_OWED)
         self._list_bucket = script(_LIST_BUCKET)
         self._init_leases()
+        self._init_live()
         self._init_index()
         self._init_presence()
         self._init_queue()
@@ -521,9 +508,9 @@ class RedisCoordinator(
             raise ValueError(f"a call record needs a string {STATE_KEY!r}")
         flat = await self._create_call(
             keys=[*self._doc_keys(call_id), f"{self._call_tag(call_id)}:created"],
-            args=[call_id, self._ended, self._ttl_arg(ttl), self._ended_ttl, *_field_args(data)],
+            args=[call_id, self._ended, self._ttl_arg(ttl), self._ended_ttl, *field_args(data)],
         )
-        return None if flat is None else _document(flat)
+        return None if flat is None else document_of(flat)
 
     async def update_call(
         self,
@@ -535,6 +522,7 @@ class RedisCoordinator(
         ttl: float | None = None,
         if_unowned: bool = False,
         owed_at: float | None = None,
+        if_owner: str | None = None,
     ) -> Document | None:
         invalid = STATE_KEY in changes and not isinstance(changes[STATE_KEY], str)
         states = [] if if_state is None else [json_text(s) for s in if_state]
@@ -551,9 +539,10 @@ class RedisCoordinator(
                 "" if if_version is None else str(if_version),
                 "1" if invalid else "0",
                 "" if owed_at is None else str(round(owed_at * 1000)),
+                "" if if_owner is None else json_text(if_owner),
                 -1 if if_state is None else len(states),
                 *states,
-                *_field_args(changes),
+                *field_args(changes),
             ],
         )
         outcome = reply[0]
@@ -561,7 +550,7 @@ class RedisCoordinator(
             return None
         if outcome == "invalid":
             raise ValueError(f"a call record needs a string {STATE_KEY!r}")
-        doc = _document(reply[1])
+        doc = document_of(reply[1])
         if outcome == "conflict":
             raise Conflict(doc)
         return doc
@@ -597,7 +586,7 @@ class RedisCoordinator(
 
     async def get_call(self, call_id: str) -> Document | None:
         flat = cast("dict[str, str]", await self._redis.hgetall(self._doc_keys(call_id)[0]))
-        return _document(flat) if flat else None
+        return document_of(flat) if flat else None
 
     async def list_active_calls(self) -> list[Document]:
         # Step 1: every bucket's index, in one round trip.
@@ -623,7 +612,7 @@ class RedisCoordinator(
             replies: list[list[list[Any]]] = await pipe.execute()
         found = [(call_id, flat) for reply in replies for call_id, flat in reply]
         found.sort(key=lambda item: (created[item[0]], item[0]))
-        return [_document(flat) for _, flat in found]
+        return [document_of(flat) for _, flat in found]
 
     def _ttl_arg(self, ttl: float | None) -> str:
         return "" if ttl is None else str(ms(ttl))

@@ -4,14 +4,44 @@ with a zset's latest deadline, milliseconds for ``PX``, and the errors that mean
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from redis.exceptions import RedisError
+
+from telephony_edge.coord.base import Document, json_text
 
 #: ``XREAD BLOCK``: short, so closing or losing the connection is noticed soon.
 BLOCK_MS = 1000
 BLOCK_S = BLOCK_MS / 1000
 PING_TIMEOUT = 2.0
 CONNECTION_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+
+
+def document_of(fields: Mapping[str, str] | Sequence[str]) -> Document:
+    """A call record from its hash's ``HGETALL`` (a dict from redis-py, a flat list from Lua)."""
+    pairs = (
+        fields.items()
+        if isinstance(fields, Mapping)
+        else zip(fields[::2], fields[1::2], strict=True)
+    )
+    data: dict[str, Any] = {}
+    version = 0
+    for name, value in pairs:
+        if name == "v":
+            version = int(value)
+        elif name.startswith("f:"):
+            data[name[2:]] = json.loads(value)
+    return Document(data=data, version=version)
+
+
+def field_args(data: Mapping[str, Any]) -> list[str]:
+    """Top-level fields as ``name, JSON`` pairs, normalised as JSON would (keys become str)."""
+    args: list[str] = []
+    for name, value in json.loads(json_text(dict(data))).items():
+        args += (name, json_text(value))
+    return args
 
 
 def ms(seconds: float) -> int:
