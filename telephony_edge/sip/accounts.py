@@ -2,10 +2,10 @@
 
 Theory of operation
 -------------------
-Every worker runs :meth:`Accounts.run`. Every ``RENEW_S`` it takes or renews,
-for each account, the coordinator's lease ``sip-account:<name>`` (the lease
-calls' media owners use, :meth:`~telephony_edge.coord.base.Coordinator.claim_owner`:
-held by one worker at a time, lapsing ``LEASE_S`` after its holder stops
+Every worker runs :meth:`Accounts.run`. Every ``calls.lease_renew_s`` it takes
+or renews, for each account, the coordinator's lease ``sip-account:<name>`` (the
+lease calls' media owners use, :meth:`~telephony_edge.coord.base.Coordinator.claim_owner`:
+held by one worker at a time, lapsing ``calls.lease_s`` after its holder stops
 renewing it; no call record goes with it, so no reaper takes it for a call).
 The worker holding an account's lease keeps it registered
 (:meth:`~telephony_edge.sip.ua.UserAgent.register`); one that loses the lease,
@@ -51,8 +51,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LEASE_PREFIX = "sip-account:"
-LEASE_S = 15.0
-RENEW_S = 5.0
 #: how long a shutdown waits for the registrar to confirm the bindings' removal
 UNREGISTER_WAIT_S = 2.0
 CONTACT_USER_PREFIX = "acct-"
@@ -87,11 +85,15 @@ class Accounts:
         """Take, renew and give up the accounts' leases until cancelled."""
         if not self.settings:
             return
+        calls = self.endpoint.services.settings.calls
         while True:
-            await self._renew()
-            await asyncio.sleep(RENEW_S)
+            try:
+                await self._renew(calls.lease_s)
+            except Exception:  # a bug: logged, and the leases are tried again next time
+                log.exception("SIP account leases not renewed")
+            await asyncio.sleep(calls.lease_renew_s)
 
-    async def _renew(self) -> None:
+    async def _renew(self, lease_s: float) -> None:
         services = self.endpoint.services
         coordinator, me = services.coordinator, services.worker_id
         for name in self.settings:
@@ -103,7 +105,7 @@ class Accounts:
                         await coordinator.release_owner(key, me)
                 continue
             try:
-                held = await coordinator.claim_owner(key, me, ttl=LEASE_S)
+                held = await coordinator.claim_owner(key, me, ttl=lease_s)
             except Exception as exc:  # the coordinator away: keep what we have, ask again
                 log.warning("SIP account lease not renewed: %s", exc, extra={"sip_account": name})
                 continue

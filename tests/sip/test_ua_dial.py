@@ -16,6 +16,7 @@ from telephony_edge.sip.ua_records import (
     CallProgress,
     DialFailed,
     InfoReceived,
+    MediaUpdated,
     RegistrationChanged,
     Resolve,
     Send,
@@ -102,6 +103,24 @@ def test_answered_dial_is_a_call_of_the_ua() -> None:
     actions = ua.receive(in_dialog(invite, "BYE", 2), CALLEE, 3.0)
     assert of(actions, CallEnded) == [CallEnded(ref, "remote_bye")]
     assert ref not in ua.calls()
+
+
+def test_callee_re_invite_is_answered_in_the_dials_dialog() -> None:
+    ua = make_ua()
+    _ref, invite = dialled(ua)
+    ua.receive(answer(invite, 200), CALLEE, 1.0)
+    hold = (
+        b"v=0\r\no=callee 1 2 IN IP4 192.0.2.50\r\ns=-\r\nc=IN IP4 192.0.2.50\r\nt=0 0\r\n"
+        b"m=audio 40000 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=sendonly\r\n"
+    )
+    reinvite = in_dialog(
+        invite, "INVITE", 2, hold, Content_Type="application/sdp", Contact="<sip:c@192.0.2.50:5070>"
+    )
+    actions = ua.receive(reinvite, CALLEE, 2.0)
+    [ok] = [a for a in actions if isinstance(a, Send) and a.data.startswith(b"SIP/2.0 200")]
+    assert b"a=recvonly" in ok.data  # our answer to the callee's hold
+    [updated] = of(actions, MediaUpdated)
+    assert isinstance(updated, MediaUpdated) and updated.media.direction == "recvonly"
 
 
 def test_edge_hangs_up_an_answered_dial_with_bye_and_its_200_is_the_byes() -> None:
