@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import audioop
+import socket
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,20 @@ class BaresipCall:
         return sum(audioop.rms(f, 2) > threshold for f in frames) * 0.02
 
 
+def listen_port() -> int:
+    """A port for baresip's ``sip_listen``: it takes UDP and TCP there, and TLS on the next
+    one, so both must be free."""
+    for _ in range(50):
+        port = free_port()
+        try:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        return port
+    raise AssertionError("no two free ports in a row for baresip")
+
+
 def write_config(
     folder: Path, microphone: Path, transport: str, mediaenc: str | None = None
 ) -> None:
@@ -48,7 +63,7 @@ def write_config(
         "\n".join(
             [
                 "poll_method epoll",
-                f"sip_listen 127.0.0.1:{free_port()}",
+                f"sip_listen 127.0.0.1:{listen_port()}",
                 "audio_player auloop,nil",
                 f"audio_source aufile,{microphone}",
                 "audio_alert aufile,/dev/null",

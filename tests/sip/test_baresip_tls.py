@@ -2,8 +2,10 @@
 
 baresip's TLS transport and ``srtp`` module against the edge as shipped
 (uvloop): the call is answered, the agent heard and the caller heard, and a
-capture of the RTP ports on loopback holds no audio in the clear. The same
-call with baresip's SRTP off is the capture's control: its audio shows.
+capture of the RTP ports on loopback holds no audio in the clear; baresip's
+best effort (``RTP/AVP`` with ``a=crypto``), ``RTP/SAVP`` and ``RTP/SAVPF``
+offers each. The same call with baresip's SRTP off is the capture's control:
+its audio shows.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from tests.sip.certs import Authority
 from tests.sip.conftest import API_KEY, register
 
 
-@pytest.mark.parametrize("mediaenc", ["srtp", "srtp-mand", None])
+@pytest.mark.parametrize("mediaenc", ["srtp", "srtp-mand", "srtp-mandf", None])
 async def test_baresip_over_tls_with_srtp(
     serve_process: Callable[[dict[str, Any]], ServeProcess],
     receiver: Receiver,
@@ -66,6 +68,7 @@ async def test_baresip_over_tls_with_srtp(
     assert "Call established" in call.log, call.log[-3000:]
     if mediaenc:
         assert "SRTP is Enabled (cryptosuite=AES_CM_128_HMAC_SHA1_80)" in call.log, call.log
+        assert "failed to decrypt" not in call.log, call.log  # our SRTP and SRTCP taken
     assert call.heard_seconds() > 0.5, f"baresip heard {call.heard_seconds()} s of the agent"
     await wait_for(lambda: receiver.received, within=15)
     [payload] = receiver.received
