@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -259,3 +260,35 @@ async def test_a_baresip_callee_answers_a_sip_uri_with_audio_both_ways(
     assert "caller spoke" in json.dumps(payload.get("chat"))  # the agent heard baresip
     _, record = await api(edge, "GET", f"/calls/{call_id}")
     assert record["to"] == phone.uri and record["direction"] == "outbound"
+
+
+async def test_hangup_through_another_worker_while_ringing_cancels(
+    make_edge: Callable[..., Any], receiver: Receiver, redis_server: Any, tmp_path: Path
+) -> None:
+    """Workers A and B on one Redis: A places the call, B is asked to hang it up while it
+    rings; B ends the record, A reads that and CANCELs (the callee sees the CANCEL)."""
+    port = free_port()
+    prefix = f"te-out-{uuid.uuid4().hex[:12]}:"
+    workers = []
+    for name in ("worker-a", "worker-b"):
+        settings = sip_test_settings(
+            receiver,
+            carrier(f"127.0.0.1:{port}"),
+            server={"worker_id": name},
+            coordination={"redis_url": redis_server.url, "key_prefix": prefix},
+            regions={"local": {"public_url": "http://127.0.0.1:8080"}},
+            numbers=NUMBERS,
+        )
+        workers.append(await make_edge(settings))
+    a, b = workers
+    uas = await callee("uas_no_answer.xml", port, tmp_path)
+    await asyncio.sleep(0.3)
+    call_id = await place(a)
+    await ringing(b, call_id)
+    status, body = await api(b, "POST", f"/calls/{call_id}/hangup")
+    assert status == 200, body
+    await callee_done(uas, tmp_path, port)  # A's CANCEL reached the callee
+    payload = await settled(receiver, call_id)
+    assert payload["call_status"] == "api-ended"
+    _, record = await api(a, "GET", f"/calls/{call_id}")
+    assert record["provider_status"] == "canceled"
