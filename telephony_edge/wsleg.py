@@ -188,11 +188,10 @@ class SocketLeg(Leg):
             return self._pending.popleft()
         if self._ended is not None:
             return self._ended
-        ws = self._ws
         if self._idle_timer is None:
             self._arm_idle_check()
         while True:
-            msg = await ws.receive()
+            msg = await self._ws.receive()  # the leg's socket: a network may hand over another
             self._received += 1
             if msg.type is WSMsgType.TEXT:
                 event = self._on_text(msg.data)
@@ -206,9 +205,17 @@ class SocketLeg(Leg):
             elif self._idle_error is not None:  # closed by _idle_check
                 return self._end("timeout", self._idle_error)
             else:  # CLOSE, CLOSING, CLOSED: the network hung up, or the call moved on
-                return self._end("completed")
+                ended = await self._socket_gone()
+                if ended is not None:
+                    return ended
+                continue  # another socket took over
             if event is not None:
                 return event
+
+    async def _socket_gone(self) -> LegEnded | None:
+        """The socket closed: the leg ends, unless the network hands the call another
+        socket (Twilio after the agent's keys); then None, and reading goes on there."""
+        return self._end("completed")
 
     def _on_text(self, text: str) -> LegEvent | None:
         """One text message → an event for the bridge, or None (handled here or skipped)."""

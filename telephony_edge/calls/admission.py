@@ -37,6 +37,16 @@ def full_reason(active: int, max_calls: int, accepting: bool) -> str | None:
     return None
 
 
+def shares_url(workers: Mapping[str, Mapping[str, Any]], self_id: str, own_url: str) -> bool:
+    """Whether another live worker answers at ``own_url`` (one load balancer in front of both)."""
+    own = own_url.rstrip("/")
+    return any(
+        str(info.get("public_url") or "").rstrip("/") == own
+        for worker_id, info in workers.items()
+        if worker_id != self_id and not worker_id.startswith(AGENT_CORE_PREFIX)
+    )
+
+
 def other_ready_worker(
     workers: Mapping[str, Mapping[str, Any]],
     *,

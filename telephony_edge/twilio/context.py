@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from telephony_edge.config import Settings
-from telephony_edge.twilio.media import IDLE_TIMEOUT_S, START_TIMEOUT_S
+from telephony_edge.twilio.handover import StreamHandover
+from telephony_edge.twilio.media import HANDOVER_TIMEOUT_S, IDLE_TIMEOUT_S, START_TIMEOUT_S
 from telephony_edge.twilio.rest import TwilioRest
 from telephony_edge.twilio.settings import TwilioSettings, twilio_settings
 from telephony_edge.twilio.signature import SignatureChecker
@@ -23,9 +24,11 @@ class TwilioContext:
     twilio: TwilioSettings
     signatures: SignatureChecker
     tokens: StreamTokens
+    handover: StreamHandover  # the streams this worker's calls wait for after their keys
     rest: TwilioRest | None = None  # created on start-up, inside the running loop
     start_timeout_s: float = START_TIMEOUT_S  # for the stream's 'start' message
     idle_timeout_s: float = IDLE_TIMEOUT_S  # a stream silent this long is gone
+    handover_timeout_s: float = HANDOVER_TIMEOUT_S  # the stream back after the keys, beyond them
 
     @property
     def public_url(self) -> str:
@@ -36,13 +39,15 @@ class TwilioContext:
         tw = twilio_settings(settings)
         if not tw.enabled or not tw.auth_token or not tw.account_sid:
             raise ValueError("Twilio routes need twilio.enabled with account_sid and auth_token")
+        tokens = StreamTokens.from_auth_token(tw.auth_token, tw.stream_token_ttl_s)
         return cls(
             settings=settings,
             twilio=tw,
             signatures=SignatureChecker(
                 tw.auth_token, settings.public_url, enabled=tw.validate_signatures
             ),
-            tokens=StreamTokens.from_auth_token(tw.auth_token, tw.stream_token_ttl_s),
+            tokens=tokens,
+            handover=StreamHandover(tokens, settings.public_url),
         )
 
 

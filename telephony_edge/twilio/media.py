@@ -19,6 +19,12 @@ counted rather than awaited: the worker's pacer must never wait on one slow
 network. The leg asks for ``PLAYOUT_LEAD_FRAMES`` at the start of each
 talkspurt, to prime Twilio's own buffer.
 
+The agent's keys (:meth:`TwilioMediaLeg.send_dtmf`) replace the call's TwiML
+with ``<Play digits>`` and the stream again, which ends this stream: the leg
+then waits for the new one (:mod:`telephony_edge.twilio.handover`) and goes on
+over it, its ``stop`` and close no end of the call. The caller's audio pauses
+meanwhile, and the agent's is dropped (counted) while no stream takes it.
+
 Marks: Twilio echoes a ``mark`` once the audio sent before it has played,
 and echoes every pending one at once on ``clear``. The leg marks the agent
 audio every ``MARK_INTERVAL_S`` while it flows, so the bridge hears
@@ -33,20 +39,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from telephony_edge import metrics
+from telephony_edge.audio.frames import FRAME_BYTES, FrameSplitter
 from telephony_edge.audio.g711 import Law
 from telephony_edge.audio.transcode import G711Decoder, G711Encoder
+from telephony_edge.calls.dtmf import DtmfRequest
 from telephony_edge.calls.leg import (
     Capabilities,
     Dtmf,
+    LegEnded,
     LegEvent,
     LegInfo,
+    NotSupported,
     Played,
 )
 from telephony_edge.logs import sampled
@@ -54,11 +65,16 @@ from telephony_edge.twilio.rest import TwilioRest
 from telephony_edge.wsframe import frame_header
 from telephony_edge.wsleg import PLAYOUT_LEAD_MS, SocketLeg, SocketRejected, SocketStats
 
+if TYPE_CHECKING:
+    from telephony_edge.twilio.handover import Expected, NewStream, StreamHandover
+
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024
 START_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 10.0  # Twilio sends media every 20 ms; this much silence means it is gone
+HANDOVER_TIMEOUT_S = 10.0  # the stream back after the agent's keys, beyond their own time
+KEY_S = 0.5  # what one key (or w) of <Play digits> may take, for that wait
 MARK_INTERVAL_S = 0.2
 LATE_GAP_S = 0.03  # agent frames this far apart (10 ms behind their slot) are late
 TALKSPURT_GAP_S = 0.2  # farther apart: a pause in the agent's speech, not lateness
@@ -101,6 +117,7 @@ class StreamStats(SocketStats):
     late_sends: int = 0
     marks_sent: int = 0
     marks_played: int = 0
+    handovers: int = 0  # streams taken over after the agent's keys
 
 
 async def read_start(ws: web.WebSocketResponse, timeout_s: float = START_TIMEOUT_S) -> StreamStart:
@@ -188,7 +205,9 @@ class TwilioMediaLeg(SocketLeg):
     network = "Twilio"
     stats: StreamStats
 
-    capabilities = Capabilities(clear=True, transfer_to_number=True, transfer_to_sip=True)
+    capabilities = Capabilities(
+        clear=True, dtmf_out=True, transfer_to_number=True, transfer_to_sip=True
+    )
 
     def __init__(
         self,
@@ -201,7 +220,12 @@ class TwilioMediaLeg(SocketLeg):
         rest: TwilioRest | None = None,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         playout_lead_ms: int = PLAYOUT_LEAD_MS,
+        handover: StreamHandover | None = None,
+        handover_timeout_s: float = HANDOVER_TIMEOUT_S,
+        comes_back: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
+        """``handover``: this worker's table of awaited streams, for the agent's keys;
+        ``comes_back``: whether a stream to this worker's public URL reaches this worker."""
         super().__init__(
             ws,
             request,
@@ -213,11 +237,24 @@ class TwilioMediaLeg(SocketLeg):
             dropped=_DROPPED,
             idle_timeout_s=idle_timeout_s,
         )
-        self.start = start
         self._rest = rest
-        self._next_seq = start.next_sequence
+        self._handover = handover
+        self._handover_timeout_s = handover_timeout_s
+        self._comes_back = comes_back
+        self._expected: Expected | None = None  # a handover under way (the agent's keys)
+        self._took_over = asyncio.Event()  # the awaited stream is the leg's now
+        self._released: asyncio.Future[None] | None = None  # a handed-over socket's handler
         self._decoder = G711Decoder(Law.ULAW)
         self._encoder = G711Encoder(Law.ULAW)
+        self._unmarked = 0
+        self._last_sent = 0.0
+        self._mark_timer: asyncio.TimerHandle | None = None
+        self._use(start)
+
+    def _use(self, start: StreamStart) -> None:
+        """The stream's own numbering and message prefixes (again after a handover)."""
+        self.start = start
+        self._next_seq = start.next_sequence
         sid = orjson.dumps(start.stream_sid)
         self._media_prefix = b'{"event":"media","streamSid":' + sid + b',"media":{"payload":"'
         self._media_suffix = b'"}}'
@@ -226,9 +263,6 @@ class TwilioMediaLeg(SocketLeg):
         self._media_header = frame_header(self._media_len) + self._media_prefix
         self._clear_msg = b'{"event":"clear","streamSid":' + sid + b"}"
         self._mark_prefix = b'{"event":"mark","streamSid":' + sid + b',"mark":{"name":'
-        self._unmarked = 0
-        self._last_sent = 0.0
-        self._mark_timer: asyncio.TimerHandle | None = None
 
     # -- caller → edge -----------------------------------------------------
 
@@ -261,6 +295,8 @@ class TwilioMediaLeg(SocketLeg):
                 self.stats.marks_played += 1
                 return Played(name)
             elif event == "stop":
+                if self._expected is not None:
+                    return None  # ended for the agent's keys: a new stream comes
                 return self._end("completed")
             else:
                 reason = (
@@ -360,6 +396,79 @@ class TwilioMediaLeg(SocketLeg):
         finally:
             await self.close()
 
+    async def send_dtmf(self, request: DtmfRequest) -> None:
+        """``<Play digits>`` and the stream again through the REST API; returns once the new
+        stream is the leg's (:mod:`telephony_edge.twilio.handover`)."""
+        rest, handover = self._rest, self._handover
+        if rest is None or handover is None:
+            raise NotSupported("Twilio's REST API is not configured; cannot send DTMF")
+        if self._comes_back is not None and not await self._comes_back():
+            raise NotSupported(
+                "other workers answer at this worker's public URL, so the stream after the"
+                " keys may reach one of them: give each worker its own server.public_url"
+            )
+        expected, document = handover.expect(request, self.call_id, self.start.call_sid)
+        self._expected = expected
+        self._took_over.clear()
+        try:
+            await rest.play_digits(self.start.call_sid, document)
+            wait = self._handover_timeout_s + KEY_S * len(request.digits) + 1  # recv's first
+            try:
+                await asyncio.wait_for(self._took_over.wait(), wait)
+            except TimeoutError:
+                raise NotSupported("Twilio did not connect the stream again") from None
+        finally:
+            self._expected = None
+            handover.forget(expected)
+
+    @property
+    def handing_over(self) -> bool:
+        """The stream may end for the agent's keys: a new one takes the call on."""
+        return self._expected is not None
+
+    async def _socket_gone(self) -> LegEnded | None:
+        """The stream ended: for the agent's keys, wait for the new one and take it over."""
+        expected = self._expected
+        if expected is None:
+            return self._end("completed")
+        wait = self._handover_timeout_s + KEY_S * len(expected.digits)
+        try:
+            new = await asyncio.wait_for(asyncio.shield(expected.arrival), wait)
+        except TimeoutError:
+            return self._end("completed", "Twilio did not connect the stream again")
+        except asyncio.CancelledError:
+            if not expected.arrival.cancelled():
+                raise  # the call's own task, cancelled
+            return self._end("completed")  # the keys did not go (the call ended meanwhile)
+        self._take_over(new)
+        return None
+
+    def _take_over(self, new: NewStream) -> None:
+        """The new stream is the leg's; the old one's handler (if handed over) may go."""
+        self._release()
+        self._ws = new.ws
+        self._transport = new.request.transport
+        self._peer = new.request.remote
+        self._released = new.released
+        self._pending.clear()
+        self._splitter = FrameSplitter(FRAME_BYTES)
+        if self._mark_timer is not None:
+            self._mark_timer.cancel()
+            self._mark_timer = None
+        self._unmarked = 0
+        self._use(new.start)
+        self.stats.handovers += 1
+        self._took_over.set()
+        log.info(
+            "Twilio stream handed over after the agent's keys",
+            extra={"call_id": self.call_id, "stream_sid": new.start.stream_sid},
+        )
+
+    def _release(self) -> None:
+        released, self._released = self._released, None
+        if released is not None and not released.done():
+            released.set_result(None)
+
     async def transfer(self, destination: str) -> None:
         """Replace the call's TwiML with ``<Dial>``; Twilio then ends this stream."""
         if self._rest is None:
@@ -370,7 +479,10 @@ class TwilioMediaLeg(SocketLeg):
         if self._mark_timer is not None:
             self._mark_timer.cancel()
             self._mark_timer = None
-        await super().close()
+        try:
+            await super().close()
+        finally:
+            self._release()
 
 
 def _loads(text: str) -> dict[str, Any] | None:

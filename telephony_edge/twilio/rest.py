@@ -1,8 +1,10 @@
 """Twilio's REST API, through the twilio library's asyncio client.
 
-Three operations matter to the edge: create an outbound call (its TwiML URL
+Four operations matter to the edge: create an outbound call (its TwiML URL
 points back at the edge's voice webhook), hang a live call up (update its
-status to ``completed``) and transfer it (replace its TwiML with ``<Dial>``).
+status to ``completed``), transfer it (replace its TwiML with ``<Dial>``) and
+press the agent's keys (replace it with ``<Play digits>`` and the stream again,
+:mod:`telephony_edge.twilio.handover`).
 The library's :class:`AsyncTwilioHttpClient` runs on aiohttp, so none of them
 blocks the event loop. ``api_base_url`` replaces ``https://api.twilio.com``,
 which is how tests and the demo (the simulator's stand-in,
@@ -150,6 +152,11 @@ class TwilioRest:
     async def transfer(self, call_sid: str, destination: str) -> None:
         """Replace the live call's TwiML with ``<Dial>`` to a number or SIP URI."""
         await self._update("transfer", call_sid, twiml=twiml.dial(destination))
+
+    async def play_digits(self, call_sid: str, document: str) -> None:
+        """Replace the live call's TwiML with ``document`` (``<Play digits>``, then the
+        stream again): Twilio ends the call's stream, plays the keys, connects the new one."""
+        await self._update("dtmf", call_sid, twiml=document)
 
     async def _update(self, op: str, call_sid: str, **fields: str) -> None:
         context = self._client.api.v2010.accounts(self.account_sid).calls(call_sid)

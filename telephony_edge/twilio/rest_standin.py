@@ -7,8 +7,11 @@ call, checked as Twilio checks it: HTTP Basic auth with the account's SID
 and auth token, the account in the path, the call's SID, a form-encoded
 body whose ``Status`` is ``completed`` / ``canceled`` or whose ``Url`` /
 ``Twiml`` replaces the call's instructions; errors are Twilio's JSON shape
-(``code``, ``message``, ``more_info``, ``status``). A hang-up or a new
-TwiML ends the simulated call's stream, as Twilio ends it.
+(``code``, ``message``, ``more_info``, ``status``); a ``Twiml`` over 4000
+characters is refused (32018), as Twilio refuses it. A hang-up or a new
+TwiML ends the simulated call's stream, as Twilio ends it; a new TwiML with a
+``<Connect><Stream>`` (after ``<Play digits>``: the agent's keys) then opens
+a new one.
 
 It places no calls: ``POST .../Calls.json`` is refused, since a simulator
 can only be called, not call out.
@@ -38,6 +41,7 @@ DEFAULT_ACCOUNT_SID = "AC" + "0" * 32
 API_VERSION = "2010-04-01"
 CALL_SID = re.compile(r"^CA[0-9a-f]{32}$")
 _ENDED = frozenset({"completed", "canceled", "failed", "busy", "no-answer"})
+MAX_TWIML_CHARS = 4000  # Twilio's error 32018 beyond
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +58,9 @@ class CallUpdate:
             return f"hung up through the REST API (Status={self.status})"
         if self.twiml is not None:
             target = _dial_target(self.twiml)
+            digits = play_digits(self.twiml)
+            if digits:
+                return f"played the digits {' '.join(digits)} into the call"
             return f"transferred the call to {target}" if target else "replaced the call's TwiML"
         return f"redirected the call to {self.url}"
 
@@ -165,6 +172,8 @@ def _read_update(form: dict[str, str]) -> tuple[CallUpdate | None, tuple[int, st
         return None, (21218, f"Invalid Status: {update.status}")
     if update.url is not None and not _absolute_url(update.url):
         return None, (21205, "Url is not a valid URL")
+    if update.twiml is not None and len(update.twiml) > MAX_TWIML_CHARS:
+        return None, (32018, "Twiml size exceeded maximum allowed value of 4000 characters")
     if update.twiml is not None and _twiml_root(update.twiml) != "Response":
         return None, (12100, "Document parse failure")
     return update, None
@@ -205,6 +214,15 @@ def _twiml_root(document: str) -> str | None:
         return ElementTree.fromstring(document).tag
     except ElementTree.ParseError:
         return None
+
+
+def play_digits(document: str) -> list[str]:
+    """The ``digits`` of each ``<Play>`` of a document (none for a bad one)."""
+    try:
+        root = ElementTree.fromstring(document)
+    except ElementTree.ParseError:
+        return []
+    return [play.get("digits", "") for play in root.iter("Play") if play.get("digits")]
 
 
 def _dial_target(document: str) -> str:

@@ -9,7 +9,11 @@ the TwiML answer, sends ``connected`` and ``start`` (with the
 numbers and timestamps), and plays what the edge sends back at real time
 on a model of Twilio's playout buffer: ``mark``s are echoed once the audio
 sent before them has played, ``clear`` drops the unplayed audio and echoes
-the pending marks at once. What the caller heard is kept on a timeline, so
+the pending marks at once. A new TwiML through the REST stand-in ends the
+stream; when it is ``<Play digits>`` and a ``<Connect><Stream>`` (the agent's
+keys) the call "plays" the digits (kept in ``digits_played``, refused unless
+they are ``0-9 * # w``, as Twilio's ``<Play>`` takes) and opens the new stream,
+with a new ``streamSid``. What the caller heard is kept on a timeline, so
 the WAV written at the end has the gaps and cuts a caller would hear.
 
 :func:`simulate_call` runs one whole call; tests and ``bench/twilio_load.py``
@@ -32,6 +36,7 @@ import asyncio
 import audioop
 import binascii
 import contextlib
+import re
 import secrets
 import wave
 from collections.abc import Callable, Sequence
@@ -49,13 +54,20 @@ from telephony_edge.simulate import (
     silent_end_reason,
     unanswered_reason,
 )
-from telephony_edge.twilio.rest_standin import DEFAULT_ACCOUNT_SID, CallUpdate, TwilioRestStandIn
+from telephony_edge.twilio.rest_standin import (
+    DEFAULT_ACCOUNT_SID,
+    CallUpdate,
+    TwilioRestStandIn,
+    play_digits,
+)
 from telephony_edge.twilio.signature import SIGNATURE_HEADER, compute_signature
 
 RATE = 8000
 CHUNK_BYTES = 160  # 20 ms of 8 kHz μ-law
 CHUNK_S = 0.02
 ULAW_SILENCE = b"\xff" * CHUNK_BYTES
+PLAY_DIGITS = re.compile(r"^[0-9*#w]+$")  # what Twilio's <Play digits> plays
+KEY_S = 0.1  # how long the simulated call "plays" each key before its new stream
 
 
 def _sid(prefix: str) -> str:
@@ -161,6 +173,8 @@ class SimulationResult:
     spoke_at_s: float | None = None  # start sent → the caller's first audio (after the greeting)
     edge_closed: bool = False
     rest_update: str = ""  # what the edge asked of the call through the REST stand-in
+    digits_played: list[str] = field(default_factory=list)  # <Play digits> of new TwiML
+    streams: int = 0  # streams opened (more than one: the edge's keys were played)
     duration_s: float = 0.0
     heard_ulaw: bytes = b""
     error: str = ""
@@ -199,6 +213,8 @@ class SimulationResult:
         ]
         if self.rest_update:
             lines.append(f"  the edge {self.rest_update}")
+        if self.digits_played:
+            lines.append(f"  the edge played the digits {' '.join(self.digits_played)}")
         if self.clears:
             lines.append(
                 f"  barge-in: the edge cleared the agent's audio {self.clears} time(s) "
@@ -266,6 +282,7 @@ class SimulatedCall:
         self._reader: asyncio.Task[None] | None = None
         self._ending: asyncio.Task[None] | None = None
         self._caller_hung_up = False  # then a closed socket is not the edge's doing
+        self._switching = False  # the stream ends for a new one (the edge's keys)
         self._closed = asyncio.Event()
         sid = orjson.dumps(self.stream_sid)
         self._media_head = b'{"event":"media","streamSid":' + sid + b',"sequenceNumber":"'
@@ -334,6 +351,7 @@ class SimulatedCall:
     ) -> None:
         """Connect to the stream URL and send ``connected`` and ``start``."""
         self.ws = await self.session.ws_connect(stream.url, autoping=True, max_msg_size=1 << 20)
+        self.result.streams += 1
         await self._send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
         self._seq = 1
         start = {
@@ -350,11 +368,12 @@ class SimulatedCall:
             "streamSid": self.stream_sid,
         }
         await self._send(start)
-        self._t_start = self._loop.time()
-        if self._t_post:
-            self.result.setup_s = self._t_start - self._t_post
-        self._playout = _Playout(self._t_start)
-        self._last_rx = self._t_start
+        if self._playout is None:  # the call's first stream (not one after the edge's keys)
+            self._t_start = self._loop.time()
+            if self._t_post:
+                self.result.setup_s = self._t_start - self._t_post
+            self._playout = _Playout(self._t_start)
+            self._last_rx = self._t_start
         self._reader = asyncio.create_task(self._read(), name=f"sim-read-{self.call_sid}")
 
     async def _send(self, message: dict[str, Any]) -> None:
@@ -525,8 +544,14 @@ class SimulatedCall:
         await self.finish()
 
     def on_rest_update(self, update: CallUpdate) -> None:
-        """The edge hung the call up (or transferred it) through REST: Twilio ends the stream."""
+        """The edge hung the call up (or transferred it) through REST: Twilio ends the stream.
+        A new stream in the TwiML (after ``<Play digits>``): the call goes on over it."""
         self.result.rest_update = update.describe()
+        answer = parse_twiml(update.twiml) if update.twiml is not None else None
+        if answer is not None and answer.stream is not None and self._ending is None:
+            self._ending = asyncio.ensure_future(self._play_then_stream(update, answer.stream))
+            self._ending.add_done_callback(_ignore_result)
+            return
         self.result.edge_closed = True
         if self._ending is None:
             self._ending = asyncio.ensure_future(self._end_stream())
@@ -546,6 +571,28 @@ class SimulatedCall:
                 }
             )
             await ws.close()
+
+    async def _play_then_stream(self, update: CallUpdate, stream: StreamInstruction) -> None:
+        """Twilio's run of the edge's new TwiML: the stream ends, the digits play, a new
+        stream (its own ``streamSid``, numbered from 1) takes the call on."""
+        self._switching = True
+        try:
+            await self._end_stream()
+            if self._reader is not None:
+                await asyncio.gather(self._reader, return_exceptions=True)
+            digits = play_digits(update.twiml or "")
+            if not all(PLAY_DIGITS.match(d) for d in digits):
+                self.result.error = f"<Play digits> Twilio would not play: {digits!r}"
+                return
+            self.result.digits_played += digits
+            await asyncio.sleep(KEY_S * sum(map(len, digits)))
+            self.stream_sid = _sid("MZ")
+            sid = orjson.dumps(self.stream_sid)
+            self._media_head = b'{"event":"media","streamSid":' + sid + b',"sequenceNumber":"'
+        finally:
+            self._switching = False
+        await self.open_stream(stream)
+        self._ending = None
 
     async def finish(self) -> SimulationResult:
         """Wait for the reader, settle the figures; idempotent."""
@@ -623,10 +670,11 @@ class SimulatedCall:
                             mark.handle.cancel()
                         self._echo_mark(mark.name)
         finally:
-            if ws.closed and not self._caller_hung_up and ws.close_code is not None:
-                self.result.edge_closed = True
-            self.result.close_code = ws.close_code
-            self._closed.set()
+            if not self._switching:  # a stream ended for the next one is not the call's end
+                if ws.closed and not self._caller_hung_up and ws.close_code is not None:
+                    self.result.edge_closed = True
+                self.result.close_code = ws.close_code
+                self._closed.set()
 
     def _queue_mark(self, name: str, now: float) -> None:
         playout = self._playout

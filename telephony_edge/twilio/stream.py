@@ -5,21 +5,27 @@ carries the token from our TwiML ``<Parameter>``s. A token bound to a call
 id is also single-use (claimed in the coordinator), so a replayed ``start``
 cannot attach a second stream to a call. A hand-off token from another
 region's edge is bound to the Twilio call and its numbers instead, and the
-call is created here. Whatever is wrong, the socket closes with 1008 before a
-single frame of audio is read.
+call is created here. A stream that comes back after the agent's keys (a
+``handover`` parameter) goes to the live call's leg that waits for it
+(:mod:`telephony_edge.twilio.handover`). Whatever is wrong, the socket closes
+with 1008 before a single frame of audio is read.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 from typing import cast
 
 from aiohttp import WSCloseCode, web
 
 from telephony_edge import http_limits, metrics
+from telephony_edge.calls.admission import shares_url
 from telephony_edge.calls.leg import Direction, LegInfo
 from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.calls.refusals import CallRejected
+from telephony_edge.calls.service import CallService
 from telephony_edge.services import SERVICES, Services
 from telephony_edge.twilio.context import (
     CALL_ID_PARAM,
@@ -29,6 +35,7 @@ from telephony_edge.twilio.context import (
     handoff_subject,
     pending_key,
 )
+from telephony_edge.twilio.handover import HANDOVER_PARAM, NewStream
 from telephony_edge.twilio.media import (
     BAD_START,
     MAX_MESSAGE_BYTES,
@@ -50,6 +57,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
     start: StreamStart | None = None
     try:
         start = await read_start(ws, ctx.start_timeout_s)
+        if HANDOVER_PARAM in start.parameters:
+            return await _hand_over(ctx, ws, request, start)
         record = await _admit(ctx, services, start)
     except StreamRejected as exc:
         metrics.TWILIO_STREAMS.labels(outcome="refused").inc()
@@ -71,8 +80,57 @@ async def stream(request: web.Request) -> web.StreamResponse:
         rest=ctx.rest,
         idle_timeout_s=ctx.idle_timeout_s,
         playout_lead_ms=ctx.twilio.playout_lead_ms,
+        handover=ctx.handover,
+        handover_timeout_s=ctx.handover_timeout_s,
+        comes_back=functools.partial(_comes_back, services),
     )
-    await run_leg(services.call_service, record, leg)
+    await _run(ctx, services.call_service, record, leg)
+    return ws
+
+
+async def _comes_back(services: Services) -> bool:
+    """Whether a stream to this worker's public URL reaches this worker: no other live worker
+    answers there (a load balancer in front of several sends it to any); False when unknown."""
+    try:
+        workers = await services.coordinator.live_workers()
+    except Exception:  # the coordinator away: better no keys than a lost call
+        return False
+    return not shares_url(workers, services.worker_id, services.settings.public_url)
+
+
+async def _run(
+    ctx: TwilioContext, calls: CallService, record: CallRecord, leg: TwilioMediaLeg
+) -> None:
+    """Run the call on its leg, here. A lost connection that cancels this handler
+    (aiohttp's ``handler_cancellation``) ends the call, unless the stream went for the
+    agent's keys: the call then goes on over the next one, in a task the handover keeps."""
+    run = asyncio.ensure_future(run_leg(calls, record, leg))
+    try:
+        await asyncio.shield(run)
+    except asyncio.CancelledError:
+        if leg.handing_over and not run.done():
+            ctx.handover.keep(run)
+        else:
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+        raise
+
+
+async def _hand_over(
+    ctx: TwilioContext, ws: web.WebSocketResponse, request: web.Request, start: StreamStart
+) -> web.WebSocketResponse:
+    """The stream after the agent's keys: to the leg that waits for it, which reads it from
+    now; the socket is held here until the leg lets it go (the call ends, or another one)."""
+    try:
+        expected = ctx.handover.arrived(start)
+    except StreamRejected:
+        BAD_START.inc()
+        raise
+    http_limits.admitted()
+    metrics.TWILIO_STREAMS.labels(outcome="handed_over").inc()
+    released: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    expected.arrival.set_result(NewStream(ws, request, start, released))
+    await released
     return ws
 
 

@@ -47,6 +47,14 @@ def connect_stream(
     stream-started / stream-stopped / stream-error, with ``StreamError``).
     """
     response = VoiceResponse()
+    response.append(connect_element(url, parameters, status_callback=status_callback))
+    return str(response.to_xml())
+
+
+def connect_element(
+    url: str, parameters: Mapping[str, str], *, status_callback: str | None = None
+) -> Connect:
+    """The ``<Connect><Stream>`` element of :func:`connect_stream`, for a longer document."""
     connect = Connect()
     if status_callback is None:
         stream = connect.stream(url=url)
@@ -56,8 +64,7 @@ def connect_stream(
         )
     for name, value in parameters.items():
         stream.parameter(name=name, value=value)
-    response.append(connect)
-    return str(response.to_xml())
+    return connect
 
 
 def say_and_hangup(message: str) -> str:
