@@ -92,7 +92,11 @@ class Dials(UaCore):
         if found is None or not found[1].owns(response):
             return None
         ref, machine = found
-        return self._dial_outputs(ref, machine, machine.receive(response, now), now)
+        actions = self._dial_outputs(ref, machine, machine.receive(response, now), now)
+        if machine.bad is not None:  # the callee's fault: the shell counts and warns
+            self._bad(machine.bad, None, ref)
+            machine.bad = None
+        return actions
 
     def _dial_resolved(
         self, owner: str, uri: str, addresses: list[tuple[str, int]], reason: str, now: float

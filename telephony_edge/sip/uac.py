@@ -295,6 +295,7 @@ class OutboundInvite:
         self._early: bytes | None = None  # the SDP of a 183
         self._ack: Send | None = None
         self._dialog: Dialog | None = None  # formed by the 2xx
+        self.bad: str | None = None  # what the peer sent wrong, for the shell's bad input
 
     # -- inspection -------------------------------------------------------------------
 
@@ -539,8 +540,8 @@ class OutboundInvite:
         with the INVITE's credentials, to the dialog's next hop (a name: the shell resolves
         it, the INVITE's address standing in)."""
         if self._ack is None:
-            assert response is not None and self._invite is not None
-            self._dialog = dialog = Dialog.from_2xx(self._invite, response, self.config.contact)
+            assert self._invite is not None and self._dialog is not None  # see _meaning
+            dialog = self._dialog
             credentials = [
                 (name, value)
                 for name in ("Authorization", "Proxy-Authorization")
@@ -577,6 +578,7 @@ class OutboundInvite:
             dialog.validate()
         except ValueError:
             problem = problem or "the 2xx's Contact or Record-Route is not a SIP URI"
+        self.bad = problem  # the callee's fault: bad input for the shell
         return Answered(
             dialog,
             self._invite,
@@ -608,8 +610,9 @@ class OutboundInvite:
         self, key: tuple[str, str], attempt: _Attempt, outputs: list[Output], now: float
     ) -> list[UacOutput]:
         out: list[UacOutput] = []
-        events: list[tuple[Ev, Response | None]] = []
+        events: list[tuple[Ev, Response | None, tuple[int, str]]] = []
         current = key == (self._branch, "INVITE")
+        timer_b = (408, "no final response (Timer B)")
         for item in outputs:  # the transaction's own sends (an ACK) before what follows
             if isinstance(item, Transmit):
                 out.append(Send(item.data, attempt.dest, attempt.transport))
@@ -617,15 +620,27 @@ class OutboundInvite:
                 self._txs.pop(key, None)
             elif not current:
                 continue  # a CANCEL's response or timeout, an old attempt's late final
-            elif isinstance(item, TimedOut):  # Timer B
-                events.append(
-                    (Ev.GIVE_UP if self.phase is Phase.CANCELLING else Ev.UNAVAILABLE, None)
-                )
+            elif isinstance(item, TimedOut):
+                giving_up = self.phase is Phase.CANCELLING
+                events.append((Ev.GIVE_UP if giving_up else Ev.UNAVAILABLE, None, timer_b))
             elif isinstance(item, PassUp):
-                events.append((_classify(item.response.status), item.response))
-        for ev, response in events:
-            out += self._event(ev, now, response, (408, "no final response (Timer B)"))
+                events.append(self._meaning(item.response))
+        for ev, response, failure in events:
+            out += self._event(ev, now, response, failure)
         return out
+
+    def _meaning(self, response: Response) -> tuple[Ev, Response | None, tuple[int, str]]:
+        """The event a response to the current INVITE is; a 2xx that forms no dialog (its
+        To or Contact unreadable) is a refusal of the call, never an error of ours."""
+        ev = _classify(response.status)
+        if ev is Ev.ANSWER and self._dialog is None:
+            assert self._invite is not None
+            try:
+                self._dialog = Dialog.from_2xx(self._invite, response, self.config.contact)
+            except ValueError:
+                self.bad = "a 2xx whose To or Contact is unreadable"
+                return Ev.REFUSED, None, (502, self.bad)
+        return ev, response, (408, "no final response (Timer B)")
 
 
 def _classify(status: int) -> Ev:

@@ -158,7 +158,19 @@ def test_unusable_answer_is_hung_up_and_failed() -> None:
     actions = ua.receive(no_sdp.to_bytes(), CALLEE, 1.0)
     assert [r.method for r in requests(actions)] == ["ACK", "BYE"]
     assert of(actions, DialFailed) == [DialFailed(ref, "failed", 200, "the answer carries no SDP")]
+    assert ua.last_bad is not None and ua.last_bad.reason == "the answer carries no SDP"
     assert not of(actions, CallEnded) and ref not in ua.calls()
+
+
+def test_a_2xx_without_a_usable_contact_is_bad_input_not_an_error() -> None:
+    ua = make_ua()
+    ref, invite = dialled(ua)
+    bad = answer(invite, 200).replace(b"<sip:callee@192.0.2.50:5070>", b"<sip:callee@192.0.2.50")
+    actions = ua.receive(bad, CALLEE, 1.0)
+    [failed] = of(actions, DialFailed)
+    assert isinstance(failed, DialFailed) and failed.status == 502
+    assert ua.stats.internal_errors == 0 and ua.last_error is None
+    assert ua.last_bad is not None and ua.last_bad.call == ref
 
 
 def test_dial_timers_are_the_uas_deadlines() -> None:

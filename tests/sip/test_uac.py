@@ -246,6 +246,17 @@ def test_answer_without_sdp_is_a_problem() -> None:
     assert isinstance(answered, uac.Answered) and answered.problem == "the answer carries no SDP"
 
 
+def test_a_2xx_that_forms_no_dialog_fails_the_call_as_bad_input() -> None:
+    m = machine()
+    invite = started(m, [A1])
+    ok = answer(invite, 200, sdp=True)
+    ok.headers.set("Contact", "<sip:callee@192.0.2.50")  # unclosed
+    out = m.receive(ok, 0.1)
+    [failed] = only(out, uac.Failed)
+    assert failed == uac.Failed("failed", 502, "a 2xx whose To or Contact is unreadable")
+    assert m.bad == "a 2xx whose To or Contact is unreadable"
+
+
 def test_early_media_sdp_stands_for_a_2xx_without_one() -> None:
     m = machine()
     invite = started(m, [A1])
