@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
+import subprocess
+import tempfile
 import wave
 
 import numpy as np
@@ -17,6 +20,22 @@ def read_channels(data: bytes) -> tuple[int, list[np.ndarray]]:
         channels = wav.getnchannels()
         pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").astype(np.float64)
     return channels, [pcm[i::channels] for i in range(channels)]
+
+
+def probe(data: bytes) -> tuple[int, float]:
+    """A compressed recording's (channels, seconds) as ffprobe reads them, as a player would."""
+    with tempfile.NamedTemporaryFile() as file:
+        file.write(data)
+        file.flush()
+        entries = "stream=channels:format=duration"
+        out = subprocess.run(
+            ["ffprobe", "-v", "error", "-show_entries", entries, "-of", "json", file.name],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    found = json.loads(out.stdout)
+    return found["streams"][0]["channels"], float(found["format"]["duration"])
 
 
 def locate(haystack: np.ndarray, needle: np.ndarray) -> tuple[float, float]:

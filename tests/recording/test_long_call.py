@@ -22,9 +22,9 @@ import pytest
 
 from telephony_edge.config import RecordingOptions
 from telephony_edge.recording.recorder import Recordings
+from tests.recording.audio import probe
 from tests.recording.s3 import stored
 from tests.recording.simulated import Clock, feed, s3_recording_settings
-from tests.recording.test_uploads import probe_duration
 
 HOUR = 3600
 STEREO_MP3 = RecordingOptions(enabled=True, channels="stereo", format="mp3")
@@ -126,7 +126,7 @@ async def test_an_hour_of_stereo_mp3_goes_to_s3_in_bounded_memory_and_disk(
     objects = await stored(moto_bucket)
     body = objects["calls/call_hour.mp3"]
     assert (len(body), hashlib.sha256(body).hexdigest()) == (meta["size_bytes"], meta["sha256"])
-    assert probe_duration(body, tmp_path) == pytest.approx(HOUR, abs=0.2)
+    assert probe(body) == (2, pytest.approx(HOUR, abs=0.2))
     spool_peak = max(peak_disk, watched_disk)
     print(
         f"1 h stereo mp3: traced peak {peak_memory / MiB:.1f} MiB, spool peak"

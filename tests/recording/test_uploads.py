@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from telephony_edge.config import RecordingOptions
 from telephony_edge.recording.recorder import Recordings
 from telephony_edge.recording.spool import Spool
 from tests.conftest import wait_for
+from tests.recording.audio import probe
 from tests.recording.s3 import BUCKET, FaultyS3, stored
 from tests.recording.simulated import Clock, feed, s3_recording_settings
 from tests.recording.test_call_recording import download
@@ -36,19 +36,6 @@ def failures(reason: str) -> float:
         "telephony_edge_recording_upload_failures_total", {"reason": reason}
     )
     return value or 0.0
-
-
-def probe_duration(data: bytes, tmp: Path) -> float:
-    """What ffprobe reads as the audio's length (the file as a player gets it)."""
-    path = tmp / "probed"
-    path.write_bytes(data)
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", path],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return float(out.stdout)
 
 
 async def test_an_upload_is_retried_through_500s_and_timeouts_and_each_failure_counted(
@@ -76,7 +63,7 @@ async def test_an_upload_is_retried_through_500s_and_timeouts_and_each_failure_c
         status, body = await download(meta["url"])
         assert status == 200
         assert (len(body), hashlib.sha256(body).hexdigest()) == (meta["size_bytes"], meta["sha256"])
-        assert probe_duration(body, tmp_path) == pytest.approx(5.0, abs=0.15)
+        assert probe(body) == (1, pytest.approx(5.0, abs=0.15))
         assert list(spool.iterdir()) == []  # stored, so not kept here
         assert recordings.spool.used_bytes == 0
         pending = REGISTRY.get_sample_value("telephony_edge_recording_uploads_pending")
@@ -130,9 +117,9 @@ async def test_uploads_a_killed_worker_left_are_sent_after_its_restart(
     assert sorted(objects) == ["calls/call_cut.mp3", "calls/call_ended.mp3"]
     ended = objects["calls/call_ended.mp3"]
     assert hashlib.sha256(ended).hexdigest() == said["ended_sha256"]
-    assert probe_duration(ended, tmp_path) == pytest.approx(4.0, abs=0.15)
+    assert probe(ended) == (1, pytest.approx(4.0, abs=0.15))
     # the cut call's audio up to its last flush, a playable file
-    assert probe_duration(objects["calls/call_cut.mp3"], tmp_path) >= said["cut_after_s"] - 0.2
+    assert probe(objects["calls/call_cut.mp3"])[1] >= said["cut_after_s"] - 0.2
     assert restarted.spool.used_bytes == 0
 
 
