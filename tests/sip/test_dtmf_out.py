@@ -208,3 +208,38 @@ async def test_without_telephone_event_the_keys_go_as_sip_info(peer: socket.sock
         ("application/dtmf-relay", b"Signal=4\r\nDuration=60\r\n"),
         ("application/dtmf-relay", b"Signal=*\r\nDuration=60\r\n"),
     ]
+
+
+async def test_the_agents_audio_gives_way_to_the_keys_and_resumes_after(
+    peer: socket.socket,
+) -> None:
+    """The agent speaks all along (a frame every pacer tick, before the leg's own tick, as
+    the bridge's playout does): its packets stop for the key's slots and start again after
+    it as a new talkspurt, one packet per slot throughout."""
+    leg, pacer = await open_leg(peer, 101)
+    voice = b"\x10\x27" * (FRAME_BYTES // 2)  # a loud constant frame
+    pacer.subscribe(voice, lambda: leg.send_frame(voice, False))
+    arrivals: list[tuple[float, bytes]] = []
+    listening = asyncio.ensure_future(listen(peer, arrivals))
+    try:
+        await asyncio.sleep(0.2)
+        await leg.send_dtmf(DtmfRequest("3", 100))
+        await asyncio.sleep(0.2)
+    finally:
+        pacer.unsubscribe(voice)
+        listening.cancel()
+        await leg.close()
+        await pacer.close()
+    packets = [p for p in (parse_rtp(d) for _, d in arrivals) if p is not None]
+    kinds = "".join("e" if p.payload_type == 101 else "a" for p in packets)
+    assert kinds.count("e") == 7  # 5 slots of 20 ms, the end twice more
+    assert "e" * 7 in kinds  # the key's packets in one run, no audio between them
+    start = packets[kinds.index("e")].timestamp
+    audio = [p for p in packets if p.payload_type == 0]
+    assert not [p for p in audio if start <= p.timestamp < start + 800]  # none over the key
+    after = [p for p in audio if p.timestamp > start]
+    assert after and after[0].marker  # the agent's audio comes back as a new talkspurt
+    slots = [p.timestamp for p in packets if p.payload_type == 0] + [
+        start + 160 * k for k in range(7)
+    ]
+    assert len(set(slots)) == len(slots)  # one packet per slot
