@@ -229,6 +229,11 @@ class ServerSettings(_Model):
     """How long a draining worker (SIGTERM) lets its live calls run before it ends them;
     None: the calls' own maximum, ``calls.max_duration_s``, so drain never cuts a call.
     Kubernetes' ``terminationGracePeriodSeconds`` must cover it (``k8s/timings.py``)."""
+    drain_move_after_s: float | None = Field(default=3.0, ge=0, le=600)
+    """On SIGTERM, after this long (not ready meanwhile, so the load balancer stops sending
+    streams here: Caddy's health checks; Kubernetes' preStop already waits), the worker
+    hands its live calls whose network can move them (Twilio) to the other workers, when one
+    takes calls; the rest finish within ``drain_grace_s``. None: no call is moved."""
     max_calls: int = Field(default=500, ge=1, le=100_000)
     """Calls this worker takes at most; beyond, new calls are refused (503) or redirected."""
     use_uvloop: bool = True
@@ -292,6 +297,10 @@ class CallSettings(_Model):
     lease_renew_s: float = Field(default=5.0, gt=0, le=100)
     """How often a worker renews its leases (one coordinator step for all its calls) and
     looks for calls whose owner's lease lapsed. Well below ``lease_s``."""
+    live_state_interval_s: float = Field(default=1.0, gt=0, le=10)
+    """How often a live call's state (the chat so far, what the caller heard, the network's
+    ids) is written when it changed, for another worker to resume the call from if this one
+    is lost: at most one write per call per interval, and the most a crash loses."""
 
     @model_validator(mode="after")
     def _renew_within_lease(self) -> CallSettings:

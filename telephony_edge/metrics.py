@@ -11,6 +11,32 @@ CALLS_ACTIVE = Gauge("telephony_edge_calls_active", "Calls bridged right now", [
 CALLS_TOTAL = Counter(
     "telephony_edge_calls_total", "Calls ended, by provider and call_status", ["provider", "status"]
 )
+# Calls that outlive their worker (telephony_edge.calls.live_state, .migration).
+LIVE_STATE_WRITES = Counter(
+    "telephony_edge_live_state_writes_total",
+    "Live call states written to the coordinator for another worker to resume from (one per"
+    " call and write; at most one per call every calls.live_state_interval_s)",
+)
+CALL_MIGRATIONS = Counter(
+    "telephony_edge_call_migrations_total",
+    "Live calls this worker took over from another one and brought live again, by provider"
+    " and cause (crash: the worker was lost; drain: it moved its calls on SIGTERM; network:"
+    " it lost the network's media connection)",
+    ["provider", "cause"],
+)
+CALL_MIGRATION_GAP_SECONDS = Histogram(
+    "telephony_edge_call_migration_gap_seconds",
+    "A moved call's break (its old worker's end, or the network's word of it) to the new"
+    " worker's agent onready, by provider",
+    ["provider"],
+    buckets=(0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
+)
+CALLS_HANDED_OFF = Counter(
+    "telephony_edge_calls_handed_off_total",
+    "Live calls this worker let go for another worker to carry on, by cause (drain, network:"
+    " the network is bringing the call back to the edge, superseded: another worker took it)",
+    ["cause"],
+)
 CALL_SETUP_SECONDS = Histogram(
     "telephony_edge_call_setup_seconds",
     "First caller frame to agent onready",

@@ -22,7 +22,14 @@ needs, and nothing outside its package names the network:
   worker's cap on not-yet-authenticated WebSockets until admitted
   (``telephony_edge.http_limits``);
 * ``call_paths``: the requests that announce a call (its carrier webhook, an
-  offer), each the root span of its call's trace (``telephony_edge.tracing``).
+  offer), each the root span of its call's trace (``telephony_edge.tracing``);
+* ``resumable``: the network brings a live call back to the edge, to any
+  worker, when the worker carrying it is lost or lets it go, and the
+  provider's routes resume it there: the network's word of the break goes to
+  :func:`~telephony_edge.calls.migration.announce_break`, the media that comes
+  back to :meth:`~telephony_edge.calls.service.CallService.take_over` and
+  ``run(record, leg, resumed)``; its legs hand a call off on a drain
+  (``Leg.hand_off``) and name the call in its live state (``Leg.network_state``).
 
 What a provider cannot do raises :class:`~telephony_edge.calls.leg.NotSupported`.
 The application mounts every enabled provider from the registry
@@ -61,6 +68,8 @@ class Provider:
     network_amd: ClassVar[bool] = False
     #: whether :meth:`dial` takes a ``sip:`` URI as the destination (else a number only)
     dials_sip_uris: ClassVar[bool] = False
+    #: whether a live call survives its worker on this network (see the module docstring)
+    resumable: ClassVar[bool] = False
 
     def __init__(self, services: Services) -> None:
         self.services = services

@@ -18,6 +18,11 @@ as the caller stops, then ``ai_action``, ``function_call`` (``demo_echo``),
 ``start_answering``, ``onresponsetext`` and the audio, so every message type
 of the protocol is exercised.
 
+A resumed call (``session_continuation.resumed``: the call went on on another
+worker of the edge after its own was lost or drained) is not greeted again:
+the core says ``resumed_text`` over a short rising chime (:func:`resume_chime`),
+and counts its turns on from the chat so far.
+
 Testing hooks:
 
 * DTMF ``9``: ``end_call`` with ``{"reason": "dtmf 9"}``.
@@ -83,6 +88,7 @@ __all__ = [
     "add_agent_core_routes",
     "create_agent_core_app",
     "greeting_chime",
+    "resume_chime",
     "run_agent_core",
     "voicemail_message",
 ]
@@ -102,6 +108,7 @@ class DemoCoreSettings:
     greeting_s: float = 1.5
     greeting_text: str = "Hello! This is the demo agent. Say something and I will say it back."
     reply_text: str = "Here is what you said."
+    resumed_text: str = "Sorry, we were cut off for a moment. I am back; go on."
     chunk_ms: int = 100
     """Size of each binary frame of agent audio."""
     send_ahead_ms: int = 1000
@@ -144,6 +151,19 @@ def greeting_chime(duration_s: float = 1.5) -> bytes:
     out[-fade:] *= np.linspace(1.0, 0.0, fade)
     pcm = np.clip(out * 32767, -32768, 32767).astype("<i2")
     return pcm.tobytes()
+
+
+@functools.lru_cache(maxsize=1)
+def resume_chime() -> bytes:
+    """What the demo core plays when a call resumes on another worker: a 0.6 s rising sweep
+    (C5 to G5), unlike the greeting, so a listener hears which one it is."""
+    n = round(0.6 * 1000 / FRAME_MS) * FRAME_SAMPLES
+    t = np.arange(n) / SAMPLE_RATE
+    freq = 523.25 + (783.99 - 523.25) * t / t[-1]
+    phase = 2 * np.pi * np.cumsum(freq) / SAMPLE_RATE
+    envelope = np.minimum(1.0, t / 0.01) * np.minimum(1.0, (t[-1] - t) / 0.05)
+    pcm = np.clip(0.3 * envelope * np.sin(phase) * 32767, -32768, 32767).astype("<i2")
+    return bytes(pcm.tobytes())
 
 
 @functools.lru_cache(maxsize=1)
@@ -233,12 +253,16 @@ class _Session:
         self._turns = 0
         self._voicemail: Mapping[str, Any] = {}
         self._leaving_message = False
+        self._resumed = False  # the call goes on from another worker: no greeting
 
     async def run(self) -> None:
         try:
             if not await self._handshake():
                 return
-            await self._greet()
+            if self._resumed:
+                self._speak(self._settings.resumed_text, resume_chime())
+            else:
+                await self._greet()
             await self._receive_loop()
         finally:
             tasks = list(self._tasks)
@@ -277,9 +301,15 @@ class _Session:
         first_message = agent_config.get("first_message")
         if isinstance(first_message, str) and first_message.strip():
             self._greeting_text = first_message
+        continued = _mapping(data.get("session_continuation"))
+        self._resumed = continued.get("resumed") is True
+        chat = continued.get("chat") if self._resumed else None
+        if isinstance(chat, list):  # the turns so far go on being counted
+            self._turns = sum(1 for e in chat if isinstance(e, dict) and e.get("role") == "user")
         log.info(
-            "demo core: call %s: initiated (provider=%s, direction=%s)",
+            "demo core: call %s: %s (provider=%s, direction=%s)",
             self._call_id,
+            f"resumed after {self._turns} turn(s)" if self._resumed else "initiated",
             call.get("provider", "?"),
             call.get("direction", "?"),
         )

@@ -26,6 +26,12 @@ cancelled, once or many times) every action runs, each even if the one
 before it failed: the tasks of the call stop, the network is hung up if the
 caller is still there, the link and the leg close, the agent slot is
 released, the record is written ``ended`` and the end-of-call webhook queued.
+A call that goes on on another worker (a drain, a stream the network brings
+back to the edge) is handed off instead: its live state saved, the network let
+go, nothing written as over (:mod:`telephony_edge.calls.migration`). The bridge
+gives the call's state to the live-state writer on demand
+(:meth:`CallBridge.live_snapshot`), and a bridge that resumes a call starts
+from the conversation so far.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from telephony_edge.calls import machine as m
 from telephony_edge.calls.caller_clock import CallerClock
 from telephony_edge.calls.dtmf_queue import DtmfQueue
 from telephony_edge.calls.leg import Clock, Dtmf, Leg, LegEnded, LegEvent, NotSupported, Played
+from telephony_edge.calls.live_state import LiveSnapshot
 from telephony_edge.calls.pacing import Pacer
 from telephony_edge.calls.playout import Playout
 from telephony_edge.calls.record import CallRecord, CallState
@@ -159,6 +166,9 @@ class CallHooks(Protocol):
         coordinator was away (the service reports it once it is back).
         """
 
+    async def save_live(self, call_id: str, snapshot: LiveSnapshot, cause: str) -> None:
+        """Write the call's live state now, marked as moving (it is being handed off)."""
+
 
 class AudioTap(Protocol):
     """Sees the call's audio as the caller sent and heard it (a recording); per frame, no I/O."""
@@ -182,15 +192,21 @@ class CallBridge:
         voicemail: Voicemail | None = None,
         edge_amd: bool = False,
         recorder: AudioTap | None = None,
+        *,
+        conversation: Conversation | None = None,
+        resumed: bool = False,
+        elapsed_s: float = 0.0,
     ) -> None:
         """``voicemail``: the call's detection setting; ``edge_amd``: run the edge's detector
         on the caller's audio (else the network reports through :meth:`report_amd`);
-        ``recorder``: sees each caller frame read and each agent frame handed to the leg."""
+        ``recorder``: sees each caller frame read and each agent frame handed to the leg.
+        ``resumed``: the call was live on another worker, ``elapsed_s`` ago, and had said
+        ``conversation`` so far."""
         self.record = record
         self.call_id = record.call_id
         self.leg = leg
         self.link = link
-        self.conversation = Conversation()
+        self.conversation = conversation or Conversation()
         self._pacer = pacer
         self._hooks = hooks
         self._limits = limits
@@ -198,6 +214,8 @@ class CallBridge:
             m.Limits(limits.max_duration_s, limits.inactivity_timeout_s),
             time.monotonic(),
             voicemail.action if voicemail else "",
+            resumed=resumed,
+            elapsed_s=elapsed_s,
         )
         self._detector = AmdDetector(voicemail.detector) if voicemail and edge_amd else None
         self._playout = Playout(limits.playout_max_s)
@@ -220,10 +238,42 @@ class CallBridge:
         self._dtmf = DtmfQueue(leg, self._spawn, self._refused_dtmf)
         self._trace = CallTrace(record)
         self._exemplar = self._trace.call.exemplar()  # on slow frames' relay latency
+        self._agent_frames = 0  # agent frames handed to the leg, for the live state
+        self._response_frames = 0  # … when the agent's latest response began
+        self._mark = ""  # the latest of the network's marks: played up to there
 
     @property
     def state(self) -> CallState:
         return self._machine.state
+
+    @property
+    def can_hand_off(self) -> bool:
+        """Whether the network can take this live call to another worker (a drain)."""
+        live = self._machine.state in (CallState.CONNECTING, CallState.ACTIVE)
+        return live and self.leg.capabilities.hand_off
+
+    def live_snapshot(self) -> LiveSnapshot | None:
+        """What a worker taking the call on needs (:mod:`.live_state`); None unless active."""
+        return self._snapshot() if self._machine.state is CallState.ACTIVE else None
+
+    def _snapshot(self) -> LiveSnapshot:
+        conversation = self.conversation
+        doc = {
+            "network": self.leg.network_state(),
+            "playback": {
+                "agent_ms": self._agent_frames * FRAME_MS,
+                "response_ms": (self._agent_frames - self._response_frames) * FRAME_MS,
+                "mark": self._mark,
+            },
+            "chars_used": conversation.chars_used,
+            "truncated": conversation.truncated,
+        }
+        return LiveSnapshot(doc, conversation.chat, conversation.function_calls)
+
+    def hand_off(self, cause: str) -> None:
+        """The call goes on on another worker (a drain): save it, let the network move it."""
+        log.info("handing the call off: %s", cause, extra={"call_id": self.call_id})
+        self._feed(m.HandOff(cause))
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -318,6 +368,10 @@ class CallBridge:
 
     def _on_ending(self) -> None:
         machine, record = self._machine, self.record
+        if machine.moved is not None:  # it goes on elsewhere: the record is the next owner's
+            log.info("call handed off (%s): it goes on on another worker", machine.moved)
+            metrics.CALLS_HANDED_OFF.labels(cause=machine.moved).inc()
+            return
         if machine.call_status is None:  # superseded: the record is someone else's
             log.info("call ended elsewhere: %s", machine.error_message)
             return
@@ -457,6 +511,13 @@ class CallBridge:
             self._owns_end = True
         elif isinstance(action, m.QueueWebhook):
             await self._hooks.finished(self.record, self.conversation, written=self._owns_end)
+        elif isinstance(action, m.SaveLive):
+            await self._hooks.save_live(self.call_id, self._snapshot(), action.cause)
+        elif isinstance(action, m.HandOffLeg):
+            try:
+                await asyncio.wait_for(self.leg.hand_off(), HANGUP_TIMEOUT_S)
+            finally:
+                await self.leg.close()
 
     async def _stop_tasks(self) -> None:
         self._pacer.unsubscribe(self)
@@ -500,7 +561,7 @@ class CallBridge:
                     else:
                         self._buffer_early(event)
                 elif isinstance(event, LegEnded):
-                    self._feed(m.LegGone(event.status, event.error, event.timeout))
+                    self._feed(m.LegGone(event.status, event.error, event.timeout, event.moved))
                     return
                 elif self._ready:
                     await self._send_leg_event(event)
@@ -522,6 +583,7 @@ class CallBridge:
             log.info("dtmf %s", event.digit)
             await self.link.send_message(messages.DTMF, {"digit": event.digit})
         elif isinstance(event, Played):
+            self._mark = event.mark
             await self.link.send_message(messages.PLAYBACK, {"stream_id": event.mark})
 
     def _start_caller_clock(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -630,6 +692,8 @@ class CallBridge:
             return False
         entry = {"role": role, "content": text, "ts": time.time()}
         self.conversation.add(self.conversation.chat, "chat", self._limits.max_chat_messages, entry)
+        if role == "assistant":
+            self._response_frames = self._agent_frames  # what plays next is this response
         return True
 
     def _start_playout(self) -> None:
@@ -647,6 +711,7 @@ class CallBridge:
                 self._feed(m.PlayoutDrained())
             return None
         self._talkspurt = True
+        self._agent_frames += 1
         self._machine.note_activity(time.monotonic())
         frame, cost = item
         _A2C.observe(cost, self._exemplar if cost > SLOW_RELAY_S else None)
@@ -684,6 +749,7 @@ class CallBridge:
             _A2C.observe(cost, self._exemplar if cost > SLOW_RELAY_S else None)
             if self._recorder is not None:
                 self._recorder.agent(frame)
+            self._agent_frames += 1
             self._talkspurt = True
             self._quiet_ticks = 0
         self._machine.note_activity(time.monotonic())

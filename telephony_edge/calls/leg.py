@@ -52,6 +52,7 @@ class Capabilities:
     dtmf_out: bool = False
     transfer_to_number: bool = False
     transfer_to_sip: bool = False
+    hand_off: bool = False  # the network can bring the live call to another worker
 
     def can_transfer_to(self, destination: str) -> bool:
         """Whether a normalised destination (E.164 or ``sip:``) is one this leg can reach."""
@@ -99,6 +100,10 @@ class LegEnded:
     timeout: bool = False
     """The network's media stopped (no RTP for its configured time): the call ends
     ``timeout`` and the edge hangs up."""
+    moved: bool = False
+    """The call is not over: the network is bringing it to the edge again (Twilio: the
+    stream ended without ``stop``, and the call's TwiML goes on to ``<Redirect>``), and
+    whichever worker it reaches takes it on (``telephony_edge.calls.migration``)."""
 
 
 LegEvent = bytes | Dtmf | Played | LegEnded
@@ -159,6 +164,20 @@ class Leg(abc.ABC):
     async def transfer(self, destination: str) -> None:
         """Hand the caller to ``destination`` (E.164 number or SIP URI) on the network."""
         raise NotSupported(f"{type(self).__name__} cannot transfer calls")
+
+    async def hand_off(self) -> None:
+        """Let the network bring the live call to another worker (``capabilities.hand_off``).
+
+        Twilio: the stream closes and the call's TwiML goes on to the ``<Redirect>``
+        any worker answers. Called once the call's live state is saved; the leg is
+        closed after it.
+        """
+        raise NotSupported(f"{type(self).__name__} cannot hand its call to another worker")
+
+    def network_state(self) -> dict[str, Any]:
+        """The network's identity of the call, for its live state (Twilio: CallSid and
+        streamSid): what the worker that takes the call on checks the network against."""
+        return {}
 
     def agent_text(self, role: str, text: str, final: bool) -> None:
         """The agent's text as it comes (``user``: ``ontranscript``, ``assistant``:

@@ -23,8 +23,12 @@ and moves to ``ending``, emitting the teardown actions in one list:
 :data:`TEARDOWN`, each exactly once, because no other transition leads
 into ``ending``, except :class:`Superseded`: a call that another worker (or
 a status callback) ended before its media got here is not this worker's to
-end, so only its local resources are let go (:data:`RELEASE_ONLY`).
-:class:`TeardownDone` then moves to ``ended``. Every later event is
+end, so only its local resources are let go (:data:`RELEASE_ONLY`); and a
+call that goes on on another worker (:class:`HandOff`: a drain moves it; a
+:class:`LegGone` with ``moved``: the network is bringing it to the edge again)
+is handed off: its live state saved for the worker that takes it on, the
+agent link closed and the network let go (:func:`hand_off`), with no end
+written and no webhook. :class:`TeardownDone` then moves to ``ended``. Every later event is
 ignored, so "ended exactly once" is a property of the table below, tested
 by feeding every event in every state.
 
@@ -122,6 +126,7 @@ class LegGone:
     provider_status: str
     error: str | None = None
     timeout: bool = False  # the network's media stopped: end ``timeout``, hang up
+    moved: bool = False  # the network brings the call to the edge again: it goes on elsewhere
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +136,13 @@ class Control:
     action: str  # "hangup" | "transfer"
     destination: str = ""
     reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HandOff:
+    """The call goes on on another worker (``cause``: ``drain``): this one lets it go."""
+
+    cause: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +202,7 @@ Event = (
     | PlayoutDrained
     | LegGone
     | Control
+    | HandOff
     | TransferDone
     | AmdReport
     | Tick
@@ -293,6 +306,18 @@ class QueueWebhook:
     """Queue the end-of-call webhook (and count the call's outcome)."""
 
 
+@dataclass(frozen=True, slots=True)
+class SaveLive:
+    """Write the call's live state now, marked as moving for ``cause``, for the next worker."""
+
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
+class HandOffLeg:
+    """Let the network bring the call to another worker (Twilio: close the stream)."""
+
+
 Action = (
     OpenAgent
     | GoLive
@@ -309,6 +334,8 @@ Action = (
     | CloseLeg
     | ReleaseSlot
     | QueueWebhook
+    | SaveLive
+    | HandOffLeg
 )
 
 #: The states the owner's final write may find the record in: created too, because the
@@ -330,6 +357,13 @@ TEARDOWN: tuple[Action, ...] = (
 #: A call that ended elsewhere first: only this worker's resources are let go.
 RELEASE_ONLY: tuple[Action, ...] = (StopTasks(), HangupNetwork(), CloseAgent(), CloseLeg())
 
+
+def hand_off(cause: str) -> list[Action]:
+    """What a call that goes on elsewhere emits: no hang-up, no end written, no webhook;
+    the agent slot stays with the call (its next owner takes the same one)."""
+    return [StopTasks(), SaveLive(cause), CloseAgent(), HandOffLeg()]
+
+
 # -- the machine ----------------------------------------------------------------
 
 Handler = Callable[["CallMachine", Any, float], list[Action]]
@@ -344,16 +378,30 @@ class Limits:
 class CallMachine:
     """One call's state; see the module docstring."""
 
-    def __init__(self, limits: Limits, now: float, voicemail: str = "") -> None:
-        """``voicemail``: what a machine gets (``hangup``, ``leave_message``; "": no detection)."""
+    def __init__(
+        self,
+        limits: Limits,
+        now: float,
+        voicemail: str = "",
+        *,
+        resumed: bool = False,
+        elapsed_s: float = 0.0,
+    ) -> None:
+        """``voicemail``: what a machine gets (``hangup``, ``leave_message``; "": no detection).
+
+        ``resumed``: the call was live on another worker (its record may be ``active``
+        already); ``elapsed_s``: how long it has run, counted in its maximum duration.
+        """
         self.state = CallState.CONNECTING
         self.call_status: CallStatus | None = None
         self.error_message: str | None = None
         self.provider_status: str | None = None
         self.transferred_to: str | None = None
         self.hangup_network = True
+        self.moved: str | None = None  # handed off to another worker, for this cause
+        self._resumed = resumed
         self._limits = limits
-        self._started = now
+        self._started = now - elapsed_s
         self._last_activity = now
         self._end_by: float | None = None  # end_call: goodbye playing until then
         self._transferring = False
@@ -418,7 +466,8 @@ class CallMachine:
     def _agent_ready(self, event: AgentReady, now: float) -> list[Action]:
         self.state = CallState.ACTIVE
         held, self._held = self._held, []
-        return [WriteState(CallState.ACTIVE, (CallState.CONNECTING,)), GoLive(), *held]
+        previous = _LIVE if self._resumed else (CallState.CONNECTING,)
+        return [WriteState(CallState.ACTIVE, previous), GoLive(), *held]
 
     def _agent_failed(self, event: AgentFailed, now: float) -> list[Action]:
         return self._end(CallStatus.ERROR, f"agent core {event.stage}: {event.message}")
@@ -427,6 +476,8 @@ class CallMachine:
         return self._end(CallStatus.ERROR, event.reason)
 
     def _leg_gone(self, event: LegGone, now: float) -> list[Action]:
+        if event.moved:
+            return self._hand_off(HandOff("network"), now)
         self.provider_status = event.provider_status
         if event.timeout:
             return self._end(CallStatus.TIMEOUT, event.error)
@@ -483,6 +534,11 @@ class CallMachine:
         if self._end_by is None:
             return []
         return self._end(self._agent_status)
+
+    def _hand_off(self, event: HandOff, now: float) -> list[Action]:
+        self.state = CallState.ENDING
+        self.moved = event.cause
+        return hand_off(event.cause)
 
     def _control(self, event: Control, now: float) -> list[Action]:
         if event.action == "transfer":
@@ -572,6 +628,7 @@ TABLE: dict[tuple[CallState, type[Any]], Handler] = {
     **{(s, TransferDone): CallMachine._transfer_done for s in _LIVE},
     **{(s, LegGone): CallMachine._leg_gone for s in _LIVE},
     **{(s, Control): CallMachine._control for s in _LIVE},
+    **{(s, HandOff): CallMachine._hand_off for s in _LIVE},
     **{(s, AmdReport): CallMachine._amd for s in _LIVE},
     **{(s, Tick): CallMachine._tick for s in _LIVE},
     **{(s, Cancelled): CallMachine._cancelled for s in _LIVE},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterable
 from typing import Protocol
 
 TEARDOWN_WAIT_S = 10.0
@@ -22,6 +23,7 @@ class CallManager:
         self._calls: dict[str, LiveCall] = {}
         self._idle = asyncio.Event()
         self._idle.set()
+        self._gone: dict[str, asyncio.Event] = {}  # calls someone waits to see leave
         self.accepting = True
 
     @property
@@ -41,8 +43,22 @@ class CallManager:
 
     def discard(self, call_id: str) -> None:
         self._calls.pop(call_id, None)
+        gone = self._gone.pop(call_id, None)
+        if gone is not None:
+            gone.set()
         if not self._calls:
             self._idle.set()
+
+    async def wait_gone(self, call_ids: Iterable[str], within_s: float) -> None:
+        """Wait until none of ``call_ids`` is live here, at most ``within_s``."""
+        waits = [
+            self._gone.setdefault(call_id, asyncio.Event()).wait()
+            for call_id in set(call_ids)
+            if call_id in self._calls
+        ]
+        if waits:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*waits), within_s)
 
     async def drain(self, grace_s: float) -> int:
         """Stop admitting calls, wait up to ``grace_s`` for live ones to finish.

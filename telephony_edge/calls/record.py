@@ -100,6 +100,10 @@ class CallRecord:
     ended_at: float | None = None
     transferred_to: str | None = None
     owner: str | None = None
+    generation: int = 0
+    """How many times another worker took the live call over (``Coordinator.take_over``)."""
+    migrations: list[dict[str, Any]] = field(default_factory=list)
+    """One entry per move: ``{from_worker, to_worker, gap_ms, cause}`` (``calls.migration``)."""
     traceparent: str | None = None
     """The W3C ``traceparent`` of the call's trace (tracing on): the span it was created
     under, else its ``call`` span (``telephony_edge.calls.trace``)."""
@@ -110,7 +114,7 @@ class CallRecord:
             raise InvalidTransition(f"call {self.call_id}: {self.state} -> {to} not allowed")
         self.state = to
         now = time.time()
-        if to is CallState.ACTIVE:
+        if to is CallState.ACTIVE and self.answered_at is None:  # a resumed call keeps its own
             self.answered_at = now
         elif to is CallState.ENDED:
             self.ended_at = now

@@ -7,7 +7,8 @@ record, the media owner, the agent's concurrency slot, control messages
 (hang-up / transfer from whichever worker the API request landed on), and
 the durable queue of end-of-call webhooks.
 
-:class:`CallService` takes calls in and runs them; its other jobs live in
+:class:`CallService` takes calls in and runs them, and takes over live calls
+another worker lost or moved (:mod:`.migration`); its other jobs live in
 :mod:`.service_core` (records and ends), :mod:`.control` (control from any
 worker) and :mod:`.upkeep` (heartbeat, leases, reapers).
 """
@@ -18,6 +19,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,8 +27,8 @@ from telephony_edge import metrics, tracing
 from telephony_edge.agent.link import AgentLink
 from telephony_edge.agent.pool import PoolChoice
 from telephony_edge.amd.policy import Voicemail, voicemail_policy
-from telephony_edge.calls import admission, carrier_ids
-from telephony_edge.calls.bridge import CallBridge, CallOver
+from telephony_edge.calls import admission, carrier_ids, migration
+from telephony_edge.calls.bridge import CallBridge, CallHooks, CallOver
 from telephony_edge.calls.control import RemoteControl
 from telephony_edge.calls.dispatcher import RetryPolicy, WebhookDispatcher
 from telephony_edge.calls.leg import Leg
@@ -78,6 +80,7 @@ class CallService(RemoteControl, Upkeep):
             "setup-reaper": self._reap_loop,
             "lease-reaper": self._lease_reap_loop,
             "recording-sweep": self.recordings.sweep_loop,
+            "live-state": functools.partial(self.live.run, self._live_sources),
             "webhook-outbox": functools.partial(self.outbox.sweep_loop, hooks.owed_sweep_s),
         }
         self._tasks = [
@@ -256,11 +259,52 @@ class CallService(RemoteControl, Upkeep):
             return live.record
         return None if doc is None else CallRecord.from_dict(doc.data)
 
-    async def run(self, record: CallRecord, leg: Leg) -> CallRecord:
+    async def take_over(
+        self, call_id: str, generation: int
+    ) -> tuple[CallRecord, migration.Resumption]:
+        """Make this worker the owner of a live call whose media came back to the edge here.
+
+        Raises :class:`CallRejected` (503) while draining, :class:`CallOver` when
+        the call is over or another worker took it over first (see
+        :mod:`.migration`). The call's former bridge on this worker, if its stream
+        came back here, lets go first.
+        """
+        if not self.manager.accepting:
+            raise CallRejected(503, "this worker is draining and takes no calls over")
+        await migration.let_go(self.manager, call_id, within_s=migration.HAND_OFF_WAIT_S)
+        key = migration.break_key(call_id, generation)
+        try:
+            async with self._coordinated("take_over"):
+                noted = await self.coordinator.peek_pending(key)
+                doc = await self.coordinator.take_over(
+                    call_id, self.worker_id, generation=generation, ttl=self._lease_s
+                )
+                live = await self.coordinator.get_live(call_id) if doc is not None else None
+        except Conflict as exc:
+            raise CallOver(f"the call is over or was taken over: {exc}") from None
+        except CoordinatorUnavailable:
+            raise unavailable() from None
+        if doc is None:
+            raise CallOver("the call is not stored")
+        record = CallRecord.from_dict(doc.data)
+        brk = (
+            migration.Break(**noted)
+            if noted
+            else migration.Break(call_id, None, migration.CRASH, time.time(), generation)
+        )
+        log.info(
+            "call taken over from %s (%s)", brk.from_worker, brk.cause, extra={"call_id": call_id}
+        )
+        return record, migration.resumption(record, brk, live)
+
+    async def run(
+        self, record: CallRecord, leg: Leg, resumed: migration.Resumption | None = None
+    ) -> CallRecord:
         """Bridge ``leg`` to an agent core until the call ends; return the final record.
 
         However ``run`` ends, including its task being cancelled, the call
-        ends exactly once (see :class:`CallBridge`).
+        ends exactly once (see :class:`CallBridge`), or goes on on another
+        worker. ``resumed``: the call was taken over (:meth:`take_over`).
         """
         record.from_ = record.from_ or leg.info.from_
         record.to = record.to or leg.info.to
@@ -274,21 +318,32 @@ class CallService(RemoteControl, Upkeep):
         link = AgentLink(
             self._http(), url, self._timeouts, call_id=record.call_id, endpoints=endpoints
         )
-        voicemail = self.voicemail(record)
+        # a resumed call whose machine detection decided before the move does not detect again
+        voicemail = None if resumed is not None and record.amd else self.voicemail(record)
         network = self.networks.get(record.provider)
         by_network = network is not None and network.network_amd and record.direction == "outbound"
-        recording = self._start_recording(record)
+        # a moved call's recording stays the first worker's (see docs/architecture.md)
+        recording = self._start_recording(record) if resumed is None else None
         tap = None if recording is None else recording.writer
+        hooks: CallHooks = self
+        if resumed is not None:
+            hooks = migration.ResumedHooks(self, resumed, record.provider)
+            record.state = CallState.CONNECTING  # its live part starts again here
+            chat, calls = resumed.conversation.chat, resumed.conversation.function_calls
+            self.live.adopt(record.call_id, len(chat), len(calls))
         bridge = CallBridge(
             record,
             leg,
             link,
             self.pacer,
-            self,
+            hooks,
             self._limits,
             voicemail,
             not by_network,
             recorder=tap,
+            conversation=None if resumed is None else resumed.conversation,
+            resumed=resumed is not None,
+            elapsed_s=0.0 if resumed is None else resumed.elapsed_s,
         )
         self.manager.add(bridge)
         active = metrics.CALLS_ACTIVE.labels(provider=record.provider)
@@ -298,9 +353,30 @@ class CallService(RemoteControl, Upkeep):
         finally:
             active.dec()
             self.manager.discard(record.call_id)
+            self.live.forget(record.call_id)
             if recording is not None:  # a call that ended without a webhook to wait for it
                 await self.recordings.finish(record.call_id, keep=True)
         return record
+
+    def _live_sources(self) -> list[CallBridge]:
+        """The calls whose network can bring them back to the edge: their live state is kept."""
+        return [
+            call
+            for call in self.manager.live_calls()
+            if isinstance(call, CallBridge) and self.resumable(call.record.provider)
+        ]
+
+    async def move_calls(self, cause: str = migration.DRAIN) -> int:
+        """Hand this worker's movable calls to the others (a drain), if one is ready."""
+        try:
+            workers = await self.coordinator.live_workers()
+        except Exception as exc:
+            self.health.failed("live_workers", exc)
+            return 0
+        if not migration.ready_elsewhere(workers, self.worker_id):
+            log.info("no other worker takes calls now: live calls stay until they end")
+            return 0
+        return await migration.hand_off_all(self.manager, cause, within_s=migration.HAND_OFF_WAIT_S)
 
     def _start_recording(self, record: CallRecord) -> CallRecording | None:
         """Record the call from its first frame if its agent's settings (and the call's) say so."""
@@ -332,6 +408,16 @@ class CallService(RemoteControl, Upkeep):
         except CoordinatorUnavailable as exc:
             metrics.CALLS_REFUSED.labels(reason="coordinator").inc()
             return str(exc)
+        try:
+            return await self._admit(record)
+        except _ANSWERS:
+            raise
+        except Exception as exc:
+            metrics.CALLS_REFUSED.labels(reason="coordinator").inc()
+            return str(self.health.failed("admit", exc))
+
+    async def admit_resumed(self, record: CallRecord) -> str | None:
+        """Admit a call taken over (:meth:`take_over` did the rest of ``begin``)."""
         try:
             return await self._admit(record)
         except _ANSWERS:
@@ -378,12 +464,23 @@ class CallService(RemoteControl, Upkeep):
             raise RuntimeError("no agent core configured and the built-in one is not running")
         return url
 
-    async def prepare(self, record: CallRecord) -> dict[str, Any]:
-        """Merge the agent config, run the prefetch webhook, fill variables: the initiate data."""
+    async def session_chat(self, record: CallRecord) -> list[dict[str, Any]]:
+        """The chat of the session's earlier calls, for a call that continued one (else [])."""
+        if not record.session_continuation:
+            return []
+        found = await self._continuation(record.session_continuation, record.call_id)
+        return list(found["chat"])
+
+    async def prepare(self, record: CallRecord, *, final: bool = False) -> dict[str, Any]:
+        """Merge the agent config, run the prefetch webhook, fill variables: the initiate data.
+
+        ``final``: the record's agent config and metadata are final already (a call
+        resumed after it went active): nothing is merged, fetched or filled again.
+        """
         stored = self.settings.agents[record.agent_id].model_dump(mode="json", exclude_none=True)
-        config = merge_agent_config(stored, record.agent_config)
+        config = record.agent_config if final else merge_agent_config(stored, record.agent_config)
         extra_prompt = ""
-        spec = config.get("extra_prompt_webhook")
+        spec = None if final else config.get("extra_prompt_webhook")
         if spec:
             result = await prefetch(
                 self._http(),
@@ -400,8 +497,9 @@ class CallService(RemoteControl, Upkeep):
             )
             record.metadata = result.merged_metadata(record.metadata)
             extra_prompt = result.extra_prompt
-        variables = call_variables(from_=record.from_, to=record.to, metadata=record.metadata)
-        config = fill_placeholders(config, variables)
+        if not final:
+            variables = call_variables(from_=record.from_, to=record.to, metadata=record.metadata)
+            config = fill_placeholders(config, variables)
         if extra_prompt:
             config["prompt"] = f"{config.get('prompt', '')}\n\n{extra_prompt}".strip()
         record.agent_config = config
@@ -418,7 +516,7 @@ class CallService(RemoteControl, Upkeep):
                 "to": record.to,
             },
         }
-        if record.session_continuation:
+        if record.session_continuation and not final:
             initiate["session_continuation"] = await self._continuation(
                 record.session_continuation, record.call_id
             )

@@ -25,6 +25,7 @@ from telephony_edge.agent.pool import AgentCorePool
 from telephony_edge.calls import webhooks
 from telephony_edge.calls.bridge import BridgeLimits, Conversation
 from telephony_edge.calls.dispatcher import WebhookDispatcher
+from telephony_edge.calls.live_state import TTL_MARGIN_S, LiveSnapshot, LiveStates
 from telephony_edge.calls.machine import ENDED_FROM
 from telephony_edge.calls.manager import CallManager
 from telephony_edge.calls.outbox import Outbox
@@ -59,6 +60,7 @@ OWNER_FIELDS = (
     "provider_call_id",
     "media_stats",
     "amd",
+    "migrations",
 )
 LIVE_STATES = (CallState.CONNECTING, CallState.ACTIVE)
 #: ``error_message`` of a call whose worker stopped renewing its lease (killed, cut off).
@@ -131,6 +133,18 @@ class ServiceCore:
             public_url=settings.public_url,
             secret=settings.webhooks.signing_secret,
         )
+        self.live = LiveStates(
+            coordinator,
+            worker_id,
+            ttl_s=calls.max_duration_s + TTL_MARGIN_S,
+            interval_s=calls.live_state_interval_s,
+        )
+
+    def resumable(self, provider: str) -> bool:
+        """Whether the provider's network brings a live call back to the edge after its
+        worker is lost (then its live state is kept: :mod:`.live_state`)."""
+        network = self.networks.get(provider)
+        return network is not None and network.resumable
 
     # -- the bridge's hooks (CallHooks) -------------------------------------
 
@@ -152,6 +166,8 @@ class ServiceCore:
         step, the end-of-call webhook it owes (:mod:`telephony_edge.calls.outbox`).
         Writing ``ended`` drops this worker's lease, after the write: a live
         record without an owner would look like a dead worker's to a reaper.
+        The write is fenced on the record's owner (this worker, or none yet), but
+        for ``if_unowned`` (a reaper's): a call another worker took over is its.
         """
         data = record.to_dict()
         changes = {name: data[name] for name in OWNER_FIELDS}
@@ -168,6 +184,7 @@ class ServiceCore:
                     if_state=[str(s) for s in previous],
                     if_unowned=if_unowned,
                     owed_at=owed_at,
+                    if_owner=None if if_unowned else self.worker_id,
                 )
         finally:
             if record.state is CallState.ENDED and not if_unowned:
@@ -178,6 +195,14 @@ class ServiceCore:
         if doc is None:
             raise LookupError(f"call {record.call_id} is not stored (expired?)")
         record.merge_foreign(doc.data)
+
+    async def save_live(self, call_id: str, snapshot: LiveSnapshot, cause: str) -> None:
+        """Write a call's live state now, as it is handed off (a failure: logged, the
+        worker that takes it over resumes from the last periodic write)."""
+        try:
+            await self.live.save(call_id, snapshot, cause)
+        except Exception as exc:
+            log.warning("live state not saved at the hand-off: %r", exc, extra={"call_id": call_id})
 
     async def release(self, record: CallRecord) -> None:
         """Give the agent slot back; the lease goes with the final write (``write_state``)."""
@@ -195,6 +220,9 @@ class ServiceCore:
             return  # else another worker (or a status callback) ended the call first
         status = record.call_status or CallStatus.ERROR
         metrics.CALLS_TOTAL.labels(provider=record.provider, status=str(status)).inc()
+        if self.resumable(record.provider):  # over: nothing to resume from any more
+            with contextlib.suppress(Exception):  # it expires anyway
+                await self.coordinator.drop_live(record.call_id)
         await self._keep_session(record, conversation, self._agent_config(record))
         job = self._webhook_job(record, conversation, recording)
         if job is not None:
@@ -330,7 +358,13 @@ class ServiceCore:
         self.health.ok()
 
     async def _end_stored(
-        self, record: CallRecord, status: CallStatus, error: str | None, *, lost: bool = False
+        self,
+        record: CallRecord,
+        status: CallStatus,
+        error: str | None,
+        *,
+        lost: bool = False,
+        conversation: Conversation | None = None,
     ) -> bool:
         """End a call no bridge of ours runs, once, from the record as stored.
 
@@ -339,7 +373,8 @@ class ServiceCore:
         ends from ``connecting``/``active``, and only while nobody holds the
         lease (one atomic step, so exactly one worker wins and an owner that
         renews in time keeps its call). The winner frees the agent slot and
-        queues the end-of-call webhook through :meth:`finished`, as a bridge does.
+        queues the end-of-call webhook through :meth:`finished`, as a bridge does,
+        with ``conversation`` (a lost call's, from its live state) if given.
         """
         previous = LIVE_STATES if lost else (CallState.CREATED,)
         if record.state not in previous:
@@ -347,8 +382,9 @@ class ServiceCore:
         record.set_status(status, error)
         record.advance(CallState.ENDING)
         record.advance(CallState.ENDED)
+        said = conversation or Conversation()
         try:
-            await self.write_state(record, previous, if_unowned=lost, conversation=Conversation())
+            await self.write_state(record, previous, if_unowned=lost, conversation=said)
         except (Conflict, LookupError):
             return False  # media arrived, the owner is alive, or another worker ended it first
         (log.warning if lost else log.info)(
@@ -359,5 +395,5 @@ class ServiceCore:
         try:
             await self.coordinator.release_agent_slot(record.agent_id, record.call_id)
         finally:
-            await self.finished(record, Conversation())
+            await self.finished(record, said)
         return True

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from telephony_edge import metrics
-from telephony_edge.calls import admission, carrier_ids
+from telephony_edge.calls import admission, carrier_ids, migration
 from telephony_edge.calls.bridge import CallBridge
 from telephony_edge.calls.reaper import REAP_BATCH
 from telephony_edge.calls.record import CallRecord, CallState, CallStatus
@@ -126,8 +126,14 @@ class Upkeep(ServiceCore):
                 if holder is not None and self._absence.absent_for(holder, now) < self._lease_s:
                     continue  # its worker answered lately: it re-claims or ends it itself
                 doc = await self.coordinator.get_call(call_id)
-                if doc is not None and await self._end_stored(
-                    CallRecord.from_dict(doc.data), CallStatus.ERROR, WORKER_LOST, lost=True
+                if doc is None:
+                    continue
+                record = CallRecord.from_dict(doc.data)
+                said = None  # what the call said before it was lost, kept for its webhook
+                if self.resumable(record.provider):
+                    said = migration.conversation_of(await self.coordinator.get_live(call_id))
+                if await self._end_stored(
+                    record, CallStatus.ERROR, WORKER_LOST, lost=True, conversation=said
                 ):
                     ended += 1
             if cursor is None:
@@ -163,7 +169,10 @@ class Upkeep(ServiceCore):
             log.warning("the lease on this call lapsed", extra={"call_id": call_id})
             taken = await self.coordinator.claim_owner(call_id, self.worker_id, ttl=self._lease_s)
             doc = await self.coordinator.get_call(call_id)
-            if taken and doc is None:
+            moved = doc is not None and doc.data.get("owner") not in (None, self.worker_id)
+            if moved and not taken:  # another worker took it over: it goes on there
+                bridge.hand_off("superseded")
+            elif taken and doc is None:
                 await self._restore(bridge.record)
             elif not taken or doc is None or doc.data.get("state") not in LIVE_STATES:
                 await bridge.end("the call was ended elsewhere after this worker lost its lease")

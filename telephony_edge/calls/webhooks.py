@@ -313,6 +313,8 @@ def build_session_payload(
     (answer, else creation) in unix seconds, the same start ``duration`` counts from.
     ``truncated`` counts entries left out past the edge's bounds (``chat``,
     ``function_calls``); the payload carries it only when something was.
+    ``migrations`` (one ``{from_worker, to_worker, gap_ms, cause}`` per move to
+    another worker, ``calls.migration``) likewise only when the call moved.
     """
     duration = record.duration
     start = record.answered_at or record.created_at
@@ -342,6 +344,7 @@ def build_session_payload(
         "chars_used": int(chars_used),
         "cost_breakdown": cost_breakdown(duration, chars_used, rates),
         **({"truncated": dict(truncated)} if truncated else {}),
+        **({"migrations": [dict(m) for m in record.migrations]} if record.migrations else {}),
     }
 
 

@@ -26,6 +26,7 @@ from telephony_edge.agent.demo import (
     add_agent_core_routes,
     create_agent_core_app,
     greeting_chime,
+    resume_chime,
     run_agent_core,
 )
 from telephony_edge.agent.vad import VadConfig
@@ -151,6 +152,37 @@ async def test_initiate_onready_then_greeting(connect: Connect) -> None:
     # Sent in chunk_ms pieces, and nothing more follows.
     with pytest.raises(TimeoutError):
         await peer.recv(wait=0.3)
+
+
+async def test_a_resumed_call_is_not_greeted_again_and_counts_its_turns_on(
+    connect: Connect,
+) -> None:
+    peer = await connect()
+    chat = [
+        {"role": "assistant", "content": "Hello.", "ts": 1.0},
+        {"role": "user", "content": "[caller spoke 1.4 s]", "ts": 3.0},
+        {"role": "assistant", "content": "Here is what you said.", "ts": 3.1},
+    ]
+    continuation = {"session_id": "sess_1", "found": True, "resumed": True, "chat": chat}
+    await ready(
+        peer,
+        agent={"agent_id": "a", "agent_config": {"first_message": "Hi Ada!"}},
+        session_continuation=continuation,
+    )
+    before, text = await peer.until(m.ONRESPONSETEXT)
+    assert [x.method for x in before] == [m.START_ANSWERING]
+    assert text.data == {"text": FAST.resumed_text, "is_final": True}  # no greeting
+    assert await peer.audio_bytes(len(resume_chime())) == resume_chime()
+    assert resume_chime() != greeting_chime(0.6)
+    await asyncio.sleep(0.7)  # the chime plays out
+
+    speech = fixture_frames("speech_order.wav")
+    sender = asyncio.create_task(send_realtime(peer.ws, speech + [SILENCE_FRAME] * 60))
+    try:
+        _, action = await peer.until(m.AI_ACTION, wait=4)
+    finally:
+        sender.cancel()
+    assert action.data == {"action": "echo", "turn": 2}  # the second turn of the call
 
 
 async def test_echoes_the_caller_after_they_stop(connect: Connect) -> None:

@@ -35,6 +35,8 @@ EVENTS: list[Any] = [
     m.PlayoutDrained(),
     m.LegGone("completed"),
     m.LegGone("failed", error="socket reset"),
+    m.LegGone("completed", moved=True),
+    m.HandOff("drain"),
     m.Control("hangup"),
     m.Control("transfer", "sip:desk@pbx.example.com"),
     m.TransferDone("+15555550123", "agent"),
@@ -87,6 +89,11 @@ def test_every_event_in_every_state(state: CallState, event: Any) -> None:
         if isinstance(event, m.Superseded):
             assert actions == list(m.RELEASE_ONLY)
             assert machine.call_status is None
+            return
+        if machine.moved is not None:  # goes on elsewhere: no end of its own
+            cause = "network" if isinstance(event, m.LegGone) else "drain"
+            assert (machine.moved, actions) == (cause, m.hand_off(cause))
+            assert machine.call_status is None and machine.next_deadline() is None
             return
         assert machine.call_status is not None
         kinds = [type(a) for a in actions]
@@ -226,3 +233,30 @@ def test_barge_in_and_pause_are_actions_not_state() -> None:
     assert machine.handle(m.AgentCommand("pause"), 2.0) == [m.SetPaused(True)]
     assert machine.handle(m.AgentCommand("unpause"), 2.0) == [m.SetPaused(False)]
     assert machine.state is CallState.ACTIVE
+
+
+def test_a_resumed_call_goes_live_from_the_record_as_another_worker_left_it() -> None:
+    fresh = machine_in(CallState.CONNECTING)
+    assert fresh.handle(m.AgentReady(), 2.0)[0] == m.WriteState(
+        CallState.ACTIVE, (CallState.CONNECTING,)
+    )
+    resumed = m.CallMachine(LIMITS, now=100.0, resumed=True, elapsed_s=590.0)
+    resumed.handle(m.Start(), 100.0)
+    assert resumed.handle(m.AgentReady(), 101.0)[0] == m.WriteState(
+        CallState.ACTIVE, (CallState.CONNECTING, CallState.ACTIVE)
+    )
+    assert resumed.next_deadline() == 110.0  # the maximum counts the time it ran before
+    resumed.handle(m.Tick(), 110.0)
+    assert resumed.call_status is CallStatus.TIMEOUT
+
+
+def test_a_moved_call_hands_off_without_hanging_up_or_reporting() -> None:
+    machine = machine_in(CallState.ACTIVE)
+    actions = machine.handle(m.HandOff("drain"), 5.0)
+    assert not any(
+        isinstance(a, m.HangupNetwork | m.WriteState | m.QueueWebhook | m.ReleaseSlot)
+        for a in actions
+    )
+    assert [type(a) for a in actions] == [m.StopTasks, m.SaveLive, m.CloseAgent, m.HandOffLeg]
+    assert machine.handle(m.LegGone("completed"), 6.0) == []  # once moving, nothing else
+    assert machine.call_status is None
