@@ -596,6 +596,8 @@ class SipLeg(Leg):
         if media.event_payload_type is None:
             await self._send_info(request)
             return
+        if media.on_hold:
+            raise NotSupported("the caller holds the call: no RTP goes to it")
         if self._presses is not None:
             raise NotSupported("keys are being sent already")
         self._presses_sent = sent = asyncio.get_running_loop().create_future()

@@ -21,7 +21,7 @@ import pytest
 
 from telephony_edge.audio.frames import FRAME_BYTES
 from telephony_edge.calls.dtmf import DtmfRequest
-from telephony_edge.calls.leg import LegInfo
+from telephony_edge.calls.leg import LegInfo, NotSupported
 from telephony_edge.calls.pacing import Pacer
 from telephony_edge.sip.dtmf_out import KeyPresses, plan
 from telephony_edge.sip.leg import SipLeg, codec_pair
@@ -243,3 +243,15 @@ async def test_the_agents_audio_gives_way_to_the_keys_and_resumes_after(
         start + 160 * k for k in range(7)
     ]
     assert len(set(slots)) == len(slots)  # one packet per slot
+
+
+async def test_keys_for_a_caller_who_holds_the_call_are_refused(peer: socket.socket) -> None:
+    leg, pacer = await open_leg(peer, 101)
+    address = peer.getsockname()
+    leg.set_media(Negotiated(CODECS["PCMU"], 0, 101, *address, "recvonly", None, 0))
+    try:
+        with pytest.raises(NotSupported, match="holds the call"):
+            await leg.send_dtmf(DtmfRequest("1"))
+    finally:
+        await leg.close()
+        await pacer.close()
