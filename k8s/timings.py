@@ -23,6 +23,11 @@ CPU. A worker is one Python process: its event loop uses one core at most. At
 the loop must stay under ``LOOP_BUDGET`` of that core; the container gets
 ``POD_CPU`` whole cores, requests equal to limits (Guaranteed QoS: no CFS throttling
 of the loop while the encoders, the collector and the kernel's share use the rest).
+
+Memory. The worker's RSS idle and per live call (``docs/scorecard.md``), plus one
+ffmpeg for each call recorded as mp3 or ogg (encoded while the call runs, about
+``FFMPEG_MIB`` each): at ``max_calls`` calls, every one of them recorded compressed,
+within ``MEMORY_BUDGET`` of the limit (requests equal to limits here too).
 """
 
 from __future__ import annotations
@@ -60,6 +65,25 @@ POD_CPU = 2
 """Cores per pod, requests == limits: one for the loop, one for encoders and the rest."""
 CPU_FALLBACK = 40
 """The HPA's CPU target (% of ``POD_CPU``): 0.8 of a core, the loop near its own limit."""
+WORKER_IDLE_MIB = 80
+"""An idle worker's RSS (``telephony-edge serve``, 78.5 MB measured)."""
+CALL_MIB = 0.5
+"""A live call's share of the worker's RSS (110-127 MB at 100 calls in the scorecard)."""
+FFMPEG_MIB = 12
+"""One call's ffmpeg encoding mp3/ogg while it runs (its PSS with 20 running)."""
+MEMORY_BUDGET = 0.8
+"""The share of the memory limit the worst case may use: room for bursts and the page cache."""
+
+
+def memory_needed_mib(max_calls: int) -> float:
+    """The pod's memory at ``max_calls`` live calls, each recorded compressed."""
+    return WORKER_IDLE_MIB + max_calls * (CALL_MIB + FFMPEG_MIB)
+
+
+def mib(quantity: str) -> float:
+    """A Kubernetes memory quantity (``2560Mi``, ``3Gi``) in MiB."""
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024}
+    return float(quantity[:-2]) * units[quantity[-2:]]
 
 
 def termination_grace_s(settings: Settings) -> int:
@@ -204,6 +228,9 @@ def problems(overlay: str) -> list[str]:
         found.append("requests differ from limits (not Guaranteed QoS)")
     if str(resources_["limits"]["cpu"]) != str(POD_CPU):
         found.append(f"the CPU limit is not {POD_CPU}")
+    memory = memory_needed_mib(settings.server.max_calls)
+    if memory > MEMORY_BUDGET * mib(str(resources_["limits"]["memory"])):
+        found.append(f"the memory limit leaves less than {memory:.0f} MiB for max_calls")
     worst = max(scorecard(), key=lambda c: c.cpu_s_per_call_minute)
     if worst.loop_share(settings.server.max_calls) > LOOP_BUDGET:
         found.append(f"max_calls {settings.server.max_calls} needs more than {LOOP_BUDGET} core")

@@ -281,6 +281,9 @@ def test_the_timings_check_notices_a_manifest_that_disagrees() -> None:
     worst = max(timings.scorecard(), key=lambda c: c.cpu_s_per_call_minute)
     assert worst.loop_share(settings.server.max_calls) <= timings.LOOP_BUDGET
     assert worst.loop_share(400) > timings.LOOP_BUDGET
+    # every call recorded as mp3 has its own ffmpeg: 1 GiB cannot hold 150 of them
+    assert timings.memory_needed_mib(150) > timings.MEMORY_BUDGET * timings.mib("1Gi")
+    assert timings.memory_needed_mib(150) <= timings.MEMORY_BUDGET * timings.mib("2560Mi")
 
 
 def test_compose_stop_grace_covers_the_drain() -> None:
