@@ -1,7 +1,8 @@
 """Load benchmark: N concurrent sipp calls with RTP against one ``telephony-edge serve``.
 
     python bench/sip_load.py [--calls 100] [--seconds 45] [--rate 50] [--codec PCMA|G722]
-                             [--core light|builtin] [--edge-cpu 0] [--json F]
+                             [--core light|builtin] [--edge-cpu 0] [--settle 10]
+                             [--target edge|reference] [--json F]
 
 Processes, as in ``bench/twilio_load.py`` (whose helpers this imports: config,
 spawning with CPU pinning, ``/proc`` CPU accounting, metrics scraping): the
@@ -23,8 +24,14 @@ edge's receiver (each leg's counters from its ``SIP media closed`` log line:
 received, lost, late, duplicates, against the packets sipp sent; interarrival
 jitter, mean and max over the calls); edge-added
 latency per frame both ways (``telephony_edge_relay_latency_seconds``,
-p50/p99); frames the edge dropped; peak RSS. Latency on the way to the caller
-and loss at sipp are not measured (sipp does not count what it receives).
+p50/p99); frames the edge dropped; its RSS before the calls, at their peak
+and ``--settle`` seconds after the last one ended (kB per call, the share
+given back). Latency on the way to the caller and loss at sipp are not
+measured (sipp does not count what it receives).
+
+``--target reference`` places the same calls on the bare RTP echo relay in
+``bench/reference/rtp_relay.py`` instead of the edge (G.711 only): no
+registrations, no metrics; its RTP counters stand in for the edge's.
 """
 
 from __future__ import annotations
@@ -115,6 +122,18 @@ def write_g722_pcap(path: Path) -> None:
     path.write_bytes(b"".join(records))
 
 
+def wait_listening(proc: subprocess.Popen[bytes], log: Path, within: float = 20.0) -> None:
+    """Until the bare relay says it listens (it has no HTTP to poll)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{proc.args!r} exited with {proc.returncode}")
+        if "listening" in log.read_text(errors="replace"):
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"{proc.args!r} did not listen within {within:g}s")
+
+
 async def register_all(base: str, n: int) -> list[str]:
     import aiohttp
 
@@ -169,8 +188,19 @@ def main() -> int:
     parser.add_argument("--edge-cpu", type=int, default=0)
     parser.add_argument("--core", choices=("builtin", "light"), default="light")
     parser.add_argument("--codec", choices=("PCMA", "G722"), default="PCMA")
+    parser.add_argument(
+        "--settle", type=float, default=10.0, help="seconds after the calls before the RSS 'after'"
+    )
+    parser.add_argument(
+        "--target",
+        choices=("edge", "reference"),
+        default="edge",
+        help="what answers the calls: the edge, or the bare relay in bench/reference/ (G.711)",
+    )
     parser.add_argument("--json")
     args = parser.parse_args()
+    if args.target == "reference" and args.codec != "PCMA":
+        parser.error("--target reference: the bare relay speaks G.711 only")
     sipp = shutil.which("sipp")
     if sipp is None or not Path(PCAP).exists():
         raise SystemExit("needs sipp and its pcaps (Debian sip-tester)")
@@ -197,19 +227,32 @@ def main() -> int:
         if args.core == "builtin"
         else [py, str(Path(tl.__file__).resolve()), "--serve-light-core", str(core_port)]
     )  # fmt: skip
-    core = tl.spawn(core_cmd, other_cpus, tmp / "agent-core.log")
+    reference = args.target == "reference"  # which has no agent hop
+    core = None if reference else tl.spawn(core_cmd, other_cpus, tmp / "agent-core.log")
     # INFO: each leg logs its RTP counters when it closes (one line per call)
     edge_cmd = [py, "-m", "telephony_edge", "serve", "--config", str(config), "--log-level", "INFO"]
+    if reference:
+        edge_cmd = [
+            py,
+            str(tl.ROOT / "bench" / "reference" / "rtp_relay.py"),
+            "--port",
+            str(sip_port),
+        ]
     edge = tl.spawn(edge_cmd, edge_cpus, tmp / "edge.log")
     if other_cpus:
         os.sched_setaffinity(0, other_cpus)
     sipp_proc: subprocess.Popen[bytes] | None = None
     try:
-        tl.wait_port(core_port)
-        tl.wait_http(base + "/healthz", edge, tmp / "edge.log")
-        call_ids = asyncio.run(register_all(base, args.calls))
+        if reference:
+            wait_listening(edge, tmp / "edge.log")
+            call_ids = [f"bare{n}" for n in range(args.calls)]
+        else:
+            tl.wait_port(core_port)
+            tl.wait_http(base + "/healthz", edge, tmp / "edge.log")
+            call_ids = asyncio.run(register_all(base, args.calls))
         (tmp / "calls.csv").write_text("SEQUENTIAL\n" + "".join(f"{c};\n" for c in call_ids))
-        before = tl.scrape(base)
+        before = {} if reference else tl.scrape(base)
+        rss_before_kb = tl.reset_peak_rss(edge.pid)
         cpu0 = tl.cpu_seconds(edge.pid)
         t0 = time.time()
         sipp_cmd = [
@@ -232,10 +275,13 @@ def main() -> int:
             time.sleep(max(0.0, steady_to - time.time()))
             cpu_b, tb = tl.cpu_seconds(edge.pid), time.monotonic()
         sipp_rc = sipp_proc.wait(call_s + 180)
+        ended = time.monotonic()
         time.sleep(2.0)  # the edge tears the calls down
-        after = tl.scrape(base)
+        after = {} if reference else tl.scrape(base)
         cpu1 = tl.cpu_seconds(edge.pid)
         hwm_kb = tl.status_kb(edge.pid, "VmHWM")
+        time.sleep(max(0.0, ended + args.settle - time.monotonic()))
+        rss_after_kb = tl.status_kb(edge.pid, "VmRSS")
     finally:
         tl.stop(sipp_proc, edge, core)
 
@@ -253,10 +299,15 @@ def main() -> int:
         for k, v in tl.delta(after, before, "telephony_edge_frames_dropped_total").items()
         if v
     }
-    rtp = rtp_at_edge(tmp / "edge.log")
+    if reference:
+        counters = tl.reference_counters(tmp / "edge.log")
+        rtp = {"legs": counters.get("calls", 0), "rtp_received": counters.get("rtp_in", 0)}
+    else:
+        rtp = rtp_at_edge(tmp / "edge.log")
     sent = ok * plays * pcap_packets
     figures: dict[str, Any] = {
         "calls": args.calls,
+        "target": args.target,
         "codec": args.codec,
         "call_seconds": call_s,
         "rate_per_s": args.rate,
@@ -281,6 +332,7 @@ def main() -> int:
         "relay_latency": relay,
         "frames_dropped_by_edge": dropped,
         "edge_peak_rss_mb": hwm_kb / 1024,
+        "edge_memory": tl.memory_figures(rss_before_kb, hwm_kb, rss_after_kb, ok, args.settle),
         "logs": str(tmp),
     }
     print(json.dumps(figures, indent=2))

@@ -25,7 +25,13 @@ Reported:
 * frames lost: the edge's ``frames_dropped_total`` by reason, Twilio sequence
   gaps, malformed input, and caller frames sent vs relayed to the agent;
 * the edge process's CPU seconds per call-minute (steady state, from
-  ``/proc/PID/stat``) and its peak RSS (``VmHWM``).
+  ``/proc/PID/stat``); its RSS before the calls, at their peak (``VmHWM``,
+  reset at the start of each phase) and ``--settle`` seconds after the last
+  one ended, hence kB per call and how much of it was given back.
+
+``--target reference`` runs the same calls against the bare relay in
+``bench/reference/twilio_relay.py`` instead of the edge (Twilio only): the
+same CPU and memory figures, its frame counters instead of the edge's metrics.
 
 ``--core light`` swaps the built-in core for a minimal one (``serve_light_core``)
 when the built-in core's CPU, not the edge's, is the limit (small machines).
@@ -43,7 +49,8 @@ against the same edge process and prints the figures side by side.
 
     python bench/twilio_load.py [--calls 100] [--seconds 60] [--ramp 5] [--procs 2]
                                 [--provider twilio|vonage|both]
-                                [--core builtin|light] [--loop uvloop|asyncio] [--json F]
+                                [--core builtin|light] [--loop uvloop|asyncio]
+                                [--target edge|reference] [--settle 10] [--json F]
 """
 
 from __future__ import annotations
@@ -370,6 +377,36 @@ def status_kb(pid: int, key: str) -> int:
     return 0
 
 
+def reset_peak_rss(pid: int) -> int:
+    """Start a new ``VmHWM`` (peak RSS) from the present RSS (Linux's clear_refs 5); that RSS."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    return status_kb(pid, "VmRSS")
+
+
+def memory_figures(
+    before_kb: int, peak_kb: int, after_kb: int, calls: int, settle_s: float
+) -> dict[str, float | None]:
+    """RSS before the calls, at their peak and after they ended and ``settle_s`` passed:
+    kB per call (peak over before) and the share of that given back."""
+    grown = peak_kb - before_kb
+    return {
+        "rss_before_mb": before_kb / 1024,
+        "rss_peak_mb": peak_kb / 1024,
+        "rss_after_mb": after_kb / 1024,
+        "settle_s": settle_s,
+        "kb_per_call": grown / calls if calls else None,
+        "given_back_pct": 100 * (peak_kb - after_kb) / grown if grown > 0 else None,
+    }
+
+
+def reference_counters(log: Path) -> dict[str, int]:
+    """The bare reference's counters: the JSON line it prints when it stops."""
+    for line in reversed(log.read_text(errors="replace").splitlines()):
+        if line.startswith("{"):
+            return {k: int(v) for k, v in json.loads(line).items()}
+    return {}
+
+
 # -- load generator ------------------------------------------------------------
 
 
@@ -651,9 +688,20 @@ def main() -> int:
         default="builtin",
         help="agent core: telephony-edge agent-core, or a minimal one (see serve_light_core)",
     )
+    parser.add_argument(
+        "--target",
+        choices=("edge", "reference"),
+        default="edge",
+        help="what answers the calls: the edge, or the bare relay in bench/reference/ (Twilio)",
+    )
+    parser.add_argument(
+        "--settle", type=float, default=10.0, help="seconds after the calls before the RSS 'after'"
+    )
     parser.add_argument("--serve-edge", help=argparse.SUPPRESS)
     parser.add_argument("--serve-light-core", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.target == "reference" and args.provider != "twilio":
+        parser.error("--target reference: the bare relay speaks Twilio's Media Streams only")
     if args.serve_edge:
         return serve_edge(args.serve_edge)
     if args.serve_light_core:
@@ -693,6 +741,11 @@ def main() -> int:
         if wired
         else [py, str(Path(__file__).resolve()), "--serve-edge", str(config)]
     )
+    if args.target == "reference":
+        edge_cmd = [
+            py, str(ROOT / "bench" / "reference" / "twilio_relay.py"), "--port", str(port),
+            "--agent", f"ws://127.0.0.1:{core_port}/agent",
+        ]  # fmt: skip
     edge = spawn(edge_cmd, edge_cpus, tmp / "edge.log")
     if other_cpus:
         os.sched_setaffinity(0, other_cpus)
@@ -709,10 +762,21 @@ def main() -> int:
                 edge_cmd="telephony-edge serve" if wired else "bench --serve-edge (routes added)",
                 edge_idle_rss_mb=rss_idle_kb / 1024,
             )
-            print(report(figures), flush=True)
+            if args.target == "reference":
+                figures["edge_cmd"] = "bench/reference/twilio_relay.py"
+            else:
+                print(report(figures), flush=True)
             runs.append(figures)
     finally:
         stop(edge, core)
+    if args.target == "reference":
+        counters = reference_counters(tmp / "edge.log")
+        runs[0].update(
+            target="reference",
+            reference_counters=counters,
+            caller_frames_relayed_to_agent=counters.get("frames_to_agent", 0),
+        )
+        print(json.dumps(runs[0], indent=2))
     if len(runs) > 1:
         print(side_by_side(runs))
     print(f"  logs: {tmp}")
@@ -731,7 +795,9 @@ def run_phase(
     procs: int,
 ) -> dict[str, Any]:
     """``args.calls`` calls of ``provider`` against the running edge; their figures."""
-    before = scrape(base)
+    metrics = args.target == "edge"  # the bare reference has none
+    before = scrape(base) if metrics else {}
+    rss_before_kb = reset_peak_rss(edge_pid)
     cpu0 = cpu_seconds(edge_pid)
     t0 = time.time() + 1.0
     ctx = mp.get_context("spawn")
@@ -780,10 +846,13 @@ def run_phase(
         results.extend(out.get(timeout=args.seconds + args.ramp + 120))
     for w in workers:
         w.join()
+    ended = time.monotonic()
     time.sleep(1.0)  # let the edge finish tearing the calls down
-    after = scrape(base)
+    after = scrape(base) if metrics else {}
     cpu1 = cpu_seconds(edge_pid)
     hwm_kb = status_kb(edge_pid, "VmHWM")
+    time.sleep(max(0.0, ended + args.settle - time.monotonic()))
+    rss_after_kb = status_kb(edge_pid, "VmRSS")
 
     outcomes: dict[str, int] = defaultdict(int)
     for r in results:
@@ -832,7 +901,7 @@ def run_phase(
     steady = None
     if cpu_a is not None and cpu_b is not None:
         steady = (cpu_b - cpu_a) / (len(ok) * (tb - ta) / 60) if ok else math.nan
-    d_us, e_us = leg_costs() if provider == "twilio" else (math.nan, math.nan)
+    d_us, e_us = leg_costs() if provider == "twilio" and metrics else (math.nan, math.nan)
     return {
         "provider": provider,
         "calls": args.calls,
@@ -880,6 +949,7 @@ def run_phase(
         "agent_core_cpu_utilisation_steady": others_util[0] if others_util else None,
         "load_generator_cpu_utilisation_steady": others_util[1:],
         "edge_peak_rss_mb": hwm_kb / 1024,
+        "edge_memory": memory_figures(rss_before_kb, hwm_kb, rss_after_kb, len(ok), args.settle),
     }
 
 
@@ -889,6 +959,7 @@ def report(f: dict[str, Any]) -> str:
 
     c2a, a2c = f["relay_caller_to_agent_ms"], f["relay_agent_to_caller_ms"]
     jit = f["agent_audio_arrival_jitter_ms"]
+    mem = f["edge_memory"]
     steady = f["edge_cpu_s_per_call_minute_steady"]
     util = f["edge_cpu_utilisation_steady"]
     lines = [
@@ -937,7 +1008,9 @@ def report(f: dict[str, Any]) -> str:
         )
         + f"{f['edge_cpu_s_per_call_minute_overall']:.3f} s per call-minute overall",
         f"  edge memory: peak RSS {f['edge_peak_rss_mb']:.0f} MB "
-        f"(idle {f['edge_idle_rss_mb']:.0f} MB)",
+        f"(idle {f['edge_idle_rss_mb']:.0f} MB), {_num(mem['kb_per_call'], 0)} kB per call, "
+        f"{mem['rss_after_mb']:.0f} MB {mem['settle_s']:g} s after the calls "
+        f"({_num(mem['given_back_pct'], 0)} % given back)",
     ]
     if f["agent_core_cpu_utilisation_steady"] is not None:
         gens = ", ".join(f"{u * 100:.0f}%" for u in f["load_generator_cpu_utilisation_steady"])

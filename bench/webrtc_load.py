@@ -1,7 +1,7 @@
 """Load benchmark: N concurrent aiortc callers against one ``telephony-edge serve`` worker.
 
     python bench/webrtc_load.py [--calls 40] [--seconds 60] [--ramp 10] [--edge-cpu 0]
-                                [--py-spy PATH] [--json F]
+                                [--py-spy PATH] [--settle 10] [--json F]
 
 Processes, as in ``bench/sip_load.py`` (helpers from ``bench/twilio_load.py``):
 the edge, ``telephony-edge serve`` with WebRTC on (127.0.0.1 advertised),
@@ -17,16 +17,18 @@ them), so the load generator spends its CPU on SRTP and decoding what it
 hears, not on encoding. The calls start spread over ``--ramp`` seconds and
 last ``--seconds``.
 
-Reported: calls answered and connected; the edge's CPU seconds per
-call-minute in the steady state (every call up) and overall, and its peak
-RSS; RTP loss both ways (edge → caller from each caller's ``getStats()``,
-caller → edge from the end-of-call webhooks' ``voip.media``, which this
-process receives); jitter at the callers; edge-added latency per frame both
-ways (``telephony_edge_relay_latency_seconds``, p50/p99: the bridge's share,
-not aiortc's jitter buffer or the 20 ms grid); the legs' own counters
-(frames each way, outbound slots skipped because the edge's loop was late,
-frames actually Opus-encoded); this process's own CPU (a saturated load
-generator shows up as loss that is not the edge's).
+Reported: calls answered and connected; the edge's CPU seconds per call-minute
+in the steady state (every call up) and overall; its RSS before the calls, at
+their peak and ``--settle`` seconds after they ended (kB per call, the share
+given back); frames the edge dropped; RTP loss both ways (edge → caller from
+each caller's ``getStats()``, caller → edge from the end-of-call webhooks'
+``voip.media``, which this process receives); jitter at the callers;
+edge-added latency per frame both ways
+(``telephony_edge_relay_latency_seconds``, p50/p99: the bridge's share, not
+aiortc's jitter buffer or the 20 ms grid); the legs' own counters (frames each
+way, outbound slots skipped because the edge's loop was late, frames actually
+Opus-encoded); this process's own CPU (a saturated load generator shows up as
+loss that is not the edge's).
 
 ``--py-spy PATH`` samples the edge with py-spy during the steady state (all
 threads: aiortc decodes in one thread per receiver and encodes in the
@@ -312,6 +314,9 @@ def main() -> int:
     parser.add_argument("--ramp", type=float, default=10.0, help="calls start over this long")
     parser.add_argument("--edge-cpu", type=int, default=0)
     parser.add_argument("--py-spy", help="write the edge's collapsed stacks here")
+    parser.add_argument(
+        "--settle", type=float, default=10.0, help="seconds after the calls before the RSS 'after'"
+    )
     parser.add_argument("--json")
     args = parser.parse_args()
     if args.seconds < args.ramp + 8:
@@ -341,6 +346,7 @@ def main() -> int:
         tl.wait_port(core_port)
         tl.wait_http(base + "/healthz", edge, tmp / "edge.log")
         before = tl.scrape(base)
+        rss_before_kb = tl.reset_peak_rss(edge.pid)
         cpu0 = tl.cpu_seconds(edge.pid)
 
         async def steady(seconds: float) -> dict[str, float]:
@@ -360,12 +366,15 @@ def main() -> int:
         import uvloop
 
         result = uvloop.run(with_webhooks(hook_port, args, base, steady))
+        ended = time.monotonic()
         time.sleep(2.0)
         after = tl.scrape(base)
         cpu1 = tl.cpu_seconds(edge.pid)
         hwm_kb = tl.status_kb(edge.pid, "VmHWM")
         if spy is not None:
             spy.wait(30)
+        time.sleep(max(0.0, ended + args.settle - time.monotonic()))
+        rss_after_kb = tl.status_kb(edge.pid, "VmRSS")
     finally:
         tl.stop(spy, edge, core)
 
@@ -421,7 +430,15 @@ def main() -> int:
         },
         "media_at_edge": media_at_edge(tmp / "edge.log"),
         "relay_latency": relay,
+        "frames_dropped_by_edge": {
+            dict(k).get("reason", ""): v
+            for k, v in tl.delta(after, before, "telephony_edge_frames_dropped_total").items()
+            if v
+        },
         "edge_peak_rss_mb": hwm_kb / 1024,
+        "edge_memory": tl.memory_figures(
+            rss_before_kb, hwm_kb, rss_after_kb, connected, args.settle
+        ),
         "logs": str(tmp),
     }
     if args.py_spy and Path(args.py_spy).exists():
