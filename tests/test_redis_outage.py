@@ -31,8 +31,11 @@ from aiohttp.test_utils import TestServer
 
 from telephony_edge.agent import messages
 from telephony_edge.twilio.simulator import SimulatedCall, parse_twiml
+from telephony_edge.vonage.ncco import OUTAGE_MESSAGE
+from telephony_edge.vonage.simulator import SimulatedVonageCall
 from tests.conftest import ServeProcess, free_port, stop_serve_process, wait_for
 from tests.coord.redis_servers import RedisProcess, redis_server, sentinel_topology
+from tests.sip.test_udp_edge import Caller, open_socket, sdp
 from tests.twilio.harness import ACCOUNT_SID, API_KEY, AUTH_TOKEN, LOCAL_NUMBER, serve_call
 
 #: 20 ms of a 440 Hz tone, PCM16 16 kHz: loud enough to count as agent audio
@@ -255,3 +258,48 @@ async def test_the_api_answers_503_with_retry_after_while_redis_is_down(
         assert edge.process.poll() is None
         stop_serve_process(edge)
         assert_no_tracebacks(edge)
+
+
+async def test_vonage_and_sip_callers_are_refused_clearly_while_redis_is_down(
+    private_redis: RedisProcess, serve_process: Any, session: aiohttp.ClientSession
+) -> None:
+    """Readiness stays up through the outage (issue 22), so every network reaches a worker
+    that refuses the call its own way: Vonage an NCCO that says so and connects nothing,
+    a SIP trunk's INVITE a 503 (the trunk tries its next route)."""
+    vonage_number, sip_number, secret = "+15555550166", "+15555550177", "vonage-secret-outage-01"
+    sip_port, rtp_low = free_port(), free_port() // 2 * 2
+    config = edge_config(private_redis.url, "ws://127.0.0.1:9/never")
+    config["vonage"] = {"enabled": True, "signature_secret": secret}
+    config["sip"] = {
+        "enabled": True,
+        "port": sip_port,
+        "rtp_port_min": rtp_low,
+        "rtp_port_max": rtp_low + 20,
+        "trunks": {"pbx": {"cidrs": ["127.0.0.1/32"]}},
+    }
+    for number, provider in ((vonage_number, "vonage"), (sip_number, "sip")):
+        config["numbers"][number] = {"provider": provider, "agent_id": "demo", "region": "local"}
+    edge: ServeProcess = serve_process(config)
+    private_redis.kill()
+    assert readiness(edge)[0] == 200
+
+    vonage = SimulatedVonageCall(session, edge.base_url, to=vonage_number, signature_secret=secret)
+    await vonage.post_answer()
+    answer = vonage.result.answer
+    assert answer is not None and answer.websocket is None, vonage.result
+    assert answer.talk == (OUTAGE_MESSAGE,)
+
+    caller = Caller(("127.0.0.1", sip_port), sip_number, await open_socket())
+    try:
+        caller.send(caller.request("INVITE", sdp((await open_socket()).port)))
+        refused = await caller.response("INVITE", within=10)
+        assert refused.status == 503, refused.status
+        caller.send(caller.request("ACK", cseq=caller.cseq))
+    finally:
+        caller.sip.close()
+    outage = {"kind": "answer", "outcome": "coordinator_down"}
+    assert edge.metric("telephony_edge_vonage_webhooks_total", **outage) == 1
+    assert edge.metric("telephony_edge_calls_refused_total", reason="coordinator") >= 1  # SIP
+    assert edge.process.poll() is None
+    stop_serve_process(edge)
+    assert_no_tracebacks(edge)
