@@ -110,15 +110,15 @@ class Cost:
         return calls * self.cpu_s_per_call_minute / 60
 
 
-def scorecard() -> list[Cost]:
+def scorecard(path: Path = SCORECARD) -> list[Cost]:
     """The measured CPU per call-minute of each network (``bench/scorecard.py``'s table)."""
     costs = []
-    for line in SCORECARD.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) > 3 and re.fullmatch(r"\d+", cells[1]) and re.fullmatch(r"[\d.]+", cells[2]):
             costs.append(Cost(cells[0], float(cells[2]), int(cells[3])))
     if not costs:
-        raise SystemExit(f"{SCORECARD}: no network's figures found")
+        raise SystemExit(f"{path}: no network's figures found")
     return costs
 
 
