@@ -369,6 +369,19 @@ class Coordinator(abc.ABC):
     async def peek_pending(self, key: str) -> dict[str, Any] | None:
         """The payload pending under ``key``, left in place; None if none."""
 
+    # -- routes read by other programs (the SIP proxy in front of the workers) --
+
+    @abc.abstractmethod
+    async def put_route(self, key: str, target: str, ttl: float) -> None:
+        """Keep ``target`` (plain text) under ``key`` for ``ttl`` seconds, replacing any: where
+        a proxy in front of the workers sends what belongs to ``key`` (Redis: the string
+        ``<prefix>route:<key>``, which Kamailio reads with ``ndb_redis``)."""
+
+    @abc.abstractmethod
+    async def drop_route(self, key: str, target: str) -> bool:
+        """Remove the route under ``key`` if it is still ``target`` (a worker clears its
+        own only: a call that moved keeps its new route); whether it was removed."""
+
     # -- ownership of a call's media: a lease ---------------------------------
 
     @abc.abstractmethod

@@ -145,6 +145,7 @@ class MemoryCoordinator(Coordinator):
         self._created: dict[str, float] = {}  # call id → when created, until it moves on
         self._owed: dict[str, float] = {}  # call id → when its webhook became owed
         self._pending = _ExpiringDict(clock)
+        self._routes = _ExpiringDict(clock)
         self._workers = _ExpiringDict(clock)
         self._owners = _ExpiringDict(clock)  # call id → JSON of the worker id
         #: the leases index: call id → (when its lease expires, its holder) until released
@@ -271,6 +272,17 @@ class MemoryCoordinator(Coordinator):
     async def peek_pending(self, key: str) -> dict[str, Any] | None:
         stored = self._pending.get(key)
         return None if stored is None else dict(json.loads(stored))
+
+    # -- routes -----------------------------------------------------------------------
+
+    async def put_route(self, key: str, target: str, ttl: float) -> None:
+        self._routes.set(key, target, ttl)
+
+    async def drop_route(self, key: str, target: str) -> bool:
+        if self._routes.get(key) != target:
+            return False
+        self._routes.pop(key)
+        return True
 
     # -- ownership ------------------------------------------------------------------
 

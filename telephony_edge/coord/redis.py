@@ -62,6 +62,9 @@ key                                    type      holds / expiry
                                                  dead letters past ``dead_letter_max``
 ``P{queue:<name>}:once:<job id>``      string    "enqueued once" marker, ``job_once_ttl``
 ``Ppending:<key>``                     string    pending payload JSON, ``PX`` ttl
+``Proute:<key>``                       string    a route for a proxy in front of the workers
+                                                 (``sip:<Call-ID>`` → the owner's SIP URI,
+                                                 read by Kamailio), ``PX`` ttl
 ``Psession:<session_id>``              string    session continuation JSON, ``PX`` the
                                                  caller's ttl (``calls.session_ttl_s``)
 ``P{reply:<token>}:r``                 list      a control message's reply, read once by
@@ -320,6 +323,14 @@ end
 return out
 """
 
+# KEYS: route. ARGV: target. Deleted only while it is still that target.
+_DROP_ROUTE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
 
 # the parts whose stubs name another part's method come after it (MRO)
 class RedisCoordinator(
@@ -374,6 +385,7 @@ class RedisCoordinator(
         self._update_call = script(_UPDATE_CALL)
         self._settle_owed = script(_SETTLE_OWED)
         self._list_bucket = script(_LIST_BUCKET)
+        self._drop_route = script(_DROP_ROUTE)
         self._init_leases()
         self._init_live()
         self._init_index()
@@ -444,6 +456,9 @@ class RedisCoordinator(
 
     def _pending_key(self, key: str) -> str:
         return f"{self._prefix}pending:{key}"
+
+    def _route_key(self, key: str) -> str:
+        return f"{self._prefix}route:{key}"
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -632,6 +647,14 @@ class RedisCoordinator(
     async def peek_pending(self, key: str) -> dict[str, Any] | None:
         stored = await self._redis.get(self._pending_key(key))
         return None if stored is None else dict(json.loads(stored))
+
+    # -- routes ------------------------------------------------------------------------------
+
+    async def put_route(self, key: str, target: str, ttl: float) -> None:
+        await self._redis.set(self._route_key(key), target, px=ms(ttl))
+
+    async def drop_route(self, key: str, target: str) -> bool:
+        return bool(await self._drop_route(keys=[self._route_key(key)], args=[target]))
 
     # -- session continuation ------------------------------------------------------------
 

@@ -281,6 +281,23 @@ async def test_pending_expires(coord: Coordinator) -> None:
     assert await coord.register_pending("tok", {"x": 2}, ttl=30)
 
 
+# -- routes (read by a SIP proxy in front of the workers) -----------------------
+
+
+async def test_a_route_is_replaced_and_dropped_only_by_its_target(coord: Coordinator) -> None:
+    await coord.put_route("sip:dialog-1", "sip:10.0.0.1:5060", ttl=30)
+    await coord.put_route("sip:dialog-1", "sip:10.0.0.2:5060", ttl=30)  # the call moved
+    assert not await coord.drop_route("sip:dialog-1", "sip:10.0.0.1:5060")  # not its any more
+    assert await coord.drop_route("sip:dialog-1", "sip:10.0.0.2:5060")
+    assert not await coord.drop_route("sip:dialog-1", "sip:10.0.0.2:5060")
+
+
+async def test_a_route_expires(coord: Coordinator) -> None:
+    await coord.put_route("sip:dialog-2", "sip:10.0.0.1:5060", ttl=TTL)
+    await asyncio.sleep(PAST_TTL)
+    assert not await coord.drop_route("sip:dialog-2", "sip:10.0.0.1:5060")
+
+
 # -- ownership ---------------------------------------------------------------
 
 
