@@ -70,14 +70,18 @@ class Pacer:
         ticks = 0
         while self._subscribers or self._after:
             ticks += 1
-            delay = start + ticks * self._frame_s - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif -delay > MAX_CATCH_UP * self._frame_s:
-                self.skipped = int(-delay / self._frame_s)
+            due = start + ticks * self._frame_s
+            if due > loop.time():
+                await asyncio.sleep(due - loop.time())
+            elif loop.time() - due <= MAX_CATCH_UP * self._frame_s:
+                await asyncio.sleep(0)  # catching up: let pending I/O in between the extra ticks
+            late = loop.time() - due  # a stall during the sleep shows here too
+            if late > MAX_CATCH_UP * self._frame_s:
+                # this tick is the stall's first: the slots it spanned are lost, and the
+                # schedule restarts here (a late tick and then a restarted one would be two
+                # frames at once, a burst the caller's buffer keeps for the rest of the call)
+                self.skipped = int(late / self._frame_s)
                 start, ticks = loop.time(), 0
-            else:  # catching up: let pending I/O in between the extra ticks
-                await asyncio.sleep(0)
             for subscribers in (self._subscribers, self._after):
                 for key, tick in list(subscribers.items()):
                     try:

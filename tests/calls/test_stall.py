@@ -37,6 +37,26 @@ async def test_the_pacer_says_once_how_many_ticks_a_stall_took() -> None:
     assert len(stalls) == 1 and 12 <= stalls[0] <= 16, seen  # about 300 ms of 20 ms ticks
 
 
+async def test_a_stall_while_the_pacer_sleeps_costs_one_late_tick_and_no_burst() -> None:
+    """The loop blocked by something else while the clock waits for its next tick: that
+    tick is the one that says how many were lost, and the next comes a frame later (before:
+    the late tick played, then the restarted schedule ticked at once: two frames together,
+    which a caller's buffer keeps as 20 ms more delay for the rest of the call)."""
+    loop = asyncio.get_running_loop()
+    pacer = Pacer()
+    ticks: list[tuple[float, int]] = []
+    pacer.subscribe("x", lambda: ticks.append((loop.time(), pacer.skipped)))
+    await wait_for(lambda: len(ticks) >= 5, 5)
+    time.sleep(0.3)  # noqa: ASYNC251 -- the stall itself: the loop held while the pacer sleeps
+    await wait_for(lambda: len(ticks) >= 15, 5)
+    await pacer.close()
+    [stall] = [i for i, (_, skipped) in enumerate(ticks) if skipped]
+    assert 13 <= ticks[stall][1] <= 16, ticks  # about 300 ms of 20 ms ticks
+    assert ticks[stall][0] - ticks[stall - 1][0] >= 0.29  # no tick between: it is the late one
+    after = [b - a for (a, _), (b, _) in zip(ticks[stall:], ticks[stall + 1 :], strict=False)]
+    assert min(after) >= 0.015, after  # then one frame per 20 ms, no two at once
+
+
 def frames(first: int, count: int) -> bytes:
     return b"".join(bytes([n]) * 640 for n in range(first, first + count))
 
