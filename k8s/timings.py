@@ -91,6 +91,17 @@ def termination_grace_s(settings: Settings) -> int:
     return math.ceil(PRESTOP_S + settings.drain_wait_s + TEARDOWN_WAIT_S + SHUTDOWN_S)
 
 
+def calls_at_most(settings: Settings, cost: Cost) -> int:
+    """How many calls of ``cost``'s network a pod on ``settings`` takes (0: not enabled):
+    ``server.max_calls``, and for WebRTC its peer connections' own bound."""
+    network = cost.network.split()[0].lower()
+    section = getattr(settings, network, None)
+    if section is None or not section.enabled:
+        return 0
+    limit = settings.server.max_calls
+    return min(limit, settings.webrtc.max_peer_connections) if network == "webrtc" else limit
+
+
 def capacity_kept(target: float, max_calls: int, min_replicas: int, max_unavailable: int) -> bool:
     """Whether the pods the PDB leaves hold the calls the HPA lets each pod carry."""
     return target <= max_calls * (1 - max_unavailable / min_replicas)
@@ -231,9 +242,10 @@ def problems(overlay: str) -> list[str]:
     memory = memory_needed_mib(settings.server.max_calls)
     if memory > MEMORY_BUDGET * mib(str(resources_["limits"]["memory"])):
         found.append(f"the memory limit leaves less than {memory:.0f} MiB for max_calls")
-    worst = max(scorecard(), key=lambda c: c.cpu_s_per_call_minute)
-    if worst.loop_share(settings.server.max_calls) > LOOP_BUDGET:
-        found.append(f"max_calls {settings.server.max_calls} needs more than {LOOP_BUDGET} core")
+    for cost in scorecard():
+        calls = calls_at_most(settings, cost)
+        if calls and cost.loop_share(calls) > LOOP_BUDGET:
+            found.append(f"{calls} {cost.network} calls need more than {LOOP_BUDGET} core")
     hpas = [r for r in resources if r["kind"] == "HorizontalPodAutoscaler"]
     [pdb] = [r for r in resources if r["kind"] == "PodDisruptionBudget"]
     for hpa in [] if overlay in DEVELOPMENT else hpas:
