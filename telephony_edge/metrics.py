@@ -230,6 +230,13 @@ SIP_TCP_CLOSED = Counter(
     " evicted (a newcomer to a full table took its place), no_message, slow, idle",
     ["reason"],
 )
+SIP_CONNECT_FAILURES = Counter(
+    "telephony_edge_sip_connect_failures_total",
+    "The edge's own SIP connections (TCP, TLS) that could not be opened, by reason: refused"
+    " (or unreachable), timeout, handshake (TLS), certificate (the server's not trusted, or"
+    " not for the name dialled)",
+    ["transport", "reason"],
+)
 SIP_SRTP_DROPPED = Counter(
     "telephony_edge_sip_srtp_dropped_total",
     "SRTP and SRTCP packets dropped by a call's SRTP context (sip/srtp.py), by reason: auth"

@@ -170,13 +170,17 @@ class RemoteControl(ServiceCore):
         network = self.networks.get(record.provider)
         return None if network is None else (record, network)
 
-    async def update_provider_status(self, call_id: str, provider_status: str) -> None:
+    async def update_provider_status(
+        self, call_id: str, provider_status: str, detail: str | None = None
+    ) -> None:
         """A provider's status callback: merge it; end a call that never reached media.
 
         The merge touches ``provider_status`` alone, so a callback during the
         owner's teardown changes nothing else; and only a call still in
         ``created`` is ended here (compare-and-set), so the owner of a bridged
-        call keeps the say over how it ended and its one webhook.
+        call keeps the say over how it ended and its one webhook. ``detail``
+        (what the network said: a SIP status and reason) follows the status's
+        own words in the error message of a call it ends.
         """
         doc = await self.coordinator.update_call(call_id, {"provider_status": provider_status})
         if doc is None:
@@ -188,7 +192,10 @@ class RemoteControl(ServiceCore):
         network = self.networks.get(record.provider)
         final = None if network is None else network.final_status(provider_status)
         if final is not None and record.state is CallState.CREATED:
-            await self._end_stored(record, *final)
+            status, error = final
+            if error is not None and detail:
+                error = f"{error}: {detail}"
+            await self._end_stored(record, status, error)
 
     async def fail_setup(self, call_id: str, error: str) -> bool:
         """The network could not bring the call's media here: end it ``error``, once.

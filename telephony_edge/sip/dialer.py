@@ -18,7 +18,9 @@ follows runs in a task of its own:
 * a call not answered (:class:`~telephony_edge.sip.ua_records.DialFailed`)
   frees its port, and its outcome (``busy``, ``no-answer``, ``failed``,
   ``canceled``) becomes the record's provider status, which the provider maps
-  to the platform's ``call_status``; the record ends and its webhook goes.
+  to the platform's ``call_status`` (a ``failed`` call's error message says
+  the SIP status and why: a 503, a TLS certificate not trusted …); the record
+  ends and its webhook goes.
 
 A hang-up through the API while the call rings CANCELs it: at once on the
 dialling worker (:meth:`Dialer.cancel`); from another worker the API ends the
@@ -161,7 +163,12 @@ class Dialer:
                         "reason": outcome.reason[:200],
                     },
                 )
-                await services.call_service.update_provider_status(record.call_id, outcome.outcome)
+                detail = f"{outcome.status} {outcome.reason[:200]}"
+                await services.call_service.update_provider_status(
+                    record.call_id,
+                    outcome.outcome,
+                    detail if outcome.outcome == "failed" else None,
+                )
                 return
             metrics.SIP_OUTBOUND_CALLS.labels(outcome="answered").inc()
             leg = self._leg(ref, dialling)

@@ -14,6 +14,14 @@ destination, and :func:`plan_call` says how the INVITE goes:
 * a ``sip:`` URI is called as written: its host is the one hop (RFC 3263),
   no credentials are offered, From is the calling number at the edge's host.
 
+Over TLS (a trunk's ``transport: tls`` or ``sips:`` proxies; a ``sips:`` URI
+or one with ``;transport=tls``) the call needs the edge's TLS listener
+(``sip.tls``: the callee's requests in the call come there). The SRTP of the
+offer follows the trunk's ``srtp`` (else ``sip.srtp``) and is offered only
+when the call goes over TLS (or ``sip.srtp_over_plain``), SDES keys being
+in the SDP: a call whose policy requires SRTP where it cannot be offered is
+:class:`NoRoute`.
+
 Nothing here does I/O; a destination no trunk carries is :class:`NoRoute`.
 """
 
@@ -21,9 +29,10 @@ from __future__ import annotations
 
 from telephony_edge.sip.digest_client import DigestClient
 from telephony_edge.sip.message import SipUri
+from telephony_edge.sip.sdes import Policy, SrtpRules
 from telephony_edge.sip.settings import SipSettings, SipTrunkSettings
 from telephony_edge.sip.settings_outbound import rewrite
-from telephony_edge.sip.uac import Dial
+from telephony_edge.sip.uac import Dial, hop_transport
 
 
 class NoRoute(ValueError):
@@ -37,12 +46,13 @@ def plan_call(
     and the trunk's credentials, if any (a fresh client: its ``nc`` counts this call's)."""
     ring, failover = settings.outbound_ring_timeout_s, settings.outbound_failover_timeout_s
     if to.lower().startswith(("sip:", "sips:")):
-        uri = SipUri.parse(to)
-        transport = uri.params.get("transport", "udp").upper()
+        transport = hop_transport(to, "UDP")
+        srtp = _secure(settings, transport == "TLS", None)
         caller = str(SipUri("sip", from_number, edge_host))
-        plan = Dial(to, caller, (to,), "", transport, ring, failover)
+        plan = Dial(to, caller, (to,), "", transport, ring, failover, srtp=srtp)
         return plan, None
-    outbound = _trunk_for(settings, from_number).outbound
+    trunk = _trunk_for(settings, from_number)
+    outbound = trunk.outbound
     assert outbound is not None
     domain = outbound.domain or SipUri.parse(outbound.proxies[0]).host
     dialled = rewrite(to, outbound.number_rewrites)
@@ -51,14 +61,31 @@ def plan_call(
         request_uri=str(SipUri("sip", dialled, domain)),
         from_uri=str(SipUri("sip", caller_id, outbound.from_host or edge_host)),
         hops=tuple(outbound.proxies),
-        transport=outbound.transport.upper(),
+        transport="TLS" if outbound.tls else outbound.transport.upper(),
         ring_timeout=ring,
         failover_timeout=failover,
+        srtp=_secure(settings, outbound.tls, trunk.srtp),
     )
     digest = None
     if outbound.username is not None and outbound.password is not None:
         digest = DigestClient(outbound.username, outbound.password, outbound.realm)
     return plan, digest
+
+
+def _secure(settings: SipSettings, tls: bool, policy: Policy | None) -> SrtpRules:
+    """A call's SRTP rules, or :class:`NoRoute` when it cannot go as they say."""
+    if tls and not settings.tls:
+        raise NoRoute(
+            "calls over TLS need sip.tls (the listener where the callee's requests in the "
+            "call arrive)"
+        )
+    rules = SrtpRules(policy or settings.srtp, tls or settings.srtp_over_plain)
+    if rules.policy == "required" and not rules.keys_safe:
+        raise NoRoute(
+            "SRTP is required and this call does not go over TLS (SDES keys travel in the "
+            "SDP; sip.srtp_over_plain allows them in the clear)"
+        )
+    return rules
 
 
 def _trunk_for(settings: SipSettings, from_number: str) -> SipTrunkSettings:

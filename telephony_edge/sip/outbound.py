@@ -9,6 +9,11 @@ URI (``Send.uri``: a route or Contact that names a host) is looked up first
 otherwise the message waits (at most ``MAX_WAITING`` per name) while one
 lookup per name runs in a task of its own, and is sent when it answers.
 
+Over TLS the server's certificate must name the URI's host (RFC 5922 §4), or,
+for an address, the name the UA gives (``server_name``: an outbound call's
+proxy); a connection that cannot be opened is the shell's to report
+(``send_now`` gets the call).
+
 The send loop never waits for DNS, so a lookup that hangs or fails delays
 nothing but the messages for that name: other calls' retransmissions and
 timers go on (the UA's own clock drives them, not the sends). When a name
@@ -38,7 +43,8 @@ log = logging.getLogger(__name__)
 
 MAX_WAITING = 64  # messages held per name while it is looked up
 
-SendNow = Callable[[bytes, Address, str], None]  # data, address, transport
+SendNow = Callable[[bytes, Address, str, str | None, str | None], None]
+"""data, address, transport, the TLS server's name, the UA's call ref"""
 Unreachable = Callable[[str, str], None]  # the UA's call ref, a short reason
 
 
@@ -60,11 +66,17 @@ class Outbound:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def send(
-        self, data: bytes, dest: Address, transport: str, uri: str | None, call: str | None
+        self,
+        data: bytes,
+        dest: Address,
+        transport: str,
+        uri: str | None,
+        call: str | None,
+        server_name: str | None = None,
     ) -> None:
         """Send ``data`` to ``dest``, or to what ``uri`` resolves to when it is given."""
         if uri is None:
-            self._send_now(data, dest, transport)
+            self._send_now(data, dest, transport, server_name, call)
             return
         try:
             target = target_of(uri, transport)
@@ -76,7 +88,7 @@ class Outbound:
         if isinstance(known, Unresolvable):
             self._fail([call], str(known))
         elif known is not None:
-            self._send_now(data, known, transport)
+            self._send_now(data, known, transport, target.host, call)
         else:
             self._wait(target, (data, transport, call))
 
@@ -104,8 +116,8 @@ class Outbound:
             self._waiting.pop(target, None)
             return
         self.cache.put(target, address, ttl, loop.time())
-        for data, transport, _ in self._waiting.pop(target, []):
-            self._send_now(data, address, transport)
+        for data, transport, call in self._waiting.pop(target, []):
+            self._send_now(data, address, transport, target.host, call)
 
     def _fail(self, calls: list[str | None], reason: str) -> None:
         for call in calls:

@@ -14,8 +14,9 @@ on the dialog's transport). :class:`SipResolver` then looks the target up:
 3. with no port in the URI, NAPTR (§4.1): the ``s`` record of the lowest order
    and preference for the dialog's transport (``SIP+D2U``, ``SIP+D2T``,
    ``SIPS+D2T``) names the SRV to ask; without one, the usual ``_sip._udp`` /
-   ``_sip._tcp`` / ``_sips._tcp``. The transport is never changed: NAPTR only
-   finds the SRV name for the one the dialog uses. Then SRV (lowest priority
+   ``_sip._tcp`` / ``_sips._tcp`` (a ``sips:`` URI, or a ``sip:`` one over TLS:
+   port 5061 too). The transport is never changed: NAPTR only finds the SRV
+   name for the one the dialog uses. Then SRV (lowest priority
    first, the heaviest first among equals), each target's address in turn;
    with records but no target that resolves, the lookup fails;
 4. otherwise A (AAAA, then A, when the edge's socket is IPv6) at the URI's port
@@ -73,22 +74,28 @@ class Target:
 
     host: str  # lower case, no brackets
     port: int | None  # None: the URI named none (SRV first)
-    transport: str  # "UDP" or "TCP"
+    transport: str  # "UDP", "TCP" or "TLS"
     secure: bool  # sips:
 
     @property
+    def tls(self) -> bool:
+        """Over TLS: a ``sips:`` URI, or ``sip:`` with ``;transport=tls`` (RFC 3263 §4.1:
+        both are ``_sips._tcp``, ``SIPS+D2T``, port 5061)."""
+        return self.secure or self.transport == "TLS"
+
+    @property
     def default_port(self) -> int:
-        return 5061 if self.secure else 5060
+        return 5061 if self.tls else 5060
 
     @property
     def srv_name(self) -> str:
-        if self.secure:
+        if self.tls:
             return f"_sips._tcp.{self.host}"
         return f"_sip._{'tcp' if self.transport == 'TCP' else 'udp'}.{self.host}"
 
     @property
     def naptr_service(self) -> str:
-        if self.secure:
+        if self.tls:
             return "SIPS+D2T"
         return "SIP+D2T" if self.transport == "TCP" else "SIP+D2U"
 

@@ -317,6 +317,12 @@ class SipSettings(ProviderSettings):
             raise ValueError("rtp_port_max must be above rtp_port_min")
         if self.tls and not (self.tls_certificate and self.tls_private_key):
             raise ValueError("tls needs tls_certificate and tls_private_key")
+        for name, trunk in self.trunks.items():
+            if trunk.outbound is not None and trunk.outbound.tls and not self.tls:
+                raise ValueError(
+                    f"trunks.{name}.outbound goes over TLS: that needs tls (the listener "
+                    "where the callee's requests in the call arrive)"
+                )
         return self
 
     @property

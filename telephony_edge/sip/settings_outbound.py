@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from telephony_edge.config import normalize_e164
 from telephony_edge.sip.message import SipUri
+from telephony_edge.sip.uac import hop_transport
 
 _GROUP_REFERENCE = re.compile(r"\\(\d+)|\\g<(\w+)>")
 
@@ -79,8 +80,12 @@ class SipOutboundSettings(BaseModel):
     domain: str | None = None
     """The host of the Request-URI and To (``sip:+15550100@<domain>``); default: the first
     proxy's host."""
-    transport: Literal["udp", "tcp"] = "udp"
-    """For proxies whose URI names no ``;transport=``."""
+    transport: Literal["udp", "tcp", "tls"] = "udp"
+    """For proxies whose URI names no ``;transport=`` (a ``sips:`` URI is TLS). Over TLS
+    (all the proxies or none) the proxy's certificate must verify (the system's trust store
+    or ``sip.tls_ca_file``) for the proxy's host name, and the edge's TLS listener
+    (``sip.tls``) takes the callee's requests in the call; the trunk's ``srtp`` says what
+    the offer carries."""
     username: str | None = None
     password: str | None = None
     """With both set, the edge answers the trunk's 401/407 challenges (digest, SHA-256 or
@@ -111,7 +116,17 @@ class SipOutboundSettings(BaseModel):
     def _credentials(self) -> SipOutboundSettings:
         if (self.username is None) != (self.password is None):
             raise ValueError("username and password go together")
+        if len({hop_transport(proxy, self.transport) == "TLS" for proxy in self.proxies}) > 1:
+            raise ValueError(
+                "proxies: over TLS all or none (the SDP, with SRTP keys, would reach the "
+                "others in the clear)"
+            )
         return self
+
+    @property
+    def tls(self) -> bool:
+        """Its calls go over TLS."""
+        return hop_transport(self.proxies[0], self.transport) == "TLS"
 
 
 class SipAccountSettings(BaseModel):

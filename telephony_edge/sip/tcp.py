@@ -19,7 +19,10 @@ that the UA's responses go back on the connection the request came on
 ``telephony_edge_sip_tcp_closed_total{reason}``. A send to an address with
 no connection opens one (§18.1.1); when that address was a live call's
 connection, the new one goes to the call's target (its Contact or route: the
-caller's source port was ephemeral), from ``dialogs``, the shell's map.
+caller's source port was ephemeral), from ``dialogs``, the shell's map. A
+connection of ours that cannot be opened is counted in
+``telephony_edge_sip_connect_failures_total{transport,reason}`` and told to
+the sender (``failed``: the shell's, for the call it was for).
 
 SIP over TLS is the same side on its own port with a handshake after the
 policy has admitted a connection (:class:`~telephony_edge.sip.tls.TlsSide`):
@@ -36,6 +39,7 @@ from collections.abc import Callable
 from typing import cast
 
 from telephony_edge import badinput, metrics
+from telephony_edge.errors import os_reason
 from telephony_edge.sip import tcp_policy
 from telephony_edge.sip.message import DEFAULT_LIMITS, Limits
 from telephony_edge.sip.sources import source_key
@@ -274,11 +278,18 @@ class TcpSide:
         """The peers that carry a live call: its caller's connection, or ours to its target."""
         return {address for pair in self.dialogs().items() for address in pair}
 
-    def send(self, dest: Address, data: bytes, server_name: str | None = None) -> None:
+    def send(
+        self,
+        dest: Address,
+        data: bytes,
+        server_name: str | None = None,
+        failed: Callable[[str], None] | None = None,
+    ) -> None:
         """On the connection to ``dest``; when it is gone and ``dest`` was a call's, on one
         to that call's target (its Contact or route: the caller's source port was
         ephemeral, RFC 3261 §18.1.1, RFC 5923), opened if need be (over TLS, the server's
-        certificate checked for ``server_name``, default the address)."""
+        certificate checked for ``server_name``, default the address). A connection that
+        cannot be opened: ``failed`` hears why."""
         stream = self.connections.get(dest)
         if stream is None or stream.closing:
             dest = self.dialogs().get(dest, dest)
@@ -286,7 +297,7 @@ class TcpSide:
         if stream is not None and not stream.closing:
             stream.write(data)
             return
-        task = asyncio.ensure_future(self._connect_and_send(dest, data, server_name))
+        task = asyncio.ensure_future(self._connect_and_send(dest, data, server_name, failed))
         self._connecting.add(task)
         task.add_done_callback(self._connecting.discard)
 
@@ -300,14 +311,32 @@ class TcpSide:
         )
         return stream
 
-    async def _connect_and_send(self, dest: Address, data: bytes, server_name: str | None) -> None:
+    async def _connect_and_send(
+        self,
+        dest: Address,
+        data: bytes,
+        server_name: str | None,
+        failed: Callable[[str], None] | None,
+    ) -> None:
         try:
             stream = await self.connect(dest, server_name)
         except (OSError, TimeoutError) as exc:
             kind = self.source.removeprefix("sip-").upper()
-            log.info(f"SIP {kind} connect failed", extra={"peer": str(dest), "reason": repr(exc)})
+            label, why = self.connect_failure(exc)
+            metrics.SIP_CONNECT_FAILURES.labels(transport=kind.lower(), reason=label).inc()
+            named = f" ({server_name})" if server_name and server_name != dest[0] else ""
+            reason = f"{kind} to {dest[0]}:{dest[1]}{named}: {why}"
+            log.info(f"SIP {kind} connect failed", extra={"peer": str(dest), "reason": reason})
+            if failed is not None:
+                failed(reason)
             return
         stream.write(data)
+
+    def connect_failure(self, exc: OSError | TimeoutError) -> tuple[str, str]:
+        """Why a connection of ours could not be opened: the metric's reason, a few words."""
+        if isinstance(exc, TimeoutError):
+            return "timeout", "no connection in time"
+        return "refused", os_reason(exc)
 
     async def _sweep(self) -> None:
         """Close what :func:`~telephony_edge.sip.tcp_policy.expired` says (rules 3-5)."""

@@ -34,7 +34,10 @@ edge's outbound calls) verify the server's certificate against the system's
 trust store, or ``sip.tls_ca_file`` alone when it is set, and check its name:
 :meth:`TlsSide.connect` with ``server_name`` (the URI's host; default the
 address, which then must be in the certificate). They use asyncio's own TLS
-client (``create_connection(ssl=…)``), which uvloop runs well.
+client (``create_connection(ssl=…)``), which uvloop runs well. One that fails
+is counted by its reason (:meth:`TlsSide.connect_failure`: ``certificate``
+for a server certificate not trusted or not for the name, ``handshake`` for
+any other TLS failure) and told to the sender.
 """
 
 from __future__ import annotations
@@ -249,6 +252,13 @@ class TlsSide(TcpSide):
             self.policy.read_timeout + self.tls.handshake_timeout,
         )
         return stream
+
+    def connect_failure(self, exc: OSError | TimeoutError) -> tuple[str, str]:
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return "certificate", f"certificate not trusted ({exc.verify_message})"
+        if isinstance(exc, ssl.SSLError):
+            return "handshake", f"TLS handshake failed ({_reason(exc)})"
+        return super().connect_failure(exc)
 
 
 def _reason(exc: BaseException) -> str:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
+from functools import partial
 from typing import Any, cast
 
 from telephony_edge import badinput, metrics
@@ -399,7 +400,12 @@ class SipEndpoint(asyncio.DatagramProtocol):
         for action in actions:
             if isinstance(action, Send):
                 self.outbound.send(
-                    action.data, action.dest, action.transport, action.uri, action.call
+                    action.data,
+                    action.dest,
+                    action.transport,
+                    action.uri,
+                    action.call,
+                    action.server_name,
                 )
             elif isinstance(action, StartCall):
                 self._track_stream(action.call)
@@ -456,13 +462,37 @@ class SipEndpoint(asyncio.DatagramProtocol):
             self._apply(self.ua.resolved(lookup.owner, lookup.uri, addresses, self._now(), reason))
             self._log_internal_error()
 
-    def _send_now(self, data: bytes, dest: tuple[str, int], transport: str) -> None:
+    def _send_now(
+        self,
+        data: bytes,
+        dest: tuple[str, int],
+        transport: str,
+        server_name: str | None = None,
+        call: str | None = None,
+    ) -> None:
         if transport != "UDP":
             side = self.tls if transport == "TLS" else self.tcp
             if side is not None:
-                side.send(dest, data)
+                failed = None if call is None else partial(self._connect_failed, call, dest)
+                side.send(dest, data, server_name, failed)
         elif self._transport is not None:
             send_datagram(self._transport, data, dest, "sip")
+
+    def _connect_failed(self, ref: str, dest: tuple[str, int], reason: str) -> None:
+        """A connection a call needed could not be opened (sip/tcp.py counted it): a
+        warning naming the call, and the UA goes on (a call being placed: the next
+        address, RFC 3261 §8.1.3.1)."""
+        log.warning(
+            "SIP connection for a call failed",
+            extra={
+                "call_id": self._call_ids.get(ref) or self._released.get(ref),
+                "sip_call": ref,
+                "reason": reason,
+            },
+        )
+        if self.ua is not None:
+            self._apply(self.ua.connect_failed(ref, dest, reason, self._now()))
+            self._log_internal_error()
 
     def _unreachable(self, ref: str, reason: str) -> None:
         """A call's next hop names a host that does not resolve (sip/outbound.py): counted,

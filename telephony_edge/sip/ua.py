@@ -294,6 +294,17 @@ class UserAgent(Reoffers, Transfers, Dials, Registrations):
     def set_draining(self, draining: bool) -> None:
         self.draining = draining
 
+    def connect_failed(self, ref: str, dest: Address, reason: str, now: float) -> list[Action]:
+        """The shell could not open the connection to ``dest`` (TCP, TLS) that a Send of
+        call ``ref`` needed: a call being placed tries its next address (RFC 3261
+        §8.1.3.1); any other call's request is lost as a datagram would be, and its
+        transaction times out. Never raises."""
+        try:
+            return self._dial_connect_failed(ref, dest, reason, now)
+        except Exception:
+            self._note_error()
+            return []
+
     def unreachable(self, ref: str, now: float) -> list[Action]:
         """The shell could not resolve the next hop of the call's dialog (its Send's
         ``uri``). What the call still has to send goes to the flow its INVITE came from
@@ -481,7 +492,7 @@ class UserAgent(Reoffers, Transfers, Dials, Registrations):
         offer: SessionDescription | None = None
         media: Negotiated | None = None
         code = 0
-        rules = self.config.srtp_rules(transport, verdict.trunk)
+        rules = self.config.srtp_rules(transport, verdict.trunk.srtp if verdict.trunk else None)
         if req.body:
             sdp = sdp_body(req.headers.get("Content-Type") or "", req.body)
             if sdp is None:

@@ -8,10 +8,14 @@ its lookups are :class:`Resolve` actions for the shell. A 2xx makes the call
 one of the UA's like an answered INVITE's, ``CONFIRMED`` with the dialog the
 2xx formed (a BYE either way, re-INVITE and UPDATE answered, INFO, REFER),
 and the shell hears :class:`CallConfirmed`. An answer the edge cannot use
-(no SDP answer, no codec it has), or one that crossed the API's CANCEL, is
-hung up at once (BYE), and the shell hears :class:`DialFailed` as for a call
-that was never answered. :meth:`UserAgent.hangup` of a ringing call CANCELs it.
-A dial is forgotten once its machine is done (Timer M after the 2xx).
+(no SDP answer, no codec it has, no SRTP when the trunk requires it), or one
+that crossed the API's CANCEL, is hung up at once (BYE), and the shell hears
+:class:`DialFailed` as for a call that was never answered. Over TLS our Via
+and Contact are the TLS listener's (``sips:`` for a ``sips:`` Request-URI), and
+a connection the shell could not open (:meth:`UserAgent.connect_failed`: a
+certificate not trusted …) moves the dial to its next address.
+:meth:`UserAgent.hangup` of a ringing call CANCELs it. A dial is forgotten
+once its machine is done (Timer M after the 2xx).
 """
 
 from __future__ import annotations
@@ -64,10 +68,11 @@ class Dials(UaCore):
         the call from now on), its SIP Call-ID, and the first actions (a :class:`Resolve`)."""
         ref = self._new_id()
         config = self.config
-        transport = plan.transport.lower()
+        transport = plan.transport.upper()
+        secure = plan.request_uri[:5].lower() == "sips:"  # §8.1.1.8: then a sips: Contact
         uac = UacConfig(
-            sent_by=config.sent_by,
-            contact=f"<sip:{config.sent_by};transport={transport}>",
+            sent_by=config.sent_by_for(transport),
+            contact=config.contact(transport, secure),
             user_agent=config.user_agent,
             allow=config.allow,
             timers=config.timers,
@@ -112,6 +117,14 @@ class Dials(UaCore):
         )
         return self._dial_outputs(owner, machine, outputs, now)
 
+    def _dial_connect_failed(
+        self, ref: str, dest: tuple[str, int], reason: str, now: float
+    ) -> list[Action]:
+        found = self._dials.get(self._dial_ids.get(ref, ""))
+        if found is None:
+            return []
+        return self._dial_outputs(ref, found[1], found[1].connect_failed(dest, reason, now), now)
+
     def _dial_deadline(self) -> float | None:
         times = (machine.next_deadline() for _, machine in self._dials.values())
         return min((t for t in times if t is not None), default=None)
@@ -130,7 +143,8 @@ class Dials(UaCore):
         actions: list[Action] = []
         for out in outputs:
             if isinstance(out, UacSend):
-                actions.append(Send(out.data, out.dest, out.transport, ref, out.uri))
+                send = Send(out.data, out.dest, out.transport, ref, out.uri, out.server_name)
+                actions.append(send)
             elif isinstance(out, Lookup):
                 actions.append(Resolve(ref, out.uri, out.transport))
             elif isinstance(out, Progress):
@@ -161,6 +175,7 @@ class Dials(UaCore):
             media=answered.media,
             local=machine.local,
         )
+        call.srtp_rules = machine.dial.srtp  # its re-offers keep to them
         self._calls[ref] = call
         self._dialogs[dialog.key] = ref
         if answered.problem is None and not answered.cancelled:

@@ -92,11 +92,10 @@ class UaConfig:
             return f"<sips:{sent_by}>"
         return f"<sip:{sent_by};transport={transport.lower()}>"
 
-    def srtp_rules(self, transport: str, trunk: Trunk | None) -> SrtpRules:
-        """A call's SRTP rules: its trunk's policy or ours; keys safe over TLS only
+    def srtp_rules(self, transport: str, policy: Policy | None) -> SrtpRules:
+        """A call's SRTP rules: ``policy`` (its trunk's) or ours; keys safe over TLS only
         (unless ``srtp_over_plain``)."""
-        policy = trunk.srtp if trunk is not None and trunk.srtp is not None else self.srtp
-        return SrtpRules(policy, transport == "TLS" or self.srtp_over_plain)
+        return SrtpRules(policy or self.srtp, transport == "TLS" or self.srtp_over_plain)
 
 
 # -- actions -------------------------------------------------------------------------
@@ -105,13 +104,17 @@ class UaConfig:
 @dataclass(frozen=True, slots=True)
 class Send:
     """``data`` to ``dest``; ``uri`` when ``dest`` names a host: the shell resolves that
-    URI (RFC 3263) and tells :meth:`UserAgent.unreachable` of ``call`` if it cannot."""
+    URI (RFC 3263) and tells :meth:`UserAgent.unreachable` of ``call`` if it cannot.
+    Over TLS the server's certificate must name ``server_name`` (the URI's host when
+    there is one; else the address); a connection that cannot be opened is told to
+    :meth:`UserAgent.connect_failed`."""
 
     data: bytes
     dest: Address
     transport: str = "UDP"
     call: str | None = None
     uri: str | None = None
+    server_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,7 +99,7 @@ class Reoffers(Answering):
                 self._bad("a body that is not SDP", 415, call.ref)
                 extra = [("Accept", "application/sdp, multipart/mixed")]
                 return self._tx_respond(key, self._response(req, 415, call, extra), now)
-            rules = self.config.srtp_rules(transport, call.trunk)
+            rules = self.config.srtp_rules(transport, call.srtp_rules.policy)
             keep = call.media.srtp if call.media is not None else None
             try:
                 offer = parse_sdp(sdp)

@@ -37,6 +37,11 @@ decides what comes next:
   ``no-answer``; the rest ``failed``);
 * a 2xx: the ACK (§13.2.2.4, resent for every retransmitted 2xx until
   Timer M) and :class:`Answered`;
+* a connection to the address that cannot be opened (TCP, TLS: refused,
+  timed out, a server certificate the edge does not trust or that is not for
+  the hop's name), which the shell reports with
+  :meth:`~OutboundInvite.connect_failed`: a 503 (RFC 3261 §8.1.3.1), so the
+  next address;
 * ``ring_timeout`` or :meth:`cancel`: CANCEL (§9.1: not before a
   provisional response; until then it waits), then the 487 ends the call.
   A 2xx that crosses the CANCEL is answered all the same: ACKed and given
@@ -46,6 +51,16 @@ Transitions are :data:`TABLE`: ``(phase, event) → (phase, ops)``; a pair
 not in it is ignored (a provisional after the answer, a second CANCEL). The
 ops are data that :meth:`OutboundInvite._run` gives a meaning; code is only
 for what a table cannot say (which address is next, what a status means).
+
+Over TLS (a hop ``sips:`` or ``;transport=tls``, or the plan's transport)
+each :class:`Send` names the server its certificate must be for: the hop's
+host (RFC 5922 §4: the domain of the URI, never an SRV target). The offer
+carries SRTP as the plan's :class:`~telephony_edge.sip.sdes.SrtpRules` allow
+(the dial plan allows it when its hops are TLS): ``RTP/SAVP`` with
+``a=crypto`` when required, ``RTP/AVP`` with ``a=crypto`` when optional
+(best effort, as baresip and pjsip offer it). The answer's ``a=crypto`` for
+our tag and suite keys the call's SRTP; an answer without one when SRTP is
+required is a problem (the UA hangs up).
 
 Rules: nothing raises out of the public methods for what a peer sends (a
 response without the call's branch is ignored); an abandoned attempt's
@@ -60,11 +75,13 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from telephony_edge.sip import sdes
 from telephony_edge.sip.body import sdp_body
 from telephony_edge.sip.dialog import Address, Dialog
 from telephony_edge.sip.digest_client import MAX_CHALLENGES, DigestClient
 from telephony_edge.sip.message import MAGIC_COOKIE, Headers, Request, Response, SipUri
 from telephony_edge.sip.nat import ip_literal
+from telephony_edge.sip.sdes import DEFAULT_RULES, SrtpRules
 from telephony_edge.sip.sdp import LocalSession, MediaConfig, Negotiated, accept_answer, parse_sdp
 from telephony_edge.sip.transaction import (
     DEFAULT_TIMERS,
@@ -96,6 +113,7 @@ class Dial:
     ring_timeout: float = 60.0
     failover_timeout: float = 5.0  # no response at all from an address: the next one
     headers: tuple[tuple[str, str], ...] = ()
+    srtp: SrtpRules = DEFAULT_RULES  # what the offer may carry (the dial plan's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +144,7 @@ class Send:
     dest: Address
     transport: str
     uri: str | None = None
+    server_name: str | None = None  # over TLS: the name the server's certificate must carry
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +263,7 @@ class _Attempt:
     machine: InviteClientTransaction | NonInviteClientTransaction
     dest: Address
     transport: str
+    server_name: str | None
 
 
 @dataclass(slots=True)
@@ -252,6 +272,11 @@ class _Hop:
     transport: str
     addresses: list[Address] = field(default_factory=list)
     next: int = 0
+
+    @property
+    def server_name(self) -> str | None:
+        """Over TLS, the name the server's certificate must carry: the URI's host."""
+        return SipUri.parse(self.uri).host.strip("[]") if self.transport == "TLS" else None
 
 
 class OutboundInvite:
@@ -275,10 +300,11 @@ class OutboundInvite:
         self.call_id = self._new_id()
         self.tag = self._new_id()
         self.phase = Phase.IDLE
-        self._hops = [_Hop(uri, _transport(uri, dial.transport)) for uri in dial.hops]
+        self._hops = [_Hop(uri, hop_transport(uri, dial.transport)) for uri in dial.hops]
         self._hop = -1
         self._cseq = 0
-        self._offer = local.offer()
+        crypto = sdes.offer(None) if dial.srtp.srtp_allowed else None
+        self._offer = local.offer(crypto=crypto, secure=dial.srtp.policy == "required")
         self._txs: dict[tuple[str, str], _Attempt] = {}  # (branch, method) → attempt
         self._invite: Request | None = None  # the current attempt's INVITE
         self._branch = ""
@@ -332,6 +358,13 @@ class OutboundInvite:
         if self.phase is not Phase.RESOLVING or self._hops[self._hop].uri != uri:
             return []
         return self._event(Ev.UNRESOLVABLE, now, None, (503, f"{uri} does not resolve: {reason}"))
+
+    def connect_failed(self, dest: Address, reason: str, now: float) -> list[UacOutput]:
+        """The shell could not open the connection to ``dest`` that the INVITE needs (TCP,
+        TLS): a 503 (RFC 3261 §8.1.3.1), so the next address; nothing if it is too late."""
+        if dest != self._flow or (self._branch, "INVITE") not in self._txs:
+            return []
+        return self._event(Ev.UNAVAILABLE, now, None, (503, reason))
 
     def cancel(self, now: float) -> list[UacOutput]:
         """The call is not wanted any more (API hang-up): CANCEL, or nothing if too late."""
@@ -480,7 +513,7 @@ class OutboundInvite:
         invite = Request(headers, self._offer, "INVITE", dial.request_uri)
         self._invite = invite
         machine = InviteClientTransaction(invite, transport != "UDP", config.timers)
-        attempt = _Attempt(machine, self._flow, transport)
+        attempt = _Attempt(machine, self._flow, transport, hop.server_name)
         key = (self._branch, "INVITE")
         self._txs[key] = attempt
         self._failover_at = now + self.dial.failover_timeout
@@ -518,9 +551,9 @@ class OutboundInvite:
             headers.add(name, value)
         headers.add("User-Agent", self.config.user_agent)
         cancel = Request(headers, b"", "CANCEL", invite.uri)
-        transport = self._hops[self._hop].transport
-        machine = NonInviteClientTransaction(cancel, transport != "UDP", self.config.timers)
-        attempt = _Attempt(machine, self._flow, transport)
+        hop = self._hops[self._hop]
+        machine = NonInviteClientTransaction(cancel, hop.transport != "UDP", self.config.timers)
+        attempt = _Attempt(machine, self._flow, hop.transport, hop.server_name)
         key = (self._branch, "CANCEL")
         self._txs[key] = attempt
         self._give_up_at = now + 64 * self.config.timers.t1
@@ -538,7 +571,8 @@ class OutboundInvite:
     def _send_ack(self, response: Response | None, out: list[UacOutput]) -> None:
         """§13.2.2.4: the ACK of the 2xx, built once, sent again for each retransmission;
         with the INVITE's credentials, to the dialog's next hop (a name: the shell resolves
-        it, the INVITE's address standing in)."""
+        it, the INVITE's address standing in); over TCP and TLS on the INVITE's connection,
+        as the dialog's other requests (:func:`~telephony_edge.sip.nat.in_dialog_dest`)."""
         if self._ack is None:
             assert self._invite is not None and self._dialog is not None  # see _meaning
             dialog = self._dialog
@@ -551,14 +585,16 @@ class OutboundInvite:
             ack = dialog.build_request(
                 "ACK", self._new_id(), self.config.sent_by, credentials, cseq=seq
             )
-            transport = self._hops[self._hop].transport
+            current = self._hops[self._hop]
+            transport = current.transport
             try:
-                hop = dialog.destination()
+                hop = self._flow if transport != "UDP" else dialog.destination()
             except ValueError:  # not a SIP URI: _answered says so, the ACK goes to the flow
                 hop = self._flow
             named = ip_literal(hop[0]) is None
             dest = self._flow if named else hop
-            self._ack = Send(ack.to_bytes(), dest, transport, dialog.next_hop() if named else None)
+            uri = dialog.next_hop() if named else None
+            self._ack = Send(ack.to_bytes(), dest, transport, uri, current.server_name)
         out.append(self._ack)
 
     def _answered(self, response: Response) -> Answered:
@@ -571,9 +607,11 @@ class OutboundInvite:
             problem = "the answer carries no SDP"
         else:
             try:
-                media = accept_answer(parse_sdp(sdp), self.media)
-            except ValueError as exc:  # SdpError, NoCommonCodec, a number int() refuses
+                media = accept_answer(parse_sdp(sdp), self.media, self.local.offered_crypto)
+            except ValueError as exc:  # SdpError, NoCommonCodec, SrtpRefused, a bad number
                 problem = f"the SDP answer cannot be used: {str(exc)[:100]}"
+            if media is not None and media.srtp is None and self.dial.srtp.policy == "required":
+                problem = "SRTP required, the answer has none"
         try:
             dialog.validate()
         except ValueError:
@@ -615,7 +653,8 @@ class OutboundInvite:
         timer_b = (408, "no final response (Timer B)")
         for item in outputs:  # the transaction's own sends (an ACK) before what follows
             if isinstance(item, Transmit):
-                out.append(Send(item.data, attempt.dest, attempt.transport))
+                dest, transport = attempt.dest, attempt.transport
+                out.append(Send(item.data, dest, transport, server_name=attempt.server_name))
             elif isinstance(item, Terminated):
                 self._txs.pop(key, None)
             elif not current:
@@ -655,7 +694,11 @@ def _classify(status: int) -> Ev:
     return Ev.REFUSED
 
 
-def _transport(uri: str, default: str) -> str:
-    """The transport a hop's URI names (``;transport=tcp``), else ``default``."""
-    named = SipUri.parse(uri).params.get("transport", "").upper()
-    return named if named in ("UDP", "TCP") else default.upper()
+def hop_transport(uri: str, default: str) -> str:
+    """The transport to a hop: TLS for a ``sips:`` URI, else the one its URI names
+    (``;transport=tcp``), else ``default``."""
+    parsed = SipUri.parse(uri)
+    if parsed.scheme == "sips":
+        return "TLS"
+    named = parsed.params.get("transport", "").upper()
+    return named if named in ("UDP", "TCP", "TLS") else default.upper()

@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from telephony_edge.sip.dialplan import NoRoute, plan_call
+from telephony_edge.sip.sdes import SrtpRules
 from telephony_edge.sip.settings import SipSettings
 
 EDGE = "203.0.113.5"
@@ -71,10 +72,42 @@ def test_a_sip_uri_is_called_as_written_and_a_number_without_trunk_has_no_route(
         plan_call(settings(trunks={"in": {"cidrs": ["192.0.2.0/24"]}}), "+15550100", "+1555", EDGE)
 
 
+TLS = {"tls": True, "tls_certificate": "edge.pem", "tls_private_key": "edge.key"}
+
+
+def test_tls_trunks_and_uris_dial_over_tls_with_the_srtp_their_policy_allows() -> None:
+    trunk = {"outbound": {"proxies": ["sbc.carrier.example"], "transport": "tls"}}
+    sip = settings(trunks={"carrier": {**trunk, "srtp": "required"}}, **TLS)
+    plan, _ = plan_call(sip, "+15550100", "+15557777", EDGE)
+    assert plan.transport == "TLS" and plan.hops == ("sip:sbc.carrier.example",)
+    assert plan.srtp == SrtpRules("required", True)
+    # sips: proxies are TLS whatever the trunk's transport; the trunk's policy, else sip.srtp
+    sips = {"outbound": {"proxies": ["sips:a.example", "sips:b.example"]}}
+    plan, _ = plan_call(settings(trunks={"c": sips}, srtp="none", **TLS), "+1555", "+1666", EDGE)
+    assert plan.transport == "TLS" and plan.srtp == SrtpRules("none", True)
+    for uri in ("sips:alice@pbx.example", "sip:alice@pbx.example;transport=tls"):
+        plan, _ = plan_call(settings(**TLS), "+15550100", uri, EDGE)
+        assert plan.transport == "TLS" and plan.srtp == SrtpRules("optional", True)
+    # SDES keys are not offered in the clear, unless the operator says so
+    plan, _ = plan_call(settings(), "+15550100", "sip:alice@pbx.example", EDGE)
+    assert plan.transport == "UDP" and not plan.srtp.srtp_allowed
+    plan, _ = plan_call(settings(srtp_over_plain=True), "+15550100", "sip:a@pbx.example", EDGE)
+    assert plan.srtp.srtp_allowed
+    with pytest.raises(NoRoute, match="does not go over TLS"):
+        plan_call(settings(srtp="required"), "+15550100", "sip:alice@pbx.example", EDGE)
+    with pytest.raises(NoRoute, match=r"need sip\.tls"):  # the callee's requests come there
+        plan_call(settings(), "+15550100", "sips:alice@pbx.example", EDGE)
+
+
 @pytest.mark.parametrize(
     ("section", "why"),
     [
         ({"trunks": {"t": {}}}, "cidrs"),
+        (
+            {"trunks": {"t": {"outbound": {"proxies": ["sips:a", "b"]}}}, **TLS},
+            "over TLS all or none",
+        ),
+        ({"trunks": {"t": {"outbound": {"proxies": ["a"], "transport": "tls"}}}}, "needs tls"),
         ({"trunks": {"t": {"outbound": {"proxies": []}}}}, "proxies"),
         ({"trunks": {"t": {"outbound": {"proxies": ["a b"]}}}}, "proxies"),
         ({"trunks": {"t": {"outbound": {"proxies": ["x"], "username": "u"}}}}, "together"),

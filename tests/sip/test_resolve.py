@@ -47,6 +47,14 @@ def test_target_of_reads_the_uri_as_rfc_3263_does() -> None:
     assert target_of("sips:x@h.test;maddr=10.0.0.1", "TCP").host == "10.0.0.1"
     assert target_of("sip:[2001:db8::1]:5062", "UDP").host == "2001:db8::1"
     assert Target("h.test", None, "TCP", True).srv_name == "_sips._tcp.h.test"
+    # a sip: URI over TLS is looked up as a sips: one (RFC 3263 §4.1), port 5061
+    tls = target_of("sip:sbc.test;transport=tls", "TLS")
+    assert tls == Target("sbc.test", None, "TLS", False)
+    assert (tls.srv_name, tls.naptr_service, tls.default_port) == (
+        "_sips._tcp.sbc.test",
+        "SIPS+D2T",
+        5061,
+    )
     with pytest.raises(ValueError):
         target_of("tel:+15550100", "UDP")
 
@@ -176,10 +184,18 @@ async def test_outbound_waits_for_one_lookup_per_name_then_uses_the_cache(
 ) -> None:
     server = await start_dns(ZONE, ttl=60, delay=0.2)
     sent: list[tuple[bytes, tuple[str, int], str]] = []
+    named: list[tuple[str | None, str | None]] = []  # (TLS server name, call) of each send
     failed: list[tuple[str, str]] = []
+
+    def send_now(
+        data: bytes, dest: tuple[str, int], transport: str, name: str | None, call: str | None
+    ) -> None:
+        sent.append((data, dest, transport))
+        named.append((name, call))
+
     outbound = Outbound(
         resolver_for(server.address, tmp_path),
-        lambda data, dest, transport: sent.append((data, dest, transport)),
+        send_now,
         lambda call, reason: failed.append((call, reason)),
     )
     uri = "sip:proxy.test:5072;lr"
@@ -191,6 +207,8 @@ async def test_outbound_waits_for_one_lookup_per_name_then_uses_the_cache(
     assert sent[1:] == [(b"one", ("127.0.0.7", 5072), "UDP"), (b"two", ("127.0.0.7", 5072), "UDP")]
     outbound.send(b"three", ("proxy.test", 5072), "UDP", uri, "call-a")
     assert sent[-1] == (b"three", ("127.0.0.7", 5072), "UDP")  # cached: no wait
+    # an address goes as the UA named it; a URI's sends name its host (RFC 5922)
+    assert named == [(None, "call-c"), *[("proxy.test", c) for c in ("call-a", "call-b", "call-a")]]
     assert server.queries == [("proxy.test", "A")]
     outbound.send(b"x", ("nowhere.test", 5060), "UDP", "sip:nowhere.test;lr", "call-a")
     outbound.send(b"y", ("nowhere.test", 5060), "UDP", "sip:nowhere.test;lr", "call-a")
