@@ -83,13 +83,13 @@ class Dialer:
         if ua is None:
             raise ProviderError("SIP is not running on this worker")
         try:
-            plan, digest = plan_call(
-                endpoint.settings, record.from_, record.to, endpoint.advertised[0]
-            )
+            settings = endpoint.settings
+            host, host6 = endpoint.advertised[0], settings.public_host6
+            plan, digest = plan_call(settings, record.from_, record.to, host, host6)
         except NoRoute as exc:
             raise NotSupported(str(exc)) from None
         try:
-            rtp, port = await endpoint.rtp_ports.bind()
+            rtp, port = await endpoint.rtp_ports.bind(plan.family)  # the call's family
         except OSError as exc:
             raise ProviderError(f"no RTP port for the call: {exc}", status=503) from None
         ref, sip_call_id, actions = ua.dial(plan, port, endpoint._now(), digest)

@@ -90,6 +90,7 @@ from telephony_edge.calls.leg import (
 )
 from telephony_edge.calls.pacing import Pacer
 from telephony_edge.sip.dtmf_out import KeyPresses
+from telephony_edge.sip.family import bound_socket
 from telephony_edge.sip.playout import TICKS_PER_FRAME, Decoder, PlayoutStats
 from telephony_edge.sip.rtcp import RR, SR, RtcpSession, build_bye, report_interval, sender_ssrc
 from telephony_edge.sip.rtp import Address, DtmfDigit, Held, RtpInbound, RtpSender
@@ -411,10 +412,10 @@ class SipLeg(Leg):
         transport = self._rtp.transport
         if transport is None:
             return
-        host = transport.get_extra_info("sockname")[0]
+        host = transport.get_extra_info("sockname")[0]  # of the RTP socket's family
         try:
             _, self._rtcp_socket = await asyncio.get_running_loop().create_datagram_endpoint(
-                RtcpProtocol, local_addr=(host, self.port + 1)
+                RtcpProtocol, sock=bound_socket(host, self.port + 1)
             )
         except OSError as exc:
             log.warning("RTCP port unavailable", extra={"sip_call": self.ref, "error": str(exc)})

@@ -35,6 +35,7 @@ Rules
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
@@ -305,6 +306,10 @@ def parse_hostport(text: str) -> tuple[str, int | None]:
         if end < 0:
             raise ValueError(f"bad host {text!r}")
         host, rest = text[: end + 1], text[end + 1 :]
+        try:  # an IPv6reference (§25.1) holds an IPv6 address (RFC 5118 §4.10: no ":::")
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"bad IPv6 reference {text!r}") from None
     else:
         host, _, port_s = text.partition(":")
         rest = ":" + port_s if _ else ""
@@ -320,7 +325,15 @@ def parse_hostport(text: str) -> tuple[str, int | None]:
     return host, port
 
 
+def bracketed(host: str) -> str:
+    """``host`` as a URI or a Via writes it: an IPv6 address in brackets (§25.1's
+    IPv6reference, RFC 5118), anything else as it is."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def format_hostport(host: str, port: int | None) -> str:
+    """``host[:port]``, an IPv6 address in brackets however it was given."""
+    host = bracketed(host)
     return host if port is None else f"{host}:{port}"
 
 

@@ -10,7 +10,9 @@ and at worst a third party it wants the edge to flood.
 
 * :func:`stamp_via` writes ``received`` (and ``rport``) into the top Via from
   the packet's source (§18.2.1, RFC 3581), and drops a ``received`` the peer
-  wrote itself: a request that arrives carrying one is never trusted.
+  wrote itself: a request that arrives carrying one is never trusted. An IPv6
+  source is written bare (``received=2001:db8::9``, RFC 5118 §4.5), while the
+  sent-by it is compared with is in brackets (``[2001:db8::9]:5060``).
 * :func:`response_dest` is §18.2.2 with RFC 3581 over that stamped Via: over
   a stream, the connection; over UDP, the source address, at the source port
   when the request asked for ``rport``, else at its Via's port. So a response
@@ -94,7 +96,9 @@ def stamp_via(req: Request, source: Address) -> None:
         via = Via.parse(values[0])
         via.params.pop("received", None)
         if not same_host(via.host, source[0]) or "rport" in via.params:
-            via.params["received"] = source[0]
+            # an IPv6 address bare, as §20.42's grammar has it (RFC 5118 §4.5), its zone
+            # (``%eth0``: the edge's own interface, no part of an address) left out
+            via.params["received"] = source[0].partition("%")[0]
         if "rport" in via.params:
             via.params["rport"] = str(source[1])
         values[0] = str(via)

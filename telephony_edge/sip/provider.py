@@ -17,7 +17,6 @@ are :mod:`telephony_edge.sip.accounts`', shown on ``/status``.
 from __future__ import annotations
 
 import errno
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,6 +29,8 @@ from telephony_edge.config import Settings
 from telephony_edge.errors import UserError, os_reason
 from telephony_edge.provider import Provider
 from telephony_edge.services import SERVICES
+from telephony_edge.sip.family import bound_socket
+from telephony_edge.sip.message import format_hostport
 from telephony_edge.sip.settings import SipSettings, sip_settings
 from telephony_edge.sip.transport import SipEndpoint, pending_key
 
@@ -125,17 +126,16 @@ class SipListenError(UserError):
     _HINTS = {
         errno.EADDRINUSE: "another process uses it; stop that one or change sip.port",
         errno.EACCES: "ports below 1024 need privileges; change sip.port",
-        errno.EADDRNOTAVAIL: "this machine has no such address; check sip.bind_host",
+        errno.EADDRNOTAVAIL: "this machine has no such address; check sip.bind_host(6)",
     }
 
     def __init__(self, settings: SipSettings, exc: OSError) -> None:
         cause = _os_error(exc)
         hint = self._HINTS.get(cause.errno or 0)
         over = "UDP and TCP" if settings.tcp else "UDP"
-        message = (
-            f"cannot listen for SIP ({over}) on {settings.bind_host}:{settings.port}: "
-            f"{os_reason(cause)}"
-        )
+        hosts = settings.bind_hosts.values()
+        where = " and ".join(format_hostport(host, settings.port) for host in hosts)
+        message = f"cannot listen for SIP ({over}) on {where}: {os_reason(cause)}"
         super().__init__(f"{message} ({hint})" if hint else message)
 
 
@@ -147,23 +147,26 @@ def _os_error(exc: OSError) -> OSError:
 
 
 def probe_rtp_range(settings: SipSettings) -> None:
-    """Raise a one-line :class:`UserError` if no port of the RTP range can be bound now.
+    """Raise a one-line :class:`UserError` if no port of the RTP range can be bound now, on
+    the address of each of the worker's families.
 
     Calls bind their RTP port when they are answered; a range another process
     holds entirely would fail every call, so it fails the start instead.
     """
-    low, high = settings.rtp_port_min, settings.rtp_port_max
-    family = socket.AF_INET6 if ":" in settings.bind_host else socket.AF_INET
+    for host in settings.bind_hosts.values():
+        _probe_rtp_range(host, settings.rtp_port_min, settings.rtp_port_max)
+
+
+def _probe_rtp_range(host: str, low: int, high: int) -> None:
     last: OSError | None = None
     for port in range(low + low % 2, high + 1, 2):  # RTP on even ports (transport.RtpPorts)
         try:
-            with socket.socket(family, socket.SOCK_DGRAM) as sock:
-                sock.bind((settings.bind_host, port))
+            bound_socket(host, port).close()
         except OSError as exc:
             last = exc
             continue
         return
-    message = f"cannot bind any RTP port of {settings.bind_host}:{low}-{high}"
+    message = f"cannot bind any RTP port of {format_hostport(host, None)}:{low}-{high}"
     if last is None:
         raise UserError(f"{message}: the range has no even port (widen it)")
     hint = ""
@@ -206,8 +209,7 @@ async def register_sip_call(request: web.Request) -> web.Response:
     await services.coordinator.register_pending(
         pending_key(record.call_id), {"call_id": record.call_id}, ttl
     )
-    host, port = request.app[SIP_ENDPOINT].advertised
-    host = f"[{host}]" if ":" in host else host
+    hostport = format_hostport(*request.app[SIP_ENDPOINT].advertised)
     return web.json_response(
-        {"call_id": record.call_id, "sip_uri": f"sip:{record.call_id}@{host}:{port}"}
+        {"call_id": record.call_id, "sip_uri": f"sip:{record.call_id}@{hostport}"}
     )

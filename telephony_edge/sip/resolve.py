@@ -19,8 +19,11 @@ on the dialog's transport). :class:`SipResolver` then looks the target up:
    name for the one the dialog uses. Then SRV (lowest priority
    first, the heaviest first among equals), each target's address in turn;
    with records but no target that resolves, the lookup fails;
-4. otherwise A (AAAA, then A, when the edge's socket is IPv6) at the URI's port
-   or 5060/5061.
+4. otherwise the addresses of the edge's families (:mod:`telephony_edge.sip.family`),
+   in its order: A for an IPv4 edge, AAAA for an IPv6 one, A then AAAA for
+   a dual-stack one, at the URI's port or 5060/5061. An IP literal of a
+   family the edge has no socket in does not resolve; an IPv4-mapped one is
+   its IPv4 address (the edge's IPv6 sockets are IPv6 only).
 
 :meth:`SipResolver.lookup_all` gives every address instead, in the order to try
 them (RFC 3263 §4.3: each SRV target's addresses, lowest priority first, then
@@ -42,7 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,12 +56,14 @@ import dns.rdtypes.IN.NAPTR
 import dns.rdtypes.IN.SRV
 import dns.resolver
 
+from telephony_edge.sip.family import Family, family_of, socket_host
 from telephony_edge.sip.message import SipUri
 from telephony_edge.sip.nat import ip_literal
 
 Address = tuple[str, int]
 
 HOSTS_TTL_S = 60.0  # a hosts-file answer carries no TTL
+RDTYPES: dict[Family, str] = {4: "A", 6: "AAAA"}
 NEGATIVE_TTL_S = 30.0
 MAX_CACHED = 4096
 
@@ -171,17 +175,17 @@ class HostsFile:
 
 class SipResolver:
     """See the module docstring. ``nameservers``: ``host`` or ``host:port`` (empty: the
-    system's resolv.conf); ``ipv6``: the edge's socket is IPv6 (AAAA before A)."""
+    system's resolv.conf); ``families``: the edge's sockets', the first preferred."""
 
     def __init__(
         self,
         nameservers: Sequence[str] = (),
         timeout: float = 5.0,
-        ipv6: bool = False,
+        families: Sequence[Family] = (4,),
         hosts: HostsFile | None = None,
     ) -> None:
         self.timeout = timeout
-        self.ipv6 = ipv6
+        self.families = tuple(families)
         self.hosts = hosts or HostsFile()
         try:
             self._dns = dns.asyncresolver.Resolver(configure=not nameservers)
@@ -210,7 +214,7 @@ class SipResolver:
     async def _lookup_all(self, target: Target) -> list[Address]:
         port = target.port or target.default_port
         if ip_literal(target.host) is not None:
-            return [(target.host, port)]
+            return [(self._literal(target.host), port)]
         if target.port is None and not self.hosts.addresses(target.host):
             srv_name = await self._naptr(target) or target.srv_name
             records = await self._query(srv_name, "SRV")
@@ -231,7 +235,7 @@ class SipResolver:
     async def _lookup(self, target: Target) -> tuple[Address, float]:
         port = target.port or target.default_port
         if ip_literal(target.host) is not None:
-            return (target.host, port), float("inf")
+            return (self._literal(target.host), port), float("inf")
         if target.port is None and not self.hosts.addresses(target.host):
             srv_name = await self._naptr(target) or target.srv_name
             records = await self._query(srv_name, "SRV")
@@ -271,23 +275,33 @@ class SipResolver:
         addresses, ttl = await self._addresses(name)
         return addresses[0], ttl
 
+    def _literal(self, address: str) -> str:
+        """An IP literal as the edge's sockets take it; Unresolvable in a family they lack."""
+        if family_of(address) not in self.families:
+            raise Unresolvable(f"{address}: the edge has no IPv{family_of(address)} socket")
+        return socket_host(address)
+
     async def _addresses(self, name: str) -> tuple[list[str], float]:
-        """Every address of ``name`` (the hosts file's, else AAAA then A, else A)."""
-        family = socket.AF_INET6 if self.ipv6 else socket.AF_INET
+        """Every address of ``name`` in the edge's families (the hosts file's, else each
+        family's records, in the order of :attr:`families`)."""
         pinned = [
-            _for_socket(address, self.ipv6)
+            socket_host(address)
             for address in self.hosts.addresses(name)
-            if (ip := ip_literal(address)) is not None
-            and (ip.version == 4 or family == socket.AF_INET6)
+            if family_of(address) in self.families
         ]
         if pinned:
             return pinned, HOSTS_TTL_S
-        for rdtype in ("AAAA", "A") if self.ipv6 else ("A",):
+        found: list[str] = []
+        ttl = float("inf")
+        rdtypes = [RDTYPES[family] for family in self.families]
+        for rdtype in rdtypes:
             records = await self._query(name, rdtype)
             if records is not None:
-                answer, ttl = records
-                return [_for_socket(str(rr), self.ipv6) for rr in answer], ttl
-        raise Unresolvable(f"{name} has no {'AAAA or A' if self.ipv6 else 'A'} record")
+                found += [str(rr) for rr in records[0]]
+                ttl = min(ttl, records[1])
+        if not found:
+            raise Unresolvable(f"{name} has no {' or '.join(rdtypes)} record")
+        return found, ttl
 
     async def _query(self, name: str, rdtype: str) -> tuple[dns.resolver.Answer, float] | None:
         """The answer and its TTL; None when the name or the type has no records."""
@@ -328,9 +342,3 @@ def nameserver_address(text: str) -> Address:
 
 def _nameserver(text: str) -> dns.nameserver.Nameserver:
     return dns.nameserver.Do53Nameserver(*nameserver_address(text))
-
-
-def _for_socket(address: str, ipv6: bool) -> str:
-    """An IPv4 address as an IPv6 socket takes it (``::ffff:a.b.c.d``)."""
-    ip = ip_literal(address)
-    return f"::ffff:{address}" if ipv6 and ip is not None and ip.version == 4 else address

@@ -7,15 +7,19 @@ from then on what they receive is unprotected before the leg sees it (dropped
 if it fails) and what goes out through their ``transport`` is protected
 (:mod:`telephony_edge.sip.srtp`).
 Ports are chosen at random in the configured range (:class:`RtpPorts`):
-sequential ones would tell a prober where the next call's media is.
+sequential ones would tell a prober where the next call's media is. A call's
+sockets are of its media's family (:mod:`telephony_edge.sip.family`), bound
+on the worker's address in that family; the range is shared by both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Mapping
 from typing import Protocol, cast
 
+from telephony_edge.sip.family import Family, bound_socket, family_of
 from telephony_edge.sip.rtp import Address
 from telephony_edge.sip.srtp import SecureTransport, SrtpSession
 
@@ -89,10 +93,11 @@ def source_address(addr: tuple[str | int, ...]) -> Address:
 
 class RtpPorts:
     """Binds RTP sockets on even ports of the configured range (RTCP takes the odd one next),
-    chosen at random: sequential ports would tell a prober where the next call's media is."""
+    chosen at random: sequential ports would tell a prober where the next call's media is;
+    ``hosts``: the address to bind in each family (one, or both for a dual-stack worker)."""
 
-    def __init__(self, host: str, low: int, high: int) -> None:
-        self.host = host
+    def __init__(self, hosts: str | Mapping[Family, str], low: int, high: int) -> None:
+        self.hosts = {family_of(hosts): hosts} if isinstance(hosts, str) else dict(hosts)
         self.low = low + (low % 2)
         self.high = high
         self.in_use: set[int] = set()
@@ -112,17 +117,18 @@ class RtpPorts:
         tries = [self.low + 2 * secrets.randbelow(span) for _ in range(RANDOM_BIND_ATTEMPTS)]
         return [p for p in tries + sweep if p not in self.in_use]
 
-    async def bind(self) -> tuple[RtpProtocol, int]:
+    async def bind(self, family: Family | None = None) -> tuple[RtpProtocol, int]:
+        """An RTP socket in ``family`` (default: the first one), on a free port of the range."""
+        host = self.hosts[family] if family is not None else next(iter(self.hosts.values()))
         loop = asyncio.get_running_loop()
         for port in self.candidates():
             if port in self.in_use:
                 continue
             try:
-                _, protocol = await loop.create_datagram_endpoint(
-                    RtpProtocol, local_addr=(self.host, port)
-                )
+                sock = bound_socket(host, port)
             except OSError:
                 continue  # taken by another process: try the next
+            _, protocol = await loop.create_datagram_endpoint(RtpProtocol, sock=sock)
             self.in_use.add(port)
             return protocol, port
         raise OSError(f"no free RTP port in {self.low}-{self.high}")

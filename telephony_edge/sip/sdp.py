@@ -27,6 +27,12 @@ Rules
   :class:`~telephony_edge.sip.sdes.SrtpRules` (policy, TLS); a refusal is
   :class:`SrtpRefused` (488). The answer keeps the offer's profile and
   carries our key in ``a=crypto`` with the offer's tag.
+* Families (RFC 4566 ``IN IP4`` / ``IN IP6``): a stream is taken only in a
+  family the edge has an address in (:meth:`MediaConfig.address_for`: one,
+  or both on a dual-stack edge), and :class:`LocalSession` writes ``o=`` and
+  ``c=`` with the address of the call's family (:meth:`MediaConfig.for_family`),
+  so an IPv6 offer is answered ``IN IP6`` and an IPv4 one ``IN IP4``. An
+  IPv4-mapped address (``IN IP6 ::ffff:192.0.2.1``, RFC 5118 §4.9) is IPv4.
 * Direction (session- or media-level; media wins): the answer mirrors
   sendonly → recvonly, recvonly → sendonly, inactive → inactive,
   sendrecv → sendrecv. ``c=0.0.0.0`` (RFC 2543 hold) counts as sendonly.
@@ -43,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from telephony_edge.sip import sdes
+from telephony_edge.sip.family import Family, family_of
 from telephony_edge.sip.sdes import SrtpRules, SrtpTerms
 
 MAX_SDP_BYTES = 16_384
@@ -101,6 +108,20 @@ class MediaConfig:
     ptime: int = 20
     telephone_event_pt: int = 101  # used in our own offers only
     rtcp_attribute: bool = True
+    address6: str | None = None  # a dual-stack edge's IPv6 address (``address`` is IPv4)
+
+    def address_for(self, family: Family) -> str | None:
+        """Our address in ``family`` (4 or 6); None: the edge has none there."""
+        if family == 6:
+            return self.address6 or (self.address if ":" in self.address else None)
+        return None if ":" in self.address else self.address
+
+    def for_family(self, family: Family) -> MediaConfig:
+        """One call's configuration: our address in ``family`` alone (its RTP socket is
+        of one family, so its re-offers and answers must stay there)."""
+        return dataclasses.replace(
+            self, address=self.address_for(family) or self.address, address6=None
+        )
 
 
 # -- the description --------------------------------------------------------------
@@ -378,6 +399,11 @@ def negotiate(
     for index, m in enumerate(offer.media):
         if m.kind != "audio" or m.port == 0 or m.proto.upper() not in sdes.RTP_PROFILES:
             continue
+        address = m.connection or offer.connection or ""
+        family = family_of(address)
+        if config.address_for(family) is None:
+            last_error = NoCommonCodec(f"an IPv{family} stream: the edge has no IPv{family}")
+            continue
         try:
             pt, codec, event_pt, cn_pt = _pick(m, config)
             srtp = None if rules is None else sdes.choose(m.proto, _crypto(m), rules, keep)
@@ -388,7 +414,6 @@ def negotiate(
             last_error = SrtpRefused(str(exc), exc.bad)
             continue
         ptime_s = m.attribute("ptime")
-        address = m.connection or offer.connection or ""
         return Negotiated(
             codec=codec,
             payload_type=pt,
@@ -413,7 +438,8 @@ def accept_answer(
     keys the SRTP (raises :class:`SrtpRefused` if there is none for a ``RTP/SAVP`` offer)."""
     # the same reading as an offer: the first codec of ours it lists, and the
     # mirror of the direction it states is ours; its a=crypto is read below
-    chosen = negotiate(answer, MediaConfig(config.address, config.preferences, "offer"), None)
+    reading = dataclasses.replace(config, order="offer", wideband_first=False)
+    chosen = negotiate(answer, reading, None)
     m = answer.media[chosen.media_index]
     lines = _crypto(m)
     if offered_crypto is None or not (lines or m.proto.upper() in sdes.SAVP):

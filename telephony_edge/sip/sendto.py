@@ -24,10 +24,13 @@ _failed = dict.fromkeys(_FAILURES, 0)
 
 
 def send_datagram(
-    transport: asyncio.DatagramTransport, data: bytes, dest: tuple[str, int], kind: str
+    transport: asyncio.DatagramTransport | None, data: bytes, dest: tuple[str, int], kind: str
 ) -> bool:
-    """``transport.sendto(data, dest)``; False (counted, never raised) when it cannot be sent."""
+    """``transport.sendto(data, dest)``; False (counted, never raised) when it cannot be sent
+    (``transport`` None: the worker has no socket of ``dest``'s family)."""
     try:
+        if transport is None:
+            raise OSError(f"no socket of the family of {dest[0]}"[:100])
         transport.sendto(data, dest)
     except (OSError, ValueError, TypeError) as exc:
         _FAILURES[kind].inc()

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from telephony_edge.config import ProviderSettings, Settings, normalize_e164
+from telephony_edge.sip.family import Family, family_of
 from telephony_edge.sip.resolve import nameserver_address
 from telephony_edge.sip.settings_outbound import SipAccountSettings, SipOutboundSettings
 from telephony_edge.sip.trunks import Trunk
@@ -89,6 +90,13 @@ class SipTrunkSettings(BaseModel):
 
 class SipSettings(ProviderSettings):
     bind_host: str = "127.0.0.1"
+    """The address SIP and RTP listen on: IPv4 (``0.0.0.0``: every interface) or IPv6
+    (``::1``, ``::``: an IPv6-only worker; its sockets take no IPv4)."""
+    bind_host6: str | None = None
+    """An IPv6 address to listen on as well, next to an IPv4 ``bind_host`` (dual stack:
+    ``::``, ``::1`` or the node's): SIP over UDP, TCP and TLS on the same ports, and the
+    RTP of calls whose media is IPv6 (an IPv6 caller's offer, an outbound call to an IPv6
+    address). IPv4 calls are as before."""
     port: int = Field(default=5060, ge=0, le=65535)
     """UDP port for SIP; 0 takes any free port (tests), and the advertised port follows it."""
     tcp: bool = True
@@ -129,16 +137,21 @@ class SipSettings(ProviderSettings):
     advertised_host: str | None = None
     """The address in Contact, SDP and ``sip_uri`` (the public one behind NAT); default:
     ``bind_host`` (127.0.0.1 when that is a wildcard)."""
+    advertised_host6: str | None = None
+    """The IPv6 address in Contact, Via and SDP for IPv6 peers of a dual-stack worker
+    (``bind_host6``); default: ``bind_host6`` (``::1`` when that is ``::``). A worker
+    whose ``bind_host`` is IPv6 advertises ``advertised_host``."""
     advertised_host_file: str | None = None
     """A file holding ``advertised_host``, read at start-up (surrounding white space
     dropped): the address of this node or pod, written there by whoever knows it (in
     Kubernetes an init container, from the node's annotation or the pod's name; see
     ``k8s/components``). Instead of ``advertised_host``."""
     private_advertised_host: bool = False
-    """An advertised address in a private network (RFC 1918, RFC 6598, ULA, link-local)
-    is refused at start-up, since callers on the internet cannot reach it (a cloud node's
-    own address is one): set this when it is deliberate (an SBC, or Kamailio with
-    rtpengine, in front of the edge; a LAN)."""
+    """An advertised address (``advertised_host``, ``advertised_host6``) in a private network
+    (RFC 1918, RFC 6598, IPv4 and IPv6 link-local, IPv6 ULA ``fc00::/7``) is refused at
+    start-up, since callers on the internet cannot reach it (a cloud node's own address is
+    one): set this when it is deliberate (an SBC, or Kamailio with rtpengine, in front of
+    the edge; a LAN). Loopback (``127.0.0.1``, ``::1``) is this machine, not refused."""
     advertised_port: int | None = Field(default=None, ge=1, le=65535)
     rtp_port_min: int = Field(default=20000, ge=1024, le=65534)
     rtp_port_max: int = Field(default=20999, ge=1025, le=65535)
@@ -325,11 +338,54 @@ class SipSettings(ProviderSettings):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _families(self) -> SipSettings:
+        """Each address in its family: what a peer of one family is told must be of it."""
+        family = family_of(self.bind_host)
+        if family == 6 and not _is_ip(self.bind_host, 6):
+            raise ValueError(f"bind_host: {self.bind_host!r} is no IPv6 address")
+        if self.advertised_host and _is_ip(self.advertised_host, 10 - family):
+            raise ValueError(
+                f"advertised_host: {self.advertised_host} is not IPv{family} as bind_host is"
+                + (" (an IPv6 one goes in advertised_host6)" if family == 4 else "")
+            )
+        if self.bind_host6 is not None:
+            if family == 6:
+                raise ValueError("bind_host6 goes with an IPv4 bind_host (dual stack)")
+            if not _is_ip(self.bind_host6, 6):
+                raise ValueError(f"bind_host6: {self.bind_host6!r} is no IPv6 address")
+        if self.advertised_host6 is not None:
+            if self.bind_host6 is None:
+                raise ValueError("advertised_host6 goes with bind_host6 (dual stack)")
+            if not _is_ip(self.advertised_host6, 6):
+                raise ValueError(f"advertised_host6: {self.advertised_host6!r} is no IPv6 address")
+        return self
+
     @property
     def public_host(self) -> str:
+        """The address advertised (to peers of ``bind_host``'s family)."""
         if self.advertised_host:
             return self.advertised_host
-        return "127.0.0.1" if self.bind_host in ("0.0.0.0", "::", "") else self.bind_host
+        if self.bind_host in ("0.0.0.0", ""):
+            return "127.0.0.1"
+        return "::1" if self.bind_host == "::" else self.bind_host
+
+    @property
+    def public_host6(self) -> str | None:
+        """The IPv6 address advertised to IPv6 peers of a dual-stack worker (else None)."""
+        if self.bind_host6 is None:
+            return None
+        if self.advertised_host6:
+            return self.advertised_host6
+        return "::1" if self.bind_host6 == "::" else self.bind_host6
+
+    @property
+    def bind_hosts(self) -> dict[Family, str]:
+        """The address SIP and RTP listen on in each of the worker's families."""
+        hosts: dict[Family, str] = {family_of(self.bind_host): self.bind_host}
+        if self.bind_host6 is not None:
+            hosts[6] = self.bind_host6
+        return hosts
 
     def check(self, settings: Settings) -> list[str]:
         problems = self._advertised_problems()
@@ -350,19 +406,34 @@ class SipSettings(ProviderSettings):
         """An address callers could not reach, unless the configuration says it is meant."""
         from telephony_edge.sip.nat import is_private
 
-        if self.advertised_host is None and self.bind_host in ("0.0.0.0", "::", ""):
-            return [
-                "sip.advertised_host: required when sip.bind_host is a wildcard (the address "
-                "callers reach this worker at: a public one, per node or pod)"
-            ]
-        host = self.public_host
-        if is_private(host) and not self.private_advertised_host:
-            return [
-                f"sip.advertised_host: {host} is a private address, which callers on the "
-                "internet cannot reach (set the public one; or, if an SBC or a LAN makes it "
-                "right, sip.private_advertised_host: true)"
-            ]
-        return []
+        problems = []
+        for name, bound, advertised, host in (
+            ("", self.bind_host, self.advertised_host, self.public_host),
+            ("6", self.bind_host6, self.advertised_host6, self.public_host6),
+        ):
+            if bound is None or host is None:
+                continue
+            if advertised is None and bound in ("0.0.0.0", "::", ""):
+                problems.append(
+                    f"sip.advertised_host{name}: required when sip.bind_host{name} is a "
+                    "wildcard (the address callers reach this worker at: a public one, per "
+                    "node or pod)"
+                )
+            elif is_private(host) and not self.private_advertised_host:
+                problems.append(
+                    f"sip.advertised_host{name}: {host} is a private address, which callers "
+                    "on the internet cannot reach (set the public one; or, if an SBC or a LAN "
+                    "makes it right, sip.private_advertised_host: true)"
+                )
+        return problems
+
+
+def _is_ip(host: str, version: int) -> bool:
+    """``host`` is an IP address of ``version`` (4 or 6)."""
+    try:
+        return ipaddress.ip_address(host).version == version
+    except ValueError:
+        return False
 
 
 def sip_settings(settings: Settings) -> SipSettings:

@@ -24,6 +24,9 @@ connection of ours that cannot be opened is counted in
 ``telephony_edge_sip_connect_failures_total{transport,reason}`` and told to
 the sender (``failed``: the shell's, for the call it was for).
 
+With two addresses (a dual-stack worker: IPv4 and IPv6) it listens on both,
+on the same port; a connection is known by its peer address either way.
+
 SIP over TLS is the same side on its own port with a handshake after the
 policy has admitted a connection (:class:`~telephony_edge.sip.tls.TlsSide`):
 a stream writes nothing until it is :attr:`SipStream.ready`.
@@ -191,15 +194,23 @@ class TcpSide:
         self.refused = 0
         self.framing_errors = 0
         self.timed_out = 0
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []  # one per address listened on
         self._sweeper: asyncio.Task[None] | None = None
         self._connecting: set[asyncio.Task[None]] = set()
 
-    async def start(self, host: str, port: int, listen: bool = True) -> None:
-        """Listen on ``host:port`` (``listen``: else only our own connections), and sweep."""
+    async def start(self, hosts: str | tuple[str, ...], port: int, listen: bool = True) -> None:
+        """Listen on ``port`` of each of ``hosts`` (an IPv4 and an IPv6 address: the port
+        the first one got, when ``port`` is 0), unless not ``listen`` (only our own
+        connections); and sweep. An OSError leaves nothing listening."""
         loop = asyncio.get_running_loop()
         if listen:
-            self._server = await loop.create_server(self._accept, host, port)
+            try:
+                for host in (hosts,) if isinstance(hosts, str) else hosts:
+                    server = await loop.create_server(self._accept, host, self.port or port)
+                    self._servers.append(server)
+            except OSError:
+                await self._close_servers()
+                raise
         self._sweeper = asyncio.ensure_future(self._sweep())
 
     def _accept(self) -> SipStream:
@@ -209,7 +220,7 @@ class TcpSide:
     @property
     def port(self) -> int:
         """The port listened on (0: none)."""
-        sockets = self._server.sockets if self._server is not None else ()
+        sockets = self._servers[0].sockets if self._servers else ()
         return int(sockets[0].getsockname()[1]) if sockets else 0
 
     async def stop(self) -> None:
@@ -219,9 +230,13 @@ class TcpSide:
             task.cancel()
         for stream in list(self.connections.values()):
             stream.close()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        await self._close_servers()
+
+    async def _close_servers(self) -> None:
+        servers, self._servers = self._servers, []
+        for server in servers:
+            server.close()
+            await server.wait_closed()
 
     def opened(self, stream: SipStream) -> None:
         """``stream`` was admitted: a TCP one carries SIP at once."""

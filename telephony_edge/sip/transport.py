@@ -55,8 +55,9 @@ from telephony_edge.sip.accounts import Accounts
 from telephony_edge.sip.auth import DigestServer
 from telephony_edge.sip.auth_guard import DigestGuard, GuardLimits
 from telephony_edge.sip.dialer import Dialer
+from telephony_edge.sip.family import Family, bound_socket, family_of, socket_host
 from telephony_edge.sip.leg import SipLeg
-from telephony_edge.sip.message import SipUri
+from telephony_edge.sip.message import SipUri, format_hostport
 from telephony_edge.sip.outbound import Outbound
 from telephony_edge.sip.ratelimit import RequestGate
 from telephony_edge.sip.resolve import SipResolver, Unresolvable, target_of
@@ -113,8 +114,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self.ua: UserAgent | None = None
         self.port = 0  # bound
         self.legs: dict[str, SipLeg] = {}
-        self.rtp_ports = RtpPorts(settings.bind_host, settings.rtp_port_min, settings.rtp_port_max)
-        self._transport: asyncio.DatagramTransport | None = None
+        hosts = settings.bind_hosts
+        self.rtp_ports = RtpPorts(hosts, settings.rtp_port_min, settings.rtp_port_max)
+        self._udp: dict[Family, asyncio.DatagramTransport] = {}  # a SIP socket per family
         self.tcp: TcpSide | None = None
         self.tls: TlsSide | None = None  # SIP over TLS: our connections; a listener with sip.tls
         self.tls_port = 0  # bound, with sip.tls
@@ -126,9 +128,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._call_ids: dict[str, str] = {}  # UA call ref → the edge's call id
         self._released: dict[str, str] = {}  # the same for calls just released
         self._internal_errors = badinput.RateLimiter(INTERNAL_ERROR_INTERVAL_S, max_sources=64)
-        resolver = SipResolver(
-            settings.dns_servers, settings.dns_timeout_s, ipv6=":" in settings.bind_host
-        )
+        resolver = SipResolver(settings.dns_servers, settings.dns_timeout_s, tuple(hosts))
         self.outbound = Outbound(resolver, self._send_now, self._unreachable)
         trunks = [t.trunk(name, "") for name, t in settings.trunks.items()]
         self.gate = RequestGate(
@@ -155,12 +155,14 @@ class SipEndpoint(asyncio.DatagramProtocol):
         host, port = self.advertised
         media = MediaConfig(
             address=host,
+            address6=settings.public_host6,
             preferences=self.settings.codecs,
             order="local" if self.settings.codec_order == "local" else "offer",
             wideband_first=self.settings.prefer_g722,
         )
         config = UaConfig(
             host=host,
+            host6=settings.public_host6,
             port=port,
             media=media,
             refer_scheme=settings.refer_to,
@@ -180,7 +182,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
         log.info(
             "SIP listening",
             extra={
-                "sip_bind": f"{self.settings.bind_host}:{self.port}",
+                "sip_bind": " ".join(
+                    format_hostport(h, self.port) for h in settings.bind_hosts.values()
+                ),
                 "sip_tls_port": self.tls_port or None,
             },
         )
@@ -220,34 +224,41 @@ class SipEndpoint(asyncio.DatagramProtocol):
             badinput.report("sip-digest", reason, source)
 
     async def _bind(self) -> None:
-        """UDP, and TCP on the same port; with ``port: 0``, a port free for both."""
-        loop = asyncio.get_running_loop()
+        """UDP, and TCP on the same port, on the address of each family; with ``port: 0``,
+        a port free for all of them."""
         settings = self.settings
+        hosts = tuple(settings.bind_hosts.values())
         for _ in range(BIND_ATTEMPTS):
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: self, local_addr=(settings.bind_host, settings.port)
-            )
-            self.port = int(transport.get_extra_info("sockname")[1])
-            if not settings.tcp:
-                break
-            tcp = TcpSide(
-                lambda data, peer: self._receive(data, peer, "TCP"),
-                policy=self._stream_limits(),
-                dialogs=self._stream_targets,
-                trusted=self.gate.trusted,
-            )
             try:
-                await tcp.start(settings.bind_host, self.port)
+                await self._bind_udp(hosts, settings.port)
+                if settings.tcp:
+                    tcp = TcpSide(
+                        lambda data, peer: self._receive(data, peer, "TCP"),
+                        policy=self._stream_limits(),
+                        dialogs=self._stream_targets,
+                        trusted=self.gate.trusted,
+                    )
+                    await tcp.start(hosts, self.port)
+                    self.tcp = tcp
+                return
             except OSError:
-                transport.close()
-                if settings.port:  # a configured port: its TCP side must be free
+                for transport in self._udp.values():
+                    transport.close()
+                self._udp.clear()
+                if settings.port:  # a configured port: it must be free for all
                     raise
-                continue  # that port is taken for TCP: another one
-            self.tcp = tcp
-            break
-        else:
-            raise OSError(f"no port free for both SIP over UDP and TCP in {BIND_ATTEMPTS} tries")
-        self._transport = transport
+                # that port is taken in the other family or for TCP: another one
+        raise OSError(f"no port free for SIP on {' and '.join(hosts)} in {BIND_ATTEMPTS} tries")
+
+    async def _bind_udp(self, hosts: tuple[str, ...], port: int) -> None:
+        """A UDP socket on each address (IPv6 ones IPv6 only), the first one's port for
+        the others."""
+        loop = asyncio.get_running_loop()
+        for host in hosts:
+            sock = bound_socket(host, self.port if self._udp else port)
+            transport, _ = await loop.create_datagram_endpoint(lambda: self, sock=sock)
+            self._udp[family_of(host)] = transport
+            self.port = int(sock.getsockname()[1])
 
     def _stream_limits(self) -> tcp_policy.Limits:
         settings = self.settings
@@ -284,10 +295,11 @@ class SipEndpoint(asyncio.DatagramProtocol):
             trusted=self.gate.trusted,
         )
         try:
-            await tls.start(settings.bind_host, settings.tls_port, listen=certificate is not None)
+            hosts = tuple(settings.bind_hosts.values())
+            await tls.start(hosts, settings.tls_port, listen=certificate is not None)
         except OSError as exc:
             await tls.stop()
-            where = f"{settings.bind_host}:{settings.tls_port}: {os_reason(exc)}"
+            where = f"{' and '.join(hosts)} port {settings.tls_port}: {os_reason(exc)}"
             raise UserError(f"cannot listen for SIP over TLS on {where}") from None
         self.tls, self.tls_port = tls, tls.port
 
@@ -301,8 +313,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
         if self._timer is not None:
             self._timer.cancel()
         await self.outbound.close()
-        if self._transport is not None:
-            self._transport.close()
+        for transport in self._udp.values():
+            transport.close()
         if self.tcp is not None:
             await self.tcp.stop()
         if self.tls is not None:
@@ -475,8 +487,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
             if side is not None:
                 failed = None if call is None else partial(self._connect_failed, call, dest)
                 side.send(dest, data, server_name, failed)
-        elif self._transport is not None:
-            send_datagram(self._transport, data, dest, "sip")
+        else:  # the socket of the address's family (an IPv4-mapped one is IPv4)
+            udp = self._udp.get(family_of(dest[0]))
+            send_datagram(udp, data, (socket_host(dest[0]), dest[1]), "sip")
 
     def _connect_failed(self, ref: str, dest: tuple[str, int], reason: str) -> None:
         """A connection a call needed could not be opened (sip/tcp.py counted it): a
@@ -641,7 +654,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             return
         record.metadata.update(self._header_metadata(start))
         try:
-            rtp, port = await self.rtp_ports.bind()
+            rtp, port = await self.rtp_ports.bind(start.family)  # the media's family
         except OSError as exc:
             return self._reject(ref, 503, str(exc))
         leg: SipLeg | None = None

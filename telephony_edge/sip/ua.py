@@ -86,10 +86,12 @@ from __future__ import annotations
 
 from telephony_edge.sip.body import sdp_body
 from telephony_edge.sip.dialog import Address, Dialog
+from telephony_edge.sip.family import family_of
 from telephony_edge.sip.message import (
     ParseError,
     Request,
     Response,
+    bracketed,
     build_response,
     parse_message,
 )
@@ -366,11 +368,8 @@ class UserAgent(Reoffers, Transfers, Dials, Registrations):
         counter = {400: "answered_400", 505: "answered_505", 416: "answered_416"}[status]
         setattr(self.stats, counter, getattr(self.stats, counter) + 1)
         reason = "Bad Request" if status == 400 else None
-        extra = (
-            [("Warning", f'399 {self.config.host} "{quote_warning(err.reason)}"')]
-            if status == 400
-            else []
-        )
+        agent = bracketed(self.config.host_for(family_of(source[0])))  # §20.43's hostport
+        extra = [("Warning", f'399 {agent} "{quote_warning(err.reason)}"')] if status == 400 else []
         try:
             stamp_via(req, source)  # RFC 3581: the 400 goes back where the request came from
             dest = response_dest(req.top_via(), source, transport)
@@ -512,7 +511,7 @@ class UserAgent(Reoffers, Transfers, Dials, Registrations):
                     self._bad(f"bad SDP: {sdp_reason(exc)}", code)
         ref = self._new_id()
         secure = req.uri[:5].lower() == "sips:"
-        contact = self.config.contact(transport, secure)
+        contact = self.config.contact(transport, secure, family_of(source[0]))
         try:
             dialog = Dialog.from_invite(req, ref, contact, next(self._seq))
             dialog.transport = transport  # our Via's: the flow's, whatever theirs said
@@ -522,6 +521,9 @@ class UserAgent(Reoffers, Transfers, Dials, Registrations):
             response = build_response(req, 400, None, [], to_tag=ref)
             return actions + self._tx_respond(key, response, now)
         call = Call(ref, req, key, source, transport, dialog, offer, media=media)
+        # the media's family: the offer's stream (negotiate took one the edge has), else
+        # the signalling's (our offer goes where the INVITE came from)
+        call.family = family_of(media.remote_address if media is not None else source[0])
         call.nated = behind_nat(req, source)
         call.trunk = verdict.trunk
         call.srtp_rules = rules
@@ -547,7 +549,8 @@ class UserAgent(Reoffers, Transfers, Dials, Registrations):
         self._pending += 1
         call.invite_deadline = now + self.config.invite_timeout
         self.stats.calls_started += 1
-        return [*actions, StartCall(ref, req, offer, source, verdict.trunk, verdict.number)]
+        start = StartCall(ref, req, offer, source, verdict.trunk, verdict.number, call.family)
+        return [*actions, start]
 
     def _cancel(
         self, req: Request, key: Key, dest: Address, transport: str, now: float

@@ -49,7 +49,7 @@ class Answering(UaCore):
             or call.media is None
         ):
             return []
-        call.local = self._local_session(rtp_port)
+        call.local = self._local_session(rtp_port, call.family)
         body = call.local.answer(call.offer, call.media)
         return self._provisional(call, 183, body, now)
 
@@ -59,7 +59,7 @@ class Answering(UaCore):
         call = self._calls.get(ref)
         if call is None or call.phase is not Phase.PENDING:
             return []
-        call.local = call.local or self._local_session(rtp_port)
+        call.local = call.local or self._local_session(rtp_port, call.family)
         if call.provisional is not None:
             entry = self._machines.get(call.provisional)
             machine = entry.machine if entry is not None else None
@@ -137,14 +137,14 @@ class Answering(UaCore):
             session.refresh = key
             return actions
         dialog = call.dialog
+        sent_by = self._sent_by(call)
         invite = dialog.build_request(
             "INVITE",
             self._new_id(),
-            self.config.sent_by_for(call.transport),
+            sent_by,
             [*headers, *self._sdp_headers(), ("User-Agent", self.config.user_agent)],
             call.local.again(),
         )
-        sent_by = self.config.sent_by_for(call.transport)
         ack = dialog.build_request("ACK", self._new_id(), sent_by, [], cseq=invite.cseq().seq)
         dest, uri = self._dialog_dest(call)
         machine = InviteClientTransaction(invite, call.transport != "UDP", self.config.timers)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from telephony_edge.sip import sdes
 from telephony_edge.sip.dialog import Address, DialogState
+from telephony_edge.sip.family import Family, family_of
 from telephony_edge.sip.message import (
     NameAddr,
     Request,
@@ -199,7 +200,7 @@ class UaCore:
         req = call.dialog.build_request(
             method,
             branch,
-            self.config.sent_by_for(call.transport),
+            self._sent_by(call),
             [*(headers or []), ("User-Agent", self.config.user_agent)],
             body,
         )
@@ -210,8 +211,15 @@ class UaCore:
         self._machines[key] = entry
         return key, self._outputs(key, entry, machine.start(now), now)
 
-    def _local_session(self, rtp_port: int) -> LocalSession:
-        return LocalSession(self.config.media, rtp_port, str(next(self._seq) + 1_000_000))
+    def _sent_by(self, call: Call) -> str:
+        """Our Via sent-by in the call's requests: its transport's port, our address in
+        the family of its signalling."""
+        return self.config.sent_by_for(call.transport, family_of(call.source[0]))
+
+    def _local_session(self, rtp_port: int, family: Family) -> LocalSession:
+        """Our SDP for a call whose RTP socket is of ``family``."""
+        media = self.config.media.for_family(family)
+        return LocalSession(media, rtp_port, str(next(self._seq) + 1_000_000))
 
     def _offer(self, call: Call, direction: str) -> bytes:
         """Our own offer in the call: SRTP with the call's key when it has SRTP, best

@@ -71,15 +71,14 @@ class Dials(UaCore):
         transport = plan.transport.upper()
         secure = plan.request_uri[:5].lower() == "sips:"  # §8.1.1.8: then a sips: Contact
         uac = UacConfig(
-            sent_by=config.sent_by_for(transport),
-            contact=config.contact(transport, secure),
+            sent_by=config.sent_by_for(transport, plan.family),
+            contact=config.contact(transport, secure, plan.family),
             user_agent=config.user_agent,
             allow=config.allow,
             timers=config.timers,
         )
-        machine = OutboundInvite(
-            plan, uac, self._local_session(rtp_port), config.media, digest, self._new_id
-        )
+        local = self._local_session(rtp_port, plan.family)
+        machine = OutboundInvite(plan, uac, local, local.config, digest, self._new_id)
         self._dials[machine.call_id] = (ref, machine)
         self._dial_ids[ref] = machine.call_id
         return ref, machine.call_id, self._dial_outputs(ref, machine, machine.start(now), now)
@@ -174,6 +173,7 @@ class Dials(UaCore):
             phase=Phase.CONFIRMED,
             media=answered.media,
             local=machine.local,
+            family=machine.dial.family,
         )
         call.srtp_rules = machine.dial.srtp  # its re-offers keep to them
         self._calls[ref] = call

@@ -7,10 +7,12 @@ import enum
 from dataclasses import dataclass, field
 
 from telephony_edge.sip.dialog import Address, Dialog
+from telephony_edge.sip.family import Family
 from telephony_edge.sip.message import (
     DEFAULT_LIMITS,
     Limits,
     Request,
+    format_hostport,
 )
 from telephony_edge.sip.refer import Referral
 from telephony_edge.sip.register import Status as RegistrationStatus
@@ -43,6 +45,7 @@ IN_DIALOG_ONLY = frozenset({"BYE", "INFO", "UPDATE", "NOTIFY", "PRACK"})
 @dataclass(frozen=True, slots=True)
 class UaConfig:
     host: str = "127.0.0.1"  # advertised in Via and Contact
+    host6: str | None = None  # advertised to IPv6 peers by a dual-stack edge (host IPv4)
     port: int = 5060
     user_agent: str = "telephony-edge"
     media: MediaConfig = field(default_factory=MediaConfig)
@@ -74,20 +77,21 @@ class UaConfig:
     srtp: Policy = "optional"  # calls without a trunk's own policy (sip/sdes.py)
     srtp_over_plain: bool = False  # SDES keys taken over UDP/TCP too (in the clear)
 
-    @property
-    def sent_by(self) -> str:
-        return self.sent_by_for("UDP")
+    def host_for(self, family: Family) -> str:
+        """Our advertised address to a peer of ``family``: ``host6`` to an IPv6 one on a
+        dual-stack edge, else ``host``."""
+        return self.host6 if family == 6 and self.host6 else self.host
 
-    def sent_by_for(self, transport: str) -> str:
-        """Our Via sent-by for ``transport``: TLS has its own port."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
+    def sent_by_for(self, transport: str, family: Family = 4) -> str:
+        """Our Via sent-by for ``transport`` to a peer of ``family``: TLS has its own port,
+        an IPv6 address is in brackets (RFC 5118)."""
         port = self.tls_port if transport == "TLS" and self.tls_port else self.port
-        return f"{host}:{port}"
+        return format_hostport(self.host_for(family), port)
 
-    def contact(self, transport: str, secure: bool) -> str:
+    def contact(self, transport: str, secure: bool, family: Family = 4) -> str:
         """Our Contact in a dialog over ``transport``: ``sips:`` for a SIPS dialog (RFC 3261
         §12.1.1), ``;transport=tls`` for a ``sip:`` one over TLS (as pjsip and Kamailio)."""
-        sent_by = self.sent_by_for(transport)
+        sent_by = self.sent_by_for(transport, family)
         if secure:
             return f"<sips:{sent_by}>"
         return f"<sip:{sent_by};transport={transport.lower()}>"
@@ -128,6 +132,7 @@ class StartCall:
     source: Address
     trunk: Trunk | None = None
     number: str | None = None
+    family: Family = 4  # of the call's media: its RTP socket's
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +339,7 @@ class Call:
     unreachable: bool = False  # its next hop's name did not resolve: requests to ``source``
     keepalive_at: float | None = None  # the next CRLF ping to a caller behind NAT
     srtp_rules: SrtpRules = DEFAULT_RULES  # its SRTP policy and whether keys travel safely
+    family: Family = 4  # of its media (the offer's address, else its signalling's)
 
 
 @dataclass(slots=True)

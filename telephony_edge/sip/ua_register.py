@@ -48,7 +48,8 @@ class Registrations(UaCore):
         """Keep ``account`` registered from now on (nothing if it already is)."""
         if account.name in self._registrations:
             return []
-        config = RegisterConfig(self.config.sent_by, self.config.user_agent, self.config.timers)
+        sent_by = self.config.sent_by_for("UDP")
+        config = RegisterConfig(sent_by, self.config.user_agent, self.config.timers)
         machine = Registration(account, config, digest, self._new_id)
         self._registrations[account.name] = machine
         self._registration_ids[machine.call_id] = account.name

@@ -101,9 +101,11 @@ class Reoffers(Answering):
                 return self._tx_respond(key, self._response(req, 415, call, extra), now)
             rules = self.config.srtp_rules(transport, call.srtp_rules.policy)
             keep = call.media.srtp if call.media is not None else None
+            assert call.local is not None  # checked above (an early UPDATE's too)
             try:
                 offer = parse_sdp(sdp)
-                media = negotiate(offer, self.config.media, rules, keep)
+                # in the call's family only: its RTP socket cannot move to another
+                media = negotiate(offer, call.local.config, rules, keep)
             except SrtpRefused as exc:
                 self._bad(f"SRTP refused: {unquoted(str(exc))}", 488, call.ref)
                 return self._tx_respond(key, self._response(req, 488, call), now)
@@ -113,7 +115,6 @@ class Reoffers(Answering):
                 reason = f"bad SDP: {sdp_reason(exc)}"
                 self._bad(reason, 400, call.ref)
                 return self._tx_respond(key, self._response(req, 400, call), now)
-            assert call.local is not None
             body = call.local.answer(offer, media)
             if media != call.media:
                 call.media = media
@@ -156,8 +157,9 @@ class Reoffers(Answering):
         if call.awaiting_answer_in_ack:
             call.awaiting_answer_in_ack = False
             offered = call.local.offered_crypto if call.local is not None else None
+            config = call.local.config if call.local is not None else self.config.media
             try:
-                media = accept_answer(parse_sdp(req.body), self.config.media, offered)
+                media = accept_answer(parse_sdp(req.body), config, offered)
                 if media.srtp is None and call.srtp_rules.policy == "required":
                     raise SrtpRefused("SRTP required, the answer has none")
                 call.media = media

@@ -79,6 +79,7 @@ from telephony_edge.sip import sdes
 from telephony_edge.sip.body import sdp_body
 from telephony_edge.sip.dialog import Address, Dialog
 from telephony_edge.sip.digest_client import MAX_CHALLENGES, DigestClient
+from telephony_edge.sip.family import Family
 from telephony_edge.sip.message import MAGIC_COOKIE, Headers, Request, Response, SipUri
 from telephony_edge.sip.nat import ip_literal
 from telephony_edge.sip.sdes import DEFAULT_RULES, SrtpRules
@@ -114,6 +115,7 @@ class Dial:
     failover_timeout: float = 5.0  # no response at all from an address: the next one
     headers: tuple[tuple[str, str], ...] = ()
     srtp: SrtpRules = DEFAULT_RULES  # what the offer may carry (the dial plan's)
+    family: Family = 4  # of our address in it and of its media (the dial plan's choice)
 
 
 @dataclass(frozen=True, slots=True)

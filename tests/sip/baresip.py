@@ -7,6 +7,8 @@ its ``sndfile`` filter writes what it decoded from the edge to
 Over TLS (``transport="tls"``) its ``srtp`` module encrypts the media as the
 account's ``mediaenc`` says: ``srtp`` (best effort: ``RTP/AVP`` with
 ``a=crypto``), ``srtp-mand`` (``RTP/SAVP``), ``srtp-mandf`` (``RTP/SAVPF``).
+On ``::1`` (``host``) it runs IPv6 only (``-6``, ``net_interface ::1``): its
+SIP and its RTP over IPv6.
 """
 
 from __future__ import annotations
@@ -39,14 +41,15 @@ class BaresipCall:
         return sum(audioop.rms(f, 2) > threshold for f in frames) * 0.02
 
 
-def listen_port() -> int:
-    """A port for baresip's ``sip_listen``: it takes UDP and TCP there, and TLS on the next
-    one, so both must be free."""
+def listen_port(host: str = "127.0.0.1") -> int:
+    """A port for baresip's ``sip_listen`` on ``host``: it takes UDP and TCP there, and TLS
+    on the next one, so both must be free."""
+    six = ":" in host
     for _ in range(50):
         port = free_port()
         try:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", port + 1))
+            with socket.socket(socket.AF_INET6 if six else socket.AF_INET) as sock:
+                sock.bind((host, port + 1))
         except OSError:
             continue
         return port
@@ -54,16 +57,22 @@ def listen_port() -> int:
 
 
 def write_config(
-    folder: Path, microphone: Path, transport: str, mediaenc: str | None = None
+    folder: Path,
+    microphone: Path,
+    transport: str,
+    mediaenc: str | None = None,
+    host: str = "127.0.0.1",
 ) -> None:
     """A baresip config folder: G.711 only, the WAV as microphone, the decoded audio dumped;
-    with ``mediaenc``, SRTP (its ``srtp`` module) for the account."""
+    with ``mediaenc``, SRTP (its ``srtp`` module) for the account; on ``host``."""
     low = free_port() // 2 * 2
+    where = f"[{host}]" if ":" in host else host
     (folder / "config").write_text(
         "\n".join(
             [
                 "poll_method epoll",
-                f"sip_listen 127.0.0.1:{listen_port()}",
+                f"sip_listen {where}:{listen_port(host)}",
+                *([f"net_interface {host}"] if ":" in host else []),
                 "audio_player auloop,nil",
                 f"audio_source aufile,{microphone}",
                 "audio_alert aufile,/dev/null",
@@ -82,7 +91,7 @@ def write_config(
             ]
         )
     )
-    account = f"<sip:caller@127.0.0.1;transport={transport}>;regint=0"
+    account = f"<sip:caller@{where};transport={transport}>;regint=0"
     if mediaenc:
         account += f";mediaenc={mediaenc}"
     (folder / "accounts").write_text(account + "\n")
@@ -113,15 +122,22 @@ def heard_audio(folder: Path) -> bytes:
 
 
 async def dial(
-    uri: str, folder: Path, transport: str, seconds: int = 8, mediaenc: str | None = None
+    uri: str,
+    folder: Path,
+    transport: str,
+    seconds: int = 8,
+    mediaenc: str | None = None,
+    host: str = "127.0.0.1",
 ) -> BaresipCall:
-    """Dial ``uri`` over ``transport`` (udp, tcp or tls); return after baresip quits.
+    """Dial ``uri`` over ``transport`` (udp, tcp or tls) from ``host``; return after
+    baresip quits.
 
     ``folder`` must exist (baresip's config and dumps go there).
     """
-    write_config(folder, microphone(folder, trailing_silence_s=seconds), transport, mediaenc)
+    mic = microphone(folder, trailing_silence_s=seconds)
+    write_config(folder, mic, transport, mediaenc, host)
     process = await asyncio.create_subprocess_exec(
-        baresip_binary(),
+        baresip_binary(), *(["-6"] if ":" in host else []),
         "-f", str(folder), "-e", f"/dial {uri};transport={transport}", "-t", str(seconds),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip

@@ -1,6 +1,7 @@
-"""baresip as a real softphone callee: it listens on a free port of 127.0.0.1 and answers
-the first call at once (its account's ``answermode=auto``), playing the speech fixture and
-recording what it hears (the folder and audio of :mod:`tests.sip.baresip`).
+"""baresip as a real softphone callee: it listens on a free port of 127.0.0.1 (or ``::1``,
+IPv6 only) and answers the first call at once (its account's ``answermode=auto``),
+playing the speech fixture and recording what it hears (the folder and audio of
+:mod:`tests.sip.baresip`).
 
 Over TLS it presents ``certificate`` (its ``sip_certificate``: the PEM certificate and
 key in one file) on the port after its UDP one, trusts ``cafile`` (``sip_cafile``) for
@@ -29,10 +30,12 @@ from tests.sip.certs import Issued
 class Callee:
     """A running baresip waiting for the edge's call at ``uri`` (``tls_port``: over TLS)."""
 
-    def __init__(self, process: asyncio.subprocess.Process, folder: Path, port: int) -> None:
+    def __init__(
+        self, process: asyncio.subprocess.Process, folder: Path, port: int, where: str
+    ) -> None:
         self.process = process
         self.folder = folder
-        self.uri = f"sip:callee@127.0.0.1:{port}"
+        self.uri = f"sip:callee@{where}:{port}"
         self.tls_port = port + 1
 
     async def finished(self, within: float) -> BaresipCall:
@@ -46,15 +49,18 @@ async def answering(
     seconds: int,
     certificate: Issued | None = None,
     mediaenc: str | None = None,
+    host: str = "127.0.0.1",
     cafile: Path | None = None,
 ) -> Callee:
-    """baresip answering on a free UDP port (and TLS on the next one, presenting
+    """baresip answering on a free UDP port of ``host`` (and TLS on the next one, presenting
     ``certificate``; ``cafile``: the CA of the edge's TLS listener, where its requests in
     the call go); it quits (hanging up) after ``seconds``."""
-    port = listen_port()
-    write_config(folder, microphone(folder, trailing_silence_s=seconds), "udp", mediaenc)
+    port = listen_port(host)
+    mic = microphone(folder, trailing_silence_s=seconds)
+    write_config(folder, mic, "udp", mediaenc, host)
     config = folder / "config"
-    text = re.sub(r"(?m)^sip_listen .*$", f"sip_listen 127.0.0.1:{port}", config.read_text())
+    where = f"[{host}]" if ":" in host else host
+    text = re.sub(r"(?m)^sip_listen .*$", f"sip_listen {where}:{port}", config.read_text())
     if certificate is not None:
         pem = folder / "sip_certificate.pem"
         pem.write_bytes(certificate.certificate.read_bytes() + certificate.private_key.read_bytes())
@@ -62,26 +68,29 @@ async def answering(
     if cafile is not None:
         text += f"sip_cafile {cafile}\n"
     config.write_text(text)
-    account = "<sip:callee@127.0.0.1>;regint=0;answermode=auto"
+    account = f"<sip:callee@{where}>;regint=0;answermode=auto"
     account += f";mediaenc={mediaenc}" if mediaenc else ""
     (folder / "accounts").write_text(account + "\n")
     process = await asyncio.create_subprocess_exec(
-        baresip_binary(), "-f", str(folder), "-t", str(seconds),
+        baresip_binary(), *(["-6"] if ":" in host else []), "-f", str(folder), "-t", str(seconds),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
-    await _bound(port, process)
-    return Callee(process, folder, port)
+    await _bound(host, port, process)
+    return Callee(process, folder, port, where)
 
 
-async def _bound(port: int, process: asyncio.subprocess.Process, within: float = 10.0) -> None:
-    """Until something listens on UDP ``port`` (baresip, once started)."""
+async def _bound(
+    host: str, port: int, process: asyncio.subprocess.Process, within: float = 10.0
+) -> None:
+    """Until something listens on UDP ``host:port`` (baresip, once started)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     while loop.time() < deadline:
         assert process.returncode is None, "baresip quit before it listened"
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
             try:
-                probe.bind(("127.0.0.1", port))
+                probe.bind((host, port))
             except OSError:
                 return
         await asyncio.sleep(0.05)

@@ -90,11 +90,11 @@ async def sipp(
     port: int | None = None,
 ) -> asyncio.subprocess.Process:
     """Start sipp against the edge's SIP port (the command line a user would type), from
-    ``host`` (any 127.0.0.0/8 address is another source on loopback); ``port``: another
-    one (a proxy in front of the edge)."""
+    ``host`` (any 127.0.0.0/8 address is another source on loopback; ``::1`` calls the
+    edge at ``[::1]``, over IPv6); ``port``: another one (a proxy in front of the edge)."""
     port = port or edge.app[SIP_ENDPOINT].port
     args = [
-        f"127.0.0.1:{port}",
+        f"[::1]:{port}" if ":" in host else f"127.0.0.1:{port}",
         "-sf", str(SCENARIOS / scenario),
         "-s", user,
         "-i", host, "-mi", host,

@@ -64,15 +64,34 @@ def sip_uri(edge: ServeProcess) -> str:
 
 
 def test_a_private_advertised_address_is_refused_at_start(tmp_path: Path) -> None:
-    for private in ("10.0.3.17", "172.20.1.5", "192.168.1.20", "100.64.0.9", "fd00::5"):
+    for private in ("10.0.3.17", "172.20.1.5", "192.168.1.20", "100.64.0.9"):
         stderr = serve_refused(sip_config(advertised_host=private), tmp_path)
         assert f"sip.advertised_host: {private} is a private address" in stderr, stderr
         assert "sip.private_advertised_host: true" in stderr
+    # IPv6: ULA and link-local, on an IPv6 worker and as a dual-stack worker's second one
+    for private in ("fd00::5", "fe80::1"):
+        stderr = serve_refused(sip_config(bind_host="::1", advertised_host=private), tmp_path)
+        assert f"sip.advertised_host: {private} is a private address" in stderr, stderr
+        dual = sip_config(bind_host6="::1", advertised_host6=private)
+        stderr = serve_refused(dual, tmp_path)
+        assert f"sip.advertised_host6: {private} is a private address" in stderr, stderr
+
+
+def test_an_ipv6_worker_advertises_its_address_in_brackets(serve_process: Any) -> None:
+    """Loopback (``::1``, as ``127.0.0.1``) is this machine, not a private network."""
+    edge = serve_process(sip_config(bind_host="::1"))
+    assert "@[::1]:" in sip_uri(edge)
+    edge = serve_process(sip_config(bind_host="::1", advertised_host="2001:db8::10"))
+    assert "@[2001:db8::10]:" in sip_uri(edge)
 
 
 def test_a_wildcard_bind_needs_an_advertised_address(tmp_path: Path) -> None:
     stderr = serve_refused(sip_config(bind_host="0.0.0.0"), tmp_path)
     assert "sip.advertised_host: required when sip.bind_host is a wildcard" in stderr, stderr
+    stderr = serve_refused(sip_config(bind_host="::"), tmp_path)
+    assert "sip.advertised_host: required when sip.bind_host is a wildcard" in stderr, stderr
+    stderr = serve_refused(sip_config(bind_host6="::"), tmp_path)
+    assert "sip.advertised_host6: required when sip.bind_host6 is a wildcard" in stderr, stderr
 
 
 def test_a_deliberate_private_address_is_advertised(serve_process: Any) -> None:
