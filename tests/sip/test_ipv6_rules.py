@@ -25,7 +25,14 @@ from telephony_edge.sip.message import (
 )
 from telephony_edge.sip.nat import behind_nat, is_private, response_dest, stamp_via
 from telephony_edge.sip.resolve import HostsFile, SipResolver, Unresolvable, target_of
-from telephony_edge.sip.sdp import LocalSession, MediaConfig, NoCommonCodec, negotiate, parse_sdp
+from telephony_edge.sip.sdp import (
+    LocalSession,
+    MediaConfig,
+    NoCommonCodec,
+    accept_answer,
+    negotiate,
+    parse_sdp,
+)
 from telephony_edge.sip.settings import SipSettings
 from telephony_edge.sip.sources import source_key
 from telephony_edge.sip.ua import UserAgent
@@ -198,6 +205,9 @@ def test_a_stream_in_a_family_the_edge_has_no_address_in_is_refused() -> None:
     # RFC 5118 §4.8: one stream in each family; the first one the edge has is taken
     both = offer("2001:db8::20") + b"m=audio 40002 RTP/AVP 0\r\nc=IN IP4 203.0.113.7\r\n"
     assert negotiate(parse_sdp(both), MediaConfig(address=HOST4)).media_index == 1
+    # the answer to our IPv4 offer may not move the audio to IPv6 (the call's socket is IPv4)
+    with pytest.raises(NoCommonCodec, match="IPv6"):
+        accept_answer(parse_sdp(offer("2001:db8::20")), DUAL.for_family(4))
     # §4.9: an IPv4-mapped address is IPv4; "::" is the IPv6 form of the old hold
     mapped = negotiate(parse_sdp(offer("::ffff:203.0.113.7")), MediaConfig(address=HOST4))
     assert mapped.remote_address == "::ffff:203.0.113.7"
