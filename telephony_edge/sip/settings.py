@@ -344,7 +344,8 @@ class SipSettings(ProviderSettings):
         family = family_of(self.bind_host)
         if family == 6 and not _is_ip(self.bind_host, 6):
             raise ValueError(f"bind_host: {self.bind_host!r} is no IPv6 address")
-        if self.advertised_host and _is_ip(self.advertised_host, 10 - family):
+        if self.advertised_host and family_of(self.advertised_host) != family:
+            # (a name is taken for IPv4 only: the SDP's c= would not say which family)
             raise ValueError(
                 f"advertised_host: {self.advertised_host} is not IPv{family} as bind_host is"
                 + (" (an IPv6 one goes in advertised_host6)" if family == 4 else "")

@@ -23,6 +23,7 @@ from telephony_edge.sip.sdp import parse_sdp
 from tests.conftest import Edge, Receiver, free_port, read_wav, wait_for
 from tests.sip.baresip import baresip_binary, dial
 from tests.sip.baresip_callee import answering
+from tests.sip.certs import Authority
 from tests.sip.conftest import (
     SCENARIOS,
     finished,
@@ -335,3 +336,34 @@ def request_sipp_got(cwd: Path, method: str) -> Any:
             found = parse_message(chunk[start:])
     assert found is not None, f"no {method} in sipp's trace"
     return found
+
+
+async def test_baresip_over_tls_on_ipv6_with_srtp(
+    make_edge: Callable[..., Any], receiver: Receiver, tmp_path: Path
+) -> None:
+    """A dual-stack edge's TLS listener takes baresip on ``[::1]`` (a certificate for
+    ``::1``): the call over TLS, its media RTP/SAVP over IPv6, heard both ways."""
+    baresip_binary()
+    issued = Authority(tmp_path).issue(("::1", "127.0.0.1"))
+    sip = {
+        "bind_host6": "::1",
+        "tls": True,
+        "tls_port": 0,
+        "tls_certificate": str(issued.certificate),
+        "tls_private_key": str(issued.private_key),
+    }
+    edge = await ipv6_edge(make_edge, receiver, **sip)
+    reg = await register(edge)
+    tls_port = edge.app[SIP_ENDPOINT].tls_port
+    folder = tmp_path / "baresip"
+    folder.mkdir()
+    uri = f"sip:{reg['call_id']}@[::1]:{tls_port}"
+    call = await dial(uri, folder, "tls", mediaenc="srtp-mand", host="::1")
+    assert "Call established" in call.log, call.log[-3000:]
+    assert "SRTP is Enabled (cryptosuite=AES_CM_128_HMAC_SHA1_80)" in call.log
+    assert "receiving from [::1]:" in call.log
+    assert call.heard_seconds() > 0.5, f"baresip heard {call.heard_seconds()} s\n{call.log}"
+    await wait_for(lambda: receiver.received, within=10)
+    [payload] = receiver.received
+    assert heard_by_the_agent(payload)
+    assert payload["voip"]["media"]["srtp"] == "AES_CM_128_HMAC_SHA1_80"

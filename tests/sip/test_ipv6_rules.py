@@ -383,6 +383,7 @@ def test_settings_keep_each_address_in_its_family() -> None:
         ({"bind_host6": "127.0.0.2"}, "no IPv6 address"),
         ({"advertised_host": "2001:db8::10"}, "advertised_host6"),
         ({"bind_host": "::1", "advertised_host": "203.0.113.5"}, "not IPv6"),
+        ({"bind_host": "::1", "advertised_host": "edge.example.com"}, "not IPv6"),
         ({"advertised_host6": "2001:db8::10"}, "goes with bind_host6"),
         ({"bind_host6": "::", "advertised_host6": "203.0.113.5"}, "no IPv6 address"),
     ):
