@@ -456,11 +456,21 @@ def accept_answer(
 class LocalSession:
     """Our side of one call's SDP: the o= line's id and version, and the port."""
 
-    def __init__(self, config: MediaConfig, port: int, session_id: str) -> None:
+    def __init__(
+        self,
+        config: MediaConfig,
+        port: int,
+        session_id: str,
+        version: int = 0,
+        origin: str | None = None,
+    ) -> None:
         self.config = config
         self.port = port
         self.session_id = session_id
-        self.version = 0
+        self.version = version
+        # the o= address when it is not ours: a call resumed from another worker keeps
+        # the session's (RFC 3264 §8: the origin stays, the version goes up)
+        self.origin = origin
         self._last_media: list[Media] | None = None
         self.offered_crypto: str | None = None  # the a=crypto of our last offer
 
@@ -469,7 +479,8 @@ class LocalSession:
             self.version += 1
         self._last_media = media
         address = self.config.address
-        origin = Origin("-", self.session_id, self.version, "IN", _addrtype(address), address)
+        at = self.origin or address
+        origin = Origin("-", self.session_id, self.version, "IN", _addrtype(at), at)
         sdp = SessionDescription(origin, "telephony-edge", address, [], media)
         return sdp.to_bytes()
 
@@ -524,18 +535,24 @@ class LocalSession:
         return self._describe(self._last_media)
 
     def offer(
-        self, direction: str = "sendrecv", crypto: str | None = None, secure: bool = False
+        self,
+        direction: str = "sendrecv",
+        crypto: str | None = None,
+        secure: bool = False,
+        formats: list[tuple[int, str, int]] | None = None,
     ) -> bytes:
-        """Our own offer (delayed offer, re-INVITE without SDP): every preferred codec;
+        """Our own offer (delayed offer, re-INVITE without SDP): every preferred codec,
+        or ``formats`` (payload type, name, clock: a resumed call's, RFC 3264 §8.3.2);
         with ``crypto`` (:func:`~telephony_edge.sip.sdes.offer`) SRTP keyed by it,
         ``RTP/SAVP`` when ``secure`` (required), else best effort (``RTP/AVP``)."""
-        formats = [
-            (CODECS[n].payload_type, n, CODECS[n].clock_rate)
-            for n in self.config.preferences
-            if n in CODECS
-        ]
-        formats.append((self.config.telephone_event_pt, "telephone-event", 8000))
-        formats.append((CN_PT, "CN", 8000))
+        if formats is None:
+            formats = [
+                (CODECS[n].payload_type, n, CODECS[n].clock_rate)
+                for n in self.config.preferences
+                if n in CODECS
+            ]
+            formats.append((self.config.telephone_event_pt, "telephone-event", 8000))
+            formats.append((CN_PT, "CN", 8000))
         self.offered_crypto = crypto
         proto = "RTP/SAVP" if secure and crypto is not None else "RTP/AVP"
         return self._describe([self._audio(formats, direction, proto, crypto)])

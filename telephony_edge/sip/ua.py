@@ -147,10 +147,11 @@ from telephony_edge.sip.ua_records import (
 )
 from telephony_edge.sip.ua_register import Registrations
 from telephony_edge.sip.ua_reoffer import Reoffers
+from telephony_edge.sip.ua_resume import Resumes
 from telephony_edge.sip.ua_transfer import Transfers
 
 
-class UserAgent(Reoffers, Transfers, Dials, Registrations):
+class UserAgent(Reoffers, Transfers, Dials, Registrations, Resumes):
     """See the module docstring."""
 
     # -- inspection ---------------------------------------------------------------
@@ -170,7 +171,8 @@ class UserAgent(Reoffers, Transfers, Dials, Registrations):
     def next_deadline(self) -> float | None:
         first = self._machines.next_deadline()
         deadlines = [] if first is None else [first]
-        for clients in (self._dial_deadline(), self._registration_deadline()):
+        own = (self._dial_deadline(), self._registration_deadline(), self._resume_deadline())
+        for clients in own:
             if clients is not None:
                 deadlines.append(clients)
         for call in self._calls.values():
@@ -210,6 +212,7 @@ class UserAgent(Reoffers, Transfers, Dials, Registrations):
                 finally:
                     self._machines.touch(key)  # its next timer, even if the tick raised
             actions += self._dial_tick(now) + self._registration_tick(now)
+            actions += self._resume_tick(now)
             for call in list(self._calls.values()):
                 if call.invite_deadline is not None and call.invite_deadline <= now:
                     call.invite_deadline = None
@@ -643,6 +646,8 @@ class UserAgent(Reoffers, Transfers, Dials, Registrations):
                     actions += self._refer_refused(call, 408, "no answer", now)
                 elif call.session is not None and call.session.refresh == key:
                     actions += self._bye(call, now, "session_expired")
+                elif self._resuming(call.ref, key):  # no answer at all: the dialog is gone
+                    actions += self._resume_failed(call, 408, now)
             elif isinstance(out, PassUp):
                 # responses to our BYE/INFO: nothing to do; to our REFER: the transfer;
                 # to our refresh: the session timer (and the ACK of a re-INVITE's 2xx)
@@ -656,6 +661,8 @@ class UserAgent(Reoffers, Transfers, Dials, Registrations):
                     actions += self._refer_answered(call, out.response, now)
                 elif call.session is not None and call.session.refresh == key:
                     actions += self._refresh_answered(call, call.session, out.response, now)
+                elif self._resuming(call.ref, key):
+                    actions += self._resume_answered(call, out.response, now)
             elif isinstance(out, Terminated):
                 self._machines.pop(key, None)
         self._machines.touch(key)

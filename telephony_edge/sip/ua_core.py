@@ -275,6 +275,10 @@ class UaCore:
         """A transaction's outputs as actions: :meth:`UserAgent._outputs`."""
         raise NotImplementedError
 
+    def _resume_pending(self, ref: str) -> bool:
+        """Whether the call's resumption re-INVITE has no final answer yet (:mod:`.ua_resume`)."""
+        return False
+
 
 _QUOTED = re.compile(r"""\s+(?:in\s+)?['"].*$""", re.S)
 

@@ -134,7 +134,10 @@ class Reoffers(Answering):
         return self._send_2xx(call, req, key, body, now, terms) + updates
 
     def _offer_pending(self, call: Call) -> bool:
-        """Our own re-INVITE (it carries an offer) has no final response yet."""
+        """Our own re-INVITE (a refresh, a resumption: it carries an offer) has no final
+        response yet."""
+        if self._resume_pending(call.ref):
+            return True
         refresh = call.session.refresh if call.session is not None else None
         entry = self._machines.get(refresh) if refresh is not None else None
         return entry is not None and isinstance(entry.machine, InviteClientTransaction)
