@@ -29,7 +29,11 @@ needs, and nothing outside its package names the network:
   :func:`~telephony_edge.calls.migration.announce_break`, the media that comes
   back to :meth:`~telephony_edge.calls.service.CallService.take_over` and
   ``run(record, leg, resumed)``; its legs hand a call off on a drain
-  (``Leg.hand_off``) and name the call in its live state (``Leg.network_state``).
+  (``Leg.hand_off``) and name the call in its live state (``Leg.network_state``);
+* :meth:`Provider.resume`: for a resumable network that does not come back to
+  the edge by itself (SIP: the edge re-INVITEs the caller through the proxy in
+  front), the takeover on this worker when it is asked to (a ``resume`` control
+  message from the worker that let the call go, or whoever saw its worker lost).
 
 What a provider cannot do raises :class:`~telephony_edge.calls.leg.NotSupported`.
 The application mounts every enabled provider from the registry
@@ -93,6 +97,12 @@ class Provider:
     async def transfer(self, record: CallRecord, destination: str) -> None:
         """Transfer a call that has no leg on this worker, through the network's API."""
         raise NotSupported(f"{self.name} cannot transfer calls without their media")
+
+    async def resume(self, call_id: str, generation: int | None) -> bool:
+        """Take the live call ``call_id`` over here and bring its network to this worker
+        (``generation``: only a break of that generation); whether it runs here now. The
+        networks that come back by themselves (Twilio's ``<Redirect>``) need not."""
+        return False
 
     async def status_tables(self) -> dict[str, list[dict[str, Any]]]:
         """Tables for ``/status`` (name → rows of the same keys); none by default."""

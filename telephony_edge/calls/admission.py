@@ -47,6 +47,16 @@ def shares_url(workers: Mapping[str, Mapping[str, Any]], self_id: str, own_url: 
     )
 
 
+def load(info: Mapping[str, Any]) -> float | None:
+    """A worker's load (active / maximum calls) by its heartbeat; None when it takes no
+    call now (draining or full)."""
+    active = float(info.get("active_calls", 0) or 0)
+    maximum = float(info.get("max_calls", 0) or 0)
+    if not info.get("accepting", False) or maximum <= 0 or active >= maximum:
+        return None
+    return active / maximum
+
+
 def other_ready_worker(
     workers: Mapping[str, Mapping[str, Any]],
     *,
@@ -64,13 +74,22 @@ def other_ready_worker(
         if worker_id == self_id or worker_id.startswith(AGENT_CORE_PREFIX):
             continue
         url = str(info.get("public_url") or "").rstrip("/")
-        if not url or url == own or not info.get("accepting", False):
+        share = load(info)
+        if not url or url == own or share is None:
             continue
-        active = float(info.get("active_calls", 0) or 0)
-        maximum = float(info.get("max_calls", 0) or 0)
-        if maximum <= 0 or active >= maximum:
-            continue
-        key = (info.get("region") != region, active / maximum, url)
+        key = (info.get("region") != region, share, url)
         if best is None or key < best:
             best = key
     return None if best is None else best[2]
+
+
+def least_loaded_worker(workers: Mapping[str, Mapping[str, Any]], self_id: str) -> str | None:
+    """The id of the least-loaded other worker taking calls now (to hand a call to)."""
+    ready = [
+        (share, worker_id)
+        for worker_id, info in workers.items()
+        if worker_id != self_id
+        and not worker_id.startswith(AGENT_CORE_PREFIX)
+        and (share := load(info)) is not None
+    ]
+    return min(ready)[1] if ready else None

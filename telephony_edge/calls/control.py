@@ -131,7 +131,9 @@ class RemoteControl(ServiceCore):
         live = self.manager.get(call_id)
         reply: dict[str, Any] = {"ok": True}
         try:
-            if not isinstance(live, CallBridge):
+            if message.get("action") == "resume":  # a call of another worker, to take over
+                reply = {"ok": await self._resume(call_id, message.get("generation"))}
+            elif not isinstance(live, CallBridge):
                 reply = {"ok": False, "kind": "gone", "error": "the call is over"}
             elif message.get("action") == "hangup":
                 await live.end("hang-up requested through another worker")
@@ -160,6 +162,16 @@ class RemoteControl(ServiceCore):
                 await self.coordinator.send_reply(token, reply, ttl=DEFAULT_REPLY_TTL)
             except Exception as exc:
                 log.warning("control reply not sent: %s", exc, extra={"call_id": call_id})
+
+    async def _resume(self, call_id: str, generation: object) -> bool:
+        """Take over a call another worker asked this one to (its network's :meth:`resume`)."""
+        if generation is not None and (
+            isinstance(generation, bool) or not isinstance(generation, int)
+        ):
+            return False
+        doc = await self.coordinator.get_call(call_id)
+        network = None if doc is None else self.networks.get(str(doc.data.get("provider")))
+        return network is not None and await network.resume(call_id, generation)
 
     async def _unbridged(self, call_id: str) -> tuple[CallRecord, Network] | None:
         """A call with no media on any worker yet (ringing), and its provider's network."""

@@ -450,6 +450,12 @@ class Coordinator(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def send_control(self, worker_id: str, call_id: str, message: Mapping[str, Any]) -> None:
+        """Send ``message`` about ``call_id`` to the worker ``worker_id``, whether or not it
+        owns the call (``{"action": "resume"}``: take the call over), through the same inbox
+        as :meth:`publish_control`."""
+
+    @abc.abstractmethod
     async def send_reply(self, token: str, reply: Mapping[str, Any], *, ttl: float) -> None:
         """Answer the control message that asked for a reply under ``token``.
 

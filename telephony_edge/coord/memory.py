@@ -439,11 +439,14 @@ class MemoryCoordinator(Coordinator):
         owner = await self.owner_of(call_id)
         if owner is None:
             return False
-        inbox = self._inbox(owner)
+        await self.send_control(owner, call_id, message)
+        return True
+
+    async def send_control(self, worker_id: str, call_id: str, message: Mapping[str, Any]) -> None:
+        inbox = self._inbox(worker_id)
         if inbox.full():
             inbox.get_nowait()
         inbox.put_nowait((call_id, json_text(dict(message))))
-        return True
 
     async def send_reply(self, token: str, reply: Mapping[str, Any], *, ttl: float) -> None:
         self._replies.set(token, json_text(dict(reply)), ttl)

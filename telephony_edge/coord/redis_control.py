@@ -63,12 +63,15 @@ class RedisControl:
         owner = await self.owner_of(call_id)
         if owner is None:
             return False
-        inbox = self._inbox_key(owner)
+        await self.send_control(owner, call_id, message)
+        return True
+
+    async def send_control(self, worker_id: str, call_id: str, message: Mapping[str, Any]) -> None:
+        inbox = self._inbox_key(worker_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.xadd(inbox, {"c": call_id, "m": json_text(dict(message))}, maxlen=self._inbox_size)
             pipe.pexpire(inbox, self._inbox_ttl)
             await pipe.execute()
-        return True
 
     async def send_reply(self, token: str, reply: Mapping[str, Any], *, ttl: float) -> None:
         key = self._reply_key(token)

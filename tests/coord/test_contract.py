@@ -339,6 +339,18 @@ async def test_control_goes_to_owner_only(coord: Coordinator) -> None:
         await w2.aclose()
 
 
+async def test_control_to_a_worker_that_does_not_own_the_call(coord: Coordinator) -> None:
+    await coord.claim_owner("c1", "w1")
+    w2 = coord.control_messages("w2")
+    try:
+        await coord.send_control("w2", "c1", {"action": "resume", "generation": 3})
+        await coord.send_control("w2", "c-unowned", {"action": "resume"})
+        assert await _next(w2) == ("c1", {"action": "resume", "generation": 3})
+        assert await _next(w2) == ("c-unowned", {"action": "resume"})
+    finally:
+        await w2.aclose()
+
+
 async def test_control_without_owner_is_refused(coord: Coordinator) -> None:
     assert not await coord.publish_control("c-unowned", {"action": "hangup"})
 

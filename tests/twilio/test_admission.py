@@ -9,7 +9,12 @@ import aiohttp
 from aiohttp.test_utils import TestServer
 
 from telephony_edge.app import create_app, set_local_address
-from telephony_edge.calls.admission import full_reason, other_ready_worker, worker_info
+from telephony_edge.calls.admission import (
+    full_reason,
+    least_loaded_worker,
+    other_ready_worker,
+    worker_info,
+)
 from telephony_edge.calls.leg import LegEnded
 from telephony_edge.calls.record import CallState
 from telephony_edge.twilio.simulator import parse_twiml
@@ -43,6 +48,22 @@ def test_the_least_loaded_other_worker_taking_calls_is_chosen() -> None:
     assert other_ready_worker(workers, self_id="me", own_url="http://me", region="us") is None
     assert full_reason(5, 5, True) == "this worker is at its maximum of 5 calls"
     assert full_reason(0, 5, False) and full_reason(4, 5, True) is None
+
+
+def test_a_call_is_handed_to_the_least_loaded_worker_whatever_its_url() -> None:
+    """A SIP call moved on a drain goes to a worker by id (the proxy in front finds it by
+    the route in Redis): one behind our own URL is as good as any."""
+    workers = {
+        "me": _info("http://me", 0),
+        "full": _info("http://full", 10),
+        "draining": _info("http://draining", 0, accepting=False),
+        "busy": _info("http://me", 8),
+        "light": _info("http://me", 2),
+        "agent-core:ws://x": {"url": "ws://x", "region": "us"},
+    }
+    assert least_loaded_worker(workers, "me") == "light"
+    del workers["light"], workers["busy"]
+    assert least_loaded_worker(workers, "me") is None
 
 
 def _redirect_url(document: str) -> str | None:
