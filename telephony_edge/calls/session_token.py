@@ -44,3 +44,50 @@ def token_matches(
     if expected is None or not token:
         return False
     return hmac.compare_digest(expected.encode(), token.encode())
+
+
+# -- resume tokens: a WebRTC caller re-offers to another worker as the same call -------------
+
+_RESUME_CONTEXT = b"telephony-edge resume token v1"
+
+
+class ResumeTokenError(ValueError):
+    """The resume token is malformed, forged, bound to another call, or expired."""
+
+
+def _resume_mac(private_key: str, call_id: str, generation: int, expiry: int) -> str:
+    key = hmac.new(private_key.encode(), _RESUME_CONTEXT, hashlib.sha256).digest()
+    message = f"{call_id}\n{generation}\n{expiry}".encode()
+    digest = hmac.new(key, message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def resume_token(private_key: str | None, call_id: str, generation: int, expiry: int) -> str | None:
+    """A token that lets its holder bring ``call_id`` back at ``generation`` until ``expiry``
+    (Unix seconds); None when there is no key to sign with (then no call is resumable).
+
+    Format: ``<generation>.<expiry>.<base64url HMAC-SHA256>``. It is single-use per
+    generation because the takeover it leads to moves the call to the next one.
+    """
+    if not private_key:
+        return None
+    return f"{generation}.{expiry}.{_resume_mac(private_key, call_id, generation, expiry)}"
+
+
+def resume_generation(private_key: str | None, call_id: str, token: str, now: float) -> int:
+    """The generation ``token`` resumes ``call_id`` at; :class:`ResumeTokenError` unless the
+    edge signed it for that call and it has not expired (compared in constant time)."""
+    parts = token.split(".")
+    if not private_key or len(parts) != 3 or len(token) > 128:
+        raise ResumeTokenError("malformed resume token")
+    generation, expiry, mac = parts
+    if not (generation.isascii() and generation.isdigit() and len(generation) < 10):
+        raise ResumeTokenError("malformed resume token")
+    if not (expiry.isascii() and expiry.isdigit() and len(expiry) < 13):
+        raise ResumeTokenError("malformed resume token")
+    expected = _resume_mac(private_key, call_id, int(generation), int(expiry))
+    if not hmac.compare_digest(expected.encode(), mac.encode("ascii", "replace")):
+        raise ResumeTokenError("resume token signature does not match this call")
+    if now > int(expiry):
+        raise ResumeTokenError("resume token expired")
+    return int(generation)

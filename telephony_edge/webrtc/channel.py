@@ -7,6 +7,8 @@ the edge sends it one JSON text message per agent text event (the last
     {"type": "transcript",    "text": "…", "final": true}   # ontranscript (the caller)
     {"type": "response_text", "text": "…", "final": true}   # onresponsetext (the agent)
     {"type": "dtmf", "digit": "5", "duration_ms": 250}       # a key the agent presses
+    {"type": "hangup"}   # the edge ends the call (the agent hung up): do not resume it
+    {"type": "move"}     # the worker is draining: re-offer with the resume token
 
 and takes these from the page::
 
@@ -63,6 +65,11 @@ def caption(role: str, text: str, final: bool) -> str:
 def key(digit: str, duration_ms: int) -> str:
     """The message for one key the agent presses (``send_dtmf``)."""
     return json.dumps({"type": "dtmf", "digit": digit, "duration_ms": duration_ms})
+
+
+def notice(kind: str) -> str:
+    """The message that tells the page the call ends here (``hangup``) or moves (``move``)."""
+    return json.dumps({"type": kind})
 
 
 def parse(message: str | bytes) -> PageRequest:

@@ -32,6 +32,13 @@ The agent session starts only once ICE and DTLS are connected
 is bridged): an answered offer that never connects ends ``error`` without
 ever reaching the agent core.
 
+A call whose answer carried a resume token (``resumable``) is brought back
+by its caller, to any worker, if this one is lost
+(:mod:`telephony_edge.webrtc.resume`). So the page can tell a lost worker
+from a normal end, the edge says ``{"type": "hangup"}`` on the data channel
+before it closes a call it ends, and ``{"type": "move"}`` when it hands the
+call off (a drain): then the page re-offers at once.
+
 The call ends ``user-ended`` when the peer goes (its track ends, the
 connection closes, the page sends ``end``, or it stops answering ICE consent
 checks for ``webrtc.consent_timeout_s``: a killed browser, see
@@ -83,6 +90,7 @@ SAMPLES = RATE // 50  # 20 ms
 MAX_LATE_FRAMES = 5
 BAD_INPUT = "webrtc-datachannel"  # the bad-input source of the page's messages
 BAD_CANDIDATE = "webrtc"  # the bad-input source of refused ICE candidate addresses
+NOTICE_FLUSH_STEPS = 50  # 10 ms each: how long a closing call waits for its last notice
 
 
 class OfferRefused(Exception):
@@ -375,7 +383,33 @@ class WebRtcLeg(Leg):
         return media_report(await self.pc.getStats(), str(codecs[0]), codecs[0].clockRate)
 
     async def hangup(self) -> None:
+        if self._notify("hangup"):  # a normal end: the page must not resume it
+            await self._flushed()
         await self.close()
+
+    async def hand_off(self) -> None:
+        """Tell the page to re-offer with its resume token (any other worker takes it)."""
+        if not self.resumable or not self._notify("move"):
+            raise NotSupported("this WebRTC call has no resume token or no open data channel")
+        self._end(LegEnded("completed", moved=True))
+        await self._flushed()
+        await self.close()
+
+    async def _flushed(self) -> None:
+        """Let the data channel send what it holds before the connection closes (bounded)."""
+        dc = self.channel
+        for _ in range(NOTICE_FLUSH_STEPS):
+            if dc is None or dc.bufferedAmount == 0:
+                return
+            await asyncio.sleep(0.01)
+
+    def _notify(self, kind: str) -> bool:
+        """Send the page a notice on the data channel; whether it could be sent."""
+        dc = self.channel
+        if dc is None or dc.readyState != "open":
+            return False
+        dc.send(channel.notice(kind))
+        return True
 
     async def close(self) -> None:
         if self._closed:

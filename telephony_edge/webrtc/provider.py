@@ -15,6 +15,10 @@ allowed origins only (CORS preflight answered for them), agents marked
 ``allow_public_key`` only (403), no ``agent_config`` override (403), a rate
 limit per source address (429). ``GET /widget`` serves the web call widget
 (:mod:`telephony_edge.webrtc.widget`).
+
+An offer with ``resume: {call_id, token}`` brings a live call whose worker was
+lost back as the same call (:mod:`telephony_edge.webrtc.resume`); every answer
+carries the ``resume_token`` for that.
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ from aiohttp import web
 
 from telephony_edge.api import ApiError, _json_errors, _json_object, _object, _string
 from telephony_edge.calls.leg import LegInfo
+from telephony_edge.calls.migration import Resumption
 from telephony_edge.calls.refusals import CallRejected
 from telephony_edge.calls.session_token import session_token, token_matches
 from telephony_edge.provider import Provider
 from telephony_edge.services import SERVICES
+from telephony_edge.webrtc import resume
 from telephony_edge.webrtc.browser import BROWSER, Browser, cors_headers, key_matches, origin_of
 from telephony_edge.webrtc.leg import OfferRefused, WebRtcLeg
 from telephony_edge.webrtc.ports import NoMediaPort
@@ -82,6 +88,7 @@ class WebRtcProvider(Provider):
     call_paths = (OFFER_PATH,)
     settings_model = WebRtcSettings
     uses_public_url = False  # peers reach the advertised ICE addresses
+    resumable = True  # the caller re-offers with its resume token: telephony_edge.webrtc.resume
 
     def mount(self, app: web.Application) -> None:
         settings = webrtc_settings(self.services.settings)
@@ -196,6 +203,9 @@ async def webrtc_offer(request: web.Request) -> web.Response:
             raise ApiError(403, "continuing a session with the public key needs its session_token")
     if not services.calls.accepting:
         raise ApiError(503, "this worker is draining and takes no new calls")
+    resuming = resume.requested(services, body, request.remote)
+    if resuming is not None:
+        await resume.check(services, resuming, agent_id, request.remote)
 
     peers = request.app[WEBRTC_PEERS]
     peers.reserve()
@@ -210,27 +220,33 @@ async def webrtc_offer(request: web.Request) -> web.Response:
             raise ApiError(400, str(exc)) from None
         except NoMediaPort as exc:
             raise ApiError(503, str(exc)) from None
-        try:
-            record = await services.call_service.create(
-                agent_id=agent_id,
-                provider="webrtc",
-                direction="inbound",
-                from_=info.from_,
-                to=info.to,
-                agent_config=agent_config,
-                metadata=metadata,
-                include_metadata_in_prompt=include,
-                session_id=session_id,
-                region=services.settings.server.region or "",
-            )
-        except CallRejected as exc:
-            raise ApiError(exc.http_status, str(exc)) from None
+        resumed: Resumption | None = None
+        if resuming is not None:
+            record, resumed = await resume.take_over(services, resuming, request.remote)
+        else:
+            try:
+                record = await services.call_service.create(
+                    agent_id=agent_id,
+                    provider="webrtc",
+                    direction="inbound",
+                    from_=info.from_,
+                    to=info.to,
+                    agent_config=agent_config,
+                    metadata=metadata,
+                    include_metadata_in_prompt=include,
+                    session_id=session_id,
+                    region=services.settings.server.region or "",
+                )
+            except CallRejected as exc:
+                raise ApiError(exc.http_status, str(exc)) from None
     except BaseException:
         await leg.close()
         peers.release()
         raise
 
     leg.call_id = record.call_id
+    token = resume.token_for(services, record)
+    leg.resumable = token is not None
 
     async def run() -> None:
         try:
@@ -238,7 +254,7 @@ async def webrtc_offer(request: web.Request) -> web.Response:
             if failure is not None:  # never connected: no agent session, no agent slot
                 await services.call_service.fail_setup(record.call_id, failure)
                 return
-            await services.call_service.run(record, leg)
+            await services.call_service.run(record, leg, resumed)
         except asyncio.CancelledError:
             if not leg.connected:  # shutdown before it connected: end the record now
                 with contextlib.suppress(Exception):
@@ -253,9 +269,15 @@ async def webrtc_offer(request: web.Request) -> web.Response:
             peers.release()
 
     peers.spawn(run())
-    log.info("WebRTC offer answered", extra={"call_id": record.call_id})
+    log.info(
+        "WebRTC offer answered%s",
+        " (the call resumed)" if resumed is not None else "",
+        extra={"call_id": record.call_id},
+    )
     reply = {"sdp": answer.sdp, "type": answer.type, "call_id": record.call_id}
-    token = session_token(private_key, agent_id, record.session_id)
-    if token is not None:  # what lets this caller, and only it, continue the session later
-        reply.update(session_id=record.session_id, session_token=token)
+    if token is not None:  # what brings this call back if its worker is lost
+        reply["resume_token"] = token
+    continued = session_token(private_key, agent_id, record.session_id)
+    if continued is not None:  # what lets this caller, and only it, continue the session later
+        reply.update(session_id=record.session_id, session_token=continued)
     return web.json_response(reply)

@@ -1,0 +1,198 @@
+"""A WebRTC call outlives its worker (issue 24): the caller re-offers with its resume token.
+
+Two real ``telephony-edge serve`` workers on the session's ``redis-server``;
+the caller is an aiortc client in the test (the server-to-server flow), told
+both workers' URLs. A call runs on worker A with the agent core of
+``tests.calls.test_migration`` (it greets, hears a line, calls a function);
+A is SIGKILLed. The client sees its audio stop for a second (the edge sends
+a frame every 20 ms, silence included), re-offers to B with the call's
+resume token, and the call goes on: same call id, the core gets ``resumed``
+with the chat so far, one end-of-call webhook with the migration. The
+caller-side gap (last frame from A to first frame from B) is printed, not
+asserted (speed is measured, not asserted). A forged token, a replayed one
+and one for a call that ended normally are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiortc import RTCSessionDescription
+
+from tests.calls.test_migration import TalkingCore
+from tests.conftest import Receiver, ServeProcess, start_serve_process, stop_serve_process, wait_for
+from tests.webrtc.test_offer import API_KEY, LOOPBACK, LOOPBACK_NETWORKS, Client
+
+#: how long without a frame before the caller re-offers (the edge sends one every 20 ms)
+SILENT_S = 1.0
+RESUME_SOURCE = "webrtc-resume"
+
+
+@pytest.fixture(name="core")
+async def fixture_core() -> AsyncIterator[TalkingCore]:
+    started = TalkingCore()
+    await started.server.start_server()
+    yield started
+    await started.server.close()
+
+
+def worker_config(name: str, redis_url: str, prefix: str, core: str, hook: str) -> dict[str, Any]:
+    return {
+        "server": {"worker_id": f"worker-{name}"},
+        "api": {"private_key": API_KEY},
+        "agent_core": {"url": core},
+        "coordination": {"redis_url": redis_url, "key_prefix": prefix},
+        "calls": {"live_state_interval_s": 0.2, "inactivity_timeout_s": 30},
+        "webrtc": {
+            "enabled": True,
+            "advertised_addresses": LOOPBACK,
+            "allowed_peer_networks": LOOPBACK_NETWORKS,
+        },
+        "agents": {"echo": {"prompt": "You echo.", "session_data_webhook": hook}},
+        "webhooks": {"signing_secret": "whsec_webrtc_resume_01", "allow_private_targets": True},
+    }
+
+
+@pytest.fixture(name="workers")
+async def fixture_workers(
+    redis_server: Any, core: TalkingCore, receiver: Receiver, tmp_path: Path
+) -> AsyncIterator[tuple[ServeProcess, ServeProcess]]:
+    prefix = f"te-wrs-{uuid.uuid4().hex[:12]}:"
+    started = [
+        await asyncio.to_thread(
+            start_serve_process,
+            worker_config(name, redis_server.url, prefix, core.url, receiver.url),
+            tmp_path / name,
+        )
+        for name in ("a", "b")
+    ]
+    yield started[0], started[1]
+    for worker in started:
+        await asyncio.to_thread(stop_serve_process, worker)
+
+
+async def post_offer(
+    http: aiohttp.ClientSession, worker: ServeProcess, body: dict[str, Any]
+) -> tuple[int, dict[str, Any]]:
+    async with http.post(
+        worker.base_url + "/webrtc/offer",
+        json=body,
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    ) as resp:
+        return resp.status, await resp.json()
+
+
+async def connect(client: Client, answer: dict[str, Any]) -> None:
+    await client.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+    await wait_for(lambda: client.frames > 0, within=10)
+
+
+async def silent_for(client: Client, seconds: float) -> float:
+    """Wait until no frame came for ``seconds``; the loop time of the last one heard."""
+    loop = asyncio.get_running_loop()
+    while True:
+        last = client.arrivals[-1][0]
+        if loop.time() - last >= seconds:
+            return last
+        await asyncio.sleep(0.02)
+
+
+def said(chat: list[dict[str, Any]]) -> list[str]:
+    return [str(entry.get("content")) for entry in chat]
+
+
+async def test_a_killed_worker_s_webrtc_call_goes_on_on_the_other_with_its_token(
+    workers: tuple[ServeProcess, ServeProcess], core: TalkingCore, receiver: Receiver
+) -> None:
+    a, b = workers
+    first = Client(events=True)
+    second: Client | None = None
+    async with aiohttp.ClientSession() as http:
+        try:
+            status, answer = await post_offer(
+                http, a, {"agent_id": "echo", "offer": await first.offer()}
+            )
+            assert status == 200, answer
+            call_id, token = answer["call_id"], answer["resume_token"]
+            await connect(first, answer)
+            await wait_for(lambda: len(first.messages) >= 2, within=10)  # the chat so far
+            await asyncio.sleep(0.6)  # the live state's batched write (every 0.2 s) has it
+            for bad in (token.rsplit(".", 1)[0] + ".AAAA", token):
+                if bad == token:  # the call's own token, for another call: foreign
+                    resume = {"call_id": "not-this-call", "token": bad}
+                else:
+                    resume = {"call_id": call_id, "token": bad}
+                forged = Client()
+                status, refused = await post_offer(
+                    http, b, {"agent_id": "echo", "offer": await forged.offer(), "resume": resume}
+                )
+                await forged.close()
+                assert status == 403, refused
+
+            a.process.send_signal(signal.SIGKILL)
+            last_heard = await silent_for(first, SILENT_S)
+            second = Client(events=True)
+            status, resumed = await post_offer(
+                http,
+                b,
+                {
+                    "agent_id": "echo",
+                    "offer": await second.offer(),
+                    "resume": {"call_id": call_id, "token": token},
+                },
+            )
+            assert status == 200, resumed
+            assert resumed["call_id"] == call_id
+            assert resumed["resume_token"] != token  # the next generation's
+            await connect(second, resumed)
+            gap_ms = (second.arrivals[0][0] - last_heard) * 1000
+            print(f"caller-side audio gap: {gap_ms:.0f} ms (of which {SILENT_S:g} s to notice)")
+
+            await wait_for(lambda: len(core.initiates) == 2, within=10)
+            continuation = core.initiates[1]["session_continuation"]
+            assert continuation["resumed"] is True
+            assert "Hello, Ada." in said(continuation["chat"])
+            assert "I lost my card." in said(continuation["chat"])
+            await wait_for(lambda: any(m.get("text") == "Where were we?" for m in second.messages))
+
+            replay = Client()
+            again = {"call_id": call_id, "token": token}
+            status, refused = await post_offer(
+                http, b, {"agent_id": "echo", "offer": await replay.offer(), "resume": again}
+            )
+            await replay.close()
+            assert status == 403, refused  # used once: the call is at the next generation
+            assert b.metric("telephony_edge_bad_input_total", source=RESUME_SOURCE) == 3
+
+            second.events.send(json.dumps({"type": "end"}))  # the page hangs up: a normal end
+            await wait_for(lambda: receiver.received, within=10)
+            ended = Client()
+            later = {"call_id": call_id, "token": resumed["resume_token"]}
+            status, refused = await post_offer(
+                http, b, {"agent_id": "echo", "offer": await ended.offer(), "resume": later}
+            )
+            await ended.close()
+            assert status == 409, refused  # a call that ended is never resumed
+        finally:
+            await first.close()
+            if second is not None:
+                await second.close()
+    await asyncio.sleep(1.0)  # a second webhook would come by now
+    [payload] = receiver.received
+    assert payload["call_id"] == call_id
+    assert payload["call_status"] == "user-ended", payload
+    [move] = payload["migrations"]
+    assert move["from_worker"] == "worker-a" and move["to_worker"] == "worker-b"
+    assert move["cause"] == "crash"
+    chat = said(json.loads(payload["chat"]))  # the whole conversation, across both workers
+    assert chat.index("Hello, Ada.") < chat.index("Where were we?")
+    assert [fc["name"] for fc in payload["function_calls"]] == ["block_card"]
+    b.assert_healthy()
