@@ -10,7 +10,17 @@ sends back on a model of Vonage's bounded playout buffer (``clear`` drops
 what has not played and is acknowledged with ``websocket:cleared``; audio
 beyond the buffer's bound, 3072 messages, is dropped and counted, as Vonage
 would). Hanging
-up closes the socket, then the event webhook reports ``completed``. A call
+up closes the socket, then the event webhook reports ``completed``.
+
+As Vonage documents, an NCCO runs its actions in order, the next starting
+when the one before finished: a ``connect`` to a websocket finishes when the
+socket closes, and the call goes on with what follows it unless the caller
+hung up. The simulator runs ``notify`` (a signed request to its
+``eventUrl``; an NCCO in the answer replaces the rest of the current one),
+``talk`` (noted) and a further websocket ``connect`` (a new socket, the
+caller's audio going on into it); when the NCCO runs out the call is over
+(``completed``). Each socket's first and last agent audio is kept, so the
+gap the caller heard between two sockets is measured (``VonageResult.gaps_s``). A call
 that failed (the edge did not connect it, or ended it before the agent
 spoke) exits the CLI with 1 and the reason on one line.
 
@@ -22,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import audioop
 import contextlib
+import itertools
 import time
 import uuid as uuid_mod
 import wave
@@ -64,10 +75,30 @@ class WebsocketInstruction:
 
 @dataclass(frozen=True, slots=True)
 class NccoAnswer:
-    """What the simulator understood of the NCCO (the parts the edge uses)."""
+    """What the simulator understood of the NCCO (the parts the edge uses).
+
+    ``after``: the actions that follow the first websocket ``connect``, run
+    once its socket closes while the caller is still there.
+    """
 
     websocket: WebsocketInstruction | None
     talk: tuple[str, ...]
+    after: tuple[dict[str, Any], ...] = ()
+
+
+def _websocket_of(action: dict[str, Any]) -> WebsocketInstruction | None:
+    """A ``connect`` action's websocket endpoint, if it has one."""
+    if action.get("action") != "connect":
+        return None
+    for endpoint in action.get("endpoint", []):
+        if isinstance(endpoint, dict) and endpoint.get("type") == "websocket":
+            headers = endpoint.get("headers") or {}
+            return WebsocketInstruction(
+                uri=str(endpoint.get("uri", "")),
+                content_type=str(endpoint.get("content-type", "")),
+                headers={str(k): str(v) for k, v in headers.items()},
+            )
+    return None
 
 
 def parse_ncco(actions: object) -> NccoAnswer:
@@ -76,20 +107,24 @@ def parse_ncco(actions: object) -> NccoAnswer:
         raise ValueError("an NCCO is a JSON array of actions")
     websocket = None
     talk: list[str] = []
-    for action in actions:
+    after: tuple[dict[str, Any], ...] = ()
+    for i, action in enumerate(actions):
         if action.get("action") == "talk":
             talk.append(str(action.get("text", "")))
-        elif action.get("action") == "connect" and websocket is None:
-            for endpoint in action.get("endpoint", []):
-                if endpoint.get("type") == "websocket":
-                    headers = endpoint.get("headers") or {}
-                    websocket = WebsocketInstruction(
-                        uri=str(endpoint.get("uri", "")),
-                        content_type=str(endpoint.get("content-type", "")),
-                        headers={str(k): str(v) for k, v in headers.items()},
-                    )
-                    break
-    return NccoAnswer(websocket=websocket, talk=tuple(talk))
+        elif websocket is None and (found := _websocket_of(action)) is not None:
+            websocket, after = found, tuple(actions[i + 1 :])
+    return NccoAnswer(websocket=websocket, talk=tuple(talk), after=after)
+
+
+@dataclass(slots=True)
+class SocketSpan:
+    """One websocket of the call, in the simulator's clock (seconds)."""
+
+    opened_at: float
+    first_audio_at: float | None = None
+    last_audio_at: float | None = None
+    closed_at: float | None = None
+    close_code: int | None = None
 
 
 def load_wav_l16(path: str | Path) -> bytes:
@@ -151,6 +186,19 @@ class VonageResult:
     duration_s: float = 0.0
     heard_pcm: bytes = b""
     error: str = ""
+    sockets: list[SocketSpan] = field(default_factory=list)
+    notified: list[tuple[str, int]] = field(default_factory=list)  # (eventUrl, HTTP status)
+    ncco_ended: bool = False  # the NCCO ran out after a socket closed: the call completed
+
+    @property
+    def gaps_s(self) -> list[float]:
+        """Between consecutive sockets: the last agent audio on one to the first on the next."""
+        heard = [
+            (s.first_audio_at, s.last_audio_at)
+            for s in self.sockets
+            if s.first_audio_at is not None and s.last_audio_at is not None
+        ]
+        return [b[0] - a[1] for a, b in itertools.pairwise(heard)]
 
     def failure(self) -> str | None:
         """Why the call failed, in one line; None when the caller got through to the agent."""
@@ -223,8 +271,11 @@ class SimulatedVonageCall:
         self._last_rx = 0.0
         self._playout: PlayoutBuffer | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._closed = asyncio.Event()
+        self._closed = asyncio.Event()  # the current socket closed
+        self._over = asyncio.Event()  # the call is over: the caller hung up or the NCCO ran out
         self._caller_hung_up = False  # then a closed socket is not the edge's doing
+        self._rest: list[dict[str, Any]] = []  # the NCCO's actions after the running connect
+        self._continuing: asyncio.Task[None] | None = None
 
     # -- webhooks ----------------------------------------------------------
 
@@ -265,6 +316,7 @@ class SimulatedVonageCall:
         self.result.webhook_s = self._loop.time() - t0
         actions = orjson.loads(text)
         self.result.answer = parse_ncco(actions)
+        self._rest = list(self.result.answer.after)
         return actions
 
     async def post_event(self, status: str, **extra: str) -> int:
@@ -301,6 +353,7 @@ class SimulatedVonageCall:
     ) -> None:
         """Connect and send ``websocket:connected`` (or ``first_message``, for tests)."""
         self.ws = await self.session.ws_connect(instruction.uri, autoping=True)
+        self._closed = asyncio.Event()
         if first_message is None:
             connected: dict[str, Any] = {
                 "event": "websocket:connected",
@@ -312,16 +365,21 @@ class SimulatedVonageCall:
             await self.ws.send_bytes(first_message)
         else:
             await self.ws.send_str(first_message)
-        self._t_start = self._last_rx = self._loop.time()
-        self._playout = PlayoutBuffer(
-            self._t_start, rate=RATE, width=2, silence=SILENCE, limit_s=BUFFER_LIMIT_S
-        )
+        now = self._loop.time()
+        self.result.sockets.append(SocketSpan(opened_at=now))
+        if self._playout is None:  # one caller, one playout across the call's sockets
+            self._t_start = self._last_rx = now
+            self._playout = PlayoutBuffer(
+                self._t_start, rate=RATE, width=2, silence=SILENCE, limit_s=BUFFER_LIMIT_S
+            )
         self._reader = asyncio.create_task(self._read(), name=f"vonage-sim-{self.uuid}")
 
     async def send_audio(self, frame: bytes) -> bool:
+        """Send one frame; False once the call is over. Between two sockets (the NCCO going
+        on) the caller's audio goes nowhere and the call goes on."""
         ws = self.ws
         if ws is None or ws.closed:
-            return False
+            return self._continuing is not None and not self._over.is_set()
         try:
             await ws.send_bytes(frame)
         except (ConnectionError, RuntimeError):
@@ -369,7 +427,7 @@ class SimulatedVonageCall:
         loop = self._loop
         start = loop.time()
         i = 0
-        while not self._closed.is_set():
+        while not (self._closed.is_set() and self._continuing is None) and not self._over.is_set():
             elapsed = loop.time() - start
             if elapsed >= max_s or done(elapsed):
                 return
@@ -397,17 +455,82 @@ class SimulatedVonageCall:
 
     async def hang_up(self, *, event: bool = True) -> None:
         """The caller hangs up: Vonage closes the socket, then reports ``completed``."""
+        self._caller_hung_up = True  # the NCCO goes no further
+        if self._continuing is not None:
+            self._continuing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._continuing
         if self.ws is not None and not self.ws.closed:
-            self._caller_hung_up = True
             await self.ws.close()
         await self.finish()
-        if event:
+        if event and not self.result.ncco_ended:  # else Vonage reported it as the NCCO ran out
             await self.post_event("completed", duration=str(round(self.result.duration_s)))
 
     async def wait_closed(self, within_s: float) -> bool:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._closed.wait(), within_s)
         return self._closed.is_set()
+
+    async def wait_over(self, within_s: float) -> bool:
+        """Whether the call is over (the NCCO ran out after its socket closed) in time."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._over.wait(), within_s)
+        return self._over.is_set()
+
+    # -- the NCCO after the socket ---------------------------------------------
+
+    async def _go_on(self) -> None:
+        """The ``connect`` ended with the caller still there: run the NCCO's next actions."""
+        try:
+            if await self._next_actions():
+                return  # a new socket: this connect runs until it closes
+            self.result.ncco_ended = True  # the NCCO ran out: Vonage completes the call
+            await self.post_event("completed", duration=str(round(self.result.duration_s)))
+        except (aiohttp.ClientError, OSError, ValueError) as exc:  # Vonage would end the call
+            self.result.error = f"NCCO after the socket: {exc!r}"[:300]
+        finally:
+            self._continuing = None
+        self._over.set()
+
+    async def _next_actions(self) -> bool:
+        """Run actions until a websocket ``connect`` (True: its socket is open) or the end."""
+        while self._rest and not self._caller_hung_up:
+            action = self._rest.pop(0)
+            kind = action.get("action")
+            if kind == "notify":
+                await self._notify(action)
+            elif kind == "talk":
+                self.result.other_text.append(f"talk: {action.get('text', '')}"[:200])
+            elif (websocket := _websocket_of(action)) is not None:
+                await self.open_socket(websocket)
+                return True
+        return False
+
+    async def _notify(self, action: dict[str, Any]) -> None:
+        """``notify``: a signed request with the payload to the action's ``eventUrl``; an NCCO
+        in the answer replaces what is left of the current one (Vonage's notify action)."""
+        urls = action.get("eventUrl") or []
+        if not isinstance(urls, list) or not urls:
+            raise ValueError("notify without an eventUrl")
+        url = str(urls[0])
+        body = orjson.dumps(
+            {
+                "payload": action.get("payload") or {},
+                "uuid": self.uuid,
+                "conversation_uuid": self.conversation_uuid,
+                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+            }
+        )
+        headers = self._auth(body, None, True)
+        headers["Content-Type"] = "application/json"
+        method = str(action.get("eventMethod") or "POST").upper()
+        async with self.session.request(method, url, data=body, headers=headers) as resp:
+            text = await resp.text()
+            self.result.notified.append((url, resp.status))
+            if resp.status == 200 and text.strip():
+                actions = orjson.loads(text)
+                parse_ncco(actions)  # ValueError: not an NCCO
+                self._rest = list(actions)
 
     async def finish(self) -> VonageResult:
         """Wait for the reader, settle the figures; idempotent."""
@@ -435,6 +558,7 @@ class SimulatedVonageCall:
         assert ws is not None and self._playout is not None
         playout = self._playout
         result = self.result
+        span = result.sockets[-1]
         try:
             async for msg in ws:
                 now = self._loop.time()
@@ -445,6 +569,9 @@ class SimulatedVonageCall:
                     if len(msg.data) != FRAME_BYTES:
                         result.odd_frames += 1
                     self._last_rx = now
+                    if span.first_audio_at is None:
+                        span.first_audio_at = now
+                    span.last_audio_at = now
                     playout.push(now, msg.data)
                 elif msg.type is aiohttp.WSMsgType.TEXT:
                     data = orjson.loads(msg.data)
@@ -458,7 +585,13 @@ class SimulatedVonageCall:
         finally:
             if ws.closed and not self._caller_hung_up and ws.close_code is not None:
                 result.edge_closed = True
-            result.close_code = ws.close_code
+            result.close_code = span.close_code = ws.close_code
+            span.closed_at = self._loop.time()
+            if ws.closed and not self._caller_hung_up and self._continuing is None:
+                if self._rest:  # the NCCO goes on after the connect
+                    self._continuing = asyncio.create_task(self._go_on(), name=f"ncco-{self.uuid}")
+                else:
+                    self._over.set()
             self._closed.set()
 
 
