@@ -1,5 +1,12 @@
 // The web call widget: one WebRTC call to the agent, no build step.
 // The configuration (agent, PUBLIC key, metadata from the URL) is rendered by the edge.
+//
+// A call outlives its worker: each answer carries the call's resume token. When the
+// connection fails (no audio from the edge, which sends a frame every 20 ms, or ICE
+// disconnected/failed, for STALL_MS; or the data channel closes) and the edge did not
+// say the call is over ({"type": "hangup"}), the page re-offers to the same URL (any
+// worker behind it) with {resume: {call_id, token}} and the call goes on. The edge's
+// {"type": "move"} (a worker draining) re-offers at once.
 "use strict";
 (function () {
   const cfg = JSON.parse(document.getElementById("widget-config").textContent);
@@ -14,23 +21,33 @@
   const g = canvas.getContext("2d");
   const VOICED_RMS = 0.01; // about -40 dBFS
   const GATHER_TIMEOUT_MS = 10000;
+  const STALL_MS = 1000; // no audio or no ICE this long: the worker is gone, re-offer
+  const WATCH_MS = 200;
+  const RESUME_TRIES = 8; // re-offers before giving up (503 from a draining worker: the next)
+  const RESUME_BACKOFF_MS = 250;
 
   // What the page measured, for tests and for debugging from the console.
   const stats = (window.widgetStats = {
     state: "idle", error: null, callId: null,
     input: { frames: 0, voiced: 0, rms: 0 },
     output: { frames: 0, voiced: 0, rms: 0 },
-    captions: [],
+    captions: [], resumes: 0, gapsMs: [],
   });
 
   let events = null, pc = null, mic = null, ctx = null, meters = [], timer = null, history = [];
+  let resume = null, over = false, watch = null, moving = false;
+  let heard = { packets: -1, at: 0 }, badSince = 0;
 
   function setState(state, text) {
     stats.state = state;
     root.dataset.state = state;
     statusEl.textContent = text;
-    button.textContent = state === "live" || state === "connecting" ? "End call" : "Start call";
+    button.textContent = inCall() ? "End call" : "Start call";
     button.disabled = false;
+  }
+
+  function inCall() {
+    return ["live", "connecting", "reconnecting"].includes(stats.state);
   }
 
   function fail(reason) {
@@ -80,6 +97,8 @@
   function caption(ev) {
     let msg = null;
     try { msg = JSON.parse(ev.data); } catch (e) { return; }
+    if (msg && msg.type === "hangup") { over = true; return; } // a normal end: never resume
+    if (msg && msg.type === "move") { reoffer("the worker moves the call"); return; }
     const who = { transcript: "You", response_text: "Agent" }[msg && msg.type];
     if (!who || typeof msg.text !== "string" || !msg.text) return;
     const last = stats.captions[stats.captions.length - 1];
@@ -105,58 +124,141 @@
   }
 
   async function start() {
-    stats.error = null; stats.callId = null;
+    stats.error = null; stats.callId = null; stats.resumes = 0; stats.gapsMs = [];
     for (const side of ["input", "output"]) Object.assign(stats[side], { frames: 0, voiced: 0, rms: 0 });
     history = []; stats.captions = []; captionsEl.replaceChildren();
+    resume = null; over = false; moving = false;
     setState("connecting", "Connecting…");
     try {
       ctx = new AudioContext();
       mic = await navigator.mediaDevices.getUserMedia({ audio: true });
       meter(mic, "input");
-      pc = new RTCPeerConnection({ iceServers: cfg.iceServers || [] });
-      mic.getTracks().forEach((t) => pc.addTrack(t, mic));
-      events = pc.createDataChannel("events");
-      events.addEventListener("message", caption);
-      pc.addEventListener("track", (ev) => {
-        const stream = ev.streams[0] || new MediaStream([ev.track]);
-        remoteAudio.srcObject = stream;
-        remoteAudio.play().catch(() => {});
-        meter(stream, "output");
-      });
-      pc.addEventListener("connectionstatechange", () => {
-        if (!pc) return;
-        const s = pc.connectionState;
-        if (s === "connected") setState("live", "Live: talk to the agent");
-        else if (s === "failed") fail("the connection failed (ICE or DTLS)");
-        else if (s === "disconnected") statusEl.textContent = "Connection interrupted…";
-        else if (s === "closed") end("The call ended");
-      });
       timer = setInterval(sample, 20);
-      await pc.setLocalDescription(await pc.createOffer());
-      await gathered(pc); // the edge does not trickle ICE: one complete offer
-      if (!pc) return;
-      const resp = await fetch(cfg.offerUrl, {
-        method: "POST",
-        headers: { "Content-Type": "application/json", Authorization: "Bearer " + cfg.publicKey },
-        body: JSON.stringify({
-          agent_id: cfg.agentId, metadata: cfg.metadata,
-          offer: { sdp: pc.localDescription.sdp, type: pc.localDescription.type },
-        }),
-      });
-      let body = null;
-      try { body = await resp.json(); } catch (e) { body = null; }
-      if (!resp.ok) throw new Error((body && body.error) || "the edge answered " + resp.status);
-      if (!pc) return;
-      stats.callId = body.call_id;
-      await pc.setRemoteDescription({ sdp: body.sdp, type: body.type });
+      const body = await connect(null);
+      if (body) stats.callId = body.call_id;
     } catch (err) {
       fail(err && err.message ? err.message : err);
     }
   }
 
+  // One peer connection and its offer (with the resume token when it brings the call
+  // back); the edge's answer body, or null when the call was ended meanwhile.
+  async function connect(resuming) {
+    const conn = (pc = new RTCPeerConnection({ iceServers: cfg.iceServers || [] }));
+    mic.getTracks().forEach((t) => conn.addTrack(t, mic));
+    const channel = (events = conn.createDataChannel("events"));
+    channel.addEventListener("message", caption);
+    channel.addEventListener("close", () => { if (conn === pc) reoffer("the data channel closed"); });
+    conn.addEventListener("track", (ev) => {
+      const stream = ev.streams[0] || new MediaStream([ev.track]);
+      remoteAudio.srcObject = stream;
+      remoteAudio.play().catch(() => {});
+      meters = meters.filter((m) => m.side !== "output");
+      meter(stream, "output");
+    });
+    conn.addEventListener("connectionstatechange", () => {
+      if (conn !== pc) return;
+      const s = conn.connectionState;
+      if (s === "connected") setState("live", "Live: talk to the agent");
+      else if (s === "failed" && stats.state === "connecting") fail("the connection failed (ICE or DTLS)");
+      else if (s === "disconnected") statusEl.textContent = "Connection interrupted…";
+      else if (s === "closed") end("The call ended");
+    });
+    await conn.setLocalDescription(await conn.createOffer());
+    await gathered(conn); // the edge does not trickle ICE: one complete offer
+    if (conn !== pc) return null;
+    const offer = {
+      agent_id: cfg.agentId, metadata: cfg.metadata,
+      offer: { sdp: conn.localDescription.sdp, type: conn.localDescription.type },
+    };
+    if (resuming) offer.resume = resuming;
+    const resp = await fetch(cfg.offerUrl, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Authorization: "Bearer " + cfg.publicKey },
+      body: JSON.stringify(offer),
+    });
+    let body = null;
+    try { body = await resp.json(); } catch (e) { body = null; }
+    if (!resp.ok) {
+      const error = new Error((body && body.error) || "the edge answered " + resp.status);
+      error.status = resp.status;
+      throw error;
+    }
+    if (conn !== pc) return null;
+    if (body.resume_token) resume = { call_id: body.call_id, token: body.resume_token };
+    await conn.setRemoteDescription({ sdp: body.sdp, type: body.type });
+    heard = { packets: -1, at: performance.now() }; badSince = 0;
+    if (!watch) watch = setInterval(watchdog, WATCH_MS);
+    return body;
+  }
+
+  // The worker is gone when the edge's audio stops (it sends a frame every 20 ms) or ICE
+  // stays disconnected/failed, for STALL_MS.
+  async function watchdog() {
+    const conn = pc;
+    if (!conn || moving || stats.state !== "live") return;
+    const now = performance.now();
+    let packets = 0;
+    try {
+      (await conn.getStats()).forEach((r) => {
+        if (r.type === "inbound-rtp" && r.kind === "audio") packets += r.packetsReceived || 0;
+      });
+    } catch (e) { return; }
+    if (conn !== pc) return;
+    if (packets !== heard.packets) heard = { packets, at: now };
+    const ice = conn.connectionState;
+    badSince = ice === "disconnected" || ice === "failed" ? badSince || now : 0;
+    if (now - heard.at >= STALL_MS || (badSince && now - badSince >= STALL_MS)) {
+      reoffer("no audio from the edge for " + Math.round(now - Math.min(heard.at, badSince || now)) + " ms");
+    }
+  }
+
+  // Bring the call back through any worker with its resume token; a normal end never.
+  async function reoffer(why) {
+    if (moving || !pc) return;
+    if (over || !resume) { end("The call ended"); return; }
+    moving = true;
+    const lost = heard.at || performance.now();
+    setState("reconnecting", "Reconnecting…");
+    console.info("telephony-edge widget: re-offering (" + why + ")");
+    const old = pc; pc = null; events = null; old.close();
+    for (let attempt = 0; attempt < RESUME_TRIES && mic; attempt++) {
+      try {
+        const body = await connect(resume);
+        if (!body) return;
+        stats.resumes += 1;
+        waitLive(lost);
+        moving = false;
+        return;
+      } catch (err) {
+        if (pc) { const p = pc; pc = null; p.close(); }
+        if (err && (err.status === 403 || err.status === 404 || err.status === 409)) break;
+        await new Promise((r) => setTimeout(r, RESUME_BACKOFF_MS * (attempt + 1)));
+      }
+    }
+    moving = false;
+    if (mic) end("The call ended (the edge could not resume it)");
+  }
+
+  // The caller-side gap: from the last audio heard to the first of the new connection.
+  async function waitLive(lost) {
+    const conn = pc;
+    while (conn === pc && conn) {
+      let packets = 0;
+      try {
+        (await conn.getStats()).forEach((r) => {
+          if (r.type === "inbound-rtp" && r.kind === "audio") packets += r.packetsReceived || 0;
+        });
+      } catch (e) { return; }
+      if (packets > 0) { stats.gapsMs.push(Math.round(performance.now() - lost)); return; }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
   function teardown() {
     if (timer) clearInterval(timer);
-    timer = null;
+    if (watch) clearInterval(watch);
+    timer = null; watch = null; resume = null;
     if (events && events.readyState === "open") events.send(JSON.stringify({ type: "end" }));
     events = null;
     if (pc) { const p = pc; pc = null; p.close(); }
@@ -182,7 +284,7 @@
   }
 
   button.addEventListener("click", () => {
-    if (stats.state === "live" || stats.state === "connecting") end("Call ended");
+    if (inCall()) end("Call ended");
     else start();
   });
   draw();
