@@ -19,16 +19,26 @@ import asyncio
 import json
 import signal
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import WSMsgType, web
 from aiortc import RTCSessionDescription
 
+from telephony_edge.config import load_settings
 from tests.calls.test_migration import TalkingCore
-from tests.conftest import Receiver, ServeProcess, start_serve_process, stop_serve_process, wait_for
+from tests.conftest import (
+    AgentCoreServer,
+    Edge,
+    Receiver,
+    ServeProcess,
+    start_serve_process,
+    stop_serve_process,
+    wait_for,
+)
 from tests.webrtc.test_offer import API_KEY, LOOPBACK, LOOPBACK_NETWORKS, Client
 
 #: how long without a frame before the caller re-offers (the edge sends one every 20 ms)
@@ -44,12 +54,10 @@ async def fixture_core() -> AsyncIterator[TalkingCore]:
     await started.server.close()
 
 
-def worker_config(name: str, redis_url: str, prefix: str, core: str, hook: str) -> dict[str, Any]:
+def edge_config(core: str, hook: str) -> dict[str, Any]:
     return {
-        "server": {"worker_id": f"worker-{name}"},
         "api": {"private_key": API_KEY},
         "agent_core": {"url": core},
-        "coordination": {"redis_url": redis_url, "key_prefix": prefix},
         "calls": {"live_state_interval_s": 0.2, "inactivity_timeout_s": 30},
         "webrtc": {
             "enabled": True,
@@ -58,6 +66,14 @@ def worker_config(name: str, redis_url: str, prefix: str, core: str, hook: str) 
         },
         "agents": {"echo": {"prompt": "You echo.", "session_data_webhook": hook}},
         "webhooks": {"signing_secret": "whsec_webrtc_resume_01", "allow_private_targets": True},
+    }
+
+
+def worker_config(name: str, redis_url: str, prefix: str, core: str, hook: str) -> dict[str, Any]:
+    return {
+        **edge_config(core, hook),
+        "server": {"worker_id": f"worker-{name}"},
+        "coordination": {"redis_url": redis_url, "key_prefix": prefix},
     }
 
 
@@ -196,3 +212,53 @@ async def test_a_killed_worker_s_webrtc_call_goes_on_on_the_other_with_its_token
     assert chat.index("Hello, Ada.") < chat.index("Where were we?")
     assert [fc["name"] for fc in payload["function_calls"]] == ["block_card"]
     b.assert_healthy()
+
+
+class HangingUpCore(AgentCoreServer):
+    """Answers ``onready``, says a line, then ends the call (``onsessionended``)."""
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.receive_json(timeout=5)
+        await ws.send_json({"method": "onready"})
+        await ws.send_json({"method": "onresponsetext", "data": {"text": "Goodbye."}})
+        await asyncio.sleep(0.5)
+        await ws.send_json({"method": "onsessionended", "data": {"reason": "done"}})
+        async for msg in ws:
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
+                break
+        return ws
+
+
+async def test_an_agent_hang_up_is_told_to_the_page_and_never_resumed(
+    make_edge: Callable[..., Any], receiver: Receiver
+) -> None:
+    core = HangingUpCore()
+    await core.server.start_server()
+    edge: Edge = await make_edge(load_settings(None, **edge_config(core.url, receiver.url)))
+    client = Client(events=True)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                edge.url("/webrtc/offer"),
+                json={"agent_id": "echo", "offer": await client.offer()},
+                headers={"Authorization": f"Bearer {API_KEY}"},
+            ) as resp:
+                answer = await resp.json()
+            await connect(client, answer)
+            await wait_for(lambda: {"type": "hangup"} in client.messages, within=10)
+            await wait_for(lambda: receiver.received, within=10)
+            assert receiver.received[0]["call_status"] == "agent-ended"
+            again = Client()
+            resume = {"call_id": answer["call_id"], "token": answer["resume_token"]}
+            async with http.post(
+                edge.url("/webrtc/offer"),
+                json={"agent_id": "echo", "offer": await again.offer(), "resume": resume},
+                headers={"Authorization": f"Bearer {API_KEY}"},
+            ) as resp:
+                assert resp.status == 409, await resp.text()  # over: never resumed
+            await again.close()
+    finally:
+        await client.close()
+        await core.server.close()
