@@ -388,11 +388,13 @@ class WebRtcLeg(Leg):
         await self.close()
 
     async def hand_off(self) -> None:
-        """Tell the page to re-offer with its resume token (any other worker takes it)."""
-        if not self.resumable or not self._notify("move"):
-            raise NotSupported("this WebRTC call has no resume token or no open data channel")
+        """Tell the page to re-offer with its resume token (any other worker takes it); a
+        caller without a data channel re-offers once the closed connection goes silent."""
+        if not self.resumable:
+            raise NotSupported("this WebRTC call has no resume token")
         self._end(LegEnded("completed", moved=True))
-        await self._flushed()
+        if self._notify("move"):
+            await self._flushed()
         await self.close()
 
     async def _flushed(self) -> None:

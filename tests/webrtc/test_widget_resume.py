@@ -9,7 +9,8 @@ once the dead worker's port refuses). The page (the widget of
 audio stop, re-offers through the same URL with the call's resume token, and
 the call goes on on B: the agent's ``Where were we?`` as a caption, one
 end-of-call webhook with the migration. The page's own measure of the gap
-(last audio from A to first from B) is printed, not asserted.
+(last audio from A to first from B) is printed, not asserted. A drain
+(SIGTERM) moves the call the same way, the edge telling the page ``move``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
 
 
 class Balancer:
-    """One URL in front of the workers: each request to the first that takes the connection."""
+    """One URL in front of the workers: each request to the first that takes the connection
+    and is not draining (a 503, which a health-checked balancer would have seen at /readyz)."""
 
     def __init__(self) -> None:
         self.backends: list[str] = []
@@ -58,6 +60,8 @@ class Balancer:
                 async with self.http.request(
                     request.method, backend + request.path_qs, data=body, headers=headers
                 ) as resp:
+                    if resp.status == 503 and backend != self.backends[-1]:
+                        continue
                     out = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_HEADERS}
                     return web.Response(status=resp.status, body=await resp.read(), headers=out)
             except aiohttp.ClientConnectionError:
@@ -105,7 +109,12 @@ async def fixture_workers(
         await asyncio.to_thread(stop_serve_process, worker)
 
 
+@pytest.mark.parametrize(
+    ("sig", "cause"), [(signal.SIGKILL, "crash"), (signal.SIGTERM, "drain")], ids=["kill", "drain"]
+)
 async def test_killing_the_widget_s_worker_leaves_the_page_in_the_call(
+    sig: signal.Signals,
+    cause: str,
     chromium: BrowserThread,  # noqa: F811
     workers: list[ServeProcess],
     balancer: Balancer,
@@ -131,7 +140,7 @@ async def test_killing_the_widget_s_worker_leaves_the_page_in_the_call(
         assert stats["state"] == "live", stats
         call_id = stats["callId"]
         await asyncio.sleep(0.6)  # the live state's batched write (every 0.2 s) has the chat
-        a.process.send_signal(signal.SIGKILL)
+        a.process.send_signal(sig)
 
         async def resumed() -> dict[str, Any]:
             await page.wait_for_function(
@@ -143,7 +152,7 @@ async def test_killing_the_widget_s_worker_leaves_the_page_in_the_call(
 
         stats = await chromium.run(resumed())
         assert stats["callId"] == call_id and stats["resumes"] == 1, stats
-        print(f"the page's audio gap: {stats['gapsMs'][0]} ms")
+        print(f"the page's audio gap ({cause}): {stats['gapsMs'][0]} ms")
         continuation = core.initiates[-1]["session_continuation"]
         assert continuation["resumed"] is True
         assert "Hello, Ada." in [entry.get("content") for entry in continuation["chat"]]
@@ -165,7 +174,7 @@ async def test_killing_the_widget_s_worker_leaves_the_page_in_the_call(
     assert (move["from_worker"], move["to_worker"], move["cause"]) == (
         "worker-a",
         "worker-b",
-        "crash",
+        cause,
     )
     chat = [entry["content"] for entry in json.loads(payload["chat"])]
     assert chat.index("Hello, Ada.") < chat.index("Where were we?")
