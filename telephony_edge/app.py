@@ -181,12 +181,28 @@ async def serve(settings: Settings) -> int:
         "draining",
         extra={"active_calls": services.calls.active, "grace_s": settings.drain_wait_s},
     )
-    forced = await services.calls.drain(settings.drain_wait_s)
+    drained_by = loop.time() + settings.drain_wait_s  # the move counts in the drain's time
+    await _move_calls(services, settings.server.drain_move_after_s, settings.drain_wait_s)
+    forced = await services.calls.drain(max(0.0, drained_by - loop.time()))
     log.info("drained", extra={"calls_ended_by_drain": forced})
     await runner.cleanup()
     if admin is not None:  # last: /metrics is scraped through the drain
         await admin.cleanup()
     return 0
+
+
+async def _move_calls(services: Services, after_s: float | None, within_s: float) -> None:
+    """Deploy = move: once the load balancer has stopped sending new streams here (this
+    worker is not ready meanwhile), hand the live calls whose network can move them to the
+    other workers behind the same URL (``telephony_edge.calls.migration``); the rest drain
+    as they are. Nothing waits when no call or no other worker is there to move to."""
+    services.calls.accepting = False  # not ready from now on
+    calls = services.call_service
+    if after_s is None or not services.calls.active or not await calls.can_move():
+        return
+    await asyncio.sleep(min(after_s, within_s))
+    moved = await calls.move_calls()
+    log.info("calls moved to other workers", extra={"calls_moved": moved})
 
 
 def _limits(app: web.Application, settings: Settings) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import logging
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 from prometheus_client import Counter
@@ -43,6 +43,9 @@ from telephony_edge.calls.leg import Leg, LegEnded, LegEvent, LegInfo
 from telephony_edge.calls.record import CallRecord
 from telephony_edge.logs import sampled
 from telephony_edge.wsframe import frame_header
+
+if TYPE_CHECKING:
+    from telephony_edge.calls.migration import Resumption
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,9 @@ class SocketRejected(Exception):
 
 
 class CallRunner(Protocol):
-    async def run(self, record: CallRecord, leg: Leg) -> CallRecord: ...
+    async def run(
+        self, record: CallRecord, leg: Leg, resumed: Resumption | None = None
+    ) -> CallRecord: ...
 
 
 async def open_socket(
@@ -113,10 +118,13 @@ async def refuse(
     return ws
 
 
-async def run_leg(calls: CallRunner, record: CallRecord, leg: SocketLeg) -> None:
-    """Run the call on ``leg``; close it and log its counters however the call ends."""
+async def run_leg(
+    calls: CallRunner, record: CallRecord, leg: SocketLeg, resumed: Resumption | None = None
+) -> None:
+    """Run the call on ``leg`` (``resumed``: taken over from another worker); close it and
+    log its counters however the call ends."""
     try:
-        await calls.run(record, leg)
+        await calls.run(record, leg, resumed)
     finally:
         await leg.close()
         log.info(
@@ -203,7 +211,7 @@ class SocketLeg(Leg):
                     self._malformed(f"WebSocket protocol error: closed {exc.code}")
                 return self._end("completed", f"{self.network} socket error: {exc!r}")
             elif self._idle_error is not None:  # closed by _idle_check
-                return self._end("timeout", self._idle_error)
+                return self._idle_ended(self._idle_error)
             else:  # CLOSE, CLOSING, CLOSED: the network hung up, or the call moved on
                 ended = await self._socket_gone()
                 if ended is not None:
@@ -216,6 +224,10 @@ class SocketLeg(Leg):
         """The socket closed: the leg ends, unless the network hands the call another
         socket (Twilio after the agent's keys); then None, and reading goes on there."""
         return self._end("completed")
+
+    def _idle_ended(self, error: str) -> LegEnded:
+        """The socket went silent and was closed: the leg ends (the call ``error``)."""
+        return self._end("timeout", error)
 
     def _on_text(self, text: str) -> LegEvent | None:
         """One text message → an event for the bridge, or None (handled here or skipped)."""
@@ -262,9 +274,9 @@ class SocketLeg(Leg):
             stats.reasons[reason] = stats.reasons.get(reason, 0) + 1
         badinput.report(self._bad_input_source, reason, self._peer, call_id=self.call_id)
 
-    def _end(self, status: str, error: str | None = None) -> LegEnded:
+    def _end(self, status: str, error: str | None = None, *, moved: bool = False) -> LegEnded:
         if self._ended is None:
-            self._ended = LegEnded(status=status, error=error)
+            self._ended = LegEnded(status=status, error=error, moved=moved)
         return self._ended
 
     # -- edge → caller -----------------------------------------------------

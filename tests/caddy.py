@@ -6,6 +6,8 @@ run`` in the foreground (no admin endpoint, no automatic HTTPS, its data in
 the test's folder) and waits until the site answers. Caddy connects to the
 edge from 127.0.0.1 and, as it does by default, writes the address it took
 the request from into ``X-Forwarded-For``, replacing what the client sent.
+With more ``upstreams`` and ``balance`` lines (``lb_policy``, health checks) it
+balances several workers, as ``deploy/Caddyfile`` does.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ CADDYFILE = """{{
 \tauto_https off
 }}
 http://127.0.0.1:{port} {{
-\treverse_proxy 127.0.0.1:{edge_port} {{
+\treverse_proxy {upstreams} {{
 {extra}\t}}
 }}
 """
@@ -44,14 +46,23 @@ class Caddy:
 
 @contextlib.asynccontextmanager
 async def caddy(
-    directory: Path, edge_port: int, *, header_up: Sequence[str] = ()
+    directory: Path,
+    edge_port: int,
+    *,
+    header_up: Sequence[str] = (),
+    upstreams: Sequence[int] = (),
+    balance: Sequence[str] = (),
+    port: int | None = None,
 ) -> AsyncIterator[Caddy]:
-    """Caddy on 127.0.0.1 proxying to the edge; ``header_up``: its reverse_proxy's header lines."""
+    """Caddy on 127.0.0.1 (``port``, else a free one) proxying to the edge and to the
+    ``upstreams`` after it; ``header_up`` and ``balance``: lines of its reverse_proxy block."""
     binary = require_binary("caddy", "apt-get install -y caddy")
-    port = free_port()
+    port = port or free_port()
     extra = "".join(f"\t\theader_up {line}\n" for line in header_up)
+    extra += "".join(f"\t\t{line}\n" for line in balance)
+    targets = " ".join(f"127.0.0.1:{p}" for p in (edge_port, *upstreams))
     config = directory / "Caddyfile"
-    config.write_text(CADDYFILE.format(port=port, edge_port=edge_port, extra=extra))
+    config.write_text(CADDYFILE.format(port=port, upstreams=targets, extra=extra))
     log = directory / "caddy.log"
     env = {**os.environ, "XDG_DATA_HOME": str(directory), "XDG_CONFIG_HOME": str(directory)}
     with log.open("wb") as out:

@@ -24,8 +24,9 @@ teardown actions. ``run()`` carries them out in a task of their own that it
 shields, so that whatever happens to the caller of ``run()`` (its task is
 cancelled, once or many times) every action runs, each even if the one
 before it failed: the tasks of the call stop, the network is hung up if the
-caller is still there, the link and the leg close, the agent slot is
-released, the record is written ``ended`` and the end-of-call webhook queued.
+caller is still there, the link closes, the leg's statistics are read, the
+agent slot is released, the record is written ``ended``, the leg closes and
+the end-of-call webhook is queued.
 A call that goes on on another worker (a drain, a stream the network brings
 back to the edge) is handed off instead: its live state saved, the network let
 go, nothing written as over (:mod:`telephony_edge.calls.migration`). The bridge
@@ -250,7 +251,14 @@ class CallBridge:
     def can_hand_off(self) -> bool:
         """Whether the network can take this live call to another worker (a drain)."""
         live = self._machine.state in (CallState.CONNECTING, CallState.ACTIVE)
-        return live and self.leg.capabilities.hand_off
+        return live and self.leg.resumable
+
+    @property
+    def ending_here(self) -> bool:
+        """The call is ending on this worker (not handed off): it is over, not to resume."""
+        machine = self._machine
+        ending = machine.state in (CallState.ENDING, CallState.ENDED)
+        return ending and machine.moved is None and machine.call_status is not None
 
     def live_snapshot(self) -> LiveSnapshot | None:
         """What a worker taking the call on needs (:mod:`.live_state`); None unless active."""
@@ -493,12 +501,11 @@ class CallBridge:
             await asyncio.wait_for(self.leg.hangup(), HANGUP_TIMEOUT_S)
         elif isinstance(action, m.CloseAgent):
             await self.link.close()
+        elif isinstance(action, m.LegStats):
+            stats = await asyncio.wait_for(self.leg.media_stats(), MEDIA_STATS_TIMEOUT_S)
+            self.record.media_stats = stats
         elif isinstance(action, m.CloseLeg):
-            try:
-                stats = await asyncio.wait_for(self.leg.media_stats(), MEDIA_STATS_TIMEOUT_S)
-                self.record.media_stats = stats
-            finally:
-                await self.leg.close()
+            await self.leg.close()
         elif isinstance(action, m.ReleaseSlot):
             await self._hooks.release(self.record)
         elif isinstance(action, m.WriteState):

@@ -52,7 +52,6 @@ class Capabilities:
     dtmf_out: bool = False
     transfer_to_number: bool = False
     transfer_to_sip: bool = False
-    hand_off: bool = False  # the network can bring the live call to another worker
 
     def can_transfer_to(self, destination: str) -> bool:
         """Whether a normalised destination (E.164 or ``sip:``) is one this leg can reach."""
@@ -122,6 +121,9 @@ class Leg(abc.ABC):
     info: LegInfo
     clock: ClassVar[Clock] = Clock.PUSHED
     playout_lead_frames: int = 0  # per class, or per leg where it is configured
+    #: the network brings this call back to the edge if its worker is lost or lets it go
+    #: (:meth:`hand_off`): its live state is kept for another worker (``calls.migration``)
+    resumable: bool = False
     capabilities: ClassVar[Capabilities] = Capabilities()
 
     @abc.abstractmethod
@@ -166,7 +168,7 @@ class Leg(abc.ABC):
         raise NotSupported(f"{type(self).__name__} cannot transfer calls")
 
     async def hand_off(self) -> None:
-        """Let the network bring the live call to another worker (``capabilities.hand_off``).
+        """Let the network bring the live call to another worker (``resumable`` legs).
 
         Twilio: the stream closes and the call's TwiML goes on to the ``<Redirect>``
         any worker answers. Called once the call's live state is saved; the leg is

@@ -292,6 +292,11 @@ class CloseAgent:
 
 
 @dataclass(frozen=True, slots=True)
+class LegStats:
+    """Read the leg's media statistics into the record, for its final write."""
+
+
+@dataclass(frozen=True, slots=True)
 class CloseLeg:
     pass
 
@@ -331,6 +336,7 @@ Action = (
     | StopTasks
     | HangupNetwork
     | CloseAgent
+    | LegStats
     | CloseLeg
     | ReleaseSlot
     | QueueWebhook
@@ -344,14 +350,17 @@ ENDED_FROM = (CallState.CREATED, CallState.CONNECTING, CallState.ACTIVE)
 
 #: What every path into ``ending`` emits, in this order (hang-up only while the
 #: caller is still on the network). The shell carries out each one even when
-#: an earlier one fails.
+#: an earlier one fails. The leg closes after the end is written: a network that
+#: brings a call back to the edge when its media goes (Twilio's ``<Redirect>``)
+#: then finds it over, and is told to hang up rather than given a new stream.
 TEARDOWN: tuple[Action, ...] = (
     StopTasks(),
     HangupNetwork(),
     CloseAgent(),
-    CloseLeg(),
+    LegStats(),
     ReleaseSlot(),
     WriteState(CallState.ENDED, ENDED_FROM),
+    CloseLeg(),
     QueueWebhook(),
 )
 #: A call that ended elsewhere first: only this worker's resources are let go.

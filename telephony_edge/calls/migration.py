@@ -35,8 +35,9 @@ writes nothing as over and sends no webhook. The call's one end-of-call
 webhook comes from the worker that ends it, with the whole conversation.
 
 Rules: nothing here names a network. A call moves only when another worker
-is ready to take it (its heartbeat says it accepts calls); a taking-over
-worker that is draining refuses. A call nobody takes over (its network
+is ready to take it (its heartbeat says it accepts calls) behind the same
+public URL (one load balancer in front of both: the network comes back to
+that URL); a taking-over worker that is draining refuses. A call nobody takes over (its network
 could not reach the edge again) keeps its lapsing lease and is ended by the
 lease reaper, its webhook carrying the transcript from the live state.
 """
@@ -245,10 +246,14 @@ class ResumedHooks:
         await self._service.save_live(call_id, snapshot, cause)
 
 
-def ready_elsewhere(workers: Mapping[str, Mapping[str, Any]], self_id: str) -> bool:
-    """Whether another worker takes calls now (its latest heartbeat), to move calls to."""
+def ready_elsewhere(workers: Mapping[str, Mapping[str, Any]], self_id: str, own_url: str) -> bool:
+    """Whether another worker takes calls now (its latest heartbeat) behind this worker's
+    public URL (one load balancer in front of both): where the network can bring a call."""
+    own = own_url.rstrip("/")
     for worker_id, info in workers.items():
         if worker_id == self_id or worker_id.startswith(AGENT_CORE_PREFIX):
+            continue
+        if str(info.get("public_url") or "").rstrip("/") != own:
             continue
         active = float(info.get("active_calls", 0) or 0)
         maximum = float(info.get("max_calls", 0) or 0)

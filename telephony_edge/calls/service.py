@@ -259,6 +259,14 @@ class CallService(RemoteControl, Upkeep):
             return live.record
         return None if doc is None else CallRecord.from_dict(doc.data)
 
+    async def announce_break(self, call_id: str) -> migration.Break | None:
+        """The network says the call's media left its worker (see :mod:`.migration`); None
+        when the call is not to be resumed: over, or ending on this very worker."""
+        live = self.manager.get(call_id)
+        if isinstance(live, CallBridge) and live.ending_here:
+            return None
+        return await migration.announce_break(self.coordinator, call_id)
+
     async def take_over(
         self, call_id: str, generation: int
     ) -> tuple[CallRecord, migration.Resumption]:
@@ -363,18 +371,23 @@ class CallService(RemoteControl, Upkeep):
         return [
             call
             for call in self.manager.live_calls()
-            if isinstance(call, CallBridge) and self.resumable(call.record.provider)
+            if isinstance(call, CallBridge) and call.leg.resumable
         ]
 
-    async def move_calls(self, cause: str = migration.DRAIN) -> int:
-        """Hand this worker's movable calls to the others (a drain), if one is ready."""
+    async def can_move(self) -> bool:
+        """Whether another worker behind this one's public URL takes calls now (its heartbeat):
+        where a network can bring the calls this worker lets go."""
         try:
             workers = await self.coordinator.live_workers()
         except Exception as exc:
             self.health.failed("live_workers", exc)
-            return 0
-        if not migration.ready_elsewhere(workers, self.worker_id):
-            log.info("no other worker takes calls now: live calls stay until they end")
+            return False
+        return migration.ready_elsewhere(workers, self.worker_id, self.settings.public_url)
+
+    async def move_calls(self, cause: str = migration.DRAIN) -> int:
+        """Hand this worker's movable calls to the others (a drain), if one is ready."""
+        if not await self.can_move():
+            log.info("no other worker behind this URL takes calls: live calls stay until they end")
             return 0
         return await migration.hand_off_all(self.manager, cause, within_s=migration.HAND_OFF_WAIT_S)
 

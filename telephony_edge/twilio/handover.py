@@ -71,11 +71,15 @@ def subject(call_id: str, handover_id: str) -> str:
     return f"{call_id}|handover|{handover_id}"
 
 
-def play_then_stream(digits: str, stream_url: str, parameters: dict[str, str]) -> str:
-    """``<Play digits>``, then ``<Connect><Stream>`` again: the TwiML a call is updated with."""
+def play_then_stream(
+    digits: str, stream_url: str, parameters: dict[str, str], resume_url: str
+) -> str:
+    """``<Play digits>``, then ``<Connect><Stream>`` again and the resume ``<Redirect>``
+    (:mod:`telephony_edge.twilio.resume`): the TwiML a call is updated with."""
     response = VoiceResponse()
     response.play(digits=digits)
     response.append(twiml.connect_element(stream_url, parameters))
+    response.append(twiml.resume_redirect(resume_url))
     return str(response.to_xml())
 
 
@@ -84,6 +88,7 @@ class StreamHandover:
 
     def __init__(self, tokens: StreamTokens, public_url: str) -> None:
         self.tokens = tokens
+        self.public_url = public_url
         self.stream_url = twiml.stream_url(public_url)
         self._waiting: dict[str, Expected] = {}
         self._running: set[asyncio.Task[None]] = set()  # calls whose first handler is gone
@@ -105,7 +110,8 @@ class StreamHandover:
         arrival: asyncio.Future[NewStream] = asyncio.get_running_loop().create_future()
         expected = Expected(handover_id, call_id, call_sid, request.digits, parameters, arrival)
         self._waiting[handover_id] = expected
-        return expected, play_then_stream(request.digits, self.stream_url, parameters)
+        resume_url = twiml.resume_url(self.public_url, call_id)
+        return expected, play_then_stream(request.digits, self.stream_url, parameters, resume_url)
 
     def forget(self, expected: Expected) -> None:
         """The leg no longer waits (the stream came, did not, or the call ended)."""

@@ -25,6 +25,14 @@ then waits for the new one (:mod:`telephony_edge.twilio.handover`) and goes on
 over it, its ``stop`` and close no end of the call. The caller's audio pauses
 meanwhile, and the agent's is dropped (counted) while no stream takes it.
 
+A stream that closes without ``stop``, or goes silent and is closed (its call
+answered with the resume ``<Redirect>`` after the stream: ``resumable``) is
+not the end of the call:
+Twilio goes on with that TwiML, and whichever worker answers takes the call
+over (:mod:`telephony_edge.twilio.resume`), so the leg ends ``moved``. A
+drain hands the call off the same way, closing the stream itself
+(:meth:`TwilioMediaLeg.hand_off`).
+
 Marks: Twilio echoes a ``mark`` once the audio sent before it has played,
 and echoes every pending one at once on ``clear``. The leg marks the agent
 audio every ``MARK_INTERVAL_S`` while it flows, so the bridge hears
@@ -223,9 +231,12 @@ class TwilioMediaLeg(SocketLeg):
         handover: StreamHandover | None = None,
         handover_timeout_s: float = HANDOVER_TIMEOUT_S,
         comes_back: Callable[[], Awaitable[bool]] | None = None,
+        resumable: bool = False,
     ) -> None:
         """``handover``: this worker's table of awaited streams, for the agent's keys;
-        ``comes_back``: whether a stream to this worker's public URL reaches this worker."""
+        ``comes_back``: whether a stream to this worker's public URL reaches this worker;
+        ``resumable``: the call's TwiML goes on to the resume ``<Redirect>`` after the
+        stream, so a stream that ends without ``stop`` is not the end of the call."""
         super().__init__(
             ws,
             request,
@@ -237,6 +248,7 @@ class TwilioMediaLeg(SocketLeg):
             dropped=_DROPPED,
             idle_timeout_s=idle_timeout_s,
         )
+        self.resumable = resumable
         self._rest = rest
         self._handover = handover
         self._handover_timeout_s = handover_timeout_s
@@ -385,16 +397,15 @@ class TwilioMediaLeg(SocketLeg):
     # -- call control ------------------------------------------------------
 
     async def hangup(self) -> None:
-        """End the call through Twilio's REST API, then close the stream.
+        """End the call through Twilio's REST API (``Status=completed``).
 
-        Closing the stream alone also ends a ``<Connect><Stream>`` call when no
-        TwiML follows it, so the caller is released even if the API fails.
+        The stream closes with the leg, once the call's end is written: should the
+        API fail, Twilio then goes on to the resume ``<Redirect>``, finds the call
+        over and is told ``<Hangup/>`` (without it, the close alone ends a
+        ``<Connect><Stream>`` call), so the caller is released either way.
         """
-        try:
-            if self._rest is not None and self.start.call_sid:
-                await self._rest.hangup(self.start.call_sid)
-        finally:
-            await self.close()
+        if self._rest is not None and self.start.call_sid:
+            await self._rest.hangup(self.start.call_sid)
 
     async def send_dtmf(self, request: DtmfRequest) -> None:
         """``<Play digits>`` and the stream again through the REST API; returns once the new
@@ -427,10 +438,12 @@ class TwilioMediaLeg(SocketLeg):
         return self._expected is not None
 
     async def _socket_gone(self) -> LegEnded | None:
-        """The stream ended: for the agent's keys, wait for the new one and take it over."""
+        """The stream ended without ``stop``: for the agent's keys, wait for the new one and
+        take it over; else the call goes on through its TwiML's ``<Redirect>`` when it has
+        one (``moved``), or is over."""
         expected = self._expected
         if expected is None:
-            return self._end("completed")
+            return self._end("completed", moved=self.resumable)
         wait = self._handover_timeout_s + KEY_S * len(expected.digits)
         try:
             new = await asyncio.wait_for(asyncio.shield(expected.arrival), wait)
@@ -468,6 +481,26 @@ class TwilioMediaLeg(SocketLeg):
         released, self._released = self._released, None
         if released is not None and not released.done():
             released.set_result(None)
+
+    def _idle_ended(self, error: str) -> LegEnded:
+        """A silent stream is a broken one: closed, it sends Twilio on to the ``<Redirect>``
+        (``resumable``), and the call goes on from there; else the call ends."""
+        if self.resumable:
+            log.warning(
+                "%s; the call goes on through Twilio", error, extra={"call_id": self.call_id}
+            )
+            return self._end("completed", error, moved=True)
+        return super()._idle_ended(error)
+
+    async def hand_off(self) -> None:
+        """Close the stream: Twilio goes on to the ``<Redirect>`` after it, which the
+        worker that takes the call over answers (a drain)."""
+        if not self.resumable:
+            raise NotSupported("this call's TwiML has no <Redirect> after its stream")
+        await self.close()
+
+    def network_state(self) -> dict[str, Any]:
+        return {"call_sid": self.start.call_sid, "stream_sid": self.start.stream_sid}
 
     async def transfer(self, destination: str) -> None:
         """Replace the call's TwiML with ``<Dial>``; Twilio then ends this stream."""

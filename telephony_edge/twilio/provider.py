@@ -2,7 +2,8 @@
 
 :meth:`TwilioProvider.mount` adds the voice, call status and stream status webhooks and the
 Media Streams WebSocket (whose handler builds the
-:class:`~telephony_edge.twilio.media.TwilioMediaLeg`), and a start-up hook
+:class:`~telephony_edge.twilio.media.TwilioMediaLeg`), the resume webhook that
+carries a live call on when its worker is lost (:mod:`.resume`), and a start-up hook
 that creates the REST client inside the running loop. Outbound calls,
 hang-up and transfer of calls without a live leg here go through that
 client.
@@ -18,7 +19,7 @@ from aiohttp import web
 
 from telephony_edge.calls.record import CallRecord, CallStatus
 from telephony_edge.provider import Provider
-from telephony_edge.twilio import stream, webhook
+from telephony_edge.twilio import resume, stream, twiml, webhook
 from telephony_edge.twilio.context import CALL_ID_PARAM, TWILIO, TwilioContext
 from telephony_edge.twilio.rest import TwilioApiError, TwilioRest
 from telephony_edge.twilio.settings import TwilioSettings
@@ -30,6 +31,7 @@ STATUS_PATH = "/twilio/status"
 STREAM_PATH = "/twilio/stream"
 STREAM_STATUS_PATH = webhook.STREAM_STATUS_PATH
 AMD_PATH = webhook.AMD_PATH
+RESUME_PATH = twiml.RESUME_PATH
 
 
 class TwilioProvider(Provider):
@@ -48,6 +50,7 @@ class TwilioProvider(Provider):
     pending_websocket_paths = (STREAM_PATH,)
     call_paths = (VOICE_PATH,)
     network_amd = True
+    resumable = True  # the <Redirect> after the stream: telephony_edge.twilio.resume
     _ctx: TwilioContext | None = None
 
     def mount(self, app: web.Application) -> None:
@@ -57,6 +60,7 @@ class TwilioProvider(Provider):
         app.router.add_post(STATUS_PATH, webhook.status)
         app.router.add_post(STREAM_STATUS_PATH, webhook.stream_status)
         app.router.add_post(AMD_PATH, webhook.amd)
+        app.router.add_get(RESUME_PATH, resume.resume)
         app.router.add_get(STREAM_PATH, stream.stream)
 
     async def _rest_client(self, app: web.Application) -> AsyncIterator[None]:

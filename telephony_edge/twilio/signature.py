@@ -46,7 +46,8 @@ class SignatureChecker:
         self.enabled = enabled
 
     async def form(self, request: web.Request) -> MultiDictProxy[str]:
-        """The request's form fields if its signature is valid.
+        """The request's form fields if its signature is valid (a GET's: its query's, which
+        Twilio signs as part of the URL).
 
         The order matters because the body is the attacker's: a request
         without the signature header is refused (403) before its body is read;
@@ -57,13 +58,13 @@ class SignatureChecker:
         signature = request.headers.get(SIGNATURE_HEADER, "")
         if self.enabled and not signature:
             self._reject(request, "missing signature")
-        fields = await parsed_form(request)
-        if not self.enabled:
-            return fields
-        url = public_request_url(self._public_url, request)
-        if not self._validator.validate(url, fields, signature):
-            self._reject(request, "invalid signature", fields.get("CallSid", ""))
-        return fields
+        get = request.method == "GET"
+        fields = MultiDictProxy(MultiDict[str]()) if get else await parsed_form(request)
+        if self.enabled:
+            url = public_request_url(self._public_url, request)
+            if not self._validator.validate(url, fields, signature):
+                self._reject(request, "invalid signature", fields.get("CallSid", ""))
+        return MultiDictProxy(MultiDict(request.query)) if get else fields
 
     @staticmethod
     def _reject(request: web.Request, reason: str, call_sid: str = "") -> NoReturn:

@@ -13,8 +13,16 @@ the pending marks at once. A new TwiML through the REST stand-in ends the
 stream; when it is ``<Play digits>`` and a ``<Connect><Stream>`` (the agent's
 keys) the call "plays" the digits (kept in ``digits_played``, refused unless
 they are ``0-9 * # w``, as Twilio's ``<Play>`` takes) and opens the new stream,
-with a new ``streamSid``. What the caller heard is kept on a timeline, so
-the WAV written at the end has the gaps and cuts a caller would hear.
+with a new ``streamSid``. A stream that ends while the call does not (the
+edge closed it, or its connection dropped, with no hang-up or new TwiML
+through the REST stand-in and no caller hang-up) is what Twilio documents for
+``<Connect>``: the TwiML goes on with the next verb. The simulator follows a
+``<Redirect>`` there (signed, as Twilio requests it), runs the TwiML it gets:
+a new stream (its own ``streamSid``; the caller's audio said meanwhile is
+lost, as on a real call), or the end; each such break and the audio gap the
+caller heard are kept in ``resumes``. What the caller heard is kept on a
+timeline, so the WAV written at the end has the gaps and cuts a caller would
+hear.
 
 :func:`simulate_call` runs one whole call; tests and ``bench/twilio_load.py``
 run hundreds of them in one process (one shared HTTP session, two tasks per
@@ -33,15 +41,10 @@ CLI (:mod:`.simulate_cli`): ``telephony-edge simulate twilio --url BASE --to NUM
 from __future__ import annotations
 
 import asyncio
-import audioop
 import binascii
 import contextlib
-import re
-import secrets
-import wave
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Literal
 from xml.etree import ElementTree
 
@@ -51,178 +54,41 @@ import orjson
 from telephony_edge.simulate import (
     DEFAULT_FROM,
     PlayoutBuffer,
-    silent_end_reason,
-    unanswered_reason,
 )
 from telephony_edge.twilio.rest_standin import (
     DEFAULT_ACCOUNT_SID,
-    CallUpdate,
     TwilioRestStandIn,
-    play_digits,
 )
 from telephony_edge.twilio.signature import SIGNATURE_HEADER, compute_signature
+from telephony_edge.twilio.sim_parts import (
+    CHUNK_S,
+    RATE,
+    SILENCE_PAYLOAD,
+    ULAW_SILENCE,
+    Resume,
+    SimulationResult,
+    StreamInstruction,
+    TwimlAnswer,
+    encode_payloads,
+    load_wav_ulaw,
+    new_sid,
+    parse_twiml,
+    write_wav_ulaw,
+)
+from telephony_edge.twilio.sim_twiml import CallTwiml, ignore_result
 
-RATE = 8000
-CHUNK_BYTES = 160  # 20 ms of 8 kHz μ-law
-CHUNK_S = 0.02
-ULAW_SILENCE = b"\xff" * CHUNK_BYTES
-PLAY_DIGITS = re.compile(r"^[0-9*#w]+$")  # what Twilio's <Play digits> plays
-KEY_S = 0.1  # how long the simulated call "plays" each key before its new stream
-
-
-def _sid(prefix: str) -> str:
-    return prefix + secrets.token_hex(16)
-
-
-@dataclass(frozen=True, slots=True)
-class StreamInstruction:
-    """The ``<Connect><Stream>`` of a TwiML answer."""
-
-    url: str
-    parameters: dict[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class TwimlAnswer:
-    """What the simulator understood of the TwiML (the parts the edge uses)."""
-
-    stream: StreamInstruction | None
-    say: tuple[str, ...]
-    hangup: bool
-
-
-def parse_twiml(document: str) -> TwimlAnswer:
-    """Read the verbs the edge answers with; raise ValueError for non-TwiML."""
-    root = ElementTree.fromstring(document)
-    if root.tag != "Response":
-        raise ValueError(f"TwiML root is <{root.tag}>, not <Response>")
-    stream = None
-    for element in root.iter("Stream"):
-        params = {p.get("name", ""): p.get("value", "") for p in element.iter("Parameter")}
-        stream = StreamInstruction(url=element.get("url", ""), parameters=params)
-        break
-    say = tuple((e.text or "").strip() for e in root.iter("Say"))
-    return TwimlAnswer(stream=stream, say=say, hangup=root.find("Hangup") is not None)
-
-
-def load_wav_ulaw(path: str | Path) -> bytes:
-    """A WAV file of any rate, width and channel count as 8 kHz mono μ-law."""
-    with wave.open(str(path)) as wav:
-        rate, channels, width = wav.getframerate(), wav.getnchannels(), wav.getsampwidth()
-        data = wav.readframes(wav.getnframes())
-    if width != 2:
-        data = audioop.lin2lin(data, width, 2)
-    if channels == 2:
-        data = audioop.tomono(data, 2, 0.5, 0.5)
-    elif channels != 1:
-        raise ValueError(f"{path}: {channels} channels; mono or stereo only")
-    if rate != RATE:
-        data, _ = audioop.ratecv(data, 2, 1, rate, RATE, None)
-    return audioop.lin2ulaw(data, 2)
-
-
-def write_wav_ulaw(path: str | Path, ulaw: bytes) -> None:
-    """8 kHz μ-law as an 8 kHz PCM16 mono WAV."""
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(RATE)
-        wav.writeframes(audioop.ulaw2lin(ulaw, 2))
-
-
-def encode_payloads(ulaw: bytes) -> list[bytes]:
-    """Base64 of each 20 ms chunk (the last one padded with silence), encoded once."""
-    chunks = []
-    for i in range(0, len(ulaw), CHUNK_BYTES):
-        chunk = ulaw[i : i + CHUNK_BYTES]
-        chunk += ULAW_SILENCE[: CHUNK_BYTES - len(chunk)]
-        chunks.append(binascii.b2a_base64(chunk, newline=False))
-    return chunks
-
-
-_SILENCE_PAYLOAD = binascii.b2a_base64(ULAW_SILENCE, newline=False)
-
-
-@dataclass(slots=True)
-class SimulationResult:
-    """What happened on one simulated call."""
-
-    call_sid: str
-    outcome: str = "pending"  # streamed | answered-without-stream | refused | failed
-    twiml: str = ""
-    answer: TwimlAnswer | None = None
-    http_status: int = 0
-    close_code: int | None = None
-    close_reason: str = ""
-    webhook_s: float | None = None  # webhook POST → TwiML received
-    setup_s: float | None = None  # webhook POST → stream started (start sent)
-    first_audio_s: float | None = None  # start sent → first agent audio received
-    reply_latency_s: float | None = None  # caller audio ended → next agent audio
-    frames_sent: int = 0
-    frames_received: int = 0
-    reply_frames: int = 0  # received after the caller's audio ended
-    frames_played: int = 0  # received and not cleared before their turn came
-    late_frames: int = 0  # agent audio that came after the playout buffer ran dry mid-turn
-    jitter_ms: list[int] = field(default_factory=list)  # arrival lateness histogram, 1 ms
-    max_buffered_s: float = 0.0  # the most agent audio queued ahead of its playing
-    send_late: int = 0  # caller frames the simulator sent over 20 ms behind schedule
-    marks_received: int = 0
-    marks_echoed: int = 0
-    clears: int = 0
-    clear_times: list[float] = field(default_factory=list)  # seconds since start
-    spoke_at_s: float | None = None  # start sent → the caller's first audio (after the greeting)
-    edge_closed: bool = False
-    rest_update: str = ""  # what the edge asked of the call through the REST stand-in
-    digits_played: list[str] = field(default_factory=list)  # <Play digits> of new TwiML
-    streams: int = 0  # streams opened (more than one: the edge's keys were played)
-    duration_s: float = 0.0
-    heard_ulaw: bytes = b""
-    error: str = ""
-
-    def failure(self) -> str | None:
-        """Why the call failed, in one line; None when the caller got through to the agent."""
-        if self.outcome == "failed":
-            return self.error or "the call failed"
-        if self.outcome == "answered-without-stream":
-            return unanswered_reason("media stream", self.answer.say if self.answer else ())
-        if self.outcome == "refused":
-            close = f"{self.close_code} {self.close_reason}".strip()
-            return f"the edge refused the media stream (close {close})"
-        if self.frames_received == 0 and (self.edge_closed or self.rest_update):
-            how = self.rest_update or "closed the media stream"
-            return silent_end_reason(how, self.close_code, self.close_reason)
-        return None
-
-    def summary(self) -> str:
-        def ms(value: float | None) -> str:
-            return "-" if value is None else f"{value * 1000:.0f} ms"
-
-        lines = [
-            f"call {self.call_sid}: {self.outcome}"
-            + (f" ({self.error})" if self.error else "")
-            + (f" close {self.close_code} {self.close_reason}".rstrip() if self.close_code else ""),
-            f"  webhook answered in {ms(self.webhook_s)}, stream set up in {ms(self.setup_s)}",
-            f"  first agent audio {ms(self.first_audio_s)} after start; "
-            f"reply {ms(self.reply_latency_s)} after the caller's audio ended",
-            f"  frames sent {self.frames_sent}, received {self.frames_received} "
-            f"(played {self.frames_played}, late {self.late_frames}), "
-            f"marks {self.marks_received} (echoed {self.marks_echoed}), clears {self.clears}",
-            f"  duration {self.duration_s:.1f} s"
-            + (f", the caller spoke at {self.spoke_at_s:.1f} s" if self.spoke_at_s else "")
-            + (", the edge ended the call" if self.edge_closed else ""),
-        ]
-        if self.rest_update:
-            lines.append(f"  the edge {self.rest_update}")
-        if self.digits_played:
-            lines.append(f"  the edge played the digits {' '.join(self.digits_played)}")
-        if self.clears:
-            lines.append(
-                f"  barge-in: the edge cleared the agent's audio {self.clears} time(s) "
-                f"(Twilio clear, first at {self.clear_times[0]:.1f} s)"
-            )
-        if self.answer is not None and self.answer.say:
-            lines.append(f"  said: {' / '.join(self.answer.say)}")
-        return "\n".join(lines)
+__all__ = [
+    "RATE",
+    "SimulatedCall",
+    "SimulationResult",
+    "StreamInstruction",
+    "TwimlAnswer",
+    "encode_payloads",
+    "load_wav_ulaw",
+    "parse_twiml",
+    "simulate_call",
+    "write_wav_ulaw",
+]
 
 
 @dataclass(eq=False, slots=True)
@@ -241,7 +107,7 @@ class _Playout(PlayoutBuffer):
         self.marks: list[_PendingMark] = []
 
 
-class SimulatedCall:
+class SimulatedCall(CallTwiml):
     """One inbound call as Twilio places it toward the edge at ``base_url``."""
 
     def __init__(
@@ -267,8 +133,8 @@ class SimulatedCall:
         self.from_ = from_
         self.auth_token = auth_token
         self.account_sid = account_sid
-        self.call_sid = call_sid or _sid("CA")
-        self.stream_sid = _sid("MZ")
+        self.call_sid = call_sid or new_sid("CA")
+        self.stream_sid = new_sid("MZ")
         self.result = SimulationResult(call_sid=self.call_sid)
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self._seq = 0
@@ -283,6 +149,10 @@ class SimulatedCall:
         self._ending: asyncio.Task[None] | None = None
         self._caller_hung_up = False  # then a closed socket is not the edge's doing
         self._switching = False  # the stream ends for a new one (the edge's keys)
+        self._completed = False  # hung up or transferred through REST: no TwiML goes on
+        self._twiml: TwimlAnswer | None = None  # the TwiML the call runs
+        self._going_on: asyncio.Task[None] | None = None  # the TwiML after a stream's end
+        self._resume: Resume | None = None  # a break whose new audio has not come yet
         self._closed = asyncio.Event()
         sid = orjson.dumps(self.stream_sid)
         self._media_head = b'{"event":"media","streamSid":' + sid + b',"sequenceNumber":"'
@@ -321,7 +191,7 @@ class SimulatedCall:
                 raise RuntimeError(f"voice webhook answered {resp.status}: {text[:200].strip()}")
         self.result.webhook_s = self._loop.time() - self._t_post
         self.result.twiml = text
-        self.result.answer = parse_twiml(text)
+        self.result.answer = self._twiml = parse_twiml(text)
         return text
 
     async def post_amd_result(
@@ -387,10 +257,15 @@ class SimulatedCall:
     # -- media out ---------------------------------------------------------
 
     async def send_media(self, payload_b64: bytes) -> bool:
-        """One 20 ms ``media`` message (already base64); False once the stream is gone."""
+        """One 20 ms ``media`` message (already base64); False once the call is over.
+
+        Between two streams (the call goes on through its TwiML) the frame is lost."""
         ws = self.ws
         if ws is None or ws.closed:
-            return False
+            if ws is None or self._closed.is_set() or self._caller_hung_up:
+                return False
+            self.result.frames_lost += 1
+            return True
         seq = self._next_seq()
         self._chunk += 1
         ts = int((self._loop.time() - self._t_start) * 1000)
@@ -452,7 +327,7 @@ class SimulatedCall:
         for i in range(total):
             while pending and loop.time() - start >= pending[0][0]:
                 await self.send_dtmf(pending.pop(0)[1])
-            payload = payloads[i] if i < len(payloads) else _SILENCE_PAYLOAD
+            payload = payloads[i] if i < len(payloads) else SILENCE_PAYLOAD
             if not await self.send_media(payload):
                 return
             if i == len(payloads) - 1:
@@ -511,7 +386,7 @@ class SimulatedCall:
             elapsed = loop.time() - start
             if elapsed >= max_s or done(elapsed):
                 return
-            if not await self.send_media(_SILENCE_PAYLOAD):
+            if not await self.send_media(SILENCE_PAYLOAD):
                 return
             i += 1
             delay = start + i * CHUNK_S - loop.time()
@@ -528,8 +403,8 @@ class SimulatedCall:
     async def stop(self, *, close: bool = True) -> None:
         """Send ``stop`` (the caller hung up) and close the socket."""
         ws = self.ws
+        self._caller_hung_up = True  # also between two streams: the TwiML goes no further
         if ws is not None and not ws.closed:
-            self._caller_hung_up = True
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await self._send(
                     {
@@ -543,59 +418,12 @@ class SimulatedCall:
                     await ws.close()
         await self.finish()
 
-    def on_rest_update(self, update: CallUpdate) -> None:
-        """The edge hung the call up (or transferred it) through REST: Twilio ends the stream.
-        A new stream in the TwiML (after ``<Play digits>``): the call goes on over it."""
-        self.result.rest_update = update.describe()
-        answer = parse_twiml(update.twiml) if update.twiml is not None else None
-        if answer is not None and answer.stream is not None and self._ending is None:
-            self._ending = asyncio.ensure_future(self._play_then_stream(update, answer.stream))
-            self._ending.add_done_callback(_ignore_result)
-            return
-        self.result.edge_closed = True
-        if self._ending is None:
-            self._ending = asyncio.ensure_future(self._end_stream())
-            self._ending.add_done_callback(_ignore_result)
-
-    async def _end_stream(self) -> None:
-        ws = self.ws
-        if ws is None or ws.closed:
-            return
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await self._send(
-                {
-                    "event": "stop",
-                    "sequenceNumber": str(self._next_seq()),
-                    "streamSid": self.stream_sid,
-                    "stop": {"accountSid": self.account_sid, "callSid": self.call_sid},
-                }
-            )
-            await ws.close()
-
-    async def _play_then_stream(self, update: CallUpdate, stream: StreamInstruction) -> None:
-        """Twilio's run of the edge's new TwiML: the stream ends, the digits play, a new
-        stream (its own ``streamSid``, numbered from 1) takes the call on."""
-        self._switching = True
-        try:
-            await self._end_stream()
-            if self._reader is not None:
-                await asyncio.gather(self._reader, return_exceptions=True)
-            digits = play_digits(update.twiml or "")
-            if not all(PLAY_DIGITS.match(d) for d in digits):
-                self.result.error = f"<Play digits> Twilio would not play: {digits!r}"
-                return
-            self.result.digits_played += digits
-            await asyncio.sleep(KEY_S * sum(map(len, digits)))
-            self.stream_sid = _sid("MZ")
-            sid = orjson.dumps(self.stream_sid)
-            self._media_head = b'{"event":"media","streamSid":' + sid + b',"sequenceNumber":"'
-        finally:
-            self._switching = False
-        await self.open_stream(stream)
-        self._ending = None
-
     async def finish(self) -> SimulationResult:
         """Wait for the reader, settle the figures; idempotent."""
+        going_on, self._going_on = self._going_on, None
+        if going_on is not None and not going_on.done():
+            going_on.cancel()
+            await asyncio.gather(going_on, return_exceptions=True)
         if self._reader is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 if self.ws is not None and self.ws.closed:
@@ -620,6 +448,11 @@ class SimulatedCall:
         if self.ws is not None:
             result.close_code = self.ws.close_code
         return result
+
+    @property
+    def over(self) -> bool:
+        """The call ended: its stream is gone and no TwiML brings another."""
+        return self._closed.is_set()
 
     async def wait_closed(self, within_s: float) -> bool:
         """Wait up to ``within_s`` for the edge to close the stream; whether it did."""
@@ -646,6 +479,11 @@ class SimulatedCall:
                     ulaw = binascii.a2b_base64(data["media"]["payload"])
                     if result.first_audio_s is None:
                         result.first_audio_s = now - self._t_start
+                    if self._resume is not None:  # the first audio after a break
+                        self._resume.first_audio_at_s = now - self._t_start
+                        heard_until = self._t_start + self._resume.heard_until_s
+                        self._resume.gap_s = max(0.0, now - heard_until)
+                        self._resume = None
                     if (
                         self._audio_end is not None
                         and result.reply_latency_s is None
@@ -670,10 +508,15 @@ class SimulatedCall:
                             mark.handle.cancel()
                         self._echo_mark(mark.name)
         finally:
-            if not self._switching:  # a stream ended for the next one is not the call's end
+            self.result.close_code = ws.close_code
+            if self._switching:  # a stream ended for the next one is not the call's end
+                pass
+            elif self._goes_on(ws):
+                self._going_on = asyncio.ensure_future(self._go_on())
+                self._going_on.add_done_callback(ignore_result)
+            else:
                 if ws.closed and not self._caller_hung_up and ws.close_code is not None:
                     self.result.edge_closed = True
-                self.result.close_code = ws.close_code
                 self._closed.set()
 
     def _queue_mark(self, name: str, now: float) -> None:
@@ -697,7 +540,7 @@ class SimulatedCall:
             return
         self.result.marks_echoed += 1
         task = asyncio.ensure_future(self._send_mark(name))
-        task.add_done_callback(_ignore_result)
+        task.add_done_callback(ignore_result)
 
     async def _send_mark(self, name: str) -> None:
         # numbered when sent, so sequence numbers stay in order with the media
@@ -712,11 +555,6 @@ class SimulatedCall:
             }
         )
         await ws.send_frame(message, aiohttp.WSMsgType.TEXT)
-
-
-def _ignore_result(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 async def simulate_call(
@@ -788,9 +626,9 @@ async def simulate_call(
         elif speak_after > 0:
             await call.stream_audio((), silence_after_s=speak_after)
         await call.stream_audio(payloads, silence_after_s=silence_after_s, dtmf=dtmf)
-        if until_quiet and not call.ws.closed:  # type: ignore[union-attr]
+        if until_quiet and not call.over:
             await call.stream_until_quiet(quiet_s=quiet_s, max_s=max_tail_s)
-        if call.result.edge_closed or (call.ws is not None and call.ws.closed):
+        if call.over:
             await call.finish()
         elif hang_up:
             await call.stop()

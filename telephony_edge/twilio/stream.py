@@ -7,7 +7,9 @@ cannot attach a second stream to a call. A hand-off token from another
 region's edge is bound to the Twilio call and its numbers instead, and the
 call is created here. A stream that comes back after the agent's keys (a
 ``handover`` parameter) goes to the live call's leg that waits for it
-(:mod:`telephony_edge.twilio.handover`). Whatever is wrong, the socket closes
+(:mod:`telephony_edge.twilio.handover`); one that comes back after the call's
+worker was lost or drained (a ``resume`` parameter) takes the call over here
+(:mod:`telephony_edge.twilio.resume`). Whatever is wrong, the socket closes
 with 1008 before a single frame of audio is read.
 """
 
@@ -16,17 +18,20 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from typing import cast
+from collections.abc import Awaitable
+from typing import TypeVar, cast
 
 from aiohttp import WSCloseCode, web
 
 from telephony_edge import http_limits, metrics
 from telephony_edge.calls.admission import shares_url
 from telephony_edge.calls.leg import Direction, LegInfo
+from telephony_edge.calls.migration import Resumption
 from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.calls.refusals import CallRejected
 from telephony_edge.calls.service import CallService
 from telephony_edge.services import SERVICES, Services
+from telephony_edge.twilio import resume
 from telephony_edge.twilio.context import (
     CALL_ID_PARAM,
     STREAM_TOKEN_PARAM,
@@ -48,6 +53,7 @@ from telephony_edge.twilio.token import TokenError
 from telephony_edge.wsleg import open_socket, refuse, run_leg
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
@@ -55,15 +61,19 @@ async def stream(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     ws = await open_socket(request, max_msg_size=MAX_MESSAGE_BYTES, what="Twilio Media Streams")
     start: StreamStart | None = None
+    resumed: Resumption | None = None
     try:
         start = await read_start(ws, ctx.start_timeout_s)
         if HANDOVER_PARAM in start.parameters:
             return await _hand_over(ctx, ws, request, start)
-        record = await _admit(ctx, services, start)
+        if resume.RESUME_PARAM in start.parameters:
+            record, resumed = await _admitted(resume.admit(ctx, services, start))
+        else:
+            record = await _admitted(_admitted_record(ctx, services, start))
     except StreamRejected as exc:
         metrics.TWILIO_STREAMS.labels(outcome="refused").inc()
         return await refuse(ws, "Twilio", exc, call_sid=start.call_sid if start else "")
-    metrics.TWILIO_STREAMS.labels(outcome="accepted").inc()
+    metrics.TWILIO_STREAMS.labels(outcome="accepted" if resumed is None else "resumed").inc()
     info = LegInfo(
         provider="twilio",
         direction=cast(Direction, record.direction),
@@ -83,8 +93,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
         handover=ctx.handover,
         handover_timeout_s=ctx.handover_timeout_s,
         comes_back=functools.partial(_comes_back, services),
+        # answered by this edge with the resume <Redirect> after the stream (not a call
+        # another region's edge streamed here)
+        resumable=CALL_ID_PARAM in start.parameters,
     )
-    await _run(ctx, services.call_service, record, leg)
+    await _run(ctx, services.call_service, record, leg, resumed)
     return ws
 
 
@@ -99,12 +112,16 @@ async def _comes_back(services: Services) -> bool:
 
 
 async def _run(
-    ctx: TwilioContext, calls: CallService, record: CallRecord, leg: TwilioMediaLeg
+    ctx: TwilioContext,
+    calls: CallService,
+    record: CallRecord,
+    leg: TwilioMediaLeg,
+    resumed: Resumption | None,
 ) -> None:
     """Run the call on its leg, here. A lost connection that cancels this handler
     (aiohttp's ``handler_cancellation``) ends the call, unless the stream went for the
     agent's keys: the call then goes on over the next one, in a task the handover keeps."""
-    run = asyncio.ensure_future(run_leg(calls, record, leg))
+    run = asyncio.ensure_future(run_leg(calls, record, leg, resumed))
     try:
         await asyncio.shield(run)
     except asyncio.CancelledError:
@@ -134,20 +151,21 @@ async def _hand_over(
     return ws
 
 
-async def _admit(ctx: TwilioContext, services: Services, start: StreamStart) -> CallRecord:
-    """The call this stream attaches to; once found, the stream no longer counts as pending.
+async def _admitted(admission: Awaitable[T]) -> T:
+    """What the stream attaches to; once found, the stream no longer counts as pending.
 
     A refusal for policy (token, call, callSid) is bad input and counted; one
-    for capacity (``CallRejected``: try again later) is not.
+    for capacity (``CallRejected``: try again later) or for a call that is over
+    (a resumed stream that came too late) is not.
     """
     try:
-        record = await _admitted_record(ctx, services, start)
+        admitted = await admission
     except StreamRejected as exc:
         if exc.code == WSCloseCode.POLICY_VIOLATION:
             BAD_START.inc()
         raise
     http_limits.admitted()
-    return record
+    return admitted
 
 
 async def _admitted_record(

@@ -73,11 +73,11 @@ def provider_call_key(call_sid: str) -> str:
     return f"provider-call:twilio:{call_sid}"
 
 
-def _twiml(document: str) -> web.Response:
+def twiml_response(document: str) -> web.Response:
     return web.Response(text=document, content_type="application/xml")
 
 
-def _outcome(kind: str, outcome: str) -> None:
+def count(kind: str, outcome: str) -> None:
     metrics.TWILIO_WEBHOOKS.labels(kind=kind, outcome=outcome).inc()
 
 
@@ -89,7 +89,7 @@ def caller_number(raw: str) -> str:
         return raw
 
 
-async def _signed_form(ctx: TwilioContext, request: web.Request, kind: str) -> MultiDictProxy[str]:
+async def signed_form(ctx: TwilioContext, request: web.Request, kind: str) -> MultiDictProxy[str]:
     """The webhook's form fields, once Twilio's signature checks out.
 
     Else 403 (no or bad signature) or 400 (a body that cannot be parsed), counted.
@@ -97,10 +97,10 @@ async def _signed_form(ctx: TwilioContext, request: web.Request, kind: str) -> M
     try:
         return await ctx.signatures.form(request)
     except web.HTTPForbidden:
-        _outcome(kind, "forbidden")
+        count(kind, "forbidden")
         raise
     except web.HTTPBadRequest:
-        _outcome(kind, "bad_request")
+        count(kind, "bad_request")
         raise
 
 
@@ -108,7 +108,7 @@ async def voice(request: web.Request) -> web.Response:
     """``POST /twilio/voice``: answer a call with TwiML."""
     ctx = request.app[TWILIO]
     services = request.app[SERVICES]
-    form = await _signed_form(ctx, request, "voice")
+    form = await signed_form(ctx, request, "voice")
     call_sid = form.get("CallSid", "")
     call_id = request.query.get(CALL_ID_PARAM)
     if call_id:
@@ -119,11 +119,11 @@ async def voice(request: web.Request) -> web.Response:
     to, from_ = form.get("To", ""), caller_number(form.get("From", ""))
     route = services.router.lookup(to)
     if route is None or route.provider != "twilio":
-        _outcome("voice", "unknown_number")
+        count("voice", "unknown_number")
         log.info("call to a number the edge does not serve", extra={"to": to, "call_sid": call_sid})
-        return _twiml(twiml.say_and_hangup(twiml.UNKNOWN_NUMBER_MESSAGE))
+        return twiml_response(twiml.say_and_hangup(twiml.UNKNOWN_NUMBER_MESSAGE))
     if not route.local:
-        _outcome("voice", "other_region")
+        count("voice", "other_region")
         subject = handoff_subject(call_sid, from_, route.number)
         params = {STREAM_TOKEN_PARAM: ctx.tokens.issue(subject), "from": from_, "to": route.number}
         log.info(
@@ -131,7 +131,9 @@ async def voice(request: web.Request) -> web.Response:
             route.region_name,
             extra={"to": route.number, "call_sid": call_sid},
         )
-        return _twiml(twiml.connect_stream(twiml.stream_url(route.region.public_url), params))
+        return twiml_response(
+            twiml.connect_stream(twiml.stream_url(route.region.public_url), params)
+        )
     try:
         record = await services.call_service.create_inbound(
             route, from_=from_, provider_call_id=call_sid
@@ -142,30 +144,30 @@ async def voice(request: web.Request) -> web.Response:
         return await _elsewhere(services, request, call_sid, exc.reason)
     except CallRejected as exc:
         outcome = "coordinator_down" if exc.http_status == 503 else "rejected"
-        _outcome("voice", outcome)
+        count("voice", outcome)
         log.warning("inbound call refused: %s", exc.reason, extra={"call_sid": call_sid})
         message = twiml.OUTAGE_MESSAGE if exc.http_status == 503 else twiml.UNAVAILABLE_MESSAGE
-        return _twiml(twiml.say_and_hangup(message))
+        return twiml_response(twiml.say_and_hangup(message))
     except CoordinatorUnavailable as exc:
-        _outcome("voice", "coordinator_down")
+        count("voice", "coordinator_down")
         log.warning("inbound call refused: %s", exc, extra={"call_sid": call_sid})
-        return _twiml(twiml.say_and_hangup(twiml.OUTAGE_MESSAGE))
+        return twiml_response(twiml.say_and_hangup(twiml.OUTAGE_MESSAGE))
     if record.state is not CallState.CREATED:  # a replay of a call set up or over: no new answer
-        _outcome("voice", "replayed")
+        count("voice", "replayed")
         badinput.report(
             "twilio-replay",
             "voice webhook for a call past set-up",
             request.remote,
             call_id=record.call_id,
         )
-        return _twiml(twiml.say_and_hangup(GONE_MESSAGE))
-    _outcome("voice", "inbound")  # the first webhook, or Twilio's retry of it
+        return twiml_response(twiml.say_and_hangup(GONE_MESSAGE))
+    count("voice", "inbound")  # the first webhook, or Twilio's retry of it
     return await _stream_answer(ctx, services, record)
 
 
 def _refuse_replay(request: web.Request, error: str, call_id: str) -> NoReturn:
     """403, as for a bad signature: a signed request Twilio did not send (counted, warned)."""
-    _outcome("voice", "forbidden")
+    count("voice", "forbidden")
     badinput.report("twilio-replay", error, request.remote, call_id=call_id or None)
     raise web.HTTPForbidden(text="invalid Twilio signature\n")
 
@@ -178,12 +180,12 @@ async def _elsewhere(
     hops = int(raw) if raw.isdigit() and len(raw) < 4 else MAX_HOPS
     other = None if hops >= MAX_HOPS else await services.call_service.other_ready_worker()
     if other is None:
-        _outcome("voice", "full")
+        count("voice", "full")
         log.warning("inbound call refused: %s", reason, extra={"call_sid": call_sid})
-        return _twiml(twiml.say_and_hangup(twiml.UNAVAILABLE_MESSAGE))
-    _outcome("voice", "redirected")
+        return twiml_response(twiml.say_and_hangup(twiml.UNAVAILABLE_MESSAGE))
+    count("voice", "redirected")
     log.info("%s; redirecting to %s", reason, other, extra={"call_sid": call_sid})
-    return _twiml(twiml.redirect(f"{other.rstrip('/')}{VOICE_PATH}?{HOP_PARAM}={hops + 1}"))
+    return twiml_response(twiml.redirect(f"{other.rstrip('/')}{VOICE_PATH}?{HOP_PARAM}={hops + 1}"))
 
 
 async def _answer_outbound(
@@ -196,10 +198,10 @@ async def _answer_outbound(
         or record.state is not CallState.CREATED
         or (record.provider_call_id and call_sid and record.provider_call_id != call_sid)
     ):
-        _outcome("voice", "outbound_gone")
+        count("voice", "outbound_gone")
         log.warning("answered outbound call is unknown or over", extra={"call_id": call_id})
-        return _twiml(twiml.say_and_hangup(GONE_MESSAGE))
-    _outcome("voice", "outbound")
+        return twiml_response(twiml.say_and_hangup(GONE_MESSAGE))
+    count("voice", "outbound")
     return await _stream_answer(ctx, services, record)
 
 
@@ -217,13 +219,22 @@ async def _stream_answer(
         STREAM_TOKEN_PARAM: ctx.tokens.issue(record.call_id),
         CALL_ID_PARAM: record.call_id,
     }
-    status_callback = (
-        f"{ctx.public_url.rstrip('/')}{STREAM_STATUS_PATH}?{CALL_ID_PARAM}={record.call_id}"
+    return twiml_response(stream_then_resume(ctx.public_url, record.call_id, params))
+
+
+def stream_then_resume(
+    public_url: str, call_id: str, parameters: dict[str, str], hop: int = 0, generation: int = 0
+) -> str:
+    """The call's stream with its status callback, then the resume ``<Redirect>``: when
+    the stream ends and the call does not, any worker takes the call on
+    (:mod:`telephony_edge.twilio.resume`)."""
+    status_callback = f"{public_url.rstrip('/')}{STREAM_STATUS_PATH}?{CALL_ID_PARAM}={call_id}"
+    return twiml.connect_stream(
+        twiml.stream_url(public_url),
+        parameters,
+        status_callback=status_callback,
+        then_redirect=twiml.resume_url(public_url, call_id, hop, generation),
     )
-    document = twiml.connect_stream(
-        twiml.stream_url(ctx.public_url), params, status_callback=status_callback
-    )
-    return _twiml(document)
 
 
 async def status(request: web.Request) -> web.Response:
@@ -236,7 +247,7 @@ async def status(request: web.Request) -> web.Response:
     """
     ctx = request.app[TWILIO]
     services = request.app[SERVICES]
-    form = await _signed_form(ctx, request, "status")
+    form = await signed_form(ctx, request, "status")
     call_id = request.query.get(CALL_ID_PARAM)
     call_status = form.get("CallStatus", "")
     call_sid = form.get("CallSid", "")
@@ -245,9 +256,9 @@ async def status(request: web.Request) -> web.Response:
         call_id = str(known["call_id"]) if known and known.get("call_id") else None
     if not call_id or not call_status:
         # a call this edge does not know (another region's, or set up too long ago)
-        _outcome("status", "ignored")
+        count("status", "ignored")
         return web.Response(status=204)
-    _outcome("status", call_status if call_status in _KNOWN_STATUSES else "other")
+    count("status", call_status if call_status in _KNOWN_STATUSES else "other")
     await services.call_service.update_provider_status(call_id, call_status)
     return web.Response(status=204)
 
@@ -261,10 +272,10 @@ async def stream_status(request: web.Request) -> web.Response:
     Every event is counted; the others change nothing.
     """
     ctx = request.app[TWILIO]
-    form = await _signed_form(ctx, request, "stream_status")
+    form = await signed_form(ctx, request, "stream_status")
     call_id = request.query.get(CALL_ID_PARAM)
     event = form.get("StreamEvent", "")
-    _outcome("stream_status", event if event in _STREAM_EVENTS else "other")
+    count("stream_status", event if event in _STREAM_EVENTS else "other")
     if event == "stream-error" and call_id:
         error = form.get("StreamError", "") or "unknown error"
         message = f"Twilio stream error: {error[:MAX_STREAM_ERROR_CHARS]}"
@@ -283,16 +294,16 @@ async def amd(request: web.Request) -> web.Response:
     ``MachineDetectionDuration``; a value Twilio does not document is 400.
     """
     ctx = request.app[TWILIO]
-    form = await _signed_form(ctx, request, "amd")
+    form = await signed_form(ctx, request, "amd")
     call_id = request.query.get(CALL_ID_PARAM)
     answered_by = form.get("AnsweredBy", "")
     mapped = ANSWERED_BY.get(answered_by)
     if mapped is None:
-        _outcome("amd", "bad_request")
+        count("amd", "bad_request")
         log.warning("AMD result with AnsweredBy %r", answered_by[:40], extra={"call_id": call_id})
         raise web.HTTPBadRequest(text="AnsweredBy is missing or not one of Twilio's values\n")
     if not call_id:
-        _outcome("amd", "ignored")
+        count("amd", "ignored")
         return web.Response(status=204)
     raw = form.get("MachineDetectionDuration", "")
     after_ms = int(raw) if raw.isdigit() and len(raw) < 8 else -1
@@ -300,5 +311,5 @@ async def amd(request: web.Request) -> web.Response:
     report = AmdReport(result, "twilio", after_ms, message_end, beep)
     log.info("Twilio AMD: %s after %s ms", answered_by, raw or "?", extra={"call_id": call_id})
     delivered = await request.app[SERVICES].call_service.report_amd(call_id, report)
-    _outcome("amd", answered_by if delivered else "no_call")
+    count("amd", answered_by if delivered else "no_call")
     return web.Response(status=204)

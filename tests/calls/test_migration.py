@@ -21,7 +21,7 @@ from aiohttp import WSMsgType, web
 
 from telephony_edge.calls import migration
 from telephony_edge.calls.bridge import CallOver
-from telephony_edge.calls.leg import Capabilities, LegEnded
+from telephony_edge.calls.leg import LegEnded
 from telephony_edge.calls.record import CallRecord, CallState, CallStatus
 from telephony_edge.calls.refusals import CallRejected
 from tests.conftest import AgentCoreServer, Edge, Receiver, TestLeg, edge_settings, wait_for
@@ -34,7 +34,7 @@ class MovableLeg(TestLeg):
     """A test leg whose network can take the call to another worker."""
 
     __test__ = False
-    capabilities = Capabilities(clear=True, hand_off=True)
+    resumable = True
     handed_off: bool = False
 
     async def hand_off(self) -> None:

@@ -102,7 +102,7 @@ async def test_the_keys_are_played_and_the_call_goes_on_over_the_new_stream(
 
     [document] = documents
     root = ElementTree.fromstring(document)
-    assert [child.tag for child in root] == ["Play", "Connect"]
+    assert [child.tag for child in root] == ["Play", "Connect", "Redirect"]
     assert root[0].attrib == {"digits": "1w2#"}
     stream = root.find("Connect/Stream")
     assert stream is not None and stream.get("url") == f"ws://127.0.0.1:{edge.port}/twilio/stream"

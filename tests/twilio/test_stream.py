@@ -8,12 +8,14 @@ import time
 import aiohttp
 from prometheus_client import REGISTRY
 
+from telephony_edge.calls.bridge import CallBridge
+from telephony_edge.calls.service import CallService
 from telephony_edge.twilio.simulator import (
     SimulatedCall,
     StreamInstruction,
     encode_payloads,
 )
-from tests.conftest import read_wav
+from tests.conftest import read_wav, wait_for
 from tests.twilio.harness import TwilioEdge, pcm16_to_ulaw8k
 
 
@@ -153,21 +155,33 @@ async def test_malformed_messages_neither_end_the_call_nor_touch_others(
     assert gaps >= 50
 
 
-async def test_a_stream_gone_silent_is_closed_and_the_call_ends_in_error(
+async def test_a_stream_gone_silent_is_closed_and_the_call_goes_on_through_twilio(
     twilio_edge: TwilioEdge, session: aiohttp.ClientSession
 ) -> None:
+    """A silent stream is a broken one: the edge closes it (1001), Twilio goes on to the
+    resume <Redirect>, and the call goes on over a new stream (here, on the same worker)."""
     twilio_edge.twilio.idle_timeout_s = 0.3
     call = twilio_edge.call(session)
     stream = await _answer(call)
+    call_id = stream.parameters["call_id"]
     await call.open_stream(stream)  # then nothing: no media, no stop
-    assert await call.wait_closed(3)
-    assert (await call.finish()).close_code == 1001
+    await wait_for(lambda: call.result.streams == 2, 5)
+    assert call.result.close_code == 1001  # the silent one's
+    [resume] = call.result.resumes
+    assert resume.hops == 1 and resume.streamed_at_s is not None
+    talking = asyncio.create_task(call.stream_until_quiet(until=lambda r: False, max_s=30))
     service = twilio_edge.services.call_service
-    for _ in range(100):
-        record = await service.get(stream.parameters["call_id"])
-        if record is not None and record.call_status is not None:
-            break
-        await asyncio.sleep(0.02)
-    assert record is not None and record.call_status is not None
-    assert record.call_status.value == "error"
-    assert "no message from Twilio" in (record.error_message or "")
+    await wait_for(lambda: _migrations(service, call_id), 5)
+    talking.cancel()
+    await call.stop()
+    record = await service.get(call_id)
+    assert record is not None
+    [move] = record.migrations
+    assert move["cause"] == "network" and move["from_worker"] == move["to_worker"]
+    await wait_for(lambda: record.call_status is not None, 5)
+    assert record.call_status.value == "user-ended"
+
+
+def _migrations(service: CallService, call_id: str) -> bool:
+    live = service.manager.get(call_id)
+    return isinstance(live, CallBridge) and bool(live.record.migrations)
