@@ -28,6 +28,7 @@ import pytest
 from aiohttp import WSMsgType, web
 from aiortc import RTCSessionDescription
 
+from telephony_edge.calls.record import CallState
 from telephony_edge.config import load_settings
 from tests.calls.test_migration import TalkingCore
 from tests.conftest import (
@@ -96,10 +97,11 @@ async def fixture_workers(
 
 
 async def post_offer(
-    http: aiohttp.ClientSession, worker: ServeProcess, body: dict[str, Any]
+    http: aiohttp.ClientSession, worker: ServeProcess | Edge, body: dict[str, Any]
 ) -> tuple[int, dict[str, Any]]:
+    base = worker.base_url if isinstance(worker, ServeProcess) else worker.url("")
     async with http.post(
-        worker.base_url + "/webrtc/offer",
+        base.rstrip("/") + "/webrtc/offer",
         json=body,
         headers={"Authorization": f"Bearer {API_KEY}"},
     ) as resp:
@@ -262,3 +264,57 @@ async def test_an_agent_hang_up_is_told_to_the_page_and_never_resumed(
     finally:
         await client.close()
         await core.server.close()
+
+
+async def test_two_re_offers_with_one_token_one_wins_and_the_old_worker_lets_go(
+    make_edge: Callable[..., Any], redis_server: Any, core: TalkingCore, receiver: Receiver
+) -> None:
+    """Both workers alive (the caller's path failed, not the worker): the caller's token sent
+    to both at once wins on exactly one; the first worker's call, fenced, ends without a
+    webhook of its own when its old connection closes, and the call goes on."""
+    prefix = f"te-wrs-{uuid.uuid4().hex[:12]}:"
+    a, b = [
+        await make_edge(
+            load_settings(
+                None, **worker_config(name, redis_server.url, prefix, core.url, receiver.url)
+            )
+        )
+        for name in ("a", "b")
+    ]
+    first = Client(events=True)
+    offers = [Client(events=True), Client(events=True)]
+    try:
+        async with aiohttp.ClientSession() as http:
+            status, answer = await post_offer(
+                http, a, {"agent_id": "echo", "offer": await first.offer()}
+            )
+            assert status == 200, answer
+            await connect(first, answer)
+            await wait_for(lambda: len(first.messages) >= 2, within=10)
+            await asyncio.sleep(0.6)  # the live state's batched write
+            resume = {"call_id": answer["call_id"], "token": answer["resume_token"]}
+            bodies = [
+                {"agent_id": "echo", "offer": await client.offer(), "resume": resume}
+                for client in offers
+            ]
+            results = await asyncio.gather(
+                post_offer(http, a, bodies[0]), post_offer(http, b, bodies[1])
+            )
+            assert sorted(status for status, _ in results) == [200, 403], results
+            winner = next(i for i, (status, _) in enumerate(results) if status == 200)
+            await connect(offers[winner], results[winner][1])
+            print(f"the re-offer to worker {'ab'[winner]} won")
+            await first.close()  # the old connection goes: the old bridge lets go
+            old = a.services.calls.get(answer["call_id"]) if winner == 1 else None
+            await wait_for(lambda: old is None or old.state is CallState.ENDED, within=10)
+            await asyncio.sleep(1.0)
+            assert receiver.received == []  # the call is not over: it runs on the winner
+            offers[winner].events.send(json.dumps({"type": "end"}))
+            await wait_for(lambda: receiver.received, within=10)
+    finally:
+        for client in (first, *offers):
+            await client.close()
+    await asyncio.sleep(1.0)
+    [payload] = receiver.received
+    assert payload["call_status"] == "user-ended", payload
+    assert len(payload["migrations"]) == 1, payload["migrations"]
