@@ -458,4 +458,9 @@ def test_decode_errors_say_what_is_wrong(text: str | bytes, error: str) -> None:
 
 def test_method_sets_cover_the_protocol() -> None:
     assert {"initiate", "ping", "dtmf", "playback", "error", "amd_result"} == m.EDGE_TO_CORE
-    assert len(m.CORE_TO_EDGE) == 12 and not m.CORE_TO_EDGE & m.EDGE_TO_CORE
+    assert {
+        "onready", "ontranscript", "onresponsetext", "function_call", "ai_action", "clear",
+        "pause", "unpause", "start_answering", "transfer_call", "end_call", "onsessionended",
+        "send_dtmf",  # the agent presses keys (issue 23)
+    } == m.CORE_TO_EDGE  # fmt: skip
+    assert not m.CORE_TO_EDGE & m.EDGE_TO_CORE
