@@ -221,23 +221,29 @@
     const lost = heard.at || performance.now();
     setState("reconnecting", "Reconnecting…");
     console.info("telephony-edge widget: re-offering (" + why + ")");
-    const old = pc; pc = null; events = null; old.close();
-    for (let attempt = 0; attempt < RESUME_TRIES && mic; attempt++) {
-      try {
-        const body = await connect(resume);
-        if (!body) return;
-        stats.resumes += 1;
-        waitLive(lost);
-        moving = false;
-        return;
-      } catch (err) {
-        if (pc) { const p = pc; pc = null; p.close(); }
-        if (err && (err.status === 403 || err.status === 404 || err.status === 409)) break;
-        await new Promise((r) => setTimeout(r, RESUME_BACKOFF_MS * (attempt + 1)));
+    // the old connection closes only once the call is back: a worker that is still alive
+    // (the path failed, not the worker) would take its close for the caller hanging up
+    const old = pc; pc = null; events = null;
+    try {
+      for (let attempt = 0; attempt < RESUME_TRIES && mic; attempt++) {
+        try {
+          const body = await connect(resume);
+          if (!body) return;
+          stats.resumes += 1;
+          waitLive(lost);
+          moving = false;
+          return;
+        } catch (err) {
+          if (pc) { const p = pc; pc = null; p.close(); }
+          if (err && (err.status === 403 || err.status === 404 || err.status === 409)) break;
+          await new Promise((r) => setTimeout(r, RESUME_BACKOFF_MS * (attempt + 1)));
+        }
       }
+      moving = false;
+      if (mic) end("The call ended (the edge could not resume it)");
+    } finally {
+      old.close();
     }
-    moving = false;
-    if (mic) end("The call ended (the edge could not resume it)");
   }
 
   // The caller-side gap: from the last audio heard to the first of the new connection.
