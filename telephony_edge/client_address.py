@@ -46,7 +46,8 @@ from dataclasses import dataclass
 
 from aiohttp import hdrs, web
 
-from telephony_edge.config import ClientAddressHeader, ServerSettings
+from telephony_edge.config import ServerSettings
+from telephony_edge.config_values import ClientAddressHeader
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

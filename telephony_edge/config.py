@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
-import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -24,7 +23,6 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -41,102 +39,15 @@ from pydantic_settings import (
 from pydantic_settings.exceptions import SettingsError
 
 from telephony_edge.amd.policy import Voicemail
-from telephony_edge.coord.redis_url import check_redis_url
-
-_E164 = re.compile(r"^\+[1-9]\d{1,14}$")
-_FORMATTING = re.compile(r"[\s().\-/]")
-
-
-def normalize_e164(number: str) -> str:
-    """Return a number people wrote (configuration, API) as E.164, or raise ValueError.
-
-    It must carry its country code: ``+`` (or the ``00`` international
-    prefix) and the digits; spaces, dashes, dots, slashes and brackets are
-    fine. Without a country code it is an error, not a guess: ``(415)
-    555-0100`` is not ``+4155550100``, and a mistake here routes calls to
-    the wrong country.
-    """
-    if "(0)" in number.replace(" ", ""):
-        raise ValueError(f"{number!r}: leave out the (0), dialled only within the country")
-    digits = _FORMATTING.sub("", number.strip())
-    if digits.startswith("00"):
-        digits = "+" + digits[2:]
-    elif digits.isdigit():
-        raise ValueError(
-            f"{number!r} has no country code: write it with + and the country code, "
-            "e.g. +1 415 555 0100"
-        )
-    if not _E164.match(digits):
-        raise ValueError(f"{number!r} is not an E.164 phone number (+ and 2-15 digits)")
-    return digits
-
-
-def normalize_network_number(number: str) -> str:
-    """Return a number a *network* sent as E.164, or raise ValueError.
-
-    Lenient where :func:`normalize_e164` is strict: some trunks send the
-    international digits without the ``+`` (e.g. ``14155550100`` in a SIP
-    Request-URI), so bare digits count as if ``+`` were there. Only for
-    numbers networks send, to route a call (``NumberRouter.lookup``); never
-    for what people write.
-    """
-    digits = _FORMATTING.sub("", number.strip())
-    if digits.isdigit() and not digits.startswith("0"):
-        return normalize_e164("+" + digits)
-    return normalize_e164(number)
-
-
-def _http_url(value: str) -> str:
-    return _check_url(value, ("http", "https"))
-
-
-def _ws_url(value: str) -> str:
-    return _check_url(value, ("ws", "wss"))
-
-
-def _check_url(value: str, schemes: tuple[str, ...]) -> str:
-    from yarl import URL
-
-    try:
-        url = URL(value)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{value!r} is not a URL: {exc}") from None
-    if url.scheme not in schemes or not url.host:
-        raise ValueError(f"{value!r} is not an absolute {'/'.join(schemes)} URL")
-    host = url.raw_host or ""
-    if len(host) > 253 or any(len(label) > 63 for label in host.split(".")):
-        raise ValueError(f"{value!r}: a host name label is longer than 63 (RFC 1035)")
-    return value.rstrip("/")
-
-
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
-
-
-def _check_headers(headers: dict[str, str]) -> dict[str, str]:
-    """Headers a request can carry: a value with CR, LF or NUL would never be sent."""
-    for name, value in headers.items():
-        if not _HEADER_NAME.fullmatch(name):
-            raise ValueError(f"header name {name!r} is not an HTTP token")
-        if any(c in value for c in "\r\n\0"):
-            raise ValueError(f"header {name}: its value holds CR, LF or NUL")
-    return headers
-
-
-HttpUrl = Annotated[str, AfterValidator(_http_url)]
-WsUrl = Annotated[str, AfterValidator(_ws_url)]
-PhoneNumber = Annotated[str, AfterValidator(normalize_e164)]
-RedisUrl = Annotated[str, AfterValidator(check_redis_url)]
-
-
-def _network(value: str) -> str:
-    try:
-        return str(ipaddress.ip_network(value, strict=False))
-    except ValueError:
-        raise ValueError(f"{value!r} is not an IP address or CIDR network") from None
-
-
-Network = Annotated[str, AfterValidator(_network)]
-ClientAddressHeader = Literal["x-forwarded-for", "forwarded"]
+from telephony_edge.config_values import (
+    ClientAddressHeader,
+    Headers,
+    HttpUrl,
+    Network,
+    PhoneNumber,
+    RedisUrl,
+    WsUrl,
+)
 
 
 class _Model(BaseModel):
@@ -148,7 +59,7 @@ class WebhookSpec(_Model):
 
     url: HttpUrl
     method: Literal["GET", "POST"] | None = None
-    headers: Annotated[dict[str, str], AfterValidator(_check_headers)] = Field(default_factory=dict)
+    headers: Headers = Field(default_factory=dict)
     timeout: float = Field(default=3.0, gt=0, le=30)
 
 
@@ -431,7 +342,7 @@ class TracingSettings(_Model):
     endpoint: HttpUrl | None = None
     """The OTLP/HTTP traces URL (``http://collector:4318/v1/traces``). None: the exporter's
     ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT``, else localhost."""
-    headers: Annotated[dict[str, str], AfterValidator(_check_headers)] = Field(default_factory=dict)
+    headers: Headers = Field(default_factory=dict)
     """Headers on each export (a vendor's API key: from the environment)."""
     service_name: str = Field(default="telephony-edge", min_length=1, max_length=128)
     sample_ratio: float = Field(default=1.0, ge=0, le=1)

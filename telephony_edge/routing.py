@@ -6,7 +6,8 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from telephony_edge.config import Region, Settings, normalize_e164, normalize_network_number
+from telephony_edge.config import Region, Settings
+from telephony_edge.config_values import normalize_e164, normalize_network_number
 
 
 @dataclass(frozen=True, slots=True)

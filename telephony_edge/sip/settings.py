@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from telephony_edge.config import ProviderSettings, Settings, normalize_e164
+from telephony_edge.config import ProviderSettings, Settings
+from telephony_edge.config_values import normalize_e164
 from telephony_edge.sip.family import Family, family_of
 from telephony_edge.sip.resolve import nameserver_address
 from telephony_edge.sip.settings_outbound import SipAccountSettings, SipOutboundSettings

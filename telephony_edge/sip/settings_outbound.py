@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from telephony_edge.config import normalize_e164
+from telephony_edge.config_values import normalize_e164
 from telephony_edge.sip.message import SipUri
 from telephony_edge.sip.uac import hop_transport
 

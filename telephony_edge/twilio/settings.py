@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from telephony_edge.config import HttpUrl, ProviderSettings, Settings
+from telephony_edge.config import ProviderSettings, Settings
+from telephony_edge.config_values import HttpUrl
 
 
 class TwilioSettings(ProviderSettings):

@@ -21,7 +21,7 @@ from telephony_edge import badinput, metrics
 from telephony_edge.calls.machine import AmdReport
 from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.calls.refusals import CallRejected, KnownCallConflict, WorkerFull
-from telephony_edge.config import normalize_e164
+from telephony_edge.config_values import normalize_e164
 from telephony_edge.coord.health import CoordinatorUnavailable
 from telephony_edge.services import SERVICES, Services
 from telephony_edge.twilio import twiml

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from telephony_edge.config import HttpUrl, ProviderSettings, Settings
+from telephony_edge.config import ProviderSettings, Settings
+from telephony_edge.config_values import HttpUrl
 
 
 class VonageSettings(ProviderSettings):
