@@ -175,6 +175,10 @@ class Dialer:
             if outcome is not None:
                 leg.set_media(outcome)
             self.endpoint.legs[ref] = leg
+            call = self.endpoint.ua.calls().get(ref) if self.endpoint.ua else None
+            if call is not None:  # its callee's requests come through the proxy in front
+                resumer = self.endpoint.resumer
+                await resumer.claim(ref, dialling.sip_call_id, call.transport, record.generation)
             leg.hear()
             if dialling.ended is not None:
                 leg.ended("BYE")
@@ -232,6 +236,7 @@ class Dialer:
             rtp_timeout_s=settings.rtp_timeout_s,
             jitter_max_ms=settings.jitter_max_ms,
             pacer=self.endpoint.services.call_service.pacer,
+            resumable=self.endpoint.resumer.enabled,
         )
 
     def _free(self, dialling: _Dialling) -> None:

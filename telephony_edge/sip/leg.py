@@ -159,6 +159,12 @@ class CallControl(Protocol):
     def info(self, ref: str, content_type: str, body: bytes) -> bool:
         """Send INFO in the call's dialog; False when its dialog is not up."""
 
+    def dialog_state(self, ref: str) -> dict[str, Any]:
+        """The call's dialog and media for its live state (sip/dialog_state.py); {} if none."""
+
+    async def hand_off(self, ref: str) -> None:
+        """The call goes on on another worker: forget its dialog without a BYE."""
+
 
 class SipLeg(Leg):
     """One SIP call's RTP media; see the module docstring."""
@@ -183,8 +189,11 @@ class SipLeg(Leg):
         pacer: Pacer,
         hearing: bool = True,
         jitter_max_ms: int = 200,
+        resumable: bool = False,
     ) -> None:
         self.info = info
+        self.resumable = resumable  # sip.dialog_proxy: another worker can take the dialog
+        self._handed_off = False
         self.ref = ref
         self.port = port
         self._rtp = rtp
@@ -631,12 +640,24 @@ class SipLeg(Leg):
         transferred); raises ProviderError when the trunk refused or the target failed."""
         await self._control.transfer(self.ref, destination)
 
+    async def hand_off(self) -> None:
+        """Another worker carries the call on (it took it over, or takes it from a drain):
+        the dialog is let go without a BYE, and no more RTP leaves here."""
+        self._handed_off = True
+        self.ended("moved")
+        await self._control.hand_off(self.ref)
+
+    def network_state(self) -> dict[str, Any]:
+        """The dialog and its media (:class:`~telephony_edge.sip.dialog_state.DialogSnapshot`)."""
+        return self._control.dialog_state(self.ref)
+
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self.ended("closed")
-        self._control.hangup(self.ref)  # still up after a failure: the caller is released
+        if not self._handed_off:  # still up after a failure: the caller is released
+            self._control.hangup(self.ref)
         self._media_task.cancel()
         self._pacer.unsubscribe(self)
         await asyncio.gather(self._media_task, return_exceptions=True)

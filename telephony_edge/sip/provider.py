@@ -55,6 +55,7 @@ class SipProvider(Provider):
         "canceled": (CallStatus.API_ENDED, None),
     }
     dials_sip_uris = True
+    resumable = True  # with sip.dialog_proxy: the edge re-INVITEs (sip/resumer.py)
     _endpoint_of: SipEndpoint | None = None
 
     def mount(self, app: web.Application) -> None:
@@ -98,6 +99,11 @@ class SipProvider(Provider):
         """A call still ringing: CANCEL if it rings here; a call ringing on another worker
         is CANCELled there when its record ends (the call service ends it now)."""
         self.endpoint.dialer.cancel(record.call_id)
+
+    async def resume(self, call_id: str, generation: int | None) -> bool:
+        """Take a live SIP call over here: a re-INVITE with this worker's media through the
+        proxy in front (sip/resumer.py); False without ``sip.dialog_proxy``."""
+        return await self.endpoint.resumer.resume(call_id, generation)
 
     async def status_tables(self) -> dict[str, list[dict[str, Any]]]:
         accounts = await self.endpoint.accounts.status()

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from telephony_edge.config import ProviderSettings, Settings
 from telephony_edge.config_values import normalize_e164
 from telephony_edge.sip.family import Family, family_of
+from telephony_edge.sip.message import SipUri
 from telephony_edge.sip.resolve import nameserver_address
 from telephony_edge.sip.settings_outbound import SipAccountSettings, SipOutboundSettings
 from telephony_edge.sip.trunks import Trunk
@@ -154,6 +155,14 @@ class SipSettings(ProviderSettings):
     one): set this when it is deliberate (an SBC, or Kamailio with rtpengine, in front of
     the edge; a LAN). Loopback (``127.0.0.1``, ``::1``) is this machine, not refused."""
     advertised_port: int | None = Field(default=None, ge=1, le=65535)
+    dialog_proxy: str | None = Field(default=None, max_length=256)
+    """The SIP URI of the proxy in front of the workers (Kamailio) that the edge's Contact
+    names in every call instead of this worker (``sip:sip.example.com:5060``): the peer's
+    requests in a call reach the proxy, which sends them on to the worker that carries the
+    call now (the route each worker keeps in Redis, ``<prefix>route:sip:<Call-ID>``; see
+    ``sip/examples/kamailio-resume.cfg``). With it a live call survives its worker: another
+    worker takes it over and re-INVITEs the caller with its own media (docs/architecture.md,
+    SIP, "Calls that outlive their worker"). Needs Redis as the coordinator."""
     rtp_port_min: int = Field(default=20000, ge=1024, le=65534)
     rtp_port_max: int = Field(default=20999, ge=1025, le=65535)
     codecs: tuple[str, ...] = SUPPORTED_CODECS
@@ -301,6 +310,19 @@ class SipSettings(ProviderSettings):
             if not name.lower().startswith("x-") or not name.replace("-", "").isalnum():
                 raise ValueError(f"{name!r}: only X- headers go into the metadata")
         return names
+
+    @field_validator("dialog_proxy")
+    @classmethod
+    def _proxy_uri(cls, uri: str | None) -> str | None:
+        if uri is None:
+            return None
+        try:
+            parsed = SipUri.parse(uri)
+        except ValueError:
+            raise ValueError(f"{uri!r} is not a SIP URI") from None
+        if parsed.scheme not in ("sip", "sips") or not parsed.host:
+            raise ValueError(f"{uri!r}: a sip: or sips: URI with the proxy's host")
+        return uri
 
     @field_validator("dns_servers")
     @classmethod

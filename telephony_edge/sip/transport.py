@@ -61,6 +61,7 @@ from telephony_edge.sip.message import SipUri, format_hostport
 from telephony_edge.sip.outbound import Outbound
 from telephony_edge.sip.ratelimit import RequestGate
 from telephony_edge.sip.resolve import SipResolver, Unresolvable, target_of
+from telephony_edge.sip.resumer import Resumer
 from telephony_edge.sip.rtp_socket import RtpPorts, RtpProtocol
 from telephony_edge.sip.sdp import MediaConfig
 from telephony_edge.sip.sendto import send_datagram
@@ -141,6 +142,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._stream_calls: dict[str, tuple[tuple[str, int], tuple[str, int]]] = {}
         self.dialer = Dialer(self)  # the edge's outbound calls
         self.accounts = Accounts(self)  # the accounts it registers (sip.accounts)
+        self.resumer = Resumer(self)  # calls that outlive their worker (sip.dialog_proxy)
 
     # -- life ---------------------------------------------------------------------------
 
@@ -175,6 +177,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             nat_keepalive=settings.nat_keepalive_s or None,
             srtp=settings.srtp,
             srtp_over_plain=settings.srtp_over_plain,
+            dialog_contact=settings.dialog_proxy,
             tls_port=(settings.advertised_tls_port or self.tls_port) if settings.tls else None,
         )
         self.ua = UserAgent(config, admission=self._admission(host))
@@ -553,6 +556,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
             leg.ended("BYE")
         elif ended.reason == "unreachable":
             leg.ended("unreachable", "the next hop of the call's dialog does not resolve")
+        elif ended.reason == "resume_failed":
+            why = f"the peer answered {ended.status} to the re-INVITE moving the call here"
+            leg.ended("resume-failed", why)
         elif ended.reason == "refer_refused":
             leg.ended("refer-refused", "the trunk refused the REFER; the edge hung up")
         elif ended.reason == "session_expired":
@@ -672,8 +678,13 @@ class SipEndpoint(asyncio.DatagramProtocol):
             self._apply(ua.ringing(ref, self._now()))
         if self.settings.ring_s > 0:
             await asyncio.sleep(self.settings.ring_s)
+        ringing = ua.calls().get(ref)
+        if ringing is not None:  # the proxy in front sends the ACK here (before the 200)
+            sip_call_id = start.request.call_id()
+            await self.resumer.claim(ref, sip_call_id, ringing.transport, record.generation)
         call = ua.calls().get(ref)
         if call is None:  # CANCEL (or a timeout) while we looked it up or rang
+            self.resumer.release(ref)
             if leg is not None:
                 await leg.close()  # its port goes back through release()
             else:
@@ -732,6 +743,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             jitter_max_ms=self.settings.jitter_max_ms,
             pacer=self.services.call_service.pacer,
             hearing=not early,
+            resumable=self.resumer.enabled,
         )
 
     # -- CallControl (from the legs) ---------------------------------------------------
@@ -766,7 +778,16 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._apply(actions)
         return bool(actions)
 
+    def dialog_state(self, ref: str) -> dict[str, Any]:
+        call_id = self._call_ids.get(ref)
+        found = None if self.ua is None or call_id is None else self.ua.dialog_state(ref, call_id)
+        return {} if found is None else found.to_dict()
+
+    async def hand_off(self, ref: str) -> None:
+        await self.resumer.let_go(ref)
+
     def release(self, ref: str) -> None:
+        self.resumer.release(ref)
         call_id = self._call_ids.pop(ref, None)
         if call_id is not None:  # its BYE may still fail to resolve: name the call then
             self._released[ref] = call_id

@@ -76,6 +76,7 @@ class UaConfig:
     tls_port: int | None = None  # advertised SIP-over-TLS port (None: no TLS listener)
     srtp: Policy = "optional"  # calls without a trunk's own policy (sip/sdes.py)
     srtp_over_plain: bool = False  # SDES keys taken over UDP/TCP too (in the clear)
+    dialog_contact: str | None = None  # the proxy in front (sip.dialog_proxy): our Contact
 
     def host_for(self, family: Family) -> str:
         """Our advertised address to a peer of ``family``: ``host6`` to an IPv6 one on a
@@ -90,7 +91,10 @@ class UaConfig:
 
     def contact(self, transport: str, secure: bool, family: Family = 4) -> str:
         """Our Contact in a dialog over ``transport``: ``sips:`` for a SIPS dialog (RFC 3261
-        §12.1.1), ``;transport=tls`` for a ``sip:`` one over TLS (as pjsip and Kamailio)."""
+        §12.1.1), ``;transport=tls`` for a ``sip:`` one over TLS (as pjsip and Kamailio);
+        the proxy in front when there is one (``dialog_contact``: it finds the call's worker)."""
+        if self.dialog_contact is not None:
+            return f"<{self.dialog_contact}>"
         sent_by = self.sent_by_for(transport, family)
         if secure:
             return f"<sips:{sent_by}>"

@@ -97,11 +97,15 @@ def write_config(
     (folder / "accounts").write_text(account + "\n")
 
 
-def microphone(folder: Path, trailing_silence_s: float) -> Path:
-    """The speech fixture at 8 kHz, then silence (baresip hangs up when its source ends)."""
+def microphone(folder: Path, trailing_silence_s: float, again_after_s: float | None = None) -> Path:
+    """The speech fixture at 8 kHz, then silence (baresip hangs up when its source ends);
+    with ``again_after_s``, the speech again after that much silence (a caller who goes on)."""
     with wave.open(str(FIXTURES / "speech_table.wav")) as wav:
         pcm16k = wav.readframes(wav.getnframes())
-    pcm, _ = audioop.ratecv(pcm16k, 2, 1, 16000, 8000, None)
+    speech, _ = audioop.ratecv(pcm16k, 2, 1, 16000, 8000, None)
+    pcm = speech
+    if again_after_s is not None:
+        pcm += bytes(int(16000 * again_after_s)) + speech
     pcm += bytes(int(16000 * trailing_silence_s))
     path = folder / "microphone.wav"
     with wave.open(str(path), "wb") as out:
@@ -128,13 +132,14 @@ async def dial(
     seconds: int = 8,
     mediaenc: str | None = None,
     host: str = "127.0.0.1",
+    again_after_s: float | None = None,
 ) -> BaresipCall:
     """Dial ``uri`` over ``transport`` (udp, tcp or tls) from ``host``; return after
-    baresip quits.
+    baresip quits (``again_after_s``: the caller speaks again, :func:`microphone`).
 
     ``folder`` must exist (baresip's config and dumps go there).
     """
-    mic = microphone(folder, trailing_silence_s=seconds)
+    mic = microphone(folder, seconds, again_after_s)
     write_config(folder, mic, transport, mediaenc, host)
     process = await asyncio.create_subprocess_exec(
         baresip_binary(), *(["-6"] if ":" in host else []),

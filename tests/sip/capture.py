@@ -19,6 +19,7 @@ class Datagram:
     source: tuple[str, int]
     dest: tuple[str, int]
     payload: bytes
+    at: float = 0.0  # when it was captured (Unix time)
 
 
 class Capture:
@@ -32,7 +33,8 @@ class Capture:
     async def __aenter__(self) -> Capture:
         binary = require_binary("tcpdump", "apt-get install -y tcpdump")
         self._process = await asyncio.create_subprocess_exec(
-            binary, "-i", "lo", "-U", "-n", "-w", str(self.path), self.filter,
+            # packets written as they come (not in the kernel's batches): readable mid-call
+            binary, "-i", "lo", "-U", "--immediate-mode", "-n", "-w", str(self.path), self.filter,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         assert self._process.stderr is not None
@@ -54,7 +56,9 @@ class Capture:
         assert magic == 0xA1B2C3D4 and link == ETHERNET, (hex(magic), link)
         out, at = [], 24
         while at + 16 <= len(data):
-            _, _, length, _ = struct.unpack("<IIII", data[at : at + 16])
+            seconds, micros, length, _ = struct.unpack("<IIII", data[at : at + 16])
+            if at + 16 + length > len(data):
+                break  # a record still being written (read while the capture runs)
             frame = data[at + 16 : at + 16 + length]
             at += 16 + length
             if len(frame) < 42 or frame[12:14] != b"\x08\x00" or frame[23] != 17:
@@ -63,7 +67,8 @@ class Capture:
             ip, udp = frame[14:], frame[14 + ihl :]
             sport, dport, size = struct.unpack("!HHH", udp[:6])
             src, dst = ".".join(map(str, ip[12:16])), ".".join(map(str, ip[16:20]))
-            out.append(Datagram((src, sport), (dst, dport), bytes(udp[8:size])))
+            payload = bytes(udp[8:size])
+            out.append(Datagram((src, sport), (dst, dport), payload, seconds + micros / 1e6))
         return out
 
 

@@ -94,6 +94,23 @@ async def start_proxy(directory: Path, edge_port: int, name: str) -> Proxy:
     return proxy
 
 
+async def start_config(directory: Path, config: Path, port: int, **defines: str) -> Proxy:
+    """Kamailio on 127.0.0.1:``port`` running ``config`` as shipped, its ``#!define`` values
+    given on the command line (``-A NAME=VALUE``, a string value in double quotes)."""
+    binary = require_binary("kamailio", "apt-get install -y kamailio")
+    args = [arg for name, value in defines.items() for arg in ("-A", f"{name}={value}")]
+    log = directory / "kamailio.log"
+    with log.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            binary, "-f", str(config), "-DD", "-E", "-m", "32", "-M", "4",
+            "-Y", str(directory), "-w", str(directory), *args,
+            stdout=out, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+    proxy = Proxy(process, port, log)
+    await _answers_options(proxy)
+    return proxy
+
+
 async def _answers_options(proxy: Proxy, within: float = 10.0) -> None:
     probe = (
         f"OPTIONS sip:ping@127.0.0.1:{proxy.port} SIP/2.0\r\n"

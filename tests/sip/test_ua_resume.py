@@ -7,10 +7,12 @@ import itertools
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from telephony_edge.sip.dialog_state import DialogSnapshot
 from telephony_edge.sip.message import Request, build_response, parse_message
 from telephony_edge.sip.sdp import MediaConfig, parse_sdp
+from telephony_edge.sip.settings import SipSettings
 from telephony_edge.sip.ua import UserAgent
 from telephony_edge.sip.ua_records import (
     Action,
@@ -37,9 +39,9 @@ ANSWER = (
 )
 
 
-def make_ua(host: str, prefix: str) -> UserAgent:
+def make_ua(host: str, prefix: str, proxy: str | None = None) -> UserAgent:
     ids = itertools.count(1)
-    config = UaConfig(host=host, media=MediaConfig(address=host))
+    config = UaConfig(host=host, media=MediaConfig(address=host), dialog_contact=proxy)
     return UserAgent(config, new_id=lambda: f"{prefix}{next(ids)}")
 
 
@@ -53,9 +55,9 @@ def request_of(send: Send) -> Request:
     return message
 
 
-def answered_call() -> tuple[UserAgent, str, DialogSnapshot]:
+def answered_call(proxy: str | None = None) -> tuple[UserAgent, str, DialogSnapshot]:
     """Worker A answered a Twilio call and it was acknowledged: its snapshot."""
-    a = make_ua("10.0.0.1", "a")
+    a = make_ua("10.0.0.1", "a", proxy)
     (start,) = [x for x in a.receive(wire.twilio_invite(), TRUNK, 0.0) if isinstance(x, StartCall)]
     ref = start.call
     a.answer(ref, 40000, 0.1)
@@ -109,6 +111,22 @@ def test_the_snapshot_holds_the_dialog_media_and_session() -> None:
     assert media.event_payload_type == 101
     assert snapshot.sdp_origin == "10.0.0.1"
     assert (snapshot.session_interval, snapshot.we_refresh) == (1800, True)
+
+
+def test_with_a_proxy_in_front_the_contact_names_the_proxy() -> None:
+    """sip.dialog_proxy: the peer's requests in the dialog go to the proxy, which finds the
+    worker that carries the call now; the new worker's re-INVITE keeps that Contact."""
+    _, _, snapshot = answered_call("sip:proxy.example.com:5060")
+    assert snapshot.local_contact == "<sip:proxy.example.com:5060>"
+    _, _, invite = resumed(snapshot)
+    assert invite.headers.get("Contact") == "<sip:proxy.example.com:5060>"
+    assert invite.top_via().host == "10.0.0.2"  # responses still come to the worker
+
+
+@pytest.mark.parametrize("uri", ["http://proxy.example.com", "proxy.example.com:5060", "sip:"])
+def test_a_dialog_proxy_must_be_a_sip_uri(uri: str) -> None:
+    with pytest.raises(ValidationError):
+        SipSettings(dialog_proxy=uri)
 
 
 def test_the_new_worker_re_invites_with_its_media_and_the_dialogs_cseq() -> None:
