@@ -93,7 +93,8 @@ async def join(args: argparse.Namespace) -> int:
     @events.on("message")
     def on_message(text: str) -> None:
         message = json.loads(text)
-        print(f"{message['type']}: {message['text']}", flush=True)
+        if "text" in message:  # captions; the edge's notices (hangup, move) have none
+            print(f"{message['type']}: {message['text']}", flush=True)
 
     await pc.setLocalDescription(await pc.createOffer())  # aiortc gathers before returning
     offer = {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}

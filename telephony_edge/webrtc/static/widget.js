@@ -97,8 +97,12 @@
   function caption(ev) {
     let msg = null;
     try { msg = JSON.parse(ev.data); } catch (e) { return; }
-    if (msg && msg.type === "hangup") { over = true; return; } // a normal end: never resume
-    if (msg && msg.type === "move") { reoffer("the worker moves the call"); return; }
+    if (msg && (msg.type === "hangup" || msg.type === "move")) {
+      if (ev.target !== events) return; // a connection the call has left (a worker let go)
+      if (msg.type === "hangup") over = true; // a normal end: never resume
+      else reoffer("the worker moves the call");
+      return;
+    }
     const who = { transcript: "You", response_text: "Agent" }[msg && msg.type];
     if (!who || typeof msg.text !== "string" || !msg.text) return;
     const last = stats.captions[stats.captions.length - 1];
