@@ -3,6 +3,7 @@ re-INVITE another sends from it, and what answers that re-INVITE; bytes and time
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 
@@ -147,6 +148,20 @@ def test_the_new_worker_re_invites_with_its_media_and_the_dialogs_cseq() -> None
     (audio,) = sdp.media
     assert audio.port == 41000 and sdp.connection == "10.0.0.2"
     assert audio.formats == ["0", "101"]  # the payload types agreed, and only those
+
+
+def test_an_srtp_call_is_offered_srtp_again_with_keys_of_the_new_worker() -> None:
+    """SDES keys are not in the live state: the new worker offers its own, in the profile
+    the call had."""
+    _, _, plain = answered_call()
+    media = dataclasses.replace(plain.media, srtp=True, profile="RTP/SAVP")
+    snapshot = dataclasses.replace(plain, media=media, srtp_keys_safe=True)
+    _, _, invite = resumed(snapshot)
+    (audio,) = parse_sdp(invite.body).media
+    assert audio.proto == "RTP/SAVP" and audio.attribute("crypto")
+    over_plain = dataclasses.replace(snapshot, srtp_keys_safe=False)  # keys would go in clear
+    _, _, invite = resumed(over_plain)
+    assert parse_sdp(invite.body).media[0].attribute("crypto") is None
 
 
 def test_a_200_is_acknowledged_and_its_answer_is_the_calls_media() -> None:
