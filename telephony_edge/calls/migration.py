@@ -52,7 +52,8 @@ from typing import Any, Protocol
 
 from telephony_edge import metrics
 from telephony_edge.agent.pool import AGENT_CORE_PREFIX
-from telephony_edge.calls.bridge import CallBridge, CallHooks, Conversation
+from telephony_edge.calls.bridge import CallBridge
+from telephony_edge.calls.bridge_hooks import CallHooks, Conversation
 from telephony_edge.calls.live_state import LiveSnapshot
 from telephony_edge.calls.manager import CallManager
 from telephony_edge.calls.record import CallRecord, CallState

@@ -28,7 +28,8 @@ from telephony_edge.agent.link import AgentLink
 from telephony_edge.agent.pool import PoolChoice
 from telephony_edge.amd.policy import Voicemail, voicemail_policy
 from telephony_edge.calls import admission, carrier_ids, migration
-from telephony_edge.calls.bridge import CallBridge, CallHooks, CallOver
+from telephony_edge.calls.bridge import CallBridge, CallOver
+from telephony_edge.calls.bridge_hooks import CallHooks
 from telephony_edge.calls.control import RemoteControl
 from telephony_edge.calls.dispatcher import RetryPolicy, WebhookDispatcher
 from telephony_edge.calls.leg import Leg

@@ -23,7 +23,7 @@ from telephony_edge import metrics
 from telephony_edge.agent.link import LinkTimeouts
 from telephony_edge.agent.pool import AgentCorePool
 from telephony_edge.calls import webhooks
-from telephony_edge.calls.bridge import BridgeLimits, Conversation
+from telephony_edge.calls.bridge_hooks import BridgeLimits, Conversation
 from telephony_edge.calls.dispatcher import WebhookDispatcher
 from telephony_edge.calls.live_state import TTL_MARGIN_S, LiveSnapshot, LiveStates
 from telephony_edge.calls.machine import ENDED_FROM

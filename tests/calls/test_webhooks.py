@@ -16,7 +16,7 @@ from aiohttp import web
 from yarl import URL
 
 from telephony_edge import metrics
-from telephony_edge.calls.bridge import Conversation
+from telephony_edge.calls.bridge_hooks import Conversation
 from telephony_edge.calls.dispatcher import RetryPolicy, WebhookDispatcher
 from telephony_edge.calls.prefetch import prefetch
 from telephony_edge.calls.record import CallRecord, CallState, CallStatus
