@@ -22,6 +22,7 @@
   const VOICED_RMS = 0.01; // about -40 dBFS
   const GATHER_TIMEOUT_MS = 10000;
   const STALL_MS = 1000; // no audio or no ICE this long: the worker is gone, re-offer
+  const RECONNECT_MS = 5000; // a re-offered connection with no audio this long: try again
   const WATCH_MS = 200;
   const RESUME_TRIES = 8; // re-offers before giving up (503 from a draining worker: the next)
   const RESUME_BACKOFF_MS = 250;
@@ -197,10 +198,11 @@
   }
 
   // The worker is gone when the edge's audio stops (it sends a frame every 20 ms) or ICE
-  // stays disconnected/failed, for STALL_MS.
+  // stays disconnected/failed, for STALL_MS (a re-offered connection: RECONNECT_MS to come).
   async function watchdog() {
     const conn = pc;
-    if (!conn || moving || stats.state !== "live") return;
+    if (!conn || moving || (stats.state !== "live" && stats.state !== "reconnecting")) return;
+    const limit = stats.state === "live" ? STALL_MS : RECONNECT_MS;
     const now = performance.now();
     let packets = 0;
     try {
@@ -212,7 +214,7 @@
     if (packets !== heard.packets) heard = { packets, at: now };
     const ice = conn.connectionState;
     badSince = ice === "disconnected" || ice === "failed" ? badSince || now : 0;
-    if (now - heard.at >= STALL_MS || (badSince && now - badSince >= STALL_MS)) {
+    if (now - heard.at >= limit || (badSince && now - badSince >= limit)) {
       reoffer("no audio from the edge for " + Math.round(now - Math.min(heard.at, badSince || now)) + " ms");
     }
   }
