@@ -40,6 +40,7 @@ from tests.conftest import (
     stop_serve_process,
     wait_for,
 )
+from tests.coord import redis_servers
 from tests.webrtc.test_offer import API_KEY, LOOPBACK, LOOPBACK_NETWORKS, Client
 
 #: how long without a frame before the caller re-offers (the edge sends one every 20 ms)
@@ -318,3 +319,28 @@ async def test_two_re_offers_with_one_token_one_wins_and_the_old_worker_lets_go(
     [payload] = receiver.received
     assert payload["call_status"] == "user-ended", payload
     assert len(payload["migrations"]) == 1, payload["migrations"]
+
+
+async def test_a_re_offer_with_the_coordinator_away_is_told_to_try_again(
+    make_edge: Callable[..., Any], core: TalkingCore, receiver: Receiver
+) -> None:
+    """Redis gone between the call and its re-offer: 503 (try again), never a 500."""
+    with redis_servers.redis_server() as redis:
+        config = worker_config("a", redis.url, "te-wrs-away:", core.url, receiver.url)
+        edge: Edge = await make_edge(load_settings(None, **config))
+        first = Client(events=True)
+        try:
+            async with aiohttp.ClientSession() as http:
+                body = {"agent_id": "echo", "offer": await first.offer()}
+                status, answer = await post_offer(http, edge, body)
+                assert status == 200, answer
+                await connect(first, answer)
+                redis.kill()
+                again = Client()
+                resume = {"call_id": answer["call_id"], "token": answer["resume_token"]}
+                body = {"agent_id": "echo", "offer": await again.offer(), "resume": resume}
+                status, refused = await post_offer(http, edge, body)
+                await again.close()
+                assert status == 503, refused
+        finally:
+            await first.close()
