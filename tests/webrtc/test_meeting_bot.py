@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import audioop
+import signal
 import sys
+import uuid
 import wave
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Receiver, ServeProcess, wait_for
+from tests.conftest import (
+    Receiver,
+    ServeProcess,
+    start_serve_process,
+    stop_serve_process,
+    wait_for,
+)
 from tests.webrtc.test_offer import API_KEY
 from tests.webrtc.test_widget_browser import SPEECH, widget_config
 
@@ -52,3 +60,57 @@ async def test_the_meeting_bot_talks_with_the_agent_and_records_it(
     assert "caller spoke" in payload["chat"]
     assert payload["call_id"] in text
     edge.assert_healthy()
+
+
+async def test_the_meeting_bot_s_call_goes_on_when_its_worker_is_killed(
+    redis_server: Any, receiver: Receiver, tmp_path: Path
+) -> None:
+    """Given both workers' URLs, the bot re-offers to B with the call's resume token once A
+    is SIGKILLed, and the call goes on: one webhook, with the move (issue 24)."""
+    prefix = f"te-bot-{uuid.uuid4().hex[:12]}:"
+    workers = []
+    for name in ("a", "b"):
+        config = widget_config(receiver)
+        config.update(
+            server={"worker_id": f"worker-{name}"},
+            coordination={"redis_url": redis_server.url, "key_prefix": prefix},
+            calls={**config["calls"], "live_state_interval_s": 0.2},
+        )
+        workers.append(await asyncio.to_thread(start_serve_process, config, tmp_path / name))
+    a, b = workers
+    heard = tmp_path / "heard.wav"
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, str(EXAMPLE), "--edge", a.base_url, "--edge", b.base_url),
+        *("--key", API_KEY, "--agent-id", "demo", "--play", str(SPEECH)),
+        *("--record", str(heard), "--seconds", "8"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        assert proc.stdout is not None
+        first = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
+        assert first.startswith("call "), first
+        await asyncio.sleep(2.0)  # mid-call, the live state written
+        a.process.send_signal(signal.SIGKILL)
+        out = first + (await asyncio.wait_for(proc.stdout.read(), 30)).decode()
+        await proc.wait()
+        await wait_for(lambda: receiver.received, within=10)  # B sends it before it stops
+        await asyncio.sleep(1.0)  # a second webhook would come by now
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        for worker in workers:
+            await asyncio.to_thread(stop_serve_process, worker)
+    assert proc.returncode == 0, out
+    call_id = first.split()[1]
+    assert f"call {call_id} resumed" in out and "hung up" in out, out
+    [payload] = receiver.received
+    assert payload["call_id"] == call_id and payload["call_status"] == "user-ended", payload
+    [move] = payload["migrations"]
+    assert (move["from_worker"], move["to_worker"], move["cause"]) == (
+        "worker-a",
+        "worker-b",
+        "crash",
+    )
+    assert voiced_seconds(heard) > 1.0, out
