@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
@@ -142,7 +143,10 @@ class VonageMediaLeg(SocketLeg):
         from_number: str = "",
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         playout_lead_ms: int = PLAYOUT_LEAD_MS,
+        resumable: bool = False,
     ) -> None:
+        """``resumable``: the call's NCCO goes on to the edge's ``notify`` after this
+        socket (``telephony_edge.vonage.resume``), so another worker can carry it on."""
         super().__init__(
             ws,
             request,
@@ -156,6 +160,7 @@ class VonageMediaLeg(SocketLeg):
         )
         self._api = api
         self._from_number = from_number
+        self.resumable = resumable
 
     # -- caller → edge -----------------------------------------------------
 
@@ -209,16 +214,25 @@ class VonageMediaLeg(SocketLeg):
     # -- call control ------------------------------------------------------
 
     async def hangup(self) -> None:
-        """End the call through the Voice API when configured, then close the socket.
+        """End the call through the Voice API when configured; the socket closes after.
 
-        Closing the socket alone ends the ``connect`` (and the call, as no
-        NCCO action follows it), so the caller is released even if the API fails.
+        The bridge closes the socket once the call's end is written
+        (``calls.machine.TEARDOWN``): the ``connect`` ends, and the call reaches the
+        ``notify`` after it, which finds the call over and answers no NCCO, so Vonage
+        ends it. The caller is released even without the API or when it fails.
         """
-        try:
-            if self._api is not None and self.info.provider_call_id:
-                await self._api.hangup(self.info.provider_call_id)
-        finally:
-            await self.close()
+        if self._api is not None and self.info.provider_call_id:
+            await self._api.hangup(self.info.provider_call_id)
+
+    async def hand_off(self) -> None:
+        """A drain: close the socket; Vonage goes on to the ``notify`` any worker answers."""
+        if not self.resumable:
+            raise NotSupported("this call's NCCO does not come back to the edge")
+        await self.close()
+
+    def network_state(self) -> dict[str, Any]:
+        """The Vonage call's ``uuid``, which the socket that comes back must name."""
+        return {"uuid": self.info.provider_call_id}
 
     async def send_dtmf(self, request: DtmfRequest) -> None:
         """The Voice API plays the agent's keys into the call (its DTMF endpoint)."""

@@ -1,8 +1,9 @@
 """Vonage as a provider: NCCO answer webhook, event webhook, audio WebSocket, Voice API control.
 
 :meth:`VonageProvider.mount` adds the answer (GET and POST) and event
-webhooks and the audio WebSocket (whose handler builds the
-:class:`~telephony_edge.vonage.media.VonageMediaLeg`), and, when the
+webhooks, the audio WebSocket (whose handler builds the
+:class:`~telephony_edge.vonage.media.VonageMediaLeg`) and the ``notify`` that
+carries a live call on when its worker is lost (:mod:`.resume`), and, when the
 application's id and private key are configured, a start-up hook that
 creates the Voice API client for outbound calls, hang-up and transfer.
 """
@@ -17,10 +18,10 @@ from aiohttp import web
 
 from telephony_edge.calls.record import CallRecord, CallStatus
 from telephony_edge.provider import Provider
-from telephony_edge.vonage import webhook, ws
+from telephony_edge.vonage import resume, webhook, ws
 from telephony_edge.vonage.api import VoiceApi, VonageApiError
 from telephony_edge.vonage.context import CALL_ID_PARAM, VONAGE, VonageContext
-from telephony_edge.vonage.ncco import WS_PATH
+from telephony_edge.vonage.ncco import RESUME_PATH, WS_PATH
 from telephony_edge.vonage.settings import VonageSettings
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class VonageProvider(Provider):
     pending_websocket_paths = (WS_PATH,)
     call_paths = (ANSWER_PATH,)
     network_amd = True
+    resumable = True  # the notify after the socket: telephony_edge.vonage.resume
     _ctx: VonageContext | None = None
 
     def mount(self, app: web.Application) -> None:
@@ -56,6 +58,7 @@ class VonageProvider(Provider):
         app.router.add_get(ANSWER_PATH, webhook.answer)
         app.router.add_post(ANSWER_PATH, webhook.answer)
         app.router.add_post(EVENT_PATH, webhook.event)
+        app.router.add_get(RESUME_PATH, resume.resume)
         app.router.add_get(WS_PATH, ws.websocket)
 
     async def _api_client(self, app: web.Application) -> AsyncIterator[None]:

@@ -43,6 +43,7 @@ from typing import Any, Literal
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from telephony_edge.simulate import (
     DEFAULT_FROM,
@@ -60,6 +61,10 @@ CONTENT_TYPE = "audio/l16;rate=16000"
 # Vonage buffers at most 3072 messages, "around 60 seconds of audio" (its play-audio-into-a-
 # WebSocket tutorial): audio further ahead is dropped
 BUFFER_LIMIT_S = 3072 * 0.02
+# Vonage retries a request for an NCCO once after these (and a connection error or timeout)
+NCCO_RETRY_STATUSES = frozenset({429, 503, 504})
+# Vonage's event webhook timeouts: 1 s to connect, 10 s for the answer at most
+NOTIFY_TIMEOUT = aiohttp.ClientTimeout(total=10.0, connect=1.0)
 
 __all__ = ["SimulatedVonageCall", "VonageResult", "simulate_call"]
 
@@ -466,6 +471,12 @@ class SimulatedVonageCall:
         if event and not self.result.ncco_ended:  # else Vonage reported it as the NCCO ran out
             await self.post_event("completed", duration=str(round(self.result.duration_s)))
 
+    async def on_api_update(self, body: dict[str, Any]) -> None:
+        """The Voice API changed the call (a stand-in tells): ``hangup`` ends it, ``transfer``
+        replaces its NCCO; either way the current NCCO runs no further."""
+        if body.get("action") in ("hangup", "transfer"):
+            self._rest.clear()
+
     async def wait_closed(self, within_s: float) -> bool:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._closed.wait(), within_s)
@@ -508,29 +519,56 @@ class SimulatedVonageCall:
 
     async def _notify(self, action: dict[str, Any]) -> None:
         """``notify``: a signed request with the payload to the action's ``eventUrl``; an NCCO
-        in the answer replaces what is left of the current one (Vonage's notify action)."""
+        in the answer replaces what is left of the current one (Vonage's notify action).
+
+        ``eventMethod`` GET sends the fields as query parameters (as Vonage sends a GET
+        webhook), POST as a JSON body. As Vonage does for a request for an NCCO, it is
+        tried once more after a connection error or timeout, or a 429, 503 or 504.
+        """
         urls = action.get("eventUrl") or []
         if not isinstance(urls, list) or not urls:
             raise ValueError("notify without an eventUrl")
-        url = str(urls[0])
-        body = orjson.dumps(
-            {
-                "payload": action.get("payload") or {},
-                "uuid": self.uuid,
-                "conversation_uuid": self.conversation_uuid,
-                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
-            }
-        )
-        headers = self._auth(body, None, True)
-        headers["Content-Type"] = "application/json"
+        payload = action.get("payload") or {}
+        if not isinstance(payload, dict):
+            raise ValueError("notify payload is not an object")
+        fields: dict[str, Any] = {
+            "payload": payload,
+            "uuid": self.uuid,
+            "conversation_uuid": self.conversation_uuid,
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+        }
         method = str(action.get("eventMethod") or "POST").upper()
-        async with self.session.request(method, url, data=body, headers=headers) as resp:
-            text = await resp.text()
-            self.result.notified.append((url, resp.status))
-            if resp.status == 200 and text.strip():
+        for attempt in range(2):
+            try:
+                status, text = await self._notify_once(str(urls[0]), method, fields)
+            except (aiohttp.ClientConnectionError, TimeoutError):
+                if attempt:
+                    raise
+                continue
+            if status in NCCO_RETRY_STATUSES and not attempt:
+                continue
+            if status == 200 and text.strip():
                 actions = orjson.loads(text)
                 parse_ncco(actions)  # ValueError: not an NCCO
                 self._rest = list(actions)
+            return
+
+    async def _notify_once(self, url: str, method: str, fields: dict[str, Any]) -> tuple[int, str]:
+        if method == "GET":
+            flat = {k: v for k, v in fields.items() if k != "payload"}
+            flat.update({str(k): str(v) for k, v in fields["payload"].items()})
+            target = URL(url).extend_query(flat)
+            headers = self._auth(query_payload(target.query.items()), None, True)
+            request = self.session.get(target, headers=headers, timeout=NOTIFY_TIMEOUT)
+        else:
+            body = orjson.dumps(fields)
+            headers = self._auth(body, None, True)
+            headers["Content-Type"] = "application/json"
+            request = self.session.post(url, data=body, headers=headers, timeout=NOTIFY_TIMEOUT)
+        async with request as resp:
+            text = await resp.text()
+            self.result.notified.append((url, resp.status))
+            return resp.status, text
 
     async def finish(self) -> VonageResult:
         """Wait for the reader, settle the figures; idempotent."""

@@ -96,7 +96,7 @@ def caller_number(raw: str) -> str:
         return raw
 
 
-async def _signed_fields(
+async def signed_fields(
     ctx: VonageContext, services: Services, request: web.Request, kind: str
 ) -> dict[str, str]:
     """The webhook's fields (query, then a JSON body) once the signature checks out.
@@ -161,7 +161,7 @@ async def answer(request: web.Request) -> web.Response:
     ctx = request.app[VONAGE]
     services = request.app[SERVICES]
     try:
-        fields = await _signed_fields(ctx, services, request, "answer")
+        fields = await signed_fields(ctx, services, request, "answer")
     except CoordinatorUnavailable as exc:
         _outcome("answer", "coordinator_down")
         log.warning("answer webhook refused: %s", exc)
@@ -278,8 +278,12 @@ async def _connect_answer(
     # the Vonage number: the dialled one inbound, the caller id outbound
     own_number = record.to if record.direction == "inbound" else record.from_
     event_url = f"{ctx.public_url.rstrip('/')}{EVENT_PATH}?{CALL_ID_PARAM}={record.call_id}"
+    # the notify after the socket carries the call on if its worker is lost (vonage.resume)
+    resume_url = ncco.resume_url(ctx.public_url, record.call_id)
     return _ncco(
-        ncco.connect_websocket(ncco.ws_url(ctx.public_url), headers, own_number, event_url)
+        ncco.connect_then_resume(
+            ncco.ws_url(ctx.public_url), headers, own_number, event_url, resume_url
+        )
     )
 
 
@@ -294,7 +298,7 @@ async def event(request: web.Request) -> web.Response:
     ctx = request.app[VONAGE]
     services = request.app[SERVICES]
     try:
-        fields = await _signed_fields(ctx, services, request, "event")
+        fields = await signed_fields(ctx, services, request, "event")
     except CoordinatorUnavailable:
         raise web.HTTPServiceUnavailable(
             text="coordination store unreachable\n", headers={"Retry-After": "5"}

@@ -8,7 +8,9 @@ a replayed or mangled opening cannot lock out the genuine socket. A
 hand-off token from another region's edge is bound to the Vonage call and
 its numbers, and the call is created here. Whatever is wrong, the socket
 closes (1008 policy, 1003 wrong audio format, 1013 try later) before a
-single frame of audio is read.
+single frame of audio is read. A socket that comes back after the call's worker
+was lost or drained (a ``resume`` header, :mod:`telephony_edge.vonage.resume`)
+takes the call over here.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from aiohttp import WSCloseCode, web
 
 from telephony_edge import http_limits
 from telephony_edge.calls.leg import Direction, LegInfo
+from telephony_edge.calls.migration import Resumption
 from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.calls.refusals import CallRejected
 from telephony_edge.services import SERVICES, Services
 from telephony_edge.twilio.token import TokenError
+from telephony_edge.vonage import resume
 from telephony_edge.vonage.context import (
     CALL_ID_HEADER,
     FROM_HEADER,
@@ -54,7 +58,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     ws = await open_socket(request, max_msg_size=MAX_MESSAGE_BYTES, what="Vonage audio")
     try:
         connected = await read_connected(ws, ctx.connected_timeout_s)
-        record = await _admit(ctx, services, connected)
+        record, resumed = await _admit(ctx, services, connected)
     except ConnectRejected as exc:
         return await refuse(ws, "Vonage", exc)
     uuid = connected.headers.get(UUID_HEADER, "") or record.provider_call_id
@@ -75,24 +79,33 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         from_number=own_number,
         idle_timeout_s=ctx.idle_timeout_s,
         playout_lead_ms=ctx.vonage.playout_lead_ms,
+        # answered by this edge with the notify after the socket (not a call another
+        # edge or worker connected here): its worker can be lost without losing it
+        resumable=CALL_ID_HEADER in connected.headers,
     )
-    await run_leg(services.call_service, record, leg)
+    await run_leg(services.call_service, record, leg, resumed)
     return ws
 
 
-async def _admit(ctx: VonageContext, services: Services, connected: Connected) -> CallRecord:
+async def _admit(
+    ctx: VonageContext, services: Services, connected: Connected
+) -> tuple[CallRecord, Resumption | None]:
     """The call this socket attaches to; once found, it no longer counts as pending.
 
     A refusal for policy is bad input and counted; one for capacity is not.
     """
+    resumed = None
     try:
-        record = await _admitted_record(ctx, services, connected)
+        if resume.RESUME_HEADER in connected.headers:
+            record, resumed = await resume.admit(ctx, services, connected)
+        else:
+            record = await _admitted_record(ctx, services, connected)
     except ConnectRejected as exc:
         if exc.code == WSCloseCode.POLICY_VIOLATION:
             BAD_CONNECT.inc()
         raise
     http_limits.admitted()
-    return record
+    return record, resumed
 
 
 async def _admitted_record(

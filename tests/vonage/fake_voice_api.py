@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import time
 import uuid as uuid_mod
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,8 @@ class FakeCall:
     updates: list[dict[str, Any]] = field(default_factory=list)
     dtmf: list[str] = field(default_factory=list)  # the digits of each PUT .../dtmf
     machine_detection: dict[str, Any] | None = None
+    #: told of each accepted update (the simulated call: its NCCO ends or is replaced)
+    on_update: Callable[[dict[str, Any]], Awaitable[None]] | None = None
 
 
 DIGITS = re.compile(r"^[0-9#*p]+$")  # Vonage's DTMF endpoint: keys, and p for a pause
@@ -74,8 +77,15 @@ class FakeVoiceApi:
         if self._server is not None:
             await self._server.close()
 
-    def add_call(self, uuid: str, *, to: str, from_: str) -> FakeCall:
-        self.calls[uuid] = FakeCall(uuid, to, from_, status="answered")
+    def add_call(
+        self,
+        uuid: str,
+        *,
+        to: str,
+        from_: str,
+        on_update: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+    ) -> FakeCall:
+        self.calls[uuid] = FakeCall(uuid, to, from_, status="answered", on_update=on_update)
         return self.calls[uuid]
 
     @web.middleware
@@ -157,6 +167,8 @@ class FakeVoiceApi:
         else:
             return _error(400, "Bad Request", f"unknown action {action!r}")
         call.updates.append(body)
+        if call.on_update is not None:
+            await call.on_update(body)
         return web.Response(status=204)
 
     async def _dtmf(self, request: web.Request) -> web.Response:

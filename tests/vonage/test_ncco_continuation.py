@@ -3,8 +3,9 @@
 Vonage runs an NCCO's actions in order, each once the one before finished; a
 ``connect`` to a websocket finishes when its socket closes, and the call goes on
 with what follows unless the caller hung up. ``notify`` sends its payload to its
-``eventUrl`` (signed as every webhook) and an NCCO in the answer replaces the
-rest. A small application on real sockets (no edge) answers the simulated call.
+``eventUrl`` (signed as every webhook; tried once more after a 429, 503 or 504, as
+Vonage does for a request for an NCCO) and an NCCO in the answer replaces the rest.
+A small application on real sockets (no edge) answers the simulated call.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -31,9 +33,12 @@ class App:
         self.notified: list[dict[str, Any]] = []
         self.sockets = 0
         self.reconnect = True  # the notify's answer: a new connect, or nothing (the end)
+        self.busy = 0  # notifies answered 503 first (Vonage tries once more)
+        self.method = "POST"
         self.app = web.Application()
         self.app.router.add_post("/answer", self.answer)
         self.app.router.add_post("/notify", self.notify)
+        self.app.router.add_get("/notify", self.notify)
         self.app.router.add_get("/ws", self.ws)
         self.server = TestServer(self.app, host="127.0.0.1", port=0)
 
@@ -51,7 +56,12 @@ class App:
                     }
                 ],
             },
-            {"action": "notify", "payload": {"why": "socket"}, "eventUrl": [base + "/notify"]},
+            {
+                "action": "notify",
+                "payload": {"why": "socket"},
+                "eventUrl": [base + "/notify?n=1"],
+                "eventMethod": self.method,
+            },
         ]
 
     async def answer(self, request: web.Request) -> web.Response:
@@ -59,7 +69,13 @@ class App:
 
     async def notify(self, request: web.Request) -> web.Response:
         verified = await verified_body(request, SECRET, enabled=True, max_age_s=60)
-        self.notified.append(orjson.loads(verified.body))
+        if self.busy:
+            self.busy -= 1
+            return web.Response(status=503)
+        if request.method == "GET":  # the fields in the query, the payload's among them
+            self.notified.append({**request.query, "payload": {"why": request.query["why"]}})
+        else:
+            self.notified.append(orjson.loads(verified.body))
         if not self.reconnect:
             return web.Response(status=204)  # no NCCO: the current one goes on, and it is done
         return web.json_response(self.ncco())
@@ -99,8 +115,13 @@ async def _answered(session: aiohttp.ClientSession, app: App) -> SimulatedVonage
     return call
 
 
-async def test_the_ncco_goes_on_after_the_socket_closes_and_the_gap_is_measured() -> None:
+@pytest.mark.parametrize("method", ["POST", "GET"])
+async def test_the_ncco_goes_on_after_the_socket_closes_and_the_gap_is_measured(
+    method: str,
+) -> None:
     app = App()
+    app.method = method
+    app.busy = 1  # the first notify is answered 503: Vonage tries it once more
 
     async def event(request: web.Request) -> web.Response:
         return web.Response(status=204)
@@ -122,7 +143,7 @@ async def test_the_ncco_goes_on_after_the_socket_closes_and_the_gap_is_measured(
         [notified] = app.notified
         assert notified["payload"] == {"why": "socket"} and notified["uuid"] == call.uuid
         result = call.result
-        assert [status for _, status in result.notified] == [200]
+        assert [status for _, status in result.notified] == [503, 200]
         [gap] = result.gaps_s
         assert 0.3 <= gap < 2.0  # the first socket's 0.3 s of silence, then the new one
         assert result.sockets[0].close_code == 1000

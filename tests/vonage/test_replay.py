@@ -59,8 +59,8 @@ async def _call_ids(edge: VonageEdge) -> set[str]:
 
 
 def _connected_call(actions: Any) -> str:
-    [action] = actions
-    assert action["action"] == "connect", actions
+    [action, resume] = actions
+    assert (action["action"], resume["action"]) == ("connect", "notify"), actions
     return str(action["endpoint"][0]["headers"]["call_id"])
 
 

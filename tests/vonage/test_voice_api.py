@@ -98,7 +98,7 @@ async def test_outbound_call_is_placed_answered_and_hung_up_through_the_api(
         answer_path=answer_path,
         uuid=fake.uuid,
     )
-    [action] = await call.post_answer()
+    [action, _resume] = await call.post_answer()
     assert action["endpoint"][0]["headers"]["call_id"] == call_id
     assert action["from"] == LOCAL_NUMBER.removeprefix("+")
     assert call.result.answer is not None and call.result.answer.websocket is not None

@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 import pytest
 from vonage_voice.models.connect_endpoints import WebsocketEndpoint
-from vonage_voice.models.ncco import Connect, Talk
+from vonage_voice.models.ncco import Connect, Notify, Talk
 
 from telephony_edge.calls.record import CallState, CallStatus
 from telephony_edge.vonage import ncco
@@ -86,7 +86,7 @@ async def test_answer_connects_a_local_number_to_the_socket_with_a_one_use_token
     vonage_edge: VonageEdge, session: aiohttp.ClientSession, method: Any
 ) -> None:
     call = vonage_edge.call(session, method=method)
-    [action] = await call.post_answer()
+    [action, notify] = await call.post_answer()
     # the NCCO is exactly what the SDK's models produce for it
     connect = _validated_connect(action)
     assert [connect.model_dump(by_alias=True, exclude_none=True, mode="json")] == [action]
@@ -96,12 +96,21 @@ async def test_answer_connects_a_local_number_to_the_socket_with_a_one_use_token
     assert endpoint["content-type"] == "audio/l16;rate=16000"
     headers = endpoint["headers"]
     assert set(headers) == {"edge_token", "call_id", "vonage_uuid"}
+    # then a notify any worker answers, should the socket end without the call (issue 24)
+    resume_url = f"{vonage_edge.base}/vonage/resume?call_id={headers['call_id']}&hop=0&g=0"
+    assert notify == {
+        "action": "notify",
+        "payload": {"after": "websocket"},
+        "eventUrl": [resume_url],
+        "eventMethod": "GET",
+    }
+    Notify.model_validate(notify)
     assert headers["vonage_uuid"] == call.uuid
     record = await vonage_edge.services.call_service.get(headers["call_id"])
     assert record is not None and record.state is CallState.CREATED
     assert (record.provider, record.provider_call_id) == ("vonage", call.uuid)
     # the same uuid answered again (Vonage retries) is the same call
-    [again] = await call.post_answer()
+    [again, _] = await call.post_answer()
     assert again["endpoint"][0]["headers"]["call_id"] == headers["call_id"]
     assert len(await vonage_edge.services.coordinator.list_active_calls()) == 1
 
@@ -141,7 +150,7 @@ async def test_a_final_status_before_the_socket_ends_the_call_with_its_webhook(
     vonage_edge: VonageEdge, session: aiohttp.ClientSession, status: str, call_status: CallStatus
 ) -> None:
     call = vonage_edge.call(session)
-    [action] = await call.post_answer()
+    [action, _resume] = await call.post_answer()
     call_id = action["endpoint"][0]["headers"]["call_id"]
     for step in ("started", "ringing", status):
         assert await call.post_event(step) == 204
@@ -172,7 +181,7 @@ async def test_the_socket_legs_events_never_overwrite_the_calls_status(
     status nor ends it.
     """
     call = vonage_edge.call(session)
-    [action] = await call.post_answer()
+    [action, _resume] = await call.post_answer()
     call_id = action["endpoint"][0]["headers"]["call_id"]
     assert await call.post_event("answered", network="US-FIXED") == 204
     # the connect names an event URL for its socket leg, which finds the call by its id
