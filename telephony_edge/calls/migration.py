@@ -86,11 +86,15 @@ def break_key(call_id: str, generation: int) -> str:
     return f"call-break:{call_id}:{generation}"
 
 
-async def announce_break(coordinator: Coordinator, call_id: str) -> Break | None:
+async def announce_break(
+    coordinator: Coordinator, call_id: str, *, lost_at: float | None = None
+) -> Break | None:
     """The network says the call's media left its worker; None if the call is not live.
 
     The first announcement of a generation's break is kept (a retry after a
     new stream failed keeps the first one's time, so the gap counts from it).
+    ``lost_at``: when the old owner was last known alive, for a crash the edge
+    saw by itself (SIP: its workers' beats), so the gap counts from there.
     """
     doc = await coordinator.get_call(call_id)
     if doc is None or doc.data.get("state") not in LIVE_STATES:
@@ -102,7 +106,7 @@ async def announce_break(coordinator: Coordinator, call_id: str) -> Break | None
     if isinstance(moving, dict) and moving.get("from_worker") == owner:
         found = Break(call_id, owner, str(moving.get("cause")), float(moving["at"]), generation)
     else:
-        found = Break(call_id, owner, CRASH, time.time(), generation)
+        found = Break(call_id, owner, CRASH, lost_at or time.time(), generation)
     key = break_key(call_id, generation)
     if not await coordinator.register_pending(key, asdict(found), BREAK_TTL_S):
         first = await coordinator.peek_pending(key)

@@ -17,9 +17,10 @@ call that moved keeps its new route); its ttl is the longest call's.
 The call's dialog goes into its live state with the rest
 (``SipLeg.network_state``: a :class:`~telephony_edge.sip.dialog_state.DialogSnapshot`).
 
-:meth:`Resumer.resume` takes a call over on this worker, when asked (by the
-worker that saw the call's worker lost, or by the worker that let it go on a
-drain); any number of workers may be asked at once:
+:meth:`Resumer.resume` takes a call over on this worker, when this worker's
+watch saw the call's worker die (:mod:`.liveness`, :meth:`Resumer.watch`) or
+the worker that let it go on a drain asks (the control message ``resume``);
+any number of workers may try at once:
 
 1. the break (:func:`~telephony_edge.calls.migration.announce_break`): a call
    that is over is not resumed, nor a break of another generation than the
@@ -55,6 +56,7 @@ from telephony_edge.calls.record import CallRecord
 from telephony_edge.calls.refusals import CallRejected
 from telephony_edge.sip.dialog_state import DialogSnapshot
 from telephony_edge.sip.leg import SipLeg
+from telephony_edge.sip.liveness import Liveness
 from telephony_edge.sip.message import format_hostport
 from telephony_edge.sip.rtp_socket import RtpProtocol
 
@@ -131,18 +133,26 @@ class Resumer:
 
     # -- takeover ------------------------------------------------------------------------
 
-    async def resume(self, call_id: str, generation: int | None = None) -> bool:
+    async def resume(
+        self, call_id: str, generation: int | None = None, lost_at: float | None = None
+    ) -> bool:
         """Take the live call ``call_id`` over here and re-INVITE its peer (module
-        docstring); ``generation``: only a break of that generation. Whether it runs here
+        docstring); ``generation``: only a break of that generation; ``lost_at``: when its
+        worker was last seen alive (the move's gap counts from there). Whether it runs here
         now (False: over, not resumable, or another worker took it)."""
         endpoint, services = self.endpoint, self.endpoint.services
         ua = endpoint.ua
         if ua is None or not self.enabled:
             return False
         extra = {"call_id": call_id}
-        brk = await migration.announce_break(services.coordinator, call_id)
+        if generation is not None:  # before a break is noted: none at another generation
+            doc = await services.coordinator.get_call(call_id)
+            if doc is None or int(doc.data.get("generation") or 0) != generation:
+                log.info("SIP call not resumed: over, or taken over already", extra=extra)
+                return False
+        brk = await migration.announce_break(services.coordinator, call_id, lost_at=lost_at)
         if brk is None or generation not in (None, brk.generation):
-            log.info("SIP call not resumed: it is over, or moved on already", extra=extra)
+            log.info("SIP call not resumed: over, or taken over already", extra=extra)
             return False
         live = await services.coordinator.get_live(call_id)
         try:
@@ -207,6 +217,11 @@ class Resumer:
             log.exception("resumed SIP call failed", extra={"call_id": record.call_id})
         finally:
             await leg.close()
+
+    async def watch(self) -> None:
+        """See other SIP workers die and take their calls over (:mod:`.liveness`)."""
+        worker_id = self.endpoint.services.call_service.worker_id
+        await Liveness(self, worker_id).run()
 
     async def let_go(self, ref: str) -> None:
         """The call goes on on another worker: the UA forgets it without a BYE. On a drain

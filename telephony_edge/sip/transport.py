@@ -182,6 +182,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
         )
         self.ua = UserAgent(config, admission=self._admission(host))
         self._spawn(self.accounts.run())
+        if self.resumer.enabled:  # other workers' deaths seen, their calls taken over
+            self._spawn(self.resumer.watch())
         log.info(
             "SIP listening",
             extra={

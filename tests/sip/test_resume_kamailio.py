@@ -8,9 +8,10 @@ flows again from B, and baresip's BYE reaches B through Kamailio by the route in
 (nothing else could bring it there). The call ends once, with one webhook carrying the
 conversation from both workers and the move.
 
-* A SIGKILLed mid-speech: B is asked to take the call over by the control message
-  ``resume`` in its inbox, sent here by the test as the worker that saw the break would.
-* A SIGTERMed (a deploy): A moves the call itself (``drain``) and exits.
+* A SIGKILLed mid-speech: B sees A stop beating (sip/liveness.py) and takes the call
+  over by itself.
+* A SIGTERMed (a deploy): A moves the call itself (``drain``: the control message
+  ``resume`` in B's inbox) and exits.
 
 The gap is read from a capture of the RTP on loopback (tcpdump): A's last packet to
 baresip and B's first, and the first and last with the agent's voice on each side.
@@ -241,7 +242,6 @@ async def test_sigkilled_worker_a_call_goes_on_from_worker_b_through_kamailio(
         async def kill(call_id: str) -> None:
             c.a.process.kill()
             c.a.process.wait(5)
-            await c.coordinator.send_control("worker-b", call_id, {"action": "resume"})
 
         await moved_call(c, receiver, tmp_path, kill, "crash")
 
