@@ -1,10 +1,12 @@
 """Calls on a killed worker: how many go on, after how long a gap, at what Redis cost.
 
     python bench/failover.py --calls 20 --json
+    python bench/failover.py --calls 20 --network vonage --json
 
 Starts a private ``redis-server``, two ``telephony-edge serve`` workers behind Caddy
 (``tests/failover_cluster.py``: the first takes every call while it is ready), places
-``--calls`` simulated Twilio calls on the first, lets the agent core talk in each, and
+``--calls`` simulated Twilio calls (``--network vonage``: Vonage calls,
+``tests/vonage/failover.py``) on the first, lets the agent core talk in each, and
 measures ``--window`` seconds of steady calls, with the default leases (15 s, renewed every
 5 s): Redis commands per call-minute (``INFO commandstats``, every command the server ran,
 those inside scripts too), the live state's share of them (its script, ``put_live``, runs
@@ -12,11 +14,11 @@ those inside scripts too), the live state's share of them (its script, ``put_liv
 other steady-call step uses ``SET`` or ``RPUSH``), and the live-state writes per
 call-minute (``telephony_edge_live_state_writes_total``). Then it SIGKILLs the
 first worker while the agent talks in every call, and for each call reads from the
-simulated Twilio: when the stream broke, when Twilio's ``<Redirect>`` brought a new stream
-(detection and takeover), and the caller-side audio gap (the last agent audio heard
-before the break to the first after). The callers hang up; each call's end-of-call
-webhook must carry one ``migrations`` entry (the edge's own gap: the break to the new
-agent's ``onready``).
+simulated network: when the stream broke, when Twilio's ``<Redirect>`` (Vonage's
+``notify``) brought a new stream (detection and takeover), and the caller-side audio
+gap (the last agent audio heard before the break to the first after). The callers
+hang up; each call's end-of-call webhook must carry one ``migrations`` entry (the
+edge's own gap: the break to the new agent's ``onready``).
 
 A call *continued* when its audio came back and its one webhook names the move. The
 last line is JSON: ``continued_share`` (0-1), ``gap_p50_ms``, ``gap_p95_ms``,
@@ -29,20 +31,75 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from redis.asyncio import Redis  # noqa: E402
 
+from tests import failover_cluster  # noqa: E402
+from tests.conftest import ServeProcess  # noqa: E402
 from tests.coord.redis_servers import redis_server  # noqa: E402
-from tests.failover_cluster import Cluster, Live, cluster  # noqa: E402
+from tests.vonage import failover as vonage_failover  # noqa: E402
+
+
+class Placed(Protocol):
+    """A placed call of either cluster (``call_id``; the simulated call in ``call``)."""
+
+    call_id: str
+
+
+class Cluster(Protocol):
+    """What this bench uses of ``failover_cluster.Cluster`` and ``VonageCluster``."""
+
+    workers: dict[str, ServeProcess]
+
+    async def place(self, count: int) -> Any: ...
+
+    async def hang_up(self, calls: Any) -> None: ...
+
+    def webhooks_of(self, call_id: str) -> list[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Back:
+    """One call back after the kill: the caller's gap, and the break to the new stream."""
+
+    gap_s: float
+    stream_back_s: float | None
+
+
+def twilio_back(live: Any) -> Back | None:
+    resumes = live.call.result.resumes
+    if len(resumes) != 1 or resumes[0].gap_s is None:
+        return None
+    resume = resumes[0]
+    streamed = resume.streamed_at_s
+    return Back(resume.gap_s, None if streamed is None else streamed - resume.ended_at_s)
+
+
+def vonage_back(live: Any) -> Back | None:
+    result = live.call.result
+    if len(result.gaps_s) != 1:
+        return None
+    old, new = result.sockets[0], result.sockets[1]
+    closed = old.closed_at
+    return Back(result.gaps_s[0], None if closed is None else new.opened_at - closed)
+
+
+def _clusters(network: str) -> tuple[Callable[..., Any], Callable[[Any], Back | None]]:
+    """The cluster to start for ``network`` and how a call's move is read from its simulator."""
+    if network == "vonage":
+        return vonage_failover.vonage_cluster, vonage_back
+    return failover_cluster.cluster, twilio_back
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -82,19 +139,25 @@ async def steady(c: Cluster, redis: Redis, calls: int, window_s: float) -> dict[
     }
 
 
-async def run(calls: int, window_s: float, directory: Path) -> dict[str, Any]:
+async def run(calls: int, window_s: float, directory: Path, network: str) -> dict[str, Any]:
+    start, back = _clusters(network)
     with redis_server() as server:
         redis = Redis.from_url(server.url)
         try:
-            async with cluster(directory, server.url, calls={}) as c:  # the default leases
+            started: contextlib.AbstractAsyncContextManager[Cluster] = start(
+                directory,
+                server.url,
+                calls={},  # the default leases
+            )
+            async with started as c:
                 placed = await c.place(calls)
                 await asyncio.sleep(3.0)  # every agent talks; the chat so far is written
                 cost = await steady(c, redis, calls, window_s)
                 c.workers["worker-a"].process.kill()
-                await _until_back(placed, 20.0)
+                await _until(lambda: all(back(live) for live in placed), 20.0)
                 await c.hang_up(placed)
                 await _until_reported(c, placed, 20.0)
-                return {**_figures(c, placed), **cost}
+                return {"network": network, **_figures(c, placed, back), **cost}
         finally:
             await redis.aclose()
 
@@ -107,31 +170,23 @@ async def _until(done: Callable[[], bool], within: float) -> None:
         await asyncio.sleep(0.1)
 
 
-async def _until_back(calls: list[Live], within: float) -> None:
-    def back(live: Live) -> bool:
-        resumes = live.call.result.resumes
-        return bool(resumes) and resumes[-1].gap_s is not None
-
-    await _until(lambda: all(back(live) for live in calls), within)
-
-
-async def _until_reported(c: Cluster, calls: list[Live], within: float) -> None:
+async def _until_reported(c: Cluster, calls: list[Placed], within: float) -> None:
     await _until(lambda: all(c.webhooks_of(live.call_id) for live in calls), within)
     await asyncio.sleep(1.0)  # a second webhook, were one coming
 
 
-def _figures(c: Cluster, calls: list[Live]) -> dict[str, Any]:
+def _figures(c: Cluster, calls: list[Placed], read: Callable[[Any], Back | None]) -> dict[str, Any]:
     gaps, back, edge_gaps = [], [], []
     continued = 0
     for live in calls:
-        resumes = live.call.result.resumes
+        moved = read(live)
         hooks = c.webhooks_of(live.call_id)
         moves = hooks[0].get("migrations", []) if len(hooks) == 1 else []
-        if len(resumes) == 1 and resumes[0].gap_s is not None and len(moves) == 1:
+        if moved is not None and len(moves) == 1:
             continued += 1
-            gaps.append(resumes[0].gap_s * 1000)
-            if resumes[0].streamed_at_s is not None:
-                back.append((resumes[0].streamed_at_s - resumes[0].ended_at_s) * 1000)
+            gaps.append(moved.gap_s * 1000)
+            if moved.stream_back_s is not None:
+                back.append(moved.stream_back_s * 1000)
             edge_gaps.append(float(moves[0]["gap_ms"]))
     return {
         "calls": len(calls),
@@ -152,9 +207,10 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--window", type=float, default=10.0, help="steady seconds measured")
     parser.add_argument("--json", action="store_true", help="end with one line of JSON")
+    parser.add_argument("--network", choices=("twilio", "vonage"), default="twilio")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="te-failover-") as tmp:
-        figures = asyncio.run(run(args.calls, args.window, Path(tmp)))
+        figures = asyncio.run(run(args.calls, args.window, Path(tmp), args.network))
     print(f"calls on the killed worker: {figures['calls']}, went on: {figures['continued']}")
     print(
         f"caller's audio gap: p50 {figures['gap_p50_ms']} ms, p95 {figures['gap_p95_ms']} ms,"

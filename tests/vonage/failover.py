@@ -103,8 +103,12 @@ class VonageCluster:
 
 
 @contextlib.asynccontextmanager
-async def vonage_cluster(directory: Path, redis_url: str) -> AsyncIterator[VonageCluster]:
-    """Workers ``worker-a`` (Caddy's first) and ``worker-b``, Caddy, the core, the Voice API."""
+async def vonage_cluster(
+    directory: Path, redis_url: str, *, calls: dict[str, Any] | None = None
+) -> AsyncIterator[VonageCluster]:
+    """Workers ``worker-a`` (Caddy's first) and ``worker-b``, Caddy, the core, the Voice API.
+
+    ``calls``: the workers' ``calls:`` settings (short leases by default, for the tests)."""
     core = TalkingCore()
     await core.server.start_server()
     key_path, public_key = private_key_pem(directory)
@@ -127,8 +131,8 @@ async def vonage_cluster(directory: Path, redis_url: str) -> AsyncIterator[Vonag
     try:
         for name in ("worker-a", "worker-b"):
             hook = str(receiver.make_url("/ended"))
-            calls = {"lease_s": 3.0, "lease_renew_s": 1.0}
-            config = worker_config(name, redis_url, prefix, public_url, core.url, "", hook, calls)
+            leases = {"lease_s": 3.0, "lease_renew_s": 1.0} if calls is None else calls
+            config = worker_config(name, redis_url, prefix, public_url, core.url, "", hook, leases)
             del config["twilio"]
             config["vonage"] = {
                 "enabled": True,
