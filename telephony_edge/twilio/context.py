@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from telephony_edge.config import Settings
+from telephony_edge.tokens import StreamTokens
 from telephony_edge.twilio.handover import StreamHandover
 from telephony_edge.twilio.media import HANDOVER_TIMEOUT_S, IDLE_TIMEOUT_S, START_TIMEOUT_S
 from telephony_edge.twilio.rest import TwilioRest
 from telephony_edge.twilio.settings import TwilioSettings, twilio_settings
 from telephony_edge.twilio.signature import SignatureChecker
-from telephony_edge.twilio.token import StreamTokens
 
 STREAM_TOKEN_PARAM = "token"
 CALL_ID_PARAM = "call_id"

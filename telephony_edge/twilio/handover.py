@@ -35,9 +35,9 @@ from twilio.twiml.voice_response import VoiceResponse
 
 from telephony_edge.calls.dtmf import KEYS, PAUSE, DtmfRequest
 from telephony_edge.calls.leg import NotSupported
+from telephony_edge.tokens import StreamTokens, TokenError
 from telephony_edge.twilio import twiml
 from telephony_edge.twilio.media import StreamRejected, StreamStart
-from telephony_edge.twilio.token import StreamTokens, TokenError
 
 CALL_ID_PARAM = "call_id"  # the same <Parameter> names as the first stream's
 TOKEN_PARAM = "token"

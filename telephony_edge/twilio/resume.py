@@ -42,10 +42,10 @@ from telephony_edge.calls.migration import Resumption
 from telephony_edge.calls.record import CallRecord
 from telephony_edge.calls.refusals import CallRejected
 from telephony_edge.services import SERVICES, Services
+from telephony_edge.tokens import TokenError
 from telephony_edge.twilio import twiml
 from telephony_edge.twilio.context import CALL_ID_PARAM, STREAM_TOKEN_PARAM, TWILIO, TwilioContext
 from telephony_edge.twilio.media import StreamRejected, StreamStart
-from telephony_edge.twilio.token import TokenError
 from telephony_edge.twilio.webhook import count, signed_form, stream_then_resume, twiml_response
 
 log = logging.getLogger(__name__)

@@ -31,6 +31,7 @@ from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.calls.refusals import CallRejected
 from telephony_edge.calls.service import CallService
 from telephony_edge.services import SERVICES, Services
+from telephony_edge.tokens import TokenError
 from telephony_edge.twilio import resume
 from telephony_edge.twilio.context import (
     CALL_ID_PARAM,
@@ -49,7 +50,6 @@ from telephony_edge.twilio.media import (
     TwilioMediaLeg,
     read_start,
 )
-from telephony_edge.twilio.token import TokenError
 from telephony_edge.wsleg import open_socket, refuse, run_leg
 
 log = logging.getLogger(__name__)

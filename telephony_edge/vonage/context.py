@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from telephony_edge.config import Settings
-from telephony_edge.twilio.token import StreamTokens
+from telephony_edge.tokens import StreamTokens
 from telephony_edge.vonage.api import VoiceApi
 from telephony_edge.vonage.media import CONNECTED_TIMEOUT_S, IDLE_TIMEOUT_S
 from telephony_edge.vonage.settings import VonageSettings, vonage_settings

@@ -46,7 +46,7 @@ from telephony_edge.calls.record import CallRecord
 from telephony_edge.calls.refusals import CallRejected
 from telephony_edge.coord.health import CoordinatorUnavailable
 from telephony_edge.services import SERVICES, Services
-from telephony_edge.twilio.token import TokenError
+from telephony_edge.tokens import TokenError
 from telephony_edge.vonage import ncco
 from telephony_edge.vonage.context import (
     CALL_ID_HEADER,

@@ -26,7 +26,7 @@ from telephony_edge.calls.migration import Resumption
 from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.calls.refusals import CallRejected
 from telephony_edge.services import SERVICES, Services
-from telephony_edge.twilio.token import TokenError
+from telephony_edge.tokens import TokenError
 from telephony_edge.vonage import resume
 from telephony_edge.vonage.context import (
     CALL_ID_HEADER,

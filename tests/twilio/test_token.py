@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from telephony_edge.twilio.token import StreamTokens, TokenError
+from telephony_edge.tokens import StreamTokens, TokenError
 
 TOKENS = StreamTokens.from_auth_token("auth-token", ttl_s=60)
 

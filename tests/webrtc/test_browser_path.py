@@ -18,7 +18,7 @@ import pytest
 
 from telephony_edge.calls.session_token import session_token, token_matches
 from telephony_edge.config import ConfigError, load_settings
-from telephony_edge.webrtc.browser import RateLimiter
+from telephony_edge.rate_limit import RateLimiter
 from telephony_edge.webrtc.provider import WEBRTC_PEERS
 from tests.conftest import Edge
 from tests.webrtc.test_offer import API_KEY, LOOPBACK, Client

@@ -1,4 +1,7 @@
-"""Signed, short-lived tokens that let a Media Stream attach to a call.
+"""Signed, short-lived tokens that let a network's media socket attach to a call.
+
+Shared by the networks whose media comes over a WebSocket the network does not
+sign (Twilio's Media Streams, Vonage's audio socket); Twilio's case:
 
 The voice webhook is signed by Twilio, the Media Streams WebSocket is not:
 anyone who can reach ``/twilio/stream`` could otherwise open a stream and
