@@ -34,15 +34,13 @@ from __future__ import annotations
 
 import logging
 
-from aiohttp import WSCloseCode, web
+from aiohttp import web
 
-from telephony_edge import badinput
-from telephony_edge.calls.bridge import CallOver
+from telephony_edge import badinput, socket_resume
 from telephony_edge.calls.migration import Resumption
 from telephony_edge.calls.record import CallRecord
-from telephony_edge.calls.refusals import CallRejected
 from telephony_edge.services import SERVICES, Services
-from telephony_edge.tokens import TokenError
+from telephony_edge.socket_resume import resume_subject
 from telephony_edge.twilio import twiml
 from telephony_edge.twilio.context import CALL_ID_PARAM, STREAM_TOKEN_PARAM, TWILIO, TwilioContext
 from telephony_edge.twilio.media import StreamRejected, StreamStart
@@ -55,11 +53,6 @@ RESUME_PARAM = "resume"  # the stream's <Parameter>: the generation it takes the
 MAX_HOPS = 10
 #: how long a used nonce is remembered beyond the longest call (after that, the call is over)
 NONCE_MARGIN_S = 600.0
-
-
-def resume_subject(call_id: str, generation: int) -> str:
-    """What a resumed stream's token is bound to: the call and the generation it takes over."""
-    return f"{call_id}|resume|{generation}"
 
 
 async def resume(request: web.Request) -> web.Response:
@@ -126,22 +119,12 @@ async def admit(
 ) -> tuple[CallRecord, Resumption]:
     """Take over the call a resumed stream is for; StreamRejected if it may not run here."""
     params = start.parameters
-    call_id = params.get(CALL_ID_PARAM, "")
-    raw = params.get(RESUME_PARAM, "")
-    if not (raw.isdigit() and len(raw) < 10):
-        raise StreamRejected("resume is not a generation")
-    try:
-        ctx.tokens.verify(params.get(STREAM_TOKEN_PARAM, ""), resume_subject(call_id, int(raw)))
-    except TokenError as exc:
-        raise StreamRejected(str(exc)) from None
-    except ValueError:  # non-ASCII digits in the expiry: still just a bad token
-        raise StreamRejected("malformed stream token") from None
-    stored = await services.coordinator.get_call(call_id)
-    if stored is None or stored.data.get("provider_call_id") != start.call_sid:
-        raise StreamRejected("the stream belongs to another Twilio call")
-    try:
-        return await services.call_service.take_over(call_id, int(raw))
-    except CallRejected as exc:  # draining: Twilio redirects, another worker takes it
-        raise StreamRejected(exc.reason, code=WSCloseCode.TRY_AGAIN_LATER) from None
-    except CallOver as exc:  # over, or taken by another stream: Twilio asks again, is told
-        raise StreamRejected(str(exc), code=WSCloseCode.OK) from None
+    return await socket_resume.take_over(
+        services,
+        ctx.tokens,
+        call_id=params.get(CALL_ID_PARAM, ""),
+        generation=params.get(RESUME_PARAM, ""),
+        token=params.get(STREAM_TOKEN_PARAM, ""),
+        network_call_id=start.call_sid,
+        rejected=StreamRejected,
+    )

@@ -37,16 +37,14 @@ import logging
 from typing import Any
 
 import orjson
-from aiohttp import WSCloseCode, web
+from aiohttp import web
 
-from telephony_edge import metrics
+from telephony_edge import metrics, socket_resume
 from telephony_edge.calls import migration
-from telephony_edge.calls.bridge import CallOver
 from telephony_edge.calls.record import CallRecord
-from telephony_edge.calls.refusals import CallRejected
 from telephony_edge.coord.health import CoordinatorUnavailable
 from telephony_edge.services import SERVICES, Services
-from telephony_edge.tokens import TokenError
+from telephony_edge.socket_resume import resume_subject
 from telephony_edge.vonage import ncco
 from telephony_edge.vonage.context import (
     CALL_ID_HEADER,
@@ -68,11 +66,6 @@ MAX_HOPS = 10
 
 def _outcome(outcome: str) -> None:
     metrics.VONAGE_WEBHOOKS.labels(kind="resume", outcome=outcome).inc()
-
-
-def resume_subject(call_id: str, generation: int) -> str:
-    """What a resumed socket's token is bound to: the call and the generation it takes over."""
-    return f"{call_id}|resume|{generation}"
 
 
 def _no_ncco() -> web.Response:
@@ -159,21 +152,12 @@ async def admit(
 ) -> tuple[CallRecord, migration.Resumption]:
     """Take over the call a resumed socket is for; ConnectRejected if it may not run here."""
     headers = connected.headers
-    call_id, raw = headers.get(CALL_ID_HEADER, ""), headers.get(RESUME_HEADER, "")
-    if not (raw.isdigit() and len(raw) < 10):
-        raise ConnectRejected("resume is not a generation")
-    try:
-        ctx.tokens.verify(headers.get(TOKEN_HEADER, ""), resume_subject(call_id, int(raw)))
-    except TokenError as exc:
-        raise ConnectRejected(str(exc)) from None
-    except ValueError:  # non-ASCII digits in the expiry: still just a bad token
-        raise ConnectRejected("malformed call token") from None
-    stored = await services.coordinator.get_call(call_id)
-    if stored is None or stored.data.get("provider_call_id") != headers.get(UUID_HEADER):
-        raise ConnectRejected("the socket belongs to another Vonage call")
-    try:
-        return await services.call_service.take_over(call_id, int(raw))
-    except CallRejected as exc:  # draining: Vonage notifies again, another worker takes it
-        raise ConnectRejected(exc.reason, code=WSCloseCode.TRY_AGAIN_LATER) from None
-    except CallOver as exc:  # over, or taken by another socket: Vonage notifies, is told
-        raise ConnectRejected(str(exc), code=WSCloseCode.OK) from None
+    return await socket_resume.take_over(
+        services,
+        ctx.tokens,
+        call_id=headers.get(CALL_ID_HEADER, ""),
+        generation=headers.get(RESUME_HEADER, ""),
+        token=headers.get(TOKEN_HEADER, ""),
+        network_call_id=headers.get(UUID_HEADER),
+        rejected=ConnectRejected,
+    )

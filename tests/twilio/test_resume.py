@@ -9,8 +9,9 @@ from xml.etree import ElementTree
 
 import aiohttp
 
+from telephony_edge.socket_resume import resume_subject
 from telephony_edge.twilio import twiml
-from telephony_edge.twilio.resume import MAX_HOPS, RESUME_PARAM, resume_subject
+from telephony_edge.twilio.resume import MAX_HOPS, RESUME_PARAM
 from telephony_edge.twilio.signature import SIGNATURE_HEADER, compute_signature
 from telephony_edge.twilio.simulator import SimulatedCall, parse_twiml
 from tests.conftest import wait_for
