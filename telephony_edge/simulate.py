@@ -215,3 +215,40 @@ class PlayoutBuffer:
                 out += self.silence[:1] * (pos - len(out))
             out[pos : pos + len(audio)] = audio
         return bytes(out)
+
+
+def add_call_arguments(p: argparse.ArgumentParser, sent_at: str) -> None:
+    """The options every ``simulate <network>`` command has: the edge, the call, the caller's
+    audio (``sent_at``: the rate the network carries it at) and when the caller speaks."""
+    p.add_argument("--url", required=True, help="the edge's base URL, e.g. http://127.0.0.1:8080")
+    p.add_argument("--to", required=True, help="the dialled number (one of the edge's numbers)")
+    p.add_argument("--from", dest="from_", default=DEFAULT_FROM, help="the caller's number")
+    p.add_argument(
+        "--wav", required=True, help=f"what the caller says (any WAV; sent at {sent_at})"
+    )
+    p.add_argument("--out", required=True, help="where to write what the caller heard (WAV)")
+    p.add_argument(
+        "--speak-after",
+        type=speak_after_arg,
+        default="greeting",
+        metavar="greeting|SECONDS",
+        help="when the caller starts talking: once the agent's greeting has played (default), "
+        "or that many seconds into the call (0: at once, over the greeting: a barge-in)",
+    )
+    p.add_argument(
+        "--dtmf",
+        action="append",
+        type=dtmf_arg,
+        default=[],
+        metavar="DIGIT@SECONDS",
+        help="press a key that many seconds after the caller starts talking, e.g. 5@3.5 "
+        "(repeatable)",
+    )
+    p.add_argument("--tail", type=float, default=20.0, help="max seconds to wait for the reply")
+    p.add_argument(
+        "--wait-ready",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="wait up to this long for the edge's /readyz before calling (default: 15)",
+    )

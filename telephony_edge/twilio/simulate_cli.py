@@ -19,14 +19,12 @@ import aiohttp
 
 from telephony_edge.errors import UserError, os_reason
 from telephony_edge.simulate import (
-    DEFAULT_FROM,
     EXIT_USAGE,
     CallFailed,
+    add_call_arguments,
     check_out,
     check_url,
-    dtmf_arg,
     port_arg,
-    speak_after_arg,
     wait_until_ready,
 )
 from telephony_edge.twilio.rest_standin import DEFAULT_ACCOUNT_SID, DEFAULT_PORT
@@ -41,11 +39,7 @@ def add_simulate_cli(subparsers: Any) -> None:
     simulate = subparsers.add_parser("simulate", help="act as a network toward a running edge")
     networks = simulate.add_subparsers(dest="network", required=True)
     p = networks.add_parser("twilio", help="place a call as Twilio would (webhook + media stream)")
-    p.add_argument("--url", required=True, help="the edge's base URL, e.g. http://127.0.0.1:8080")
-    p.add_argument("--to", required=True, help="the dialled number (one of the edge's numbers)")
-    p.add_argument("--from", dest="from_", default=DEFAULT_FROM, help="the caller's number")
-    p.add_argument("--wav", required=True, help="what the caller says (any WAV; sent at 8 kHz)")
-    p.add_argument("--out", required=True, help="where to write what the caller heard (WAV)")
+    add_call_arguments(p, "8 kHz")
     p.add_argument(
         "--auth-token",
         default=os.environ.get("TELEPHONY_EDGE_TWILIO__AUTH_TOKEN", ""),
@@ -60,31 +54,6 @@ def add_simulate_cli(subparsers: Any) -> None:
     p.add_argument(
         "--public-url",
         help="the URL the edge believes it is reached at (signature), if not --url",
-    )
-    p.add_argument(
-        "--speak-after",
-        type=speak_after_arg,
-        default="greeting",
-        metavar="greeting|SECONDS",
-        help="when the caller starts talking: once the agent's greeting has played (default), "
-        "or that many seconds into the call (0: at once, over the greeting: a barge-in)",
-    )
-    p.add_argument(
-        "--dtmf",
-        action="append",
-        type=dtmf_arg,
-        default=[],
-        metavar="DIGIT@SECONDS",
-        help="press a key that many seconds after the caller starts talking, e.g. 5@3.5 "
-        "(repeatable)",
-    )
-    p.add_argument("--tail", type=float, default=20.0, help="max seconds to wait for the reply")
-    p.add_argument(
-        "--wait-ready",
-        type=float,
-        default=15.0,
-        metavar="SECONDS",
-        help="wait up to this long for the edge's /readyz before calling (default: 15)",
     )
     p.add_argument(
         "--rest-port",

@@ -15,13 +15,11 @@ import aiohttp
 
 from telephony_edge.errors import UserError
 from telephony_edge.simulate import (
-    DEFAULT_FROM,
     EXIT_USAGE,
     CallFailed,
+    add_call_arguments,
     check_out,
     check_url,
-    dtmf_arg,
-    speak_after_arg,
     wait_until_ready,
 )
 
@@ -34,35 +32,12 @@ def add_vonage_simulate_cli(subparsers: Any) -> None:
     simulate = subparsers.choices["simulate"]
     networks = next(a for a in simulate._actions if isinstance(a, argparse._SubParsersAction))
     p = networks.add_parser("vonage", help="place a call as Vonage would (NCCO + audio WebSocket)")
-    p.add_argument("--url", required=True, help="the edge's base URL, e.g. http://127.0.0.1:8080")
-    p.add_argument("--to", required=True, help="the dialled number (one of the edge's numbers)")
-    p.add_argument("--from", dest="from_", default=DEFAULT_FROM, help="the caller's number")
-    p.add_argument("--wav", required=True, help="what the caller says (any WAV; sent at 16 kHz)")
-    p.add_argument("--out", required=True, help="where to write what the caller heard (WAV)")
+    add_call_arguments(p, "16 kHz")
     p.add_argument(
         "--signature-secret",
         default=os.environ.get("TELEPHONY_EDGE_VONAGE__SIGNATURE_SECRET", ""),
         help="the edge's vonage.signature_secret "
         "(default: $TELEPHONY_EDGE_VONAGE__SIGNATURE_SECRET)",
-    )
-    p.add_argument(
-        "--speak-after",
-        type=speak_after_arg,
-        default="greeting",
-        metavar="greeting|SECONDS",
-        help="when the caller starts talking: after the greeting (default) or that many seconds in",
-    )
-    p.add_argument(
-        "--dtmf",
-        action="append",
-        type=dtmf_arg,
-        default=[],
-        metavar="DIGIT@SECONDS",
-        help="press a key that many seconds after the caller starts talking (repeatable)",
-    )
-    p.add_argument("--tail", type=float, default=20.0, help="max seconds to wait for the reply")
-    p.add_argument(
-        "--wait-ready", type=float, default=15.0, metavar="SECONDS", help="wait for /readyz"
     )
     p.set_defaults(func=_cmd_simulate_vonage)
 
