@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import audioop
 import os
+import wave
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -252,3 +254,28 @@ def add_call_arguments(p: argparse.ArgumentParser, sent_at: str) -> None:
         metavar="SECONDS",
         help="wait up to this long for the edge's /readyz before calling (default: 15)",
     )
+
+
+def load_wav_pcm(path: str | Path, rate: int) -> bytes:
+    """A WAV file of any rate, width and channel count as mono PCM16 at ``rate``."""
+    with wave.open(str(path)) as wav:
+        found, channels, width = wav.getframerate(), wav.getnchannels(), wav.getsampwidth()
+        data = wav.readframes(wav.getnframes())
+    if width != 2:
+        data = audioop.lin2lin(data, width, 2)
+    if channels == 2:
+        data = audioop.tomono(data, 2, 0.5, 0.5)
+    elif channels != 1:
+        raise ValueError(f"{path}: {channels} channels; mono or stereo only")
+    if found != rate:
+        data = audioop.ratecv(data, 2, 1, found, rate, None)[0]
+    return bytes(data)
+
+
+def write_wav_pcm(path: str | Path, pcm: bytes, rate: int) -> None:
+    """Mono PCM16 at ``rate`` as a WAV file."""
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(pcm)

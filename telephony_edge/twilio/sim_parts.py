@@ -9,12 +9,16 @@ from __future__ import annotations
 import audioop
 import binascii
 import secrets
-import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 from xml.etree import ElementTree
 
-from telephony_edge.simulate import silent_end_reason, unanswered_reason
+from telephony_edge.simulate import (
+    load_wav_pcm,
+    silent_end_reason,
+    unanswered_reason,
+    write_wav_pcm,
+)
 
 RATE = 8000
 CHUNK_BYTES = 160  # 20 ms of 8 kHz μ-law
@@ -90,27 +94,12 @@ class Resume:
 
 def load_wav_ulaw(path: str | Path) -> bytes:
     """A WAV file of any rate, width and channel count as 8 kHz mono μ-law."""
-    with wave.open(str(path)) as wav:
-        rate, channels, width = wav.getframerate(), wav.getnchannels(), wav.getsampwidth()
-        data = wav.readframes(wav.getnframes())
-    if width != 2:
-        data = audioop.lin2lin(data, width, 2)
-    if channels == 2:
-        data = audioop.tomono(data, 2, 0.5, 0.5)
-    elif channels != 1:
-        raise ValueError(f"{path}: {channels} channels; mono or stereo only")
-    if rate != RATE:
-        data, _ = audioop.ratecv(data, 2, 1, rate, RATE, None)
-    return audioop.lin2ulaw(data, 2)
+    return audioop.lin2ulaw(load_wav_pcm(path, RATE), 2)
 
 
 def write_wav_ulaw(path: str | Path, ulaw: bytes) -> None:
     """8 kHz μ-law as an 8 kHz PCM16 mono WAV."""
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(RATE)
-        wav.writeframes(audioop.ulaw2lin(ulaw, 2))
+    write_wav_pcm(path, audioop.ulaw2lin(ulaw, 2), RATE)
 
 
 def encode_payloads(ulaw: bytes) -> list[bytes]:

@@ -30,12 +30,10 @@ CLI: ``telephony-edge simulate vonage --url BASE --to NUMBER --wav IN.wav --out 
 from __future__ import annotations
 
 import asyncio
-import audioop
 import contextlib
 import itertools
 import time
 import uuid as uuid_mod
-import wave
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,8 +46,10 @@ from yarl import URL
 from telephony_edge.simulate import (
     DEFAULT_FROM,
     PlayoutBuffer,
+    load_wav_pcm,
     silent_end_reason,
     unanswered_reason,
+    write_wav_pcm,
 )
 from telephony_edge.vonage.signature import query_payload, sign
 
@@ -134,26 +134,11 @@ class SocketSpan:
 
 def load_wav_l16(path: str | Path) -> bytes:
     """A WAV file of any rate, width and channel count as 16 kHz mono PCM16."""
-    with wave.open(str(path)) as wav:
-        rate, channels, width = wav.getframerate(), wav.getnchannels(), wav.getsampwidth()
-        data = wav.readframes(wav.getnframes())
-    if width != 2:
-        data = audioop.lin2lin(data, width, 2)
-    if channels == 2:
-        data = audioop.tomono(data, 2, 0.5, 0.5)
-    elif channels != 1:
-        raise ValueError(f"{path}: {channels} channels; mono or stereo only")
-    if rate != RATE:
-        data = audioop.ratecv(data, 2, 1, rate, RATE, None)[0]
-    return bytes(data)
+    return load_wav_pcm(path, RATE)
 
 
 def write_wav_l16(path: str | Path, pcm: bytes) -> None:
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(RATE)
-        wav.writeframes(pcm)
+    write_wav_pcm(path, pcm, RATE)
 
 
 def split_frames(pcm: bytes) -> list[bytes]:
