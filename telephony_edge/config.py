@@ -447,9 +447,10 @@ class Settings(BaseSettings):
 
     @property
     def drain_wait_s(self) -> float:
-        """How long a draining worker waits for its live calls (``server.drain_grace_s``)."""
+        """How long a draining worker waits for its live calls (``server.drain_grace_s``;
+        unset: until the last of them reached its maximum duration and ended itself)."""
         grace = self.server.drain_grace_s
-        return self.calls.max_duration_s if grace is None else grace
+        return self.calls.max_duration_s + DRAIN_MARGIN_S if grace is None else grace
 
     @property
     def public_url(self) -> str:
@@ -462,6 +463,9 @@ class Settings(BaseSettings):
         return f"http://{host}:{self.server.port}"
 
 
+#: a call that began just before the drain reaches its maximum up to ``max_duration_s``
+#: after it, and its own end then takes a moment: the drain waits that much longer
+DRAIN_MARGIN_S = 5.0
 ENV_PREFIX = "TELEPHONY_EDGE_"
 _MAX_ROUNDS = 5
 _UNION_TAG = re.compile(r"^[\w-]+\[.*\]$")  # pydantic's name for one branch of a union

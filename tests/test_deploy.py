@@ -33,7 +33,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from telephony_edge.calls.manager import TEARDOWN_WAIT_S
-from telephony_edge.config import load_settings
+from telephony_edge.config import DRAIN_MARGIN_S, load_settings
 from telephony_edge.sip.nat import is_private
 from tests.conftest import missing_peer, require_binary, run_cli
 
@@ -255,7 +255,7 @@ def test_termination_grace_is_the_drain_arithmetic_and_resources_are_guaranteed(
     command = edge["lifecycle"]["preStop"]["exec"]["command"]
     assert command == ["sleep", str(timings.PRESTOP_S)]
     # drain waits for the calls' own maximum: the kubelet's SIGKILL comes after all of it
-    assert settings.drain_wait_s == settings.calls.max_duration_s
+    assert settings.drain_wait_s == settings.calls.max_duration_s + DRAIN_MARGIN_S
     needed = timings.PRESTOP_S + settings.drain_wait_s + TEARDOWN_WAIT_S + timings.SHUTDOWN_S
     assert pod["terminationGracePeriodSeconds"] == timings.termination_grace_s(settings)
     assert pod["terminationGracePeriodSeconds"] >= needed
@@ -275,7 +275,7 @@ def test_the_timings_check_notices_a_manifest_that_disagrees() -> None:
     """``timings.problems`` is not a no-op: an old grace, a burstable pod, a thin HPA fail."""
     resources = kustomize("us-west")
     settings = timings.pod_settings(resources)
-    assert timings.termination_grace_s(settings) == 5 + 3600 + 10 + 5
+    assert timings.termination_grace_s(settings) == 5 + 3605 + 10 + 5
     assert not timings.capacity_kept(150, 150, 3, 1)
     assert timings.capacity_kept(100, 150, 3, 1)
     costs = {cost.network: cost for cost in timings.scorecard()}

@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from telephony_edge.config import DRAIN_MARGIN_S
 from tests import test_lifecycle_serve as lifecycle
 from tests.conftest import ServeProcess, start_serve_process, stop_serve_process, wait_for
 from tests.test_lifecycle_serve import Outside, answered, log_problems
@@ -104,7 +105,7 @@ async def test_sigterm_waits_for_live_calls_which_end_by_themselves(
             await asyncio.sleep(0.1)
         assert edge.process.returncode == 0
         assert '"calls_ended_by_drain": 0' in edge.log, edge.log[-2000:]
-        assert f'"grace_s": {MAX_DURATION_S}' in edge.log
+        assert f'"grace_s": {MAX_DURATION_S + DRAIN_MARGIN_S}' in edge.log
         assert not log_problems(edge.log), "\n".join(log_problems(edge.log)[:5])
     finally:
         stop_serve_process(edge)

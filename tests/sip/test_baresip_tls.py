@@ -76,9 +76,10 @@ async def test_baresip_over_tls_with_srtp(
     assert "caller spoke" in json.dumps(payload.get("chat"))
     media = payload["voip"]["media"]
     assert media.get("srtp") == ("AES_CM_128_HMAC_SHA1_80" if mediaenc else None)
-    # every packet of baresip's authenticated, but for its last RTCP BYE: baresip 1.0 sends
-    # it in the clear once its SRTP is gone, and the edge drops it
-    assert media.get("srtp_dropped", 0) <= 1
+    # every packet of baresip's authenticated, but for its last RTCP at the hang-up (the BYE,
+    # and with AVPF a report with it): baresip 1.0 sends them in the clear once its SRTP is
+    # gone, and the edge drops them
+    assert media.get("srtp_dropped", 0) <= 3
 
     packets = audio_packets(capture.datagrams())
     assert len(packets) > 200, f"{len(packets)} RTP packets captured"
