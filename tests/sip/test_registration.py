@@ -107,9 +107,9 @@ async def test_registered_account_takes_calls_and_registers_again_after_a_restar
         record = await edge.services.call_service.get(payload["call_id"])
         assert record is not None and record.to == NUMBER and record.direction == "inbound"
 
-        await registrar.restart()  # every binding forgotten
-        assert registrar.registers() == []
-        await wait_for(lambda: registrar.registers(), within=15)  # the refresh registers again
+        await registrar.restart()  # every binding forgotten (usrloc keeps them in memory only)
+        # the refresh registers again (it may already have, a refresh comes every ~5 s)
+        await wait_for(lambda: registrar.registers(), within=15)
         payload = await call_through(registrar, tmp_path, receiver)
         assert payload["call_status"] == "user-ended"
 
