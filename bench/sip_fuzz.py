@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from telephony_edge.sip.message import ParseError, parse_message  # noqa: E402
+from telephony_edge.sip.parse import ParseError, parse_message  # noqa: E402
 from telephony_edge.sip.ua import UserAgent  # noqa: E402
 from telephony_edge.sip.ua_records import Action, Send  # noqa: E402
 from tests.sip import dialog_fuzz, mutate  # noqa: E402

@@ -28,7 +28,8 @@ from aiortc import RTCSessionDescription
 
 from telephony_edge import badinput, metrics
 from telephony_edge.agent.link import AgentLink, AgentMessage
-from telephony_edge.sip.message import Request, Response, parse_message
+from telephony_edge.sip.message import Request, Response
+from telephony_edge.sip.parse import parse_message
 from telephony_edge.sip.provider import SIP_ENDPOINT
 from telephony_edge.sip.tcp import KEEPALIVE, StreamFramer
 from telephony_edge.sip.ua import UserAgent

@@ -24,7 +24,8 @@ from aiortc import RTCSessionDescription
 from yarl import URL
 
 from telephony_edge.recording import signing
-from telephony_edge.sip.message import Response, parse_message
+from telephony_edge.sip.message import Response
+from telephony_edge.sip.parse import parse_message
 from telephony_edge.twilio.signature import SIGNATURE_HEADER, compute_signature
 from telephony_edge.vonage.context import CALL_ID_HEADER
 from telephony_edge.vonage.signature import query_payload, sign

@@ -40,10 +40,10 @@ from typing import TYPE_CHECKING, Any
 
 from telephony_edge import metrics
 from telephony_edge.sip.digest_client import DigestClient
-from telephony_edge.sip.message import SipUri
 from telephony_edge.sip.register import Account, State
 from telephony_edge.sip.settings_outbound import SipAccountSettings
 from telephony_edge.sip.ua_records import RegistrationChanged
+from telephony_edge.sip.uri import SipUri
 
 if TYPE_CHECKING:
     from telephony_edge.sip.transport import SipEndpoint

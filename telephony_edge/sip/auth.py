@@ -36,7 +36,8 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Callable
 
-from telephony_edge.sip.message import ENCODING, ERRORS, split_list
+from telephony_edge.sip.headers import split_list
+from telephony_edge.sip.message import ENCODING, ERRORS
 
 ALGORITHMS: dict[str, Callable[[bytes], hashlib._Hash]] = {
     "SHA-256": hashlib.sha256,

@@ -23,14 +23,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from telephony_edge.sip.message import (
-    MAGIC_COOKIE,
-    Headers,
-    NameAddr,
-    Request,
-    Response,
-    SipUri,
-)
+from telephony_edge.sip.header_values import NameAddr
+from telephony_edge.sip.headers import Headers
+from telephony_edge.sip.message import MAGIC_COOKIE, Request, Response
+from telephony_edge.sip.uri import SipUri
 
 Address = tuple[str, int]
 

@@ -37,12 +37,12 @@ from collections.abc import Sequence
 
 from telephony_edge.sip.digest_client import DigestClient
 from telephony_edge.sip.family import Family, family_of
-from telephony_edge.sip.message import SipUri
 from telephony_edge.sip.nat import ip_literal
 from telephony_edge.sip.sdes import Policy, SrtpRules
 from telephony_edge.sip.settings import SipSettings, SipTrunkSettings
 from telephony_edge.sip.settings_outbound import rewrite
 from telephony_edge.sip.uac import Dial, hop_transport
+from telephony_edge.sip.uri import SipUri
 
 
 class NoRoute(ValueError):

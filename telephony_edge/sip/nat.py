@@ -39,7 +39,9 @@ from __future__ import annotations
 import ipaddress
 
 from telephony_edge.sip.dialog import Address, Dialog
-from telephony_edge.sip.message import Headers, NameAddr, Request, Via, is_digits, split_list
+from telephony_edge.sip.header_values import NameAddr, Via
+from telephony_edge.sip.headers import Headers, is_digits, split_list
+from telephony_edge.sip.message import Request
 
 
 def ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -43,7 +43,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from telephony_edge.sip.message import ParseError, Request, build_response, parse_message
+from telephony_edge.sip.message import Request, build_response
+from telephony_edge.sip.parse import ParseError, parse_message
 from telephony_edge.sip.sources import source_key
 from telephony_edge.sip.ua_records import KNOWN_METHODS
 

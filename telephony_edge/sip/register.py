@@ -48,15 +48,9 @@ from dataclasses import dataclass
 
 from telephony_edge.sip.dialog import Address
 from telephony_edge.sip.digest_client import MAX_CHALLENGES, DigestClient
-from telephony_edge.sip.message import (
-    MAGIC_COOKIE,
-    Headers,
-    NameAddr,
-    Request,
-    Response,
-    SipUri,
-    is_digits,
-)
+from telephony_edge.sip.header_values import NameAddr
+from telephony_edge.sip.headers import Headers, is_digits
+from telephony_edge.sip.message import MAGIC_COOKIE, Request, Response
 from telephony_edge.sip.transaction import (
     DEFAULT_TIMERS,
     NonInviteClientTransaction,
@@ -66,6 +60,7 @@ from telephony_edge.sip.transaction import (
     Timers,
     Transmit,
 )
+from telephony_edge.sip.uri import SipUri
 
 REFRESH_MARGIN_S = 60.0  # past Timer F (32 s): a failed refresh is retried before the end
 MAX_EXPIRES = 86_400

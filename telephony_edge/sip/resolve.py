@@ -57,8 +57,8 @@ import dns.rdtypes.IN.SRV
 import dns.resolver
 
 from telephony_edge.sip.family import Family, family_of, socket_host
-from telephony_edge.sip.message import SipUri
 from telephony_edge.sip.nat import ip_literal
+from telephony_edge.sip.uri import SipUri
 
 Address = tuple[str, int]
 

@@ -57,8 +57,8 @@ from telephony_edge.calls.refusals import CallRejected
 from telephony_edge.sip.dialog_state import DialogSnapshot
 from telephony_edge.sip.leg import SipLeg
 from telephony_edge.sip.liveness import Liveness
-from telephony_edge.sip.message import format_hostport
 from telephony_edge.sip.rtp_socket import RtpProtocol
+from telephony_edge.sip.uri import format_hostport
 
 if TYPE_CHECKING:
     from telephony_edge.sip.transport import SipEndpoint

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from telephony_edge.sip.message import Request, Response, parse_params
+from telephony_edge.sip.message import Request, Response
 from telephony_edge.sip.transaction import Key
+from telephony_edge.sip.uri import parse_params
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,10 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from telephony_edge.config import ProviderSettings, Settings
 from telephony_edge.config_values import normalize_e164
 from telephony_edge.sip.family import Family, family_of
-from telephony_edge.sip.message import SipUri
 from telephony_edge.sip.resolve import nameserver_address
 from telephony_edge.sip.settings_outbound import SipAccountSettings, SipOutboundSettings
 from telephony_edge.sip.trunks import Trunk
+from telephony_edge.sip.uri import SipUri
 
 SUPPORTED_CODECS = ("G722", "PCMU", "PCMA")  # what the media shell can transcode
 

@@ -16,8 +16,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from telephony_edge.config_values import normalize_e164
-from telephony_edge.sip.message import SipUri
 from telephony_edge.sip.uac import hop_transport
+from telephony_edge.sip.uri import SipUri
 
 _GROUP_REFERENCE = re.compile(r"\\(\d+)|\\g<(\w+)>")
 

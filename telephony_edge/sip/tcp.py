@@ -44,7 +44,7 @@ from typing import cast
 from telephony_edge import badinput, metrics
 from telephony_edge.errors import os_reason
 from telephony_edge.sip import tcp_policy
-from telephony_edge.sip.message import DEFAULT_LIMITS, Limits
+from telephony_edge.sip.parse import DEFAULT_LIMITS, Limits
 from telephony_edge.sip.sources import source_key
 
 log = logging.getLogger(__name__)

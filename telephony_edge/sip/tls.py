@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 from telephony_edge import badinput
 from telephony_edge.sip import tcp_policy
-from telephony_edge.sip.message import DEFAULT_LIMITS, Limits
+from telephony_edge.sip.parse import DEFAULT_LIMITS, Limits
 from telephony_edge.sip.tcp import Address, SipStream, TcpSide
 
 log = logging.getLogger(__name__)

@@ -52,7 +52,8 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from telephony_edge.sip.message import MAGIC_COOKIE, Headers, Request, Response
+from telephony_edge.sip.headers import Headers
+from telephony_edge.sip.message import MAGIC_COOKIE, Request, Response
 
 
 @dataclass(frozen=True, slots=True)

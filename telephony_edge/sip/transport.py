@@ -57,7 +57,6 @@ from telephony_edge.sip.auth_guard import DigestGuard, GuardLimits
 from telephony_edge.sip.dialer import Dialer
 from telephony_edge.sip.family import Family, bound_socket, family_of, socket_host
 from telephony_edge.sip.leg import SipLeg
-from telephony_edge.sip.message import SipUri, format_hostport
 from telephony_edge.sip.outbound import Outbound
 from telephony_edge.sip.ratelimit import RequestGate
 from telephony_edge.sip.resolve import SipResolver, Unresolvable, target_of
@@ -87,6 +86,7 @@ from telephony_edge.sip.ua_records import (
     UaConfig,
     dtmf_from_info,
 )
+from telephony_edge.sip.uri import SipUri, format_hostport
 
 log = logging.getLogger(__name__)
 

@@ -36,9 +36,10 @@ from dataclasses import dataclass, field
 from telephony_edge.rate_limit import RateLimiter
 from telephony_edge.sip.auth import DigestServer, Outcome, binding
 from telephony_edge.sip.auth_guard import DigestGuard
-from telephony_edge.sip.message import Request, SipUri
+from telephony_edge.sip.message import Request
 from telephony_edge.sip.sdes import Policy
 from telephony_edge.sip.sources import source_key
+from telephony_edge.sip.uri import SipUri
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 CALL_ID_PREFIX = "call_"

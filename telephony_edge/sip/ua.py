@@ -28,7 +28,7 @@ Rules
 -----
 * Nothing raises out of :meth:`receive` or :meth:`tick`. A malformed request
   is answered 400 (505 for another SIP version, 416 for a strange URI
-  scheme) when :func:`~telephony_edge.sip.message.parse_message` says a
+  scheme) when :func:`~telephony_edge.sip.parse.parse_message` says a
   response can be built, and dropped otherwise; both are counted in
   :class:`Stats`. An internal error is counted and the packet dropped: one
   bad packet never disturbs another call. Whatever the UA refuses as the
@@ -87,19 +87,13 @@ from __future__ import annotations
 from telephony_edge.sip.body import sdp_body
 from telephony_edge.sip.dialog import Address, Dialog
 from telephony_edge.sip.family import family_of
-from telephony_edge.sip.message import (
-    ParseError,
-    Request,
-    Response,
-    bracketed,
-    build_response,
-    parse_message,
-)
+from telephony_edge.sip.message import Request, Response, build_response
 from telephony_edge.sip.nat import (
     behind_nat,
     response_dest,
     stamp_via,
 )
+from telephony_edge.sip.parse import ParseError, parse_message
 from telephony_edge.sip.refer import is_refer_event
 from telephony_edge.sip.sdp import (
     Negotiated,
@@ -149,6 +143,7 @@ from telephony_edge.sip.ua_register import Registrations
 from telephony_edge.sip.ua_reoffer import Reoffers
 from telephony_edge.sip.ua_resume import Resumes
 from telephony_edge.sip.ua_transfer import Transfers
+from telephony_edge.sip.uri import bracketed
 
 
 class UserAgent(Reoffers, Transfers, Dials, Registrations, Resumes):

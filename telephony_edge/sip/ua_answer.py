@@ -6,11 +6,8 @@ from __future__ import annotations
 import secrets
 
 from telephony_edge.sip.dialog import Address
-from telephony_edge.sip.message import (
-    Request,
-    Response,
-    is_digits,
-)
+from telephony_edge.sip.headers import is_digits
+from telephony_edge.sip.message import Request, Response
 from telephony_edge.sip.session_timer import Negotiated as SessionTerms
 from telephony_edge.sip.session_timer import SessionTimer, session_expires
 from telephony_edge.sip.transaction import (

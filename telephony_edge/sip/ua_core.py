@@ -18,12 +18,8 @@ from collections.abc import Callable
 from telephony_edge.sip import sdes
 from telephony_edge.sip.dialog import Address, DialogState
 from telephony_edge.sip.family import Family, family_of
-from telephony_edge.sip.message import (
-    NameAddr,
-    Request,
-    Response,
-    build_response,
-)
+from telephony_edge.sip.header_values import NameAddr
+from telephony_edge.sip.message import Request, Response, build_response
 from telephony_edge.sip.nat import (
     in_dialog_dest,
     ip_literal,

@@ -8,12 +8,8 @@ from dataclasses import dataclass, field
 
 from telephony_edge.sip.dialog import Address, Dialog
 from telephony_edge.sip.family import Family
-from telephony_edge.sip.message import (
-    DEFAULT_LIMITS,
-    Limits,
-    Request,
-    format_hostport,
-)
+from telephony_edge.sip.message import Request
+from telephony_edge.sip.parse import DEFAULT_LIMITS, Limits
 from telephony_edge.sip.refer import Referral
 from telephony_edge.sip.register import Status as RegistrationStatus
 from telephony_edge.sip.sdes import DEFAULT_RULES, Policy, SrtpRules
@@ -32,6 +28,7 @@ from telephony_edge.sip.transaction import (
     _Machine,
 )
 from telephony_edge.sip.trunks import Trunk
+from telephony_edge.sip.uri import format_hostport
 
 KNOWN_METHODS = frozenset(
     {

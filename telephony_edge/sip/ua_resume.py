@@ -52,12 +52,14 @@ from telephony_edge.sip.body import sdp_body
 from telephony_edge.sip.dialog import Address, Dialog
 from telephony_edge.sip.dialog_state import DialogSnapshot, snapshot_of
 from telephony_edge.sip.family import family_of
-from telephony_edge.sip.message import NameAddr, Request, Response, SipUri
+from telephony_edge.sip.header_values import NameAddr
+from telephony_edge.sip.message import Request, Response
 from telephony_edge.sip.sdp import LocalSession, SrtpRefused, accept_answer, parse_sdp
 from telephony_edge.sip.session_timer import SessionTimer, session_expires
 from telephony_edge.sip.transaction import InviteClientTransaction, Key, client_key
 from telephony_edge.sip.ua_core import UaCore, sdp_reason
 from telephony_edge.sip.ua_records import Action, Call, CallConfirmed, Entry, Phase
+from telephony_edge.sip.uri import SipUri
 
 #: how far past the snapshot's CSeq the first request of this worker goes (module docstring)
 CSEQ_LEAP = 100

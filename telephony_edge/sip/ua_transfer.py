@@ -3,11 +3,8 @@ NOTIFY's sipfrag (RFC 3420), reported once as a :class:`TransferResult`."""
 
 from __future__ import annotations
 
-from telephony_edge.sip.message import (
-    NameAddr,
-    Request,
-    Response,
-)
+from telephony_edge.sip.header_values import NameAddr
+from telephony_edge.sip.message import Request, Response
 from telephony_edge.sip.refer import Referral, refer_to_uri, sipfrag_status
 from telephony_edge.sip.ua_core import UaCore
 from telephony_edge.sip.ua_records import (

@@ -80,7 +80,8 @@ from telephony_edge.sip.body import sdp_body
 from telephony_edge.sip.dialog import Address, Dialog
 from telephony_edge.sip.digest_client import MAX_CHALLENGES, DigestClient
 from telephony_edge.sip.family import Family
-from telephony_edge.sip.message import MAGIC_COOKIE, Headers, Request, Response, SipUri
+from telephony_edge.sip.headers import Headers
+from telephony_edge.sip.message import MAGIC_COOKIE, Request, Response
 from telephony_edge.sip.nat import ip_literal
 from telephony_edge.sip.sdes import DEFAULT_RULES, SrtpRules
 from telephony_edge.sip.sdp import LocalSession, MediaConfig, Negotiated, accept_answer, parse_sdp
@@ -96,6 +97,7 @@ from telephony_edge.sip.transaction import (
     Timers,
     Transmit,
 )
+from telephony_edge.sip.uri import SipUri
 
 BUSY = frozenset({486, 600, 603})
 NO_ANSWER = frozenset({408, 480, 487})

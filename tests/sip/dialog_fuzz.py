@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from telephony_edge.sip.message import ParseError, parse_message
+from telephony_edge.sip.parse import ParseError, parse_message
 from telephony_edge.sip.ua import UserAgent
 from telephony_edge.sip.ua_records import Action, CallEnded, Phase, Send, StartCall
 from tests.sip import mutate, wire

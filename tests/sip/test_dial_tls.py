@@ -10,7 +10,8 @@ import itertools
 import pytest
 
 from telephony_edge.sip import sdes, uac
-from telephony_edge.sip.message import Request, Response, build_response, parse_message
+from telephony_edge.sip.message import Request, Response, build_response
+from telephony_edge.sip.parse import parse_message
 from telephony_edge.sip.sdes import Policy, SrtpRules
 from telephony_edge.sip.sdp import LocalSession, MediaConfig, negotiate, parse_sdp
 from telephony_edge.sip.ua import UserAgent

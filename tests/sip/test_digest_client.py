@@ -6,7 +6,8 @@ import pytest
 
 from telephony_edge.sip.auth import DigestServer, Outcome, binding, digest_response
 from telephony_edge.sip.digest_client import DigestClient, read_challenge
-from telephony_edge.sip.message import Request, Response, build_response, parse_message
+from telephony_edge.sip.message import Request, Response, build_response
+from telephony_edge.sip.parse import parse_message
 from tests.sip import wire
 
 URI = "sip:+15550100@carrier.example"

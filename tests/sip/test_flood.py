@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from telephony_edge import badinput, metrics
-from telephony_edge.sip.message import Response, parse_message
+from telephony_edge.sip.message import Response
+from telephony_edge.sip.parse import parse_message
 from telephony_edge.sip.provider import SIP_ENDPOINT
 from telephony_edge.sip.ratelimit import RequestGate, TokenBuckets, peek_method
 from telephony_edge.sip.sources import source_key

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from telephony_edge.sip.message import ParseError, parse_message
+from telephony_edge.sip.parse import ParseError, parse_message
 from telephony_edge.sip.ua import UserAgent
 from telephony_edge.sip.ua_records import CallEnded, Send, StartCall
 from tests.sip import dialog_fuzz, mutate, wire

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from telephony_edge.sip.message import Response, parse_message
+from telephony_edge.sip.message import Response
+from telephony_edge.sip.parse import parse_message
 from telephony_edge.sip.provider import SIP_ENDPOINT
 from telephony_edge.sip.rtp import parse_rtp
 from telephony_edge.sip.sdp import parse_sdp

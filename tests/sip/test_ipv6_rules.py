@@ -14,16 +14,10 @@ from pydantic import ValidationError
 from telephony_edge.sip.dialog import Dialog
 from telephony_edge.sip.dialplan import NoRoute, plan_call
 from telephony_edge.sip.family import family_of, socket_host
-from telephony_edge.sip.message import (
-    ParseError,
-    Request,
-    Response,
-    SipUri,
-    Via,
-    format_hostport,
-    parse_message,
-)
+from telephony_edge.sip.header_values import Via
+from telephony_edge.sip.message import Request, Response
 from telephony_edge.sip.nat import behind_nat, is_private, response_dest, stamp_via
+from telephony_edge.sip.parse import ParseError, parse_message
 from telephony_edge.sip.resolve import HostsFile, SipResolver, Unresolvable, target_of
 from telephony_edge.sip.sdp import (
     LocalSession,
@@ -37,6 +31,7 @@ from telephony_edge.sip.settings import SipSettings
 from telephony_edge.sip.sources import source_key
 from telephony_edge.sip.ua import UserAgent
 from telephony_edge.sip.ua_records import Action, Send, StartCall, UaConfig
+from telephony_edge.sip.uri import SipUri, format_hostport
 from tests.sip.dns_server import start_dns
 from tests.sip.wire import with_length
 

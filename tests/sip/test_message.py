@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from telephony_edge.sip.message import (
-    CSeq,
-    Limits,
-    NameAddr,
-    ParseError,
-    Request,
-    Response,
-    SipUri,
-    Via,
-    build_response,
-    parse_message,
-)
+from telephony_edge.sip.header_values import CSeq, NameAddr, Via
+from telephony_edge.sip.message import Request, Response, build_response
+from telephony_edge.sip.parse import Limits, ParseError, parse_message
 from telephony_edge.sip.ua import UserAgent
 from telephony_edge.sip.ua_records import StartCall
+from telephony_edge.sip.uri import SipUri
 from tests.sip import wire
 
 

@@ -23,8 +23,9 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from telephony_edge.sip.dialog import Dialog
-from telephony_edge.sip.message import Request, Response, parse_message
+from telephony_edge.sip.message import Request, Response
 from telephony_edge.sip.nat import behind_nat, in_dialog_dest, is_private, response_dest, stamp_via
+from telephony_edge.sip.parse import parse_message
 from telephony_edge.sip.provider import SIP_ENDPOINT
 from telephony_edge.sip.ua import UserAgent
 from telephony_edge.sip.ua_records import Send, StartCall, UaConfig

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from telephony_edge.sip.message import Request, Response, parse_message
+from telephony_edge.sip.message import Request, Response
+from telephony_edge.sip.parse import parse_message
 from telephony_edge.sip.provider import SIP_ENDPOINT
 from telephony_edge.sip.ua import UserAgent
 from telephony_edge.sip.ua_records import Action, CallEnded, Send, StartCall, UaConfig

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from telephony_edge.sip.message import Request, build_response, parse_message
+from telephony_edge.sip.message import Request, build_response
+from telephony_edge.sip.parse import parse_message
 from telephony_edge.sip.refer import refer_to_uri, sipfrag_status
 from telephony_edge.sip.ua import UserAgent
 from telephony_edge.sip.ua_records import Action, CallEnded, TransferResult

@@ -9,7 +9,8 @@ import pytest
 from telephony_edge.sip import register as reg
 from telephony_edge.sip.auth import DigestServer, Outcome, binding
 from telephony_edge.sip.digest_client import DigestClient
-from telephony_edge.sip.message import Request, Response, build_response, parse_message
+from telephony_edge.sip.message import Request, Response, build_response
+from telephony_edge.sip.parse import parse_message
 from telephony_edge.sip.transaction import DEFAULT_TIMERS
 
 REGISTRAR = ("192.0.2.10", 5060)

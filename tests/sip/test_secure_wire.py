@@ -17,7 +17,8 @@ import aiohttp
 from cryptography import x509
 
 from telephony_edge import metrics
-from telephony_edge.sip.message import Request, Response, parse_message
+from telephony_edge.sip.message import Request, Response
+from telephony_edge.sip.parse import parse_message
 from telephony_edge.sip.provider import SIP_ENDPOINT
 from telephony_edge.sip.tcp import StreamFramer
 from tests.conftest import Edge, Receiver

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from telephony_edge.sip.message import Request, build_response, parse_message
+from telephony_edge.sip.message import Request, build_response
+from telephony_edge.sip.parse import parse_message
 from telephony_edge.sip.session_timer import Negotiated, TooSmall, negotiate
 from telephony_edge.sip.ua import UserAgent
 from telephony_edge.sip.ua_records import CallEnded, Send, StartCall

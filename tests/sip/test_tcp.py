@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from telephony_edge.sip.message import Response, parse_message
+from telephony_edge.sip.message import Response
+from telephony_edge.sip.parse import parse_message
 from telephony_edge.sip.provider import SIP_ENDPOINT
 from telephony_edge.sip.tcp import KEEPALIVE, FramingError, StreamFramer
 from tests.conftest import Edge, Receiver, wait_for

@@ -14,7 +14,8 @@ import aiohttp
 import pytest
 
 from telephony_edge import metrics
-from telephony_edge.sip.message import Request, Response, build_response, parse_message
+from telephony_edge.sip.message import Request, Response, build_response
+from telephony_edge.sip.parse import parse_message
 from telephony_edge.sip.provider import SIP_ENDPOINT
 from telephony_edge.sip.tcp import StreamFramer, TcpSide
 from tests.conftest import Edge, Receiver, wait_for

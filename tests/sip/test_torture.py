@@ -22,17 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from telephony_edge.sip.message import (
-    ParseError,
-    Request,
-    Response,
-    SipUri,
-    parse_message,
-)
+from telephony_edge.sip.message import Request, Response
+from telephony_edge.sip.parse import ParseError, parse_message
 from telephony_edge.sip.provider import SIP_ENDPOINT
 from telephony_edge.sip.transaction import server_key
 from telephony_edge.sip.ua import UserAgent
 from telephony_edge.sip.ua_records import Action, BadMessage, StartCall, UaConfig
+from telephony_edge.sip.uri import SipUri
 from tests.conftest import Edge
 from tests.sip import wire
 from tests.sip.test_ua import codes, make_ua, of, response, sent

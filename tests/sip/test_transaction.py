@@ -7,7 +7,8 @@ import itertools
 import pytest
 
 from telephony_edge.sip import transaction as tx
-from telephony_edge.sip.message import Request, build_response, parse_message
+from telephony_edge.sip.message import Request, build_response
+from telephony_edge.sip.parse import parse_message
 from tests.sip import wire
 
 T = tx.DEFAULT_TIMERS

@@ -5,7 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 from telephony_edge.sip.auth import digest_response, parse_auth_params
-from telephony_edge.sip.message import Request, parse_message
+from telephony_edge.sip.message import Request
+from telephony_edge.sip.parse import parse_message
 from telephony_edge.sip.trunks import Admission, Decision, Trunk
 from tests.sip import wire
 

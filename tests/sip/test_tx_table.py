@@ -8,7 +8,8 @@ from contextlib import contextmanager
 import pytest
 
 from telephony_edge.sip import transaction
-from telephony_edge.sip.message import Request, parse_message
+from telephony_edge.sip.message import Request
+from telephony_edge.sip.parse import parse_message
 from telephony_edge.sip.transaction import NonInviteServerTransaction
 from telephony_edge.sip.tx_table import TransactionTable
 from tests.sip import wire

@@ -6,7 +6,8 @@ import itertools
 
 import pytest
 
-from telephony_edge.sip.message import Response, parse_message
+from telephony_edge.sip.message import Response
+from telephony_edge.sip.parse import parse_message
 from telephony_edge.sip.sdp import MediaConfig
 from telephony_edge.sip.ua import UserAgent
 from telephony_edge.sip.ua_records import (

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import itertools
 
-from telephony_edge.sip.message import Request, build_response, parse_message
+from telephony_edge.sip.message import Request, build_response
+from telephony_edge.sip.parse import parse_message
 from telephony_edge.sip.register import Account, State
 from telephony_edge.sip.sdp import LocalSession, MediaConfig, negotiate, parse_sdp
 from telephony_edge.sip.ua import UserAgent

@@ -11,7 +11,8 @@ import pytest
 from pydantic import ValidationError
 
 from telephony_edge.sip.dialog_state import DialogSnapshot
-from telephony_edge.sip.message import Request, build_response, parse_message
+from telephony_edge.sip.message import Request, build_response
+from telephony_edge.sip.parse import parse_message
 from telephony_edge.sip.sdp import MediaConfig, parse_sdp
 from telephony_edge.sip.settings import SipSettings
 from telephony_edge.sip.ua import UserAgent

@@ -9,7 +9,8 @@ import itertools
 
 import pytest
 
-from telephony_edge.sip.message import Request, parse_message
+from telephony_edge.sip.message import Request
+from telephony_edge.sip.parse import parse_message
 from telephony_edge.sip.sdes import parse_crypto
 from telephony_edge.sip.sdp import MediaConfig
 from telephony_edge.sip.trunks import Admission, Trunk

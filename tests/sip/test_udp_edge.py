@@ -11,7 +11,8 @@ import asyncio
 import secrets
 from dataclasses import dataclass, field
 
-from telephony_edge.sip.message import Request, Response, parse_message
+from telephony_edge.sip.message import Request, Response
+from telephony_edge.sip.parse import parse_message
 from telephony_edge.sip.provider import SIP_ENDPOINT
 from telephony_edge.sip.rtp import RtpPacket, build_rtp, parse_rtp
 from tests.conftest import Edge, Receiver, wait_for
