@@ -378,6 +378,11 @@ class Coordinator(abc.ABC):
         ``<prefix>route:<key>``, which Kamailio reads with ``ndb_redis``)."""
 
     @abc.abstractmethod
+    async def get_route(self, key: str) -> str | None:
+        """What is kept under ``key`` (by a worker, or by the proxy: it notes there what it
+        saw, e.g. a caller's BYE in a dialog); None if nothing."""
+
+    @abc.abstractmethod
     async def drop_route(self, key: str, target: str) -> bool:
         """Remove the route under ``key`` if it is still ``target`` (a worker clears its
         own only: a call that moved keeps its new route); whether it was removed."""

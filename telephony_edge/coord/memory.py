@@ -278,6 +278,10 @@ class MemoryCoordinator(Coordinator):
     async def put_route(self, key: str, target: str, ttl: float) -> None:
         self._routes.set(key, target, ttl)
 
+    async def get_route(self, key: str) -> str | None:
+        found = self._routes.get(key)
+        return None if found is None else str(found)
+
     async def drop_route(self, key: str, target: str) -> bool:
         if self._routes.get(key) != target:
             return False

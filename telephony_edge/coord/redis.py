@@ -653,6 +653,10 @@ class RedisCoordinator(
     async def put_route(self, key: str, target: str, ttl: float) -> None:
         await self._redis.set(self._route_key(key), target, px=ms(ttl))
 
+    async def get_route(self, key: str) -> str | None:
+        found = await self._redis.get(self._route_key(key))
+        return None if found is None else str(found)
+
     async def drop_route(self, key: str, target: str) -> bool:
         return bool(await self._drop_route(keys=[self._route_key(key)], args=[target]))
 

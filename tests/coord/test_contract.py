@@ -287,15 +287,18 @@ async def test_pending_expires(coord: Coordinator) -> None:
 async def test_a_route_is_replaced_and_dropped_only_by_its_target(coord: Coordinator) -> None:
     await coord.put_route("sip:dialog-1", "sip:10.0.0.1:5060", ttl=30)
     await coord.put_route("sip:dialog-1", "sip:10.0.0.2:5060", ttl=30)  # the call moved
+    assert await coord.get_route("sip:dialog-1") == "sip:10.0.0.2:5060"
     assert not await coord.drop_route("sip:dialog-1", "sip:10.0.0.1:5060")  # not its any more
     assert await coord.drop_route("sip:dialog-1", "sip:10.0.0.2:5060")
     assert not await coord.drop_route("sip:dialog-1", "sip:10.0.0.2:5060")
+    assert await coord.get_route("sip:dialog-1") is None
 
 
 async def test_a_route_expires(coord: Coordinator) -> None:
     await coord.put_route("sip:dialog-2", "sip:10.0.0.1:5060", ttl=TTL)
     await asyncio.sleep(PAST_TTL)
     assert not await coord.drop_route("sip:dialog-2", "sip:10.0.0.1:5060")
+    assert await coord.get_route("sip:dialog-2") is None
 
 
 # -- ownership ---------------------------------------------------------------
