@@ -29,9 +29,10 @@ from telephony_edge.config import Settings
 from telephony_edge.errors import UserError, os_reason
 from telephony_edge.provider import Provider
 from telephony_edge.services import SERVICES
+from telephony_edge.sip.answerer import pending_key
 from telephony_edge.sip.family import bound_socket
 from telephony_edge.sip.settings import SipSettings, sip_settings
-from telephony_edge.sip.transport import SipEndpoint, pending_key
+from telephony_edge.sip.transport import SipEndpoint
 from telephony_edge.sip.uri import format_hostport
 
 REGISTER_PATH = "/register_sip_call"

@@ -11,15 +11,12 @@ timeouts fire on time. Nothing here parses SIP or decides protocol
 behaviour.
 
 Who may call is the UA's :class:`~telephony_edge.sip.trunks.Admission`
-(built here from ``sip.trunks`` and the number config). A new call
-(:class:`~telephony_edge.sip.ua.StartCall`) then finds its record in a task
-of its own: a dialled number's call is created as its route says (like a
-Twilio call at its voice webhook; the SIP Call-ID maps to one call); a
-registered call id is claimed exactly once (``sip-reg:<call_id>`` in the
-coordinator; unknown, expired or already claimed → 404). The allow-listed
-``X-`` headers go into the call's metadata. Then an RTP port is bound from the configured range,
-the UA answers 200 with its SDP, and the call runs as any other:
-``call_service.run(record, leg)``. A BYE from the caller ends the leg
+(built from ``sip.trunks`` and the number config by
+:mod:`telephony_edge.sip.endpoint_setup`). A new call
+(:class:`~telephony_edge.sip.ua.StartCall`) is :class:`~telephony_edge.sip.answerer.Answerer`'s:
+its record found, rung, answered and run as any other; the edge's own calls
+are :class:`~telephony_edge.sip.dialer.Dialer`'s, its registrations
+:class:`~telephony_edge.sip.accounts.Accounts`'s. A BYE from the caller ends the leg
 (``user-ended``); the edge's hang-up (agent ``end_call``, the API, drain)
 comes back through :meth:`SipEndpoint.hangup` and the UA sends BYE.
 A transfer (agent ``transfer_call``, the API) is :meth:`SipEndpoint.transfer`:
@@ -42,18 +39,15 @@ import asyncio
 import logging
 from collections.abc import Coroutine
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
 from telephony_edge import badinput, metrics
-from telephony_edge.calls.leg import Direction, LegInfo
-from telephony_edge.calls.record import CallRecord, CallState
-from telephony_edge.calls.refusals import CallRejected, ProviderError
+from telephony_edge.calls.refusals import ProviderError
 from telephony_edge.errors import UserError, os_reason
 from telephony_edge.services import Services
-from telephony_edge.sip import tcp_policy
+from telephony_edge.sip import endpoint_setup
 from telephony_edge.sip.accounts import Accounts
-from telephony_edge.sip.auth import DigestServer
-from telephony_edge.sip.auth_guard import DigestGuard, GuardLimits
+from telephony_edge.sip.answerer import Answerer
 from telephony_edge.sip.dialer import Dialer
 from telephony_edge.sip.family import Family, bound_socket, family_of, socket_host
 from telephony_edge.sip.leg import SipLeg
@@ -61,13 +55,11 @@ from telephony_edge.sip.outbound import Outbound
 from telephony_edge.sip.ratelimit import RequestGate
 from telephony_edge.sip.resolve import SipResolver, Unresolvable, target_of
 from telephony_edge.sip.resumer import Resumer
-from telephony_edge.sip.rtp_socket import RtpPorts, RtpProtocol
-from telephony_edge.sip.sdp import MediaConfig
+from telephony_edge.sip.rtp_socket import RtpPorts
 from telephony_edge.sip.sendto import send_datagram
 from telephony_edge.sip.settings import SipSettings
 from telephony_edge.sip.tcp import TcpSide
 from telephony_edge.sip.tls import Certificate, TlsConfig, TlsSide, client_context
-from telephony_edge.sip.trunks import Admission
 from telephony_edge.sip.ua import UserAgent
 from telephony_edge.sip.ua_records import (
     Action,
@@ -83,27 +75,15 @@ from telephony_edge.sip.ua_records import (
     Send,
     StartCall,
     TransferResult,
-    UaConfig,
     dtmf_from_info,
 )
-from telephony_edge.sip.uri import SipUri, format_hostport
+from telephony_edge.sip.uri import format_hostport
 
 log = logging.getLogger(__name__)
 
-PENDING_PREFIX = "sip-reg:"
 BIND_ATTEMPTS = 20
 INTERNAL_ERROR_INTERVAL_S = 60.0  # the same internal error is logged once in this
 RELEASED_NAMES = 1024  # ended calls whose call id a late DNS failure can still name
-
-
-def pending_key(call_id: str) -> str:
-    return PENDING_PREFIX + call_id
-
-
-def _settle(waiter: asyncio.Future[str | None] | None, failure: str | None) -> None:
-    """Tell a call awaiting its ACK how it went (None: acknowledged)."""
-    if waiter is not None and not waiter.done():
-        waiter.set_result(failure)
 
 
 class SipEndpoint(asyncio.DatagramProtocol):
@@ -125,7 +105,6 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._timer_at: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._transfers: dict[str, asyncio.Future[None]] = {}
-        self._acks: dict[str, asyncio.Future[str | None]] = {}  # answered calls awaiting ACK
         self._call_ids: dict[str, str] = {}  # UA call ref → the edge's call id
         self._released: dict[str, str] = {}  # the same for calls just released
         self._internal_errors = badinput.RateLimiter(INTERNAL_ERROR_INTERVAL_S, max_sources=64)
@@ -140,6 +119,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             trusted_burst=settings.trunk_request_burst,
         )
         self._stream_calls: dict[str, tuple[tuple[str, int], tuple[str, int]]] = {}
+        self.answerer = Answerer(self)  # the calls that come in
         self.dialer = Dialer(self)  # the edge's outbound calls
         self.accounts = Accounts(self)  # the accounts it registers (sip.accounts)
         self.resumer = Resumer(self)  # calls that outlive their worker (sip.dialog_proxy)
@@ -155,32 +135,11 @@ class SipEndpoint(asyncio.DatagramProtocol):
         await self._bind_tls()
         settings = self.settings
         host, port = self.advertised
-        media = MediaConfig(
-            address=host,
-            address6=settings.public_host6,
-            preferences=self.settings.codecs,
-            order="local" if self.settings.codec_order == "local" else "offer",
-            wideband_first=self.settings.prefer_g722,
+        config = endpoint_setup.ua_config(settings, host, port, self.tls_port)
+        admission = endpoint_setup.admission(
+            settings, self.services.router, host, self._digest_event, self.accounts.number_of
         )
-        config = UaConfig(
-            host=host,
-            host6=settings.public_host6,
-            port=port,
-            media=media,
-            refer_scheme=settings.refer_to,
-            refer_host=settings.refer_host,
-            refer_timeout=settings.refer_timeout_s,
-            refer_refused_bye=settings.refer_refused == "bye",
-            min_se=settings.min_se_s,
-            session_expires=settings.session_expires_s,
-            max_transactions=settings.max_transactions,
-            nat_keepalive=settings.nat_keepalive_s or None,
-            srtp=settings.srtp,
-            srtp_over_plain=settings.srtp_over_plain,
-            dialog_contact=settings.dialog_proxy,
-            tls_port=(settings.advertised_tls_port or self.tls_port) if settings.tls else None,
-        )
-        self.ua = UserAgent(config, admission=self._admission(host))
+        self.ua = UserAgent(config, admission=admission)
         self._spawn(self.accounts.run())
         if self.resumer.enabled:  # other workers' deaths seen, their calls taken over
             self._spawn(self.resumer.watch())
@@ -192,32 +151,6 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 ),
                 "sip_tls_port": self.tls_port or None,
             },
-        )
-
-    def _admission(self, realm: str) -> Admission:
-        settings, router = self.settings, self.services.router
-
-        def dialled(user: str) -> str | None:
-            route = router.lookup(user)
-            return route.number if route and route.provider == "sip" and route.local else None
-
-        return Admission(
-            [t.trunk(name, realm) for name, t in settings.trunks.items()],
-            dialled,
-            drop_unknown=settings.drop_unknown,
-            rate_per_minute=settings.rate_per_minute,
-            burst=settings.rate_burst,
-            digest=DigestServer(settings.nonce_ttl_s),
-            guard=DigestGuard(
-                GuardLimits(
-                    per_source=settings.digest_max_failures,
-                    per_username=settings.digest_max_user_failures,
-                    window=settings.digest_failure_window_s,
-                    lockout=settings.digest_lockout_s,
-                )
-            ),
-            on_digest=self._digest_event,
-            registered=self.accounts.number_of,
         )
 
     def _digest_event(self, outcome: str, source: str, trunk: str) -> None:
@@ -239,7 +172,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 if settings.tcp:
                     tcp = TcpSide(
                         lambda data, peer: self._receive(data, peer, "TCP"),
-                        policy=self._stream_limits(),
+                        policy=endpoint_setup.stream_limits(self.settings),
                         dialogs=self._stream_targets,
                         trusted=self.gate.trusted,
                     )
@@ -265,16 +198,6 @@ class SipEndpoint(asyncio.DatagramProtocol):
             self._udp[family_of(host)] = transport
             self.port = int(sock.getsockname()[1])
 
-    def _stream_limits(self) -> tcp_policy.Limits:
-        settings = self.settings
-        return tcp_policy.Limits(
-            max_connections=settings.tcp_max_connections,
-            max_per_source=settings.tcp_max_per_source,
-            first_message_timeout=settings.tcp_first_message_timeout_s,
-            read_timeout=settings.tcp_read_timeout_s,
-            idle_timeout=settings.tcp_idle_timeout_s,
-        )
-
     async def _bind_tls(self) -> None:
         """SIP over TLS (sip/tls.py): our own connections always (verified against the
         system's trust store or ``sip.tls_ca_file``); a listener on ``sip.tls_port`` with
@@ -295,7 +218,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         tls = TlsSide(
             lambda data, peer: self._receive(data, peer, "TLS"),
             TlsConfig(certificate, client, settings.tls_handshake_timeout_s),
-            policy=self._stream_limits(),
+            policy=endpoint_setup.stream_limits(self.settings),
             dialogs=self._stream_targets,
             trusted=self.gate.trusted,
         )
@@ -426,7 +349,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 )
             elif isinstance(action, StartCall):
                 self._track_stream(action.call)
-                self._spawn(self._start_call(action))
+                self._spawn(self.answerer.start(action))
             elif isinstance(action, CallRefused):
                 log.log(
                     logging.DEBUG if action.status is None else logging.INFO,
@@ -440,7 +363,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 )
             elif isinstance(action, CallConfirmed | MediaUpdated):
                 if isinstance(action, CallConfirmed):
-                    _settle(self._acks.pop(action.call, None), None)
+                    self.answerer.acknowledged(action.call)
                     self.dialer.answered(action.call, action.media)
                 self._track_stream(action.call)  # a re-INVITE may move the target
                 leg = self.legs.get(action.call)
@@ -545,7 +468,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
     def _call_ended(self, ended: CallEnded) -> None:
         self._stream_calls.pop(ended.call, None)
-        _settle(self._acks.pop(ended.call, None), f"no ACK for the 200 OK ({ended.reason})")
+        self.answerer.ended(ended.call, ended.reason)
         waiter = self._transfers.pop(ended.call, None)
         if waiter is not None and not waiter.done():
             waiter.set_exception(ProviderError("the call ended during the transfer"))
@@ -593,160 +516,6 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
-
-    def _reject(self, ref: str, code: int, why: str) -> None:
-        log.info("SIP call refused", extra={"sip_call": ref, "status": code, "reason": why})
-        if self.ua is not None:
-            self._apply(self.ua.reject(ref, code, self._now()))
-
-    async def _record_for(self, start: StartCall) -> CallRecord | None:
-        """The call record an admitted INVITE names (None: rejected here)."""
-        ref, services = start.call, self.services
-        try:
-            user = SipUri.parse(start.request.uri).user or ""
-        except ValueError:
-            user = ""
-        if not user or len(user) > 128:
-            self._reject(ref, 404, "no call id in the Request-URI")
-            return None
-        if not services.calls.accepting:
-            self._reject(ref, 503, "draining")
-            return None
-        try:
-            if start.number is not None:
-                route = services.router.lookup(start.number)
-                if route is None:  # the configuration changed meanwhile
-                    self._reject(ref, 404, "no longer one of the edge's numbers")
-                    return None
-                from_uri = start.request.from_().sip_uri()
-                record: CallRecord | None = await services.call_service.create_inbound(
-                    route,
-                    from_=from_uri.user or str(from_uri),
-                    provider_call_id=start.request.call_id(),
-                )
-            else:
-                claimed = await services.coordinator.claim_pending(pending_key(user))
-                record = await services.call_service.get(user) if claimed is not None else None
-        except CallRejected as exc:
-            self._reject(ref, 486 if exc.http_status == 409 else 503, exc.reason)
-            return None
-        except Exception as exc:  # the coordinator is down: a trunk should try elsewhere
-            # the edge's fault, but each INVITE would repeat it: once a minute per error
-            admitted = self._internal_errors.admit(f"admission {type(exc).__name__}")
-            if admitted is not None:
-                log.exception(
-                    "SIP call not admitted",
-                    extra={"sip_call": ref, "repeats": admitted.suppressed},
-                )
-            self._reject(ref, 503, "coordinator unavailable")
-            return None
-        if record is None or record.state is not CallState.CREATED:
-            if self.ua is not None and self.ua.admission is not None:
-                self.ua.admission.penalize(start.source[0], self._now())
-            self._reject(ref, 404, "unknown, expired or already used call id")
-            return None
-        return record
-
-    def _header_metadata(self, start: StartCall) -> dict[str, str]:
-        """The allow-listed ``X-`` headers of the INVITE, for the call's metadata."""
-        headers = start.request.headers
-        found = {name: headers.get(name) for name in self.settings.metadata_headers}
-        return {name: value[:256] for name, value in found.items() if value}
-
-    async def _start_call(self, start: StartCall) -> None:
-        ua = self.ua
-        assert ua is not None
-        ref, services = start.call, self.services
-        record = await self._record_for(start)
-        if record is None:
-            return
-        record.metadata.update(self._header_metadata(start))
-        try:
-            rtp, port = await self.rtp_ports.bind(start.family)  # the media's family
-        except OSError as exc:
-            return self._reject(ref, 503, str(exc))
-        leg: SipLeg | None = None
-        if self.settings.early_media:
-            progress = ua.progress(ref, port, self._now())
-            self._apply(progress)
-            pending = ua.calls().get(ref)
-            if progress and pending is not None and pending.media is not None:
-                # a 183 with our SDP went out: RTP flows from now (RFC 3960 gateways
-                # cut early media through on it; the caller's NAT opens)
-                leg = self._new_leg(start, record, rtp, port, early=True)
-                leg.set_media(pending.media)
-                self.legs[ref] = leg
-        elif self.settings.ring_s > 0:
-            self._apply(ua.ringing(ref, self._now()))
-        if self.settings.ring_s > 0:
-            await asyncio.sleep(self.settings.ring_s)
-        ringing = ua.calls().get(ref)
-        if ringing is not None:  # the proxy in front sends the ACK here (before the 200)
-            sip_call_id = start.request.call_id()
-            await self.resumer.claim(ref, sip_call_id, ringing.transport, record.generation)
-        call = ua.calls().get(ref)
-        if call is None:  # CANCEL (or a timeout) while we looked it up or rang
-            self.resumer.release(ref)
-            if leg is not None:
-                await leg.close()  # its port goes back through release()
-            else:
-                if rtp.transport is not None:
-                    rtp.transport.close()
-                self.rtp_ports.release(port)
-            # the registration is spent: the call record ends here, once (compare-and-set)
-            await services.call_service.update_provider_status(record.call_id, "cancelled")
-            log.info("SIP call cancelled before the answer", extra={"call_id": record.call_id})
-            return
-        if leg is None:
-            leg = self._new_leg(start, record, rtp, port)
-            if call.media is not None:
-                leg.set_media(call.media)
-            self.legs[ref] = leg
-        self._call_ids[ref] = record.call_id
-        acked = self._acks[ref] = asyncio.get_running_loop().create_future()
-        self._apply(ua.answer(ref, port, self._now()))
-        leg.hear()
-        log.info(
-            "SIP call answered",
-            extra={"call_id": record.call_id, "sip_call": ref, "rtp_port": port},
-        )
-        try:
-            # the agent's session starts at the ACK: a spoofed INVITE over UDP (whose 200
-            # goes to someone who never asked) costs an RTP port until Timer H, no agent time
-            failure = await acked
-            if failure is not None:
-                await services.call_service.fail_setup(record.call_id, failure)
-                return
-            await services.call_service.run(record, leg)
-        except Exception:
-            log.exception("SIP call failed", extra={"call_id": record.call_id})
-        finally:
-            await leg.close()
-
-    def _new_leg(
-        self, start: StartCall, record: CallRecord, rtp: RtpProtocol, port: int, early: bool = False
-    ) -> SipLeg:
-        """The call's media leg; ``early``: sending only, until the answer."""
-        from_uri = start.request.from_().sip_uri()
-        info = LegInfo(
-            provider="sip",
-            direction=cast(Direction, record.direction),
-            from_=from_uri.user or str(from_uri),
-            to=record.to or record.call_id,
-            provider_call_id=start.request.call_id(),
-        )
-        return SipLeg(
-            info,
-            start.call,
-            rtp,
-            port,
-            self,
-            rtp_timeout_s=self.settings.rtp_timeout_s,
-            jitter_max_ms=self.settings.jitter_max_ms,
-            pacer=self.services.call_service.pacer,
-            hearing=not early,
-            resumable=self.resumer.enabled,
-        )
 
     # -- CallControl (from the legs) ---------------------------------------------------
 
