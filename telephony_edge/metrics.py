@@ -304,6 +304,13 @@ RECORDING_UPLOADS_PENDING = Gauge(
     "telephony_edge_recording_uploads_pending",
     "Recordings this worker is uploading to S3 (each retried with back-off until stored)",
 )
+RECORDING_PARTS = Counter(
+    "telephony_edge_recording_parts_total",
+    "Earlier workers' parts of moved calls' recordings, by outcome: joined into the call's one"
+    " recording, or missing (not on this worker's spool: another node's; uploaded on its own"
+    " by that node, the gap silent in the recording)",
+    ["outcome"],
+)
 RECORDING_UPLOAD_FAILURES = Counter(
     "telephony_edge_recording_upload_failures_total",
     "Failed attempts to upload a recording to S3, each tried again after a back-off, by reason:"

@@ -24,7 +24,7 @@ import json
 import math
 import struct
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,10 +242,12 @@ async def cluster(
     *,
     talk_s: float = 30.0,
     calls: dict[str, Any] | None = None,
+    configure: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> AsyncIterator[Cluster]:
     """Workers ``worker-a`` (Caddy's first) and ``worker-b``, Caddy, the core, the stand-in.
 
-    ``calls``: the workers' ``calls:`` settings (short leases by default, for the tests)."""
+    ``calls``: the workers' ``calls:`` settings (short leases by default, for the tests);
+    ``configure(name, config)``: changes a worker's configuration before it starts."""
     core = TalkingCore(talk_s)
     await core.server.start_server()
     rest = TwilioRestStandIn(ACCOUNT_SID, AUTH_TOKEN)
@@ -278,6 +280,8 @@ async def cluster(
                 str(receiver.make_url("/ended")),
                 {"lease_s": 3.0, "lease_renew_s": 1.0} if calls is None else calls,
             )
+            if configure is not None:
+                configure(name, config)
             workers[name] = start_serve_process(config, directory / name)
         first, second = (int(w.base_url.rsplit(":", 1)[1]) for w in workers.values())
         proxy = caddy(directory, first, upstreams=[second], balance=BALANCE, port=proxy_port)

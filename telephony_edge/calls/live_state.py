@@ -12,6 +12,13 @@ is lost (``Network.resumable``: Twilio) has a *live state* in the coordinator
   ``moving`` marker (cause, from which worker, when);
 * the chat and the function calls, appended entry by entry.
 
+A recorded call's document also holds its recording's ``recording`` entry
+(when it began, and each worker's part: its spool file and where it starts
+on the call's timeline; :mod:`telephony_edge.recording.joiner`), which the
+worker that ends the call joins into one recording. It changes only when
+a worker starts a part (a takeover), never as the file grows, so it costs
+no write of its own.
+
 The agent config and the metadata the call runs with are in its record
 already (written when it went ``active``), so they are not repeated here.
 
@@ -80,12 +87,20 @@ class LiveStates:
     """This worker's writer of its calls' live state (see the module docstring)."""
 
     def __init__(
-        self, coordinator: Coordinator, worker_id: str, *, ttl_s: float, interval_s: float
+        self,
+        coordinator: Coordinator,
+        worker_id: str,
+        *,
+        ttl_s: float,
+        interval_s: float,
+        recording: Callable[[str], dict[str, Any] | None] = lambda call_id: None,
     ) -> None:
+        """``recording``: a call's recording entry (None: not recorded here)."""
         self.coordinator = coordinator
         self.worker_id = worker_id
         self.ttl_s = ttl_s
         self.interval_s = interval_s
+        self._recording = recording
         self._written: dict[str, _Written] = {}
 
     def adopt(self, call_id: str, chat: int, function_calls: int) -> None:
@@ -101,9 +116,13 @@ class LiveStates:
         written = self._written.get(call_id) or _Written()
         chat = list(snapshot.chat[written.chat :])
         calls = list(snapshot.function_calls[written.function_calls :])
-        if not chat and not calls and snapshot.doc == written.doc:
+        doc = snapshot.doc
+        recording = self._recording(call_id)
+        if recording is not None:
+            doc = {**doc, "recording": recording}
+        if not chat and not calls and doc == written.doc:
             return None
-        return LiveUpdate(snapshot.doc, chat, calls)
+        return LiveUpdate(doc, chat, calls)
 
     async def _write(self, updates: dict[str, LiveUpdate]) -> int:
         done = await self.coordinator.put_live(self.worker_id, updates, self.ttl_s)

@@ -40,7 +40,7 @@ from telephony_edge.calls.upkeep import Upkeep, supervise
 from telephony_edge.calls.variables import call_variables, fill_placeholders, merge_agent_config
 from telephony_edge.coord.base import Conflict
 from telephony_edge.coord.health import CoordinatorUnavailable
-from telephony_edge.recording.recorder import CallRecording, recording_options
+from telephony_edge.recording.recorder import CallRecording, Continued, recording_options
 from telephony_edge.routing import Route
 
 log = logging.getLogger(__name__)
@@ -331,8 +331,8 @@ class CallService(RemoteControl, Upkeep):
         voicemail = None if resumed is not None and record.amd else self.voicemail(record)
         network = self.networks.get(record.provider)
         by_network = network is not None and network.network_amd and record.direction == "outbound"
-        # a moved call's recording stays the first worker's (see docs/architecture.md)
-        recording = self._start_recording(record) if resumed is None else None
+        # a moved call's recording goes on here in a part of its own (recording/joiner.py)
+        recording = self._start_recording(record, resumed)
         tap = None if recording is None else recording.writer
         hooks: CallHooks = self
         if resumed is not None:
@@ -363,7 +363,9 @@ class CallService(RemoteControl, Upkeep):
             active.dec()
             self.manager.discard(record.call_id)
             self.live.forget(record.call_id)
-            if recording is not None:  # a call that ended without a webhook to wait for it
+            if recording is not None and record.state in (CallState.CONNECTING, CallState.ACTIVE):
+                await self.recordings.let_go(record.call_id)  # it goes on elsewhere: a part
+            elif recording is not None:  # a call that ended without a webhook to wait for it
                 await self.recordings.finish(record.call_id, keep=True)
         return record
 
@@ -392,15 +394,24 @@ class CallService(RemoteControl, Upkeep):
             return 0
         return await migration.hand_off_all(self.manager, cause, within_s=migration.HAND_OFF_WAIT_S)
 
-    def _start_recording(self, record: CallRecord) -> CallRecording | None:
-        """Record the call from its first frame if its agent's settings (and the call's) say so."""
+    def _start_recording(
+        self, record: CallRecord, resumed: migration.Resumption | None
+    ) -> CallRecording | None:
+        """Record the call from its first frame if its agent's settings (and the call's) say so;
+        a call taken over, in its next part, after those its live state lists."""
         stored = self.settings.agents[record.agent_id].model_dump(mode="json", exclude_none=True)
         try:
             options = recording_options(merge_agent_config(stored, record.agent_config))
         except ValueError as exc:  # checked at create: a record from elsewhere
             log.warning("call not recorded: %s", exc, extra={"call_id": record.call_id})
             return None
-        return None if options is None else self.recordings.start(record.call_id, options)
+        continued = None
+        if resumed is not None:
+            live = resumed.live.doc.get("recording") if resumed.live is not None else None
+            continued = Continued(record.generation, live, resumed.elapsed_s)
+        return (
+            None if options is None else self.recordings.start(record.call_id, options, continued)
+        )
 
     async def begin(self, record: CallRecord) -> str | None:
         """Move the call out of ``created`` (compare-and-set), then admit it here.

@@ -132,12 +132,14 @@ class ServiceCore:
             settings.recording,
             public_url=settings.public_url,
             secret=settings.webhooks.signing_secret,
+            worker_id=worker_id,
         )
         self.live = LiveStates(
             coordinator,
             worker_id,
             ttl_s=calls.max_duration_s + TTL_MARGIN_S,
             interval_s=calls.live_state_interval_s,
+            recording=self.recordings.live_state,
         )
 
     def resumable(self, provider: str) -> bool:

@@ -37,8 +37,9 @@ from telephony_edge import metrics
 from telephony_edge.audio.frames import FRAME_MS, SAMPLE_RATE, SAMPLE_WIDTH
 from telephony_edge.calls.dispatcher import RetryPolicy
 from telephony_edge.config import RecordingOptions, RecordingSettings, Settings
-from telephony_edge.recording import signing
+from telephony_edge.recording import joiner, signing
 from telephony_edge.recording.encoder import CODECS, EncoderFailed, FfmpegEncoder
+from telephony_edge.recording.joiner import Part, Timeline
 from telephony_edge.recording.spool import Claim, Spool
 from telephony_edge.recording.storage import LocalStorage, S3Storage, Storage
 from telephony_edge.recording.uploads import UploadQueue
@@ -54,6 +55,8 @@ MAX_REMEMBERED = 1000
 HEADROOM_S = 10
 #: a spool file written this recently may still be a dead worker's ffmpeg's: adopted later
 ADOPT_QUIET_S = 5.0
+#: how long a moved call's end waits for an earlier part its worker still holds (finishing it)
+PART_WAIT_S = 10.0
 
 
 def recording_options(agent_config: Mapping[str, Any]) -> RecordingOptions | None:
@@ -81,6 +84,25 @@ class RecordedFile:
     duration_s: float
     size_bytes: int
     sha256: str
+    parts: list[dict[str, Any]] | None = None
+    """A moved call's: each worker's part, in order, whether it is in this recording."""
+
+    def payload(self) -> dict[str, Any]:
+        """The end-of-call payload's ``recording`` (``parts`` only for a call that moved)."""
+        found = asdict(self)
+        if self.parts is None:
+            del found["parts"]
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class Continued:
+    """A call taken over here: its generation, its live state's ``recording`` entry, and
+    how long ago it began."""
+
+    generation: int
+    live: Mapping[str, Any] | None
+    elapsed_s: float
 
 
 class CallRecording:
@@ -97,17 +119,53 @@ class CallRecording:
         *,
         flush_interval_s: float,
         clock: Callable[[], float],
+        timeline: Timeline,
     ) -> None:
         self.call_id = call_id
         self.claim = claim
         self.format = fmt
         self.options = options
+        self.timeline = timeline
         self.encoder = sink if isinstance(sink, FfmpegEncoder) else None
         self.writer = TrackWriter(sink, options.channels, clock=clock)
         self._spool = spool
         self._lock = asyncio.Lock()
         self._started = None if self.encoder is None else asyncio.create_task(self.encoder.start())
         self._flusher = asyncio.create_task(self._flush_every(flush_interval_s))
+        self.earlier: dict[str, Claim | None] = {}
+        """The earlier parts' claims (None: not claimed yet, or not on this spool)."""
+        self.missing: set[str] = set()
+        """Earlier parts not on this spool (another node's): not joined."""
+        self.claim_earlier()
+
+    def live_state(self) -> dict[str, Any]:
+        """The recording's entry in the call's live state: changes only with a new part."""
+        return self.timeline.live_state()
+
+    def waiting_for_earlier(self) -> bool:
+        """Whether an earlier part is on this spool but another process still holds it."""
+        return any(
+            self.earlier.get(part.file) is None and part.file not in self.missing
+            for part in self.timeline.parts[:-1]
+        )
+
+    def claim_earlier(self) -> None:
+        """Claim the earlier parts not claimed yet, so that no sweep uploads them alone."""
+        for part in self.timeline.parts[:-1]:
+            if self.earlier.get(part.file) is not None or part.file in self.missing:
+                continue
+            try:
+                self.earlier[part.file] = self._spool.claim(part.file)
+            except FileNotFoundError:
+                self.missing.add(part.file)
+                log.warning(
+                    "recording: the part %s of worker %s is not on this spool: not joined",
+                    part.file,
+                    part.worker,
+                    extra={"call_id": self.call_id},
+                )
+            except OSError as exc:  # tried again at the next flush
+                log.warning("recording: part %s not claimed: %r", part.file, exc)
 
     async def _flush_every(self, interval: float) -> None:
         while not self.writer.closed:
@@ -116,6 +174,7 @@ class CallRecording:
 
     async def flush(self) -> None:
         """Catch the file up with the call's clock (the flush task's step, each second)."""
+        self.claim_earlier()  # an earlier part its worker was still finishing, if any
         async with self._lock:
             if self.writer.closed:
                 return
@@ -175,9 +234,11 @@ class Recordings:
         *,
         public_url: str,
         secret: str | None,
+        worker_id: str = "",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        self.worker_id = worker_id
         self.directory = Path(settings.directory)
         self.public_url = public_url
         """The base of the links to recordings kept here (``settings.public_url``)."""
@@ -203,8 +264,13 @@ class Recordings:
     def secret(self) -> str | None:
         return self._secret
 
-    def start(self, call_id: str, options: RecordingOptions) -> CallRecording | None:
-        """Start recording ``call_id`` now; None (logged) if its file cannot be had."""
+    def start(
+        self, call_id: str, options: RecordingOptions, continued: Continued | None = None
+    ) -> CallRecording | None:
+        """Start recording ``call_id`` now; None (logged) if its file cannot be had.
+
+        ``continued``: the call was taken over: this is its next part (:mod:`.joiner`).
+        """
         if not CALL_ID.match(call_id):
             log.error("call not recorded: its id cannot name a file", extra={"call_id": call_id})
             return None
@@ -218,7 +284,8 @@ class Recordings:
             HEADROOM_S * SAMPLE_RATE * SAMPLE_WIDTH * (2 if options.channels == "stereo" else 1)
         )
         try:
-            claim = self.spool.create(f"{call_id}.{fmt}", headroom)
+            name = joiner.part_name(call_id, continued.generation if continued else 0, fmt)
+            claim = self.spool.create(name, headroom)
         except OSError as exc:
             log.error("call not recorded: %s", exc, extra={"call_id": call_id})
             return None
@@ -250,9 +317,45 @@ class Recordings:
             self.spool,
             flush_interval_s=self.settings.flush_interval_s,
             clock=self._clock,
+            timeline=(
+                Timeline.first(call_id, fmt, self.worker_id, time.time())
+                if continued is None
+                else Timeline.resumed(
+                    continued.live,
+                    name,
+                    self.worker_id,
+                    now=time.time(),
+                    elapsed_s=continued.elapsed_s,
+                )
+            ),
         )
         self._live[call_id] = recording
         return recording
+
+    def live_state(self, call_id: str) -> dict[str, Any] | None:
+        """``call_id``'s recording entry for its live state (None: not recorded here)."""
+        recording = self._live.get(call_id)
+        return None if recording is None else recording.live_state()
+
+    async def let_go(self, call_id: str) -> None:
+        """The call goes on on another worker: finish this worker's part and leave it, and
+        the earlier parts it held, on the spool, for the worker that ends the call to join."""
+        recording = self._live.pop(call_id, None)
+        if recording is None:
+            return
+        try:
+            await recording.stop()
+        except Exception as exc:  # kept as written so far
+            log.warning("recording part not finished: %r", exc, extra={"call_id": call_id})
+        finally:
+            self.spool.release(recording.claim, delete=False)
+            self._release_earlier(recording)
+        log.info("recording part %s left for the call's next worker", recording.claim.path.name)
+
+    def _release_earlier(self, recording: CallRecording, *, delete: bool = False) -> None:
+        for claim in recording.earlier.values():
+            if claim is not None:
+                self.spool.release(claim, delete=delete)
 
     async def finish(self, call_id: str, *, keep: bool = False) -> dict[str, Any] | None:
         """Close ``call_id``'s recording and store it: the payload's ``recording`` object.
@@ -265,7 +368,7 @@ class Recordings:
         recording = self._live.pop(call_id, None)
         if recording is None:
             done = self._done.get(call_id) if keep else self._done.pop(call_id, None)
-            return None if done is None else asdict(done)
+            return None if done is None else done.payload()
         task = asyncio.create_task(self._complete(recording))
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
@@ -284,16 +387,20 @@ class Recordings:
             self._done[call_id] = result
             while len(self._done) > MAX_REMEMBERED:
                 self._done.popitem(last=False)
-        return asdict(result)
+        return result.payload()
 
     async def _complete(self, recording: CallRecording) -> RecordedFile:
         claim, call_id = recording.claim, recording.call_id
+        parts = None
         try:
             duration = await recording.stop()
+            if len(recording.timeline.parts) > 1:
+                claim, duration, parts = await self._join(recording)
             size, digest = await asyncio.to_thread(_size_and_sha256, claim.path)
         except BaseException:
             # kept as it is (served here, or uploaded by the next sweep), unless nothing is in it
             self.spool.release(claim, delete=os.fstat(claim.fd).st_size == 0)
+            self._release_earlier(recording)
             raise
         if self.uploads is None or self._s3 is None:
             self.spool.release(claim, delete=False)
@@ -307,7 +414,60 @@ class Recordings:
                 raise RuntimeError("deleted by the retention sweep before it was uploaded")
             url = await self._s3.url(claim.path.name)
         channels = recording.options.channels
-        return RecordedFile(url, recording.format, channels, duration, size, digest)
+        if parts is not None and self._s3 is not None:
+            for part in parts:
+                if not part["joined"]:  # its node's spool uploads it under its own name
+                    part["url"] = await self._s3.url(part["file"])
+        return RecordedFile(url, recording.format, channels, duration, size, digest, parts)
+
+    async def _join(self, recording: CallRecording) -> tuple[Claim, float, list[dict[str, Any]]]:
+        """A moved call's parts joined into one file (:mod:`.joiner`): its claim, duration,
+        and the parts as the payload lists them. The joined parts are deleted."""
+        deadline = time.monotonic() + PART_WAIT_S
+        while recording.waiting_for_earlier() and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)  # its worker is finishing it (a drain)
+            recording.claim_earlier()
+        own = recording.claim
+        found: list[tuple[Part, Path | None]] = []
+        for part in recording.timeline.parts[:-1]:
+            held = recording.earlier.get(part.file)
+            found.append((part, None if held is None else held.path))
+            metrics.RECORDING_PARTS.labels(outcome="missing" if held is None else "joined").inc()
+        found.append((recording.timeline.parts[-1], own.path))
+        headroom = own.size + sum(c.size for c in recording.earlier.values() if c is not None)
+        whole = self.spool.create(joiner.whole_name(recording.call_id, recording.format), headroom)
+        if whole is None:
+            metrics.RECORDING_SPOOL_FULL.labels(action="refused").inc()
+            raise OSError("the spool is full: the parts are left for the sweep to upload")
+        channels = recording.options.channels
+        try:
+            sink = (
+                WavFile(whole.path, channels)
+                if recording.encoder is None or self._ffmpeg is None
+                else FfmpegEncoder(self._ffmpeg, whole.path, recording.format, channels)
+            )
+            if isinstance(sink, FfmpegEncoder):
+                await sink.start()
+            try:
+                duration = await joiner.join(found, sink, channels, self._ffmpeg)
+            finally:
+                sink.close()
+            if isinstance(sink, FfmpegEncoder):
+                await sink.wait()
+        except BaseException:
+            self.spool.release(whole, delete=True)
+            raise
+        self.spool.grow(whole, os.fstat(whole.fd).st_size)
+        self.spool.release(own, delete=True)
+        self._release_earlier(recording, delete=True)
+        listed = [{**asdict(part), "joined": path is not None} for part, path in found]
+        if any(path is None for _, path in found):
+            log.warning(
+                "recording joined without %d earlier part(s): silent there",
+                sum(path is None for _, path in found),
+                extra={"call_id": recording.call_id},
+            )
+        return whole, duration, listed
 
     def link(self, call_id: str) -> str | None:
         """The edge's signed link to a recording kept locally (None without a secret)."""

@@ -111,6 +111,22 @@ class Spool:
             os.close(claim.fd)
             self._count(-claim.size)
 
+    def claim(self, name: str) -> Claim | None:
+        """Claim the file ``name`` no process holds (a moved call's earlier part); None while
+        one does (its worker still finishing it). Raises FileNotFoundError if it is not here
+        (on another node's spool, or already uploaded)."""
+        if name in self._held:  # this worker's own, being let go
+            return None
+        fd = os.open(self.directory / name, os.O_RDONLY | os.O_CLOEXEC)
+        if not _lock(fd):
+            os.close(fd)
+            return None
+        stat = os.fstat(fd)
+        if stat.st_nlink == 0:  # deleted as it was opened
+            os.close(fd)
+            raise FileNotFoundError(name)
+        return self._hold(Claim(self.directory / name, fd, stat.st_size))
+
     def adopt(self, quiet_s: float) -> tuple[list[Claim], int]:
         """Claim the files no process holds, written ``quiet_s`` ago or more.
 

@@ -51,11 +51,13 @@ class LocalStorage:
         self.directory = directory
 
     def find(self, call_id: str) -> Path | None:
-        """The recording of ``call_id`` (``call_id`` already checked to be a plain name)."""
-        for fmt in FORMATS:
-            path = self.directory / f"{call_id}.{fmt}"
-            if path.is_file():
-                return path
+        """The recording of ``call_id`` (``call_id`` already checked to be a plain name): a
+        moved call's joined one (``joiner.whole_name``) first."""
+        for name in ("{}.whole.{}", "{}.{}"):
+            for fmt in FORMATS:
+                path = self.directory / name.format(call_id, fmt)
+                if path.is_file():
+                    return path
         return None
 
     async def sweep(self, cutoff: float) -> int:
