@@ -71,7 +71,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from telephony_edge import metrics
@@ -91,7 +91,8 @@ from telephony_edge.calls.leg import (
 from telephony_edge.calls.pacing import Pacer
 from telephony_edge.sip.dtmf_out import KeyPresses
 from telephony_edge.sip.family import bound_socket
-from telephony_edge.sip.playout import TICKS_PER_FRAME, Decoder, PlayoutStats
+from telephony_edge.sip.leg_stats import MediaCounters, media_report, vars_of
+from telephony_edge.sip.playout import Decoder
 from telephony_edge.sip.rtcp import RR, SR, RtcpSession, build_bye, report_interval, sender_ssrc
 from telephony_edge.sip.rtp import Address, DtmfDigit, Held, RtpInbound, RtpSender
 from telephony_edge.sip.rtp_out import OutboundStream
@@ -108,13 +109,6 @@ SEND_BUFFER_LIMIT = 64 * 1024
 _DROPPED = metrics.FRAMES_DROPPED.labels(reason="sip_backlog")
 _KEYED_OVER = metrics.FRAMES_DROPPED.labels(reason="sip_dtmf_out")  # a key took the slot
 DTMF_SLACK_S = 2.0  # how much longer than planned a request may take (a late pacer)
-_RECEIVED = metrics.SIP_RTP_PACKETS.labels(outcome="received")
-_LOST = metrics.SIP_RTP_PACKETS.labels(outcome="lost")
-_LATE = metrics.SIP_RTP_PACKETS.labels(outcome="late")
-_PLAYOUT = tuple(
-    metrics.SIP_PLAYOUT_FRAMES.labels(kind=k)
-    for k in ("concealed", "silence", "dropped", "inserted")
-)
 _RTCP_SENT = metrics.SIP_RTCP_PACKETS.labels(outcome="sent")
 _RTCP_RECEIVED = metrics.SIP_RTCP_PACKETS.labels(outcome="received")
 _RTCP_MALFORMED = metrics.SIP_RTCP_PACKETS.labels(outcome="malformed")
@@ -226,8 +220,7 @@ class SipLeg(Leg):
         self._rtcp_socket: RtcpProtocol | None = None
         self._last_rtp = self._clock()
         self._loop = asyncio.get_running_loop()
-        self._exported: tuple[int, ...] = (0, 0, 0)  # received, lost, late already counted
-        self._exported_playout: tuple[int, ...] = (0, 0, 0, 0)  # concealed, silence, …
+        self._counters = MediaCounters()  # what the Prometheus counters have of this call
         self._media_task = self._loop.create_task(self._media_timer())
 
     # -- media description ---------------------------------------------------------
@@ -249,8 +242,7 @@ class SipLeg(Leg):
                 self.inbound.cn_pt = media.cn_payload_type
             return
         self._export()  # a new codec is a new stream: its counters start at 0
-        self._exported = (0, 0, 0)
-        self._exported_playout = (0, 0, 0, 0)
+        self._counters = MediaCounters()
         name = media.codec.name
         self.inbound = RtpInbound(
             media.payload_type,
@@ -306,7 +298,9 @@ class SipLeg(Leg):
         now = self._clock()
         if source == inbound.sources.peer:
             self._last_rtp = now
-            self._keys(inbound.receive(data, source, now))
+            keys = inbound.receive(data, source, now)
+            if keys:
+                self._keys(keys)
         else:
             self._from_elsewhere(inbound, data, source, now)
 
@@ -369,9 +363,10 @@ class SipLeg(Leg):
         inbound = self.inbound
         if inbound is None or not self._hearing:
             return
+        playout = inbound.playout
         if self._pacer.skipped:
-            inbound.playout.skip(self._pacer.skipped)
-        frame = inbound.playout.pull(now)
+            playout.skip(self._pacer.skipped)
+        frame = playout.pull(now)
         if frame is not None:
             self.frames_in += 1
             self._put(frame)
@@ -390,8 +385,9 @@ class SipLeg(Leg):
         self._wake()
 
     def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def recv(self) -> LegEvent:
         while True:
@@ -497,50 +493,17 @@ class SipLeg(Leg):
                 )
                 self.ended("rtp-timeout", f"no RTP for {self.rtp_timeout_s:g}s", timeout=True)
 
-    def _export(self) -> None:
-        """Add what changed since the last call to the Prometheus counters."""
-        inbound = self.inbound
-        if inbound is None:
-            return
-        reception = inbound.reception
-        playout = inbound.playout.stats
-        counts = (reception.packets_received, reception.packets_lost, playout.late)
-        self._exported = _add(zip((_RECEIVED, _LOST, _LATE), counts, self._exported, strict=True))
-        frames = (
-            playout.concealed_ticks // TICKS_PER_FRAME,
-            playout.silence_ticks // TICKS_PER_FRAME,
-            playout.dropped_frames,
-            playout.inserted_frames,
-        )
-        self._exported_playout = _add(zip(_PLAYOUT, frames, self._exported_playout, strict=True))
-        if reception.packets_received:
-            metrics.SIP_RTP_JITTER_SECONDS.observe(reception.jitter_ms / 1000)
-            metrics.SIP_JITTER_BUFFER_DELAY_SECONDS.observe(inbound.playout.target_ms / 1000)
-
     async def media_stats(self) -> dict[str, Any]:
         """``voip.media``: what the edge saw of the caller's RTP and sent back."""
-        inbound, sender = self.inbound, self.sender
-        if inbound is None or sender is None or self.media is None:
+        if self.inbound is None or self.sender is None or self.media is None:
             return {}
-        reception = inbound.reception
-        received, lost = reception.packets_received, reception.packets_lost
-        stats: dict[str, Any] = {
-            "codec": self.media.codec.name,
-            "packets_received": received,
-            "packets_lost": lost,
-            "fraction_lost": round(lost / (received + lost), 4) if received + lost else 0.0,
-            "jitter_ms": round(reception.jitter_ms, 2),
-            "late_packets": inbound.playout.stats.late,
-            "jitter_buffer": jitter_buffer_stats(inbound.playout.stats, reception.clock_rate),
-            "packets_sent": sender.sent,
-            "silence_packets_sent": self.out.silence_sent if self.out is not None else 0,
-        }
-        if self.rtcp.rtt is not None:
-            stats["rtt_ms"] = round(self.rtcp.rtt * 1000, 2)
-        if self.srtp is not None:
-            stats["srtp"] = self.srtp.terms.suite
-            stats["srtp_dropped"] = self.srtp.dropped
-        return stats
+        return media_report(
+            self.media.codec.name, self.inbound, self.sender, self.out, self.rtcp, self.srtp
+        )
+
+    def _export(self) -> None:
+        if self.inbound is not None:
+            self._counters.export(self.inbound)
 
     # -- edge → caller ---------------------------------------------------------------
 
@@ -555,7 +518,7 @@ class SipLeg(Leg):
         if dest is None:
             out.skip(self._clock())  # on hold: the timestamp runs on
             return
-        if _backlog(transport) > SEND_BUFFER_LIMIT:
+        if self._rtp.backlog() > SEND_BUFFER_LIMIT:
             _DROPPED.inc()
             out.skip(self._clock())
             return
@@ -570,7 +533,7 @@ class SipLeg(Leg):
         if out is None or transport is None:
             return
         dest = self._destination()
-        sending = dest is not None and _backlog(transport) <= SEND_BUFFER_LIMIT
+        sending = dest is not None and self._rtp.backlog() <= SEND_BUFFER_LIMIT
         keys = self._presses
         slot = keys.step() if keys is not None else None
         packet: bytes | None
@@ -692,37 +655,6 @@ class SipLeg(Leg):
             )
 
 
-def jitter_buffer_stats(stats: PlayoutStats, clock_rate: int) -> dict[str, float | int]:
-    """The playout buffer's account of the call, in milliseconds and 20 ms frames."""
-
-    def ms(ticks: float) -> float:
-        return round(ticks * 1000 / clock_rate, 1)
-
-    mean = stats.delay_sum_ticks / stats.audio_frames if stats.audio_frames else 0
-    return {
-        "target_ms": ms(stats.target_ticks),
-        "mean_delay_ms": ms(mean),
-        "max_delay_ms": ms(stats.max_delay_ticks),
-        "late_packets": stats.late,
-        "duplicate_packets": stats.duplicates,
-        "concealed_ms": ms(stats.concealed_ticks),
-        "silence_ms": ms(stats.silence_ticks),
-        "dropped_frames": stats.dropped_frames,
-        "inserted_frames": stats.inserted_frames,
-        "resyncs": stats.resyncs,
-    }
-
-
-def _add(changes: Iterable[tuple[Any, int, int]]) -> tuple[int, ...]:
-    """Add to each Prometheus counter what its value gained since ``before``; the values."""
-    values = []
-    for child, value, before in changes:
-        if value > before:
-            child.inc(value - before)
-        values.append(value)
-    return tuple(values)
-
-
 def _rtp_expected(media: Negotiated | None) -> bool:
     """Whether the caller should be sending RTP: not while it holds the call
     (``sendonly``/``inactive`` from it) nor when it only listens (``recvonly``)."""
@@ -735,14 +667,3 @@ def _text(address: Address | None) -> str:
         return "-"
     host = f"[{address[0]}]" if ":" in address[0] else address[0]
     return f"{host}:{address[1]}"
-
-
-def vars_of(stats: object) -> dict[str, int]:
-    """The counters of a slotted stats dataclass, for a log line."""
-    return {name: getattr(stats, name) for name in getattr(stats, "__slots__", ())}
-
-
-def _backlog(transport: asyncio.DatagramTransport) -> int:
-    """Bytes the UDP socket could not send yet (asyncio's transports have it, untyped)."""
-    size = getattr(transport, "get_write_buffer_size", None)
-    return int(size()) if callable(size) else 0

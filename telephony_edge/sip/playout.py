@@ -152,21 +152,16 @@ class PlayoutBuffer:
 
     # -- packets in --------------------------------------------------------------------------
 
-    def _extend(self, timestamp: int) -> int:
-        pointer = self.pointer
-        assert pointer is not None
-        delta = (timestamp - pointer) & MASK
-        return pointer + (delta - 0x100000000 if delta >= 0x80000000 else delta)
-
     def push(self, timestamp: int, payload: bytes, now: float) -> None:
         """An audio packet of the peer's stream, arrived at ``now``."""
         stats = self.stats
         arrival = int(now * self.clock_rate)
         if self.pointer is None:
             self._start(timestamp, arrival)
-        ext = self._extend(timestamp)
         pointer = self.pointer
         assert pointer is not None
+        delta = (timestamp - pointer) & MASK  # extended: the nearest to the pointer
+        ext = pointer + (delta - 0x100000000 if delta >= 0x80000000 else delta)
         if abs(ext - pointer) > MAX_JUMP:
             stats.resyncs += 1
             self._start(timestamp, arrival)

@@ -145,6 +145,7 @@ class RtpInbound:
         sources: SourceLearner[Held] | None = None,
     ) -> None:
         self.audio_pt = audio_pt
+        self._fast_pt = -1 if 72 <= audio_pt <= 76 else audio_pt  # parse_rtp refuses 72-76
         self.event_pt = event_pt
         self.cn_pt = cn_pt
         self.stats = RtpStats()
@@ -164,6 +165,19 @@ class RtpInbound:
         goes to the playout buffer; what comes back is the keys pressed."""
         stats = self.stats
         stats.received += 1
+        if (
+            source == self.sources.peer
+            and len(data) >= 12
+            and data[0] == 0x80
+            and data[1] & 0x7F == self._fast_pt
+        ):  # the common case: the peer's audio, no CSRCs, extension or padding
+            _, _, seq, ts, ssrc = HEADER.unpack_from(data)
+            if ssrc == self.ssrc:
+                reception = self.reception
+                reception.packet(seq)
+                reception.arrival(int(now * reception.clock_rate), ts)
+                self.playout.push(ts, data[12:], now)
+                return []
         pkt = parse_rtp(data)
         if pkt is None:
             stats.malformed += 1

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol, cast
 
 from telephony_edge.sip.family import Family, bound_socket, family_of
@@ -44,11 +44,19 @@ class RtpProtocol(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.srtp: SrtpSession | None = None
         self._plain: asyncio.DatagramTransport | None = None
+        self._buffered: Callable[[], int] = _nothing_buffered
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's UDP transport is not a subclass of asyncio's; it has the same methods
         self.transport = self._plain = cast(asyncio.DatagramTransport, transport)
+        # asyncio's and uvloop's UDP transports have it, untyped; looked up once, not per packet
+        size = getattr(transport, "get_write_buffer_size", None)
+        self._buffered = size if callable(size) else _nothing_buffered
         self.secure(self.srtp)
+
+    def backlog(self) -> int:
+        """Bytes the socket could not send yet (0 before it is open)."""
+        return self._buffered()
 
     def secure(self, session: SrtpSession | None) -> None:
         """SRTP on this socket from now (None: plain RTP): in and out, whoever sends."""
@@ -82,6 +90,10 @@ class RtcpProtocol(RtpProtocol):
                 return
             data = opened
         self.leg.on_rtcp(data, source_address(addr))
+
+
+def _nothing_buffered() -> int:
+    return 0
 
 
 def source_address(addr: tuple[str | int, ...]) -> Address:
