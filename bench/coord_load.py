@@ -263,7 +263,7 @@ LAG_TICK_S = 0.001
 
 
 def _live_settings(url: str, prefix: str, worker_id: str) -> Any:
-    from telephony_edge.config import load_settings
+    from telephony_edge.config_loading import load_settings
 
     return load_settings(
         None,

@@ -19,7 +19,7 @@ import time
 from aiohttp import web
 
 from telephony_edge.app import create_app
-from telephony_edge.config import load_settings
+from telephony_edge.config_loading import load_settings
 
 
 def collect_ms(repeat: int) -> float:

@@ -142,7 +142,7 @@ def write_config(
 def routes_wired() -> bool:
     """Whether ``create_app`` mounts the Twilio routes itself (``serve`` then has them)."""
     from telephony_edge.app import create_app
-    from telephony_edge.config import load_settings
+    from telephony_edge.config_loading import load_settings
 
     settings = load_settings(
         None,
@@ -216,7 +216,7 @@ def serve_edge(config: str) -> int:
     from aiohttp import web
 
     from telephony_edge.app import create_app, set_local_address
-    from telephony_edge.config import load_settings
+    from telephony_edge.config_loading import load_settings
     from telephony_edge.logs import setup_logging
 
     settings = load_settings(config)

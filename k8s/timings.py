@@ -47,7 +47,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from telephony_edge.calls.manager import TEARDOWN_WAIT_S  # noqa: E402
-from telephony_edge.config import Settings, load_settings  # noqa: E402
+from telephony_edge.config import Settings  # noqa: E402
+from telephony_edge.config_loading import load_settings  # noqa: E402
 
 K8S = ROOT / "k8s"
 SCORECARD = ROOT / "docs" / "scorecard.md"

@@ -30,7 +30,7 @@ from telephony_edge.calls.leg import NotSupported
 from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.calls.refusals import CallRejected, ControlFailed, ProviderError
 from telephony_edge.calls.webhooks import SESSION_WEBHOOK_QUEUE, without_webhook_headers
-from telephony_edge.config import agent_config_problems
+from telephony_edge.config_problems import agent_config_problems
 from telephony_edge.config_values import normalize_e164
 from telephony_edge.coord.health import CoordinatorUnavailable
 from telephony_edge.routing import normalize_destination

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from telephony_edge import __version__
-from telephony_edge.config import ConfigError, Settings, load_settings
+from telephony_edge.config import Settings
+from telephony_edge.config_loading import ConfigError, load_settings
 from telephony_edge.errors import ListenError, UserError
 
 EXIT_CONFIG = 2

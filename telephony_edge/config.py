@@ -1,42 +1,20 @@
-"""Typed settings: a YAML file plus ``TELEPHONY_EDGE_`` environment overrides.
+"""Typed settings: the sections of a worker's configuration and the whole :class:`Settings`.
 
-Everything is validated at start-up, so a wrong file stops the service with
-one line per problem (all of them at once), naming where the value came from
-(the file or the environment variable), the field and the reason, never
-half-way through a call.
-Environment variables override the file; nested fields use ``__``, e.g.
-``TELEPHONY_EDGE_SERVER__PORT=9000`` or ``TELEPHONY_EDGE_TWILIO__AUTH_TOKEN=…``.
+Every section is a frozen pydantic model that forbids unknown keys, so a
+typo is an error rather than a default silently kept; providers add their
+own sections (:class:`ProviderSettings`, through the registry), which is why
+:func:`settings_class` builds the final class on first use. Reading a YAML
+file and the ``TELEPHONY_EDGE_`` environment into it, and telling every
+problem at once, is :mod:`telephony_edge.config_loading`'s job.
 """
 
 from __future__ import annotations
 
-import copy
-import difflib
 import functools
-import os
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass, fields, is_dataclass
-from pathlib import Path
-from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    create_model,
-    model_validator,
-)
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
-from pydantic_settings.exceptions import SettingsError
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from telephony_edge.amd.policy import Voicemail
 from telephony_edge.config_values import (
@@ -96,23 +74,6 @@ class AgentConfig(_Model):
     """Free-form settings for a custom agent core, passed through unchanged."""
     voicemail: Voicemail | None = None
     """Answering-machine detection and what a machine gets (``telephony_edge.amd.policy``)."""
-
-
-def agent_config_problems(overrides: Mapping[str, Any]) -> list[str]:
-    """What is wrong with a call's ``agent_config``: one ``agent_config.<field>: <reason>`` each.
-
-    The checks and words of a stored agent's (``agents.<id>.<field>: <reason>``):
-    an unknown key at any level is refused with "did you mean", except in
-    the free-form places (``extra``, ``voice``, ``tools``, a webhook's
-    ``headers``). A call's config overrides the stored agent's key by key, so
-    what the stored agent may supply (a webhook's ``url``) is not required here.
-    """
-    try:
-        AgentConfig.model_validate(overrides)
-    except ValidationError as exc:
-        found = _problems(exc, AgentConfig, partial=True)
-        return [f"agent_config.{field}: {reason}" for _, field, reason in found]
-    return []
 
 
 class Region(_Model):
@@ -466,33 +427,6 @@ class Settings(BaseSettings):
 #: a call that began just before the drain reaches its maximum up to ``max_duration_s``
 #: after it, and its own end then takes a moment: the drain waits that much longer
 DRAIN_MARGIN_S = 5.0
-ENV_PREFIX = "TELEPHONY_EDGE_"
-_MAX_ROUNDS = 5
-_UNION_TAG = re.compile(r"^[\w-]+\[.*\]$")  # pydantic's name for one branch of a union
-#: pydantic's errors for a key no field takes: in a model, in a dataclass
-_UNKNOWN_KEY_ERRORS = frozenset({"extra_forbidden", "unexpected_keyword_argument"})
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigProblem:
-    """One bad field: where its value came from, which field, what is wrong."""
-
-    source: str  # the file, the environment variable, or "" (values given in code)
-    field: str
-    reason: str
-
-    def __str__(self) -> str:
-        return ": ".join(part for part in (self.source, self.field, self.reason) if part)
-
-
-class ConfigError(Exception):
-    """The configuration is invalid; ``str()`` is one line per problem."""
-
-    def __init__(self, problems: str | list[ConfigProblem]) -> None:
-        if isinstance(problems, str):
-            problems = [ConfigProblem("", "", problems)]
-        self.problems = problems
-        super().__init__("\n".join(map(str, problems)))
 
 
 class _FromData(Settings):
@@ -528,239 +462,10 @@ def settings_class() -> type[Settings]:
 
 
 @functools.cache
-def _data_class() -> type[Settings]:
+def data_settings_class() -> type[Settings]:
     """:func:`settings_class`, validated from data alone (see :class:`_FromData`)."""
     return create_model("Settings", __base__=_FromData, **_provider_sections())
 
 
-def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
-    """Read ``path`` (YAML) if given, apply the environment, validate.
-
-    Raises ConfigError listing every problem found, each with its source
-    (the file or the environment variable) and field. Top-level
-    ``overrides`` replace the file's sections (tests, embedding).
-    """
-    data = _read_yaml(path) if path is not None else {}
-    data.update(copy.deepcopy(overrides))
-    env_names = _environment_names()
-    problems = [
-        ConfigProblem(name, ".".join(parts), _unknown_key(settings_class(), parts[0]))
-        for parts, name in env_names.items()
-        if parts[0] not in settings_class().model_fields
-    ]
-    try:
-        env_values = EnvSettingsSource(settings_class())()
-    except SettingsError as exc:  # a JSON value that does not parse; names the field
-        field = re.search(r'field "([^"]+)"', str(exc))
-        name = field.group(1) if field else ""
-        source = env_names.get((name,), f"{ENV_PREFIX}{name.upper()}")
-        raise ConfigError([*problems, ConfigProblem(source, name, "not valid JSON")]) from None
-    sources = _Sources(str(path or ""), env_names)
-    settings, found = _validate(_deep_merge(data, env_values), sources)
-    problems += found
-    if problems or settings is None:
-        raise ConfigError(problems)
-    return settings
-
-
-def _read_yaml(path: str | Path) -> dict[str, Any]:
-    try:
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError([ConfigProblem(str(path), "", f"cannot read: {exc.strerror}")]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([ConfigProblem(str(path), "", f"not valid YAML: {exc}")]) from None
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(
-            [ConfigProblem(str(path), "", "the top level must be a mapping of sections")]
-        )
-    return loaded
-
-
-def _environment_names() -> dict[tuple[str, ...], str]:
-    """Each ``TELEPHONY_EDGE_*`` variable by the field path it sets (lower case, as read)."""
-    names = {}
-    for name in os.environ:
-        if name.upper().startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
-            names[tuple(name[len(ENV_PREFIX) :].lower().split("__"))] = name
-    return names
-
-
-@dataclass(frozen=True, slots=True)
-class _Sources:
-    """Where a field's value came from: an environment variable, else the file."""
-
-    file: str
-    env: dict[tuple[str, ...], str]
-
-    def of(self, field: str) -> str:
-        dotted = field.lower()
-        for parts, name in self.env.items():
-            path = ".".join(parts)
-            if dotted == path or dotted.startswith(path + "."):
-                return name
-        inside = [n for p, n in self.env.items() if ".".join(p).startswith(dotted + ".")]
-        return " + ".join(filter(None, (self.file, *inside)))
-
-
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    """``top`` over ``base``, nested mappings key by key (as pydantic-settings merges)."""
-    merged = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _validate(
-    data: dict[str, Any], sources: _Sources
-) -> tuple[Settings | None, list[ConfigProblem]]:
-    """Validate, and on failure again without the bad values, to list every problem at once.
-
-    pydantic reports every bad field of one pass, but the cross-references
-    (numbers → regions, agents; secrets) only run once all fields are valid.
-    So each bad value is left out (a key, or a whole entry/section when
-    leaving the key out cannot help) and the rest validated again; problems
-    that only follow from what was left out are not reported.
-    """
-    problems: list[ConfigProblem] = []
-    removed: list[str] = []
-    for _ in range(_MAX_ROUNDS):
-        try:
-            return _data_class()(**data), problems
-        except ValidationError as exc:
-            progress = False
-            for loc, field, reason in _problems(exc):
-                if any(_follows_from(gone, field, reason) for gone in removed):
-                    continue
-                if not any(p.field == field for p in problems):
-                    problems.append(ConfigProblem(sources.of(field), field, reason))
-                if loc is not None:
-                    progress |= _leave_out(data, loc, removed)
-            if not progress:
-                break
-    return None, problems
-
-
-def _problems(
-    exc: ValidationError, root: type[BaseModel] | None = None, *, partial: bool = False
-) -> list[tuple[tuple[str, ...] | None, str, str]]:
-    """(path, dotted field, reason) per bad field; a union's branches are one field.
-
-    ``root``: the model validated (default: the whole settings). ``partial``:
-    the data are overrides, so a missing required field is no problem.
-    """
-    by_loc: dict[tuple[str, ...], list[tuple[str, str]]] = {}
-    out: list[tuple[tuple[str, ...] | None, str, str]] = []
-    for err in exc.errors():
-        loc = tuple(str(p) for p in err["loc"] if not _is_union_tag(str(p)) and p != "[key]")
-        msg = err["msg"].removeprefix("Value error, ")
-        if (not loc and "\n" in msg) or (not loc and ": " in msg):  # the cross-references
-            for line in msg.splitlines():
-                field, _, reason = line.partition(": ")
-                out.append((None, field, reason))
-            continue
-        if err["type"] in _UNKNOWN_KEY_ERRORS:
-            msg = _unknown_key(_model_at(loc[:-1], root), loc[-1])
-        by_loc.setdefault(loc, []).append((err["type"], msg))
-    for loc, errs in by_loc.items():
-        if any(other[: len(loc)] == loc and other != loc for other in by_loc):
-            continue  # another branch of a union got further: its error says more
-        if partial:
-            errs = [(kind, msg) for kind, msg in errs if kind != "missing"]
-            if not errs:
-                continue
-        useful = [msg for kind, msg in errs if not kind.endswith("_type")] or [errs[0][1]]
-        out.append((loc, ".".join(loc), "; ".join(dict.fromkeys(useful))))
-    return out
-
-
-def _is_union_tag(part: str) -> bool:
-    return bool(_UNION_TAG.match(part)) or part in _MODEL_NAMES
-
-
-def _model_at(loc: tuple[str, ...], root: type[BaseModel] | None = None) -> type | None:
-    """The model (or dataclass) whose fields live at ``loc`` (for "did you mean"), if any."""
-    current: Any = root or settings_class()
-    for part in loc:
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            field = current.model_fields.get(part)
-            current = field.annotation if field is not None else None
-        elif get_origin(current) is dict:
-            current = get_args(current)[1]
-        else:
-            return None
-        current = _model_or_dict(current)
-    return current if _field_names(current) else None
-
-
-def _field_names(model: Any) -> list[str]:
-    """The fields of a model or a dataclass (``[]`` for anything else)."""
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return list(model.model_fields)
-    if isinstance(model, type) and is_dataclass(model):
-        return [f.name for f in fields(model)]
-    return []
-
-
-def _model_or_dict(annotation: Any) -> Any:
-    """The model (or dict) inside ``X | None`` or ``Annotated[...]``."""
-    if get_origin(annotation) is Annotated:
-        return get_args(annotation)[0]
-    for arg in get_args(annotation) if get_origin(annotation) in (Union, UnionType) else ():
-        if get_origin(arg) is dict or (isinstance(arg, type) and issubclass(arg, BaseModel)):
-            return arg
-    return annotation
-
-
-def _unknown_key(model: type | None, key: str) -> str:
-    reason = "unknown key"
-    if model is not None:
-        close = difflib.get_close_matches(key, _field_names(model), n=1, cutoff=0.7)
-        if close:
-            reason += f"; did you mean {close[0]}?"
-        if model is AgentConfig:
-            reason += " (free-form settings for the agent core go under extra:)"
-    return reason
-
-
-def _follows_from(gone: str, field: str, reason: str) -> bool:
-    """Whether a problem is only a consequence of leaving ``gone`` out."""
-    name = gone.rsplit(".", 1)[-1]
-    return field == gone or field.startswith(gone + ".") or gone in reason or f"'{name}'" in reason
-
-
-def _leave_out(data: dict[str, Any], loc: tuple[str, ...], removed: list[str]) -> bool:
-    """Take the value at ``loc`` out of ``data``; whether anything changed.
-
-    A key whose field has a default just goes; when it is already gone (a
-    required field) or names a whole section or entry (its own check failed),
-    the enclosing entry or section goes, and is remembered in ``removed``.
-    """
-    parent: Any = data
-    for part in loc[:-1]:
-        if not isinstance(parent, dict) or part not in parent:
-            return False
-        if not isinstance(parent[part], dict):  # a list: leave the whole list out
-            del parent[part]
-            return True
-        parent = parent[part]
-    if isinstance(parent, dict) and loc[-1] in parent and not isinstance(parent[loc[-1]], dict):
-        del parent[loc[-1]]
-        return True
-    whole = loc[:2] if loc[0] in ("agents", "regions", "numbers") else loc[:1]
-    container: Any = data
-    for part in whole[:-1]:
-        container = container.get(part, {}) if isinstance(container, dict) else {}
-    if isinstance(container, dict) and whole[-1] in container:
-        del container[whole[-1]]
-        removed.append(".".join(whole))
-        return True
-    return False
-
-
-_MODEL_NAMES = frozenset(cls.__name__ for cls in _Model.__subclasses__())
+#: the section models' class names: pydantic names a union's branch after them
+SECTION_MODEL_NAMES = frozenset(cls.__name__ for cls in _Model.__subclasses__())

@@ -29,7 +29,8 @@ from telephony_edge.app import create_app, set_local_address
 from telephony_edge.audio.frames import FRAME_BYTES, SILENCE_FRAME
 from telephony_edge.calls.dtmf import DtmfRequest
 from telephony_edge.calls.leg import Capabilities, Leg, LegEnded, LegEvent, LegInfo
-from telephony_edge.config import Settings, load_settings
+from telephony_edge.config import Settings
+from telephony_edge.config_loading import load_settings
 from telephony_edge.services import SERVICES, Services
 
 FIXTURES = Path(__file__).parent / "fixtures"

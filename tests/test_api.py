@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from telephony_edge.calls.record import CallState, CallStatus
-from telephony_edge.config import ConfigError, load_settings
+from telephony_edge.config_loading import ConfigError, load_settings
 from telephony_edge.twilio.simulator import SimulatedCall, parse_twiml
 from tests.conftest import free_port, wait_for
 from tests.twilio.harness import (  # noqa: F401 - the Twilio fixtures

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from telephony_edge.client_address import MAX_HOPS, TrustedProxies, parse_node
-from telephony_edge.config import ConfigError, load_settings
+from telephony_edge.config_loading import ConfigError, load_settings
 
 PROXIES = TrustedProxies.parse(["10.0.0.0/8", "2001:db8:1::/48"], "x-forwarded-for")
 

@@ -10,7 +10,7 @@ import yaml
 
 from telephony_edge.calls.variables import merge_agent_config
 from telephony_edge.cli import main
-from telephony_edge.config import ConfigError, load_settings
+from telephony_edge.config_loading import ConfigError, load_settings
 from telephony_edge.config_values import normalize_e164, normalize_network_number
 from telephony_edge.routing import NumberRouter
 from telephony_edge.twilio.settings import twilio_settings

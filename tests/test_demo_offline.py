@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from telephony_edge.config import load_settings
+from telephony_edge.config_loading import load_settings
 from telephony_edge.twilio.rest_standin import DEFAULT_PORT
 from telephony_edge.twilio.settings import twilio_settings
 from telephony_edge.twilio.simulator import write_wav_ulaw

@@ -33,7 +33,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from telephony_edge.calls.manager import TEARDOWN_WAIT_S
-from telephony_edge.config import DRAIN_MARGIN_S, load_settings
+from telephony_edge.config import DRAIN_MARGIN_S
+from telephony_edge.config_loading import load_settings
 from telephony_edge.sip.nat import is_private
 from tests.conftest import missing_peer, require_binary, run_cli
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from telephony_edge.config import load_settings
+from telephony_edge.config_loading import load_settings
 from telephony_edge.routing import NumberRouter
 
 EXAMPLE = Path(__file__).parent.parent / "deploy" / "config.example.yaml"

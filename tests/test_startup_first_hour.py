@@ -28,7 +28,8 @@ import yaml
 
 from telephony_edge.app import serve
 from telephony_edge.banner import banner_lines, network_lines
-from telephony_edge.config import Settings, load_settings
+from telephony_edge.config import Settings
+from telephony_edge.config_loading import load_settings
 from telephony_edge.errors import ListenError, UserError
 from telephony_edge.recording.recorder import ffmpeg_warning
 from telephony_edge.sip.provider import SipListenError

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 from redis.exceptions import RedisError, ResponseError
 
-from telephony_edge.config import ConfigError, load_settings
+from telephony_edge.config_loading import ConfigError, load_settings
 from telephony_edge.coord import Conflict, MemoryCoordinator
 from telephony_edge.coord.factory import create_coordinator
 from telephony_edge.coord.redis import RedisCoordinator

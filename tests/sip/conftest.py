@@ -11,7 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from telephony_edge.config import Settings, load_settings
+from telephony_edge.config import Settings
+from telephony_edge.config_loading import load_settings
 from telephony_edge.sip.provider import SIP_ENDPOINT
 from tests.conftest import Edge, Receiver, ServeProcess, free_port, require_binary
 

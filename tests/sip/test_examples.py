@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from telephony_edge.config import load_settings
+from telephony_edge.config_loading import load_settings
 from telephony_edge.sip.settings import sip_settings
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "sip" / "examples"

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from telephony_edge.config import load_settings
+from telephony_edge.config_loading import load_settings
 from telephony_edge.sip.provider import SIP_ENDPOINT
 from tests.conftest import Edge, Receiver, free_port, wait_for
 from tests.sip.conftest import API_KEY, finished, register, sipp, sipp_binary

@@ -21,7 +21,8 @@ from aiohttp.test_utils import TestServer
 from telephony_edge.app import create_app, set_local_address
 from telephony_edge.audio.g711 import Law
 from telephony_edge.audio.transcode import G711Encoder
-from telephony_edge.config import Settings, load_settings
+from telephony_edge.config import Settings
+from telephony_edge.config_loading import load_settings
 from telephony_edge.services import SERVICES, Services
 from telephony_edge.twilio.context import TWILIO, TwilioContext
 from telephony_edge.twilio.simulator import SimulatedCall, StreamInstruction, parse_twiml

@@ -13,7 +13,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from telephony_edge.app import create_app, set_local_address
-from telephony_edge.config import Settings, load_settings
+from telephony_edge.config import Settings
+from telephony_edge.config_loading import load_settings
 from telephony_edge.services import SERVICES, Services
 from telephony_edge.vonage.context import VONAGE, VonageContext
 from telephony_edge.vonage.simulator import SimulatedVonageCall

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from telephony_edge.calls.session_token import session_token, token_matches
-from telephony_edge.config import ConfigError, load_settings
+from telephony_edge.config_loading import ConfigError, load_settings
 from telephony_edge.rate_limit import RateLimiter
 from telephony_edge.webrtc.provider import WEBRTC_PEERS
 from tests.conftest import Edge

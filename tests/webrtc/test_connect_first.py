@@ -18,7 +18,7 @@ from aiortc import RTCSessionDescription
 
 from telephony_edge.agent.demo import add_agent_core_routes
 from telephony_edge.calls.record import CallState
-from telephony_edge.config import load_settings
+from telephony_edge.config_loading import load_settings
 from telephony_edge.webrtc.provider import WEBRTC_PEERS
 from tests.conftest import Edge, Receiver, wait_for
 from tests.webrtc.test_offer import API_KEY, LOOPBACK, LOOPBACK_NETWORKS, Client, post_offer

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiortc import RTCSessionDescription
 
-from telephony_edge.config import load_settings
+from telephony_edge.config_loading import load_settings
 from tests.conftest import Edge, Receiver, wait_for
 from tests.dtmf_core import DtmfCore
 from tests.webrtc.test_datachannel import connect

@@ -21,7 +21,7 @@ from aioice.ice import StunProtocol
 from aiortc import RTCSessionDescription
 
 from telephony_edge import metrics
-from telephony_edge.config import load_settings
+from telephony_edge.config_loading import load_settings
 from telephony_edge.webrtc.candidates import PeerPolicy, filter_offer, host_networks
 from tests.conftest import Edge, Receiver, wait_for
 from tests.webrtc.test_offer import API_KEY, Client, post_offer

@@ -23,7 +23,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from telephony_edge.audio.frames import FRAME_BYTES
 from telephony_edge.calls.record import CallState
-from telephony_edge.config import load_settings
+from telephony_edge.config_loading import load_settings
 from telephony_edge.webrtc.ice import gather_on
 from telephony_edge.webrtc.leg import AgentTrack, WebRtcLeg
 from telephony_edge.webrtc.provider import WEBRTC_PEERS

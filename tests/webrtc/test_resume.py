@@ -29,7 +29,7 @@ from aiohttp import WSMsgType, web
 from aiortc import RTCSessionDescription
 
 from telephony_edge.calls.record import CallState
-from telephony_edge.config import load_settings
+from telephony_edge.config_loading import load_settings
 from tests.calls.test_migration import TalkingCore
 from tests.conftest import (
     AgentCoreServer,

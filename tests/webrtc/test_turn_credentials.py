@@ -20,7 +20,7 @@ import pytest
 from aioice import stun
 from aioice.turn import create_turn_endpoint
 
-from telephony_edge.config import ConfigError
+from telephony_edge.config_loading import ConfigError
 from telephony_edge.webrtc.turn import rest_credentials
 from tests.conftest import Edge, free_port, require_binary
 from tests.webrtc.test_browser_path import browser_settings, request

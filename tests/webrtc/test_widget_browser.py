@@ -36,7 +36,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from telephony_edge.app import create_app, set_local_address
-from telephony_edge.config import load_settings
+from telephony_edge.config_loading import load_settings
 from telephony_edge.webrtc.provider import WEBRTC_PEERS
 from tests.conftest import Edge, Receiver, ServeProcess, free_port, missing_peer, wait_for
 from tests.webrtc.test_offer import API_KEY, LOOPBACK
