@@ -26,10 +26,14 @@ import aiohttp
 from telephony_edge import badinput
 from telephony_edge.agent import messages
 from telephony_edge.agent.pool import PoolChoice
+from telephony_edge.wsframe import OP_BINARY, masked_frame
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+#: bytes queued toward the core past which audio waits for the socket to drain (aiohttp's
+#: own writer waits only once the transport is paused, at its 64 KiB high-water mark)
+SEND_NOW_LIMIT = 32 * 1024
 BAD_INPUT = "agent-core"  # the bad-input source of what the core sends
 _GONE = frozenset(
     {
@@ -96,6 +100,7 @@ class AgentLink:
         self._timeouts = timeouts
         self._call_id = call_id
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._transport: asyncio.Transport | None = None  # the socket's, for send_audio_now
         self._early: deque[AgentEvent] = deque()
         self._ping_task: asyncio.Task[None] | None = None
 
@@ -107,6 +112,7 @@ class AgentLink:
     async def open(self, initiate: dict[str, Any]) -> None:
         """Connect, send ``initiate``, wait for ``onready``; raise AgentLinkError otherwise."""
         self._ws = await self._connect()
+        self._transport = self._ws._writer.transport  # aiohttp keeps it on the writer
         await self._ws.send_str(messages.encode(messages.INITIATE, initiate))
         try:
             await asyncio.wait_for(self._await_ready(), self._timeouts.ready_s)
@@ -218,6 +224,26 @@ class AgentLink:
         a fixed phrase."""
         host = urllib.parse.urlsplit(self.url).hostname
         badinput.report(BAD_INPUT, error, host, call_id=self._call_id or None)
+
+    def send_audio_now(self, pcm: bytes) -> bool:
+        """Write one audio message now, without awaiting: True if it went.
+
+        False when the socket is backed up, closing or not open: then
+        :meth:`send_audio` sends it (waiting for a drain) or raises. This is the
+        caller → agent path's per-frame cost: one masked frame written to the
+        transport, not aiohttp's coroutine chain.
+        """
+        ws, transport = self._ws, self._transport
+        if (
+            ws is None
+            or transport is None
+            or ws.closed
+            or transport.is_closing()
+            or transport.get_write_buffer_size() > SEND_NOW_LIMIT
+        ):
+            return False
+        transport.write(masked_frame(pcm, OP_BINARY))
+        return True
 
     async def send_audio(self, pcm: bytes) -> None:
         assert self._ws is not None

@@ -70,6 +70,7 @@ from telephony_edge.calls.pacing import Pacer
 from telephony_edge.calls.playout import Playout
 from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.calls.trace import CallTrace
+from telephony_edge.calls.trim import TRIMMER
 from telephony_edge.coord.health import CoordinatorUnavailable
 from telephony_edge.logs import current_call_id
 
@@ -240,6 +241,7 @@ class CallBridge:
         finally:
             cancelled = await self._teardown_shielded() or cancelled
             self._trace.ended(self.record)
+            TRIMMER.call_ended()
             tracing.detach(scope)
             current_call_id.reset(token)
         if cancelled:
@@ -490,7 +492,8 @@ class CallBridge:
                             _AHEAD.inc()  # a burst after a stall, or a fast clock
                             continue
                         t0 = perf()
-                        await link.send_audio(event)
+                        if not link.send_audio_now(event):
+                            await link.send_audio(event)  # backed up: wait (or raise)
                         cost = perf() - t0
                         _C2A.observe(cost, self._exemplar if cost > SLOW_RELAY_S else None)
                     else:
@@ -543,7 +546,8 @@ class CallBridge:
                 for frame in clock.fills(loop.time()):
                     if detector is not None:
                         self._detect(frame, detector)
-                    await link.send_audio(frame)
+                    if not link.send_audio_now(frame):
+                        await link.send_audio(frame)
                 _CONCEALED.inc(stats.concealed - concealed)
                 _SILENCE.inc(stats.silence - silence)
         except ConnectionError as exc:

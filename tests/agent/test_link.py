@@ -57,3 +57,70 @@ async def test_malformed_agent_messages_are_skipped_not_fatal(make_edge: Any) ->
         assert bad._value.get() - before == 2  # the bad JSON and the non-object
     finally:
         await core.close()
+
+
+GOT = web.AppKey("got", list)
+CORE_TRANSPORT = web.AppKey("transport", asyncio.BaseTransport)
+
+
+async def recording_core(request: web.Request) -> web.WebSocketResponse:
+    """Answers initiate, then keeps every message it reads (type and data) on the app."""
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    got: list[tuple[WSMsgType, Any]] = request.app[GOT]
+    transport = request.transport
+    assert transport is not None
+    request.app[CORE_TRANSPORT] = transport
+    async for msg in ws:
+        got.append((msg.type, msg.data))
+        if msg.type is WSMsgType.TEXT and json.loads(msg.data)["method"] == "initiate":
+            await ws.send_str('{"method":"onready"}')
+    return ws
+
+
+async def test_audio_written_now_arrives_masked_in_order() -> None:
+    """send_audio_now writes a client frame itself (masked, RFC 6455 §5.3) without
+    awaiting: aiohttp's server reads every one, in order with the awaited messages, and
+    a socket backed up past SEND_NOW_LIMIT gets nothing written (False: the caller
+    awaits send_audio)."""
+    from aiohttp import ClientSession
+
+    from telephony_edge.agent import link as agent_link
+
+    app = web.Application()
+    app[GOT] = []
+    app.router.add_get("/agent", recording_core)
+    core = TestServer(app, host="127.0.0.1", port=0)
+    await core.start_server()
+    try:
+        url = str(core.make_url("/agent")).replace("http", "ws", 1)
+        async with ClientSession() as http:
+            link = agent_link.AgentLink(http, url)
+            await link.open({"call_id": "c1"})
+            frames = [bytes([i]) * 640 for i in range(1, 6)]
+            assert all(link.send_audio_now(f) for f in frames[:3])
+            await link.send_message("dtmf", {"digit": "5"})
+            assert all(link.send_audio_now(f) for f in frames[3:])
+            await link.send_audio(bytes(130))  # a longer header (126-65535 bytes)
+            assert link.send_audio_now(bytes(70000))  # and the longest
+            await wait_for(lambda: len(app[GOT]) == 9)
+            got = app[GOT][1:]
+            assert [d for t, d in got if t is WSMsgType.BINARY] == [
+                *frames,
+                bytes(130),
+                bytes(70000),
+            ]
+            assert got[3][0] is WSMsgType.TEXT and json.loads(got[3][1])["method"] == "dtmf"
+            app[CORE_TRANSPORT].pause_reading()  # type: ignore[attr-defined]  # the core stops reading: the socket backs up
+            sent = 0
+            while link.send_audio_now(bytes(60000)):
+                sent += 1
+                assert sent < 10_000, "the socket never backed up"
+            transport = link._transport
+            assert transport is not None
+            assert transport.get_write_buffer_size() > agent_link.SEND_NOW_LIMIT
+            app[CORE_TRANSPORT].resume_reading()  # type: ignore[attr-defined]
+            await link.close()
+            assert not link.send_audio_now(frames[0])  # closed: send_audio raises
+    finally:
+        await core.close()
