@@ -125,7 +125,27 @@ def heard_audio(folder: Path) -> bytes:
     return heard
 
 
-async def dial(
+@dataclass
+class Dialling:
+    """A baresip that is dialling or in its call: :meth:`hang_up` (its BYE now), then
+    :meth:`finished` (what it left)."""
+
+    process: asyncio.subprocess.Process
+    folder: Path
+    seconds: int
+
+    def hang_up(self) -> None:
+        """Quit now: baresip hangs up its call (BYE) on SIGTERM, then exits."""
+        if self.process.returncode is None:
+            self.process.terminate()
+
+    async def finished(self) -> BaresipCall:
+        out, _ = await asyncio.wait_for(self.process.communicate(), self.seconds + 20)
+        log = out.decode(errors="replace")
+        return BaresipCall(self.process.returncode or 0, log, heard_audio(self.folder))
+
+
+async def start(
     uri: str,
     folder: Path,
     transport: str,
@@ -133,9 +153,9 @@ async def dial(
     mediaenc: str | None = None,
     host: str = "127.0.0.1",
     again_after_s: float | None = None,
-) -> BaresipCall:
-    """Dial ``uri`` over ``transport`` (udp, tcp or tls) from ``host``; return after
-    baresip quits (``again_after_s``: the caller speaks again, :func:`microphone`).
+) -> Dialling:
+    """Start baresip dialling ``uri`` over ``transport`` (udp, tcp or tls) from ``host``; it
+    quits after ``seconds`` (``again_after_s``: the caller speaks again, :func:`microphone`).
 
     ``folder`` must exist (baresip's config and dumps go there).
     """
@@ -146,5 +166,18 @@ async def dial(
         "-f", str(folder), "-e", f"/dial {uri};transport={transport}", "-t", str(seconds),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
-    out, _ = await asyncio.wait_for(process.communicate(), seconds + 20)
-    return BaresipCall(process.returncode or 0, out.decode(errors="replace"), heard_audio(folder))
+    return Dialling(process, folder, seconds)
+
+
+async def dial(
+    uri: str,
+    folder: Path,
+    transport: str,
+    seconds: int = 8,
+    mediaenc: str | None = None,
+    host: str = "127.0.0.1",
+    again_after_s: float | None = None,
+) -> BaresipCall:
+    """:func:`start`, and what baresip left once it quit."""
+    dialling = await start(uri, folder, transport, seconds, mediaenc, host, again_after_s)
+    return await dialling.finished()

@@ -23,12 +23,16 @@ class Datagram:
 
 
 class Capture:
-    """``tcpdump -i lo`` of UDP on the ports ``low``-``high`` while the block runs."""
+    """``tcpdump -i lo`` of UDP on the ports ``low``-``high`` (and port ``also``) while the
+    block runs."""
 
-    def __init__(self, path: Path, low: int, high: int) -> None:
+    def __init__(self, path: Path, low: int, high: int, also: int | None = None) -> None:
         self.path = path
-        self.filter = f"udp and portrange {low}-{high}"
+        ports = f"portrange {low}-{high}" + ("" if also is None else f" or port {also}")
+        self.filter = f"udp and ({ports})"
         self._process: asyncio.subprocess.Process | None = None
+        self._read: list[Datagram] = []  # what was parsed already, up to byte _offset
+        self._offset = 24  # past the file header
 
     async def __aenter__(self) -> Capture:
         binary = require_binary("tcpdump", "apt-get install -y tcpdump")
@@ -50,17 +54,19 @@ class Capture:
         await asyncio.wait_for(process.wait(), 10)
 
     def datagrams(self) -> list[Datagram]:
-        """Every IPv4 UDP datagram captured (a pcap file: link type Ethernet)."""
+        """Every IPv4 UDP datagram captured (a pcap file: link type Ethernet); what is new
+        since the last call is parsed (cheap to call often while the capture grows)."""
         data = self.path.read_bytes()
         magic, _, _, _, _, _, link = struct.unpack("<IHHiIII", data[:24])
         assert magic == 0xA1B2C3D4 and link == ETHERNET, (hex(magic), link)
-        out, at = [], 24
+        out, at = self._read, self._offset
         while at + 16 <= len(data):
             seconds, micros, length, _ = struct.unpack("<IIII", data[at : at + 16])
             if at + 16 + length > len(data):
                 break  # a record still being written (read while the capture runs)
             frame = data[at + 16 : at + 16 + length]
             at += 16 + length
+            self._offset = at
             if len(frame) < 42 or frame[12:14] != b"\x08\x00" or frame[23] != 17:
                 continue
             ihl = (frame[14] & 0x0F) * 4
@@ -69,7 +75,7 @@ class Capture:
             src, dst = ".".join(map(str, ip[12:16])), ".".join(map(str, ip[16:20]))
             payload = bytes(udp[8:size])
             out.append(Datagram((src, sport), (dst, dport), payload, seconds + micros / 1e6))
-        return out
+        return list(out)
 
 
 def audio_packets(datagrams: list[Datagram]) -> list[bytes]:
