@@ -11,8 +11,16 @@ dialog is: the *route* ``<prefix>route:sip:<Call-ID>`` holds the SIP URI of
 the worker that carries it (:meth:`Resumer.claim`), written before the 200 OK
 of an inbound call goes out, once the callee of a call the edge placed
 answered, and by a worker that takes the call over before its re-INVITE. A
-worker drops it at the call's end, only while it still names that worker (a
-call that moved keeps its new route); its ttl is the longest call's.
+worker drops it :data:`ROUTE_LINGER_S` after the call's end (a request the
+proxy is still relaying, such as the peer's BYE during a move, reaches the
+worker that answers it), only while it still names that worker (a call that
+moved keeps its new route); its ttl is the longest call's. A call handed to
+another worker drops it at once (it names the new worker by then).
+
+The proxy notes each BYE from a peer in ``<prefix>route:sip-bye:<Call-ID>``
+(:func:`bye_key`) before relaying it: when a worker dies, its callers' BYEs
+go to it until a taking-over worker rewrites the route, and the proxy relays
+them again to whatever the route names when the worker does not answer.
 
 The call's dialog goes into its live state with the rest
 (``SipLeg.network_state``: a :class:`~telephony_edge.sip.dialog_state.DialogSnapshot`).
@@ -32,6 +40,10 @@ any number of workers may try at once:
    one worker wins;
 4. the route names this worker, and the UA adopts the dialog and re-INVITEs
    the peer with this worker's media (:mod:`~telephony_edge.sip.ua_resume`);
+   unless the proxy saw the peer's BYE (:func:`bye_key`): then the call ends
+   as the caller's hang-up here, nothing sent, and the BYE gets 200 when the
+   proxy brings it (the peer answers a re-INVITE sent just before its BYE
+   came with 481, which ends the call the same way);
 5. the call runs here at once (``call_service.run`` with the resumption: the
    agent core gets the chat so far) while the peer answers: the answer's
    media is the leg's; a refusal ends the call ``error`` (``resume-failed``
@@ -44,6 +56,7 @@ is the new worker's.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
@@ -67,11 +80,18 @@ log = logging.getLogger(__name__)
 
 #: how long a route outlives the longest call (``calls.max_duration_s``)
 ROUTE_MARGIN_S = 600.0
+#: how long a route outlives its call (64·T1: a BYE's transaction, relayed by the proxy)
+ROUTE_LINGER_S = 32.0
 
 
 def route_key(sip_call_id: str) -> str:
     """The coordinator's key of a dialog's route (Redis: ``<prefix>route:sip:<Call-ID>``)."""
     return f"sip:{sip_call_id}"
+
+
+def bye_key(sip_call_id: str) -> str:
+    """Where the proxy notes the peer's BYE in a dialog (``<prefix>route:sip-bye:<Call-ID>``)."""
+    return f"sip-bye:{sip_call_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,18 +138,22 @@ class Resumer:
         except Exception as exc:
             log.warning("SIP route not written: %r", exc, extra={"sip_call": ref})
 
-    def release(self, ref: str) -> None:
-        """The call left this worker: its route goes, unless another worker's replaced it."""
+    def release(self, ref: str, *, linger: bool = True) -> None:
+        """The call left this worker: its route goes (after :data:`ROUTE_LINGER_S` if
+        ``linger``: the call ended here), unless another worker's replaced it."""
         route = self._routes.pop(ref, None)
         self._generations.pop(ref, None)
         if route is not None:
-            self.endpoint._spawn(self._drop(ref, route))
+            self.endpoint._spawn(self._drop(ref, route, ROUTE_LINGER_S if linger else 0.0))
 
-    async def _drop(self, ref: str, route: _Route) -> None:
+    async def _drop(self, ref: str, route: _Route, after: float) -> None:
         try:
-            await self.endpoint.services.coordinator.drop_route(route.key, route.target)
-        except Exception as exc:  # it expires
-            log.warning("SIP route not dropped: %r", exc, extra={"sip_call": ref})
+            await asyncio.sleep(after)
+        finally:  # at once when the worker stops
+            try:
+                await self.endpoint.services.coordinator.drop_route(route.key, route.target)
+            except Exception as exc:  # it expires
+                log.warning("SIP route not dropped: %r", exc, extra={"sip_call": ref})
 
     # -- takeover ------------------------------------------------------------------------
 
@@ -161,6 +185,7 @@ class Resumer:
         except ValueError as exc:
             log.warning("SIP call cannot be resumed: no usable dialog (%s)", exc, extra=extra)
             return False
+        hung_up = await self._hung_up(snapshot.call_id)
         try:
             rtp, port = await endpoint.rtp_ports.bind(snapshot.family)
         except OSError as exc:
@@ -174,17 +199,29 @@ class Resumer:
             endpoint.rtp_ports.release(port)
             log.info("SIP call not taken over here: %s", exc, extra=extra)
             return False
-        ref, actions = ua.adopt(snapshot, port, endpoint._now())
+        ref, actions = ua.adopt(snapshot, port, endpoint._now(), hung_up=hung_up)
         endpoint.legs[ref] = leg = self._leg(ref, snapshot, rtp, port, record)
         endpoint._call_ids[ref] = call_id
         await self.claim(ref, snapshot.call_id, snapshot.transport, record.generation)
-        endpoint._apply(actions)  # the re-INVITE; its answer's media goes to the leg
+        endpoint._apply(actions)  # the re-INVITE (its answer's media goes to the leg), or the end
         log.info(
-            "SIP call taken over: re-INVITE with this worker's media",
+            "SIP call taken over: the caller hung up meanwhile (its BYE is at the proxy)"
+            if hung_up
+            else "SIP call taken over: re-INVITE with this worker's media",
             extra={**extra, "sip_call": ref, "rtp_port": port},
         )
         endpoint._spawn(self._run(leg, record, resumed))
         return True
+
+    async def _hung_up(self, sip_call_id: str) -> bool:
+        """Whether the proxy saw the peer's BYE in the dialog (a failed read: not seen; a
+        re-INVITE the peer has hung up on is answered 481, which ends the call all the same)."""
+        try:
+            seen = await self.endpoint.services.coordinator.get_route(bye_key(sip_call_id))
+        except Exception as exc:
+            log.warning("the proxy's note of a BYE not read: %r", exc)
+            return False
+        return seen is not None
 
     def _leg(
         self, ref: str, snapshot: DialogSnapshot, rtp: RtpProtocol, port: int, record: CallRecord
@@ -232,7 +269,7 @@ class Resumer:
         call_id, generation = endpoint._call_ids.get(ref), self._generations.get(ref)
         if endpoint.ua is not None:
             endpoint.ua.forget(ref)
-        self.release(ref)
+        self.release(ref, linger=False)
         if call_id is not None and generation is not None and not endpoint.services.calls.accepting:
             await self._hand_to_another(call_id, generation)
 

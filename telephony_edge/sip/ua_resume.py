@@ -23,8 +23,12 @@ a 2xx with an answer    ACK (§13.2.2.4); the answer is the call's media, the 2x
 491 (glare, §14.1)      again after 0-2 s (we did not make the Call-ID), at most
                         :data:`MAX_ATTEMPTS` in all; meanwhile the peer's own
                         re-INVITE gets 491 too (``Reoffers._offer_pending``)
-408, 481, no answer     the dialog is gone (§12.2.1.2): the call ends, nothing sent
-at all (Timer B)
+481                     the peer has no such dialog: it hung up while no worker
+                        carried the call (its BYE went to the dead one, and the
+                        proxy may still bring it here): the call ends as the
+                        peer's hang-up (``remote_bye``), nothing sent
+408, no answer at all   the dialog is gone (§12.2.1.2): the call ends, nothing sent
+(Timer B)
 another final answer,   BYE: the session still names the dead worker's media, so
 an unusable answer,     nothing would flow
 only provisional ones
@@ -34,6 +38,12 @@ for 64*T1
 A resumption that fails ends the call :class:`CallEnded` ``resume_failed``
 with the status. Requests from the peer meanwhile are the dialog's as ever (a
 BYE ends the call ``remote_bye``).
+
+A peer that hung up before the takeover (the proxy saw its BYE, and the
+resumer asks ``adopt(..., hung_up=True)``; or it answers 481) is not
+re-INVITEd: the call ends ``remote_bye`` at once, and the dialog is kept for
+:data:`HUNG_UP_KEEP_S` so that its BYE, which the proxy relays here once the
+dead worker does not answer it, gets 200 rather than 481.
 
 :meth:`Resumes.forget` is the other side: the worker that lost the call (it
 was taken over) drops the dialog without a word, so the new worker's is the
@@ -58,7 +68,7 @@ from telephony_edge.sip.sdp import LocalSession, SrtpRefused, accept_answer, par
 from telephony_edge.sip.session_timer import SessionTimer, session_expires
 from telephony_edge.sip.transaction import InviteClientTransaction, Key, client_key
 from telephony_edge.sip.ua_core import UaCore, sdp_reason
-from telephony_edge.sip.ua_records import Action, Call, CallConfirmed, Entry, Phase
+from telephony_edge.sip.ua_records import Action, Call, CallConfirmed, CallEnded, Entry, Phase
 from telephony_edge.sip.uri import SipUri
 
 #: how far past the snapshot's CSeq the first request of this worker goes (module docstring)
@@ -66,6 +76,9 @@ CSEQ_LEAP = 100
 MAX_ATTEMPTS = 3  # re-INVITEs sent in all when the peer answers 491
 GLARE_WAIT_S = 2.0  # §14.1, for the side that did not make the Call-ID
 MAX_SEQ = 2**31 - 1
+#: how long a dialog whose peer hung up during a move answers its BYE (64·T1: the BYE's
+#: client transaction at the peer, which the proxy relays meanwhile)
+HUNG_UP_KEEP_S = 32.0
 
 _RNG = random.Random()
 
@@ -86,6 +99,7 @@ class Resumes(UaCore):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._resumes: dict[str, _Resume] = {}  # ref → its resumption, until answered
+        self._hung_up: dict[tuple[str, str, str], float] = {}  # dialog → until when
 
     def dialog_state(self, ref: str, record_id: str) -> DialogSnapshot | None:
         """The call's dialog for its live state; None until it is confirmed with media
@@ -96,14 +110,20 @@ class Resumes(UaCore):
         return None if ref in self._resumes else snapshot_of(call, record_id)
 
     def adopt(
-        self, snapshot: DialogSnapshot, rtp_port: int, now: float
+        self, snapshot: DialogSnapshot, rtp_port: int, now: float, *, hung_up: bool = False
     ) -> tuple[str, list[Action]]:
         """Carry on the call of ``snapshot`` with our RTP on ``rtp_port``: its ref here and
-        the re-INVITE. ValueError when the dialog cannot be used (or is here already)."""
+        the re-INVITE; ``hung_up``: the peer hung up meanwhile, so no re-INVITE, the call
+        ends ``remote_bye`` (module docstring). ValueError when the dialog cannot be used
+        (or is here already)."""
         dialog = snapshot.dialog()
         dialog.validate()
         if dialog.key in self._dialogs:
             raise ValueError("this worker carries the dialog already")
+        if hung_up:
+            ref = self._new_id()
+            self._note_hung_up(dialog.key, now)
+            return ref, [CallEnded(ref, "remote_bye")]
         dialog.local_seq = min(snapshot.local_seq + CSEQ_LEAP, MAX_SEQ - MAX_ATTEMPTS)
         media = self.config.media.for_family(snapshot.family)
         local = LocalSession(
@@ -186,6 +206,17 @@ class Resumes(UaCore):
         call.hangup_reported = True  # so _end reports nothing
         self._end(call, "moved")
 
+    def _note_hung_up(self, dialog: tuple[str, str, str], now: float) -> None:
+        for key, until in list(self._hung_up.items()):
+            if until <= now:
+                del self._hung_up[key]
+        self._hung_up[dialog] = now + HUNG_UP_KEEP_S
+
+    def _hung_up_bye(self, req: Request, now: float) -> bool:
+        """Whether ``req`` is the BYE of a dialog whose peer hung up during its move."""
+        key = (req.call_id(), req.to().tag or "", req.from_().tag or "")
+        return req.method == "BYE" and self._hung_up.get(key, now) > now
+
     # -- what answers it ---------------------------------------------------------------
 
     def _resume_pending(self, ref: str) -> bool:
@@ -203,6 +234,9 @@ class Resumes(UaCore):
         resume = self._resumes.pop(call.ref)
         if status < 300:
             return self._resumed(call, response, now)
+        if status == 481:  # the peer hung up while no worker carried the call
+            self._note_hung_up(call.dialog.key, now)
+            return self._end(call, "remote_bye")
         if status == 491 and resume.attempts < MAX_ATTEMPTS:
             resume.key, resume.attempts = None, resume.attempts + 1
             resume.retry_at = now + _RNG.uniform(0.0, GLARE_WAIT_S)

@@ -24,7 +24,7 @@ from telephony_edge.sip.ua_records import (
     StartCall,
     UaConfig,
 )
-from telephony_edge.sip.ua_resume import CSEQ_LEAP
+from telephony_edge.sip.ua_resume import CSEQ_LEAP, HUNG_UP_KEEP_S
 from tests.sip import wire
 
 TRUNK = ("54.172.60.1", 5060)
@@ -216,7 +216,7 @@ def test_the_peers_re_invite_meanwhile_is_glare_too() -> None:
     assert [wire.status(s.data) for s in replies] == [491]
 
 
-@pytest.mark.parametrize(("code", "bye"), [(481, False), (408, False), (488, True), (500, True)])
+@pytest.mark.parametrize(("code", "bye"), [(408, False), (488, True), (500, True)])
 def test_a_refused_resumption_ends_the_call_with_its_status(code: int, bye: bool) -> None:
     _, _, snapshot = answered_call()
     b, ref, invite = resumed(snapshot)
@@ -227,6 +227,44 @@ def test_a_refused_resumption_ends_the_call_with_its_status(code: int, bye: bool
         CallEnded(ref, "resume_failed", code)
     ]
     assert b.dialog_state(ref, "call_resumed") is None
+
+
+def bye_to(ref: str, seq: int = 2) -> bytes:
+    """The peer's BYE in the dialog whose local tag is ``ref``."""
+    bye = wire.twilio_invite().replace(b"INVITE sip:", b"BYE sip:", 1)
+    bye = bye.replace(b"CSeq: 1 INVITE", f"CSeq: {seq} BYE".encode()).replace(
+        b"branch=z9hG4bK4f3c", f"branch=z9hG4bKbye{seq}".encode()
+    )
+    return bye.replace(
+        b"To: <sip:+14155550100@edge.example.com>",
+        f"To: <sip:+14155550100@edge.example.com>;tag={ref}".encode(),
+    )
+
+
+def test_a_481_is_the_peer_that_hung_up_during_the_move_and_its_bye_gets_200() -> None:
+    """The peer's BYE went to the dead worker; the proxy brings it here after the peer
+    answered the re-INVITE 481: the call ends as the peer's hang-up, its BYE gets 200."""
+    _, a_ref, snapshot = answered_call()
+    b, ref, invite = resumed(snapshot)
+    actions = b.receive(answer(invite, 481), TRUNK, 100.05)
+    assert [request_of(s).method for s in sends(actions)] == ["ACK"]  # no BYE
+    assert [a for a in actions if isinstance(a, CallEnded)] == [CallEnded(ref, "remote_bye")]
+    replies = b.receive(bye_to(a_ref), TRUNK, 101.0)
+    assert [wire.status(s.data) for s in sends(replies)] == [200]
+    assert not [x for x in replies if isinstance(x, CallEnded)]  # ended once
+
+
+def test_a_peer_that_hung_up_before_the_takeover_gets_no_re_invite() -> None:
+    """The proxy saw the peer's BYE (``hung_up``): nothing is sent, the call ends as the
+    peer's hang-up, and its BYE gets 200 for a while, then 481 like any unknown dialog."""
+    _, a_ref, snapshot = answered_call()
+    b = make_ua("10.0.0.2", "b")
+    ref, actions = b.adopt(snapshot, 41000, 100.0, hung_up=True)
+    assert actions == [CallEnded(ref, "remote_bye")]
+    assert b.calls() == {} and b.next_deadline() is None
+    assert [wire.status(s.data) for s in sends(b.receive(bye_to(a_ref), TRUNK, 101.0))] == [200]
+    later = b.receive(bye_to(a_ref, 3), TRUNK, 100.0 + HUNG_UP_KEEP_S + 1)
+    assert [wire.status(s.data) for s in sends(later)] == [481]
 
 
 def test_an_answer_without_sdp_ends_the_call_with_bye() -> None:
@@ -255,15 +293,7 @@ def test_a_call_let_go_leaves_without_a_word() -> None:
     a.forget(ref)
     assert a.calls() == {} and a.next_deadline() is None  # its 2xx retransmitter gone too
     assert a.dialog_state(ref, "call_resumed") is None
-    bye = wire.twilio_invite().replace(b"INVITE sip:", b"BYE sip:", 1)
-    bye = bye.replace(b"CSeq: 1 INVITE", b"CSeq: 2 BYE").replace(
-        b"branch=z9hG4bK4f3c", b"branch=z9hG4bKbye"
-    )
-    bye = bye.replace(
-        b"To: <sip:+14155550100@edge.example.com>",
-        f"To: <sip:+14155550100@edge.example.com>;tag={ref}".encode(),
-    )
-    replies = a.receive(bye, TRUNK, 1.0)
+    replies = a.receive(bye_to(ref), TRUNK, 1.0)
     assert [wire.status(s.data) for s in sends(replies)] == [481]
     assert not [x for x in replies if isinstance(x, CallEnded)]
 
