@@ -14,10 +14,9 @@ network never waits on the agent core. In parallel it prepares the session
 is flushed in order and caller audio then flows straight through.
 
 Agent audio goes into the :class:`Playout` and leaves one 20 ms frame at a
-time: pushed by the worker's :class:`Pacer` into a PUSHED leg (after a lead
-of ``leg.playout_lead_frames`` at the start of each talkspurt), or pulled by
-a PULLED leg's own sender through :meth:`CallBridge.next_frame`. Both take
-frames from the same place, so the agent side has one code path.
+time through the call's :class:`~telephony_edge.calls.agent_playout.AgentPlayout`:
+pushed by the worker's :class:`Pacer` into a PUSHED leg, or pulled by a
+PULLED leg's own sender.
 
 Ending: the first event that ends the call makes the machine return its
 teardown actions. ``run()`` carries them out in a task of their own that it
@@ -55,6 +54,7 @@ from telephony_edge.amd.detector import AmdDetector, Verdict
 from telephony_edge.amd.policy import Voicemail
 from telephony_edge.audio.frames import FRAME_MS
 from telephony_edge.calls import machine as m
+from telephony_edge.calls.agent_playout import SLOW_RELAY_S, AgentPlayout
 from telephony_edge.calls.bridge_hooks import (
     DEFAULT_LIMITS,
     AudioTap,
@@ -64,7 +64,7 @@ from telephony_edge.calls.bridge_hooks import (
 )
 from telephony_edge.calls.caller_clock import CallerClock
 from telephony_edge.calls.dtmf_queue import DtmfQueue
-from telephony_edge.calls.leg import Clock, Dtmf, Leg, LegEnded, LegEvent, NotSupported, Played
+from telephony_edge.calls.leg import Dtmf, Leg, LegEnded, LegEvent, NotSupported, Played
 from telephony_edge.calls.live_state import LiveSnapshot
 from telephony_edge.calls.pacing import Pacer
 from telephony_edge.calls.playout import Playout
@@ -77,14 +77,9 @@ from telephony_edge.logs import current_call_id
 log = logging.getLogger(__name__)
 
 _C2A = metrics.RELAY_LATENCY_SECONDS.labels(direction="caller_to_agent")
-_A2C = metrics.RELAY_LATENCY_SECONDS.labels(direction="agent_to_caller")
-#: a frame relayed slower than this carries its call's trace id as an exemplar (tracing on)
-SLOW_RELAY_S = 0.001
 _CONCEALED = metrics.CALLER_FRAMES_FILLED.labels(kind="concealment")
 _SILENCE = metrics.CALLER_FRAMES_FILLED.labels(kind="silence")
 _AHEAD = metrics.FRAMES_DROPPED.labels(reason="ahead_of_call_clock")
-_STALE = metrics.FRAMES_DROPPED.labels(reason="stale_after_stall")
-STALL_TALKING_TICKS = 5  # agent audio went out this recently before a stall: it was talking
 _PREBUFFER_OVERFLOW = metrics.FRAMES_DROPPED.labels(reason="prebuffer_overflow")
 
 ACTIVITY_RMS = 300  # about -40 dBFS: caller frames below it do not count as activity
@@ -148,12 +143,10 @@ class CallBridge:
             elapsed_s=elapsed_s,
         )
         self._detector = AmdDetector(voicemail.detector) if voicemail and edge_amd else None
-        self._playout = Playout(limits.playout_max_s)
+        self._playout = playout = Playout(limits.playout_max_s)
         self._prebuffer: deque[LegEvent] = deque()
         self._prebuffer_max = int(limits.preconnect_buffer_s * 1000 / FRAME_MS)
         self._ready = False  # caller audio goes straight to the agent
-        self._talkspurt = False
-        self._quiet_ticks = STALL_TALKING_TICKS + 1  # ticks since agent audio last went out
         self._ending = asyncio.Event()
         self._teardown_actions: list[m.Action] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -168,7 +161,16 @@ class CallBridge:
         self._dtmf = DtmfQueue(leg, self._spawn, self._refused_dtmf)
         self._trace = CallTrace(record)
         self._exemplar = self._trace.call.exemplar()  # on slow frames' relay latency
-        self._agent_frames = 0  # agent frames handed to the leg, for the live state
+        self._agent = AgentPlayout(
+            leg,
+            pacer,
+            playout,
+            self._machine,
+            recorder=recorder,
+            exemplar=self._exemplar,
+            drained=lambda: self._feed(m.PlayoutDrained()),
+            failed=lambda exc: self._feed(m.Failed("network send", repr(exc))),
+        )
         self._response_frames = 0  # … when the agent's latest response began
         self._mark = ""  # the latest of the network's marks: played up to there
 
@@ -198,8 +200,8 @@ class CallBridge:
         doc = {
             "network": self.leg.network_state(),
             "playback": {
-                "agent_ms": self._agent_frames * FRAME_MS,
-                "response_ms": (self._agent_frames - self._response_frames) * FRAME_MS,
+                "agent_ms": self._agent.frames * FRAME_MS,
+                "response_ms": (self._agent.frames - self._response_frames) * FRAME_MS,
                 "mark": self._mark,
             },
             "chars_used": conversation.chars_used,
@@ -329,11 +331,11 @@ class CallBridge:
         if isinstance(action, m.OpenAgent):
             self._spawn(self._connect(), "connect")
         elif isinstance(action, m.GoLive):
-            self._start_playout()
+            self._agent.start()
         elif isinstance(action, m.SetPaused):
             self._playout.paused = action.paused
         elif isinstance(action, m.ClearAudio):
-            self._clear()
+            log.info("barge-in: cleared %d buffered frames", self._agent.clear())
         elif isinstance(action, m.Transfer):
             self._start_transfer(action)
         elif isinstance(action, m.ReportToAgent):
@@ -457,7 +459,7 @@ class CallBridge:
                 await self.leg.close()
 
     async def _stop_tasks(self) -> None:
-        self._pacer.unsubscribe(self)
+        self._agent.stop()
         self._pacer.unsubscribe(self._clock)
         if self._timer is not None:
             self._timer.cancel()
@@ -632,76 +634,8 @@ class CallBridge:
         entry = {"role": role, "content": text, "ts": time.time()}
         self.conversation.add(self.conversation.chat, "chat", self._limits.max_chat_messages, entry)
         if role == "assistant":
-            self._response_frames = self._agent_frames  # what plays next is this response
+            self._response_frames = self._agent.frames  # what plays next is this response
         return True
-
-    def _start_playout(self) -> None:
-        if self.leg.clock is Clock.PULLED:
-            self.leg.attach(self)
-        else:
-            self._pacer.subscribe(self, self._tick)
-
-    def next_frame(self) -> bytes | None:
-        """The next agent frame to play (None: silence). PULLED legs call this."""
-        item = self._playout.pop()
-        if item is None:
-            self._talkspurt = False
-            if self._machine.ending_after_playout:
-                self._feed(m.PlayoutDrained())
-            return None
-        self._talkspurt = True
-        self._agent_frames += 1
-        self._machine.note_activity(time.monotonic())
-        frame, cost = item
-        _A2C.observe(cost, self._exemplar if cost > SLOW_RELAY_S else None)
-        if self._recorder is not None:
-            self._recorder.agent(frame)
-        return frame
-
-    def _tick(self) -> None:
-        """The pacer's 20 ms: push this tick's frames (a lead at a talkspurt's start)."""
-        playout = self._playout
-        if self._pacer.skipped and self._quiet_ticks <= STALL_TALKING_TICKS:
-            playout.stalled(self._pacer.skipped)  # the agent was talking: that audio is stale
-        if playout.stale:
-            _STALE.inc(playout.drop_stale())
-        self._quiet_ticks += 1
-        starting = not self._talkspurt
-        burst = 1 + self.leg.playout_lead_frames if starting else 1
-        leg = self.leg
-        for i in range(burst):
-            item = playout.pop()
-            if item is None:
-                self._talkspurt = False
-                if self._machine.ending_after_playout:
-                    self._feed(m.PlayoutDrained())
-                return
-            frame, cost = item
-            t0 = time.perf_counter()
-            try:
-                leg.send_frame(frame, starting and i == 0)
-            except Exception as exc:  # the clock serves every call: never let one break it
-                log.exception("sending to the network failed")
-                self._feed(m.Failed("network send", repr(exc)))
-                return
-            cost += time.perf_counter() - t0
-            _A2C.observe(cost, self._exemplar if cost > SLOW_RELAY_S else None)
-            if self._recorder is not None:
-                self._recorder.agent(frame)
-            self._agent_frames += 1
-            self._talkspurt = True
-            self._quiet_ticks = 0
-        self._machine.note_activity(time.monotonic())
-
-    def _clear(self) -> None:
-        dropped = self._playout.clear()
-        log.info("barge-in: cleared %d buffered frames", dropped)
-        self._talkspurt = False
-        if self.leg.capabilities.clear:
-            try:
-                self.leg.clear()
-            except Exception:
-                log.exception("clearing the network's buffer failed")
 
     # -- transfer and reports -------------------------------------------------
 

@@ -28,10 +28,12 @@ STALE_WINDOW_TICKS = 50  # a stall's audio still arriving after it is dropped fo
 class Playout:
     """Agent frames (with the edge's processing cost of each) in play order."""
 
-    __slots__ = ("_frames", "_max_frames", "_splitter", "_stale", "_stale_ticks", "paused")
+    __slots__ = ("_max_frames", "_splitter", "_stale", "_stale_ticks", "frames", "paused")
 
     def __init__(self, max_seconds: float = 120.0) -> None:
-        self._frames: deque[tuple[bytes, float]] = deque()
+        #: the frames in play order, each with its cost (read here; the pacer's tick
+        #: looks at it directly, every call every 20 ms)
+        self.frames: deque[tuple[bytes, float]] = deque()
         self._max_frames = int(max_seconds * 1000 / FRAME_MS)
         self._splitter = FrameSplitter()
         self.paused = False
@@ -46,21 +48,21 @@ class Playout:
         metric that leaves out the wait for its real-time slot.
         """
         frames = self._splitter.push(chunk)
-        room = self._max_frames - len(self._frames)
+        room = self._max_frames - len(self.frames)
         if len(frames) > room:
             _OVERFLOW.inc(len(frames) - max(room, 0))
             frames = frames[: max(room, 0)]
         if frames:
             cost = 0.0 if received_at is None else time.perf_counter() - received_at
             per_frame = cost / len(frames)
-            self._frames.extend((f, per_frame) for f in frames)
+            self.frames.extend((f, per_frame) for f in frames)
         return len(frames)
 
     def pop(self) -> tuple[bytes, float] | None:
         """The next frame to play, or None while paused or empty."""
-        if self.paused or not self._frames:
+        if self.paused or not self.frames:
             return None
-        return self._frames.popleft()
+        return self.frames.popleft()
 
     def stalled(self, frames: int) -> None:
         """The worker stalled ``frames`` ticks while this audio played: that much is stale."""
@@ -73,9 +75,9 @@ class Playout:
 
     def drop_stale(self) -> int:
         """Drop what a stall made stale and is here now (once a tick); how many went."""
-        dropped = min(self._stale, len(self._frames))
+        dropped = min(self._stale, len(self.frames))
         for _ in range(dropped):
-            self._frames.popleft()
+            self.frames.popleft()
         self._stale -= dropped
         self._stale_ticks -= 1
         if self._stale_ticks <= 0:
@@ -84,11 +86,11 @@ class Playout:
 
     def clear(self) -> int:
         """Drop everything buffered; return how many frames were dropped."""
-        dropped = len(self._frames)
-        self._frames.clear()
+        dropped = len(self.frames)
+        self.frames.clear()
         self._splitter.clear()
         self._stale = 0
         return dropped
 
     def __len__(self) -> int:
-        return len(self._frames)
+        return len(self.frames)
