@@ -9,7 +9,8 @@ feeds it the current time with every event: :meth:`~Registration.start`,
 the answer to its :class:`Lookup` of the registrar (:meth:`~Registration.resolved`,
 :meth:`~Registration.unresolvable`), :meth:`~Registration.receive` (a response
 with the registration's Call-ID), :meth:`~Registration.tick` and
-:meth:`~Registration.stop`. It returns :class:`Lookup`, :class:`Send` and
+:meth:`~Registration.stop`. It returns :class:`~telephony_edge.sip.client_outputs.Lookup`,
+:class:`~telephony_edge.sip.client_outputs.SendRequest` and
 :class:`Status` (the state changed: for the log, ``/status`` and the metrics).
 
 * A REGISTER carries the account's Contact (the edge's advertised address, or
@@ -46,6 +47,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from telephony_edge.sip.client_outputs import Lookup, SendRequest
 from telephony_edge.sip.dialog import Address
 from telephony_edge.sip.digest_client import MAX_CHALLENGES, DigestClient
 from telephony_edge.sip.header_values import NameAddr
@@ -155,21 +157,6 @@ TABLE: dict[tuple[State, Ev], tuple[State, tuple[Op, ...]]] = {
 
 
 @dataclass(frozen=True, slots=True)
-class Lookup:
-    """Resolve the registrar's URI (RFC 3263) and answer with ``resolved``/``unresolvable``."""
-
-    uri: str
-    transport: str
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    data: bytes
-    dest: Address
-    transport: str
-
-
-@dataclass(frozen=True, slots=True)
 class Status:
     """The registration's state changed (``reason`` says why, for the log)."""
 
@@ -179,7 +166,7 @@ class Status:
     retry_at: float | None  # the next try after a failure
 
 
-RegisterOutput = Lookup | Send | Status
+RegisterOutput = Lookup | SendRequest | Status
 
 
 class Registration:
@@ -428,7 +415,7 @@ class Registration:
         assert dest is not None
         for item in outputs:
             if isinstance(item, Transmit):
-                out.append(Send(item.data, dest, self.account.transport))
+                out.append(SendRequest(item.data, dest, self.account.transport))
             elif isinstance(item, TimedOut):  # Timer F
                 self._tx = self._key = None
                 self.reason = f"no response from {self.account.registrar[:100]} (Timer F)"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from telephony_edge.sip.client_outputs import Lookup, SendRequest
 from telephony_edge.sip.digest_client import DigestClient
 from telephony_edge.sip.message import Response
 from telephony_edge.sip.ua_core import UaCore
@@ -39,13 +40,11 @@ from telephony_edge.sip.uac import (
     Answered,
     Dial,
     Failed,
-    Lookup,
     OutboundInvite,
     Progress,
     UacConfig,
     UacOutput,
 )
-from telephony_edge.sip.uac import Send as UacSend
 
 
 class Dials(UaCore):
@@ -141,7 +140,7 @@ class Dials(UaCore):
     ) -> list[Action]:
         actions: list[Action] = []
         for out in outputs:
-            if isinstance(out, UacSend):
+            if isinstance(out, SendRequest):
                 send = Send(out.data, out.dest, out.transport, ref, out.uri, out.server_name)
                 actions.append(send)
             elif isinstance(out, Lookup):

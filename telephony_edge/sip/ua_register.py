@@ -13,18 +13,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from telephony_edge.sip.client_outputs import Lookup, SendRequest
 from telephony_edge.sip.digest_client import DigestClient
 from telephony_edge.sip.message import Response
 from telephony_edge.sip.register import (
     Account,
-    Lookup,
     RegisterConfig,
     RegisterOutput,
     Registration,
     State,
     Status,
 )
-from telephony_edge.sip.register import Send as RegisterSend
 from telephony_edge.sip.ua_core import UaCore
 from telephony_edge.sip.ua_records import Action, RegistrationChanged, Resolve, Send
 
@@ -100,7 +99,7 @@ class Registrations(UaCore):
         name = machine.account.name
         actions: list[Action] = []
         for out in outputs:
-            if isinstance(out, RegisterSend):
+            if isinstance(out, SendRequest):
                 actions.append(Send(out.data, out.dest, out.transport))
             elif isinstance(out, Lookup):
                 actions.append(Resolve(OWNER_PREFIX + name, out.uri, out.transport))

@@ -14,10 +14,12 @@ One :class:`OutboundInvite` per call the edge places. Its shell (the UA,
   :meth:`~OutboundInvite.next_deadline`;
 * :meth:`~OutboundInvite.cancel`: the API or the agent hung up first.
 
-and it answers with outputs: :class:`Lookup` (a hop's URI for the shell
-to resolve), :class:`Send` (bytes to an address), :class:`Progress` (180,
-183: reported, the early media itself goes to nobody), :class:`Answered`
-(the 2xx, ACKed, with its dialog for the UA to keep) or :class:`Failed`
+and it answers with outputs: :class:`~telephony_edge.sip.client_outputs.Lookup`
+(a hop's URI for the shell to resolve),
+:class:`~telephony_edge.sip.client_outputs.SendRequest` (bytes to an address),
+:class:`Progress` (180, 183: reported, the early media itself goes to
+nobody), :class:`Answered` (the 2xx, ACKed, with its dialog for the UA to
+keep) or :class:`Failed`
 (``busy``, ``no-answer``, ``failed`` or ``canceled``, the words of
 Twilio's status callbacks). No socket, no task, no clock inside.
 
@@ -53,9 +55,10 @@ ops are data that :meth:`OutboundInvite._run` gives a meaning; code is only
 for what a table cannot say (which address is next, what a status means).
 
 Over TLS (a hop ``sips:`` or ``;transport=tls``, or the plan's transport)
-each :class:`Send` names the server its certificate must be for: the hop's
-host (RFC 5922 §4: the domain of the URI, never an SRV target). The offer
-carries SRTP as the plan's :class:`~telephony_edge.sip.sdes.SrtpRules` allow
+each :class:`~telephony_edge.sip.client_outputs.SendRequest` names the server
+its certificate must be for: the hop's host (RFC 5922 §4: the domain of the
+URI, never an SRV target). The offer carries SRTP as the plan's
+:class:`~telephony_edge.sip.sdes.SrtpRules` allow
 (the dial plan allows it when its hops are TLS): ``RTP/SAVP`` with
 ``a=crypto`` when required, ``RTP/AVP`` with ``a=crypto`` when optional
 (best effort, as baresip and pjsip offer it). The answer's ``a=crypto`` for
@@ -77,6 +80,7 @@ from dataclasses import dataclass, field
 
 from telephony_edge.sip import sdes
 from telephony_edge.sip.body import sdp_body
+from telephony_edge.sip.client_outputs import Lookup, SendRequest
 from telephony_edge.sip.dialog import Address, Dialog
 from telephony_edge.sip.digest_client import MAX_CHALLENGES, DigestClient
 from telephony_edge.sip.family import Family
@@ -133,25 +137,6 @@ class UacConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class Lookup:
-    """Resolve ``uri`` (RFC 3263) and answer with ``resolved`` or ``unresolvable``."""
-
-    uri: str
-    transport: str
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """``data`` to ``dest``; ``uri`` names the host to resolve instead (a dialog's next hop)."""
-
-    data: bytes
-    dest: Address
-    transport: str
-    uri: str | None = None
-    server_name: str | None = None  # over TLS: the name the server's certificate must carry
-
-
-@dataclass(frozen=True, slots=True)
 class Progress:
     """A provisional response past 100 (180 Ringing, 183 Session Progress …)."""
 
@@ -185,7 +170,7 @@ class Failed:
     reason: str
 
 
-UacOutput = Lookup | Send | Progress | Answered | Failed
+UacOutput = Lookup | SendRequest | Progress | Answered | Failed
 
 
 class Phase(enum.Enum):
@@ -323,7 +308,7 @@ class OutboundInvite:
         self._last = (408, "no response")
         self._answered_last = False  # the last failure was a response, not our own timeout
         self._early: bytes | None = None  # the SDP of a 183
-        self._ack: Send | None = None
+        self._ack: SendRequest | None = None
         self._dialog: Dialog | None = None  # formed by the 2xx
         self.bad: str | None = None  # what the peer sent wrong, for the shell's bad input
 
@@ -598,7 +583,7 @@ class OutboundInvite:
             named = ip_literal(hop[0]) is None
             dest = self._flow if named else hop
             uri = dialog.next_hop() if named else None
-            self._ack = Send(ack.to_bytes(), dest, transport, uri, current.server_name)
+            self._ack = SendRequest(ack.to_bytes(), dest, transport, uri, current.server_name)
         out.append(self._ack)
 
     def _answered(self, response: Response) -> Answered:
@@ -658,7 +643,7 @@ class OutboundInvite:
         for item in outputs:  # the transaction's own sends (an ACK) before what follows
             if isinstance(item, Transmit):
                 dest, transport = attempt.dest, attempt.transport
-                out.append(Send(item.data, dest, transport, server_name=attempt.server_name))
+                out.append(SendRequest(item.data, dest, transport, server_name=attempt.server_name))
             elif isinstance(item, Terminated):
                 self._txs.pop(key, None)
             elif not current:

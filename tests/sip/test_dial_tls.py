@@ -10,6 +10,7 @@ import itertools
 import pytest
 
 from telephony_edge.sip import sdes, uac
+from telephony_edge.sip.client_outputs import Lookup, SendRequest
 from telephony_edge.sip.message import Request, Response, build_response
 from telephony_edge.sip.parse import parse_message
 from telephony_edge.sip.sdes import Policy, SrtpRules
@@ -37,12 +38,12 @@ def machine(
     return uac.OutboundInvite(plan, CONFIG, local, MEDIA, None, lambda: f"id{next(ids)}")
 
 
-def started(m: uac.OutboundInvite, addresses: list[tuple[str, int]]) -> tuple[Request, uac.Send]:
-    assert m.start(0.0) == [uac.Lookup(HOP, "TLS")]  # looked up as _sips._tcp
+def started(m: uac.OutboundInvite, addresses: list[tuple[str, int]]) -> tuple[Request, SendRequest]:
+    assert m.start(0.0) == [Lookup(HOP, "TLS")]  # looked up as _sips._tcp
     out = m.resolved(HOP, addresses, 0.0)
     [(invite, dest)] = sends(out)
-    [send] = only(out, uac.Send)
-    assert isinstance(send, uac.Send) and dest == addresses[0]
+    [send] = only(out, SendRequest)
+    assert isinstance(send, SendRequest) and dest == addresses[0]
     return invite, send
 
 
@@ -87,13 +88,13 @@ def test_every_send_over_tls_names_the_hops_host() -> None:
     assert (send.transport, send.server_name) == ("TLS", "sbc.carrier.example")
     assert invite.top_via().transport == "TLS"
     m.receive(build_response(invite, 180, to_tag="callee1"), 0.1)
-    [cancel] = only(m.cancel(0.2), uac.Send)
-    assert isinstance(cancel, uac.Send) and cancel.server_name == "sbc.carrier.example"
+    [cancel] = only(m.cancel(0.2), SendRequest)
+    assert isinstance(cancel, SendRequest) and cancel.server_name == "sbc.carrier.example"
     # the 2xx crossing the CANCEL: the ACK goes on the INVITE's connection, not to the
     # callee's Contact (as every request of a dialog over TLS does)
     out = m.receive(answer(invite, 200), 0.3)
-    [ack] = [s for s in only(out, uac.Send) if isinstance(s, uac.Send) and b"ACK " in s.data]
-    assert isinstance(ack, uac.Send)
+    [ack] = [s for s in only(out, SendRequest) if isinstance(s, SendRequest) and b"ACK " in s.data]
+    assert isinstance(ack, SendRequest)
     assert (ack.dest, ack.transport, ack.server_name) == (A1, "TLS", "sbc.carrier.example")
 
 

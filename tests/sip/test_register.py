@@ -8,6 +8,7 @@ import pytest
 
 from telephony_edge.sip import register as reg
 from telephony_edge.sip.auth import DigestServer, Outcome, binding
+from telephony_edge.sip.client_outputs import Lookup, SendRequest
 from telephony_edge.sip.digest_client import DigestClient
 from telephony_edge.sip.message import Request, Response, build_response
 from telephony_edge.sip.parse import parse_message
@@ -35,7 +36,7 @@ def machine(account: reg.Account = ACCOUNT, digest: DigestClient | None = None) 
 def requests(out: list[reg.RegisterOutput]) -> list[Request]:
     found = []
     for item in out:
-        if isinstance(item, reg.Send):
+        if isinstance(item, SendRequest):
             assert item.dest == REGISTRAR
             msg = parse_message(item.data)
             assert isinstance(msg, Request)
@@ -48,7 +49,7 @@ def statuses(out: list[reg.RegisterOutput]) -> list[reg.Status]:
 
 
 def started(m: reg.Registration, now: float = 0.0) -> Request:
-    assert m.start(now) == [reg.Lookup("sip:pbx.example", "UDP")]
+    assert m.start(now) == [Lookup("sip:pbx.example", "UDP")]
     [register] = requests(m.resolved([REGISTRAR], now))
     return register
 
@@ -112,7 +113,7 @@ def test_failures_back_off_doubling_to_the_cap() -> None:
     delays = []
     now = 5.0
     for _ in range(5):
-        assert m.tick(now) == [reg.Lookup("sip:pbx.example", "UDP")]
+        assert m.tick(now) == [Lookup("sip:pbx.example", "UDP")]
         out = m.unresolvable("NXDOMAIN", now)
         [status] = statuses(out)
         assert "does not resolve" in status.reason and status.retry_at is not None

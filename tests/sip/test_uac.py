@@ -8,6 +8,7 @@ import pytest
 
 from telephony_edge.sip import uac
 from telephony_edge.sip.auth import DigestServer, Outcome, binding
+from telephony_edge.sip.client_outputs import Lookup, SendRequest
 from telephony_edge.sip.digest_client import DigestClient
 from telephony_edge.sip.message import Request, Response, build_response
 from telephony_edge.sip.parse import parse_message
@@ -39,7 +40,7 @@ def machine(
 def sends(out: list[uac.UacOutput]) -> list[tuple[Request, tuple[str, int]]]:
     found = []
     for item in out:
-        if isinstance(item, uac.Send):
+        if isinstance(item, SendRequest):
             msg = parse_message(item.data)
             if isinstance(msg, Request):
                 found.append((msg, item.dest))
@@ -53,7 +54,7 @@ def only(out: list[uac.UacOutput], kind: type) -> list[object]:
 def started(m: uac.OutboundInvite, addresses: list[tuple[str, int]]) -> Request:
     """Start, answer the lookup of the first hop; the INVITE sent."""
     out = m.start(0.0)
-    assert out == [uac.Lookup(m.dial.hops[0], "UDP")]
+    assert out == [Lookup(m.dial.hops[0], "UDP")]
     [(invite, dest)] = sends(m.resolved(m.dial.hops[0], addresses, 0.0))
     assert dest == addresses[0] and invite.method == "INVITE"
     return invite
@@ -95,8 +96,8 @@ def test_answered_call_acks_the_2xx_and_its_retransmissions() -> None:
     assert (dialog.local_tag, dialog.remote_tag) == (invite.from_().tag, "callee1")
     assert dialog.local_seq == invite.cseq().seq and dialog.route_set == ["<sip:192.0.2.1;lr>"]
     # a retransmitted 2xx gets the same ACK; after Timer M the machine is done
-    [again] = only(m.receive(ok, 3.5), uac.Send)
-    assert isinstance(again, uac.Send) and again.data == ack.to_bytes() and again.dest == A1
+    [again] = only(m.receive(ok, 3.5), SendRequest)
+    assert isinstance(again, SendRequest) and again.data == ack.to_bytes() and again.dest == A1
     assert not m.done
     m.tick(3.0 + 64 * T1)
     assert m.done and m.phase is uac.Phase.ANSWERED
@@ -156,7 +157,7 @@ def test_503_fails_over_to_the_next_address_then_the_next_hop() -> None:
     assert ack.method == "ACK" and dest == A2 and second.top_via().branch != first.top_via().branch
     assert second.cseq().seq == first.cseq().seq + 1 and second.call_id() == first.call_id()
     out = m.receive(answer(second, 503), 0.2)
-    assert [o for o in out if isinstance(o, uac.Lookup)] == [uac.Lookup(HOP_B, "UDP")]
+    assert [o for o in out if isinstance(o, Lookup)] == [Lookup(HOP_B, "UDP")]
     [(third, dest)] = sends(m.resolved(HOP_B, [B1], 0.3))
     assert dest == B1 and third.headers.get("Route") is None  # no ;lr: no preloaded route
     out = m.receive(answer(third, 200, sdp=True), 0.5)
@@ -185,7 +186,7 @@ def test_unresolvable_hops_fail_the_call() -> None:
     m = machine(hops=(HOP_A, HOP_B))
     m.start(0.0)
     out = m.unresolvable(HOP_A, "NXDOMAIN", 0.1)
-    assert out == [uac.Lookup(HOP_B, "UDP")]
+    assert out == [Lookup(HOP_B, "UDP")]
     assert m.unresolvable(HOP_A, "late", 0.2) == []  # an answer nobody waits for
     out = m.resolved(HOP_B, [], 0.3)
     [failed] = only(out, uac.Failed)
