@@ -22,7 +22,7 @@ from tests.conftest import Receiver, wait_for
 from tests.sip import baresip
 from tests.sip.capture import Capture, Datagram
 from tests.sip.conftest import register
-from tests.sip.resume_cluster import audio, cluster, dialog_kept, loud, ms
+from tests.sip.resume_cluster import cluster, dialog_kept, loud, ms
 
 HANG_UP_AFTER_S = 0.15  # after A's death: B takes calls over 0.5-1 s after it
 
@@ -55,7 +55,7 @@ async def test_a_caller_hanging_up_before_the_takeover_ends_the_call_as_its_hang
             dialling = await baresip.start(uri, phone, "udp", 30)
             await dialog_kept(c.coordinator, call_id)
             for _ in range(500):  # the agent speaking from A
-                sent = audio(capture.datagrams(), c.a_rtp)
+                sent = c.sent(capture.datagrams(), c.a_rtp)
                 if len(sent) > 5 and all(loud(d) for d in sent[-5:]):
                     break
                 await asyncio.sleep(0.02)
