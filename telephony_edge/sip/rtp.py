@@ -252,6 +252,7 @@ class RtpSender:
 
     __slots__ = (
         "_anchor",
+        "_b1",
         "_slot_ts",
         "_started",
         "clock_rate",
@@ -275,6 +276,7 @@ class RtpSender:
         continuous: bool = False,
     ) -> None:
         self.payload_type = payload_type
+        self._b1 = (payload_type & 0x7F, 0x80 | payload_type & 0x7F)  # header byte 1, by marker
         self.clock_rate = clock_rate
         self.ssrc = secrets.randbits(32) if ssrc is None else ssrc
         self.seq = secrets.randbits(16) if seq is None else seq
@@ -306,8 +308,9 @@ class RtpSender:
         self._advance(samples, now, talkspurt_start)
         self._anchor = now
         self._slot_ts = ts = self.ts
-        data = build_rtp(self.payload_type, self.seq, ts, self.ssrc, marker, payload)
-        self.seq = (self.seq + 1) & 0xFFFF
+        seq = self.seq
+        data = HEADER.pack(0x80, self._b1[marker], seq, ts, self.ssrc) + payload
+        self.seq = (seq + 1) & 0xFFFF
         self.ts = (ts + samples) & 0xFFFFFFFF
         self.sent += 1
         self.octets += len(payload)
