@@ -62,10 +62,14 @@ def write_config(
     transport: str,
     mediaenc: str | None = None,
     host: str = "127.0.0.1",
+    avoid: range = range(0),
 ) -> None:
     """A baresip config folder: G.711 only, the WAV as microphone, the decoded audio dumped;
-    with ``mediaenc``, SRTP (its ``srtp`` module) for the account; on ``host``."""
+    with ``mediaenc``, SRTP (its ``srtp`` module) for the account; on ``host``; its RTP
+    ports outside ``avoid`` (the edge's, when both take free ports)."""
     low = free_port() // 2 * 2
+    while low + 10 >= avoid.start and low < avoid.stop:
+        low = free_port() // 2 * 2
     where = f"[{host}]" if ":" in host else host
     (folder / "config").write_text(
         "\n".join(
@@ -153,14 +157,16 @@ async def start(
     mediaenc: str | None = None,
     host: str = "127.0.0.1",
     again_after_s: float | None = None,
+    avoid: range = range(0),
 ) -> Dialling:
     """Start baresip dialling ``uri`` over ``transport`` (udp, tcp or tls) from ``host``; it
-    quits after ``seconds`` (``again_after_s``: the caller speaks again, :func:`microphone`).
+    quits after ``seconds`` (``again_after_s``: the caller speaks again, :func:`microphone`;
+    ``avoid``: RTP ports it must not take).
 
     ``folder`` must exist (baresip's config and dumps go there).
     """
     mic = microphone(folder, seconds, again_after_s)
-    write_config(folder, mic, transport, mediaenc, host)
+    write_config(folder, mic, transport, mediaenc, host, avoid)
     process = await asyncio.create_subprocess_exec(
         baresip_binary(), *(["-6"] if ":" in host else []),
         "-f", str(folder), "-e", f"/dial {uri};transport={transport}", "-t", str(seconds),

@@ -43,12 +43,14 @@ class Cluster:
     coordinator: RedisCoordinator
     proxy: Proxy
 
+    @property
+    def rtp(self) -> range:
+        """Both workers' RTP ports (callers take theirs elsewhere)."""
+        return range(self.a_rtp[0], self.b_rtp[-1] + 1)
+
     def sent(self, datagrams: list[Datagram], ports: range) -> list[Datagram]:
-        """The G.711 RTP the worker whose RTP range is ``ports`` sent to the callers (a
-        caller's own RTP port may fall in a worker's range: what goes to the workers is
-        the callers')."""
-        workers = range(self.a_rtp[0], self.b_rtp[-1] + 1)
-        return [d for d in audio(datagrams, ports) if d.dest[1] not in workers]
+        """The G.711 RTP the worker whose RTP range is ``ports`` sent to the callers."""
+        return [d for d in audio(datagrams, ports) if d.dest[1] not in self.rtp]
 
 
 def worker(name: str, sip_port: int, rtp: range, proxy: str, redis: str, hook: str) -> Any:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import statistics
 import time
@@ -71,8 +72,13 @@ async def moved_calls(
             folder = tmp_path / f"baresip-{n}"
             folder.mkdir()
             uri = f"sip:{call_id}@127.0.0.1:{c.kamailio_port}"
-            phones.append(await baresip.start(uri, folder, "udp", CALL_S, again_after_s=4))
-        dialogs = await asyncio.gather(*(dialog_kept(c.coordinator, i) for i in call_ids))
+            phone = await baresip.start(uri, folder, "udp", CALL_S, again_after_s=4, avoid=c.rtp)
+            phones.append(phone)
+        try:
+            dialogs = await asyncio.gather(*(dialog_kept(c.coordinator, i) for i in call_ids))
+        except AssertionError:
+            quit = [p for p in phones if p.process.returncode is not None]
+            raise AssertionError([(await p.finished()).log[-2000:] for p in quit]) from None
         talking = await speaking(c, capture, c.a_rtp, calls)
         broken_at = time.time()
         await break_worker()
@@ -98,6 +104,9 @@ async def moved_calls(
         chat = json.loads(payload["chat"])
         assert chat[0] == {**chat[0], "role": "assistant", "content": "Hi"}  # said on A
         assert "caller spoke" in json.dumps(chat)  # B's agent heard the caller after the move
+    # B's agent core (the built-in demo, in B's log) got the chat so far, resumed
+    turns = re.findall(r"demo core: call (\S+): resumed after (\d+) turn", c.b.log)
+    assert sorted(call for call, _ in turns) == sorted(call_ids)
     assert "Traceback" not in c.b.log, c.b.log[-3000:]
 
     datagrams = capture.datagrams()
@@ -116,7 +125,8 @@ async def moved_calls(
         voice_gaps.append(voice_b[0].at - voice_a[-1].at)
     first_b = min(d.at for d in from_b)
     print(
-        f"\n{cause}, {calls} calls ({talking} mid-speech): A taken away at 0 ms; B's first RTP "
+        f"\n{cause}, {calls} calls ({talking} mid-speech; the chat B's core got had "
+        f"{sorted(int(n) for _, n in turns)} caller turns): A taken away at 0 ms; B's first RTP "
         f"{ms(first_b - broken_at)}; each caller's RTP gap {summary(gaps)}; from the agent's "
         f"last voice on A to its first on B {summary(voice_gaps)}"
     )
