@@ -27,10 +27,11 @@ dropped before aiortc sees them and counted
 (``telephony_edge_bad_input_total{source="webrtc"}``); :func:`~telephony_edge.webrtc.ice.guard`
 judges what aioice learns later (checks from unknown sources) the same way.
 
-The agent session starts only once ICE and DTLS are connected
+A new call's agent session starts only once ICE and DTLS are connected
 (:meth:`WebRtcLeg.wait_connected`, awaited by the provider before the call
 is bridged): an answered offer that never connects ends ``error`` without
-ever reaching the agent core.
+ever reaching the agent core. A resumed call is bridged at once (its agent's
+audio waits in the playout until the track is pulled).
 
 A call whose answer carried a resume token (``resumable``) is brought back
 by its caller, to any worker, if this one is lost

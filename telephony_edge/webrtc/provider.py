@@ -6,9 +6,10 @@ offer leaves nothing behind: 400 with the reason (not JSON, bad SDP, a wrong
 wrong key (the API's own check), 503 past ``webrtc.max_peer_connections``,
 with no free UDP port in ``webrtc.media_port_min``-``max``, or when the worker
 takes no new calls. The answer (``{sdp, type, call_id}``)
-comes once ICE gathering is complete. The call is bridged to the agent core
+comes once ICE gathering is complete. A new call is bridged to the agent core
 only once ICE and DTLS are connected: an offer that never connects ends
-``error`` after ``webrtc.connect_timeout_s`` having cost no agent session.
+``error`` after ``webrtc.connect_timeout_s`` having cost no agent session. A
+resumed call reopens its agent session at once, while ICE and DTLS connect.
 
 Browsers use the public key instead (:mod:`telephony_edge.webrtc.browser`):
 allowed origins only (CORS preflight answered for them), agents marked
@@ -250,13 +251,17 @@ async def webrtc_offer(request: web.Request) -> web.Response:
 
     async def run() -> None:
         try:
-            failure = await leg.wait_connected()
-            if failure is not None:  # never connected: no agent session, no agent slot
-                await services.call_service.fail_setup(record.call_id, failure)
-                return
+            # a new call costs an agent session only once it connects; a resumed one has
+            # its session already, and reopening it while ICE and DTLS connect takes the
+            # agent's link off the caller's gap (its audio waits in the playout meanwhile)
+            if resumed is None:
+                failure = await leg.wait_connected()
+                if failure is not None:  # never connected: no agent session, no agent slot
+                    await services.call_service.fail_setup(record.call_id, failure)
+                    return
             await services.call_service.run(record, leg, resumed)
         except asyncio.CancelledError:
-            if not leg.connected:  # shutdown before it connected: end the record now
+            if resumed is None and not leg.connected:  # shutdown before it connected
                 with contextlib.suppress(Exception):
                     await asyncio.shield(
                         services.call_service.fail_setup(record.call_id, "the edge shut down")

@@ -19,7 +19,8 @@ without the edge's ``hangup``), the caller sends a new offer to any worker
    call moved on to the next generation) is a replay, 403 and counted;
 4. answers the offer, then takes the call over (``CallService.take_over``: one
    coordinator step, exactly one winner per generation; a loser is a replay too)
-   and runs it resumed: the agent core gets the chat so far with ``resumed``.
+   and runs it resumed at once, while ICE and DTLS connect: the agent core gets the
+   chat so far with ``resumed``, and its first words wait in the playout for the track.
 
 The answer carries the next generation's token, so the call can move again.
 A drain hands a call off by telling the page ``{"type": "move"}`` on the data

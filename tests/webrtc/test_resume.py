@@ -344,3 +344,42 @@ async def test_a_re_offer_with_the_coordinator_away_is_told_to_try_again(
                 assert status == 503, refused
         finally:
             await first.close()
+
+
+async def test_a_resumed_call_reopens_its_agent_session_while_ice_and_dtls_connect(
+    make_edge: Callable[..., Any], redis_server: Any, core: TalkingCore, receiver: Receiver
+) -> None:
+    """The agent link is not on the caller's gap: a re-offer's answer held back by its
+    caller (no ICE, no DTLS yet) already has the core told the call resumed."""
+    prefix = f"te-wrs-{uuid.uuid4().hex[:12]}:"
+    a, b = [
+        await make_edge(
+            load_settings(
+                None, **worker_config(name, redis_server.url, prefix, core.url, receiver.url)
+            )
+        )
+        for name in ("a", "b")
+    ]
+    first, second = Client(events=True), Client(events=True)
+    try:
+        async with aiohttp.ClientSession() as http:
+            status, answer = await post_offer(
+                http, a, {"agent_id": "echo", "offer": await first.offer()}
+            )
+            assert status == 200, answer
+            await connect(first, answer)
+            await wait_for(lambda: len(first.messages) >= 2, within=10)
+            await asyncio.sleep(0.6)  # the live state's batched write
+            resume = {"call_id": answer["call_id"], "token": answer["resume_token"]}
+            body = {"agent_id": "echo", "offer": await second.offer(), "resume": resume}
+            status, resumed = await post_offer(http, b, body)
+            assert status == 200, resumed
+            await wait_for(lambda: len(core.initiates) == 2, within=5)  # the answer not yet set
+            assert core.initiates[1]["session_continuation"]["resumed"] is True
+            assert second.pc.connectionState == "new"
+            await connect(second, resumed)
+            await first.close()
+            await wait_for(lambda: any(m.get("text") == "Where were we?" for m in second.messages))
+    finally:
+        await first.close()
+        await second.close()
