@@ -57,6 +57,8 @@ HEADROOM_S = 10
 ADOPT_QUIET_S = 5.0
 #: how long a moved call's end waits for an earlier part its worker still holds (finishing it)
 PART_WAIT_S = 10.0
+#: how long a worker stopping waits for the next worker to claim a part it let go
+LEFT_WAIT_S = 3.0
 
 
 def recording_options(agent_config: Mapping[str, Any]) -> RecordingOptions | None:
@@ -257,8 +259,9 @@ class Recordings:
             )
             self.uploads = UploadQueue(self._s3, self.spool, retry)
         self._live: dict[str, CallRecording] = {}
-        self._finishing: set[asyncio.Task[RecordedFile]] = set()
+        self._finishing: set[asyncio.Task[Any]] = set()  # results, and parts' uploads
         self._done: OrderedDict[str, RecordedFile] = OrderedDict()
+        self._left: set[str] = set()  # parts let go for the call's next worker to join
 
     @property
     def secret(self) -> str | None:
@@ -350,6 +353,8 @@ class Recordings:
         finally:
             self.spool.release(recording.claim, delete=False)
             self._release_earlier(recording)
+            self._left.update(recording.earlier)
+            self._left.add(recording.claim.path.name)
         log.info("recording part %s left for the call's next worker", recording.claim.path.name)
 
     def _release_earlier(self, recording: CallRecording, *, delete: bool = False) -> None:
@@ -479,6 +484,33 @@ class Recordings:
         query = signing.signed_query(self._secret, call_id, self.settings.url_ttl_s)
         return f"{self.public_url}/recordings/{call_id}?{query}"
 
+    async def _upload_left_parts(self) -> None:
+        """Before the worker exits, upload on its own each part it let go that no other
+        worker claimed within :data:`LEFT_WAIT_S` (their spool is not this one: another
+        node's, a pod's own volume, which goes with the pod): the call's end lists it."""
+        if self.uploads is None:
+            self._left.clear()
+            return
+        deadline = time.monotonic() + LEFT_WAIT_S
+        while self._left:
+            for name in sorted(self._left):
+                try:
+                    claim = self.spool.claim(name)
+                except FileNotFoundError:  # joined and deleted already
+                    claim = None
+                if claim is None:  # the call's next worker holds it (or it is gone)
+                    self._left.discard(name)
+                elif time.monotonic() >= deadline:
+                    self._left.discard(name)
+                    log.warning("recording part %s taken by no other worker: uploaded alone", name)
+                    task = self.uploads.submit(claim)
+                    self._finishing.add(task)
+                    task.add_done_callback(self._finishing.discard)
+                else:
+                    self.spool.release(claim, delete=False)  # not yet: look again
+            if self._left:
+                await asyncio.sleep(0.2)
+
     async def sweep_loop(self) -> None:
         """Every ``sweep_interval_s``: delete recordings past their retention; with S3, upload
         the spool's files that no process holds (this worker's before it restarted, a killed
@@ -510,6 +542,7 @@ class Recordings:
         """
         for call_id in list(self._live):
             await self.finish(call_id)
+        await self._upload_left_parts()
         if self._finishing:
             await asyncio.wait(set(self._finishing), timeout=self.settings.finish_timeout_s)
         if self.uploads is not None:

@@ -203,3 +203,29 @@ async def test_a_part_on_another_nodes_spool_is_listed_and_the_rest_kept_on_the_
         assert (tmp_path / "spool-worker-a" / f"{live.call_id}.wav").stat().st_size > 0
         survivor = c.workers["worker-b"]
         assert survivor.metric("telephony_edge_recording_parts_total", outcome="missing") == 1
+
+
+async def test_a_drained_part_no_other_worker_can_reach_is_uploaded_before_it_exits(
+    redis_server: Any, tmp_path: Path, moto_url: str, moto_bucket: Any
+) -> None:
+    configure = recording_config(moto_url, lambda name: tmp_path / f"spool-{name}")
+    async with cluster(tmp_path, redis_server.url, configure=configure) as c:
+        draining = c.workers["worker-a"].process
+        live, duration_s, hook = await moved_call(
+            c, lambda: draining.send_signal(signal.SIGTERM), "drain"
+        )
+        assert draining.wait(15) == 0
+        first, second = hook["recording"]["parts"]
+        assert (first["worker"], first["joined"]) == ("worker-a", False)
+        assert (second["worker"], second["joined"]) == ("worker-b", True)
+        assert hook["recording"]["duration_s"] == pytest.approx(duration_s, abs=1.0)
+        objects = await stored(moto_bucket)
+        part, whole = f"calls/{live.call_id}.wav", f"calls/{live.call_id}.whole.wav"
+        assert sorted(objects) == [part, whole]
+        # A's part, finished and uploaded as it left: the call up to the move
+        _, (_, agent) = read_channels(objects[part])
+        [resume] = live.call.result.resumes
+        # (to its bridge's end, a moment after the stream's: cut where B's began, if joined)
+        assert resume.ended_at_s - 0.5 <= len(agent) / RATE <= resume.ended_at_s + 2.0
+        assert loud_windows(agent)[10 : int((resume.ended_at_s - 0.5) / WINDOW_S)].mean() > 0.9
+        assert not list((tmp_path / "spool-worker-a").iterdir())
