@@ -32,6 +32,20 @@ FADE_END_SAMPLES = 960  # silent from 60 ms
 JOIN_SAMPLES = 64  # 4 ms cross-fade into the audio that follows
 
 
+# Built once: the gap's sample indices, its attenuation (1 for the first 10 ms, then falling
+# to 0 at 60 ms) and the join's ramp; a gap's numpy work is then a few calls, not a dozen.
+def _gain(index: np.ndarray) -> np.ndarray:
+    return np.clip(
+        1.0 - (index - FULL_LEVEL_SAMPLES) / (FADE_END_SAMPLES - FULL_LEVEL_SAMPLES), 0.0, 1.0
+    )
+
+
+_GAP = np.arange(FADE_END_SAMPLES + 2 * HISTORY_SAMPLES)
+_GAIN = _gain(_GAP)
+_RAMP = np.linspace(0.0, 1.0, JOIN_SAMPLES, endpoint=False)
+_FALL = 1 - _RAMP
+
+
 class Concealer:
     """Fills gaps in one stream of 16 kHz PCM16; see the module docstring."""
 
@@ -79,8 +93,8 @@ class Concealer:
         # row k is the window MAX_LAG - k samples back: every lag in one product, not a loop
         pasts = sliding_window_view(low[-window - MAX_LAG : len(low) - MIN_LAG], window)[::-1]
         energy = np.einsum("ij,ij->i", pasts, pasts)
-        with np.errstate(divide="ignore", invalid="ignore"):  # silence: no score
-            scores = np.where(energy > 0, (pasts @ tail) / np.sqrt(energy), -np.inf)
+        scores = np.full(len(energy), -np.inf)  # silence: no score
+        np.divide(pasts @ tail, np.sqrt(energy), out=scores, where=energy > 0)
         best = int(np.argmax(scores))  # the shortest lag of the best score
         best_lag = MIN_LAG + best if scores[best] > -1.0 else MIN_LAG
         period = 2 * best_lag
@@ -90,16 +104,14 @@ class Concealer:
         """Samples ``start`` … ``start + samples`` of the gap, attenuation applied."""
         cycle = self._cycle
         assert cycle is not None
-        index = np.arange(start, start + samples)
-        wave = cycle[index % len(cycle)]
-        gain = np.clip(
-            1.0 - (index - FULL_LEVEL_SAMPLES) / (FADE_END_SAMPLES - FULL_LEVEL_SAMPLES), 0.0, 1.0
-        )
-        return wave * gain
+        end = start + samples
+        if end > len(_GAP):  # longer than the pacer asks for: computed, not prepared
+            index = np.arange(start, end)
+            return cycle[index % len(cycle)] * _gain(index)
+        return cycle[_GAP[start:end] % len(cycle)] * _GAIN[start:end]
 
     def _join(self, pcm: bytes) -> bytes:
         real = np.frombuffer(pcm, "<i2").astype(np.float64)
         tail = self._continue(self._run, JOIN_SAMPLES)
-        ramp = np.linspace(0.0, 1.0, JOIN_SAMPLES, endpoint=False)
-        real[:JOIN_SAMPLES] = tail * (1 - ramp) + real[:JOIN_SAMPLES] * ramp
+        real[:JOIN_SAMPLES] = tail * _FALL + real[:JOIN_SAMPLES] * _RAMP
         return np.clip(real, -32768, 32767).astype("<i2").tobytes()
