@@ -96,3 +96,21 @@ async def test_a_hand_off_is_saved_at_once_with_its_marker_and_adopted_calls_app
     [update] = coord.steps[-1].values()
     assert update.chat == [] and update.doc["moving"]["cause"] == "drain"
     assert update.doc["moving"]["from_worker"] == "w1"
+
+
+async def test_a_recording_entry_costs_a_write_only_when_a_part_starts() -> None:
+    coord = CountingCoordinator()
+    call = Call("a")
+    await owned(coord, call)
+    entry: dict[str, Any] = {"started_at": 1.0, "parts": [{"file": "a.wav", "start_s": 0.0}]}
+    writer = LiveStates(coord, "w1", ttl_s=60, interval_s=1, recording=lambda call_id: dict(entry))
+    assert await writer.flush([call]) == 1
+    assert coord.steps[-1]["a"].doc["recording"] == entry
+    for _ in range(60):  # a minute of the recording growing: no write of its own
+        assert await writer.flush([call]) == 0
+    assert len(coord.steps) == 1
+    entry["parts"] = [*entry["parts"], {"file": "a.g1.wav", "start_s": 31.0}]  # a takeover
+    assert await writer.flush([call]) == 1
+    assert await writer.save("a", call.live_snapshot() or LiveSnapshot({}, [], []), "drain")
+    live = await coord.get_live("a")
+    assert live is not None and live.doc["recording"] == entry and "moving" in live.doc
