@@ -11,6 +11,8 @@ import argparse
 import asyncio
 import audioop
 import os
+import socket
+import struct
 import wave
 from collections.abc import Sequence
 from pathlib import Path
@@ -279,3 +281,14 @@ def write_wav_pcm(path: str | Path, pcm: bytes, rate: int) -> None:
         wav.setsampwidth(2)
         wav.setframerate(rate)
         wav.writeframes(pcm)
+
+
+def drop_connection(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Cut a media socket's connection at once: a TCP reset, no close frame (a network
+    blip between the carrier and the edge, or the carrier's media server lost)."""
+    sock = ws.get_extra_info("socket")
+    if sock is not None:  # linger 0: the close sends a reset, not a FIN
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    connection = ws._response.connection  # aiohttp has no public handle on it
+    if connection is not None and connection.transport is not None:
+        connection.transport.abort()

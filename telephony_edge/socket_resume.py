@@ -6,19 +6,38 @@ both (:func:`resume_subject`); it must be the same network call as the record's.
 the takeover: one coordinator step, exactly one worker wins per generation. A draining
 worker refuses with 1013 (the network comes back, another worker answers) and a call that
 is over, or taken by another socket first, with 1000.
+
+A socket's end alone never ends its call: it may be the caller hanging up, or a
+reset on a live call the network carries on (:meth:`~telephony_edge.wsleg.SocketLeg.
+_socket_gone`: the leg ends ``moved`` and the call is handed off). So when the
+network's own word of the end comes (Vonage's event ``completed``, Twilio's status
+callback) and the call's worker has let it go, :func:`network_ended` ends it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from aiohttp import WSCloseCode
 
+from telephony_edge.calls import migration
 from telephony_edge.calls.bridge import CallOver
 from telephony_edge.calls.migration import Resumption
-from telephony_edge.calls.record import CallRecord
+from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.calls.refusals import CallRejected
+from telephony_edge.coord.base import LIVE_STATES, Conflict
 from telephony_edge.services import Services
 from telephony_edge.tokens import StreamTokens, TokenError
 from telephony_edge.wsleg import SocketRejected
+
+log = logging.getLogger(__name__)
+
+#: how long the network's final status waits for the call's worker to let go of its socket
+#: (the socket closes at about the same time as the status is sent, in either order)
+LET_GO_WAIT_S = 2.0
+_POLL_S = 0.05
+LIVE = (CallState.CONNECTING, CallState.ACTIVE)
 
 
 def resume_subject(call_id: str, generation: int) -> str:
@@ -55,3 +74,67 @@ async def take_over(
         raise rejected(exc.reason, code=WSCloseCode.TRY_AGAIN_LATER) from None
     except CallOver as exc:  # over, or taken by another socket: the network asks, is told
         raise rejected(str(exc), code=WSCloseCode.OK) from None
+
+
+async def network_ended(
+    services: Services, call_id: str, provider_status: str, *, wait_s: float = LET_GO_WAIT_S
+) -> bool:
+    """The network reports ``provider_status``; if that is final (the call is over), end
+    the call here if its socket left its worker (a reset, a drain) and nobody took it on;
+    whether this ended it.
+
+    Such a call has no bridge that would end it, and the network will not come back for
+    it. It is taken over (one coordinator step: a socket that comes back meanwhile, or
+    another worker told the same, wins or loses cleanly) and ended ``status`` with the
+    conversation its live state kept, its one end-of-call webhook queued. A call whose
+    bridge still runs is its bridge's (its socket ends too); waited for up to ``wait_s``.
+    """
+    coordinator = services.coordinator
+    service = services.call_service
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while True:
+        doc = await coordinator.get_call(call_id)
+        if doc is None or doc.data.get("state") not in LIVE_STATES:
+            return False
+        network = service.networks.get(str(doc.data.get("provider")))
+        final = None if network is None else network.final_status(provider_status)
+        if final is None:
+            return False
+        live = await coordinator.get_live(call_id)
+        moving = live.doc.get("moving") if live is not None else None
+        if isinstance(moving, dict) and moving.get("from_worker") == doc.data.get("owner"):
+            break  # its worker let it go, and nobody took it over since
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(_POLL_S)
+    try:
+        taken = await coordinator.take_over(
+            call_id,
+            service.worker_id,
+            generation=int(doc.data.get("generation") or 0),
+            ttl=services.settings.calls.lease_s,
+        )
+    except Conflict:
+        return False  # taken over or ended meanwhile
+    if taken is None:
+        return False
+    record = CallRecord.from_dict(taken.data)
+    said = migration.conversation_of(live)
+    status, error = final
+    record.set_status(status, error)
+    record.advance(CallState.ENDING)
+    record.advance(CallState.ENDED)
+    try:
+        await service.write_state(record, LIVE, conversation=said)
+    except (Conflict, LookupError):
+        return False
+    log.info(
+        "the network ended the call while its socket was away",
+        extra={"call_id": call_id, "call_status": str(status)},
+    )
+    try:
+        await service.release(record)
+    finally:
+        await service.finished(record, said)
+    return True

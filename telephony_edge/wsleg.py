@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 MAX_REASONS = 32  # distinct malformed reasons kept per socket for its end-of-call line
 SEND_BUFFER_LIMIT = 32 * 1024  # bytes queued in the socket before frames are dropped
 PLAYOUT_LEAD_MS = 200  # ahead of real time at a talkspurt's start: a real path's jitter
+LET_GO_S = 5.0  # a call whose connection was lost: how long its handler waits for it to move
 # (below the transport's 64 KiB high-water mark, so a write never waits for a drain)
 
 
@@ -122,9 +123,24 @@ async def run_leg(
     calls: CallRunner, record: CallRecord, leg: SocketLeg, resumed: Resumption | None = None
 ) -> None:
     """Run the call on ``leg`` (``resumed``: taken over from another worker); close it and
-    log its counters however the call ends."""
+    log its counters however the call ends.
+
+    aiohttp cancels the handler of a connection that is lost (``handler_cancellation``).
+    That is no end of a resumable call: its network carries it on after the socket, and
+    the leg, seeing the socket gone, lets it move (``moved``). So the call's run is shielded
+    from that cancellation and let go by itself (at most ``LET_GO_S``); any other call's run
+    is cancelled, and the call ends ``error``.
+    """
+    run = asyncio.ensure_future(calls.run(record, leg, resumed))
     try:
-        await calls.run(record, leg, resumed)
+        await asyncio.shield(run)
+    except asyncio.CancelledError:
+        if leg.resumable and leg.connection_gone:
+            await asyncio.wait({run}, timeout=LET_GO_S)
+        if not run.done():
+            run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        raise
     finally:
         await leg.close()
         log.info(
@@ -205,14 +221,13 @@ class SocketLeg(Leg):
                 event = self._on_text(msg.data)
             elif msg.type is WSMsgType.BINARY:
                 event = self._on_binary(msg.data)
-            elif msg.type is WSMsgType.ERROR:
-                exc = msg.data  # aiohttp closed the socket (with 1007, 1002 … for a bad frame)
-                if isinstance(exc, WebSocketError):
-                    self._malformed(f"WebSocket protocol error: closed {exc.code}")
+            elif msg.type is WSMsgType.ERROR and isinstance(msg.data, WebSocketError):
+                exc = msg.data  # aiohttp closed the socket (with 1007, 1002 …) for a bad frame
+                self._malformed(f"WebSocket protocol error: closed {exc.code}")
                 return self._end("completed", f"{self.network} socket error: {exc!r}")
             elif self._idle_error is not None:  # closed by _idle_check
                 return self._idle_ended(self._idle_error)
-            else:  # CLOSE, CLOSING, CLOSED: the network hung up, or the call moved on
+            else:  # CLOSE, CLOSING, CLOSED, or the connection lost (ERROR): no word of an end
                 ended = await self._socket_gone()
                 if ended is not None:
                     return ended
@@ -221,12 +236,24 @@ class SocketLeg(Leg):
                 return event
 
     async def _socket_gone(self) -> LegEnded | None:
-        """The socket closed: the leg ends, unless the network hands the call another
-        socket (Twilio after the agent's keys); then None, and reading goes on there."""
-        return self._end("completed")
+        """The socket closed or its connection dropped, with no word that the call ended
+        (Twilio's ``stop``). For a ``resumable`` call the network goes on after the socket
+        (Twilio's ``<Redirect>``, Vonage's ``notify``) and any worker carries the call on:
+        the leg ends ``moved``. A network that hands the call another socket itself (Twilio
+        after the agent's keys) returns None instead, and reading goes on there."""
+        return self._end("completed", moved=self.resumable)
 
     def _idle_ended(self, error: str) -> LegEnded:
-        """The socket went silent and was closed: the leg ends (the call ``error``)."""
+        """The socket went silent and was closed: a broken one. A ``resumable`` call goes
+        on through its network (``moved``); else the leg ends (the call ``timeout``)."""
+        if self.resumable:
+            log.warning(
+                "%s; the call goes on through %s",
+                error,
+                self.network,
+                extra={"call_id": self.call_id},
+            )
+            return self._end("completed", error, moved=True)
         return self._end("timeout", error)
 
     def _on_text(self, text: str) -> LegEvent | None:
@@ -280,6 +307,12 @@ class SocketLeg(Leg):
         return self._ended
 
     # -- edge → caller -----------------------------------------------------
+
+    @property
+    def connection_gone(self) -> bool:
+        """The socket's connection is closed or closing (lost, or closed by either side)."""
+        transport = self._transport
+        return self._ws.closed or transport is None or transport.is_closing()
 
     def _writable(self) -> asyncio.Transport | None:
         """The transport, if the socket still takes messages."""

@@ -25,11 +25,12 @@ then waits for the new one (:mod:`telephony_edge.twilio.handover`) and goes on
 over it, its ``stop`` and close no end of the call. The caller's audio pauses
 meanwhile, and the agent's is dropped (counted) while no stream takes it.
 
-A stream that closes without ``stop``, or goes silent and is closed (its call
-answered with the resume ``<Redirect>`` after the stream: ``resumable``) is
-not the end of the call:
-Twilio goes on with that TwiML, and whichever worker answers takes the call
-over (:mod:`telephony_edge.twilio.resume`), so the leg ends ``moved``. A
+A stream that closes without ``stop``, whose connection drops (a reset, no
+close frame), or that goes silent and is closed (its call answered with the
+resume ``<Redirect>`` after the stream: ``resumable``) is not the end of the
+call: Twilio goes on with that TwiML, and whichever worker answers, this one
+too, takes the call over (:mod:`telephony_edge.twilio.resume`), so the leg
+ends ``moved`` (:class:`~telephony_edge.wsleg.SocketLeg`). A
 drain hands the call off the same way, closing the stream itself
 (:meth:`TwilioMediaLeg.hand_off`).
 
@@ -443,7 +444,7 @@ class TwilioMediaLeg(SocketLeg):
         one (``moved``), or is over."""
         expected = self._expected
         if expected is None:
-            return self._end("completed", moved=self.resumable)
+            return await super()._socket_gone()
         wait = self._handover_timeout_s + KEY_S * len(expected.digits)
         try:
             new = await asyncio.wait_for(asyncio.shield(expected.arrival), wait)
@@ -481,16 +482,6 @@ class TwilioMediaLeg(SocketLeg):
         released, self._released = self._released, None
         if released is not None and not released.done():
             released.set_result(None)
-
-    def _idle_ended(self, error: str) -> LegEnded:
-        """A silent stream is a broken one: closed, it sends Twilio on to the ``<Redirect>``
-        (``resumable``), and the call goes on from there; else the call ends."""
-        if self.resumable:
-            log.warning(
-                "%s; the call goes on through Twilio", error, extra={"call_id": self.call_id}
-            )
-            return self._end("completed", error, moved=True)
-        return super()._idle_ended(error)
 
     async def hand_off(self) -> None:
         """Close the stream: Twilio goes on to the ``<Redirect>`` after it, which the

@@ -54,6 +54,7 @@ import orjson
 from telephony_edge.simulate import (
     DEFAULT_FROM,
     PlayoutBuffer,
+    drop_connection,
 )
 from telephony_edge.twilio.rest_standin import (
     DEFAULT_ACCOUNT_SID,
@@ -148,6 +149,7 @@ class SimulatedCall(CallTwiml):
         self._reader: asyncio.Task[None] | None = None
         self._ending: asyncio.Task[None] | None = None
         self._caller_hung_up = False  # then a closed socket is not the edge's doing
+        self._dropped: aiohttp.ClientWebSocketResponse | None = None  # its connection cut
         self._switching = False  # the stream ends for a new one (the edge's keys)
         self._completed = False  # hung up or transferred through REST: no TwiML goes on
         self._twiml: TwimlAnswer | None = None  # the TwiML the call runs
@@ -261,7 +263,7 @@ class SimulatedCall(CallTwiml):
 
         Between two streams (the call goes on through its TwiML) the frame is lost."""
         ws = self.ws
-        if ws is None or ws.closed:
+        if ws is None or ws.closed or ws is self._dropped:
             if ws is None or self._closed.is_set() or self._caller_hung_up:
                 return False
             self.result.frames_lost += 1
@@ -417,6 +419,15 @@ class SimulatedCall(CallTwiml):
                 if close:
                     await ws.close()
         await self.finish()
+
+    def drop(self, *, hang_up: bool = False) -> None:
+        """The stream's connection breaks (a reset, no close frame): Twilio goes on with the
+        TwiML after ``<Connect>``; with ``hang_up`` the caller hangs up at that moment, and
+        the TwiML goes no further (Twilio's status callback says ``completed``)."""
+        self._caller_hung_up = hang_up
+        if self.ws is not None and not self.ws.closed:
+            self._dropped = self.ws
+            drop_connection(self.ws)
 
     async def finish(self) -> SimulationResult:
         """Wait for the reader, settle the figures; idempotent."""

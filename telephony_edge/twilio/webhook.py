@@ -17,7 +17,7 @@ from typing import NoReturn
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from telephony_edge import badinput, metrics
+from telephony_edge import badinput, metrics, socket_resume
 from telephony_edge.calls.machine import AmdReport
 from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.calls.refusals import CallRejected, KnownCallConflict, WorkerFull
@@ -260,6 +260,7 @@ async def status(request: web.Request) -> web.Response:
         return web.Response(status=204)
     count("status", call_status if call_status in _KNOWN_STATUSES else "other")
     await services.call_service.update_provider_status(call_id, call_status)
+    await socket_resume.network_ended(services, call_id, call_status)  # its stream may be gone
     return web.Response(status=204)
 
 

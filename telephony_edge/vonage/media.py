@@ -9,7 +9,16 @@ After it, caller audio arrives as binary messages of 16-bit little-endian
 PCM at 16 kHz, 640 bytes per 20 ms: the edge's canonical frame, so no
 conversion at all. Text messages are events: ``websocket:dtmf`` (a key),
 ``websocket:cleared`` (our clear was done), ``websocket:notify``. Vonage
-closes the socket when the call ends.
+closes the socket when the call ends, but also when the connection between
+it and the edge breaks (a reset, no close frame) while the call goes on: a
+socket's end alone does not say which. A resumable call's leg (its NCCO has
+the ``notify`` after the socket) then ends ``moved``
+(:class:`~telephony_edge.wsleg.SocketLeg`): if the call goes on, Vonage runs
+the ``notify`` and any worker carries it on
+(:mod:`telephony_edge.vonage.resume`); if the caller hung up, the event
+webhook's ``completed`` ends it
+(:func:`~telephony_edge.socket_resume.network_ended`). Only the socket of a
+call the edge transferred (the Voice API replaced its NCCO) ends it.
 
 Agent audio leaves in :meth:`VonageMediaLeg.send_frame` as binary messages
 of exactly 640 bytes, written to the transport with a precomputed header
@@ -37,7 +46,14 @@ from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 from telephony_edge import metrics
 from telephony_edge.audio.frames import FRAME_BYTES
 from telephony_edge.calls.dtmf import DtmfRequest
-from telephony_edge.calls.leg import Capabilities, Dtmf, LegEvent, LegInfo, NotSupported
+from telephony_edge.calls.leg import (
+    Capabilities,
+    Dtmf,
+    LegEnded,
+    LegEvent,
+    LegInfo,
+    NotSupported,
+)
 from telephony_edge.vonage.api import VoiceApi
 from telephony_edge.wsframe import OP_BINARY, frame_header
 from telephony_edge.wsleg import PLAYOUT_LEAD_MS, SocketLeg, SocketRejected, SocketStats
@@ -161,6 +177,7 @@ class VonageMediaLeg(SocketLeg):
         self._api = api
         self._from_number = from_number
         self.resumable = resumable
+        self._replaced = False  # the Voice API replaced the call's NCCO: the socket ends
 
     # -- caller → edge -----------------------------------------------------
 
@@ -244,4 +261,16 @@ class VonageMediaLeg(SocketLeg):
         """Replace the call's NCCO with a ``connect`` to ``destination``; Vonage closes us."""
         if self._api is None:
             raise RuntimeError("the Vonage Voice API is not configured; cannot transfer")
-        await self._api.transfer(self.info.provider_call_id, destination, self._from_number)
+        self._replaced = True  # the socket's end that follows is no break
+        try:
+            await self._api.transfer(self.info.provider_call_id, destination, self._from_number)
+        except BaseException:
+            self._replaced = False
+            raise
+
+    async def _socket_gone(self) -> LegEnded | None:
+        """The socket ended: the call moved on (``moved``, see the module), unless the edge
+        transferred it (the NCCO was replaced; nothing follows this socket)."""
+        if self._replaced:
+            return self._end("completed")
+        return await super()._socket_gone()

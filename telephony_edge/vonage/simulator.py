@@ -46,6 +46,7 @@ from yarl import URL
 from telephony_edge.simulate import (
     DEFAULT_FROM,
     PlayoutBuffer,
+    drop_connection,
     load_wav_pcm,
     silent_end_reason,
     unanswered_reason,
@@ -130,6 +131,7 @@ class SocketSpan:
     last_audio_at: float | None = None
     closed_at: float | None = None
     close_code: int | None = None
+    dropped: bool = False  # its connection was cut (drop): not the edge's close
 
 
 def load_wav_l16(path: str | Path) -> bytes:
@@ -368,8 +370,9 @@ class SimulatedVonageCall:
         """Send one frame; False once the call is over. Between two sockets (the NCCO going
         on) the caller's audio goes nowhere and the call goes on."""
         ws = self.ws
-        if ws is None or ws.closed:
-            return self._continuing is not None and not self._over.is_set()
+        dropped = bool(self.result.sockets) and self.result.sockets[-1].dropped
+        if ws is None or ws.closed or dropped:
+            return (dropped or self._continuing is not None) and not self._over.is_set()
         try:
             await ws.send_bytes(frame)
         except (ConnectionError, RuntimeError):
@@ -455,6 +458,13 @@ class SimulatedVonageCall:
         await self.finish()
         if event and not self.result.ncco_ended:  # else Vonage reported it as the NCCO ran out
             await self.post_event("completed", duration=str(round(self.result.duration_s)))
+
+    def drop(self) -> None:
+        """The socket's connection breaks (a reset, no close frame) while the caller stays:
+        the ``connect`` ends, and Vonage runs the NCCO's next action."""
+        if self.ws is not None and not self.ws.closed:
+            self.result.sockets[-1].dropped = True
+            drop_connection(self.ws)
 
     async def on_api_update(self, body: dict[str, Any]) -> None:
         """The Voice API changed the call (a stand-in tells): ``hangup`` ends it, ``transfer``
@@ -606,7 +616,8 @@ class SimulatedVonageCall:
                     else:
                         result.other_text.append(str(msg.data)[:200])
         finally:
-            if ws.closed and not self._caller_hung_up and ws.close_code is not None:
+            gone = self._caller_hung_up or span.dropped  # not the edge's doing
+            if ws.closed and not gone and ws.close_code is not None:
                 result.edge_closed = True
             result.close_code = span.close_code = ws.close_code
             span.closed_at = self._loop.time()

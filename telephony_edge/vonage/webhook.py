@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from telephony_edge import badinput, metrics
+from telephony_edge import badinput, metrics, socket_resume
 from telephony_edge.calls.machine import AmdReport
 from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.calls.refusals import CallRejected, KnownCallConflict, WorkerFull
@@ -293,7 +293,10 @@ async def event(request: web.Request) -> web.Response:
     Outbound calls name their ``call_id`` in the URL; inbound ones are found by
     the call's ``uuid`` (mapped when the answer webhook created the call). A
     final status ends a call still waiting for its audio (the provider's
-    ``final_statuses``); a call whose audio is here ends through its socket.
+    ``final_statuses``), and a call whose socket closed first (the caller hung up: a
+    socket's end alone is no end of the call, see
+    :func:`~telephony_edge.socket_resume.network_ended`); a call whose audio is here ends
+    through its socket.
     """
     ctx = request.app[VONAGE]
     services = request.app[SERVICES]
@@ -319,6 +322,7 @@ async def event(request: web.Request) -> web.Response:
     if status in ("human", "machine"):
         return await _machine_detection(services, call_id, status, fields.get("sub_state", ""))
     await services.call_service.update_provider_status(call_id, status)
+    await socket_resume.network_ended(services, call_id, status)  # its socket may be gone
     return web.Response(status=204)
 
 
