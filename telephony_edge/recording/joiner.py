@@ -20,8 +20,9 @@ ffmpeg) and written through the same sinks a live recording uses (a
 :class:`~telephony_edge.recording.writer.WavFile` or an ffmpeg encoder), a
 few seconds at a time: memory does not grow with the call. The cost is one
 pass over the call's audio when it ends, in a task of its own (WAV: a copy;
-mp3/ogg: a decode and an encode, some 1-2 % of a core's second per call
-second), never while the call runs.
+mp3/ogg: a decode and an encode, 3.9 CPU-s for 10 minutes of stereo mp3
+on this project's machine, so some 23 s of one core for an hour-long call),
+never while the call runs.
 """
 
 from __future__ import annotations
