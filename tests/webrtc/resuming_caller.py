@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,8 +39,8 @@ SILENT_S = 1.0
 CONNECTING_S = 5.0
 #: tries of one re-offer (each to the next URL) before the caller gives up
 TRIES = 8
-#: an SRTP packet of Opus larger than this carries voice (silence: about 40 bytes in all)
-VOICE_BYTES = 80
+#: an SRTP packet of Opus larger than this carries voice (the edge's silence: 44 bytes in all)
+VOICE_BYTES = 60
 
 
 @dataclass
@@ -192,22 +191,34 @@ class ResumingCaller:
 
 
 class HeardAudio:
-    """When the edge's voice packets reached each caller port (Unix times), from a capture."""
+    """When the edge's voice reached the callers, from a capture of the workers' media ports:
+    (Unix time, the edge's port, the caller's port) of each voice packet."""
 
     def __init__(self, datagrams: list[Datagram]) -> None:
-        self.voice: dict[int, list[float]] = defaultdict(list)
+        self.voice: list[tuple[float, int, int]] = []
+        self.first: dict[int, float] = {}  # per caller port, its first packet (an ICE check)
         for d in datagrams:
             payload = d.payload
+            self.first.setdefault(d.dest[1], d.at)
             if len(payload) < 12 or payload[0] >> 6 != 2:
                 continue  # STUN, DTLS: not RTP
             if 192 <= payload[1] <= 223:
                 continue  # RTCP (payload types 192-223 share the port)
             if len(payload) > VOICE_BYTES:
-                self.voice[d.dest[1]].append(d.at)
+                self.voice.append((d.at, d.source[1], d.dest[1]))
 
-    def gap_s(self, ports: list[int]) -> float:
-        """A caller's gap: the last voice on its first connection (of ``ports``, in order) to
-        the first on its last."""
-        first, last = ports[0], ports[-1]
-        assert self.voice[first] and self.voice[last], (first, last)
-        return min(self.voice[last]) - max(self.voice[first])
+    def to(self, port: int) -> list[float]:
+        """When voice reached the caller port ``port``."""
+        return [at for at, _, dest in self.voice if dest == port]
+
+    def from_ports(self, low: int, high: int) -> list[float]:
+        """When voice left the edge's ports ``low``-``high`` (one worker's range)."""
+        return [at for at, source, _ in self.voice if low <= source <= high]
+
+    def gap_s(self, ports: list[int]) -> tuple[float, float]:
+        """A caller's gap (the last voice on its first connection, of ``ports`` in order, to
+        the first on its last), and how much of it came before the new worker's first
+        ICE check (the caller noticing, re-offering, the worker answering)."""
+        before, after = self.to(ports[0]), self.to(ports[-1])
+        assert before and after, ports
+        return min(after) - max(before), self.first[ports[-1]] - max(before)

@@ -199,12 +199,15 @@ def moved(c: Cluster, callers: list[dict[str, Any]], reason: str, cause: str) ->
 def gaps(capture: Capture, callers: list[dict[str, Any]]) -> list[float]:
     """Each caller's gap from the capture, printed with its distribution."""
     heard = HeardAudio(capture.datagrams())
-    ordered = sorted(heard.gap_s(caller["ports"]) for caller in callers)
+    measured = [heard.gap_s(caller["ports"]) for caller in callers]
+    ordered = sorted(gap for gap, _ in measured)
+    answered = statistics.median(before for _, before in measured)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
     print(
         f"caller-side gaps over {len(ordered)} calls (ms): min {ordered[0] * 1000:.0f},"
         f" p50 {statistics.median(ordered) * 1000:.0f}, p95 {p95 * 1000:.0f},"
-        f" max {ordered[-1] * 1000:.0f}; all {[round(g * 1000) for g in ordered]}"
+        f" max {ordered[-1] * 1000:.0f}; all {[round(g * 1000) for g in ordered]};"
+        f" the new worker's first ICE check at p50 {answered * 1000:.0f}"
     )
     return ordered
 

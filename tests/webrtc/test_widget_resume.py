@@ -4,19 +4,23 @@ Two real ``telephony-edge serve`` workers on the session's ``redis-server``
 behind one URL: a small load balancer in the test that sends each request to
 the first worker that takes the connection (as a health-checked one would,
 once the dead worker's port refuses). The page (the widget of
-``test_widget_browser``, served through that URL) calls the agent core of
-``tests.calls.test_migration`` on worker A; A is SIGKILLed; the page sees its
-audio stop, re-offers through the same URL with the call's resume token, and
-the call goes on on B: the agent's ``Where were we?`` as a caption, one
-end-of-call webhook with the migration. The page's own measure of the gap
-(last audio from A to first from B) is printed, not asserted. A drain
-(SIGTERM) moves the call the same way, the edge telling the page ``move``.
+``test_widget_browser``, served through that URL) calls the failover cluster's
+talking agent core (:class:`~tests.failover_cluster.TalkingCore`: two lines,
+then a tone) on worker A; A is SIGKILLed mid-speech; the page sees its audio
+stop, re-offers through the same URL with the call's resume token, and the
+call goes on on B: the agent's ``Sorry, where were we?`` as a caption, one
+end-of-call webhook with the migration. The gap the page heard, from A's last
+voice packet to B's first (a ``tcpdump`` of both workers' media port ranges,
+kernel timestamps), is at most 2 s, and so is the page's own measure
+(``widgetStats.gapsMs``). A drain (SIGTERM) moves the call the same way, the
+edge telling the page ``move``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import signal
 import uuid
 from collections.abc import AsyncIterator
@@ -28,8 +32,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.calls.test_migration import TalkingCore
 from tests.conftest import Receiver, ServeProcess, start_serve_process, stop_serve_process, wait_for
+from tests.failover_cluster import GREETING, RESUMED, TalkingCore
+from tests.sip.capture import Capture
+from tests.webrtc.resuming_caller import HeardAudio
 from tests.webrtc.test_widget_browser import (  # noqa: F401 (chromium: the session's browser)
     BrowserThread,
     _stats,
@@ -38,6 +44,8 @@ from tests.webrtc.test_widget_browser import (  # noqa: F401 (chromium: the sess
 )
 
 HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
+MAX_GAP_S = 2.0  # what the issue asks of the caller's audio gap
+PORTS = 50  # each worker's media port range
 
 
 class Balancer:
@@ -87,21 +95,34 @@ async def fixture_core() -> AsyncIterator[TalkingCore]:
     await started.server.close()
 
 
+@pytest.fixture(name="low")
+def fixture_low() -> int:
+    """Worker A's first media port (B's range follows A's), below the ephemeral ports."""
+    return random.randrange(20_000, 30_000 - 2 * PORTS)
+
+
 @pytest.fixture(name="workers")
 async def fixture_workers(
-    redis_server: Any, core: TalkingCore, receiver: Receiver, balancer: Balancer, tmp_path: Path
+    redis_server: Any,
+    core: TalkingCore,
+    receiver: Receiver,
+    balancer: Balancer,
+    low: int,
+    tmp_path: Path,
 ) -> AsyncIterator[list[ServeProcess]]:
     url = str(balancer.server.make_url("")).rstrip("/")
     prefix = f"te-wwr-{uuid.uuid4().hex[:12]}:"
     started = []
-    for name in ("a", "b"):
+    for index, name in enumerate(("a", "b")):
         config = widget_config(receiver, url)
+        first = low + index * PORTS
         config.update(
             server={"worker_id": f"worker-{name}", "public_url": url},
             agent_core={"url": core.url},
             coordination={"redis_url": redis_server.url, "key_prefix": prefix},
             calls={**config["calls"], "live_state_interval_s": 0.2},
         )
+        config["webrtc"].update(media_port_min=first, media_port_max=first + PORTS - 1)
         started.append(await asyncio.to_thread(start_serve_process, config, tmp_path / name))
     balancer.backends = [worker.base_url for worker in started]
     yield started
@@ -120,6 +141,8 @@ async def test_killing_the_widget_s_worker_leaves_the_page_in_the_call(
     balancer: Balancer,
     core: TalkingCore,
     receiver: Receiver,
+    low: int,
+    tmp_path: Path,
 ) -> None:
     a, b = workers
     url = str(balancer.server.make_url("/widget?agent_id=demo"))
@@ -130,41 +153,50 @@ async def test_killing_the_widget_s_worker_leaves_the_page_in_the_call(
         await page.goto(url)
         await page.click("#toggle")
         await page.wait_for_function(
-            "() => widgetStats.captions.some(c => c.text === 'Hello, Ada.')", timeout=20_000
+            f"() => widgetStats.captions.some(c => c.text === {json.dumps(GREETING)})",
+            timeout=20_000,
         )
         return context, page
 
-    context, page = await chromium.run(open_page())
-    try:
-        stats = await chromium.run(_stats(page))
-        assert stats["state"] == "live", stats
-        call_id = stats["callId"]
-        await asyncio.sleep(0.6)  # the live state's batched write (every 0.2 s) has the chat
-        a.process.send_signal(sig)
+    async with Capture(tmp_path / "media.pcap", low, low + 2 * PORTS - 1) as capture:
+        context, page = await chromium.run(open_page())
+        try:
+            stats = await chromium.run(_stats(page))
+            assert stats["state"] == "live", stats
+            call_id = stats["callId"]
+            await asyncio.sleep(1.0)  # the agent talks; the live state (every 0.2 s) has the chat
+            a.process.send_signal(sig)
 
-        async def resumed() -> dict[str, Any]:
-            await page.wait_for_function(
-                "() => widgetStats.gapsMs.length === 1 && widgetStats.state === 'live'"
-                " && widgetStats.captions.some(c => c.text === 'Where were we?')",
-                timeout=20_000,
-            )
-            return await _stats(page)
+            async def resumed() -> dict[str, Any]:
+                await page.wait_for_function(
+                    "() => widgetStats.gapsMs.length === 1 && widgetStats.state === 'live'"
+                    f" && widgetStats.captions.some(c => c.text === {json.dumps(RESUMED)})",
+                    timeout=20_000,
+                )
+                return await _stats(page)
 
-        stats = await chromium.run(resumed())
-        assert stats["callId"] == call_id and stats["resumes"] == 1, stats
-        print(f"the page's audio gap ({cause}): {stats['gapsMs'][0]} ms")
-        continuation = core.initiates[-1]["session_continuation"]
-        assert continuation["resumed"] is True
-        assert "Hello, Ada." in [entry.get("content") for entry in continuation["chat"]]
+            stats = await chromium.run(resumed())
+            assert stats["callId"] == call_id and stats["resumes"] == 1, stats
+            continuation = core.resumed(call_id)
+            assert continuation is not None and continuation["resume"]["cause"] == cause
+            assert GREETING in [entry.get("content") for entry in continuation["chat"]]
 
-        async def stop() -> dict[str, Any]:
-            await page.click("#toggle")
-            return await _stats(page)
+            async def stop() -> dict[str, Any]:
+                await page.click("#toggle")
+                return await _stats(page)
 
-        stats = await chromium.run(stop())
-        assert stats["state"] == "ended"
-    finally:
-        await chromium.run(context.close())
+            stats = await chromium.run(stop())
+            assert stats["state"] == "ended"
+        finally:
+            await chromium.run(context.close())
+    heard = HeardAudio(capture.datagrams())
+    gap_s = min(heard.from_ports(low + PORTS, low + 2 * PORTS - 1)) - max(
+        heard.from_ports(low, low + PORTS - 1)
+    )
+    [page_gap_ms] = stats["gapsMs"]
+    print(f"the page's audio gap ({cause}): {gap_s * 1000:.0f} ms (the page says {page_gap_ms} ms)")
+    assert 0 < gap_s <= MAX_GAP_S
+    assert 0 < page_gap_ms <= MAX_GAP_S * 1000
     await wait_for(lambda: receiver.received, within=20)
     await asyncio.sleep(1.0)  # a second webhook would come by now
     [payload] = receiver.received
@@ -177,5 +209,5 @@ async def test_killing_the_widget_s_worker_leaves_the_page_in_the_call(
         cause,
     )
     chat = [entry["content"] for entry in json.loads(payload["chat"])]
-    assert chat.index("Hello, Ada.") < chat.index("Where were we?")
+    assert chat.index(GREETING) < chat.index(RESUMED)
     b.assert_healthy()
