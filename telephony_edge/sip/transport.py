@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 :class:`SipEndpoint` owns the worker's SIP sockets: UDP, and TCP on the same
-port (:mod:`telephony_edge.sip.tcp`, ``sip.tcp``). Every datagram or framed
+port (:mod:`telephony_edge.sip.tcp`, ``sip.tcp``), and TLS, as
+:mod:`telephony_edge.sip.listeners` bound them. Every datagram or framed
 TCP message goes to ``UserAgent.receive`` with ``loop.time()``; the actions that come out are
 carried out at once (``sendto``, legs ended, calls started), and one timer
 handle follows ``UserAgent.next_deadline()`` so the UA's retransmissions and
@@ -43,14 +44,14 @@ from typing import Any
 
 from telephony_edge import badinput, metrics
 from telephony_edge.calls.refusals import ProviderError
-from telephony_edge.errors import UserError, os_reason
 from telephony_edge.services import Services
 from telephony_edge.sip import endpoint_setup
 from telephony_edge.sip.accounts import Accounts
 from telephony_edge.sip.answerer import Answerer
 from telephony_edge.sip.dialer import Dialer
-from telephony_edge.sip.family import Family, bound_socket, family_of, socket_host
+from telephony_edge.sip.family import Family, family_of, socket_host
 from telephony_edge.sip.leg import SipLeg
+from telephony_edge.sip.listeners import StreamHooks, bind_udp_and_tcp, open_tls
 from telephony_edge.sip.outbound import Outbound
 from telephony_edge.sip.ratelimit import RequestGate
 from telephony_edge.sip.resolve import SipResolver, Unresolvable, target_of
@@ -59,7 +60,7 @@ from telephony_edge.sip.rtp_socket import RtpPorts
 from telephony_edge.sip.sendto import send_datagram
 from telephony_edge.sip.settings import SipSettings
 from telephony_edge.sip.tcp import TcpSide
-from telephony_edge.sip.tls import Certificate, TlsConfig, TlsSide, client_context
+from telephony_edge.sip.tls import TlsSide
 from telephony_edge.sip.ua import UserAgent
 from telephony_edge.sip.ua_records import (
     Action,
@@ -81,7 +82,6 @@ from telephony_edge.sip.uri import format_hostport
 
 log = logging.getLogger(__name__)
 
-BIND_ATTEMPTS = 20
 INTERNAL_ERROR_INTERVAL_S = 60.0  # the same internal error is logged once in this
 RELEASED_NAMES = 1024  # ended calls whose call id a late DNS failure can still name
 
@@ -131,8 +131,10 @@ class SipEndpoint(asyncio.DatagramProtocol):
         return self.settings.public_host, self.settings.advertised_port or self.port
 
     async def start(self) -> None:
-        await self._bind()
-        await self._bind_tls()
+        bound = await bind_udp_and_tcp(self, self.settings, self._stream_hooks())
+        self._udp, self.port, self.tcp = bound.udp, bound.port, bound.tcp
+        self.tls = await open_tls(self.settings, self._stream_hooks())
+        self.tls_port = self.tls.port
         settings = self.settings
         host, port = self.advertised
         config = endpoint_setup.ua_config(settings, host, port, self.tls_port)
@@ -161,75 +163,13 @@ class SipEndpoint(asyncio.DatagramProtocol):
             reason = f"digest for trunk {trunk}: {what.get(outcome, 'locked out (403)')}"
             badinput.report("sip-digest", reason, source)
 
-    async def _bind(self) -> None:
-        """UDP, and TCP on the same port, on the address of each family; with ``port: 0``,
-        a port free for all of them."""
-        settings = self.settings
-        hosts = tuple(settings.bind_hosts.values())
-        for _ in range(BIND_ATTEMPTS):
-            try:
-                await self._bind_udp(hosts, settings.port)
-                if settings.tcp:
-                    tcp = TcpSide(
-                        lambda data, peer: self._receive(data, peer, "TCP"),
-                        policy=endpoint_setup.stream_limits(self.settings),
-                        dialogs=self._stream_targets,
-                        trusted=self.gate.trusted,
-                    )
-                    await tcp.start(hosts, self.port)
-                    self.tcp = tcp
-                return
-            except OSError:
-                for transport in self._udp.values():
-                    transport.close()
-                self._udp.clear()
-                if settings.port:  # a configured port: it must be free for all
-                    raise
-                # that port is taken in the other family or for TCP: another one
-        raise OSError(f"no port free for SIP on {' and '.join(hosts)} in {BIND_ATTEMPTS} tries")
-
-    async def _bind_udp(self, hosts: tuple[str, ...], port: int) -> None:
-        """A UDP socket on each address (IPv6 ones IPv6 only), the first one's port for
-        the others."""
-        loop = asyncio.get_running_loop()
-        for host in hosts:
-            sock = bound_socket(host, self.port if self._udp else port)
-            transport, _ = await loop.create_datagram_endpoint(lambda: self, sock=sock)
-            self._udp[family_of(host)] = transport
-            self.port = int(sock.getsockname()[1])
-
-    async def _bind_tls(self) -> None:
-        """SIP over TLS (sip/tls.py): our own connections always (verified against the
-        system's trust store or ``sip.tls_ca_file``); a listener on ``sip.tls_port`` with
-        ``sip.tls``. A certificate that does not load, or a port taken, stops the start."""
-        settings = self.settings
-        certificate = None
-        if settings.tls:
-            assert settings.tls_certificate and settings.tls_private_key  # validated
-            try:
-                certificate = Certificate(settings.tls_certificate, settings.tls_private_key)
-            except (OSError, ValueError) as exc:
-                why = f"{type(exc).__name__}: {exc}"[:200]
-                raise UserError(f"sip.tls_certificate / sip.tls_private_key: {why}") from None
-        try:
-            client = client_context(settings.tls_ca_file)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"sip.tls_ca_file: {type(exc).__name__}: {exc}"[:250]) from None
-        tls = TlsSide(
-            lambda data, peer: self._receive(data, peer, "TLS"),
-            TlsConfig(certificate, client, settings.tls_handshake_timeout_s),
-            policy=endpoint_setup.stream_limits(self.settings),
+    def _stream_hooks(self) -> StreamHooks:
+        return StreamHooks(
+            receive=self._receive,
             dialogs=self._stream_targets,
             trusted=self.gate.trusted,
+            policy=endpoint_setup.stream_limits(self.settings),
         )
-        try:
-            hosts = tuple(settings.bind_hosts.values())
-            await tls.start(hosts, settings.tls_port, listen=certificate is not None)
-        except OSError as exc:
-            await tls.stop()
-            where = f"{' and '.join(hosts)} port {settings.tls_port}: {os_reason(exc)}"
-            raise UserError(f"cannot listen for SIP over TLS on {where}") from None
-        self.tls, self.tls_port = tls, tls.port
 
     async def stop(self) -> None:
         await self.accounts.stop()
