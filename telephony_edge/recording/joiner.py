@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import re
 import wave
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -38,6 +40,8 @@ from typing import Any
 from telephony_edge.audio.frames import SAMPLE_RATE, SAMPLE_WIDTH
 from telephony_edge.recording.encoder import EncoderFailed, FfmpegEncoder
 from telephony_edge.recording.writer import Channels, WavFile
+
+log = logging.getLogger(__name__)
 
 #: PCM read and written at a time (stereo: 640 KB)
 CHUNK_S = 10
@@ -97,6 +101,12 @@ def part_name(call_id: str, generation: int, fmt: str) -> str:
     return f"{call_id}.{fmt}" if generation == 0 else f"{call_id}.g{generation}.{fmt}"
 
 
+def is_part_of(call_id: str, name: str) -> bool:
+    """Whether ``name`` (read from the live state) can be a part of ``call_id``'s recording:
+    nothing else on the spool is ever opened, let alone deleted, as one."""
+    return re.fullmatch(rf"{re.escape(call_id)}(\.g[0-9]+)?\.(wav|mp3|ogg)", name) is not None
+
+
 def whole_name(call_id: str, fmt: str) -> str:
     """The joined recording of a call that moved."""
     return f"{call_id}.whole.{fmt}"
@@ -127,8 +137,8 @@ async def _decoded_pcm(ffmpeg: str, path: Path, channels: int) -> AsyncGenerator
         while chunk := await process.stdout.read(size):
             yield chunk
         said = await process.stderr.read()
-        if await process.wait() != 0:
-            raise EncoderFailed(f"{path.name} not decoded: {said.decode(errors='replace')}")
+        if await process.wait() != 0:  # a part cut off mid-frame: what was decoded is kept
+            log.warning("%s decoded only in part: %s", path.name, said.decode(errors="replace"))
     finally:
         if process.returncode is None:
             process.kill()

@@ -156,6 +156,10 @@ class CallRecording:
         for part in self.timeline.parts[:-1]:
             if self.earlier.get(part.file) is not None or part.file in self.missing:
                 continue
+            if not joiner.is_part_of(self.call_id, part.file):
+                log.error("recording: %r is no part of this call", part.file)
+                self.missing.add(part.file)
+                continue
             try:
                 self.earlier[part.file] = self._spool.claim(part.file)
             except FileNotFoundError:
@@ -167,7 +171,12 @@ class CallRecording:
                     extra={"call_id": self.call_id},
                 )
             except OSError as exc:  # tried again at the next flush
-                log.warning("recording: part %s not claimed: %r", part.file, exc)
+                log.warning(
+                    "recording: part %s not claimed: %r",
+                    part.file,
+                    exc,
+                    extra={"call_id": self.call_id},
+                )
 
     async def _flush_every(self, interval: float) -> None:
         while not self.writer.closed:

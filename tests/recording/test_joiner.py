@@ -110,3 +110,29 @@ async def test_a_part_not_on_this_spool_is_listed_and_silent(tmp_path: Path) -> 
     assert len(left) / RATE == pytest.approx(8.0, abs=0.1)
     assert not np.abs(left[: 5 * RATE]).any()  # where A's part would be
     assert np.abs(left[5 * RATE + RATE // 2 :]).mean() > 100
+
+
+async def test_a_live_state_naming_files_of_no_part_of_the_call_never_touches_them(
+    tmp_path: Path,
+) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    other = spool / "call_other.wav"  # another call's, unheld
+    other.write_bytes(b"RIFF")
+    outside = tmp_path / "outside.wav"
+    outside.write_bytes(b"RIFF")
+    b, clock = worker(spool, "worker-b")
+    entry = {
+        "started_at": time.time() - 2.0,
+        "parts": [
+            {"file": "call_other.wav", "worker": "worker-a", "start_s": 0.0},
+            {"file": "../outside.wav", "worker": "worker-a", "start_s": 1.0},
+        ],
+    }
+    recording = b.start("call_moved", WAV, Continued(1, entry, 2.0))
+    assert recording is not None
+    await feed(recording, clock, 1)
+    payload = await b.finish("call_moved")
+    assert payload is not None
+    assert [p["joined"] for p in payload["parts"]] == [False, False, True]
+    assert other.read_bytes() == outside.read_bytes() == b"RIFF"
