@@ -362,6 +362,8 @@ class Recordings:
         finally:
             self.spool.release(recording.claim, delete=False)
             self._release_earlier(recording)
+            # bounded by the spool: a part joined elsewhere, or uploaded, is gone from it
+            self._left = {name for name in self._left if (self.directory / name).exists()}
             self._left.update(recording.earlier)
             self._left.add(recording.claim.path.name)
         log.info("recording part %s left for the call's next worker", recording.claim.path.name)
