@@ -39,6 +39,8 @@ Until ``create_app`` mounts the Twilio routes itself, the edge runs under this
 script's ``--serve-edge`` runner (``serve`` plus the routes), which also lifts
 the app's 100-connection limit on its shared client session (see
 ``_lift_connection_limit``). ``TWILIO_LOAD_PROFILE=path`` cProfiles that edge,
+``TWILIO_LOAD_TRACEMALLOC=path`` writes what its Python heap holds, by line,
+before the calls and once they all run (both runs use this runner),
 ``TWILIO_LOAD_LAG=path`` records its event-loop lag and GC pauses.
 
 ``--provider vonage`` places the same calls with the Vonage simulator
@@ -189,6 +191,21 @@ async def _loop_lag_probe() -> None:
         Path(path).write_text(json.dumps({"lags": lags, "gcs": gcs}))  # noqa: ASYNC240
 
 
+async def _heap_probe(path: str, calls_at_s: float = 25.0) -> None:
+    """Diagnostics (TWILIO_LOAD_TRACEMALLOC=path): the Python heap by line, before the calls
+    and ``calls_at_s`` later (every call running), and the difference: what each call holds."""
+    import tracemalloc
+
+    tracemalloc.start(1)
+    idle = tracemalloc.take_snapshot()
+    await asyncio.sleep(calls_at_s)
+    busy = tracemalloc.take_snapshot()
+    lines = [f"traced now {tracemalloc.get_traced_memory()[0] / 1024:.0f} kB; growth by line:"]
+    for stat in busy.compare_to(idle, "lineno")[:40]:
+        lines.append(f"{stat.size_diff / 1024:9.1f} kB {stat.count_diff:+8d}  {stat.traceback}")
+    Path(path).write_text("\n".join(lines) + "\n")  # noqa: ASYNC240
+
+
 async def _lift_connection_limit(app: Any) -> None:
     """Workaround: the app's shared client session has aiohttp's default limit of 100
     connections, and every call's agent link is one, so call 101 waits for a free
@@ -234,13 +251,19 @@ def serve_edge(config: str) -> int:
         probe = (
             asyncio.create_task(_loop_lag_probe()) if os.environ.get("TWILIO_LOAD_LAG") else None
         )
+        heap = (
+            asyncio.create_task(_heap_probe(os.environ["TWILIO_LOAD_TRACEMALLOC"]))
+            if os.environ.get("TWILIO_LOAD_TRACEMALLOC")
+            else None
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        if probe is not None:
-            probe.cancel()
+        for task in (probe, heap):
+            if task is not None:
+                task.cancel()
         await runner.cleanup()
 
     profile = os.environ.get("TWILIO_LOAD_PROFILE")  # a path: cProfile the edge into it
@@ -735,7 +758,7 @@ def main() -> int:
         else [py, str(Path(__file__).resolve()), "--serve-light-core", str(core_port)]
     )
     core = spawn(core_cmd, other_cpus, tmp / "agent-core.log")
-    wired = routes_wired()
+    wired = routes_wired() and not os.environ.get("TWILIO_LOAD_TRACEMALLOC")
     edge_cmd = (
         [py, "-m", "telephony_edge", "serve", "--config", str(config), "--log-level", "WARNING"]
         if wired

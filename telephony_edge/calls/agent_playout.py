@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from telephony_edge import metrics
+from telephony_edge.calls import relay_latency
 from telephony_edge.calls.bridge_hooks import AudioTap
 from telephony_edge.calls.leg import Clock, Leg
 from telephony_edge.calls.machine import CallMachine
@@ -35,7 +36,7 @@ from telephony_edge.calls.playout import Playout
 
 log = logging.getLogger(__name__)
 
-_A2C = metrics.RELAY_LATENCY_SECONDS.labels(direction="agent_to_caller")
+_A2C = relay_latency.AGENT_TO_CALLER
 _STALE = metrics.FRAMES_DROPPED.labels(reason="stale_after_stall")
 #: a frame relayed slower than this carries its call's trace id as an exemplar (tracing on)
 SLOW_RELAY_S = 0.001

@@ -54,6 +54,7 @@ from telephony_edge.amd.detector import AmdDetector, Verdict
 from telephony_edge.amd.policy import Voicemail
 from telephony_edge.audio.frames import FRAME_MS
 from telephony_edge.calls import machine as m
+from telephony_edge.calls import relay_latency
 from telephony_edge.calls.agent_playout import SLOW_RELAY_S, AgentPlayout
 from telephony_edge.calls.bridge_hooks import (
     DEFAULT_LIMITS,
@@ -76,7 +77,7 @@ from telephony_edge.logs import current_call_id
 
 log = logging.getLogger(__name__)
 
-_C2A = metrics.RELAY_LATENCY_SECONDS.labels(direction="caller_to_agent")
+_C2A = relay_latency.CALLER_TO_AGENT
 _CONCEALED = metrics.CALLER_FRAMES_FILLED.labels(kind="concealment")
 _SILENCE = metrics.CALLER_FRAMES_FILLED.labels(kind="silence")
 _AHEAD = metrics.FRAMES_DROPPED.labels(reason="ahead_of_call_clock")
@@ -225,6 +226,7 @@ class CallBridge:
         token = current_call_id.set(self.call_id)
         scope = tracing.attach(self._trace.call)
         cancelled = False
+        TRIMMER.call_started()
         try:
             self._spawn(self._pump_caller(), "caller")
             try:
@@ -243,6 +245,7 @@ class CallBridge:
         finally:
             cancelled = await self._teardown_shielded() or cancelled
             self._trace.ended(self.record)
+            relay_latency.flush()  # the call's last frames, before anyone reads the metric
             TRIMMER.call_ended()
             tracing.detach(scope)
             current_call_id.reset(token)
