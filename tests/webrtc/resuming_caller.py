@@ -71,6 +71,7 @@ class ResumingCaller:
     _at: int = 0
     _watch: asyncio.Task[None] | None = None
     _standby: asyncio.Future[tuple[Client, dict[str, str]]] | None = None
+    _settling: asyncio.Future[None] | None = None
 
     @property
     def client(self) -> Client:
@@ -121,10 +122,19 @@ class ResumingCaller:
         port = ice.local_candidates[0].port
         old = self.connections[-1].client if self.connections else None
         self.connections.append(Connection(client, url, port, offered_at, loop.time()))
-        if old is not None:  # only once the call is back: a live worker takes it for a hang-up
-            await old.close()
-        self._standby = asyncio.ensure_future(self._prepare())
+        self._settling = asyncio.ensure_future(self._settle(client, old))
         return status
+
+    async def _settle(self, client: Client, old: Client | None) -> None:
+        """Once the call is back (the new connection brings audio), close the old one (a live
+        worker takes its close for a hang-up) and prepare the next offer: neither competes
+        with the new connection's ICE and DTLS."""
+        with contextlib.suppress(AssertionError):
+            await self._heard(client, within=CONNECTING_S)
+        if old is not None:
+            await old.close()
+        if client is self.client and self._standby is None and not self.over:
+            self._standby = asyncio.ensure_future(self._prepare())
 
     @staticmethod
     async def _prepare() -> tuple[Client, dict[str, str]]:
@@ -183,6 +193,8 @@ class ResumingCaller:
         self.over = True
         if self._watch is not None:
             self._watch.cancel()
+        if self._settling is not None:
+            self._settling.cancel()
         for connection in self.connections:
             await connection.client.close()
         if self._standby is not None:
