@@ -14,8 +14,9 @@ answered, and by a worker that takes the call over before its re-INVITE. A
 worker drops it :data:`ROUTE_LINGER_S` after the call's end (a request the
 proxy is still relaying, such as the peer's BYE during a move, reaches the
 worker that answers it), only while it still names that worker (a call that
-moved keeps its new route); its ttl is the longest call's. A call handed to
-another worker drops it at once (it names the new worker by then).
+moved keeps its new route: on a drain the old worker's stays until the new
+one writes its own, so the peer's requests meanwhile reach the old worker,
+whose UA answers a BYE 200 and the rest 481); its ttl is the longest call's.
 
 The proxy notes each BYE from a peer in ``<prefix>route:sip-bye:<Call-ID>``
 (:func:`bye_key`) before relaying it: when a worker dies, its callers' BYEs
@@ -138,17 +139,17 @@ class Resumer:
         except Exception as exc:
             log.warning("SIP route not written: %r", exc, extra={"sip_call": ref})
 
-    def release(self, ref: str, *, linger: bool = True) -> None:
-        """The call left this worker: its route goes (after :data:`ROUTE_LINGER_S` if
-        ``linger``: the call ended here), unless another worker's replaced it."""
+    def release(self, ref: str) -> None:
+        """The call left this worker: its route goes after :data:`ROUTE_LINGER_S`, unless
+        another worker's replaced it (a call that moved: at its takeover)."""
         route = self._routes.pop(ref, None)
         self._generations.pop(ref, None)
         if route is not None:
-            self.endpoint._spawn(self._drop(ref, route, ROUTE_LINGER_S if linger else 0.0))
+            self.endpoint._spawn(self._drop(ref, route))
 
-    async def _drop(self, ref: str, route: _Route, after: float) -> None:
+    async def _drop(self, ref: str, route: _Route) -> None:
         try:
-            await asyncio.sleep(after)
+            await asyncio.sleep(ROUTE_LINGER_S)
         finally:  # at once when the worker stops
             try:
                 await self.endpoint.services.coordinator.drop_route(route.key, route.target)
@@ -268,8 +269,8 @@ class Resumer:
         endpoint = self.endpoint
         call_id, generation = endpoint._call_ids.get(ref), self._generations.get(ref)
         if endpoint.ua is not None:
-            endpoint.ua.forget(ref)
-        self.release(ref, linger=False)
+            endpoint.ua.forget(ref, endpoint._now())
+        self.release(ref)
         if call_id is not None and generation is not None and not endpoint.services.calls.accepting:
             await self._hand_to_another(call_id, generation)
 

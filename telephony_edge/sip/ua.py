@@ -569,7 +569,7 @@ class UserAgent(Reoffers, Transfers, Dials, Registrations, Resumes):
         ref = self._dialogs.get((req.call_id(), req.to().tag or "", req.from_().tag or ""))
         call = self._calls.get(ref) if ref is not None else None
         if call is None or call.phase is Phase.ENDED:
-            code = 200 if self._hung_up_bye(req, now) else 481  # ua_resume: a move's end
+            code = 200 if self._late_bye(req, now) else 481  # ua_resume: a move's end
             return self._answer_tx(req, key, dest, transport, code, now)
         dialog = call.dialog
         if not dialog.accept_cseq(req.cseq().seq):

@@ -42,12 +42,17 @@ BYE ends the call ``remote_bye``).
 A peer that hung up before the takeover (the proxy saw its BYE, and the
 resumer asks ``adopt(..., hung_up=True)``; or it answers 481) is not
 re-INVITEd: the call ends ``remote_bye`` at once, and the dialog is kept for
-:data:`HUNG_UP_KEEP_S` so that its BYE, which the proxy relays here once the
+:data:`LATE_BYE_S` so that its BYE, which the proxy relays here once the
 dead worker does not answer it, gets 200 rather than 481.
 
 :meth:`Resumes.forget` is the other side: the worker that lost the call (it
-was taken over) drops the dialog without a word, so the new worker's is the
-only one that speaks for it. :meth:`Resumes.dialog_state` is the snapshot for
+was taken over, or handed it to another on a drain) drops the dialog without
+a word, so the new worker's is the only one that speaks for it. A BYE the
+proxy still brings here (a drain: the route names this worker until the new
+one takes the call) gets 200 for :data:`LATE_BYE_S` as well: the proxy noted
+it, so the new worker ends the call as the peer's hang-up instead of
+re-INVITEing (and a re-INVITE it sent already is answered 481, which ends it
+the same way). :meth:`Resumes.dialog_state` is the snapshot for
 the call's live state.
 """
 
@@ -76,9 +81,9 @@ CSEQ_LEAP = 100
 MAX_ATTEMPTS = 3  # re-INVITEs sent in all when the peer answers 491
 GLARE_WAIT_S = 2.0  # §14.1, for the side that did not make the Call-ID
 MAX_SEQ = 2**31 - 1
-#: how long a dialog whose peer hung up during a move answers its BYE (64·T1: the BYE's
-#: client transaction at the peer, which the proxy relays meanwhile)
-HUNG_UP_KEEP_S = 32.0
+#: how long a dialog that ended or left here during a move answers its BYE with 200 (64·T1:
+#: the BYE's client transaction at the peer, which the proxy relays meanwhile)
+LATE_BYE_S = 32.0
 
 _RNG = random.Random()
 
@@ -99,7 +104,7 @@ class Resumes(UaCore):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._resumes: dict[str, _Resume] = {}  # ref → its resumption, until answered
-        self._hung_up: dict[tuple[str, str, str], float] = {}  # dialog → until when
+        self._late_byes: dict[tuple[str, str, str], float] = {}  # dialog → until when
 
     def dialog_state(self, ref: str, record_id: str) -> DialogSnapshot | None:
         """The call's dialog for its live state; None until it is confirmed with media
@@ -122,7 +127,7 @@ class Resumes(UaCore):
             raise ValueError("this worker carries the dialog already")
         if hung_up:
             ref = self._new_id()
-            self._note_hung_up(dialog.key, now)
+            self._answer_bye_later(dialog.key, now)
             return ref, [CallEnded(ref, "remote_bye")]
         dialog.local_seq = min(snapshot.local_seq + CSEQ_LEAP, MAX_SEQ - MAX_ATTEMPTS)
         media = self.config.media.for_family(snapshot.family)
@@ -191,12 +196,14 @@ class Resumes(UaCore):
         self._machines[key] = entry
         return key, self._outputs(key, entry, machine.start(now), now)
 
-    def forget(self, ref: str) -> None:
+    def forget(self, ref: str, now: float) -> None:
         """The call goes on on another worker (it took the dialog over): drop it and its
-        transactions, sending nothing and reporting no end."""
+        transactions, sending nothing and reporting no end; its BYE gets 200 for a while
+        (module docstring)."""
         call = self._calls.get(ref)
         if call is None:
             return
+        self._answer_bye_later(call.dialog.key, now)
         for key in list(self._machines):
             entry = self._machines.get(key)
             if entry is not None and entry.call == ref:
@@ -206,16 +213,16 @@ class Resumes(UaCore):
         call.hangup_reported = True  # so _end reports nothing
         self._end(call, "moved")
 
-    def _note_hung_up(self, dialog: tuple[str, str, str], now: float) -> None:
-        for key, until in list(self._hung_up.items()):
+    def _answer_bye_later(self, dialog: tuple[str, str, str], now: float) -> None:
+        for key, until in list(self._late_byes.items()):
             if until <= now:
-                del self._hung_up[key]
-        self._hung_up[dialog] = now + HUNG_UP_KEEP_S
+                del self._late_byes[key]
+        self._late_byes[dialog] = now + LATE_BYE_S
 
-    def _hung_up_bye(self, req: Request, now: float) -> bool:
-        """Whether ``req`` is the BYE of a dialog whose peer hung up during its move."""
+    def _late_bye(self, req: Request, now: float) -> bool:
+        """Whether ``req`` is the BYE of a dialog that ended or left here during a move."""
         key = (req.call_id(), req.to().tag or "", req.from_().tag or "")
-        return req.method == "BYE" and self._hung_up.get(key, now) > now
+        return req.method == "BYE" and self._late_byes.get(key, now) > now
 
     # -- what answers it ---------------------------------------------------------------
 
@@ -235,7 +242,7 @@ class Resumes(UaCore):
         if status < 300:
             return self._resumed(call, response, now)
         if status == 481:  # the peer hung up while no worker carried the call
-            self._note_hung_up(call.dialog.key, now)
+            self._answer_bye_later(call.dialog.key, now)
             return self._end(call, "remote_bye")
         if status == 491 and resume.attempts < MAX_ATTEMPTS:
             resume.key, resume.attempts = None, resume.attempts + 1
