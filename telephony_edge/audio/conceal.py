@@ -22,7 +22,6 @@ lost: the numpy work happens only at a gap.
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 RATE = 16000
 HISTORY_SAMPLES = 640  # 40 ms
@@ -90,11 +89,14 @@ class Concealer:
         low = history[::2].astype(np.float64)  # 8 kHz is enough to find the period
         window = min(len(low) - MAX_LAG, 160)
         tail = low[-window:]
-        # row k is the window MAX_LAG - k samples back: every lag in one product, not a loop
-        pasts = sliding_window_view(low[-window - MAX_LAG : len(low) - MIN_LAG], window)[::-1]
-        energy = np.einsum("ij,ij->i", pasts, pasts)
+        # entry k is the window MAX_LAG - k samples back: every lag in two C loops (the
+        # correlation, and the windows' energy as a running sum), not a Python loop
+        past = low[-window - MAX_LAG : len(low) - MIN_LAG]
+        squares = np.cumsum(np.concatenate(((0.0,), past * past)))
+        energy = (squares[window:] - squares[:-window])[::-1]
+        products = np.correlate(past, tail)[::-1]
         scores = np.full(len(energy), -np.inf)  # silence: no score
-        np.divide(pasts @ tail, np.sqrt(energy), out=scores, where=energy > 0)
+        np.divide(products, np.sqrt(energy), out=scores, where=energy > 0)
         best = int(np.argmax(scores))  # the shortest lag of the best score
         best_lag = MIN_LAG + best if scores[best] > -1.0 else MIN_LAG
         period = 2 * best_lag
@@ -105,10 +107,13 @@ class Concealer:
         cycle = self._cycle
         assert cycle is not None
         end = start + samples
+        wave: np.ndarray
         if end > len(_GAP):  # longer than the pacer asks for: computed, not prepared
             index = np.arange(start, end)
-            return cycle[index % len(cycle)] * _gain(index)
-        return cycle[_GAP[start:end] % len(cycle)] * _GAIN[start:end]
+            wave = cycle[index % len(cycle)] * _gain(index)
+        else:
+            wave = cycle[_GAP[start:end] % len(cycle)] * _GAIN[start:end]
+        return wave
 
     def _join(self, pcm: bytes) -> bytes:
         real = np.frombuffer(pcm, "<i2").astype(np.float64)
