@@ -1,8 +1,10 @@
 """The WebRTC leg: an aiortc peer connection as the network side of a call.
 
-Inbound, the remote audio track's frames (Opus decoded by aiortc to PCM16
-48 kHz, mono or stereo) go through :class:`~telephony_edge.audio.transcode.Pcm48kTo16k`
-and are cut into canonical 20 ms frames. Outbound, :class:`AgentTrack` is the
+Inbound, the caller's Opus packets, as aiortc's receiver releases them from
+its jitter buffer, are decoded on the event loop straight to canonical 20 ms
+frames (:class:`~telephony_edge.webrtc.opus.OpusToCanonical`): the leg takes
+the place of the receiver's decoder queue (:class:`InboundAudio`), so there
+is no decoder thread and no hop per packet. Outbound, :class:`AgentTrack` is the
 track aiortc's RTP sender pulls: each ``recv()`` waits for the frame's slot on
 a fixed 20 ms grid (the loop's monotonic clock, so no drift), takes the
 bridge's ``next_frame()`` (silence when None) and returns it as an Opus
@@ -56,15 +58,21 @@ import logging
 from collections.abc import Coroutine
 from typing import Any, ClassVar
 
-from aiortc import RTCDataChannel, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import (
+    RTCDataChannel,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.sdp import SessionDescription
-from av import AudioFrame
+from av import FFmpegError
 from av.packet import Packet
 
 from telephony_edge import badinput, metrics
-from telephony_edge.audio.frames import FRAME_BYTES, FrameSplitter
-from telephony_edge.audio.transcode import Pcm48kTo16k
 from telephony_edge.calls.dtmf import DtmfRequest, schedule, total_ms
 from telephony_edge.calls.leg import (
     Capabilities,
@@ -79,7 +87,7 @@ from telephony_edge.calls.leg import (
 from telephony_edge.webrtc import channel, consent
 from telephony_edge.webrtc.candidates import filter_offer, printable, summary
 from telephony_edge.webrtc.ice import configuration, connections, gather_on, guard
-from telephony_edge.webrtc.opus import OpusPacketizer
+from telephony_edge.webrtc.opus import OpusPacketizer, OpusToCanonical
 from telephony_edge.webrtc.ports import NoMediaPort
 from telephony_edge.webrtc.settings import WebRtcSettings
 from telephony_edge.webrtc.stats import media_report
@@ -92,6 +100,7 @@ MAX_LATE_FRAMES = 5
 BAD_INPUT = "webrtc-datachannel"  # the bad-input source of the page's messages
 BAD_CANDIDATE = "webrtc"  # the bad-input source of refused ICE candidate addresses
 NOTICE_FLUSH_STEPS = 50  # 10 ms each: how long a closing call waits for its last notice
+_DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"  # aiortc's receiver hands packets to this
 
 
 class OfferRefused(Exception):
@@ -136,6 +145,55 @@ class AgentTrack(MediaStreamTrack):
         return packet
 
 
+class InboundAudio:
+    """Takes the place of an aiortc receiver's decoder queue: each packet the jitter buffer
+    releases is decoded here, on the loop, into the leg's canonical frames.
+
+    aiortc still starts its decoder thread, which finds nothing to get and exits at
+    once; the receiver's ``put(None)`` (an RTCP BYE, a disconnect, the close) ends the
+    leg as the old remote track's end did.
+    """
+
+    def __init__(self, leg: WebRtcLeg) -> None:
+        self._leg = leg
+        self._opus = OpusToCanonical()
+        self.undecodable = 0
+
+    @classmethod
+    def install(cls, receiver: RTCRtpReceiver, leg: WebRtcLeg) -> InboundAudio:
+        """Put one in ``receiver`` before it starts (aiortc >= 1.16's private queue)."""
+        if not hasattr(receiver, _DECODER_QUEUE):
+            raise RuntimeError(f"aiortc's RTCRtpReceiver has no {_DECODER_QUEUE}: re-check leg.py")
+        inbound = cls(leg)
+        setattr(receiver, _DECODER_QUEUE, inbound)
+        return inbound
+
+    def get(self) -> None:
+        """What aiortc's decoder thread gets: nothing to decode there, so it ends."""
+        return None
+
+    def put(self, task: tuple[RTCRtpCodecParameters, JitterFrame] | None) -> None:
+        leg = self._leg
+        if task is None:
+            leg._end(LegEnded("completed"))
+            return
+        codec, encoded = task
+        try:
+            if codec.name.lower() != "opus":
+                raise ValueError(f"unexpected codec {codec.name}")
+            frames = self._opus.frames(encoded.data)
+        except FFmpegError:  # as aiortc's decoder: skip the packet, keep the decoder's state
+            self.undecodable += 1
+            return
+        except Exception as exc:  # never into aiortc's transport, which would stop
+            log.exception("WebRTC inbound audio failed", extra={"provider": "webrtc"})
+            leg._end(LegEnded("failed", f"inbound audio: {exc}"))
+            return
+        for pcm in frames:
+            leg.frames_in += 1
+            leg._events.put_nowait(pcm)
+
+
 class WebRtcLeg(Leg):
     """One peer connection: its remote audio in, :class:`AgentTrack` out."""
 
@@ -152,8 +210,7 @@ class WebRtcLeg(Leg):
         self._ended: LegEnded | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
-        self._split = FrameSplitter(FRAME_BYTES)
-        self._down: Pcm48kTo16k | None = None
+        self._inbound: list[InboundAudio] = []
         self._connected = asyncio.Event()
         self._settled = asyncio.Event()  # connected, or ended before it
         self.frames_in = 0
@@ -164,7 +221,6 @@ class WebRtcLeg(Leg):
         self.malformed = 0
         self.refused = 0  # ICE checks from refused addresses (after the offer)
         self.captions_dropped = 0
-        self.pc.on("track", self._on_track)
         self.pc.on("datachannel", self._on_channel)
         self.pc.on("connectionstatechange", self._on_state)
 
@@ -193,6 +249,9 @@ class WebRtcLeg(Leg):
             raise OfferRefused(f"the offer was refused: {reason}") from None
         if transceiver.mid is None:
             raise OfferRefused("the offer has no audio")
+        for each in self.pc.getTransceivers():  # receivers start once DTLS is up: not yet
+            if each.kind == "audio":
+                self._inbound.append(InboundAudio.install(each.receiver, self))
         guard(self.pc, policy, self._refused)  # before any socket: checks from strangers too
         ports = self.settings.port_range()
         gather_on(self.pc, self.settings.advertised_addresses, ports)
@@ -211,35 +270,6 @@ class WebRtcLeg(Leg):
         self.refused += 1
         error = f"ICE check refused: {kind} address"
         badinput.report(BAD_CANDIDATE, error, printable(address), call_id=self.call_id or None)
-
-    # -- inbound ------------------------------------------------------------------
-
-    def _on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind == "audio":
-            self._spawn(self._read(track))
-
-    async def _read(self, track: MediaStreamTrack) -> None:
-        try:
-            while True:
-                frame = await track.recv()
-                assert isinstance(frame, AudioFrame)
-                for pcm in self._to_canonical(frame):
-                    self.frames_in += 1
-                    self._events.put_nowait(pcm)
-        except MediaStreamError:
-            self._end(LegEnded("completed"))
-        except Exception as exc:
-            log.exception("WebRTC inbound audio failed", extra={"provider": "webrtc"})
-            self._end(LegEnded("failed", f"inbound audio: {exc}"))
-
-    def _to_canonical(self, frame: AudioFrame) -> list[bytes]:
-        if frame.sample_rate != RATE or frame.format.name != "s16":
-            raise ValueError(f"unexpected audio {frame.format.name} at {frame.sample_rate} Hz")
-        channels = len(frame.layout.channels)
-        if self._down is None or self._down.channels != channels:
-            self._down = Pcm48kTo16k(channels=channels)
-        pcm = bytes(frame.planes[0])[: frame.samples * channels * 2]  # packed s16
-        return self._split.push(self._down.process(pcm))
 
     # -- the data channel ------------------------------------------------------------
 
@@ -433,6 +463,7 @@ class WebRtcLeg(Leg):
                 "frames_out": self.track.frames,
                 "slots_skipped": self.track.skipped,
                 "opus_encoded": self.track.opus.encoded,
+                "opus_undecodable": sum(i.undecodable for i in self._inbound),
                 "malformed": self.malformed,
                 "ice_refused": self.refused,
                 "captions_dropped": self.captions_dropped,

@@ -1,4 +1,5 @@
-"""Opus packets for the outbound track, encoded straight from canonical 16 kHz frames.
+"""Opus both ways: the outbound track's packets from canonical 16 kHz frames, and the
+caller's packets decoded to canonical frames on the event loop.
 
 aiortc's sender encodes the ``AudioFrame``\\ s a track returns: at 48 kHz
 stereo, 96 kbit/s, in a thread-pool hop per frame, after computing each
@@ -10,6 +11,12 @@ frames directly (Opus takes 16 kHz input; the RTP clock stays 48 kHz, RFC
 While the agent is quiet, after one silent frame through the encoder (its
 tail), the same encoded silence packet is sent again without encoding.
 ``bench/webrtc_load.py`` measures what this saves.
+
+Inbound, aiortc would hand each packet to a decoder thread per call (a
+queue, a thread wake-up, and a hop back to the loop per packet) that decodes
+to 48 kHz stereo. :class:`OpusToCanonical` decodes the packet where it
+arrives instead, to 48 kHz mono (libopus through PyAV decodes at 48 kHz
+only), and resamples it to canonical frames once.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ from typing import Any, Final
 from av import AudioFrame, CodecContext
 from av.packet import Packet
 
-from telephony_edge.audio.frames import FRAME_BYTES, SAMPLE_RATE, SILENCE_FRAME
+from telephony_edge.audio.frames import FRAME_BYTES, SAMPLE_RATE, SILENCE_FRAME, FrameSplitter
+from telephony_edge.audio.transcode import Pcm48kTo16k
 
 RTP_RATE: Final = 48_000
 RTP_SAMPLES: Final = RTP_RATE // 50  # 20 ms on the RTP clock
@@ -72,3 +80,27 @@ class OpusPacketizer:
         packet.pts = pts
         packet.time_base = TIME_BASE
         return packet
+
+
+class OpusToCanonical:
+    """One caller's Opus payloads in (in order, as aiortc's jitter buffer releases them),
+    canonical 20 ms frames out."""
+
+    def __init__(self) -> None:
+        codec = CodecContext.create("libopus", "r")
+        codec.format = "s16"
+        codec.layout = "mono"
+        codec.sample_rate = RTP_RATE
+        self._codec = codec
+        self._down = Pcm48kTo16k(channels=1)
+        self._split = FrameSplitter(FRAME_BYTES)
+
+    def frames(self, payload: bytes) -> list[bytes]:
+        """The whole canonical frames this packet completes (av.FFmpegError: undecodable)."""
+        decoded = self._codec.decode(Packet(payload))
+        if len(decoded) == 1:
+            frame = decoded[0]
+            pcm = bytes(frame.planes[0])[: frame.samples * 2]
+        else:
+            pcm = b"".join(bytes(f.planes[0])[: f.samples * 2] for f in decoded)
+        return self._split.push(self._down.process(pcm))
