@@ -189,7 +189,7 @@ def moved(c: Cluster, callers: list[dict[str, Any]], reason: str, cause: str) ->
         assert caller["reasons"] == [reason], caller
         assert caller["urls"][-1] == c.workers["worker-b"].base_url, caller
         continuation = c.core.resumed(caller["call_id"])
-        assert continuation is not None, "the agent core was not told the call resumed"
+        assert continuation is not None, (caller, c.core.initiates.get(caller["call_id"]))
         said = [entry["content"] for entry in continuation["chat"]]
         assert said[:2] == [GREETING, ASKED], said
         assert continuation["resume"]["from_worker"] == "worker-a"
