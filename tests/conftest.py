@@ -288,14 +288,18 @@ class ServeProcess:
 
 
 def start_serve_process(
-    config: dict[str, Any], directory: Path, env: dict[str, str] | None = None
+    config: dict[str, Any],
+    directory: Path,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
 ) -> ServeProcess:
     """Write ``config`` as YAML (host and port filled in) and run the edge on it.
 
     ``server.public_url`` defaults to the address it listens on, so Twilio
-    signatures computed against ``base_url`` check out.
+    signatures computed against ``base_url`` check out. ``port``: a port chosen
+    before (a proxy in front already names it); else a free one.
     """
-    port = free_port()
+    port = port or free_port()
     base_url = f"http://127.0.0.1:{port}"
     config = {**config, "server": {"public_url": base_url, **config.get("server", {})}}
     config["server"].update(host="127.0.0.1", port=port)
@@ -318,7 +322,10 @@ def start_serve_process(
             with urllib.request.urlopen(base_url + "/healthz", timeout=1):
                 return edge
         except OSError:
-            assert time.monotonic() < deadline, f"the edge did not start:\n{edge.log}"
+            if time.monotonic() >= deadline:
+                process.kill()  # not left running behind the failed test
+                process.wait()
+                raise AssertionError(f"the edge did not start within 20 s:\n{edge.log}") from None
             time.sleep(0.05)
 
 
