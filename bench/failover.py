@@ -5,8 +5,8 @@
 
 Starts a private ``redis-server``, two ``telephony-edge serve`` workers behind Caddy
 (``tests/failover_cluster.py``: the first takes every call while it is ready), places
-``--calls`` simulated Twilio calls (``--network vonage``: Vonage calls,
-``tests/vonage/failover.py``) on the first, lets the agent core talk in each, and
+``--calls`` simulated Twilio calls (``--network vonage``: Vonage calls; the cluster's
+network adapters) on the first, lets the agent core talk in each, and
 measures ``--window`` seconds of steady calls, with the default leases (15 s, renewed every
 5 s): Redis commands per call-minute (``INFO commandstats``, every command the server ran,
 those inside scripts too), the live state's share of them (its script, ``put_live``, runs
@@ -31,14 +31,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -46,60 +44,8 @@ sys.path.insert(0, str(ROOT))
 from redis.asyncio import Redis  # noqa: E402
 
 from tests import failover_cluster  # noqa: E402
-from tests.conftest import ServeProcess  # noqa: E402
 from tests.coord.redis_servers import redis_server  # noqa: E402
-from tests.vonage import failover as vonage_failover  # noqa: E402
-
-
-class Placed(Protocol):
-    """A placed call of either cluster (``call_id``; the simulated call in ``call``)."""
-
-    call_id: str
-
-
-class Cluster(Protocol):
-    """What this bench uses of ``failover_cluster.Cluster`` and ``VonageCluster``."""
-
-    workers: dict[str, ServeProcess]
-
-    async def place(self, count: int) -> Any: ...
-
-    async def hang_up(self, calls: Any) -> None: ...
-
-    def webhooks_of(self, call_id: str) -> list[dict[str, Any]]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Back:
-    """One call back after the kill: the caller's gap, and the break to the new stream."""
-
-    gap_s: float
-    stream_back_s: float | None
-
-
-def twilio_back(live: Any) -> Back | None:
-    resumes = live.call.result.resumes
-    if len(resumes) != 1 or resumes[0].gap_s is None:
-        return None
-    resume = resumes[0]
-    streamed = resume.streamed_at_s
-    return Back(resume.gap_s, None if streamed is None else streamed - resume.ended_at_s)
-
-
-def vonage_back(live: Any) -> Back | None:
-    result = live.call.result
-    if len(result.gaps_s) != 1:
-        return None
-    old, new = result.sockets[0], result.sockets[1]
-    closed = old.closed_at
-    return Back(result.gaps_s[0], None if closed is None else new.opened_at - closed)
-
-
-def _clusters(network: str) -> tuple[Callable[..., Any], Callable[[Any], Back | None]]:
-    """The cluster to start for ``network`` and how a call's move is read from its simulator."""
-    if network == "vonage":
-        return vonage_failover.vonage_cluster, vonage_back
-    return failover_cluster.cluster, twilio_back
+from tests.failover_cluster import Cluster, Live  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -140,13 +86,13 @@ async def steady(c: Cluster, redis: Redis, calls: int, window_s: float) -> dict[
 
 
 async def run(calls: int, window_s: float, directory: Path, network: str) -> dict[str, Any]:
-    start, back = _clusters(network)
     with redis_server() as server:
         redis = Redis.from_url(server.url)
         try:
-            started: contextlib.AbstractAsyncContextManager[Cluster] = start(
+            started = failover_cluster.cluster(
                 directory,
                 server.url,
+                network=network,
                 calls={},  # the default leases
             )
             async with started as c:
@@ -154,10 +100,10 @@ async def run(calls: int, window_s: float, directory: Path, network: str) -> dic
                 await asyncio.sleep(3.0)  # every agent talks; the chat so far is written
                 cost = await steady(c, redis, calls, window_s)
                 c.workers["worker-a"].process.kill()
-                await _until(lambda: all(back(live) for live in placed), 20.0)
+                await _until(lambda: all(c.net.back(live) for live in placed), 20.0)
                 await c.hang_up(placed)
                 await _until_reported(c, placed, 20.0)
-                return {"network": network, **_figures(c, placed, back), **cost}
+                return {"network": network, **_figures(c, placed), **cost}
         finally:
             await redis.aclose()
 
@@ -170,23 +116,23 @@ async def _until(done: Callable[[], bool], within: float) -> None:
         await asyncio.sleep(0.1)
 
 
-async def _until_reported(c: Cluster, calls: list[Placed], within: float) -> None:
+async def _until_reported(c: Cluster, calls: list[Live], within: float) -> None:
     await _until(lambda: all(c.webhooks_of(live.call_id) for live in calls), within)
     await asyncio.sleep(1.0)  # a second webhook, were one coming
 
 
-def _figures(c: Cluster, calls: list[Placed], read: Callable[[Any], Back | None]) -> dict[str, Any]:
+def _figures(c: Cluster, calls: list[Live]) -> dict[str, Any]:
     gaps, back, edge_gaps = [], [], []
     continued = 0
     for live in calls:
-        moved = read(live)
+        moved = c.net.back(live)
         hooks = c.webhooks_of(live.call_id)
         moves = hooks[0].get("migrations", []) if len(hooks) == 1 else []
         if moved is not None and len(moves) == 1:
             continued += 1
             gaps.append(moved.gap_s * 1000)
-            if moved.stream_back_s is not None:
-                back.append(moved.stream_back_s * 1000)
+            if moved.socket_back_s is not None:
+                back.append(moved.socket_back_s * 1000)
             edge_gaps.append(float(moves[0]["gap_ms"]))
     return {
         "calls": len(calls),

@@ -459,9 +459,11 @@ class SimulatedVonageCall:
         if event and not self.result.ncco_ended:  # else Vonage reported it as the NCCO ran out
             await self.post_event("completed", duration=str(round(self.result.duration_s)))
 
-    def drop(self) -> None:
-        """The socket's connection breaks (a reset, no close frame) while the caller stays:
-        the ``connect`` ends, and Vonage runs the NCCO's next action."""
+    def drop(self, *, hang_up: bool = False) -> None:
+        """The socket's connection breaks (a reset, no close frame): the ``connect`` ends,
+        and Vonage runs the NCCO's next action; with ``hang_up`` the caller hangs up at that
+        moment, and the NCCO goes no further (the event webhook then says ``completed``)."""
+        self._caller_hung_up = hang_up
         if self.ws is not None and not self.ws.closed:
             self.result.sockets[-1].dropped = True
             drop_connection(self.ws)

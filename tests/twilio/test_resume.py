@@ -4,22 +4,18 @@ without a stream that holds. The two-worker ends are ``tests/test_failover.py``.
 
 from __future__ import annotations
 
-import asyncio
-import json
 from urllib.parse import parse_qs, urlencode, urlsplit
 from xml.etree import ElementTree
 
 import aiohttp
 
-from telephony_edge.agent.demo import DemoCoreSettings
-from telephony_edge.calls.record import CallStatus
 from telephony_edge.socket_resume import resume_subject
 from telephony_edge.twilio import twiml
 from telephony_edge.twilio.resume import MAX_HOPS, RESUME_PARAM
 from telephony_edge.twilio.signature import SIGNATURE_HEADER, compute_signature
 from telephony_edge.twilio.simulator import SimulatedCall, parse_twiml
 from tests.conftest import wait_for
-from tests.twilio.harness import ACCOUNT_SID, AUTH_TOKEN, TwilioEdge
+from tests.twilio.harness import AUTH_TOKEN, TwilioEdge
 
 
 async def ask(
@@ -110,70 +106,3 @@ async def test_a_live_call_streams_again_until_redirects_run_out(
     assert await other.wait_closed(5)
     assert (await other.finish()).close_code == 1008
     await call.stop()
-
-
-async def _streaming(edge: TwilioEdge, session: aiohttp.ClientSession) -> tuple[SimulatedCall, str]:
-    """A call whose agent has greeted, the caller still there."""
-    call = edge.call(session)
-    await call.post_webhook()
-    answer = call.result.answer
-    assert answer is not None and answer.stream is not None
-    await call.open_stream(answer.stream)
-    await call.wait_for_greeting()
-    return call, answer.stream.parameters["call_id"]
-
-
-def _chat(payload: dict[str, object]) -> list[tuple[str, str]]:
-    return [(e["role"], e["content"]) for e in json.loads(str(payload["chat"]))]
-
-
-async def test_a_stream_dropped_on_a_live_worker_is_resumed_not_ended(
-    twilio_edge: TwilioEdge, session: aiohttp.ClientSession
-) -> None:
-    """The stream's connection breaks (a reset, no close frame, no ``stop``) while the worker
-    lives: Twilio follows the <Redirect>, the call comes back (here) with its chat."""
-    call, call_id = await _streaming(twilio_edge, session)
-    caller = asyncio.create_task(call.stream_audio([], silence_after_s=30))  # the caller stays
-    call.drop()
-
-    await wait_for(lambda: bool(call.result.resumes) and call.result.resumes[0].gap_s, 10)
-    [resume] = call.result.resumes
-    assert resume.hops == 1 and resume.gap_s is not None and 0 < resume.gap_s < 2.0
-    assert not caller.done(), "the call went on"
-    service = twilio_edge.services.call_service
-    record = await service.get(call_id)
-    assert record is not None and record.call_status is None
-    [move] = record.migrations
-    assert move["cause"] == "network"
-    assert move["from_worker"] == move["to_worker"] == service.worker_id
-
-    caller.cancel()
-    await call.stop()  # the caller hangs up: ``stop``
-    [payload] = await twilio_edge.crm.wait(1)
-    assert payload["call_status"] == "user-ended"
-    assert _chat(payload) == [("assistant", "Hi"), ("assistant", DemoCoreSettings().resumed_text)]
-    assert [m["cause"] for m in payload["migrations"]] == ["network"]
-    await asyncio.sleep(0.5)
-    assert len(twilio_edge.crm.received) == 1
-
-
-async def test_a_hang_up_as_the_stream_drops_ends_the_call_on_the_status_callback(
-    twilio_edge: TwilioEdge, session: aiohttp.ClientSession
-) -> None:
-    """The caller hangs up as the stream's connection breaks: no ``stop``, no <Redirect>;
-    Twilio's status callback ``completed`` ends the call, not resumed, one webhook."""
-    call, call_id = await _streaming(twilio_edge, session)
-    call.drop(hang_up=True)
-    service = twilio_edge.services.call_service
-    await wait_for(lambda: service.manager.get(call_id) is None, 5)  # let go: no word of an end
-    url = f"{twilio_edge.base}/twilio/status?call_id={call_id}"
-    fields = {"CallSid": call.call_sid, "CallStatus": "completed", "AccountSid": ACCOUNT_SID}
-    signature = compute_signature(AUTH_TOKEN, url, fields)
-    async with session.post(url, data=fields, headers={SIGNATURE_HEADER: signature}) as resp:
-        assert resp.status == 204
-    [payload] = await twilio_edge.crm.wait(1, within=5)
-    assert payload["call_status"] == "user-ended" and "migrations" not in payload
-    assert _chat(payload) == [("assistant", "Hi")]
-    record = await service.get(call_id)
-    assert record is not None and record.call_status is CallStatus.USER_ENDED
-    assert call.result.resumes == []

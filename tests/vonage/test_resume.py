@@ -8,14 +8,10 @@ notify finds the call over), and a resumed socket that cannot prove itself.
 
 from __future__ import annotations
 
-import asyncio
-import json
-
 import aiohttp
 import orjson
 from yarl import URL
 
-from telephony_edge.agent.demo import DemoCoreSettings
 from telephony_edge.calls.record import CallStatus
 from telephony_edge.vonage import ncco
 from telephony_edge.vonage.signature import query_payload, sign
@@ -96,65 +92,3 @@ async def test_a_resumed_socket_needs_a_token_for_its_call_and_generation(
     record = await vonage_edge.services.call_service.get(call_id)
     assert record is not None and record.owner is None  # nobody took the call over
     assert orjson.dumps(record.migrations or []) == b"[]"
-
-
-async def test_a_socket_dropped_on_a_live_worker_is_resumed_not_ended(
-    vonage_edge: VonageEdge, session: aiohttp.ClientSession
-) -> None:
-    """The connection to Vonage breaks (a reset, no close frame) while the worker lives:
-    Vonage runs the notify, the call comes back (here, the only worker) with its chat."""
-    call = vonage_edge.call(session)
-    await call.post_answer()
-    answer = call.result.answer
-    assert answer is not None and answer.websocket is not None
-    call_id = answer.websocket.headers["call_id"]
-    await call.open_socket(answer.websocket)
-    await call.wait_for_greeting()
-    caller = asyncio.create_task(call.silence_until(lambda _: False, 30))  # the caller stays
-    call.drop()
-
-    await wait_for(lambda: bool(call.result.gaps_s), 10)
-    [gap] = call.result.gaps_s
-    assert 0 < gap < 2.0
-    assert [status for _, status in call.result.notified] == [200]
-    assert len(call.result.sockets) == 2 and call.result.sockets[0].dropped
-    assert not caller.done(), "the call went on"
-    service = vonage_edge.services.call_service
-    record = await service.get(call_id)
-    assert record is not None and record.call_status is None
-    [move] = record.migrations
-    assert move["cause"] == "network"
-    assert move["from_worker"] == move["to_worker"] == service.worker_id
-
-    caller.cancel()
-    await call.hang_up()
-    [payload] = await vonage_edge.crm.wait(1)
-    assert payload["call_status"] == "user-ended"
-    chat = [(e["role"], e["content"]) for e in json.loads(payload["chat"])]
-    assert chat == [("assistant", "Hi"), ("assistant", DemoCoreSettings().resumed_text)]
-    assert [m["cause"] for m in payload["migrations"]] == ["network"]
-    await asyncio.sleep(0.5)
-    assert len(vonage_edge.crm.received) == 1
-
-
-async def test_a_caller_hang_up_closes_the_socket_and_ends_the_call_once(
-    vonage_edge: VonageEdge, session: aiohttp.ClientSession
-) -> None:
-    """The caller hangs up: Vonage closes the socket (which alone says nothing) and reports
-    ``completed``; the call ends user-ended, is not resumed, one webhook."""
-    call = vonage_edge.call(session)
-    await call.post_answer()
-    answer = call.result.answer
-    assert answer is not None and answer.websocket is not None
-    call_id = answer.websocket.headers["call_id"]
-    await call.open_socket(answer.websocket)
-    await call.wait_for_greeting()
-    await call.hang_up()
-    [payload] = await vonage_edge.crm.wait(1, within=5)
-    assert payload["call_status"] == "user-ended" and "migrations" not in payload
-    assert [(e["role"], e["content"]) for e in json.loads(payload["chat"])] == [("assistant", "Hi")]
-    record = await vonage_edge.services.call_service.get(call_id)
-    assert record is not None and record.call_status is CallStatus.USER_ENDED
-    assert call.result.notified == [] and len(call.result.sockets) == 1
-    await asyncio.sleep(0.5)
-    assert len(vonage_edge.crm.received) == 1
