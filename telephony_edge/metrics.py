@@ -208,8 +208,8 @@ SIP_RTCP_RTT_SECONDS = Histogram(
 )
 PUBLIC_OFFERS_REFUSED = Counter(
     "telephony_edge_public_offers_refused_total",
-    "Public-key WebRTC offers refused (429) by a rate limit: 'client' (one client's bucket)"
-    " or 'global' (all clients together, per worker)",
+    "Public-key WebRTC offers refused (429) by a rate limit: 'client' (one client's bucket),"
+    " 'global' (all clients together, per worker) or 'resume' (one call's re-offers)",
     ["limit"],
 )
 # SIP floods (telephony_edge.sip.ratelimit, sip.tcp, sip.auth): what the edge refused.

@@ -15,6 +15,13 @@ once; 429 beyond) per worker: a script spread over many addresses cannot turn
 the public key into unbounded work. The origin check stops other web sites
 from spending the key from their visitors' browsers; it does not stop a
 script outside a browser, which the rate limits and the public-agent rule bound.
+
+A re-offer whose resume token checks out (:mod:`telephony_edge.webrtc.resume`) is
+not a new call: it brings back one already admitted, and when a worker dies every
+page it carried re-offers within the same second, many of them through one office
+or carrier NAT. It is counted per call instead (:data:`RESUMES_PER_MINUTE`, at
+most :data:`RESUME_BURST` at once; 429 beyond), not against the client's or
+everyone's buckets, so twenty pages behind one address all come back.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from telephony_edge.rate_limit import RateLimiter
 from telephony_edge.webrtc.settings import WebRtcSettings, normalize_origin
 
 PREFLIGHT_MAX_AGE_S = 600
+RESUMES_PER_MINUTE = 12.0  # re-offers of one call (its worker lost, its path failing)
+RESUME_BURST = 4
 _EVERYONE = "*"  # the global bucket's one key
 
 
@@ -88,15 +97,25 @@ class Browser:
         self.everyone = RateLimiter(
             webrtc.public_global_rate_per_minute, webrtc.public_global_burst
         )
+        self.resumes = RateLimiter(RESUMES_PER_MINUTE, RESUME_BURST)
 
     def allowed(self, origin: str | None) -> bool:
         return origin is not None and origin in self.origins
 
-    def check_public(self, request: web.Request) -> None:
-        """The origin and rate checks of a public-key offer (403, 429)."""
-        origin = origin_of(request)
-        if not self.allowed(origin):
+    def check_origin(self, request: web.Request) -> None:
+        """A public-key offer comes from an allowed web origin (403 otherwise)."""
+        if not self.allowed(origin_of(request)):
             raise ApiError(403, "the public key is accepted only from an allowed web origin")
+
+    def check_rate(self, request: web.Request, resuming: str | None) -> None:
+        """The rate limits of a public-key offer (429): per client and for everyone, or
+        per call for the re-offer of ``resuming`` (its token checked)."""
+        if resuming is not None:
+            wait = self.resumes.take(resuming)
+            if wait > 0:
+                metrics.PUBLIC_OFFERS_REFUSED.labels(limit="resume").inc()
+                raise ApiError(429, f"too many re-offers of this call; retry in {wait:.0f} s")
+            return
         wait = self.limiter.take(request.remote or "unknown")
         if wait > 0:
             metrics.PUBLIC_OFFERS_REFUSED.labels(limit="client").inc()

@@ -141,7 +141,7 @@ def _authorize_offer(request: web.Request) -> bool:
     if key_matches(request, api.private_key):
         return False
     if key_matches(request, api.public_key):
-        request.app[BROWSER].check_public(request)
+        request.app[BROWSER].check_origin(request)
         return True
     raise ApiError(
         401, "missing or invalid API key (Authorization: Bearer <private or public key>)"
@@ -180,6 +180,9 @@ async def webrtc_offer(request: web.Request) -> web.Response:
     body = await _json_object(request)
     services = request.app[SERVICES]
     settings = webrtc_settings(services.settings)
+    resuming = resume.requested(services, body, request.remote)
+    if public:  # before anything else; a re-offer with a good token counts per call
+        request.app[BROWSER].check_rate(request, None if resuming is None else resuming.call_id)
     sdp = _offer_sdp(body, settings.max_offer_bytes)
     agent_id = _string(body, "agent_id")
     assert agent_id is not None
@@ -204,7 +207,6 @@ async def webrtc_offer(request: web.Request) -> web.Response:
             raise ApiError(403, "continuing a session with the public key needs its session_token")
     if not services.calls.accepting:
         raise ApiError(503, "this worker is draining and takes no new calls")
-    resuming = resume.requested(services, body, request.remote)
     if resuming is not None:
         await resume.check(services, resuming, agent_id, request.remote)
 

@@ -46,6 +46,9 @@ from tests.webrtc.test_offer import API_KEY, LOOPBACK, LOOPBACK_NETWORKS, Client
 #: how long without a frame before the caller re-offers (the edge sends one every 20 ms)
 SILENT_S = 1.0
 RESUME_SOURCE = "webrtc-resume"
+PUBLIC_KEY = "pk_webrtc_resume_public"
+ORIGIN = "https://shop.example.com"
+PAGES = 8  # widget calls behind one address: more than a client's burst of new calls
 
 
 @pytest.fixture(name="core")
@@ -383,3 +386,43 @@ async def test_a_resumed_call_reopens_its_agent_session_while_ice_and_dtls_conne
     finally:
         await first.close()
         await second.close()
+
+
+async def test_pages_behind_one_address_all_come_back_past_the_new_call_rate_limit(
+    make_edge: Callable[..., Any], redis_server: Any, core: TalkingCore, receiver: Receiver
+) -> None:
+    """Eight widget calls from one address (an office NAT) re-offer to B at once with the
+    public key: B's limit of five new calls at once per client does not apply to re-offers
+    whose token checks out (counted per call), so every call comes back."""
+    prefix = f"te-wrs-{uuid.uuid4().hex[:12]}:"
+    edges = []
+    for name, burst in (("a", 50), ("b", 5)):  # B keeps the default burst
+        config = worker_config(name, redis_server.url, prefix, core.url, receiver.url)
+        config["api"]["public_key"] = PUBLIC_KEY
+        config["agents"]["echo"]["allow_public_key"] = True
+        config["webrtc"].update(allowed_origins=[ORIGIN], public_burst=burst)
+        edges.append(await make_edge(load_settings(None, **config)))
+    a, b = edges
+    headers = {"Authorization": f"Bearer {PUBLIC_KEY}", "Origin": ORIGIN}
+    first = [Client() for _ in range(PAGES)]
+    again = [Client() for _ in range(PAGES)]
+    try:
+        async with aiohttp.ClientSession(headers=headers) as http:
+
+            async def offer(edge: Edge, client: Client, **extra: Any) -> tuple[int, Any]:
+                body = {"agent_id": "echo", "offer": await client.offer(), **extra}
+                async with http.post(edge.url("/webrtc/offer"), json=body) as resp:
+                    return resp.status, await resp.json()
+
+            answers = [answer for _, answer in [await offer(a, client) for client in first]]
+            assert all("resume_token" in answer for answer in answers), answers
+            await asyncio.gather(*(connect(c, ans) for c, ans in zip(first, answers, strict=True)))
+            await asyncio.sleep(0.6)  # the live state's batched write
+            tokens = [{"call_id": ans["call_id"], "token": ans["resume_token"]} for ans in answers]
+            resumed = await asyncio.gather(
+                *(offer(b, c, resume=token) for c, token in zip(again, tokens, strict=True))
+            )
+            assert [status for status, _ in resumed] == [200] * PAGES, resumed
+    finally:
+        for client in (*first, *again):
+            await client.close()
