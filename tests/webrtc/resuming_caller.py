@@ -55,7 +55,6 @@ class Connection:
     client: Client
     url: str
     port: int
-    offered_at: float  # loop time the offer was made
     opened_at: float  # loop time the offer was answered
 
 
@@ -90,6 +89,7 @@ class ResumingCaller:
         self._watch = asyncio.ensure_future(self._watching())
 
     async def _heard(self, client: Client, within: float) -> None:
+        """Once ``client`` has had a frame from the edge (AssertionError after ``within``)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         while not client.arrivals:
@@ -98,8 +98,6 @@ class ResumingCaller:
 
     async def _offer(self, *, resume: bool) -> int:
         """Offer to the current URL (with ``resume``: the call's id and token); the status."""
-        loop = asyncio.get_running_loop()
-        offered_at = loop.time()
         standby, self._standby = self._standby, None
         client, offer = await (standby if standby is not None else self._prepare())
         body: dict[str, Any] = {"agent_id": self.agent_id, "offer": offer}
@@ -126,7 +124,8 @@ class ResumingCaller:
         [ice] = connections(client.pc)
         port = ice.local_candidates[0].port
         old = self.connections[-1].client if self.connections else None
-        self.connections.append(Connection(client, url, port, offered_at, loop.time()))
+        opened_at = asyncio.get_running_loop().time()
+        self.connections.append(Connection(client, url, port, opened_at))
         self._settling = asyncio.ensure_future(self._settle(client, old))
         return status
 
