@@ -5,11 +5,12 @@ its jitter buffer, are decoded on the event loop straight to canonical 20 ms
 frames (:class:`~telephony_edge.webrtc.opus.OpusToCanonical`): the leg takes
 the place of the receiver's decoder queue (:class:`InboundAudio`), so there
 is no decoder thread and no hop per packet. Outbound, :class:`AgentTrack` is the
-track aiortc's RTP sender pulls: each ``recv()`` waits for the frame's slot on
+track the sender's loop (:mod:`telephony_edge.webrtc.sender`, in place of
+aiortc's) pulls: each ``next_payload()`` waits for the frame's slot on
 a fixed 20 ms grid (the loop's monotonic clock, so no drift), takes the
 bridge's ``next_frame()`` (silence when None) and returns it as an Opus
-packet (:mod:`telephony_edge.webrtc.opus`) with ``pts``/``time_base`` on
-the 48 kHz RTP clock. A late ``recv()`` (the process was
+payload (:mod:`telephony_edge.webrtc.opus`) with its ``pts`` on
+the 48 kHz RTP clock. A late pull (the process was
 busy) catches up with the grid by at most five frames; past that, the missed
 slots are skipped: ``pts`` jumps over them (the RTP timestamp stays on wall
 time, as after a silence) instead of sending a burst or shifting the grid.
@@ -54,6 +55,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import fractions
 import logging
 from collections.abc import Coroutine
 from typing import Any, ClassVar
@@ -84,7 +86,7 @@ from telephony_edge.calls.leg import (
     LegInfo,
     NotSupported,
 )
-from telephony_edge.webrtc import channel, consent
+from telephony_edge.webrtc import channel, consent, sender
 from telephony_edge.webrtc.candidates import filter_offer, printable, summary
 from telephony_edge.webrtc.ice import configuration, connections, gather_on, guard
 from telephony_edge.webrtc.opus import OpusPacketizer, OpusToCanonical
@@ -96,6 +98,7 @@ log = logging.getLogger(__name__)
 
 RATE = 48_000
 SAMPLES = RATE // 50  # 20 ms
+TIME_BASE = fractions.Fraction(1, RATE)
 MAX_LATE_FRAMES = 5
 BAD_INPUT = "webrtc-datachannel"  # the bad-input source of the page's messages
 BAD_CANDIDATE = "webrtc"  # the bad-input source of refused ICE candidate addresses
@@ -108,7 +111,7 @@ class OfferRefused(Exception):
 
 
 class AgentTrack(MediaStreamTrack):
-    """The outbound track: agent audio pulled from the bridge every 20 ms, as Opus packets."""
+    """The outbound track: agent audio pulled from the bridge every 20 ms, as Opus payloads."""
 
     kind = "audio"
 
@@ -122,7 +125,8 @@ class AgentTrack(MediaStreamTrack):
         self.frames = 0
         self.skipped = 0  # slots skipped after stalls
 
-    async def recv(self) -> Packet[Any]:
+    async def next_payload(self) -> tuple[bytes, int]:
+        """The next slot's Opus payload and its ``pts``, once the slot has come."""
         if self.readyState != "live":
             raise MediaStreamError
         loop = asyncio.get_running_loop()
@@ -139,9 +143,17 @@ class AgentTrack(MediaStreamTrack):
                 self.skipped += missed
         self._slot += 1
         self.frames += 1
-        frame = self.source.next_frame() if self.source is not None else None
-        packet = self.opus.packet(frame, self._pts)
+        pts = self._pts
         self._pts += SAMPLES
+        return self.opus.payload(self.source.next_frame() if self.source is not None else None), pts
+
+    async def recv(self) -> Packet[Any]:
+        """The track as aiortc's own sender would pull it (the leg's sender uses
+        :meth:`next_payload`)."""
+        payload, pts = await self.next_payload()
+        packet = Packet(payload)
+        packet.pts = pts
+        packet.time_base = TIME_BASE
         return packet
 
 
@@ -235,6 +247,7 @@ class WebRtcLeg(Leg):
             if c.mimeType.lower() == "audio/opus"
         ]
         transceiver.setCodecPreferences(opus)
+        sender.install(transceiver.sender, self.track.next_payload)
         policy = self.settings.peer_policy()
         sdp, refused = filter_offer(sdp, policy)
         if refused:  # before aiortc sees them: no STUN ever goes there

@@ -1,16 +1,18 @@
-"""Opus both ways: the outbound track's packets from canonical 16 kHz frames, and the
-caller's packets decoded to canonical frames on the event loop.
+"""Opus both ways: the agent's payloads from canonical 16 kHz frames, and the caller's
+packets decoded to canonical frames on the event loop.
 
-aiortc's sender encodes the ``AudioFrame``\\ s a track returns: at 48 kHz
-stereo, 96 kbit/s, in a thread-pool hop per frame, after computing each
-frame's audio level with numpy. A track may instead return encoded
-``av.Packet``\\ s, which the sender only packs into RTP, and that is what
-:class:`OpusPacketizer` makes: libopus (PyAV) fed the 16 kHz mono canonical
-frames directly (Opus takes 16 kHz input; the RTP clock stays 48 kHz, RFC
-7587), so there is no resampling, no thread hop and no level computation.
+aiortc's sender would encode ``AudioFrame``\\ s: at 48 kHz stereo, 96 kbit/s,
+in a thread-pool hop per frame, after computing each frame's audio level
+with numpy. :class:`OpusPacketizer` instead feeds libopus (PyAV) the 16 kHz
+mono canonical frames directly (Opus takes 16 kHz input; the RTP clock stays
+48 kHz, RFC 7587): no resampling, no thread hop and no level computation;
+:mod:`telephony_edge.webrtc.sender` puts its payloads into RTP. The encoder
+runs SILK wideband (``application=voip``, 32 kbit/s VBR, complexity 5):
+below 5 it costs less but scores lower (PESQ wideband on the speech
+fixture: 3.98 at 5, 3.31 at 1, 3.07 at 0), and CELT (``audio``,
+``lowdelay``) is cheaper only at a higher bit rate (``bench/profiles/webrtc.md``).
 While the agent is quiet, after one silent frame through the encoder (its
-tail), the same encoded silence packet is sent again without encoding.
-``bench/webrtc_load.py`` measures what this saves.
+tail), the same encoded silence payload is sent again without encoding.
 
 Inbound, aiortc would hand each packet to a decoder thread per call (a
 queue, a thread wake-up, and a hop back to the loop per packet) that decodes
@@ -22,7 +24,7 @@ only), and resamples it to canonical frames once.
 from __future__ import annotations
 
 import fractions
-from typing import Any, Final
+from typing import Final
 
 from av import AudioFrame, CodecContext
 from av.packet import Packet
@@ -32,7 +34,6 @@ from telephony_edge.audio.transcode import Pcm48kTo16k
 
 RTP_RATE: Final = 48_000
 RTP_SAMPLES: Final = RTP_RATE // 50  # 20 ms on the RTP clock
-TIME_BASE: Final = fractions.Fraction(1, RTP_RATE)
 BIT_RATE: Final = 32_000  # wideband speech
 COMPLEXITY: Final = 5  # of 0-10: most of the quality for half the CPU of 10
 _IN_SAMPLES: Final = FRAME_BYTES // 2
@@ -40,7 +41,7 @@ _IN_TIME_BASE: Final = fractions.Fraction(1, SAMPLE_RATE)
 
 
 class OpusPacketizer:
-    """Canonical 20 ms frames in, one Opus packet per frame out (pts on the RTP clock)."""
+    """Canonical 20 ms frames in, one Opus payload per frame out."""
 
     def __init__(self) -> None:
         codec = CodecContext.create("libopus", "w")
@@ -66,20 +67,15 @@ class OpusPacketizer:
         frame.time_base = _IN_TIME_BASE
         self._in += _IN_SAMPLES
         packets = self._codec.encode(frame)
-        return b"".join(bytes(p) for p in packets[:1]) if packets else None
+        return bytes(packets[0]) if packets else None
 
-    def packet(self, frame: bytes | None, pts: int) -> Packet[Any]:
-        """The packet for one 20 ms slot: ``frame`` (None: silence) at ``pts`` (48 kHz)."""
+    def payload(self, frame: bytes | None) -> bytes:
+        """The Opus payload for one 20 ms slot: ``frame``, or silence for None."""
         if frame is None and self._quiet:
-            payload: bytes | None = self._silence
-        else:
-            self._quiet = frame is None  # one silent frame through the encoder, then reuse
-            payload = self._encode(frame if frame is not None else SILENCE_FRAME)
-            self.encoded += 1
-        packet = Packet(payload or self._silence)
-        packet.pts = pts
-        packet.time_base = TIME_BASE
-        return packet
+            return self._silence
+        self._quiet = frame is None  # one silent frame through the encoder, then reuse
+        self.encoded += 1
+        return self._encode(frame if frame is not None else SILENCE_FRAME) or self._silence
 
 
 class OpusToCanonical:
