@@ -91,7 +91,6 @@ from telephony_edge.calls.leg import (
 from telephony_edge.calls.pacing import Pacer
 from telephony_edge.sip.dtmf_out import KeyPresses
 from telephony_edge.sip.family import bound_socket
-from telephony_edge.sip.heap import HEAP
 from telephony_edge.sip.leg_stats import MediaCounters, media_report, vars_of
 from telephony_edge.sip.playout import Decoder
 from telephony_edge.sip.rtcp import RR, SR, RtcpSession, build_bye, report_interval, sender_ssrc
@@ -223,7 +222,6 @@ class SipLeg(Leg):
         self._loop = asyncio.get_running_loop()
         self._counters = MediaCounters()  # what the Prometheus counters have of this call
         self._media_task = self._loop.create_task(self._media_timer())
-        HEAP.opened()  # memory given back once the worker's last SIP leg closed (sip/heap.py)
 
     # -- media description ---------------------------------------------------------
 
@@ -620,7 +618,6 @@ class SipLeg(Leg):
         if self._closed:
             return
         self._closed = True
-        HEAP.closed()
         self.ended("closed")
         if not self._handed_off:  # still up after a failure: the caller is released
             self._control.hangup(self.ref)
