@@ -71,7 +71,6 @@ from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.sdp import SessionDescription
-from av import FFmpegError
 from av.packet import Packet
 
 from telephony_edge import badinput, metrics
@@ -89,7 +88,7 @@ from telephony_edge.calls.leg import (
 from telephony_edge.webrtc import channel, consent, sender
 from telephony_edge.webrtc.candidates import filter_offer, printable, summary
 from telephony_edge.webrtc.ice import configuration, connections, gather_on, guard
-from telephony_edge.webrtc.opus import OpusPacketizer, OpusToCanonical
+from telephony_edge.webrtc.opus import OpusPacketizer, OpusToCanonical, Undecodable
 from telephony_edge.webrtc.ports import NoMediaPort
 from telephony_edge.webrtc.settings import WebRtcSettings
 from telephony_edge.webrtc.stats import media_report
@@ -194,7 +193,7 @@ class InboundAudio:
             if codec.name.lower() != "opus":
                 raise ValueError(f"unexpected codec {codec.name}")
             frames = self._opus.frames(encoded.data)
-        except FFmpegError:  # as aiortc's decoder: skip the packet, keep the decoder's state
+        except Undecodable:  # as aiortc's decoder: skip the packet, keep the decoder's state
             self.undecodable += 1
             return
         except Exception as exc:  # never into aiortc's transport, which would stop

@@ -16,21 +16,27 @@ tail), the same encoded silence payload is sent again without encoding.
 
 Inbound, aiortc would hand each packet to a decoder thread per call (a
 queue, a thread wake-up, and a hop back to the loop per packet) that decodes
-to 48 kHz stereo. :class:`OpusToCanonical` decodes the packet where it
-arrives instead, to 48 kHz mono (libopus through PyAV decodes at 48 kHz
-only), and resamples it to canonical frames once.
+to 48 kHz stereo, which the leg then resampled to 16 kHz mono.
+:class:`OpusToCanonical` decodes the packet where it arrives instead,
+straight to 16 kHz mono: libopus itself (the copy PyAV's wheel bundles,
+through ctypes), because PyAV's decoder (FFmpeg's) only ever outputs
+48 kHz. No resampling, and no FFmpeg packet or frame objects per packet.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import fractions
+import functools
+import weakref
+from pathlib import Path
 from typing import Final
 
+import av
 from av import AudioFrame, CodecContext
-from av.packet import Packet
 
 from telephony_edge.audio.frames import FRAME_BYTES, SAMPLE_RATE, SILENCE_FRAME, FrameSplitter
-from telephony_edge.audio.transcode import Pcm48kTo16k
 
 RTP_RATE: Final = 48_000
 RTP_SAMPLES: Final = RTP_RATE // 50  # 20 ms on the RTP clock
@@ -83,20 +89,51 @@ class OpusToCanonical:
     canonical 20 ms frames out."""
 
     def __init__(self) -> None:
-        codec = CodecContext.create("libopus", "r")
-        codec.format = "s16"
-        codec.layout = "mono"
-        codec.sample_rate = RTP_RATE
-        self._codec = codec
-        self._down = Pcm48kTo16k(channels=1)
+        lib = _libopus()
+        error = ctypes.c_int()
+        self._decoder = lib.opus_decoder_create(SAMPLE_RATE, 1, ctypes.byref(error))
+        if error.value != 0 or not self._decoder:
+            raise RuntimeError(f"opus_decoder_create failed ({error.value})")
+        weakref.finalize(self, lib.opus_decoder_destroy, self._decoder)
+        self._decode = lib.opus_decode
+        self._pcm = ctypes.create_string_buffer(_MAX_DECODED * 2)
         self._split = FrameSplitter(FRAME_BYTES)
 
     def frames(self, payload: bytes) -> list[bytes]:
-        """The whole canonical frames this packet completes (av.FFmpegError: undecodable)."""
-        decoded = self._codec.decode(Packet(payload))
-        if len(decoded) == 1:
-            frame = decoded[0]
-            pcm = bytes(frame.planes[0])[: frame.samples * 2]
-        else:
-            pcm = b"".join(bytes(f.planes[0])[: f.samples * 2] for f in decoded)
-        return self._split.push(self._down.process(pcm))
+        """The whole canonical frames this packet completes (:class:`Undecodable`: none)."""
+        samples = self._decode(self._decoder, payload, len(payload), self._pcm, _MAX_DECODED, 0)
+        if samples < 0:
+            raise Undecodable(f"opus_decode: error {samples}")
+        return self._split.push(self._pcm.raw[: samples * 2])
+
+
+class Undecodable(ValueError):
+    """libopus refused a payload (the packet is skipped, the decoder keeps its state)."""
+
+
+_MAX_DECODED: Final = SAMPLE_RATE * 120 // 1000  # Opus's longest packet, 120 ms
+
+
+@functools.cache
+def _libopus() -> ctypes.CDLL:
+    """libopus: the copy PyAV's wheel bundles (the encoder's), else the system's."""
+    bundled = Path(av.__file__).resolve().parent.parent / "av.libs"
+    found = sorted(bundled.glob("libopus*.so*"))
+    path = str(found[0]) if found else ctypes.util.find_library("opus")
+    if path is None:
+        raise RuntimeError("libopus not found (neither in PyAV's wheel nor on the system)")
+    lib = ctypes.CDLL(path)
+    lib.opus_decoder_create.restype = ctypes.c_void_p
+    lib.opus_decoder_create.argtypes = [ctypes.c_int32, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
+    lib.opus_decode.restype = ctypes.c_int
+    lib.opus_decode.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_char_p,
+        ctypes.c_int32,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_int,
+    ]
+    lib.opus_decoder_destroy.restype = None
+    lib.opus_decoder_destroy.argtypes = [ctypes.c_void_p]
+    return lib

@@ -1,14 +1,16 @@
-"""OpusPacketizer: canonical frames to Opus packets that a 48 kHz decoder plays back as speech."""
+"""OpusPacketizer: canonical frames to Opus packets that a 48 kHz decoder plays back as speech;
+OpusToCanonical: the caller's packets straight back to canonical frames."""
 
 from __future__ import annotations
 
 import audioop
 
+import pytest
 from aiortc.codecs.opus import OpusDecoder
 from aiortc.jitterbuffer import JitterFrame
 
 from telephony_edge.audio.frames import FRAME_BYTES
-from telephony_edge.webrtc.opus import RTP_SAMPLES, OpusPacketizer
+from telephony_edge.webrtc.opus import RTP_SAMPLES, OpusPacketizer, OpusToCanonical, Undecodable
 
 
 def test_speech_survives_the_round_trip_and_silence_is_not_encoded(speech: bytes) -> None:
@@ -29,3 +31,20 @@ def test_speech_survives_the_round_trip_and_silence_is_not_encoded(speech: bytes
     original = audioop.rms(speech[: len(frames) * FRAME_BYTES], 2)
     assert 0.6 * original < audioop.rms(speech_part, 2) < 1.4 * original
     assert audioop.rms(silence_part, 2) < 30
+
+
+def test_the_caller_s_packets_decode_straight_to_canonical_frames(speech: bytes) -> None:
+    frames = [speech[i : i + FRAME_BYTES] for i in range(0, len(speech) - FRAME_BYTES, FRAME_BYTES)]
+    opus = OpusPacketizer()
+    inbound = OpusToCanonical()
+    decoded: list[bytes] = []
+    for frame in [*frames, *[None] * 50]:
+        decoded += inbound.frames(opus.payload(frame))
+    assert len(decoded) == len(frames) + 50 and {len(f) for f in decoded} == {FRAME_BYTES}
+    heard = b"".join(decoded)
+    original = audioop.rms(speech[: len(frames) * FRAME_BYTES], 2)
+    assert 0.6 * original < audioop.rms(heard[: len(frames) * FRAME_BYTES], 2) < 1.4 * original
+    assert audioop.rms(b"".join(decoded[-25:]), 2) < 30
+    with pytest.raises(Undecodable):  # a corrupt packet (TOC code 3 with no count byte)
+        inbound.frames(b"\xff")
+    assert len(inbound.frames(opus.payload(frames[0]))) == 1  # the decoder goes on
