@@ -31,10 +31,11 @@ Opus-encoded); this process's own CPU (a saturated load generator shows up as
 loss that is not the edge's).
 
 ``--py-spy PATH`` samples the edge with py-spy during the steady state (all
-threads: aiortc decodes in one thread per receiver and encodes in the
-default executor) and writes the collapsed stacks to PATH; the report sorts
-the samples into Opus, SRTP, DTLS/crypto, ICE, the rest of aiortc, the edge's
-own code (resampling, bridge) and the event loop.
+threads; the edge decodes and encodes Opus on its loop, ``webrtc/opus.py``)
+and writes the collapsed stacks to PATH; the report sorts the samples into
+Opus, SRTP, DTLS/crypto, ICE, the rest of aiortc, the edge's own code
+(resampling, bridge, its RTP loop) and the event loop. Where the time went,
+lever by lever: ``bench/profiles/webrtc.md``.
 """
 
 from __future__ import annotations
