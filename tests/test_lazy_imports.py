@@ -25,7 +25,7 @@ HEAVY = ("aiortc", "av", "twilio", "vonage_voice", "aiobotocore", "redis", *TRAC
 PROBE = """
 import asyncio, json, sys
 from telephony_edge.app import create_app
-from telephony_edge.config import load_settings
+from telephony_edge.config_loading import load_settings
 
 async def main():
     create_app(load_settings(None, **json.loads(sys.argv[1])))
