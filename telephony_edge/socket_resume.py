@@ -106,7 +106,10 @@ async def network_ended(
         if isinstance(moving, dict) and moving.get("from_worker") == doc.data.get("owner"):
             break  # its worker let it go, and nobody took it over since
         if loop.time() >= deadline:
-            return False
+            # a bridge still letting go on this worker (a loaded loop) is waited for, bounded
+            local = service.manager.get(call_id) is not None
+            if not local or loop.time() >= deadline + migration.HAND_OFF_WAIT_S:
+                return False
         await asyncio.sleep(_POLL_S)
     try:
         taken = await coordinator.take_over(
