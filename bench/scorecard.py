@@ -448,15 +448,17 @@ def markdown(result: dict[str, Any], meta: dict[str, Any], plot: str | None) -> 
 def check(result: dict[str, Any]) -> list[str]:
     """What makes a run unfit to publish: lost frames, underruns, a missing figure."""
     problems = []
-    for r in result["rows"] + result["references"]:
+    named = [(r["network"], r) for r in result["rows"]]
+    named += [(f"{r['network']} reference", r) for r in result["references"]]
+    for name, r in named:
         if not r["cpu_s_per_call_minute"]:
-            problems.append(f"{r['network']}: no CPU figure")
+            problems.append(f"{name}: no CPU figure")
         if r["frames_lost"]:
-            problems.append(f"{r['network']}: {r['frames_lost']} frames lost")
+            problems.append(f"{name}: {r['frames_lost']} frames lost")
         if r["underruns"]:
-            problems.append(f"{r['network']}: {r['underruns']} playout underruns")
+            problems.append(f"{name}: {r['underruns']} playout underruns")
         if r["memory"].get("kb_per_call") is None:
-            problems.append(f"{r['network']}: no memory figure")
+            problems.append(f"{name}: no memory figure")
     for name, n in result["stall"]["networks"].items():
         if n["p50_before_ms"] is None or n["p50_from_1s_after_ms"] is None:
             problems.append(f"stall recovery, {name}: no delay heard before or after the stall")

@@ -22,7 +22,7 @@ import logging
 from aiohttp import WSCloseCode
 
 from telephony_edge.calls import migration
-from telephony_edge.calls.bridge import CallOver
+from telephony_edge.calls.bridge import CallBridge, CallOver
 from telephony_edge.calls.migration import Resumption
 from telephony_edge.calls.record import CallRecord, CallState
 from telephony_edge.calls.refusals import CallRejected
@@ -87,7 +87,8 @@ async def network_ended(
     it. It is taken over (one coordinator step: a socket that comes back meanwhile, or
     another worker told the same, wins or loses cleanly) and ended ``status`` with the
     conversation its live state kept, its one end-of-call webhook queued. A call whose
-    bridge still runs is its bridge's (its socket ends too); waited for up to ``wait_s``.
+    bridge still runs is its bridge's (its socket ends too); waited for up to ``wait_s``, and
+    one ending here (an API hang-up awaiting the network) at once: it ends the call itself.
     """
     coordinator = services.coordinator
     service = services.call_service
@@ -101,14 +102,17 @@ async def network_ended(
         final = None if network is None else network.final_status(provider_status)
         if final is None:
             return False
+        bridge = service.manager.get(call_id)
+        if isinstance(bridge, CallBridge) and bridge.ending_here:
+            return False  # its bridge ends it, with the cause it had first
         live = await coordinator.get_live(call_id)
         moving = live.doc.get("moving") if live is not None else None
         if isinstance(moving, dict) and moving.get("from_worker") == doc.data.get("owner"):
             break  # its worker let it go, and nobody took it over since
         if loop.time() >= deadline:
             # a bridge still letting go on this worker (a loaded loop) is waited for, bounded
-            local = service.manager.get(call_id) is not None
-            if not local or loop.time() >= deadline + migration.HAND_OFF_WAIT_S:
+            letting_go = isinstance(bridge, CallBridge) and bridge.handed_off
+            if not letting_go or loop.time() >= deadline + migration.HAND_OFF_WAIT_S:
                 return False
         await asyncio.sleep(_POLL_S)
     try:

@@ -37,6 +37,7 @@ ENCODE: dict[int, Callable[[bytes, int], bytes]] = {0: audioop.lin2ulaw, 8: audi
 HEADER = struct.Struct("!BBHII")
 State = tuple[int, tuple[tuple[int, int], ...]] | None  # audioop.ratecv's
 counters = {"calls": 0, "rtp_in": 0, "rtp_out": 0}
+LINGER_S = 1.0  # a call's RTP socket stays open this long after its BYE
 
 
 class Echo(asyncio.DatagramProtocol):
@@ -117,8 +118,8 @@ class Signalling(asyncio.DatagramProtocol):
             task.add_done_callback(self.answering.discard)
         elif method == "BYE":
             call = self.calls.pop(call_id, None)
-            if call is not None:
-                call[0].close()
+            if call is not None:  # the caller's last packets may pass its BYE on the way
+                asyncio.get_running_loop().call_later(LINGER_S, call[0].close)
             self.reply(fields, addr)
         elif method not in ("ACK", "SIP/2.0"):
             self.reply(fields, addr)

@@ -186,6 +186,12 @@ class CallBridge:
         return live and self.leg.resumable
 
     @property
+    def handed_off(self) -> bool:
+        """The call left this worker (a drain, its socket gone): its record is the next
+        owner's, whatever this bridge still holds while it lets go."""
+        return self._machine.moved is not None
+
+    @property
     def ending_here(self) -> bool:
         """The call is ending on this worker (not handed off): it is over, not to resume."""
         machine = self._machine

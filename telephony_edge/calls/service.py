@@ -252,7 +252,7 @@ class CallService(RemoteControl, Upkeep):
     async def get(self, call_id: str) -> CallRecord | None:
         live = self.manager.get(call_id)
         doc = await self.coordinator.get_call(call_id)
-        if isinstance(live, CallBridge):
+        if isinstance(live, CallBridge) and not live.handed_off:
             # the owner's live record lacks what other writers merged meanwhile (a
             # provider's status callback): the same answer on every worker
             if doc is not None:
