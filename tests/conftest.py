@@ -176,10 +176,14 @@ class TestLeg(Leg):
         pcm = pcm + SILENCE_FRAME * round(silence_after_s / 0.02)
         start = loop.time()
         for i in range(0, len(pcm) - FRAME_BYTES + 1, FRAME_BYTES):
-            self.events.put_nowait(pcm[i : i + FRAME_BYTES])
+            self.make_frame(pcm[i : i + FRAME_BYTES])
             delay = start + (i // FRAME_BYTES + 1) * 0.02 - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+
+    def make_frame(self, frame: bytes) -> None:
+        """The network made a caller frame: queued for :meth:`recv`."""
+        self.events.put_nowait(frame)
 
     def heard_audio(self, since: float = 0.0) -> bytes:
         return b"".join(f for t, f in self.heard if t >= since)

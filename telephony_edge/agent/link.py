@@ -233,17 +233,21 @@ class AgentLink:
         caller → agent path's per-frame cost: one masked frame written to the
         transport, not aiohttp's coroutine chain.
         """
+        if not self.can_send_now():
+            return False
+        self._transport.write(masked_frame(pcm, OP_BINARY))  # type: ignore[union-attr]
+        return True
+
+    def can_send_now(self) -> bool:
+        """Whether :meth:`send_audio_now` would send: the socket open and not backed up."""
         ws, transport = self._ws, self._transport
-        if (
+        return not (
             ws is None
             or transport is None
             or ws.closed
             or transport.is_closing()
             or transport.get_write_buffer_size() > SEND_NOW_LIMIT
-        ):
-            return False
-        transport.write(masked_frame(pcm, OP_BINARY))
-        return True
+        )
 
     async def send_audio(self, pcm: bytes) -> None:
         assert self._ws is not None

@@ -54,7 +54,7 @@ from telephony_edge.amd.detector import AmdDetector, Verdict
 from telephony_edge.amd.policy import Voicemail
 from telephony_edge.audio.frames import FRAME_MS
 from telephony_edge.calls import machine as m
-from telephony_edge.calls import relay_latency
+from telephony_edge.calls import relay_latency, transfer_run
 from telephony_edge.calls.agent_playout import SLOW_RELAY_S, AgentPlayout
 from telephony_edge.calls.bridge_hooks import (
     DEFAULT_LIMITS,
@@ -148,6 +148,7 @@ class CallBridge:
         self._prebuffer: deque[LegEvent] = deque()
         self._prebuffer_max = int(limits.preconnect_buffer_s * 1000 / FRAME_MS)
         self._ready = False  # caller audio goes straight to the agent
+        self._pump_idle = False  # the caller pump waits for the leg: a frame may skip it
         self._ending = asyncio.Event()
         self._teardown_actions: list[m.Action] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -235,6 +236,7 @@ class CallBridge:
         TRIMMER.call_started()
         try:
             self._spawn(self._pump_caller(), "caller")
+            self.leg.frame_sink = self._caller_frame_now
             try:
                 refusal = await self._hooks.begin(self.record)
             except CallOver as exc:
@@ -468,6 +470,7 @@ class CallBridge:
                 await self.leg.close()
 
     async def _stop_tasks(self) -> None:
+        self.leg.frame_sink = None
         self._agent.stop()
         self._pacer.unsubscribe(self._clock)
         if self._timer is not None:
@@ -482,33 +485,19 @@ class CallBridge:
     # -- caller → agent ----------------------------------------------------
 
     async def _pump_caller(self) -> None:
-        leg, link, machine, clock = self.leg, self.link, self._machine, self._clock
-        loop = asyncio.get_running_loop()
+        leg, link = self.leg, self.link
         perf = time.perf_counter
-        recorder = self._recorder
         try:
             while True:
+                self._pump_idle = True
                 event = await leg.recv()
+                self._pump_idle = False
                 if type(event) is bytes:
-                    if recorder is not None:
-                        recorder.caller(event)
-                    if self._first_frame_at is None:
-                        self._first_frame_at = loop.time()
-                    if audioop.rms(event, 2) > ACTIVITY_RMS:
-                        machine.note_activity(loop.time())
-                    if self._detector is not None:
-                        self._detect(event, self._detector)
-                    if self._ready:
-                        if not clock.admit(event, loop.time()):
-                            _AHEAD.inc()  # a burst after a stall, or a fast clock
-                            continue
+                    if not self._take_caller_frame(event):  # the link is backed up: wait
                         t0 = perf()
-                        if not link.send_audio_now(event):
-                            await link.send_audio(event)  # backed up: wait (or raise)
+                        await link.send_audio(event)
                         cost = perf() - t0
                         _C2A.observe(cost, self._exemplar if cost > SLOW_RELAY_S else None)
-                    else:
-                        self._buffer_early(event)
                 elif isinstance(event, LegEnded):
                     self._feed(m.LegGone(event.status, event.error, event.timeout, event.moved))
                     return
@@ -518,6 +507,42 @@ class CallBridge:
                     self._buffer_early(event)
         except ConnectionError as exc:  # writing to a link the core has dropped
             self._feed(m.AgentClosed(f"agent core link lost: {exc}"))
+
+    def _caller_frame_now(self, frame: bytes) -> bool:
+        """A leg's caller frame handed over in the leg's own callback (SIP's pacer tick),
+        past its queue and the pump's wake-up; False: the leg queues it for the pump (the
+        pump busy, the agent not ready or its link backed up, detection still running)."""
+        if not (self._pump_idle and self._ready and self._detector is None):
+            return False
+        if self._ending.is_set() or not self.link.can_send_now():
+            return False
+        if not self._take_caller_frame(frame):  # checked just above: cannot be backed up
+            self._spawn(self.link.send_audio(frame), "caller-frame")
+        return True
+
+    def _take_caller_frame(self, frame: bytes) -> bool:
+        """One caller frame: recorded, watched for activity (and detection), then relayed,
+        or held until the agent is ready; False: the link is backed up, the frame unsent."""
+        now = asyncio.get_running_loop().time()
+        if self._recorder is not None:
+            self._recorder.caller(frame)
+        if self._first_frame_at is None:
+            self._first_frame_at = now
+        if audioop.rms(frame, 2) > ACTIVITY_RMS:
+            self._machine.note_activity(now)
+        if self._detector is not None:
+            self._detect(frame, self._detector)
+        if not self._ready:
+            self._buffer_early(frame)
+        elif not self._clock.admit(frame, now):
+            _AHEAD.inc()  # a burst after a stall, or a fast clock
+        else:
+            t0 = time.perf_counter()
+            if not self.link.send_audio_now(frame):
+                return False
+            cost = time.perf_counter() - t0
+            _C2A.observe(cost, self._exemplar if cost > SLOW_RELAY_S else None)
+        return True
 
     def _buffer_early(self, event: LegEvent) -> None:
         if len(self._prebuffer) >= self._prebuffer_max:
@@ -649,32 +674,13 @@ class CallBridge:
     # -- transfer and reports -------------------------------------------------
 
     def _start_transfer(self, action: m.Transfer) -> None:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done = transfer_run.outcome_future(action)
         if action.by == "api":
             self._api_transfer = done
-        else:
-            done.add_done_callback(_consume)
         self._spawn(self._run_transfer(action, done), "transfer")
 
     async def _run_transfer(self, action: m.Transfer, done: asyncio.Future[None]) -> None:
-        destination = action.destination
-        log.info("transferring the call to %s (asked by the %s)", destination, action.by)
-        with self._trace.transfer(action.by) as span:
-            try:
-                if not self.leg.capabilities.can_transfer_to(destination):
-                    raise NotSupported(f"this network cannot transfer to {destination}")
-                await self.leg.transfer(destination)
-            except asyncio.CancelledError:  # the call ended meanwhile
-                done.set_exception(NotSupported("the call ended during the transfer"))
-                raise
-            except Exception as exc:
-                log.warning("transfer to %s failed: %s", destination, exc)
-                span.fail(str(exc) or repr(exc))
-                done.set_exception(exc)
-                self._feed(m.TransferDone(destination, action.by, error=str(exc) or repr(exc)))
-                return
-        done.set_result(None)
-        self._feed(m.TransferDone(destination, action.by))
+        self._feed(await transfer_run.run_transfer(self.leg, self._trace, action, done))
 
     async def _report(self, action: m.ReportToAgent) -> None:
         if action.bad_input:  # the core's own fault: counted, warned rate-limited
@@ -691,9 +697,3 @@ class CallBridge:
     async def _tell(self, method: str, data: dict[str, Any]) -> None:
         with contextlib.suppress(ConnectionError, AssertionError):  # link gone: nobody to tell
             await self.link.send_message(method, data)
-
-
-def _consume(future: asyncio.Future[None]) -> None:
-    """Mark an agent transfer's outcome as seen (the machine already got it)."""
-    if not future.cancelled():
-        future.exception()

@@ -24,6 +24,7 @@ few, RTP none), and what it can do (``capabilities``); anything else raises
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar, Literal, Protocol
@@ -125,6 +126,10 @@ class Leg(abc.ABC):
     #: (:meth:`hand_off`): its live state is kept for another worker (``calls.migration``)
     resumable: bool = False
     capabilities: ClassVar[Capabilities] = Capabilities()
+    #: set by the call's bridge: a leg that makes caller frames in a callback of its own
+    #: (SIP's pacer tick) offers each here first, and queues it for :meth:`recv` if the
+    #: sink says False (see ``CallBridge._caller_frame_now``)
+    frame_sink: Callable[[bytes], bool] | None = None
 
     @abc.abstractmethod
     async def recv(self) -> LegEvent:

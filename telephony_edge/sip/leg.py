@@ -369,7 +369,9 @@ class SipLeg(Leg):
         frame = playout.pull(now)
         if frame is not None:
             self.frames_in += 1
-            self._put(frame)
+            sink = self.frame_sink  # straight to the bridge, unless frames wait in the queue
+            if sink is None or self._events or not sink(frame):
+                self._put(frame)
 
     def dtmf(self, digit: str) -> None:
         """A key from SIP INFO (RFC 4733 keys come through :meth:`on_rtp`)."""

@@ -6,6 +6,7 @@ import asyncio
 import audioop
 import itertools
 import statistics
+from dataclasses import dataclass
 from typing import Any
 
 from telephony_edge.audio.frames import SILENCE_FRAME
@@ -276,3 +277,45 @@ async def test_the_legs_media_statistics_are_stored_with_the_end(make_edge: Any)
     assert final.media_stats == {"packets_lost": 3, "jitter_ms": 4.5}
     stored = await edge.services.coordinator.get_call(record.call_id)
     assert stored is not None and stored.data["media_stats"] == final.media_stats
+
+
+@dataclass(eq=False)
+class SinkLeg(TestLeg):
+    """A leg that makes caller frames in a callback of its own, as SIP's pacer tick does:
+    each offered to the bridge's sink first, queued for ``recv`` when it says no."""
+
+    __test__ = False
+    sunk: int = 0
+    queued: int = 0
+
+    def make_frame(self, frame: bytes) -> None:
+        sink = self.frame_sink
+        if sink is not None and self.events.empty() and sink(frame):
+            self.sunk += 1
+        else:
+            self.queued += 1
+            self.events.put_nowait(frame)
+
+
+async def test_a_leg_hands_caller_frames_to_the_bridge_past_its_queue(
+    make_edge: Any, speech: bytes
+) -> None:
+    """Issue 21: a frame made in the leg's own callback goes to the agent there and then,
+    with no wake-up of the caller pump; until the agent is ready frames queue, in order."""
+    edge: Edge = await make_edge()
+    leg = SinkLeg()
+    record, task = await start_call(edge, leg)
+    await leg.speak(SILENCE_FRAME * 10)  # while the agent link connects: queued
+    assert leg.queued >= 1
+    await wait_for(lambda: record.state is CallState.ACTIVE)
+    await asyncio.sleep(0.5)
+    queued = leg.queued
+    await leg.speak(speech, silence_after_s=1.0)
+    frames = len(speech) // 640 + 50
+    assert leg.sunk >= frames * 0.9, (leg.sunk, leg.queued - queued)
+    # the echo agent heard it all: the caller's words come back
+    await wait_for(lambda: sum(voiced(f) for _, f in leg.heard) * 0.02 > len(speech) / 32000 * 0.6)
+    leg.events.put_nowait(LegEnded("completed"))
+    final = await asyncio.wait_for(task, 5)
+    assert final.call_status is CallStatus.USER_ENDED
+    assert leg.frame_sink is None  # nothing reaches a bridge that has let go
