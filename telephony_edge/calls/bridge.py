@@ -509,7 +509,7 @@ class CallBridge:
             self._feed(m.AgentClosed(f"agent core link lost: {exc}"))
 
     def _caller_frame_now(self, frame: bytes) -> bool:
-        """A leg's caller frame handed over in the leg's own callback (SIP's pacer tick),
+        """A leg's caller frame handed over in the leg's own callback (SIP's tick, WebRTC's Opus),
         past its queue and the pump's wake-up; False: the leg queues it for the pump (the
         pump busy, the agent not ready or its link backed up, detection still running)."""
         if not (self._pump_idle and self._ready and self._detector is None):

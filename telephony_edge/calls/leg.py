@@ -127,8 +127,8 @@ class Leg(abc.ABC):
     resumable: bool = False
     capabilities: ClassVar[Capabilities] = Capabilities()
     #: set by the call's bridge: a leg that makes caller frames in a callback of its own
-    #: (SIP's pacer tick) offers each here first, and queues it for :meth:`recv` if the
-    #: sink says False (see ``CallBridge._caller_frame_now``)
+    #: (SIP's pacer tick, WebRTC's decoded Opus) offers each here first, and queues it for
+    #: :meth:`recv` if the sink says False (see ``CallBridge._caller_frame_now``)
     frame_sink: Callable[[bytes], bool] | None = None
 
     @abc.abstractmethod

@@ -200,9 +200,11 @@ class InboundAudio:
             log.exception("WebRTC inbound audio failed", extra={"provider": "webrtc"})
             leg._end(LegEnded("failed", f"inbound audio: {exc}"))
             return
-        for pcm in frames:
+        sink, events = leg.frame_sink, leg._events
+        for pcm in frames:  # to the bridge now, unless frames wait in the queue (issue 21)
             leg.frames_in += 1
-            leg._events.put_nowait(pcm)
+            if sink is None or not events.empty() or not sink(pcm):
+                events.put_nowait(pcm)
 
 
 class WebRtcLeg(Leg):
