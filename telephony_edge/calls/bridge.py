@@ -496,8 +496,7 @@ class CallBridge:
                     if not self._take_caller_frame(event):  # the link is backed up: wait
                         t0 = perf()
                         await link.send_audio(event)
-                        cost = perf() - t0
-                        _C2A.observe(cost, self._exemplar if cost > SLOW_RELAY_S else None)
+                        _C2A.observe(perf() - t0, self._exemplar)  # slow: a backed-up link
                 elif isinstance(event, LegEnded):
                     self._feed(m.LegGone(event.status, event.error, event.timeout, event.moved))
                     return
@@ -509,15 +508,17 @@ class CallBridge:
             self._feed(m.AgentClosed(f"agent core link lost: {exc}"))
 
     def _caller_frame_now(self, frame: bytes) -> bool:
-        """A leg's caller frame handed over in the leg's own callback (SIP's tick, WebRTC's Opus),
-        past its queue and the pump's wake-up; False: the leg queues it for the pump (the
-        pump busy, the agent not ready or its link backed up, detection still running)."""
-        if not (self._pump_idle and self._ready and self._detector is None):
+        """A caller frame made in the leg's own callback (SIP's tick, WebRTC's Opus) and sent
+        here, past its queue and the pump's wake-up; False: the pump takes it (busy, the
+        agent not ready, the link backed up, detection running: it logs in the call's context)."""
+        free = self._pump_idle and self._ready and self._detector is None
+        if not free or self._ending.is_set() or not self.link.can_send_now():
             return False
-        if self._ending.is_set() or not self.link.can_send_now():
-            return False
-        if not self._take_caller_frame(frame):  # checked just above: cannot be backed up
-            self._spawn(self.link.send_audio(frame), "caller-frame")
+        try:
+            self._take_caller_frame(frame)  # sent: the link is not backed up (checked above)
+        except Exception as exc:  # the call fails, as in its pump, not the leg's callback
+            log.error("caller frame failed", exc_info=exc, extra={"call_id": self.call_id})
+            self._feed(m.Failed("caller", repr(exc)))
         return True
 
     def _take_caller_frame(self, frame: bytes) -> bool:

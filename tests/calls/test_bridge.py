@@ -319,3 +319,27 @@ async def test_a_leg_hands_caller_frames_to_the_bridge_past_its_queue(
     final = await asyncio.wait_for(task, 5)
     assert final.call_status is CallStatus.USER_ENDED
     assert leg.frame_sink is None  # nothing reaches a bridge that has let go
+
+
+async def test_a_frame_that_fails_in_the_legs_callback_fails_its_call_not_the_leg(
+    make_edge: Any, monkeypatch: Any
+) -> None:
+    """The sink runs in the leg's callback (SIP: the worker's pacer tick, which drops a
+    tick that raises): a bug there ends the call ``error``, as in its pump, and never
+    reaches the leg."""
+    edge: Edge = await make_edge()
+    leg = SinkLeg()
+    record, task = await start_call(edge, leg)
+    await wait_for(lambda: record.state is CallState.ACTIVE)
+    await wait_for(lambda: leg.frame_sink is not None)
+    await asyncio.sleep(0.3)  # the greeting's chime: the pump idle again
+
+    def broken(frame: bytes) -> bool:
+        raise RuntimeError("a bug on the caller's path")
+
+    bridge = edge.services.call_service.manager.get(record.call_id)
+    monkeypatch.setattr(bridge, "_take_caller_frame", broken)
+    leg.make_frame(SILENCE_FRAME)  # raises nothing here
+    final = await asyncio.wait_for(task, 5)
+    assert final.call_status is CallStatus.ERROR
+    assert "a bug on the caller's path" in (final.error_message or "")
