@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 CALL_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 #: finished recordings remembered for a late end-of-call report (a coordinator outage)
 MAX_REMEMBERED = 1000
+#: how long a recording let go here may be taken back by its call ending here (the network's
+#: final status comes within seconds of its socket's end)
+TAKE_BACK_S = 60.0
 #: a recording starts only if this much of it fits in the spool (as PCM: compressed is less)
 HEADROOM_S = 10
 #: a spool file written this recently may still be a dead worker's ffmpeg's: adopted later
@@ -271,6 +274,9 @@ class Recordings:
         self._finishing: set[asyncio.Task[Any]] = set()  # results, and parts' uploads
         self._done: OrderedDict[str, RecordedFile] = OrderedDict()
         self._left: set[str] = set()  # parts let go for the call's next worker to join
+        # what was let go, and its stop: taken back if the call ends here after all
+        self._let_go: OrderedDict[str, tuple[float, CallRecording, asyncio.Future[None]]]
+        self._let_go = OrderedDict()
 
     @property
     def secret(self) -> str | None:
@@ -355,10 +361,20 @@ class Recordings:
         recording = self._live.pop(call_id, None)
         if recording is None:
             return
+        leaving = asyncio.ensure_future(self._leave(recording))
+        now = time.monotonic()
+        while self._let_go and next(iter(self._let_go.values()))[0] < now - TAKE_BACK_S:
+            self._let_go.popitem(last=False)
+        self._let_go[call_id] = (now, recording, leaving)
+        await leaving
+
+    async def _leave(self, recording: CallRecording) -> None:
         try:
             await recording.stop()
         except Exception as exc:  # kept as written so far
-            log.warning("recording part not finished: %r", exc, extra={"call_id": call_id})
+            log.warning(
+                "recording part not finished: %r", exc, extra={"call_id": recording.call_id}
+            )
         finally:
             self.spool.release(recording.claim, delete=False)
             self._release_earlier(recording)
@@ -381,7 +397,7 @@ class Recordings:
         ``keep``: remember the result for a later report of the call's end
         (a coordinator outage deferred it); the next call without it takes it.
         """
-        recording = self._live.pop(call_id, None)
+        recording = self._live.pop(call_id, None) or await self._take_back(call_id)
         if recording is None:
             done = self._done.get(call_id) if keep else self._done.pop(call_id, None)
             return None if done is None else done.payload()
@@ -404,6 +420,28 @@ class Recordings:
             while len(self._done) > MAX_REMEMBERED:
                 self._done.popitem(last=False)
         return result.payload()
+
+    async def _take_back(self, call_id: str) -> CallRecording | None:
+        """The recording this worker let go whose call ends here after all (a Vonage caller
+        hangs up: the socket closes first, the call is handed off, and then the network
+        says ``completed``): whole again, unless another worker took its part on."""
+        left = self._let_go.pop(call_id, None)
+        if left is None or left[0] < time.monotonic() - TAKE_BACK_S:
+            return None
+        _, recording, leaving = left
+        await asyncio.wait({leaving})
+        name = recording.claim.path.name
+        try:
+            claim = self.spool.claim(name)
+        except OSError:  # gone: taken on, joined or uploaded elsewhere
+            return None
+        if claim is None:  # held by the call's next worker
+            return None
+        self._left.discard(name)
+        self._left.difference_update(recording.earlier)
+        recording.claim, recording.earlier, recording.missing = claim, {}, set()
+        recording.claim_earlier()
+        return recording
 
     async def _complete(self, recording: CallRecording) -> RecordedFile:
         claim, call_id = recording.claim, recording.call_id

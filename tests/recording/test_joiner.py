@@ -136,3 +136,40 @@ async def test_a_live_state_naming_files_of_no_part_of_the_call_never_touches_th
     assert payload is not None
     assert [p["joined"] for p in payload["parts"]] == [False, False, True]
     assert other.read_bytes() == outside.read_bytes() == b"RIFF"
+
+
+@pytest.mark.parametrize("options", [WAV, MP3], ids=["wav", "mp3"])
+async def test_a_part_let_go_is_taken_back_whole_when_its_call_ends_here(
+    tmp_path: Path, options: RecordingOptions
+) -> None:
+    """A Vonage caller's hang-up: the socket closes first, so the call is handed off and
+    its part let go; then the network's ``completed`` ends the call on this very worker.
+    Its recording is one file again, not a part left for a sweep (seen as a webhook with
+    no recording, one run in four)."""
+    if options is MP3:
+        require_binary("ffmpeg", "apt-get install ffmpeg")
+    a, clock = worker(tmp_path, "worker-a")
+    recording = a.start("call_hungup", options)
+    assert recording is not None
+    await feed(recording, clock, 3)
+    await a.let_go("call_hungup")
+    payload = await a.finish("call_hungup")
+    assert payload is not None and "parts" not in payload
+    assert abs(payload["duration_s"] - 3.0) < 0.1
+    assert names(tmp_path) == [f"call_hungup.{options.format}"]
+    assert a.local.find("call_hungup") == tmp_path / f"call_hungup.{options.format}"
+    await a.close()  # and a drain does not upload it again as a part left behind
+
+
+async def test_a_part_another_worker_took_on_is_not_taken_back(tmp_path: Path) -> None:
+    a, clock = worker(tmp_path, "worker-a")
+    recording = a.start("call_moved", WAV)
+    assert recording is not None
+    await feed(recording, clock, 2)
+    entry = a.live_state("call_moved")
+    await a.let_go("call_moved")
+    b, _ = worker(tmp_path, "worker-b")
+    assert b.start("call_moved", WAV, Continued(1, entry, 2.0)) is not None  # claims A's part
+    assert await a.finish("call_moved") is None
+    payload = await b.finish("call_moved")  # B joins it
+    assert payload is not None and [p["joined"] for p in payload["parts"]] == [True, True]
