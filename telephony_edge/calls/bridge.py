@@ -78,6 +78,7 @@ from telephony_edge.logs import current_call_id
 log = logging.getLogger(__name__)
 
 _C2A = relay_latency.CALLER_TO_AGENT
+_loop, _perf = asyncio.get_running_loop, time.perf_counter  # per caller frame
 _CONCEALED = metrics.CALLER_FRAMES_FILLED.labels(kind="concealment")
 _SILENCE = metrics.CALLER_FRAMES_FILLED.labels(kind="silence")
 _AHEAD = metrics.FRAMES_DROPPED.labels(reason="ahead_of_call_clock")
@@ -486,7 +487,6 @@ class CallBridge:
 
     async def _pump_caller(self) -> None:
         leg, link = self.leg, self.link
-        perf = time.perf_counter
         try:
             while True:
                 self._pump_idle = True
@@ -494,9 +494,9 @@ class CallBridge:
                 self._pump_idle = False
                 if type(event) is bytes:
                     if not self._take_caller_frame(event):  # the link is backed up: wait
-                        t0 = perf()
+                        t0 = _perf()
                         await link.send_audio(event)
-                        _C2A.observe(perf() - t0, self._exemplar)  # slow: a backed-up link
+                        _C2A.observe(_perf() - t0, self._exemplar)  # slow: a backed-up link
                 elif isinstance(event, LegEnded):
                     self._feed(m.LegGone(event.status, event.error, event.timeout, event.moved))
                     return
@@ -524,24 +524,25 @@ class CallBridge:
     def _take_caller_frame(self, frame: bytes) -> bool:
         """One caller frame: recorded, watched for activity (and detection), then relayed,
         or held until the agent is ready; False: the link is backed up, the frame unsent."""
-        now = asyncio.get_running_loop().time()
-        if self._recorder is not None:
-            self._recorder.caller(frame)
+        now = _loop().time()
+        recorder, detector = self._recorder, self._detector
+        if recorder is not None:
+            recorder.caller(frame)
         if self._first_frame_at is None:
             self._first_frame_at = now
         if audioop.rms(frame, 2) > ACTIVITY_RMS:
             self._machine.note_activity(now)
-        if self._detector is not None:
-            self._detect(frame, self._detector)
+        if detector is not None:
+            self._detect(frame, detector)
         if not self._ready:
             self._buffer_early(frame)
         elif not self._clock.admit(frame, now):
             _AHEAD.inc()  # a burst after a stall, or a fast clock
         else:
-            t0 = time.perf_counter()
+            t0 = _perf()
             if not self.link.send_audio_now(frame):
                 return False
-            cost = time.perf_counter() - t0
+            cost = _perf() - t0
             _C2A.observe(cost, self._exemplar if cost > SLOW_RELAY_S else None)
         return True
 
@@ -630,11 +631,10 @@ class CallBridge:
     async def _pump_agent(self) -> None:
         link, playout, limits = self.link, self._playout, self._limits
         conversation = self.conversation
-        perf = time.perf_counter
         while True:
             event = await link.recv()
             if type(event) is bytes:
-                playout.push(event, perf())
+                playout.push(event, _perf())
             elif isinstance(event, AgentMessage):
                 method, data = event.method, event.data
                 if method in COMMANDS:
