@@ -167,8 +167,7 @@ class Answerer:
             if leg is not None:
                 await leg.close()  # its port goes back through release()
             else:
-                if rtp.transport is not None:
-                    rtp.transport.close()
+                rtp.close()
                 self.endpoint.rtp_ports.release(port)
             # the registration is spent: the call record ends here, once (compare-and-set)
             await services.call_service.update_provider_status(record.call_id, "cancelled")

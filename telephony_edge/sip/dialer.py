@@ -240,6 +240,5 @@ class Dialer:
         )
 
     def _free(self, dialling: _Dialling) -> None:
-        if dialling.rtp.transport is not None:
-            dialling.rtp.transport.close()
+        dialling.rtp.close()
         self.endpoint.rtp_ports.release(dialling.port)

@@ -90,14 +90,19 @@ from telephony_edge.calls.leg import (
 )
 from telephony_edge.calls.pacing import Pacer
 from telephony_edge.sip.dtmf_out import KeyPresses
-from telephony_edge.sip.family import bound_socket
 from telephony_edge.sip.leg_stats import MediaCounters, media_report, vars_of
 from telephony_edge.sip.playout import Decoder
 from telephony_edge.sip.rtcp import RR, SR, RtcpSession, build_bye, report_interval, sender_ssrc
 from telephony_edge.sip.rtp import Address, DtmfDigit, Held, RtpInbound, RtpSender
 from telephony_edge.sip.rtp_out import OutboundStream
 from telephony_edge.sip.rtp_socket import RtcpProtocol, RtpProtocol
-from telephony_edge.sip.rtp_source import LEARN_PACKETS, LEARN_WINDOW_S, SourceLearner
+from telephony_edge.sip.rtp_source import (
+    LEARN_PACKETS,
+    LEARN_WINDOW_S,
+    RtcpArrival,
+    SourceLearner,
+    Verdict,
+)
 from telephony_edge.sip.sdp import Negotiated
 from telephony_edge.sip.sendto import send_datagram
 from telephony_edge.sip.srtp import SrtpSession, secure
@@ -213,6 +218,7 @@ class SipLeg(Leg):
         self.sources: SourceLearner[Held] | None = None  # from the first media description
         self._foreign_warned_at: float | None = None
         self._foreign_unreported = 0
+        self._rtcp_foreign_reported = 0  # the source rule's RTCP counted foreign so far
         self.frames_in = 0
         self.frames_dropped = 0
         self.rtp_timeout_s = rtp_timeout_s
@@ -317,6 +323,8 @@ class SipLeg(Leg):
             self._foreign("rtp", sources.last_foreign, now, dropped)
         if locked:
             self._last_rtp = now
+            for arrival in sources.take_held_rtcp(inbound.ssrc):  # the peer's, held till now
+                self._read_rtcp(arrival)
             natted = source != sources.signalled
             log.log(
                 logging.INFO if natted else logging.DEBUG,
@@ -328,6 +336,7 @@ class SipLeg(Leg):
                     "rtp_sdp": _text(sources.signalled),
                 },
             )
+        self._report_rtcp_foreign(sources, now)  # held RTCP judged, or let go at the window's end
 
     def _foreign(self, protocol: str, source: Address | None, now: float, count: int = 1) -> None:
         """Count packets dropped as foreign; warn, sampled, naming the call."""
@@ -416,17 +425,15 @@ class SipLeg(Leg):
     # -- RTCP and inactivity ---------------------------------------------------------
 
     async def _open_rtcp(self) -> None:
-        transport = self._rtp.transport
-        if transport is None:
+        sock, self._rtp.rtcp_sock = self._rtp.rtcp_sock, None  # bound with the RTP port
+        if sock is None:
             return
-        host = transport.get_extra_info("sockname")[0]  # of the RTP socket's family
-        try:
-            _, self._rtcp_socket = await asyncio.get_running_loop().create_datagram_endpoint(
-                RtcpProtocol, sock=bound_socket(host, self.port + 1)
-            )
-        except OSError as exc:
-            log.warning("RTCP port unavailable", extra={"sip_call": self.ref, "error": str(exc)})
+        if self._rtp.transport is None:  # the call closed first
+            sock.close()
             return
+        _, self._rtcp_socket = await asyncio.get_running_loop().create_datagram_endpoint(
+            RtcpProtocol, sock=sock
+        )
         self._rtcp_socket.leg = self
         self._rtcp_socket.secure(self.srtp)
 
@@ -436,13 +443,24 @@ class SipLeg(Leg):
         if sources is None:
             return
         rtp_ssrc = inbound.ssrc if inbound is not None else None
-        if not sources.rtcp_accepts(source, sender_ssrc(data), rtp_ssrc):
-            _RTCP_STRANGER.inc()
-            self._foreign("rtcp", source, self._clock())
-            return
+        now = self._clock()
+        arrival = RtcpArrival(source, sender_ssrc(data), data, time.time())
+        verdict = sources.rtcp_check(arrival, rtp_ssrc, now)
+        self._report_rtcp_foreign(sources, now)
+        if verdict is Verdict.ACCEPT:
+            self._read_rtcp(arrival)
+
+    def _report_rtcp_foreign(self, sources: SourceLearner[Held], now: float) -> None:
+        dropped = sources.stats.rtcp_foreign - self._rtcp_foreign_reported
+        if dropped:
+            self._rtcp_foreign_reported += dropped
+            _RTCP_STRANGER.inc(dropped)
+            self._foreign("rtcp", sources.last_rtcp_foreign, now, dropped)
+
+    def _read_rtcp(self, arrival: RtcpArrival) -> None:
         sender, rtcp = self.sender, self.rtcp
         samples = rtcp.rtt_samples
-        if not rtcp.receive(data, time.time(), sender.ssrc if sender else None):
+        if not rtcp.receive(arrival.data, arrival.wall, sender.ssrc if sender else None):
             _RTCP_MALFORMED.inc()
             log.debug("malformed RTCP dropped", extra={"sip_call": self.ref})
             return
@@ -638,8 +656,7 @@ class SipLeg(Leg):
                 metrics.SIP_RTP_LOSS_RATIO.observe(reception.packets_lost / total)
         for socket in (self._rtp, self._rtcp_socket):
             if socket is not None:
-                if socket.transport is not None:
-                    socket.transport.close()
+                socket.close()  # the RTP one's RTCP port too, were it never opened
                 socket.leg = None
         self._control.release(self.ref)
         if self.inbound is not None:

@@ -195,8 +195,7 @@ class Resumer:
         try:
             record, resumed = await services.call_service.take_over(call_id, brk.generation)
         except (CallOver, CallRejected) as exc:
-            if rtp.transport is not None:
-                rtp.transport.close()
+            rtp.close()
             endpoint.rtp_ports.release(port)
             log.info("SIP call not taken over here: %s", exc, extra=extra)
             return False

@@ -7,7 +7,11 @@ from then on what they receive is unprotected before the leg sees it (dropped
 if it fails) and what goes out through their ``transport`` is protected
 (:mod:`telephony_edge.sip.srtp`).
 Ports are chosen at random in the configured range (:class:`RtpPorts`):
-sequential ones would tell a prober where the next call's media is. A call's
+sequential ones would tell a prober where the next call's media is. A port is
+taken only with the odd one above it, bound at the same time for RTCP: the
+edge's SDP names no ``a=rtcp``, so the peer sends its reports there (RFC
+3550), and were that port another process's (another worker's RTP in a shared
+range, a softphone's), the reports would go to it and the call would have none. A call's
 sockets are of its media's family (:mod:`telephony_edge.sip.family`), bound
 on the worker's address in that family; the range is shared by both.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import socket
 from collections.abc import Callable, Mapping
 from typing import Protocol, cast
 
@@ -45,6 +50,7 @@ class RtpProtocol(asyncio.DatagramProtocol):
         self.srtp: SrtpSession | None = None
         self._plain: asyncio.DatagramTransport | None = None
         self._buffered: Callable[[], int] = _nothing_buffered
+        self.rtcp_sock: socket.socket | None = None  # the odd port above, bound with this one
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's UDP transport is not a subclass of asyncio's; it has the same methods
@@ -53,6 +59,14 @@ class RtpProtocol(asyncio.DatagramProtocol):
         size = getattr(transport, "get_write_buffer_size", None)
         self._buffered = size if callable(size) else _nothing_buffered
         self.secure(self.srtp)
+
+    def close(self) -> None:
+        """Close the socket, and the RTCP port bound with it if no leg took that."""
+        if self.transport is not None:
+            self.transport.close()
+        if self.rtcp_sock is not None:
+            self.rtcp_sock.close()
+            self.rtcp_sock = None
 
     def backlog(self) -> int:
         """Bytes the socket could not send yet (0 before it is open)."""
@@ -130,7 +144,8 @@ class RtpPorts:
         return [p for p in tries + sweep if p not in self.in_use]
 
     async def bind(self, family: Family | None = None) -> tuple[RtpProtocol, int]:
-        """An RTP socket in ``family`` (default: the first one), on a free port of the range."""
+        """An RTP socket in ``family`` (default: the first one), on a free port of the range
+        whose odd neighbour is free too (bound for RTCP: its ``rtcp_sock``)."""
         host = self.hosts[family] if family is not None else next(iter(self.hosts.values()))
         loop = asyncio.get_running_loop()
         for port in self.candidates():
@@ -140,7 +155,13 @@ class RtpPorts:
                 sock = bound_socket(host, port)
             except OSError:
                 continue  # taken by another process: try the next
+            try:
+                rtcp = bound_socket(host, port + 1)
+            except OSError:
+                sock.close()  # its RTCP port is another's: the pair is not free
+                continue
             _, protocol = await loop.create_datagram_endpoint(RtpProtocol, sock=sock)
+            protocol.rtcp_sock = rtcp
             self.in_use.add(port)
             return protocol, port
         raise OSError(f"no free RTP port in {self.low}-{self.high}")

@@ -49,12 +49,18 @@ The transitions, by phase and by what the packet's source is to the learner:
 
 LEARNING becomes CLOSED when ``now`` passes the window's end.
 
-RTCP follows RTP (:meth:`SourceLearner.rtcp_accepts`): a compound packet is
+RTCP follows RTP (:meth:`SourceLearner.rtcp_check`): a compound packet is
 taken from the signalled RTCP address (``a=rtcp``, RFC 3605, else the RTP
 port + 1) or the signalled RTP address (RFC 5761 mux), and once there is a
 peer from the peer's address, its port + 1, or any port of the peer's host
 when the packet's sender SSRC is the peer's RTP SSRC (NAT maps RTCP's port
-on its own; a stranger does not know the SSRC). RTCP goes back to where the
+on its own; a stranger does not know the SSRC). A NAT'd peer's first report
+often comes before its RTP is learned (baresip sends one as the call starts):
+while the window is open with no peer, RTCP from elsewhere is *held* (at most
+``MAX_HELD_RTCP``) and judged by the same rule when the peer is learned
+(:meth:`SourceLearner.take_held_rtcp`); what the new peer did not send, or what
+is still held when the window closes or the media moves, counts as foreign.
+RTCP goes back to where the
 last accepted RTCP came from (symmetric), else to the signalled RTCP address
 while the peer is the signalled one, else to the learned peer's port + 1.
 
@@ -77,6 +83,7 @@ T = TypeVar("T")
 LEARN_PACKETS = 4  # Asterisk's probation default
 LEARN_WINDOW_S = 10.0
 MAX_CANDIDATES = 8
+MAX_HELD_RTCP = 4  # a peer reports every few seconds: more than this before its RTP is not it
 
 
 class Phase(Enum):
@@ -142,6 +149,17 @@ class Candidate(Generic[T]):
 
 
 @dataclass(slots=True)
+class RtcpArrival:
+    """A compound RTCP packet as it came: where from, its first SSRC, its bytes and the wall
+    clock of its arrival (a round-trip time is read against that, however long it was held)."""
+
+    source: Address
+    sender_ssrc: int | None
+    data: bytes
+    wall: float
+
+
+@dataclass(slots=True)
 class SourceStats:
     foreign: int = 0  # packets dropped: not from the peer
     learned: int = 0  # peers learned by probation (not the signalled address)
@@ -155,8 +173,10 @@ class SourceLearner(Generic[T]):
     __slots__ = (
         "_candidates",
         "_held",
+        "_held_rtcp",
         "_until",
         "last_foreign",
+        "last_rtcp_foreign",
         "learn_packets",
         "peer",
         "phase",
@@ -185,9 +205,11 @@ class SourceLearner(Generic[T]):
         self.peer: Address | None = None
         self.rtcp_source: Address | None = None  # where the peer's accepted RTCP came from
         self.last_foreign: Address | None = None  # a source of the latest foreign packets
+        self.last_rtcp_foreign: Address | None = None  # that of the latest foreign RTCP
         self._until = 0.0
         self._candidates: dict[Address, Candidate[T]] = {}
         self._held: list[T] = []
+        self._held_rtcp: list[RtcpArrival] = []
         self.relearn(signalled, rtcp, now)
 
     def relearn(self, signalled: Address | None, rtcp: Address | None, now: float) -> None:
@@ -199,6 +221,7 @@ class SourceLearner(Generic[T]):
         self._until = now + self.window_s
         self._drop_candidates()
         self._held = []
+        self._drop_held_rtcp()
 
     def moves(self, signalled: Address | None, rtcp: Address | None) -> bool:
         """Whether a new description names other addresses than the current one."""
@@ -207,9 +230,7 @@ class SourceLearner(Generic[T]):
 
     def check(self, source: Address, ssrc: int, seq: int, now: float, item: T) -> Verdict:
         """What to do with a packet from ``source`` (``item`` is kept if it is held)."""
-        if self.phase is Phase.LEARNING and now >= self._until:
-            self.phase = Phase.CLOSED
-            self._drop_candidates()
+        self._expire(now)
         kind = (
             Kind.PEER
             if source == self.peer
@@ -228,6 +249,12 @@ class SourceLearner(Generic[T]):
             self.stats.foreign += 1
             self.last_foreign = source
         return verdict
+
+    def _expire(self, now: float) -> None:
+        if self.phase is Phase.LEARNING and now >= self._until:
+            self.phase = Phase.CLOSED
+            self._drop_candidates()
+            self._drop_held_rtcp()
 
     def _probation(self, source: Address, ssrc: int, seq: int, now: float, item: T) -> Verdict:
         candidate = self._candidates.get(source)
@@ -277,22 +304,58 @@ class SourceLearner(Generic[T]):
 
     # -- RTCP ------------------------------------------------------------------------
 
-    def rtcp_accepts(self, source: Address, sender_ssrc: int | None, rtp_ssrc: int | None) -> bool:
-        """Whether a compound RTCP packet from ``source`` (its first SSRC ``sender_ssrc``) is
-        the peer's, the peer's RTP SSRC being ``rtp_ssrc``; remembers where it came from."""
+    def rtcp_check(self, arrival: RtcpArrival, rtp_ssrc: int | None, now: float) -> Verdict:
+        """ACCEPT a compound RTCP packet as the peer's (the peer's RTP SSRC being
+        ``rtp_ssrc``; where it came from is remembered), HOLD it while a peer is still to be
+        learned (:meth:`take_held_rtcp` judges it then), or call it FOREIGN (counted)."""
+        self._expire(now)
+        if self._rtcp_from_peer(arrival.source, arrival.sender_ssrc, rtp_ssrc):
+            self.rtcp_source = arrival.source
+            return Verdict.ACCEPT
+        if self.phase is not Phase.LEARNING:
+            self._rtcp_foreign(arrival.source)
+            return Verdict.FOREIGN
+        held = self._held_rtcp
+        if len(held) >= MAX_HELD_RTCP:
+            self._rtcp_foreign(held.pop(0).source)
+        held.append(arrival)
+        return Verdict.HELD
+
+    def take_held_rtcp(self, rtp_ssrc: int | None) -> list[RtcpArrival]:
+        """The RTCP held before the peer was learned that the peer sent, in arrival order
+        (once); the rest counts as foreign."""
+        held, self._held_rtcp = self._held_rtcp, []
+        taken = []
+        for arrival in held:
+            if self.peer is not None and self._rtcp_from_peer(
+                arrival.source, arrival.sender_ssrc, rtp_ssrc
+            ):
+                self.rtcp_source = arrival.source
+                taken.append(arrival)
+            else:
+                self._rtcp_foreign(arrival.source)
+        return taken
+
+    def _rtcp_from_peer(
+        self, source: Address, sender_ssrc: int | None, rtp_ssrc: int | None
+    ) -> bool:
+        if source == self.signalled_rtcp or source == self.signalled:
+            return True
         peer = self.peer
-        ok = source in (self.signalled_rtcp, self.signalled)
-        if not ok and peer is not None:
-            ok = (
-                source == peer
-                or source == (peer[0], peer[1] + 1)
-                or (source[0] == peer[0] and sender_ssrc is not None and sender_ssrc == rtp_ssrc)
-            )
-        if ok:
-            self.rtcp_source = source
-        else:
-            self.stats.rtcp_foreign += 1
-        return ok
+        return peer is not None and (
+            source == peer
+            or source == (peer[0], peer[1] + 1)
+            or (source[0] == peer[0] and sender_ssrc is not None and sender_ssrc == rtp_ssrc)
+        )
+
+    def _rtcp_foreign(self, source: Address) -> None:
+        self.stats.rtcp_foreign += 1
+        self.last_rtcp_foreign = source
+
+    def _drop_held_rtcp(self) -> None:
+        for arrival in self._held_rtcp:
+            self._rtcp_foreign(arrival.source)
+        self._held_rtcp = []
 
     @property
     def rtcp_destination(self) -> Address | None:

@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 import secrets
+import time
 
 import pytest
 from prometheus_client import REGISTRY
@@ -187,6 +188,44 @@ async def test_a_natted_caller_is_learned_after_n_packets_and_a_stranger_never(
         sock.close()
 
 
+async def test_a_natted_callers_rtcp_before_its_rtp_is_read_once_learned_and_a_strangers_is_not(
+    sip_edge: Edge, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A phone behind NAT reports as the call starts (baresip does), before its RTP is
+    learned: its report is held and read once its RTP is, a stranger's held with it is
+    dropped then, with one warning naming the stranger and none naming the caller."""
+    named, behind_nat = await open_socket(), await open_socket()
+    nat_rtcp, stranger_sock = await open_socket(), await open_socket()
+    caller, ok = await start_call(sip_edge, sdp(named.port))
+    edge_rtp = ("127.0.0.1", media_port(ok.body))
+    edge_rtcp = (edge_rtp[0], edge_rtp[1] + 1)
+    leg = next(iter(sip_edge.app[SIP_ENDPOINT].legs.values()))
+    packets = caller_packets(first_seq=300)
+    ssrc = int.from_bytes(packets[0][8:12], "big")
+    rtcp_foreign_before = foreign_total("rtcp")
+    caller.send(caller.request("ACK", cseq=caller.cseq))
+    await wait_for(lambda: leg._rtcp_socket is not None, within=5)
+    with caplog.at_level(logging.WARNING, logger="telephony_edge.sip.leg"):
+        report = SenderInfo(ntp_time(time.time()), 0, 0, 0)
+        nat_rtcp.send(build_report(ssrc, report, ()), edge_rtcp)  # the NAT's own RTCP port
+        stranger_sock.send(build_report(ssrc ^ 1, report, ()), edge_rtcp)
+        await asyncio.sleep(0.3)
+        assert leg.rtcp.received == 0  # held: nobody's RTP is learned yet
+        assert foreign_total("rtcp") == rtcp_foreign_before
+        await play(behind_nat, edge_rtp, packets[: LEARN_PACKETS + 5])
+        await wait_for(lambda: leg.rtcp.received == 1, within=5)  # the caller's, read
+        caller.send(caller.request("BYE"))
+        assert (await caller.response("BYE")).status == 200
+        await wait_for(lambda: receiver.received, within=10)
+
+    assert leg.sources is not None and leg.sources.rtcp_source == ("127.0.0.1", nat_rtcp.port)
+    assert foreign_total("rtcp") - rtcp_foreign_before == 1  # the stranger's
+    warnings = [r.getMessage() for r in caplog.records if "from a stranger" in r.getMessage()]
+    assert len(warnings) == 1 and f"127.0.0.1:{stranger_sock.port}" in warnings[0], warnings
+    for sock in (named, behind_nat, nat_rtcp, stranger_sock, caller.sip):
+        sock.close()
+
+
 async def test_rtp_ports_are_even_at_random_in_the_range_and_taken_ones_are_skipped() -> None:
     from telephony_edge.sip.rtp_socket import RtpPorts  # (sequential, in the transport, before)
 
@@ -217,8 +256,32 @@ async def test_rtp_ports_are_even_at_random_in_the_range_and_taken_ones_are_skip
     with pytest.raises(OSError, match="no free RTP port"):
         await small.bind()
     assert protocol.transport is not None
-    protocol.transport.close()
+    protocol.close()
+    small.release(port)
     for transport in others:
+        transport.close()
+
+    # an even port whose odd neighbour is another's (its RTCP would go there) is not taken;
+    # the pair is bound together, and closing the call's RTP socket frees both
+    blocked = []
+    for port in (low + 1, low + 3, low + 7):
+        transport, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=("127.0.0.1", port)
+        )
+        blocked.append(transport)
+    protocol, port = await small.bind()
+    assert port == low + 4 and protocol.rtcp_sock is not None
+    assert protocol.rtcp_sock.getsockname()[1] == low + 5
+    with pytest.raises(OSError, match="no free RTP port"):
+        await small.bind()
+    protocol.close()
+    small.release(port)
+    assert protocol.rtcp_sock is None
+    await asyncio.sleep(0.05)  # the transport closes its socket on the loop's next turn
+    again, port = await small.bind()  # both ports free again
+    assert port == low + 4
+    again.close()
+    for transport in blocked:
         transport.close()
 
 

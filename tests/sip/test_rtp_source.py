@@ -7,9 +7,11 @@ import random
 
 from telephony_edge.sip.rtp_source import (
     MAX_CANDIDATES,
+    MAX_HELD_RTCP,
     TRANSITIONS,
     Kind,
     Phase,
+    RtcpArrival,
     SourceLearner,
     Verdict,
     normalize,
@@ -159,25 +161,67 @@ def test_seeded_strangers_around_a_call_never_cost_the_caller_a_packet() -> None
         assert rule.peer == SDP
 
 
+def rtcp(
+    rule: SourceLearner[int],
+    source: tuple[str, int],
+    ssrc: int,
+    rtp_ssrc: int | None,
+    now: float = 0.0,
+) -> Verdict:
+    """One compound RTCP packet from ``source`` whose first SSRC is ``ssrc``."""
+    return rule.rtcp_check(
+        RtcpArrival(source, ssrc, b"report %d" % ssrc, 1000.0 + now), rtp_ssrc, now
+    )
+
+
 def test_rtcp_follows_the_rtp_source() -> None:
     rule = SourceLearner[int](SDP, 0.0, rtcp=("192.0.2.10", 40011))  # a=rtcp:40011
     assert rule.rtcp_destination == ("192.0.2.10", 40011)
-    assert rule.rtcp_accepts(("192.0.2.10", 40011), 1, None)  # the offer's a=rtcp
-    assert not rule.rtcp_accepts(STRANGER, 1, None)
-    assert not rule.rtcp_accepts(("192.0.2.10", 40001), 1, None)  # not port + 1 when a=rtcp
+    assert rtcp(rule, ("192.0.2.10", 40011), 1, None) is A  # the offer's a=rtcp
+    feed(rule, [(SDP, 1, 100)])  # the caller's RTP from its SDP address: the peer
+    assert rtcp(rule, STRANGER, 1, 1) is F
+    assert rtcp(rule, ("192.0.2.10", 40001), 1, 1) is A  # its RTP port + 1 too
+    assert rtcp(rule, ("192.0.2.10", 40002), 2, 1) is F
     # a NAT'd caller: learned RTP; its RTCP from port + 1, or any port of its host with its SSRC
     rule = learner(learn_packets=2)
     assert rule.rtcp_destination == ("192.0.2.10", 40001)  # port + 1 without a=rtcp
     feed(rule, [(NAT, 5, 1), (NAT, 5, 2)])
     assert rule.rtcp_destination == (NAT[0], NAT[1] + 1)
-    assert rule.rtcp_accepts((NAT[0], NAT[1] + 1), 5, 5)
-    assert not rule.rtcp_accepts((NAT[0], 7000), 77, 5)  # another SSRC from another port
-    assert not rule.rtcp_accepts((STRANGER[0], 7000), 5, 5)  # the SSRC, from another host
-    assert rule.rtcp_accepts((NAT[0], 7000), 5, 5)
+    assert rtcp(rule, (NAT[0], NAT[1] + 1), 5, 5) is A
+    assert rtcp(rule, (NAT[0], 7000), 77, 5) is F  # another SSRC from another port
+    assert rtcp(rule, (STRANGER[0], 7000), 5, 5) is F  # the SSRC, from another host
+    assert rtcp(rule, (NAT[0], 7000), 5, 5) is A
     assert rule.rtcp_destination == (NAT[0], 7000)  # symmetric once it came
-    assert rule.stats.rtcp_foreign == 2
+    assert rule.stats.rtcp_foreign == 2 and rule.last_rtcp_foreign == (STRANGER[0], 7000)
     rule.relearn(SDP, None, 1.0)
     assert rule.rtcp_destination == ("192.0.2.10", 40001)
+
+
+def test_rtcp_before_a_natd_peers_rtp_is_held_and_judged_when_the_peer_is_learned() -> None:
+    rule = learner(learn_packets=2)
+    # baresip behind NAT reports as the call starts, before its RTP is learned
+    assert rtcp(rule, (NAT[0], NAT[1] + 1), 5, None) is H
+    assert rtcp(rule, STRANGER, 5, None, now=0.1) is H  # not judged yet either
+    assert rule.stats.rtcp_foreign == 0
+    feed(rule, [(NAT, 5, 1), (NAT, 5, 2)], now=0.2)
+    taken = rule.take_held_rtcp(5)
+    assert [(a.source, a.wall) for a in taken] == [((NAT[0], NAT[1] + 1), 1000.0)]  # as it came
+    assert rule.rtcp_source == (NAT[0], NAT[1] + 1)
+    assert rule.stats.rtcp_foreign == 1 and rule.last_rtcp_foreign == STRANGER
+    assert rule.take_held_rtcp(5) == []  # once
+
+
+def test_held_rtcp_is_bounded_and_foreign_when_no_peer_comes() -> None:
+    rule = learner(window_s=10.0)
+    for n in range(MAX_HELD_RTCP + 2):
+        assert rtcp(rule, STRANGER, n, None, now=float(n)) is H
+    assert rule.stats.rtcp_foreign == 2  # the oldest let go past the bound
+    assert rtcp(rule, STRANGER, 99, None, now=10.0) is F  # the window closed: no holding
+    assert rule.stats.rtcp_foreign == MAX_HELD_RTCP + 3  # what was held went with it
+    rule = learner()
+    assert rtcp(rule, STRANGER, 1, None) is H
+    rule.relearn(NAT, None, 1.0)  # the media moved: what was held is not the new peer's
+    assert rule.stats.rtcp_foreign == 1 and rule.take_held_rtcp(None) == []
 
 
 def test_addresses_as_sockets_report_them() -> None:
