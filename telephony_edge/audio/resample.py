@@ -58,6 +58,7 @@ itself, or 4-4.6 kHz content would alias into 3.4-4 kHz.
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from dataclasses import dataclass, field
 from functools import cache
@@ -296,10 +297,11 @@ class StreamResampler:
         self._m1, self._m2, self._m4 = _matrices(spec, block_in)
         matrix = self._m1
         self._small = _matrices(spec, spec.down)[0]
-        rows = frame_in // block_in
-        self._xf = np.empty((rows, block_in + hist), dtype=np.float32)
-        self._y = np.empty((rows, matrix.shape[1]), dtype=np.float32)
-        self._out = np.empty(self._y.shape, dtype=np.int16)
+        # Scratch for one frame's work, shared by every resampler of this shape on this thread:
+        # process() fills and empties it without yielding (about 10 kB of each call's memory)
+        self._xf, self._y, self._out = _scratch(
+            frame_in // block_in, block_in + hist, matrix.shape[1], threading.get_ident()
+        )
         self._quiet = int(_INT16_MAX / gain)
         self._loud = int(2 * _INT16_MAX / gain)
         self._prev_peak = 0
@@ -383,6 +385,18 @@ def _matrices(spec: FirSpec, block_in: int) -> tuple[NDArray[np.float32], ...]:
     for m in scaled:
         m.setflags(write=False)
     return scaled
+
+
+@cache
+def _scratch(
+    rows: int, width: int, outputs: int, thread: int
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.int16]]:
+    """The fast path's windows as float, its products and their int16 cast, for one thread."""
+    return (
+        np.empty((rows, width), dtype=np.float32),
+        np.empty((rows, outputs), dtype=np.float32),
+        np.empty((rows, outputs), dtype=np.int16),
+    )
 
 
 def _default_block(frame_in: int, down: int) -> int:

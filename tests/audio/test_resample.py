@@ -305,3 +305,37 @@ def test_multitone_reference_is_sane() -> None:
     # The delay test's ideal signal really is the same waveform at both rates.
     a, b = multitone(8000, 0.1, 100, 3300), multitone(16000, 0.1, 100, 3300)
     np.testing.assert_allclose(a, b[::2])
+
+
+@pytest.mark.parametrize("spec", ALL, ids=IDS)
+def test_calls_interleaved_give_each_its_own_stream_and_hold_only_their_state(
+    spec: FirSpec,
+) -> None:
+    """A worker's calls resample frame by frame in turn, each with its own history: the
+    streams match each call's alone, and a call's resampler holds its history and no
+    frame-sized scratch of its own (shared on the thread: 3-7 kB a resampler before)."""
+    import tracemalloc
+
+    frame = frame_of(spec)
+    inputs = [
+        noise(spec.rate_in, 0.2, peak, seed) for seed, peak in enumerate((3000, 20000, 32767))
+    ]
+    alone = [run(spec, data) for data in inputs]
+    together = [StreamResampler(spec, frame) for _ in inputs]
+    outputs: list[list[bytes]] = [[] for _ in inputs]
+    for start in range(0, len(inputs[0]), 2 * frame):
+        for resampler, data, out in zip(together, inputs, outputs, strict=True):
+            out.append(resampler.process(data[start : start + 2 * frame]))
+    for out, expected in zip(outputs, alone, strict=True):
+        assert np.array_equal(samples(b"".join(out)), expected)
+
+    StreamResampler(spec, frame)  # the shape's shared parts made once, outside the count
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [StreamResampler(spec, frame) for _ in range(100)]
+        per_resampler = (tracemalloc.get_traced_memory()[0] - before) / len(kept)
+    finally:
+        tracemalloc.stop()
+    history_and_frame = 2 * (spec.history + frame)
+    assert per_resampler < history_and_frame + 2500, per_resampler  # its buffer, views, slots
