@@ -41,15 +41,20 @@ class BaresipCall:
         return sum(audioop.rms(f, 2) > threshold for f in frames) * 0.02
 
 
-def listen_port(host: str = "127.0.0.1") -> int:
+def listen_port(host: str = "127.0.0.1", avoid: range = range(0)) -> int:
     """A port for baresip's ``sip_listen`` on ``host``: it takes UDP and TCP there, and TLS
-    on the next one, so both must be free."""
-    six = ":" in host
+    on the next one, so all must be free (UDP too: an edge's RTP, another caller's, takes
+    UDP ports that a TCP probe calls free), and outside ``avoid`` (the edges' RTP ranges:
+    free now, a call's later)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for _ in range(50):
         port = free_port()
+        if port in avoid or port + 1 in avoid:
+            continue
         try:
-            with socket.socket(socket.AF_INET6 if six else socket.AF_INET) as sock:
-                sock.bind((host, port + 1))
+            with socket.socket(family, socket.SOCK_DGRAM) as udp, socket.socket(family) as tls:
+                udp.bind((host, port))
+                tls.bind((host, port + 1))
         except OSError:
             continue
         return port
@@ -75,7 +80,7 @@ def write_config(
         "\n".join(
             [
                 "poll_method epoll",
-                f"sip_listen {where}:{listen_port(host)}",
+                f"sip_listen {where}:{listen_port(host, avoid)}",
                 *([f"net_interface {host}"] if ":" in host else []),
                 "audio_player auloop,nil",
                 f"audio_source aufile,{microphone}",
