@@ -92,7 +92,15 @@ from telephony_edge.calls.pacing import Pacer
 from telephony_edge.sip.dtmf_out import KeyPresses
 from telephony_edge.sip.leg_stats import MediaCounters, media_report, vars_of
 from telephony_edge.sip.playout import Decoder
-from telephony_edge.sip.rtcp import RR, SR, RtcpSession, build_bye, report_interval, sender_ssrc
+from telephony_edge.sip.rtcp import (
+    MAX_RTCP_SIZE,
+    RR,
+    SR,
+    RtcpSession,
+    build_bye,
+    report_interval,
+    sender_ssrc,
+)
 from telephony_edge.sip.rtp import Address, DtmfDigit, Held, RtpInbound, RtpSender
 from telephony_edge.sip.rtp_out import OutboundStream
 from telephony_edge.sip.rtp_socket import RtcpProtocol, RtpProtocol
@@ -441,6 +449,9 @@ class SipLeg(Leg):
         """A compound RTCP packet from the RTCP port, or muxed on the RTP port."""
         sources, inbound = self.sources, self.inbound
         if sources is None:
+            return
+        if len(data) > MAX_RTCP_SIZE:  # no report is this long: never held, never read
+            _RTCP_MALFORMED.inc()
             return
         rtp_ssrc = inbound.ssrc if inbound is not None else None
         now = self._clock()

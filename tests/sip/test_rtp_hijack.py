@@ -39,6 +39,11 @@ def foreign_total(protocol: str = "rtp") -> float:
     return value or 0.0
 
 
+def rtcp_outcome(outcome: str) -> float:
+    value = REGISTRY.get_sample_value("telephony_edge_sip_rtcp_packets_total", {"outcome": outcome})
+    return value or 0.0
+
+
 def caller_packets(first_seq: int = 0) -> list[bytes]:
     """The caller's RTP: ``SPEECH_S`` of speech, then ``SILENCE_S`` of silence, 20 ms each."""
     pcm = read_wav("speech_table.wav")[: int(SPEECH_S * 32000)]
@@ -202,13 +207,14 @@ async def test_a_natted_callers_rtcp_before_its_rtp_is_read_once_learned_and_a_s
     leg = next(iter(sip_edge.app[SIP_ENDPOINT].legs.values()))
     packets = caller_packets(first_seq=300)
     ssrc = int.from_bytes(packets[0][8:12], "big")
-    rtcp_foreign_before = foreign_total("rtcp")
+    rtcp_foreign_before, malformed_before = foreign_total("rtcp"), rtcp_outcome("malformed")
     caller.send(caller.request("ACK", cseq=caller.cseq))
     await wait_for(lambda: leg._rtcp_socket is not None, within=5)
     with caplog.at_level(logging.WARNING, logger="telephony_edge.sip.leg"):
         report = SenderInfo(ntp_time(time.time()), 0, 0, 0)
         nat_rtcp.send(build_report(ssrc, report, ()), edge_rtcp)  # the NAT's own RTCP port
         stranger_sock.send(build_report(ssrc ^ 1, report, ()), edge_rtcp)
+        stranger_sock.send(b"\x80\xc8" + bytes(4000), edge_rtcp)  # too long to hold
         await asyncio.sleep(0.3)
         assert leg.rtcp.received == 0  # held: nobody's RTP is learned yet
         assert foreign_total("rtcp") == rtcp_foreign_before
@@ -219,7 +225,8 @@ async def test_a_natted_callers_rtcp_before_its_rtp_is_read_once_learned_and_a_s
         await wait_for(lambda: receiver.received, within=10)
 
     assert leg.sources is not None and leg.sources.rtcp_source == ("127.0.0.1", nat_rtcp.port)
-    assert foreign_total("rtcp") - rtcp_foreign_before == 1  # the stranger's
+    assert foreign_total("rtcp") - rtcp_foreign_before == 1  # the stranger's report
+    assert rtcp_outcome("malformed") - malformed_before == 1  # its long one, never held
     warnings = [r.getMessage() for r in caplog.records if "from a stranger" in r.getMessage()]
     assert len(warnings) == 1 and f"127.0.0.1:{stranger_sock.port}" in warnings[0], warnings
     for sock in (named, behind_nat, nat_rtcp, stranger_sock, caller.sip):
