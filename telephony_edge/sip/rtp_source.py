@@ -60,9 +60,9 @@ while the window is open with no peer, RTCP from elsewhere is *held* (at most
 ``MAX_HELD_RTCP``) and judged by the same rule when the peer is learned
 (:meth:`SourceLearner.take_held_rtcp`); what the new peer did not send, or what
 is still held when the window closes or the media moves, counts as foreign.
-RTCP goes back to where the
-last accepted RTCP came from (symmetric), else to the signalled RTCP address
-while the peer is the signalled one, else to the learned peer's port + 1.
+RTCP goes back to where the last accepted RTCP came from (symmetric), else to
+the signalled RTCP address while the peer is the signalled one, else to the
+learned peer's port + 1.
 
 Rules for this module: no sockets, no clock, no logging; time comes in as
 ``now`` (seconds, any steady clock). The common case, a packet from the peer,
