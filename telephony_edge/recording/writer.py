@@ -14,7 +14,9 @@ is appended as it is, not pushed later still. The caller's slack is large
 not be spread out), the agent's small (its frames leave on the edge's own
 clock, so a short pause between two talkspurts is kept). Frames that arrive
 faster than real time (a playout lead at a talkspurt's start) are appended
-as they come: the network plays them in order.
+as they come: the network plays them in order. The recording ends with the
+call, at the clock: what a lead had sent ahead when the caller hung up was
+never heard, and a recording's length is the call's.
 
 The per-frame cost is one clock read, a compare and a list append: no copy,
 no syscall. :meth:`TrackWriter.flush` (about once a second) pads both tracks
@@ -198,12 +200,18 @@ class TrackWriter:
         self._write(self._now_frame() - self._lag)
 
     def close(self) -> None:
-        """Hand the sink everything left (the shorter track padded with silence), close it."""
+        """Hand the sink both tracks up to the clock (the call's end), close it.
+
+        The frame under way at the end is kept; frames beyond it are agent audio
+        sent ahead (a network's playout lead, a burst after a stall) that nobody
+        heard: the call ended first.
+        """
         if self.closed:
             return
         self.closed = True
         try:
-            self._write(max(self._caller.position, self._agent.position, self._now_frame()))
+            now = self._now_frame()
+            self._write(min(max(self._caller.position, self._agent.position, now), now + 1))
         finally:
             self.sink.close()
 

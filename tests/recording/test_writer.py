@@ -109,6 +109,27 @@ def test_a_quiet_call_is_silence_of_its_length(tmp_path: Path) -> None:
     assert rms(left) == rms(right) == 0
 
 
+def test_the_recording_ends_with_the_call_not_with_audio_sent_ahead(tmp_path: Path) -> None:
+    """A caller hangs up while the network still holds the agent's playout lead (Vonage's
+    200 ms) or a burst after a stall: the recording is the call's length, the frame under
+    way at the end kept, and what was never heard left out."""
+    clock = FakeClock()
+    writer = TrackWriter(WavFile(tmp_path / "h.wav", "stereo"), "stereo", clock=clock)
+    caller, agent = noise_frames(2.0, 8), noise_frames(2.0, 9)
+    for tick in range(100):
+        clock.now = 100.0 + tick * 0.02
+        writer.caller(caller[tick])
+        for frame in agent[: 11 if tick == 50 else 0]:  # a talkspurt's start: a lead of 10
+            writer.agent(frame)
+        if tick > 50:
+            writer.agent(agent[tick - 40])
+    writer.close()  # at the last caller frame's tick: the call is 2.0 s long
+    _, (left, right) = read_channels((tmp_path / "h.wav").read_bytes())
+    assert len(left) == len(right) == 2 * RATE
+    assert np.array_equal(left, as_samples(caller))
+    assert np.array_equal(right[50 * 320 :], as_samples(agent[:50]))
+
+
 def test_memory_is_bounded_whatever_the_tracks_do(tmp_path: Path) -> None:
     clock = FakeClock()
     limits = WriterLimits(max_gap_s=2.0, max_pending_s=1.0)
