@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from telephony_edge import metrics
+from telephony_edge.audio.frames import FRAME_MS
 from telephony_edge.calls import relay_latency
 from telephony_edge.calls.bridge_hooks import AudioTap
 from telephony_edge.calls.leg import Clock, Leg
@@ -41,6 +42,11 @@ _STALE = metrics.FRAMES_DROPPED.labels(reason="stale_after_stall")
 #: a frame relayed slower than this carries its call's trace id as an exemplar (tracing on)
 SLOW_RELAY_S = 0.001
 STALL_TALKING_TICKS = 5  # agent audio went out this recently before a stall: it was talking
+
+
+#: A network's own jitter buffer (a carrier's, a phone's): it plays what arrives this much
+#: later (tens of ms), so a hang-up waits it out after the agent's last words too.
+NETWORK_JITTER_S = 0.06
 
 
 class AgentPlayout:
@@ -72,6 +78,7 @@ class AgentPlayout:
         self._talkspurt = False
         self._quiet_ticks = STALL_TALKING_TICKS + 1  # ticks since agent audio last went out
         self.frames = 0  # agent frames handed to the leg, for the live state
+        self._last_sent = 0.0  # when a PUSHED leg was last handed agent audio (monotonic)
 
     def start(self) -> None:
         """Playing starts: the pacer pushes a PUSHED leg, a PULLED one pulls."""
@@ -137,7 +144,15 @@ class AgentPlayout:
             self.frames += 1
             self._talkspurt = True
             self._quiet_ticks = 0
-        self._machine.note_activity(time.monotonic())
+        self._last_sent = now = time.monotonic()
+        self._machine.note_activity(now)
+
+    def network_holds_s(self, now: float) -> float:
+        """How long the network still plays agent audio already sent (a PUSHED leg's
+        playout lead, the frame under way, the network's own jitter buffer): what a
+        hang-up now would cut off."""
+        lead_s = (self.leg.playout_lead_frames + 1) * FRAME_MS / 1000
+        return max(0.0, self._last_sent + lead_s + NETWORK_JITTER_S - now)
 
     def clear(self) -> int:
         """Barge-in: drop what is buffered here and at the network; how many frames."""

@@ -442,6 +442,8 @@ class CallBridge:
         if isinstance(action, m.StopTasks):
             await self._stop_tasks()
         elif isinstance(action, m.HangupNetwork):
+            if action.after_playout:
+                await asyncio.sleep(self._agent.network_holds_s(time.monotonic()))
             await asyncio.wait_for(self.leg.hangup(), HANGUP_TIMEOUT_S)
         elif isinstance(action, m.CloseAgent):
             await self.link.close()

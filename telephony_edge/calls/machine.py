@@ -283,7 +283,14 @@ class StopTasks:
 
 @dataclass(frozen=True, slots=True)
 class HangupNetwork:
-    """The caller is still there: end the call on the network."""
+    """The caller is still there: end the call on the network.
+
+    ``after_playout``: the agent ended it, so the network first plays what it still
+    holds of the agent's last words (a playout lead sent ahead), or the caller
+    never hears the goodbye's end.
+    """
+
+    after_playout: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,6 +369,10 @@ TEARDOWN: tuple[Action, ...] = (
     WriteState(CallState.ENDED, ENDED_FROM),
     CloseLeg(),
     QueueWebhook(),
+)
+#: The agent ended the call: its last words play out at the network before the hang-up.
+TEARDOWN_AFTER_PLAYOUT: tuple[Action, ...] = tuple(
+    HangupNetwork(after_playout=True) if isinstance(a, HangupNetwork) else a for a in TEARDOWN
 )
 #: A call that ended elsewhere first: only this worker's resources are let go.
 RELEASE_ONLY: tuple[Action, ...] = (StopTasks(), HangupNetwork(), CloseAgent(), CloseLeg())
@@ -461,6 +472,12 @@ class CallMachine:
         self.hangup_network = hangup
         return [a for a in TEARDOWN if hangup or not isinstance(a, HangupNetwork)]
 
+    def _agent_end(self) -> list[Action]:
+        """The agent core ended the call (``end_call``, its session over, its goodbye
+        played here): the network plays what it holds of the goodbye, then hangs up."""
+        self._end(self._agent_status)
+        return list(TEARDOWN_AFTER_PLAYOUT)
+
     def _start(self, event: Start, now: float) -> list[Action]:
         return [OpenAgent()]
 
@@ -503,10 +520,10 @@ class CallMachine:
         if method == "clear":
             return [ClearAudio()]
         if method == "onsessionended":
-            return self._end(self._agent_status)
+            return self._agent_end()
         if method == "end_call":
             if event.playout_empty:
-                return self._end(self._agent_status)
+                return self._agent_end()
             self._end_by = now + END_CALL_PLAYOUT_S  # let the goodbye play, bounded
             return []
         if method == "transfer_call":
@@ -542,7 +559,7 @@ class CallMachine:
     def _drained(self, event: PlayoutDrained, now: float) -> list[Action]:
         if self._end_by is None:
             return []
-        return self._end(self._agent_status)
+        return self._agent_end()
 
     def _hand_off(self, event: HandOff, now: float) -> list[Action]:
         self.state = CallState.ENDING
@@ -565,7 +582,7 @@ class CallMachine:
                 CallStatus.TIMEOUT, f"no activity for {limits.inactivity_timeout_s:g}s"
             )
         if self._end_by is not None and now >= self._end_by:
-            return self._end(self._agent_status)
+            return self._agent_end()
         if self._message_by is not None and now >= self._message_by:
             return self._message_due(beep=False)
         return []

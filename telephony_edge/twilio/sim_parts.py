@@ -135,6 +135,7 @@ class SimulationResult:
     frames_received: int = 0
     reply_frames: int = 0  # received after the caller's audio ended
     frames_played: int = 0  # received and not cleared before their turn came
+    unheard_frames: int = 0  # agent audio still queued when the edge ended the call: cut off
     late_frames: int = 0  # agent audio that came after the playout buffer ran dry mid-turn
     jitter_ms: list[int] = field(default_factory=list)  # arrival lateness histogram, 1 ms
     max_buffered_s: float = 0.0  # the most agent audio queued ahead of its playing

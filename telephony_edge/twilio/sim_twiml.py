@@ -88,6 +88,8 @@ class CallTwiml:
             return
         self._completed = True
         self.result.edge_closed = True
+        if self._playout is not None:  # the call is over: what Twilio still held never plays
+            self.result.unheard_frames += self._playout.clear(self._loop.time())
         if self._ending is None:
             self._ending = asyncio.ensure_future(self._end_stream())
             self._ending.add_done_callback(ignore_result)

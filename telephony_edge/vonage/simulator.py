@@ -166,6 +166,7 @@ class VonageResult:
     frames_received: int = 0
     odd_frames: int = 0  # binary messages from the edge that were not 640 bytes
     frames_played: int = 0
+    unheard_frames: int = 0  # agent audio still queued when the edge closed the socket: cut off
     overflow_frames: int = 0  # beyond the bounded buffer: dropped, as Vonage would
     late_frames: int = 0  # agent audio that came after the playout buffer ran dry mid-turn
     jitter_ms: list[int] = field(default_factory=list)  # arrival lateness histogram, 1 ms
@@ -473,6 +474,8 @@ class SimulatedVonageCall:
         replaces its NCCO; either way the current NCCO runs no further."""
         if body.get("action") in ("hangup", "transfer"):
             self._rest.clear()
+            if self._playout is not None:  # the connect is over: what Vonage held never plays
+                self.result.unheard_frames += self._playout.clear(self._loop.time())
 
     async def wait_closed(self, within_s: float) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -621,6 +624,7 @@ class SimulatedVonageCall:
             gone = self._caller_hung_up or span.dropped  # not the edge's doing
             if ws.closed and not gone and ws.close_code is not None:
                 result.edge_closed = True
+                result.unheard_frames += playout.clear(self._loop.time())  # (as above)
             result.close_code = span.close_code = ws.close_code
             span.closed_at = self._loop.time()
             if ws.closed and not self._caller_hung_up and self._continuing is None:

@@ -60,7 +60,7 @@ def test_leave_message_waits_for_the_beep_then_end_call_is_voicemail_message() -
         "decided_after_ms": 2220,
     }
     assert machine.handle(m.AgentCommand("end_call", playout_empty=False), 15.0) == []
-    assert tuple(machine.handle(m.PlayoutDrained(), 17.4)) == m.TEARDOWN
+    assert tuple(machine.handle(m.PlayoutDrained(), 17.4)) == m.TEARDOWN_AFTER_PLAYOUT
     assert machine.call_status is CallStatus.VOICEMAIL_MESSAGE
 
 

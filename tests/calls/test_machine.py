@@ -136,9 +136,8 @@ def test_end_call_lets_the_goodbye_play_then_ends_bounded() -> None:
     assert machine.ending_after_playout
     assert machine.next_deadline() == 10.0 + m.END_CALL_PLAYOUT_S
     actions = machine.handle(m.PlayoutDrained(), 12.0)
-    assert machine.call_status is CallStatus.AGENT_ENDED and any(
-        isinstance(a, m.HangupNetwork) for a in actions
-    )
+    assert machine.call_status is CallStatus.AGENT_ENDED
+    assert m.HangupNetwork(after_playout=True) in actions  # the network plays the end first
 
     stuck = machine_in(CallState.ACTIVE)
     stuck.handle(m.AgentCommand("end_call", playout_empty=False), 10.0)
@@ -212,7 +211,20 @@ def test_api_transfer_and_hangup() -> None:
     hung = machine_in(CallState.CONNECTING)
     actions = hung.handle(m.Control("hangup"), 2.0)
     assert hung.call_status is CallStatus.API_ENDED
-    assert any(isinstance(a, m.HangupNetwork) for a in actions)
+    assert m.HangupNetwork() in actions  # at once: only the agent's last words play out
+
+
+def test_every_end_the_agent_asks_for_lets_the_network_play_its_last_words() -> None:
+    for command in (
+        m.AgentCommand("end_call", playout_empty=True),
+        m.AgentCommand("onsessionended"),
+    ):
+        machine = machine_in(CallState.ACTIVE)
+        assert machine.handle(command, 2.0) == list(m.TEARDOWN_AFTER_PLAYOUT)
+    stuck = machine_in(CallState.ACTIVE)
+    stuck.handle(m.AgentCommand("end_call", playout_empty=False), 10.0)
+    actions = stuck.handle(m.Tick(), 10.0 + m.END_CALL_PLAYOUT_S)
+    assert actions == list(m.TEARDOWN_AFTER_PLAYOUT)
 
 
 def test_the_caller_hanging_up_does_not_hang_up_the_network() -> None:

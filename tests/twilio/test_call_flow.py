@@ -126,6 +126,9 @@ async def test_dtmf_reaches_the_agent_whose_end_call_hangs_up_through_rest(
     await call.stream_until_quiet(until=lambda r: False, max_s=5)
     assert await call.wait_closed(5), "the edge hangs up"
     await call.finish()
+    # once Twilio has played the greeting's end, its playout lead included
+    assert call.result.unheard_frames == 0
+    assert call.result.frames_played * 0.02 == pytest.approx(1.5, abs=0.05)
     fake_call = twilio_edge.fake.calls[call.call_sid]
     assert fake_call.status == "completed"
     assert [u["Status"] for u in fake_call.updates] == [["completed"]]

@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import aiohttp
+import pytest
 from prometheus_client import REGISTRY
 
 from telephony_edge.calls.record import CallState, CallStatus
@@ -140,6 +141,9 @@ async def test_dtmf_reaches_the_agent_whose_end_call_closes_the_socket(
     await call.silence_until(lambda _: False, 5)
     assert await call.wait_closed(5), "the edge hangs up"
     await call.finish()
+    # once Vonage has played the greeting's end, its playout lead included
+    assert call.result.unheard_frames == 0
+    assert call.result.frames_played * 0.02 == pytest.approx(1.5, abs=0.05)
     record = await vonage_edge.services.call_service.get(ws.headers["call_id"])
     assert record is not None and record.call_status is CallStatus.AGENT_ENDED
     [payload] = await vonage_edge.crm.wait(1)
