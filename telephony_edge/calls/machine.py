@@ -464,19 +464,24 @@ class CallMachine:
     # -- handlers (what the table cannot say) ----------------------------------------
 
     def _end(
-        self, status: CallStatus, error: str | None = None, *, hangup: bool = True
+        self,
+        status: CallStatus,
+        error: str | None = None,
+        *,
+        hangup: bool = True,
+        after_playout: bool = False,
     ) -> list[Action]:
         self.state = CallState.ENDING
         self.call_status = status
         self.error_message = error
         self.hangup_network = hangup
-        return [a for a in TEARDOWN if hangup or not isinstance(a, HangupNetwork)]
+        teardown = TEARDOWN_AFTER_PLAYOUT if after_playout else TEARDOWN
+        return [a for a in teardown if hangup or not isinstance(a, HangupNetwork)]
 
     def _agent_end(self) -> list[Action]:
         """The agent core ended the call (``end_call``, its session over, its goodbye
         played here): the network plays what it holds of the goodbye, then hangs up."""
-        self._end(self._agent_status)
-        return list(TEARDOWN_AFTER_PLAYOUT)
+        return self._end(self._agent_status, after_playout=True)
 
     def _start(self, event: Start, now: float) -> list[Action]:
         return [OpenAgent()]
